@@ -1,0 +1,153 @@
+//! Tenants, clusters and nodes, in Coopr's shapes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::catalog::{ClusterTemplate, JsonMap, Provider};
+use crate::ids::{ClusterId, JobId, NodeId, TaskId};
+use crate::status::{ClusterStatus, TaskName, TaskStatus};
+
+/// Coopr's "unset quota".
+pub const UNLIMITED: u32 = 2_147_483_647;
+
+fn unlimited() -> u32 {
+    UNLIMITED
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    /// Internal ID (UUID-shaped), used by the provisioner API.
+    #[serde(default)]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub workers: u32,
+    #[serde(default = "unlimited")]
+    pub max_clusters: u32,
+    #[serde(default = "unlimited")]
+    pub max_nodes: u32,
+}
+
+/// An API key, stored only as its SHA-256 hash. A key may be bound to one user of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub tenant: String,
+    pub user: Option<String>,
+    pub key_sha256: String,
+}
+
+/// Hex SHA-256 of an API key, the only form in which keys are stored.
+pub fn hash_api_key(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    pub user_id: String,
+    /// The tenant's name.
+    pub tenant_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    pub id: ClusterId,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub account: Account,
+    pub create_time: u64,
+    /// 0 means no lease.
+    #[serde(default)]
+    pub expire_time: u64,
+    pub provider: Provider,
+    pub cluster_template: ClusterTemplate,
+    #[serde(default)]
+    pub hardwaretype: String,
+    #[serde(default)]
+    pub imagetype: String,
+    #[serde(default)]
+    pub dns_suffix: String,
+    pub nodes: Vec<NodeId>,
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub latest_job_id: Option<JobId>,
+    pub status: ClusterStatus,
+    #[serde(default)]
+    pub config: JsonMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NodeProperties {
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub ipaddresses: BTreeMap<String, String>,
+    pub nodenum: u32,
+    #[serde(default)]
+    pub hardwaretype: String,
+    #[serde(default)]
+    pub imagetype: String,
+    #[serde(default)]
+    pub flavor: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub sshuser: String,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub automators: Vec<String>,
+}
+
+/// One entry of a node's action history (capped at [`Node::MAX_ACTIONS`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAction {
+    pub task_id: TaskId,
+    pub service: String,
+    pub action: TaskName,
+    pub submit_time: u64,
+    pub status_time: u64,
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub id: NodeId,
+    pub cluster_id: ClusterId,
+    pub properties: NodeProperties,
+    #[serde(default)]
+    pub actions: Vec<NodeAction>,
+    #[serde(default)]
+    pub provisioner_results: serde_json::Map<String, Value>,
+}
+
+impl Node {
+    /// The action history keeps the most recent entries only.
+    pub const MAX_ACTIONS: usize = 64;
+
+    /// Appends to the action history, dropping the oldest entry beyond the cap.
+    pub fn push_action(&mut self, action: NodeAction) {
+        self.actions.push(action);
+        if self.actions.len() > Self::MAX_ACTIONS {
+            let excess = self.actions.len() - Self::MAX_ACTIONS;
+            self.actions.drain(..excess);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The vocabulary of coopr: identifiers, statuses, the catalog, tenants, clusters, nodes, jobs and
+//! tasks, in Coopr's names and JSON shapes. No logic beyond parsing and formatting lives here.
+
+pub mod catalog;
+pub mod cluster;
+pub mod error;
+pub mod ids;
+pub mod job;
+pub mod status;
+
+pub use catalog::*;
+pub use cluster::*;
+pub use error::IdError;
+pub use ids::*;
+pub use job::*;
+pub use status::*;
