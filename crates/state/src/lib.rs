@@ -1,1 +1,16 @@
-//! placeholder
+//! The coopr state machine and its persistence.
+//!
+//! Every state change is a [`Command`] inside a log [`Entry`]; [`State::apply`] is deterministic, so
+//! the state is a pure function of the log. [`persist`] ties a state to a
+//! [`coopr_store::LogStore`]: entries are appended durably, then applied; snapshots are per shard,
+//! and recovery replays the log after the snapshot. This seam is where a Raft log replaces the local log.
+
+pub mod command;
+pub mod error;
+pub mod machine;
+pub mod persist;
+
+pub use command::*;
+pub use error::CommandError;
+pub use machine::*;
+pub use persist::{decode_entry, encode_entry, recover, snapshot_of, PersistError, Recovered};

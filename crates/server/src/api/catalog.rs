@@ -1,0 +1,220 @@
+//! Catalog CRUD per tenant (`/v2/{providers|hardwaretypes|imagetypes|services|clustertemplates}`),
+//! `GET /v2/export` and `POST /v2/import`. Every write creates a new version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use coopr_state::Command;
+use coopr_types::{ClusterTemplate, EntityKind, MachineType, Provider, Service};
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Caller, IdempotencyKey, JsonBody};
+use super::lenient::valid_name;
+use super::answer;
+use crate::App;
+
+pub fn routes() -> Router<Arc<App>> {
+    let mut router = Router::new()
+        .route("/v2/export", get(export))
+        .route("/v2/import", axum::routing::post(import));
+    for kind in EntityKind::ALL {
+        router = router
+            .route(
+                &format!("/v2/{}", kind.as_str()),
+                get(move |s, c| list(s, c, kind)).post(move |s, c, i, b| create(s, c, i, b, kind)),
+            )
+            .route(
+                &format!("/v2/{}/{{name}}", kind.as_str()),
+                get(move |s, c, p| get_latest(s, c, p, kind))
+                    .put(move |s, c, i, p, b| put(s, c, i, p, b, kind))
+                    .delete(move |s, c, i, p| delete(s, c, i, p, kind)),
+            )
+            .route(
+                &format!("/v2/{}/{{name}}/{{version}}", kind.as_str()),
+                get(move |s, c, p| get_version(s, c, p, kind)).delete(move |s, c, i, p| delete_version(s, c, i, p, kind)),
+            );
+    }
+    router
+}
+
+/// Checks that a body is a valid entity of its kind (typed parse) with a valid name.
+pub fn validate_entity(kind: EntityKind, body: &Value) -> ApiResult<String> {
+    let invalid = |e: serde_json::Error| ApiError::bad_request("invalid_entity", format!("invalid {}: {e}", kind.as_str()));
+    let name = match kind {
+        EntityKind::Providers => serde_json::from_value::<Provider>(body.clone()).map_err(invalid)?.name,
+        EntityKind::Hardwaretypes | EntityKind::Imagetypes => {
+            serde_json::from_value::<MachineType>(body.clone()).map_err(invalid)?.name
+        }
+        EntityKind::Services => serde_json::from_value::<Service>(body.clone()).map_err(invalid)?.name,
+        EntityKind::Clustertemplates => {
+            let t = serde_json::from_value::<ClusterTemplate>(body.clone()).map_err(invalid)?;
+            let lease = t.administration.leaseduration;
+            if lease.max != 0 && lease.initial > lease.max {
+                return Err(ApiError::bad_request("invalid_entity", "leaseduration.initial is greater than max"));
+            }
+            if t.constraints.size.min > t.constraints.size.max {
+                return Err(ApiError::bad_request("invalid_entity", "constraints.size.min is greater than max"));
+            }
+            t.name
+        }
+    };
+    valid_name("name", &name)?;
+    Ok(name)
+}
+
+async fn list(State(app): State<Arc<App>>, caller: Caller, kind: EntityKind) -> Json<Vec<Value>> {
+    let state = app.core.read();
+    Json(state.global.catalogs.get(&caller.tenant).map(|c| c.list(kind).into_iter().cloned().collect()).unwrap_or_default())
+}
+
+async fn get_latest(State(app): State<Arc<App>>, caller: Caller, Path(name): Path<String>, kind: EntityKind) -> ApiResult<Json<Value>> {
+    let state = app.core.read();
+    state
+        .global
+        .catalogs
+        .get(&caller.tenant)
+        .and_then(|c| c.latest(kind, &name))
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(kind.as_str().trim_end_matches('s'), &name))
+}
+
+fn parse_version(version: &str) -> ApiResult<u32> {
+    match version.parse::<u32>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(ApiError::bad_request("invalid_version", format!("version must be a positive integer, got {version:?}"))),
+    }
+}
+
+async fn get_version(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+    kind: EntityKind,
+) -> ApiResult<Json<Value>> {
+    let version = parse_version(&version)?;
+    let state = app.core.read();
+    state
+        .global
+        .catalogs
+        .get(&caller.tenant)
+        .and_then(|c| c.version(kind, &name, version))
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(kind.as_str().trim_end_matches('s'), format!("{name} version {version}")))
+}
+
+async fn write(app: &App, caller: &Caller, idempotency: Option<IdempotencyKey>, command: Command) -> ApiResult<Response> {
+    let key = caller.idempotency_scope(idempotency);
+    if let Some(previous) = app.previous_outcome(key.as_deref()) {
+        return answer(previous);
+    }
+    answer(app.core.propose(command, key).await?)
+}
+
+async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    JsonBody(body): JsonBody<Value>,
+    kind: EntityKind,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let name = validate_entity(kind, &body)?;
+    let command = Command::PutEntity { tenant: caller.tenant.clone(), kind, name, body, create_only: true };
+    write(&app, &caller, idempotency, command).await
+}
+
+async fn put(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path(path_name): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+    kind: EntityKind,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let name = validate_entity(kind, &body)?;
+    if name != path_name {
+        return Err(ApiError::bad_request("name_mismatch", format!("body name {name:?} differs from the path's {path_name:?}")));
+    }
+    let command = Command::PutEntity { tenant: caller.tenant.clone(), kind, name, body, create_only: false };
+    write(&app, &caller, idempotency, command).await
+}
+
+async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path(name): Path<String>,
+    kind: EntityKind,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let command = Command::DeleteEntity { tenant: caller.tenant.clone(), kind, name, version: None };
+    write(&app, &caller, idempotency, command).await
+}
+
+async fn delete_version(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path((name, version)): Path<(String, String)>,
+    kind: EntityKind,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let version = parse_version(&version)?;
+    let command = Command::DeleteEntity { tenant: caller.tenant.clone(), kind, name, version: Some(version) };
+    write(&app, &caller, idempotency, command).await
+}
+
+async fn export(State(app): State<Arc<App>>, caller: Caller) -> Json<Value> {
+    let state = app.core.read();
+    let catalog = state.global.catalogs.get(&caller.tenant).cloned().unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for kind in EntityKind::ALL {
+        out.insert(kind.as_str().into(), Value::Array(catalog.list(kind).into_iter().cloned().collect()));
+    }
+    out.insert("partialtemplates".into(), json!([]));
+    Json(Value::Object(out))
+}
+
+/// Validates every entity of an export-shaped body; errors name the kind and entity.
+pub fn validate_import(body: &Value) -> ApiResult<BTreeMap<EntityKind, Vec<Value>>> {
+    let Value::Object(map) = body else {
+        return Err(ApiError::bad_request("invalid_json", "the import body must be an object"));
+    };
+    let mut entities = BTreeMap::new();
+    for (key, value) in map {
+        let Some(kind) = EntityKind::parse(key) else {
+            if key == "partialtemplates" {
+                continue;
+            }
+            return Err(ApiError::bad_request("invalid_entity", format!("unknown catalog kind {key:?}")));
+        };
+        let Value::Array(items) = value else {
+            return Err(ApiError::bad_request("invalid_entity", format!("{key} must be an array")));
+        };
+        for item in items {
+            validate_entity(kind, item)?;
+        }
+        entities.insert(kind, items.clone());
+    }
+    Ok(entities)
+}
+
+async fn import(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let entities = validate_import(&body)?;
+    let command = Command::ImportCatalog { tenant: caller.tenant.clone(), entities };
+    write(&app, &caller, idempotency, command).await
+}

@@ -1,0 +1,171 @@
+//! The provisioner API: register, heartbeat, unregister, take a task, finish a task.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use coopr_state::{Command, Outcome, ProvisionerInfo, TaskResult};
+use coopr_types::{JsonMap, TaskId};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{JsonBody, ProvisionerAuth};
+use super::views;
+use crate::App;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v2/provisioners/{id}", put(register).delete(unregister))
+        .route("/v2/provisioners/{id}/heartbeat", post(heartbeat))
+        .route("/v2/tasks/take", post(take))
+        .route("/v2/tasks/finish", post(finish))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisterBody {
+    id: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    #[serde(default, deserialize_with = "super::lenient::lenient_u64_opt")]
+    capacity_total: Option<u64>,
+}
+
+async fn register(
+    State(app): State<Arc<App>>,
+    _: ProvisionerAuth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> ApiResult<Response> {
+    super::lenient::valid_name("provisioner id", &id)?;
+    if body.id.as_deref().is_some_and(|b| b != id) {
+        return Err(ApiError::bad_request("id_mismatch", "the body's id differs from the path's"));
+    }
+    let host = body.host.filter(|h| !h.is_empty()).ok_or_else(|| ApiError::bad_request("missing_field", "host is required"))?;
+    let port = body.port.ok_or_else(|| ApiError::bad_request("missing_field", "port is required"))?;
+    let capacity_total = match body.capacity_total {
+        Some(c) if (1..=10_000).contains(&c) => c as u32,
+        _ => return Err(ApiError::bad_request("invalid_capacity", "capacityTotal must be between 1 and 10000")),
+    };
+    let info = ProvisionerInfo { id: id.clone(), host, port, capacity_total };
+    app.heartbeat(&id);
+    if app.core.read().local.provisioners.get(&id) == Some(&info) {
+        return Ok(StatusCode::OK.into_response());
+    }
+    app.core.propose(Command::RegisterProvisioner { info }, None).await??;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn unregister(State(app): State<Arc<App>>, _: ProvisionerAuth, Path(id): Path<String>) -> ApiResult<Response> {
+    app.core.propose(Command::ReleaseProvisioner { id: id.clone() }, None).await??;
+    app.core.propose(Command::UnregisterProvisioner { id: id.clone() }, None).await??;
+    app.forget_provisioner(&id);
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn heartbeat(
+    State(app): State<Arc<App>>,
+    _: ProvisionerAuth,
+    Path(id): Path<String>,
+    JsonBody(_body): JsonBody<Option<Value>>,
+) -> ApiResult<Response> {
+    if !app.core.read().local.provisioners.contains_key(&id) {
+        return Err(ApiError::not_found("provisioner", &id));
+    }
+    app.heartbeat(&id);
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TakeBody {
+    provisioner_id: String,
+    worker_id: String,
+    #[serde(default)]
+    tenant_id: Option<String>,
+}
+
+async fn take(State(app): State<Arc<App>>, _: ProvisionerAuth, JsonBody(body): JsonBody<TakeBody>) -> ApiResult<Response> {
+    {
+        let state = app.core.read();
+        if !state.local.provisioners.contains_key(&body.provisioner_id) {
+            return Err(ApiError::forbidden(format!("provisioner {} is not registered", body.provisioner_id)));
+        }
+        // Polling an empty queue must not cost a log write.
+        if state.queued_tasks().next().is_none() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
+    app.heartbeat(&body.provisioner_id);
+    let command = Command::TakeTask {
+        provisioner_id: body.provisioner_id,
+        worker_id: body.worker_id,
+        tenant_id: body.tenant_id,
+        timeout_ms: app.config.task_timeout_ms,
+    };
+    let Outcome::TaskTaken { task: Some(task_id) } = app.core.propose(command, None).await?? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let state = app.core.read();
+    let task = state.task(task_id).ok_or_else(|| ApiError::not_found("task", task_id))?;
+    let view = views::task_for_provisioner(&state, task).ok_or_else(|| ApiError::not_found("task", task_id))?;
+    Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FinishBody {
+    provisioner_id: Option<String>,
+    worker_id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    tenant_id: Option<String>,
+    task_id: Option<String>,
+    status: Option<Value>,
+    #[serde(default)]
+    stdout: Option<String>,
+    #[serde(default)]
+    stderr: Option<String>,
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    ipaddresses: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    result: Option<JsonMap>,
+}
+
+fn required(v: Option<String>, field: &str) -> ApiResult<String> {
+    v.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("missing_field", format!("{field} is required")))
+}
+
+async fn finish(State(app): State<Arc<App>>, _: ProvisionerAuth, JsonBody(body): JsonBody<FinishBody>) -> ApiResult<Response> {
+    let provisioner_id = required(body.provisioner_id, "provisionerId")?;
+    let worker_id = required(body.worker_id, "workerId")?;
+    let task: TaskId = required(body.task_id, "taskId")?
+        .parse()
+        .map_err(|e: coopr_types::IdError| ApiError::bad_request("invalid_task_id", e.to_string()))?;
+    let status = match body.status {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::bad_request("missing_field", "status must be an integer"))?;
+    app.heartbeat(&provisioner_id);
+    let result = TaskResult {
+        provisioner_id,
+        worker_id,
+        task,
+        status,
+        stdout: body.stdout.unwrap_or_default(),
+        stderr: body.stderr.unwrap_or_default(),
+        hostname: body.hostname,
+        ipaddresses: body.ipaddresses,
+        result: body.result.unwrap_or_default(),
+    };
+    app.core.propose(Command::FinishTask(Box::new(result)), None).await??;
+    Ok(StatusCode::OK.into_response())
+}

@@ -1,0 +1,192 @@
+//! Tenants (superadmin only), their API keys, and the provisioner listing.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coopr_state::Command;
+use coopr_types::{hash_api_key, ApiKey, EntityKind, Tenant, UNLIMITED};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::answer;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Caller, IdempotencyKey, JsonBody, SUPERADMIN};
+use super::lenient::valid_name;
+use crate::App;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v2/tenants", get(list).post(create))
+        .route("/v2/tenants/{name}", get(show).put(put).delete(delete))
+        .route("/v2/tenants/{name}/apikeys", post(create_key))
+        .route("/v2/provisioners", get(list_provisioners))
+}
+
+fn tenant_view(t: &Tenant) -> Value {
+    json!({"name": t.name, "description": t.description, "workers": t.workers, "maxClusters": t.max_clusters, "maxNodes": t.max_nodes})
+}
+
+async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<Value>>> {
+    caller.require_superadmin()?;
+    Ok(Json(app.core.read().global.tenants.values().map(tenant_view).collect()))
+}
+
+async fn show(State(app): State<Arc<App>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    caller.require_superadmin()?;
+    app.core.read().global.tenants.get(&name).map(|t| Json(tenant_view(t))).ok_or_else(|| ApiError::not_found("tenant", &name))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TenantBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default, deserialize_with = "super::lenient::lenient_u64_opt")]
+    workers: Option<u64>,
+    #[serde(default, deserialize_with = "super::lenient::lenient_u64_opt")]
+    max_clusters: Option<u64>,
+    #[serde(default, deserialize_with = "super::lenient::lenient_u64_opt")]
+    max_nodes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct TenantRequest {
+    tenant: TenantBody,
+    #[serde(default)]
+    bootstrap: bool,
+}
+
+fn quota(v: Option<u64>, field: &str) -> ApiResult<u32> {
+    match v {
+        None => Ok(UNLIMITED),
+        Some(n) if n <= u64::from(UNLIMITED) => Ok(n as u32),
+        Some(_) => Err(ApiError::bad_request("invalid_quota", format!("{field} is too large"))),
+    }
+}
+
+fn to_tenant(body: TenantBody, id: String) -> ApiResult<Tenant> {
+    valid_name("tenant name", &body.name)?;
+    Ok(Tenant {
+        id,
+        workers: quota(body.workers, "workers")?.min(100_000),
+        max_clusters: quota(body.max_clusters, "maxClusters")?,
+        max_nodes: quota(body.max_nodes, "maxNodes")?,
+        name: body.name,
+        description: body.description,
+    })
+}
+
+async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    JsonBody(req): JsonBody<TenantRequest>,
+) -> ApiResult<Response> {
+    caller.require_superadmin()?;
+    let key = caller.idempotency_scope(idempotency);
+    if let Some(previous) = app.previous_outcome(key.as_deref()) {
+        return answer(previous);
+    }
+    if app.core.read().global.tenants.contains_key(&req.tenant.name) {
+        return Err(ApiError::conflict("tenant_exists", format!("tenant {} already exists", req.tenant.name)));
+    }
+    let tenant = to_tenant(req.tenant, crate::new_id())?;
+    let name = tenant.name.clone();
+    let result = app.core.propose(Command::PutTenant { tenant }, key).await?;
+    if req.bootstrap && result.is_ok() {
+        let entities = {
+            let state = app.core.read();
+            let source = state.global.catalogs.get(SUPERADMIN).cloned().unwrap_or_default();
+            EntityKind::ALL.into_iter().map(|k| (k, source.list(k).into_iter().cloned().collect())).collect()
+        };
+        app.core.propose(Command::ImportCatalog { tenant: name, entities }, None).await??;
+    }
+    answer(result)
+}
+
+async fn put(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<TenantRequest>,
+) -> ApiResult<Response> {
+    caller.require_superadmin()?;
+    if req.tenant.name != name {
+        return Err(ApiError::bad_request("name_mismatch", "the body's tenant name differs from the path's"));
+    }
+    let tenant = to_tenant(req.tenant, crate::new_id())?;
+    let key = caller.idempotency_scope(idempotency);
+    answer(app.core.propose(Command::PutTenant { tenant }, key).await?)
+}
+
+async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    caller.require_superadmin()?;
+    if name == SUPERADMIN {
+        return Err(ApiError::forbidden("the superadmin tenant cannot be deleted"));
+    }
+    let key = caller.idempotency_scope(idempotency);
+    answer(app.core.propose(Command::DeleteTenant { name }, key).await?)
+}
+
+#[derive(Deserialize, Default)]
+struct KeyRequest {
+    user: Option<String>,
+    key: Option<String>,
+}
+
+/// Creates an API key for a tenant (optionally bound to one user). The key is returned once and
+/// stored only as its hash.
+async fn create_key(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<Option<KeyRequest>>,
+) -> ApiResult<Json<Value>> {
+    caller.require_superadmin()?;
+    let req = req.unwrap_or_default();
+    let key = match req.key {
+        Some(k) if k.len() >= 8 && k.len() <= 256 => k,
+        Some(_) => return Err(ApiError::bad_request("invalid_key", "a key must be 8 to 256 bytes")),
+        None => crate::new_secret(),
+    };
+    let record = ApiKey { tenant: name, user: req.user, key_sha256: hash_api_key(&key) };
+    app.core.propose(Command::PutApiKey { key: record }, None).await??;
+    Ok(Json(json!({ "key": key })))
+}
+
+async fn list_provisioners(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<Value>>> {
+    caller.require_superadmin()?;
+    let state = app.core.read();
+    let in_progress = state
+        .clusters()
+        .flat_map(|c| c.jobs.values())
+        .filter(|j| !j.job.status.is_finished())
+        .flat_map(|j| j.tasks.values())
+        .filter_map(|t| t.owner.as_ref())
+        .fold(std::collections::BTreeMap::<&str, u32>::new(), |mut m, o| {
+            *m.entry(o.provisioner_id.as_str()).or_default() += 1;
+            m
+        });
+    Ok(Json(
+        state
+            .local
+            .provisioners
+            .values()
+            .map(|p| {
+                let used = in_progress.get(p.id.as_str()).copied().unwrap_or(0);
+                json!({"id": p.id, "host": p.host, "port": p.port, "capacityTotal": p.capacity_total,
+                       "capacityFree": p.capacity_total.saturating_sub(used)})
+            })
+            .collect(),
+    ))
+}

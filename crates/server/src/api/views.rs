@@ -1,0 +1,185 @@
+//! JSON views in Coopr's shapes (see COOPR_API.md): cluster summaries and details, nodes,
+//! progress, plans, and the task handed to a provisioner.
+
+use coopr_engine::job::JobRun;
+use coopr_state::{ClusterRecord, State};
+use coopr_types::{Node, Task};
+use serde_json::{json, Map, Value};
+
+/// `{action, actionstatus, stepstotal, stepscompleted}` of the latest job.
+pub fn progress(record: &ClusterRecord) -> Value {
+    match record.latest_job() {
+        Some(run) => {
+            let (total, completed) = run.steps();
+            json!({
+                "action": run.job.action.as_str(),
+                "actionstatus": run.job.status.as_str(),
+                "stepstotal": total,
+                "stepscompleted": completed,
+            })
+        }
+        None => json!({"action": "", "actionstatus": "", "stepstotal": 0, "stepscompleted": 0}),
+    }
+}
+
+/// `GET /clusters/{id}/status`.
+pub fn status(record: &ClusterRecord) -> Value {
+    let mut v = progress(record);
+    if let Value::Object(map) = &mut v {
+        map.insert("clusterid".into(), json!(record.cluster.id));
+        map.insert("status".into(), json!(record.cluster.status.as_str()));
+    }
+    v
+}
+
+fn base_fields(v: &Value) -> Value {
+    json!({"name": v.get("name"), "version": v.get("version")})
+}
+
+/// An entry of `GET /clusters`.
+pub fn cluster_summary(record: &ClusterRecord) -> Value {
+    let c = &record.cluster;
+    let provider = serde_json::to_value(&c.provider).unwrap_or(Value::Null);
+    let template = serde_json::to_value(&c.cluster_template).unwrap_or(Value::Null);
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "description": c.description,
+        "ownerId": c.account.user_id,
+        "createTime": c.create_time,
+        "expireTime": c.expire_time,
+        "numNodes": record.nodes.len(),
+        "status": c.status.as_str(),
+        "provider": base_fields(&provider),
+        "clusterTemplate": base_fields(&template),
+        "services": c.services,
+        "progress": progress(record),
+    })
+}
+
+/// `GET /clusters/{id}`: the cluster with its nodes embedded.
+pub fn cluster_detail(record: &ClusterRecord) -> Value {
+    let c = &record.cluster;
+    let mut v = json!({
+        "id": c.id,
+        "name": c.name,
+        "description": c.description,
+        "account": c.account,
+        "createTime": c.create_time,
+        "expireTime": c.expire_time,
+        "provider": c.provider,
+        "clusterTemplate": c.cluster_template,
+        "nodes": record.nodes.values().map(|n| node(record, n)).collect::<Vec<_>>(),
+        "services": c.services,
+        "latestJobId": c.latest_job_id,
+        "status": c.status.as_str(),
+        "config": c.config,
+        "links": [],
+        "progress": progress(record),
+    });
+    if let (Some(message), Value::Object(map)) = (&c.message, &mut v) {
+        map.insert("message".into(), json!(message));
+    }
+    v
+}
+
+pub fn node(record: &ClusterRecord, n: &Node) -> Value {
+    let services: Vec<Value> = n
+        .properties
+        .services
+        .iter()
+        .map(|s| {
+            record
+                .service_defs
+                .get(s)
+                .and_then(|d| serde_json::to_value(d).ok())
+                .unwrap_or_else(|| json!({"name": s}))
+        })
+        .collect();
+    json!({
+        "id": n.id,
+        "clusterId": n.cluster_id,
+        "services": services,
+        "properties": n.properties,
+        "actions": n.actions,
+        "provisionerResults": n.provisioner_results,
+        "links": [],
+    })
+}
+
+/// A plan: `{id, clusterId, action, currentStage, stages: [[{id, taskName, nodeId, service}]]}`.
+pub fn plan(run: &JobRun) -> Value {
+    let stages: Vec<Vec<Value>> = run
+        .job
+        .stages
+        .iter()
+        .map(|stage| {
+            stage
+                .iter()
+                .filter_map(|t| run.tasks.get(t))
+                .map(|t| json!({"id": t.id, "taskName": t.task_name, "nodeId": t.node_id, "service": t.service}))
+                .collect()
+        })
+        .collect();
+    json!({
+        "id": run.job.id,
+        "clusterId": run.job.cluster_id,
+        "action": run.job.action.plan_name(),
+        "currentStage": run.job.current_stage,
+        "stages": stages,
+    })
+}
+
+/// The task JSON a provisioner receives from `POST /v2/tasks/take`.
+pub fn task_for_provisioner(state: &State, task: &Task) -> Option<Value> {
+    let record = state.cluster(task.cluster_id)?;
+    let node = record.nodes.get(&task.node_id)?;
+    let c = &record.cluster;
+    let p = &node.properties;
+    let mut config = Map::new();
+    config.insert("cluster".into(), Value::Object(c.config.clone()));
+    if task.task_name.is_service_task() {
+        let action = record
+            .service_defs
+            .get(&task.service)
+            .and_then(|s| s.provisioner.actions.get(&task.task_name.action_key()))
+            .map(|a| json!({"type": a.plugin, "fields": a.fields}))
+            .unwrap_or(Value::Null);
+        config.insert("service".into(), json!({"name": task.service, "action": action}));
+    }
+    config.insert("hostname".into(), json!(p.hostname));
+    config.insert("ipaddresses".into(), json!(p.ipaddresses));
+    config.insert("nodenum".into(), json!(p.nodenum));
+    config.insert("sshuser".into(), json!(p.sshuser));
+    config.insert("hardwaretype".into(), json!(p.hardwaretype));
+    config.insert("imagetype".into(), json!(p.imagetype));
+    config.insert("flavor".into(), json!(p.flavor));
+    config.insert("image".into(), json!(p.image));
+    config.insert("automators".into(), json!(p.automators));
+    config.insert("services".into(), json!(p.services));
+    config.insert("clustername".into(), json!(c.name));
+    config.insert("dnsSuffix".into(), json!(c.dns_suffix));
+    config.insert(
+        "provider".into(),
+        json!({"name": c.provider.name, "version": c.provider.version,
+               "providertype": c.provider.providertype, "provisioner": c.provider.provisioner}),
+    );
+    let nodes: Map<String, Value> = record
+        .nodes
+        .values()
+        .map(|n| (n.id.0.clone(), serde_json::to_value(&n.properties).unwrap_or(Value::Null)))
+        .collect();
+    config.insert("nodes".into(), Value::Object(nodes));
+    for (k, v) in &node.provisioner_results {
+        config.insert(k.clone(), v.clone());
+    }
+    Some(json!({
+        "taskId": task.id,
+        "jobId": task.job_id,
+        "clusterId": task.cluster_id,
+        "taskName": task.task_name,
+        "nodeId": task.node_id,
+        "attempt": task.attempts,
+        "config": config,
+    }))
+}

@@ -1,0 +1,81 @@
+//! First-start bootstrap: the superadmin tenant and its key; in demo mode also the `demo`
+//! tenant (key `demo-key`), the superadmin key `admin-key` and the example catalog. Seeding only
+//! writes what is missing, so a restarted server changes nothing.
+
+use anyhow::Context;
+use coopr_state::Command;
+use coopr_types::{hash_api_key, ApiKey, Tenant, UNLIMITED};
+
+use crate::api::catalog::validate_import;
+use crate::api::extract::{ADMIN_USER, SUPERADMIN};
+use crate::App;
+
+/// The example catalog shipped with coopr (templates `base` and `lamp`).
+pub const EXAMPLE_CATALOG: &str = include_str!("../../../examples/catalog.json");
+
+pub const DEMO_TENANT: &str = "demo";
+pub const DEMO_USER: &str = "demo";
+pub const DEMO_KEY: &str = "demo-key";
+pub const DEMO_ADMIN_KEY: &str = "admin-key";
+
+fn tenant(name: &str) -> Tenant {
+    Tenant {
+        id: crate::new_id(),
+        name: name.to_string(),
+        description: String::new(),
+        workers: 0,
+        max_clusters: UNLIMITED,
+        max_nodes: UNLIMITED,
+    }
+}
+
+async fn ensure_tenant(app: &App, name: &str) -> anyhow::Result<()> {
+    if !app.core.read().global.tenants.contains_key(name) {
+        app.core.propose(Command::PutTenant { tenant: tenant(name) }, None).await??;
+    }
+    Ok(())
+}
+
+async fn ensure_key(app: &App, tenant: &str, user: Option<&str>, key: &str) -> anyhow::Result<()> {
+    let hash = hash_api_key(key);
+    if !app.core.read().global.api_keys.contains_key(&hash) {
+        let record = ApiKey { tenant: tenant.to_string(), user: user.map(str::to_string), key_sha256: hash };
+        app.core.propose(Command::PutApiKey { key: record }, None).await??;
+    }
+    Ok(())
+}
+
+async fn ensure_catalog(app: &App, tenant: &str) -> anyhow::Result<()> {
+    if app.core.read().global.catalogs.get(tenant).is_some_and(|c| !c.entities.is_empty()) {
+        return Ok(());
+    }
+    let body: serde_json::Value = serde_json::from_str(EXAMPLE_CATALOG).context("example catalog is not JSON")?;
+    let entities = validate_import(&body).map_err(|e| anyhow::anyhow!("example catalog: {}", e.message))?;
+    app.core.propose(Command::ImportCatalog { tenant: tenant.to_string(), entities }, None).await??;
+    Ok(())
+}
+
+pub async fn bootstrap(app: &App) -> anyhow::Result<()> {
+    let first_start = !app.core.read().global.tenants.contains_key(SUPERADMIN);
+    ensure_tenant(app, SUPERADMIN).await?;
+    if app.config.demo {
+        ensure_key(app, SUPERADMIN, Some(ADMIN_USER), DEMO_ADMIN_KEY).await?;
+        ensure_catalog(app, SUPERADMIN).await?;
+        ensure_tenant(app, DEMO_TENANT).await?;
+        ensure_key(app, DEMO_TENANT, None, DEMO_KEY).await?;
+        ensure_catalog(app, DEMO_TENANT).await?;
+    } else if first_start {
+        let key = match &app.config.admin_key {
+            Some(k) => k.clone(),
+            None => {
+                let k = crate::new_secret();
+                let path = app.config.data_dir.join("admin-key");
+                std::fs::write(&path, format!("{k}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+                tracing::info!(path = %path.display(), "superadmin key written");
+                k
+            }
+        };
+        ensure_key(app, SUPERADMIN, Some(ADMIN_USER), &key).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Commands: every state change is one of these, serialized into the log and applied by
+//! [`crate::State::apply`]. Commands carry every decision that needs a clock, randomness or the
+//! layout solver (time, tenant UUIDs, node layout), so applying them is deterministic.
+
+use std::collections::BTreeMap;
+
+use coopr_types::{
+    ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, JsonMap, NodeId, Provider, ShardId, TaskId,
+    Tenant,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::CommandError;
+
+/// One log entry: a command plus the context that makes applying it deterministic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Wall-clock time (ms since epoch) assigned by the proposer.
+    pub now_ms: u64,
+    /// `Idempotency-Key` scope + key: a second entry with the same key returns the first outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub command: Command,
+}
+
+/// A node as the layout solver placed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub nodenum: u32,
+    pub services: Vec<String>,
+    pub hardwaretype: String,
+    pub imagetype: String,
+    pub flavor: String,
+    pub image: String,
+    pub sshuser: String,
+}
+
+/// A validated cluster-create request, with the template, provider and service definitions
+/// snapshotted and the layout solved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    pub tenant: String,
+    pub user: String,
+    pub name: String,
+    pub description: String,
+    pub template: ClusterTemplate,
+    pub provider: Provider,
+    pub hardwaretype: String,
+    pub imagetype: String,
+    pub dns_suffix: String,
+    pub services: Vec<String>,
+    pub config: JsonMap,
+    pub initial_lease_ms: u64,
+    pub nodes: Vec<NodeSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionerInfo {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub capacity_total: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    // ---- global shard: tenants, keys, catalog
+    PutTenant { tenant: Tenant },
+    DeleteTenant { name: String },
+    PutApiKey { key: ApiKey },
+    /// Writes a new version of a catalog entity. `create_only` rejects an existing name (Coopr's POST).
+    PutEntity { tenant: String, kind: EntityKind, name: String, body: Value, create_only: bool },
+    DeleteEntity { tenant: String, kind: EntityKind, name: String, version: Option<u32> },
+    /// Deletes every entity of the imported kinds, then writes the given ones.
+    ImportCatalog { tenant: String, entities: BTreeMap<EntityKind, Vec<Value>> },
+
+    // ---- cluster shards
+    CreateCluster { shard: ShardId, spec: Box<ClusterSpec> },
+    /// Starts an operation on an existing cluster (delete, configure, service actions).
+    StartOperation {
+        cluster: ClusterId,
+        action: ClusterAction,
+        #[serde(default)]
+        services: Vec<String>,
+        #[serde(default)]
+        config: Option<JsonMap>,
+    },
+    /// Adds services; `placement` says which node gets which new services.
+    AddServices { cluster: ClusterId, services: Vec<String>, placement: BTreeMap<NodeId, Vec<String>> },
+    SetExpireTime { cluster: ClusterId, expire_time: u64 },
+    SyncTemplate { cluster: ClusterId, template: ClusterTemplate },
+    Abort { cluster: ClusterId },
+    Pause { cluster: ClusterId },
+    Resume { cluster: ClusterId },
+
+    // ---- task queue (DC-local state)
+    TakeTask { provisioner_id: String, worker_id: String, tenant_id: Option<String>, timeout_ms: u64 },
+    FinishTask(Box<TaskResult>),
+    /// Times out every in-progress task whose deadline has passed.
+    ExpireTasks,
+    /// A provisioner stopped heartbeating: its in-progress tasks count as failed attempts.
+    ReleaseProvisioner { id: String },
+    RegisterProvisioner { info: ProvisionerInfo },
+    UnregisterProvisioner { id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub provisioner_id: String,
+    pub worker_id: String,
+    pub task: TaskId,
+    pub status: i64,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub ipaddresses: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub result: JsonMap,
+}
+
+/// What an applied command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    /// A no-op that Coopr answers with 200 (e.g. deleting a terminated cluster).
+    Unchanged,
+    ClusterCreated { id: ClusterId },
+    JobStarted { job: coopr_types::JobId },
+    EntityVersion { version: u32 },
+    TaskTaken { task: Option<TaskId> },
+    TasksExpired { count: usize },
+}
+
+pub type CommandResult = Result<Outcome, CommandError>;
+
+impl Command {
+    /// The shard whose data the command changes (cluster commands), if any.
+    pub fn cluster(&self) -> Option<ClusterId> {
+        match self {
+            Command::StartOperation { cluster, .. }
+            | Command::AddServices { cluster, .. }
+            | Command::SetExpireTime { cluster, .. }
+            | Command::SyncTemplate { cluster, .. }
+            | Command::Abort { cluster }
+            | Command::Pause { cluster }
+            | Command::Resume { cluster } => Some(*cluster),
+            Command::FinishTask(result) => Some(result.task.job.cluster),
+            _ => None,
+        }
+    }
+}

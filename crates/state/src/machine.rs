@@ -1,0 +1,773 @@
+//! The deterministic state machine: [`State::apply`] takes one log [`Entry`] and returns its
+//! outcome. Same entries in the same order give the same state on every node, in replay after a
+//! restart, and (later) on every member of a Raft group.
+//!
+//! ```text
+//!  Entry{now_ms, idempotency_key, Command}
+//!        |
+//!        v
+//!  idempotency table hit? --yes--> stored outcome (nothing changes)
+//!        | no
+//!        v
+//!  global shard      cluster shard s = id mod S        local (DC-only) state
+//!  tenants, keys,    clusters, nodes, jobs, tasks      provisioners, idempotency,
+//!  catalog           (engine::JobRun per job)          derived task queue
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use coopr_engine::job::{cluster_status_after, JobEffect, JobRun};
+use coopr_engine::planner::{plan, PlanInput, PlannedTask};
+use coopr_types::{
+    Account, ApiKey, Cluster, ClusterAction, ClusterId, ClusterStatus, EntityKind, JobId, JobStatus, Node,
+    NodeAction, NodeId, NodeProperties, Service, ShardId, TaskId, TaskOwner, TaskStatus, Tenant,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::command::{ClusterSpec, Command, CommandResult, Entry, Outcome, ProvisionerInfo, TaskResult};
+use crate::CommandError;
+
+/// Idempotency keys remembered (oldest forgotten first).
+pub const IDEMPOTENCY_CAPACITY: usize = 100_000;
+
+/// Versions of one catalog entity, by version number.
+pub type Versions = BTreeMap<u32, Value>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantCatalog {
+    pub entities: BTreeMap<EntityKind, BTreeMap<String, Versions>>,
+}
+
+impl TenantCatalog {
+    /// The latest version of an entity.
+    pub fn latest(&self, kind: EntityKind, name: &str) -> Option<&Value> {
+        self.entities.get(&kind)?.get(name)?.values().next_back()
+    }
+
+    pub fn version(&self, kind: EntityKind, name: &str, version: u32) -> Option<&Value> {
+        self.entities.get(&kind)?.get(name)?.get(&version)
+    }
+
+    /// Latest versions of every entity of a kind, by name.
+    pub fn list(&self, kind: EntityKind) -> Vec<&Value> {
+        self.entities
+            .get(&kind)
+            .map(|m| m.values().filter_map(|v| v.values().next_back()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The latest services, parsed (entities that fail to parse are skipped; they were validated on write).
+    pub fn services(&self) -> BTreeMap<String, Service> {
+        self.list(EntityKind::Services)
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<Service>(v.clone()).ok())
+            .map(|s| (s.name.clone(), s))
+            .collect()
+    }
+}
+
+/// The global shard: tenants, hashed API keys, catalogs. Replicated to every DC (later).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GlobalShard {
+    pub tenants: BTreeMap<String, Tenant>,
+    /// By key hash.
+    pub api_keys: BTreeMap<String, ApiKey>,
+    pub catalogs: BTreeMap<String, TenantCatalog>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub cluster: Cluster,
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// By job sequence number.
+    pub jobs: BTreeMap<u32, JobRun>,
+    pub next_job_seq: u32,
+    /// The services catalog as of the latest operation (the planner's input).
+    pub service_defs: BTreeMap<String, Service>,
+}
+
+impl ClusterRecord {
+    pub fn latest_job(&self) -> Option<&JobRun> {
+        self.jobs.values().next_back()
+    }
+
+    fn running_job(&self) -> Option<&JobRun> {
+        self.jobs.values().find(|j| !j.job.status.is_finished())
+    }
+}
+
+/// One cluster shard: its clusters and the counter that allocates their IDs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterShard {
+    pub next_n: u64,
+    pub clusters: BTreeMap<ClusterId, ClusterRecord>,
+}
+
+/// State that never leaves the DC: provisioner registrations and the idempotency table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocalState {
+    pub provisioners: BTreeMap<String, ProvisionerInfo>,
+    pub idempotency: BTreeMap<String, CommandResult>,
+    pub idempotency_order: VecDeque<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    shard_count: u32,
+    pub global: GlobalShard,
+    pub shards: BTreeMap<ShardId, ClusterShard>,
+    pub local: LocalState,
+    /// Derived (rebuilt on load): tasks that can be handed out, and jobs not yet finished.
+    ready: BTreeSet<TaskId>,
+    active_jobs: BTreeSet<JobId>,
+}
+
+impl State {
+    pub fn new(shard_count: u32) -> State {
+        assert!(shard_count > 0);
+        State {
+            shard_count,
+            global: GlobalShard::default(),
+            shards: (0..shard_count).map(|s| (ShardId(s), ClusterShard::default())).collect(),
+            local: LocalState::default(),
+            ready: BTreeSet::new(),
+            active_jobs: BTreeSet::new(),
+        }
+    }
+
+    /// Rebuilds a state from its parts (a snapshot), recomputing the derived indexes.
+    pub fn from_parts(
+        shard_count: u32,
+        global: GlobalShard,
+        shards: BTreeMap<ShardId, ClusterShard>,
+        local: LocalState,
+    ) -> State {
+        let mut state = State::new(shard_count);
+        state.global = global;
+        state.shards.extend(shards);
+        state.local = local;
+        let jobs: Vec<JobId> = state
+            .shards
+            .values()
+            .flat_map(|s| s.clusters.values())
+            .flat_map(|c| c.jobs.values())
+            .filter(|j| !j.job.status.is_finished())
+            .map(|j| j.job.id)
+            .collect();
+        for job in jobs {
+            state.refresh_job(job);
+        }
+        state
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    pub fn cluster(&self, id: ClusterId) -> Option<&ClusterRecord> {
+        self.shards.get(&id.shard(self.shard_count))?.clusters.get(&id)
+    }
+
+    fn cluster_mut(&mut self, id: ClusterId) -> Result<&mut ClusterRecord, CommandError> {
+        self.shards
+            .get_mut(&id.shard(self.shard_count))
+            .and_then(|s| s.clusters.get_mut(&id))
+            .ok_or_else(|| CommandError::not_found("cluster", id))
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &ClusterRecord> {
+        self.shards.values().flat_map(|s| s.clusters.values())
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&JobRun> {
+        self.cluster(id.cluster)?.jobs.get(&id.seq)
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<&coopr_types::Task> {
+        self.job(id.job)?.tasks.get(&id)
+    }
+
+    /// Tasks waiting to be taken.
+    pub fn queued_tasks(&self) -> impl Iterator<Item = &TaskId> {
+        self.ready.iter()
+    }
+
+    /// The earliest deadline of any in-progress task.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.active_jobs.iter().filter_map(|j| self.job(*j)?.next_deadline()).min()
+    }
+
+    /// The stored outcome of an idempotency key, if that key was already applied.
+    pub fn idempotent_outcome(&self, key: &str) -> Option<&CommandResult> {
+        self.local.idempotency.get(key)
+    }
+
+    pub fn tenant_by_id(&self, id: &str) -> Option<&Tenant> {
+        self.global.tenants.values().find(|t| t.id == id)
+    }
+
+    /// Applies one entry. Rejected commands change nothing.
+    pub fn apply(&mut self, entry: &Entry) -> CommandResult {
+        if let Some(key) = &entry.idempotency_key {
+            if let Some(previous) = self.local.idempotency.get(key) {
+                return previous.clone();
+            }
+        }
+        let result = self.apply_command(&entry.command, entry.now_ms);
+        if let Some(key) = &entry.idempotency_key {
+            self.local.idempotency.insert(key.clone(), result.clone());
+            self.local.idempotency_order.push_back(key.clone());
+            while self.local.idempotency_order.len() > IDEMPOTENCY_CAPACITY {
+                if let Some(old) = self.local.idempotency_order.pop_front() {
+                    self.local.idempotency.remove(&old);
+                }
+            }
+        }
+        result
+    }
+
+    fn apply_command(&mut self, command: &Command, now: u64) -> CommandResult {
+        match command {
+            Command::PutTenant { tenant } => {
+                let mut tenant = tenant.clone();
+                if let Some(existing) = self.global.tenants.get(&tenant.name) {
+                    tenant.id = existing.id.clone();
+                }
+                self.global.tenants.insert(tenant.name.clone(), tenant);
+                Ok(Outcome::Done)
+            }
+            Command::DeleteTenant { name } => {
+                if name == "superadmin" {
+                    return Err(CommandError::Forbidden { message: "the superadmin tenant cannot be deleted".into() });
+                }
+                if self.clusters().any(|c| &c.cluster.account.tenant_id == name && c.cluster.status != ClusterStatus::Terminated) {
+                    return Err(CommandError::conflict("tenant_has_clusters", format!("tenant {name} still has live clusters")));
+                }
+                self.global.tenants.remove(name);
+                self.global.api_keys.retain(|_, k| &k.tenant != name);
+                self.global.catalogs.remove(name);
+                Ok(Outcome::Done)
+            }
+            Command::PutApiKey { key } => {
+                if !self.global.tenants.contains_key(&key.tenant) {
+                    return Err(CommandError::not_found("tenant", &key.tenant));
+                }
+                self.global.api_keys.insert(key.key_sha256.clone(), key.clone());
+                Ok(Outcome::Done)
+            }
+            Command::PutEntity { tenant, kind, name, body, create_only } => {
+                self.require_tenant(tenant)?;
+                let versions = self
+                    .global
+                    .catalogs
+                    .entry(tenant.clone())
+                    .or_default()
+                    .entities
+                    .entry(*kind)
+                    .or_default()
+                    .entry(name.clone())
+                    .or_default();
+                if *create_only && !versions.is_empty() {
+                    return Err(CommandError::conflict("entity_exists", format!("{} {name} already exists", kind.as_str())));
+                }
+                let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
+                let mut body = body.clone();
+                if let Value::Object(map) = &mut body {
+                    map.insert("version".into(), Value::from(version));
+                }
+                versions.insert(version, body);
+                Ok(Outcome::EntityVersion { version })
+            }
+            Command::DeleteEntity { tenant, kind, name, version } => {
+                if let Some(by_name) = self.global.catalogs.get_mut(tenant).and_then(|c| c.entities.get_mut(kind)) {
+                    match version {
+                        None => {
+                            by_name.remove(name);
+                        }
+                        Some(v) => {
+                            if let Some(versions) = by_name.get_mut(name) {
+                                versions.remove(v);
+                                if versions.is_empty() {
+                                    by_name.remove(name);
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Outcome::Done)
+            }
+            Command::ImportCatalog { tenant, entities } => {
+                self.require_tenant(tenant)?;
+                let catalog = self.global.catalogs.entry(tenant.clone()).or_default();
+                for (kind, bodies) in entities {
+                    let by_name = catalog.entities.entry(*kind).or_default();
+                    by_name.clear();
+                    for body in bodies {
+                        let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                        let mut body = body.clone();
+                        if let Value::Object(map) = &mut body {
+                            map.insert("version".into(), Value::from(1));
+                        }
+                        by_name.entry(name).or_default().insert(1, body);
+                    }
+                }
+                Ok(Outcome::Done)
+            }
+            Command::CreateCluster { shard, spec } => self.create_cluster(*shard, spec, now),
+            Command::StartOperation { cluster, action, services, config } => {
+                self.start_operation(*cluster, *action, services, config.clone(), now)
+            }
+            Command::AddServices { cluster, services, placement } => {
+                let record = self.cluster_mut(*cluster)?;
+                if record.cluster.status != ClusterStatus::Active {
+                    return Err(CommandError::conflict("cluster_not_active", "services can be added only to an active cluster"));
+                }
+                for (node_id, added) in placement {
+                    let Some(node) = record.nodes.get_mut(node_id) else {
+                        return Err(CommandError::not_found("node", node_id));
+                    };
+                    for service in added {
+                        if !node.properties.services.contains(service) {
+                            node.properties.services.push(service.clone());
+                        }
+                    }
+                }
+                for service in services {
+                    if !record.cluster.services.contains(service) {
+                        record.cluster.services.push(service.clone());
+                    }
+                }
+                self.begin_job(*cluster, ClusterAction::AddServices, services.clone(), None, now)
+            }
+            Command::SetExpireTime { cluster, expire_time } => {
+                let record = self.cluster_mut(*cluster)?;
+                record.cluster.expire_time = *expire_time;
+                Ok(Outcome::Done)
+            }
+            Command::SyncTemplate { cluster, template } => {
+                let record = self.cluster_mut(*cluster)?;
+                if record.cluster.status != ClusterStatus::Active {
+                    return Err(CommandError::conflict("cluster_not_active", "template sync needs an active cluster"));
+                }
+                record.cluster.cluster_template = template.clone();
+                Ok(Outcome::Done)
+            }
+            Command::Abort { cluster } => self.job_control(*cluster, now, JobControl::Abort),
+            Command::Pause { cluster } => self.job_control(*cluster, now, JobControl::Pause),
+            Command::Resume { cluster } => self.job_control(*cluster, now, JobControl::Resume),
+            Command::TakeTask { provisioner_id, worker_id, tenant_id, timeout_ms } => {
+                self.take_task(provisioner_id, worker_id, tenant_id.as_deref(), *timeout_ms, now)
+            }
+            Command::FinishTask(result) => self.finish_task(result, now),
+            Command::ExpireTasks => {
+                let jobs: Vec<JobId> = self.active_jobs.iter().copied().collect();
+                let mut count = 0;
+                for job in jobs {
+                    count += self.expire_job(job, now, None);
+                }
+                Ok(Outcome::TasksExpired { count })
+            }
+            Command::ReleaseProvisioner { id } => {
+                let jobs: Vec<JobId> = self.active_jobs.iter().copied().collect();
+                let mut count = 0;
+                for job in jobs {
+                    count += self.expire_job(job, now, Some(id));
+                }
+                Ok(Outcome::TasksExpired { count })
+            }
+            Command::RegisterProvisioner { info } => {
+                self.local.provisioners.insert(info.id.clone(), info.clone());
+                Ok(Outcome::Done)
+            }
+            Command::UnregisterProvisioner { id } => {
+                self.local.provisioners.remove(id);
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    fn require_tenant(&self, tenant: &str) -> Result<&Tenant, CommandError> {
+        self.global.tenants.get(tenant).ok_or_else(|| CommandError::not_found("tenant", tenant))
+    }
+
+    fn create_cluster(&mut self, shard: ShardId, spec: &ClusterSpec, now: u64) -> CommandResult {
+        let tenant = self.require_tenant(&spec.tenant)?.clone();
+        let (live_clusters, live_nodes) = self
+            .clusters()
+            .filter(|c| c.cluster.account.tenant_id == spec.tenant && c.cluster.status != ClusterStatus::Terminated)
+            .fold((0u64, 0u64), |(c, n), r| (c + 1, n + r.nodes.len() as u64));
+        if live_clusters + 1 > u64::from(tenant.max_clusters) {
+            return Err(CommandError::QuotaExceeded {
+                tenant: tenant.name,
+                message: format!("maxClusters is {}", tenant.max_clusters),
+            });
+        }
+        if live_nodes + spec.nodes.len() as u64 > u64::from(tenant.max_nodes) {
+            return Err(CommandError::QuotaExceeded {
+                tenant: tenant.name,
+                message: format!("maxNodes is {} and {live_nodes} are in use", tenant.max_nodes),
+            });
+        }
+        let service_defs = self.global.catalogs.get(&spec.tenant).map(TenantCatalog::services).unwrap_or_default();
+        let shard_count = self.shard_count;
+        let Some(shard_state) = self.shards.get_mut(&shard) else {
+            return Err(CommandError::invalid("invalid_shard", format!("shard {shard} does not exist")));
+        };
+        let id = ClusterId::allocate(shard, shard_count, shard_state.next_n);
+        shard_state.next_n += 1;
+
+        let host_prefix: String =
+            spec.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>().to_lowercase();
+        let domain = if spec.dns_suffix.is_empty() { "local" } else { spec.dns_suffix.as_str() };
+        let automators: Vec<String> = {
+            let mut set = BTreeSet::new();
+            for s in &spec.services {
+                if let Some(def) = service_defs.get(s) {
+                    set.extend(def.provisioner.actions.values().map(|a| a.plugin.clone()));
+                }
+            }
+            set.into_iter().collect()
+        };
+        let nodes: BTreeMap<NodeId, Node> = spec
+            .nodes
+            .iter()
+            .map(|n| {
+                let node_id = NodeId::derive(id, n.nodenum);
+                let node = Node {
+                    id: node_id.clone(),
+                    cluster_id: id,
+                    properties: NodeProperties {
+                        hostname: format!("{host_prefix}{}-{}.{domain}", id.0, n.nodenum),
+                        ipaddresses: BTreeMap::new(),
+                        nodenum: n.nodenum,
+                        hardwaretype: n.hardwaretype.clone(),
+                        imagetype: n.imagetype.clone(),
+                        flavor: n.flavor.clone(),
+                        image: n.image.clone(),
+                        sshuser: n.sshuser.clone(),
+                        services: n.services.clone(),
+                        automators: automators.clone(),
+                    },
+                    actions: Vec::new(),
+                    provisioner_results: Default::default(),
+                };
+                (node_id, node)
+            })
+            .collect();
+        let expire_time = if spec.initial_lease_ms > 0 { now.saturating_add(spec.initial_lease_ms) } else { 0 };
+        let cluster = Cluster {
+            id,
+            name: spec.name.clone(),
+            description: spec.description.clone(),
+            account: Account { user_id: spec.user.clone(), tenant_id: spec.tenant.clone() },
+            create_time: now,
+            expire_time,
+            provider: spec.provider.clone(),
+            cluster_template: spec.template.clone(),
+            hardwaretype: spec.hardwaretype.clone(),
+            imagetype: spec.imagetype.clone(),
+            dns_suffix: spec.dns_suffix.clone(),
+            nodes: nodes.keys().cloned().collect(),
+            services: spec.services.clone(),
+            latest_job_id: None,
+            status: ClusterStatus::Pending,
+            config: spec.config.clone(),
+            message: None,
+        };
+        let record = ClusterRecord { cluster, nodes, jobs: BTreeMap::new(), next_job_seq: 1, service_defs };
+        shard_state.clusters.insert(id, record);
+        // Coopr runs a solve_layout job first; here the layout was solved before the command was
+        // proposed, so that job is recorded as already complete.
+        let solve = JobId { cluster: id, seq: 1 };
+        let layout_run = JobRun::new(solve, ClusterAction::SolveLayout, Vec::new(), Vec::new(), None, now);
+        let record = self.cluster_mut(id)?;
+        record.jobs.insert(1, layout_run);
+        record.next_job_seq = 2;
+        self.begin_job(id, ClusterAction::ClusterCreate, Vec::new(), None, now)?;
+        Ok(Outcome::ClusterCreated { id })
+    }
+
+    fn start_operation(
+        &mut self,
+        cluster: ClusterId,
+        action: ClusterAction,
+        services: &[String],
+        config: Option<coopr_types::JsonMap>,
+        now: u64,
+    ) -> CommandResult {
+        let record = self.cluster_mut(cluster)?;
+        let status = record.cluster.status;
+        match action {
+            ClusterAction::ClusterDelete => match status {
+                ClusterStatus::Terminated => return Ok(Outcome::Unchanged),
+                ClusterStatus::Pending => {
+                    return Err(CommandError::conflict("cluster_pending", "cluster has an operation in progress"))
+                }
+                _ => {}
+            },
+            ClusterAction::ClusterConfigure | ClusterAction::ClusterConfigureWithRestart => {
+                if !matches!(status, ClusterStatus::Active | ClusterStatus::Inconsistent) {
+                    return Err(CommandError::conflict("cluster_not_active", format!("cluster is {status}")));
+                }
+            }
+            ClusterAction::StartServices | ClusterAction::StopServices | ClusterAction::RestartServices => {
+                if status != ClusterStatus::Active {
+                    return Err(CommandError::conflict("cluster_not_active", format!("cluster is {status}")));
+                }
+                if let Some(unknown) = services.iter().find(|s| !record.cluster.services.contains(s)) {
+                    return Err(CommandError::not_found("service", unknown));
+                }
+            }
+            other => return Err(CommandError::invalid("invalid_action", format!("{other} is not started this way"))),
+        }
+        if let Some(config) = &config {
+            record.cluster.config = config.clone();
+        }
+        self.begin_job(cluster, action, services.to_vec(), config, now)
+    }
+
+    /// Plans and records a new job for a cluster, which becomes PENDING while it runs.
+    fn begin_job(
+        &mut self,
+        cluster: ClusterId,
+        action: ClusterAction,
+        services: Vec<String>,
+        config: Option<coopr_types::JsonMap>,
+        now: u64,
+    ) -> CommandResult {
+        let record = self.cluster_mut(cluster)?;
+        if let Some(running) = record.running_job() {
+            return Err(CommandError::conflict(
+                "job_in_progress",
+                format!("job {} is still {}", running.job.id, running.job.status),
+            ));
+        }
+        let nodes: Vec<(NodeId, Vec<String>)> =
+            record.nodes.values().map(|n| (n.id.clone(), n.properties.services.clone())).collect();
+        let stages: Vec<Vec<PlannedTask>> = plan(&PlanInput {
+            action,
+            nodes: &nodes,
+            catalog_services: &record.service_defs,
+            target_services: &services,
+        });
+        let id = JobId { cluster, seq: record.next_job_seq };
+        record.next_job_seq += 1;
+        let run = JobRun::new(id, action, stages, services, config, now);
+        record.cluster.latest_job_id = Some(id);
+        let finished = run.job.status.is_finished();
+        let success = run.job.status == JobStatus::Complete;
+        record.jobs.insert(id.seq, run);
+        if finished {
+            record.cluster.status = cluster_status_after(action, success);
+        } else {
+            record.cluster.status = ClusterStatus::Pending;
+        }
+        self.refresh_job(id);
+        Ok(Outcome::JobStarted { job: id })
+    }
+
+    fn job_control(&mut self, cluster: ClusterId, now: u64, control: JobControl) -> CommandResult {
+        let record = self.cluster_mut(cluster)?;
+        let Some(seq) = record.jobs.values().find(|j| !j.job.status.is_finished()).map(|j| j.job.id.seq) else {
+            return Ok(Outcome::Unchanged);
+        };
+        let Some(run) = record.jobs.get_mut(&seq) else {
+            return Ok(Outcome::Unchanged);
+        };
+        let mut effects = Vec::new();
+        let changed = match control {
+            JobControl::Abort => {
+                effects = run.abort(now).map_err(|e| CommandError::conflict("abort_not_supported", e.to_string()))?;
+                !effects.is_empty()
+            }
+            JobControl::Pause => run.pause(now),
+            JobControl::Resume => run.resume(now),
+        };
+        let (id, action) = (run.job.id, run.job.action);
+        apply_effects(record, action, &effects);
+        self.refresh_job(id);
+        Ok(if changed { Outcome::Done } else { Outcome::Unchanged })
+    }
+
+    fn take_task(
+        &mut self,
+        provisioner_id: &str,
+        worker_id: &str,
+        tenant_id: Option<&str>,
+        timeout_ms: u64,
+        now: u64,
+    ) -> CommandResult {
+        if !self.local.provisioners.contains_key(provisioner_id) {
+            return Err(CommandError::UnknownProvisioner { id: provisioner_id.to_string() });
+        }
+        let tenant_name = match tenant_id.filter(|t| !t.is_empty()) {
+            Some(id) => Some(self.tenant_by_id(id).map(|t| t.name.clone()).unwrap_or_else(|| id.to_string())),
+            None => None,
+        };
+        let Some(task_id) = self
+            .ready
+            .iter()
+            .find(|t| match &tenant_name {
+                None => true,
+                Some(name) => self.cluster(t.job.cluster).is_some_and(|c| &c.cluster.account.tenant_id == name),
+            })
+            .copied()
+        else {
+            return Ok(Outcome::TaskTaken { task: None });
+        };
+        let owner = TaskOwner {
+            provisioner_id: provisioner_id.to_string(),
+            worker_id: worker_id.to_string(),
+            deadline_ms: now.saturating_add(timeout_ms),
+        };
+        let record = self.cluster_mut(task_id.job.cluster)?;
+        let run = record.jobs.get_mut(&task_id.job.seq).ok_or_else(|| CommandError::not_found("job", task_id.job))?;
+        run.take(task_id, owner, now)
+            .map_err(|e| CommandError::conflict("task_not_ready", e.to_string()))?;
+        if let Some(task) = run.tasks.get(&task_id).cloned() {
+            if let Some(node) = record.nodes.get_mut(&task.node_id) {
+                node.push_action(NodeAction {
+                    task_id,
+                    service: task.service.clone(),
+                    action: task.task_name,
+                    submit_time: now,
+                    status_time: now,
+                    status: TaskStatus::InProgress,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                });
+            }
+        }
+        self.refresh_job(task_id.job);
+        Ok(Outcome::TaskTaken { task: Some(task_id) })
+    }
+
+    fn finish_task(&mut self, result: &TaskResult, now: u64) -> CommandResult {
+        if !self.local.provisioners.contains_key(&result.provisioner_id) {
+            return Err(CommandError::UnknownProvisioner { id: result.provisioner_id.clone() });
+        }
+        let task_id = result.task;
+        let record = self.cluster_mut(task_id.job.cluster)?;
+        let run = record.jobs.get_mut(&task_id.job.seq).ok_or_else(|| CommandError::not_found("task", task_id))?;
+        let Some(task) = run.tasks.get(&task_id).cloned() else {
+            return Err(CommandError::not_found("task", task_id));
+        };
+        let success = result.status == 0;
+        let effects = run
+            .finish(task_id, (&result.provisioner_id, &result.worker_id), success, now)
+            .map_err(|_| CommandError::NotTaskOwner { task: task_id, worker: result.worker_id.clone() })?;
+        let (action, job_id) = (run.job.action, run.job.id);
+        if let Some(node) = record.nodes.get_mut(&task.node_id) {
+            for (k, v) in &result.result {
+                node.provisioner_results.insert(k.clone(), v.clone());
+            }
+            if success {
+                if let Some(hostname) = result.hostname.as_ref().filter(|h| !h.is_empty()) {
+                    node.properties.hostname = hostname.clone();
+                }
+                if let Some(ips) = &result.ipaddresses {
+                    node.properties.ipaddresses = ips.clone();
+                }
+            }
+            if let Some(entry) = node.actions.iter_mut().rev().find(|a| a.task_id == task_id) {
+                entry.status = if success { TaskStatus::Complete } else { TaskStatus::Failed };
+                entry.status_time = now;
+                entry.stdout = truncate_output(&result.stdout);
+                entry.stderr = truncate_output(&result.stderr);
+            }
+        }
+        apply_effects(record, action, &effects);
+        self.refresh_job(job_id);
+        Ok(Outcome::Done)
+    }
+
+    /// Times out the job's expired tasks (or, with `provisioner`, every in-progress task that
+    /// provisioner holds). Returns how many tasks it timed out.
+    fn expire_job(&mut self, job: JobId, now: u64, provisioner: Option<&str>) -> usize {
+        let Ok(record) = self.cluster_mut(job.cluster) else { return 0 };
+        let Some(run) = record.jobs.get_mut(&job.seq) else { return 0 };
+        let mut count = 0;
+        for task in run.tasks.values_mut() {
+            if task.status != TaskStatus::InProgress {
+                continue;
+            }
+            let Some(owner) = task.owner.as_mut() else { continue };
+            match provisioner {
+                // A dead provisioner's lease on its tasks ends now.
+                Some(p) if owner.provisioner_id == p => owner.deadline_ms = owner.deadline_ms.min(now),
+                Some(_) => continue,
+                None => {}
+            }
+            if owner.deadline_ms <= now {
+                count += 1;
+            }
+        }
+        if count == 0 {
+            return 0;
+        }
+        let effects = run.expire(now);
+        let action = run.job.action;
+        apply_effects(record, action, &effects);
+        self.refresh_job(job);
+        count
+    }
+
+    /// Recomputes the derived queue entries and active-job membership of one job.
+    fn refresh_job(&mut self, job: JobId) {
+        let stale: Vec<TaskId> = self.ready.range(first_task(job)..=last_task(job)).copied().collect();
+        for task in stale {
+            self.ready.remove(&task);
+        }
+        let Some(run) = self.job(job) else {
+            self.active_jobs.remove(&job);
+            return;
+        };
+        let finished = run.job.status.is_finished();
+        let ready = run.ready_tasks();
+        if finished {
+            self.active_jobs.remove(&job);
+        } else {
+            self.active_jobs.insert(job);
+        }
+        self.ready.extend(ready);
+    }
+}
+
+enum JobControl {
+    Abort,
+    Pause,
+    Resume,
+}
+
+fn first_task(job: JobId) -> TaskId {
+    TaskId { job, seq: 0 }
+}
+
+fn last_task(job: JobId) -> TaskId {
+    TaskId { job, seq: u32::MAX }
+}
+
+/// Stdout/stderr kept per node action (the tail).
+const MAX_OUTPUT_BYTES: usize = 8 * 1024;
+
+fn truncate_output(s: &str) -> String {
+    if s.len() <= MAX_OUTPUT_BYTES {
+        return s.to_string();
+    }
+    let mut start = s.len() - MAX_OUTPUT_BYTES;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}
+
+fn apply_effects(record: &mut ClusterRecord, action: ClusterAction, effects: &[JobEffect]) {
+    for effect in effects {
+        if let JobEffect::JobFinished { status, cluster_status } = effect {
+            record.cluster.status = *cluster_status;
+            record.cluster.message =
+                (*status == JobStatus::Failed).then(|| format!("{action} failed"));
+        }
+    }
+}
