@@ -1,1 +1,231 @@
-fn main() {}
+//! `coopr`: one binary for the server, the provisioner, the all-in-one demo and the client.
+//!
+//! ```text
+//!  coopr server       --data-dir D --listen ADDR      a server node (REST API + provisioner API)
+//!  coopr provisioner  --server URL                    workers running provider/automator plugins
+//!  coopr demo         --base-port P --data-dir D      server + fake-cloud workers, seeded, in one process
+//!  coopr cluster ...  / coopr admin ...               the REST client
+//! ```
+
+mod client;
+mod demo;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use coopr_provisioner::{FakeCloud, FakeCloudOptions, PluginRegistry, ProvisionerConfig};
+use coopr_server::ServerConfig;
+use tokio::sync::watch;
+
+#[derive(Parser, Debug)]
+#[command(name = "coopr", version, about = "Cluster provisioning server, hot-hot across datacenters")]
+struct Cli {
+    #[command(flatten)]
+    conn: client::Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a server node.
+    Server(ServerArgs),
+    /// Runs provisioner workers against a server.
+    Provisioner(ProvisionerArgs),
+    /// Runs a server and fake-cloud provisioner workers in one process, seeded for trying coopr.
+    Demo(demo::DemoArgs),
+    /// Cluster commands (create, list, show, status, delete, ...).
+    #[command(subcommand)]
+    Cluster(client::ClusterCommand),
+    /// Administration (tenants, provisioners, catalog import/export).
+    #[command(subcommand)]
+    Admin(client::AdminCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// Address of the REST API (user and provisioner API).
+    #[arg(long, default_value = "127.0.0.1:55054")]
+    listen: String,
+    /// Directory of the node's store.
+    #[arg(long, default_value = "coopr-data")]
+    data_dir: PathBuf,
+    /// Datacenter name.
+    #[arg(long, default_value = "a")]
+    dc: String,
+    /// Node name.
+    #[arg(long, default_value = "a1")]
+    node: String,
+    /// Number of cluster shards (fixed for the life of the data dir).
+    #[arg(long, default_value_t = 64)]
+    shards: u32,
+    /// Seconds a worker may hold a task before it is retried.
+    #[arg(long, default_value_t = 600)]
+    task_timeout_secs: u64,
+    /// Seed the demo tenant and fixed demo keys (never in production).
+    #[arg(long)]
+    demo: bool,
+    /// File holding the superadmin key to create at first start (else one is generated into
+    /// `<data-dir>/admin-key`).
+    #[arg(long)]
+    admin_key_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ProvisionerArgs {
+    /// Server base URL; repeat for several servers (tried in turn when one is unreachable).
+    #[arg(long = "server", required = true)]
+    servers: Vec<String>,
+    /// Provisioner id (unique per deployment).
+    #[arg(long, default_value = "provisioner-1")]
+    id: String,
+    /// Number of workers (tasks run at once).
+    #[arg(long, default_value_t = 4)]
+    capacity: u32,
+    /// A superadmin-tenant API key (provisioners authenticate with it).
+    #[arg(long = "api-key", env = "COOPR_PROVISIONER_KEY")]
+    api_key: Option<String>,
+    /// Take only tasks of this tenant id.
+    #[arg(long)]
+    tenant_id: Option<String>,
+    /// File persisting the fake cloud's machines (so creation stays idempotent across restarts).
+    #[arg(long)]
+    fake_cloud_state: Option<PathBuf>,
+    /// Default latency of fake-cloud operations (ms).
+    #[arg(long, default_value_t = 0)]
+    fake_latency_ms: u64,
+    /// Default failure rate of fake-cloud operations (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    fake_failure_rate: f64,
+    /// Poll interval when the queue is empty (ms).
+    #[arg(long, default_value_t = 1000)]
+    poll_interval_ms: u64,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COOPR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// A shutdown signal that flips on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = tx.send(true);
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub fn fake_cloud(state: Option<&std::path::Path>, latency_ms: u64, failure_rate: f64) -> anyhow::Result<FakeCloud> {
+    let options = FakeCloudOptions { latency_ms, failure_rate, ..FakeCloudOptions::default() };
+    Ok(match state {
+        Some(path) => FakeCloud::open_with(path, options)?,
+        None => FakeCloud::new(options),
+    })
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let admin_key = match &args.admin_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let config = ServerConfig {
+        dc: args.dc,
+        node: args.node,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        shard_count: args.shards,
+        task_timeout_ms: args.task_timeout_secs.saturating_mul(1000),
+        demo: args.demo,
+        admin_key,
+        ..ServerConfig::default()
+    };
+    let handle = coopr_server::start(config).await?;
+    println!("coopr server listening on {}", handle.url());
+    let mut stop = shutdown_on_signal();
+    let _ = stop.wait_for(|s| *s).await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn run_provisioner(args: ProvisionerArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.fake_failure_rate) {
+        anyhow::bail!("--fake-failure-rate must be between 0 and 1");
+    }
+    let cloud = fake_cloud(args.fake_cloud_state.as_deref(), args.fake_latency_ms, args.fake_failure_rate)?;
+    let mut config = ProvisionerConfig::new(args.servers, args.id, PluginRegistry::with_builtins(cloud));
+    config.capacity = args.capacity;
+    config.api_key = args.api_key;
+    config.tenant_id = args.tenant_id;
+    config.poll_interval_ms = args.poll_interval_ms;
+    config.validate()?;
+    coopr_provisioner::run(config, shutdown_on_signal()).await
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => {
+                init_tracing("info");
+                run_server(args).await
+            }
+            Command::Provisioner(args) => {
+                init_tracing("info");
+                run_provisioner(args).await
+            }
+            Command::Demo(args) => {
+                init_tracing("warn,coopr_server=info");
+                demo::run(args, shutdown_on_signal()).await
+            }
+            Command::Cluster(cmd) => {
+                init_tracing("warn");
+                // The client prints its own errors.
+                return client::run_cluster(&cli.conn, cmd).await.map_err(|_| None);
+            }
+            Command::Admin(cmd) => {
+                init_tracing("warn");
+                return client::run_admin(&cli.conn, cmd).await.map_err(|_| None);
+            }
+        }
+        .map_err(Some)
+    });
+    match result {
+        Ok(()) => {}
+        Err(Some(e)) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        Err(None) => std::process::exit(1),
+    }
+}

@@ -167,6 +167,9 @@ pub struct ProvisionerClient {
 
 impl ProvisionerClient {
     /// A client for `config.servers` sending `config.api_key`.
+    ///
+    /// # Panics
+    /// If `config.servers` is empty, which [`ProvisionerConfig::validate`] rejects.
     pub fn new(config: &ProvisionerConfig) -> Result<Self, ClientError> {
         assert!(
             !config.servers.is_empty(),

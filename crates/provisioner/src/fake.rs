@@ -332,8 +332,8 @@ fn hostname_for(task: &Value, number: u64) -> String {
     if let Some(hostname) = str_at(task, "/config/hostname") {
         return hostname.to_string();
     }
-    let prefix = str_at(task, "/config/clusterName")
-        .or_else(|| str_at(task, "/clusterName"))
+    let prefix = str_at(task, "/config/clustername")
+        .or_else(|| str_at(task, "/config/clusterName"))
         .unwrap_or("node");
     let nodenum = number_at(task, "/config/nodenum")
         .map(|n| n as u64)
@@ -531,10 +531,17 @@ mod tests {
         assert_eq!((cloud.machines_created(), cloud.machines_alive()), (2, 1));
     }
 
-    /// The server-assigned hostname wins over the derived one.
+    /// The hostname is derived from the cluster name, nodenum and DNS suffix the server sends, and a
+    /// server-assigned hostname wins over the derived one.
     #[tokio::test]
     async fn create_uses_task_hostname() {
         let provider = FakeProvider::new(FakeCloud::default());
+        let mut task = provider_task("CREATE", "n0");
+        task["config"]["clustername"] = json!("dev");
+        task["config"]["dnsSuffix"] = json!("example.com");
+        let derived = provider.run(&task).await;
+        assert_eq!(derived.hostname.as_deref(), Some("dev-1000.example.com"));
+
         let mut task = provider_task("CREATE", "n1");
         task["config"]["hostname"] = json!("dev79-1000.local");
         let result = provider.run(&task).await;
