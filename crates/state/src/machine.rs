@@ -198,6 +198,17 @@ impl State {
         self.active_jobs.iter().filter_map(|j| self.job(*j)?.next_deadline()).min()
     }
 
+    /// How many in-progress tasks a provisioner holds.
+    pub fn tasks_held_by(&self, provisioner: &str) -> usize {
+        self.active_jobs
+            .iter()
+            .filter_map(|j| self.job(*j))
+            .flat_map(|run| run.tasks.values())
+            .filter(|t| t.status == TaskStatus::InProgress)
+            .filter(|t| t.owner.as_ref().is_some_and(|o| o.provisioner_id == provisioner))
+            .count()
+    }
+
     /// The stored outcome of an idempotency key, if that key was already applied.
     pub fn idempotent_outcome(&self, key: &str) -> Option<&CommandResult> {
         self.local.idempotency.get(key)

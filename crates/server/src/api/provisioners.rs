@@ -53,6 +53,12 @@ async fn register(
     };
     let info = ProvisionerInfo { id: id.clone(), host, port, capacity_total };
     app.heartbeat(&id);
+    // A provisioner registers when it starts: whatever tasks an earlier incarnation held are
+    // lost with it, so they are retried now rather than when their timeout runs out.
+    let holds_tasks = app.core.read().tasks_held_by(&id) > 0;
+    if holds_tasks {
+        app.core.propose(Command::ReleaseProvisioner { id: id.clone() }, None).await??;
+    }
     if app.core.read().local.provisioners.get(&id) == Some(&info) {
         return Ok(StatusCode::OK.into_response());
     }
