@@ -28,7 +28,10 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     if args.dcs != 1 {
-        anyhow::bail!("--dcs {}: this build runs one datacenter; several need cross-datacenter replication", args.dcs);
+        anyhow::bail!(
+            "--dcs {}: this build runs one datacenter; several need cross-datacenter replication",
+            args.dcs
+        );
     }
     std::fs::create_dir_all(&args.data_dir)?;
     let config = ServerConfig {
@@ -39,8 +42,16 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     };
     let server = coopr_server::start(config).await?;
     let url = server.url();
-    let cloud = crate::fake_cloud(Some(&args.data_dir.join("fake-cloud.json")), args.fake_latency_ms, 0.0)?;
-    let mut provisioner = ProvisionerConfig::new(vec![url.clone()], "demo-a1", PluginRegistry::with_builtins(cloud));
+    let cloud = crate::fake_cloud(
+        Some(&args.data_dir.join("fake-cloud.json")),
+        args.fake_latency_ms,
+        0.0,
+    )?;
+    let mut provisioner = ProvisionerConfig::new(
+        vec![url.clone()],
+        "demo-a1",
+        PluginRegistry::with_builtins(cloud),
+    );
     provisioner.capacity = args.workers;
     provisioner.api_key = Some(coopr_server::seed::DEMO_ADMIN_KEY.to_string());
     provisioner.poll_interval_ms = 100;

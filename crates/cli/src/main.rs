@@ -18,7 +18,11 @@ use coopr_server::ServerConfig;
 use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
-#[command(name = "coopr", version, about = "Cluster provisioning server, hot-hot across datacenters")]
+#[command(
+    name = "coopr",
+    version,
+    about = "Cluster provisioning server, hot-hot across datacenters"
+)]
 struct Cli {
     #[command(flatten)]
     conn: client::Connection,
@@ -105,7 +109,10 @@ struct ProvisionerArgs {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("COOPR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// A shutdown signal that flips on Ctrl-C or SIGTERM.
@@ -114,14 +121,15 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    let _ = tx.send(true);
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -134,8 +142,16 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
-pub fn fake_cloud(state: Option<&std::path::Path>, latency_ms: u64, failure_rate: f64) -> anyhow::Result<FakeCloud> {
-    let options = FakeCloudOptions { latency_ms, failure_rate, ..FakeCloudOptions::default() };
+pub fn fake_cloud(
+    state: Option<&std::path::Path>,
+    latency_ms: u64,
+    failure_rate: f64,
+) -> anyhow::Result<FakeCloud> {
+    let options = FakeCloudOptions {
+        latency_ms,
+        failure_rate,
+        ..FakeCloudOptions::default()
+    };
     Ok(match state {
         Some(path) => FakeCloud::open_with(path, options)?,
         None => FakeCloud::new(options),
@@ -175,8 +191,13 @@ async fn run_provisioner(args: ProvisionerArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fake_failure_rate) {
         anyhow::bail!("--fake-failure-rate must be between 0 and 1");
     }
-    let cloud = fake_cloud(args.fake_cloud_state.as_deref(), args.fake_latency_ms, args.fake_failure_rate)?;
-    let mut config = ProvisionerConfig::new(args.servers, args.id, PluginRegistry::with_builtins(cloud));
+    let cloud = fake_cloud(
+        args.fake_cloud_state.as_deref(),
+        args.fake_latency_ms,
+        args.fake_failure_rate,
+    )?;
+    let mut config =
+        ProvisionerConfig::new(args.servers, args.id, PluginRegistry::with_builtins(cloud));
     config.capacity = args.capacity;
     config.api_key = args.api_key;
     config.tenant_id = args.tenant_id;
@@ -187,7 +208,10 @@ async fn run_provisioner(args: ProvisionerArgs) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -49,13 +49,22 @@ impl Default for ServerConfig {
 impl ServerConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.shard_count == 0 || self.shard_count > 65_536 {
-            bail!("shard_count must be between 1 and 65536, got {}", self.shard_count);
+            bail!(
+                "shard_count must be between 1 and 65536, got {}",
+                self.shard_count
+            );
         }
         if self.task_timeout_ms < 100 {
-            bail!("task_timeout_ms must be at least 100, got {}", self.task_timeout_ms);
+            bail!(
+                "task_timeout_ms must be at least 100, got {}",
+                self.task_timeout_ms
+            );
         }
         if self.provisioner_timeout_ms < 100 {
-            bail!("provisioner_timeout_ms must be at least 100, got {}", self.provisioner_timeout_ms);
+            bail!(
+                "provisioner_timeout_ms must be at least 100, got {}",
+                self.provisioner_timeout_ms
+            );
         }
         if self.snapshot_every == 0 {
             bail!("snapshot_every must be positive");

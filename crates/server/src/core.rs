@@ -52,7 +52,12 @@ pub struct Core {
 
 impl Core {
     /// Starts the writer task. `last_index` is the index of the last entry already in `state`.
-    pub fn start(state: State, store: Arc<dyn LogStore>, last_index: LogIndex, snapshot_every: u64) -> Arc<Core> {
+    pub fn start(
+        state: State,
+        store: Arc<dyn LogStore>,
+        last_index: LogIndex,
+        snapshot_every: u64,
+    ) -> Arc<Core> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let core = Arc::new(Core {
             state: RwLock::new(state),
@@ -72,26 +77,44 @@ impl Core {
     }
 
     pub fn applied_index(&self) -> LogIndex {
-        self.applied_index.load(std::sync::atomic::Ordering::Acquire)
+        self.applied_index
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Appends a command durably and applies it; returns its outcome.
-    pub async fn propose(&self, command: Command, idempotency_key: Option<String>) -> Result<CommandResult, ProposeError> {
-        let entry = Entry { now_ms: now_ms(), idempotency_key, command };
+    pub async fn propose(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult, ProposeError> {
+        let entry = Entry {
+            now_ms: now_ms(),
+            idempotency_key,
+            command,
+        };
         let (reply, answer) = oneshot::channel();
-        self.proposals.try_send(Proposal { entry, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
-        })?;
+        self.proposals
+            .try_send(Proposal { entry, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
+            })?;
         answer.await.map_err(|_| ProposeError::ShuttingDown)?
     }
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
-async fn writer(core: std::sync::Weak<Core>, mut rx: mpsc::Receiver<Proposal>, snapshot_every: u64) {
+async fn writer(
+    core: std::sync::Weak<Core>,
+    mut rx: mpsc::Receiver<Proposal>,
+    snapshot_every: u64,
+) {
     let mut since_snapshot = 0u64;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -133,7 +156,8 @@ async fn writer(core: std::sync::Weak<Core>, mut rx: mpsc::Receiver<Proposal>, s
                     .increment(1);
                 let _ = p.reply.send(Ok(outcome));
             }
-            core.applied_index.store(last_index, std::sync::atomic::Ordering::Release);
+            core.applied_index
+                .store(last_index, std::sync::atomic::Ordering::Release);
         }
         core.applied.notify_waiters();
         since_snapshot += count;

@@ -68,7 +68,11 @@ impl App {
 
     /// When the provisioner was last heard from (or the server started, whichever is later).
     pub fn last_heard(&self, provisioner: &str) -> Instant {
-        let heard = self.heartbeats.lock().ok().and_then(|m| m.get(provisioner).copied());
+        let heard = self
+            .heartbeats
+            .lock()
+            .ok()
+            .and_then(|m| m.get(provisioner).copied());
         heard.map_or(self.started, |h| h.max(self.started))
     }
 
@@ -131,25 +135,38 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let path = config.data_dir.join("coopr.redb");
     let store: Arc<dyn LogStore> = Arc::new(
-        tokio::task::spawn_blocking(move || RedbStore::open(&path)).await?.context("cannot open the local store")?,
+        tokio::task::spawn_blocking(move || RedbStore::open(&path))
+            .await?
+            .context("cannot open the local store")?,
     );
     start_with_store(config, store).await
 }
 
 /// Starts a server on a given store (tests use an in-memory one).
-pub async fn start_with_store(config: ServerConfig, store: Arc<dyn LogStore>) -> anyhow::Result<ServerHandle> {
+pub async fn start_with_store(
+    config: ServerConfig,
+    store: Arc<dyn LogStore>,
+) -> anyhow::Result<ServerHandle> {
     config.validate()?;
     let shard_count = config.shard_count;
     let recover_store = store.clone();
-    let recovered = tokio::task::spawn_blocking(move || recover(recover_store.as_ref(), shard_count)).await??;
+    let recovered =
+        tokio::task::spawn_blocking(move || recover(recover_store.as_ref(), shard_count)).await??;
     tracing::info!(
         last_index = recovered.last_index,
         replayed = recovered.replayed,
         clusters = recovered.state.clusters().count(),
         "state recovered"
     );
-    let core = Core::start(recovered.state, store, recovered.last_index, config.snapshot_every);
-    let listener = TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let core = Core::start(
+        recovered.state,
+        store,
+        recovered.last_index,
+        config.snapshot_every,
+    );
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let app = Arc::new(App {
         core,
@@ -172,13 +189,25 @@ pub async fn start_with_store(config: ServerConfig, store: Arc<dyn LogStore>) ->
         }
     });
     tracing::info!(%addr, dc = %app.config.dc, node = %app.config.node, "coopr server listening");
-    Ok(ServerHandle { addr, app, shutdown, task })
+    Ok(ServerHandle {
+        addr,
+        app,
+        shutdown,
+        task,
+    })
 }
 
 /// A fresh UUID-shaped identifier (tenant IDs). Not cryptographic.
 pub fn new_id() -> String {
     let h = unique_hash();
-    format!("{}-{}-4{}-8{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 /// A fresh secret (API keys): 32 hex characters from the time, the process and a counter,
@@ -189,7 +218,15 @@ pub fn new_secret() -> String {
 
 fn unique_hash() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let seed = format!("{nanos}/{}/{}/{:p}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), &COUNTER);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!(
+        "{nanos}/{}/{}/{:p}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        &COUNTER
+    );
     coopr_types::hash_api_key(&seed)
 }

@@ -31,7 +31,14 @@ fn tenant(name: &str) -> Tenant {
 
 async fn ensure_tenant(app: &App, name: &str) -> anyhow::Result<()> {
     if !app.core.read().global.tenants.contains_key(name) {
-        app.core.propose(Command::PutTenant { tenant: tenant(name) }, None).await??;
+        app.core
+            .propose(
+                Command::PutTenant {
+                    tenant: tenant(name),
+                },
+                None,
+            )
+            .await??;
     }
     Ok(())
 }
@@ -39,19 +46,42 @@ async fn ensure_tenant(app: &App, name: &str) -> anyhow::Result<()> {
 async fn ensure_key(app: &App, tenant: &str, user: Option<&str>, key: &str) -> anyhow::Result<()> {
     let hash = hash_api_key(key);
     if !app.core.read().global.api_keys.contains_key(&hash) {
-        let record = ApiKey { tenant: tenant.to_string(), user: user.map(str::to_string), key_sha256: hash };
-        app.core.propose(Command::PutApiKey { key: record }, None).await??;
+        let record = ApiKey {
+            tenant: tenant.to_string(),
+            user: user.map(str::to_string),
+            key_sha256: hash,
+        };
+        app.core
+            .propose(Command::PutApiKey { key: record }, None)
+            .await??;
     }
     Ok(())
 }
 
 async fn ensure_catalog(app: &App, tenant: &str) -> anyhow::Result<()> {
-    if app.core.read().global.catalogs.get(tenant).is_some_and(|c| !c.entities.is_empty()) {
+    if app
+        .core
+        .read()
+        .global
+        .catalogs
+        .get(tenant)
+        .is_some_and(|c| !c.entities.is_empty())
+    {
         return Ok(());
     }
-    let body: serde_json::Value = serde_json::from_str(EXAMPLE_CATALOG).context("example catalog is not JSON")?;
-    let entities = validate_import(&body).map_err(|e| anyhow::anyhow!("example catalog: {}", e.message))?;
-    app.core.propose(Command::ImportCatalog { tenant: tenant.to_string(), entities }, None).await??;
+    let body: serde_json::Value =
+        serde_json::from_str(EXAMPLE_CATALOG).context("example catalog is not JSON")?;
+    let entities =
+        validate_import(&body).map_err(|e| anyhow::anyhow!("example catalog: {}", e.message))?;
+    app.core
+        .propose(
+            Command::ImportCatalog {
+                tenant: tenant.to_string(),
+                entities,
+            },
+            None,
+        )
+        .await??;
     Ok(())
 }
 
@@ -70,7 +100,8 @@ pub async fn bootstrap(app: &App) -> anyhow::Result<()> {
             None => {
                 let k = crate::new_secret();
                 let path = app.config.data_dir.join("admin-key");
-                std::fs::write(&path, format!("{k}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+                std::fs::write(&path, format!("{k}\n"))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 tracing::info!(path = %path.display(), "superadmin key written");
                 k
             }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use coopr_types::{
-    ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, JsonMap, NodeId, Provider, ShardId, TaskId,
-    Tenant,
+    ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, JsonMap, NodeId, Provider,
+    ShardId, TaskId, Tenant,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -66,17 +66,40 @@ pub struct ProvisionerInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     // ---- global shard: tenants, keys, catalog
-    PutTenant { tenant: Tenant },
-    DeleteTenant { name: String },
-    PutApiKey { key: ApiKey },
+    PutTenant {
+        tenant: Tenant,
+    },
+    DeleteTenant {
+        name: String,
+    },
+    PutApiKey {
+        key: ApiKey,
+    },
     /// Writes a new version of a catalog entity. `create_only` rejects an existing name (Coopr's POST).
-    PutEntity { tenant: String, kind: EntityKind, name: String, body: Value, create_only: bool },
-    DeleteEntity { tenant: String, kind: EntityKind, name: String, version: Option<u32> },
+    PutEntity {
+        tenant: String,
+        kind: EntityKind,
+        name: String,
+        body: Value,
+        create_only: bool,
+    },
+    DeleteEntity {
+        tenant: String,
+        kind: EntityKind,
+        name: String,
+        version: Option<u32>,
+    },
     /// Deletes every entity of the imported kinds, then writes the given ones.
-    ImportCatalog { tenant: String, entities: BTreeMap<EntityKind, Vec<Value>> },
+    ImportCatalog {
+        tenant: String,
+        entities: BTreeMap<EntityKind, Vec<Value>>,
+    },
 
     // ---- cluster shards
-    CreateCluster { shard: ShardId, spec: Box<ClusterSpec> },
+    CreateCluster {
+        shard: ShardId,
+        spec: Box<ClusterSpec>,
+    },
     /// Starts an operation on an existing cluster (delete, configure, service actions).
     StartOperation {
         cluster: ClusterId,
@@ -87,22 +110,49 @@ pub enum Command {
         config: Option<JsonMap>,
     },
     /// Adds services; `placement` says which node gets which new services.
-    AddServices { cluster: ClusterId, services: Vec<String>, placement: BTreeMap<NodeId, Vec<String>> },
-    SetExpireTime { cluster: ClusterId, expire_time: u64 },
-    SyncTemplate { cluster: ClusterId, template: ClusterTemplate },
-    Abort { cluster: ClusterId },
-    Pause { cluster: ClusterId },
-    Resume { cluster: ClusterId },
+    AddServices {
+        cluster: ClusterId,
+        services: Vec<String>,
+        placement: BTreeMap<NodeId, Vec<String>>,
+    },
+    SetExpireTime {
+        cluster: ClusterId,
+        expire_time: u64,
+    },
+    SyncTemplate {
+        cluster: ClusterId,
+        template: ClusterTemplate,
+    },
+    Abort {
+        cluster: ClusterId,
+    },
+    Pause {
+        cluster: ClusterId,
+    },
+    Resume {
+        cluster: ClusterId,
+    },
 
     // ---- task queue (DC-local state)
-    TakeTask { provisioner_id: String, worker_id: String, tenant_id: Option<String>, timeout_ms: u64 },
+    TakeTask {
+        provisioner_id: String,
+        worker_id: String,
+        tenant_id: Option<String>,
+        timeout_ms: u64,
+    },
     FinishTask(Box<TaskResult>),
     /// Times out every in-progress task whose deadline has passed.
     ExpireTasks,
     /// A provisioner stopped heartbeating: its in-progress tasks count as failed attempts.
-    ReleaseProvisioner { id: String },
-    RegisterProvisioner { info: ProvisionerInfo },
-    UnregisterProvisioner { id: String },
+    ReleaseProvisioner {
+        id: String,
+    },
+    RegisterProvisioner {
+        info: ProvisionerInfo,
+    },
+    UnregisterProvisioner {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,11 +179,21 @@ pub enum Outcome {
     Done,
     /// A no-op that Coopr answers with 200 (e.g. deleting a terminated cluster).
     Unchanged,
-    ClusterCreated { id: ClusterId },
-    JobStarted { job: coopr_types::JobId },
-    EntityVersion { version: u32 },
-    TaskTaken { task: Option<TaskId> },
-    TasksExpired { count: usize },
+    ClusterCreated {
+        id: ClusterId,
+    },
+    JobStarted {
+        job: coopr_types::JobId,
+    },
+    EntityVersion {
+        version: u32,
+    },
+    TaskTaken {
+        task: Option<TaskId>,
+    },
+    TasksExpired {
+        count: usize,
+    },
 }
 
 pub type CommandResult = Result<Outcome, CommandError>;

@@ -25,15 +25,24 @@ pub enum CommandError {
 
 impl CommandError {
     pub fn not_found(what: &str, name: impl ToString) -> Self {
-        CommandError::NotFound { what: what.to_string(), name: name.to_string() }
+        CommandError::NotFound {
+            what: what.to_string(),
+            name: name.to_string(),
+        }
     }
 
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
-        CommandError::Conflict { code: code.to_string(), message: message.into() }
+        CommandError::Conflict {
+            code: code.to_string(),
+            message: message.into(),
+        }
     }
 
     pub fn invalid(code: &str, message: impl Into<String>) -> Self {
-        CommandError::Invalid { code: code.to_string(), message: message.into() }
+        CommandError::Invalid {
+            code: code.to_string(),
+            message: message.into(),
+        }
     }
 
     /// The stable machine-readable code.

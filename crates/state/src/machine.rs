@@ -19,13 +19,16 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use coopr_engine::job::{cluster_status_after, JobEffect, JobRun};
 use coopr_engine::planner::{plan, PlanInput, PlannedTask};
 use coopr_types::{
-    Account, ApiKey, Cluster, ClusterAction, ClusterId, ClusterStatus, EntityKind, JobId, JobStatus, Node,
-    NodeAction, NodeId, NodeProperties, Service, ShardId, TaskId, TaskOwner, TaskStatus, Tenant,
+    Account, ApiKey, Cluster, ClusterAction, ClusterId, ClusterStatus, EntityKind, JobId,
+    JobStatus, Node, NodeAction, NodeId, NodeProperties, Service, ShardId, TaskId, TaskOwner,
+    TaskStatus, Tenant,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::command::{ClusterSpec, Command, CommandResult, Entry, Outcome, ProvisionerInfo, TaskResult};
+use crate::command::{
+    ClusterSpec, Command, CommandResult, Entry, Outcome, ProvisionerInfo, TaskResult,
+};
 use crate::CommandError;
 
 /// Idempotency keys remembered (oldest forgotten first).
@@ -129,7 +132,9 @@ impl State {
         State {
             shard_count,
             global: GlobalShard::default(),
-            shards: (0..shard_count).map(|s| (ShardId(s), ClusterShard::default())).collect(),
+            shards: (0..shard_count)
+                .map(|s| (ShardId(s), ClusterShard::default()))
+                .collect(),
             local: LocalState::default(),
             ready: BTreeSet::new(),
             active_jobs: BTreeSet::new(),
@@ -166,7 +171,10 @@ impl State {
     }
 
     pub fn cluster(&self, id: ClusterId) -> Option<&ClusterRecord> {
-        self.shards.get(&id.shard(self.shard_count))?.clusters.get(&id)
+        self.shards
+            .get(&id.shard(self.shard_count))?
+            .clusters
+            .get(&id)
     }
 
     fn cluster_mut(&mut self, id: ClusterId) -> Result<&mut ClusterRecord, CommandError> {
@@ -195,7 +203,10 @@ impl State {
 
     /// The earliest deadline of any in-progress task.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.active_jobs.iter().filter_map(|j| self.job(*j)?.next_deadline()).min()
+        self.active_jobs
+            .iter()
+            .filter_map(|j| self.job(*j)?.next_deadline())
+            .min()
     }
 
     /// How many in-progress tasks a provisioner holds.
@@ -205,7 +216,11 @@ impl State {
             .filter_map(|j| self.job(*j))
             .flat_map(|run| run.tasks.values())
             .filter(|t| t.status == TaskStatus::InProgress)
-            .filter(|t| t.owner.as_ref().is_some_and(|o| o.provisioner_id == provisioner))
+            .filter(|t| {
+                t.owner
+                    .as_ref()
+                    .is_some_and(|o| o.provisioner_id == provisioner)
+            })
             .count()
     }
 
@@ -250,10 +265,18 @@ impl State {
             }
             Command::DeleteTenant { name } => {
                 if name == "superadmin" {
-                    return Err(CommandError::Forbidden { message: "the superadmin tenant cannot be deleted".into() });
+                    return Err(CommandError::Forbidden {
+                        message: "the superadmin tenant cannot be deleted".into(),
+                    });
                 }
-                if self.clusters().any(|c| &c.cluster.account.tenant_id == name && c.cluster.status != ClusterStatus::Terminated) {
-                    return Err(CommandError::conflict("tenant_has_clusters", format!("tenant {name} still has live clusters")));
+                if self.clusters().any(|c| {
+                    &c.cluster.account.tenant_id == name
+                        && c.cluster.status != ClusterStatus::Terminated
+                }) {
+                    return Err(CommandError::conflict(
+                        "tenant_has_clusters",
+                        format!("tenant {name} still has live clusters"),
+                    ));
                 }
                 self.global.tenants.remove(name);
                 self.global.api_keys.retain(|_, k| &k.tenant != name);
@@ -264,10 +287,18 @@ impl State {
                 if !self.global.tenants.contains_key(&key.tenant) {
                     return Err(CommandError::not_found("tenant", &key.tenant));
                 }
-                self.global.api_keys.insert(key.key_sha256.clone(), key.clone());
+                self.global
+                    .api_keys
+                    .insert(key.key_sha256.clone(), key.clone());
                 Ok(Outcome::Done)
             }
-            Command::PutEntity { tenant, kind, name, body, create_only } => {
+            Command::PutEntity {
+                tenant,
+                kind,
+                name,
+                body,
+                create_only,
+            } => {
                 self.require_tenant(tenant)?;
                 let versions = self
                     .global
@@ -280,7 +311,10 @@ impl State {
                     .entry(name.clone())
                     .or_default();
                 if *create_only && !versions.is_empty() {
-                    return Err(CommandError::conflict("entity_exists", format!("{} {name} already exists", kind.as_str())));
+                    return Err(CommandError::conflict(
+                        "entity_exists",
+                        format!("{} {name} already exists", kind.as_str()),
+                    ));
                 }
                 let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
                 let mut body = body.clone();
@@ -290,8 +324,18 @@ impl State {
                 versions.insert(version, body);
                 Ok(Outcome::EntityVersion { version })
             }
-            Command::DeleteEntity { tenant, kind, name, version } => {
-                if let Some(by_name) = self.global.catalogs.get_mut(tenant).and_then(|c| c.entities.get_mut(kind)) {
+            Command::DeleteEntity {
+                tenant,
+                kind,
+                name,
+                version,
+            } => {
+                if let Some(by_name) = self
+                    .global
+                    .catalogs
+                    .get_mut(tenant)
+                    .and_then(|c| c.entities.get_mut(kind))
+                {
                     match version {
                         None => {
                             by_name.remove(name);
@@ -315,7 +359,11 @@ impl State {
                     let by_name = catalog.entities.entry(*kind).or_default();
                     by_name.clear();
                     for body in bodies {
-                        let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                        let name = body
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
                         let mut body = body.clone();
                         if let Value::Object(map) = &mut body {
                             map.insert("version".into(), Value::from(1));
@@ -326,13 +374,23 @@ impl State {
                 Ok(Outcome::Done)
             }
             Command::CreateCluster { shard, spec } => self.create_cluster(*shard, spec, now),
-            Command::StartOperation { cluster, action, services, config } => {
-                self.start_operation(*cluster, *action, services, config.clone(), now)
-            }
-            Command::AddServices { cluster, services, placement } => {
+            Command::StartOperation {
+                cluster,
+                action,
+                services,
+                config,
+            } => self.start_operation(*cluster, *action, services, config.clone(), now),
+            Command::AddServices {
+                cluster,
+                services,
+                placement,
+            } => {
                 let record = self.cluster_mut(*cluster)?;
                 if record.cluster.status != ClusterStatus::Active {
-                    return Err(CommandError::conflict("cluster_not_active", "services can be added only to an active cluster"));
+                    return Err(CommandError::conflict(
+                        "cluster_not_active",
+                        "services can be added only to an active cluster",
+                    ));
                 }
                 for (node_id, added) in placement {
                     let Some(node) = record.nodes.get_mut(node_id) else {
@@ -349,9 +407,18 @@ impl State {
                         record.cluster.services.push(service.clone());
                     }
                 }
-                self.begin_job(*cluster, ClusterAction::AddServices, services.clone(), None, now)
+                self.begin_job(
+                    *cluster,
+                    ClusterAction::AddServices,
+                    services.clone(),
+                    None,
+                    now,
+                )
             }
-            Command::SetExpireTime { cluster, expire_time } => {
+            Command::SetExpireTime {
+                cluster,
+                expire_time,
+            } => {
                 let record = self.cluster_mut(*cluster)?;
                 record.cluster.expire_time = *expire_time;
                 Ok(Outcome::Done)
@@ -359,7 +426,10 @@ impl State {
             Command::SyncTemplate { cluster, template } => {
                 let record = self.cluster_mut(*cluster)?;
                 if record.cluster.status != ClusterStatus::Active {
-                    return Err(CommandError::conflict("cluster_not_active", "template sync needs an active cluster"));
+                    return Err(CommandError::conflict(
+                        "cluster_not_active",
+                        "template sync needs an active cluster",
+                    ));
                 }
                 record.cluster.cluster_template = template.clone();
                 Ok(Outcome::Done)
@@ -367,9 +437,18 @@ impl State {
             Command::Abort { cluster } => self.job_control(*cluster, now, JobControl::Abort),
             Command::Pause { cluster } => self.job_control(*cluster, now, JobControl::Pause),
             Command::Resume { cluster } => self.job_control(*cluster, now, JobControl::Resume),
-            Command::TakeTask { provisioner_id, worker_id, tenant_id, timeout_ms } => {
-                self.take_task(provisioner_id, worker_id, tenant_id.as_deref(), *timeout_ms, now)
-            }
+            Command::TakeTask {
+                provisioner_id,
+                worker_id,
+                tenant_id,
+                timeout_ms,
+            } => self.take_task(
+                provisioner_id,
+                worker_id,
+                tenant_id.as_deref(),
+                *timeout_ms,
+                now,
+            ),
             Command::FinishTask(result) => self.finish_task(result, now),
             Command::ExpireTasks => {
                 let jobs: Vec<JobId> = self.active_jobs.iter().copied().collect();
@@ -388,7 +467,9 @@ impl State {
                 Ok(Outcome::TasksExpired { count })
             }
             Command::RegisterProvisioner { info } => {
-                self.local.provisioners.insert(info.id.clone(), info.clone());
+                self.local
+                    .provisioners
+                    .insert(info.id.clone(), info.clone());
                 Ok(Outcome::Done)
             }
             Command::UnregisterProvisioner { id } => {
@@ -399,14 +480,20 @@ impl State {
     }
 
     fn require_tenant(&self, tenant: &str) -> Result<&Tenant, CommandError> {
-        self.global.tenants.get(tenant).ok_or_else(|| CommandError::not_found("tenant", tenant))
+        self.global
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| CommandError::not_found("tenant", tenant))
     }
 
     fn create_cluster(&mut self, shard: ShardId, spec: &ClusterSpec, now: u64) -> CommandResult {
         let tenant = self.require_tenant(&spec.tenant)?.clone();
         let (live_clusters, live_nodes) = self
             .clusters()
-            .filter(|c| c.cluster.account.tenant_id == spec.tenant && c.cluster.status != ClusterStatus::Terminated)
+            .filter(|c| {
+                c.cluster.account.tenant_id == spec.tenant
+                    && c.cluster.status != ClusterStatus::Terminated
+            })
             .fold((0u64, 0u64), |(c, n), r| (c + 1, n + r.nodes.len() as u64));
         if live_clusters + 1 > u64::from(tenant.max_clusters) {
             return Err(CommandError::QuotaExceeded {
@@ -417,20 +504,39 @@ impl State {
         if live_nodes + spec.nodes.len() as u64 > u64::from(tenant.max_nodes) {
             return Err(CommandError::QuotaExceeded {
                 tenant: tenant.name,
-                message: format!("maxNodes is {} and {live_nodes} are in use", tenant.max_nodes),
+                message: format!(
+                    "maxNodes is {} and {live_nodes} are in use",
+                    tenant.max_nodes
+                ),
             });
         }
-        let service_defs = self.global.catalogs.get(&spec.tenant).map(TenantCatalog::services).unwrap_or_default();
+        let service_defs = self
+            .global
+            .catalogs
+            .get(&spec.tenant)
+            .map(TenantCatalog::services)
+            .unwrap_or_default();
         let shard_count = self.shard_count;
         let Some(shard_state) = self.shards.get_mut(&shard) else {
-            return Err(CommandError::invalid("invalid_shard", format!("shard {shard} does not exist")));
+            return Err(CommandError::invalid(
+                "invalid_shard",
+                format!("shard {shard} does not exist"),
+            ));
         };
         let id = ClusterId::allocate(shard, shard_count, shard_state.next_n);
         shard_state.next_n += 1;
 
-        let host_prefix: String =
-            spec.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>().to_lowercase();
-        let domain = if spec.dns_suffix.is_empty() { "local" } else { spec.dns_suffix.as_str() };
+        let host_prefix: String = spec
+            .name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect::<String>()
+            .to_lowercase();
+        let domain = if spec.dns_suffix.is_empty() {
+            "local"
+        } else {
+            spec.dns_suffix.as_str()
+        };
         let automators: Vec<String> = {
             let mut set = BTreeSet::new();
             for s in &spec.services {
@@ -466,12 +572,19 @@ impl State {
                 (node_id, node)
             })
             .collect();
-        let expire_time = if spec.initial_lease_ms > 0 { now.saturating_add(spec.initial_lease_ms) } else { 0 };
+        let expire_time = if spec.initial_lease_ms > 0 {
+            now.saturating_add(spec.initial_lease_ms)
+        } else {
+            0
+        };
         let cluster = Cluster {
             id,
             name: spec.name.clone(),
             description: spec.description.clone(),
-            account: Account { user_id: spec.user.clone(), tenant_id: spec.tenant.clone() },
+            account: Account {
+                user_id: spec.user.clone(),
+                tenant_id: spec.tenant.clone(),
+            },
             create_time: now,
             expire_time,
             provider: spec.provider.clone(),
@@ -486,12 +599,28 @@ impl State {
             config: spec.config.clone(),
             message: None,
         };
-        let record = ClusterRecord { cluster, nodes, jobs: BTreeMap::new(), next_job_seq: 1, service_defs };
+        let record = ClusterRecord {
+            cluster,
+            nodes,
+            jobs: BTreeMap::new(),
+            next_job_seq: 1,
+            service_defs,
+        };
         shard_state.clusters.insert(id, record);
         // Coopr runs a solve_layout job first; here the layout was solved before the command was
         // proposed, so that job is recorded as already complete.
-        let solve = JobId { cluster: id, seq: 1 };
-        let layout_run = JobRun::new(solve, ClusterAction::SolveLayout, Vec::new(), Vec::new(), None, now);
+        let solve = JobId {
+            cluster: id,
+            seq: 1,
+        };
+        let layout_run = JobRun::new(
+            solve,
+            ClusterAction::SolveLayout,
+            Vec::new(),
+            Vec::new(),
+            None,
+            now,
+        );
         let record = self.cluster_mut(id)?;
         record.jobs.insert(1, layout_run);
         record.next_job_seq = 2;
@@ -513,24 +642,43 @@ impl State {
             ClusterAction::ClusterDelete => match status {
                 ClusterStatus::Terminated => return Ok(Outcome::Unchanged),
                 ClusterStatus::Pending => {
-                    return Err(CommandError::conflict("cluster_pending", "cluster has an operation in progress"))
+                    return Err(CommandError::conflict(
+                        "cluster_pending",
+                        "cluster has an operation in progress",
+                    ))
                 }
                 _ => {}
             },
             ClusterAction::ClusterConfigure | ClusterAction::ClusterConfigureWithRestart => {
                 if !matches!(status, ClusterStatus::Active | ClusterStatus::Inconsistent) {
-                    return Err(CommandError::conflict("cluster_not_active", format!("cluster is {status}")));
+                    return Err(CommandError::conflict(
+                        "cluster_not_active",
+                        format!("cluster is {status}"),
+                    ));
                 }
             }
-            ClusterAction::StartServices | ClusterAction::StopServices | ClusterAction::RestartServices => {
+            ClusterAction::StartServices
+            | ClusterAction::StopServices
+            | ClusterAction::RestartServices => {
                 if status != ClusterStatus::Active {
-                    return Err(CommandError::conflict("cluster_not_active", format!("cluster is {status}")));
+                    return Err(CommandError::conflict(
+                        "cluster_not_active",
+                        format!("cluster is {status}"),
+                    ));
                 }
-                if let Some(unknown) = services.iter().find(|s| !record.cluster.services.contains(s)) {
+                if let Some(unknown) = services
+                    .iter()
+                    .find(|s| !record.cluster.services.contains(s))
+                {
                     return Err(CommandError::not_found("service", unknown));
                 }
             }
-            other => return Err(CommandError::invalid("invalid_action", format!("{other} is not started this way"))),
+            other => {
+                return Err(CommandError::invalid(
+                    "invalid_action",
+                    format!("{other} is not started this way"),
+                ))
+            }
         }
         if let Some(config) = &config {
             record.cluster.config = config.clone();
@@ -554,15 +702,21 @@ impl State {
                 format!("job {} is still {}", running.job.id, running.job.status),
             ));
         }
-        let nodes: Vec<(NodeId, Vec<String>)> =
-            record.nodes.values().map(|n| (n.id.clone(), n.properties.services.clone())).collect();
+        let nodes: Vec<(NodeId, Vec<String>)> = record
+            .nodes
+            .values()
+            .map(|n| (n.id.clone(), n.properties.services.clone()))
+            .collect();
         let stages: Vec<Vec<PlannedTask>> = plan(&PlanInput {
             action,
             nodes: &nodes,
             catalog_services: &record.service_defs,
             target_services: &services,
         });
-        let id = JobId { cluster, seq: record.next_job_seq };
+        let id = JobId {
+            cluster,
+            seq: record.next_job_seq,
+        };
         record.next_job_seq += 1;
         let run = JobRun::new(id, action, stages, services, config, now);
         record.cluster.latest_job_id = Some(id);
@@ -580,7 +734,12 @@ impl State {
 
     fn job_control(&mut self, cluster: ClusterId, now: u64, control: JobControl) -> CommandResult {
         let record = self.cluster_mut(cluster)?;
-        let Some(seq) = record.jobs.values().find(|j| !j.job.status.is_finished()).map(|j| j.job.id.seq) else {
+        let Some(seq) = record
+            .jobs
+            .values()
+            .find(|j| !j.job.status.is_finished())
+            .map(|j| j.job.id.seq)
+        else {
             return Ok(Outcome::Unchanged);
         };
         let Some(run) = record.jobs.get_mut(&seq) else {
@@ -589,7 +748,9 @@ impl State {
         let mut effects = Vec::new();
         let changed = match control {
             JobControl::Abort => {
-                effects = run.abort(now).map_err(|e| CommandError::conflict("abort_not_supported", e.to_string()))?;
+                effects = run
+                    .abort(now)
+                    .map_err(|e| CommandError::conflict("abort_not_supported", e.to_string()))?;
                 !effects.is_empty()
             }
             JobControl::Pause => run.pause(now),
@@ -598,7 +759,11 @@ impl State {
         let (id, action) = (run.job.id, run.job.action);
         apply_effects(record, action, &effects);
         self.refresh_job(id);
-        Ok(if changed { Outcome::Done } else { Outcome::Unchanged })
+        Ok(if changed {
+            Outcome::Done
+        } else {
+            Outcome::Unchanged
+        })
     }
 
     fn take_task(
@@ -610,10 +775,16 @@ impl State {
         now: u64,
     ) -> CommandResult {
         if !self.local.provisioners.contains_key(provisioner_id) {
-            return Err(CommandError::UnknownProvisioner { id: provisioner_id.to_string() });
+            return Err(CommandError::UnknownProvisioner {
+                id: provisioner_id.to_string(),
+            });
         }
         let tenant_name = match tenant_id.filter(|t| !t.is_empty()) {
-            Some(id) => Some(self.tenant_by_id(id).map(|t| t.name.clone()).unwrap_or_else(|| id.to_string())),
+            Some(id) => Some(
+                self.tenant_by_id(id)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_else(|| id.to_string()),
+            ),
             None => None,
         };
         let Some(task_id) = self
@@ -621,7 +792,9 @@ impl State {
             .iter()
             .find(|t| match &tenant_name {
                 None => true,
-                Some(name) => self.cluster(t.job.cluster).is_some_and(|c| &c.cluster.account.tenant_id == name),
+                Some(name) => self
+                    .cluster(t.job.cluster)
+                    .is_some_and(|c| &c.cluster.account.tenant_id == name),
             })
             .copied()
         else {
@@ -633,7 +806,10 @@ impl State {
             deadline_ms: now.saturating_add(timeout_ms),
         };
         let record = self.cluster_mut(task_id.job.cluster)?;
-        let run = record.jobs.get_mut(&task_id.job.seq).ok_or_else(|| CommandError::not_found("job", task_id.job))?;
+        let run = record
+            .jobs
+            .get_mut(&task_id.job.seq)
+            .ok_or_else(|| CommandError::not_found("job", task_id.job))?;
         run.take(task_id, owner, now)
             .map_err(|e| CommandError::conflict("task_not_ready", e.to_string()))?;
         if let Some(task) = run.tasks.get(&task_id).cloned() {
@@ -651,23 +827,38 @@ impl State {
             }
         }
         self.refresh_job(task_id.job);
-        Ok(Outcome::TaskTaken { task: Some(task_id) })
+        Ok(Outcome::TaskTaken {
+            task: Some(task_id),
+        })
     }
 
     fn finish_task(&mut self, result: &TaskResult, now: u64) -> CommandResult {
         if !self.local.provisioners.contains_key(&result.provisioner_id) {
-            return Err(CommandError::UnknownProvisioner { id: result.provisioner_id.clone() });
+            return Err(CommandError::UnknownProvisioner {
+                id: result.provisioner_id.clone(),
+            });
         }
         let task_id = result.task;
         let record = self.cluster_mut(task_id.job.cluster)?;
-        let run = record.jobs.get_mut(&task_id.job.seq).ok_or_else(|| CommandError::not_found("task", task_id))?;
+        let run = record
+            .jobs
+            .get_mut(&task_id.job.seq)
+            .ok_or_else(|| CommandError::not_found("task", task_id))?;
         let Some(task) = run.tasks.get(&task_id).cloned() else {
             return Err(CommandError::not_found("task", task_id));
         };
         let success = result.status == 0;
         let effects = run
-            .finish(task_id, (&result.provisioner_id, &result.worker_id), success, now)
-            .map_err(|_| CommandError::NotTaskOwner { task: task_id, worker: result.worker_id.clone() })?;
+            .finish(
+                task_id,
+                (&result.provisioner_id, &result.worker_id),
+                success,
+                now,
+            )
+            .map_err(|_| CommandError::NotTaskOwner {
+                task: task_id,
+                worker: result.worker_id.clone(),
+            })?;
         let (action, job_id) = (run.job.action, run.job.id);
         if let Some(node) = record.nodes.get_mut(&task.node_id) {
             for (k, v) in &result.result {
@@ -682,7 +873,11 @@ impl State {
                 }
             }
             if let Some(entry) = node.actions.iter_mut().rev().find(|a| a.task_id == task_id) {
-                entry.status = if success { TaskStatus::Complete } else { TaskStatus::Failed };
+                entry.status = if success {
+                    TaskStatus::Complete
+                } else {
+                    TaskStatus::Failed
+                };
                 entry.status_time = now;
                 entry.stdout = truncate_output(&result.stdout);
                 entry.stderr = truncate_output(&result.stderr);
@@ -696,17 +891,25 @@ impl State {
     /// Times out the job's expired tasks (or, with `provisioner`, every in-progress task that
     /// provisioner holds). Returns how many tasks it timed out.
     fn expire_job(&mut self, job: JobId, now: u64, provisioner: Option<&str>) -> usize {
-        let Ok(record) = self.cluster_mut(job.cluster) else { return 0 };
-        let Some(run) = record.jobs.get_mut(&job.seq) else { return 0 };
+        let Ok(record) = self.cluster_mut(job.cluster) else {
+            return 0;
+        };
+        let Some(run) = record.jobs.get_mut(&job.seq) else {
+            return 0;
+        };
         let mut count = 0;
         for task in run.tasks.values_mut() {
             if task.status != TaskStatus::InProgress {
                 continue;
             }
-            let Some(owner) = task.owner.as_mut() else { continue };
+            let Some(owner) = task.owner.as_mut() else {
+                continue;
+            };
             match provisioner {
                 // A dead provisioner's lease on its tasks ends now.
-                Some(p) if owner.provisioner_id == p => owner.deadline_ms = owner.deadline_ms.min(now),
+                Some(p) if owner.provisioner_id == p => {
+                    owner.deadline_ms = owner.deadline_ms.min(now)
+                }
                 Some(_) => continue,
                 None => {}
             }
@@ -726,7 +929,11 @@ impl State {
 
     /// Recomputes the derived queue entries and active-job membership of one job.
     fn refresh_job(&mut self, job: JobId) {
-        let stale: Vec<TaskId> = self.ready.range(first_task(job)..=last_task(job)).copied().collect();
+        let stale: Vec<TaskId> = self
+            .ready
+            .range(first_task(job)..=last_task(job))
+            .copied()
+            .collect();
         for task in stale {
             self.ready.remove(&task);
         }
@@ -775,7 +982,11 @@ fn truncate_output(s: &str) -> String {
 
 fn apply_effects(record: &mut ClusterRecord, action: ClusterAction, effects: &[JobEffect]) {
     for effect in effects {
-        if let JobEffect::JobFinished { status, cluster_status } = effect {
+        if let JobEffect::JobFinished {
+            status,
+            cluster_status,
+        } = effect
+        {
             record.cluster.status = *cluster_status;
             record.cluster.message =
                 (*status == JobStatus::Failed).then(|| format!("{action} failed"));

@@ -29,7 +29,9 @@ pub enum PersistError {
     BadEntry { index: LogIndex, reason: String },
     #[error("snapshot part {part} cannot be decoded: {reason}")]
     BadPart { part: u32, reason: String },
-    #[error("snapshot was taken with {found} shards but this node is configured with {configured}")]
+    #[error(
+        "snapshot was taken with {found} shards but this node is configured with {configured}"
+    )]
     ShardCountMismatch { found: u32, configured: u32 },
 }
 
@@ -45,18 +47,33 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
 }
 
 pub fn decode_entry(index: LogIndex, bytes: &[u8]) -> Result<Entry, PersistError> {
-    serde_json::from_slice(bytes).map_err(|e| PersistError::BadEntry { index, reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| PersistError::BadEntry {
+        index,
+        reason: e.to_string(),
+    })
 }
 
 /// The snapshot of a state as of `last_index`.
 pub fn snapshot_of(state: &State, last_index: LogIndex) -> Snapshot {
     let mut parts = BTreeMap::new();
     for (shard, data) in &state.shards {
-        parts.insert(shard.0, serde_json::to_vec(data).expect("shards serialize to JSON"));
+        parts.insert(
+            shard.0,
+            serde_json::to_vec(data).expect("shards serialize to JSON"),
+        );
     }
-    parts.insert(GLOBAL_PART, serde_json::to_vec(&state.global).expect("global shard serializes"));
-    let local = LocalPart { shard_count: state.shard_count(), local: state.local.clone() };
-    parts.insert(LOCAL_PART, serde_json::to_vec(&local).expect("local state serializes"));
+    parts.insert(
+        GLOBAL_PART,
+        serde_json::to_vec(&state.global).expect("global shard serializes"),
+    );
+    let local = LocalPart {
+        shard_count: state.shard_count(),
+        local: state.local.clone(),
+    };
+    parts.insert(
+        LOCAL_PART,
+        serde_json::to_vec(&local).expect("local state serializes"),
+    );
     Snapshot::at(last_index, parts)
 }
 
@@ -72,7 +89,10 @@ pub struct Recovered {
 pub fn recover(store: &dyn LogStore, shard_count: u32) -> Result<Recovered, PersistError> {
     let (mut state, mut last_index) = match store.load_snapshot()? {
         None => (State::new(shard_count), 0),
-        Some(snapshot) => (state_from_snapshot(&snapshot, shard_count)?, snapshot.last_index),
+        Some(snapshot) => (
+            state_from_snapshot(&snapshot, shard_count)?,
+            snapshot.last_index,
+        ),
     };
     let mut replayed = 0;
     loop {
@@ -88,11 +108,18 @@ pub fn recover(store: &dyn LogStore, shard_count: u32) -> Result<Recovered, Pers
             replayed += 1;
         }
     }
-    Ok(Recovered { state, last_index, replayed })
+    Ok(Recovered {
+        state,
+        last_index,
+        replayed,
+    })
 }
 
 fn decode_part<T: for<'de> Deserialize<'de>>(part: u32, bytes: &[u8]) -> Result<T, PersistError> {
-    serde_json::from_slice(bytes).map_err(|e| PersistError::BadPart { part, reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| PersistError::BadPart {
+        part,
+        reason: e.to_string(),
+    })
 }
 
 fn state_from_snapshot(snapshot: &Snapshot, shard_count: u32) -> Result<State, PersistError> {
@@ -106,7 +133,10 @@ fn state_from_snapshot(snapshot: &Snapshot, shard_count: u32) -> Result<State, P
             LOCAL_PART => {
                 let decoded: LocalPart = decode_part(part, bytes)?;
                 if decoded.shard_count != shard_count {
-                    return Err(PersistError::ShardCountMismatch { found: decoded.shard_count, configured: shard_count });
+                    return Err(PersistError::ShardCountMismatch {
+                        found: decoded.shard_count,
+                        configured: shard_count,
+                    });
                 }
                 local = decoded.local;
             }

@@ -173,7 +173,10 @@ fn unbounded() -> u32 {
 
 impl Default for MinMax {
     fn default() -> Self {
-        MinMax { min: 0, max: u32::MAX }
+        MinMax {
+            min: 0,
+            max: u32::MAX,
+        }
     }
 }
 

@@ -44,7 +44,10 @@ impl ClusterId {
 
     /// The `n`-th ID of `shard` (`shard + S * n`).
     pub fn allocate(shard: ShardId, shard_count: u32, n: u64) -> ClusterId {
-        assert!(!shard.is_global() && shard.0 < shard_count, "shard {shard} out of range");
+        assert!(
+            !shard.is_global() && shard.0 < shard_count,
+            "shard {shard} out of range"
+        );
         ClusterId(u64::from(shard.0) + u64::from(shard_count) * n)
     }
 }
@@ -57,9 +60,15 @@ impl fmt::Display for ClusterId {
 
 fn parse_decimal(s: &str, what: &'static str, max_len: usize) -> Result<u64, IdError> {
     if s.is_empty() || s.len() > max_len || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(IdError::Malformed { what, value: truncate(s) });
+        return Err(IdError::Malformed {
+            what,
+            value: truncate(s),
+        });
     }
-    s.parse::<u64>().map_err(|_| IdError::Malformed { what, value: truncate(s) })
+    s.parse::<u64>().map_err(|_| IdError::Malformed {
+        what,
+        value: truncate(s),
+    })
 }
 
 fn truncate(s: &str) -> String {
@@ -89,11 +98,15 @@ impl fmt::Display for JobId {
 impl FromStr for JobId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let (cluster, seq) = s
-            .rsplit_once('-')
-            .ok_or_else(|| IdError::Malformed { what: "job id", value: truncate(s) })?;
+        let (cluster, seq) = s.rsplit_once('-').ok_or_else(|| IdError::Malformed {
+            what: "job id",
+            value: truncate(s),
+        })?;
         let seq = parse_decimal(seq, "job id", 9)?;
-        Ok(JobId { cluster: cluster.parse()?, seq: seq as u32 })
+        Ok(JobId {
+            cluster: cluster.parse()?,
+            seq: seq as u32,
+        })
     }
 }
 
@@ -113,11 +126,15 @@ impl fmt::Display for TaskId {
 impl FromStr for TaskId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let (job, seq) = s
-            .rsplit_once('-')
-            .ok_or_else(|| IdError::Malformed { what: "task id", value: truncate(s) })?;
+        let (job, seq) = s.rsplit_once('-').ok_or_else(|| IdError::Malformed {
+            what: "task id",
+            value: truncate(s),
+        })?;
         let seq = parse_decimal(seq, "task id", 9)?;
-        Ok(TaskId { job: job.parse()?, seq: seq as u32 })
+        Ok(TaskId {
+            job: job.parse()?,
+            seq: seq as u32,
+        })
     }
 }
 
@@ -189,8 +206,19 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_rejected() {
-        for bad in ["", "abc", "-1", "0000007a", "1234567890123456789012", "00000079-", "00000079-x"] {
-            assert!(bad.parse::<ClusterId>().is_err() || bad.parse::<JobId>().is_err(), "{bad}");
+        for bad in [
+            "",
+            "abc",
+            "-1",
+            "0000007a",
+            "1234567890123456789012",
+            "00000079-",
+            "00000079-x",
+        ] {
+            assert!(
+                bad.parse::<ClusterId>().is_err() || bad.parse::<JobId>().is_err(),
+                "{bad}"
+            );
         }
         assert!("00000079".parse::<JobId>().is_err());
         assert!("00000079-001".parse::<TaskId>().is_err());

@@ -88,12 +88,18 @@ names!(TaskName { Create => "CREATE", Confirm => "CONFIRM", Bootstrap => "BOOTST
 impl TaskName {
     /// Whether the task acts on a service (and so names one) rather than on the machine.
     pub fn is_service_task(self) -> bool {
-        !matches!(self, TaskName::Create | TaskName::Confirm | TaskName::Bootstrap | TaskName::Delete)
+        !matches!(
+            self,
+            TaskName::Create | TaskName::Confirm | TaskName::Bootstrap | TaskName::Delete
+        )
     }
 
     /// Whether the provider plugin (rather than an automator) runs this task.
     pub fn is_provider_task(self) -> bool {
-        matches!(self, TaskName::Create | TaskName::Confirm | TaskName::Delete)
+        matches!(
+            self,
+            TaskName::Create | TaskName::Confirm | TaskName::Delete
+        )
     }
 
     /// The key of a service's `provisioner.actions` map for this task (`install`, `start`, ...).

@@ -12,10 +12,10 @@ use coopr_state::Command;
 use coopr_types::{ClusterTemplate, EntityKind, MachineType, Provider, Service};
 use serde_json::{json, Value};
 
+use super::answer;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, IdempotencyKey, JsonBody};
 use super::lenient::valid_name;
-use super::answer;
 use crate::App;
 
 pub fn routes() -> Router<Arc<App>> {
@@ -36,7 +36,8 @@ pub fn routes() -> Router<Arc<App>> {
             )
             .route(
                 &format!("/v2/{}/{{name}}/{{version}}", kind.as_str()),
-                get(move |s, c, p| get_version(s, c, p, kind)).delete(move |s, c, i, p| delete_version(s, c, i, p, kind)),
+                get(move |s, c, p| get_version(s, c, p, kind))
+                    .delete(move |s, c, i, p| delete_version(s, c, i, p, kind)),
             );
     }
     router
@@ -44,21 +45,39 @@ pub fn routes() -> Router<Arc<App>> {
 
 /// Checks that a body is a valid entity of its kind (typed parse) with a valid name.
 pub fn validate_entity(kind: EntityKind, body: &Value) -> ApiResult<String> {
-    let invalid = |e: serde_json::Error| ApiError::bad_request("invalid_entity", format!("invalid {}: {e}", kind.as_str()));
+    let invalid = |e: serde_json::Error| {
+        ApiError::bad_request("invalid_entity", format!("invalid {}: {e}", kind.as_str()))
+    };
     let name = match kind {
-        EntityKind::Providers => serde_json::from_value::<Provider>(body.clone()).map_err(invalid)?.name,
-        EntityKind::Hardwaretypes | EntityKind::Imagetypes => {
-            serde_json::from_value::<MachineType>(body.clone()).map_err(invalid)?.name
+        EntityKind::Providers => {
+            serde_json::from_value::<Provider>(body.clone())
+                .map_err(invalid)?
+                .name
         }
-        EntityKind::Services => serde_json::from_value::<Service>(body.clone()).map_err(invalid)?.name,
+        EntityKind::Hardwaretypes | EntityKind::Imagetypes => {
+            serde_json::from_value::<MachineType>(body.clone())
+                .map_err(invalid)?
+                .name
+        }
+        EntityKind::Services => {
+            serde_json::from_value::<Service>(body.clone())
+                .map_err(invalid)?
+                .name
+        }
         EntityKind::Clustertemplates => {
             let t = serde_json::from_value::<ClusterTemplate>(body.clone()).map_err(invalid)?;
             let lease = t.administration.leaseduration;
             if lease.max != 0 && lease.initial > lease.max {
-                return Err(ApiError::bad_request("invalid_entity", "leaseduration.initial is greater than max"));
+                return Err(ApiError::bad_request(
+                    "invalid_entity",
+                    "leaseduration.initial is greater than max",
+                ));
             }
             if t.constraints.size.min > t.constraints.size.max {
-                return Err(ApiError::bad_request("invalid_entity", "constraints.size.min is greater than max"));
+                return Err(ApiError::bad_request(
+                    "invalid_entity",
+                    "constraints.size.min is greater than max",
+                ));
             }
             t.name
         }
@@ -69,10 +88,22 @@ pub fn validate_entity(kind: EntityKind, body: &Value) -> ApiResult<String> {
 
 async fn list(State(app): State<Arc<App>>, caller: Caller, kind: EntityKind) -> Json<Vec<Value>> {
     let state = app.core.read();
-    Json(state.global.catalogs.get(&caller.tenant).map(|c| c.list(kind).into_iter().cloned().collect()).unwrap_or_default())
+    Json(
+        state
+            .global
+            .catalogs
+            .get(&caller.tenant)
+            .map(|c| c.list(kind).into_iter().cloned().collect())
+            .unwrap_or_default(),
+    )
 }
 
-async fn get_latest(State(app): State<Arc<App>>, caller: Caller, Path(name): Path<String>, kind: EntityKind) -> ApiResult<Json<Value>> {
+async fn get_latest(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    kind: EntityKind,
+) -> ApiResult<Json<Value>> {
     let state = app.core.read();
     state
         .global
@@ -87,7 +118,10 @@ async fn get_latest(State(app): State<Arc<App>>, caller: Caller, Path(name): Pat
 fn parse_version(version: &str) -> ApiResult<u32> {
     match version.parse::<u32>() {
         Ok(v) if v > 0 => Ok(v),
-        _ => Err(ApiError::bad_request("invalid_version", format!("version must be a positive integer, got {version:?}"))),
+        _ => Err(ApiError::bad_request(
+            "invalid_version",
+            format!("version must be a positive integer, got {version:?}"),
+        )),
     }
 }
 
@@ -106,10 +140,20 @@ async fn get_version(
         .and_then(|c| c.version(kind, &name, version))
         .cloned()
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(kind.as_str().trim_end_matches('s'), format!("{name} version {version}")))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                kind.as_str().trim_end_matches('s'),
+                format!("{name} version {version}"),
+            )
+        })
 }
 
-async fn write(app: &App, caller: &Caller, idempotency: Option<IdempotencyKey>, command: Command) -> ApiResult<Response> {
+async fn write(
+    app: &App,
+    caller: &Caller,
+    idempotency: Option<IdempotencyKey>,
+    command: Command,
+) -> ApiResult<Response> {
     let key = caller.idempotency_scope(idempotency);
     if let Some(previous) = app.previous_outcome(key.as_deref()) {
         return answer(previous);
@@ -126,7 +170,13 @@ async fn create(
 ) -> ApiResult<Response> {
     caller.require_admin()?;
     let name = validate_entity(kind, &body)?;
-    let command = Command::PutEntity { tenant: caller.tenant.clone(), kind, name, body, create_only: true };
+    let command = Command::PutEntity {
+        tenant: caller.tenant.clone(),
+        kind,
+        name,
+        body,
+        create_only: true,
+    };
     write(&app, &caller, idempotency, command).await
 }
 
@@ -141,9 +191,18 @@ async fn put(
     caller.require_admin()?;
     let name = validate_entity(kind, &body)?;
     if name != path_name {
-        return Err(ApiError::bad_request("name_mismatch", format!("body name {name:?} differs from the path's {path_name:?}")));
+        return Err(ApiError::bad_request(
+            "name_mismatch",
+            format!("body name {name:?} differs from the path's {path_name:?}"),
+        ));
     }
-    let command = Command::PutEntity { tenant: caller.tenant.clone(), kind, name, body, create_only: false };
+    let command = Command::PutEntity {
+        tenant: caller.tenant.clone(),
+        kind,
+        name,
+        body,
+        create_only: false,
+    };
     write(&app, &caller, idempotency, command).await
 }
 
@@ -155,7 +214,12 @@ async fn delete(
     kind: EntityKind,
 ) -> ApiResult<Response> {
     caller.require_admin()?;
-    let command = Command::DeleteEntity { tenant: caller.tenant.clone(), kind, name, version: None };
+    let command = Command::DeleteEntity {
+        tenant: caller.tenant.clone(),
+        kind,
+        name,
+        version: None,
+    };
     write(&app, &caller, idempotency, command).await
 }
 
@@ -168,16 +232,29 @@ async fn delete_version(
 ) -> ApiResult<Response> {
     caller.require_admin()?;
     let version = parse_version(&version)?;
-    let command = Command::DeleteEntity { tenant: caller.tenant.clone(), kind, name, version: Some(version) };
+    let command = Command::DeleteEntity {
+        tenant: caller.tenant.clone(),
+        kind,
+        name,
+        version: Some(version),
+    };
     write(&app, &caller, idempotency, command).await
 }
 
 async fn export(State(app): State<Arc<App>>, caller: Caller) -> Json<Value> {
     let state = app.core.read();
-    let catalog = state.global.catalogs.get(&caller.tenant).cloned().unwrap_or_default();
+    let catalog = state
+        .global
+        .catalogs
+        .get(&caller.tenant)
+        .cloned()
+        .unwrap_or_default();
     let mut out = serde_json::Map::new();
     for kind in EntityKind::ALL {
-        out.insert(kind.as_str().into(), Value::Array(catalog.list(kind).into_iter().cloned().collect()));
+        out.insert(
+            kind.as_str().into(),
+            Value::Array(catalog.list(kind).into_iter().cloned().collect()),
+        );
     }
     out.insert("partialtemplates".into(), json!([]));
     Json(Value::Object(out))
@@ -186,7 +263,10 @@ async fn export(State(app): State<Arc<App>>, caller: Caller) -> Json<Value> {
 /// Validates every entity of an export-shaped body; errors name the kind and entity.
 pub fn validate_import(body: &Value) -> ApiResult<BTreeMap<EntityKind, Vec<Value>>> {
     let Value::Object(map) = body else {
-        return Err(ApiError::bad_request("invalid_json", "the import body must be an object"));
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the import body must be an object",
+        ));
     };
     let mut entities = BTreeMap::new();
     for (key, value) in map {
@@ -194,10 +274,16 @@ pub fn validate_import(body: &Value) -> ApiResult<BTreeMap<EntityKind, Vec<Value
             if key == "partialtemplates" {
                 continue;
             }
-            return Err(ApiError::bad_request("invalid_entity", format!("unknown catalog kind {key:?}")));
+            return Err(ApiError::bad_request(
+                "invalid_entity",
+                format!("unknown catalog kind {key:?}"),
+            ));
         };
         let Value::Array(items) = value else {
-            return Err(ApiError::bad_request("invalid_entity", format!("{key} must be an array")));
+            return Err(ApiError::bad_request(
+                "invalid_entity",
+                format!("{key} must be an array"),
+            ));
         };
         for item in items {
             validate_entity(kind, item)?;
@@ -215,6 +301,9 @@ async fn import(
 ) -> ApiResult<Response> {
     caller.require_admin()?;
     let entities = validate_import(&body)?;
-    let command = Command::ImportCatalog { tenant: caller.tenant.clone(), entities };
+    let command = Command::ImportCatalog {
+        tenant: caller.tenant.clone(),
+        entities,
+    };
     write(&app, &caller, idempotency, command).await
 }

@@ -8,10 +8,13 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use coopr_engine::layout::{solve_added_services, solve_layout, AddServicesRequest, LayoutRequest, NodeLayout};
+use coopr_engine::layout::{
+    solve_added_services, solve_layout, AddServicesRequest, LayoutRequest, NodeLayout,
+};
 use coopr_state::{ClusterRecord, ClusterSpec, Command, NodeSpec, Outcome};
 use coopr_types::{
-    ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, EntityKind, JobId, JsonMap, MachineType, Provider,
+    ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, EntityKind, JobId, JsonMap,
+    MachineType, Provider,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,33 +28,56 @@ use crate::App;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v2/clusters", get(list).post(create))
-        .route("/v2/clusters/{id}", get(show).post(set_expire_time).delete(delete))
+        .route(
+            "/v2/clusters/{id}",
+            get(show).post(set_expire_time).delete(delete),
+        )
         .route("/v2/clusters/{id}/status", get(status))
         .route("/v2/clusters/{id}/plans", get(plans))
         .route("/v2/clusters/{id}/plans/{job}", get(plan))
         .route("/v2/clusters/{id}/config", get(get_config).put(put_config))
-        .route("/v2/clusters/{id}/services", get(services).post(add_services))
-        .route("/v2/clusters/{id}/services/{action}", post(all_services_action))
-        .route("/v2/clusters/{id}/services/{service}/{action}", post(one_service_action))
+        .route(
+            "/v2/clusters/{id}/services",
+            get(services).post(add_services),
+        )
+        .route(
+            "/v2/clusters/{id}/services/{action}",
+            post(all_services_action),
+        )
+        .route(
+            "/v2/clusters/{id}/services/{service}/{action}",
+            post(one_service_action),
+        )
         .route("/v2/clusters/{id}/abort", post(abort))
         .route("/v2/clusters/{id}/pause", post(pause))
         .route("/v2/clusters/{id}/resume", post(resume))
-        .route("/v2/clusters/{id}/clustertemplate/sync", post(sync_template))
+        .route(
+            "/v2/clusters/{id}/clustertemplate/sync",
+            post(sync_template),
+        )
         .route("/v2/getNodeProperties", post(node_properties))
         .route("/v2/getClusterStatuses", post(cluster_statuses))
 }
 
 fn parse_cluster_id(id: &str) -> ApiResult<ClusterId> {
-    id.parse().map_err(|e: coopr_types::IdError| ApiError::bad_request("invalid_cluster_id", e.to_string()))
+    id.parse().map_err(|e: coopr_types::IdError| {
+        ApiError::bad_request("invalid_cluster_id", e.to_string())
+    })
 }
 
 /// Whether the caller may see the cluster: same tenant, and its owner unless the caller is the admin.
 fn visible(caller: &Caller, record: &ClusterRecord) -> bool {
-    record.cluster.account.tenant_id == caller.tenant && (caller.is_admin() || record.cluster.account.user_id == caller.user)
+    record.cluster.account.tenant_id == caller.tenant
+        && (caller.is_admin() || record.cluster.account.user_id == caller.user)
 }
 
 /// Runs `f` on a visible cluster, or answers 404.
-fn with_cluster<T>(app: &App, caller: &Caller, id: &str, f: impl FnOnce(&ClusterRecord) -> ApiResult<T>) -> ApiResult<T> {
+fn with_cluster<T>(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    f: impl FnOnce(&ClusterRecord) -> ApiResult<T>,
+) -> ApiResult<T> {
     let id = parse_cluster_id(id)?;
     let state = app.core.read();
     match state.cluster(id) {
@@ -65,15 +91,25 @@ struct ListQuery {
     status: Option<String>,
 }
 
-async fn list(State(app): State<Arc<App>>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<Value>>> {
-    let filter: Option<BTreeSet<ClusterStatus>> = q
-        .status
-        .map(|s| s.split(',').filter_map(|t| ClusterStatus::parse_ignore_case(t.trim())).collect());
+async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Value>>> {
+    let filter: Option<BTreeSet<ClusterStatus>> = q.status.map(|s| {
+        s.split(',')
+            .filter_map(|t| ClusterStatus::parse_ignore_case(t.trim()))
+            .collect()
+    });
     let state = app.core.read();
     let list = state
         .clusters()
         .filter(|r| visible(&caller, r))
-        .filter(|r| filter.as_ref().is_none_or(|f| f.contains(&r.cluster.status)))
+        .filter(|r| {
+            filter
+                .as_ref()
+                .is_none_or(|f| f.contains(&r.cluster.status))
+        })
         .map(views::cluster_summary)
         .collect();
     Ok(Json(list))
@@ -119,21 +155,43 @@ async fn create(
     if req.num_machines == 0 || req.num_machines > MAX_MACHINES {
         return Err(ApiError::bad_request(
             "invalid_num_machines",
-            format!("numMachines must be between 1 and {MAX_MACHINES}, got {}", req.num_machines),
+            format!(
+                "numMachines must be between 1 and {MAX_MACHINES}, got {}",
+                req.num_machines
+            ),
         ));
     }
     let spec = {
         let state = app.core.read();
-        let catalog = state.global.catalogs.get(&caller.tenant).cloned().unwrap_or_default();
-        let template: ClusterTemplate = entity(&catalog, EntityKind::Clustertemplates, &req.cluster_template)?;
-        let provider_name = req.provider.clone().unwrap_or_else(|| template.defaults.provider.clone());
+        let catalog = state
+            .global
+            .catalogs
+            .get(&caller.tenant)
+            .cloned()
+            .unwrap_or_default();
+        let template: ClusterTemplate = entity(
+            &catalog,
+            EntityKind::Clustertemplates,
+            &req.cluster_template,
+        )?;
+        let provider_name = req
+            .provider
+            .clone()
+            .unwrap_or_else(|| template.defaults.provider.clone());
         let mut provider: Provider = entity(&catalog, EntityKind::Providers, &provider_name)?;
         for (k, v) in &req.provider_fields {
             provider.provisioner.insert(k.clone(), v.clone());
         }
-        let hardwaretype_name = req.hardwaretype.clone().unwrap_or_else(|| template.defaults.hardwaretype.clone());
-        let imagetype_name = req.imagetype.clone().unwrap_or_else(|| template.defaults.imagetype.clone());
-        let hardwaretype: MachineType = entity(&catalog, EntityKind::Hardwaretypes, &hardwaretype_name)?;
+        let hardwaretype_name = req
+            .hardwaretype
+            .clone()
+            .unwrap_or_else(|| template.defaults.hardwaretype.clone());
+        let imagetype_name = req
+            .imagetype
+            .clone()
+            .unwrap_or_else(|| template.defaults.imagetype.clone());
+        let hardwaretype: MachineType =
+            entity(&catalog, EntityKind::Hardwaretypes, &hardwaretype_name)?;
         let imagetype: MachineType = entity(&catalog, EntityKind::Imagetypes, &imagetype_name)?;
         let services = catalog.services();
         let layout = solve_layout(&LayoutRequest {
@@ -160,8 +218,12 @@ async fn create(
                 sshuser: sshuser.clone(),
             })
             .collect();
-        let cluster_services: Vec<String> =
-            layout.iter().flat_map(|n| n.services.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+        let cluster_services: Vec<String> = layout
+            .iter()
+            .flat_map(|n| n.services.iter().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let mut config = template.defaults.config.clone();
         for (k, v) in req.config {
             config.insert(k, v);
@@ -171,7 +233,10 @@ async fn create(
         if lease.max != 0 && (initial_lease_ms == 0 || initial_lease_ms > lease.max) {
             return Err(ApiError::bad_request(
                 "invalid_lease",
-                format!("initialLeaseDuration must be between 1 and {} ms", lease.max),
+                format!(
+                    "initialLeaseDuration must be between 1 and {} ms",
+                    lease.max
+                ),
             ));
         }
         ClusterSpec {
@@ -179,7 +244,9 @@ async fn create(
             user: caller.user.clone(),
             name: req.name,
             description: req.description,
-            dns_suffix: req.dns_suffix.unwrap_or_else(|| template.defaults.dns_suffix.clone()),
+            dns_suffix: req
+                .dns_suffix
+                .unwrap_or_else(|| template.defaults.dns_suffix.clone()),
             template,
             provider,
             hardwaretype: hardwaretype_name,
@@ -191,7 +258,16 @@ async fn create(
         }
     };
     let shard = app.pick_shard();
-    let outcome = app.core.propose(Command::CreateCluster { shard, spec: Box::new(spec) }, key).await?;
+    let outcome = app
+        .core
+        .propose(
+            Command::CreateCluster {
+                shard,
+                spec: Box::new(spec),
+            },
+            key,
+        )
+        .await?;
     answer(outcome)
 }
 
@@ -201,24 +277,48 @@ fn entity<T: serde::de::DeserializeOwned>(
     name: &str,
 ) -> ApiResult<T> {
     let what = kind.as_str().trim_end_matches('s');
-    let value = catalog.latest(kind, name).ok_or_else(|| ApiError::not_found(what, name))?;
-    serde_json::from_value(value.clone())
-        .map_err(|e| ApiError::bad_request("invalid_catalog_entity", format!("{what} {name} is invalid: {e}")))
+    let value = catalog
+        .latest(kind, name)
+        .ok_or_else(|| ApiError::not_found(what, name))?;
+    serde_json::from_value(value.clone()).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_catalog_entity",
+            format!("{what} {name} is invalid: {e}"),
+        )
+    })
 }
 
 fn provider_field(machine: &MachineType, provider: &str, field: &str) -> String {
-    machine.providermap.get(provider).and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or_default().to_string()
+    machine
+        .providermap
+        .get(provider)
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
-async fn show(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn show(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     with_cluster(&app, &caller, &id, |r| Ok(Json(views::cluster_detail(r))))
 }
 
-async fn status(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn status(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     with_cluster(&app, &caller, &id, |r| Ok(Json(views::status(r))))
 }
 
-async fn plans(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Vec<Value>>> {
+async fn plans(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Value>>> {
     with_cluster(&app, &caller, &id, |r| {
         if r.jobs.is_empty() {
             return Err(ApiError::not_found("plans for cluster", r.cluster.id));
@@ -233,19 +333,37 @@ async fn plan(
     Path((id, job)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     with_cluster(&app, &caller, &id, |r| {
-        let job: JobId = job.parse().map_err(|e: coopr_types::IdError| ApiError::bad_request("invalid_job_id", e.to_string()))?;
+        let job: JobId = job.parse().map_err(|e: coopr_types::IdError| {
+            ApiError::bad_request("invalid_job_id", e.to_string())
+        })?;
         if job.cluster != r.cluster.id {
-            return Err(ApiError::bad_request("invalid_job_id", format!("job {job} is not a job of cluster {}", r.cluster.id)));
+            return Err(ApiError::bad_request(
+                "invalid_job_id",
+                format!("job {job} is not a job of cluster {}", r.cluster.id),
+            ));
         }
-        r.jobs.get(&job.seq).map(|run| Json(views::plan(run))).ok_or_else(|| ApiError::bad_request("invalid_job_id", format!("no job {job}")))
+        r.jobs
+            .get(&job.seq)
+            .map(|run| Json(views::plan(run)))
+            .ok_or_else(|| ApiError::bad_request("invalid_job_id", format!("no job {job}")))
     })
 }
 
-async fn get_config(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    with_cluster(&app, &caller, &id, |r| Ok(Json(Value::Object(r.cluster.config.clone()))))
+async fn get_config(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    with_cluster(&app, &caller, &id, |r| {
+        Ok(Json(Value::Object(r.cluster.config.clone())))
+    })
 }
 
-async fn services(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn services(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     with_cluster(&app, &caller, &id, |r| Ok(Json(json!(r.cluster.services))))
 }
 
@@ -305,25 +423,42 @@ async fn set_expire_time(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ExpireRequest>,
 ) -> ApiResult<Response> {
-    let expire_time = req.expire_time.ok_or_else(|| ApiError::bad_request("missing_field", "expireTime is required"))?;
+    let expire_time = req
+        .expire_time
+        .ok_or_else(|| ApiError::bad_request("missing_field", "expireTime is required"))?;
     cluster_command(&app, &caller, &id, idempotency, |r| {
         let c = &r.cluster;
         if matches!(c.status, ClusterStatus::Pending | ClusterStatus::Terminated) {
-            return Err(ApiError::bad_request("invalid_cluster_status", format!("cluster is {}", c.status)));
+            return Err(ApiError::bad_request(
+                "invalid_cluster_status",
+                format!("cluster is {}", c.status),
+            ));
         }
         if expire_time < c.create_time {
-            return Err(ApiError::bad_request("invalid_expire_time", "expireTime is before the cluster's createTime"));
+            return Err(ApiError::bad_request(
+                "invalid_expire_time",
+                "expireTime is before the cluster's createTime",
+            ));
         }
         let lease = &c.cluster_template.administration.leaseduration;
         if lease.max != 0 {
             if expire_time > c.create_time.saturating_add(lease.max) {
-                return Err(ApiError::bad_request("invalid_expire_time", "expireTime is beyond the template's maximum lease"));
+                return Err(ApiError::bad_request(
+                    "invalid_expire_time",
+                    "expireTime is beyond the template's maximum lease",
+                ));
             }
             if lease.step != 0 && expire_time > c.expire_time.saturating_add(lease.step) {
-                return Err(ApiError::bad_request("invalid_expire_time", "expireTime extends the lease by more than one step"));
+                return Err(ApiError::bad_request(
+                    "invalid_expire_time",
+                    "expireTime extends the lease by more than one step",
+                ));
             }
         }
-        Ok(Command::SetExpireTime { cluster: c.id, expire_time })
+        Ok(Command::SetExpireTime {
+            cluster: c.id,
+            expire_time,
+        })
     })
     .await
 }
@@ -350,10 +485,21 @@ async fn put_config(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ConfigRequest>,
 ) -> ApiResult<Response> {
-    let config = req.config.ok_or_else(|| ApiError::bad_request("missing_field", "config is required"))?;
-    let action = if req.restart { ClusterAction::ClusterConfigureWithRestart } else { ClusterAction::ClusterConfigure };
+    let config = req
+        .config
+        .ok_or_else(|| ApiError::bad_request("missing_field", "config is required"))?;
+    let action = if req.restart {
+        ClusterAction::ClusterConfigureWithRestart
+    } else {
+        ClusterAction::ClusterConfigure
+    };
     cluster_command(&app, &caller, &id, idempotency, |r| {
-        Ok(Command::StartOperation { cluster: r.cluster.id, action, services: Vec::new(), config: Some(config) })
+        Ok(Command::StartOperation {
+            cluster: r.cluster.id,
+            action,
+            services: Vec::new(),
+            config: Some(config),
+        })
     })
     .await
 }
@@ -375,15 +521,26 @@ async fn add_services(
     JsonBody(req): JsonBody<AddServicesBody>,
 ) -> ApiResult<Response> {
     if req.services.is_empty() {
-        return Err(ApiError::bad_request("missing_field", "services must not be empty"));
+        return Err(ApiError::bad_request(
+            "missing_field",
+            "services must not be empty",
+        ));
     }
     let services = {
         let state = app.core.read();
-        state.global.catalogs.get(&caller.tenant).map(|c| c.services()).unwrap_or_default()
+        state
+            .global
+            .catalogs
+            .get(&caller.tenant)
+            .map(|c| c.services())
+            .unwrap_or_default()
     };
     cluster_command(&app, &caller, &id, idempotency, |r| {
         if r.cluster.status != ClusterStatus::Active {
-            return Err(ApiError::conflict("cluster_not_active", format!("cluster is {}", r.cluster.status)));
+            return Err(ApiError::conflict(
+                "cluster_not_active",
+                format!("cluster is {}", r.cluster.status),
+            ));
         }
         let nodes: Vec<_> = r
             .nodes
@@ -419,7 +576,10 @@ fn service_action(action: &str) -> ApiResult<ClusterAction> {
         "start" => Ok(ClusterAction::StartServices),
         "stop" => Ok(ClusterAction::StopServices),
         "restart" => Ok(ClusterAction::RestartServices),
-        other => Err(ApiError::bad_request("invalid_action", format!("unknown service action {other:?}"))),
+        other => Err(ApiError::bad_request(
+            "invalid_action",
+            format!("unknown service action {other:?}"),
+        )),
     }
 }
 
@@ -432,7 +592,12 @@ async fn all_services_action(
 ) -> ApiResult<Response> {
     let action = service_action(&action)?;
     cluster_command(&app, &caller, &id, idempotency, |r| {
-        Ok(Command::StartOperation { cluster: r.cluster.id, action, services: Vec::new(), config: None })
+        Ok(Command::StartOperation {
+            cluster: r.cluster.id,
+            action,
+            services: Vec::new(),
+            config: None,
+        })
     })
     .await
 }
@@ -449,36 +614,95 @@ async fn one_service_action(
         if !r.cluster.services.contains(&service) {
             return Err(ApiError::not_found("service", &service));
         }
-        Ok(Command::StartOperation { cluster: r.cluster.id, action, services: vec![service.clone()], config: None })
+        Ok(Command::StartOperation {
+            cluster: r.cluster.id,
+            action,
+            services: vec![service.clone()],
+            config: None,
+        })
     })
     .await
 }
 
-async fn abort(State(app): State<Arc<App>>, caller: Caller, idempotency: Option<IdempotencyKey>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn abort(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     // Coopr: a no-op unless the cluster is pending.
-    let pending = with_cluster(&app, &caller, &id, |r| Ok(r.cluster.status == ClusterStatus::Pending))?;
+    let pending = with_cluster(&app, &caller, &id, |r| {
+        Ok(r.cluster.status == ClusterStatus::Pending)
+    })?;
     if !pending {
         return Ok(().into_response());
     }
-    cluster_command(&app, &caller, &id, idempotency, |r| Ok(Command::Abort { cluster: r.cluster.id })).await
+    cluster_command(&app, &caller, &id, idempotency, |r| {
+        Ok(Command::Abort {
+            cluster: r.cluster.id,
+        })
+    })
+    .await
 }
 
-async fn pause(State(app): State<Arc<App>>, caller: Caller, idempotency: Option<IdempotencyKey>, Path(id): Path<String>) -> ApiResult<Response> {
-    cluster_command(&app, &caller, &id, idempotency, |r| Ok(Command::Pause { cluster: r.cluster.id })).await
+async fn pause(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    cluster_command(&app, &caller, &id, idempotency, |r| {
+        Ok(Command::Pause {
+            cluster: r.cluster.id,
+        })
+    })
+    .await
 }
 
-async fn resume(State(app): State<Arc<App>>, caller: Caller, idempotency: Option<IdempotencyKey>, Path(id): Path<String>) -> ApiResult<Response> {
-    cluster_command(&app, &caller, &id, idempotency, |r| Ok(Command::Resume { cluster: r.cluster.id })).await
+async fn resume(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    cluster_command(&app, &caller, &id, idempotency, |r| {
+        Ok(Command::Resume {
+            cluster: r.cluster.id,
+        })
+    })
+    .await
 }
 
-async fn sync_template(State(app): State<Arc<App>>, caller: Caller, idempotency: Option<IdempotencyKey>, Path(id): Path<String>) -> ApiResult<Response> {
-    let catalog = app.core.read().global.catalogs.get(&caller.tenant).cloned().unwrap_or_default();
+async fn sync_template(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    idempotency: Option<IdempotencyKey>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let catalog = app
+        .core
+        .read()
+        .global
+        .catalogs
+        .get(&caller.tenant)
+        .cloned()
+        .unwrap_or_default();
     cluster_command(&app, &caller, &id, idempotency, |r| {
         if r.cluster.status != ClusterStatus::Active {
-            return Err(ApiError::conflict("cluster_not_active", format!("cluster is {}", r.cluster.status)));
+            return Err(ApiError::conflict(
+                "cluster_not_active",
+                format!("cluster is {}", r.cluster.status),
+            ));
         }
-        let template: ClusterTemplate = entity(&catalog, EntityKind::Clustertemplates, &r.cluster.cluster_template.name)?;
-        Ok(Command::SyncTemplate { cluster: r.cluster.id, template })
+        let template: ClusterTemplate = entity(
+            &catalog,
+            EntityKind::Clustertemplates,
+            &r.cluster.cluster_template.name,
+        )?;
+        Ok(Command::SyncTemplate {
+            cluster: r.cluster.id,
+            template,
+        })
     })
     .await
 }
@@ -498,18 +722,29 @@ async fn node_properties(
     caller: Caller,
     JsonBody(req): JsonBody<NodePropertiesRequest>,
 ) -> ApiResult<Json<Value>> {
-    let id = req.cluster_id.ok_or_else(|| ApiError::bad_request("missing_field", "clusterId is required"))?;
+    let id = req
+        .cluster_id
+        .ok_or_else(|| ApiError::bad_request("missing_field", "clusterId is required"))?;
     let result = with_cluster(&app, &caller, &id, |r| {
         let mut out = serde_json::Map::new();
         for node in r.nodes.values() {
-            if !req.services.iter().all(|s| node.properties.services.contains(s)) {
+            if !req
+                .services
+                .iter()
+                .all(|s| node.properties.services.contains(s))
+            {
                 continue;
             }
-            let Value::Object(all) = serde_json::to_value(&node.properties).unwrap_or(Value::Null) else { continue };
+            let Value::Object(all) = serde_json::to_value(&node.properties).unwrap_or(Value::Null)
+            else {
+                continue;
+            };
             let props: serde_json::Map<String, Value> = if req.properties.is_empty() {
                 all
             } else {
-                all.into_iter().filter(|(k, _)| req.properties.contains(k)).collect()
+                all.into_iter()
+                    .filter(|(k, _)| req.properties.contains(k))
+                    .collect()
             };
             out.insert(node.id.0.clone(), Value::Object(props));
         }
@@ -521,9 +756,18 @@ async fn node_properties(
     }
 }
 
-async fn cluster_statuses(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<Value>>> {
+async fn cluster_statuses(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Value>>> {
     let state = app.core.read();
-    Ok(Json(state.clusters().filter(|r| visible(&caller, r)).map(views::status).collect()))
+    Ok(Json(
+        state
+            .clusters()
+            .filter(|r| visible(&caller, r))
+            .map(views::status)
+            .collect(),
+    ))
 }
 
 /// The JSON answer for an outcome: `{"id"}` for a created cluster, an empty 200 otherwise.

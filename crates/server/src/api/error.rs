@@ -20,7 +20,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError { status, code: code.to_string(), message: message.into(), retry_after_s: None }
+        ApiError {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+            retry_after_s: None,
+        }
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
@@ -28,7 +33,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str, name: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} {name} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {name} not found"),
+        )
     }
 
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
@@ -53,7 +62,11 @@ impl From<CommandError> for ApiError {
 
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
-        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string());
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        );
         err.retry_after_s = Some(1);
         err
     }

@@ -57,7 +57,12 @@ impl Caller {
 }
 
 fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 impl<S> FromRequestParts<S> for Caller
@@ -69,10 +74,12 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let app = Arc::<App>::from_ref(state);
-        let user = header(parts, "coopr-userid").ok_or_else(|| ApiError::unauthorized("missing Coopr-UserID header"))?;
-        let tenant =
-            header(parts, "coopr-tenantid").ok_or_else(|| ApiError::unauthorized("missing Coopr-TenantID header"))?;
-        let key = header(parts, "coopr-apikey").ok_or_else(|| ApiError::unauthorized("missing Coopr-ApiKey header"))?;
+        let user = header(parts, "coopr-userid")
+            .ok_or_else(|| ApiError::unauthorized("missing Coopr-UserID header"))?;
+        let tenant = header(parts, "coopr-tenantid")
+            .ok_or_else(|| ApiError::unauthorized("missing Coopr-TenantID header"))?;
+        let key = header(parts, "coopr-apikey")
+            .ok_or_else(|| ApiError::unauthorized("missing Coopr-ApiKey header"))?;
         let hash = hash_api_key(key);
         let state = app.core.read();
         let valid = state
@@ -81,12 +88,17 @@ where
             .get(&hash)
             .is_some_and(|k| k.tenant == tenant && k.user.as_deref().is_none_or(|u| u == user));
         if !valid {
-            return Err(ApiError::unauthorized("invalid API key for this tenant and user"));
+            return Err(ApiError::unauthorized(
+                "invalid API key for this tenant and user",
+            ));
         }
         if !state.global.tenants.contains_key(tenant) {
             return Err(ApiError::not_found("tenant", tenant));
         }
-        Ok(Caller { tenant: tenant.to_string(), user: user.to_string() })
+        Ok(Caller {
+            tenant: tenant.to_string(),
+            user: user.to_string(),
+        })
     }
 }
 
@@ -103,12 +115,21 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let app = Arc::<App>::from_ref(state);
-        let key = header(parts, "coopr-apikey").ok_or_else(|| ApiError::unauthorized("missing Coopr-ApiKey header"))?;
-        let valid = app.core.read().global.api_keys.get(&hash_api_key(key)).is_some_and(|k| k.tenant == SUPERADMIN);
+        let key = header(parts, "coopr-apikey")
+            .ok_or_else(|| ApiError::unauthorized("missing Coopr-ApiKey header"))?;
+        let valid = app
+            .core
+            .read()
+            .global
+            .api_keys
+            .get(&hash_api_key(key))
+            .is_some_and(|k| k.tenant == SUPERADMIN);
         if valid {
             Ok(ProvisionerAuth)
         } else {
-            Err(ApiError::unauthorized("provisioners need a key of the superadmin tenant"))
+            Err(ApiError::unauthorized(
+                "provisioners need a key of the superadmin tenant",
+            ))
         }
     }
 }
@@ -123,8 +144,14 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         match header(parts, "idempotency-key") {
             Some(k) if k.len() <= 256 => Ok(IdempotencyKey(k.to_string())),
-            Some(_) => Err(ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key is longer than 256 bytes")),
-            None => Err(ApiError::bad_request("missing_idempotency_key", "no Idempotency-Key")),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key is longer than 256 bytes",
+            )),
+            None => Err(ApiError::bad_request(
+                "missing_idempotency_key",
+                "no Idempotency-Key",
+            )),
         }
     }
 }
@@ -134,7 +161,9 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for IdempotencyK
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, ApiError> {
         if parts.headers.contains_key("idempotency-key") {
-            <Self as FromRequestParts<S>>::from_request_parts(parts, state).await.map(Some)
+            <Self as FromRequestParts<S>>::from_request_parts(parts, state)
+                .await
+                .map(Some)
         } else {
             Ok(None)
         }
@@ -154,7 +183,11 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is too large")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "request body is too large",
+                )
             } else {
                 ApiError::bad_request("unreadable_body", e.body_text())
             }
@@ -165,6 +198,11 @@ where
 
 /// Parses JSON, treating an empty body as `null` (Coopr accepts optional bodies).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"null" } else { bytes };
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"null"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))
 }

@@ -18,7 +18,9 @@ pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let v = Value::deserialize(d)?;
     number_from(&v)
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| serde::de::Error::custom(format!("expected a non-negative integer, got {v}")))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a non-negative integer, got {v}"))
+        })
 }
 
 pub fn lenient_u64_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -26,13 +28,17 @@ pub fn lenient_u64_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
     if v.is_null() {
         return Ok(None);
     }
-    number_from(&v)
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("expected a non-negative integer, got {v}")))
+    number_from(&v).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!("expected a non-negative integer, got {v}"))
+    })
 }
 
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() < 256 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    !name.is_empty()
+        && name.len() < 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 pub fn valid_name(field: &str, name: &str) -> Result<(), ApiError> {

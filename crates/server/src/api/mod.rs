@@ -45,7 +45,9 @@ pub fn answer(result: CommandResult) -> ApiResult<Response> {
     Ok(match clusters::outcome_body(&outcome) {
         Some(body) => Json(body).into_response(),
         None => match outcome {
-            Outcome::EntityVersion { version } => Json(json!({ "version": version })).into_response(),
+            Outcome::EntityVersion { version } => {
+                Json(json!({ "version": version })).into_response()
+            }
             _ => StatusCode::OK.into_response(),
         },
     })

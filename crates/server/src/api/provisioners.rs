@@ -43,32 +43,62 @@ async fn register(
 ) -> ApiResult<Response> {
     super::lenient::valid_name("provisioner id", &id)?;
     if body.id.as_deref().is_some_and(|b| b != id) {
-        return Err(ApiError::bad_request("id_mismatch", "the body's id differs from the path's"));
+        return Err(ApiError::bad_request(
+            "id_mismatch",
+            "the body's id differs from the path's",
+        ));
     }
-    let host = body.host.filter(|h| !h.is_empty()).ok_or_else(|| ApiError::bad_request("missing_field", "host is required"))?;
-    let port = body.port.ok_or_else(|| ApiError::bad_request("missing_field", "port is required"))?;
+    let host = body
+        .host
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_field", "host is required"))?;
+    let port = body
+        .port
+        .ok_or_else(|| ApiError::bad_request("missing_field", "port is required"))?;
     let capacity_total = match body.capacity_total {
         Some(c) if (1..=10_000).contains(&c) => c as u32,
-        _ => return Err(ApiError::bad_request("invalid_capacity", "capacityTotal must be between 1 and 10000")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_capacity",
+                "capacityTotal must be between 1 and 10000",
+            ))
+        }
     };
-    let info = ProvisionerInfo { id: id.clone(), host, port, capacity_total };
+    let info = ProvisionerInfo {
+        id: id.clone(),
+        host,
+        port,
+        capacity_total,
+    };
     app.heartbeat(&id);
     // A provisioner registers when it starts: whatever tasks an earlier incarnation held are
     // lost with it, so they are retried now rather than when their timeout runs out.
     let holds_tasks = app.core.read().tasks_held_by(&id) > 0;
     if holds_tasks {
-        app.core.propose(Command::ReleaseProvisioner { id: id.clone() }, None).await??;
+        app.core
+            .propose(Command::ReleaseProvisioner { id: id.clone() }, None)
+            .await??;
     }
     if app.core.read().local.provisioners.get(&id) == Some(&info) {
         return Ok(StatusCode::OK.into_response());
     }
-    app.core.propose(Command::RegisterProvisioner { info }, None).await??;
+    app.core
+        .propose(Command::RegisterProvisioner { info }, None)
+        .await??;
     Ok(StatusCode::OK.into_response())
 }
 
-async fn unregister(State(app): State<Arc<App>>, _: ProvisionerAuth, Path(id): Path<String>) -> ApiResult<Response> {
-    app.core.propose(Command::ReleaseProvisioner { id: id.clone() }, None).await??;
-    app.core.propose(Command::UnregisterProvisioner { id: id.clone() }, None).await??;
+async fn unregister(
+    State(app): State<Arc<App>>,
+    _: ProvisionerAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    app.core
+        .propose(Command::ReleaseProvisioner { id: id.clone() }, None)
+        .await??;
+    app.core
+        .propose(Command::UnregisterProvisioner { id: id.clone() }, None)
+        .await??;
     app.forget_provisioner(&id);
     Ok(StatusCode::OK.into_response())
 }
@@ -95,11 +125,18 @@ struct TakeBody {
     tenant_id: Option<String>,
 }
 
-async fn take(State(app): State<Arc<App>>, _: ProvisionerAuth, JsonBody(body): JsonBody<TakeBody>) -> ApiResult<Response> {
+async fn take(
+    State(app): State<Arc<App>>,
+    _: ProvisionerAuth,
+    JsonBody(body): JsonBody<TakeBody>,
+) -> ApiResult<Response> {
     {
         let state = app.core.read();
         if !state.local.provisioners.contains_key(&body.provisioner_id) {
-            return Err(ApiError::forbidden(format!("provisioner {} is not registered", body.provisioner_id)));
+            return Err(ApiError::forbidden(format!(
+                "provisioner {} is not registered",
+                body.provisioner_id
+            )));
         }
         // Polling an empty queue must not cost a log write.
         if state.queued_tasks().next().is_none() {
@@ -113,12 +150,18 @@ async fn take(State(app): State<Arc<App>>, _: ProvisionerAuth, JsonBody(body): J
         tenant_id: body.tenant_id,
         timeout_ms: app.config.task_timeout_ms,
     };
-    let Outcome::TaskTaken { task: Some(task_id) } = app.core.propose(command, None).await?? else {
+    let Outcome::TaskTaken {
+        task: Some(task_id),
+    } = app.core.propose(command, None).await??
+    else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let state = app.core.read();
-    let task = state.task(task_id).ok_or_else(|| ApiError::not_found("task", task_id))?;
-    let view = views::task_for_provisioner(&state, task).ok_or_else(|| ApiError::not_found("task", task_id))?;
+    let task = state
+        .task(task_id)
+        .ok_or_else(|| ApiError::not_found("task", task_id))?;
+    let view = views::task_for_provisioner(&state, task)
+        .ok_or_else(|| ApiError::not_found("task", task_id))?;
     Ok(Json(view).into_response())
 }
 
@@ -145,15 +188,23 @@ struct FinishBody {
 }
 
 fn required(v: Option<String>, field: &str) -> ApiResult<String> {
-    v.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("missing_field", format!("{field} is required")))
+    v.filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_field", format!("{field} is required")))
 }
 
-async fn finish(State(app): State<Arc<App>>, _: ProvisionerAuth, JsonBody(body): JsonBody<FinishBody>) -> ApiResult<Response> {
+async fn finish(
+    State(app): State<Arc<App>>,
+    _: ProvisionerAuth,
+    JsonBody(body): JsonBody<FinishBody>,
+) -> ApiResult<Response> {
     let provisioner_id = required(body.provisioner_id, "provisionerId")?;
     let worker_id = required(body.worker_id, "workerId")?;
-    let task: TaskId = required(body.task_id, "taskId")?
-        .parse()
-        .map_err(|e: coopr_types::IdError| ApiError::bad_request("invalid_task_id", e.to_string()))?;
+    let task: TaskId =
+        required(body.task_id, "taskId")?
+            .parse()
+            .map_err(|e: coopr_types::IdError| {
+                ApiError::bad_request("invalid_task_id", e.to_string())
+            })?;
     let status = match body.status {
         Some(Value::Number(n)) => n.as_i64(),
         Some(Value::String(s)) => s.trim().parse().ok(),
@@ -172,6 +223,8 @@ async fn finish(State(app): State<Arc<App>>, _: ProvisionerAuth, JsonBody(body):
         ipaddresses: body.ipaddresses,
         result: body.result.unwrap_or_default(),
     };
-    app.core.propose(Command::FinishTask(Box::new(result)), None).await??;
+    app.core
+        .propose(Command::FinishTask(Box::new(result)), None)
+        .await??;
     Ok(StatusCode::OK.into_response())
 }

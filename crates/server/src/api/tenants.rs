@@ -31,12 +31,30 @@ fn tenant_view(t: &Tenant) -> Value {
 
 async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<Value>>> {
     caller.require_superadmin()?;
-    Ok(Json(app.core.read().global.tenants.values().map(tenant_view).collect()))
+    Ok(Json(
+        app.core
+            .read()
+            .global
+            .tenants
+            .values()
+            .map(tenant_view)
+            .collect(),
+    ))
 }
 
-async fn show(State(app): State<Arc<App>>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn show(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
-    app.core.read().global.tenants.get(&name).map(|t| Json(tenant_view(t))).ok_or_else(|| ApiError::not_found("tenant", &name))
+    app.core
+        .read()
+        .global
+        .tenants
+        .get(&name)
+        .map(|t| Json(tenant_view(t)))
+        .ok_or_else(|| ApiError::not_found("tenant", &name))
 }
 
 #[derive(Deserialize)]
@@ -64,7 +82,10 @@ fn quota(v: Option<u64>, field: &str) -> ApiResult<u32> {
     match v {
         None => Ok(UNLIMITED),
         Some(n) if n <= u64::from(UNLIMITED) => Ok(n as u32),
-        Some(_) => Err(ApiError::bad_request("invalid_quota", format!("{field} is too large"))),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_quota",
+            format!("{field} is too large"),
+        )),
     }
 }
 
@@ -91,8 +112,17 @@ async fn create(
     if let Some(previous) = app.previous_outcome(key.as_deref()) {
         return answer(previous);
     }
-    if app.core.read().global.tenants.contains_key(&req.tenant.name) {
-        return Err(ApiError::conflict("tenant_exists", format!("tenant {} already exists", req.tenant.name)));
+    if app
+        .core
+        .read()
+        .global
+        .tenants
+        .contains_key(&req.tenant.name)
+    {
+        return Err(ApiError::conflict(
+            "tenant_exists",
+            format!("tenant {} already exists", req.tenant.name),
+        ));
     }
     let tenant = to_tenant(req.tenant, crate::new_id())?;
     let name = tenant.name.clone();
@@ -100,10 +130,26 @@ async fn create(
     if req.bootstrap && result.is_ok() {
         let entities = {
             let state = app.core.read();
-            let source = state.global.catalogs.get(SUPERADMIN).cloned().unwrap_or_default();
-            EntityKind::ALL.into_iter().map(|k| (k, source.list(k).into_iter().cloned().collect())).collect()
+            let source = state
+                .global
+                .catalogs
+                .get(SUPERADMIN)
+                .cloned()
+                .unwrap_or_default();
+            EntityKind::ALL
+                .into_iter()
+                .map(|k| (k, source.list(k).into_iter().cloned().collect()))
+                .collect()
         };
-        app.core.propose(Command::ImportCatalog { tenant: name, entities }, None).await??;
+        app.core
+            .propose(
+                Command::ImportCatalog {
+                    tenant: name,
+                    entities,
+                },
+                None,
+            )
+            .await??;
     }
     answer(result)
 }
@@ -117,7 +163,10 @@ async fn put(
 ) -> ApiResult<Response> {
     caller.require_superadmin()?;
     if req.tenant.name != name {
-        return Err(ApiError::bad_request("name_mismatch", "the body's tenant name differs from the path's"));
+        return Err(ApiError::bad_request(
+            "name_mismatch",
+            "the body's tenant name differs from the path's",
+        ));
     }
     let tenant = to_tenant(req.tenant, crate::new_id())?;
     let key = caller.idempotency_scope(idempotency);
@@ -132,10 +181,16 @@ async fn delete(
 ) -> ApiResult<Response> {
     caller.require_superadmin()?;
     if name == SUPERADMIN {
-        return Err(ApiError::forbidden("the superadmin tenant cannot be deleted"));
+        return Err(ApiError::forbidden(
+            "the superadmin tenant cannot be deleted",
+        ));
     }
     let key = caller.idempotency_scope(idempotency);
-    answer(app.core.propose(Command::DeleteTenant { name }, key).await?)
+    answer(
+        app.core
+            .propose(Command::DeleteTenant { name }, key)
+            .await?,
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -156,15 +211,29 @@ async fn create_key(
     let req = req.unwrap_or_default();
     let key = match req.key {
         Some(k) if k.len() >= 8 && k.len() <= 256 => k,
-        Some(_) => return Err(ApiError::bad_request("invalid_key", "a key must be 8 to 256 bytes")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_key",
+                "a key must be 8 to 256 bytes",
+            ))
+        }
         None => crate::new_secret(),
     };
-    let record = ApiKey { tenant: name, user: req.user, key_sha256: hash_api_key(&key) };
-    app.core.propose(Command::PutApiKey { key: record }, None).await??;
+    let record = ApiKey {
+        tenant: name,
+        user: req.user,
+        key_sha256: hash_api_key(&key),
+    };
+    app.core
+        .propose(Command::PutApiKey { key: record }, None)
+        .await??;
     Ok(Json(json!({ "key": key })))
 }
 
-async fn list_provisioners(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<Value>>> {
+async fn list_provisioners(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Value>>> {
     caller.require_superadmin()?;
     let state = app.core.read();
     let in_progress = state
@@ -173,10 +242,13 @@ async fn list_provisioners(State(app): State<Arc<App>>, caller: Caller) -> ApiRe
         .filter(|j| !j.job.status.is_finished())
         .flat_map(|j| j.tasks.values())
         .filter_map(|t| t.owner.as_ref())
-        .fold(std::collections::BTreeMap::<&str, u32>::new(), |mut m, o| {
-            *m.entry(o.provisioner_id.as_str()).or_default() += 1;
-            m
-        });
+        .fold(
+            std::collections::BTreeMap::<&str, u32>::new(),
+            |mut m, o| {
+                *m.entry(o.provisioner_id.as_str()).or_default() += 1;
+                m
+            },
+        );
     Ok(Json(
         state
             .local

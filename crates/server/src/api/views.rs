@@ -145,7 +145,10 @@ pub fn task_for_provisioner(state: &State, task: &Task) -> Option<Value> {
             .and_then(|s| s.provisioner.actions.get(&task.task_name.action_key()))
             .map(|a| json!({"type": a.plugin, "fields": a.fields}))
             .unwrap_or(Value::Null);
-        config.insert("service".into(), json!({"name": task.service, "action": action}));
+        config.insert(
+            "service".into(),
+            json!({"name": task.service, "action": action}),
+        );
     }
     config.insert("hostname".into(), json!(p.hostname));
     config.insert("ipaddresses".into(), json!(p.ipaddresses));
@@ -167,7 +170,12 @@ pub fn task_for_provisioner(state: &State, task: &Task) -> Option<Value> {
     let nodes: Map<String, Value> = record
         .nodes
         .values()
-        .map(|n| (n.id.0.clone(), serde_json::to_value(&n.properties).unwrap_or(Value::Null)))
+        .map(|n| {
+            (
+                n.id.0.clone(),
+                serde_json::to_value(&n.properties).unwrap_or(Value::Null),
+            )
+        })
         .collect();
     config.insert("nodes".into(), Value::Object(nodes));
     for (k, v) in &node.provisioner_results {
