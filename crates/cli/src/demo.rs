@@ -42,22 +42,14 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     };
     let server = coopr_server::start(config).await?;
     let url = server.url();
-    let cloud = crate::fake_cloud(
-        Some(&args.data_dir.join("fake-cloud.json")),
-        args.fake_latency_ms,
-        0.0,
-    )?;
-    let mut provisioner = ProvisionerConfig::new(
+    let workers = spawn_fake_workers(
         vec![url.clone()],
         "demo-a1",
-        PluginRegistry::with_builtins(cloud),
-    );
-    provisioner.capacity = args.workers;
-    provisioner.api_key = Some(coopr_server::seed::DEMO_ADMIN_KEY.to_string());
-    provisioner.poll_interval_ms = 100;
-    provisioner.heartbeat_interval_ms = 2_000;
-    provisioner.validate()?;
-    let workers = tokio::spawn(coopr_provisioner::run(provisioner, shutdown.clone()));
+        args.workers,
+        &args.data_dir.join("fake-cloud.json"),
+        args.fake_latency_ms,
+        shutdown.clone(),
+    )?;
 
     println!(
         "coopr demo: datacenter a, node a1, user API at {url}\n\
@@ -80,4 +72,24 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     server.shutdown().await;
     let _ = workers.await;
     Ok(())
+}
+
+/// Runs fake-cloud provisioner workers inside this process, authenticating with the demo
+/// superadmin key. The cloud's machines persist in `cloud_state`.
+pub fn spawn_fake_workers(
+    servers: Vec<String>,
+    id: &str,
+    workers: u32,
+    cloud_state: &std::path::Path,
+    latency_ms: u64,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let cloud = crate::fake_cloud(Some(cloud_state), latency_ms, 0.0)?;
+    let mut provisioner = ProvisionerConfig::new(servers, id, PluginRegistry::with_builtins(cloud));
+    provisioner.capacity = workers;
+    provisioner.api_key = Some(coopr_server::seed::DEMO_ADMIN_KEY.to_string());
+    provisioner.poll_interval_ms = 100;
+    provisioner.heartbeat_interval_ms = 2_000;
+    provisioner.validate()?;
+    Ok(tokio::spawn(coopr_provisioner::run(provisioner, shutdown)))
 }

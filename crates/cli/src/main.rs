@@ -9,6 +9,7 @@
 
 mod client;
 mod demo;
+mod node_config;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,8 @@ struct Cli {
 enum Command {
     /// Runs a server node.
     Server(ServerArgs),
+    /// Writes a ready local deployment (one config per node, secret, keys, endpoints.json).
+    InitCluster(node_config::InitClusterArgs),
     /// Runs provisioner workers against a server.
     Provisioner(ProvisionerArgs),
     /// Runs a server and fake-cloud provisioner workers in one process, seeded for trying coopr.
@@ -48,6 +51,9 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct ServerArgs {
+    /// Node configuration file (see `coopr init-cluster`); replaces the flags below.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Address of the REST API (user and provisioner API).
     #[arg(long, default_value = "127.0.0.1:55054")]
     listen: String,
@@ -158,7 +164,58 @@ pub fn fake_cloud(
     })
 }
 
+/// The server configuration from a node config file, and the number of demo workers.
+fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConfig, u32)> {
+    let file = node_config::NodeConfig::load(path)?;
+    if file.dc_peers().count() > 1 {
+        anyhow::bail!(
+            "peers: datacenter {:?} lists several nodes; this build runs one node per datacenter",
+            file.dc
+        );
+    }
+    let admin_key = match &file.admin_key_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("admin_key_file: {e}"))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    // Internal calls are authenticated with the secret; a missing or short one is a config error.
+    file.secret()?;
+    let workers = file.demo_workers;
+    Ok((
+        ServerConfig {
+            dc: file.dc,
+            node: file.node,
+            data_dir: file.data_dir,
+            listen: file.api_addr,
+            shard_count: file.shard_count,
+            task_timeout_ms: file.task_timeout_secs.saturating_mul(1000),
+            demo: file.demo,
+            admin_key,
+            ..ServerConfig::default()
+        },
+        workers,
+    ))
+}
+
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.config {
+        let (config, workers) = server_config_from_file(path)?;
+        let handle = coopr_server::start(config.clone()).await?;
+        println!("coopr server listening on {}", handle.url());
+        let mut stop = shutdown_on_signal();
+        if config.demo {
+            let id = format!("demo-{}", config.node);
+            let state = config.data_dir.join("fake-cloud.json");
+            demo::spawn_fake_workers(vec![handle.url()], &id, workers, &state, 0, stop.clone())?;
+        }
+        let _ = stop.wait_for(|s| *s).await;
+        handle.shutdown().await;
+        return Ok(());
+    }
     let admin_key = match &args.admin_key_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -223,6 +280,31 @@ fn main() {
             Command::Server(args) => {
                 init_tracing("info");
                 run_server(args).await
+            }
+            Command::InitCluster(args) => {
+                let secret = format!(
+                    "{}{}",
+                    coopr_server::new_secret(),
+                    coopr_server::new_secret()
+                );
+                let admin_key = if args.demo {
+                    coopr_server::seed::DEMO_ADMIN_KEY.to_string()
+                } else {
+                    coopr_server::new_secret()
+                };
+                node_config::init_cluster(&args, &secret, &admin_key).map(|endpoints| {
+                    for e in &endpoints {
+                        println!(
+                            "{:<4} {:<4} api {:<24} internal {:<24} {}",
+                            e.dc,
+                            e.node,
+                            e.api,
+                            e.internal,
+                            e.config.display()
+                        );
+                    }
+                    println!("start them with {}/start.sh", args.out.display());
+                })
             }
             Command::Provisioner(args) => {
                 init_tracing("info");

@@ -1,0 +1,427 @@
+//! The per-node configuration file (`coopr server --config FILE`) and `coopr init-cluster`,
+//! which writes a ready local deployment: one TOML per node, the cluster secret, the superadmin
+//! key, `endpoints.json` and a start script.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// One member of the deployment, as every node's config lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Raft node id, unique in the deployment (1-based).
+    pub id: u64,
+    pub dc: String,
+    pub node: String,
+    /// User API base URL (`http://127.0.0.1:7100`).
+    pub api: String,
+    /// Internal (Raft, replication) base URL.
+    pub internal: String,
+}
+
+/// A node's configuration file. Every option is documented with its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Datacenter of this node. Required.
+    pub dc: String,
+    /// Name of this node; must be one of `peers`. Required.
+    pub node: String,
+    /// Where this node keeps its store. Relative paths are relative to the config file. Required.
+    pub data_dir: PathBuf,
+    /// Address the user and provisioner API listens on (`127.0.0.1:7100`). Required.
+    pub api_addr: String,
+    /// Address the internal API (Raft) listens on. Required.
+    pub internal_addr: String,
+    /// File holding the cluster secret that authenticates internal calls. Required.
+    pub secret_file: PathBuf,
+    /// Number of cluster shards; the same on every node. Default 64.
+    #[serde(default = "default_shards")]
+    pub shard_count: u32,
+    /// Seconds a worker may hold a task before it is retried. Default 600.
+    #[serde(default = "default_task_timeout")]
+    pub task_timeout_secs: u64,
+    /// Seed the demo tenant and catalog and run fake-cloud workers inside the server. Default false.
+    #[serde(default)]
+    pub demo: bool,
+    /// Fake-cloud workers run inside the server in demo mode. Default 4.
+    #[serde(default = "default_demo_workers")]
+    pub demo_workers: u32,
+    /// File with the superadmin key created at first start. Default: none (generated).
+    #[serde(default)]
+    pub admin_key_file: Option<PathBuf>,
+    /// Every node of the deployment, this one included.
+    pub peers: Vec<Peer>,
+}
+
+fn default_shards() -> u32 {
+    64
+}
+
+fn default_task_timeout() -> u64 {
+    600
+}
+
+fn default_demo_workers() -> u32 {
+    4
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.strip_prefix("http://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+}
+
+impl NodeConfig {
+    /// Reads and validates a config file; relative paths become relative to its folder.
+    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config: NodeConfig = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.data_dir, &mut config.secret_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(p) = config.admin_key_file.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
+        }
+        config
+            .validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks every value; errors name the bad key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !is_name(&self.dc) {
+            bail!(
+                "dc: {:?} is not a valid name ([A-Za-z0-9_-], 1-64 chars)",
+                self.dc
+            );
+        }
+        if !is_name(&self.node) {
+            bail!("node: {:?} is not a valid name", self.node);
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("data_dir: must not be empty");
+        }
+        for (key, addr) in [
+            ("api_addr", &self.api_addr),
+            ("internal_addr", &self.internal_addr),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                bail!("{key}: {addr:?} is not a socket address like 127.0.0.1:7100");
+            }
+        }
+        if self.api_addr == self.internal_addr {
+            bail!("internal_addr: must differ from api_addr");
+        }
+        if self.shard_count == 0 || self.shard_count > 65_536 {
+            bail!("shard_count: {} is outside 1..=65536", self.shard_count);
+        }
+        if self.task_timeout_secs == 0 {
+            bail!("task_timeout_secs: must be positive");
+        }
+        if !(1..=1024).contains(&self.demo_workers) {
+            bail!("demo_workers: {} is outside 1..=1024", self.demo_workers);
+        }
+        if self.peers.is_empty() {
+            bail!("peers: at least this node must be listed");
+        }
+        let mut ids = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id == 0 || !ids.insert(p.id) {
+                bail!("peers[{i}].id: {} is zero or repeated", p.id);
+            }
+            if !is_name(&p.node) || !names.insert(p.node.clone()) {
+                bail!("peers[{i}].node: {:?} is invalid or repeated", p.node);
+            }
+            if !is_name(&p.dc) {
+                bail!("peers[{i}].dc: {:?} is not a valid name", p.dc);
+            }
+            if !is_http_url(&p.api) {
+                bail!("peers[{i}].api: {:?} is not an http:// URL", p.api);
+            }
+            if !is_http_url(&p.internal) {
+                bail!(
+                    "peers[{i}].internal: {:?} is not an http:// URL",
+                    p.internal
+                );
+            }
+        }
+        let Some(me) = self.peers.iter().find(|p| p.node == self.node) else {
+            bail!("node: {:?} is not listed in peers", self.node);
+        };
+        if me.dc != self.dc {
+            bail!(
+                "dc: {:?} differs from this node's entry in peers ({:?})",
+                self.dc,
+                me.dc
+            );
+        }
+        let dc_size = self.dc_peers().count();
+        if ![1, 3, 5].contains(&dc_size) {
+            bail!(
+                "peers: datacenter {:?} has {dc_size} nodes; use 1, 3 or 5",
+                self.dc
+            );
+        }
+        Ok(())
+    }
+
+    /// The nodes of this node's datacenter (its DC log's members).
+    pub fn dc_peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().filter(move |p| p.dc == self.dc)
+    }
+
+    /// Reads the cluster secret.
+    pub fn secret(&self) -> anyhow::Result<String> {
+        let s = std::fs::read_to_string(&self.secret_file)
+            .with_context(|| format!("secret_file: cannot read {}", self.secret_file.display()))?;
+        let s = s.trim().to_string();
+        if s.len() < 16 {
+            bail!(
+                "secret_file: {} holds fewer than 16 characters",
+                self.secret_file.display()
+            );
+        }
+        Ok(s)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InitClusterArgs {
+    /// Number of datacenters (named a, b, c, ...).
+    #[arg(long, default_value_t = 1)]
+    pub dcs: u32,
+    /// Nodes per datacenter (1, 3 or 5).
+    #[arg(long, default_value_t = 3)]
+    pub nodes_per_dc: u32,
+    /// Node i (0-based) of DC d (0-based) serves its user API at base + 10*d + i and its internal
+    /// API at base + 10*d + 5 + i.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed the demo tenant/keys/catalog and run fake-cloud workers in each server.
+    #[arg(long)]
+    pub demo: bool,
+    /// Number of shards.
+    #[arg(long, default_value_t = 64)]
+    pub shards: u32,
+}
+
+/// One entry of `endpoints.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub dc: String,
+    pub node: String,
+    pub api: String,
+    pub internal: String,
+    pub config: PathBuf,
+}
+
+pub fn dc_name(d: u32) -> String {
+    char::from_u32(u32::from(b'a') + d)
+        .map(String::from)
+        .unwrap_or_else(|| format!("dc{d}"))
+}
+
+/// Writes the deployment and returns the endpoints.
+pub fn init_cluster(
+    args: &InitClusterArgs,
+    secret: &str,
+    admin_key: &str,
+) -> anyhow::Result<Vec<Endpoint>> {
+    if args.dcs == 0 || args.dcs > 26 {
+        bail!("--dcs must be between 1 and 26");
+    }
+    if ![1, 3, 5].contains(&args.nodes_per_dc) {
+        bail!("--nodes-per-dc must be 1, 3 or 5");
+    }
+    let top = u32::from(args.base_port) + 10 * (args.dcs - 1) + 5 + args.nodes_per_dc;
+    if top > 65_535 {
+        bail!(
+            "--base-port {} leaves no room for {} DCs",
+            args.base_port,
+            args.dcs
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let out = std::fs::canonicalize(&args.out)?;
+    let mut peers = Vec::new();
+    for d in 0..args.dcs {
+        for i in 0..args.nodes_per_dc {
+            let api_port = u32::from(args.base_port) + 10 * d + i;
+            let internal_port = api_port + 5;
+            peers.push(Peer {
+                id: u64::from(d * args.nodes_per_dc + i + 1),
+                dc: dc_name(d),
+                node: format!("{}{}", dc_name(d), i + 1),
+                api: format!("http://127.0.0.1:{api_port}"),
+                internal: format!("http://127.0.0.1:{internal_port}"),
+            });
+        }
+    }
+    write_private(&out.join("secret"), &format!("{secret}\n"))?;
+    write_private(&out.join("admin-key"), &format!("{admin_key}\n"))?;
+    let mut endpoints = Vec::new();
+    let mut script = String::from("#!/bin/sh\n# Starts every node of this deployment in the background; logs in <node>.log.\ncd \"$(dirname \"$0\")\"\nCOOPR=${COOPR:-coopr}\n");
+    for p in &peers {
+        let config = NodeConfig {
+            dc: p.dc.clone(),
+            node: p.node.clone(),
+            data_dir: PathBuf::from(format!("data/{}", p.node)),
+            api_addr: p.api.trim_start_matches("http://").to_string(),
+            internal_addr: p.internal.trim_start_matches("http://").to_string(),
+            secret_file: PathBuf::from("secret"),
+            shard_count: args.shards,
+            task_timeout_secs: default_task_timeout(),
+            demo: args.demo,
+            demo_workers: default_demo_workers(),
+            admin_key_file: Some(PathBuf::from("admin-key")),
+            peers: peers.clone(),
+        };
+        config.validate()?;
+        let path = out.join(format!("{}.toml", p.node));
+        let text = format!(
+            "# coopr node {} of datacenter {}\n{}",
+            p.node,
+            p.dc,
+            toml::to_string_pretty(&config)?
+        );
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        let _ = writeln!(
+            script,
+            "\"$COOPR\" server --config {}.toml > {}.log 2>&1 &",
+            p.node, p.node
+        );
+        endpoints.push(Endpoint {
+            dc: p.dc.clone(),
+            node: p.node.clone(),
+            api: p.api.clone(),
+            internal: p.internal.clone(),
+            config: path,
+        });
+    }
+    script.push_str("wait\n");
+    let start = out.join("start.sh");
+    std::fs::write(&start, script)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&start, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::write(
+        out.join("endpoints.json"),
+        serde_json::to_string_pretty(&endpoints)? + "\n",
+    )?;
+    Ok(endpoints)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(out: &Path, dcs: u32, nodes: u32) -> InitClusterArgs {
+        InitClusterArgs {
+            dcs,
+            nodes_per_dc: nodes,
+            base_port: 7100,
+            out: out.to_path_buf(),
+            demo: true,
+            shards: 64,
+        }
+    }
+
+    /// init-cluster writes one valid config per node, with the documented ports and names, and
+    /// endpoints.json listing them.
+    #[test]
+    fn init_cluster_writes_a_valid_deployment() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoints = init_cluster(
+            &args(dir.path(), 2, 3),
+            "0123456789abcdef0123",
+            "admin-key-123",
+        )
+        .unwrap();
+        assert_eq!(endpoints.len(), 6);
+        assert_eq!(endpoints[0].node, "a1");
+        assert_eq!(endpoints[0].api, "http://127.0.0.1:7100");
+        assert_eq!(endpoints[4].node, "b2");
+        assert_eq!(endpoints[4].api, "http://127.0.0.1:7111");
+        for e in &endpoints {
+            let config = NodeConfig::load(&e.config).unwrap();
+            assert_eq!(config.node, e.node);
+            assert_eq!(config.dc_peers().count(), 3);
+            assert_eq!(config.secret().unwrap(), "0123456789abcdef0123");
+        }
+        let listed: Vec<Endpoint> =
+            serde_json::from_slice(&std::fs::read(dir.path().join("endpoints.json")).unwrap())
+                .unwrap();
+        assert_eq!(listed.len(), 6);
+    }
+
+    /// Validation errors name the offending key.
+    #[test]
+    fn validation_names_the_bad_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoints = init_cluster(&args(dir.path(), 1, 3), "0123456789abcdef0123", "k").unwrap();
+        let good = NodeConfig::load(&endpoints[0].config).unwrap();
+        let cases: Vec<(&str, Box<dyn Fn(&mut NodeConfig)>)> = vec![
+            ("api_addr", Box::new(|c| c.api_addr = "nope".into())),
+            ("shard_count", Box::new(|c| c.shard_count = 0)),
+            ("node", Box::new(|c| c.node = "zz".into())),
+            ("peers[1].id", Box::new(|c| c.peers[1].id = 1)),
+            (
+                "peers[2].api",
+                Box::new(|c| c.peers[2].api = "ftp://x".into()),
+            ),
+            (
+                "peers: datacenter",
+                Box::new(|c| {
+                    c.peers.pop();
+                }),
+            ),
+        ];
+        for (key, mutate) in cases {
+            let mut bad = good.clone();
+            mutate(&mut bad);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{key}: got {err}");
+        }
+        let text = std::fs::read_to_string(&endpoints[0].config)
+            .unwrap()
+            .replace("shard_count", "shards_count");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(err.contains("shards_count"), "{err}");
+    }
+}
