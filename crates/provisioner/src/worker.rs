@@ -275,7 +275,7 @@ impl Runtime {
                     return false;
                 }
             };
-            info!(status = result.status, "task ran");
+            debug!(status = result.status, "task ran");
             let finish = FinishRequest::new(take, tenant_id, task_id, result);
             self.report(&finish, shutdown).await
         }
@@ -289,7 +289,7 @@ impl Runtime {
         for attempt in 1..=MAX_FINISH_ATTEMPTS {
             match self.client.finish(finish).await {
                 Ok(FinishOutcome::Accepted) => {
-                    info!("task finished");
+                    debug!("task finished");
                     return true;
                 }
                 Ok(FinishOutcome::NotOwner) => {

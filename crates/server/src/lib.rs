@@ -114,6 +114,7 @@ pub struct ServerHandle {
     pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    driver: tokio::task::JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -121,10 +122,12 @@ impl ServerHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting requests and waits for the server task to end.
+    /// Stops accepting requests and waits for the server and driver tasks to end, so that the
+    /// store is released (a restart on the same data dir can open it again).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        let _ = self.driver.await;
     }
 }
 
@@ -178,7 +181,7 @@ pub async fn start_with_store(
     });
     seed::bootstrap(&app).await?;
     let (shutdown, mut stop) = watch::channel(false);
-    tokio::spawn(driver::run(app.clone(), shutdown.subscribe()));
+    let driver = tokio::spawn(driver::run(app.clone(), shutdown.subscribe()));
     let router = api::router(app.clone());
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -194,6 +197,7 @@ pub async fn start_with_store(
         app,
         shutdown,
         task,
+        driver,
     })
 }
 

@@ -121,7 +121,8 @@ pub enum Command {
     },
     SyncTemplate {
         cluster: ClusterId,
-        template: ClusterTemplate,
+        /// Boxed: a template is large and commands are moved around a lot (same JSON).
+        template: Box<ClusterTemplate>,
     },
     Abort {
         cluster: ClusterId,

@@ -385,6 +385,14 @@ impl State {
                 services,
                 placement,
             } => {
+                // The added services are planned with their current definitions: a service
+                // written to the catalog after the cluster was created is not in the cluster's
+                // snapshot yet, and without a definition no task would be planned for it.
+                let current_defs = self
+                    .cluster(*cluster)
+                    .and_then(|r| self.global.catalogs.get(&r.cluster.account.tenant_id))
+                    .map(TenantCatalog::services)
+                    .unwrap_or_default();
                 let record = self.cluster_mut(*cluster)?;
                 if record.cluster.status != ClusterStatus::Active {
                     return Err(CommandError::conflict(
@@ -392,9 +400,19 @@ impl State {
                         "services can be added only to an active cluster",
                     ));
                 }
+                if let Some(running) = record.running_job() {
+                    return Err(CommandError::conflict(
+                        "job_in_progress",
+                        format!("job {} is still {}", running.job.id, running.job.status),
+                    ));
+                }
+                // Check every node before changing any, so a rejected command changes nothing.
+                if let Some(unknown) = placement.keys().find(|n| !record.nodes.contains_key(*n)) {
+                    return Err(CommandError::not_found("node", unknown));
+                }
                 for (node_id, added) in placement {
                     let Some(node) = record.nodes.get_mut(node_id) else {
-                        return Err(CommandError::not_found("node", node_id));
+                        continue;
                     };
                     for service in added {
                         if !node.properties.services.contains(service) {
@@ -405,6 +423,9 @@ impl State {
                 for service in services {
                     if !record.cluster.services.contains(service) {
                         record.cluster.services.push(service.clone());
+                    }
+                    if let Some(def) = current_defs.get(service) {
+                        record.service_defs.insert(service.clone(), def.clone());
                     }
                 }
                 self.begin_job(
@@ -431,7 +452,7 @@ impl State {
                         "template sync needs an active cluster",
                     ));
                 }
-                record.cluster.cluster_template = template.clone();
+                record.cluster.cluster_template = template.as_ref().clone();
                 Ok(Outcome::Done)
             }
             Command::Abort { cluster } => self.job_control(*cluster, now, JobControl::Abort),
@@ -680,6 +701,14 @@ impl State {
                 ))
             }
         }
+        if let Some(running) = record.running_job() {
+            return Err(CommandError::conflict(
+                "job_in_progress",
+                format!("job {} is still {}", running.job.id, running.job.status),
+            ));
+        }
+        // begin_job cannot fail now (the cluster exists, no job runs), so the config change is
+        // not left behind by a rejected command.
         if let Some(config) = &config {
             record.cluster.config = config.clone();
         }
@@ -779,14 +808,11 @@ impl State {
                 id: provisioner_id.to_string(),
             });
         }
-        let tenant_name = match tenant_id.filter(|t| !t.is_empty()) {
-            Some(id) => Some(
-                self.tenant_by_id(id)
-                    .map(|t| t.name.clone())
-                    .unwrap_or_else(|| id.to_string()),
-            ),
-            None => None,
-        };
+        let tenant_name = tenant_id.filter(|t| !t.is_empty()).map(|id| {
+            self.tenant_by_id(id)
+                .map(|t| t.name.clone())
+                .unwrap_or_else(|| id.to_string())
+        });
         let Some(task_id) = self
             .ready
             .iter()

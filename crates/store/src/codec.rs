@@ -4,6 +4,7 @@
 //! entry: crc32(index ‖ bytes) (4, LE) ‖ bytes
 //! part:  crc32(part ‖ last_index ‖ bytes) (4, LE) ‖ last_index (8, LE) ‖ bytes
 //! meta:  u64 (8, LE)
+//! app meta: crc32(key ‖ bytes) (4, LE) ‖ bytes
 //! ```
 //!
 //! Decoders never panic: a short value or a checksum mismatch is an error.
@@ -62,6 +63,32 @@ pub(crate) fn decode_part(part: PartId, value: &[u8]) -> Result<SnapshotPart, St
         last_index,
         bytes: bytes.to_vec(),
     })
+}
+
+fn app_meta_crc(key: &str, bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key.as_bytes());
+    hasher.update(bytes);
+    hasher.finalize()
+}
+
+pub(crate) fn encode_app_meta(key: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(CRC_LEN + bytes.len());
+    value.extend_from_slice(&app_meta_crc(key, bytes).to_le_bytes());
+    value.extend_from_slice(bytes);
+    value
+}
+
+pub(crate) fn decode_app_meta(key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let corrupt = || StoreError::CorruptMetadata {
+        key: "app_meta",
+        reason: format!("value of `{key}` fails its checksum or is truncated"),
+    };
+    let (crc, bytes) = split_u32(value).ok_or_else(corrupt)?;
+    if crc != app_meta_crc(key, bytes) {
+        return Err(corrupt());
+    }
+    Ok(bytes.to_vec())
 }
 
 pub(crate) fn encode_u64(value: u64) -> [u8; INDEX_LEN] {
@@ -123,6 +150,13 @@ mod tests {
             let mut damaged = part.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_part(3, &damaged).is_err(), "bit {bit} flipped");
+        }
+
+        let meta = encode_app_meta("vote", b"v");
+        assert_eq!(decode_app_meta("vote", &meta).unwrap(), b"v");
+        assert!(decode_app_meta("other", &meta).is_err());
+        for len in 0..meta.len() {
+            assert!(decode_app_meta("vote", &meta[..len]).is_err());
         }
 
         assert_eq!(decode_u64("k", &encode_u64(9)).unwrap(), 9);

@@ -38,6 +38,8 @@ pub const ALL: &[(&str, Check)] = &[
     ("large_entries", large_entries),
     ("many_small_entries", many_small_entries),
     ("concurrent_appends_gap_free", concurrent_appends_gap_free),
+    ("meta_values", meta_values),
+    ("install_snapshot_with_meta", install_snapshot_with_meta),
 ];
 
 /// Runs every check in [`ALL`], each on fresh stores.
@@ -504,4 +506,76 @@ pub fn concurrent_appends_gap_free(factory: Factory<'_>) {
     let entries_per_thread: u64 = (0..APPENDS_PER_THREAD).map(|seq| 1 + seq % 2).sum();
     assert_eq!(total, THREADS * entries_per_thread);
     assert_bounds(&*store, 1, total);
+}
+
+/// `save_meta` stores, replaces and returns named values; compaction and truncation keep them.
+pub fn meta_values(factory: Factory<'_>) {
+    let store = factory();
+    assert_eq!(store.load_meta("vote").expect("load_meta"), None);
+    store.save_meta("vote", b"term 1").expect("save_meta");
+    store.save_meta("committed", b"").expect("save empty value");
+    assert_eq!(
+        store.load_meta("vote").expect("load_meta").as_deref(),
+        Some(&b"term 1"[..])
+    );
+    assert_eq!(
+        store.load_meta("committed").expect("load_meta"),
+        Some(Vec::new())
+    );
+    store.save_meta("vote", b"term 2").expect("replace");
+    assert_eq!(
+        store.load_meta("vote").expect("load_meta").as_deref(),
+        Some(&b"term 2"[..])
+    );
+
+    store.append(&entries(1..=5)).expect("append");
+    store.truncate_from(4).expect("truncate_from");
+    store.compact_through(2).expect("compact_through");
+    store
+        .install_snapshot(&Snapshot::at(3, []))
+        .expect("install_snapshot");
+    assert_eq!(
+        store.load_meta("vote").expect("load_meta").as_deref(),
+        Some(&b"term 2"[..])
+    );
+    assert_eq!(store.load_meta("other").expect("load_meta"), None);
+}
+
+/// `install_snapshot_with_meta` installs the snapshot and sets the values together; when the
+/// snapshot is refused, the values are not changed either.
+pub fn install_snapshot_with_meta(factory: Factory<'_>) {
+    let store = factory();
+    store.append(&entries(1..=4)).expect("append");
+    store.save_meta("keep", b"k").expect("save_meta");
+    let snapshot = Snapshot::at(3, [(0, b"zero".to_vec())]);
+    store
+        .install_snapshot_with_meta(&snapshot, &[("snapshot", b"at 3"), ("other", b"o")])
+        .expect("install_snapshot_with_meta");
+    assert_eq!(
+        store.load_snapshot().expect("load_snapshot"),
+        Some(snapshot)
+    );
+    assert_bounds(&*store, 4, 4);
+    assert_eq!(
+        store.load_meta("snapshot").expect("load_meta").as_deref(),
+        Some(&b"at 3"[..])
+    );
+    assert_eq!(
+        store.load_meta("other").expect("load_meta").as_deref(),
+        Some(&b"o"[..])
+    );
+    assert_eq!(
+        store.load_meta("keep").expect("load_meta").as_deref(),
+        Some(&b"k"[..])
+    );
+
+    let older = Snapshot::at(2, [(0, b"old".to_vec())]);
+    assert!(matches!(
+        store.install_snapshot_with_meta(&older, &[("snapshot", b"at 2")]),
+        Err(StoreError::StaleSnapshot { .. })
+    ));
+    assert_eq!(
+        store.load_meta("snapshot").expect("load_meta").as_deref(),
+        Some(&b"at 3"[..])
+    );
 }

@@ -37,6 +37,10 @@
 //! | `log`            | `u64` log index    | `crc32 (4, LE) ‖ entry bytes`                          |
 //! | `snapshot_parts` | `u32` part id      | `crc32 (4, LE) ‖ last_index (8, LE) ‖ part bytes`      |
 //! | `meta`           | `&str` name        | `u64` (8, LE): `format_version`, `compacted_through`   |
+//! | `app_meta`       | `&str` name        | `crc32 (4, LE) ‖ bytes`: the caller's small values     |
+//!
+//! `app_meta` holds what a user of the store keeps next to the log (a Raft log keeps its vote,
+//! committed log id and last purged log id there), see [`LogStore::save_meta`].
 //!
 //! The entry checksum covers the index as well as the bytes, and the part checksum covers the
 //! part id and its last_index, so a value found under the wrong key is reported as corrupt too.
@@ -157,4 +161,24 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// The current snapshot, or `None` if nothing was ever compacted and no part exists.
     fn load_snapshot(&self) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Durably stores a small named value of the caller (e.g. a Raft vote), replacing any
+    /// earlier value under `key`. Returns only once the value survives a crash (fsync). These
+    /// values are independent of the log and the snapshot: compaction and truncation keep them.
+    fn save_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// The value last stored under `key` by [`LogStore::save_meta`] or
+    /// [`LogStore::install_snapshot_with_meta`], or `None`. A stored value that fails its
+    /// checksum is [`StoreError::CorruptMetadata`].
+    fn load_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// [`LogStore::install_snapshot`] and [`LogStore::save_meta`] of every `(key, value)` in
+    /// `meta`, as one atomic, durable step: after a crash either the new snapshot and all the
+    /// values are visible, or neither. Used to keep a description of the snapshot (e.g. the
+    /// Raft log id it covers) consistent with its parts. Refused like `install_snapshot`.
+    fn install_snapshot_with_meta(
+        &self,
+        snapshot: &Snapshot,
+        meta: &[(&str, &[u8])],
+    ) -> Result<(), StoreError>;
 }

@@ -18,6 +18,7 @@ struct MemState {
     /// `log[i]` is the entry at index `compacted_through + 1 + i`.
     log: VecDeque<Vec<u8>>,
     parts: BTreeMap<PartId, SnapshotPart>,
+    app_meta: BTreeMap<String, Vec<u8>>,
 }
 
 impl MemState {
@@ -100,11 +101,31 @@ impl LogStore for MemStore {
     }
 
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.install_snapshot_with_meta(snapshot, &[])
+    }
+
+    fn install_snapshot_with_meta(
+        &self,
+        snapshot: &Snapshot,
+        meta: &[(&str, &[u8])],
+    ) -> Result<(), StoreError> {
         let mut state = self.state();
         rules::check_install(snapshot, state.compacted_through)?;
         state.parts = snapshot.parts.clone();
         state.compact(snapshot.last_index);
+        for (key, value) in meta {
+            state.app_meta.insert((*key).to_owned(), value.to_vec());
+        }
         Ok(())
+    }
+
+    fn save_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.state().app_meta.insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    fn load_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.state().app_meta.get(key).cloned())
     }
 
     fn put_part(&self, part: PartId, bytes: &[u8], last_index: LogIndex) -> Result<(), StoreError> {

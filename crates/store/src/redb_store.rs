@@ -21,6 +21,8 @@ pub mod tables {
     pub const SNAPSHOT_PARTS: TableDefinition<u32, &[u8]> = TableDefinition::new("snapshot_parts");
     /// Store-wide numbers by name, each a `u64` in 8 little-endian bytes.
     pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    /// The caller's named values ([`crate::LogStore::save_meta`]): `crc32 ‖ bytes`.
+    pub const APP_META: TableDefinition<&str, &[u8]> = TableDefinition::new("app_meta");
 
     /// The on-disk layout version this code reads and writes.
     pub const FORMAT_VERSION: u64 = 1;
@@ -73,6 +75,8 @@ impl RedbStore {
             // Opening a table in a write transaction creates it.
             txn.open_table(tables::LOG)?;
             txn.open_table(tables::SNAPSHOT_PARTS)?;
+            // Added after format version 1 shipped; creating it here upgrades older files.
+            txn.open_table(tables::APP_META)?;
             let mut meta = txn.open_table(tables::META)?;
             let stored = meta
                 .get(tables::FORMAT_VERSION_KEY)?
@@ -275,6 +279,14 @@ impl LogStore for RedbStore {
     }
 
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.install_snapshot_with_meta(snapshot, &[])
+    }
+
+    fn install_snapshot_with_meta(
+        &self,
+        snapshot: &Snapshot,
+        app_meta: &[(&str, &[u8])],
+    ) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(tables::META)?;
@@ -288,9 +300,30 @@ impl LogStore for RedbStore {
             txn.open_table(tables::LOG)?
                 .retain_in(..=snapshot.last_index, |_, _| false)?;
             set_compacted_through(&mut meta, snapshot.last_index)?;
+            let mut app_table = txn.open_table(tables::APP_META)?;
+            for (key, value) in app_meta {
+                app_table.insert(*key, codec::encode_app_meta(key, value).as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    fn save_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.begin_write()?;
+        txn.open_table(tables::APP_META)?
+            .insert(key, codec::encode_app_meta(key, value).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn load_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(tables::APP_META)?;
+        let value = table.get(key)?;
+        value
+            .map(|value| codec::decode_app_meta(key, value.value()))
+            .transpose()
     }
 
     fn put_part(&self, part: PartId, bytes: &[u8], last_index: LogIndex) -> Result<(), StoreError> {

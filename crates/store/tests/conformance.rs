@@ -49,4 +49,6 @@ conformance_tests!(
     large_entries,
     many_small_entries,
     concurrent_appends_gap_free,
+    meta_values,
+    install_snapshot_with_meta,
 );

@@ -54,6 +54,7 @@ fn reopen_after_drop_keeps_everything() {
         store
             .put_part(u32::MAX, b"global@12", 12)
             .expect("put_part");
+        store.save_meta("vote", b"term 3").expect("save_meta");
         store.load_snapshot().expect("load_snapshot")
     };
 
@@ -66,6 +67,10 @@ fn reopen_after_drop_keeps_everything() {
     );
     assert_eq!(store.load_snapshot().unwrap(), snapshot);
     assert_eq!(snapshot.unwrap().parts[&u32::MAX].last_index, 12);
+    assert_eq!(
+        store.load_meta("vote").unwrap().as_deref(),
+        Some(&b"term 3"[..])
+    );
     assert_eq!(store.append(&[entry(21)]).unwrap(), 21);
 }
 

@@ -701,7 +701,7 @@ async fn sync_template(
         )?;
         Ok(Command::SyncTemplate {
             cluster: r.cluster.id,
-            template,
+            template: Box::new(template),
         })
     })
     .await

@@ -138,12 +138,14 @@ async fn take(
                 body.provisioner_id
             )));
         }
+        // Every poll shows the provisioner is alive, also one that finds the queue empty
+        // (otherwise an idle provisioner would be declared dead between its heartbeats).
+        app.heartbeat(&body.provisioner_id);
         // Polling an empty queue must not cost a log write.
         if state.queued_tasks().next().is_none() {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
     }
-    app.heartbeat(&body.provisioner_id);
     let command = Command::TakeTask {
         provisioner_id: body.provisioner_id,
         worker_id: body.worker_id,

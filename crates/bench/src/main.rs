@@ -1,0 +1,64 @@
+//! `coopr-bench`: measures what one coopr node costs, next to the floor the disk sets.
+//!
+//! ```text
+//!  ops:   reqwest clients --HTTP/loopback--> coopr server (redb, fsync) <--take/finish-- provisioner
+//!           | create → ACTIVE, delete → TERMINATED,               | group commit       (fake cloud,
+//!           | expireTime writes                                   v                    0 ms latency)
+//!           '------------------------------------------ fsync floor: write 100 B + sync_data
+//!
+//!  big:   POST /v2/clusters of 1,000 / 10,000 nodes while probe clients write and read
+//!
+//!  plan:  examples/catalog.json --> solve_layout --> plan --> State::apply(CreateCluster)
+//!         (pure functions, no I/O; 100 / 1,000 / 10,000 nodes)
+//! ```
+//!
+//! Benchmarks are not timed tests: they print figures (a markdown table on stdout, progress on
+//! stderr) and never fail on a threshold. Every scenario is bounded by a count, so it finishes
+//! in well under a minute on two cores with the defaults. `BENCHMARKS.md` at the repository root
+//! records the figures with the command that produced them.
+
+mod big;
+mod fsync;
+mod ops;
+mod plan;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "coopr-bench", about = "Benchmarks of the coopr server")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// One node on a real redb store (fsync), in-process fake-cloud provisioner, REST clients:
+    /// create latency, cluster operations per second, durable metadata write latency.
+    Ops(ops::OpsArgs),
+    /// Layout, planning and state-machine apply time for big clusters (no I/O).
+    Plan(plan::PlanArgs),
+    /// One very large cluster create through REST while probe clients write and read: how
+    /// long the create holds up other requests.
+    Big(big::BigArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Ops(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(ops::run(args))
+        }
+        Scenario::Plan(args) => plan::run(args),
+        Scenario::Big(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(big::run(args))
+        }
+    }
+}

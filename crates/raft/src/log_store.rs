@@ -1,0 +1,343 @@
+//! [`RaftLogStore`]: openraft's log storage (v2) on a [`coopr_store::LogStore`].
+//!
+//! ```text
+//!   openraft index:      0     1     2    ...   i
+//!   LogStore index:      1     2     3    ...   i+1      (LogStore numbers from 1)
+//!   value:           serde_json(openraft::Entry)  (payload as hex)
+//!
+//!   app_meta "raft.vote"         -> Vote          (fsync'd before save_vote returns)
+//!   app_meta "raft.committed"    -> LogId         (optional, see RaftConfig::persist_committed)
+//!   app_meta "raft.last_purged"  -> LogId         (written with the compaction, atomically)
+//! ```
+//!
+//! Every call is one fsync'd [`coopr_store::LogStore`] call run on the blocking pool, and the
+//! append callback is called only after that call returned, so openraft never counts an entry
+//! as persisted before it is on disk. openraft serializes the log IO (`&mut self`), so the
+//! store sees one writer.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use coopr_store::{LogStore, Snapshot, StoreError};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogId,
+    RaftLogReader, StorageError, StorageIOError, Vote,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::types::{NodeId, TypeConfig};
+
+pub(crate) const VOTE_KEY: &str = "raft.vote";
+pub(crate) const COMMITTED_KEY: &str = "raft.committed";
+pub(crate) const LAST_PURGED_KEY: &str = "raft.last_purged";
+
+/// openraft's log (and vote) storage on a [`LogStore`]. Cheap to clone: clones share the store
+/// (the clone is the log reader of the replication tasks).
+#[derive(Clone)]
+pub struct RaftLogStore {
+    store: Arc<dyn LogStore>,
+    persist_committed: bool,
+}
+
+impl RaftLogStore {
+    /// A log store on `store`, which must hold nothing but this group's log (or be empty).
+    /// With `persist_committed`, the committed log id is saved too (one more fsync per commit
+    /// batch), so that a restarted node re-applies its committed entries before it hears from
+    /// a leader.
+    pub fn new(store: Arc<dyn LogStore>, persist_committed: bool) -> Self {
+        RaftLogStore {
+            store,
+            persist_committed,
+        }
+    }
+
+    /// True if the store holds no vote, no entry and no purge point: a node that never took
+    /// part in a group (or was wiped).
+    pub fn is_pristine(&self) -> Result<bool, StoreError> {
+        Ok(self.store.load_meta(VOTE_KEY)?.is_none()
+            && self.store.load_meta(LAST_PURGED_KEY)?.is_none()
+            && self.store.last_index()? == 0)
+    }
+
+    async fn blocking<T, F>(&self, run: F) -> Result<T, StorageFailure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn LogStore) -> Result<T, StorageFailure> + Send + 'static,
+    {
+        blocking(self.store.clone(), run).await
+    }
+
+    async fn load<T: DeserializeOwned + Send + 'static>(
+        &self,
+        key: &'static str,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<Option<T>, StorageError<NodeId>> {
+        let bytes = self
+            .blocking(move |store| Ok(store.load_meta(key)?))
+            .await
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e))?;
+        bytes
+            .map(|bytes| serde_json::from_slice(&bytes))
+            .transpose()
+            .map_err(|e| io_error(subject, ErrorVerb::Read, &e))
+    }
+
+    async fn save<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
+        self.blocking(move |store| Ok(store.save_meta(key, &bytes)?))
+            .await
+            .map_err(|e| io_error(subject, ErrorVerb::Write, &e))
+    }
+
+    async fn last_purged(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        self.load(LAST_PURGED_KEY, ErrorSubject::Logs).await
+    }
+}
+
+/// Why a storage call of this crate failed (wrapped into openraft's `StorageError`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StorageFailure {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored data or the request breaks an invariant (a bug or a damaged store).
+    #[error("{0}")]
+    Invariant(String),
+    /// The blocking task panicked or the runtime is shutting down.
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// Runs a store call on tokio's blocking pool: every mutating call waits for an fsync.
+pub(crate) async fn blocking<T, F>(store: Arc<dyn LogStore>, run: F) -> Result<T, StorageFailure>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn LogStore) -> Result<T, StorageFailure> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(move || run(&*store)).await {
+        Ok(result) => result,
+        Err(join_error) => Err(StorageFailure::Task(join_error.to_string())),
+    }
+}
+
+pub(crate) fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    error: &(impl std::error::Error + 'static),
+) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(error)).into()
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
+    let entry: Entry<TypeConfig> = serde_json::from_slice(bytes)
+        .map_err(|e| io_error(ErrorSubject::LogIndex(index), ErrorVerb::Read, &e))?;
+    if entry.get_log_id().index != index {
+        let error = StorageFailure::Invariant(format!(
+            "entry stored at index {index} has log id {}",
+            entry.get_log_id()
+        ));
+        return Err(io_error(ErrorSubject::LogIndex(index), ErrorVerb::Read, &error));
+    }
+    Ok(entry)
+}
+
+/// The LogStore index of an openraft log index (openraft's log starts at 0, ours at 1).
+fn store_index(raft_index: u64) -> u64 {
+    raft_index + 1
+}
+
+impl RaftLogReader<TypeConfig> for RaftLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Some(i + 1),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .blocking(move |store| {
+                // Entries purged since openraft computed the range are simply not returned,
+                // like entries past the end (openraft asks only for what it believes exists).
+                let from = store_index(start).max(store.first_index()?);
+                let max = end.map_or(usize::MAX, |end| {
+                    usize::try_from(store_index(end).saturating_sub(from)).unwrap_or(usize::MAX)
+                });
+                if max == 0 {
+                    return Ok(Vec::new());
+                }
+                match store.read_from(from, max) {
+                    Err(StoreError::Compacted { first_index, .. }) => {
+                        let max = end.map_or(usize::MAX, |end| {
+                            usize::try_from(store_index(end).saturating_sub(first_index))
+                                .unwrap_or(usize::MAX)
+                        });
+                        Ok(store.read_from(first_index, max)?)
+                    }
+                    other => Ok(other?),
+                }
+            })
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+        rows.into_iter()
+            .map(|(index, bytes)| decode_entry(index - 1, &bytes))
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RaftLogStore {
+    type LogReader = RaftLogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged_log_id = self.last_purged().await?;
+        let last_row = self
+            .blocking(|store| {
+                let last = store.last_index()?;
+                if last < store.first_index()? {
+                    return Ok(None);
+                }
+                Ok(store.read_from(last, 1)?.pop())
+            })
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+        let last_entry = match last_row {
+            Some((index, bytes)) => Some(*decode_entry(index - 1, &bytes)?.get_log_id()),
+            None => None,
+        };
+        // After a purge beyond the end of the log (a snapshot installed on a lagging node),
+        // the purge point is the last log id.
+        let last_log_id = std::cmp::max(last_entry, last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // RedbStore::save_meta commits with an fsync before it returns.
+        self.save(VOTE_KEY, vote, ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.load(VOTE_KEY, ErrorSubject::Vote).await
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        if !self.persist_committed {
+            return Ok(());
+        }
+        self.save(COMMITTED_KEY, &committed, ErrorSubject::Store)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if !self.persist_committed {
+            return Ok(None);
+        }
+        Ok(self
+            .load::<Option<LogId<NodeId>>>(COMMITTED_KEY, ErrorSubject::Store)
+            .await?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut first_index = None;
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let log_id = *entry.get_log_id();
+            first_index.get_or_insert(log_id.index);
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Write, &e))?;
+            encoded.push(bytes);
+        }
+        let Some(first_index) = first_index else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let result = self
+            .blocking(move |store| {
+                // openraft appends right after the last entry (it truncates a conflicting
+                // suffix first); anything else would leave a hole or overwrite.
+                let expected = store.last_index()?;
+                if store_index(first_index) != expected + 1 {
+                    return Err(StorageFailure::Invariant(format!(
+                        "append at openraft index {first_index}, but the log ends at {}",
+                        expected.checked_sub(1).map_or("none".into(), |i| i.to_string())
+                    )));
+                }
+                Ok(store.append(&encoded)?)
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                // Durable now: the append call returned after its fsync.
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.log_io_completed(Err(io::Error::other(error.to_string())));
+                Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, &error))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let from = store_index(log_id.index);
+        self.blocking(move |store| Ok(store.truncate_from(from)?))
+            .await
+            .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let through = store_index(log_id.index);
+        let value = serde_json::to_vec(&log_id)
+            .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))?;
+        self.blocking(move |store| {
+            if through < store.first_index()? {
+                return Ok(store.save_meta(LAST_PURGED_KEY, &value)?);
+            }
+            // One atomic step: drop the entries (all of them if the purge point is past the
+            // end, as after a snapshot install on a lagging node) and record the purge point.
+            // The log store holds no snapshot parts, so this never refuses for stale parts.
+            Ok(store.install_snapshot_with_meta(
+                &Snapshot::at(through, []),
+                &[(LAST_PURGED_KEY, value.as_slice())],
+            )?)
+        })
+        .await
+        .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))
+    }
+}

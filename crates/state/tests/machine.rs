@@ -1,0 +1,725 @@
+//! State-machine tests with no I/O: entries are built by hand (time passed in), applied to a
+//! [`State`], and the resulting state and outcomes are checked exactly. Persistence is checked
+//! on a [`MemStore`]: whatever is applied and appended must come back identical from `recover`.
+
+use std::collections::BTreeMap;
+
+use coopr_engine::layout::{solve_layout, LayoutRequest};
+use coopr_state::{
+    encode_entry, recover, snapshot_of, ClusterSpec, Command, CommandError, CommandResult, Entry,
+    NodeSpec, Outcome, ProvisionerInfo, State, TaskResult,
+};
+use coopr_store::{LogStore, MemStore};
+use coopr_types::{
+    hash_api_key, ApiKey, ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, EntityKind,
+    JobStatus, MachineType, Provider, ShardId, TaskId, TaskName, TaskStatus, Tenant, UNLIMITED,
+};
+use serde_json::Value;
+
+const CATALOG: &str = include_str!("../../../examples/catalog.json");
+const TENANT: &str = "acme";
+const TIMEOUT_MS: u64 = 60_000;
+
+/// A state plus a clock, recording every entry it applied (for persistence tests).
+struct Harness {
+    state: State,
+    now_ms: u64,
+    log: Vec<Entry>,
+}
+
+impl Harness {
+    fn new(shard_count: u32) -> Harness {
+        let mut h = Harness {
+            state: State::new(shard_count),
+            now_ms: 1_000_000,
+            log: Vec::new(),
+        };
+        h.ok(Command::PutTenant {
+            tenant: tenant(TENANT, UNLIMITED, UNLIMITED),
+        });
+        h.ok(Command::PutApiKey {
+            key: ApiKey {
+                tenant: TENANT.into(),
+                user: None,
+                key_sha256: hash_api_key("acme-key"),
+            },
+        });
+        h.ok(Command::ImportCatalog {
+            tenant: TENANT.into(),
+            entities: catalog_entities(),
+        });
+        h.ok(Command::RegisterProvisioner {
+            info: ProvisionerInfo {
+                id: "p1".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+                capacity_total: 4,
+            },
+        });
+        h
+    }
+
+    fn apply_keyed(&mut self, command: Command, key: Option<&str>) -> CommandResult {
+        self.now_ms += 1;
+        let entry = Entry {
+            now_ms: self.now_ms,
+            idempotency_key: key.map(str::to_string),
+            command,
+        };
+        let result = self.state.apply(&entry);
+        self.log.push(entry);
+        result
+    }
+
+    fn apply(&mut self, command: Command) -> CommandResult {
+        self.apply_keyed(command, None)
+    }
+
+    fn ok(&mut self, command: Command) -> Outcome {
+        let debug = format!("{command:?}");
+        self.apply(command)
+            .unwrap_or_else(|e| panic!("{debug} rejected: {e}"))
+    }
+
+    fn create(&mut self, shard: u32, template: &str, machines: u32) -> CommandResult {
+        let spec = spec(&self.state, template, machines, &[]);
+        self.apply(Command::CreateCluster {
+            shard: ShardId(shard),
+            spec: Box::new(spec),
+        })
+    }
+
+    fn create_ok(&mut self, template: &str, machines: u32) -> ClusterId {
+        match self.create(0, template, machines) {
+            Ok(Outcome::ClusterCreated { id }) => id,
+            other => panic!("create: {other:?}"),
+        }
+    }
+
+    fn take(&mut self) -> Option<TaskId> {
+        match self.ok(Command::TakeTask {
+            provisioner_id: "p1".into(),
+            worker_id: "w1".into(),
+            tenant_id: None,
+            timeout_ms: TIMEOUT_MS,
+        }) {
+            Outcome::TaskTaken { task } => task,
+            other => panic!("take: {other:?}"),
+        }
+    }
+
+    fn finish(&mut self, task: TaskId, status: i64) -> CommandResult {
+        self.apply(Command::FinishTask(Box::new(TaskResult {
+            provisioner_id: "p1".into(),
+            worker_id: "w1".into(),
+            task,
+            status,
+            stdout: "out".into(),
+            stderr: String::new(),
+            hostname: Some(format!("host-{}", task.seq)),
+            ipaddresses: Some(BTreeMap::from([("access_v4".into(), "10.0.0.1".into())])),
+            result: serde_json::Map::from_iter([("providerid".into(), Value::from("i-1"))]),
+        })))
+    }
+
+    /// Takes and finishes tasks (all OK) until none is left; returns how many ran.
+    fn drive(&mut self) -> usize {
+        let mut count = 0;
+        while let Some(task) = self.take() {
+            self.finish(task, 0).expect("finish");
+            count += 1;
+            assert!(count < 1000, "the job never ends");
+        }
+        count
+    }
+
+    fn status(&self, id: ClusterId) -> ClusterStatus {
+        self.state.cluster(id).expect("cluster").cluster.status
+    }
+
+    fn parts(&self) -> Vec<(u32, String)> {
+        parts_of(&self.state)
+    }
+}
+
+/// The snapshot parts of a state as text, so a failed comparison shows a readable diff.
+fn parts_of(state: &State) -> Vec<(u32, String)> {
+    snapshot_of(state, 0)
+        .parts
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.bytes).into_owned()))
+        .collect()
+}
+
+fn tenant(name: &str, max_clusters: u32, max_nodes: u32) -> Tenant {
+    Tenant {
+        id: format!("id-{name}"),
+        name: name.into(),
+        description: String::new(),
+        workers: 0,
+        max_clusters,
+        max_nodes,
+    }
+}
+
+fn catalog_entities() -> BTreeMap<EntityKind, Vec<Value>> {
+    let body: serde_json::Map<String, Value> =
+        serde_json::from_str(CATALOG).expect("catalog is JSON");
+    body.into_iter()
+        .filter_map(|(k, v)| Some((EntityKind::parse(&k)?, v.as_array()?.clone())))
+        .collect()
+}
+
+fn entity<T: serde::de::DeserializeOwned>(state: &State, kind: EntityKind, name: &str) -> T {
+    let value = state.global.catalogs[TENANT]
+        .latest(kind, name)
+        .unwrap_or_else(|| panic!("{name} missing"));
+    serde_json::from_value(value.clone()).expect("entity parses")
+}
+
+/// A cluster spec built the way the server builds one (layout solved up front).
+fn spec(state: &State, template: &str, machines: u32, services: &[String]) -> ClusterSpec {
+    let template: ClusterTemplate = entity(state, EntityKind::Clustertemplates, template);
+    let provider: Provider = entity(state, EntityKind::Providers, &template.defaults.provider);
+    let hardwaretype: MachineType = entity(
+        state,
+        EntityKind::Hardwaretypes,
+        &template.defaults.hardwaretype,
+    );
+    let catalog_services = state.global.catalogs[TENANT].services();
+    let layout = solve_layout(&LayoutRequest {
+        template: &template,
+        num_machines: machines,
+        services,
+        hardwaretype: &hardwaretype.name,
+        imagetype: &template.defaults.imagetype,
+        catalog_services: &catalog_services,
+    })
+    .expect("layout");
+    let mut all: Vec<String> = layout.iter().flat_map(|n| n.services.clone()).collect();
+    all.sort();
+    all.dedup();
+    ClusterSpec {
+        tenant: TENANT.into(),
+        user: "alice".into(),
+        name: "dev".into(),
+        description: String::new(),
+        hardwaretype: template.defaults.hardwaretype.clone(),
+        imagetype: template.defaults.imagetype.clone(),
+        dns_suffix: template.defaults.dns_suffix.clone(),
+        services: all,
+        config: template.defaults.config.clone(),
+        initial_lease_ms: 0,
+        nodes: layout
+            .into_iter()
+            .map(|n| NodeSpec {
+                nodenum: n.nodenum,
+                services: n.services,
+                hardwaretype: n.hardwaretype,
+                imagetype: n.imagetype,
+                flavor: "fake.small".into(),
+                image: "debian-12".into(),
+                sshuser: "debian".into(),
+            })
+            .collect(),
+        template,
+        provider,
+    }
+}
+
+/// A 3-node lamp cluster is PENDING with a create job, and ACTIVE once every task finished OK;
+/// the completed job shows all its steps completed and the nodes carry the workers' results.
+#[test]
+fn lamp_cluster_goes_pending_to_active() {
+    let mut h = Harness::new(4);
+    let id = h.create_ok("lamp", 3);
+    let record = h.state.cluster(id).unwrap();
+    assert_eq!(record.cluster.status, ClusterStatus::Pending);
+    assert_eq!(record.nodes.len(), 3);
+    assert_eq!(record.jobs.len(), 2, "solve_layout + cluster_create");
+    let create = record.latest_job().unwrap();
+    assert_eq!(create.job.action, ClusterAction::ClusterCreate);
+    assert_eq!(create.job.status, JobStatus::Running);
+    let (total, done) = create.steps();
+    assert!(total > 0);
+    assert_eq!(done, 0);
+
+    let ran = h.drive();
+    assert_eq!(ran, total);
+    assert_eq!(h.status(id), ClusterStatus::Active);
+    let record = h.state.cluster(id).unwrap();
+    let create = record.latest_job().unwrap();
+    assert_eq!(create.job.status, JobStatus::Complete);
+    assert_eq!(create.steps(), (total, total));
+    for node in record.nodes.values() {
+        assert!(node.properties.hostname.starts_with("host-"));
+        assert_eq!(node.properties.ipaddresses["access_v4"], "10.0.0.1");
+        assert_eq!(node.provisioner_results["providerid"], "i-1");
+        assert!(node
+            .actions
+            .iter()
+            .all(|a| a.status == TaskStatus::Complete));
+    }
+    assert_eq!(h.state.queued_tasks().count(), 0);
+    assert_eq!(h.state.next_deadline(), None);
+}
+
+/// Deleting an active cluster runs a delete job that ends TERMINATED; a second delete is a no-op.
+#[test]
+fn delete_terminates_and_second_delete_is_a_no_op() {
+    let mut h = Harness::new(4);
+    let id = h.create_ok("lamp", 3);
+    h.drive();
+    let delete = Command::StartOperation {
+        cluster: id,
+        action: ClusterAction::ClusterDelete,
+        services: vec![],
+        config: None,
+    };
+    assert!(matches!(h.ok(delete.clone()), Outcome::JobStarted { .. }));
+    assert_eq!(h.status(id), ClusterStatus::Pending);
+    let ran = h.drive();
+    assert_eq!(ran, 3, "one DELETE per node");
+    assert_eq!(h.status(id), ClusterStatus::Terminated);
+    let before = h.parts();
+    assert_eq!(h.ok(delete), Outcome::Unchanged);
+    assert_eq!(h.parts(), before);
+}
+
+/// Deleting a pending cluster is refused (409) and changes nothing.
+#[test]
+fn delete_of_pending_cluster_is_a_conflict() {
+    let mut h = Harness::new(4);
+    let id = h.create_ok("base", 1);
+    let before = h.parts();
+    let err = h
+        .apply(Command::StartOperation {
+            cluster: id,
+            action: ClusterAction::ClusterDelete,
+            services: vec![],
+            config: None,
+        })
+        .unwrap_err();
+    assert_eq!(err.http_status(), 409);
+    assert_eq!(h.parts(), before);
+}
+
+/// Cluster IDs are `shard + S * n`, where n counts the clusters created in that shard.
+#[test]
+fn cluster_ids_encode_shard_and_sequence() {
+    let mut h = Harness::new(4);
+    let mut ids = Vec::new();
+    for shard in [1, 1, 3, 1, 0] {
+        match h.create(shard, "base", 1) {
+            Ok(Outcome::ClusterCreated { id }) => ids.push(id.0),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ids, vec![1, 5, 3, 9, 0]);
+    for id in ids {
+        assert_eq!(
+            ClusterId(id).shard(4),
+            ShardId((id % 4) as u32),
+            "cluster {id} lives in its shard"
+        );
+        assert!(h.state.cluster(ClusterId(id)).is_some());
+    }
+    // A shard that does not exist is refused, and nothing is allocated.
+    let before = h.parts();
+    let err = h.create(4, "base", 1).unwrap_err();
+    assert_eq!(err.code(), "invalid_shard");
+    assert_eq!(h.parts(), before);
+}
+
+/// Exceeding maxClusters or maxNodes is QuotaExceeded (409) and leaves the state unchanged.
+#[test]
+fn quota_exceeded_changes_nothing() {
+    let mut h = Harness::new(4);
+    h.ok(Command::PutTenant {
+        tenant: tenant(TENANT, 2, 4),
+    });
+    h.create_ok("lamp", 3);
+    let before = h.parts();
+    let err = h.create(1, "lamp", 2).unwrap_err();
+    assert!(matches!(err, CommandError::QuotaExceeded { .. }), "{err:?}");
+    assert_eq!(err.http_status(), 409);
+    assert_eq!(h.parts(), before, "a rejected create changes nothing");
+
+    h.create_ok("base", 1);
+    let before = h.parts();
+    let err = h.create(2, "base", 1).unwrap_err();
+    assert!(matches!(err, CommandError::QuotaExceeded { .. }), "{err:?}");
+    assert_eq!(h.parts(), before);
+}
+
+/// Replaying an idempotency key returns the first outcome and creates nothing twice.
+#[test]
+fn idempotency_key_replay_returns_first_outcome() {
+    let mut h = Harness::new(4);
+    let spec = spec(&h.state, "base", 2, &[]);
+    let command = Command::CreateCluster {
+        shard: ShardId(2),
+        spec: Box::new(spec),
+    };
+    let first = h
+        .apply_keyed(command.clone(), Some("acme/alice/k1"))
+        .unwrap();
+    let after_first = h.parts();
+    let second = h
+        .apply_keyed(command.clone(), Some("acme/alice/k1"))
+        .unwrap();
+    assert_eq!(first, second);
+    assert_eq!(h.parts(), after_first, "the replay changes nothing");
+    assert_eq!(h.state.clusters().count(), 1);
+    assert_eq!(
+        h.state.idempotent_outcome("acme/alice/k1"),
+        Some(&Ok(first.clone()))
+    );
+    // A different key is a different request.
+    let third = h.apply_keyed(command, Some("acme/alice/k2")).unwrap();
+    assert_ne!(first, third);
+    assert_eq!(h.state.clusters().count(), 2);
+}
+
+/// A task that fails three times fails its job; a failed create leaves the cluster INCOMPLETE
+/// and no task of that job is handed out again.
+#[test]
+fn task_failing_three_times_fails_create() {
+    let mut h = Harness::new(4);
+    let id = h.create_ok("base", 1);
+    let first = h.take().expect("a CREATE task");
+    assert_eq!(h.state.task(first).unwrap().task_name, TaskName::Create);
+    h.finish(first, 1).unwrap();
+    for attempt in 2..=3 {
+        let again = h.take().expect("the task is retried");
+        assert_eq!(again, first);
+        assert_eq!(h.state.task(again).unwrap().attempts, attempt);
+        h.finish(again, 1).unwrap();
+    }
+    assert_eq!(h.status(id), ClusterStatus::Incomplete);
+    let record = h.state.cluster(id).unwrap();
+    assert_eq!(record.latest_job().unwrap().job.status, JobStatus::Failed);
+    assert!(record.cluster.message.is_some());
+    assert_eq!(h.state.task(first).unwrap().status, TaskStatus::Failed);
+    assert_eq!(h.take(), None);
+    // A late finish for the failed task is not accepted again.
+    let err = h.finish(first, 0).unwrap_err();
+    assert_eq!(err.http_status(), 417);
+}
+
+/// A finish by a worker that does not own the task is 417 and changes nothing.
+#[test]
+fn finish_by_non_owner_is_rejected() {
+    let mut h = Harness::new(4);
+    h.create_ok("base", 1);
+    let task = h.take().unwrap();
+    let before = h.parts();
+    let err = h
+        .apply(Command::FinishTask(Box::new(TaskResult {
+            provisioner_id: "p1".into(),
+            worker_id: "someone-else".into(),
+            task,
+            status: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            hostname: None,
+            ipaddresses: None,
+            result: Default::default(),
+        })))
+        .unwrap_err();
+    assert_eq!(err.http_status(), 417);
+    assert_eq!(h.parts(), before);
+}
+
+/// ExpireTasks does nothing before a task's deadline; after it, the task is queued again and
+/// the next take counts a second attempt.
+#[test]
+fn expire_tasks_retries_a_timed_out_task() {
+    let mut h = Harness::new(4);
+    h.create_ok("base", 1);
+    let task = h.take().unwrap();
+    let deadline = h.state.next_deadline().expect("a deadline");
+    assert_eq!(h.state.queued_tasks().count(), 0);
+    assert_eq!(
+        h.ok(Command::ExpireTasks),
+        Outcome::TasksExpired { count: 0 }
+    );
+    h.now_ms = deadline;
+    assert_eq!(
+        h.ok(Command::ExpireTasks),
+        Outcome::TasksExpired { count: 1 }
+    );
+    assert_eq!(h.state.queued_tasks().copied().collect::<Vec<_>>(), [task]);
+    assert_eq!(h.state.task(task).unwrap().status, TaskStatus::NotSubmitted);
+    assert_eq!(h.take(), Some(task));
+    assert_eq!(h.state.task(task).unwrap().attempts, 2);
+}
+
+/// ReleaseProvisioner puts a dead provisioner's tasks back in the queue at once.
+#[test]
+fn release_provisioner_requeues_its_tasks() {
+    let mut h = Harness::new(4);
+    h.create_ok("lamp", 2);
+    let task = h.take().unwrap();
+    assert_eq!(h.state.tasks_held_by("p1"), 1);
+    assert_eq!(
+        h.ok(Command::ReleaseProvisioner { id: "p2".into() }),
+        Outcome::TasksExpired { count: 0 }
+    );
+    assert_eq!(
+        h.ok(Command::ReleaseProvisioner { id: "p1".into() }),
+        Outcome::TasksExpired { count: 1 }
+    );
+    assert_eq!(h.state.tasks_held_by("p1"), 0);
+    assert!(h.state.queued_tasks().any(|t| *t == task));
+}
+
+/// Taking or finishing as an unregistered provisioner is refused (403).
+#[test]
+fn unregistered_provisioner_is_refused() {
+    let mut h = Harness::new(4);
+    h.create_ok("base", 1);
+    let err = h
+        .apply(Command::TakeTask {
+            provisioner_id: "ghost".into(),
+            worker_id: "w".into(),
+            tenant_id: None,
+            timeout_ms: 1000,
+        })
+        .unwrap_err();
+    assert_eq!(err.http_status(), 403);
+}
+
+/// Pause stops tasks from being handed out; resume hands them out again; abort of a create
+/// fails it (INCOMPLETE) and abort of a finished job is a no-op.
+#[test]
+fn pause_resume_abort() {
+    let mut h = Harness::new(4);
+    let id = h.create_ok("lamp", 2);
+    assert_eq!(h.ok(Command::Pause { cluster: id }), Outcome::Done);
+    assert_eq!(h.ok(Command::Pause { cluster: id }), Outcome::Unchanged);
+    assert_eq!(h.take(), None);
+    assert_eq!(h.ok(Command::Resume { cluster: id }), Outcome::Done);
+    let task = h.take().expect("tasks flow again");
+    assert_eq!(h.ok(Command::Abort { cluster: id }), Outcome::Done);
+    assert_eq!(h.status(id), ClusterStatus::Incomplete);
+    assert_eq!(h.take(), None);
+    // The in-progress task may still report (a late result is recorded, nothing else changes).
+    h.finish(task, 0).unwrap();
+    assert_eq!(h.status(id), ClusterStatus::Incomplete);
+    assert_eq!(h.ok(Command::Abort { cluster: id }), Outcome::Unchanged);
+}
+
+/// Service operations and reconfigure need an ACTIVE cluster and leave it ACTIVE when they
+/// succeed; a rejected reconfigure leaves the config unchanged.
+#[test]
+fn operations_on_active_cluster() {
+    let mut h = Harness::new(4);
+    let id = h.create_ok("lamp", 2);
+    let mut config = serde_json::Map::new();
+    config.insert("k".into(), Value::from("v"));
+    let configure = Command::StartOperation {
+        cluster: id,
+        action: ClusterAction::ClusterConfigure,
+        services: vec![],
+        config: Some(config.clone()),
+    };
+    let before = h.parts();
+    let err = h.apply(configure.clone()).unwrap_err();
+    assert_eq!(err.http_status(), 409, "pending cluster");
+    assert_eq!(h.parts(), before);
+    h.drive();
+    for action in [
+        ClusterAction::ClusterConfigure,
+        ClusterAction::ClusterConfigureWithRestart,
+        ClusterAction::StopServices,
+        ClusterAction::StartServices,
+        ClusterAction::RestartServices,
+    ] {
+        h.ok(Command::StartOperation {
+            cluster: id,
+            action,
+            services: vec![],
+            config: Some(config.clone()).filter(|_| {
+                matches!(
+                    action,
+                    ClusterAction::ClusterConfigure | ClusterAction::ClusterConfigureWithRestart
+                )
+            }),
+        });
+        assert_eq!(h.status(id), ClusterStatus::Pending);
+        assert!(h.drive() > 0, "{action} has tasks");
+        assert_eq!(h.status(id), ClusterStatus::Active, "{action}");
+    }
+    assert_eq!(h.state.cluster(id).unwrap().cluster.config, config);
+    let err = h
+        .apply(Command::StartOperation {
+            cluster: id,
+            action: ClusterAction::StopServices,
+            services: vec!["nope".into()],
+            config: None,
+        })
+        .unwrap_err();
+    assert_eq!(err.http_status(), 404);
+}
+
+/// AddServices with a placement naming an unknown node is refused and changes nothing (no node
+/// is half-updated); a valid placement adds the service and runs an add_services job.
+#[test]
+fn add_services_is_all_or_nothing() {
+    let mut h = Harness::new(4);
+    let spec = spec(&h.state, "lamp", 2, &["base".into(), "mysql".into()]);
+    let id = match h.apply(Command::CreateCluster {
+        shard: ShardId(0),
+        spec: Box::new(spec),
+    }) {
+        Ok(Outcome::ClusterCreated { id }) => id,
+        other => panic!("{other:?}"),
+    };
+    h.drive();
+    let nodes: Vec<_> = h.state.cluster(id).unwrap().nodes.keys().cloned().collect();
+    let before = h.parts();
+    let mut placement = BTreeMap::new();
+    placement.insert(nodes[0].clone(), vec!["apache".to_string()]);
+    placement.insert(
+        coopr_types::NodeId("ffffffff-ffff-4fff-8fff-ffffffffffff".into()),
+        vec!["apache".to_string()],
+    );
+    let err = h
+        .apply(Command::AddServices {
+            cluster: id,
+            services: vec!["apache".into()],
+            placement,
+        })
+        .unwrap_err();
+    assert_eq!(err.http_status(), 404);
+    assert_eq!(h.parts(), before, "a rejected AddServices changes nothing");
+
+    let placement = BTreeMap::from([(nodes[1].clone(), vec!["apache".to_string()])]);
+    h.ok(Command::AddServices {
+        cluster: id,
+        services: vec!["apache".into()],
+        placement,
+    });
+    assert!(h.drive() > 0);
+    let record = h.state.cluster(id).unwrap();
+    assert_eq!(record.cluster.status, ClusterStatus::Active);
+    assert!(record.cluster.services.contains(&"apache".to_string()));
+    assert!(record.nodes[&nodes[1]]
+        .properties
+        .services
+        .contains(&"apache".to_string()));
+}
+
+/// A service written to the catalog after the cluster was created can be added to it, and its
+/// tasks are planned (the cluster's snapshot of service definitions is refreshed for it).
+#[test]
+fn add_services_uses_current_service_definitions() {
+    let mut h = Harness::new(4);
+    let id = h.create_ok("base", 1);
+    h.drive();
+    h.ok(Command::PutEntity {
+        tenant: TENANT.into(),
+        kind: EntityKind::Services,
+        name: "redis".into(),
+        body: serde_json::json!({"name": "redis", "provisioner": {"actions": {
+            "install": {"type": "fake", "fields": {}},
+            "start": {"type": "fake", "fields": {}}}}}),
+        create_only: true,
+    });
+    let node = h
+        .state
+        .cluster(id)
+        .unwrap()
+        .nodes
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    h.ok(Command::AddServices {
+        cluster: id,
+        services: vec!["redis".into()],
+        placement: BTreeMap::from([(node, vec!["redis".to_string()])]),
+    });
+    let mut names = Vec::new();
+    while let Some(task) = h.take() {
+        let t = h.state.task(task).unwrap();
+        if !t.service.is_empty() {
+            names.push((t.task_name, t.service.clone()));
+        }
+        h.finish(task, 0).unwrap();
+    }
+    assert_eq!(
+        names,
+        [
+            (TaskName::Install, "redis".to_string()),
+            (TaskName::Start, "redis".to_string())
+        ]
+    );
+    assert_eq!(h.status(id), ClusterStatus::Active);
+    assert!(h
+        .state
+        .cluster(id)
+        .unwrap()
+        .service_defs
+        .contains_key("redis"));
+}
+
+/// Applying entries and appending them to a store, then `recover`, gives the same state; so
+/// does snapshot + replay of the entries after the snapshot.
+#[test]
+fn recover_rebuilds_identical_state() {
+    let mut h = Harness::new(4);
+    let a = h.create_ok("lamp", 3);
+    h.drive();
+    let b = h.create_ok("base", 2);
+    h.take();
+    h.apply_keyed(Command::Pause { cluster: b }, Some("acme/alice/pause-b"))
+        .unwrap();
+    let store = MemStore::new();
+    let bytes: Vec<Vec<u8>> = h.log.iter().map(encode_entry).collect();
+    let last = store.append(&bytes).unwrap();
+    assert_eq!(last as usize, h.log.len());
+
+    let recovered = recover(&store, 4).unwrap();
+    assert_eq!(recovered.last_index, last);
+    assert_eq!(recovered.replayed as usize, h.log.len());
+    assert_eq!(parts_of(&recovered.state), h.parts());
+    assert_eq!(
+        recovered.state.queued_tasks().collect::<Vec<_>>(),
+        h.state.queued_tasks().collect::<Vec<_>>()
+    );
+
+    // Snapshot now, then more entries after it.
+    store
+        .install_snapshot(&snapshot_of(&h.state, last))
+        .unwrap();
+    let mark = h.log.len();
+    h.ok(Command::Resume { cluster: b });
+    h.drive();
+    h.ok(Command::StartOperation {
+        cluster: a,
+        action: ClusterAction::ClusterDelete,
+        services: vec![],
+        config: None,
+    });
+    h.take();
+    let more: Vec<Vec<u8>> = h.log[mark..].iter().map(encode_entry).collect();
+    let last = store.append(&more).unwrap();
+    let recovered = recover(&store, 4).unwrap();
+    assert_eq!(recovered.last_index, last);
+    assert_eq!(recovered.replayed as usize, more.len());
+    assert_eq!(parts_of(&recovered.state), h.parts());
+    assert_eq!(
+        recovered.state.queued_tasks().collect::<Vec<_>>(),
+        h.state.queued_tasks().collect::<Vec<_>>()
+    );
+    assert_eq!(recovered.state.next_deadline(), h.state.next_deadline());
+    assert_eq!(
+        recovered.state.tasks_held_by("p1"),
+        h.state.tasks_held_by("p1")
+    );
+
+    // A snapshot taken with another shard count is refused.
+    assert!(recover(&store, 8).is_err());
+}
