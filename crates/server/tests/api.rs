@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{wait_for, Auth, TestServer, Worker};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 fn keys(v: &Value) -> BTreeSet<&str> {
@@ -540,6 +540,24 @@ async fn idempotency_key_replays_create() {
         )
         .await;
     assert_ne!(r.assert_ok()["id"], ids[0]);
+    assert_eq!(srv.cluster_count().await, 2);
+    // The same key on another endpoint is another request, not a replay of the create.
+    let id = ids[0].as_str().unwrap().to_string();
+    let r = srv
+        .raw(
+            Method::POST,
+            &format!("/v2/clusters/{id}/pause"),
+            &Auth::Demo,
+            &[("Idempotency-Key", "create-1")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "pause answered {:?}", r.body);
+    assert!(
+        r.body.get("id").is_none(),
+        "pause must not replay the create: {:?}",
+        r.body
+    );
     assert_eq!(srv.cluster_count().await, 2);
     let long = "k".repeat(300);
     srv.raw(

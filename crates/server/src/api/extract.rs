@@ -143,7 +143,12 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         match header(parts, "idempotency-key") {
-            Some(k) if k.len() <= 256 => Ok(IdempotencyKey(k.to_string())),
+            // Scoped by method and path: the same key on another endpoint is another request.
+            Some(k) if k.len() <= 256 => Ok(IdempotencyKey(format!(
+                "{} {} {k}",
+                parts.method,
+                parts.uri.path()
+            ))),
             Some(_) => Err(ApiError::bad_request(
                 "invalid_idempotency_key",
                 "Idempotency-Key is longer than 256 bytes",
