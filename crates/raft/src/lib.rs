@@ -1,1 +1,61 @@
-//! placeholder
+//! A replicated state machine on openraft 0.9 (storage v2), generic over an opaque
+//! [`StateMachine`]: used for the DC log (the Raft group of one datacenter's server nodes) and
+//! for the placement group (a Raft group spanning datacenters).
+//!
+//! ```text
+//!   server ── write(bytes) ──> RaftHandle ── client_write ──> openraft RaftCore (leader)
+//!     │  read_barrier / status / watch_leader                     │            │
+//!     │                                            RaftLogStore ──┘            └── HttpNetwork
+//!     │                                 (coopr_store::LogStore: raft-log.redb)     │ POST JSON
+//!     │                                                                            v
+//!     │                                         router(handle) on the other nodes' internal port
+//!     │                                                  /raft/append /raft/vote /raft/snapshot
+//!     │  committed entries
+//!     └── StateMachine::apply <── RaftStateMachineStore ── snapshots: raft-snapshot.redb
+//!                                   (parts by shard id, written atomically with their meta)
+//! ```
+//!
+//! - [`log_store`]: the Raft log, vote, committed log id and purge point on a
+//!   [`coopr_store::LogStore`]; every write is fsync'd before openraft is told it is durable.
+//! - [`state_machine`]: drives the application [`StateMachine`] and keeps its snapshots; at
+//!   start the application is restored from the last snapshot and openraft re-applies the log.
+//! - [`network`]: the RPC client and the axum [`router`] (shared secret, group name, timeouts).
+//! - [`node`]: [`start`], [`RaftConfig`] and the [`RaftHandle`] the server uses.
+//!
+//! # Nodes that lost their state
+//! Raft assumes a voter never forgets what it acknowledged. A node whose disk was wiped breaks
+//! that: openraft 0.9 then trips a (debug) assertion in the leader when the follower's log goes
+//! backwards (openraft #898), and the node could vote for a candidate that lacks entries it had
+//! acknowledged, losing committed writes if another node fails meanwhile. This crate:
+//! - enables openraft's `loosen-follower-log-revert` feature, so the leader restarts
+//!   replication to such a follower (it receives a snapshot if the log was purged) instead of
+//!   panicking;
+//! - in [`RaftHandle::initialize_if_needed`], lets a pristine node that finds a member which has
+//!   applied entries skip initialization and refuse to vote (503 on `/raft/vote`) until it has
+//!   applied as much as that member had: the window in which it could help elect a leader
+//!   missing acknowledged entries is closed, except when no other member is reachable at its
+//!   start (it then bootstraps as if the group were new);
+//! - refuses to start when the log store is empty but the snapshot store is not (half a wipe),
+//!   which would feed a snapshot of an earlier incarnation to openraft (openraft #1894).
+//!   Wipe a node's whole Raft directory, or nothing.
+//!
+//! # Limitations
+//! - Membership is static (the configured `members`); there is no API to add or remove nodes.
+//! - Snapshots are built in memory (`Cursor<Vec<u8>>`) and sent in chunks of
+//!   `snapshot_chunk_bytes`; the chunks travel as JSON arrays of numbers.
+//! - A write that times out may still commit later; callers retry idempotently.
+
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::RaftLogStore;
+pub use network::{router, HttpNetworkFactory};
+pub use node::{
+    start, ConfigError, RaftConfig, RaftHandle, RaftStatus, RaftStores, Role, StartError,
+    WriteError,
+};
+pub use state_machine::{RaftStateMachineStore, StateMachine};
+pub use types::{NodeId, Payload, TypeConfig};

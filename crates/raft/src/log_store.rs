@@ -92,8 +92,8 @@ impl RaftLogStore {
         value: &T,
         subject: ErrorSubject<NodeId>,
     ) -> Result<(), StorageError<NodeId>> {
-        let bytes =
-            serde_json::to_vec(value).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
         self.blocking(move |store| Ok(store.save_meta(key, &bytes)?))
             .await
             .map_err(|e| io_error(subject, ErrorVerb::Write, &e))
@@ -137,15 +137,15 @@ pub(crate) fn io_error(
     StorageIOError::new(subject, verb, AnyError::new(error)).into()
 }
 
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
-    let entry: Entry<TypeConfig> = serde_json::from_slice(bytes)
-        .map_err(|e| io_error(ErrorSubject::LogIndex(index), ErrorVerb::Read, &e))?;
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageFailure> {
+    let entry: Entry<TypeConfig> = serde_json::from_slice(bytes).map_err(|e| {
+        StorageFailure::Invariant(format!("entry at index {index} does not decode: {e}"))
+    })?;
     if entry.get_log_id().index != index {
-        let error = StorageFailure::Invariant(format!(
+        return Err(StorageFailure::Invariant(format!(
             "entry stored at index {index} has log id {}",
             entry.get_log_id()
-        ));
-        return Err(io_error(ErrorSubject::LogIndex(index), ErrorVerb::Read, &error));
+        )));
     }
     Ok(entry)
 }
@@ -197,9 +197,13 @@ impl RaftLogReader<TypeConfig> for RaftLogStore {
             })
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-        rows.into_iter()
-            .map(|(index, bytes)| decode_entry(index - 1, &bytes))
-            .collect()
+        let mut entries = Vec::with_capacity(rows.len());
+        for (index, bytes) in rows {
+            let entry = decode_entry(index - 1, &bytes)
+                .map_err(|e| io_error(ErrorSubject::LogIndex(index - 1), ErrorVerb::Read, &e))?;
+            entries.push(entry);
+        }
+        Ok(entries)
     }
 }
 
@@ -219,7 +223,11 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
         let last_entry = match last_row {
-            Some((index, bytes)) => Some(*decode_entry(index - 1, &bytes)?.get_log_id()),
+            Some((index, bytes)) => Some(
+                *decode_entry(index - 1, &bytes)
+                    .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?
+                    .get_log_id(),
+            ),
             None => None,
         };
         // After a purge beyond the end of the log (a snapshot installed on a lagging node),
@@ -291,11 +299,26 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             .blocking(move |store| {
                 // openraft appends right after the last entry (it truncates a conflicting
                 // suffix first); anything else would leave a hole or overwrite.
-                let expected = store.last_index()?;
+                let mut expected = store.last_index()?;
+                let empty = expected < store.first_index()?;
+                if empty && store_index(first_index) > expected + 1 {
+                    // An empty log may start anywhere (openraft's storage suite does this);
+                    // move the compaction point so the log stays gap-free from its start.
+                    expected = store_index(first_index) - 1;
+                    store.install_snapshot(&Snapshot::at(expected, []))?;
+                }
+                if !empty && store_index(first_index) <= expected {
+                    // openraft truncates a conflicting suffix before appending; an overlapping
+                    // append (seen only in openraft's storage suite) overwrites like a map.
+                    store.truncate_from(store_index(first_index))?;
+                    expected = store_index(first_index) - 1;
+                }
                 if store_index(first_index) != expected + 1 {
                     return Err(StorageFailure::Invariant(format!(
                         "append at openraft index {first_index}, but the log ends at {}",
-                        expected.checked_sub(1).map_or("none".into(), |i| i.to_string())
+                        expected
+                            .checked_sub(1)
+                            .map_or("none".into(), |i| i.to_string())
                     )));
                 }
                 Ok(store.append(&encoded)?)
@@ -326,16 +349,27 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         let value = serde_json::to_vec(&log_id)
             .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))?;
         self.blocking(move |store| {
-            if through < store.first_index()? {
+            let first = store.first_index()?;
+            let last = store.last_index()?;
+            if through < first {
                 return Ok(store.save_meta(LAST_PURGED_KEY, &value)?);
             }
-            // One atomic step: drop the entries (all of them if the purge point is past the
-            // end, as after a snapshot install on a lagging node) and record the purge point.
-            // The log store holds no snapshot parts, so this never refuses for stale parts.
-            Ok(store.install_snapshot_with_meta(
-                &Snapshot::at(through, []),
-                &[(LAST_PURGED_KEY, value.as_slice())],
-            )?)
+            if through <= last {
+                // One atomic step: drop the entries and record the purge point. The log store
+                // holds no snapshot parts, so this never refuses for stale parts.
+                return Ok(store.install_snapshot_with_meta(
+                    &Snapshot::at(through, []),
+                    &[(LAST_PURGED_KEY, value.as_slice())],
+                )?);
+            }
+            // Past the end (a snapshot installed on a lagging node): drop every entry, then
+            // record the purge point; the next append starts the log right after it. A crash
+            // in between leaves an empty log and the older purge point, from which openraft
+            // recovers (the state machine is ahead of the log, so it purges again).
+            if last >= first {
+                store.truncate_from(first)?;
+            }
+            Ok(store.save_meta(LAST_PURGED_KEY, &value)?)
         })
         .await
         .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))

@@ -34,11 +34,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use coopr_store::{LogStore, Snapshot as StoreSnapshot};
 use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{BasicNode, Entry};
 use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, RaftLogId,
+    EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StoredMembership,
 };
-use openraft::{BasicNode, Entry};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::{blocking, io_error, StorageFailure};
@@ -120,8 +120,13 @@ impl RaftStateMachineStore {
             }
             None => BTreeMap::new(),
         };
-        app.restore(&parts)
-            .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &*e))?;
+        app.restore(&parts).map_err(|e| {
+            io_error(
+                ErrorSubject::StateMachine,
+                ErrorVerb::Write,
+                &restore_failed(&e),
+            )
+        })?;
         Ok(RaftStateMachineStore {
             shared: Arc::new(Shared {
                 app,
@@ -181,6 +186,10 @@ fn load_snapshot(store: &dyn LogStore) -> Result<Option<LoadedSnapshot>, Storage
     Ok(Some((meta, parts)))
 }
 
+fn restore_failed(error: &anyhow::Error) -> StorageFailure {
+    StorageFailure::Invariant(format!("StateMachine::restore failed: {error:#}"))
+}
+
 /// Encodes snapshot parts into the transfer format (see the module doc).
 pub(crate) fn encode_parts(parts: &BTreeMap<u32, Vec<u8>>) -> Vec<u8> {
     let size: usize = parts.values().map(|bytes| 12 + bytes.len()).sum();
@@ -235,7 +244,10 @@ impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachineStore {
             let parts = self.shared.app.snapshot();
             let last_log_id = applied.last_applied;
             let snapshot_id = match last_log_id {
-                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+                Some(id) => format!(
+                    "{}-{}-{}",
+                    id.leader_id.term, id.leader_id.node_id, id.index
+                ),
                 None => "empty".to_owned(),
             };
             let meta = SnapshotMeta {
@@ -338,7 +350,7 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
         self.shared
             .app
             .restore(&parts)
-            .map_err(|e| io_error(subject, ErrorVerb::Write, &*e))?;
+            .map_err(|e| io_error(subject, ErrorVerb::Write, &restore_failed(&e)))?;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");

@@ -121,7 +121,7 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     let text = text.as_bytes();
-    if text.len() % 2 != 0 {
+    if text.len() & 1 == 1 {
         return None;
     }
     text.chunks_exact(2)

@@ -13,4 +13,7 @@ pub mod persist;
 pub use command::*;
 pub use error::CommandError;
 pub use machine::*;
-pub use persist::{decode_entry, encode_entry, recover, snapshot_of, PersistError, Recovered};
+pub use persist::{
+    decode_entry, decode_parts, encode_entry, encode_parts, recover, snapshot_of, PersistError,
+    Recovered,
+};

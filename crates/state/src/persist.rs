@@ -55,6 +55,11 @@ pub fn decode_entry(index: LogIndex, bytes: &[u8]) -> Result<Entry, PersistError
 
 /// The snapshot of a state as of `last_index`.
 pub fn snapshot_of(state: &State, last_index: LogIndex) -> Snapshot {
+    Snapshot::at(last_index, encode_parts(state))
+}
+
+/// The state as snapshot parts: one per cluster shard, the global shard and the local state.
+pub fn encode_parts(state: &State) -> BTreeMap<u32, Vec<u8>> {
     let mut parts = BTreeMap::new();
     for (shard, data) in &state.shards {
         parts.insert(
@@ -74,7 +79,7 @@ pub fn snapshot_of(state: &State, last_index: LogIndex) -> Snapshot {
         LOCAL_PART,
         serde_json::to_vec(&local).expect("local state serializes"),
     );
-    Snapshot::at(last_index, parts)
+    parts
 }
 
 pub struct Recovered {
@@ -123,11 +128,24 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: u32, bytes: &[u8]) -> Result<
 }
 
 fn state_from_snapshot(snapshot: &Snapshot, shard_count: u32) -> Result<State, PersistError> {
+    decode_parts(
+        snapshot
+            .parts
+            .iter()
+            .map(|(&part, stored)| (part, stored.bytes.as_slice())),
+        shard_count,
+    )
+}
+
+/// Rebuilds a state from snapshot parts (no parts: the initial state).
+pub fn decode_parts<'a>(
+    parts: impl IntoIterator<Item = (u32, &'a [u8])>,
+    shard_count: u32,
+) -> Result<State, PersistError> {
     let mut global = GlobalShard::default();
     let mut local = LocalState::default();
     let mut shards = BTreeMap::new();
-    for (&part, stored) in &snapshot.parts {
-        let bytes = &stored.bytes;
+    for (part, bytes) in parts {
         match part {
             GLOBAL_PART => global = decode_part(part, bytes)?,
             LOCAL_PART => {

@@ -1,0 +1,686 @@
+//! Starting a Raft node and the [`RaftHandle`] the server uses: writes, read barriers, status,
+//! leadership changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coopr_store::{LogStore, MemStore, RedbStore, StoreError};
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+};
+use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::log_store::RaftLogStore;
+use crate::network::{HttpNetworkFactory, GROUP_HEADER, SECRET_HEADER, STATUS_PATH};
+use crate::state_machine::{RaftStateMachineStore, StateMachine};
+use crate::types::{NodeId, Payload, TypeConfig};
+
+/// The configuration of one node of one Raft group. Every option is listed with its default.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftConfig {
+    /// The group's name (openraft's `cluster_name`), e.g. `"dc-a"` or `"placement"`. Sent with
+    /// every RPC and checked by the receiver. Default `"coopr"`.
+    #[serde(default = "defaults::group")]
+    pub group: String,
+    /// This node's id; must be a key of `members`.
+    pub node_id: NodeId,
+    /// Every voter of the group: node id -> internal base URL (`http://10.0.0.1:7001`, or with
+    /// a path prefix when several groups share a port). Used to bootstrap the group.
+    pub members: BTreeMap<NodeId, String>,
+    /// Shared secret sent in the `Coopr-Cluster-Secret` header; must not be empty.
+    pub secret: String,
+    /// Leader heartbeat period. Default 100.
+    #[serde(default = "defaults::heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range; a follower that hears no leader for a random time in it starts
+    /// an election. Defaults 300 and 600.
+    #[serde(default = "defaults::election_timeout_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "defaults::election_timeout_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one. Default 10 000.
+    #[serde(default = "defaults::snapshot_every")]
+    pub snapshot_every: u64,
+    /// Entries kept in the log after a snapshot, so slightly lagging followers catch up from the
+    /// log rather than a snapshot. Default 1 000.
+    #[serde(default = "defaults::logs_kept_after_snapshot")]
+    pub logs_kept_after_snapshot: u64,
+    /// Most entries in one append RPC. Default 300.
+    #[serde(default = "defaults::max_payload_entries")]
+    pub max_payload_entries: u64,
+    /// Snapshot chunk size of the install-snapshot RPC. Default 1 MiB.
+    #[serde(default = "defaults::snapshot_chunk_bytes")]
+    pub snapshot_chunk_bytes: u64,
+    /// Timeout of one snapshot chunk RPC. Default 5 000.
+    #[serde(default = "defaults::snapshot_timeout_ms")]
+    pub snapshot_timeout_ms: u64,
+    /// Longest a [`RaftHandle::write`] or [`RaftHandle::read_barrier`] waits. Default 5 000.
+    #[serde(default = "defaults::write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Persist openraft's committed log id (one more fsync per commit), so a restarted node
+    /// re-applies its committed log before hearing from a leader. Default true.
+    #[serde(default = "defaults::persist_committed")]
+    pub persist_committed: bool,
+}
+
+mod defaults {
+    pub fn group() -> String {
+        "coopr".into()
+    }
+    pub fn heartbeat_interval_ms() -> u64 {
+        100
+    }
+    pub fn election_timeout_min_ms() -> u64 {
+        300
+    }
+    pub fn election_timeout_max_ms() -> u64 {
+        600
+    }
+    pub fn snapshot_every() -> u64 {
+        10_000
+    }
+    pub fn logs_kept_after_snapshot() -> u64 {
+        1_000
+    }
+    pub fn max_payload_entries() -> u64 {
+        300
+    }
+    pub fn snapshot_chunk_bytes() -> u64 {
+        1024 * 1024
+    }
+    pub fn snapshot_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn write_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn persist_committed() -> bool {
+        true
+    }
+}
+
+impl RaftConfig {
+    /// A configuration with every default.
+    pub fn new(
+        node_id: NodeId,
+        members: BTreeMap<NodeId, String>,
+        secret: impl Into<String>,
+    ) -> Self {
+        RaftConfig {
+            group: defaults::group(),
+            node_id,
+            members,
+            secret: secret.into(),
+            heartbeat_interval_ms: defaults::heartbeat_interval_ms(),
+            election_timeout_min_ms: defaults::election_timeout_min_ms(),
+            election_timeout_max_ms: defaults::election_timeout_max_ms(),
+            snapshot_every: defaults::snapshot_every(),
+            logs_kept_after_snapshot: defaults::logs_kept_after_snapshot(),
+            max_payload_entries: defaults::max_payload_entries(),
+            snapshot_chunk_bytes: defaults::snapshot_chunk_bytes(),
+            snapshot_timeout_ms: defaults::snapshot_timeout_ms(),
+            write_timeout_ms: defaults::write_timeout_ms(),
+            persist_committed: defaults::persist_committed(),
+        }
+    }
+
+    /// Checks the values; the error names the bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, reason: String| Err(ConfigError { field, reason });
+        if self.group.is_empty() {
+            return bad("group", "must not be empty".into());
+        }
+        if !self.members.contains_key(&self.node_id) {
+            return bad(
+                "node_id",
+                format!(
+                    "{} is not one of the members {:?}",
+                    self.node_id,
+                    self.members.keys()
+                ),
+            );
+        }
+        if let Some((id, addr)) = self
+            .members
+            .iter()
+            .find(|(_, addr)| !(addr.starts_with("http://") || addr.starts_with("https://")))
+        {
+            return bad(
+                "members",
+                format!("address of node {id} is not an http(s) URL: {addr:?}"),
+            );
+        }
+        if self.secret.is_empty() {
+            return bad("secret", "must not be empty".into());
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms >= self.election_timeout_min_ms
+        {
+            return bad(
+                "heartbeat_interval_ms",
+                format!(
+                    "{} must be > 0 and below election_timeout_min_ms {}",
+                    self.heartbeat_interval_ms, self.election_timeout_min_ms
+                ),
+            );
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return bad(
+                "election_timeout_max_ms",
+                format!(
+                    "{} must be above election_timeout_min_ms {}",
+                    self.election_timeout_max_ms, self.election_timeout_min_ms
+                ),
+            );
+        }
+        for (field, value) in [
+            ("snapshot_every", self.snapshot_every),
+            ("max_payload_entries", self.max_payload_entries),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+            ("snapshot_timeout_ms", self.snapshot_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+        ] {
+            if value == 0 {
+                return bad(field, "must be > 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn openraft_config(&self) -> Result<openraft::Config, ConfigError> {
+        let config = openraft::Config {
+            cluster_name: self.group.clone(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.snapshot_timeout_ms,
+            max_payload_entries: self.max_payload_entries,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            ..openraft::Config::default()
+        };
+        config.validate().map_err(|e| ConfigError {
+            field: "openraft",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A bad [`RaftConfig`] value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid raft config `{field}`: {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// Why [`start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("raft storage: {0}")]
+    Store(#[from] StoreError),
+    /// The log store is empty but the snapshot store is not: half of the node's state was
+    /// wiped. Starting would replay a snapshot of an earlier incarnation (openraft #1894).
+    #[error("inconsistent raft storage: {0}")]
+    InconsistentStorage(String),
+    #[error("raft storage failed at start: {0}")]
+    Storage(String),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("openraft refused to start: {0}")]
+    Raft(String),
+}
+
+/// Why a write or read barrier did not succeed. Only `ForwardToLeader` says for sure that
+/// nothing was written; after `NoQuorum` or `Timeout` the entry may still commit later (the
+/// caller retries idempotently).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// This node is not the leader; retry at the leader (when known).
+    #[error("not the leader; the leader is {leader_id:?} at {leader_addr:?}")]
+    ForwardToLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// This node leads but has not heard from a majority recently; nothing can commit.
+    #[error("no quorum: the leader lost contact with a majority (waited {waited_ms} ms)")]
+    NoQuorum { waited_ms: u64 },
+    /// No outcome within the write timeout.
+    #[error("no outcome within {waited_ms} ms")]
+    Timeout { waited_ms: u64 },
+    /// The Raft node stopped (shut down, or a storage error made it stop).
+    #[error("raft node stopped: {0}")]
+    Fatal(String),
+}
+
+/// The role of a node in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// A node's view of its group, from openraft's metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    pub group: String,
+    pub node_id: NodeId,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    /// Log indices are openraft's (the group's first entry, its membership, is index 0).
+    pub last_applied: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Voters and their addresses, from the last membership entry the node knows.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Milliseconds since a majority last acknowledged this leader (leaders only).
+    pub millis_since_quorum_ack: Option<u64>,
+    /// False while a node that lost its state catches up (it does not vote meanwhile).
+    pub may_vote: bool,
+}
+
+/// Where a node keeps its Raft state: the log (with vote, committed and purge point) and the
+/// snapshots, in two stores so that building a snapshot never drops log entries.
+#[derive(Clone)]
+pub struct RaftStores {
+    pub log: Arc<dyn LogStore>,
+    pub snapshots: Arc<dyn LogStore>,
+}
+
+impl RaftStores {
+    /// `dir/raft-log.redb` and `dir/raft-snapshot.redb`, created if missing.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(e.into()))?;
+        Ok(RaftStores {
+            log: Arc::new(RedbStore::open(dir.join("raft-log.redb"))?),
+            snapshots: Arc::new(RedbStore::open(dir.join("raft-snapshot.redb"))?),
+        })
+    }
+
+    /// Both stores in memory (tests, simulation).
+    pub fn in_memory() -> Self {
+        RaftStores {
+            log: Arc::new(MemStore::new()),
+            snapshots: Arc::new(MemStore::new()),
+        }
+    }
+}
+
+/// The handle on a running Raft node. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft<TypeConfig>,
+    config: RaftConfig,
+    client: reqwest::Client,
+    leader: watch::Receiver<Option<NodeId>>,
+    /// 0: votes normally; n > 0: does not vote until it applied index n - 1 (see crate doc).
+    vote_after_applied: Arc<AtomicU64>,
+    watcher: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Starts a Raft node on `stores`, driving `state_machine`. The node serves RPCs once the
+/// server mounts [`crate::router`] with the returned handle; call
+/// [`RaftHandle::initialize_if_needed`] afterwards.
+pub async fn start(
+    config: RaftConfig,
+    stores: RaftStores,
+    state_machine: Arc<dyn StateMachine>,
+) -> Result<RaftHandle, StartError> {
+    config.validate()?;
+    let openraft_config = Arc::new(config.openraft_config()?);
+    let log_store = RaftLogStore::new(stores.log.clone(), config.persist_committed);
+    let log_pristine = {
+        let log_store = log_store.clone();
+        tokio::task::spawn_blocking(move || log_store.is_pristine())
+            .await
+            .map_err(|e| StartError::Storage(e.to_string()))??
+    };
+    let sm_store = RaftStateMachineStore::open(state_machine, stores.snapshots.clone())
+        .await
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    if log_pristine && sm_store.last_applied().is_some() {
+        return Err(StartError::InconsistentStorage(
+            "the log store is empty but the snapshot store holds a snapshot; \
+             wipe both or neither"
+                .into(),
+        ));
+    }
+    let election_timeout = Duration::from_millis(config.election_timeout_max_ms);
+    let network = HttpNetworkFactory::new(
+        &config.secret,
+        &config.group,
+        election_timeout,
+        Duration::from_millis(config.snapshot_timeout_ms),
+    )?;
+    let raft = Raft::new(
+        config.node_id,
+        openraft_config,
+        network,
+        log_store,
+        sm_store,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    let vote_after_applied = Arc::new(AtomicU64::new(0));
+    let (leader_tx, leader_rx) = watch::channel(None);
+    let watcher = tokio::spawn(watch_metrics(
+        raft.metrics(),
+        leader_tx,
+        vote_after_applied.clone(),
+    ));
+    let client = reqwest::Client::builder()
+        .connect_timeout(election_timeout)
+        .timeout(election_timeout)
+        .build()?;
+    tracing::info!(group = %config.group, node = config.node_id, "raft node started");
+    Ok(RaftHandle {
+        inner: Arc::new(Inner {
+            raft,
+            config,
+            client,
+            leader: leader_rx,
+            vote_after_applied,
+            watcher,
+        }),
+    })
+}
+
+/// Publishes leader changes and lifts the vote suspension once the node caught up.
+async fn watch_metrics(
+    mut metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+    leader: watch::Sender<Option<NodeId>>,
+    vote_after_applied: Arc<AtomicU64>,
+) {
+    loop {
+        {
+            let now = metrics.borrow_and_update();
+            let current = now.current_leader;
+            leader.send_if_modified(|known| {
+                let changed = *known != current;
+                *known = current;
+                changed
+            });
+            let threshold = vote_after_applied.load(Ordering::SeqCst);
+            if threshold > 0 && now.last_applied.is_some_and(|id| id.index + 1 >= threshold) {
+                tracing::info!(node = now.id, "caught up after losing state; votes again");
+                vote_after_applied.store(0, Ordering::SeqCst);
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl RaftHandle {
+    /// Bootstraps the group with `members` if nobody did yet; idempotent. Returns whether this
+    /// call initialized the group.
+    ///
+    /// - A node with any Raft state (a restart) is never re-initialized.
+    /// - A pristine node first asks the other members for their status. If one of them has
+    ///   applied entries, the group exists and this node lost its state (wiped disk) or joins
+    ///   late: it does not initialize, and it refuses to vote until it has applied what that
+    ///   member had applied, so that it cannot help elect a leader missing entries it had
+    ///   acknowledged before (see the crate doc). The leader brings it up to date (log or
+    ///   snapshot).
+    /// - Otherwise it initializes; several members doing so with the same members is safe.
+    pub async fn initialize_if_needed(&self) -> Result<bool, WriteError> {
+        let raft = &self.inner.raft;
+        let initialized = raft.is_initialized().await.map_err(fatal)?;
+        if initialized {
+            return Ok(false);
+        }
+        if let Some(applied) = self.peers_applied_index().await {
+            tracing::warn!(
+                group = %self.inner.config.group,
+                node = self.inner.config.node_id,
+                peer_applied = applied,
+                "pristine node of an existing group: not initializing, not voting until caught up"
+            );
+            self.inner
+                .vote_after_applied
+                .store(applied + 1, Ordering::SeqCst);
+            return Ok(false);
+        }
+        let members: BTreeMap<NodeId, BasicNode> = self
+            .inner
+            .config
+            .members
+            .iter()
+            .map(|(&id, addr)| (id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(group = %self.inner.config.group, "initialized the raft group");
+                Ok(true)
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(RaftError::APIError(e)) => Err(WriteError::Fatal(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    /// The highest applied index reported by a reachable other member, if any has applied one.
+    async fn peers_applied_index(&self) -> Option<u64> {
+        let config = &self.inner.config;
+        let requests = config
+            .members
+            .iter()
+            .filter(|(&id, _)| id != config.node_id)
+            .map(|(_, addr)| {
+                let url = format!("{}{STATUS_PATH}", addr.trim_end_matches('/'));
+                let request = self
+                    .inner
+                    .client
+                    .post(url)
+                    .header(SECRET_HEADER, &config.secret)
+                    .header(GROUP_HEADER, &config.group);
+                async move {
+                    let response = request.send().await.ok()?;
+                    if !response.status().is_success() {
+                        return None;
+                    }
+                    response.json::<RaftStatus>().await.ok()?.last_applied
+                }
+            });
+        let mut highest = None;
+        for applied in futures_join_all(requests).await.into_iter().flatten() {
+            highest = highest.max(Some(applied));
+        }
+        highest
+    }
+
+    /// Proposes `payload`; returns its log index and the state machine's response once it is
+    /// committed and applied on this (leader) node. Bounded by `write_timeout_ms`.
+    pub async fn write(&self, payload: Vec<u8>) -> Result<(u64, Vec<u8>), WriteError> {
+        let raft = &self.inner.raft;
+        let timeout = Duration::from_millis(self.inner.config.write_timeout_ms);
+        match tokio::time::timeout(timeout, raft.client_write(Payload(payload))).await {
+            Err(_elapsed) => Err(self.no_outcome()),
+            Ok(Ok(response)) => Ok((response.log_id.index, response.data.0)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(self.forward(forward))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(WriteError::Fatal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write committed before the call
+    /// (openraft's `ensure_linearizable`: the leader confirms it still leads a majority, then
+    /// waits until it applied its commit index). For `?consistency=strong` reads on the leader.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        let raft = &self.inner.raft;
+        let timeout = Duration::from_millis(self.inner.config.write_timeout_ms);
+        match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
+            Err(_elapsed) => Err(self.no_outcome()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(self.forward(forward))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(WriteError::NoQuorum { waited_ms: 0 })
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+        }
+    }
+
+    fn no_outcome(&self) -> WriteError {
+        let waited_ms = self.inner.config.write_timeout_ms;
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let lost_quorum = metrics.state == ServerState::Leader
+            && metrics
+                .millis_since_quorum_ack
+                .is_none_or(|ms| ms > self.inner.config.election_timeout_max_ms);
+        if lost_quorum {
+            WriteError::NoQuorum { waited_ms }
+        } else {
+            WriteError::Timeout { waited_ms }
+        }
+    }
+
+    fn forward(&self, forward: ForwardToLeader<NodeId, BasicNode>) -> WriteError {
+        let leader_addr = forward.leader_node.map(|node| node.addr).or_else(|| {
+            forward
+                .leader_id
+                .and_then(|id| self.inner.config.members.get(&id).cloned())
+        });
+        WriteError::ForwardToLeader {
+            leader_id: forward.leader_id,
+            leader_addr,
+        }
+    }
+
+    /// This node's current view of the group.
+    pub fn status(&self) -> RaftStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let role = match metrics.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let membership = metrics.membership_config.membership();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let voters = membership
+            .nodes()
+            .filter(|(id, _)| voter_ids.contains(id))
+            .map(|(&id, node)| (id, node.addr.clone()))
+            .collect();
+        RaftStatus {
+            group: self.inner.config.group.clone(),
+            node_id: metrics.id,
+            role,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_applied: metrics.last_applied.map(|id| id.index),
+            last_log_index: metrics.last_log_index,
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            purged_index: metrics.purged.map(|id| id.index),
+            voters,
+            millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+            may_vote: self.may_vote(),
+        }
+    }
+
+    /// The current leader's id as this node knows it; changes are published. The server runs
+    /// its leader-only work while the value is its own id.
+    pub fn watch_leader(&self) -> watch::Receiver<Option<NodeId>> {
+        self.inner.leader.clone()
+    }
+
+    /// True if this node is the leader (as far as it knows).
+    pub fn is_leader(&self) -> bool {
+        *self.inner.leader.borrow() == Some(self.inner.config.node_id)
+    }
+
+    /// openraft's full metrics, for diagnostics.
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, BasicNode>> {
+        self.inner.raft.metrics()
+    }
+
+    /// Builds a snapshot now (and lets openraft purge the log behind it).
+    pub async fn trigger_snapshot(&self) -> Result<(), WriteError> {
+        self.inner.raft.trigger().snapshot().await.map_err(fatal)
+    }
+
+    /// Stops the node: no more RPCs are answered (they fail) and no more entries applied.
+    pub async fn shutdown(self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft core ended with an error");
+        }
+        self.inner.watcher.abort();
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    pub(crate) fn secret(&self) -> &str {
+        &self.inner.config.secret
+    }
+
+    pub(crate) fn group(&self) -> &str {
+        &self.inner.config.group
+    }
+
+    /// False while the node catches up after losing its state.
+    pub fn may_vote(&self) -> bool {
+        self.inner.vote_after_applied.load(Ordering::SeqCst) == 0
+    }
+}
+
+fn fatal(e: openraft::error::Fatal<NodeId>) -> WriteError {
+    WriteError::Fatal(e.to_string())
+}
+
+/// Awaits all futures concurrently (a small `join_all` without the futures crate).
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        if let Ok(output) = handle.await {
+            outputs.push(output);
+        }
+    }
+    outputs
+}

@@ -1,0 +1,288 @@
+//! In-process groups of 3 nodes on loopback, each an axum server serving `coopr_raft::router`
+//! with an append-only list as the state machine. Every wait is a poll with a deadline.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Group};
+use coopr_raft::{RaftStores, WriteError};
+
+const ELECTION: Duration = Duration::from_secs(10);
+
+fn payload(n: u32) -> Vec<u8> {
+    format!("cmd-{n}").into_bytes()
+}
+
+/// Waits until every running node applied exactly `expected` payloads, in that order.
+async fn converged(group: &Group, expected: &[Vec<u8>]) {
+    let running = group.running();
+    wait_for(
+        Duration::from_secs(10),
+        "all running nodes applied the same list",
+        || {
+            running
+                .iter()
+                .all(|&id| group.nodes[(id - 1) as usize].machine.payloads() == expected)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// A leader is elected; writes are applied on all 3 nodes in the same order with the same
+/// indices; a write to a follower is refused with the leader's id and address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_apply_in_order_on_all_nodes() {
+    let mut group = Group::bind(3, |_| {}).await;
+    group.start_all().await;
+    let leader = group.leader(ELECTION).await;
+
+    let mut expected = Vec::new();
+    for n in 0..20 {
+        let (index, response) = group.handle(leader).write(payload(n)).await.expect("write");
+        assert_eq!(
+            response,
+            index.to_le_bytes().to_vec(),
+            "response is the applied index"
+        );
+        expected.push(payload(n));
+    }
+    converged(&group, &expected).await;
+    let lists: Vec<_> = group.nodes.iter().map(|node| node.machine.list()).collect();
+    assert!(
+        lists.windows(2).all(|pair| pair[0] == pair[1]),
+        "same indices everywhere"
+    );
+
+    let follower = group
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    match group.handle(follower).write(payload(99)).await {
+        Err(WriteError::ForwardToLeader {
+            leader_id,
+            leader_addr,
+        }) => {
+            assert_eq!(leader_id, Some(leader));
+            assert_eq!(
+                leader_addr.as_deref(),
+                Some(group.nodes[(leader - 1) as usize].addr.as_str())
+            );
+        }
+        other => panic!("expected ForwardToLeader, got {other:?}"),
+    }
+    group
+        .handle(leader)
+        .read_barrier()
+        .await
+        .expect("read barrier on the leader");
+    assert!(matches!(
+        group.handle(follower).read_barrier().await,
+        Err(WriteError::ForwardToLeader { .. })
+    ));
+    let status = group.handle(leader).status();
+    assert_eq!(status.voters.len(), 3);
+    assert_eq!(status.leader, Some(leader));
+    group.shutdown().await;
+}
+
+/// Stopping the leader elects another within a few election timeouts and writes continue;
+/// with a majority down, a write fails within the write timeout instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_and_lost_majority() {
+    let mut group = Group::bind(3, |config| config.write_timeout_ms = 1_500).await;
+    group.start_all().await;
+    let first = group.leader(ELECTION).await;
+    group.handle(first).write(payload(1)).await.expect("write");
+
+    group.stop(first).await;
+    let started = Instant::now();
+    let second = group.leader(ELECTION).await;
+    assert_ne!(second, first);
+    eprintln!("new leader {second} after {:?}", started.elapsed());
+    group
+        .handle(second)
+        .write(payload(2))
+        .await
+        .expect("write after failover");
+    converged(&group, &[payload(1), payload(2)]).await;
+
+    let other = group
+        .running()
+        .into_iter()
+        .find(|&id| id != second)
+        .unwrap();
+    group.stop(other).await;
+    let started = Instant::now();
+    let result = group.handle(second).write(payload(3)).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            result,
+            Err(WriteError::NoQuorum { .. } | WriteError::Timeout { .. })
+        ),
+        "write without a majority must fail, got {result:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "write returned after {waited:?}"
+    );
+    group.shutdown().await;
+}
+
+/// A follower stopped and restarted on the same (redb) stores catches up with the writes it
+/// missed, and its state machine is rebuilt from its snapshot plus log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_catches_up() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut group = Group::bind(3, |config| config.snapshot_every = 10).await;
+    for (node, dir) in group.nodes.iter_mut().zip(&dirs) {
+        node.stores = RaftStores::open(dir.path()).unwrap();
+    }
+    group.start_all().await;
+    let leader = group.leader(ELECTION).await;
+    let mut expected = Vec::new();
+    for n in 0..15 {
+        group.handle(leader).write(payload(n)).await.expect("write");
+        expected.push(payload(n));
+    }
+    converged(&group, &expected).await;
+
+    let follower = group
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    group.stop(follower).await;
+    // Reopen the files as a restarted process would (the old handles are dropped first).
+    let index = (follower - 1) as usize;
+    group.nodes[index].stores = RaftStores::in_memory();
+    group.nodes[index].stores = RaftStores::open(dirs[index].path()).unwrap();
+    group.nodes[index].machine = Default::default();
+    for n in 15..30 {
+        group.handle(leader).write(payload(n)).await.expect("write");
+        expected.push(payload(n));
+    }
+    group.start(follower).await;
+    assert!(!group.handle(follower).initialize_if_needed().await.unwrap());
+    converged(&group, &expected).await;
+    group.shutdown().await;
+}
+
+/// A follower whose state is wiped (fresh stores, same id) after the leader compacted its log
+/// rejoins: it does not initialize, does not vote until caught up, receives a snapshot, and
+/// ends with the same state. The leader does not panic (openraft #898).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_node_catches_up_by_snapshot() {
+    let mut group = Group::bind(3, |config| {
+        config.snapshot_every = 5;
+        config.logs_kept_after_snapshot = 0;
+    })
+    .await;
+    group.start_all().await;
+    let leader = group.leader(ELECTION).await;
+    let mut expected = Vec::new();
+    for n in 0..5 {
+        group.handle(leader).write(payload(n)).await.expect("write");
+        expected.push(payload(n));
+    }
+    converged(&group, &expected).await;
+
+    let follower = group
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    group.stop(follower).await;
+    for n in 5..30 {
+        group.handle(leader).write(payload(n)).await.expect("write");
+        expected.push(payload(n));
+    }
+    let leader_handle = group.handle(leader);
+    wait_for(Duration::from_secs(10), "the leader purged its log", || {
+        leader_handle.status().purged_index.filter(|&i| i > 10)
+    })
+    .await;
+
+    let index = (follower - 1) as usize;
+    group.nodes[index].stores = RaftStores::in_memory();
+    group.nodes[index].machine = Default::default();
+    group.start(follower).await;
+    assert!(
+        !group.handle(follower).initialize_if_needed().await.unwrap(),
+        "a wiped node of a live group must not initialize"
+    );
+    let caught_up = group.nodes[index].machine.payloads() == expected;
+    assert!(
+        !group.handle(follower).may_vote() || caught_up,
+        "no vote before catching up"
+    );
+    converged(&group, &expected).await;
+    let rejoined = group.handle(follower);
+    wait_for(
+        Duration::from_secs(10),
+        "the wiped node votes again",
+        || rejoined.may_vote().then_some(()),
+    )
+    .await;
+    assert!(
+        rejoined.status().snapshot_index.is_some(),
+        "caught up by snapshot"
+    );
+    group
+        .handle(leader)
+        .write(payload(30))
+        .await
+        .expect("leader still works");
+    expected.push(payload(30));
+    converged(&group, &expected).await;
+    group.shutdown().await;
+}
+
+/// RPCs with a wrong secret are refused with 401, so a node configured with a wrong secret
+/// never joins: the other two elect a leader and commit without it, and it applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_is_refused() {
+    let mut group = Group::bind(3, |_| {}).await;
+    group.start(1).await;
+    group.start(2).await;
+    let mut bad = group.config_of(3);
+    bad.secret = "not-the-secret".into();
+    group.start_with(3, bad).await;
+    for id in 1..=3 {
+        group
+            .handle(id)
+            .initialize_if_needed()
+            .await
+            .expect("initialize");
+    }
+
+    let response = reqwest::Client::new()
+        .post(format!("{}/raft/vote", group.nodes[0].addr))
+        .header("Coopr-Cluster-Secret", "wrong")
+        .header("Coopr-Raft-Group", "coopr")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+
+    let leader = wait_for(ELECTION, "a leader among nodes 1 and 2", || {
+        [1, 2].into_iter().find(|&id| group.handle(id).is_leader())
+    })
+    .await;
+    group
+        .handle(leader)
+        .write(payload(1))
+        .await
+        .expect("write with 2 of 3");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        group.nodes[2].machine.payloads().is_empty(),
+        "node 3 applied nothing"
+    );
+    assert_ne!(group.handle(3).status().leader, Some(leader));
+    group.shutdown().await;
+}

@@ -1,0 +1,227 @@
+//! Helpers of the integration tests: a trivial state machine and an in-process group on
+//! loopback, each node behind an HTTP server whose Raft node can be stopped and replaced.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use coopr_raft::{RaftConfig, RaftHandle, RaftStores, StateMachine};
+use tower::ServiceExt;
+
+/// An append-only list of `(log index, payload)`; the response to an entry is its index.
+#[derive(Default)]
+pub struct ListMachine {
+    pub entries: Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+impl ListMachine {
+    pub fn list(&self) -> Vec<(u64, Vec<u8>)> {
+        self.entries.lock().unwrap().clone()
+    }
+    pub fn payloads(&self) -> Vec<Vec<u8>> {
+        self.list()
+            .into_iter()
+            .map(|(_, payload)| payload)
+            .collect()
+    }
+}
+
+impl StateMachine for ListMachine {
+    fn apply(&self, entries: &[(u64, &[u8])]) -> Vec<Vec<u8>> {
+        let mut list = self.entries.lock().unwrap();
+        entries
+            .iter()
+            .map(|&(index, payload)| {
+                list.push((index, payload.to_vec()));
+                index.to_le_bytes().to_vec()
+            })
+            .collect()
+    }
+
+    fn snapshot(&self) -> BTreeMap<u32, Vec<u8>> {
+        let list = self.entries.lock().unwrap();
+        BTreeMap::from([(0, serde_json::to_vec(&*list).unwrap())])
+    }
+
+    fn restore(&self, parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()> {
+        let list = match parts.get(&0) {
+            Some(bytes) => serde_json::from_slice(bytes)?,
+            None => Vec::new(),
+        };
+        *self.entries.lock().unwrap() = list;
+        Ok(())
+    }
+}
+
+type Slot = Arc<Mutex<Option<Router>>>;
+
+/// One node: a fixed address whose HTTP server forwards to the current Raft node, if any.
+pub struct TestNode {
+    pub id: u64,
+    pub addr: String,
+    slot: Slot,
+    server: tokio::task::JoinHandle<()>,
+    pub handle: Option<RaftHandle>,
+    pub machine: Arc<ListMachine>,
+    pub stores: RaftStores,
+}
+
+async fn forward(State(slot): State<Slot>, request: Request) -> Response {
+    let router = slot.lock().unwrap().clone();
+    match router {
+        Some(router) => router.oneshot(request).await.into_response(),
+        None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "node down").into_response(),
+    }
+}
+
+pub struct Group {
+    pub nodes: Vec<TestNode>,
+    pub config: RaftConfig,
+}
+
+impl Group {
+    /// Binds `count` loopback servers (ports from the OS) and returns the group, no node
+    /// started yet. `tune` adjusts the configuration shared by all nodes.
+    pub async fn bind(count: u64, tune: impl Fn(&mut RaftConfig)) -> Group {
+        let mut nodes = Vec::new();
+        let mut members = BTreeMap::new();
+        for id in 1..=count {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = format!("http://{}", listener.local_addr().unwrap());
+            members.insert(id, addr.clone());
+            let slot: Slot = Arc::new(Mutex::new(None));
+            let app = Router::new().fallback(forward).with_state(slot.clone());
+            let server = tokio::spawn(async move {
+                axum::serve(listener, app).await.unwrap();
+            });
+            nodes.push(TestNode {
+                id,
+                addr,
+                slot,
+                server,
+                handle: None,
+                machine: Arc::new(ListMachine::default()),
+                stores: RaftStores::in_memory(),
+            });
+        }
+        let mut config = RaftConfig::new(1, members, "test-secret");
+        config.write_timeout_ms = 2_000;
+        tune(&mut config);
+        Group { nodes, config }
+    }
+
+    pub fn config_of(&self, id: u64) -> RaftConfig {
+        RaftConfig {
+            node_id: id,
+            ..self.config.clone()
+        }
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut TestNode {
+        &mut self.nodes[usize::try_from(id - 1).unwrap()]
+    }
+
+    /// Starts node `id` on its current stores with `config`, and serves it.
+    pub async fn start_with(&mut self, id: u64, config: RaftConfig) {
+        let node = self.node(id);
+        let handle = coopr_raft::start(config, node.stores.clone(), node.machine.clone())
+            .await
+            .expect("start raft node");
+        *node.slot.lock().unwrap() = Some(coopr_raft::router(handle.clone()));
+        node.handle = Some(handle);
+    }
+
+    pub async fn start(&mut self, id: u64) {
+        let config = self.config_of(id);
+        self.start_with(id, config).await;
+    }
+
+    /// Starts every node and initializes the group on each.
+    pub async fn start_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|node| node.id).collect();
+        for &id in &ids {
+            self.start(id).await;
+        }
+        for &id in &ids {
+            self.handle(id)
+                .initialize_if_needed()
+                .await
+                .expect("initialize");
+        }
+    }
+
+    pub fn handle(&self, id: u64) -> RaftHandle {
+        self.nodes[usize::try_from(id - 1).unwrap()]
+            .handle
+            .clone()
+            .expect("node is running")
+    }
+
+    /// Stops node `id`'s Raft node; its address answers 503 until it is started again.
+    pub async fn stop(&mut self, id: u64) {
+        let node = self.node(id);
+        *node.slot.lock().unwrap() = None;
+        if let Some(handle) = node.handle.take() {
+            handle.shutdown().await;
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|node| node.handle.is_some())
+            .map(|node| node.id)
+            .collect()
+    }
+
+    /// Waits until every running node agrees on one leader among the running nodes.
+    pub async fn leader(&self, within: Duration) -> u64 {
+        let running = self.running();
+        wait_for(within, "a leader all running nodes agree on", || {
+            let leaders: Vec<Option<u64>> = running
+                .iter()
+                .map(|&id| self.handle(id).status().leader)
+                .collect();
+            match leaders.first() {
+                Some(&Some(leader))
+                    if running.contains(&leader)
+                        && leaders.iter().all(|l| *l == Some(leader))
+                        && self.handle(leader).is_leader() =>
+                {
+                    Some(leader)
+                }
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.running() {
+            self.stop(id).await;
+        }
+        for node in &self.nodes {
+            node.server.abort();
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, panicking after `within`.
+pub async fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
