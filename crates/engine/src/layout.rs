@@ -387,7 +387,10 @@ fn can_take(
                 return false;
             }
         }
-        if count(nodes, service) >= quantity_max(template, service) {
+        // Counting is linear in the nodes; skip it for services with no maximum, so laying
+        // out a large cluster stays linear rather than quadratic.
+        let max = quantity_max(template, service);
+        if max != u32::MAX && count(nodes, service) >= max {
             return false;
         }
     }
@@ -412,13 +415,15 @@ fn place(
     for service in &order {
         let wanted = quantity_min(template, service).max(1);
         let unit = coexist_unit(template, service, cluster);
+        let mut placed = count(nodes, service);
         for index in 0..nodes.len() {
-            if count(nodes, service) >= wanted {
+            if placed >= wanted {
                 break;
             }
             if !nodes[index].services.contains(*service) && can_take(template, nodes, index, &unit)
             {
                 nodes[index].services.extend(unit.iter().cloned());
+                placed += 1;
             }
         }
     }

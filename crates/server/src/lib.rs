@@ -41,6 +41,8 @@ pub struct App {
     heartbeats: Mutex<HashMap<String, Instant>>,
     next_shard: AtomicU32,
     started: Instant,
+    /// Take proposals not yet answered (so idle polls do not race for the same task).
+    pub takes_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl App {
@@ -176,6 +178,7 @@ pub async fn start_with_store(
         metrics: metrics_handle(),
         heartbeats: Mutex::new(HashMap::new()),
         next_shard: AtomicU32::new(0),
+        takes_in_flight: Default::default(),
         started: Instant::now(),
         config,
     });

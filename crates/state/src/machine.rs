@@ -201,6 +201,11 @@ impl State {
         self.ready.iter()
     }
 
+    /// How many tasks wait to be taken.
+    pub fn queued_task_count(&self) -> usize {
+        self.ready.len()
+    }
+
     /// The earliest deadline of any in-progress task.
     pub fn next_deadline(&self) -> Option<u64> {
         self.active_jobs

@@ -161,14 +161,16 @@ async fn create(
             ),
         ));
     }
+    // The catalog is copied out so that no lock is held while the layout is solved.
+    let catalog = app
+        .core
+        .read()
+        .global
+        .catalogs
+        .get(&caller.tenant)
+        .cloned()
+        .unwrap_or_default();
     let spec = {
-        let state = app.core.read();
-        let catalog = state
-            .global
-            .catalogs
-            .get(&caller.tenant)
-            .cloned()
-            .unwrap_or_default();
         let template: ClusterTemplate = entity(
             &catalog,
             EntityKind::Clustertemplates,

@@ -1,5 +1,6 @@
 //! The provisioner API: register, heartbeat, unregister, take a task, finish a task.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -141,11 +142,14 @@ async fn take(
         // Every poll shows the provisioner is alive, also one that finds the queue empty
         // (otherwise an idle provisioner would be declared dead between its heartbeats).
         app.heartbeat(&body.provisioner_id);
-        // Polling an empty queue must not cost a log write.
-        if state.queued_tasks().next().is_none() {
+        // Polling an empty queue must not cost a log write, and neither should polls racing
+        // for fewer queued tasks than there are takes already on their way to the log.
+        if app.takes_in_flight.load(Ordering::Acquire) >= state.queued_task_count() {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
     }
+    app.takes_in_flight.fetch_add(1, Ordering::AcqRel);
+    let _in_flight = InFlight(&app.takes_in_flight);
     let command = Command::TakeTask {
         provisioner_id: body.provisioner_id,
         worker_id: body.worker_id,
@@ -165,6 +169,15 @@ async fn take(
     let view = views::task_for_provisioner(&state, task)
         .ok_or_else(|| ApiError::not_found("task", task_id))?;
     Ok(Json(view).into_response())
+}
+
+/// Counts a take proposal as in flight until it is answered (or its request is dropped).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Deserialize)]
