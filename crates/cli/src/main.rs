@@ -167,12 +167,27 @@ pub fn fake_cloud(
 /// The server configuration from a node config file, and the number of demo workers.
 fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConfig, u32)> {
     let file = node_config::NodeConfig::load(path)?;
-    if file.dc_peers().count() > 1 {
-        anyhow::bail!(
-            "peers: datacenter {:?} lists several nodes; this build runs one node per datacenter",
-            file.dc
-        );
-    }
+    let me = file
+        .peers
+        .iter()
+        .find(|p| p.node == file.node)
+        .map(|p| p.id)
+        .unwrap_or(1);
+    let members: std::collections::BTreeMap<u64, coopr_server::Member> = file
+        .dc_peers()
+        .map(|p| {
+            (
+                p.id,
+                coopr_server::Member {
+                    node: p.node.clone(),
+                    api: p.api.clone(),
+                    internal: p.internal.clone(),
+                },
+            )
+        })
+        .collect();
+    // Internal calls are authenticated with the secret; a missing or short one is a config error.
+    let secret = file.secret()?;
     let admin_key = match &file.admin_key_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -182,8 +197,6 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
         ),
         None => None,
     };
-    // Internal calls are authenticated with the secret; a missing or short one is a config error.
-    file.secret()?;
     let workers = file.demo_workers;
     Ok((
         ServerConfig {
@@ -195,6 +208,10 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             task_timeout_ms: file.task_timeout_secs.saturating_mul(1000),
             demo: file.demo,
             admin_key,
+            node_id: me,
+            members,
+            internal_listen: Some(file.internal_addr),
+            secret: Some(secret),
             ..ServerConfig::default()
         },
         workers,
@@ -210,7 +227,16 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         if config.demo {
             let id = format!("demo-{}", config.node);
             let state = config.data_dir.join("fake-cloud.json");
-            demo::spawn_fake_workers(vec![handle.url()], &id, workers, &state, 0, stop.clone())?;
+            // The node's own API first; the others of its DC when it is unreachable.
+            let mut servers = vec![handle.url()];
+            servers.extend(
+                config
+                    .members
+                    .values()
+                    .filter(|m| m.node != config.node)
+                    .map(|m| m.api.clone()),
+            );
+            demo::spawn_fake_workers(servers, &id, workers, &state, 0, stop.clone())?;
         }
         let _ = stop.wait_for(|s| *s).await;
         handle.shutdown().await;
@@ -278,7 +304,7 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => {
-                init_tracing("info");
+                init_tracing("info,openraft=warn");
                 run_server(args).await
             }
             Command::InitCluster(args) => {

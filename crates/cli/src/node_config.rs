@@ -394,7 +394,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let endpoints = init_cluster(&args(dir.path(), 1, 3), "0123456789abcdef0123", "k").unwrap();
         let good = NodeConfig::load(&endpoints[0].config).unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut NodeConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut NodeConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("api_addr", Box::new(|c| c.api_addr = "nope".into())),
             ("shard_count", Box::new(|c| c.shard_count = 0)),
             ("node", Box::new(|c| c.node = "zz".into())),

@@ -146,6 +146,11 @@ pub enum ClientError {
 
 impl ClientError {
     /// Whether the same request may succeed later (unreachable server, server error).
+    /// A 401: the key is not (yet) known to the server, e.g. while a new deployment seeds it.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ClientError::Status { status: 401, .. })
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Unreachable { .. } => true,

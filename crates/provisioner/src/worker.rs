@@ -139,7 +139,8 @@ impl Runtime {
                     info!(server = %self.client.current_server(), capacity = self.config.capacity, "registered");
                     return Ok(true);
                 }
-                Err(e) if e.is_retryable() => {
+                // A 401 is retried too: a new deployment seeds its keys once it has a leader.
+                Err(e) if e.is_retryable() || e.is_unauthorized() => {
                     warn!(error = %e, "registration failed; retrying");
                     if shutdown.sleep(self.backoff()).await {
                         return Ok(false);

@@ -1,5 +1,6 @@
 //! Server configuration: one struct, validated, every option with its default.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -27,6 +28,29 @@ pub struct ServerConfig {
     /// The superadmin key to create at first start outside demo mode (else one is generated and
     /// written to `<data_dir>/admin-key`).
     pub admin_key: Option<String>,
+    /// This node's id in its DC log (default 1).
+    pub node_id: u64,
+    /// The members of this node's DC log, this node included: node id -> addresses. Empty (the
+    /// default) means a DC of this node alone, with no internal port.
+    pub members: BTreeMap<u64, Member>,
+    /// Address of the internal API (Raft RPCs), required when the DC has several members.
+    pub internal_listen: Option<String>,
+    /// Shared secret authenticating internal calls (required with several members).
+    pub secret: Option<String>,
+    /// Raft election timeout range, ms (defaults 300 and 600); heartbeats every min/3.
+    pub election_timeout_ms: (u64, u64),
+    /// Longest a write waits for a majority before failing with 503 (default 5000).
+    pub write_timeout_ms: u64,
+}
+
+/// One member of a DC log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub node: String,
+    /// User API base URL (`http://127.0.0.1:7100`): followers forward requests here.
+    pub api: String,
+    /// Internal API base URL: Raft RPCs go here.
+    pub internal: String,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +66,12 @@ impl Default for ServerConfig {
             snapshot_every: 10_000,
             demo: false,
             admin_key: None,
+            node_id: 1,
+            members: BTreeMap::new(),
+            internal_listen: None,
+            secret: None,
+            election_timeout_ms: (300, 600),
+            write_timeout_ms: 5_000,
         }
     }
 }
@@ -71,6 +101,29 @@ impl ServerConfig {
         }
         if self.dc.is_empty() || self.node.is_empty() {
             bail!("dc and node names must not be empty");
+        }
+        if !self.members.is_empty() {
+            if !self.members.contains_key(&self.node_id) {
+                bail!("node_id {} is not one of the members", self.node_id);
+            }
+            if self.members.len() > 1 && self.internal_listen.is_none() {
+                bail!("internal_listen is required when the DC has several members");
+            }
+            if self.members.len() > 1 && self.secret.as_ref().is_none_or(|s| s.len() < 16) {
+                bail!(
+                    "secret (at least 16 characters) is required when the DC has several members"
+                );
+            }
+        }
+        let (min, max) = self.election_timeout_ms;
+        if min < 50 || max <= min {
+            bail!("election_timeout_ms must be (min >= 50, max > min), got ({min}, {max})");
+        }
+        if self.write_timeout_ms < 100 {
+            bail!(
+                "write_timeout_ms must be at least 100, got {}",
+                self.write_timeout_ms
+            );
         }
         if let Some(key) = &self.admin_key {
             if key.len() < 8 {

@@ -1,87 +1,138 @@
-//! The write path of one node: proposals are batched by a single writer task, appended durably
-//! to the log (one fsync per batch: group commit), then applied to the in-memory state under a
-//! short write lock. Readers take a read lock and never wait for the disk.
+//! The write path of one node: the DC log. Every command is an entry of the datacenter's Raft
+//! group (`coopr-raft`); it is acknowledged once a majority of the DC's nodes persisted it and
+//! the leader applied it. Every node applies the same committed entries to its own copy of the
+//! state, which readers see through [`Core::read`].
 //!
 //! ```text
-//!  handler --propose(entry)--> [mpsc] --> writer task: batch <= MAX_BATCH
-//!                                             | append(batch) + fsync (blocking pool)
-//!                                             v
-//!                                         state.write(): apply each entry, answer each proposer
-//!                                             | every `snapshot_every` entries
-//!                                             v
-//!                                         install_snapshot (per-shard parts), log compacted
+//!  handler --propose(command)--> RaftHandle::write (leader only; followers forward requests)
+//!                                   | openraft: append + fsync on a majority, commit
+//!                                   v
+//!                      DcStateMachine::apply (every node, in log order)
+//!                                   | State::apply under a short write lock
+//!                                   v
+//!                      CommandResult bytes back to the proposer; Core::applied notified
 //! ```
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use coopr_state::{encode_entry, snapshot_of, Command, CommandResult, Entry, State};
-use coopr_store::{LogIndex, LogStore};
+use coopr_raft::{RaftHandle, StateMachine, WriteError};
+use coopr_state::{
+    decode_entry, decode_parts, encode_entry, encode_parts, Command, CommandError, CommandResult,
+    Entry, State,
+};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, Notify};
-
-/// Most entries in one durable batch.
-const MAX_BATCH: usize = 512;
-/// Proposals waiting for the writer before callers are told to back off.
-const QUEUE_CAPACITY: usize = 8192;
+use tokio::sync::Notify;
 
 #[derive(Debug, Error, Clone)]
 pub enum ProposeError {
+    /// This node is not the DC log's leader (any more); the request should go to the leader.
+    #[error("this node is not the leader; the leader is {leader:?}")]
+    NotLeader { leader: Option<u64> },
+    /// No majority of the DC's nodes answered in time; the write may or may not commit later.
+    #[error("no quorum in the datacenter log (waited {waited_ms} ms)")]
+    NoQuorum { waited_ms: u64 },
     #[error("the log is not writable: {0}")]
     Storage(String),
-    #[error("the server is shutting down")]
-    ShuttingDown,
-    #[error("too many pending writes")]
-    Overloaded,
 }
 
-struct Proposal {
-    entry: Entry,
-    reply: oneshot::Sender<Result<CommandResult, ProposeError>>,
+/// The state machine of the DC log: the coopr [`State`], shared with the readers.
+pub struct DcStateMachine {
+    state: Arc<RwLock<State>>,
+    shard_count: u32,
+    applied: Arc<Notify>,
+    applied_index: Arc<AtomicU64>,
+}
+
+impl StateMachine for DcStateMachine {
+    fn apply(&self, entries: &[(u64, &[u8])]) -> Vec<Vec<u8>> {
+        let mut responses = Vec::with_capacity(entries.len());
+        {
+            let mut state = self.state.write().expect("state lock poisoned");
+            for (index, bytes) in entries {
+                let result = match decode_entry(*index, bytes) {
+                    Ok(entry) => state.apply(&entry),
+                    // An entry this build cannot read changes nothing, on every node alike.
+                    Err(e) => Err(CommandError::invalid("undecodable_entry", e.to_string())),
+                };
+                metrics::counter!("coopr_commands_total", "result" => if result.is_ok() { "ok" } else { "rejected" })
+                    .increment(1);
+                responses.push(serde_json::to_vec(&result).expect("results serialize"));
+                self.applied_index.store(*index, Ordering::Release);
+            }
+        }
+        self.applied.notify_waiters();
+        responses
+    }
+
+    fn snapshot(&self) -> BTreeMap<u32, Vec<u8>> {
+        encode_parts(&self.state.read().expect("state lock poisoned"))
+    }
+
+    fn restore(&self, parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()> {
+        let restored = decode_parts(
+            parts.iter().map(|(k, v)| (*k, v.as_slice())),
+            self.shard_count,
+        )?;
+        *self.state.write().expect("state lock poisoned") = restored;
+        self.applied.notify_waiters();
+        Ok(())
+    }
 }
 
 /// Shared state of one server node.
 pub struct Core {
-    state: RwLock<State>,
-    store: Arc<dyn LogStore>,
-    proposals: mpsc::Sender<Proposal>,
+    state: Arc<RwLock<State>>,
+    raft: RaftHandle,
     /// Signalled whenever entries were applied (task queue or job state may have changed).
-    pub applied: Notify,
-    applied_index: std::sync::atomic::AtomicU64,
+    pub applied: Arc<Notify>,
+    applied_index: Arc<AtomicU64>,
 }
 
 impl Core {
-    /// Starts the writer task. `last_index` is the index of the last entry already in `state`.
-    pub fn start(
-        state: State,
-        store: Arc<dyn LogStore>,
-        last_index: LogIndex,
-        snapshot_every: u64,
-    ) -> Arc<Core> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let core = Arc::new(Core {
-            state: RwLock::new(state),
-            store,
-            proposals: tx,
-            applied: Notify::new(),
-            applied_index: last_index.into(),
+    /// The state machine to hand to the Raft group, and the pieces [`Core::new`] shares with it.
+    pub fn state_machine(shard_count: u32) -> (Arc<DcStateMachine>, CoreParts) {
+        let parts = CoreParts {
+            state: Arc::new(RwLock::new(State::new(shard_count))),
+            applied: Arc::new(Notify::new()),
+            applied_index: Arc::new(AtomicU64::new(0)),
+        };
+        let sm = Arc::new(DcStateMachine {
+            state: parts.state.clone(),
+            shard_count,
+            applied: parts.applied.clone(),
+            applied_index: parts.applied_index.clone(),
         });
-        tokio::spawn(writer(Arc::downgrade(&core), rx, snapshot_every.max(1)));
-        core
+        (sm, parts)
     }
 
-    /// A consistent view of the state. Never hold it across an `.await`.
+    pub fn new(parts: CoreParts, raft: RaftHandle) -> Arc<Core> {
+        Arc::new(Core {
+            state: parts.state,
+            raft,
+            applied: parts.applied,
+            applied_index: parts.applied_index,
+        })
+    }
+
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    /// A consistent view of the local copy of the state. Never hold it across an `.await`.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         // A poisoned lock means a panic inside apply, which is an invariant violation: stop.
         self.state.read().expect("state lock poisoned")
     }
 
-    pub fn applied_index(&self) -> LogIndex {
-        self.applied_index
-            .load(std::sync::atomic::Ordering::Acquire)
+    /// Index of the last entry applied to the local state.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
     }
 
-    /// Appends a command durably and applies it; returns its outcome.
+    /// Commits a command in the DC log and returns its outcome (leader only).
     pub async fn propose(
         &self,
         command: Command,
@@ -92,15 +143,28 @@ impl Core {
             idempotency_key,
             command,
         };
-        let (reply, answer) = oneshot::channel();
-        self.proposals
-            .try_send(Proposal { entry, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => ProposeError::ShuttingDown,
-            })?;
-        answer.await.map_err(|_| ProposeError::ShuttingDown)?
+        let started = Instant::now();
+        let written = self.raft.write(encode_entry(&entry)).await;
+        metrics::histogram!("coopr_commit_seconds").record(started.elapsed().as_secs_f64());
+        match written {
+            Ok((_, bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| ProposeError::Storage(format!("unreadable result: {e}"))),
+            Err(WriteError::ForwardToLeader { leader_id, .. }) => {
+                Err(ProposeError::NotLeader { leader: leader_id })
+            }
+            Err(WriteError::NoQuorum { waited_ms } | WriteError::Timeout { waited_ms }) => {
+                Err(ProposeError::NoQuorum { waited_ms })
+            }
+            Err(WriteError::Fatal(e)) => Err(ProposeError::Storage(e)),
+        }
     }
+}
+
+/// What [`Core::state_machine`] shares between the state machine and the core.
+pub struct CoreParts {
+    state: Arc<RwLock<State>>,
+    applied: Arc<Notify>,
+    applied_index: Arc<AtomicU64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -108,68 +172,4 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-async fn writer(
-    core: std::sync::Weak<Core>,
-    mut rx: mpsc::Receiver<Proposal>,
-    snapshot_every: u64,
-) {
-    let mut since_snapshot = 0u64;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let Some(core) = core.upgrade() else { return };
-        let bytes: Vec<Vec<u8>> = batch.iter().map(|p| encode_entry(&p.entry)).collect();
-        let store = core.store.clone();
-        let started = Instant::now();
-        let appended = tokio::task::spawn_blocking(move || store.append(&bytes)).await;
-        metrics::histogram!("coopr_log_append_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("coopr_log_batch_entries").record(batch.len() as f64);
-        let last_index = match appended {
-            Ok(Ok(last)) => last,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "log append failed; rejecting the batch");
-                for p in batch {
-                    let _ = p.reply.send(Err(ProposeError::Storage(e.to_string())));
-                }
-                continue;
-            }
-            Err(e) => {
-                for p in batch {
-                    let _ = p.reply.send(Err(ProposeError::Storage(e.to_string())));
-                }
-                continue;
-            }
-        };
-        let count = batch.len() as u64;
-        {
-            let mut state = core.state.write().expect("state lock poisoned");
-            for p in batch {
-                let outcome = state.apply(&p.entry);
-                metrics::counter!("coopr_commands_total", "result" => if outcome.is_ok() { "ok" } else { "rejected" })
-                    .increment(1);
-                let _ = p.reply.send(Ok(outcome));
-            }
-            core.applied_index
-                .store(last_index, std::sync::atomic::Ordering::Release);
-        }
-        core.applied.notify_waiters();
-        since_snapshot += count;
-        if since_snapshot >= snapshot_every {
-            since_snapshot = 0;
-            let snapshot = snapshot_of(&core.read(), last_index);
-            let store = core.store.clone();
-            match tokio::task::spawn_blocking(move || store.install_snapshot(&snapshot)).await {
-                Ok(Ok(())) => tracing::info!(last_index, "snapshot installed, log compacted"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed; the log keeps growing"),
-                Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
-            }
-        }
-    }
 }

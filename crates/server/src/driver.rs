@@ -3,7 +3,7 @@
 //! heartbeating, so their tasks are retried by other workers.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coopr_state::Command;
 use tokio::sync::watch;
@@ -14,11 +14,52 @@ use crate::App;
 /// Longest sleep between checks.
 const TICK: Duration = Duration::from_millis(200);
 
+/// What a node does when it becomes the DC log's leader: it starts timing provisioners from
+/// now and seeds whatever first-start data is missing.
+pub async fn become_leader(app: &App) -> anyhow::Result<()> {
+    crate::seed::bootstrap(app).await?;
+    if let Ok(mut since) = app.leader_since.lock() {
+        *since = Some(Instant::now());
+    }
+    metrics::counter!("coopr_leadership_acquired_total").increment(1);
+    tracing::info!(node = %app.config.node, "leading the DC log: job engine running here");
+    Ok(())
+}
+
 pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let mut last_term = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let status = app.core.raft().status();
+        if status.term != last_term {
+            if last_term != 0 {
+                metrics::counter!("coopr_elections_total").increment(1);
+            }
+            last_term = status.term;
+        }
+        // The job engine (timeouts, provisioner liveness, seeding) runs on the leader only,
+        // driven by committed state; it moves with leadership.
+        if !app.core.raft().is_leader() {
+            if let Ok(mut since) = app.leader_since.lock() {
+                if since.take().is_some() {
+                    tracing::info!(node = %app.config.node, "no longer leading the DC log");
+                }
+            }
+            continue;
+        }
+        let leading = app
+            .leader_since
+            .lock()
+            .map(|l| l.is_some())
+            .unwrap_or(false);
+        if !leading {
+            if let Err(e) = become_leader(&app).await {
+                tracing::warn!(error = %e, "could not take up leadership duties yet");
+                continue;
+            }
         }
         let due = app
             .core

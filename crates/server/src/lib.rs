@@ -1,13 +1,13 @@
-//! The coopr server on one node: the REST API (`api`), the write path (`core`: log, apply,
-//! snapshots) and the job driver (`driver`: task timeouts, dead provisioners).
+//! The coopr server on one node: the REST API (`api`), the write path (`core`: the DC log on
+//! Raft), the job driver (`driver`: runs on the DC log's leader only) and first-start seeding.
 //!
 //! ```text
-//!  HTTP (axum) --> api::* handlers --validate--> Core::propose(Command)
-//!                        ^                              | group commit: LogStore::append + fsync
-//!                        |                              v
-//!                  Core::read() <------------- State::apply (coopr-state, deterministic)
-//!                                                       ^
-//!  driver: every tick, ExpireTasks / ReleaseProvisioner-'
+//!  HTTP (axum) --> route_to_leader: follower? forward the write to the leader's API
+//!                        |
+//!                  api::* handlers --validate--> Core::propose(Command) --> Raft (majority fsync)
+//!                        ^                                                     |
+//!                  Core::read() <---- local State <---- DcStateMachine::apply (every node)
+//!  driver (leader only): seed, ExpireTasks, ReleaseProvisioner --> Core::propose
 //! ```
 
 pub mod api;
@@ -16,21 +16,21 @@ pub mod core;
 pub mod driver;
 pub mod seed;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use coopr_state::{recover, CommandResult};
-use coopr_store::{LogStore, RedbStore};
+use coopr_raft::{RaftConfig, RaftHandle, RaftStores};
+use coopr_state::CommandResult;
 use coopr_types::{ClusterStatus, ShardId};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::ServerConfig;
+pub use crate::config::{Member, ServerConfig};
 use crate::core::Core;
 
 /// Everything a request handler needs.
@@ -40,7 +40,10 @@ pub struct App {
     pub metrics: PrometheusHandle,
     heartbeats: Mutex<HashMap<String, Instant>>,
     next_shard: AtomicU32,
-    started: Instant,
+    /// Since when this node leads the DC log (the job engine runs only then).
+    pub leader_since: Mutex<Option<Instant>>,
+    /// Client used to forward requests to the leader.
+    pub forwarder: reqwest::Client,
     /// Take proposals not yet answered (so idle polls do not race for the same task).
     pub takes_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -68,14 +71,21 @@ impl App {
         }
     }
 
-    /// When the provisioner was last heard from (or the server started, whichever is later).
+    /// When the provisioner was last heard from, or this node became leader, whichever is later
+    /// (heartbeats go to the leader, so a new leader gives every provisioner a full timeout).
     pub fn last_heard(&self, provisioner: &str) -> Instant {
+        let since = self
+            .leader_since
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .unwrap_or_else(Instant::now);
         let heard = self
             .heartbeats
             .lock()
             .ok()
             .and_then(|m| m.get(provisioner).copied());
-        heard.map_or(self.started, |h| h.max(self.started))
+        heard.map_or(since, |h| h.max(since))
     }
 
     /// Sets the gauges that are computed from the state at scrape time.
@@ -92,6 +102,18 @@ impl App {
         metrics::gauge!("coopr_tasks_queued").set(state.queued_tasks().count() as f64);
         metrics::gauge!("coopr_provisioners").set(state.local.provisioners.len() as f64);
         metrics::gauge!("coopr_log_applied_index").set(self.core.applied_index() as f64);
+        let raft = self.core.raft().status();
+        metrics::gauge!("coopr_raft_term").set(raft.term as f64);
+        metrics::gauge!("coopr_raft_is_leader").set(if self.core.raft().is_leader() {
+            1.0
+        } else {
+            0.0
+        });
+        let lag = raft
+            .last_log_index
+            .unwrap_or(0)
+            .saturating_sub(raft.last_applied.unwrap_or(0));
+        metrics::gauge!("coopr_raft_apply_lag_entries").set(lag as f64);
     }
 }
 
@@ -113,10 +135,11 @@ fn metrics_handle() -> PrometheusHandle {
 /// A running server.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// The internal API (Raft RPCs), when the DC has several members.
+    pub internal_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    driver: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -124,51 +147,71 @@ impl ServerHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting requests and waits for the server and driver tasks to end, so that the
-    /// store is released (a restart on the same data dir can open it again).
+    /// Stops accepting requests, stops the DC log and waits for every task to end, so that the
+    /// stores are released (a restart on the same data dir can open them again).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
-        let _ = self.driver.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.app.core.raft().clone().shutdown().await;
     }
 }
 
-/// Opens the data directory, recovers the state and starts serving.
+/// How long a server of a single-member DC waits at start for its own election.
+const SINGLE_NODE_ELECTION_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the data directory, joins (or bootstraps) the DC log and starts serving.
 pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let path = config.data_dir.join("coopr.redb");
-    let store: Arc<dyn LogStore> = Arc::new(
-        tokio::task::spawn_blocking(move || RedbStore::open(&path))
-            .await?
-            .context("cannot open the local store")?,
-    );
-    start_with_store(config, store).await
-}
+    let raft_dir = config.data_dir.join("raft");
+    let stores = tokio::task::spawn_blocking(move || RaftStores::open(&raft_dir))
+        .await?
+        .context("cannot open the DC log's stores")?;
+    let (state_machine, parts) = Core::state_machine(config.shard_count);
+    let members: BTreeMap<u64, String> = if config.members.is_empty() {
+        // A DC of one: no peer ever calls this address.
+        BTreeMap::from([(config.node_id, "http://127.0.0.1:1".to_string())])
+    } else {
+        config
+            .members
+            .iter()
+            .map(|(id, m)| (*id, m.internal.clone()))
+            .collect()
+    };
+    let single = members.len() == 1;
+    let secret = config.secret.clone().unwrap_or_else(new_secret);
+    let mut raft_config = RaftConfig::new(config.node_id, members, secret);
+    raft_config.group = format!("dc-{}", config.dc);
+    raft_config.snapshot_every = config.snapshot_every;
+    raft_config.election_timeout_min_ms = config.election_timeout_ms.0;
+    raft_config.election_timeout_max_ms = config.election_timeout_ms.1;
+    raft_config.heartbeat_interval_ms = (config.election_timeout_ms.0 / 3).max(10);
+    raft_config.write_timeout_ms = config.write_timeout_ms;
+    let raft = coopr_raft::start(raft_config, stores, state_machine)
+        .await
+        .context("cannot start the DC log")?;
+    let (shutdown, stop) = watch::channel(false);
+    let mut tasks = Vec::new();
 
-/// Starts a server on a given store (tests use an in-memory one).
-pub async fn start_with_store(
-    config: ServerConfig,
-    store: Arc<dyn LogStore>,
-) -> anyhow::Result<ServerHandle> {
-    config.validate()?;
-    let shard_count = config.shard_count;
-    let recover_store = store.clone();
-    let recovered =
-        tokio::task::spawn_blocking(move || recover(recover_store.as_ref(), shard_count)).await??;
-    tracing::info!(
-        last_index = recovered.last_index,
-        replayed = recovered.replayed,
-        clusters = recovered.state.clusters().count(),
-        "state recovered"
-    );
-    let core = Core::start(
-        recovered.state,
-        store,
-        recovered.last_index,
-        config.snapshot_every,
-    );
+    let internal_addr = match &config.internal_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let local = listener.local_addr()?;
+            tasks.push(serve(
+                listener,
+                coopr_raft::router(raft.clone()),
+                stop.clone(),
+            ));
+            Some(local)
+        }
+        None => None,
+    };
+    let core = Core::new(parts, raft.clone());
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -179,29 +222,69 @@ pub async fn start_with_store(
         heartbeats: Mutex::new(HashMap::new()),
         next_shard: AtomicU32::new(0),
         takes_in_flight: Default::default(),
-        started: Instant::now(),
+        leader_since: Mutex::new(None),
+        forwarder: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")?,
         config,
     });
-    seed::bootstrap(&app).await?;
-    let (shutdown, mut stop) = watch::channel(false);
-    let driver = tokio::spawn(driver::run(app.clone(), shutdown.subscribe()));
-    let router = api::router(app.clone());
-    let task = tokio::spawn(async move {
+    // The DC bootstraps once its configured members are reachable; a restarted node rejoins.
+    tasks.push(tokio::spawn(bootstrap_dc(raft.clone(), stop.clone())));
+    if single {
+        // A DC of one elects itself at once; wait for that and seed, so the node is ready when
+        // `start` returns.
+        let mut leader = raft.watch_leader();
+        let _ =
+            tokio::time::timeout(SINGLE_NODE_ELECTION_WAIT, leader.wait_for(|l| l.is_some())).await;
+        if raft.is_leader() {
+            driver::become_leader(&app).await?;
+        }
+    }
+    tasks.push(tokio::spawn(driver::run(app.clone(), stop.clone())));
+    tasks.push(serve(listener, api::router(app.clone()), stop));
+    tracing::info!(%addr, ?internal_addr, dc = %app.config.dc, node = %app.config.node, "coopr server listening");
+    Ok(ServerHandle {
+        addr,
+        internal_addr,
+        app,
+        shutdown,
+        tasks,
+    })
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "server stopped");
         }
-    });
-    tracing::info!(%addr, dc = %app.config.dc, node = %app.config.node, "coopr server listening");
-    Ok(ServerHandle {
-        addr,
-        app,
-        shutdown,
-        task,
-        driver,
     })
+}
+
+/// Initializes the DC log once its members answer (retrying), unless it already is.
+async fn bootstrap_dc(raft: RaftHandle, mut stop: watch::Receiver<bool>) {
+    loop {
+        match raft.initialize_if_needed().await {
+            Ok(initialized) => {
+                if initialized {
+                    tracing::info!("DC log initialized");
+                }
+                return;
+            }
+            Err(e) => tracing::info!(error = %e, "DC log not initialized yet; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// A fresh UUID-shaped identifier (tenant IDs). Not cryptographic.

@@ -62,11 +62,13 @@ impl From<CommandError> for ApiError {
 
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
-        let mut err = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        );
+        // All retryable: the client retries (with its Idempotency-Key) after the hint.
+        let code = match e {
+            ProposeError::NotLeader { .. } => "not_leader",
+            ProposeError::NoQuorum { .. } => "no_quorum",
+            ProposeError::Storage(_) => "unavailable",
+        };
+        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string());
         err.retry_after_s = Some(1);
         err
     }

@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod clusters;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod lenient;
 pub mod provisioners;
 pub mod tenants;
@@ -34,8 +35,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/status", get(status))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v2/admin/dump", get(dump))
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            forward::route_to_leader,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -101,20 +107,56 @@ async fn not_found() -> ApiError {
 }
 
 async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let raft = app.core.raft().status();
+    let leader = raft.leader.map(|id| {
+        app.config
+            .members
+            .get(&id)
+            .map_or_else(|| app.config.node.clone(), |m| m.node.clone())
+    });
     Json(json!({
         "status": "OK",
         "dc": app.config.dc,
         "node": app.config.node,
-        "role": "leader",
-        "leader": app.config.node,
-        "term": 0,
-        "last_applied": app.core.applied_index(),
+        "node_id": raft.node_id,
+        "role": raft.role,
+        "leader": leader,
+        "leader_id": raft.leader,
+        "term": raft.term,
+        "last_applied": raft.last_applied,
+        "last_log_index": raft.last_log_index,
+        "snapshot_index": raft.snapshot_index,
     }))
 }
 
+/// 200 only while the node's DC log has a leader (for load balancers).
 async fn ready(State(app): State<Arc<App>>) -> Response {
-    // A single node is its own DC leader; it is ready once its state is loaded (it is, to answer).
-    Json(json!({"ready": true, "dc": app.config.dc, "node": app.config.node})).into_response()
+    let raft = app.core.raft().status();
+    let body = json!({"ready": raft.leader.is_some(), "dc": app.config.dc, "node": app.config.node, "leader_id": raft.leader});
+    let status = if raft.leader.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The node's local copy of every shard, canonical (sorted maps), for comparing replicas:
+/// `{"<part>": <shard JSON>}` (superadmin).
+async fn dump(
+    State(app): State<Arc<App>>,
+    caller: extract::Caller,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller.require_superadmin()?;
+    let parts = coopr_state::encode_parts(&app.core.read());
+    let mut out = serde_json::Map::new();
+    for (part, bytes) in parts {
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        out.insert(part.to_string(), value);
+    }
+    Ok(Json(serde_json::Value::Object(out)))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
