@@ -212,6 +212,9 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             members,
             internal_listen: Some(file.internal_addr),
             secret: Some(secret),
+            snapshot_every: file.snapshot_every,
+            election_timeout_ms: (file.election_timeout_min_ms, file.election_timeout_max_ms),
+            write_timeout_ms: file.write_timeout_ms,
             ..ServerConfig::default()
         },
         workers,

@@ -51,6 +51,17 @@ pub struct NodeConfig {
     /// Fake-cloud workers run inside the server in demo mode. Default 4.
     #[serde(default = "default_demo_workers")]
     pub demo_workers: u32,
+    /// DC log entries between snapshots (older entries are then dropped). Default 10000.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// Raft election timeout range in ms; heartbeats every min/3. Defaults 300 and 600.
+    #[serde(default = "default_election_min")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_max")]
+    pub election_timeout_max_ms: u64,
+    /// Longest a write waits for a majority of the DC before a 503. Default 5000.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_ms: u64,
     /// File with the superadmin key created at first start. Default: none (generated).
     #[serde(default)]
     pub admin_key_file: Option<PathBuf>,
@@ -64,6 +75,22 @@ fn default_shards() -> u32 {
 
 fn default_task_timeout() -> u64 {
     600
+}
+
+fn default_snapshot_every() -> u64 {
+    10_000
+}
+
+fn default_election_min() -> u64 {
+    300
+}
+
+fn default_election_max() -> u64 {
+    600
+}
+
+fn default_write_timeout() -> u64 {
+    5_000
 }
 
 fn default_demo_workers() -> u32 {
@@ -134,6 +161,21 @@ impl NodeConfig {
         }
         if self.task_timeout_secs == 0 {
             bail!("task_timeout_secs: must be positive");
+        }
+        if self.snapshot_every == 0 {
+            bail!("snapshot_every: must be positive");
+        }
+        if self.election_timeout_min_ms < 50 {
+            bail!(
+                "election_timeout_min_ms: {} is below 50",
+                self.election_timeout_min_ms
+            );
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            bail!("election_timeout_max_ms: must exceed election_timeout_min_ms");
+        }
+        if self.write_timeout_ms < 100 {
+            bail!("write_timeout_ms: {} is below 100", self.write_timeout_ms);
         }
         if !(1..=1024).contains(&self.demo_workers) {
             bail!("demo_workers: {} is outside 1..=1024", self.demo_workers);
@@ -295,6 +337,10 @@ pub fn init_cluster(
             task_timeout_secs: default_task_timeout(),
             demo: args.demo,
             demo_workers: default_demo_workers(),
+            snapshot_every: default_snapshot_every(),
+            election_timeout_min_ms: default_election_min(),
+            election_timeout_max_ms: default_election_max(),
+            write_timeout_ms: default_write_timeout(),
             admin_key_file: Some(PathBuf::from("admin-key")),
             peers: peers.clone(),
         };
