@@ -1,10 +1,11 @@
 //! `coopr demo`: a server seeded with the demo tenant and the example catalog, plus provisioner
 //! workers backed by the built-in fake cloud, in one process. Reuses its data dir on restart.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use coopr_provisioner::{PluginRegistry, ProvisionerConfig};
-use coopr_server::ServerConfig;
+use coopr_server::{Member, ServerConfig};
 use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]
@@ -12,13 +13,16 @@ pub struct DemoArgs {
     /// Number of datacenters (1 until cross-datacenter replication exists).
     #[arg(long, default_value_t = 1)]
     dcs: u32,
-    /// The user API listens on this port (node i of DC d: base + 10*d + i).
+    /// Nodes in the datacenter (1, 3 or 5), forming its Raft log.
+    #[arg(long, default_value_t = 1)]
+    nodes_per_dc: u32,
+    /// The user API listens on this port (node i of DC d: base + 10*d + i; internal API +5).
     #[arg(long, default_value_t = 55054)]
     base_port: u16,
     /// Where the demo keeps its data (reused when restarted).
     #[arg(long, default_value = "coopr-demo")]
     data_dir: PathBuf,
-    /// Fake-cloud workers.
+    /// Fake-cloud workers per node.
     #[arg(long, default_value_t = 8)]
     workers: u32,
     /// Default latency of each fake-cloud operation (ms), so progress is visible.
@@ -33,27 +37,78 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
             args.dcs
         );
     }
+    if ![1, 3, 5].contains(&args.nodes_per_dc) {
+        anyhow::bail!("--nodes-per-dc must be 1, 3 or 5");
+    }
+    if u32::from(args.base_port) + 5 + args.nodes_per_dc > 65_535 {
+        anyhow::bail!("--base-port {} is too high", args.base_port);
+    }
     std::fs::create_dir_all(&args.data_dir)?;
-    let config = ServerConfig {
-        data_dir: args.data_dir.join("a1"),
-        listen: format!("127.0.0.1:{}", args.base_port),
-        demo: true,
-        ..ServerConfig::default()
+    let port = |offset: u32| u32::from(args.base_port) + offset;
+    let members: BTreeMap<u64, Member> = if args.nodes_per_dc == 1 {
+        BTreeMap::new()
+    } else {
+        (0..args.nodes_per_dc)
+            .map(|i| {
+                let member = Member {
+                    node: format!("a{}", i + 1),
+                    api: format!("http://127.0.0.1:{}", port(i)),
+                    internal: format!("http://127.0.0.1:{}", port(5 + i)),
+                };
+                (u64::from(i) + 1, member)
+            })
+            .collect()
     };
-    let server = coopr_server::start(config).await?;
-    let url = server.url();
-    let workers = spawn_fake_workers(
-        vec![url.clone()],
-        "demo-a1",
-        args.workers,
-        &args.data_dir.join("fake-cloud.json"),
+    // The nodes of one process share a secret made anew at each start.
+    let secret = format!(
+        "{}{}",
+        coopr_server::new_secret(),
+        coopr_server::new_secret()
+    );
+    let starts = (0..args.nodes_per_dc).map(|i| {
+        let node = format!("a{}", i + 1);
+        let config = ServerConfig {
+            node: node.clone(),
+            node_id: u64::from(i) + 1,
+            data_dir: args.data_dir.join(&node),
+            listen: format!("127.0.0.1:{}", port(i)),
+            internal_listen: (args.nodes_per_dc > 1).then(|| format!("127.0.0.1:{}", port(5 + i))),
+            members: members.clone(),
+            secret: Some(secret.clone()),
+            demo: true,
+            ..ServerConfig::default()
+        };
+        coopr_server::start(config)
+    });
+    let mut servers = Vec::new();
+    for started in futures_join(starts).await {
+        servers.push(started?);
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    // One simulated cloud, shared by every node's workers (they run in this process).
+    let cloud = crate::fake_cloud(
+        Some(&args.data_dir.join("fake-cloud.json")),
         args.fake_latency_ms,
-        shutdown.clone(),
+        0.0,
     )?;
-
+    let mut workers = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        // Each node's workers talk to their node first and to the others when it is down.
+        let mut order = vec![url.clone()];
+        order.extend(urls.iter().filter(|u| *u != url).cloned());
+        let id = format!("demo-a{}", i + 1);
+        workers.push(spawn_workers(
+            order,
+            &id,
+            args.workers,
+            cloud.clone(),
+            shutdown.clone(),
+        )?);
+    }
+    let url = &urls[0];
     println!(
-        "coopr demo: datacenter a, node a1, user API at {url}\n\
-         data dir {} (reused on restart); {} fake-cloud workers\n\n\
+        "coopr demo: datacenter a, {} node(s), user API at {}\n\
+         data dir {} (reused on restart); {} fake-cloud workers per node\n\n\
          Try:\n  \
          export COOPR_SERVER={url} COOPR_TENANT=demo COOPR_USER=demo COOPR_API_KEY=demo-key\n  \
          coopr cluster create web --template lamp --machines 3 --wait\n  \
@@ -61,17 +116,43 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
          coopr cluster show <id>\n  \
          coopr cluster delete <id> --wait\n\n\
          Or with curl:\n  \
-         curl -s -H 'Coopr-UserID: demo' -H 'Coopr-TenantID: demo' -H 'Coopr-ApiKey: demo-key' {url}/v2/clustertemplates\n\
+         curl -s -H 'Coopr-UserID: demo' -H 'Coopr-TenantID: demo' -H 'Coopr-ApiKey: demo-key' {url}/v2/clustertemplates\n  \
+         curl -s {url}/status   # role, leader, term of the DC log\n\
          Superadmin: tenant superadmin, user admin, key admin-key. Metrics: {url}/metrics\n\
          Ctrl-C stops the demo.",
+        args.nodes_per_dc,
+        urls.join(", "),
         args.data_dir.display(),
         args.workers,
     );
     let mut stop = shutdown;
     let _ = stop.wait_for(|s| *s).await;
-    server.shutdown().await;
-    let _ = workers.await;
+    for server in servers {
+        server.shutdown().await;
+    }
+    for w in workers {
+        let _ = w.await;
+    }
     Ok(())
+}
+
+/// Runs futures concurrently and returns their outputs in order (the nodes of a DC must start
+/// together: each waits for the others to form the DC log).
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(v) => out.push(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    out
 }
 
 /// Runs fake-cloud provisioner workers inside this process, authenticating with the demo
@@ -85,6 +166,16 @@ pub fn spawn_fake_workers(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let cloud = crate::fake_cloud(Some(cloud_state), latency_ms, 0.0)?;
+    spawn_workers(servers, id, workers, cloud, shutdown)
+}
+
+fn spawn_workers(
+    servers: Vec<String>,
+    id: &str,
+    workers: u32,
+    cloud: coopr_provisioner::FakeCloud,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let mut provisioner = ProvisionerConfig::new(servers, id, PluginRegistry::with_builtins(cloud));
     provisioner.capacity = workers;
     provisioner.api_key = Some(coopr_server::seed::DEMO_ADMIN_KEY.to_string());
