@@ -11,6 +11,7 @@ use coopr_types::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::replication::Record;
 use crate::CommandError;
 
 /// One log entry: a command plus the context that makes applying it deterministic.
@@ -153,6 +154,20 @@ pub enum Command {
     },
     UnregisterProvisioner {
         id: String,
+    },
+
+    // ---- replication (DESIGN section 4; see `crate::replication`)
+    /// Drops a shard's outbox records through `through_seq`: every replica acknowledged them.
+    TrimOutbox {
+        shard: ShardId,
+        through_seq: u64,
+    },
+    /// Applies a batch of another DC's records to the local replica of `shard` and moves its
+    /// watermark, in one entry: all or nothing, exactly once.
+    ApplyReplicationBatch {
+        from_dc: String,
+        shard: ShardId,
+        records: Vec<Record>,
     },
 }
 

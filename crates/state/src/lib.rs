@@ -4,11 +4,14 @@
 //! the state is a pure function of the log. [`persist`] ties a state to a
 //! [`coopr_store::LogStore`]: entries are appended durably, then applied; snapshots are per shard,
 //! and recovery replays the log after the snapshot. This seam is where a Raft log replaces the local log.
+//! [`replication`] holds the records the state machine emits for other DCs (in the same step as
+//! the change they describe) and the replica side that applies them.
 
 pub mod command;
 pub mod error;
 pub mod machine;
 pub mod persist;
+pub mod replication;
 
 pub use command::*;
 pub use error::CommandError;
@@ -16,4 +19,8 @@ pub use machine::*;
 pub use persist::{
     decode_entry, decode_parts, encode_entry, encode_parts, recover, snapshot_of, PersistError,
     Recovered,
+};
+pub use replication::{
+    ApplyError, ClusterShardView, ClusterView, GlobalRecord, GlobalView, InFlight, Outbox,
+    Position, Record, RecordKind, ReplicaShard,
 };

@@ -20,14 +20,19 @@ use coopr_engine::job::{cluster_status_after, JobEffect, JobRun};
 use coopr_engine::planner::{plan, PlanInput, PlannedTask};
 use coopr_types::{
     Account, ApiKey, Cluster, ClusterAction, ClusterId, ClusterStatus, EntityKind, JobId,
-    JobStatus, Node, NodeAction, NodeId, NodeProperties, Service, ShardId, TaskId, TaskOwner,
-    TaskStatus, Tenant,
+    JobStatus, Node, NodeAction, NodeId, NodeProperties, Service, ShardId, TaskId, TaskName,
+    TaskOwner, TaskStatus, Tenant,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::{
     ClusterSpec, Command, CommandResult, Entry, Outcome, ProvisionerInfo, TaskResult,
+};
+use crate::replication::{
+    compact_stage, to_value, ApplyError, Checkpoint, ClusterRow, ClusterShardView, ClusterView,
+    GlobalRecord, GlobalView, InFlight, JobSummary, NodeOutcome, Outbox, PlanStep, RecordKind,
+    ReplicaShard, ReplicatedNode, OUTBOX_CAPACITY,
 };
 use crate::CommandError;
 
@@ -60,6 +65,56 @@ impl TenantCatalog {
             .unwrap_or_default()
     }
 
+    /// Stores `body` as `version` of an entity.
+    pub fn put_version(&mut self, kind: EntityKind, name: &str, version: u32, body: Value) {
+        self.entities
+            .entry(kind)
+            .or_default()
+            .entry(name.to_string())
+            .or_default()
+            .insert(version, body);
+    }
+
+    /// Deletes one version of an entity, or all of them (`None`).
+    pub fn delete(&mut self, kind: EntityKind, name: &str, version: Option<u32>) {
+        let Some(by_name) = self.entities.get_mut(&kind) else {
+            return;
+        };
+        match version {
+            None => {
+                by_name.remove(name);
+            }
+            Some(v) => {
+                if let Some(versions) = by_name.get_mut(name) {
+                    versions.remove(&v);
+                    if versions.is_empty() {
+                        by_name.remove(name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces every entity of the given kinds by these, each at version 1.
+    pub fn import(&mut self, entities: &BTreeMap<EntityKind, Vec<Value>>) {
+        for (kind, bodies) in entities {
+            let by_name = self.entities.entry(*kind).or_default();
+            by_name.clear();
+            for body in bodies {
+                let name = body
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let mut body = body.clone();
+                if let Value::Object(map) = &mut body {
+                    map.insert("version".into(), Value::from(1));
+                }
+                by_name.entry(name).or_default().insert(1, body);
+            }
+        }
+    }
+
     /// The latest services, parsed (entities that fail to parse are skipped; they were validated on write).
     pub fn services(&self) -> BTreeMap<String, Service> {
         self.list(EntityKind::Services)
@@ -70,13 +125,16 @@ impl TenantCatalog {
     }
 }
 
-/// The global shard: tenants, hashed API keys, catalogs. Replicated to every DC (later).
+/// The global shard: tenants, hashed API keys, catalogs. Replicated to every DC.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GlobalShard {
     pub tenants: BTreeMap<String, Tenant>,
     /// By key hash.
     pub api_keys: BTreeMap<String, ApiKey>,
     pub catalogs: BTreeMap<String, TenantCatalog>,
+    /// Records for the replicas of this shard.
+    #[serde(default)]
+    pub replication: Outbox,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +146,19 @@ pub struct ClusterRecord {
     pub next_job_seq: u32,
     /// The services catalog as of the latest operation (the planner's input).
     pub service_defs: BTreeMap<String, Service>,
+    /// The operation in flight as the replicas know it (set by its `OperationStarted`, cleared
+    /// by its `OperationFinished`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipped: Option<ShippedOperation>,
+}
+
+/// An in-flight operation as shipped: its restart state, and the nodes as it started plus its
+/// checkpoints. Task results that are not replicated change the live nodes, not these, so the
+/// owner's [`State::replicated_view`] of a cluster in flight is what its records built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShippedOperation {
+    pub operation: InFlight,
+    pub nodes: BTreeMap<NodeId, ReplicatedNode>,
 }
 
 impl ClusterRecord {
@@ -105,6 +176,9 @@ impl ClusterRecord {
 pub struct ClusterShard {
     pub next_n: u64,
     pub clusters: BTreeMap<ClusterId, ClusterRecord>,
+    /// Records for the replicas of this shard.
+    #[serde(default)]
+    pub replication: Outbox,
 }
 
 /// State that never leaves the DC: provisioner registrations and the idempotency table.
@@ -121,6 +195,8 @@ pub struct State {
     pub global: GlobalShard,
     pub shards: BTreeMap<ShardId, ClusterShard>,
     pub local: LocalState,
+    /// Shards this DC holds as a replica of another DC (cluster shards and the global shard).
+    pub replicas: BTreeMap<ShardId, ReplicaShard>,
     /// Derived (rebuilt on load): tasks that can be handed out, and jobs not yet finished.
     ready: BTreeSet<TaskId>,
     active_jobs: BTreeSet<JobId>,
@@ -128,7 +204,8 @@ pub struct State {
 
 impl State {
     pub fn new(shard_count: u32) -> State {
-        assert!(shard_count > 0);
+        // Snapshot part ids of replicas sit above 2^31 (see `persist`).
+        assert!(shard_count > 0 && shard_count < 1 << 31);
         State {
             shard_count,
             global: GlobalShard::default(),
@@ -136,6 +213,7 @@ impl State {
                 .map(|s| (ShardId(s), ClusterShard::default()))
                 .collect(),
             local: LocalState::default(),
+            replicas: BTreeMap::new(),
             ready: BTreeSet::new(),
             active_jobs: BTreeSet::new(),
         }
@@ -265,7 +343,10 @@ impl State {
                 if let Some(existing) = self.global.tenants.get(&tenant.name) {
                     tenant.id = existing.id.clone();
                 }
-                self.global.tenants.insert(tenant.name.clone(), tenant);
+                self.global
+                    .tenants
+                    .insert(tenant.name.clone(), tenant.clone());
+                self.emit_global(GlobalRecord::TenantPut(tenant));
                 Ok(Outcome::Done)
             }
             Command::DeleteTenant { name } => {
@@ -286,6 +367,7 @@ impl State {
                 self.global.tenants.remove(name);
                 self.global.api_keys.retain(|_, k| &k.tenant != name);
                 self.global.catalogs.remove(name);
+                self.emit_global(GlobalRecord::TenantDeleted(name.clone()));
                 Ok(Outcome::Done)
             }
             Command::PutApiKey { key } => {
@@ -295,6 +377,7 @@ impl State {
                 self.global
                     .api_keys
                     .insert(key.key_sha256.clone(), key.clone());
+                self.emit_global(GlobalRecord::ApiKeyPut(key.clone()));
                 Ok(Outcome::Done)
             }
             Command::PutEntity {
@@ -326,7 +409,14 @@ impl State {
                 if let Value::Object(map) = &mut body {
                     map.insert("version".into(), Value::from(version));
                 }
-                versions.insert(version, body);
+                versions.insert(version, body.clone());
+                self.emit_global(GlobalRecord::EntityPut {
+                    tenant: tenant.clone(),
+                    kind: *kind,
+                    name: name.clone(),
+                    version,
+                    body,
+                });
                 Ok(Outcome::EntityVersion { version })
             }
             Command::DeleteEntity {
@@ -335,47 +425,28 @@ impl State {
                 name,
                 version,
             } => {
-                if let Some(by_name) = self
-                    .global
-                    .catalogs
-                    .get_mut(tenant)
-                    .and_then(|c| c.entities.get_mut(kind))
-                {
-                    match version {
-                        None => {
-                            by_name.remove(name);
-                        }
-                        Some(v) => {
-                            if let Some(versions) = by_name.get_mut(name) {
-                                versions.remove(v);
-                                if versions.is_empty() {
-                                    by_name.remove(name);
-                                }
-                            }
-                        }
-                    }
+                if let Some(catalog) = self.global.catalogs.get_mut(tenant) {
+                    catalog.delete(*kind, name, *version);
                 }
+                self.emit_global(GlobalRecord::EntityDeleted {
+                    tenant: tenant.clone(),
+                    kind: *kind,
+                    name: name.clone(),
+                    version: *version,
+                });
                 Ok(Outcome::Done)
             }
             Command::ImportCatalog { tenant, entities } => {
                 self.require_tenant(tenant)?;
-                let catalog = self.global.catalogs.entry(tenant.clone()).or_default();
-                for (kind, bodies) in entities {
-                    let by_name = catalog.entities.entry(*kind).or_default();
-                    by_name.clear();
-                    for body in bodies {
-                        let name = body
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string();
-                        let mut body = body.clone();
-                        if let Value::Object(map) = &mut body {
-                            map.insert("version".into(), Value::from(1));
-                        }
-                        by_name.entry(name).or_default().insert(1, body);
-                    }
-                }
+                self.global
+                    .catalogs
+                    .entry(tenant.clone())
+                    .or_default()
+                    .import(entities);
+                self.emit_global(GlobalRecord::CatalogImported {
+                    tenant: tenant.clone(),
+                    entities: entities.clone(),
+                });
                 Ok(Outcome::Done)
             }
             Command::CreateCluster { shard, spec } => self.create_cluster(*shard, spec, now),
@@ -447,6 +518,7 @@ impl State {
             } => {
                 let record = self.cluster_mut(*cluster)?;
                 record.cluster.expire_time = *expire_time;
+                self.emit_cluster_updated(*cluster, false);
                 Ok(Outcome::Done)
             }
             Command::SyncTemplate { cluster, template } => {
@@ -458,6 +530,7 @@ impl State {
                     ));
                 }
                 record.cluster.cluster_template = template.as_ref().clone();
+                self.emit_cluster_updated(*cluster, true);
                 Ok(Outcome::Done)
             }
             Command::Abort { cluster } => self.job_control(*cluster, now, JobControl::Abort),
@@ -502,6 +575,12 @@ impl State {
                 self.local.provisioners.remove(id);
                 Ok(Outcome::Done)
             }
+            Command::TrimOutbox { shard, through_seq } => self.trim_outbox(*shard, *through_seq),
+            Command::ApplyReplicationBatch {
+                from_dc,
+                shard,
+                records,
+            } => self.apply_replication_batch(from_dc, *shard, records),
         }
     }
 
@@ -631,6 +710,7 @@ impl State {
             jobs: BTreeMap::new(),
             next_job_seq: 1,
             service_defs,
+            shipped: None,
         };
         shard_state.clusters.insert(id, record);
         // Coopr runs a solve_layout job first; here the layout was solved before the command was
@@ -763,6 +843,11 @@ impl State {
             record.cluster.status = ClusterStatus::Pending;
         }
         self.refresh_job(id);
+        self.emit_started(id);
+        if finished {
+            // A job with nothing to do is over as it starts.
+            self.emit_finished(id);
+        }
         Ok(Outcome::JobStarted { job: id })
     }
 
@@ -793,6 +878,9 @@ impl State {
         let (id, action) = (run.job.id, run.job.action);
         apply_effects(record, action, &effects);
         self.refresh_job(id);
+        if job_finished(&effects) {
+            self.emit_finished(id);
+        }
         Ok(if changed {
             Outcome::Done
         } else {
@@ -879,6 +967,7 @@ impl State {
             return Err(CommandError::not_found("task", task_id));
         };
         let success = result.status == 0;
+        let was_finished = run.job.status.is_finished();
         let effects = run
             .finish(
                 task_id,
@@ -916,6 +1005,14 @@ impl State {
         }
         apply_effects(record, action, &effects);
         self.refresh_job(job_id);
+        if success && task.task_name == TaskName::Create {
+            self.emit_checkpoint(job_id, &task.node_id);
+        }
+        if job_finished(&effects) || was_finished {
+            // A late result changes a finished job's summary (and maybe its nodes): the
+            // replicas get its outcome again.
+            self.emit_finished(job_id);
+        }
         Ok(Outcome::Done)
     }
 
@@ -955,6 +1052,9 @@ impl State {
         let action = run.job.action;
         apply_effects(record, action, &effects);
         self.refresh_job(job);
+        if job_finished(&effects) {
+            self.emit_finished(job);
+        }
         count
     }
 
@@ -981,6 +1081,333 @@ impl State {
         }
         self.ready.extend(ready);
     }
+}
+
+/// Replication: the records each command emits into its shard's outbox, the owner's projection
+/// of a shard as replicas see it, and the replica side's commands. See [`crate::replication`].
+impl State {
+    /// The outbox of a shard this DC writes (a cluster shard or the global shard).
+    pub fn outbox(&self, shard: ShardId) -> Option<&Outbox> {
+        if shard.is_global() {
+            Some(&self.global.replication)
+        } else {
+            self.shards.get(&shard).map(|s| &s.replication)
+        }
+    }
+
+    /// The copy of a shard this DC replicates from another DC.
+    pub fn replica(&self, shard: ShardId) -> Option<&ReplicaShard> {
+        self.replicas.get(&shard)
+    }
+
+    /// The shard as its replicas see it (canonical JSON): clusters, nodes without action
+    /// history, finished jobs' summaries and in-flight operations; or, for the global shard,
+    /// tenants, keys and catalogs. Equal to [`ReplicaShard::view`] of a replica that applied
+    /// every record emitted so far. An unknown shard is `null`.
+    pub fn replicated_view(&self, shard: ShardId) -> Value {
+        if shard.is_global() {
+            return to_value(&GlobalView {
+                tenants: self.global.tenants.clone(),
+                api_keys: self.global.api_keys.clone(),
+                catalogs: self.global.catalogs.clone(),
+            });
+        }
+        let Some(data) = self.shards.get(&shard) else {
+            return Value::Null;
+        };
+        let clusters = data
+            .clusters
+            .iter()
+            .map(|(id, record)| (*id, cluster_view(record)))
+            .collect();
+        to_value(&ClusterShardView { clusters })
+    }
+
+    fn emit(&mut self, shard: ShardId, kind: RecordKind) {
+        let outbox = if shard.is_global() {
+            &mut self.global.replication
+        } else {
+            match self.shards.get_mut(&shard) {
+                Some(data) => &mut data.replication,
+                None => panic!("record for shard {shard}, which does not exist"),
+            }
+        };
+        let seq = outbox.push(shard, kind, OUTBOX_CAPACITY);
+        tracing::trace!(%shard, seq, "replication record");
+    }
+
+    fn emit_global(&mut self, record: GlobalRecord) {
+        self.emit(ShardId::GLOBAL, RecordKind::Global(record));
+    }
+
+    fn emit_cluster_updated(&mut self, cluster: ClusterId, with_snapshot: bool) {
+        let Some(record) = self.cluster(cluster) else {
+            return;
+        };
+        let row = ClusterRow::of(&record.cluster, with_snapshot);
+        self.emit(
+            cluster.shard(self.shard_count),
+            RecordKind::ClusterUpdated { cluster: row },
+        );
+    }
+
+    /// `OperationStarted` for a job just begun; remembers what was shipped.
+    fn emit_started(&mut self, job: JobId) {
+        let shard = job.cluster.shard(self.shard_count);
+        let Ok(record) = self.cluster_mut(job.cluster) else {
+            return;
+        };
+        let Some(run) = record.jobs.get(&job.seq) else {
+            return;
+        };
+        let nodenum = |id: &NodeId| record.nodes.get(id).map_or(0, |n| n.properties.nodenum);
+        let plan: Vec<Vec<PlanStep>> = run
+            .job
+            .stages
+            .iter()
+            .map(|stage| {
+                compact_stage(
+                    stage
+                        .iter()
+                        .filter_map(|id| run.tasks.get(id))
+                        .map(|t| (t.task_name, t.service.clone(), nodenum(&t.node_id))),
+                )
+            })
+            .collect();
+        let operation = InFlight {
+            job,
+            action: run.job.action,
+            services: run.job.services.clone(),
+            config: run.job.config.clone(),
+            plan,
+            checkpoints: BTreeMap::new(),
+        };
+        let nodes: BTreeMap<NodeId, ReplicatedNode> = record
+            .nodes
+            .iter()
+            .map(|(id, n)| (id.clone(), ReplicatedNode::from(n)))
+            .collect();
+        // The template and provider travel once, with the create; later rows leave them out.
+        // Nodes travel when the operation changed them; otherwise the replica has them (no
+        // operation is in flight, so its nodes are the live ones as of the last record).
+        let create = operation.action == ClusterAction::ClusterCreate;
+        let changes_nodes = create || operation.action == ClusterAction::AddServices;
+        let kind = RecordKind::OperationStarted {
+            cluster: ClusterRow::of(&record.cluster, create),
+            nodes: changes_nodes.then(|| nodes.values().cloned().collect()),
+            job,
+            action: operation.action,
+            services: operation.services.clone(),
+            config: operation.config.clone(),
+            plan: operation.plan.clone(),
+        };
+        record.shipped = Some(ShippedOperation { operation, nodes });
+        self.emit(shard, kind);
+    }
+
+    /// `OperationCheckpoint`: a CREATE of `job` made the node's machine.
+    fn emit_checkpoint(&mut self, job: JobId, node: &NodeId) {
+        let shard = job.cluster.shard(self.shard_count);
+        let Ok(record) = self.cluster_mut(job.cluster) else {
+            return;
+        };
+        let Some(live) = record.nodes.get(node) else {
+            return;
+        };
+        let checkpoint = Checkpoint {
+            job,
+            hostname: live.properties.hostname.clone(),
+            ipaddresses: live.properties.ipaddresses.clone(),
+            provisioner_results: live.provisioner_results.clone(),
+        };
+        if let Some(shipped) = &mut record.shipped {
+            // The same change the replica makes to its view of the operation in flight.
+            let mut view = ClusterView {
+                cluster: record.cluster.clone(),
+                nodes: std::mem::take(&mut shipped.nodes),
+                jobs: BTreeMap::new(),
+                in_flight: Some(shipped.operation.clone()),
+            };
+            let applied = view.apply_checkpoint(node, checkpoint.clone());
+            assert!(
+                applied.is_ok(),
+                "a live node is missing from its shipped operation"
+            );
+            shipped.nodes = view.nodes;
+            if let Some(operation) = view.in_flight {
+                shipped.operation = operation;
+            }
+        }
+        self.emit(
+            shard,
+            RecordKind::OperationCheckpoint {
+                cluster: job.cluster,
+                job,
+                node: node.clone(),
+                hostname: checkpoint.hostname,
+                ipaddresses: checkpoint.ipaddresses,
+                provisioner_results: checkpoint.provisioner_results,
+            },
+        );
+    }
+
+    /// `OperationFinished`: the job's outcome; ends the shipped operation if it is this job.
+    fn emit_finished(&mut self, job: JobId) {
+        let shard = job.cluster.shard(self.shard_count);
+        let Ok(record) = self.cluster_mut(job.cluster) else {
+            return;
+        };
+        let Some(run) = record.jobs.get(&job.seq) else {
+            return;
+        };
+        let summary = job_summary(run);
+        let outcomes = record.nodes.values().map(NodeOutcome::of);
+        // Only nodes whose outcome the replica does not show yet: it shows the shipped nodes
+        // while this job is in flight; while another job is, it takes no node outcome at all.
+        let nodes: Vec<NodeOutcome> = match record.shipped.take() {
+            Some(shipped) if shipped.operation.job == job => outcomes
+                .filter(|o| !shipped.nodes.get(&o.id).is_some_and(|n| o.is_shown_by(n)))
+                .collect(),
+            Some(other) => {
+                record.shipped = Some(other);
+                Vec::new()
+            }
+            None => outcomes.collect(),
+        };
+        let kind = RecordKind::OperationFinished {
+            cluster: job.cluster,
+            status: record.cluster.status,
+            message: record.cluster.message.clone(),
+            nodes,
+            job: summary,
+        };
+        self.emit(shard, kind);
+    }
+
+    fn trim_outbox(&mut self, shard: ShardId, through_seq: u64) -> CommandResult {
+        let outbox = if shard.is_global() {
+            &mut self.global.replication
+        } else {
+            &mut self
+                .shards
+                .get_mut(&shard)
+                .ok_or_else(|| CommandError::not_found("shard", shard))?
+                .replication
+        };
+        if through_seq >= outbox.next_seq {
+            return Err(CommandError::invalid(
+                "trim_beyond_outbox",
+                format!(
+                    "cannot trim through seq {through_seq}: the last record of shard {shard} is {}",
+                    outbox.next_seq - 1
+                ),
+            ));
+        }
+        Ok(if outbox.trim(through_seq) > 0 {
+            Outcome::Done
+        } else {
+            Outcome::Unchanged
+        })
+    }
+
+    /// Applies a batch to the local replica of `shard` (created on its first batch), all or
+    /// nothing. A batch already applied (every record at or below the watermark) is a no-op
+    /// (`Unchanged`), so a puller may re-propose a batch whose commit it did not see.
+    fn apply_replication_batch(
+        &mut self,
+        from_dc: &str,
+        shard: ShardId,
+        records: &[crate::replication::Record],
+    ) -> CommandResult {
+        if !shard.is_global() && shard.0 >= self.shard_count {
+            return Err(CommandError::invalid(
+                "invalid_shard",
+                format!("shard {shard} does not exist"),
+            ));
+        }
+        let replica = self
+            .replicas
+            .entry(shard)
+            .or_insert_with(|| ReplicaShard::new(shard, from_dc));
+        let result = if replica.owner_dc != from_dc {
+            Err(ApplyError::WrongOwner {
+                shard,
+                expected: replica.owner_dc.clone(),
+                found: from_dc.to_string(),
+            })
+        } else if records.is_empty() {
+            return Ok(Outcome::Unchanged);
+        } else {
+            replica.apply_batch(records)
+        };
+        match result {
+            Ok(()) => Ok(Outcome::Done),
+            Err(ApplyError::AlreadyApplied { .. }) => Ok(Outcome::Unchanged),
+            Err(e) => {
+                // A replica that never applied anything is not kept.
+                if self
+                    .replicas
+                    .get(&shard)
+                    .is_some_and(|r| r.watermark.seq == 0 && r.owner_dc == from_dc)
+                {
+                    self.replicas.remove(&shard);
+                }
+                tracing::warn!(%shard, from_dc, error = %e, "replication batch refused");
+                Err(match e {
+                    ApplyError::Unappliable { .. } => {
+                        CommandError::invalid(e.code(), e.to_string())
+                    }
+                    _ => CommandError::conflict(e.code(), e.to_string()),
+                })
+            }
+        }
+    }
+}
+
+fn job_summary(run: &JobRun) -> JobSummary {
+    let (stepstotal, stepscompleted) = run.steps();
+    JobSummary {
+        id: run.job.id,
+        action: run.job.action,
+        status: run.job.status,
+        create_time: run.job.create_time,
+        status_time: run.job.status_time,
+        stepstotal,
+        stepscompleted,
+    }
+}
+
+/// The owner's projection of one cluster (see [`State::replicated_view`]).
+fn cluster_view(record: &ClusterRecord) -> ClusterView {
+    let (nodes, in_flight) = match &record.shipped {
+        Some(shipped) => (shipped.nodes.clone(), Some(shipped.operation.clone())),
+        None => (
+            record
+                .nodes
+                .iter()
+                .map(|(id, n)| (id.clone(), ReplicatedNode::from(n)))
+                .collect(),
+            None,
+        ),
+    };
+    let jobs = record
+        .jobs
+        .values()
+        .filter(|run| run.job.status.is_finished() && run.job.action != ClusterAction::SolveLayout)
+        .map(|run| (run.job.id, job_summary(run)))
+        .collect();
+    ClusterView {
+        cluster: record.cluster.clone(),
+        nodes,
+        jobs,
+        in_flight,
+    }
+}
+
+fn job_finished(effects: &[JobEffect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, JobEffect::JobFinished { .. }))
 }
 
 enum JobControl {

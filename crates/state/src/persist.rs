@@ -3,7 +3,9 @@
 //!
 //! Snapshot parts: one per cluster shard (part id = shard number), one for the global shard
 //! ([`GLOBAL_PART`]) and one for DC-local state ([`LOCAL_PART`]), so a shard can be streamed,
-//! replaced or dropped as a unit. Entries and parts are JSON: the model holds free-form JSON
+//! replaced or dropped as a unit. Shards this DC replicates from another DC are parts too:
+//! [`REPLICA_PART_BASE`]` + shard` for cluster shards and [`GLOBAL_REPLICA_PART`] for the global
+//! shard. Outboxes live inside their shard's part. Entries and parts are JSON: the model holds free-form JSON
 //! (configs, provisioner results) that compact self-describing-less formats cannot carry.
 
 use std::collections::BTreeMap;
@@ -13,10 +15,13 @@ use coopr_types::ShardId;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{ClusterShard, Entry, GlobalShard, LocalState, State};
+use crate::{ClusterShard, Entry, GlobalShard, LocalState, ReplicaShard, State};
 
 pub const GLOBAL_PART: u32 = u32::MAX;
 pub const LOCAL_PART: u32 = u32::MAX - 1;
+pub const GLOBAL_REPLICA_PART: u32 = u32::MAX - 2;
+/// Replica parts of cluster shards: this plus the shard number (so shard counts stay below it).
+pub const REPLICA_PART_BASE: u32 = 1 << 31;
 
 /// Entries replayed per read during recovery.
 const REPLAY_BATCH: usize = 1024;
@@ -71,6 +76,12 @@ pub fn encode_parts(state: &State) -> BTreeMap<u32, Vec<u8>> {
         GLOBAL_PART,
         serde_json::to_vec(&state.global).expect("global shard serializes"),
     );
+    for (shard, replica) in &state.replicas {
+        parts.insert(
+            replica_part(*shard),
+            serde_json::to_vec(replica).expect("replicas serialize to JSON"),
+        );
+    }
     let local = LocalPart {
         shard_count: state.shard_count(),
         local: state.local.clone(),
@@ -80,6 +91,15 @@ pub fn encode_parts(state: &State) -> BTreeMap<u32, Vec<u8>> {
         serde_json::to_vec(&local).expect("local state serializes"),
     );
     parts
+}
+
+fn replica_part(shard: ShardId) -> u32 {
+    if shard.is_global() {
+        GLOBAL_REPLICA_PART
+    } else {
+        assert!(shard.0 < GLOBAL_REPLICA_PART - REPLICA_PART_BASE);
+        REPLICA_PART_BASE + shard.0
+    }
 }
 
 pub struct Recovered {
@@ -145,6 +165,7 @@ pub fn decode_parts<'a>(
     let mut global = GlobalShard::default();
     let mut local = LocalState::default();
     let mut shards = BTreeMap::new();
+    let mut replicas = BTreeMap::new();
     for (part, bytes) in parts {
         match part {
             GLOBAL_PART => global = decode_part(part, bytes)?,
@@ -158,11 +179,17 @@ pub fn decode_parts<'a>(
                 }
                 local = decoded.local;
             }
+            REPLICA_PART_BASE.. => {
+                let replica: ReplicaShard = decode_part(part, bytes)?;
+                replicas.insert(replica.shard, replica);
+            }
             shard => {
                 let data: ClusterShard = decode_part(part, bytes)?;
                 shards.insert(ShardId(shard), data);
             }
         }
     }
-    Ok(State::from_parts(shard_count, global, shards, local))
+    let mut state = State::from_parts(shard_count, global, shards, local);
+    state.replicas = replicas;
+    Ok(state)
 }

@@ -1,0 +1,902 @@
+//! Replication records (DESIGN section 4) with no I/O: commands are applied to an owner
+//! [`State`], the records it emits are checked exactly, and a replica built from them (directly or
+//! through `Command::ApplyReplicationBatch`) is compared with the owner's replicated view.
+
+use std::collections::BTreeMap;
+
+use coopr_engine::layout::{solve_layout, LayoutRequest};
+use coopr_state::{
+    decode_parts, encode_entry, encode_parts, ApplyError, ClusterSpec, Command, CommandError,
+    CommandResult, Entry, GlobalRecord, NodeSpec, Outcome, Position, ProvisionerInfo, Record,
+    RecordKind, ReplicaShard, State, TaskResult,
+};
+use coopr_types::{
+    hash_api_key, ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, MachineType,
+    Provider, ShardId, TaskId, TaskName, Tenant, UNLIMITED,
+};
+use serde_json::Value;
+
+const CATALOG: &str = include_str!("../../../examples/catalog.json");
+const TENANT: &str = "acme";
+const TIMEOUT_MS: u64 = 60_000;
+const SHARDS: u32 = 4;
+
+/// An owner state plus a clock, recording every entry it applied, and the owner's replicated view
+/// of each shard after every command that emitted records (by the seq of its last record).
+///
+/// Every command is checked against the rule that nothing changes what replicas see without a
+/// record: a shard whose outbox did not move must have the same replicated view as before.
+struct Owner {
+    state: State,
+    now_ms: u64,
+    log: Vec<Entry>,
+    views: BTreeMap<ShardId, BTreeMap<u64, Value>>,
+    /// What workers report as a task's stdout.
+    stdout: String,
+}
+
+impl Owner {
+    fn new() -> Owner {
+        let mut h = Owner {
+            state: State::new(SHARDS),
+            now_ms: 1_000_000,
+            log: Vec::new(),
+            views: BTreeMap::new(),
+            stdout: "out".into(),
+        };
+        h.ok(Command::PutTenant {
+            tenant: tenant(TENANT, UNLIMITED, UNLIMITED),
+        });
+        h.ok(Command::PutApiKey {
+            key: ApiKey {
+                tenant: TENANT.into(),
+                user: None,
+                key_sha256: hash_api_key("acme-key"),
+            },
+        });
+        h.ok(Command::ImportCatalog {
+            tenant: TENANT.into(),
+            entities: catalog_entities(),
+        });
+        h.ok(Command::RegisterProvisioner {
+            info: ProvisionerInfo {
+                id: "p1".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+                capacity_total: 4,
+            },
+        });
+        h
+    }
+
+    fn apply_keyed(&mut self, command: Command, key: Option<&str>) -> CommandResult {
+        self.now_ms += 1;
+        let entry = Entry {
+            now_ms: self.now_ms,
+            idempotency_key: key.map(str::to_string),
+            command,
+        };
+        let before = self.last_seqs();
+        let debug = format!("{:?}", entry.command);
+        let result = self.state.apply(&entry);
+        self.log.push(entry);
+        for (shard, seq) in self.last_seqs() {
+            let view = self.state.replicated_view(shard);
+            let views = self.views.entry(shard).or_default();
+            if before[&shard] != seq {
+                views.insert(seq, view);
+            } else {
+                let previous = views
+                    .get(&seq)
+                    .cloned()
+                    .unwrap_or_else(|| State::new(SHARDS).replicated_view(shard));
+                assert_eq!(
+                    view, previous,
+                    "{debug} changed shard {shard} for replicas without a record"
+                );
+            }
+        }
+        result
+    }
+
+    fn apply(&mut self, command: Command) -> CommandResult {
+        self.apply_keyed(command, None)
+    }
+
+    fn ok(&mut self, command: Command) -> Outcome {
+        let debug = format!("{command:?}");
+        self.apply(command)
+            .unwrap_or_else(|e| panic!("{debug} rejected: {e}"))
+    }
+
+    /// The last seq assigned in every outbox.
+    fn last_seqs(&self) -> BTreeMap<ShardId, u64> {
+        (0..SHARDS)
+            .map(ShardId)
+            .chain([ShardId::GLOBAL])
+            .map(|s| (s, self.state.outbox(s).unwrap().last_position().seq))
+            .collect()
+    }
+
+    fn records(&self, shard: ShardId) -> Vec<Record> {
+        self.state
+            .outbox(shard)
+            .unwrap()
+            .records
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn create_in(&mut self, shard: u32, template: &str, machines: u32) -> ClusterId {
+        let spec = spec(&self.state, template, machines);
+        match self.apply(Command::CreateCluster {
+            shard: ShardId(shard),
+            spec: Box::new(spec),
+        }) {
+            Ok(Outcome::ClusterCreated { id }) => id,
+            other => panic!("create: {other:?}"),
+        }
+    }
+
+    fn take(&mut self) -> Option<TaskId> {
+        match self.ok(Command::TakeTask {
+            provisioner_id: "p1".into(),
+            worker_id: "w1".into(),
+            tenant_id: None,
+            timeout_ms: TIMEOUT_MS,
+        }) {
+            Outcome::TaskTaken { task } => task,
+            other => panic!("take: {other:?}"),
+        }
+    }
+
+    fn finish(&mut self, task: TaskId, status: i64) -> CommandResult {
+        self.apply(Command::FinishTask(Box::new(TaskResult {
+            provisioner_id: "p1".into(),
+            worker_id: "w1".into(),
+            task,
+            status,
+            stdout: self.stdout.clone(),
+            stderr: String::new(),
+            hostname: Some(format!("host-{}", task.seq)),
+            ipaddresses: Some(BTreeMap::from([(
+                "access_v4".into(),
+                format!("10.0.0.{}", task.seq),
+            )])),
+            result: serde_json::Map::from_iter([(
+                "providerid".into(),
+                Value::from(format!("i-{task}")),
+            )]),
+        })))
+    }
+
+    /// Takes and finishes tasks (all OK) until none is left; returns how many ran.
+    fn drive(&mut self) -> usize {
+        let mut count = 0;
+        while let Some(task) = self.take() {
+            self.finish(task, 0).expect("finish");
+            count += 1;
+            assert!(count < 1000, "the job never ends");
+        }
+        count
+    }
+
+    fn task_name(&self, task: TaskId) -> TaskName {
+        self.state.task(task).unwrap().task_name
+    }
+}
+
+fn tenant(name: &str, max_clusters: u32, max_nodes: u32) -> Tenant {
+    Tenant {
+        id: format!("id-{name}"),
+        name: name.into(),
+        description: String::new(),
+        workers: 0,
+        max_clusters,
+        max_nodes,
+    }
+}
+
+fn catalog_entities() -> BTreeMap<EntityKind, Vec<Value>> {
+    let body: serde_json::Map<String, Value> =
+        serde_json::from_str(CATALOG).expect("catalog is JSON");
+    body.into_iter()
+        .filter_map(|(k, v)| Some((EntityKind::parse(&k)?, v.as_array()?.clone())))
+        .collect()
+}
+
+fn entity<T: serde::de::DeserializeOwned>(state: &State, kind: EntityKind, name: &str) -> T {
+    let value = state.global.catalogs[TENANT]
+        .latest(kind, name)
+        .unwrap_or_else(|| panic!("{name} missing"));
+    serde_json::from_value(value.clone()).expect("entity parses")
+}
+
+/// A cluster spec built the way the server builds one (layout solved up front).
+fn spec(state: &State, template: &str, machines: u32) -> ClusterSpec {
+    let template: ClusterTemplate = entity(state, EntityKind::Clustertemplates, template);
+    let provider: Provider = entity(state, EntityKind::Providers, &template.defaults.provider);
+    let hardwaretype: MachineType = entity(
+        state,
+        EntityKind::Hardwaretypes,
+        &template.defaults.hardwaretype,
+    );
+    let catalog_services = state.global.catalogs[TENANT].services();
+    let layout = solve_layout(&LayoutRequest {
+        template: &template,
+        num_machines: machines,
+        services: &[],
+        hardwaretype: &hardwaretype.name,
+        imagetype: &template.defaults.imagetype,
+        catalog_services: &catalog_services,
+    })
+    .expect("layout");
+    let mut all: Vec<String> = layout.iter().flat_map(|n| n.services.clone()).collect();
+    all.sort();
+    all.dedup();
+    ClusterSpec {
+        tenant: TENANT.into(),
+        user: "alice".into(),
+        name: "dev".into(),
+        description: String::new(),
+        hardwaretype: template.defaults.hardwaretype.clone(),
+        imagetype: template.defaults.imagetype.clone(),
+        dns_suffix: template.defaults.dns_suffix.clone(),
+        services: all,
+        config: template.defaults.config.clone(),
+        initial_lease_ms: 0,
+        nodes: layout
+            .into_iter()
+            .map(|n| NodeSpec {
+                nodenum: n.nodenum,
+                services: n.services,
+                hardwaretype: n.hardwaretype,
+                imagetype: n.imagetype,
+                flavor: "fake.small".into(),
+                image: "debian-12".into(),
+                sshuser: "debian".into(),
+            })
+            .collect(),
+        template,
+        provider,
+    }
+}
+
+fn kinds(records: &[Record]) -> Vec<&'static str> {
+    records.iter().map(|r| r.kind.name()).collect()
+}
+
+fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).unwrap().len()
+}
+
+/// A tiny deterministic generator (xorshift64*), so batch sizes are random but reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// The record stream of one 3-machine lamp create driven to ACTIVE is exactly: one
+/// OperationStarted (the completed layout job is no record), one OperationCheckpoint per CREATE
+/// (3), one OperationFinished, at seqs 1..=5 of epoch 1 in the cluster's shard; nothing else (no
+/// take, no other task result) crosses DCs.
+#[test]
+fn lamp_create_emits_started_three_checkpoints_finished() {
+    let mut h = Owner::new();
+    let id = h.create_in(1, "lamp", 3);
+    let ran = h.drive();
+    assert!(ran > 3);
+    let records = h.records(ShardId(1));
+    assert_eq!(
+        kinds(&records),
+        [
+            "operation_started",
+            "operation_checkpoint",
+            "operation_checkpoint",
+            "operation_checkpoint",
+            "operation_finished"
+        ]
+    );
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record.shard, ShardId(1));
+        assert_eq!(record.epoch, 1);
+        assert_eq!(record.seq, i as u64 + 1);
+    }
+    let RecordKind::OperationStarted {
+        job, action, plan, ..
+    } = &records[0].kind
+    else {
+        panic!("{:?}", records[0]);
+    };
+    assert_eq!(*action, ClusterAction::ClusterCreate);
+    assert_eq!(job.seq, 2, "the create job, after the layout job");
+    let planned: usize = plan.iter().flatten().map(|step| step.2.len()).sum();
+    assert_eq!(planned, ran);
+    let mut checkpointed = Vec::new();
+    for record in &records[1..4] {
+        let RecordKind::OperationCheckpoint {
+            node,
+            provisioner_results,
+            ..
+        } = &record.kind
+        else {
+            panic!("{record:?}");
+        };
+        assert!(provisioner_results["providerid"].is_string());
+        checkpointed.push(node.clone());
+    }
+    checkpointed.sort();
+    let nodes: Vec<_> = h.state.cluster(id).unwrap().nodes.keys().cloned().collect();
+    assert_eq!(checkpointed, nodes, "one checkpoint per node");
+    // Other shards saw nothing.
+    for shard in [0, 2, 3] {
+        assert!(h.records(ShardId(shard)).is_empty());
+    }
+}
+
+/// The cross-DC bytes of a lamp create (3 machines) against its DC-log bytes: serialized records
+/// against the serialized log entries (`encode_entry`) of the create and its takes and finishes.
+/// Measured twice: with the harness's 3-byte task output (the worst case: the log holds almost
+/// nothing but the records' own content) and with 1 KiB of output per task result (workers'
+/// output is usually larger; the log keeps up to 8 KiB per action). Run with `--nocapture` to see
+/// the figures; the bounds are the measured values rounded up.
+#[test]
+fn create_byte_ratio() {
+    let measure = |stdout_bytes: usize| {
+        let mut h = Owner::new();
+        h.stdout = "x".repeat(stdout_bytes);
+        let mark = h.log.len();
+        h.create_in(1, "lamp", 3);
+        h.drive();
+        let log_bytes: usize = h.log[mark..].iter().map(|e| encode_entry(e).len()).sum();
+        let records = h.records(ShardId(1));
+        let record_bytes: usize = records.iter().map(json_len).sum();
+        let ratio = record_bytes as f64 / log_bytes as f64;
+        println!(
+            "lamp create, 3 machines, {stdout_bytes} B stdout per task: {} log entries, \
+             {log_bytes} log bytes; {} records, {record_bytes} record bytes ({}); ratio {:.1}%",
+            h.log.len() - mark,
+            records.len(),
+            records
+                .iter()
+                .map(|r| format!("{} {}", r.kind.name(), json_len(r)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ratio * 100.0
+        );
+        ratio
+    };
+    let minimal = measure(3);
+    assert!(minimal < 0.27, "{:.1}%", minimal * 100.0);
+    let realistic = measure(1024);
+    assert!(realistic < 0.08, "{:.1}%", realistic * 100.0);
+}
+
+/// Builds an owner history with every kind of record: creates in two shards, a failed CONFIRM
+/// (node replaced, so a second CREATE checkpoints mid-job), pause/resume, a task timeout, an
+/// abort with a late CREATE result, expire time and template sync, service operations, add
+/// services, delete, and catalog writes.
+fn busy_owner() -> Owner {
+    let mut h = Owner::new();
+    let a = h.create_in(0, "lamp", 3);
+    h.drive();
+    h.ok(Command::SetExpireTime {
+        cluster: a,
+        expire_time: 5_000_000,
+    });
+
+    // Cluster b: its first CONFIRM fails once (the node is replaced: DELETE, CREATE, CONFIRM);
+    // paused and resumed on the way; a task times out once.
+    let b = h.create_in(1, "lamp", 2);
+    h.ok(Command::Pause { cluster: b });
+    h.ok(Command::Resume { cluster: b });
+    let mut failed_confirm = false;
+    let mut timed_out = false;
+    while let Some(task) = h.take() {
+        if !failed_confirm && h.task_name(task) == TaskName::Confirm {
+            failed_confirm = true;
+            h.finish(task, 1).unwrap();
+            continue;
+        }
+        if !timed_out && h.task_name(task) == TaskName::Install {
+            timed_out = true;
+            h.now_ms += TIMEOUT_MS;
+            h.ok(Command::ExpireTasks);
+            continue;
+        }
+        h.finish(task, 0).unwrap();
+    }
+    assert!(failed_confirm && timed_out);
+    h.ok(Command::StartOperation {
+        cluster: b,
+        action: ClusterAction::RestartServices,
+        services: vec![],
+        config: None,
+    });
+    h.drive();
+    let mut template: ClusterTemplate = entity(&h.state, EntityKind::Clustertemplates, "lamp");
+    template.description = "lamp, revised".into();
+    h.ok(Command::SyncTemplate {
+        cluster: b,
+        template: Box::new(template),
+    });
+    let mut config = serde_json::Map::new();
+    config.insert("k".into(), Value::from("v"));
+    h.ok(Command::StartOperation {
+        cluster: b,
+        action: ClusterAction::ClusterConfigure,
+        services: vec![],
+        config: Some(config),
+    });
+    h.drive();
+
+    // Cluster c: aborted with both CREATEs in progress. One result arrives late with no job in
+    // flight, the other one while the delete that follows is running.
+    let c = h.create_in(1, "base", 2);
+    let creates = [h.take().unwrap(), h.take().unwrap()];
+    assert!(creates.iter().all(|t| h.task_name(*t) == TaskName::Create));
+    h.ok(Command::Abort { cluster: c });
+    h.finish(creates[0], 0).unwrap();
+    h.ok(Command::StartOperation {
+        cluster: c,
+        action: ClusterAction::ClusterDelete,
+        services: vec![],
+        config: None,
+    });
+    let delete = h.take().unwrap();
+    h.finish(creates[1], 0).unwrap();
+    h.finish(delete, 0).unwrap();
+    h.drive();
+
+    h.ok(Command::PutEntity {
+        tenant: TENANT.into(),
+        kind: EntityKind::Services,
+        name: "redis".into(),
+        body: serde_json::json!({"name": "redis", "provisioner": {"actions": {
+            "install": {"type": "fake", "fields": {}},
+            "start": {"type": "fake", "fields": {}}}}}),
+        create_only: true,
+    });
+    let node = h
+        .state
+        .cluster(a)
+        .unwrap()
+        .nodes
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    h.ok(Command::AddServices {
+        cluster: a,
+        services: vec!["redis".into()],
+        placement: BTreeMap::from([(node, vec!["redis".to_string()])]),
+    });
+    // Left in flight: a's add_services job half done.
+    let task = h.take().unwrap();
+    h.finish(task, 0).unwrap();
+    h.ok(Command::DeleteEntity {
+        tenant: TENANT.into(),
+        kind: EntityKind::Services,
+        name: "redis".into(),
+        version: None,
+    });
+    h.ok(Command::PutTenant {
+        tenant: tenant("other", 1, 1),
+    });
+    h.ok(Command::DeleteTenant {
+        name: "other".into(),
+    });
+    h
+}
+
+/// Prefix replicas: applying the owner's records in batches of random (seeded) sizes, after every
+/// batch that ends where a command's records end the replica's view equals the owner's view as
+/// it was right after that command, and at the end it equals the owner's current view; for every
+/// cluster shard and the global shard.
+#[test]
+fn replica_equals_owner_at_every_position() {
+    let h = busy_owner();
+    for seed in [1u64, 7, 42, 1234] {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        for shard in [ShardId(0), ShardId(1), ShardId::GLOBAL] {
+            let records = h.records(shard);
+            let views = &h.views[&shard];
+            let mut replica = ReplicaShard::new(shard, "dc-a");
+            let mut at = 0;
+            let mut checked = 0;
+            while at < records.len() {
+                let size = 1 + rng.below(4) as usize;
+                let batch = &records[at..(at + size).min(records.len())];
+                replica.apply_batch(batch).expect("in-order batch applies");
+                at += batch.len();
+                assert_eq!(replica.watermark.seq, at as u64);
+                if let Some(view) = views.get(&(at as u64)) {
+                    assert_eq!(&replica.view(), view, "shard {shard} at seq {at}");
+                    checked += 1;
+                }
+            }
+            assert!(checked > 0);
+            assert_eq!(
+                replica.view(),
+                h.state.replicated_view(shard),
+                "shard {shard} at the end (seed {seed})"
+            );
+        }
+    }
+    // The history left one operation in flight: the replicas hold its restart state.
+    let view = h.state.replicated_view(ShardId(0));
+    let in_flight: Vec<_> = view["clusters"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|c| !c["in_flight"].is_null())
+        .collect();
+    assert_eq!(in_flight.len(), 1);
+    assert_eq!(in_flight[0]["in_flight"]["action"], "add_services");
+}
+
+/// A batch that does not continue the watermark exactly (gap, duplicate, partial overlap, other
+/// epoch, other shard, non-consecutive seqs) or that cannot be applied is refused and changes
+/// nothing.
+#[test]
+fn out_of_order_batches_are_refused_and_change_nothing() {
+    let h = busy_owner();
+    let records = h.records(ShardId(1));
+    assert!(records.len() > 6);
+    let mut replica = ReplicaShard::new(ShardId(1), "dc-a");
+    replica.apply_batch(&records[..3]).unwrap();
+    let before = replica.clone();
+
+    let refused = |replica: &mut ReplicaShard, batch: &[Record]| {
+        let err = replica.apply_batch(batch).unwrap_err();
+        assert_eq!(*replica, before, "{err} changed the replica");
+        err
+    };
+    assert_eq!(
+        refused(&mut replica, &records[4..6]),
+        ApplyError::OutOfOrder {
+            expected: 4,
+            found: 5
+        }
+    );
+    assert!(matches!(
+        refused(&mut replica, &records[1..3]),
+        ApplyError::AlreadyApplied { last_seq: 3, .. }
+    ));
+    assert!(matches!(
+        refused(&mut replica, &records[2..5]),
+        ApplyError::OutOfOrder {
+            expected: 4,
+            found: 3
+        }
+    ));
+    let skipping = [records[3].clone(), records[5].clone()];
+    assert!(matches!(
+        refused(&mut replica, &skipping),
+        ApplyError::OutOfOrder {
+            expected: 5,
+            found: 6
+        }
+    ));
+    let mut other_epoch = records[3].clone();
+    other_epoch.epoch = 2;
+    assert!(matches!(
+        refused(&mut replica, &[other_epoch]),
+        ApplyError::WrongEpoch { found: 2, .. }
+    ));
+    let mut other_shard = records[3].clone();
+    other_shard.shard = ShardId(2);
+    assert!(matches!(
+        refused(&mut replica, &[other_shard]),
+        ApplyError::WrongShard { .. }
+    ));
+    // A good record followed by one that does not fit: the good one is not kept either.
+    let mut unfit = records[4].clone();
+    unfit.kind = RecordKind::Global(GlobalRecord::TenantDeleted("x".into()));
+    assert!(matches!(
+        refused(&mut replica, &[records[3].clone(), unfit]),
+        ApplyError::Unappliable { seq: 5, .. }
+    ));
+    // The stream still continues where it stopped.
+    replica.apply_batch(&records[3..]).unwrap();
+    assert_eq!(replica.view(), h.state.replicated_view(ShardId(1)));
+}
+
+/// `Command::ApplyReplicationBatch` through `State::apply` applies a batch to the local replica
+/// atomically with its watermark; applying the same batch again is a no-op (`Unchanged`, nothing
+/// changes), so a puller can re-propose a batch whose commit it did not see. Out-of-order
+/// batches and batches from another DC are refused (409) and change nothing.
+#[test]
+fn apply_batch_command_is_exactly_once() {
+    let owner = busy_owner();
+    let records = owner.records(ShardId(1));
+    let mut dc_b = State::new(SHARDS);
+    let apply = |state: &mut State, from_dc: &str, batch: &[Record]| {
+        state.apply(&Entry {
+            now_ms: 1,
+            idempotency_key: None,
+            command: Command::ApplyReplicationBatch {
+                from_dc: from_dc.into(),
+                shard: ShardId(1),
+                records: batch.to_vec(),
+            },
+        })
+    };
+    let (first, rest) = records.split_at(4);
+    assert_eq!(apply(&mut dc_b, "dc-a", first), Ok(Outcome::Done));
+    assert_eq!(
+        dc_b.replica(ShardId(1)).unwrap().watermark,
+        Position { epoch: 1, seq: 4 }
+    );
+    let after_first = encode_parts(&dc_b);
+    assert_eq!(apply(&mut dc_b, "dc-a", first), Ok(Outcome::Unchanged));
+    assert_eq!(
+        encode_parts(&dc_b),
+        after_first,
+        "a second apply changes nothing"
+    );
+
+    let err = apply(&mut dc_b, "dc-a", &rest[1..]).unwrap_err();
+    assert_eq!(err.code(), "replication_out_of_order");
+    assert_eq!(err.http_status(), 409);
+    let err = apply(&mut dc_b, "dc-c", rest).unwrap_err();
+    assert_eq!(err.code(), "replication_wrong_owner");
+    assert_eq!(encode_parts(&dc_b), after_first);
+
+    assert_eq!(apply(&mut dc_b, "dc-a", rest), Ok(Outcome::Done));
+    assert_eq!(
+        dc_b.replica(ShardId(1)).unwrap().view(),
+        owner.state.replicated_view(ShardId(1))
+    );
+    // The replica's DC emitted nothing of its own.
+    assert!(dc_b.outbox(ShardId(1)).unwrap().records.is_empty());
+    // A first batch that fails leaves no empty replica behind.
+    let mut dc_c = State::new(SHARDS);
+    assert!(apply(&mut dc_c, "dc-a", &records[1..]).is_err());
+    assert!(dc_c.replica(ShardId(1)).is_none());
+}
+
+/// Rejected commands emit nothing, and neither do DC-local transitions: take, a failed attempt
+/// that is retried, a timeout that does not end the job, pause, resume, provisioner
+/// registration, an idempotent replay, a trim.
+#[test]
+fn rejected_and_dc_local_commands_emit_nothing() {
+    let mut h = Owner::new();
+    h.ok(Command::PutTenant {
+        tenant: tenant(TENANT, 1, 3),
+    });
+    let id = h.create_in(0, "lamp", 3);
+    let seqs = h.last_seqs();
+    let records_before = h.records(ShardId(0));
+
+    // Rejected: over quota, delete of a pending cluster, unknown cluster, unknown provisioner,
+    // a sync of a pending cluster, a key for an unknown tenant, a create-only entity that exists.
+    let spec = spec(&h.state, "base", 1);
+    assert!(h
+        .apply(Command::CreateCluster {
+            shard: ShardId(0),
+            spec: Box::new(spec),
+        })
+        .is_err());
+    assert!(h
+        .apply(Command::StartOperation {
+            cluster: id,
+            action: ClusterAction::ClusterDelete,
+            services: vec![],
+            config: None,
+        })
+        .is_err());
+    assert!(h
+        .apply(Command::SetExpireTime {
+            cluster: ClusterId(999),
+            expire_time: 1,
+        })
+        .is_err());
+    let template: ClusterTemplate = entity(&h.state, EntityKind::Clustertemplates, "lamp");
+    assert!(h
+        .apply(Command::SyncTemplate {
+            cluster: id,
+            template: Box::new(template),
+        })
+        .is_err());
+    assert!(matches!(
+        h.apply(Command::PutApiKey {
+            key: ApiKey {
+                tenant: "nobody".into(),
+                user: None,
+                key_sha256: "x".into(),
+            },
+        }),
+        Err(CommandError::NotFound { .. })
+    ));
+    assert!(h
+        .apply(Command::PutEntity {
+            tenant: TENANT.into(),
+            kind: EntityKind::Services,
+            name: "base".into(),
+            body: serde_json::json!({"name": "base"}),
+            create_only: true,
+        })
+        .is_err());
+    assert!(h
+        .apply(Command::TrimOutbox {
+            shard: ShardId(0),
+            through_seq: 99,
+        })
+        .is_err());
+
+    // DC-local: take, retry, timeout without job end, pause, resume, provisioners, replay.
+    let task = h.take().unwrap();
+    assert_eq!(h.task_name(task), TaskName::Create);
+    h.finish(task, 1).unwrap(); // failed attempt, retried
+    let again = h.take().unwrap();
+    h.now_ms += TIMEOUT_MS;
+    assert_eq!(
+        h.ok(Command::ExpireTasks),
+        Outcome::TasksExpired { count: 1 }
+    );
+    assert_eq!(h.state.task(again).unwrap().attempts, 2);
+    h.ok(Command::Pause { cluster: id });
+    h.ok(Command::Resume { cluster: id });
+    h.ok(Command::RegisterProvisioner {
+        info: ProvisionerInfo {
+            id: "p2".into(),
+            host: "h".into(),
+            port: 2,
+            capacity_total: 1,
+        },
+    });
+    h.ok(Command::ReleaseProvisioner { id: "p2".into() });
+    h.ok(Command::UnregisterProvisioner { id: "p2".into() });
+    let pause = Command::Pause { cluster: id };
+    h.apply_keyed(pause.clone(), Some("k")).unwrap();
+    h.apply_keyed(pause, Some("k")).unwrap();
+    h.ok(Command::Resume { cluster: id });
+    assert_eq!(h.last_seqs(), seqs, "no outbox moved");
+    assert_eq!(h.records(ShardId(0)), records_before);
+
+    // A trim emits nothing either; it removes what was acknowledged.
+    assert_eq!(
+        h.ok(Command::TrimOutbox {
+            shard: ShardId(0),
+            through_seq: 1,
+        }),
+        Outcome::Done
+    );
+    assert!(h.records(ShardId(0)).is_empty());
+    assert_eq!(h.last_seqs(), seqs);
+    assert_eq!(
+        h.ok(Command::TrimOutbox {
+            shard: ShardId(0),
+            through_seq: 1,
+        }),
+        Outcome::Unchanged
+    );
+}
+
+/// Tenant, key and catalog writes emit global records, in commit order, into the global shard's
+/// outbox only; a replica of the global shard built from them equals the owner's global shard.
+#[test]
+fn global_writes_emit_global_records() {
+    let mut h = Owner::new();
+    let names: Vec<&str> = h
+        .records(ShardId::GLOBAL)
+        .iter()
+        .map(|r| match &r.kind {
+            RecordKind::Global(GlobalRecord::TenantPut(_)) => "tenant_put",
+            RecordKind::Global(GlobalRecord::ApiKeyPut(_)) => "api_key_put",
+            RecordKind::Global(GlobalRecord::CatalogImported { .. }) => "catalog_imported",
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["tenant_put", "api_key_put", "catalog_imported"]);
+    let version = match h.ok(Command::PutEntity {
+        tenant: TENANT.into(),
+        kind: EntityKind::Services,
+        name: "base".into(),
+        body: serde_json::json!({"name": "base", "description": "v2"}),
+        create_only: false,
+    }) {
+        Outcome::EntityVersion { version } => version,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(version, 2);
+    h.ok(Command::DeleteEntity {
+        tenant: TENANT.into(),
+        kind: EntityKind::Services,
+        name: "base".into(),
+        version: Some(1),
+    });
+    h.ok(Command::PutTenant {
+        tenant: tenant("other", 1, 1),
+    });
+    h.ok(Command::DeleteTenant {
+        name: "other".into(),
+    });
+    let records = h.records(ShardId::GLOBAL);
+    assert_eq!(records.len(), 7);
+    assert!(matches!(
+        &records[3].kind,
+        RecordKind::Global(GlobalRecord::EntityPut { version: 2, body, .. }) if body["version"] == 2
+    ));
+    for shard in 0..SHARDS {
+        assert!(h.records(ShardId(shard)).is_empty());
+    }
+    let mut replica = ReplicaShard::new(ShardId::GLOBAL, "dc-a");
+    replica.apply_batch(&records).unwrap();
+    assert_eq!(replica.view(), h.state.replicated_view(ShardId::GLOBAL));
+    assert!(replica.view()["catalogs"][TENANT]["entities"]["services"]["base"]["2"].is_object());
+}
+
+/// A snapshot (encode_parts/decode_parts) keeps every outbox (epoch, next seq, records), every
+/// in-flight operation as shipped, and every replica with its watermark: the decoded state
+/// continues the streams exactly where the original would.
+#[test]
+fn snapshot_keeps_outboxes_epochs_and_watermarks() {
+    let owner = busy_owner();
+    let mut dc_b = State::new(SHARDS);
+    for shard in [ShardId(1), ShardId::GLOBAL] {
+        let records = owner.records(shard);
+        dc_b.apply(&Entry {
+            now_ms: 1,
+            idempotency_key: None,
+            command: Command::ApplyReplicationBatch {
+                from_dc: "dc-a".into(),
+                shard,
+                records: records[..records.len() - 1].to_vec(),
+            },
+        })
+        .unwrap();
+    }
+    for state in [&owner.state, &dc_b] {
+        let parts = encode_parts(state);
+        let decoded = decode_parts(parts.iter().map(|(k, v)| (*k, v.as_slice())), SHARDS).unwrap();
+        assert_eq!(encode_parts(&decoded), parts);
+        for shard in (0..SHARDS).map(ShardId).chain([ShardId::GLOBAL]) {
+            assert_eq!(decoded.outbox(shard), state.outbox(shard));
+            assert_eq!(decoded.replica(shard), state.replica(shard));
+            assert_eq!(decoded.replicated_view(shard), state.replicated_view(shard));
+        }
+    }
+    let replica = dc_b.replica(ShardId(1)).unwrap();
+    let last = owner.records(ShardId(1)).len() as u64;
+    assert_eq!(
+        replica.watermark,
+        Position {
+            epoch: 1,
+            seq: last - 1
+        }
+    );
+    assert_eq!(replica.owner_dc, "dc-a");
+    assert_eq!(owner.state.outbox(ShardId(1)).unwrap().epoch, 1);
+    assert_eq!(owner.state.outbox(ShardId(1)).unwrap().next_seq, last + 1);
+
+    // The owner, restored from its snapshot, keeps numbering where it left off.
+    let parts = encode_parts(&owner.state);
+    let mut restored = decode_parts(parts.iter().map(|(k, v)| (*k, v.as_slice())), SHARDS).unwrap();
+    let id = owner.state.shards[&ShardId(1)]
+        .clusters
+        .keys()
+        .next()
+        .copied()
+        .unwrap();
+    restored
+        .apply(&Entry {
+            now_ms: 2,
+            idempotency_key: None,
+            command: Command::SetExpireTime {
+                cluster: id,
+                expire_time: 9,
+            },
+        })
+        .unwrap();
+    let outbox = restored.outbox(ShardId(1)).unwrap();
+    assert_eq!(outbox.records.back().unwrap().seq, last + 1);
+}
