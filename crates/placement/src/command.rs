@@ -1,0 +1,140 @@
+//! The commands of the placement group's log, their replies, and why a command is rejected.
+//!
+//! Commands are proposed by the placement leader (its decisions come from [`crate::decide`]) or
+//! on behalf of a DC leader (lease renewals) and an admin (handover, replicas). Every field the
+//! outcome depends on, time included, is inside the command, so applying the same log gives the
+//! same state on every placement node. A rejected command changes nothing.
+
+use std::collections::BTreeMap;
+
+use coopr_types::ShardId;
+use serde::{Deserialize, Serialize};
+
+use crate::holder::LeaseGrant;
+use crate::ids::{DcId, Epoch, Position};
+use crate::state::{Dc, FrozenReport, ShardPlacement, ShardStatus};
+
+/// A command of the placement log. Times are the proposing placement leader's monotonic clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Creates the initial placement: shards `0..shard_count` round-robin over the data DCs (in
+    /// the order given), the global shard on the first data DC, every other data DC a replica,
+    /// epoch 1. Accepted once.
+    Bootstrap {
+        dcs: Vec<Dc>,
+        shard_count: u32,
+        lease_ms: u64,
+        max_clock_offset_ms: u64,
+    },
+    /// A DC leader renews its DC's lease and reports the watermark of every shard copy it holds.
+    /// `frozen` lists owned shards it has stopped writing because a handover froze them (the
+    /// grant said [`crate::OwnedShard::Frozen`]), with the last position it wrote. Answered
+    /// with a [`LeaseGrant`].
+    RenewLease {
+        dc: DcId,
+        now_ms: u64,
+        #[serde(with = "crate::ids::numeric_keys")]
+        watermarks: BTreeMap<ShardId, Position>,
+        #[serde(default, with = "crate::ids::numeric_keys")]
+        frozen: BTreeMap<ShardId, FrozenReport>,
+    },
+    /// Failover: `to` becomes the owner of `shard` (owned by `from`, whose lease has expired at
+    /// the grantor) in the next epoch, starting after `takeover_point` (its watermark).
+    /// `leader_since_ms` is when the proposing leader was elected (same clock as `now_ms`): the
+    /// state machine re-checks the lease rules with it, so a stale or hasty proposal is rejected.
+    Takeover {
+        shard: ShardId,
+        from: DcId,
+        to: DcId,
+        takeover_point: Position,
+        now_ms: u64,
+        leader_since_ms: u64,
+    },
+    /// Graceful handover, step 1: the owner is told (in its next grant) to stop writing `shard`.
+    StartHandover { shard: ShardId, to: DcId },
+    /// Graceful handover, step 2: the target's watermark equals the owner's final position, so
+    /// the target becomes the owner in the next epoch. RPO 0.
+    CompleteHandover {
+        shard: ShardId,
+        target_watermark: Position,
+    },
+    /// Gives up a handover; the owner may write again after its next renewal.
+    AbortHandover { shard: ShardId },
+    /// Replaces the replica DCs of a shard.
+    SetReplicas { shard: ShardId, replicas: Vec<DcId> },
+}
+
+/// The reply to an accepted command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Bootstrapped,
+    /// To [`Command::RenewLease`].
+    LeaseGranted {
+        grant: LeaseGrant,
+    },
+    /// To every command that changes one shard: its placement afterwards.
+    Shard {
+        shard: ShardId,
+        placement: ShardPlacement,
+    },
+}
+
+/// What a command's application answers (serialized as the Raft response).
+pub type Outcome = Result<Reply, Rejected>;
+
+/// Why a command was rejected. None of these changes the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "rejected", rename_all = "snake_case")]
+pub enum Rejected {
+    #[error("the placement group is not bootstrapped")]
+    NotBootstrapped,
+    #[error("the placement group is already bootstrapped")]
+    AlreadyBootstrapped,
+    #[error("invalid bootstrap: {reason}")]
+    InvalidBootstrap { reason: String },
+    #[error("unknown DC {dc}")]
+    UnknownDc { dc: DcId },
+    #[error("{dc} is a witness: it holds no lease and no shard")]
+    Witness { dc: DcId },
+    #[error("unknown shard {shard}")]
+    UnknownShard { shard: ShardId },
+    #[error("shard {shard} is owned by {owner} at epoch {epoch}, not by {claimed}")]
+    NotOwner {
+        shard: ShardId,
+        owner: DcId,
+        epoch: Epoch,
+        claimed: DcId,
+    },
+    #[error("{dc} is already the owner of shard {shard}")]
+    AlreadyOwner { shard: ShardId, dc: DcId },
+    #[error("{dc} is not a replica of shard {shard}")]
+    NotReplica { shard: ShardId, dc: DcId },
+    #[error("the lease of {dc} is still valid (or in doubt) at the grantor until {until_ms} ms")]
+    LeaseNotExpired { dc: DcId, until_ms: u64 },
+    #[error(
+        "takeover point {point} of shard {shard} is not on the shard's history at epoch {epoch}"
+    )]
+    TakeoverPointInvalid {
+        shard: ShardId,
+        point: Position,
+        epoch: Epoch,
+    },
+    #[error("shard {shard} is busy: {status:?}")]
+    HandoverInProgress { shard: ShardId, status: ShardStatus },
+    #[error("shard {shard} has no handover in progress")]
+    NoHandover { shard: ShardId },
+    #[error("the owner of shard {shard} has not reported its final position yet")]
+    OwnerNotFrozen { shard: ShardId },
+    #[error("handover of shard {shard}: target is at {target_watermark}, the owner ended at {owner_final}")]
+    NotCaughtUp {
+        shard: ShardId,
+        target_watermark: Position,
+        owner_final: Position,
+    },
+    #[error("invalid replicas for shard {shard}: {reason}")]
+    InvalidReplicas { shard: ShardId, reason: String },
+    #[error("malformed command: {reason}")]
+    Malformed { reason: String },
+}

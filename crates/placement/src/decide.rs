@@ -1,0 +1,186 @@
+//! The placement leader's decisions: which DCs are dead, who takes over their shards, which
+//! handovers can complete. Pure functions of the state and the leader's clock; they return
+//! commands to propose, and the state machine re-checks every rule when it applies them.
+//!
+//! ```text
+//!  grantor clock (placement leader, monotonic)
+//!  ──────┬───────────────┬──────────────────────────┬─────────────┬──────────▶
+//!   leader_since    granted_at              granted_at + lease   + max_clock_offset
+//!        │               │◀──── Valid ─────────────▶│◀─ InDoubt ─▶│ Expired ▶
+//!        │◀──────── InDoubt for a lease it did not grant ─────────▶│
+//!        └── wait: lease + max_clock_offset from its own election ──┘
+//! ```
+
+use coopr_types::ShardId;
+
+use crate::command::Command;
+use crate::ids::{DcId, Position};
+use crate::state::{Lease, PlacementState, ShardStatus};
+
+/// How the placement leader sees a DC's lease at `now_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantorView {
+    /// Granted by this leader and not yet at its end: the DC is healthy.
+    Valid { until_ms: u64 },
+    /// Past its end but within the clock-offset margin, or granted by an earlier leader (whose
+    /// clock this leader cannot read) while the new-leader wait runs: not dead yet.
+    InDoubt { until_ms: u64 },
+    /// The holder has certainly stopped writing: its shards may be taken over.
+    Expired,
+}
+
+/// The lease rules at the grantor (DESIGN.md §6).
+///
+/// `granted_at_ms` of a lease is a reading of the monotonic clock of whichever leader proposed
+/// the renewal. This leader's own readings are at or after `leader_since_ms` and at or before
+/// `now_ms`; anything else came from a predecessor and means nothing on this clock. A
+/// predecessor's grants were all committed before this leader's election, so after
+/// `lease_ms + max_clock_offset_ms` of this leader's clock they have expired, whatever their
+/// numbers say. Mistaking a predecessor's reading that happens to fall in
+/// `[leader_since_ms, now_ms]` for an own one only declares the DC dead later (safe).
+pub fn grantor_view(
+    lease: Option<&Lease>,
+    lease_ms: u64,
+    max_clock_offset_ms: u64,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> GrantorView {
+    match lease {
+        Some(lease) if (leader_since_ms..=now_ms).contains(&lease.granted_at_ms) => {
+            let expires_at_ms = lease.granted_at_ms.saturating_add(lease.lease_ms);
+            let dead_at_ms = expires_at_ms.saturating_add(max_clock_offset_ms);
+            if now_ms < expires_at_ms {
+                GrantorView::Valid {
+                    until_ms: dead_at_ms,
+                }
+            } else if now_ms < dead_at_ms {
+                GrantorView::InDoubt {
+                    until_ms: dead_at_ms,
+                }
+            } else {
+                GrantorView::Expired
+            }
+        }
+        _ => {
+            let wait_over_at_ms = leader_since_ms
+                .saturating_add(lease_ms)
+                .saturating_add(max_clock_offset_ms);
+            if now_ms < wait_over_at_ms {
+                GrantorView::InDoubt {
+                    until_ms: wait_over_at_ms,
+                }
+            } else {
+                GrantorView::Expired
+            }
+        }
+    }
+}
+
+/// The view of `dc`'s lease in `state` for the leader elected at `leader_since_ms`.
+pub fn lease_view(
+    state: &PlacementState,
+    dc: &DcId,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> GrantorView {
+    grantor_view(
+        state.lease(dc),
+        state.lease_ms(),
+        state.max_clock_offset_ms(),
+        now_ms,
+        leader_since_ms,
+    )
+}
+
+/// The voter DCs whose lease has expired at the grantor (plus the clock offset), in bootstrap
+/// order. Empty until this leader has waited a full lease plus the offset since its election.
+pub fn dead_dcs(state: &PlacementState, now_ms: u64, leader_since_ms: u64) -> Vec<DcId> {
+    state
+        .voters()
+        .filter(|dc| lease_view(state, dc, now_ms, leader_since_ms) == GrantorView::Expired)
+        .cloned()
+        .collect()
+}
+
+/// The takeovers of every shard `dead_dc` owns: each goes to the healthy replica DC with the
+/// highest watermark for it (ties: the smallest DC id), with that watermark as takeover point.
+/// Only watermarks on the shard's current history count, so an old owner still holding a lost
+/// tail is never preferred. A shard with no healthy replica gets no command (it waits).
+/// Empty if `dead_dc` is not dead.
+///
+/// The takeover point is the watermark the DC last reported; wiring may let the chosen DC pull
+/// the old epoch's remaining records for a bounded time and propose its exact watermark instead.
+pub fn plan_failover(
+    state: &PlacementState,
+    dead_dc: &DcId,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> Vec<Command> {
+    if lease_view(state, dead_dc, now_ms, leader_since_ms) != GrantorView::Expired {
+        return Vec::new();
+    }
+    state
+        .shards()
+        .iter()
+        .filter(|(_, placement)| placement.owner == *dead_dc)
+        .filter_map(|(shard, placement)| {
+            let (to, takeover_point) = placement
+                .replicas
+                .iter()
+                .filter(|dc| {
+                    matches!(
+                        lease_view(state, dc, now_ms, leader_since_ms),
+                        GrantorView::Valid { .. }
+                    )
+                })
+                .map(|dc| (dc, watermark(state, dc, *shard)))
+                .filter(|(_, watermark)| placement.is_on_history(*watermark))
+                .max_by(|(a, a_mark), (b, b_mark)| a_mark.cmp(b_mark).then_with(|| b.cmp(a)))?;
+            Some(Command::Takeover {
+                shard: *shard,
+                from: dead_dc.clone(),
+                to: to.clone(),
+                takeover_point,
+                now_ms,
+                leader_since_ms,
+            })
+        })
+        .collect()
+}
+
+/// Completes every handover whose (healthy) target reported a watermark equal to the owner's
+/// final position.
+pub fn plan_handover_completions(
+    state: &PlacementState,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> Vec<Command> {
+    state
+        .shards()
+        .iter()
+        .filter_map(|(shard, placement)| match &placement.status {
+            ShardStatus::HandingOver { to, until, .. }
+                if watermark(state, to, *shard) == *until
+                    && matches!(
+                        lease_view(state, to, now_ms, leader_since_ms),
+                        GrantorView::Valid { .. }
+                    ) =>
+            {
+                Some(Command::CompleteHandover {
+                    shard: *shard,
+                    target_watermark: *until,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The watermark `dc` last reported for `shard` (none: it has nothing yet).
+pub fn watermark(state: &PlacementState, dc: &DcId, shard: ShardId) -> Position {
+    state
+        .lease(dc)
+        .and_then(|lease| lease.watermarks.get(&shard))
+        .copied()
+        .unwrap_or(Position::ZERO)
+}

@@ -1,0 +1,707 @@
+//! Logic tests of the placement group: feed commands, assert the exact outcome.
+
+use std::collections::BTreeMap;
+
+use coopr_placement::{
+    apply_command, dead_dcs, holder_lease_valid, may_acknowledge, plan_failover,
+    plan_handover_completions, ChangeReason, Command, Dc, DcId, Epoch, Fenced, FrozenReport,
+    GrantorView, HeldLease, LeaseGrant, OwnedShard, PlacementMachine, PlacementState, Position,
+    Rejected, Reply, ShardStatus,
+};
+use coopr_raft::StateMachine;
+use coopr_types::ShardId;
+
+const LEASE_MS: u64 = 3_000;
+const OFFSET_MS: u64 = 100;
+
+fn dc(name: &str) -> DcId {
+    DcId::new(name)
+}
+
+fn bootstrap(voters: &[&str], shard_count: u32) -> PlacementState {
+    let mut state = None;
+    let mut dcs: Vec<Dc> = voters.iter().map(|name| Dc::voter(name)).collect();
+    dcs.push(Dc::witness("witness"));
+    apply_command(
+        &mut state,
+        &Command::Bootstrap {
+            dcs,
+            shard_count,
+            lease_ms: LEASE_MS,
+            max_clock_offset_ms: OFFSET_MS,
+        },
+    )
+    .unwrap();
+    state.unwrap()
+}
+
+fn renew(
+    state: &mut PlacementState,
+    name: &str,
+    now_ms: u64,
+    marks: &[(u32, Position)],
+) -> LeaseGrant {
+    renew_frozen(state, name, now_ms, marks, BTreeMap::new())
+}
+
+fn renew_frozen(
+    state: &mut PlacementState,
+    name: &str,
+    now_ms: u64,
+    marks: &[(u32, Position)],
+    frozen: BTreeMap<ShardId, FrozenReport>,
+) -> LeaseGrant {
+    let watermarks = marks.iter().map(|(s, p)| (ShardId(*s), *p)).collect();
+    match state.apply(&Command::RenewLease {
+        dc: dc(name),
+        now_ms,
+        watermarks,
+        frozen,
+    }) {
+        Ok(Reply::LeaseGranted { grant }) => grant,
+        other => panic!("renewal of {name}: {other:?}"),
+    }
+}
+
+fn takeover(
+    shard: u32,
+    from: &str,
+    to: &str,
+    point: Position,
+    now_ms: u64,
+    since_ms: u64,
+) -> Command {
+    Command::Takeover {
+        shard: ShardId(shard),
+        from: dc(from),
+        to: dc(to),
+        takeover_point: point,
+        now_ms,
+        leader_since_ms: since_ms,
+    }
+}
+
+/// Bootstrap: shards `0..S` go round-robin over the voter DCs in the order given, the global
+/// shard to the first one; every other voter is a replica; the witness holds nothing; epoch 1.
+/// A second bootstrap, and any command before the first, are rejected.
+#[test]
+fn bootstrap_spreads_shards_round_robin() {
+    let state = bootstrap(&["a", "b", "c"], 5);
+    let owners: Vec<(ShardId, &str)> = state
+        .shards()
+        .iter()
+        .map(|(shard, placement)| (*shard, placement.owner.0.as_str()))
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            (ShardId(0), "a"),
+            (ShardId(1), "b"),
+            (ShardId(2), "c"),
+            (ShardId(3), "a"),
+            (ShardId(4), "b"),
+            (ShardId::GLOBAL, "a"),
+        ]
+    );
+    let shard1 = state.shard(ShardId(1)).unwrap();
+    assert_eq!(shard1.replicas, [dc("a"), dc("c")]);
+    assert_eq!(shard1.epoch, Epoch(1));
+    assert_eq!(shard1.status, ShardStatus::Active);
+
+    let mut some = Some(state);
+    let again = Command::Bootstrap {
+        dcs: vec![Dc::voter("a")],
+        shard_count: 1,
+        lease_ms: LEASE_MS,
+        max_clock_offset_ms: OFFSET_MS,
+    };
+    assert_eq!(
+        apply_command(&mut some, &again),
+        Err(Rejected::AlreadyBootstrapped)
+    );
+    let mut none = None;
+    assert_eq!(
+        apply_command(&mut none, &Command::AbortHandover { shard: ShardId(0) }),
+        Err(Rejected::NotBootstrapped)
+    );
+    let witness_only = Command::Bootstrap {
+        dcs: vec![Dc::witness("w")],
+        shard_count: 1,
+        lease_ms: LEASE_MS,
+        max_clock_offset_ms: OFFSET_MS,
+    };
+    assert!(matches!(
+        apply_command(&mut none, &witness_only),
+        Err(Rejected::InvalidBootstrap { .. })
+    ));
+    assert!(none.is_none());
+}
+
+/// A lease grant names exactly the shards the DC owns, with their epochs; a witness cannot
+/// hold a lease.
+#[test]
+fn a_grant_names_the_owned_shards_with_their_epochs() {
+    let mut state = bootstrap(&["a", "b"], 4);
+    let grant = renew(&mut state, "b", 10, &[]);
+    let owned: Vec<(ShardId, OwnedShard)> = grant.owned.into_iter().collect();
+    assert_eq!(
+        owned,
+        [
+            (ShardId(1), OwnedShard::Writable { epoch: Epoch(1) }),
+            (ShardId(3), OwnedShard::Writable { epoch: Epoch(1) }),
+        ]
+    );
+    assert_eq!(grant.map.len(), 5);
+    assert_eq!(
+        state.apply(&Command::RenewLease {
+            dc: dc("witness"),
+            now_ms: 10,
+            watermarks: BTreeMap::new(),
+            frozen: BTreeMap::new(),
+        }),
+        Err(Rejected::Witness { dc: dc("witness") })
+    );
+}
+
+/// The grantor's rule: a DC is dead only once `granted_at + lease + max_clock_offset` has passed
+/// on the leader's clock; between `granted_at + lease` and that it is in doubt.
+#[test]
+fn a_dc_is_dead_only_after_lease_plus_offset() {
+    let mut state = bootstrap(&["a", "b"], 2);
+    let since = 1_000;
+    renew(&mut state, "a", since + 10_000, &[]);
+    renew(&mut state, "b", since + 10_000, &[]);
+    let granted = since + 10_000;
+    let view =
+        |state: &PlacementState, now| coopr_placement::lease_view(state, &dc("a"), now, since);
+    assert_eq!(
+        view(&state, granted + LEASE_MS - 1),
+        GrantorView::Valid {
+            until_ms: granted + LEASE_MS + OFFSET_MS
+        }
+    );
+    assert_eq!(
+        view(&state, granted + LEASE_MS),
+        GrantorView::InDoubt {
+            until_ms: granted + LEASE_MS + OFFSET_MS
+        }
+    );
+    assert!(dead_dcs(&state, granted + LEASE_MS + OFFSET_MS - 1, since).is_empty());
+    assert_eq!(
+        dead_dcs(&state, granted + LEASE_MS + OFFSET_MS, since),
+        [dc("a"), dc("b")]
+    );
+}
+
+/// The new-leader wait: a leader elected at `since` declares no DC dead before
+/// `since + lease + offset` on its own clock, whatever the predecessor's grant times say (they
+/// are readings of another clock: far ahead, far behind, or numerically inside this leader's
+/// range); after the wait, a DC that has not renewed with it is dead, one that has is not. The
+/// state machine enforces the same wait on `Takeover`.
+#[test]
+fn a_new_leader_waits_a_full_lease_before_declaring_a_dc_dead() {
+    let mut state = bootstrap(&["a", "b", "c"], 3);
+    // Granted by the previous leader, whose clock read very different numbers.
+    renew(&mut state, "a", 5, &[]); // far behind: looks long expired
+    renew(&mut state, "b", 9_000_000_000, &[]); // far ahead: looks valid for ages
+    renew(&mut state, "c", 50_500, &[]); // inside the new leader's range by accident
+    let since = 50_000;
+    let wait_over = since + LEASE_MS + OFFSET_MS;
+    for now in [since, since + 1, since + LEASE_MS, wait_over - 1] {
+        assert!(dead_dcs(&state, now, since).is_empty(), "at {now}");
+    }
+    assert_eq!(
+        state.apply(&takeover(0, "a", "b", Position::ZERO, wait_over - 1, since)),
+        Err(Rejected::LeaseNotExpired {
+            dc: dc("a"),
+            until_ms: wait_over
+        })
+    );
+    // b renews with the new leader during the wait; a does not; c's accidental reading is
+    // treated as the new leader's own (it only delays c's death: safe).
+    renew(&mut state, "b", since + 2_000, &[]);
+    assert_eq!(dead_dcs(&state, wait_over, since), [dc("a")]);
+    assert_eq!(
+        dead_dcs(&state, 50_500 + LEASE_MS + OFFSET_MS, since),
+        [dc("a"), dc("c")]
+    );
+    assert!(state
+        .apply(&takeover(0, "a", "b", Position::ZERO, wait_over, since))
+        .is_ok());
+}
+
+/// Takeover of a shard whose owner's lease is still valid (or within the offset margin) is
+/// rejected and changes nothing, so a partitioned owner stops writing before anyone starts;
+/// so is a takeover from a DC that is not the owner, or to a DC that is not a replica.
+#[test]
+fn takeover_from_a_dc_with_a_valid_lease_is_rejected() {
+    let mut state = bootstrap(&["a", "b", "c"], 3);
+    let since = 0;
+    renew(&mut state, "a", 10_000, &[]);
+    let before = state.clone();
+    for now in [
+        10_000,
+        10_000 + LEASE_MS - 1,
+        10_000 + LEASE_MS + OFFSET_MS - 1,
+    ] {
+        assert_eq!(
+            state.apply(&takeover(0, "a", "b", Position::ZERO, now, since)),
+            Err(Rejected::LeaseNotExpired {
+                dc: dc("a"),
+                until_ms: 10_000 + LEASE_MS + OFFSET_MS
+            }),
+            "at {now}"
+        );
+    }
+    assert_eq!(state, before);
+    let late = 10_000 + LEASE_MS + OFFSET_MS;
+    assert!(matches!(
+        state.apply(&takeover(0, "b", "c", Position::ZERO, late, since)),
+        Err(Rejected::NotOwner { .. })
+    ));
+    assert!(matches!(
+        state.apply(&takeover(0, "a", "witness", Position::ZERO, late, since)),
+        Err(Rejected::Witness { .. })
+    ));
+    assert!(matches!(
+        state.apply(&takeover(0, "a", "b", Position::new(2, 1), late, since)),
+        Err(Rejected::TakeoverPointInvalid { .. })
+    ));
+    assert_eq!(state, before);
+    let Ok(Reply::Shard { placement, .. }) =
+        state.apply(&takeover(0, "a", "b", Position::new(1, 7), late, since))
+    else {
+        panic!("takeover after expiry is accepted")
+    };
+    assert_eq!(placement.owner, dc("b"));
+    assert_eq!(placement.epoch, Epoch(2));
+    assert_eq!(placement.replicas, [dc("c"), dc("a")]);
+    let change = state.history().last().unwrap();
+    assert_eq!(
+        change.reason,
+        ChangeReason::Failover {
+            takeover_point: Position::new(1, 7),
+            at_ms: late
+        }
+    );
+}
+
+/// Failover reassigns each of the dead DC's shards to the healthy replica with the highest
+/// watermark for it (ties: the smallest DC id), with that watermark as takeover point. A DC
+/// that is not healthy, or whose copy holds a tail lost in an earlier failover, is not picked.
+#[test]
+fn failover_picks_the_most_caught_up_healthy_replica() {
+    let mut state = bootstrap(&["a", "b", "c", "d", "e"], 5); // a owns 0 (and global)
+    let since = 0;
+    // e is the most caught up on shard 0 but its lease lapses; c and d tie.
+    renew(&mut state, "e", 100, &[(0, Position::new(1, 20))]);
+    renew(&mut state, "a", 1_000, &[]);
+    let now = 1_000 + LEASE_MS + OFFSET_MS;
+    renew(
+        &mut state,
+        "b",
+        now - 10,
+        &[(0, Position::new(1, 10)), (u32::MAX, Position::new(1, 3))],
+    );
+    renew(
+        &mut state,
+        "c",
+        now - 10,
+        &[(0, Position::new(1, 12)), (u32::MAX, Position::new(1, 2))],
+    );
+    renew(&mut state, "d", now - 10, &[(0, Position::new(1, 12))]);
+    assert_eq!(dead_dcs(&state, now, since), [dc("a"), dc("e")]);
+    let plan = plan_failover(&state, &dc("a"), now, since);
+    assert_eq!(
+        plan,
+        [
+            takeover(0, "a", "c", Position::new(1, 12), now, since),
+            Command::Takeover {
+                shard: ShardId::GLOBAL,
+                from: dc("a"),
+                to: dc("b"),
+                takeover_point: Position::new(1, 3),
+                now_ms: now,
+                leader_since_ms: since,
+            },
+        ]
+    );
+    assert!(
+        plan_failover(&state, &dc("b"), now, since).is_empty(),
+        "b is alive"
+    );
+    for command in &plan {
+        state.apply(command).unwrap();
+    }
+
+    // a comes back still holding shard 0 up to (1, 30): that tail was lost, and a copy at
+    // (1, 30) is not on the shard's history any more. When c dies, b (behind a in raw
+    // position) takes shard 0, not a.
+    let later = now + 10_000;
+    renew(&mut state, "a", later - 10, &[(0, Position::new(1, 30))]);
+    renew(&mut state, "b", later - 10, &[(0, Position::new(1, 11))]);
+    renew(&mut state, "d", later - 10, &[(0, Position::new(1, 9))]);
+    let placement = state.shard(ShardId(0)).unwrap();
+    assert!(!placement.is_on_history(Position::new(1, 30)));
+    assert!(placement.is_on_history(Position::new(1, 12)));
+    assert!(placement.is_on_history(Position::new(2, 99)));
+    assert_eq!(
+        plan_failover(&state, &dc("c"), later, since),
+        [
+            takeover(0, "c", "b", Position::new(1, 11), later, since),
+            // Nobody reported shard 2: the healthy replicas tie at nothing; the smallest id wins.
+            takeover(2, "c", "a", Position::ZERO, later, since),
+        ]
+    );
+}
+
+/// Epochs only increase: over seeded random sequences of every kind of command, no shard's
+/// epoch ever goes down, it goes up (by exactly one) exactly when the owner changes, the owner
+/// is never among the replicas, and a rejected command leaves the state unchanged.
+#[test]
+fn epochs_only_increase_and_rejections_change_nothing() {
+    let names = ["a", "b", "c", "witness", "nowhere"];
+    let mut rng = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n
+    };
+    for _run in 0..50 {
+        let mut state = bootstrap(&["a", "b", "c"], 4);
+        let mut now = 0;
+        for _step in 0..300 {
+            now += next(2_000);
+            let shard = if next(6) == 0 {
+                ShardId::GLOBAL
+            } else {
+                ShardId(next(5) as u32)
+            };
+            let name = |i: u64| dc(names[i as usize]);
+            let point = Position::new(next(3), next(20));
+            let command = match next(7) {
+                0 => Command::RenewLease {
+                    dc: name(next(5)),
+                    now_ms: now,
+                    watermarks: BTreeMap::from([(shard, point)]),
+                    frozen: BTreeMap::from([(
+                        shard,
+                        FrozenReport {
+                            handover: next(4),
+                            last: point,
+                        },
+                    )]),
+                },
+                1 => takeover(
+                    shard.0,
+                    names[next(5) as usize],
+                    names[next(5) as usize],
+                    point,
+                    now,
+                    next(now + 1),
+                ),
+                2 => Command::StartHandover {
+                    shard,
+                    to: name(next(5)),
+                },
+                3 => Command::CompleteHandover {
+                    shard,
+                    target_watermark: point,
+                },
+                4 => Command::AbortHandover { shard },
+                5 => Command::SetReplicas {
+                    shard,
+                    replicas: (0..next(4)).map(|_| name(next(5))).collect(),
+                },
+                _ => match plan_failover(&state, &name(next(3)), now, 0).first() {
+                    Some(command) => command.clone(),
+                    None => Command::AbortHandover { shard },
+                },
+            };
+            let before = state.clone();
+            let outcome = state.apply(&command);
+            if outcome.is_err() {
+                assert_eq!(
+                    state, before,
+                    "{command:?} was rejected but changed the state"
+                );
+            }
+            for (shard, placement) in state.shards() {
+                let old = before.shard(*shard).unwrap();
+                assert!(placement.epoch >= old.epoch);
+                let moved = placement.owner != old.owner;
+                assert_eq!(placement.epoch > old.epoch, moved, "{command:?}");
+                if moved {
+                    assert_eq!(placement.epoch, old.epoch.next());
+                }
+                assert!(!placement.replicas.contains(&placement.owner));
+            }
+        }
+    }
+}
+
+/// Graceful handover loses nothing: the owner is frozen first; the handover completes only
+/// with the target's watermark equal to the final position the owner reported for this very
+/// handover (a report from an aborted earlier one is ignored); then the target owns the shard
+/// in the next epoch and the old owner is a replica.
+#[test]
+fn a_handover_completes_only_when_the_target_is_caught_up() {
+    let mut state = bootstrap(&["a", "b"], 1); // a owns 0, b replicates it
+    let since = 0;
+    let shard = ShardId(0);
+    let start = Command::StartHandover { shard, to: dc("b") };
+
+    // A first handover, aborted after the owner reported (1, 5).
+    state.apply(&start).unwrap();
+    let grant = renew(&mut state, "a", 100, &[]);
+    let OwnedShard::Frozen {
+        handover: first, ..
+    } = grant.owned[&shard].clone()
+    else {
+        panic!("the grant freezes the shard")
+    };
+    state.apply(&Command::AbortHandover { shard }).unwrap();
+    let grant = renew(&mut state, "a", 200, &[]);
+    assert_eq!(
+        grant.owned[&shard],
+        OwnedShard::Writable { epoch: Epoch(1) }
+    );
+
+    // The second handover: a wrote up to (1, 9) in between.
+    state.apply(&start).unwrap();
+    assert!(matches!(
+        state.apply(&start),
+        Err(Rejected::HandoverInProgress { .. })
+    ));
+    assert_eq!(
+        state.apply(&Command::CompleteHandover {
+            shard,
+            target_watermark: Position::new(1, 9)
+        }),
+        Err(Rejected::OwnerNotFrozen { shard })
+    );
+    let stale = BTreeMap::from([(
+        shard,
+        FrozenReport {
+            handover: first,
+            last: Position::new(1, 5),
+        },
+    )]);
+    renew_frozen(&mut state, "a", 300, &[], stale);
+    assert!(matches!(
+        state.shard(shard).unwrap().status,
+        ShardStatus::Draining { .. }
+    ));
+    let grant = renew(&mut state, "a", 400, &[]);
+    let OwnedShard::Frozen {
+        handover: second, ..
+    } = grant.owned[&shard].clone()
+    else {
+        panic!("the grant freezes the shard")
+    };
+    let report = BTreeMap::from([(
+        shard,
+        FrozenReport {
+            handover: second,
+            last: Position::new(1, 9),
+        },
+    )]);
+    renew_frozen(&mut state, "a", 500, &[], report);
+    assert_eq!(
+        state.shard(shard).unwrap().status,
+        ShardStatus::HandingOver {
+            to: dc("b"),
+            handover: second,
+            until: Position::new(1, 9)
+        }
+    );
+
+    // b is at (1, 8): not yet.
+    renew(&mut state, "b", 600, &[(0, Position::new(1, 8))]);
+    assert!(plan_handover_completions(&state, 700, since).is_empty());
+    assert_eq!(
+        state.apply(&Command::CompleteHandover {
+            shard,
+            target_watermark: Position::new(1, 8)
+        }),
+        Err(Rejected::NotCaughtUp {
+            shard,
+            target_watermark: Position::new(1, 8),
+            owner_final: Position::new(1, 9)
+        })
+    );
+    renew(&mut state, "b", 800, &[(0, Position::new(1, 9))]);
+    let plan = plan_handover_completions(&state, 900, since);
+    assert_eq!(
+        plan,
+        [Command::CompleteHandover {
+            shard,
+            target_watermark: Position::new(1, 9)
+        }]
+    );
+    state.apply(&plan[0]).unwrap();
+    let placement = state.shard(shard).unwrap();
+    assert_eq!((&placement.owner, placement.epoch), (&dc("b"), Epoch(2)));
+    assert_eq!(placement.replicas, [dc("a")]);
+    assert_eq!(placement.status, ShardStatus::Active);
+    assert_eq!(
+        state.history().last().unwrap().reason,
+        ChangeReason::Handover {
+            until: Position::new(1, 9)
+        }
+    );
+}
+
+/// Holder side: the holder's lease ends `lease - offset` after the timer it started before
+/// sending; `may_acknowledge` needs a valid lease and the shard listed writable at the same
+/// epoch, and says why not; a late, older grant never replaces a newer one, and a newer grant
+/// reports the shards to demote.
+#[test]
+fn the_holder_fences_itself() {
+    assert!(holder_lease_valid(1_000, LEASE_MS, OFFSET_MS, 1_000));
+    assert!(holder_lease_valid(
+        1_000,
+        LEASE_MS,
+        OFFSET_MS,
+        1_000 + LEASE_MS - OFFSET_MS - 1
+    ));
+    assert!(!holder_lease_valid(
+        1_000,
+        LEASE_MS,
+        OFFSET_MS,
+        1_000 + LEASE_MS - OFFSET_MS
+    ));
+    assert!(!holder_lease_valid(1_000, LEASE_MS, OFFSET_MS, 999));
+
+    let mut state = bootstrap(&["a", "b"], 2); // a owns 0, b owns 1
+    let first = renew(&mut state, "a", 10, &[]);
+    let mut held = HeldLease::new(first, 500);
+    assert_eq!(may_acknowledge(&held, ShardId(0), Epoch(1), 600), Ok(()));
+    assert_eq!(
+        may_acknowledge(&held, ShardId(0), Epoch(1), 500 + LEASE_MS - OFFSET_MS),
+        Err(Fenced::LeaseExpired {
+            started_before_send_ms: 500
+        })
+    );
+    assert_eq!(
+        may_acknowledge(&held, ShardId(1), Epoch(1), 600),
+        Err(Fenced::NotOwner {
+            shard: ShardId(1),
+            owner: dc("b"),
+            epoch: Epoch(1)
+        })
+    );
+    assert_eq!(
+        may_acknowledge(&held, ShardId(0), Epoch(0), 600),
+        Err(Fenced::StaleEpoch {
+            shard: ShardId(0),
+            epoch: Epoch(0),
+            granted: Epoch(1)
+        })
+    );
+    assert_eq!(
+        may_acknowledge(&held, ShardId(7), Epoch(1), 600),
+        Err(Fenced::UnknownShard { shard: ShardId(7) })
+    );
+
+    let older = renew(&mut state, "a", 20, &[]);
+    state
+        .apply(&Command::StartHandover {
+            shard: ShardId(0),
+            to: dc("b"),
+        })
+        .unwrap();
+    let newer = renew(&mut state, "a", 30, &[]);
+    assert_eq!(
+        held.update(newer, 700),
+        [ShardId(0)],
+        "the frozen shard is demoted"
+    );
+    assert_eq!(
+        may_acknowledge(&held, ShardId(0), Epoch(1), 800),
+        Err(Fenced::HandingOver {
+            shard: ShardId(0),
+            to: dc("b")
+        })
+    );
+    assert!(held.update(older, 900).is_empty());
+    assert_eq!(
+        held.started_before_send_ms, 700,
+        "a late older grant is ignored"
+    );
+    assert!(may_acknowledge(&held, ShardId(0), Epoch(1), 800).is_err());
+}
+
+/// Snapshot/restore round trip through the Raft application interface: a restored machine has
+/// the same state and answers the next entries exactly as the original; an empty snapshot is
+/// the initial (unbootstrapped) state; a malformed entry is answered with `Malformed` on every
+/// node alike; a damaged snapshot is refused.
+#[test]
+fn snapshot_restore_round_trip() {
+    let machine = PlacementMachine::new();
+    let entries: Vec<Vec<u8>> = [
+        Command::Bootstrap {
+            dcs: vec![Dc::voter("a"), Dc::voter("b"), Dc::witness("w")],
+            shard_count: 3,
+            lease_ms: LEASE_MS,
+            max_clock_offset_ms: OFFSET_MS,
+        },
+        Command::RenewLease {
+            dc: dc("b"),
+            now_ms: 10,
+            watermarks: BTreeMap::from([
+                (ShardId(0), Position::new(1, 4)),
+                (ShardId::GLOBAL, Position::new(1, 2)),
+            ]),
+            frozen: BTreeMap::new(),
+        },
+        takeover(0, "a", "b", Position::new(1, 4), LEASE_MS + OFFSET_MS, 0),
+        Command::StartHandover {
+            shard: ShardId(1),
+            to: dc("a"),
+        },
+    ]
+    .iter()
+    .map(PlacementMachine::encode_command)
+    .collect();
+    let batch: Vec<(u64, &[u8])> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as u64 + 1, e.as_slice()))
+        .collect();
+    let replies = machine.apply(&batch);
+    assert_eq!(replies.len(), 4);
+    for reply in &replies {
+        let outcome = PlacementMachine::decode_outcome(reply).unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    let malformed = machine.apply(&[(5, b"{not json".as_slice())]);
+    assert!(matches!(
+        PlacementMachine::decode_outcome(&malformed[0]).unwrap(),
+        Err(Rejected::Malformed { .. })
+    ));
+
+    let parts = machine.snapshot();
+    let restored = PlacementMachine::new();
+    restored.restore(&parts).unwrap();
+    assert_eq!(restored.state(), machine.state());
+    assert!(restored.state().is_some());
+    let next = PlacementMachine::encode_command(&Command::RenewLease {
+        dc: dc("a"),
+        now_ms: 20,
+        watermarks: BTreeMap::new(),
+        frozen: BTreeMap::new(),
+    });
+    assert_eq!(restored.apply(&[(6, &next)]), machine.apply(&[(6, &next)]));
+    assert_eq!(restored.snapshot(), machine.snapshot());
+
+    restored.restore(&BTreeMap::new()).unwrap();
+    assert_eq!(restored.state(), None);
+    assert!(restored
+        .restore(&BTreeMap::from([(0, b"garbage".to_vec())]))
+        .is_err());
+    assert!(restored
+        .restore(&BTreeMap::from([(1, b"null".to_vec())]))
+        .is_err());
+}
