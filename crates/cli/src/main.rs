@@ -25,8 +25,6 @@ use tokio::sync::watch;
     about = "Cluster provisioning server, hot-hot across datacenters"
 )]
 struct Cli {
-    #[command(flatten)]
-    conn: client::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,11 +40,22 @@ enum Command {
     /// Runs a server and fake-cloud provisioner workers in one process, seeded for trying coopr.
     Demo(demo::DemoArgs),
     /// Cluster commands (create, list, show, status, delete, ...).
-    #[command(subcommand)]
-    Cluster(client::ClusterCommand),
+    // The connection options belong to the client commands only: `coopr provisioner` has its
+    // own `--server` (repeatable) and `--api-key`, and clap rejects a global option of the same
+    // name.
+    Cluster {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::ClusterCommand,
+    },
     /// Administration (tenants, provisioners, catalog import/export).
-    #[command(subcommand)]
-    Admin(client::AdminCommand),
+    Admin {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::AdminCommand,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -213,6 +222,7 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             internal_listen: Some(file.internal_addr),
             secret: Some(secret),
             snapshot_every: file.snapshot_every,
+            logs_kept_after_snapshot: file.logs_kept_after_snapshot,
             election_timeout_ms: (file.election_timeout_min_ms, file.election_timeout_max_ms),
             write_timeout_ms: file.write_timeout_ms,
             ..ServerConfig::default()
@@ -227,7 +237,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let handle = coopr_server::start(config.clone()).await?;
         println!("coopr server listening on {}", handle.url());
         let mut stop = shutdown_on_signal();
-        if config.demo {
+        if config.demo && workers > 0 {
             let id = format!("demo-{}", config.node);
             let state = config.data_dir.join("fake-cloud.json");
             // The node's own API first; the others of its DC when it is unreachable.
@@ -343,14 +353,14 @@ fn main() {
                 init_tracing("warn,coopr_server=info");
                 demo::run(args, shutdown_on_signal()).await
             }
-            Command::Cluster(cmd) => {
+            Command::Cluster { conn, command } => {
                 init_tracing("warn");
                 // The client prints its own errors.
-                return client::run_cluster(&cli.conn, cmd).await.map_err(|_| None);
+                return client::run_cluster(&conn, command).await.map_err(|_| None);
             }
-            Command::Admin(cmd) => {
+            Command::Admin { conn, command } => {
                 init_tracing("warn");
-                return client::run_admin(&cli.conn, cmd).await.map_err(|_| None);
+                return client::run_admin(&conn, command).await.map_err(|_| None);
             }
         }
         .map_err(Some)
@@ -362,5 +372,17 @@ fn main() {
             std::process::exit(1);
         }
         Err(None) => std::process::exit(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's consistency checks (unique option names per command, ...) hold for every
+    /// subcommand; they otherwise fail only when the faulty subcommand is run.
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

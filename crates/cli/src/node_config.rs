@@ -48,12 +48,17 @@ pub struct NodeConfig {
     /// Seed the demo tenant and catalog and run fake-cloud workers inside the server. Default false.
     #[serde(default)]
     pub demo: bool,
-    /// Fake-cloud workers run inside the server in demo mode. Default 4.
+    /// Fake-cloud workers run inside the server in demo mode; 0 runs none (the demo tenant,
+    /// keys and catalog are still seeded, for external `coopr provisioner` processes). Default 4.
     #[serde(default = "default_demo_workers")]
     pub demo_workers: u32,
-    /// DC log entries between snapshots (older entries are then dropped). Default 10000.
+    /// DC log entries between snapshots. Default 10000.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// DC log entries kept after a snapshot (older ones are dropped); a node further behind
+    /// catches up by receiving a snapshot. Default 1000.
+    #[serde(default = "default_logs_kept_after_snapshot")]
+    pub logs_kept_after_snapshot: u64,
     /// Raft election timeout range in ms; heartbeats every min/3. Defaults 300 and 600.
     #[serde(default = "default_election_min")]
     pub election_timeout_min_ms: u64,
@@ -79,6 +84,10 @@ fn default_task_timeout() -> u64 {
 
 fn default_snapshot_every() -> u64 {
     10_000
+}
+
+fn default_logs_kept_after_snapshot() -> u64 {
+    1_000
 }
 
 fn default_election_min() -> u64 {
@@ -177,8 +186,8 @@ impl NodeConfig {
         if self.write_timeout_ms < 100 {
             bail!("write_timeout_ms: {} is below 100", self.write_timeout_ms);
         }
-        if !(1..=1024).contains(&self.demo_workers) {
-            bail!("demo_workers: {} is outside 1..=1024", self.demo_workers);
+        if self.demo_workers > 1024 {
+            bail!("demo_workers: {} is outside 0..=1024", self.demo_workers);
         }
         if self.peers.is_empty() {
             bail!("peers: at least this node must be listed");
@@ -338,6 +347,7 @@ pub fn init_cluster(
             demo: args.demo,
             demo_workers: default_demo_workers(),
             snapshot_every: default_snapshot_every(),
+            logs_kept_after_snapshot: default_logs_kept_after_snapshot(),
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
             write_timeout_ms: default_write_timeout(),

@@ -16,7 +16,7 @@
 //! another worker; plugins are idempotent per task for exactly this reason.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{Map, Value};
@@ -31,8 +31,13 @@ use crate::client::{
 use crate::config::ProvisionerConfig;
 use crate::plugin::PluginResult;
 
-/// Attempts at reporting one task's result before leaving it to the server's task timeout.
-const MAX_FINISH_ATTEMPTS: u32 = 5;
+/// How long a worker keeps trying to report one task's result before leaving the task to the
+/// server's task timeout. Long enough to outlast a leader election in the server's DC (a few
+/// election timeouts), during which every write is answered 503.
+const FINISH_RETRY_FOR: Duration = Duration::from_secs(30);
+/// Longest pause between two attempts at reporting a result (the pause starts at the poll
+/// interval and doubles).
+const MAX_FINISH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs a provisioner until `shutdown` turns `true` (or its sender is dropped).
 ///
@@ -284,10 +289,14 @@ impl Runtime {
         .await
     }
 
-    /// Reports a result, retrying transient failures a bounded number of times. Returns `false`
+    /// Reports a result, retrying transient failures for [`FINISH_RETRY_FOR`]. Returns `false`
     /// if shutdown interrupted the retries.
     async fn report(&self, finish: &FinishRequest, shutdown: &mut Shutdown) -> bool {
-        for attempt in 1..=MAX_FINISH_ATTEMPTS {
+        let started = Instant::now();
+        let mut pause = self.backoff();
+        let mut attempt = 0u32;
+        while started.elapsed() < FINISH_RETRY_FOR {
+            attempt += 1;
             match self.client.finish(finish).await {
                 Ok(FinishOutcome::Accepted) => {
                     debug!("task finished");
@@ -307,12 +316,13 @@ impl Runtime {
                     return true;
                 }
             }
-            if shutdown.sleep(self.backoff()).await {
+            if shutdown.sleep(pause).await {
                 return false;
             }
+            pause = (pause * 2).min(MAX_FINISH_BACKOFF.max(self.backoff()));
         }
         error!(
-            attempts = MAX_FINISH_ATTEMPTS,
+            attempts = attempt,
             "could not report the task; leaving it to the server's task timeout"
         );
         true

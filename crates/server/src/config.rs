@@ -23,6 +23,9 @@ pub struct ServerConfig {
     pub provisioner_timeout_ms: u64,
     /// Log entries between snapshots (default 10,000).
     pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, so that a slightly lagging follower catches up from
+    /// the log rather than by a snapshot; older ones are dropped (default 1,000).
+    pub logs_kept_after_snapshot: u64,
     /// Seed the demo tenant, keys and example catalog (fixed keys: demo mode only).
     pub demo: bool,
     /// The superadmin key to create at first start outside demo mode (else one is generated and
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
             task_timeout_ms: 600_000,
             provisioner_timeout_ms: 30_000,
             snapshot_every: 10_000,
+            logs_kept_after_snapshot: 1_000,
             demo: false,
             admin_key: None,
             node_id: 1,

@@ -186,6 +186,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let mut raft_config = RaftConfig::new(config.node_id, members, secret);
     raft_config.group = format!("dc-{}", config.dc);
     raft_config.snapshot_every = config.snapshot_every;
+    raft_config.logs_kept_after_snapshot = config.logs_kept_after_snapshot;
     raft_config.election_timeout_min_ms = config.election_timeout_ms.0;
     raft_config.election_timeout_max_ms = config.election_timeout_ms.1;
     raft_config.heartbeat_interval_ms = (config.election_timeout_ms.0 / 3).max(10);
