@@ -8,6 +8,9 @@
 //!
 //!  big:   POST /v2/clusters of 1,000 / 10,000 nodes while probe clients write and read
 //!
+//!  dclog: coopr-bench --REST--> `coopr server` processes (1-node and 3-node DC, Raft, fsync)
+//!                    --/v3/kv/put--> 3-member etcd cluster on loopback (same machine)
+//!
 //!  plan:  examples/catalog.json --> solve_layout --> plan --> State::apply(CreateCluster)
 //!         (pure functions, no I/O; 100 / 1,000 / 10,000 nodes)
 //! ```
@@ -18,6 +21,7 @@
 //! records the figures with the command that produced them.
 
 mod big;
+mod dclog;
 mod fsync;
 mod ops;
 mod plan;
@@ -42,6 +46,9 @@ enum Scenario {
     /// One very large cluster create through REST while probe clients write and read: how
     /// long the create holds up other requests.
     Big(big::BigArgs),
+    /// Durable write latency and throughput of 1-node and 3-node DCs (real `coopr server`
+    /// processes) next to a 3-member etcd cluster, both over HTTP+JSON on loopback.
+    Dclog(dclog::DcLogArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +66,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(big::run(args))
+        }
+        Scenario::Dclog(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(dclog::run(args))
         }
     }
 }

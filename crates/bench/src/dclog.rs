@@ -1,0 +1,828 @@
+//! Scenario `dclog`: durable write latency and throughput of the DC log (Raft) through the REST
+//! API, for a 1-node and a 3-node DC running as real `coopr server` processes, next to a
+//! 3-member etcd cluster on the same machine doing puts of a similar size, both over HTTP+JSON
+//! on loopback.
+//!
+//! ```text
+//!  coopr-bench --POST /v2/clusters/{id} {"expireTime"}--> coopr leader --AppendEntries--> followers
+//!      |              (or to a follower: forwarded)          | redb fsync                | redb fsync
+//!      |
+//!      '--POST /v3/kv/put {key, value} (base64)--> etcd leader (JSON gateway -> gRPC) --> members
+//!                                                    | WAL fsync                          | WAL fsync
+//! ```
+//!
+//! Builds nothing: it runs the release `coopr` binary (`cargo build --release -p coopr` first)
+//! and `etcd` (Debian: `apt-get install -y etcd-server`); it installs nothing. Every process is
+//! killed when the scenario ends (also on error: the guards kill in `Drop`). Ports are probed.
+//!
+//! Each system is measured with one sequential client (`--writes` writes) and with
+//! `--clients` concurrent clients for `--concurrent-secs`, first at the leader and then at a
+//! follower (coopr forwards the HTTP request to the leader's API; etcd forwards the proposal
+//! inside Raft).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use coopr_state::{encode_entry, Command as StateCommand, Entry};
+use coopr_types::ClusterId;
+use serde_json::{json, Value};
+
+use crate::fsync;
+use crate::ops::Api;
+use crate::stats::{ms, rate, Summary};
+
+#[derive(clap::Args, Debug)]
+pub struct DcLogArgs {
+    /// The release `coopr` binary (build it first: `cargo build --release -p coopr`).
+    #[arg(long, default_value = "target/release/coopr")]
+    coopr_bin: PathBuf,
+    /// The etcd server binary (Debian: `apt-get install -y etcd-server`).
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Directory under which the temporary data dirs are made (default: the current directory,
+    /// so the figures are for the real disk and not a tmpfs `/tmp`).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Writes of the sequential (one client) phase.
+    #[arg(long, default_value_t = 2000)]
+    writes: u64,
+    /// Clients of the concurrent phase.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Duration of the concurrent phase (s).
+    #[arg(long, default_value_t = 5.0)]
+    concurrent_secs: f64,
+    /// Fake-cloud workers in each coopr server (demo mode); they only poll during the
+    /// measurement (an idle poll costs no log write).
+    #[arg(long, default_value_t = 1)]
+    demo_workers: u32,
+    /// Rounds of the fsync floor measurements.
+    #[arg(long, default_value_t = 300)]
+    fsync_rounds: usize,
+    /// Skip the follower (forwarded) measurements.
+    #[arg(long)]
+    no_followers: bool,
+    /// Skip etcd (coopr only).
+    #[arg(long)]
+    no_etcd: bool,
+    /// Skip the 1-node DC.
+    #[arg(long)]
+    no_single: bool,
+}
+
+/// Unmeasured writes before each phase (connections, caches).
+const WARMUP_WRITES: u64 = 50;
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Proc> {
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({command:?})"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// Fails (with the end of its log) if the process already exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); end of its log {}:\n{}",
+                self.name,
+                self.log.display(),
+                log_tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+
+    /// CPU time (user + system) used so far, from `/proc/<pid>/stat` (Linux).
+    fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Duration::from_millis((utime + stime) * 10))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn group_cpu(procs: &[Proc]) -> Option<Duration> {
+    procs.iter().map(Proc::cpu_time).sum()
+}
+
+/// A base port P such that P..P+n and P+5..P+5+n are free on 127.0.0.1 (init-cluster's layout
+/// for one DC).
+fn free_coopr_base(nodes: u16) -> anyhow::Result<u16> {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..200 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let base = 20_000 + (seed >> 8) % 40_000;
+        let base = u16::try_from(base - base % 10)?;
+        let ports: Vec<u16> = (0..nodes).flat_map(|i| [base + i, base + 5 + i]).collect();
+        let all_free = ports
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("found no free port range on 127.0.0.1")
+}
+
+/// `n` free ports picked by the kernel (bound at once, then released).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Standard base64 with padding (etcd's JSON gateway takes bytes fields as base64).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What one measured write does.
+#[derive(Clone)]
+enum Target {
+    /// `POST {url}/v2/clusters/{id}` `{"expireTime": base + i}`.
+    Coopr {
+        api: Api,
+        url: String,
+        id: ClusterId,
+        base: u64,
+    },
+    /// `POST {url}/v3/kv/put` `{"key", "value"}`, the value `value_len` bytes holding `i`.
+    Etcd {
+        http: reqwest::Client,
+        url: String,
+        key: String,
+        value_len: usize,
+    },
+}
+
+impl Target {
+    async fn write(&self, i: u64) -> anyhow::Result<()> {
+        let response = match self {
+            Target::Coopr { api, url, id, base } => {
+                api.http
+                    .post(format!("{url}/v2/clusters/{id}"))
+                    .json(&json!({"expireTime": base + i}))
+                    .send()
+                    .await?
+            }
+            Target::Etcd {
+                http,
+                url,
+                key,
+                value_len,
+            } => {
+                let mut value = format!("{i:020}").into_bytes();
+                value.resize(*value_len, b'x');
+                http.post(format!("{url}/v3/kv/put"))
+                    .json(&json!({"key": key, "value": base64(&value)}))
+                    .send()
+                    .await?
+            }
+        };
+        let status = response.status();
+        // Read the whole answer, so the connection is reused.
+        let body = response.bytes().await?;
+        if !status.is_success() {
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    }
+}
+
+/// One measured phase.
+struct Row {
+    system: String,
+    mode: String,
+    latencies: Summary,
+    elapsed: Duration,
+    server_cpu: Option<Duration>,
+    /// Raw fsync p50 measured just before the phase (the shared disk's speed moves).
+    floor: Duration,
+}
+
+/// A quick raw fsync p50 (50 rounds) in `dir`, to show the disk's speed at that moment.
+async fn floor_now(dir: &Path) -> anyhow::Result<Duration> {
+    let dir = dir.join("floor-now");
+    std::fs::create_dir_all(&dir)?;
+    let samples = tokio::task::spawn_blocking(move || fsync::raw_fsync(&dir, 50)).await??;
+    Ok(Summary::of(&samples).p50)
+}
+
+/// Runs `clients` writers: a count (`Some(n)`, shared) or for `duration`.
+async fn measure(
+    target: &Target,
+    procs: &[Proc],
+    counter: &Arc<AtomicU64>,
+    clients: usize,
+    count: Option<u64>,
+    duration: Duration,
+) -> anyhow::Result<(Summary, Duration, Option<Duration>)> {
+    for _ in 0..WARMUP_WRITES {
+        target
+            .write(counter.fetch_add(1, Ordering::Relaxed))
+            .await?;
+    }
+    let cpu_before = group_cpu(procs);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (target, counter, done) = (target.clone(), counter.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                match count {
+                    Some(n) if done.fetch_add(1, Ordering::Relaxed) >= n => break,
+                    None if Instant::now() >= deadline => break,
+                    _ => {}
+                }
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let t0 = Instant::now();
+                target.write(i).await?;
+                latencies.push(t0.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    let cpu = match (cpu_before, group_cpu(procs)) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+    Ok((Summary::of(&latencies), elapsed, cpu))
+}
+
+/// Sequential then concurrent phases against one target; appends two rows.
+#[allow(clippy::too_many_arguments)]
+async fn measure_both(
+    args: &DcLogArgs,
+    dir: &Path,
+    rows: &mut Vec<Row>,
+    system: &str,
+    at: &str,
+    target: &Target,
+    procs: &[Proc],
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    eprintln!("-- {system}: {} sequential writes at the {at}", args.writes);
+    let floor = floor_now(dir).await?;
+    let (latencies, elapsed, server_cpu) =
+        measure(target, procs, counter, 1, Some(args.writes), Duration::ZERO).await?;
+    rows.push(Row {
+        system: system.into(),
+        mode: format!("sequential, at the {at}"),
+        latencies,
+        elapsed,
+        server_cpu,
+        floor,
+    });
+    let floor = floor_now(dir).await?;
+    eprintln!(
+        "-- {system}: {} clients for {} s at the {at}",
+        args.clients, args.concurrent_secs
+    );
+    let (latencies, elapsed, server_cpu) = measure(
+        target,
+        procs,
+        counter,
+        args.clients,
+        None,
+        Duration::from_secs_f64(args.concurrent_secs),
+    )
+    .await?;
+    rows.push(Row {
+        system: system.into(),
+        mode: format!("{} clients, at the {at}", args.clients),
+        latencies,
+        elapsed,
+        server_cpu,
+        floor,
+    });
+    Ok(())
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<(u16, Value)> {
+    let response = http.get(url).timeout(Duration::from_secs(2)).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// Starts a DC of `nodes` coopr servers; returns the processes and every node's API URL.
+async fn start_coopr_dc(
+    args: &DcLogArgs,
+    dir: &Path,
+    nodes: u16,
+) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
+    let base = free_coopr_base(nodes)?;
+    let out = dir.join(format!("coopr-{nodes}"));
+    let init = Command::new(&args.coopr_bin)
+        .args(["init-cluster", "--dcs", "1", "--nodes-per-dc"])
+        .arg(nodes.to_string())
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--out")
+        .arg(&out)
+        .arg("--demo")
+        .output()
+        .with_context(|| format!("cannot run {}", args.coopr_bin.display()))?;
+    if !init.status.success() {
+        bail!(
+            "coopr init-cluster failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..nodes {
+        let node = format!("a{}", i + 1);
+        let config = out.join(format!("{node}.toml"));
+        let text = std::fs::read_to_string(&config)?;
+        let mut patched = false;
+        let text: String = text
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("demo_workers") {
+                    patched = true;
+                    format!("demo_workers = {}", args.demo_workers)
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        if !patched {
+            bail!("{} has no demo_workers line", config.display());
+        }
+        std::fs::write(&config, text + "\n")?;
+        let mut command = Command::new(&args.coopr_bin);
+        command
+            .arg("server")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(&out);
+        procs.push(Proc::spawn(
+            &format!("coopr {node}"),
+            command,
+            out.join(format!("{node}.log")),
+        )?);
+        urls.push(format!("http://127.0.0.1:{}", base + i));
+    }
+    Ok((procs, urls))
+}
+
+/// Waits until every node answers `/ready` with 200; returns (leader URL, a follower URL).
+async fn coopr_roles(
+    procs: &mut [Proc],
+    urls: &[String],
+) -> anyhow::Result<(String, Option<String>)> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
+        let mut leader = None;
+        let mut follower = None;
+        let mut ready = 0;
+        for url in urls {
+            if let Ok((200, _)) = get_json(&http, &format!("{url}/ready")).await {
+                ready += 1;
+            }
+            if let Ok((200, status)) = get_json(&http, &format!("{url}/status")).await {
+                match status.get("role").and_then(Value::as_str) {
+                    Some("leader") => leader = Some(url.clone()),
+                    Some("follower") => follower = Some(url.clone()),
+                    _ => {}
+                }
+            }
+        }
+        if ready == urls.len() {
+            if let Some(leader) = leader {
+                if urls.len() == 1 || follower.is_some() {
+                    return Ok((leader, follower));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the coopr DC {urls:?} has no leader (or not every node is ready) after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a `base` x1 cluster on the leader (retrying while the new leader seeds the demo
+/// tenant) and waits until it is ACTIVE; returns its id and createTime.
+async fn active_cluster(api: &Api) -> anyhow::Result<(ClusterId, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        match api.create("dclog-bench", "base", 1).await {
+            Ok(id) => break id,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("   create not accepted yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    loop {
+        let (_, cluster) = get_json(&api.http, &format!("{}/v2/clusters/{id}", api.url)).await?;
+        let status = cluster.get("status").and_then(Value::as_str).unwrap_or("");
+        if status.eq_ignore_ascii_case("active") {
+            let create_time = cluster
+                .get("createTime")
+                .and_then(Value::as_u64)
+                .context("no createTime")?;
+            return Ok((id, create_time));
+        }
+        if Instant::now() > deadline {
+            bail!("cluster {id} not ACTIVE after 30 s (status {status:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A coopr DC of `nodes`: leader (and follower) phases.
+async fn run_coopr(
+    args: &DcLogArgs,
+    dir: &Path,
+    nodes: u16,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<usize> {
+    eprintln!("-- starting a {nodes}-node coopr DC");
+    let (mut procs, urls) = start_coopr_dc(args, dir, nodes).await?;
+    let (leader, follower) = coopr_roles(&mut procs, &urls).await?;
+    let api = Api::new(leader.clone())?;
+    let (id, create_time) = active_cluster(&api).await?;
+    // The size of what one write puts in the log (the state machine's entry; openraft stores
+    // it hex-encoded inside its own JSON entry, and sends it so in AppendEntries).
+    let entry_len = encode_entry(&Entry {
+        now_ms: create_time,
+        idempotency_key: None,
+        command: StateCommand::SetExpireTime {
+            cluster: id,
+            expire_time: create_time + 1_000_000,
+        },
+    })
+    .len();
+    let counter = Arc::new(AtomicU64::new(1));
+    let system = format!("coopr, {nodes}-node DC");
+    let target = Target::Coopr {
+        api: api.clone(),
+        url: leader,
+        id,
+        base: create_time,
+    };
+    measure_both(
+        args, dir, rows, &system, "leader", &target, &procs, &counter,
+    )
+    .await?;
+    if let (Some(follower), false) = (follower, args.no_followers) {
+        let target = Target::Coopr {
+            api: api.clone(),
+            url: follower,
+            id,
+            base: create_time,
+        };
+        measure_both(
+            args, dir, rows, &system, "follower", &target, &procs, &counter,
+        )
+        .await?;
+    }
+    for p in procs.iter_mut() {
+        p.check_alive()?;
+    }
+    drop(procs);
+    Ok(entry_len)
+}
+
+/// A 3-member etcd cluster on loopback: leader (and follower) phases.
+async fn run_etcd(
+    args: &DcLogArgs,
+    dir: &Path,
+    value_len: usize,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<String> {
+    let version = Command::new(&args.etcd_bin).arg("--version").output()?;
+    let version = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    eprintln!("-- starting a 3-member etcd cluster ({version})");
+    let ports = free_ports(6)?;
+    let (client, peer) = ports.split_at(3);
+    let initial_cluster = (0..3)
+        .map(|i| format!("m{}=http://127.0.0.1:{}", i + 1, peer[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..3 {
+        let name = format!("m{}", i + 1);
+        let client_url = format!("http://127.0.0.1:{}", client[i]);
+        let peer_url = format!("http://127.0.0.1:{}", peer[i]);
+        let data = dir.join("etcd").join(&name);
+        std::fs::create_dir_all(&data)?;
+        let mut command = Command::new(&args.etcd_bin);
+        command
+            .arg("--name")
+            .arg(&name)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(&initial_cluster)
+            .arg("--initial-cluster-token")
+            .arg("coopr-bench")
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        procs.push(Proc::spawn(
+            &format!("etcd {name}"),
+            command,
+            dir.join("etcd").join(format!("{name}.log")),
+        )?);
+        urls.push(client_url);
+    }
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (leader, follower) = loop {
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
+        let mut leader = None;
+        let mut follower = None;
+        let mut healthy = 0;
+        for url in &urls {
+            if let Ok((200, health)) = get_json(&http, &format!("{url}/health")).await {
+                if health.get("health").and_then(Value::as_str) == Some("true") {
+                    healthy += 1;
+                }
+            }
+            let status: Option<Value> = async {
+                http.post(format!("{url}/v3/maintenance/status"))
+                    .json(&json!({}))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()
+            }
+            .await;
+            if let Some(status) = status {
+                let me = status.pointer("/header/member_id").and_then(Value::as_str);
+                let lead = status.get("leader").and_then(Value::as_str);
+                match (me, lead) {
+                    (Some(me), Some(lead)) if me == lead => leader = Some(url.clone()),
+                    (Some(_), Some(_)) => follower = Some(url.clone()),
+                    _ => {}
+                }
+            }
+        }
+        if let (3, Some(l), Some(f)) = (healthy, &leader, &follower) {
+            break (l.clone(), f.clone());
+        }
+        if Instant::now() > deadline {
+            bail!("etcd cluster not healthy with a leader after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let counter = Arc::new(AtomicU64::new(1));
+    let system = "etcd, 3 members".to_string();
+    let key = base64(b"coopr-bench/cluster/expire");
+    let target = Target::Etcd {
+        http: http.clone(),
+        url: leader,
+        key: key.clone(),
+        value_len,
+    };
+    measure_both(
+        args, dir, rows, &system, "leader", &target, &procs, &counter,
+    )
+    .await?;
+    if !args.no_followers {
+        let target = Target::Etcd {
+            http: http.clone(),
+            url: follower,
+            key,
+            value_len,
+        };
+        measure_both(
+            args, dir, rows, &system, "follower", &target, &procs, &counter,
+        )
+        .await?;
+    }
+    for p in procs.iter_mut() {
+        p.check_alive()?;
+    }
+    drop(procs);
+    Ok(version)
+}
+
+pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
+    let total = Instant::now();
+    if !args.coopr_bin.is_file() {
+        bail!(
+            "{} not found: build it first with `cargo build --release -p coopr` (or pass --coopr-bin)",
+            args.coopr_bin.display()
+        );
+    }
+    // The servers run in their deployment folders.
+    args.coopr_bin = std::fs::canonicalize(&args.coopr_bin)?;
+    if !args.no_etcd
+        && Command::new(&args.etcd_bin)
+            .arg("--version")
+            .output()
+            .map_or(true, |o| !o.status.success())
+    {
+        bail!(
+            "cannot run `{}`: install etcd first (Debian/Ubuntu: `apt-get install -y etcd-server`), \
+             pass --etcd-bin, or skip it with --no-etcd",
+            args.etcd_bin.display()
+        );
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = tempfile::tempdir_in(&args.dir)?;
+    let filesystem = fsync::filesystem_of(dir.path());
+    let rounds = args.fsync_rounds.max(1);
+
+    eprintln!("-- fsync floor in {} ({filesystem})", dir.path().display());
+    let floor = |name: &'static str| {
+        let floor_dir = dir.path().join(name);
+        async move {
+            std::fs::create_dir_all(&floor_dir)?;
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                Ok((
+                    Summary::of(&fsync::raw_fsync(&floor_dir, rounds)?),
+                    Summary::of(&fsync::redb_append(&floor_dir, rounds)?),
+                ))
+            })
+            .await?
+        }
+    };
+    let (raw, redb) = floor("floor").await?;
+
+    let mut rows = Vec::new();
+    let mut entry_len = 0;
+    if !args.no_single {
+        entry_len = run_coopr(&args, dir.path(), 1, &mut rows).await?;
+    }
+    entry_len = entry_len.max(run_coopr(&args, dir.path(), 3, &mut rows).await?);
+    let body_len = json!({"expireTime": 1_764_000_000_000u64 + args.writes})
+        .to_string()
+        .len();
+    let etcd_version = if args.no_etcd {
+        None
+    } else {
+        Some(run_etcd(&args, dir.path(), entry_len.max(body_len), &mut rows).await?)
+    };
+    let (raw_after, redb_after) = floor("floor-after").await?;
+
+    println!("## coopr-bench dclog\n");
+    println!(
+        "data dirs on {filesystem}; loopback HTTP+JSON; {} CPUs; coopr `{}` (demo mode, {} fake-cloud worker(s) per node, idle); {}\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.coopr_bin.display(),
+        args.demo_workers,
+        etcd_version.as_deref().unwrap_or("etcd skipped"),
+    );
+    println!(
+        "coopr write: `POST /v2/clusters/{{id}}` body {body_len} B; log entry {entry_len} B (state-machine JSON; \
+         openraft stores and replicates it hex-encoded in its own JSON entry). \
+         etcd put: `POST /v3/kv/put`, key 26 B, value {} B (base64 in the JSON body).\n",
+        entry_len.max(body_len)
+    );
+    println!("| system | mode | writes | p50 ms | p99 ms | ops/s | servers' CPU (% of a core) | fsync p50 ms just before |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let cpu = row.server_cpu.map_or("n/a".into(), |c| {
+            format!(
+                "{:.0}%",
+                c.as_secs_f64() / row.elapsed.as_secs_f64() * 100.0
+            )
+        });
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {cpu} | {} |",
+            row.system,
+            row.mode,
+            row.latencies.samples,
+            ms(row.latencies.p50),
+            ms(row.latencies.p99),
+            rate(row.latencies.samples as f64, row.elapsed),
+            ms(row.floor),
+        );
+    }
+    println!("\n### fsync floor (same filesystem)\n");
+    println!("| what | n | p50 ms | p99 ms | per s (1 writer) |");
+    println!("|---|---:|---:|---:|---:|");
+    for (what, s) in [
+        ("raw write 100 B + sync_data (before)", raw),
+        ("redb append, 1 entry of 100 B (before)", redb),
+        ("raw write 100 B + sync_data (after)", raw_after),
+        ("redb append, 1 entry of 100 B (after)", redb_after),
+    ] {
+        println!(
+            "| {what} | {} | {} | {} | {} |",
+            s.samples,
+            ms(s.p50),
+            ms(s.p99),
+            rate(s.samples as f64, s.total)
+        );
+    }
+    eprintln!("-- done in {:.1} s", total.elapsed().as_secs_f64());
+    if total.elapsed() > Duration::from_secs(90) {
+        eprintln!("   (longer than the 90 s budget: lower --writes or --concurrent-secs)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}
