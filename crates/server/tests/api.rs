@@ -1265,3 +1265,26 @@ async fn template_sync_then_add_new_service() {
     );
     srv.stop().await;
 }
+
+/// A worker whose take was committed but whose answer was lost (it asks again while the log says
+/// it holds a task) gets the same task back, instead of the task waiting for its timeout; other
+/// workers never get a task someone holds.
+#[tokio::test]
+async fn lost_take_answer_hands_the_task_back() {
+    let srv = TestServer::start().await;
+    let worker = Worker::register(&srv, "p1", "w1").await;
+    srv.create_cluster("base", 1).await;
+    let task = worker.take().await.expect("a task");
+    let again = worker.take().await.expect("the held task again");
+    assert_eq!(again["taskId"], task["taskId"]);
+    assert_eq!(
+        again["attempt"], task["attempt"],
+        "no new attempt was started"
+    );
+    assert!(
+        worker.sibling("w2").take().await.is_none(),
+        "a held task is not handed to another worker"
+    );
+    worker.finish(&again, 0).await;
+    srv.stop().await;
+}

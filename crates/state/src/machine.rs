@@ -292,6 +292,22 @@ impl State {
             .min()
     }
 
+    /// The in-progress task a worker holds, if any. A worker runs one task at a time, so a worker
+    /// that asks for work while holding one never got the answer to its take.
+    pub fn task_held_by_worker(&self, provisioner: &str, worker: &str) -> Option<TaskId> {
+        self.active_jobs
+            .iter()
+            .filter_map(|j| self.job(*j))
+            .flat_map(|run| run.tasks.values())
+            .find(|t| {
+                t.status == TaskStatus::InProgress
+                    && t.owner
+                        .as_ref()
+                        .is_some_and(|o| o.provisioner_id == provisioner && o.worker_id == worker)
+            })
+            .map(|t| t.id)
+    }
+
     /// How many in-progress tasks a provisioner holds.
     pub fn tasks_held_by(&self, provisioner: &str) -> usize {
         self.active_jobs

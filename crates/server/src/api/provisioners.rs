@@ -142,6 +142,15 @@ async fn take(
         // Every poll shows the provisioner is alive, also one that finds the queue empty
         // (otherwise an idle provisioner would be declared dead between its heartbeats).
         app.heartbeat(&body.provisioner_id);
+        // A worker asking for work while the log says it holds a task lost the answer to its
+        // take (e.g. the leader died before answering): it gets that task again.
+        if let Some(held) = state.task_held_by_worker(&body.provisioner_id, &body.worker_id) {
+            let view = state
+                .task(held)
+                .and_then(|task| views::task_for_provisioner(&state, task))
+                .ok_or_else(|| ApiError::not_found("task", held))?;
+            return Ok(Json(view).into_response());
+        }
         // Polling an empty queue must not cost a log write, and neither should polls racing
         // for fewer queued tasks than there are takes already on their way to the log.
         if app.takes_in_flight.load(Ordering::Acquire) >= state.queued_task_count() {
