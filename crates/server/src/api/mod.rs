@@ -129,11 +129,20 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     }))
 }
 
-/// 200 only while the node's DC log has a leader (for load balancers).
+/// 200 only while the node's DC log has a leader and the node has applied the first-start
+/// seeding (so authenticated requests work), for load balancers.
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let raft = app.core.raft().status();
-    let body = json!({"ready": raft.leader.is_some(), "dc": app.config.dc, "node": app.config.node, "leader_id": raft.leader});
-    let status = if raft.leader.is_some() {
+    let seeded = app
+        .core
+        .read()
+        .global
+        .tenants
+        .contains_key(extract::SUPERADMIN);
+    let ready = raft.leader.is_some() && seeded;
+    let body = json!({"ready": ready, "dc": app.config.dc, "node": app.config.node,
+                      "leader_id": raft.leader, "seeded": seeded});
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
