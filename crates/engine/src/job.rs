@@ -320,7 +320,7 @@ impl JobRun {
             Ok(effects)
         } else {
             let mut effects = Vec::new();
-            self.failed_attempt(task, now, &mut effects);
+            self.failed_attempt(task, now, true, &mut effects);
             Ok(effects)
         }
     }
@@ -348,7 +348,9 @@ impl JobRun {
                 effects.push(JobEffect::TaskDropped { task });
             } else {
                 effects.push(JobEffect::TaskTimedOut { task });
-                self.failed_attempt(task, now, &mut effects);
+                // A timeout says the worker went away, not that the machine is bad: the task is
+                // retried as it is, never replaced (CONFIRM included).
+                self.failed_attempt(task, now, false, &mut effects);
             }
         }
         effects
@@ -465,7 +467,15 @@ impl JobRun {
     }
 
     /// Applies the retry rules to a task whose attempt just failed (status still IN_PROGRESS).
-    fn failed_attempt(&mut self, task: TaskId, now: u64, effects: &mut Vec<JobEffect>) {
+    /// `reported` is true when the plugin reported the failure (a failed CONFIRM then replaces
+    /// the machine), false when the attempt timed out.
+    fn failed_attempt(
+        &mut self,
+        task: TaskId,
+        now: u64,
+        reported: bool,
+        effects: &mut Vec<JobEffect>,
+    ) {
         let t = self.task_mut(task);
         let attempts = t.attempts;
         if attempts >= Task::MAX_ATTEMPTS {
@@ -479,7 +489,7 @@ impl JobRun {
             effects.push(self.fail_job(now));
             return;
         }
-        if t.task_name == TaskName::Confirm {
+        if reported && t.task_name == TaskName::Confirm {
             t.status = TaskStatus::Dropped;
             let node = t.node_id.clone();
             let (delete, create, confirm) = self.insert_replacement(node.clone(), attempts, now);

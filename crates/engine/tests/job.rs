@@ -392,6 +392,32 @@ fn expire_times_out_tasks_at_their_deadline() {
     assert_eq!(run.ready_tasks(), vec![tid(2)]);
 }
 
+/// A CONFIRM that times out (its worker went away) is retried as the same task: only a failure
+/// the plugin reports replaces the machine (which would create a second one).
+#[test]
+fn confirm_timeout_is_retried_not_replaced() {
+    let mut run = create_job(0);
+    complete_stage(&mut run, 1);
+    run.take(tid(3), owner("w1", 10), 2).expect("ready");
+    assert_eq!(
+        run.expire(10),
+        vec![
+            JobEffect::TaskTimedOut { task: tid(3) },
+            JobEffect::TaskRetried {
+                task: tid(3),
+                attempts: 1
+            }
+        ]
+    );
+    assert_eq!(status(&run, 3), TaskStatus::NotSubmitted);
+    assert_eq!(
+        run.job.stages.len(),
+        4,
+        "no replacement stages were inserted"
+    );
+    assert!(run.ready_tasks().contains(&tid(3)));
+}
+
 /// Only the owning worker may finish a task: another worker, another provisioner, or a task that
 /// is not in progress gets NotOwner (HTTP 417), and the task is unchanged.
 #[test]
