@@ -3,7 +3,7 @@
 //! for the placement group (a Raft group spanning datacenters).
 //!
 //! ```text
-//!   server ── write(bytes) ──> RaftHandle ── client_write ──> openraft RaftCore (leader)
+//!   server ── write(bytes) ──> RaftHandle ── batcher: client_write_ff(Batch) ──> openraft RaftCore
 //!     │  read_barrier / status / watch_leader                     │            │
 //!     │                                            RaftLogStore ──┘            └── HttpNetwork
 //!     │                                 (coopr_store::LogStore: raft-log.redb)     │ POST JSON
@@ -20,7 +20,8 @@
 //! - [`state_machine`]: drives the application [`StateMachine`] and keeps its snapshots; at
 //!   start the application is restored from the last snapshot and openraft re-applies the log.
 //! - [`network`]: the RPC client and the axum [`router`] (shared secret, group name, timeouts).
-//! - [`node`]: [`start`], [`RaftConfig`] and the [`RaftHandle`] the server uses.
+//! - [`node`]: [`start`], [`RaftConfig`] and the [`RaftHandle`] the server uses; its writes
+//!   are group-committed (concurrent writes share one log entry, a [`Batch`]).
 //!
 //! # Nodes that lost their state
 //! Raft assumes a voter never forgets what it acknowledged. A node whose disk was wiped breaks
@@ -58,4 +59,4 @@ pub use node::{
     WriteError,
 };
 pub use state_machine::{RaftStateMachineStore, StateMachine};
-pub use types::{NodeId, Payload, TypeConfig};
+pub use types::{Batch, NodeId, Payload, TypeConfig};

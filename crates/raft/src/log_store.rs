@@ -3,7 +3,7 @@
 //! ```text
 //!   openraft index:      0     1     2    ...   i
 //!   LogStore index:      1     2     3    ...   i+1      (LogStore numbers from 1)
-//!   value:           serde_json(openraft::Entry)  (payload as hex)
+//!   value:           serde_json(openraft::Entry)  (a Batch: array of hex payloads)
 //!
 //!   app_meta "raft.vote"         -> Vote          (fsync'd before save_vote returns)
 //!   app_meta "raft.committed"    -> LogId         (optional, see RaftConfig::persist_committed)

@@ -1,5 +1,25 @@
 //! Starting a Raft node and the [`RaftHandle`] the server uses: writes, read barriers, status,
 //! leadership changes.
+//!
+//! # Group commit
+//! openraft 0.9 turns every `client_write` into its own log append, with its own fsync on the
+//! leader, however many clients wait. [`RaftHandle::write`] therefore does not call it
+//! directly: it queues the payload for the node's batcher task, which proposes whatever is
+//! waiting as one log entry (a [`Batch`]) and answers each caller with its own response.
+//!
+//! ```text
+//!   write(p1) ─┐                         ┌─ client_write_ff(Batch[p1, p2, p3]) ── entry i
+//!   write(p2) ─┼─ queue ── batcher task ─┤      (at most MAX_BATCHES_IN_FLIGHT unanswered)
+//!   write(p3) ─┘  (FIFO)   drains all    └─ answer task: responses [r1, r2, r3] of entry i
+//!                          waiting, up to        ──> p1: (i, r1), p2: (i, r2), p3: (i, r3)
+//!                          256 payloads / 1 MiB      errors go to every caller of the batch
+//! ```
+//!
+//! The batcher never waits to collect: a write that finds a free slot is proposed at once,
+//! alone. Writes batch up only while [`MAX_BATCHES_IN_FLIGHT`] batches are being committed,
+//! so one append fsync (and one replication round) covers everything that queued meanwhile.
+//! Batches are proposed in queue order, so writes are applied in the order `write` was called
+//! (for calls that do not overlap, that is the order their callers observe).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -13,13 +33,22 @@ use openraft::error::{
 };
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::log_store::RaftLogStore;
 use crate::network::{HttpNetworkFactory, GROUP_HEADER, SECRET_HEADER, STATUS_PATH};
 use crate::state_machine::{RaftStateMachineStore, StateMachine};
-use crate::types::{NodeId, Payload, TypeConfig};
+use crate::types::{Batch, NodeId, Payload, TypeConfig};
+
+/// Most payloads group-committed into one log entry.
+pub const MAX_BATCH_PAYLOADS: usize = 256;
+/// Most payload bytes group-committed into one log entry (a larger payload goes alone).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Batches proposed but not answered yet at any time. Two let the leader append (and fsync)
+/// the next batch while the previous one is being replicated; writes arriving while both slots
+/// are taken queue up and go out together in the next batch.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// The configuration of one node of one Raft group. Every option is listed with its default.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,7 +94,17 @@ pub struct RaftConfig {
     #[serde(default = "defaults::write_timeout_ms")]
     pub write_timeout_ms: u64,
     /// Persist openraft's committed log id (one more fsync per commit), so a restarted node
-    /// re-applies its committed log before hearing from a leader. Default true.
+    /// re-applies its committed log before hearing from a leader. Default false.
+    ///
+    /// Not needed for safety: Raft never relies on a persisted commit index. Durability comes
+    /// from the log (an entry commits only once a majority fsync'd it), and the commit index is
+    /// re-learned: a restarted follower applies its log as soon as the leader's first heartbeat
+    /// or append carries the commit index, and a leader (a single-node group included, which
+    /// elects itself at once) commits everything in its log with the blank entry of its term
+    /// and applies it before it answers a read barrier. The cost of `false` is that a
+    /// restarted node serves the state of its last snapshot until then: stale reads on a
+    /// follower, which are stale by design anyway (strong reads go through the leader's read
+    /// barrier). `true` costs one more fsync per commit on every node.
     #[serde(default = "defaults::persist_committed")]
     pub persist_committed: bool,
 }
@@ -102,7 +141,7 @@ mod defaults {
         5_000
     }
     pub fn persist_committed() -> bool {
-        true
+        false
     }
 }
 
@@ -337,11 +376,164 @@ struct Inner {
     /// 0: votes normally; n > 0: does not vote until it applied index n - 1 (see crate doc).
     vote_after_applied: Arc<AtomicU64>,
     watcher: JoinHandle<()>,
+    /// Writes waiting for the batcher task (see the module doc).
+    queue: mpsc::UnboundedSender<QueuedWrite>,
+    batcher: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.watcher.abort();
+        self.batcher.abort();
+    }
+}
+
+type WriteOutcome = Result<(u64, Vec<u8>), WriteError>;
+
+/// A write waiting to be proposed, and where its outcome goes.
+struct QueuedWrite {
+    payload: Vec<u8>,
+    reply: oneshot::Sender<WriteOutcome>,
+}
+
+/// What the batcher needs to propose and to explain failures.
+struct Proposer {
+    raft: Raft<TypeConfig>,
+    config: RaftConfig,
+}
+
+/// The batcher task: proposes the queued writes in batches, in queue order.
+async fn run_batcher(proposer: Arc<Proposer>, mut queue: mpsc::UnboundedReceiver<QueuedWrite>) {
+    let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    let mut carried: Option<QueuedWrite> = None;
+    loop {
+        let first = match carried.take() {
+            Some(write) => write,
+            None => match queue.recv().await {
+                Some(write) => write,
+                None => return,
+            },
+        };
+        // Writes that arrive while every slot is busy queue up behind `first`.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut payloads = Vec::new();
+        let mut replies = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(write) = next.take() {
+            // A caller that gave up (timed out, or its future was dropped) is not proposed.
+            if !write.reply.is_closed() {
+                let full = payloads.len() == MAX_BATCH_PAYLOADS
+                    || bytes + write.payload.len() > MAX_BATCH_BYTES;
+                if full && !payloads.is_empty() {
+                    carried = Some(write);
+                    break;
+                }
+                bytes += write.payload.len();
+                payloads.push(Payload(write.payload));
+                replies.push(write.reply);
+            }
+            next = queue.try_recv().ok();
+        }
+        if payloads.is_empty() {
+            continue;
+        }
+        match proposer.raft.client_write_ff(Batch(payloads)).await {
+            Ok(response) => {
+                tokio::spawn(answer_batch(proposer.clone(), response, replies, slot));
+            }
+            Err(e) => {
+                let error = fatal(e);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Waits for a proposed batch's outcome (bounded by the write timeout, so a stuck batch frees
+/// its slot) and hands every caller its own response, or the batch's error.
+async fn answer_batch<F, E>(
+    proposer: Arc<Proposer>,
+    response: F,
+    replies: Vec<oneshot::Sender<WriteOutcome>>,
+    slot: OwnedSemaphorePermit,
+) where
+    F: std::future::Future<
+        Output = Result<
+            Result<
+                openraft::raft::ClientWriteResponse<TypeConfig>,
+                ClientWriteError<NodeId, BasicNode>,
+            >,
+            E,
+        >,
+    >,
+{
+    let timeout = Duration::from_millis(proposer.config.write_timeout_ms);
+    let outcome = match tokio::time::timeout(timeout, response).await {
+        Err(_elapsed) => Err(no_outcome(&proposer.raft, &proposer.config)),
+        Ok(Err(_dropped)) => Err(WriteError::Fatal(
+            "the raft core dropped the write without an answer".into(),
+        )),
+        Ok(Ok(Ok(response))) => Ok((response.log_id.index, response.data.0)),
+        Ok(Ok(Err(ClientWriteError::ForwardToLeader(to)))) => Err(forward(&proposer.config, to)),
+        Ok(Ok(Err(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(WriteError::Fatal(e.to_string()))
+        }
+    };
+    drop(slot);
+    match outcome {
+        Ok((index, responses)) if responses.len() == replies.len() => {
+            for (reply, response) in replies.into_iter().zip(responses) {
+                let _ = reply.send(Ok((index, response.0)));
+            }
+        }
+        Ok((index, responses)) => {
+            let error = WriteError::Fatal(format!(
+                "entry {index} of {} payloads got {} responses",
+                replies.len(),
+                responses.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// The error of a write that got no outcome in time: `NoQuorum` if this node leads without
+/// having heard from a majority within an election timeout, else `Timeout`.
+fn no_outcome(raft: &Raft<TypeConfig>, config: &RaftConfig) -> WriteError {
+    let waited_ms = config.write_timeout_ms;
+    let metrics = raft.metrics().borrow().clone();
+    let lost_quorum = metrics.state == ServerState::Leader
+        && metrics
+            .millis_since_quorum_ack
+            .is_none_or(|ms| ms > config.election_timeout_max_ms);
+    if lost_quorum {
+        WriteError::NoQuorum { waited_ms }
+    } else {
+        WriteError::Timeout { waited_ms }
+    }
+}
+
+fn forward(config: &RaftConfig, forward: ForwardToLeader<NodeId, BasicNode>) -> WriteError {
+    let leader_addr = forward.leader_node.map(|node| node.addr).or_else(|| {
+        forward
+            .leader_id
+            .and_then(|id| config.members.get(&id).cloned())
+    });
+    WriteError::ForwardToLeader {
+        leader_id: forward.leader_id,
+        leader_addr,
     }
 }
 
@@ -400,6 +592,14 @@ pub async fn start(
         .connect_timeout(election_timeout)
         .timeout(election_timeout)
         .build()?;
+    let (queue, queued) = mpsc::unbounded_channel();
+    let batcher = tokio::spawn(run_batcher(
+        Arc::new(Proposer {
+            raft: raft.clone(),
+            config: config.clone(),
+        }),
+        queued,
+    ));
     tracing::info!(group = %config.group, node = config.node_id, "raft node started");
     Ok(RaftHandle {
         inner: Arc::new(Inner {
@@ -409,6 +609,8 @@ pub async fn start(
             leader: leader_rx,
             vote_after_applied,
             watcher,
+            queue,
+            batcher,
         }),
     })
 }
@@ -518,21 +720,28 @@ impl RaftHandle {
         highest
     }
 
-    /// Proposes `payload`; returns its log index and the state machine's response once it is
-    /// committed and applied on this (leader) node. Bounded by `write_timeout_ms`.
+    /// Proposes `payload`; returns the index of the log entry that carried it and the state
+    /// machine's response once it is committed and applied on this (leader) node. Bounded by
+    /// `write_timeout_ms` (queueing included).
+    ///
+    /// Concurrent writes are group-committed (see the module doc): several may return the
+    /// same index, each with its own response. The payload is queued when the returned future
+    /// is first polled; writes are applied in that order.
     pub async fn write(&self, payload: Vec<u8>) -> Result<(u64, Vec<u8>), WriteError> {
-        let raft = &self.inner.raft;
+        let (reply, outcome) = oneshot::channel();
+        if self
+            .inner
+            .queue
+            .send(QueuedWrite { payload, reply })
+            .is_err()
+        {
+            return Err(WriteError::Fatal("the write batcher stopped".into()));
+        }
         let timeout = Duration::from_millis(self.inner.config.write_timeout_ms);
-        match tokio::time::timeout(timeout, raft.client_write(Payload(payload))).await {
+        match tokio::time::timeout(timeout, outcome).await {
             Err(_elapsed) => Err(self.no_outcome()),
-            Ok(Ok(response)) => Ok((response.log_id.index, response.data.0)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                Err(self.forward(forward))
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(WriteError::Fatal(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_dropped)) => Err(WriteError::Fatal("the write batcher stopped".into())),
         }
     }
 
@@ -556,29 +765,11 @@ impl RaftHandle {
     }
 
     fn no_outcome(&self) -> WriteError {
-        let waited_ms = self.inner.config.write_timeout_ms;
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        let lost_quorum = metrics.state == ServerState::Leader
-            && metrics
-                .millis_since_quorum_ack
-                .is_none_or(|ms| ms > self.inner.config.election_timeout_max_ms);
-        if lost_quorum {
-            WriteError::NoQuorum { waited_ms }
-        } else {
-            WriteError::Timeout { waited_ms }
-        }
+        no_outcome(&self.inner.raft, &self.inner.config)
     }
 
-    fn forward(&self, forward: ForwardToLeader<NodeId, BasicNode>) -> WriteError {
-        let leader_addr = forward.leader_node.map(|node| node.addr).or_else(|| {
-            forward
-                .leader_id
-                .and_then(|id| self.inner.config.members.get(&id).cloned())
-        });
-        WriteError::ForwardToLeader {
-            leader_id: forward.leader_id,
-            leader_addr,
-        }
+    fn forward(&self, to: ForwardToLeader<NodeId, BasicNode>) -> WriteError {
+        forward(&self.inner.config, to)
     }
 
     /// This node's current view of the group.
@@ -641,6 +832,7 @@ impl RaftHandle {
             tracing::warn!(error = %e, "raft core ended with an error");
         }
         self.inner.watcher.abort();
+        self.inner.batcher.abort();
     }
 
     pub fn node_id(&self) -> NodeId {

@@ -2,7 +2,9 @@
 //! storage (v2) that drives it and keeps its snapshots.
 //!
 //! ```text
-//!   committed entries ──apply──> RaftStateMachineStore ──Normal payloads──> StateMachine::apply
+//!   committed entries ──apply──> RaftStateMachineStore ──payloads of Normal──> StateMachine::apply
+//!                                  | entries' batches,       (index, bytes)*
+//!                                  | in order
 //!                                  | last_applied, last_membership (memory)
 //!                                  |
 //!   build_snapshot ──────────────> StateMachine::snapshot() = parts by shard
@@ -42,7 +44,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::{blocking, io_error, StorageFailure};
-use crate::types::{NodeId, Payload, TypeConfig};
+use crate::types::{Batch, NodeId, Payload, TypeConfig};
 
 /// The application state machine, driven by committed entries.
 ///
@@ -50,9 +52,14 @@ use crate::types::{NodeId, Payload, TypeConfig};
 /// its own handle). They must be deterministic: the same entries applied to the same state
 /// give the same state and responses on every node.
 pub trait StateMachine: Send + Sync + 'static {
-    /// Applies committed application entries in log order; returns one response per entry.
-    /// Called with entries after the last applied one only, each exactly once per process
+    /// Applies committed application payloads in log order; returns one response per payload.
+    /// Called with payloads after the last applied one only, each exactly once per process
     /// lifetime since the last [`StateMachine::restore`].
+    ///
+    /// The index given with a payload is the index of the Raft log entry that carried it.
+    /// [`crate::RaftHandle::write`] group-commits concurrent writes into one entry, so indices
+    /// are per batch: consecutive payloads may share an index (they are still applied in
+    /// their order within the entry), and indices only grow from one payload to the next.
     fn apply(&self, entries: &[(u64, &[u8])]) -> Vec<Vec<u8>>;
 
     /// A snapshot of the full state as of the last applied entry (parts keyed by shard id, so
@@ -278,7 +285,7 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Payload>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Batch>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -286,38 +293,54 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let mut applied = self.shared.applied();
         let mut responses = Vec::with_capacity(entries.len());
+        // The payloads of consecutive normal entries go to the application in one call, each
+        // with its entry's index; `sizes` remembers how many payloads each entry had, so the
+        // replies are handed back as one batch of responses per entry.
         let mut batch: Vec<(u64, &[u8])> = Vec::new();
-        // Consecutive normal entries go to the application in one call (its batch).
-        let flush = |batch: &mut Vec<(u64, &[u8])>, responses: &mut Vec<Payload>| {
-            if batch.is_empty() {
-                return;
-            }
-            let replies = self.shared.app.apply(batch);
-            assert_eq!(
-                replies.len(),
-                batch.len(),
-                "StateMachine::apply must return one response per entry"
-            );
-            responses.extend(replies.into_iter().map(Payload));
-            batch.clear();
-        };
+        let mut sizes: Vec<usize> = Vec::new();
+        let flush =
+            |batch: &mut Vec<(u64, &[u8])>, sizes: &mut Vec<usize>, responses: &mut Vec<Batch>| {
+                let replies = if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    self.shared.app.apply(batch)
+                };
+                assert_eq!(
+                    replies.len(),
+                    batch.len(),
+                    "StateMachine::apply must return one response per entry"
+                );
+                let mut replies = replies.into_iter().map(Payload);
+                for size in sizes.drain(..) {
+                    responses.push(Batch(replies.by_ref().take(size).collect()));
+                }
+                batch.clear();
+            };
         for entry in &entries {
             applied.last_applied = Some(*entry.get_log_id());
             match &entry.payload {
-                EntryPayload::Normal(payload) => batch.push((entry.log_id.index, &payload.0)),
+                EntryPayload::Normal(payloads) => {
+                    sizes.push(payloads.0.len());
+                    batch.extend(
+                        payloads
+                            .0
+                            .iter()
+                            .map(|payload| (entry.log_id.index, payload.0.as_slice())),
+                    );
+                }
                 EntryPayload::Blank => {
-                    flush(&mut batch, &mut responses);
-                    responses.push(Payload::default());
+                    flush(&mut batch, &mut sizes, &mut responses);
+                    responses.push(Batch::default());
                 }
                 EntryPayload::Membership(membership) => {
-                    flush(&mut batch, &mut responses);
+                    flush(&mut batch, &mut sizes, &mut responses);
                     applied.last_membership =
                         StoredMembership::new(Some(entry.log_id), membership.clone());
-                    responses.push(Payload::default());
+                    responses.push(Batch::default());
                 }
             }
         }
-        flush(&mut batch, &mut responses);
+        flush(&mut batch, &mut sizes, &mut responses);
         Ok(responses)
     }
 

@@ -1,13 +1,23 @@
 //! The one openraft type configuration shared by every Raft group of coopr, and the opaque
-//! payload it carries.
+//! payloads it carries.
 //!
 //! ```text
-//!   TypeConfig { D = Payload, R = Payload, NodeId = u64, Node = BasicNode { addr },
+//!   TypeConfig { D = Batch, R = Batch, NodeId = u64, Node = BasicNode { addr },
 //!                SnapshotData = Cursor<Vec<u8>>, AsyncRuntime = tokio }
+//!   Batch = [Payload]            one log entry: the writes group-committed together
+//!   Payload = bytes              one application command (or the response to one)
 //! ```
 //!
 //! Entries and responses are opaque bytes, so the DC log and the placement group (and any
 //! later group) use the same type configuration and differ only in their [`crate::StateMachine`].
+//!
+//! # Serialized form
+//! A [`Batch`] is a sequence of [`Payload`]s; in JSON (stored entries and the HTTP transport)
+//! that is an array of lowercase hex strings, e.g. `{"Normal": ["0a1b", "ff"]}` inside an
+//! openraft entry. A bare hex string (the format before batching, one payload per entry) still
+//! deserializes, as a batch of one, so logs written by earlier builds stay readable. The
+//! response of an entry is a [`Batch`] too: one response per payload, in order (empty for
+//! blank and membership entries).
 
 use std::fmt;
 use std::io::Cursor;
@@ -17,8 +27,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 openraft::declare_raft_types!(
     /// The openraft type configuration of every coopr Raft group.
     pub TypeConfig:
-        D = Payload,
-        R = Payload,
+        D = Batch,
+        R = Batch,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -101,6 +111,51 @@ impl<'de> Deserialize<'de> for Payload {
     }
 }
 
+/// The payloads of one log entry, applied in order: the writes that [`crate::RaftHandle::write`]
+/// group-committed together (see the module doc for the serialized form).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Batch(pub Vec<Payload>);
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes: usize = self.0.iter().map(|payload| payload.0.len()).sum();
+        write!(f, "{} payloads, {bytes} bytes", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Batch;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of payloads (or one hex payload)")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Batch, A::Error> {
+                let mut payloads = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(payload) = seq.next_element::<Payload>()? {
+                    payloads.push(payload);
+                }
+                Ok(Batch(payloads))
+            }
+            // Entries written before batching: one hex payload.
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Batch, E> {
+                hex_decode(value)
+                    .map(|bytes| Batch(vec![Payload(bytes)]))
+                    .ok_or_else(|| E::custom("invalid hex payload"))
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(Visitor)
+        } else {
+            deserializer.deserialize_seq(Visitor)
+        }
+    }
+}
+
 fn hex_encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(bytes.len() * 2);
@@ -141,5 +196,19 @@ mod tests {
         assert_eq!(serde_json::from_str::<Payload>(&json).unwrap(), payload);
         assert!(serde_json::from_str::<Payload>("\"0g\"").is_err());
         assert!(serde_json::from_str::<Payload>("\"abc\"").is_err());
+    }
+
+    #[test]
+    fn batch_json_is_an_array_and_reads_the_old_single_payload() {
+        let batch = Batch(vec![Payload(vec![1, 0xab]), Payload(Vec::new())]);
+        let json = serde_json::to_string(&batch).unwrap();
+        assert_eq!(json, r#"["01ab",""]"#);
+        assert_eq!(serde_json::from_str::<Batch>(&json).unwrap(), batch);
+        assert_eq!(
+            serde_json::from_str::<Batch>("\"0001\"").unwrap(),
+            Batch(vec![Payload(vec![0, 1])])
+        );
+        assert!(serde_json::from_str::<Batch>("[\"0g\"]").is_err());
+        assert!(serde_json::from_str::<Batch>("7").is_err());
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Group};
+use common::{decode_response, wait_for, Group};
 use coopr_raft::{RaftStores, WriteError};
 
 const ELECTION: Duration = Duration::from_secs(10);
@@ -42,9 +42,9 @@ async fn writes_apply_in_order_on_all_nodes() {
     for n in 0..20 {
         let (index, response) = group.handle(leader).write(payload(n)).await.expect("write");
         assert_eq!(
-            response,
-            index.to_le_bytes().to_vec(),
-            "response is the applied index"
+            decode_response(&response),
+            (index, u64::from(n)),
+            "response is the applied index and list position"
         );
         expected.push(payload(n));
     }
@@ -85,6 +85,71 @@ async fn writes_apply_in_order_on_all_nodes() {
     let status = group.handle(leader).status();
     assert_eq!(status.voters.len(), 3);
     assert_eq!(status.leader, Some(leader));
+    group.shutdown().await;
+}
+
+/// 64 writes at once are group-committed: each caller gets the response to its own payload,
+/// every payload is applied exactly once, in the same order with the same indices on all
+/// nodes, and they took fewer log entries than writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_batched_and_answered_each() {
+    const WRITES: u32 = 64;
+    let mut group = Group::bind(3, |_| {}).await;
+    group.start_all().await;
+    let leader = group.leader(ELECTION).await;
+    group
+        .handle(leader)
+        .write(payload(0))
+        .await
+        .expect("warm-up write");
+    let entries_before = group.handle(leader).status().last_log_index.unwrap();
+
+    let handle = group.handle(leader);
+    let writes = (1..=WRITES).map(|n| {
+        let handle = handle.clone();
+        tokio::spawn(async move { (n, handle.write(payload(n)).await) })
+    });
+    let mut answers = Vec::new();
+    for write in writes.collect::<Vec<_>>() {
+        let (n, written) = write.await.unwrap();
+        let (index, response) = written.expect("write");
+        answers.push((n, index, decode_response(&response)));
+    }
+    let entries_after = group.handle(leader).status().last_log_index.unwrap();
+    let entries = entries_after - entries_before;
+    assert!(
+        entries < u64::from(WRITES),
+        "{WRITES} concurrent writes took {entries} log entries: not batched"
+    );
+
+    let list = group.nodes[(leader - 1) as usize].machine.list();
+    assert_eq!(list.len(), WRITES as usize + 1, "each payload applied once");
+    for &(n, index, (response_index, position)) in &answers {
+        assert_eq!(
+            response_index, index,
+            "write {n}: response of its own entry"
+        );
+        assert_eq!(
+            list[position as usize],
+            (index, payload(n)),
+            "write {n}: the response is the one of its own payload"
+        );
+    }
+    let mut positions: Vec<u64> = answers.iter().map(|&(_, _, (_, p))| p).collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=u64::from(WRITES)).collect::<Vec<_>>());
+    assert!(
+        list.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+        "indices never go back"
+    );
+
+    let expected: Vec<Vec<u8>> = list.iter().map(|(_, p)| p.clone()).collect();
+    converged(&group, &expected).await;
+    let lists: Vec<_> = group.nodes.iter().map(|node| node.machine.list()).collect();
+    assert!(
+        lists.windows(2).all(|pair| pair[0] == pair[1]),
+        "same order and indices everywhere"
+    );
     group.shutdown().await;
 }
 

@@ -17,6 +17,14 @@ const TICK: Duration = Duration::from_millis(200);
 /// What a node does when it becomes the DC log's leader: it starts timing provisioners from
 /// now and seeds whatever first-start data is missing.
 pub async fn become_leader(app: &App) -> anyhow::Result<()> {
+    // Seeding reads the local state. A new leader may not have applied its whole log yet (the
+    // commit index is not persisted, so a restarted node re-applies its log only once it
+    // commits an entry of its own term): the read barrier waits for exactly that.
+    app.core
+        .raft()
+        .read_barrier()
+        .await
+        .map_err(|e| anyhow::anyhow!("read barrier of the new leader: {e}"))?;
     crate::seed::bootstrap(app).await?;
     if let Ok(mut since) = app.leader_since.lock() {
         *since = Some(Instant::now());

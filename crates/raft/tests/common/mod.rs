@@ -13,7 +13,8 @@ use axum::Router;
 use coopr_raft::{RaftConfig, RaftHandle, RaftStores, StateMachine};
 use tower::ServiceExt;
 
-/// An append-only list of `(log index, payload)`; the response to an entry is its index.
+/// An append-only list of `(log index, payload)`; the response to a payload is its log index
+/// and its position in the list, 8 bytes each (little endian), see [`decode_response`].
 #[derive(Default)]
 pub struct ListMachine {
     pub entries: Mutex<Vec<(u64, Vec<u8>)>>,
@@ -37,8 +38,9 @@ impl StateMachine for ListMachine {
         entries
             .iter()
             .map(|&(index, payload)| {
+                let position = list.len() as u64;
                 list.push((index, payload.to_vec()));
-                index.to_le_bytes().to_vec()
+                [index.to_le_bytes(), position.to_le_bytes()].concat()
             })
             .collect()
     }
@@ -56,6 +58,15 @@ impl StateMachine for ListMachine {
         *self.entries.lock().unwrap() = list;
         Ok(())
     }
+}
+
+/// `(log index, position in the list)` of a [`ListMachine`] response.
+pub fn decode_response(response: &[u8]) -> (u64, u64) {
+    let (index, position) = response.split_at(8);
+    (
+        u64::from_le_bytes(index.try_into().unwrap()),
+        u64::from_le_bytes(position.try_into().unwrap()),
+    )
 }
 
 type Slot = Arc<Mutex<Option<Router>>>;
