@@ -195,6 +195,19 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             )
         })
         .collect();
+    // Every other DC's nodes: the static placement spans all DCs, and replicas pull from owners.
+    let mut remote_dcs: std::collections::BTreeMap<String, Vec<coopr_server::Member>> =
+        std::collections::BTreeMap::new();
+    for p in file.peers.iter().filter(|p| p.dc != file.dc) {
+        remote_dcs
+            .entry(p.dc.clone())
+            .or_default()
+            .push(coopr_server::Member {
+                node: p.node.clone(),
+                api: p.api.clone(),
+                internal: p.internal.clone(),
+            });
+    }
     // Internal calls are authenticated with the secret; a missing or short one is a config error.
     let secret = file.secret()?;
     let admin_key = match &file.admin_key_file {
@@ -225,6 +238,7 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             logs_kept_after_snapshot: file.logs_kept_after_snapshot,
             election_timeout_ms: (file.election_timeout_min_ms, file.election_timeout_max_ms),
             write_timeout_ms: file.write_timeout_ms,
+            remote_dcs,
             ..ServerConfig::default()
         },
         workers,

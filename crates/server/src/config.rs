@@ -44,6 +44,15 @@ pub struct ServerConfig {
     pub election_timeout_ms: (u64, u64),
     /// Longest a write waits for a majority before failing with 503 (default 5000).
     pub write_timeout_ms: u64,
+    /// The other DCs of the deployment: DC name -> its nodes' addresses. Empty (the default)
+    /// means a deployment of this DC alone, which owns every shard and replicates nothing.
+    /// Shards are placed statically over all DC names (see [`crate::placement`]); replication
+    /// calls carry `secret`, which every DC must share.
+    pub remote_dcs: BTreeMap<String, Vec<Member>>,
+    /// Longest a replica's pull waits at the owner for new records (default 10,000 ms).
+    pub replication_wait_ms: u64,
+    /// Most records one pull returns, over all its shards (default 1,000).
+    pub replication_max_records: usize,
 }
 
 /// One member of a DC log.
@@ -76,6 +85,9 @@ impl Default for ServerConfig {
             secret: None,
             election_timeout_ms: (300, 600),
             write_timeout_ms: 5_000,
+            remote_dcs: BTreeMap::new(),
+            replication_wait_ms: 10_000,
+            replication_max_records: 1_000,
         }
     }
 }
@@ -129,11 +141,42 @@ impl ServerConfig {
                 self.write_timeout_ms
             );
         }
+        if !self.remote_dcs.is_empty() {
+            if self.remote_dcs.contains_key(&self.dc) {
+                bail!("remote_dcs must not list this node's own DC {:?}", self.dc);
+            }
+            if let Some((dc, _)) = self.remote_dcs.iter().find(|(_, m)| m.is_empty()) {
+                bail!("remote_dcs: DC {dc:?} has no nodes");
+            }
+            if self.secret.as_ref().is_none_or(|s| s.len() < 16) {
+                bail!("secret (at least 16 characters) is required when remote_dcs is set");
+            }
+        }
+        if !(100..=60_000).contains(&self.replication_wait_ms) {
+            bail!(
+                "replication_wait_ms must be between 100 and 60000, got {}",
+                self.replication_wait_ms
+            );
+        }
+        if !(1..=100_000).contains(&self.replication_max_records) {
+            bail!(
+                "replication_max_records must be between 1 and 100000, got {}",
+                self.replication_max_records
+            );
+        }
         if let Some(key) = &self.admin_key {
             if key.len() < 8 {
                 bail!("admin_key must be at least 8 characters");
             }
         }
         Ok(())
+    }
+
+    /// The static shard map over this DC and `remote_dcs`.
+    pub fn placement(&self) -> crate::placement::StaticPlacement {
+        crate::placement::StaticPlacement::new(
+            std::iter::once(self.dc.clone()).chain(self.remote_dcs.keys().cloned()),
+            self.shard_count,
+        )
     }
 }

@@ -89,6 +89,9 @@ pub struct Core {
     /// Signalled whenever entries were applied (task queue or job state may have changed).
     pub applied: Arc<Notify>,
     applied_index: Arc<AtomicU64>,
+    /// Bytes of the entries this node proposed (written or not): the DC-log side of the
+    /// cross-DC/DC-log byte ratio.
+    proposed_bytes: AtomicU64,
 }
 
 impl Core {
@@ -114,6 +117,7 @@ impl Core {
             raft,
             applied: parts.applied,
             applied_index: parts.applied_index,
+            proposed_bytes: AtomicU64::new(0),
         })
     }
 
@@ -132,6 +136,11 @@ impl Core {
         self.applied_index.load(Ordering::Acquire)
     }
 
+    /// Bytes of the entries this node proposed since it started.
+    pub fn proposed_bytes(&self) -> u64 {
+        self.proposed_bytes.load(Ordering::Relaxed)
+    }
+
     /// Commits a command in the DC log and returns its outcome (leader only).
     pub async fn propose(
         &self,
@@ -144,7 +153,11 @@ impl Core {
             command,
         };
         let started = Instant::now();
-        let written = self.raft.write(encode_entry(&entry)).await;
+        let bytes = encode_entry(&entry);
+        self.proposed_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        metrics::counter!("coopr_log_bytes_proposed_total").increment(bytes.len() as u64);
+        let written = self.raft.write(bytes).await;
         metrics::histogram!("coopr_commit_seconds").record(started.elapsed().as_secs_f64());
         match written {
             Ok((_, bytes)) => serde_json::from_slice(&bytes)

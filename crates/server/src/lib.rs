@@ -8,12 +8,19 @@
 //!                        ^                                                     |
 //!                  Core::read() <---- local State <---- DcStateMachine::apply (every node)
 //!  driver (leader only): seed, ExpireTasks, ReleaseProvisioner --> Core::propose
+//!  replication::puller (leader only): pull other DCs' shards --> ApplyReplicationBatch
+//!  replication::owner: POST /internal/replication/pull (leader only) <-- other DCs' pullers
 //! ```
+//!
+//! Shards are placed statically over the deployment's DCs ([`placement`]): this DC creates
+//! clusters only in shards it owns and replicates every other shard from its owner.
 
 pub mod api;
 pub mod config;
 pub mod core;
 pub mod driver;
+pub mod placement;
+pub mod replication;
 pub mod seed;
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +39,7 @@ use tokio::sync::watch;
 
 pub use crate::config::{Member, ServerConfig};
 use crate::core::Core;
+use crate::placement::StaticPlacement;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -46,6 +54,14 @@ pub struct App {
     pub forwarder: reqwest::Client,
     /// Take proposals not yet answered (so idle polls do not race for the same task).
     pub takes_in_flight: std::sync::atomic::AtomicUsize,
+    /// Which DC owns which shard (static: from the configured DCs).
+    pub placement: StaticPlacement,
+    /// The cluster shards this DC owns: where it creates clusters.
+    owned_cluster_shards: Vec<ShardId>,
+    /// What the replication streams and pulls know (leader only).
+    pub replication: replication::Progress,
+    /// Becomes true when the node stops (ends long polls).
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl App {
@@ -54,9 +70,15 @@ impl App {
         key.and_then(|k| self.core.read().idempotent_outcome(k).cloned())
     }
 
-    /// The shard a new cluster goes to: round-robin over the shards this node writes.
-    pub fn pick_shard(&self) -> ShardId {
-        ShardId(self.next_shard.fetch_add(1, Ordering::Relaxed) % self.config.shard_count)
+    /// The shard a new cluster goes to: round-robin over the cluster shards this DC owns;
+    /// `None` when it owns none (more DCs than shards).
+    pub fn pick_shard(&self) -> Option<ShardId> {
+        let owned = &self.owned_cluster_shards;
+        if owned.is_empty() {
+            return None;
+        }
+        let n = self.next_shard.fetch_add(1, Ordering::Relaxed) as usize;
+        Some(owned[n % owned.len()])
     }
 
     pub fn heartbeat(&self, provisioner: &str) {
@@ -114,6 +136,15 @@ impl App {
             .unwrap_or(0)
             .saturating_sub(raft.last_applied.unwrap_or(0));
         metrics::gauge!("coopr_raft_apply_lag_entries").set(lag as f64);
+        if !self.config.remote_dcs.is_empty() {
+            replication::refresh_gauges(
+                &self.config.dc,
+                &self.placement,
+                &state,
+                &self.replication,
+                core::now_ms(),
+            );
+        }
     }
 }
 
@@ -217,8 +248,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let placement = config.placement();
+    let owned_cluster_shards = placement.cluster_shards_owned_by(&config.dc).collect();
     let app = Arc::new(App {
         core,
+        placement,
+        owned_cluster_shards,
+        replication: replication::Progress::default(),
+        stopping: stop.clone(),
         metrics: metrics_handle(),
         heartbeats: Mutex::new(HashMap::new()),
         next_shard: AtomicU32::new(0),
@@ -243,6 +280,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         }
     }
     tasks.push(tokio::spawn(driver::run(app.clone(), stop.clone())));
+    tasks.extend(replication::puller::spawn(&app, &stop));
     tasks.push(serve(listener, api::router(app.clone()), stop));
     tracing::info!(%addr, ?internal_addr, dc = %app.config.dc, node = %app.config.node, "coopr server listening");
     Ok(ServerHandle {

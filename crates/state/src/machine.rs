@@ -200,6 +200,8 @@ pub struct State {
     /// Derived (rebuilt on load): tasks that can be handed out, and jobs not yet finished.
     ready: BTreeSet<TaskId>,
     active_jobs: BTreeSet<JobId>,
+    /// The `now_ms` of the entry being applied: the commit time stamped on the records it emits.
+    applying_at_ms: u64,
 }
 
 impl State {
@@ -216,6 +218,7 @@ impl State {
             replicas: BTreeMap::new(),
             ready: BTreeSet::new(),
             active_jobs: BTreeSet::new(),
+            applying_at_ms: 0,
         }
     }
 
@@ -339,6 +342,7 @@ impl State {
                 return previous.clone();
             }
         }
+        self.applying_at_ms = entry.now_ms;
         let result = self.apply_command(&entry.command, entry.now_ms);
         if let Some(key) = &entry.idempotency_key {
             self.local.idempotency.insert(key.clone(), result.clone());
@@ -1148,7 +1152,7 @@ impl State {
                 None => panic!("record for shard {shard}, which does not exist"),
             }
         };
-        let seq = outbox.push(shard, kind, OUTBOX_CAPACITY);
+        let seq = outbox.push(shard, kind, self.applying_at_ms, OUTBOX_CAPACITY);
         tracing::trace!(%shard, seq, "replication record");
     }
 

@@ -99,6 +99,10 @@ pub struct Record {
     pub shard: ShardId,
     pub epoch: u64,
     pub seq: u64,
+    /// When the owner committed it (the `now_ms` of the DC log entry that emitted it; 0 in
+    /// records written before this field existed). Replication lag is measured against it.
+    #[serde(default)]
+    pub at_ms: u64,
     pub kind: RecordKind,
 }
 
@@ -525,13 +529,14 @@ impl Outbox {
     }
 
     /// Appends a record with the next seq, dropping the oldest beyond `capacity`.
-    pub fn push(&mut self, shard: ShardId, kind: RecordKind, capacity: usize) -> u64 {
+    pub fn push(&mut self, shard: ShardId, kind: RecordKind, at_ms: u64, capacity: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.records.push_back(Record {
             shard,
             epoch: self.epoch,
             seq,
+            at_ms,
             kind,
         });
         while self.records.len() > capacity {
@@ -889,7 +894,7 @@ mod tests {
     fn outbox_cap_drops_oldest_and_reports_it() {
         let mut outbox = Outbox::default();
         for i in 0..5 {
-            outbox.push(ShardId::GLOBAL, deleted(&i.to_string()), 3);
+            outbox.push(ShardId::GLOBAL, deleted(&i.to_string()), 0, 3);
         }
         assert_eq!(outbox.records.len(), 3);
         assert_eq!(outbox.dropped_through_seq, 2);

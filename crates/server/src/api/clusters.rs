@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -259,7 +260,16 @@ async fn create(
             nodes,
         }
     };
-    let shard = app.pick_shard();
+    let Some(shard) = app.pick_shard() else {
+        return Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_owner",
+            format!(
+                "datacenter {} owns no cluster shard; create clusters in another datacenter",
+                app.config.dc
+            ),
+        ));
+    };
     let outcome = app
         .core
         .propose(

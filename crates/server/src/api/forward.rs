@@ -34,8 +34,12 @@ fn unavailable(code: &str, message: String) -> Response {
 
 pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let local_only = matches!(path, "/status" | "/ready" | "/metrics");
-    let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
+    // Internal calls answer for this node themselves (a pull says where the leader is).
+    let local_only =
+        matches!(path, "/status" | "/ready" | "/metrics") || path.starts_with("/internal/");
+    // Views of what only the leader knows go to the leader like writes.
+    let is_read = matches!(*req.method(), Method::GET | Method::HEAD)
+        && !super::replication::LEADER_PATHS.contains(&path);
     let strong = wants_strong_read(&req);
     let raft = app.core.raft();
     if local_only || (is_read && !strong) {

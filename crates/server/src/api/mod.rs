@@ -7,6 +7,7 @@ pub mod extract;
 pub mod forward;
 pub mod lenient;
 pub mod provisioners;
+pub mod replication;
 pub mod tenants;
 pub mod views;
 
@@ -32,6 +33,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(catalog::routes())
         .merge(tenants::routes())
         .merge(provisioners::routes())
+        .merge(replication::routes())
+        .merge(crate::replication::owner::routes())
         .route("/status", get(status))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

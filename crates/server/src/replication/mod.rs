@@ -1,0 +1,364 @@
+//! Cross-DC replication with a static placement (DESIGN section 4): replica DCs pull the
+//! records of the shards other DCs own and apply them to their local copies.
+//!
+//! ```text
+//!  replica DC leader                                   owner DC leader
+//!  puller (one stream per owner DC)                     owner::pull (POST /internal/replication/pull)
+//!    cursors = committed replica watermarks  --pull-->    remember the replica's cursors
+//!                                                         records after each cursor? answer now
+//!                                                         none: wait on Core::applied until one
+//!                                                         commits (or wait_ms passes)
+//!    per shard: ApplyReplicationBatch  <--- batches ---   (epoch, seq, at_ms, kind) per shard
+//!    (one DC-log entry, exactly once, in order)
+//! ```
+//!
+//! Cursors are read from committed local state before every pull, so a stream survives leader
+//! changes and restarts on both sides: nothing about a stream lives only in memory except the
+//! lag figures below, which the next answer rebuilds.
+//!
+//! - [`owner`]: the pull endpoint (owner side, its DC log's leader only).
+//! - [`puller`]: the streams (replica side, its DC log's leader only).
+//! - [`Progress`]: what each side knows of the other, for `/v2/admin/replication` and `/metrics`.
+//!
+//! Out of scope for now: ownership changes (the placement group, failover, epochs above 1),
+//! enforcement of ownership on writes other than creates, routing writes to the owner DC,
+//! re-seeding a replica from a snapshot when the owner's outbox no longer has its records.
+
+pub mod owner;
+pub mod puller;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use coopr_state::{Outbox, Position, Record, State};
+use coopr_types::ShardId;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::placement::StaticPlacement;
+
+/// The owner's pull endpoint, on the API port.
+pub const PULL_PATH: &str = "/internal/replication/pull";
+/// The header carrying the cluster secret on internal calls (the same one Raft RPCs use).
+pub const SECRET_HEADER: &str = "coopr-cluster-secret";
+
+/// A replica DC's request for the records after its cursors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// The replica DC asking.
+    pub dc: String,
+    /// Per shard: the position of the last record the replica applied (committed there).
+    pub cursors: BTreeMap<ShardId, Position>,
+    /// Most records to return over all shards.
+    pub max_records: usize,
+    /// Longest to wait for a record when there is none yet (0: answer at once).
+    pub wait_ms: u64,
+}
+
+/// The owner's answer: per requested shard it owns, the records after the cursor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullResponse {
+    pub owner_dc: String,
+    pub shards: BTreeMap<ShardId, ShardBatch>,
+}
+
+impl PullResponse {
+    /// Whether the answer has anything for the replica to act on (records or errors).
+    pub fn has_news(&self) -> bool {
+        self.shards
+            .values()
+            .any(|b| !b.records.is_empty() || b.error.is_some())
+    }
+}
+
+/// One shard's part of an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardBatch {
+    /// The records right after the cursor, in order (maybe not all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<Record>,
+    /// The owner's last assigned position in this shard.
+    pub last: Position,
+    /// When records remain after `records`: the commit time of the first of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at_ms: Option<u64>,
+    /// Why records after the cursor cannot be served (the stream of this shard stops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Reads the records after `cursor` from a shard's outbox: up to `max`, and the commit time of
+/// the first one left out.
+pub fn read_batch(outbox: &Outbox, cursor: Position, max: usize) -> ShardBatch {
+    let last = outbox.last_position();
+    let mut batch = ShardBatch {
+        records: Vec::new(),
+        last,
+        next_at_ms: None,
+        error: None,
+    };
+    if cursor.epoch != last.epoch {
+        batch.error = Some(format!(
+            "cursor epoch {} differs from the owner's epoch {}",
+            cursor.epoch, last.epoch
+        ));
+        return batch;
+    }
+    match outbox.read_after(cursor.seq, max.saturating_add(1)) {
+        Ok(mut records) => {
+            if records.len() > max {
+                batch.next_at_ms = records.pop().map(|r| r.at_ms);
+            }
+            batch.records = records;
+        }
+        Err(e) => batch.error = Some(e.to_string()),
+    }
+    batch
+}
+
+/// The age and count of the records a replica at `cursor` lacks, from the owner's outbox.
+pub fn unreplicated(outbox: &Outbox, cursor: Position, now_ms: u64) -> (u64, u64) {
+    let last = outbox.last_position();
+    if cursor.epoch != last.epoch || cursor.seq >= last.seq {
+        return (0, 0);
+    }
+    let count = last.seq - cursor.seq;
+    let oldest = outbox.records.iter().find(|r| r.seq > cursor.seq);
+    let age_ms = oldest.map_or(0, |r| now_ms.saturating_sub(r.at_ms));
+    (count, age_ms)
+}
+
+/// The cursors a replica DC reported in its latest pull (owner side).
+#[derive(Debug, Clone)]
+struct ReportedCursors {
+    cursors: BTreeMap<ShardId, Position>,
+    at: Instant,
+}
+
+/// A stream of one shard as the replica side knows it.
+#[derive(Debug, Clone, Default)]
+pub struct StreamState {
+    /// The owner's last position, as of its latest answer.
+    pub owner_last: Option<Position>,
+    /// The commit time of the oldest record the replica is known to lack (None: caught up as of
+    /// the owner's latest answer).
+    pub oldest_missing_at_ms: Option<u64>,
+    /// Set when a batch was refused: the stream of this shard stopped (never skips).
+    pub stopped: Option<String>,
+    pub last_answer: Option<Instant>,
+}
+
+/// What each side knows of the other, kept in memory by the DC log's leader.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Owner side: by replica DC.
+    reported: Mutex<BTreeMap<String, ReportedCursors>>,
+    /// Replica side: by shard.
+    streams: Mutex<BTreeMap<ShardId, StreamState>>,
+}
+
+impl Progress {
+    pub fn record_cursors(&self, dc: &str, cursors: &BTreeMap<ShardId, Position>) {
+        if let Ok(mut reported) = self.reported.lock() {
+            reported.insert(
+                dc.to_string(),
+                ReportedCursors {
+                    cursors: cursors.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+    }
+
+    pub fn stream(&self, shard: ShardId) -> StreamState {
+        self.streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&shard).cloned())
+            .unwrap_or_default()
+    }
+
+    pub fn update_stream(&self, shard: ShardId, update: impl FnOnce(&mut StreamState)) {
+        if let Ok(mut streams) = self.streams.lock() {
+            update(streams.entry(shard).or_default());
+        }
+    }
+
+    /// Whether the stream of `shard` stopped on a refused batch.
+    pub fn is_stopped(&self, shard: ShardId) -> bool {
+        self.stream(shard).stopped.is_some()
+    }
+}
+
+/// The replica side's lag of one shard: the age of the oldest record it is known to lack.
+fn lag_ms(stream: &StreamState, now_ms: u64) -> u64 {
+    stream
+        .oldest_missing_at_ms
+        .map_or(0, |at| now_ms.saturating_sub(at))
+}
+
+/// One shard's replication status as this DC sees it (see `GET /v2/admin/replication`).
+pub fn shard_report(
+    dc: &str,
+    placement: &StaticPlacement,
+    state: &State,
+    progress: &Progress,
+    shard: ShardId,
+    now_ms: u64,
+) -> Value {
+    let owner = placement.owner(shard);
+    let replicas: Vec<&str> = placement.replicas(shard).collect();
+    let mut report = json!({
+        "shard": shard.to_string(),
+        "owner": owner,
+        "replicas": replicas,
+    });
+    if owner == dc {
+        let Some(outbox) = state.outbox(shard) else {
+            return report;
+        };
+        let reported = progress
+            .reported
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let mut by_dc = serde_json::Map::new();
+        for replica in replicas {
+            let cursor = reported
+                .get(replica)
+                .and_then(|r| r.cursors.get(&shard).copied());
+            let (count, age_ms) = unreplicated(outbox, cursor.unwrap_or(Position::START), now_ms);
+            let since = reported
+                .get(replica)
+                .map(|r| r.at.elapsed().as_millis() as u64);
+            by_dc.insert(
+                replica.to_string(),
+                json!({
+                    "cursor": cursor,
+                    "unreplicated_records": count,
+                    "unreplicated_age_ms": age_ms,
+                    "lag_ms": age_ms,
+                    "last_pull_ms_ago": since,
+                }),
+            );
+        }
+        report["last"] = json!(outbox.last_position());
+        report["by_replica"] = Value::Object(by_dc);
+    } else {
+        let stream = progress.stream(shard);
+        let watermark = state
+            .replica(shard)
+            .map_or(Position::START, |r| r.watermark);
+        report["local"] = json!({
+            "watermark": watermark,
+            "owner_last": stream.owner_last,
+            "lag_ms": lag_ms(&stream, now_ms),
+            "stopped": stream.stopped,
+            "last_answer_ms_ago": stream.last_answer.map(|a| a.elapsed().as_millis() as u64),
+        });
+    }
+    report
+}
+
+/// Sets the replication gauges: per DC aggregates only (shards would multiply the series).
+pub fn refresh_gauges(
+    dc: &str,
+    placement: &StaticPlacement,
+    state: &State,
+    progress: &Progress,
+    now_ms: u64,
+) {
+    let reported = progress
+        .reported
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let mut lag_by_owner: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut unreplicated_by_replica: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut stopped = 0u64;
+    for shard in placement.shards() {
+        let owner = placement.owner(shard);
+        if owner == dc {
+            let Some(outbox) = state.outbox(shard) else {
+                continue;
+            };
+            for replica in placement.replicas(shard) {
+                let cursor = reported
+                    .get(replica)
+                    .and_then(|r| r.cursors.get(&shard).copied())
+                    .unwrap_or(Position::START);
+                let (count, age_ms) = unreplicated(outbox, cursor, now_ms);
+                let entry = unreplicated_by_replica.entry(replica).or_default();
+                entry.0 += count;
+                entry.1 = entry.1.max(age_ms);
+            }
+        } else {
+            let stream = progress.stream(shard);
+            stopped += u64::from(stream.stopped.is_some());
+            let lag = lag_by_owner.entry(owner).or_default();
+            *lag = (*lag).max(lag_ms(&stream, now_ms));
+        }
+    }
+    for (owner, lag) in lag_by_owner {
+        metrics::gauge!("coopr_replication_lag_ms", "owner_dc" => owner.to_string())
+            .set(lag as f64);
+    }
+    for (replica, (count, age_ms)) in unreplicated_by_replica {
+        metrics::gauge!("coopr_replication_unreplicated_records", "replica_dc" => replica.to_string())
+            .set(count as f64);
+        metrics::gauge!("coopr_replication_unreplicated_age_ms", "replica_dc" => replica.to_string())
+            .set(age_ms as f64);
+    }
+    metrics::gauge!("coopr_replication_stopped_shards").set(stopped as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use coopr_state::{GlobalRecord, RecordKind};
+
+    use super::*;
+
+    fn outbox_with(at_ms: &[u64]) -> Outbox {
+        let mut outbox = Outbox::default();
+        for (i, at) in at_ms.iter().enumerate() {
+            let kind = RecordKind::Global(GlobalRecord::TenantDeleted(i.to_string()));
+            outbox.push(ShardId::GLOBAL, kind, *at, 100);
+        }
+        outbox
+    }
+
+    /// A batch stops at `max` and says when the first record left out was committed.
+    #[test]
+    fn batches_are_capped_and_say_what_is_left() {
+        let outbox = outbox_with(&[10, 20, 30]);
+        let batch = read_batch(&outbox, Position::START, 2);
+        assert_eq!(batch.records.len(), 2);
+        assert_eq!(batch.next_at_ms, Some(30));
+        assert_eq!(batch.last.seq, 3);
+        let rest = read_batch(&outbox, Position { epoch: 1, seq: 2 }, 2);
+        assert_eq!(rest.records.len(), 1);
+        assert_eq!(rest.next_at_ms, None);
+        let none = read_batch(&outbox, Position { epoch: 1, seq: 3 }, 2);
+        assert!(none.records.is_empty() && none.error.is_none());
+        let ahead = read_batch(&outbox, Position { epoch: 1, seq: 9 }, 2);
+        assert!(ahead.error.is_some());
+        let other_epoch = read_batch(&outbox, Position { epoch: 2, seq: 0 }, 2);
+        assert!(other_epoch.error.is_some());
+    }
+
+    /// The owner counts what a replica lacks and how old the oldest of it is.
+    #[test]
+    fn unreplicated_counts_from_the_cursor() {
+        let outbox = outbox_with(&[10, 20, 30]);
+        assert_eq!(unreplicated(&outbox, Position::START, 100), (3, 90));
+        assert_eq!(
+            unreplicated(&outbox, Position { epoch: 1, seq: 2 }, 100),
+            (1, 70)
+        );
+        assert_eq!(
+            unreplicated(&outbox, Position { epoch: 1, seq: 3 }, 100),
+            (0, 0)
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! The owner side: `POST /internal/replication/pull`, answered by the DC log's leader only.
+//!
+//! ```text
+//!  check Coopr-Cluster-Secret (401), the asking DC (403), leadership (503 + leader_api)
+//!  remember the replica's cursors (its committed watermarks: what it lacks, for the reports)
+//!  loop: notified = Core::applied.notified()      <- registered before reading, so no commit
+//!        batches = records after each cursor          between the read and the wait is missed
+//!        any record or error, or wait_ms passed? answer
+//!        wait for notified | wait_ms | leadership change | shutdown
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{read_batch, PullRequest, PullResponse, PULL_PATH, SECRET_HEADER};
+use crate::api::error::ApiError;
+use crate::App;
+
+/// Longest a pull may ask to wait (a replica's HTTP timeout must exceed what it asks for).
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new().route(PULL_PATH, post(pull))
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The API URL of this DC's leader, if known.
+fn leader_api(app: &App) -> Option<String> {
+    let leader = app.core.raft().status().leader?;
+    app.config.members.get(&leader).map(|m| m.api.clone())
+}
+
+fn not_leader(app: &App) -> Response {
+    let body = json!({
+        "code": "not_leader",
+        "message": format!("{} is not the leader of DC {}", app.config.node, app.config.dc),
+        "leader_api": leader_api(app),
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let given = headers
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    // Without a configured secret nobody may pull (a DC alone has nothing to serve).
+    let Some(secret) = app.config.secret.as_deref() else {
+        return ApiError::unauthorized("replication is not configured on this node")
+            .into_response();
+    };
+    if !same_secret(given, secret.as_bytes()) {
+        tracing::warn!("replication pull with a wrong or missing cluster secret");
+        return ApiError::unauthorized("wrong or missing cluster secret").into_response();
+    }
+    let request: PullRequest = match crate::api::extract::parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let placement = &app.placement;
+    if request.dc == app.config.dc || !placement.dcs().contains(&request.dc) {
+        return ApiError::forbidden(format!(
+            "{:?} is not a replica DC of this deployment",
+            request.dc
+        ))
+        .into_response();
+    }
+    if !app.core.raft().is_leader() {
+        return not_leader(&app);
+    }
+    // Only shards this DC owns and the asker replicates; the rest are not ours to answer.
+    let cursors: Vec<_> = request
+        .cursors
+        .iter()
+        .filter(|(shard, _)| {
+            (shard.is_global() || shard.0 < placement.shard_count())
+                && placement.owner(**shard) == app.config.dc
+        })
+        .map(|(s, c)| (*s, *c))
+        .collect();
+    app.replication
+        .record_cursors(&request.dc, &request.cursors);
+    let max_records = request.max_records.clamp(1, 100_000);
+    let wait = Duration::from_millis(request.wait_ms.min(MAX_WAIT_MS));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut leader = app.core.raft().watch_leader();
+    let mut stopping = app.stopping.clone();
+    loop {
+        // Registered before the read: a commit after the read wakes this wait.
+        let applied = app.core.applied.notified();
+        let response = {
+            let state = app.core.read();
+            let mut left = max_records;
+            let mut shards = std::collections::BTreeMap::new();
+            for (shard, cursor) in &cursors {
+                let Some(outbox) = state.outbox(*shard) else {
+                    continue;
+                };
+                let batch = read_batch(outbox, *cursor, left);
+                left -= batch.records.len();
+                shards.insert(*shard, batch);
+            }
+            PullResponse {
+                owner_dc: app.config.dc.clone(),
+                shards,
+            }
+        };
+        if response.has_news() || tokio::time::Instant::now() >= deadline {
+            let bytes = serde_json::to_vec(&response).unwrap_or_default();
+            metrics::counter!("coopr_replication_bytes_sent_total", "replica_dc" => request.dc.clone())
+                .increment(bytes.len() as u64);
+            let records: usize = response.shards.values().map(|b| b.records.len()).sum();
+            metrics::counter!("coopr_replication_records_sent_total", "replica_dc" => request.dc.clone())
+                .increment(records as u64);
+            return (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                bytes,
+            )
+                .into_response();
+        }
+        tokio::select! {
+            _ = applied => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            changed = leader.changed() => {
+                if changed.is_err() || !app.core.raft().is_leader() {
+                    return not_leader(&app);
+                }
+            }
+            _ = stopping.wait_for(|s| *s) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the node is stopping").into_response();
+            }
+        }
+    }
+}

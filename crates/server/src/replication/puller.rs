@@ -1,0 +1,334 @@
+//! The replica side: one long-lived pull loop per owner DC, on this DC log's leader only.
+//!
+//! ```text
+//!  loop (per owner DC):
+//!    not the leader? idle                         (the loop follows leadership, like the driver)
+//!    cursors = committed watermarks of the owner's shards (START when none), stopped ones left out
+//!    POST {owner node}/internal/replication/pull  --> 200: apply; 503 + leader_api: go there;
+//!                                                     anything else: next node, jittered backoff
+//!    per shard with records: propose ApplyReplicationBatch (one DC-log entry)
+//!       applied  -> next pull starts after it
+//!       refused  -> watermark moved meanwhile (a batch proposed earlier committed late)? re-pull;
+//!                   else stop this shard's stream and log an error: a replica never skips
+//!       not written (no quorum, lost leadership) -> re-read cursors and pull again
+//! ```
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coopr_state::{Command, Position};
+use coopr_types::ShardId;
+use tokio::sync::watch;
+
+use super::{PullRequest, PullResponse, PULL_PATH, SECRET_HEADER};
+use crate::core::{now_ms, ProposeError};
+use crate::{App, Member};
+
+/// How often a node that does not lead checks again.
+const IDLE: Duration = Duration::from_millis(200);
+/// First retry delay after a failure; doubles per consecutive failure up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Added to the long-poll wait for the HTTP timeout of a pull.
+const PULL_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+
+/// Starts one stream per DC that owns shards this DC replicates.
+pub fn spawn(app: &Arc<App>, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (owner_dc, nodes) in &app.config.remote_dcs {
+        let shards: Vec<ShardId> = app.placement.owned_by(owner_dc).collect();
+        if shards.is_empty() {
+            continue;
+        }
+        let stream = Stream {
+            app: app.clone(),
+            owner_dc: owner_dc.clone(),
+            nodes: nodes.clone(),
+            shards,
+        };
+        tasks.push(tokio::spawn(stream.run(stop.clone())));
+    }
+    tasks
+}
+
+/// How one pull ended.
+enum Answer {
+    Batches(PullResponse),
+    /// The node asked is not its DC's leader; it may name the leader's API.
+    NotLeader(Option<String>),
+    Failed(String),
+}
+
+struct Stream {
+    app: Arc<App>,
+    owner_dc: String,
+    nodes: Vec<Member>,
+    shards: Vec<ShardId>,
+}
+
+impl Stream {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let wait_ms = self.app.config.replication_wait_ms;
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_millis(wait_ms) + PULL_TIMEOUT_MARGIN)
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(owner_dc = %self.owner_dc, error = %e, "cannot build the replication client");
+                return;
+            }
+        };
+        let mut node = 0usize;
+        let mut target: Option<String> = None;
+        let mut failures = 0u32;
+        let mut leading = false;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if !self.app.core.raft().is_leader() {
+                if leading {
+                    tracing::info!(owner_dc = %self.owner_dc, "replication stream paused: not the leader");
+                    leading = false;
+                }
+                if sleep_or_stop(IDLE, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+            if !leading {
+                tracing::info!(owner_dc = %self.owner_dc, shards = self.shards.len(), "replication stream running");
+                leading = true;
+            }
+            let cursors = self.cursors();
+            if cursors.is_empty() {
+                // Every shard of this owner stopped on a refused batch: nothing to pull.
+                if sleep_or_stop(MAX_BACKOFF, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+            let base = target
+                .clone()
+                .unwrap_or_else(|| self.nodes[node % self.nodes.len()].api.clone());
+            let request = PullRequest {
+                dc: self.app.config.dc.clone(),
+                cursors: cursors.clone(),
+                max_records: self.app.config.replication_max_records,
+                wait_ms,
+            };
+            let answer = tokio::select! {
+                a = self.pull(&client, &base, &request) => a,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let failed = match answer {
+                Answer::Batches(response) => match self.apply(&cursors, response).await {
+                    Ok(()) => {
+                        failures = 0;
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(owner_dc = %self.owner_dc, error = %e, "replication batch not written; pulling again");
+                        true
+                    }
+                },
+                Answer::NotLeader(Some(leader)) if Some(&leader) != target.as_ref() => {
+                    tracing::debug!(owner_dc = %self.owner_dc, %leader, "following the owner's leader hint");
+                    target = Some(leader);
+                    failures += 1;
+                    // A fresh hint is tried at once; hints that keep bouncing back off below.
+                    failures > 2
+                }
+                Answer::NotLeader(_) => {
+                    target = None;
+                    node += 1;
+                    true
+                }
+                Answer::Failed(e) => {
+                    tracing::warn!(owner_dc = %self.owner_dc, node = %base, error = %e, "replication pull failed");
+                    metrics::counter!("coopr_replication_pull_errors_total", "owner_dc" => self.owner_dc.clone())
+                        .increment(1);
+                    target = None;
+                    node += 1;
+                    true
+                }
+            };
+            if failed {
+                failures = failures.saturating_add(1);
+                if sleep_or_stop(backoff(failures, random_u64()), &mut stop).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The committed watermark of every shard of this owner whose stream runs.
+    fn cursors(&self) -> BTreeMap<ShardId, Position> {
+        let state = self.app.core.read();
+        self.shards
+            .iter()
+            .filter(|s| !self.app.replication.is_stopped(**s))
+            .map(|s| {
+                (
+                    *s,
+                    state.replica(*s).map_or(Position::START, |r| r.watermark),
+                )
+            })
+            .collect()
+    }
+
+    async fn pull(&self, client: &reqwest::Client, base: &str, request: &PullRequest) -> Answer {
+        let url = format!("{}{PULL_PATH}", base.trim_end_matches('/'));
+        let secret = self.app.config.secret.clone().unwrap_or_default();
+        let sent = client
+            .post(&url)
+            .header(SECRET_HEADER, secret)
+            .json(request)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return Answer::Failed(e.to_string()),
+        };
+        let status = response.status();
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Answer::Failed(format!("answer cut off: {e}")),
+        };
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            let hint = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["leader_api"].as_str().map(str::to_string));
+            return Answer::NotLeader(hint);
+        }
+        if !status.is_success() {
+            return Answer::Failed(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+            ));
+        }
+        metrics::counter!("coopr_replication_bytes_received_total", "owner_dc" => self.owner_dc.clone())
+            .increment(bytes.len() as u64);
+        match serde_json::from_slice::<PullResponse>(&bytes) {
+            Ok(r) if r.owner_dc == self.owner_dc => Answer::Batches(r),
+            Ok(r) => Answer::Failed(format!(
+                "answered by DC {}, not {}",
+                r.owner_dc, self.owner_dc
+            )),
+            Err(e) => Answer::Failed(format!("unreadable answer: {e}")),
+        }
+    }
+
+    /// Applies each shard's batch as one DC-log entry. Err: an entry was not written (the next
+    /// pull starts again from the committed cursors).
+    async fn apply(
+        &self,
+        cursors: &BTreeMap<ShardId, Position>,
+        response: PullResponse,
+    ) -> Result<(), ProposeError> {
+        let progress = &self.app.replication;
+        for (shard, batch) in response.shards {
+            let Some(cursor) = cursors.get(&shard).copied() else {
+                continue;
+            };
+            if let Some(error) = batch.error {
+                tracing::error!(%shard, owner_dc = %self.owner_dc, %error, "replication stream stopped: the owner cannot serve it");
+                progress.update_stream(shard, |s| s.stopped = Some(error));
+                continue;
+            }
+            let Some(first_at_ms) = batch.records.first().map(|r| r.at_ms) else {
+                progress.update_stream(shard, |s| {
+                    s.owner_last = Some(batch.last);
+                    s.oldest_missing_at_ms = batch.next_at_ms;
+                    s.last_answer = Some(std::time::Instant::now());
+                });
+                continue;
+            };
+            progress.update_stream(shard, |s| {
+                s.owner_last = Some(batch.last);
+                s.oldest_missing_at_ms = Some(first_at_ms);
+                s.last_answer = Some(std::time::Instant::now());
+            });
+            let count = batch.records.len();
+            let command = Command::ApplyReplicationBatch {
+                from_dc: self.owner_dc.clone(),
+                shard,
+                records: batch.records,
+            };
+            match self.app.core.propose(command, None).await? {
+                Ok(_) => {
+                    metrics::counter!("coopr_replication_records_applied_total", "owner_dc" => self.owner_dc.clone())
+                        .increment(count as u64);
+                    progress.update_stream(shard, |s| s.oldest_missing_at_ms = batch.next_at_ms);
+                }
+                Err(e) => {
+                    let watermark = self
+                        .app
+                        .core
+                        .read()
+                        .replica(shard)
+                        .map_or(Position::START, |r| r.watermark);
+                    if watermark != cursor {
+                        // An earlier proposal of these records committed after this pull was
+                        // sent: the batch is stale, not wrong.
+                        tracing::debug!(%shard, error = %e, "stale replication batch; pulling again");
+                        continue;
+                    }
+                    tracing::error!(%shard, owner_dc = %self.owner_dc, error = %e, lag_since_ms = now_ms().saturating_sub(first_at_ms),
+                        "replication batch refused: the stream of this shard stopped (a replica never skips)");
+                    metrics::counter!("coopr_replication_refused_batches_total", "owner_dc" => self.owner_dc.clone())
+                        .increment(1);
+                    progress.update_stream(shard, |s| s.stopped = Some(e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sleeps; true when the node stops meanwhile.
+async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    }
+}
+
+/// Exponential backoff with jitter: a random delay in [d/2, d], d = FIRST * 2^(failures-1),
+/// capped at MAX. `random` is any random u64 (passed in so the function is deterministic).
+pub fn backoff(failures: u32, random: u64) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let full = FIRST_BACKOFF
+        .saturating_mul(1u32 << exponent)
+        .min(MAX_BACKOFF);
+    let half = full / 2;
+    let jitter_ms = random % (half.as_millis() as u64 + 1);
+    half + Duration::from_millis(jitter_ms)
+}
+
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(now_ms().into());
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Delays double per failure, stay within [d/2, d] and stop growing at the cap.
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        for random in [0, 7, u64::MAX] {
+            let first = backoff(1, random);
+            assert!(first >= Duration::from_millis(50) && first <= FIRST_BACKOFF);
+            let third = backoff(3, random);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff(30, random);
+            assert!(late >= MAX_BACKOFF / 2 && late <= MAX_BACKOFF);
+        }
+    }
+}

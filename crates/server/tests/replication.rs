@@ -1,0 +1,313 @@
+//! Cross-DC replication with the static placement: three DCs of one node each in this process,
+//! each pulling the shards the others own.
+//!
+//! Properties checked:
+//! - a DC creates clusters only in shards it owns (shard s belongs to DC `s mod 3` by name);
+//! - after concurrent creates, runs and deletes in every DC, every DC's copy of every shard it
+//!   does not own equals its owner's projection at the same position, and every lag reported by
+//!   `/v2/admin/replication` (replica `lag_ms`, owner `unreplicated_records`) drops to 0;
+//! - one lamp create ships exactly OperationStarted, one OperationCheckpoint per machine and
+//!   OperationFinished over the wire (and the bytes are a fraction of the DC-log bytes).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{wait_for, Auth, Client, TestServer, Worker};
+use coopr_server::{Member, ServerConfig};
+use serde_json::{json, Value};
+
+const SECRET: &str = "replication-test-secret-0123";
+const SHARDS: u32 = 6;
+const DCS: [&str; 3] = ["a", "b", "c"];
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Deployment {
+    dcs: BTreeMap<String, TestServer>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Deployment {
+    /// Three single-node DCs that know each other.
+    async fn start() -> Deployment {
+        let ports: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
+        let member = |dc: &str| Member {
+            node: format!("{dc}1"),
+            api: format!("http://127.0.0.1:{}", ports[dc]),
+            internal: "http://127.0.0.1:1".into(),
+        };
+        let mut dcs = BTreeMap::new();
+        let mut dirs = Vec::new();
+        for dc in DCS {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = ServerConfig {
+                dc: dc.into(),
+                node: format!("{dc}1"),
+                listen: format!("127.0.0.1:{}", ports[dc]),
+                shard_count: SHARDS,
+                secret: Some(SECRET.into()),
+                remote_dcs: DCS
+                    .iter()
+                    .filter(|d| **d != dc)
+                    .map(|d| (d.to_string(), vec![member(d)]))
+                    .collect(),
+                replication_wait_ms: 2_000,
+                ..common::config(dir.path())
+            };
+            dcs.insert(dc.to_string(), TestServer::start_config(config).await);
+            dirs.push(dir);
+        }
+        Deployment { dcs, _dirs: dirs }
+    }
+
+    fn dc(&self, dc: &str) -> &TestServer {
+        &self.dcs[dc]
+    }
+
+    async fn stop(self) {
+        for (_, server) in self.dcs {
+            server.stop().await;
+        }
+    }
+}
+
+fn owner_of(shard: u32) -> &'static str {
+    DCS[(shard % DCS.len() as u32) as usize]
+}
+
+fn shard_of(id: &str) -> u32 {
+    (id.parse::<u64>().expect("numeric id") % u64::from(SHARDS)) as u32
+}
+
+async fn view(client: &Client, shard: &str) -> Value {
+    client
+        .get(&format!("/v2/admin/shards/{shard}/view"), &Auth::Superadmin)
+        .await
+        .assert_ok()
+        .clone()
+}
+
+/// Every shard name: the cluster shards and the global one.
+fn all_shards() -> Vec<String> {
+    (0..SHARDS)
+        .map(|s| s.to_string())
+        .chain(std::iter::once("global".to_string()))
+        .collect()
+}
+
+/// Whether every replica's copy of every shard equals its owner's, and no lag is reported.
+async fn converged(deployment: &Deployment) -> Option<()> {
+    for shard in all_shards() {
+        let mut views = Vec::new();
+        for dc in DCS {
+            views.push(view(deployment.dc(dc), &shard).await);
+        }
+        let owner = views.iter().find(|v| v["role"] == "owner")?;
+        for replica in views.iter().filter(|v| v["role"] == "replica") {
+            if replica["position"] != owner["position"] || replica["view"] != owner["view"] {
+                return None;
+            }
+        }
+    }
+    for dc in DCS {
+        let report = deployment
+            .dc(dc)
+            .get("/v2/admin/replication", &Auth::Superadmin)
+            .await;
+        for shard in report.assert_ok()["shards"].as_array()? {
+            if let Some(local) = shard.get("local") {
+                if local["lag_ms"] != 0 || !local["stopped"].is_null() {
+                    return None;
+                }
+            }
+            if let Some(by_replica) = shard.get("by_replica").and_then(Value::as_object) {
+                if by_replica.values().any(|r| r["unreplicated_records"] != 0) {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(())
+}
+
+/// Clusters created concurrently in every DC land in shards their DC owns; after they run and
+/// some are deleted, every replica converges to its owner (same position, same view) and the
+/// replication report shows no lag anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_dcs_converge_to_their_owners() {
+    let deployment = Deployment::start().await;
+    let shards = deployment
+        .dc("b")
+        .get("/v2/admin/shards", &Auth::Superadmin)
+        .await;
+    let map = shards.assert_ok();
+    assert_eq!(map["dcs"], json!(DCS));
+    assert_eq!(map["shards"][4]["owner"], "b");
+    assert_eq!(
+        map["shards"][SHARDS as usize]["owner"], "a",
+        "global: {map}"
+    );
+
+    tracing::info!("--- create clusters in every DC at once");
+    let create_in = |dc: &'static str| {
+        let server = deployment.dc(dc);
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..4 {
+                let template = if i % 2 == 0 { "lamp" } else { "base" };
+                ids.push(server.create_cluster(template, 2).await);
+            }
+            (dc.to_string(), ids)
+        }
+    };
+    let (a, b, c) = tokio::join!(create_in("a"), create_in("b"), create_in("c"));
+    let created: BTreeMap<String, Vec<String>> = [a, b, c].into_iter().collect();
+    for (dc, ids) in &created {
+        for id in ids {
+            assert_eq!(
+                owner_of(shard_of(id)),
+                dc,
+                "{dc} created {id} in a shard it does not own"
+            );
+        }
+    }
+
+    tracing::info!("--- drive every DC's clusters to ACTIVE");
+    let drive_in = |dc: &'static str| {
+        let server = deployment.dc(dc);
+        async move {
+            let worker = Worker::register(server, &format!("p-{dc}"), "w1").await;
+            worker.drive().await
+        }
+    };
+    tokio::join!(drive_in("a"), drive_in("b"), drive_in("c"));
+    for (dc, ids) in &created {
+        for id in ids {
+            let status = deployment.dc(dc).cluster_status(id).await;
+            assert_eq!(status["status"], "active", "{dc} {id}: {status}");
+        }
+    }
+
+    tracing::info!("--- delete one cluster per DC");
+    for (dc, ids) in &created {
+        let server = deployment.dc(dc);
+        server
+            .delete(&format!("/v2/clusters/{}", ids[0]), &Auth::Demo)
+            .await
+            .assert_ok();
+        let worker = Worker::register(server, &format!("p-{dc}"), "w1").await;
+        worker.drive().await;
+        assert_eq!(server.cluster_status(&ids[0]).await["status"], "terminated");
+    }
+
+    tracing::info!("--- wait for every replica to equal its owner");
+    wait_for("replicas to converge", || converged(&deployment)).await;
+
+    // A replica's copy is not empty: b holds a's deleted cluster as terminated.
+    let a_deleted = &created["a"][0];
+    let shard = shard_of(a_deleted).to_string();
+    let b_copy = view(deployment.dc("b"), &shard).await;
+    let cluster = &b_copy["view"]["clusters"][a_deleted.as_str()];
+    assert_eq!(
+        cluster["cluster"]["status"], "terminated",
+        "b's copy of {a_deleted}: {b_copy}"
+    );
+    let metrics = deployment
+        .dc("b")
+        .client
+        .raw(
+            reqwest::Method::GET,
+            "/metrics",
+            &Auth::Anonymous,
+            &[],
+            None,
+        )
+        .await;
+    assert!(
+        metrics.text.contains("coopr_replication_lag_ms"),
+        "{}",
+        metrics.text
+    );
+    deployment.stop().await;
+}
+
+/// The records of one lamp create, read over HTTP as a replica reads them: exactly
+/// OperationStarted, one OperationCheckpoint per machine, OperationFinished; and how many bytes
+/// crossed for how many the owner's DC log took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_lamp_create_ships_three_kinds_of_records() {
+    let deployment = Deployment::start().await;
+    let a = deployment.dc("a");
+    let worker = Worker::register(a, "p-a", "w1").await;
+    wait_for("the seeding to replicate", || converged(&deployment)).await;
+
+    let log_before = a.app().core.proposed_bytes();
+    let id = a.create_cluster("lamp", 3).await;
+    worker.drive().await;
+    assert_eq!(a.cluster_status(&id).await["status"], "active");
+    let log_bytes = a.app().core.proposed_bytes() - log_before;
+
+    let shard = shard_of(&id);
+    let pulled = reqwest::Client::new()
+        .post(format!("{}/internal/replication/pull", a.base))
+        .header("Coopr-Cluster-Secret", SECRET)
+        .json(&json!({
+            "dc": "b",
+            "cursors": {shard.to_string(): {"epoch": 1, "seq": 0}},
+            "max_records": 1000,
+            "wait_ms": 0,
+        }))
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(pulled.status(), 200);
+    let bytes = pulled.bytes().await.expect("body");
+    let answer: Value = serde_json::from_slice(&bytes).expect("json");
+    let records = answer["shards"][shard.to_string()]["records"]
+        .as_array()
+        .expect("records")
+        .clone();
+    let kinds: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["kind"].as_object()?.keys().next().map(String::as_str))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "OperationStarted",
+            "OperationCheckpoint",
+            "OperationCheckpoint",
+            "OperationCheckpoint",
+            "OperationFinished"
+        ],
+        "{answer}"
+    );
+    assert!(records.iter().all(|r| r["at_ms"].as_u64() > Some(0)));
+    let ratio = bytes.len() as f64 / log_bytes as f64;
+    println!(
+        "lamp create (3 machines): {} cross-DC bytes over HTTP, {log_bytes} DC-log bytes: ratio {:.1}%",
+        bytes.len(),
+        ratio * 100.0
+    );
+    assert!(ratio < 1.0, "records must be smaller than the log");
+
+    // The wrong secret is refused; a follower would say where the leader is (one node: it is).
+    let refused = reqwest::Client::new()
+        .post(format!("{}/internal/replication/pull", a.base))
+        .header("Coopr-Cluster-Secret", "wrong")
+        .json(&json!({"dc": "b", "cursors": {}, "max_records": 1, "wait_ms": 0}))
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(refused.status(), 401);
+
+    wait_for("b and c to apply the create", || converged(&deployment)).await;
+    deployment.stop().await;
+}
