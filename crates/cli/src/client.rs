@@ -220,6 +220,10 @@ pub enum AdminCommand {
     },
     /// Show registered provisioners (JSON, superadmin)
     Provisioners,
+    /// Replication per shard: owner, replica watermarks, lag_ms, unreplicated records/age.
+    Replication,
+    /// The shard map: owner and replica DCs of every shard.
+    Shards,
     /// Replace the tenant's catalog with the one in a JSON file (the shape `export` prints)
     Import { file: std::path::PathBuf },
     /// Print the tenant's catalog as JSON
@@ -474,6 +478,8 @@ async fn admin(conn: &Connection, cmd: AdminCommand) -> anyhow::Result<()> {
                 .await?;
         }
         AdminCommand::Provisioners => print_json(&api.get("/provisioners").await?)?,
+        AdminCommand::Replication => print_json(&api.get("/admin/replication").await?)?,
+        AdminCommand::Shards => print_json(&api.get("/admin/shards").await?)?,
         AdminCommand::Import { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

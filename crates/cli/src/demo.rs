@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Number of datacenters (1 until cross-datacenter replication exists).
+    /// Number of datacenters (a, b, c, ...); shards are spread over them and replicated.
     #[arg(long, default_value_t = 1)]
     dcs: u32,
     /// Nodes in the datacenter (1, 3 or 5), forming its Raft log.
@@ -31,60 +31,78 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    if args.dcs != 1 {
-        anyhow::bail!(
-            "--dcs {}: this build runs one datacenter; several need cross-datacenter replication",
-            args.dcs
-        );
+    if !(1..=9).contains(&args.dcs) {
+        anyhow::bail!("--dcs must be between 1 and 9");
     }
     if ![1, 3, 5].contains(&args.nodes_per_dc) {
         anyhow::bail!("--nodes-per-dc must be 1, 3 or 5");
     }
-    if u32::from(args.base_port) + 5 + args.nodes_per_dc > 65_535 {
+    if u32::from(args.base_port) + 10 * (args.dcs - 1) + 5 + args.nodes_per_dc > 65_535 {
         anyhow::bail!("--base-port {} is too high", args.base_port);
     }
     std::fs::create_dir_all(&args.data_dir)?;
-    let port = |offset: u32| u32::from(args.base_port) + offset;
-    let members: BTreeMap<u64, Member> = if args.nodes_per_dc == 1 {
-        BTreeMap::new()
-    } else {
-        (0..args.nodes_per_dc)
-            .map(|i| {
-                let member = Member {
-                    node: format!("a{}", i + 1),
-                    api: format!("http://127.0.0.1:{}", port(i)),
-                    internal: format!("http://127.0.0.1:{}", port(5 + i)),
-                };
-                (u64::from(i) + 1, member)
-            })
-            .collect()
-    };
+    // Node i of DC d: API at base + 10*d + i, internal API at base + 10*d + 5 + i.
+    let port = |d: u32, offset: u32| u32::from(args.base_port) + 10 * d + offset;
+    let dc_members: Vec<(String, BTreeMap<u64, Member>)> = (0..args.dcs)
+        .map(|d| {
+            let dc = crate::node_config::dc_name(d);
+            let members = (0..args.nodes_per_dc)
+                .map(|i| {
+                    let member = Member {
+                        node: format!("{dc}{}", i + 1),
+                        api: format!("http://127.0.0.1:{}", port(d, i)),
+                        internal: format!("http://127.0.0.1:{}", port(d, 5 + i)),
+                    };
+                    (u64::from(d * args.nodes_per_dc + i) + 1, member)
+                })
+                .collect();
+            (dc, members)
+        })
+        .collect();
     // The nodes of one process share a secret made anew at each start.
     let secret = format!(
         "{}{}",
         coopr_server::new_secret(),
         coopr_server::new_secret()
     );
-    let starts = (0..args.nodes_per_dc).map(|i| {
-        let node = format!("a{}", i + 1);
-        let config = ServerConfig {
-            node: node.clone(),
-            node_id: u64::from(i) + 1,
-            data_dir: args.data_dir.join(&node),
-            listen: format!("127.0.0.1:{}", port(i)),
-            internal_listen: (args.nodes_per_dc > 1).then(|| format!("127.0.0.1:{}", port(5 + i))),
-            members: members.clone(),
-            secret: Some(secret.clone()),
-            demo: true,
-            ..ServerConfig::default()
-        };
-        coopr_server::start(config)
-    });
+    let mut configs = Vec::new();
+    for (dc, members) in &dc_members {
+        let remote_dcs: BTreeMap<String, Vec<Member>> = dc_members
+            .iter()
+            .filter(|(other, _)| other != dc)
+            .map(|(other, m)| (other.clone(), m.values().cloned().collect()))
+            .collect();
+        for (id, member) in members {
+            let api_port = member
+                .api
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(0);
+            configs.push(ServerConfig {
+                dc: dc.clone(),
+                node: member.node.clone(),
+                node_id: *id,
+                data_dir: args.data_dir.join(&member.node),
+                listen: format!("127.0.0.1:{api_port}"),
+                internal_listen: (args.nodes_per_dc > 1)
+                    .then(|| member.internal.trim_start_matches("http://").to_string()),
+                members: if args.nodes_per_dc > 1 {
+                    members.clone()
+                } else {
+                    BTreeMap::new()
+                },
+                remote_dcs: remote_dcs.clone(),
+                secret: Some(secret.clone()),
+                demo: true,
+                ..ServerConfig::default()
+            });
+        }
+    }
     let mut servers = Vec::new();
-    for started in futures_join(starts).await {
+    for started in futures_join(configs.into_iter().map(coopr_server::start)).await {
         servers.push(started?);
     }
-    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
     // One simulated cloud, shared by every node's workers (they run in this process).
     let cloud = crate::fake_cloud(
         Some(&args.data_dir.join("fake-cloud.json")),
@@ -92,11 +110,18 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
         0.0,
     )?;
     let mut workers = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        // Each node's workers talk to their node first and to the others when it is down.
-        let mut order = vec![url.clone()];
-        order.extend(urls.iter().filter(|u| *u != url).cloned());
-        let id = format!("demo-a{}", i + 1);
+    for server in &servers {
+        let config = &server.app.config;
+        // Each node's workers talk to their node first and to the others of their DC when it
+        // is down (provisioners are DC-local).
+        let mut order = vec![server.url()];
+        order.extend(
+            servers
+                .iter()
+                .filter(|s| s.app.config.dc == config.dc && s.url() != server.url())
+                .map(|s| s.url()),
+        );
+        let id = format!("demo-{}", config.node);
         workers.push(spawn_workers(
             order,
             &id,
@@ -105,9 +130,31 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
             shutdown.clone(),
         )?);
     }
-    let url = &urls[0];
+    let mut lines = String::new();
+    for s in &servers {
+        lines.push_str(&format!(
+            "  datacenter {} node {}: {}\n",
+            s.app.config.dc,
+            s.app.config.node,
+            s.url()
+        ));
+    }
+    let url = servers[0].url();
+    let other = servers
+        .iter()
+        .find(|s| s.app.config.dc != servers[0].app.config.dc)
+        .map(|s| s.url());
+    let replication = match other {
+        Some(other) => format!(
+            "\nEach datacenter creates clusters in the shards it owns and replicates the others' shards:\n  \
+             coopr cluster create web --template lamp --machines 3 --wait --server {url}\n  \
+             curl -s -H 'Coopr-UserID: admin' -H 'Coopr-TenantID: superadmin' -H 'Coopr-ApiKey: admin-key' {other}/v2/admin/replication\n  \
+             curl -s -H 'Coopr-UserID: admin' -H 'Coopr-TenantID: superadmin' -H 'Coopr-ApiKey: admin-key' {other}/v2/admin/shards/0/view\n"
+        ),
+        None => String::new(),
+    };
     println!(
-        "coopr demo: datacenter a, {} node(s), user API at {}\n\
+        "coopr demo: {} datacenter(s) of {} node(s); user APIs:\n{lines}\
          data dir {} (reused on restart); {} fake-cloud workers per node\n\n\
          Try:\n  \
          export COOPR_SERVER={url} COOPR_TENANT=demo COOPR_USER=demo COOPR_API_KEY=demo-key\n  \
@@ -117,11 +164,11 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
          coopr cluster delete <id> --wait\n\n\
          Or with curl:\n  \
          curl -s -H 'Coopr-UserID: demo' -H 'Coopr-TenantID: demo' -H 'Coopr-ApiKey: demo-key' {url}/v2/clustertemplates\n  \
-         curl -s {url}/status   # role, leader, term of the DC log\n\
+         curl -s {url}/status   # role, leader, term of the DC log\n{replication}\
          Superadmin: tenant superadmin, user admin, key admin-key. Metrics: {url}/metrics\n\
          Ctrl-C stops the demo.",
+        args.dcs,
         args.nodes_per_dc,
-        urls.join(", "),
         args.data_dir.display(),
         args.workers,
     );
