@@ -2,7 +2,9 @@
 //! Raft), the job driver (`driver`: runs on the DC log's leader only) and first-start seeding.
 //!
 //! ```text
-//!  HTTP (axum) --> route_to_leader: follower? forward the write to the leader's API
+//!  HTTP (axum) --> route_to_leader: another DC's cluster? write/strong read: forward to that DC;
+//!                                   read: serve from the replica copy
+//!                                   follower? forward the write to the leader's API
 //!                        |
 //!                  api::* handlers --validate--> Core::propose(Command) --> Raft (majority fsync)
 //!                        ^                                                     |
@@ -79,6 +81,25 @@ impl App {
         }
         let n = self.next_shard.fetch_add(1, Ordering::Relaxed) as usize;
         Some(owned[n % owned.len()])
+    }
+
+    /// Whether this DC owns `shard` (writes it); otherwise it holds a replica copy.
+    pub fn owns(&self, shard: ShardId) -> bool {
+        self.placement.owner(shard) == self.config.dc
+    }
+
+    /// How stale this node's copy of `shard` may be, in ms: 0 for a shard this DC owns, else
+    /// see [`replication::staleness_ms`].
+    pub fn staleness_ms(&self, shard: ShardId) -> u64 {
+        if self.owns(shard) {
+            return 0;
+        }
+        replication::staleness_ms(&self.core.read(), &self.replication, shard, core::now_ms())
+    }
+
+    /// `<dc>/<node>`: who served a request (the `Coopr-Served-By` header).
+    pub fn served_by(&self) -> String {
+        format!("{}/{}", self.config.dc, self.config.node)
     }
 
     pub fn heartbeat(&self, provisioner: &str) {

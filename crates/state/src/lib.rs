@@ -21,6 +21,6 @@ pub use persist::{
     Recovered,
 };
 pub use replication::{
-    ApplyError, ClusterShardView, ClusterView, GlobalRecord, GlobalView, InFlight, Outbox,
-    Position, Record, RecordKind, ReplicaShard,
+    ApplyError, ClusterShardView, ClusterView, GlobalRecord, GlobalView, InFlight, JobSummary,
+    Outbox, Position, Record, RecordKind, ReplicaData, ReplicaShard,
 };

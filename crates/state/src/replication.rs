@@ -627,6 +627,10 @@ pub struct ReplicaShard {
     pub owner_dc: String,
     /// The position of the last record applied.
     pub watermark: Position,
+    /// When the owner committed the last record applied (ms since the epoch; 0 before the
+    /// first): a replica's staleness when nothing fresher is known (see the server's reads).
+    #[serde(default)]
+    pub last_at_ms: u64,
     pub data: ReplicaData,
 }
 
@@ -637,6 +641,7 @@ impl ReplicaShard {
             shard,
             owner_dc: owner_dc.into(),
             watermark: Position::START,
+            last_at_ms: 0,
             data: if shard.is_global() {
                 ReplicaData::Global(GlobalView::default())
             } else {
@@ -709,6 +714,7 @@ impl ReplicaShard {
             }
         }
         self.watermark = last.position();
+        self.last_at_ms = last.at_ms;
         Ok(())
     }
 }

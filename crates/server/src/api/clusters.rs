@@ -12,7 +12,9 @@ use axum::{Json, Router};
 use coopr_engine::layout::{
     solve_added_services, solve_layout, AddServicesRequest, LayoutRequest, NodeLayout,
 };
-use coopr_state::{ClusterRecord, ClusterSpec, Command, NodeSpec, Outcome};
+use coopr_state::{
+    ClusterRecord, ClusterSpec, ClusterView, Command, NodeSpec, Outcome, ReplicaData,
+};
 use coopr_types::{
     ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, EntityKind, JobId, JsonMap,
     MachineType, Provider,
@@ -68,8 +70,48 @@ fn parse_cluster_id(id: &str) -> ApiResult<ClusterId> {
 
 /// Whether the caller may see the cluster: same tenant, and its owner unless the caller is the admin.
 fn visible(caller: &Caller, record: &ClusterRecord) -> bool {
-    record.cluster.account.tenant_id == caller.tenant
-        && (caller.is_admin() || record.cluster.account.user_id == caller.user)
+    visible_cluster(caller, &record.cluster)
+}
+
+fn visible_cluster(caller: &Caller, cluster: &coopr_types::Cluster) -> bool {
+    cluster.account.tenant_id == caller.tenant
+        && (caller.is_admin() || cluster.account.user_id == caller.user)
+}
+
+/// The replica copy of a cluster in a shard this DC replicates.
+fn replica_cluster(
+    state: &coopr_state::State,
+    id: ClusterId,
+    shard_count: u32,
+) -> Option<&ClusterView> {
+    match &state.replica(id.shard(shard_count))?.data {
+        ReplicaData::Clusters(view) => view.clusters.get(&id),
+        ReplicaData::Global(_) => None,
+    }
+}
+
+/// Runs `owned` on a visible cluster of a shard this DC owns, or `replica` on the visible
+/// replica copy of one it replicates (the forwarding middleware sends the reads a copy cannot
+/// answer to the owner), or answers 404.
+fn with_any_cluster<T>(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    owned: impl FnOnce(&ClusterRecord) -> T,
+    replica: impl FnOnce(&ClusterView) -> T,
+) -> ApiResult<T> {
+    let id = parse_cluster_id(id)?;
+    let state = app.core.read();
+    if let Some(record) = state.cluster(id) {
+        if visible(caller, record) {
+            return Ok(owned(record));
+        }
+    } else if let Some(view) = replica_cluster(&state, id, app.config.shard_count) {
+        if visible_cluster(caller, &view.cluster) {
+            return Ok(replica(view));
+        }
+    }
+    Err(ApiError::not_found("cluster", id))
 }
 
 /// Runs `f` on a visible cluster, or answers 404.
@@ -96,24 +138,52 @@ async fn list(
     State(app): State<Arc<App>>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Response> {
     let filter: Option<BTreeSet<ClusterStatus>> = q.status.map(|s| {
         s.split(',')
             .filter_map(|t| ClusterStatus::parse_ignore_case(t.trim()))
             .collect()
     });
+    let wanted = |c: &coopr_types::Cluster| {
+        visible_cluster(&caller, c) && filter.as_ref().is_none_or(|f| f.contains(&c.status))
+    };
     let state = app.core.read();
-    let list = state
+    let mut list: Vec<(ClusterId, Value)> = state
         .clusters()
-        .filter(|r| visible(&caller, r))
-        .filter(|r| {
-            filter
-                .as_ref()
-                .is_none_or(|f| f.contains(&r.cluster.status))
-        })
-        .map(views::cluster_summary)
+        .filter(|r| wanted(&r.cluster))
+        .map(|r| (r.cluster.id, views::cluster_summary(r)))
         .collect();
-    Ok(Json(list))
+    // Replica copies of the shards other DCs own: the staleness of the answer is the worst of
+    // the copies that contributed.
+    let mut staleness = 0u64;
+    for (shard, replica) in &state.replicas {
+        let ReplicaData::Clusters(view) = &replica.data else {
+            continue;
+        };
+        let before = list.len();
+        list.extend(
+            view.clusters
+                .values()
+                .filter(|v| wanted(&v.cluster))
+                .map(|v| (v.cluster.id, views::replica_summary(v))),
+        );
+        if list.len() > before {
+            staleness = staleness.max(crate::replication::staleness_ms(
+                &state,
+                &app.replication,
+                *shard,
+                crate::core::now_ms(),
+            ));
+        }
+    }
+    drop(state);
+    list.sort_by_key(|(id, _)| *id);
+    let list: Vec<Value> = list.into_iter().map(|(_, v)| v).collect();
+    Ok((
+        [(super::forward::STALENESS_HEADER, staleness.to_string())],
+        Json(list),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -315,7 +385,14 @@ async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    with_cluster(&app, &caller, &id, |r| Ok(Json(views::cluster_detail(r))))
+    with_any_cluster(
+        &app,
+        &caller,
+        &id,
+        views::cluster_detail,
+        views::replica_detail,
+    )
+    .map(Json)
 }
 
 async fn status(
@@ -323,7 +400,7 @@ async fn status(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    with_cluster(&app, &caller, &id, |r| Ok(Json(views::status(r))))
+    with_any_cluster(&app, &caller, &id, views::status, views::replica_status).map(Json)
 }
 
 async fn plans(
@@ -366,9 +443,14 @@ async fn get_config(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    with_cluster(&app, &caller, &id, |r| {
-        Ok(Json(Value::Object(r.cluster.config.clone())))
-    })
+    with_any_cluster(
+        &app,
+        &caller,
+        &id,
+        |r| Value::Object(r.cluster.config.clone()),
+        |v| Value::Object(v.cluster.config.clone()),
+    )
+    .map(Json)
 }
 
 async fn services(
@@ -376,7 +458,14 @@ async fn services(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    with_cluster(&app, &caller, &id, |r| Ok(Json(json!(r.cluster.services))))
+    with_any_cluster(
+        &app,
+        &caller,
+        &id,
+        |r| json!(r.cluster.services),
+        |v| json!(v.cluster.services),
+    )
+    .map(Json)
 }
 
 /// Checks visibility, then proposes a command built from the cluster ID.

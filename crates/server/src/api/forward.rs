@@ -1,7 +1,21 @@
-//! Any node accepts any request. Reads are served from the local copy; writes (and reads asking
-//! `?consistency=strong`) must run on the DC log's leader, so a follower forwards them to the
-//! leader's API and relays the answer. A forwarded request is never forwarded again: if the
-//! receiver is not the leader either, the client gets a retryable 503.
+//! Any node accepts any request, in two routing steps:
+//!
+//! 1. **Across DCs.** A request under `/v2/clusters/{id}` for a cluster in a shard another DC
+//!    owns goes to that DC (its nodes in turn on connection errors and 503s), all headers kept
+//!    (`Idempotency-Key` included), marked `Coopr-Forwarded-Dc`: writes, `?consistency=strong`
+//!    reads, reads with a `max_staleness_ms` the local copy cannot meet, and what is not
+//!    replicated (plans). Other reads of such a cluster (`GET /v2/clusters/{id}`, `/status`,
+//!    `/config`, `/services`) are served from the local replica copy. A request already
+//!    forwarded across DCs is never forwarded again: a receiver that does not own the shard
+//!    either answers a retryable 503 `not_owner`.
+//! 2. **Within the DC.** Reads are served from the local copy; writes (and reads asking
+//!    `?consistency=strong`) must run on the DC log's leader, so a follower forwards them to the
+//!    leader's API and relays the answer. A request forwarded to the leader is never forwarded
+//!    again: if the receiver is not the leader either, the client gets a retryable 503.
+//!
+//! Every answer says who served it (`Coopr-Served-By: <dc>/<node>`); reads of one cluster say
+//! how stale the copy they came from may be (`Coopr-Staleness-Ms`, 0 for an owned cluster; see
+//! [`crate::replication::staleness_ms`]).
 
 use std::sync::Arc;
 
@@ -11,19 +25,48 @@ use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use axum::body::Bytes;
+use axum::http::request::Parts;
+use coopr_types::ClusterId;
+
 use super::error::ApiError;
 use super::MAX_BODY_BYTES;
 use crate::App;
 
 /// Marks a request forwarded by a follower.
 pub const FORWARDED_HEADER: &str = "coopr-forwarded-by";
-/// Names the node that served the request.
+/// Marks a request forwarded by another DC (its name): never forwarded across DCs again.
+pub const FORWARDED_DC_HEADER: &str = "coopr-forwarded-dc";
+/// Names the node that served the request: `<dc>/<node>`.
 pub const SERVED_BY_HEADER: &str = "coopr-served-by";
+/// How stale the copy a cluster read came from may be, in ms.
+pub const STALENESS_HEADER: &str = "coopr-staleness-ms";
 
 fn wants_strong_read(req: &Request) -> bool {
     req.uri()
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "consistency=strong"))
+}
+
+/// The `max_staleness_ms` bound of a read, if any (an unreadable one counts as 0).
+fn max_staleness_ms(req: &Request) -> Option<u64> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("max_staleness_ms="))
+            .map(|v| v.parse().unwrap_or(0))
+    })
+}
+
+/// The cluster a path under `/v2/clusters/{id}` names, and the rest of the path after the ID.
+fn cluster_path(path: &str) -> Option<(ClusterId, &str)> {
+    let rest = path.strip_prefix("/v2/clusters/")?;
+    let (id, sub) = rest.split_once('/').unwrap_or((rest, ""));
+    Some((id.parse().ok()?, sub))
+}
+
+/// Reads of a cluster that a replica copy can answer.
+fn replica_readable(sub: &str) -> bool {
+    matches!(sub, "" | "status" | "config" | "services")
 }
 
 fn unavailable(code: &str, message: String) -> Response {
@@ -41,9 +84,40 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD)
         && !super::replication::LEADER_PATHS.contains(&path);
     let strong = wants_strong_read(&req);
+    let cluster = if local_only { None } else { cluster_path(path) };
+    let mut staleness = None;
+    if let Some((id, sub)) = cluster {
+        let shard = id.shard(app.config.shard_count);
+        if !app.owns(shard) {
+            let stale = app.staleness_ms(shard);
+            let bound_met = max_staleness_ms(&req).is_none_or(|max| stale <= max);
+            if is_read && !strong && bound_met && replica_readable(sub) {
+                let response = next.run(req).await;
+                return with_staleness(served_by(response, &app.served_by()), stale);
+            }
+            if req.headers().contains_key(FORWARDED_DC_HEADER) {
+                return unavailable(
+                    "not_owner",
+                    format!(
+                        "datacenter {} does not own cluster {id}; it was forwarded here by another datacenter",
+                        app.config.dc
+                    ),
+                );
+            }
+            let owner = app.placement.owner(shard).to_string();
+            return forward_to_dc(&app, &owner, req).await;
+        }
+        if is_read {
+            staleness = Some(0);
+        }
+    }
     let raft = app.core.raft();
     if local_only || (is_read && !strong) {
-        return served_by(next.run(req).await, &app.config.node);
+        let response = served_by(next.run(req).await, &app.served_by());
+        return match staleness {
+            Some(ms) => with_staleness(response, ms),
+            None => response,
+        };
     }
     if raft.is_leader() {
         if strong {
@@ -54,7 +128,11 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
                 );
             }
         }
-        return served_by(next.run(req).await, &app.config.node);
+        let response = served_by(next.run(req).await, &app.served_by());
+        return match staleness {
+            Some(ms) => with_staleness(response, ms),
+            None => response,
+        };
     }
     if req.headers().contains_key(FORWARDED_HEADER) {
         return unavailable(
@@ -70,6 +148,16 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
         );
     };
     forward(&app, &target.api, req).await
+}
+
+fn with_staleness(mut response: Response, ms: u64) -> Response {
+    if !response.headers().contains_key(STALENESS_HEADER) {
+        response.headers_mut().insert(
+            HeaderName::from_static(STALENESS_HEADER),
+            HeaderValue::from(ms),
+        );
+    }
+    response
 }
 
 fn served_by(mut response: Response, node: &str) -> Response {
@@ -91,19 +179,35 @@ fn hop_by_hop(name: &HeaderName) -> bool {
         || name == header::TRANSFER_ENCODING
 }
 
-async fn forward(app: &App, base: &str, req: Request) -> Response {
+/// A request read whole, so that it can be sent more than once.
+async fn buffered(req: Request) -> Result<(Parts, Bytes), Response> {
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body is too large",
-            )
-            .into_response()
-        }
-    };
+    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => Ok((parts, b)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body is too large",
+        )
+        .into_response()),
+    }
+}
+
+/// Why a forwarded request got no answer.
+struct SendError {
+    /// The connection could not be made: the request certainly did not arrive.
+    connect: bool,
+    message: String,
+}
+
+/// Sends the request to `base` with the `mark` header added and relays the answer.
+async fn send(
+    app: &App,
+    base: &str,
+    parts: &Parts,
+    body: Bytes,
+    mark: (&'static str, &str),
+) -> Result<Response, SendError> {
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -111,7 +215,7 @@ async fn forward(app: &App, base: &str, req: Request) -> Response {
         .unwrap_or("/");
     let url = format!("{}{}", base.trim_end_matches('/'), path_and_query);
     let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
-        return ApiError::bad_request("bad_method", "unsupported method").into_response();
+        return Ok(ApiError::bad_request("bad_method", "unsupported method").into_response());
     };
     let mut request = app.forwarder.request(method, &url).body(body);
     for (name, value) in &parts.headers {
@@ -119,31 +223,162 @@ async fn forward(app: &App, base: &str, req: Request) -> Response {
             request = request.header(name.as_str(), value.as_bytes());
         }
     }
-    request = request.header(FORWARDED_HEADER, app.config.node.as_str());
-    match request.send().await {
-        Ok(answer) => {
-            let status =
-                StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut builder = Response::builder().status(status);
-            for (name, value) in answer.headers() {
-                let name = name.as_str();
-                if name != "content-length" && name != "transfer-encoding" && name != "connection" {
-                    builder = builder.header(name, value.as_bytes());
-                }
-            }
-            match answer.bytes().await {
-                Ok(bytes) => builder
-                    .body(Body::from(bytes))
-                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()),
-                Err(e) => unavailable(
-                    "leader_unreachable",
-                    format!("the leader's answer was cut off: {e}"),
-                ),
-            }
+    request = request.header(mark.0, mark.1);
+    let answer = request.send().await.map_err(|e| SendError {
+        connect: e.is_connect(),
+        message: e.to_string(),
+    })?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut builder = Response::builder().status(status);
+    for (name, value) in answer.headers() {
+        let name = name.as_str();
+        if name != "content-length" && name != "transfer-encoding" && name != "connection" {
+            builder = builder.header(name, value.as_bytes());
         }
+    }
+    match answer.bytes().await {
+        Ok(bytes) => Ok(builder
+            .body(Body::from(bytes))
+            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())),
+        Err(e) => Err(SendError {
+            connect: false,
+            message: format!("the answer was cut off: {e}"),
+        }),
+    }
+}
+
+/// Forwards a request to this DC's leader.
+async fn forward(app: &App, base: &str, req: Request) -> Response {
+    let (parts, body) = match buffered(req).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    match send(
+        app,
+        base,
+        &parts,
+        body,
+        (FORWARDED_HEADER, app.config.node.as_str()),
+    )
+    .await
+    {
+        Ok(response) => response,
         Err(e) => unavailable(
             "leader_unreachable",
-            format!("cannot reach the leader: {e}"),
+            format!("cannot reach the leader: {}", e.message),
         ),
+    }
+}
+
+/// Whether a 503 says the request was certainly not applied (so that sending a write without
+/// an `Idempotency-Key` to another node cannot apply it twice); the response is given back.
+async fn not_applied(response: Response) -> (Response, bool) {
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_string));
+    let safe = matches!(
+        code.as_deref(),
+        Some("no_leader" | "not_leader" | "leader_unreachable" | "not_owner")
+    );
+    (Response::from_parts(parts, Body::from(bytes)), safe)
+}
+
+/// Forwards a request to the DC that owns the cluster: its nodes in turn while they cannot be
+/// reached or answer 503 (the receiver forwards to its own leader itself). A request that may
+/// have been applied (no answer after connecting, or a 503 other than "no leader here") is
+/// sent again only when repeating it is safe (a read, or a write carrying an
+/// `Idempotency-Key`).
+async fn forward_to_dc(app: &App, dc: &str, req: Request) -> Response {
+    let Some(nodes) = app.config.remote_dcs.get(dc) else {
+        return unavailable(
+            "owner_unknown",
+            format!("datacenter {dc} owns the cluster but its nodes are not configured"),
+        );
+    };
+    let (parts, body) = match buffered(req).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let repeatable = matches!(parts.method, Method::GET | Method::HEAD)
+        || parts.headers.contains_key("idempotency-key");
+    let mut last_unavailable = None;
+    let mut last_error = String::from("no node answered");
+    for node in nodes {
+        let mark = (FORWARDED_DC_HEADER, app.config.dc.as_str());
+        match send(app, &node.api, &parts, body.clone(), mark).await {
+            Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                let (response, retry) = if repeatable {
+                    (response, true)
+                } else {
+                    not_applied(response).await
+                };
+                if !retry {
+                    return response;
+                }
+                tracing::debug!(%dc, node = %node.node, "owner node unavailable; trying the next");
+                last_unavailable = Some(response);
+            }
+            Ok(response) => return response,
+            Err(e) if e.connect || repeatable => {
+                tracing::debug!(%dc, node = %node.node, error = %e.message, "owner node unreachable; trying the next");
+                last_error = format!("{}: {}", node.node, e.message);
+            }
+            Err(e) => {
+                return unavailable(
+                    "owner_unreachable",
+                    format!(
+                        "datacenter {dc} did not answer (the request may have been applied; retry with an Idempotency-Key): {}",
+                        e.message
+                    ),
+                )
+            }
+        }
+    }
+    last_unavailable.unwrap_or_else(|| {
+        unavailable(
+            "owner_unreachable",
+            format!("cannot reach datacenter {dc}, which owns the cluster: {last_error}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paths under `/v2/clusters/{id}` name their cluster; others (and bad IDs) do not.
+    #[test]
+    fn cluster_paths_name_their_cluster() {
+        assert_eq!(
+            cluster_path("/v2/clusters/00000079"),
+            Some((ClusterId(79), ""))
+        );
+        assert_eq!(
+            cluster_path("/v2/clusters/00000079/services/zk/start"),
+            Some((ClusterId(79), "services/zk/start"))
+        );
+        assert_eq!(cluster_path("/v2/clusters"), None);
+        assert_eq!(cluster_path("/v2/clusters/dev"), None);
+        assert_eq!(cluster_path("/v2/clustertemplates/x"), None);
+        assert!(replica_readable("status") && !replica_readable("plans"));
+    }
+
+    #[test]
+    fn staleness_bounds_are_read_from_the_query() {
+        let req = |uri: &str| Request::builder().uri(uri).body(Body::empty()).unwrap();
+        assert_eq!(max_staleness_ms(&req("/v2/clusters/1")), None);
+        assert_eq!(
+            max_staleness_ms(&req("/v2/clusters/1?a=b&max_staleness_ms=250")),
+            Some(250)
+        );
+        assert_eq!(
+            max_staleness_ms(&req("/v2/clusters/1?max_staleness_ms=x")),
+            Some(0)
+        );
+        assert!(wants_strong_read(&req("/v2/clusters/1?consistency=strong")));
     }
 }

@@ -2,7 +2,7 @@
 //! progress, plans, and the task handed to a provisioner.
 
 use coopr_engine::job::JobRun;
-use coopr_state::{ClusterRecord, State};
+use coopr_state::{ClusterRecord, ClusterView, State};
 use coopr_types::{Node, Task};
 use serde_json::{json, Map, Value};
 
@@ -128,6 +128,117 @@ pub fn plan(run: &JobRun) -> Value {
         "currentStage": run.job.current_stage,
         "stages": stages,
     })
+}
+
+/// Progress of a replica copy: from the in-flight operation (steps from its plan; completed
+/// steps are not replicated, so the machines checkpointed so far stand for them), else from the
+/// summary of the latest finished job.
+pub fn replica_progress(view: &ClusterView) -> Value {
+    if let Some(flight) = &view.in_flight {
+        let total: usize = flight
+            .plan
+            .iter()
+            .flat_map(|stage| stage.iter().map(|step| step.2.len()))
+            .sum();
+        return json!({
+            "action": flight.action.as_str(),
+            "actionstatus": "running",
+            "stepstotal": total,
+            "stepscompleted": flight.checkpoints.len().min(total),
+        });
+    }
+    let latest = view
+        .cluster
+        .latest_job_id
+        .and_then(|id| view.jobs.get(&id))
+        .or_else(|| view.jobs.values().next_back());
+    match latest {
+        Some(job) => json!({
+            "action": job.action.as_str(),
+            "actionstatus": job.status.as_str(),
+            "stepstotal": job.stepstotal,
+            "stepscompleted": job.stepscompleted,
+        }),
+        None => json!({"action": "", "actionstatus": "", "stepstotal": 0, "stepscompleted": 0}),
+    }
+}
+
+/// `GET /clusters/{id}/status` from a replica copy.
+pub fn replica_status(view: &ClusterView) -> Value {
+    let mut v = replica_progress(view);
+    if let Value::Object(map) = &mut v {
+        map.insert("clusterid".into(), json!(view.cluster.id));
+        map.insert("status".into(), json!(view.cluster.status.as_str()));
+    }
+    v
+}
+
+/// An entry of `GET /clusters` from a replica copy.
+pub fn replica_summary(view: &ClusterView) -> Value {
+    let c = &view.cluster;
+    let provider = serde_json::to_value(&c.provider).unwrap_or(Value::Null);
+    let template = serde_json::to_value(&c.cluster_template).unwrap_or(Value::Null);
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "description": c.description,
+        "ownerId": c.account.user_id,
+        "createTime": c.create_time,
+        "expireTime": c.expire_time,
+        "numNodes": view.nodes.len(),
+        "status": c.status.as_str(),
+        "provider": base_fields(&provider),
+        "clusterTemplate": base_fields(&template),
+        "services": c.services,
+        "progress": replica_progress(view),
+    })
+}
+
+/// `GET /clusters/{id}` from a replica copy: nodes carry no action history (not replicated)
+/// and their services are named only.
+pub fn replica_detail(view: &ClusterView) -> Value {
+    let c = &view.cluster;
+    let nodes: Vec<Value> = view
+        .nodes
+        .values()
+        .map(|n| {
+            let services: Vec<Value> = n
+                .properties
+                .services
+                .iter()
+                .map(|s| json!({"name": s}))
+                .collect();
+            json!({
+                "id": n.id,
+                "clusterId": n.cluster_id,
+                "services": services,
+                "properties": n.properties,
+                "provisionerResults": n.provisioner_results,
+                "links": [],
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "id": c.id,
+        "name": c.name,
+        "description": c.description,
+        "account": c.account,
+        "createTime": c.create_time,
+        "expireTime": c.expire_time,
+        "provider": c.provider,
+        "clusterTemplate": c.cluster_template,
+        "nodes": nodes,
+        "services": c.services,
+        "latestJobId": c.latest_job_id,
+        "status": c.status.as_str(),
+        "config": c.config,
+        "links": [],
+        "progress": replica_progress(view),
+    });
+    if let (Some(message), Value::Object(map)) = (&c.message, &mut v) {
+        map.insert("message".into(), json!(message));
+    }
+    v
 }
 
 /// The task JSON a provisioner receives from `POST /v2/tasks/take`.

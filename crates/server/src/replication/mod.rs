@@ -20,9 +20,13 @@
 //! - [`puller`]: the streams (replica side, its DC log's leader only).
 //! - [`Progress`]: what each side knows of the other, for `/v2/admin/replication` and `/metrics`.
 //!
+//! Requests for another DC's clusters are routed by `api::forward` (writes, strong reads and
+//! plans to the owner DC; other reads from the local copy, with [`staleness_ms`]).
+//!
 //! Out of scope for now: ownership changes (the placement group, failover, epochs above 1),
-//! enforcement of ownership on writes other than creates, routing writes to the owner DC,
-//! re-seeding a replica from a snapshot when the owner's outbox no longer has its records.
+//! enforcement of ownership at the receiving end beyond the routing (a request forwarded across
+//! DCs once is refused rather than forwarded again), re-seeding a replica from a snapshot when
+//! the owner's outbox no longer has its records.
 
 pub mod owner;
 pub mod puller;
@@ -147,6 +151,9 @@ pub struct StreamState {
     /// Set when a batch was refused: the stream of this shard stopped (never skips).
     pub stopped: Option<String>,
     pub last_answer: Option<Instant>,
+    /// When the owner's latest answer that left the replica caught up arrived (valid while
+    /// `owner_last` equals the replica's watermark).
+    pub caught_up_at: Option<Instant>,
 }
 
 /// What each side knows of the other, kept in memory by the DC log's leader.
@@ -196,6 +203,32 @@ fn lag_ms(stream: &StreamState, now_ms: u64) -> u64 {
     stream
         .oldest_missing_at_ms
         .map_or(0, |at| now_ms.saturating_sub(at))
+}
+
+/// How stale this DC's copy of a shard it replicates may be, in ms (the `Coopr-Staleness-Ms` of
+/// a read served from it):
+///
+/// - on the node running the shard's stream (the DC log's leader), when the owner's latest
+///   answer left the copy caught up (its last position is the copy's watermark): the time since
+///   that answer arrived — the copy was known to equal the owner's then;
+/// - otherwise (a follower, a stream that is behind or stopped): the age of the last record the
+///   copy applied (now minus its commit time at the owner) — an upper bound only while the
+///   owner keeps writing the shard, so idle shards look old there;
+/// - `u64::MAX` when the copy has applied nothing.
+pub fn staleness_ms(state: &State, progress: &Progress, shard: ShardId, now_ms: u64) -> u64 {
+    let Some(replica) = state.replica(shard) else {
+        return u64::MAX;
+    };
+    let stream = progress.stream(shard);
+    if stream.stopped.is_none() && stream.owner_last == Some(replica.watermark) {
+        if let Some(at) = stream.caught_up_at {
+            return at.elapsed().as_millis() as u64;
+        }
+    }
+    if replica.last_at_ms == 0 {
+        return u64::MAX;
+    }
+    now_ms.saturating_sub(replica.last_at_ms)
 }
 
 /// One shard's replication status as this DC sees it (see `GET /v2/admin/replication`).

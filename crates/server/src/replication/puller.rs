@@ -230,6 +230,7 @@ impl Stream {
         response: PullResponse,
     ) -> Result<(), ProposeError> {
         let progress = &self.app.replication;
+        let answered = std::time::Instant::now();
         for (shard, batch) in response.shards {
             let Some(cursor) = cursors.get(&shard).copied() else {
                 continue;
@@ -243,15 +244,19 @@ impl Stream {
                 progress.update_stream(shard, |s| {
                     s.owner_last = Some(batch.last);
                     s.oldest_missing_at_ms = batch.next_at_ms;
-                    s.last_answer = Some(std::time::Instant::now());
+                    s.last_answer = Some(answered);
+                    if batch.last == cursor {
+                        s.caught_up_at = Some(answered);
+                    }
                 });
                 continue;
             };
             progress.update_stream(shard, |s| {
                 s.owner_last = Some(batch.last);
                 s.oldest_missing_at_ms = Some(first_at_ms);
-                s.last_answer = Some(std::time::Instant::now());
+                s.last_answer = Some(answered);
             });
+            let caught_up = batch.records.last().map(|r| r.position()) == Some(batch.last);
             let count = batch.records.len();
             let command = Command::ApplyReplicationBatch {
                 from_dc: self.owner_dc.clone(),
@@ -262,7 +267,12 @@ impl Stream {
                 Ok(_) => {
                     metrics::counter!("coopr_replication_records_applied_total", "owner_dc" => self.owner_dc.clone())
                         .increment(count as u64);
-                    progress.update_stream(shard, |s| s.oldest_missing_at_ms = batch.next_at_ms);
+                    progress.update_stream(shard, |s| {
+                        s.oldest_missing_at_ms = batch.next_at_ms;
+                        if caught_up {
+                            s.caught_up_at = Some(answered);
+                        }
+                    });
                 }
                 Err(e) => {
                     let watermark = self

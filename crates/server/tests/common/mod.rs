@@ -59,6 +59,7 @@ impl Auth {
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
     pub text: String,
 }
@@ -75,6 +76,11 @@ impl Reply {
             "error without message: {self:?}"
         );
         code
+    }
+
+    /// A header's value as text (`None` when absent).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     pub fn assert_ok(&self) -> &Value {
@@ -125,6 +131,7 @@ impl Client {
             .await
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status();
+        let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
         assert!(
             !status.is_server_error(),
@@ -135,7 +142,12 @@ impl Client {
         } else {
             serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()))
         };
-        Reply { status, body, text }
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub async fn call(
