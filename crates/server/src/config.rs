@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub replication_wait_ms: u64,
     /// Most records one pull returns, over all its shards (default 1,000).
     pub replication_max_records: usize,
+    /// Whether the leader trims the outboxes of owned shards through what every replica DC
+    /// acknowledged (default true; tests that read records over the wire turn it off).
+    pub trim_outboxes: bool,
 }
 
 /// One member of a DC log.
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             remote_dcs: BTreeMap::new(),
             replication_wait_ms: 10_000,
             replication_max_records: 1_000,
+            trim_outboxes: true,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The job driver: the only source of time-based state changes. It proposes `ExpireTasks` when
 //! a task's deadline has passed and `ReleaseProvisioner` for provisioners that stopped
-//! heartbeating, so their tasks are retried by other workers.
+//! heartbeating, so their tasks are retried by other workers. With other DCs it also trims the
+//! outboxes of the shards this DC owns through what every replica DC acknowledged.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coopr_state::Command;
+use coopr_types::ShardId;
 use tokio::sync::watch;
 
 use crate::core::now_ms;
@@ -25,7 +27,11 @@ pub async fn become_leader(app: &App) -> anyhow::Result<()> {
         .read_barrier()
         .await
         .map_err(|e| anyhow::anyhow!("read barrier of the new leader: {e}"))?;
-    crate::seed::bootstrap(app).await?;
+    // Tenants, keys and the catalog live in the global shard: only its owner seeds them; the
+    // other DCs get them by replication.
+    if app.owns(ShardId::GLOBAL) {
+        crate::seed::bootstrap(app).await?;
+    }
     if let Ok(mut since) = app.leader_since.lock() {
         *since = Some(Instant::now());
     }
@@ -105,6 +111,9 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             if matches!((&released, &removed), (Ok(Ok(_)), Ok(Ok(_)))) {
                 app.forget_provisioner(&id);
             }
+        }
+        if app.config.trim_outboxes && !app.config.remote_dcs.is_empty() {
+            crate::replication::owner::trim_outboxes(&app).await;
         }
     }
 }

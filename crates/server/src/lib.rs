@@ -88,6 +88,12 @@ impl App {
         self.placement.owner(shard) == self.config.dc
     }
 
+    /// Tenants, API keys and catalogs as this DC reads them (see [`coopr_state::State::global_view`]):
+    /// its own global shard where it owns it, else its replica copy of the owner's.
+    pub fn global<'a>(&self, state: &'a coopr_state::State) -> coopr_state::GlobalRef<'a> {
+        state.global_view(self.owns(ShardId::GLOBAL))
+    }
+
     /// How stale this node's copy of `shard` may be, in ms: 0 for a shard this DC owns, else
     /// see [`replication::staleness_ms`].
     pub fn staleness_ms(&self, shard: ShardId) -> u64 {

@@ -1,6 +1,10 @@
 //! First-start bootstrap: the superadmin tenant and its key; in demo mode also the `demo`
 //! tenant (key `demo-key`), the superadmin key `admin-key` and the example catalog. Seeding only
 //! writes what is missing, so a restarted server changes nothing.
+//!
+//! Tenants, keys and the catalog live in the global shard, so only the DC that owns it seeds
+//! (see `driver::become_leader`); the other DCs get the seeded records by replication and are
+//! not `/ready` before they have them.
 
 use anyhow::Context;
 use coopr_state::Command;

@@ -9,6 +9,11 @@
 //! - a DC serves reads of another DC's clusters from its replica copy (saying who served them
 //!   and how stale the copy may be), lists them with its own, and forwards writes,
 //!   `?consistency=strong` reads and plans to the owner, whose changes replicate back;
+//! - tenants, API keys and the catalog are written at the global shard's owner (a) and read
+//!   from the local copy everywhere: a tenant and key created at a work at b, whose cluster
+//!   creation uses the catalog replicated from a; catalog and tenant writes sent to b apply at a;
+//! - an owner trims a shard's outbox once every replica acknowledged its records, and never
+//!   past a replica that has not;
 //! - one lamp create ships exactly OperationStarted, one OperationCheckpoint per machine and
 //!   OperationFinished over the wire (and the bytes are a fraction of the DC-log bytes).
 
@@ -40,6 +45,11 @@ struct Deployment {
 impl Deployment {
     /// Three single-node DCs that know each other.
     async fn start() -> Deployment {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Three single-node DCs that know each other, with config tweaks.
+    async fn start_with(tweak: impl Fn(&mut ServerConfig)) -> Deployment {
         let ports: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
         let member = |dc: &str| Member {
             node: format!("{dc}1"),
@@ -64,8 +74,20 @@ impl Deployment {
                 replication_wait_ms: 2_000,
                 ..common::config(dir.path())
             };
+            let mut config = config;
+            tweak(&mut config);
             dcs.insert(dc.to_string(), TestServer::start_config(config).await);
             dirs.push(dir);
+        }
+        // Only a (the global shard's owner) seeds tenants and keys; the others are ready once
+        // those replicated to them.
+        for (dc, server) in &dcs {
+            let url = format!("{}/ready", server.base);
+            wait_for(&format!("{dc} to be ready"), || async {
+                let ready = reqwest::get(&url).await.ok()?;
+                (ready.status() == 200).then_some(())
+            })
+            .await;
         }
         Deployment { dcs, _dirs: dirs }
     }
@@ -246,7 +268,11 @@ async fn three_dcs_converge_to_their_owners() {
 /// crossed for how many the owner's DC log took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_lamp_create_ships_three_kinds_of_records() {
-    let deployment = Deployment::start().await;
+    let deployment = Deployment::start_with(|c| {
+        // The records are read again from the start below: keep them.
+        c.trim_outboxes = false;
+    })
+    .await;
     let a = deployment.dc("a");
     let worker = Worker::register(a, "p-a", "w1").await;
     wait_for("the seeding to replicate", || converged(&deployment)).await;
@@ -478,5 +504,202 @@ async fn other_dcs_forward_writes_and_serve_replica_reads() {
     let status = b.get(&format!("{path}/status"), &Auth::Demo).await;
     assert_eq!(status.header("coopr-served-by"), Some("b/b1"));
     assert_eq!(status.assert_ok()["action"], "cluster_delete");
+    deployment.stop().await;
+}
+
+/// A tenant and API key created at a (the global shard's owner) become usable at b once
+/// replicated: the tenant creates a cluster at b (in a shard b owns) from the catalog a
+/// bootstrapped for it. Catalog and tenant writes sent to b are applied at a and replicate back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn global_records_are_written_at_the_owner_and_read_everywhere() {
+    let deployment = Deployment::start().await;
+    let (a, b) = (deployment.dc("a"), deployment.dc("b"));
+    let admin = Auth::Superadmin;
+    // b's seeded data came from a: the demo keys work at b although b never seeded.
+    assert!(b.app().core.read().global.tenants.is_empty());
+
+    tracing::info!("--- a tenant and its key, created at a");
+    a.post(
+        "/v2/tenants",
+        &admin,
+        json!({"tenant": {"name": "acme"}, "bootstrap": true}),
+    )
+    .await
+    .assert_ok();
+    a.post(
+        "/v2/tenants/acme/apikeys",
+        &admin,
+        json!({"key": "acme-key-0123"}),
+    )
+    .await
+    .assert_ok();
+    let acme = Auth::of("admin", "acme", "acme-key-0123");
+    let templates = wait_for("acme's key and catalog to replicate to b", || async {
+        let reply = b.get("/v2/clustertemplates", &acme).await;
+        (reply.status == 200 && reply.body.as_array().is_some_and(|t| !t.is_empty()))
+            .then_some(reply)
+    })
+    .await;
+    assert_eq!(templates.header("coopr-served-by"), Some("b/b1"));
+    let tenant = b.get("/v2/tenants/acme", &admin).await;
+    assert_eq!(tenant.assert_ok()["name"], "acme");
+
+    tracing::info!("--- acme creates a cluster at b from the replicated catalog");
+    let created = b
+        .post(
+            "/v2/clusters",
+            &acme,
+            json!({"name": "web", "clusterTemplate": "base", "numMachines": 1}),
+        )
+        .await;
+    let id = created.assert_ok()["id"].as_str().expect("id").to_string();
+    assert_eq!(owner_of(shard_of(&id)), "b", "{id}");
+    assert_eq!(created.header("coopr-served-by"), Some("b/b1"));
+    let worker = Worker::register(b, "p-b", "w1").await;
+    worker.drive().await;
+    let status = b.get(&format!("/v2/clusters/{id}/status"), &acme).await;
+    assert_eq!(status.assert_ok()["status"], "active");
+
+    tracing::info!("--- a catalog write sent to b applies at a and replicates back");
+    let mut template = b
+        .get("/v2/clustertemplates/base", &acme)
+        .await
+        .assert_ok()
+        .clone();
+    template["description"] = json!("edited at b");
+    let put = b
+        .client
+        .raw(
+            reqwest::Method::PUT,
+            "/v2/clustertemplates/base",
+            &acme,
+            &[("Idempotency-Key", "edit-base-1")],
+            Some(serde_json::to_vec(&template).expect("json")),
+        )
+        .await;
+    put.assert_ok();
+    assert_eq!(put.header("coopr-served-by"), Some("a/a1"));
+    let at_a = a.get("/v2/clustertemplates/base", &acme).await;
+    assert_eq!(at_a.assert_ok()["description"], "edited at b");
+    wait_for("the edit to replicate to b", || async {
+        let reply = b.get("/v2/clustertemplates/base", &acme).await;
+        (reply.body["description"] == "edited at b").then_some(())
+    })
+    .await;
+    // b wrote nothing of the global shard itself.
+    assert_eq!(
+        b.app()
+            .core
+            .read()
+            .outbox(coopr_types::ShardId::GLOBAL)
+            .map(|o| o.last_position().seq),
+        Some(0)
+    );
+
+    tracing::info!("--- a tenant created at b is created at a");
+    let beta = b
+        .post("/v2/tenants", &admin, json!({"tenant": {"name": "beta"}}))
+        .await;
+    beta.assert_ok();
+    assert_eq!(beta.header("coopr-served-by"), Some("a/a1"));
+    a.get("/v2/tenants/beta", &admin).await.assert_ok();
+    wait_for("beta to replicate to c", || async {
+        let reply = deployment.dc("c").get("/v2/tenants/beta", &admin).await;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+    // Another DC's forwarded global write is not forwarded again.
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v2/tenants", b.base))
+        .header("Coopr-UserID", "admin")
+        .header("Coopr-TenantID", "superadmin")
+        .header("Coopr-ApiKey", "admin-key")
+        .header("Coopr-Forwarded-Dc", "c")
+        .json(&json!({"tenant": {"name": "gamma"}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 503);
+    deployment.stop().await;
+}
+
+/// The records in the outbox of `shard` at `server`.
+fn outbox_len(server: &TestServer, shard: coopr_types::ShardId) -> usize {
+    server
+        .app()
+        .core
+        .read()
+        .outbox(shard)
+        .map_or(0, |o| o.records.len())
+}
+
+/// Once every replica applied a shard's records, its owner trims them from the outbox; while a
+/// replica is away, what it has not acknowledged stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outboxes_are_trimmed_once_every_replica_caught_up() {
+    use coopr_types::ShardId;
+    let mut deployment = Deployment::start().await;
+    let a = deployment.dc("a");
+    let worker = Worker::register(a, "p-a", "w1").await;
+    let id = a.create_cluster("base", 1).await;
+    worker.drive().await;
+    let shard = ShardId(shard_of(&id));
+    let last = a
+        .app()
+        .core
+        .read()
+        .outbox(shard)
+        .expect("owned")
+        .last_position();
+    assert!(last.seq > 0);
+    wait_for("a's outboxes to be trimmed", || async {
+        (outbox_len(a, shard) == 0 && outbox_len(a, ShardId::GLOBAL) == 0).then_some(())
+    })
+    .await;
+    // Trimming drops records, not positions.
+    assert_eq!(
+        a.app()
+            .core
+            .read()
+            .outbox(shard)
+            .expect("owned")
+            .last_position(),
+        last
+    );
+    for dc in ["b", "c"] {
+        let state = deployment.dc(dc).app().core.read();
+        assert_eq!(
+            state.replica(shard).expect("replica").watermark,
+            last,
+            "{dc}"
+        );
+    }
+
+    tracing::info!("--- with c away, a keeps what c has not acknowledged");
+    let c = deployment.dcs.remove("c").expect("c");
+    c.stop().await;
+    let a = deployment.dc("a");
+    let b = deployment.dc("b");
+    a.post(
+        "/v2/tenants",
+        &Auth::Superadmin,
+        json!({"tenant": {"name": "late"}}),
+    )
+    .await
+    .assert_ok();
+    let global_last = a
+        .app()
+        .core
+        .read()
+        .outbox(ShardId::GLOBAL)
+        .expect("owned")
+        .last_position();
+    wait_for("b to apply the tenant", || async {
+        let state = b.app().core.read();
+        (state.replica(ShardId::GLOBAL)?.watermark == global_last).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(outbox_len(a, ShardId::GLOBAL), 1, "c never acknowledged it");
     deployment.stop().await;
 }

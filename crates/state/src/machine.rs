@@ -32,7 +32,7 @@ use crate::command::{
 use crate::replication::{
     compact_stage, to_value, ApplyError, Checkpoint, ClusterRow, ClusterShardView, ClusterView,
     GlobalRecord, GlobalView, InFlight, JobSummary, NodeOutcome, Outbox, PlanStep, RecordKind,
-    ReplicaShard, ReplicatedNode, OUTBOX_CAPACITY,
+    ReplicaData, ReplicaShard, ReplicatedNode, OUTBOX_CAPACITY,
 };
 use crate::CommandError;
 
@@ -136,6 +136,21 @@ pub struct GlobalShard {
     #[serde(default)]
     pub replication: Outbox,
 }
+
+/// The global shard's data as one DC sees it: its own [`GlobalShard`] where it owns the shard,
+/// else its replica copy (see [`State::global_view`]). Borrowed, so reads copy nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct GlobalRef<'a> {
+    pub tenants: &'a BTreeMap<String, Tenant>,
+    /// By key hash.
+    pub api_keys: &'a BTreeMap<String, ApiKey>,
+    pub catalogs: &'a BTreeMap<String, TenantCatalog>,
+}
+
+/// The global data of a DC whose replica of the global shard has applied nothing yet.
+static NO_TENANTS: BTreeMap<String, Tenant> = BTreeMap::new();
+static NO_API_KEYS: BTreeMap<String, ApiKey> = BTreeMap::new();
+static NO_CATALOGS: BTreeMap<String, TenantCatalog> = BTreeMap::new();
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterRecord {
@@ -332,7 +347,7 @@ impl State {
     }
 
     pub fn tenant_by_id(&self, id: &str) -> Option<&Tenant> {
-        self.global.tenants.values().find(|t| t.id == id)
+        self.global_data().tenants.values().find(|t| t.id == id)
     }
 
     /// Applies one entry. Rejected commands change nothing.
@@ -486,7 +501,11 @@ impl State {
                 // snapshot yet, and without a definition no task would be planned for it.
                 let current_defs = self
                     .cluster(*cluster)
-                    .and_then(|r| self.global.catalogs.get(&r.cluster.account.tenant_id))
+                    .and_then(|r| {
+                        self.global_data()
+                            .catalogs
+                            .get(&r.cluster.account.tenant_id)
+                    })
                     .map(TenantCatalog::services)
                     .unwrap_or_default();
                 let record = self.cluster_mut(*cluster)?;
@@ -605,7 +624,7 @@ impl State {
     }
 
     fn require_tenant(&self, tenant: &str) -> Result<&Tenant, CommandError> {
-        self.global
+        self.global_data()
             .tenants
             .get(tenant)
             .ok_or_else(|| CommandError::not_found("tenant", tenant))
@@ -1118,6 +1137,39 @@ impl State {
     /// The copy of a shard this DC replicates from another DC.
     pub fn replica(&self, shard: ShardId) -> Option<&ReplicaShard> {
         self.replicas.get(&shard)
+    }
+
+    /// Tenants, API keys and catalogs as commands of cluster shards read them (quotas, service
+    /// definitions): the replica copy of the global shard once this DC holds one (it replicates
+    /// the global shard only when another DC owns it), else its own global shard. Derived from
+    /// the state alone, so every node of the DC decides the same.
+    pub fn global_data(&self) -> GlobalRef<'_> {
+        self.global_view(!self.replicas.contains_key(&ShardId::GLOBAL))
+    }
+
+    /// Tenants, API keys and catalogs as this DC reads them: its own global shard when
+    /// `owns_global`, else its replica copy of the owner's (empty until the first record
+    /// applied). Writes go to the owner; reads use this everywhere.
+    pub fn global_view(&self, owns_global: bool) -> GlobalRef<'_> {
+        if owns_global {
+            return GlobalRef {
+                tenants: &self.global.tenants,
+                api_keys: &self.global.api_keys,
+                catalogs: &self.global.catalogs,
+            };
+        }
+        match self.replicas.get(&ShardId::GLOBAL).map(|r| &r.data) {
+            Some(ReplicaData::Global(view)) => GlobalRef {
+                tenants: &view.tenants,
+                api_keys: &view.api_keys,
+                catalogs: &view.catalogs,
+            },
+            _ => GlobalRef {
+                tenants: &NO_TENANTS,
+                api_keys: &NO_API_KEYS,
+                catalogs: &NO_CATALOGS,
+            },
+        }
     }
 
     /// The shard as its replicas see it (canonical JSON): clusters, nodes without action

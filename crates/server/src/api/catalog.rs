@@ -89,8 +89,7 @@ pub fn validate_entity(kind: EntityKind, body: &Value) -> ApiResult<String> {
 async fn list(State(app): State<Arc<App>>, caller: Caller, kind: EntityKind) -> Json<Vec<Value>> {
     let state = app.core.read();
     Json(
-        state
-            .global
+        app.global(&state)
             .catalogs
             .get(&caller.tenant)
             .map(|c| c.list(kind).into_iter().cloned().collect())
@@ -105,8 +104,7 @@ async fn get_latest(
     kind: EntityKind,
 ) -> ApiResult<Json<Value>> {
     let state = app.core.read();
-    state
-        .global
+    app.global(&state)
         .catalogs
         .get(&caller.tenant)
         .and_then(|c| c.latest(kind, &name))
@@ -133,8 +131,7 @@ async fn get_version(
 ) -> ApiResult<Json<Value>> {
     let version = parse_version(&version)?;
     let state = app.core.read();
-    state
-        .global
+    app.global(&state)
         .catalogs
         .get(&caller.tenant)
         .and_then(|c| c.version(kind, &name, version))
@@ -243,8 +240,8 @@ async fn delete_version(
 
 async fn export(State(app): State<Arc<App>>, caller: Caller) -> Json<Value> {
     let state = app.core.read();
-    let catalog = state
-        .global
+    let catalog = app
+        .global(&state)
         .catalogs
         .get(&caller.tenant)
         .cloned()

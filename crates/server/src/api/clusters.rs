@@ -234,9 +234,7 @@ async fn create(
     }
     // The catalog is copied out so that no lock is held while the layout is solved.
     let catalog = app
-        .core
-        .read()
-        .global
+        .global(&app.core.read())
         .catalogs
         .get(&caller.tenant)
         .cloned()
@@ -629,8 +627,7 @@ async fn add_services(
     }
     let services = {
         let state = app.core.read();
-        state
-            .global
+        app.global(&state)
             .catalogs
             .get(&caller.tenant)
             .map(|c| c.services())
@@ -781,9 +778,7 @@ async fn sync_template(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let catalog = app
-        .core
-        .read()
-        .global
+        .global(&app.core.read())
         .catalogs
         .get(&caller.tenant)
         .cloned()

@@ -82,8 +82,8 @@ where
             .ok_or_else(|| ApiError::unauthorized("missing Coopr-ApiKey header"))?;
         let hash = hash_api_key(key);
         let state = app.core.read();
-        let valid = state
-            .global
+        let global = app.global(&state);
+        let valid = global
             .api_keys
             .get(&hash)
             .is_some_and(|k| k.tenant == tenant && k.user.as_deref().is_none_or(|u| u == user));
@@ -92,7 +92,7 @@ where
                 "invalid API key for this tenant and user",
             ));
         }
-        if !state.global.tenants.contains_key(tenant) {
+        if !global.tenants.contains_key(tenant) {
             return Err(ApiError::not_found("tenant", tenant));
         }
         Ok(Caller {
@@ -118,9 +118,7 @@ where
         let key = header(parts, "coopr-apikey")
             .ok_or_else(|| ApiError::unauthorized("missing Coopr-ApiKey header"))?;
         let valid = app
-            .core
-            .read()
-            .global
+            .global(&app.core.read())
             .api_keys
             .get(&hash_api_key(key))
             .is_some_and(|k| k.tenant == SUPERADMIN);

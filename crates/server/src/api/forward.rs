@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 
 use axum::body::Bytes;
 use axum::http::request::Parts;
-use coopr_types::ClusterId;
+use coopr_types::{ClusterId, EntityKind, ShardId};
 
 use super::error::ApiError;
 use super::MAX_BODY_BYTES;
@@ -64,6 +64,16 @@ fn cluster_path(path: &str) -> Option<(ClusterId, &str)> {
     Some((id.parse().ok()?, sub))
 }
 
+/// Paths of the global shard's records (tenants, API keys, catalog): writes to them go to the
+/// global shard's owner DC; reads are served from the local copy.
+fn global_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return false;
+    };
+    let first = rest.split('/').next().unwrap_or_default();
+    matches!(first, "import" | "export" | "tenants") || EntityKind::parse(first).is_some()
+}
+
 /// Reads of a cluster that a replica copy can answer.
 fn replica_readable(sub: &str) -> bool {
     matches!(sub, "" | "status" | "config" | "services")
@@ -85,6 +95,20 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
         && !super::replication::LEADER_PATHS.contains(&path);
     let strong = wants_strong_read(&req);
     let cluster = if local_only { None } else { cluster_path(path) };
+    // Tenants, keys and catalog live in the global shard: writes go to its owner DC.
+    if !local_only && !is_read && global_path(path) && !app.owns(ShardId::GLOBAL) {
+        if req.headers().contains_key(FORWARDED_DC_HEADER) {
+            return unavailable(
+                "not_owner",
+                format!(
+                    "datacenter {} does not own the global shard; it was forwarded here by another datacenter",
+                    app.config.dc
+                ),
+            );
+        }
+        let owner = app.placement.owner(ShardId::GLOBAL).to_string();
+        return forward_to_dc(&app, &owner, req).await;
+    }
     let mut staleness = None;
     if let Some((id, sub)) = cluster {
         let shard = id.shard(app.config.shard_count);
@@ -296,7 +320,7 @@ async fn forward_to_dc(app: &App, dc: &str, req: Request) -> Response {
     let Some(nodes) = app.config.remote_dcs.get(dc) else {
         return unavailable(
             "owner_unknown",
-            format!("datacenter {dc} owns the cluster but its nodes are not configured"),
+            format!("datacenter {dc} owns the shard but its nodes are not configured"),
         );
     };
     let (parts, body) = match buffered(req).await {
@@ -341,7 +365,7 @@ async fn forward_to_dc(app: &App, dc: &str, req: Request) -> Response {
     last_unavailable.unwrap_or_else(|| {
         unavailable(
             "owner_unreachable",
-            format!("cannot reach datacenter {dc}, which owns the cluster: {last_error}"),
+            format!("cannot reach datacenter {dc}, which owns the shard: {last_error}"),
         )
     })
 }
@@ -365,6 +389,10 @@ mod tests {
         assert_eq!(cluster_path("/v2/clusters/dev"), None);
         assert_eq!(cluster_path("/v2/clustertemplates/x"), None);
         assert!(replica_readable("status") && !replica_readable("plans"));
+        assert!(global_path("/v2/tenants") && global_path("/v2/tenants/t1/apikeys"));
+        assert!(global_path("/v2/import") && global_path("/v2/clustertemplates/lamp/2"));
+        assert!(!global_path("/v2/clusters") && !global_path("/v2/provisioners/p1"));
+        assert!(!global_path("/v2/tasks/take") && !global_path("/status"));
     }
 
     #[test]

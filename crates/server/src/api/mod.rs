@@ -137,9 +137,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let raft = app.core.raft().status();
     let seeded = app
-        .core
-        .read()
-        .global
+        .global(&app.core.read())
         .tenants
         .contains_key(extract::SUPERADMIN);
     let ready = raft.leader.is_some() && seeded;

@@ -32,9 +32,7 @@ fn tenant_view(t: &Tenant) -> Value {
 async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<Value>>> {
     caller.require_superadmin()?;
     Ok(Json(
-        app.core
-            .read()
-            .global
+        app.global(&app.core.read())
             .tenants
             .values()
             .map(tenant_view)
@@ -48,9 +46,7 @@ async fn show(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
-    app.core
-        .read()
-        .global
+    app.global(&app.core.read())
         .tenants
         .get(&name)
         .map(|t| Json(tenant_view(t)))
@@ -113,9 +109,7 @@ async fn create(
         return answer(previous);
     }
     if app
-        .core
-        .read()
-        .global
+        .global(&app.core.read())
         .tenants
         .contains_key(&req.tenant.name)
     {
@@ -130,8 +124,8 @@ async fn create(
     if req.bootstrap && result.is_ok() {
         let entities = {
             let state = app.core.read();
-            let source = state
-                .global
+            let source = app
+                .global(&state)
                 .catalogs
                 .get(SUPERADMIN)
                 .cloned()

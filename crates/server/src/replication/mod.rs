@@ -121,6 +121,17 @@ pub fn read_batch(outbox: &Outbox, cursor: Position, max: usize) -> ShardBatch {
     batch
 }
 
+/// Through which seq an outbox can be trimmed once every replica acknowledged `acked`: `None`
+/// when that would remove nothing (or `acked` is not a position of this outbox).
+pub fn trim_point(outbox: &Outbox, acked: Position) -> Option<u64> {
+    let last = outbox.last_position();
+    if acked.epoch != last.epoch || acked.seq > last.seq {
+        return None;
+    }
+    let first = outbox.records.front()?.seq;
+    (first <= acked.seq).then_some(acked.seq)
+}
+
 /// The age and count of the records a replica at `cursor` lacks, from the owner's outbox.
 pub fn unreplicated(outbox: &Outbox, cursor: Position, now_ms: u64) -> (u64, u64) {
     let last = outbox.last_position();
@@ -176,6 +187,19 @@ impl Progress {
                 },
             );
         }
+    }
+
+    /// The position every replica DC of `shard` reported having applied: the lowest of their
+    /// latest cursors. `None` while a replica has not reported one (never trim past a replica
+    /// that did not say where it is).
+    pub fn acknowledged(&self, placement: &StaticPlacement, shard: ShardId) -> Option<Position> {
+        let reported = self.reported.lock().ok()?;
+        let mut lowest: Option<Position> = None;
+        for replica in placement.replicas(shard) {
+            let cursor = *reported.get(replica)?.cursors.get(&shard)?;
+            lowest = Some(lowest.map_or(cursor, |l| l.min(cursor)));
+        }
+        lowest
     }
 
     pub fn stream(&self, shard: ShardId) -> StreamState {
@@ -378,6 +402,40 @@ mod tests {
         assert!(ahead.error.is_some());
         let other_epoch = read_batch(&outbox, Position { epoch: 2, seq: 0 }, 2);
         assert!(other_epoch.error.is_some());
+    }
+
+    /// An outbox is trimmed only through what every replica reported, and only when that
+    /// removes something.
+    #[test]
+    fn trims_follow_the_slowest_replica() {
+        let mut outbox = outbox_with(&[10, 20, 30]);
+        let at = |seq| Position { epoch: 1, seq };
+        assert_eq!(trim_point(&outbox, at(0)), None);
+        assert_eq!(trim_point(&outbox, at(2)), Some(2));
+        assert_eq!(trim_point(&outbox, at(4)), None, "beyond the last record");
+        assert_eq!(trim_point(&outbox, Position { epoch: 2, seq: 1 }), None);
+        outbox.trim(2);
+        assert_eq!(trim_point(&outbox, at(2)), None, "nothing left to remove");
+        assert_eq!(trim_point(&outbox, at(3)), Some(3));
+
+        let placement = StaticPlacement::new(["a", "b", "c"].map(String::from), 3);
+        let progress = Progress::default();
+        let shard = ShardId(0); // owned by a, replicated by b and c
+        assert_eq!(progress.acknowledged(&placement, shard), None);
+        progress.record_cursors("b", &BTreeMap::from([(shard, at(3))]));
+        assert_eq!(
+            progress.acknowledged(&placement, shard),
+            None,
+            "c is silent"
+        );
+        progress.record_cursors("c", &BTreeMap::from([(shard, at(1))]));
+        assert_eq!(progress.acknowledged(&placement, shard), Some(at(1)));
+        progress.record_cursors("c", &BTreeMap::from([(ShardId(1), at(9))]));
+        assert_eq!(
+            progress.acknowledged(&placement, shard),
+            None,
+            "c no longer says"
+        );
     }
 
     /// The owner counts what a replica lacks and how old the oldest of it is.

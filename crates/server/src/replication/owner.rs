@@ -20,7 +20,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{read_batch, PullRequest, PullResponse, PULL_PATH, SECRET_HEADER};
+use coopr_state::Command;
+
+use super::{read_batch, trim_point, PullRequest, PullResponse, PULL_PATH, SECRET_HEADER};
 use crate::api::error::ApiError;
 use crate::App;
 
@@ -146,6 +148,34 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             _ = stopping.wait_for(|s| *s) => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the node is stopping").into_response();
             }
+        }
+    }
+}
+
+/// Drops outbox records every replica DC acknowledged: for each shard this DC owns, proposes
+/// `TrimOutbox` through the lowest cursor its replicas reported in their pulls (kept in memory
+/// by this leader), when that removes something. Called by the driver on the leader.
+pub async fn trim_outboxes(app: &App) {
+    let trims: Vec<_> = {
+        let state = app.core.read();
+        app.placement
+            .owned_by(&app.config.dc)
+            .filter_map(|shard| {
+                let outbox = state.outbox(shard)?;
+                let acked = app.replication.acknowledged(&app.placement, shard)?;
+                Some((shard, trim_point(outbox, acked)?))
+            })
+            .collect()
+    };
+    for (shard, through_seq) in trims {
+        match app
+            .core
+            .propose(Command::TrimOutbox { shard, through_seq }, None)
+            .await
+        {
+            Ok(Ok(_)) => tracing::debug!(%shard, through_seq, "outbox trimmed"),
+            Ok(Err(e)) => tracing::warn!(%shard, through_seq, error = %e, "outbox trim rejected"),
+            Err(e) => tracing::debug!(%shard, error = %e, "outbox trim not written"),
         }
     }
 }
