@@ -559,6 +559,13 @@ async fn global_records_are_written_at_the_owner_and_read_everywhere() {
     worker.drive().await;
     let status = b.get(&format!("/v2/clusters/{id}/status"), &acme).await;
     assert_eq!(status.assert_ok()["status"], "active");
+    // The plan used the replicated service definitions: the `base` service's tasks are in it,
+    // not only the machine's CREATE, CONFIRM and BOOTSTRAP.
+    let steps = status.assert_ok()["stepstotal"].as_u64().unwrap_or(0);
+    assert!(
+        steps > 3,
+        "service tasks were planned from the replicated catalog: {steps} steps"
+    );
 
     tracing::info!("--- a catalog write sent to b applies at a and replicates back");
     let mut template = b

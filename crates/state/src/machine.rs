@@ -654,8 +654,10 @@ impl State {
                 ),
             });
         }
+        // The catalog as this DC reads it (the owner's copy when another DC owns the global
+        // shard): reading only the local global shard planned no service tasks at all there.
         let service_defs = self
-            .global
+            .global_data()
             .catalogs
             .get(&spec.tenant)
             .map(TenantCatalog::services)
