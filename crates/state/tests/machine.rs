@@ -4,20 +4,20 @@
 
 use std::collections::BTreeMap;
 
-use coopr_engine::layout::{solve_layout, LayoutRequest};
 use coopr_state::{
-    encode_entry, recover, snapshot_of, ClusterSpec, Command, CommandError, CommandResult, Entry,
-    NodeSpec, Outcome, ProvisionerInfo, State, TaskResult,
+    encode_entry, recover, snapshot_of, Command, CommandError, CommandResult, Entry, Outcome,
+    ProvisionerInfo, State, TaskResult,
 };
 use coopr_store::{LogStore, MemStore};
 use coopr_types::{
-    hash_api_key, ApiKey, ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, EntityKind,
-    JobStatus, MachineType, Provider, ShardId, TaskId, TaskName, TaskStatus, Tenant, UNLIMITED,
+    hash_api_key, ApiKey, ClusterAction, ClusterId, ClusterStatus, EntityKind, JobStatus, ShardId,
+    TaskId, TaskName, TaskStatus, UNLIMITED,
 };
 use serde_json::Value;
 
-const CATALOG: &str = include_str!("../../../examples/catalog.json");
-const TENANT: &str = "acme";
+mod common;
+
+use common::{catalog_entities, spec, tenant, TENANT};
 const TIMEOUT_MS: u64 = 60_000;
 
 /// A state plus a clock, recording every entry it applied (for persistence tests).
@@ -149,82 +149,6 @@ fn parts_of(state: &State) -> Vec<(u32, String)> {
         .into_iter()
         .map(|(k, v)| (k, String::from_utf8_lossy(&v.bytes).into_owned()))
         .collect()
-}
-
-fn tenant(name: &str, max_clusters: u32, max_nodes: u32) -> Tenant {
-    Tenant {
-        id: format!("id-{name}"),
-        name: name.into(),
-        description: String::new(),
-        workers: 0,
-        max_clusters,
-        max_nodes,
-    }
-}
-
-fn catalog_entities() -> BTreeMap<EntityKind, Vec<Value>> {
-    let body: serde_json::Map<String, Value> =
-        serde_json::from_str(CATALOG).expect("catalog is JSON");
-    body.into_iter()
-        .filter_map(|(k, v)| Some((EntityKind::parse(&k)?, v.as_array()?.clone())))
-        .collect()
-}
-
-fn entity<T: serde::de::DeserializeOwned>(state: &State, kind: EntityKind, name: &str) -> T {
-    let value = state.global.catalogs[TENANT]
-        .latest(kind, name)
-        .unwrap_or_else(|| panic!("{name} missing"));
-    serde_json::from_value(value.clone()).expect("entity parses")
-}
-
-/// A cluster spec built the way the server builds one (layout solved up front).
-fn spec(state: &State, template: &str, machines: u32, services: &[String]) -> ClusterSpec {
-    let template: ClusterTemplate = entity(state, EntityKind::Clustertemplates, template);
-    let provider: Provider = entity(state, EntityKind::Providers, &template.defaults.provider);
-    let hardwaretype: MachineType = entity(
-        state,
-        EntityKind::Hardwaretypes,
-        &template.defaults.hardwaretype,
-    );
-    let catalog_services = state.global.catalogs[TENANT].services();
-    let layout = solve_layout(&LayoutRequest {
-        template: &template,
-        num_machines: machines,
-        services,
-        hardwaretype: &hardwaretype.name,
-        imagetype: &template.defaults.imagetype,
-        catalog_services: &catalog_services,
-    })
-    .expect("layout");
-    let mut all: Vec<String> = layout.iter().flat_map(|n| n.services.clone()).collect();
-    all.sort();
-    all.dedup();
-    ClusterSpec {
-        tenant: TENANT.into(),
-        user: "alice".into(),
-        name: "dev".into(),
-        description: String::new(),
-        hardwaretype: template.defaults.hardwaretype.clone(),
-        imagetype: template.defaults.imagetype.clone(),
-        dns_suffix: template.defaults.dns_suffix.clone(),
-        services: all,
-        config: template.defaults.config.clone(),
-        initial_lease_ms: 0,
-        nodes: layout
-            .into_iter()
-            .map(|n| NodeSpec {
-                nodenum: n.nodenum,
-                services: n.services,
-                hardwaretype: n.hardwaretype,
-                imagetype: n.imagetype,
-                flavor: "fake.small".into(),
-                image: "debian-12".into(),
-                sshuser: "debian".into(),
-            })
-            .collect(),
-        template,
-        provider,
-    }
 }
 
 /// A 3-node lamp cluster is PENDING with a create job, and ACTIVE once every task finished OK;

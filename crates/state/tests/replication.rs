@@ -4,20 +4,20 @@
 
 use std::collections::BTreeMap;
 
-use coopr_engine::layout::{solve_layout, LayoutRequest};
 use coopr_state::{
-    decode_parts, encode_entry, encode_parts, ApplyError, ClusterSpec, Command, CommandError,
-    CommandResult, Entry, GlobalRecord, NodeSpec, Outcome, Position, ProvisionerInfo, Record,
-    RecordKind, ReplicaShard, State, TaskResult,
+    decode_parts, encode_entry, encode_parts, ApplyError, Command, CommandError, CommandResult,
+    Entry, GlobalRecord, Outcome, Position, ProvisionerInfo, Record, RecordKind, ReplicaShard,
+    State, TaskResult,
 };
 use coopr_types::{
-    hash_api_key, ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, MachineType,
-    Provider, ShardId, TaskId, TaskName, Tenant, UNLIMITED,
+    hash_api_key, ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, ShardId, TaskId,
+    TaskName, UNLIMITED,
 };
 use serde_json::Value;
 
-const CATALOG: &str = include_str!("../../../examples/catalog.json");
-const TENANT: &str = "acme";
+mod common;
+
+use common::{catalog_entities, entity, spec, tenant, TENANT};
 const TIMEOUT_MS: u64 = 60_000;
 const SHARDS: u32 = 4;
 
@@ -129,7 +129,7 @@ impl Owner {
     }
 
     fn create_in(&mut self, shard: u32, template: &str, machines: u32) -> ClusterId {
-        let spec = spec(&self.state, template, machines);
+        let spec = spec(&self.state, template, machines, &[]);
         match self.apply(Command::CreateCluster {
             shard: ShardId(shard),
             spec: Box::new(spec),
@@ -184,82 +184,6 @@ impl Owner {
 
     fn task_name(&self, task: TaskId) -> TaskName {
         self.state.task(task).unwrap().task_name
-    }
-}
-
-fn tenant(name: &str, max_clusters: u32, max_nodes: u32) -> Tenant {
-    Tenant {
-        id: format!("id-{name}"),
-        name: name.into(),
-        description: String::new(),
-        workers: 0,
-        max_clusters,
-        max_nodes,
-    }
-}
-
-fn catalog_entities() -> BTreeMap<EntityKind, Vec<Value>> {
-    let body: serde_json::Map<String, Value> =
-        serde_json::from_str(CATALOG).expect("catalog is JSON");
-    body.into_iter()
-        .filter_map(|(k, v)| Some((EntityKind::parse(&k)?, v.as_array()?.clone())))
-        .collect()
-}
-
-fn entity<T: serde::de::DeserializeOwned>(state: &State, kind: EntityKind, name: &str) -> T {
-    let value = state.global.catalogs[TENANT]
-        .latest(kind, name)
-        .unwrap_or_else(|| panic!("{name} missing"));
-    serde_json::from_value(value.clone()).expect("entity parses")
-}
-
-/// A cluster spec built the way the server builds one (layout solved up front).
-fn spec(state: &State, template: &str, machines: u32) -> ClusterSpec {
-    let template: ClusterTemplate = entity(state, EntityKind::Clustertemplates, template);
-    let provider: Provider = entity(state, EntityKind::Providers, &template.defaults.provider);
-    let hardwaretype: MachineType = entity(
-        state,
-        EntityKind::Hardwaretypes,
-        &template.defaults.hardwaretype,
-    );
-    let catalog_services = state.global.catalogs[TENANT].services();
-    let layout = solve_layout(&LayoutRequest {
-        template: &template,
-        num_machines: machines,
-        services: &[],
-        hardwaretype: &hardwaretype.name,
-        imagetype: &template.defaults.imagetype,
-        catalog_services: &catalog_services,
-    })
-    .expect("layout");
-    let mut all: Vec<String> = layout.iter().flat_map(|n| n.services.clone()).collect();
-    all.sort();
-    all.dedup();
-    ClusterSpec {
-        tenant: TENANT.into(),
-        user: "alice".into(),
-        name: "dev".into(),
-        description: String::new(),
-        hardwaretype: template.defaults.hardwaretype.clone(),
-        imagetype: template.defaults.imagetype.clone(),
-        dns_suffix: template.defaults.dns_suffix.clone(),
-        services: all,
-        config: template.defaults.config.clone(),
-        initial_lease_ms: 0,
-        nodes: layout
-            .into_iter()
-            .map(|n| NodeSpec {
-                nodenum: n.nodenum,
-                services: n.services,
-                hardwaretype: n.hardwaretype,
-                imagetype: n.imagetype,
-                flavor: "fake.small".into(),
-                image: "debian-12".into(),
-                sshuser: "debian".into(),
-            })
-            .collect(),
-        template,
-        provider,
     }
 }
 
@@ -678,7 +602,7 @@ fn rejected_and_dc_local_commands_emit_nothing() {
 
     // Rejected: over quota, delete of a pending cluster, unknown cluster, unknown provisioner,
     // a sync of a pending cluster, a key for an unknown tenant, a create-only entity that exists.
-    let spec = spec(&h.state, "base", 1);
+    let spec = spec(&h.state, "base", 1, &[]);
     assert!(h
         .apply(Command::CreateCluster {
             shard: ShardId(0),
