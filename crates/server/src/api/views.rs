@@ -3,7 +3,7 @@
 
 use coopr_engine::job::JobRun;
 use coopr_state::{ClusterRecord, ClusterView, State};
-use coopr_types::{Node, Task};
+use coopr_types::{Cluster, Node, Task};
 use serde_json::{json, Map, Value};
 
 /// `{action, actionstatus, stepstotal, stepscompleted}` of the latest job.
@@ -24,12 +24,16 @@ pub fn progress(record: &ClusterRecord) -> Value {
 
 /// `GET /clusters/{id}/status`.
 pub fn status(record: &ClusterRecord) -> Value {
-    let mut v = progress(record);
-    if let Value::Object(map) = &mut v {
-        map.insert("clusterid".into(), json!(record.cluster.id));
-        map.insert("status".into(), json!(record.cluster.status.as_str()));
+    status_of(&record.cluster, progress(record))
+}
+
+/// `/status`: the progress of the latest job plus the cluster's ID and status.
+fn status_of(cluster: &Cluster, mut progress: Value) -> Value {
+    if let Value::Object(map) = &mut progress {
+        map.insert("clusterid".into(), json!(cluster.id));
+        map.insert("status".into(), json!(cluster.status.as_str()));
     }
-    v
+    progress
 }
 
 fn base_fields(v: &Value) -> Value {
@@ -38,7 +42,11 @@ fn base_fields(v: &Value) -> Value {
 
 /// An entry of `GET /clusters`.
 pub fn cluster_summary(record: &ClusterRecord) -> Value {
-    let c = &record.cluster;
+    summary(&record.cluster, record.nodes.len(), progress(record))
+}
+
+/// An entry of `GET /clusters`, for an owned cluster or a replica copy.
+fn summary(c: &Cluster, num_nodes: usize, progress: Value) -> Value {
     let provider = serde_json::to_value(&c.provider).unwrap_or(Value::Null);
     let template = serde_json::to_value(&c.cluster_template).unwrap_or(Value::Null);
     json!({
@@ -48,12 +56,12 @@ pub fn cluster_summary(record: &ClusterRecord) -> Value {
         "ownerId": c.account.user_id,
         "createTime": c.create_time,
         "expireTime": c.expire_time,
-        "numNodes": record.nodes.len(),
+        "numNodes": num_nodes,
         "status": c.status.as_str(),
         "provider": base_fields(&provider),
         "clusterTemplate": base_fields(&template),
         "services": c.services,
-        "progress": progress(record),
+        "progress": progress,
     })
 }
 
@@ -165,33 +173,12 @@ pub fn replica_progress(view: &ClusterView) -> Value {
 
 /// `GET /clusters/{id}/status` from a replica copy.
 pub fn replica_status(view: &ClusterView) -> Value {
-    let mut v = replica_progress(view);
-    if let Value::Object(map) = &mut v {
-        map.insert("clusterid".into(), json!(view.cluster.id));
-        map.insert("status".into(), json!(view.cluster.status.as_str()));
-    }
-    v
+    status_of(&view.cluster, replica_progress(view))
 }
 
 /// An entry of `GET /clusters` from a replica copy.
 pub fn replica_summary(view: &ClusterView) -> Value {
-    let c = &view.cluster;
-    let provider = serde_json::to_value(&c.provider).unwrap_or(Value::Null);
-    let template = serde_json::to_value(&c.cluster_template).unwrap_or(Value::Null);
-    json!({
-        "id": c.id,
-        "name": c.name,
-        "description": c.description,
-        "ownerId": c.account.user_id,
-        "createTime": c.create_time,
-        "expireTime": c.expire_time,
-        "numNodes": view.nodes.len(),
-        "status": c.status.as_str(),
-        "provider": base_fields(&provider),
-        "clusterTemplate": base_fields(&template),
-        "services": c.services,
-        "progress": replica_progress(view),
-    })
+    summary(&view.cluster, view.nodes.len(), replica_progress(view))
 }
 
 /// `GET /clusters/{id}` from a replica copy: nodes carry no action history (not replicated)
