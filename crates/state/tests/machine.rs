@@ -6,18 +6,18 @@ use std::collections::BTreeMap;
 
 use coopr_state::{
     encode_entry, recover, snapshot_of, Command, CommandError, CommandResult, Entry, Outcome,
-    ProvisionerInfo, State, TaskResult,
+    State, TaskResult,
 };
 use coopr_store::{LogStore, MemStore};
 use coopr_types::{
-    hash_api_key, ApiKey, ClusterAction, ClusterId, ClusterStatus, EntityKind, JobStatus, ShardId,
-    TaskId, TaskName, TaskStatus, UNLIMITED,
+    ClusterAction, ClusterId, ClusterStatus, EntityKind, JobStatus, ShardId, TaskId, TaskName,
+    TaskStatus,
 };
 use serde_json::Value;
 
 mod common;
 
-use common::{catalog_entities, spec, tenant, TENANT};
+use common::{setup_commands, spec, tenant, TENANT};
 const TIMEOUT_MS: u64 = 60_000;
 
 /// A state plus a clock, recording every entry it applied (for persistence tests).
@@ -34,28 +34,9 @@ impl Harness {
             now_ms: 1_000_000,
             log: Vec::new(),
         };
-        h.ok(Command::PutTenant {
-            tenant: tenant(TENANT, UNLIMITED, UNLIMITED),
-        });
-        h.ok(Command::PutApiKey {
-            key: ApiKey {
-                tenant: TENANT.into(),
-                user: None,
-                key_sha256: hash_api_key("acme-key"),
-            },
-        });
-        h.ok(Command::ImportCatalog {
-            tenant: TENANT.into(),
-            entities: catalog_entities(),
-        });
-        h.ok(Command::RegisterProvisioner {
-            info: ProvisionerInfo {
-                id: "p1".into(),
-                host: "127.0.0.1".into(),
-                port: 1,
-                capacity_total: 4,
-            },
-        });
+        for command in setup_commands() {
+            h.ok(command);
+        }
         h
     }
 

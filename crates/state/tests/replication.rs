@@ -10,14 +10,13 @@ use coopr_state::{
     State, TaskResult,
 };
 use coopr_types::{
-    hash_api_key, ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, ShardId, TaskId,
-    TaskName, UNLIMITED,
+    ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, ShardId, TaskId, TaskName,
 };
 use serde_json::Value;
 
 mod common;
 
-use common::{catalog_entities, entity, spec, tenant, TENANT};
+use common::{entity, setup_commands, spec, tenant, TENANT};
 const TIMEOUT_MS: u64 = 60_000;
 const SHARDS: u32 = 4;
 
@@ -44,28 +43,9 @@ impl Owner {
             views: BTreeMap::new(),
             stdout: "out".into(),
         };
-        h.ok(Command::PutTenant {
-            tenant: tenant(TENANT, UNLIMITED, UNLIMITED),
-        });
-        h.ok(Command::PutApiKey {
-            key: ApiKey {
-                tenant: TENANT.into(),
-                user: None,
-                key_sha256: hash_api_key("acme-key"),
-            },
-        });
-        h.ok(Command::ImportCatalog {
-            tenant: TENANT.into(),
-            entities: catalog_entities(),
-        });
-        h.ok(Command::RegisterProvisioner {
-            info: ProvisionerInfo {
-                id: "p1".into(),
-                host: "127.0.0.1".into(),
-                port: 1,
-                capacity_total: 4,
-            },
-        });
+        for command in setup_commands() {
+            h.ok(command);
+        }
         h
     }
 

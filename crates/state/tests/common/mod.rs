@@ -7,8 +7,10 @@
 use std::collections::BTreeMap;
 
 use coopr_engine::layout::{solve_layout, LayoutRequest};
-use coopr_state::{ClusterSpec, NodeSpec, State};
-use coopr_types::{ClusterTemplate, EntityKind, MachineType, Provider, Tenant};
+use coopr_state::{ClusterSpec, Command, NodeSpec, ProvisionerInfo, State};
+use coopr_types::{
+    hash_api_key, ApiKey, ClusterTemplate, EntityKind, MachineType, Provider, Tenant, UNLIMITED,
+};
 use serde_json::Value;
 
 pub const CATALOG: &str = include_str!("../../../../examples/catalog.json");
@@ -88,4 +90,33 @@ pub fn spec(state: &State, template: &str, machines: u32, services: &[String]) -
         template,
         provider,
     }
+}
+
+/// The commands every harness starts with: tenant `acme` (unlimited quotas) with an API key,
+/// the example catalog, and provisioner `p1`.
+pub fn setup_commands() -> Vec<Command> {
+    vec![
+        Command::PutTenant {
+            tenant: tenant(TENANT, UNLIMITED, UNLIMITED),
+        },
+        Command::PutApiKey {
+            key: ApiKey {
+                tenant: TENANT.into(),
+                user: None,
+                key_sha256: hash_api_key("acme-key"),
+            },
+        },
+        Command::ImportCatalog {
+            tenant: TENANT.into(),
+            entities: catalog_entities(),
+        },
+        Command::RegisterProvisioner {
+            info: ProvisionerInfo {
+                id: "p1".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+                capacity_total: 4,
+            },
+        },
+    ]
 }
