@@ -526,6 +526,7 @@ async fn run_coopr(
     let entry_len = encode_entry(&Entry {
         now_ms: create_time,
         idempotency_key: None,
+        fence: None,
         command: StateCommand::SetExpireTime {
             cluster: id,
             expire_time: create_time + 1_000_000,

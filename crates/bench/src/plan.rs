@@ -138,6 +138,7 @@ impl Catalog {
                 .apply(&Entry {
                     now_ms: 1,
                     idempotency_key: None,
+                    fence: None,
                     command,
                 })
                 .map_err(|e| anyhow!("seeding the state: {e:?}"))?;
@@ -181,6 +182,7 @@ impl Catalog {
         Entry {
             now_ms: 1_700_000_000_000,
             idempotency_key: None,
+            fence: None,
             command: Command::CreateCluster {
                 shard: ShardId(0),
                 spec: Box::new(spec),

@@ -65,6 +65,24 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
         coopr_server::new_secret(),
         coopr_server::new_secret()
     );
+    // The first node of each DC votes in the placement group (with several DCs).
+    let placement_members: BTreeMap<u64, coopr_server::PlacementMember> = if args.dcs > 1 {
+        dc_members
+            .iter()
+            .filter_map(|(dc, members)| {
+                let (id, first) = members.iter().next()?;
+                Some((
+                    *id,
+                    coopr_server::PlacementMember {
+                        dc: dc.clone(),
+                        internal: first.internal.clone(),
+                    },
+                ))
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut configs = Vec::new();
     for (dc, members) in &dc_members {
         let remote_dcs: BTreeMap<String, Vec<Member>> = dc_members
@@ -85,7 +103,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
                 node_id: *id,
                 data_dir: args.data_dir.join(&member.node),
                 listen: format!("127.0.0.1:{api_port}"),
-                internal_listen: (args.nodes_per_dc > 1)
+                internal_listen: (args.nodes_per_dc > 1 || args.dcs > 1)
                     .then(|| member.internal.trim_start_matches("http://").to_string()),
                 members: if args.nodes_per_dc > 1 {
                     members.clone()
@@ -93,6 +111,8 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
                     BTreeMap::new()
                 },
                 remote_dcs: remote_dcs.clone(),
+                placement_node_id: placement_members.contains_key(id).then_some(*id),
+                placement_members: placement_members.clone(),
                 secret: Some(secret.clone()),
                 demo: true,
                 ..ServerConfig::default()

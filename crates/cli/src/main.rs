@@ -208,6 +208,20 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
                 internal: p.internal.clone(),
             });
     }
+    let placement_members: std::collections::BTreeMap<u64, coopr_server::PlacementMember> = file
+        .placement_voters()
+        .into_iter()
+        .map(|p| {
+            (
+                p.id,
+                coopr_server::PlacementMember {
+                    dc: p.dc.clone(),
+                    internal: p.internal.clone(),
+                },
+            )
+        })
+        .collect();
+    let placement_node_id = placement_members.contains_key(&me).then_some(me);
     // Internal calls are authenticated with the secret; a missing or short one is a config error.
     let secret = file.secret()?;
     let admin_key = match &file.admin_key_file {
@@ -239,6 +253,10 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             election_timeout_ms: (file.election_timeout_min_ms, file.election_timeout_max_ms),
             write_timeout_ms: file.write_timeout_ms,
             remote_dcs,
+            placement_members,
+            placement_node_id,
+            lease_ms: file.lease_ms,
+            max_clock_offset_ms: file.max_clock_offset_ms,
             ..ServerConfig::default()
         },
         workers,

@@ -21,6 +21,10 @@ pub struct Peer {
     pub api: String,
     /// Internal (Raft, replication) base URL.
     pub internal: String,
+    /// Whether this node is a voter of the placement group (multi-DC deployments). When no
+    /// peer is marked, the first peer of each DC is. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placement: bool,
 }
 
 /// A node's configuration file. Every option is documented with its default.
@@ -67,6 +71,13 @@ pub struct NodeConfig {
     /// Longest a write waits for a majority of the DC before a 503. Default 5000.
     #[serde(default = "default_write_timeout")]
     pub write_timeout_ms: u64,
+    /// How long a DC's lease on its shards lasts, in ms (multi-DC deployments); its leader
+    /// renews every third of it. Default 3000.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// The clock-rate difference tolerated between sites over one lease, in ms. Default 500.
+    #[serde(default = "default_max_clock_offset_ms")]
+    pub max_clock_offset_ms: u64,
     /// File with the superadmin key created at first start. Default: none (generated).
     #[serde(default)]
     pub admin_key_file: Option<PathBuf>,
@@ -100,6 +111,14 @@ fn default_election_max() -> u64 {
 
 fn default_write_timeout() -> u64 {
     5_000
+}
+
+fn default_lease_ms() -> u64 {
+    3_000
+}
+
+fn default_max_clock_offset_ms() -> u64 {
+    500
 }
 
 fn default_demo_workers() -> u32 {
@@ -239,6 +258,27 @@ impl NodeConfig {
         self.peers.iter().filter(move |p| p.dc == self.dc)
     }
 
+    /// The voters of the placement group: the peers marked `placement`, or (none marked) the
+    /// first peer of each DC. Empty for a deployment of one DC.
+    pub fn placement_voters(&self) -> Vec<&Peer> {
+        let dcs: BTreeSet<&str> = self.peers.iter().map(|p| p.dc.as_str()).collect();
+        if dcs.len() < 2 {
+            return Vec::new();
+        }
+        let marked: Vec<&Peer> = self.peers.iter().filter(|p| p.placement).collect();
+        if !marked.is_empty() {
+            return marked;
+        }
+        dcs.iter()
+            .filter_map(|dc| {
+                self.peers
+                    .iter()
+                    .filter(|p| p.dc == *dc)
+                    .min_by_key(|p| p.id)
+            })
+            .collect()
+    }
+
     /// Reads the cluster secret.
     pub fn secret(&self) -> anyhow::Result<String> {
         let s = std::fs::read_to_string(&self.secret_file)
@@ -327,6 +367,7 @@ pub fn init_cluster(
                 node: format!("{}{}", dc_name(d), i + 1),
                 api: format!("http://127.0.0.1:{api_port}"),
                 internal: format!("http://127.0.0.1:{internal_port}"),
+                placement: args.dcs > 1 && i == 0,
             });
         }
     }
@@ -351,6 +392,8 @@ pub fn init_cluster(
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
             write_timeout_ms: default_write_timeout(),
+            lease_ms: default_lease_ms(),
+            max_clock_offset_ms: default_max_clock_offset_ms(),
             admin_key_file: Some(PathBuf::from("admin-key")),
             peers: peers.clone(),
         };

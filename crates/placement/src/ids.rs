@@ -96,7 +96,7 @@ impl fmt::Display for Position {
 /// (`{"0": .., "4294967295": ..}`). Keys are read back from strings: `ShardId` derives a newtype
 /// representation that JSON keys do not read back, and inside an internally tagged enum serde
 /// buffers a map and would not turn a string key back into a number.
-pub(crate) mod numeric_keys {
+pub mod numeric_keys {
     use std::collections::BTreeMap;
 
     use coopr_types::ShardId;

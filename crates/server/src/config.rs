@@ -56,6 +56,26 @@ pub struct ServerConfig {
     /// Whether the leader trims the outboxes of owned shards through what every replica DC
     /// acknowledged (default true; tests that read records over the wire turn it off).
     pub trim_outboxes: bool,
+    /// The voters of the placement group (required with `remote_dcs`): placement node id ->
+    /// its DC and internal API base URL. Typically one node per DC, plus a witness site for two
+    /// DCs. A member whose DC is not a data DC (this one or one of `remote_dcs`) is a witness.
+    pub placement_members: BTreeMap<u64, PlacementMember>,
+    /// This node's id in the placement group, if it is one of its voters.
+    pub placement_node_id: Option<u64>,
+    /// How long a DC lease lasts (default 3000 ms); the DC leader renews every third of it.
+    pub lease_ms: u64,
+    /// The largest clock-rate difference tolerated between sites over one lease (default
+    /// 500 ms): the holder stops writing that much before the lease ends, the grantor waits
+    /// that much longer before declaring the DC dead.
+    pub max_clock_offset_ms: u64,
+}
+
+/// One voter of the placement group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementMember {
+    pub dc: String,
+    /// Internal API base URL of the node (`http://127.0.0.1:7105`).
+    pub internal: String,
 }
 
 /// One member of a DC log.
@@ -92,6 +112,10 @@ impl Default for ServerConfig {
             replication_wait_ms: 10_000,
             replication_max_records: 1_000,
             trim_outboxes: true,
+            placement_members: BTreeMap::new(),
+            placement_node_id: None,
+            lease_ms: 3_000,
+            max_clock_offset_ms: 500,
         }
     }
 }
@@ -156,6 +180,36 @@ impl ServerConfig {
                 bail!("secret (at least 16 characters) is required when remote_dcs is set");
             }
         }
+        if !self.remote_dcs.is_empty() && self.placement_members.is_empty() {
+            bail!("placement_members is required when remote_dcs is set");
+        }
+        if let Some(id) = self.placement_node_id {
+            match self.placement_members.get(&id) {
+                None => bail!("placement_node_id {id} is not one of placement_members"),
+                Some(m) if m.dc != self.dc => bail!(
+                    "placement member {id} belongs to DC {:?}, not this node's DC {:?}",
+                    m.dc,
+                    self.dc
+                ),
+                Some(_) if self.internal_listen.is_none() => {
+                    bail!("internal_listen is required on a placement member")
+                }
+                Some(_) => {}
+            }
+        }
+        if self.lease_ms < 300 || self.lease_ms > 600_000 {
+            bail!(
+                "lease_ms must be between 300 and 600000, got {}",
+                self.lease_ms
+            );
+        }
+        if self.max_clock_offset_ms.saturating_mul(2) >= self.lease_ms {
+            bail!(
+                "max_clock_offset_ms {} must be less than half of lease_ms {}",
+                self.max_clock_offset_ms,
+                self.lease_ms
+            );
+        }
         if !(100..=60_000).contains(&self.replication_wait_ms) {
             bail!(
                 "replication_wait_ms must be between 100 and 60000, got {}",
@@ -176,9 +230,14 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// The static shard map over this DC and `remote_dcs`.
-    pub fn placement(&self) -> crate::placement::StaticPlacement {
-        crate::placement::StaticPlacement::new(
+    /// Whether the deployment spans several DCs (and so has a placement group and leases).
+    pub fn multi_dc(&self) -> bool {
+        !self.remote_dcs.is_empty()
+    }
+
+    /// The initial shard map over this DC and `remote_dcs`.
+    pub fn initial_map(&self) -> crate::placement::ShardMap {
+        crate::placement::ShardMap::initial(
             std::iter::once(self.dc.clone()).chain(self.remote_dcs.keys().cloned()),
             self.shard_count,
         )

@@ -21,7 +21,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use coopr_raft::{RaftHandle, StateMachine, WriteError};
 use coopr_state::{
     decode_entry, decode_parts, encode_entry, encode_parts, Command, CommandError, CommandResult,
-    Entry, State,
+    Entry, Fence, State,
 };
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -36,6 +36,10 @@ pub enum ProposeError {
     NoQuorum { waited_ms: u64 },
     #[error("the log is not writable: {0}")]
     Storage(String),
+    /// This DC may not write the shard now (lease, ownership, epoch or handover; see
+    /// `crate::placement::lease`): the client retries, at the owner.
+    #[error("{0}")]
+    Fenced(coopr_placement::Fenced),
 }
 
 /// The state machine of the DC log: the coopr [`State`], shared with the readers.
@@ -146,10 +150,12 @@ impl Core {
         &self,
         command: Command,
         idempotency_key: Option<String>,
+        fence: Option<Fence>,
     ) -> Result<CommandResult, ProposeError> {
         let entry = Entry {
             now_ms: now_ms(),
             idempotency_key,
+            fence,
             command,
         };
         let started = Instant::now();

@@ -81,7 +81,7 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             .next_deadline()
             .is_some_and(|d| d <= now_ms());
         if due {
-            match app.core.propose(Command::ExpireTasks, None).await {
+            match app.propose(Command::ExpireTasks, None).await {
                 Ok(Ok(outcome)) => tracing::debug!(?outcome, "expired tasks"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "expire rejected"),
                 Err(e) => tracing::warn!(error = %e, "expire not written"),
@@ -101,11 +101,9 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         for id in dead {
             tracing::warn!(provisioner = %id, "provisioner missed its heartbeats; releasing its tasks");
             let released = app
-                .core
                 .propose(Command::ReleaseProvisioner { id: id.clone() }, None)
                 .await;
             let removed = app
-                .core
                 .propose(Command::UnregisterProvisioner { id: id.clone() }, None)
                 .await;
             if matches!((&released, &removed), (Ok(Ok(_)), Ok(Ok(_)))) {

@@ -28,7 +28,7 @@ pub mod seed;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -39,9 +39,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::{Member, ServerConfig};
+pub use crate::config::{Member, PlacementMember, ServerConfig};
 use crate::core::Core;
-use crate::placement::StaticPlacement;
+use crate::placement::group::PlacementGroup;
+use crate::placement::lease::Held;
+use crate::placement::ShardMap;
 
 /// Everything a request handler needs.
 pub struct App {
@@ -50,16 +52,20 @@ pub struct App {
     pub metrics: PrometheusHandle,
     heartbeats: Mutex<HashMap<String, Instant>>,
     next_shard: AtomicU32,
+    /// This node's copy of the shard map (see [`placement`]).
+    map: RwLock<Arc<ShardMap>>,
+    /// The lease this node holds while it leads a DC of a multi-DC deployment.
+    pub lease: Mutex<Option<Held>>,
+    /// The placement group's state as last fetched (leases, history), for the admin API.
+    placement_state: Mutex<Option<coopr_placement::PlacementState>>,
+    /// This node's voter of the placement group, if it is one.
+    pub placement_group: Option<Arc<PlacementGroup>>,
     /// Since when this node leads the DC log (the job engine runs only then).
     pub leader_since: Mutex<Option<Instant>>,
     /// Client used to forward requests to the leader.
     pub forwarder: reqwest::Client,
     /// Take proposals not yet answered (so idle polls do not race for the same task).
     pub takes_in_flight: std::sync::atomic::AtomicUsize,
-    /// Which DC owns which shard (static: from the configured DCs).
-    pub placement: StaticPlacement,
-    /// The cluster shards this DC owns: where it creates clusters.
-    owned_cluster_shards: Vec<ShardId>,
     /// What the replication streams and pulls know (leader only).
     pub replication: replication::Progress,
     /// Becomes true when the node stops (ends long polls).
@@ -75,7 +81,8 @@ impl App {
     /// The shard a new cluster goes to: round-robin over the cluster shards this DC owns;
     /// `None` when it owns none (more DCs than shards).
     pub fn pick_shard(&self) -> Option<ShardId> {
-        let owned = &self.owned_cluster_shards;
+        let map = self.placement();
+        let owned: Vec<ShardId> = map.cluster_shards_owned_by(&self.config.dc).collect();
         if owned.is_empty() {
             return None;
         }
@@ -85,7 +92,37 @@ impl App {
 
     /// Whether this DC owns `shard` (writes it); otherwise it holds a replica copy.
     pub fn owns(&self, shard: ShardId) -> bool {
-        self.placement.owner(shard) == self.config.dc
+        self.placement().owner(shard) == self.config.dc
+    }
+
+    /// This node's current copy of the shard map.
+    pub fn placement(&self) -> Arc<ShardMap> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the shard map; `change` says whether it changed anything.
+    pub fn update_map(&self, change: impl FnOnce(&mut ShardMap) -> bool) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = (**map).clone();
+        if change(&mut next) {
+            tracing::info!("shard map changed");
+            *map = Arc::new(next);
+        }
+    }
+
+    /// The placement group's state as last fetched (`None` with one DC or before the first).
+    pub fn placement_state(&self) -> Option<coopr_placement::PlacementState> {
+        self.placement_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_placement_state(&self, state: coopr_placement::PlacementState) {
+        *self
+            .placement_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(state);
     }
 
     /// Tenants, API keys and catalogs as this DC reads them (see [`coopr_state::State::global_view`]):
@@ -166,7 +203,7 @@ impl App {
         if !self.config.remote_dcs.is_empty() {
             replication::refresh_gauges(
                 &self.config.dc,
-                &self.placement,
+                &self.placement(),
                 &state,
                 &self.replication,
                 core::now_ms(),
@@ -254,6 +291,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         .context("cannot start the DC log")?;
     let (shutdown, stop) = watch::channel(false);
     let mut tasks = Vec::new();
+    let placement_group = match config.placement_node_id {
+        Some(_) => Some(PlacementGroup::start(&config).await?),
+        None => None,
+    };
 
     let internal_addr = match &config.internal_listen {
         Some(addr) => {
@@ -261,26 +302,32 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr()?;
-            tasks.push(serve(
-                listener,
-                coopr_raft::router(raft.clone()),
-                stop.clone(),
-            ));
+            let mut router = coopr_raft::router(raft.clone());
+            if let Some(group) = &placement_group {
+                router = router.merge(group.router());
+            }
+            tasks.push(serve(listener, router, stop.clone()));
             Some(local)
         }
         None => None,
     };
+    if let Some(group) = &placement_group {
+        tasks.push(tokio::spawn(group.clone().initialize(stop.clone())));
+        let tick = Duration::from_millis(config.lease_ms / 3);
+        tasks.push(tokio::spawn(group.clone().run(tick, stop.clone())));
+    }
     let core = Core::new(parts, raft.clone());
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let placement = config.placement();
-    let owned_cluster_shards = placement.cluster_shards_owned_by(&config.dc).collect();
+    let map = RwLock::new(Arc::new(config.initial_map()));
     let app = Arc::new(App {
         core,
-        placement,
-        owned_cluster_shards,
+        map,
+        lease: Mutex::new(None),
+        placement_state: Mutex::new(None),
+        placement_group,
         replication: replication::Progress::default(),
         stopping: stop.clone(),
         metrics: metrics_handle(),
@@ -302,9 +349,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         let mut leader = raft.watch_leader();
         let _ =
             tokio::time::timeout(SINGLE_NODE_ELECTION_WAIT, leader.wait_for(|l| l.is_some())).await;
-        if raft.is_leader() {
+        // With other DCs, writing waits for the lease (the driver takes up leadership then).
+        if raft.is_leader() && !app.config.multi_dc() {
             driver::become_leader(&app).await?;
         }
+    }
+    if app.config.multi_dc() {
+        tasks.push(tokio::spawn(placement::lease::run(
+            app.clone(),
+            stop.clone(),
+        )));
     }
     tasks.push(tokio::spawn(driver::run(app.clone(), stop.clone())));
     tasks.extend(replication::puller::spawn(&app, &stop));

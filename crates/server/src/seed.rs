@@ -35,14 +35,13 @@ fn tenant(name: &str) -> Tenant {
 
 async fn ensure_tenant(app: &App, name: &str) -> anyhow::Result<()> {
     if !app.core.read().global.tenants.contains_key(name) {
-        app.core
-            .propose(
-                Command::PutTenant {
-                    tenant: tenant(name),
-                },
-                None,
-            )
-            .await??;
+        app.propose(
+            Command::PutTenant {
+                tenant: tenant(name),
+            },
+            None,
+        )
+        .await??;
     }
     Ok(())
 }
@@ -55,8 +54,7 @@ async fn ensure_key(app: &App, tenant: &str, user: Option<&str>, key: &str) -> a
             user: user.map(str::to_string),
             key_sha256: hash,
         };
-        app.core
-            .propose(Command::PutApiKey { key: record }, None)
+        app.propose(Command::PutApiKey { key: record }, None)
             .await??;
     }
     Ok(())
@@ -77,15 +75,14 @@ async fn ensure_catalog(app: &App, tenant: &str) -> anyhow::Result<()> {
         serde_json::from_str(EXAMPLE_CATALOG).context("example catalog is not JSON")?;
     let entities =
         validate_import(&body).map_err(|e| anyhow::anyhow!("example catalog: {}", e.message))?;
-    app.core
-        .propose(
-            Command::ImportCatalog {
-                tenant: tenant.to_string(),
-                entities,
-            },
-            None,
-        )
-        .await??;
+    app.propose(
+        Command::ImportCatalog {
+            tenant: tenant.to_string(),
+            entities,
+        },
+        None,
+    )
+    .await??;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{wait_for, Auth, Client, TestServer, Worker};
-use coopr_server::{Member, ServerConfig};
+use coopr_server::{Member, PlacementMember, ServerConfig};
 use serde_json::{json, Value};
 
 const SECRET: &str = "replication-test-secret-0123";
@@ -51,19 +51,36 @@ impl Deployment {
     /// Three single-node DCs that know each other, with config tweaks.
     async fn start_with(tweak: impl Fn(&mut ServerConfig)) -> Deployment {
         let ports: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
+        let internal: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
         let member = |dc: &str| Member {
             node: format!("{dc}1"),
             api: format!("http://127.0.0.1:{}", ports[dc]),
-            internal: "http://127.0.0.1:1".into(),
+            internal: format!("http://127.0.0.1:{}", internal[dc]),
         };
+        // Each DC's node is a voter of the placement group (ids 1, 2, 3).
+        let placement_members: BTreeMap<u64, PlacementMember> = (1u64..)
+            .zip(DCS)
+            .map(|(id, dc)| {
+                (
+                    id,
+                    PlacementMember {
+                        dc: dc.into(),
+                        internal: member(dc).internal,
+                    },
+                )
+            })
+            .collect();
         let mut dcs = BTreeMap::new();
         let mut dirs = Vec::new();
-        for dc in DCS {
+        for (placement_id, dc) in (1u64..).zip(DCS) {
             let dir = tempfile::tempdir().expect("tempdir");
             let config = ServerConfig {
                 dc: dc.into(),
                 node: format!("{dc}1"),
                 listen: format!("127.0.0.1:{}", ports[dc]),
+                internal_listen: Some(format!("127.0.0.1:{}", internal[dc])),
+                placement_members: placement_members.clone(),
+                placement_node_id: Some(placement_id),
                 shard_count: SHARDS,
                 secret: Some(SECRET.into()),
                 remote_dcs: DCS
@@ -708,5 +725,66 @@ async fn outboxes_are_trimmed_once_every_replica_caught_up() {
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
     assert_eq!(outbox_len(a, ShardId::GLOBAL), 1, "c never acknowledged it");
+    deployment.stop().await;
+}
+
+/// Fencing: a DC cut off from the placement group's majority cannot renew its lease, so it
+/// stops acknowledging writes (503 `lease_expired`, retryable) no later than one lease after
+/// its last renewal, while it keeps serving reads from its copy. Its `/ready` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dc_without_a_placement_majority_stops_acknowledging_writes() {
+    const LEASE_MS: u64 = 900;
+    let mut deployment = Deployment::start_with(|c| {
+        c.lease_ms = LEASE_MS;
+        c.max_clock_offset_ms = 100;
+    })
+    .await;
+    let id = deployment.dc("a").create_cluster("base", 1).await;
+    tracing::info!("--- stop b and c: a's placement voter is alone");
+    for dc in ["b", "c"] {
+        let server = deployment.dcs.remove(dc).expect("running");
+        server.stop().await;
+    }
+    let stopped = std::time::Instant::now();
+    let a = deployment.dc("a");
+    // A create through the raw HTTP client (the test client treats 5xx as a failure).
+    let create = || async {
+        let reply = reqwest::Client::new()
+            .post(format!("{}/v2/clusters", a.base))
+            .header("Coopr-UserID", "demo")
+            .header("Coopr-TenantID", "demo")
+            .header("Coopr-ApiKey", "demo-key")
+            .json(&json!({"name": "late", "clusterTemplate": "base", "numMachines": 1}))
+            .send()
+            .await
+            .expect("a answers");
+        let status = reply.status().as_u16();
+        let retry_after = reply.headers().contains_key("retry-after");
+        let body: Value = reply.json().await.unwrap_or(Value::Null);
+        (status, retry_after, body)
+    };
+    let refused = wait_for("a to refuse writes", || async {
+        let answer = create().await;
+        (answer.0 == 503).then_some(answer)
+    })
+    .await;
+    let waited = stopped.elapsed();
+    let (_, retry_after, body) = &refused;
+    assert_eq!(body["code"], "lease_expired", "{body}");
+    assert!(retry_after, "{body}");
+    // The last renewal was sent at most lease/3 before the stop (plus a renewal's timeout).
+    assert!(
+        waited.as_millis() < u128::from(LEASE_MS * 3),
+        "writes were acknowledged {waited:?} after the majority went away"
+    );
+    // Writes stay refused; reads are still served.
+    assert_eq!(create().await.0, 503);
+    a.get(&format!("/v2/clusters/{id}"), &Auth::Demo)
+        .await
+        .assert_ok();
+    let ready = reqwest::get(format!("{}/ready", a.base))
+        .await
+        .expect("ready answers");
+    assert_eq!(ready.status(), 503);
     deployment.stop().await;
 }

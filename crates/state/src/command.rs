@@ -22,7 +22,20 @@ pub struct Entry {
     /// `Idempotency-Key` scope + key: a second entry with the same key returns the first outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The shard the command writes and the ownership epoch the proposer held it at (every
+    /// write of a multi-DC deployment that names one shard carries it). An entry whose epoch
+    /// is not the shard's current one is refused before anything else (see
+    /// [`crate::State::apply`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<Fence>,
     pub command: Command,
+}
+
+/// `(shard, epoch)`: the ownership a write was proposed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub shard: ShardId,
+    pub epoch: u64,
 }
 
 /// A node as the layout solver placed it.

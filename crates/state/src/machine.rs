@@ -38,6 +38,8 @@ use crate::CommandError;
 
 /// Idempotency keys remembered (oldest forgotten first).
 pub const IDEMPOTENCY_CAPACITY: usize = 100_000;
+/// The error code of a write refused because it was proposed under another ownership epoch.
+pub const STALE_EPOCH: &str = "stale_epoch";
 
 /// Versions of one catalog entity, by version number.
 pub type Versions = BTreeMap<u32, Value>;
@@ -352,6 +354,22 @@ impl State {
 
     /// Applies one entry. Rejected commands change nothing.
     pub fn apply(&mut self, entry: &Entry) -> CommandResult {
+        // A write proposed under another ownership epoch changes nothing and is not remembered
+        // under its idempotency key: the client retries it at the shard's current owner.
+        if let Some(fence) = entry.fence {
+            let epoch = self.shard_epoch(fence.shard);
+            if epoch != Some(fence.epoch) {
+                return Err(CommandError::conflict(
+                    STALE_EPOCH,
+                    format!(
+                        "shard {} is at epoch {} here, the write was proposed at epoch {}",
+                        fence.shard,
+                        epoch.map_or_else(|| "none".to_string(), |e| e.to_string()),
+                        fence.epoch
+                    ),
+                ));
+            }
+        }
         if let Some(key) = &entry.idempotency_key {
             if let Some(previous) = self.local.idempotency.get(key) {
                 return previous.clone();
@@ -369,6 +387,14 @@ impl State {
             }
         }
         result
+    }
+
+    /// The ownership epoch of a shard this DC writes: its outbox's epoch (`None`: no such shard).
+    pub fn shard_epoch(&self, shard: ShardId) -> Option<u64> {
+        if shard.is_global() {
+            return Some(self.global.replication.epoch);
+        }
+        self.shards.get(&shard).map(|s| s.replication.epoch)
     }
 
     fn apply_command(&mut self, command: &Command, now: u64) -> CommandResult {

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use coopr_state::{
-    encode_entry, recover, snapshot_of, Command, CommandError, CommandResult, Entry, Outcome,
-    State, TaskResult,
+    encode_entry, recover, snapshot_of, Command, CommandError, CommandResult, Entry, Fence,
+    Outcome, State, TaskResult, STALE_EPOCH,
 };
 use coopr_store::{LogStore, MemStore};
 use coopr_types::{
@@ -45,6 +45,7 @@ impl Harness {
         let entry = Entry {
             now_ms: self.now_ms,
             idempotency_key: key.map(str::to_string),
+            fence: None,
             command,
         };
         let result = self.state.apply(&entry);
@@ -284,6 +285,40 @@ fn idempotency_key_replay_returns_first_outcome() {
     let third = h.apply_keyed(command, Some("acme/alice/k2")).unwrap();
     assert_ne!(first, third);
     assert_eq!(h.state.clusters().count(), 2);
+}
+
+/// A write carrying `(shard, epoch)` applies only at the shard's current epoch; at another one
+/// it is refused with `stale_epoch`, changes nothing and is not remembered under its key (a
+/// retry at the right owner must not get the refusal back).
+#[test]
+fn a_write_fenced_at_another_epoch_changes_nothing() {
+    let mut h = Harness::new(4);
+    let command = Command::CreateCluster {
+        shard: ShardId(2),
+        spec: Box::new(spec(&h.state, "base", 1, &[])),
+    };
+    assert_eq!(h.state.shard_epoch(ShardId(2)), Some(1));
+    let fenced = |epoch: u64| Entry {
+        now_ms: 1_000,
+        idempotency_key: Some("acme/alice/f1".into()),
+        fence: Some(Fence {
+            shard: ShardId(2),
+            epoch,
+        }),
+        command: command.clone(),
+    };
+    let before = h.parts();
+    match h.state.apply(&fenced(2)) {
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, STALE_EPOCH),
+        other => panic!("expected stale_epoch, got {other:?}"),
+    }
+    assert_eq!(h.parts(), before, "a stale write changes nothing");
+    assert_eq!(h.state.idempotent_outcome("acme/alice/f1"), None);
+    assert!(matches!(
+        h.state.apply(&fenced(1)),
+        Ok(Outcome::ClusterCreated { .. })
+    ));
+    assert_eq!(h.state.clusters().count(), 1);
 }
 
 /// A task that fails three times fails its job; a failed create leaves the cluster INCOMPLETE

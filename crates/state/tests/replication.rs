@@ -54,6 +54,7 @@ impl Owner {
         let entry = Entry {
             now_ms: self.now_ms,
             idempotency_key: key.map(str::to_string),
+            fence: None,
             command,
         };
         let before = self.last_seqs();
@@ -526,6 +527,7 @@ fn apply_batch_command_is_exactly_once() {
         state.apply(&Entry {
             now_ms: 1,
             idempotency_key: None,
+            fence: None,
             command: Command::ApplyReplicationBatch {
                 from_dc: from_dc.into(),
                 shard: ShardId(1),
@@ -751,6 +753,7 @@ fn snapshot_keeps_outboxes_epochs_and_watermarks() {
         dc_b.apply(&Entry {
             now_ms: 1,
             idempotency_key: None,
+            fence: None,
             command: Command::ApplyReplicationBatch {
                 from_dc: "dc-a".into(),
                 shard,
@@ -795,6 +798,7 @@ fn snapshot_keeps_outboxes_epochs_and_watermarks() {
         .apply(&Entry {
             now_ms: 2,
             idempotency_key: None,
+            fence: None,
             command: Command::SetExpireTime {
                 cluster: id,
                 expire_time: 9,

@@ -155,7 +155,7 @@ async fn write(
     if let Some(previous) = app.previous_outcome(key.as_deref()) {
         return answer(previous);
     }
-    answer(app.core.propose(command, key).await?)
+    answer(app.propose(command, key).await?)
 }
 
 async fn create(

@@ -339,7 +339,6 @@ async fn create(
         ));
     };
     let outcome = app
-        .core
         .propose(
             Command::CreateCluster {
                 shard,
@@ -479,7 +478,7 @@ async fn cluster_command(
         return answer(previous);
     }
     let command = with_cluster(app, caller, id, build)?;
-    answer(app.core.propose(command, key).await?)
+    answer(app.propose(command, key).await?)
 }
 
 #[derive(Deserialize, Default)]

@@ -67,6 +67,7 @@ impl From<ProposeError> for ApiError {
             ProposeError::NotLeader { .. } => "not_leader",
             ProposeError::NoQuorum { .. } => "no_quorum",
             ProposeError::Storage(_) => "unavailable",
+            ProposeError::Fenced(ref fenced) => fenced.code(),
         };
         let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string());
         err.retry_after_s = Some(1);

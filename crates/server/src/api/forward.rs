@@ -106,8 +106,7 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
                 ),
             );
         }
-        let owner = app.placement.owner(ShardId::GLOBAL).to_string();
-        return forward_to_dc(&app, &owner, req).await;
+        return forward_to_owner(&app, ShardId::GLOBAL, req).await;
     }
     let mut staleness = None;
     if let Some((id, sub)) = cluster {
@@ -128,8 +127,7 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
                     ),
                 );
             }
-            let owner = app.placement.owner(shard).to_string();
-            return forward_to_dc(&app, &owner, req).await;
+            return forward_to_owner(&app, shard, req).await;
         }
         if is_read {
             staleness = Some(0);
@@ -294,9 +292,57 @@ async fn forward(app: &App, base: &str, req: Request) -> Response {
     }
 }
 
-/// Whether a 503 says the request was certainly not applied (so that sending a write without
-/// an `Idempotency-Key` to another node cannot apply it twice); the response is given back.
-async fn not_applied(response: Response) -> (Response, bool) {
+/// Whether a 503's code says the request was certainly not applied (so that sending a write
+/// without an `Idempotency-Key` to another node cannot apply it twice).
+fn not_applied(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("no_leader" | "not_leader" | "leader_unreachable" | "not_owner")
+    )
+}
+
+/// Codes of a 503 by which a DC says it may not write the shard (fencing): the map the
+/// request was routed by is stale. The write was not applied.
+const FENCED_CODES: [&str; 4] = ["not_owner", "stale_epoch", "handing_over", "unknown_shard"];
+
+/// How many times a request follows a changed owner before giving up.
+const MAX_OWNER_CHANGES: usize = 3;
+
+/// Forwards a request to the DC that owns `shard` in this node's map. If that DC refuses it by
+/// fencing (it lost the shard), the map is refreshed from the placement group and the request
+/// goes to the new owner, transparently to the client.
+async fn forward_to_owner(app: &App, shard: ShardId, req: Request) -> Response {
+    let (parts, body) = match buffered(req).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let mut owner = app.placement().owner(shard).to_string();
+    let mut attempt = 0;
+    loop {
+        let response = forward_to_dc(app, &owner, &parts, body.clone()).await;
+        if response.status() != StatusCode::SERVICE_UNAVAILABLE || attempt >= MAX_OWNER_CHANGES {
+            return response;
+        }
+        let (response, code) = error_code(response).await;
+        if !code.as_deref().is_some_and(|c| FENCED_CODES.contains(&c)) {
+            return response;
+        }
+        crate::placement::lease::refresh_now(app).await;
+        let current = app.placement().owner(shard).to_string();
+        if current == owner || current == app.config.dc {
+            // Nothing newer known (or the shard moved here: the client retries and is served
+            // locally).
+            return response;
+        }
+        tracing::info!(%shard, from = %owner, to = %current, "owner changed; forwarding to the new owner");
+        metrics::counter!("coopr_forwards_rerouted_total").increment(1);
+        owner = current;
+        attempt += 1;
+    }
+}
+
+/// The `code` of an error response, and the response given back.
+async fn error_code(response: Response) -> (Response, Option<String>) {
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
@@ -304,28 +350,19 @@ async fn not_applied(response: Response) -> (Response, bool) {
     let code = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
         .and_then(|v| v["code"].as_str().map(str::to_string));
-    let safe = matches!(
-        code.as_deref(),
-        Some("no_leader" | "not_leader" | "leader_unreachable" | "not_owner")
-    );
-    (Response::from_parts(parts, Body::from(bytes)), safe)
+    (Response::from_parts(parts, Body::from(bytes)), code)
 }
 
-/// Forwards a request to the DC that owns the cluster: its nodes in turn while they cannot be
-/// reached or answer 503 (the receiver forwards to its own leader itself). A request that may
-/// have been applied (no answer after connecting, or a 503 other than "no leader here") is
-/// sent again only when repeating it is safe (a read, or a write carrying an
-/// `Idempotency-Key`).
-async fn forward_to_dc(app: &App, dc: &str, req: Request) -> Response {
+/// Forwards a request to a DC: its nodes in turn while they cannot be reached or answer 503
+/// (the receiver forwards to its own leader itself). A request that may have been applied (no
+/// answer after connecting, or a 503 other than "no leader here") is sent again only when
+/// repeating it is safe (a read, or a write carrying an `Idempotency-Key`).
+async fn forward_to_dc(app: &App, dc: &str, parts: &Parts, body: Bytes) -> Response {
     let Some(nodes) = app.config.remote_dcs.get(dc) else {
         return unavailable(
             "owner_unknown",
             format!("datacenter {dc} owns the shard but its nodes are not configured"),
         );
-    };
-    let (parts, body) = match buffered(req).await {
-        Ok(r) => r,
-        Err(response) => return response,
     };
     let repeatable = matches!(parts.method, Method::GET | Method::HEAD)
         || parts.headers.contains_key("idempotency-key");
@@ -333,13 +370,14 @@ async fn forward_to_dc(app: &App, dc: &str, req: Request) -> Response {
     let mut last_error = String::from("no node answered");
     for node in nodes {
         let mark = (FORWARDED_DC_HEADER, app.config.dc.as_str());
-        match send(app, &node.api, &parts, body.clone(), mark).await {
+        match send(app, &node.api, parts, body.clone(), mark).await {
             Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                let (response, retry) = if repeatable {
-                    (response, true)
-                } else {
-                    not_applied(response).await
-                };
+                let (response, code) = error_code(response).await;
+                if code.as_deref().is_some_and(|c| FENCED_CODES.contains(&c)) {
+                    // The DC itself refused the shard: its other nodes would too.
+                    return response;
+                }
+                let retry = repeatable || not_applied(code.as_deref());
                 if !retry {
                     return response;
                 }

@@ -129,20 +129,28 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "last_applied": raft.last_applied,
         "last_log_index": raft.last_log_index,
         "snapshot_index": raft.snapshot_index,
+        "placement": app.placement_group.as_ref().map(|group| {
+            let status = group.raft().status();
+            json!({"node_id": status.node_id, "role": status.role, "leader_id": status.leader,
+                   "term": status.term})
+        }),
     }))
 }
 
-/// 200 only while the node's DC log has a leader and the node has applied the first-start
-/// seeding (so authenticated requests work), for load balancers.
+/// 200 only while the node's DC log has a leader, the node has applied the first-start
+/// seeding (so authenticated requests work) and, on the leader of a multi-DC deployment, its
+/// DC holds a valid lease (so it can acknowledge writes), for load balancers.
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let raft = app.core.raft().status();
     let seeded = app
         .global(&app.core.read())
         .tenants
         .contains_key(extract::SUPERADMIN);
-    let ready = raft.leader.is_some() && seeded;
+    // A leader of a multi-DC deployment acknowledges writes only under a valid lease.
+    let leased = !app.core.raft().is_leader() || app.has_valid_lease();
+    let ready = raft.leader.is_some() && seeded && leased;
     let body = json!({"ready": ready, "dc": app.config.dc, "node": app.config.node,
-                      "leader_id": raft.leader, "seeded": seeded});
+                      "leader_id": raft.leader, "seeded": seeded, "lease": leased});
     let status = if ready {
         StatusCode::OK
     } else {

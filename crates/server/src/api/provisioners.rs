@@ -76,15 +76,13 @@ async fn register(
     // lost with it, so they are retried now rather than when their timeout runs out.
     let holds_tasks = app.core.read().tasks_held_by(&id) > 0;
     if holds_tasks {
-        app.core
-            .propose(Command::ReleaseProvisioner { id: id.clone() }, None)
+        app.propose(Command::ReleaseProvisioner { id: id.clone() }, None)
             .await??;
     }
     if app.core.read().local.provisioners.get(&id) == Some(&info) {
         return Ok(StatusCode::OK.into_response());
     }
-    app.core
-        .propose(Command::RegisterProvisioner { info }, None)
+    app.propose(Command::RegisterProvisioner { info }, None)
         .await??;
     Ok(StatusCode::OK.into_response())
 }
@@ -94,11 +92,9 @@ async fn unregister(
     _: ProvisionerAuth,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    app.core
-        .propose(Command::ReleaseProvisioner { id: id.clone() }, None)
+    app.propose(Command::ReleaseProvisioner { id: id.clone() }, None)
         .await??;
-    app.core
-        .propose(Command::UnregisterProvisioner { id: id.clone() }, None)
+    app.propose(Command::UnregisterProvisioner { id: id.clone() }, None)
         .await??;
     app.forget_provisioner(&id);
     Ok(StatusCode::OK.into_response())
@@ -167,7 +163,7 @@ async fn take(
     };
     let Outcome::TaskTaken {
         task: Some(task_id),
-    } = app.core.propose(command, None).await??
+    } = app.propose(command, None).await??
     else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -247,8 +243,7 @@ async fn finish(
         ipaddresses: body.ipaddresses,
         result: body.result.unwrap_or_default(),
     };
-    app.core
-        .propose(Command::FinishTask(Box::new(result)), None)
+    app.propose(Command::FinishTask(Box::new(result)), None)
         .await??;
     Ok(StatusCode::OK.into_response())
 }

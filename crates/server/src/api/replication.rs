@@ -48,22 +48,44 @@ fn parse_shard(app: &App, text: &str) -> ApiResult<ShardId> {
 
 async fn shards(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
-    let placement = &app.placement;
+    let placement = app.placement();
+    let state = app.placement_state();
     let shards: Vec<Value> = placement
         .shards()
         .map(|s| {
+            let entry = placement.entry(s);
             json!({
                 "shard": s.to_string(),
-                "owner": placement.owner(s),
-                "replicas": placement.replicas(s).collect::<Vec<_>>(),
+                "owner": entry.owner,
+                "replicas": entry.replicas,
+                "epoch": entry.epoch,
+                "status": entry.status,
             })
         })
         .collect();
+    let leases: Value = state
+        .as_ref()
+        .map(|s| json!(s.leases().values().collect::<Vec<_>>()))
+        .unwrap_or(Value::Null);
+    let history: Value = state
+        .as_ref()
+        .map(|s| json!(s.history().collect::<Vec<_>>()))
+        .unwrap_or_else(|| json!([]));
+    let lease = app.held_lease().map(|held| {
+        json!({
+            "sequence": held.lease.grant.sequence,
+            "valid": held.lease.is_valid(crate::placement::group::mono_ms()),
+            "owned": held.lease.grant.owned,
+        })
+    });
     Ok(Json(json!({
         "dc": app.config.dc,
         "dcs": placement.dcs(),
         "shard_count": placement.shard_count(),
         "shards": shards,
+        "leases": leases,
+        "history": history,
+        "lease": lease,
     })))
 }
 
@@ -71,19 +93,10 @@ async fn replication(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<J
     caller.require_superadmin()?;
     let now = now_ms();
     let state = app.core.read();
-    let shards: Vec<Value> = app
-        .placement
+    let placement = app.placement();
+    let shards: Vec<Value> = placement
         .shards()
-        .map(|s| {
-            shard_report(
-                &app.config.dc,
-                &app.placement,
-                &state,
-                &app.replication,
-                s,
-                now,
-            )
-        })
+        .map(|s| shard_report(&app.config.dc, &placement, &state, &app.replication, s, now))
         .collect();
     Ok(Json(json!({
         "dc": app.config.dc,
@@ -100,7 +113,8 @@ async fn view(
 ) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
     let shard = parse_shard(&app, &shard)?;
-    let owner = app.placement.owner(shard);
+    let placement = app.placement();
+    let owner = placement.owner(shard);
     let state = app.core.read();
     let (role, position, view) = if owner == app.config.dc {
         let position = state

@@ -120,7 +120,7 @@ async fn create(
     }
     let tenant = to_tenant(req.tenant, crate::new_id())?;
     let name = tenant.name.clone();
-    let result = app.core.propose(Command::PutTenant { tenant }, key).await?;
+    let result = app.propose(Command::PutTenant { tenant }, key).await?;
     if req.bootstrap && result.is_ok() {
         let entities = {
             let state = app.core.read();
@@ -135,15 +135,14 @@ async fn create(
                 .map(|k| (k, source.list(k).into_iter().cloned().collect()))
                 .collect()
         };
-        app.core
-            .propose(
-                Command::ImportCatalog {
-                    tenant: name,
-                    entities,
-                },
-                None,
-            )
-            .await??;
+        app.propose(
+            Command::ImportCatalog {
+                tenant: name,
+                entities,
+            },
+            None,
+        )
+        .await??;
     }
     answer(result)
 }
@@ -164,7 +163,7 @@ async fn put(
     }
     let tenant = to_tenant(req.tenant, crate::new_id())?;
     let key = caller.idempotency_scope(idempotency);
-    answer(app.core.propose(Command::PutTenant { tenant }, key).await?)
+    answer(app.propose(Command::PutTenant { tenant }, key).await?)
 }
 
 async fn delete(
@@ -180,11 +179,7 @@ async fn delete(
         ));
     }
     let key = caller.idempotency_scope(idempotency);
-    answer(
-        app.core
-            .propose(Command::DeleteTenant { name }, key)
-            .await?,
-    )
+    answer(app.propose(Command::DeleteTenant { name }, key).await?)
 }
 
 #[derive(Deserialize, Default)]
@@ -218,8 +213,7 @@ async fn create_key(
         user: req.user,
         key_sha256: hash_api_key(&key),
     };
-    app.core
-        .propose(Command::PutApiKey { key: record }, None)
+    app.propose(Command::PutApiKey { key: record }, None)
         .await??;
     Ok(Json(json!({ "key": key })))
 }

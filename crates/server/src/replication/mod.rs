@@ -40,7 +40,7 @@ use coopr_types::ShardId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::placement::StaticPlacement;
+use crate::placement::ShardMap;
 
 /// The owner's pull endpoint, on the API port.
 pub const PULL_PATH: &str = "/internal/replication/pull";
@@ -192,7 +192,7 @@ impl Progress {
     /// The position every replica DC of `shard` reported having applied: the lowest of their
     /// latest cursors. `None` while a replica has not reported one (never trim past a replica
     /// that did not say where it is).
-    pub fn acknowledged(&self, placement: &StaticPlacement, shard: ShardId) -> Option<Position> {
+    pub fn acknowledged(&self, placement: &ShardMap, shard: ShardId) -> Option<Position> {
         let reported = self.reported.lock().ok()?;
         let mut lowest: Option<Position> = None;
         for replica in placement.replicas(shard) {
@@ -258,7 +258,7 @@ pub fn staleness_ms(state: &State, progress: &Progress, shard: ShardId, now_ms: 
 /// One shard's replication status as this DC sees it (see `GET /v2/admin/replication`).
 pub fn shard_report(
     dc: &str,
-    placement: &StaticPlacement,
+    placement: &ShardMap,
     state: &State,
     progress: &Progress,
     shard: ShardId,
@@ -321,7 +321,7 @@ pub fn shard_report(
 /// Sets the replication gauges: per DC aggregates only (shards would multiply the series).
 pub fn refresh_gauges(
     dc: &str,
-    placement: &StaticPlacement,
+    placement: &ShardMap,
     state: &State,
     progress: &Progress,
     now_ms: u64,
@@ -418,7 +418,7 @@ mod tests {
         assert_eq!(trim_point(&outbox, at(2)), None, "nothing left to remove");
         assert_eq!(trim_point(&outbox, at(3)), Some(3));
 
-        let placement = StaticPlacement::new(["a", "b", "c"].map(String::from), 3);
+        let placement = ShardMap::initial(["a", "b", "c"].map(String::from), 3);
         let progress = Progress::default();
         let shard = ShardId(0); // owned by a, replicated by b and c
         assert_eq!(progress.acknowledged(&placement, shard), None);

@@ -34,7 +34,7 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 /// Compares in time independent of where the first difference is.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()
@@ -76,7 +76,7 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let placement = &app.placement;
+    let placement = app.placement();
     if request.dc == app.config.dc || !placement.dcs().contains(&request.dc) {
         return ApiError::forbidden(format!(
             "{:?} is not a replica DC of this deployment",
@@ -158,18 +158,18 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
 pub async fn trim_outboxes(app: &App) {
     let trims: Vec<_> = {
         let state = app.core.read();
-        app.placement
+        let placement = app.placement();
+        placement
             .owned_by(&app.config.dc)
             .filter_map(|shard| {
                 let outbox = state.outbox(shard)?;
-                let acked = app.replication.acknowledged(&app.placement, shard)?;
+                let acked = app.replication.acknowledged(&placement, shard)?;
                 Some((shard, trim_point(outbox, acked)?))
             })
             .collect()
     };
     for (shard, through_seq) in trims {
         match app
-            .core
             .propose(Command::TrimOutbox { shard, through_seq }, None)
             .await
         {

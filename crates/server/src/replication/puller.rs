@@ -34,19 +34,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Added to the long-poll wait for the HTTP timeout of a pull.
 const PULL_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 
-/// Starts one stream per DC that owns shards this DC replicates.
+/// Starts one stream per other DC; each pulls the shards that DC owns in the current map.
 pub fn spawn(app: &Arc<App>, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for (owner_dc, nodes) in &app.config.remote_dcs {
-        let shards: Vec<ShardId> = app.placement.owned_by(owner_dc).collect();
-        if shards.is_empty() {
-            continue;
-        }
         let stream = Stream {
             app: app.clone(),
             owner_dc: owner_dc.clone(),
             nodes: nodes.clone(),
-            shards,
         };
         tasks.push(tokio::spawn(stream.run(stop.clone())));
     }
@@ -65,7 +60,6 @@ struct Stream {
     app: Arc<App>,
     owner_dc: String,
     nodes: Vec<Member>,
-    shards: Vec<ShardId>,
 }
 
 impl Stream {
@@ -100,7 +94,7 @@ impl Stream {
                 continue;
             }
             if !leading {
-                tracing::info!(owner_dc = %self.owner_dc, shards = self.shards.len(), "replication stream running");
+                tracing::info!(owner_dc = %self.owner_dc, "replication stream running");
                 leading = true;
             }
             let cursors = self.cursors();
@@ -165,18 +159,16 @@ impl Stream {
         }
     }
 
-    /// The committed watermark of every shard of this owner whose stream runs.
+    /// The committed watermark of every shard this owner owns (in the current map) and this DC
+    /// replicates, whose stream runs.
     fn cursors(&self) -> BTreeMap<ShardId, Position> {
+        let map = self.app.placement();
+        let dc = self.app.config.dc.as_str();
         let state = self.app.core.read();
-        self.shards
-            .iter()
-            .filter(|s| !self.app.replication.is_stopped(**s))
-            .map(|s| {
-                (
-                    *s,
-                    state.replica(*s).map_or(Position::START, |r| r.watermark),
-                )
-            })
+        map.owned_by(&self.owner_dc)
+            .filter(|s| map.replicas(*s).any(|r| r == dc))
+            .filter(|s| !self.app.replication.is_stopped(*s))
+            .map(|s| (s, state.replica(s).map_or(Position::START, |r| r.watermark)))
             .collect()
     }
 
@@ -263,7 +255,7 @@ impl Stream {
                 shard,
                 records: batch.records,
             };
-            match self.app.core.propose(command, None).await? {
+            match self.app.propose(command, None).await? {
                 Ok(_) => {
                     metrics::counter!("coopr_replication_records_applied_total", "owner_dc" => self.owner_dc.clone())
                         .increment(count as u64);

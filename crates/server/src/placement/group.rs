@@ -1,0 +1,383 @@
+//! The placement group at run time: a second instance of the replicated state machine
+//! component (`coopr-raft`), spanning the DCs, whose application is
+//! [`coopr_placement::PlacementMachine`] (the shard map, DC leases, the ownership history).
+//!
+//! ```text
+//!  voter node (one per DC, + witness)            any DC leader (lease holder)
+//!  ─────────────────────────────────             ───────────────────────────
+//!  internal listener:                            every lease/3:
+//!    /placement/raft/*   Raft RPCs of the group    POST /internal/placement/renew {dc, watermarks}
+//!    /internal/placement/renew   ─┐ not leader?    ◀── LeaseGrant (owned shards + epochs, the map)
+//!    /internal/placement/state    │ forward once   GET /internal/placement/state (the whole map)
+//!    /internal/placement/command ─┘ to the leader
+//!  leader loop: bootstrap once; complete handovers whose target caught up
+//! ```
+//!
+//! Times in the placement log are the proposing leader's monotonic clock ([`mono_ms`]); a new
+//! placement leader remembers when it was elected so that the lease rules can tell its own
+//! grants from its predecessors' (see `coopr_placement::decide`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use coopr_placement::{
+    plan_handover_completions, Command, Dc, FrozenReport, Outcome, PlacementMachine, Position,
+    Rejected,
+};
+use coopr_raft::{RaftConfig, RaftHandle, RaftStores, WriteError};
+use coopr_types::ShardId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::api::error::ApiError;
+use crate::config::{PlacementMember, ServerConfig};
+use crate::replication::SECRET_HEADER;
+
+/// The Raft group name of the placement group.
+pub const GROUP: &str = "placement";
+/// Where the placement group's Raft RPCs are served on the internal listener.
+pub const RAFT_PREFIX: &str = "/placement";
+pub const RENEW_PATH: &str = "/internal/placement/renew";
+pub const STATE_PATH: &str = "/internal/placement/state";
+pub const COMMAND_PATH: &str = "/internal/placement/command";
+/// Marks a placement call forwarded to the placement leader (never forwarded twice).
+const FORWARDED_HEADER: &str = "coopr-placement-forwarded";
+
+/// Milliseconds on this process's monotonic clock (the lease clock).
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// A DC leader's lease renewal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub dc: String,
+    #[serde(with = "coopr_placement::ids::numeric_keys")]
+    pub watermarks: BTreeMap<ShardId, Position>,
+    #[serde(default, with = "coopr_placement::ids::numeric_keys")]
+    pub frozen: BTreeMap<ShardId, FrozenReport>,
+}
+
+/// A running voter of the placement group.
+pub struct PlacementGroup {
+    raft: RaftHandle,
+    machine: Arc<PlacementMachine>,
+    members: BTreeMap<u64, PlacementMember>,
+    secret: String,
+    bootstrap: Command,
+    /// When this node last became the placement leader (monotonic ms), while it leads.
+    leader_since_ms: Mutex<Option<u64>>,
+    client: reqwest::Client,
+}
+
+impl PlacementGroup {
+    /// Opens `<data_dir>/placement` and starts this node's voter of the placement group.
+    pub async fn start(config: &ServerConfig) -> anyhow::Result<Arc<PlacementGroup>> {
+        let id = config
+            .placement_node_id
+            .context("this node is not a placement member")?;
+        let dir = config.data_dir.join("placement");
+        let stores = tokio::task::spawn_blocking(move || RaftStores::open(&dir))
+            .await?
+            .context("cannot open the placement group's stores")?;
+        let machine = Arc::new(PlacementMachine::new());
+        let members: BTreeMap<u64, String> = config
+            .placement_members
+            .iter()
+            .map(|(id, m)| {
+                (
+                    *id,
+                    format!("{}{RAFT_PREFIX}", m.internal.trim_end_matches('/')),
+                )
+            })
+            .collect();
+        let secret = config.secret.clone().context("placement needs a secret")?;
+        let mut raft_config = RaftConfig::new(id, members, secret.clone());
+        raft_config.group = GROUP.into();
+        raft_config.election_timeout_min_ms = config.election_timeout_ms.0;
+        raft_config.election_timeout_max_ms = config.election_timeout_ms.1;
+        raft_config.heartbeat_interval_ms = (config.election_timeout_ms.0 / 3).max(10);
+        raft_config.write_timeout_ms = config.write_timeout_ms;
+        let raft = coopr_raft::start(raft_config, stores, machine.clone())
+            .await
+            .context("cannot start the placement group")?;
+        Ok(Arc::new(PlacementGroup {
+            raft,
+            machine,
+            members: config.placement_members.clone(),
+            secret,
+            bootstrap: bootstrap_command(config),
+            leader_since_ms: Mutex::new(None),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_millis(config.lease_ms))
+                .build()
+                .context("cannot build the HTTP client")?,
+        }))
+    }
+
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    pub fn machine(&self) -> &PlacementMachine {
+        &self.machine
+    }
+
+    /// The routes of the internal listener: the group's Raft RPCs and the placement calls.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route(RENEW_PATH, post(renew))
+            .route(STATE_PATH, get(state))
+            .route(COMMAND_PATH, post(command))
+            .with_state(self.clone())
+            .nest(RAFT_PREFIX, coopr_raft::router(self.raft.clone()))
+    }
+
+    /// Proposes a command on the leader; the outcome as the state machine answered it.
+    async fn propose(&self, command: &Command) -> Result<Outcome, WriteError> {
+        let (_, bytes) = self
+            .raft
+            .write(PlacementMachine::encode_command(command))
+            .await?;
+        PlacementMachine::decode_outcome(&bytes).map_err(|e| WriteError::Fatal(e.to_string()))
+    }
+
+    fn leader_since(&self) -> Option<u64> {
+        *self
+            .leader_since_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The leader's duties: bootstrap the map once, complete handovers whose target caught
+    /// up. Runs on every voter, acts only on the leader.
+    pub async fn run(self: Arc<Self>, tick: Duration, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if !self.raft.is_leader() {
+                *self
+                    .leader_since_ms
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                continue;
+            }
+            let since = match self.leader_since() {
+                Some(since) => since,
+                None => {
+                    // Leads from now; the read barrier makes the local state include every
+                    // committed command before deciding anything.
+                    if self.raft.read_barrier().await.is_err() {
+                        continue;
+                    }
+                    let since = mono_ms();
+                    *self
+                        .leader_since_ms
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(since);
+                    tracing::info!("leading the placement group");
+                    since
+                }
+            };
+            if self.machine.state().is_none() {
+                match self.propose(&self.bootstrap).await {
+                    Ok(Ok(_)) => tracing::info!("placement group bootstrapped"),
+                    Ok(Err(Rejected::AlreadyBootstrapped)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "placement bootstrap rejected"),
+                    Err(e) => tracing::warn!(error = %e, "placement bootstrap not written"),
+                }
+                continue;
+            }
+            let commands = self
+                .machine
+                .read(|state| state.map(|s| plan_handover_completions(s, mono_ms(), since)))
+                .unwrap_or_default();
+            for command in commands {
+                match self.propose(&command).await {
+                    Ok(Ok(reply)) => tracing::info!(?reply, "handover completed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "handover completion rejected"),
+                    Err(e) => tracing::warn!(error = %e, "handover completion not written"),
+                }
+            }
+        }
+    }
+
+    /// Initializes the group once its members answer (retrying), unless it already is.
+    pub async fn initialize(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            match self.raft.initialize_if_needed().await {
+                Ok(_) => return,
+                Err(e) => tracing::info!(error = %e, "placement group not initialized yet"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Runs `command` at the placement leader: here if this node leads, else forwarded once.
+    async fn at_leader(&self, headers: &HeaderMap, path: &str, body: Bytes) -> Response {
+        if headers.contains_key(FORWARDED_HEADER) {
+            return unavailable(
+                "not_leader",
+                "forwarded to a node that does not lead".into(),
+            );
+        }
+        let leader = self.raft.status().leader;
+        let Some(member) = leader.and_then(|id| self.members.get(&id)) else {
+            return unavailable("no_leader", "the placement group has no leader".into());
+        };
+        let url = format!("{}{path}", member.internal.trim_end_matches('/'));
+        let sent = self
+            .client
+            .post(&url)
+            .header(SECRET_HEADER, &self.secret)
+            .header(FORWARDED_HEADER, "1")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(answer) => {
+                let status = StatusCode::from_u16(answer.status().as_u16())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                let bytes = answer.bytes().await.unwrap_or_default();
+                (status, [("content-type", "application/json")], bytes).into_response()
+            }
+            Err(e) => unavailable(
+                "leader_unreachable",
+                format!("cannot reach the placement leader: {e}"),
+            ),
+        }
+    }
+}
+
+/// The bootstrap command every voter would propose: the data DCs (sorted by name) as voters,
+/// placement members of other DCs as witnesses.
+pub fn bootstrap_command(config: &ServerConfig) -> Command {
+    let map = config.initial_map();
+    let mut dcs: Vec<Dc> = map.dcs().iter().map(|d| Dc::voter(d)).collect();
+    for member in config.placement_members.values() {
+        if !dcs.iter().any(|dc| dc.id.0 == member.dc) {
+            dcs.push(Dc::witness(&member.dc));
+        }
+    }
+    Command::Bootstrap {
+        dcs,
+        shard_count: config.shard_count,
+        lease_ms: config.lease_ms,
+        max_clock_offset_ms: config.max_clock_offset_ms,
+    }
+}
+
+fn unavailable(code: &str, message: String) -> Response {
+    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    e.retry_after_s = Some(1);
+    e.into_response()
+}
+
+/// `None` when the call carries the cluster secret, else the 401 to answer.
+fn unauthorized(group: &PlacementGroup, headers: &HeaderMap) -> Option<Response> {
+    let given = headers
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    (!crate::replication::owner::same_secret(given, group.secret.as_bytes()))
+        .then(|| ApiError::unauthorized("wrong or missing cluster secret").into_response())
+}
+
+/// The answer to a proposal: 200 with the outcome (accepted or rejected: both are decided).
+fn outcome_response(written: Result<Outcome, WriteError>) -> Response {
+    match written {
+        Ok(outcome) => axum::Json(outcome).into_response(),
+        Err(WriteError::ForwardToLeader { .. }) => {
+            unavailable("not_leader", "placement leadership moved".into())
+        }
+        Err(e) => unavailable("no_quorum", format!("placement write failed: {e}")),
+    }
+}
+
+async fn renew(
+    State(group): State<Arc<PlacementGroup>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(response) = unauthorized(&group, &headers) {
+        return response;
+    }
+    let request: RenewRequest = match crate::api::extract::parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if !group.raft.is_leader() {
+        return group.at_leader(&headers, RENEW_PATH, body).await;
+    }
+    if group.leader_since().is_none() {
+        return unavailable(
+            "leader_starting",
+            "the placement leader is taking up its duties".into(),
+        );
+    }
+    // The grantor's clock starts now, after the holder started its own (see `holder`).
+    let command = Command::RenewLease {
+        dc: coopr_placement::DcId::new(request.dc),
+        now_ms: mono_ms(),
+        watermarks: request.watermarks,
+        frozen: request.frozen,
+    };
+    outcome_response(group.propose(&command).await)
+}
+
+async fn command(
+    State(group): State<Arc<PlacementGroup>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(response) = unauthorized(&group, &headers) {
+        return response;
+    }
+    let command: Command = match crate::api::extract::parse_json(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    // Only the administrative commands come from outside; the rest are the group's own.
+    if !matches!(
+        command,
+        Command::StartHandover { .. } | Command::AbortHandover { .. } | Command::SetReplicas { .. }
+    ) {
+        return ApiError::bad_request(
+            "command_not_allowed",
+            "only start_handover, abort_handover and set_replicas may be sent",
+        )
+        .into_response();
+    }
+    if !group.raft.is_leader() {
+        return group.at_leader(&headers, COMMAND_PATH, body).await;
+    }
+    outcome_response(group.propose(&command).await)
+}
+
+async fn state(State(group): State<Arc<PlacementGroup>>, headers: HeaderMap) -> Response {
+    if let Some(response) = unauthorized(&group, &headers) {
+        return response;
+    }
+    match group.machine.state() {
+        Some(state) => axum::Json(state).into_response(),
+        None => unavailable(
+            "not_bootstrapped",
+            "the placement group is not bootstrapped yet".into(),
+        ),
+    }
+}

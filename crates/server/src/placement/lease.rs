@@ -1,0 +1,324 @@
+//! The DC's side of the placement group: the lease its leader holds, fencing of writes, and
+//! this node's copy of the shard map.
+//!
+//! ```text
+//!  every lease/3, on every node:
+//!    DC leader: t = mono_ms(); POST renew {dc, replica watermarks} to a placement voter
+//!               grant (sequence newer) -> HeldLease{grant, t}; map learns owners/epochs
+//!    any node:  GET state from a placement voter -> map.merge (epochs only move forward)
+//!
+//!  App::propose(command):                        fencing (multi-DC deployments only)
+//!    lease valid on this node's clock (t + lease - max_clock_offset > now)?
+//!    command names a shard? it must be listed Writable at the epoch the local state is in;
+//!      the entry carries Fence{shard, epoch}: the state machine refuses another epoch
+//!    propose to the DC log ... and check the lease again before acknowledging
+//! ```
+//!
+//! A new DC leader starts with no lease (it writes nothing until its own renewal is granted):
+//! a grant answers the renewal of one leadership term only.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coopr_placement::{
+    may_acknowledge, Epoch, Fenced, HeldLease, Outcome, PlacementState, Position, Reply, Seq,
+};
+use coopr_state::{Command, CommandError, CommandResult, Fence, STALE_EPOCH};
+use coopr_types::ShardId;
+use tokio::sync::watch;
+
+use super::group::{mono_ms, RenewRequest, RENEW_PATH, STATE_PATH};
+use crate::core::ProposeError;
+use crate::replication::SECRET_HEADER;
+use crate::App;
+
+/// The lease this node holds while it leads its DC log, with the term it was granted in.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub term: u64,
+    pub lease: HeldLease,
+}
+
+/// The shard a command writes, if it names one (commands of the task queue and the driver
+/// act on the shards this DC holds and are fenced by the lease alone).
+pub fn command_shard(command: &Command, shard_count: u32) -> Option<ShardId> {
+    if let Some(cluster) = command.cluster() {
+        return Some(cluster.shard(shard_count));
+    }
+    match command {
+        Command::CreateCluster { shard, .. } => Some(*shard),
+        Command::PutTenant { .. }
+        | Command::DeleteTenant { .. }
+        | Command::PutApiKey { .. }
+        | Command::PutEntity { .. }
+        | Command::DeleteEntity { .. }
+        | Command::ImportCatalog { .. } => Some(ShardId::GLOBAL),
+        _ => None,
+    }
+}
+
+/// Commands that write no owned shard (replica copies, outbox trimming): not fenced.
+fn unfenced(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::ApplyReplicationBatch { .. } | Command::TrimOutbox { .. }
+    )
+}
+
+impl App {
+    /// Commits a command in the DC log, fenced by the DC's lease in a multi-DC deployment (see
+    /// the module doc). Every write of the API, the driver and the pullers goes through here.
+    pub async fn propose(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult, ProposeError> {
+        if !self.config.multi_dc() || unfenced(&command) {
+            return self.core.propose(command, idempotency_key, None).await;
+        }
+        let shard = command_shard(&command, self.config.shard_count);
+        let fence = self.fence(shard).map_err(ProposeError::Fenced)?;
+        let result = self.core.propose(command, idempotency_key, fence).await?;
+        if let Err(CommandError::Conflict { code, .. }) = &result {
+            if code == STALE_EPOCH {
+                // The local state moved to another epoch meanwhile (an ownership change).
+                let shard = shard.unwrap_or(ShardId::GLOBAL);
+                return Err(ProposeError::Fenced(self.not_owner(shard)));
+            }
+        }
+        // Acknowledge only if the lease still covers the write now.
+        self.fence(shard).map_err(ProposeError::Fenced)?;
+        Ok(result)
+    }
+
+    /// Whether this DC may write `shard` (or anything, for `None`) now; the fence the entry
+    /// carries.
+    pub fn fence(&self, shard: Option<ShardId>) -> Result<Option<Fence>, Fenced> {
+        let held = self.held_lease();
+        let term = self.core.raft().status().term;
+        let Some(held) = held.filter(|h| h.term == term) else {
+            return Err(Fenced::LeaseExpired {
+                started_before_send_ms: 0,
+            });
+        };
+        let now = mono_ms();
+        let Some(shard) = shard else {
+            return if held.lease.is_valid(now) {
+                Ok(None)
+            } else {
+                Err(Fenced::LeaseExpired {
+                    started_before_send_ms: held.lease.started_before_send_ms,
+                })
+            };
+        };
+        let Some(epoch) = self.core.read().shard_epoch(shard) else {
+            return Err(Fenced::UnknownShard { shard });
+        };
+        may_acknowledge(&held.lease, shard, Epoch(epoch), now)?;
+        Ok(Some(Fence { shard, epoch }))
+    }
+
+    fn not_owner(&self, shard: ShardId) -> Fenced {
+        let map = self.placement();
+        Fenced::NotOwner {
+            shard,
+            owner: coopr_placement::DcId::new(map.owner(shard)),
+            epoch: Epoch(map.epoch(shard)),
+        }
+    }
+
+    /// The lease this node holds (while it leads the DC log and a renewal was granted).
+    pub fn held_lease(&self) -> Option<Held> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether this node can acknowledge writes now (single DC: always; else a valid lease).
+    pub fn has_valid_lease(&self) -> bool {
+        !self.config.multi_dc() || self.fence(None).is_ok()
+    }
+}
+
+/// Renews the lease (DC leader) and refreshes the shard map (every node), every lease/3.
+pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let tick = Duration::from_millis(app.config.lease_ms / 3);
+    let client = match reqwest::Client::builder()
+        .timeout(tick.max(Duration::from_millis(200)))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the placement client");
+            return;
+        }
+    };
+    let voters = voter_urls(&app);
+    let preferred = AtomicUsize::new(0);
+    loop {
+        let status = app.core.raft().status();
+        if app.core.raft().is_leader() {
+            renew(&app, &client, &voters, &preferred, status.term).await;
+        } else {
+            let mut lease = app.lease.lock().unwrap_or_else(|e| e.into_inner());
+            if lease.take().is_some() {
+                tracing::info!("not leading the DC log: lease dropped");
+            }
+        }
+        refresh_map(&app, &client, &voters, &preferred).await;
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// The position of every replica copy this DC holds.
+fn watermarks(app: &App) -> BTreeMap<ShardId, Position> {
+    app.core
+        .read()
+        .replicas
+        .iter()
+        .map(|(shard, replica)| {
+            let w = replica.watermark;
+            (
+                *shard,
+                Position {
+                    epoch: Epoch(w.epoch),
+                    seq: Seq(w.seq),
+                },
+            )
+        })
+        .collect()
+}
+
+async fn renew(
+    app: &App,
+    client: &reqwest::Client,
+    voters: &[String],
+    preferred: &AtomicUsize,
+    term: u64,
+) {
+    let request = RenewRequest {
+        dc: app.config.dc.clone(),
+        watermarks: watermarks(app),
+        frozen: BTreeMap::new(),
+    };
+    // The holder's timer starts before the request leaves.
+    let started = mono_ms();
+    let first = preferred.load(Ordering::Relaxed);
+    for i in 0..voters.len() {
+        let n = (first + i) % voters.len();
+        let url = format!("{}{RENEW_PATH}", voters[n]);
+        let answer = client
+            .post(&url)
+            .header(
+                SECRET_HEADER,
+                app.config.secret.as_deref().unwrap_or_default(),
+            )
+            .json(&request)
+            .send()
+            .await;
+        let outcome = match answer {
+            Ok(r) if r.status().is_success() => r.json::<Outcome>().await,
+            Ok(r) => {
+                tracing::debug!(%url, status = %r.status(), "lease renewal refused");
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(%url, error = %e, "placement voter unreachable");
+                continue;
+            }
+        };
+        match outcome {
+            Ok(Ok(Reply::LeaseGranted { grant })) => {
+                preferred.store(n, Ordering::Relaxed);
+                take_grant(app, grant, started, term);
+                return;
+            }
+            Ok(other) => {
+                tracing::warn!(?other, "lease renewal answered without a grant");
+                return;
+            }
+            Err(e) => tracing::debug!(%url, error = %e, "unreadable renewal answer"),
+        }
+    }
+    metrics::counter!("coopr_lease_renewals_failed_total").increment(1);
+}
+
+fn take_grant(app: &App, grant: coopr_placement::LeaseGrant, started: u64, term: u64) {
+    {
+        let map = grant.map.clone();
+        app.update_map(|m| {
+            let mut changed = false;
+            for (shard, owner) in &map {
+                changed |= m.learn_owner(*shard, &owner.dc.0, owner.epoch.0);
+            }
+            changed
+        });
+    }
+    let mut lease = app.lease.lock().unwrap_or_else(|e| e.into_inner());
+    match lease.as_mut() {
+        Some(held) if held.term == term => {
+            let lost = held.lease.update(grant, started);
+            if !lost.is_empty() {
+                tracing::warn!(?lost, "lease no longer lets this DC write these shards");
+            }
+        }
+        _ => {
+            tracing::info!(
+                owned = grant.owned.len(),
+                sequence = grant.sequence,
+                "lease granted"
+            );
+            *lease = Some(Held {
+                term,
+                lease: HeldLease::new(grant, started),
+            });
+        }
+    }
+    metrics::counter!("coopr_lease_renewals_total").increment(1);
+}
+
+/// Refreshes the shard map from the placement group now (a DC answered that it lost a shard).
+pub async fn refresh_now(app: &App) {
+    let voters = voter_urls(app);
+    refresh_map(app, &app.forwarder, &voters, &AtomicUsize::new(0)).await;
+}
+
+fn voter_urls(app: &App) -> Vec<String> {
+    app.config
+        .placement_members
+        .values()
+        .map(|m| m.internal.trim_end_matches('/').to_string())
+        .collect()
+}
+
+async fn refresh_map(
+    app: &App,
+    client: &reqwest::Client,
+    voters: &[String],
+    preferred: &AtomicUsize,
+) {
+    let first = preferred.load(Ordering::Relaxed);
+    for i in 0..voters.len() {
+        let url = format!("{}{STATE_PATH}", voters[(first + i) % voters.len()]);
+        let answer = client
+            .get(&url)
+            .header(
+                SECRET_HEADER,
+                app.config.secret.as_deref().unwrap_or_default(),
+            )
+            .send()
+            .await;
+        let Ok(answer) = answer else { continue };
+        if !answer.status().is_success() {
+            continue;
+        }
+        if let Ok(state) = answer.json::<PlacementState>().await {
+            app.update_map(|m| m.merge(&state));
+            app.set_placement_state(state);
+            return;
+        }
+    }
+}
