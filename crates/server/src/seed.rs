@@ -86,6 +86,22 @@ async fn ensure_catalog(app: &App, tenant: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether everything [`bootstrap`] writes is in this copy of the global shard (written at the
+/// global owner, replicated elsewhere): the superadmin tenant and a key of it and, in demo
+/// mode, the demo tenant's key and catalog (the last things seeded).
+pub fn is_seeded(app: &App, global: &coopr_state::GlobalRef<'_>) -> bool {
+    let has_key = |tenant: &str| global.api_keys.values().any(|k| k.tenant == tenant);
+    let base = global.tenants.contains_key(SUPERADMIN) && has_key(SUPERADMIN);
+    if !app.config.demo {
+        return base;
+    }
+    base && has_key(DEMO_TENANT)
+        && global
+            .catalogs
+            .get(DEMO_TENANT)
+            .is_some_and(|c| !c.entities.is_empty())
+}
+
 pub async fn bootstrap(app: &App) -> anyhow::Result<()> {
     let first_start = !app.core.read().global.tenants.contains_key(SUPERADMIN);
     ensure_tenant(app, SUPERADMIN).await?;

@@ -142,10 +142,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 /// DC holds a valid lease (so it can acknowledge writes), for load balancers.
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let raft = app.core.raft().status();
-    let seeded = app
-        .global(&app.core.read())
-        .tenants
-        .contains_key(extract::SUPERADMIN);
+    let seeded = crate::seed::is_seeded(&app, &app.global(&app.core.read()));
     // A leader of a multi-DC deployment acknowledges writes only under a valid lease.
     let leased = !app.core.raft().is_leader() || app.has_valid_lease();
     let ready = raft.leader.is_some() && seeded && leased;

@@ -44,6 +44,31 @@ use crate::placement::ShardMap;
 
 /// The owner's pull endpoint, on the API port.
 pub const PULL_PATH: &str = "/internal/replication/pull";
+/// The largest pull answer a replica inflates (a bound against a corrupt or hostile stream).
+pub const MAX_INFLATED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Deflates a pull answer (fast level: the answers are small and latency matters).
+pub fn deflate(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Inflates a deflated pull answer, refusing one larger than [`MAX_INFLATED_BYTES`].
+pub fn inflate(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(bytes)
+        .take(MAX_INFLATED_BYTES + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_INFLATED_BYTES {
+        return Err(std::io::Error::other("inflated answer too large"));
+    }
+    Ok(out)
+}
+
 /// The header carrying the cluster secret on internal calls (the same one Raft RPCs use).
 pub const SECRET_HEADER: &str = "coopr-cluster-secret";
 

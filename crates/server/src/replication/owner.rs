@@ -33,6 +33,16 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new().route(PULL_PATH, post(pull))
 }
 
+/// Whether the puller accepts a deflated answer (`Accept-Encoding: deflate`).
+fn accepts_deflate(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.split(';').next().unwrap_or_default().trim() == "deflate")
+}
+
 /// Compares in time independent of where the first difference is.
 pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
@@ -125,17 +135,27 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             }
         };
         if response.has_news() || tokio::time::Instant::now() >= deadline {
-            let bytes = serde_json::to_vec(&response).unwrap_or_default();
+            let json = serde_json::to_vec(&response).unwrap_or_default();
+            // Records are JSON: deflate shrinks them several times over on the WAN.
+            let deflated = accepts_deflate(&headers).then(|| super::deflate(&json));
+            let bytes = deflated.clone().unwrap_or(json);
             metrics::counter!("coopr_replication_bytes_sent_total", "replica_dc" => request.dc.clone())
                 .increment(bytes.len() as u64);
             let records: usize = response.shards.values().map(|b| b.records.len()).sum();
             metrics::counter!("coopr_replication_records_sent_total", "replica_dc" => request.dc.clone())
                 .increment(records as u64);
-            return (
+            let mut answer = (
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
                 bytes,
             )
                 .into_response();
+            if deflated.is_some() {
+                answer.headers_mut().insert(
+                    axum::http::header::CONTENT_ENCODING,
+                    axum::http::HeaderValue::from_static("deflate"),
+                );
+            }
+            return answer;
         }
         tokio::select! {
             _ = applied => {}

@@ -178,6 +178,7 @@ impl Stream {
         let sent = client
             .post(&url)
             .header(SECRET_HEADER, secret)
+            .header("accept-encoding", "deflate")
             .json(request)
             .send()
             .await;
@@ -186,6 +187,10 @@ impl Stream {
             Err(e) => return Answer::Failed(e.to_string()),
         };
         let status = response.status();
+        let deflated = response
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|v| v.as_bytes() == b"deflate");
         let bytes = match response.bytes().await {
             Ok(b) => b,
             Err(e) => return Answer::Failed(format!("answer cut off: {e}")),
@@ -204,7 +209,15 @@ impl Stream {
         }
         metrics::counter!("coopr_replication_bytes_received_total", "owner_dc" => self.owner_dc.clone())
             .increment(bytes.len() as u64);
-        match serde_json::from_slice::<PullResponse>(&bytes) {
+        let json = if deflated {
+            match super::inflate(&bytes) {
+                Ok(json) => json,
+                Err(e) => return Answer::Failed(format!("undecodable deflated answer: {e}")),
+            }
+        } else {
+            bytes.to_vec()
+        };
+        match serde_json::from_slice::<PullResponse>(&json) {
             Ok(r) if r.owner_dc == self.owner_dc => Answer::Batches(r),
             Ok(r) => Answer::Failed(format!(
                 "answered by DC {}, not {}",
