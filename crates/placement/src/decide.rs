@@ -148,8 +148,9 @@ pub fn plan_failover(
         .collect()
 }
 
-/// Completes every handover whose (healthy) target reported a watermark equal to the owner's
-/// final position.
+/// Completes every handover whose (healthy) target, and every other replica DC, reported a
+/// watermark equal to the owner's final position: after the switch the new owner streams
+/// only its own epoch, which continues exactly from there.
 pub fn plan_handover_completions(
     state: &PlacementState,
     now_ms: u64,
@@ -161,6 +162,10 @@ pub fn plan_handover_completions(
         .filter_map(|(shard, placement)| match &placement.status {
             ShardStatus::HandingOver { to, until, .. }
                 if watermark(state, to, *shard) == *until
+                    && placement
+                        .replicas
+                        .iter()
+                        .all(|replica| watermark(state, replica, *shard) == *until)
                     && matches!(
                         lease_view(state, to, now_ms, leader_since_ms),
                         GrantorView::Valid { .. }

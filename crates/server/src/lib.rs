@@ -60,6 +60,8 @@ pub struct App {
     placement_state: Mutex<Option<coopr_placement::PlacementState>>,
     /// This node's voter of the placement group, if it is one.
     pub placement_group: Option<Arc<PlacementGroup>>,
+    /// Requests this node forwarded to a DC that had lost the shard, then to the new owner.
+    pub rerouted: AtomicU64,
     /// Since when this node leads the DC log (the job engine runs only then).
     pub leader_since: Mutex<Option<Instant>>,
     /// Client used to forward requests to the leader.
@@ -108,6 +110,13 @@ impl App {
             tracing::info!("shard map changed");
             *map = Arc::new(next);
         }
+    }
+
+    /// Replaces the shard map wholesale, even by an older one: only for tests that need a node
+    /// with a stale map (the normal paths only move a map forward).
+    #[doc(hidden)]
+    pub fn replace_map_for_tests(&self, map: ShardMap) {
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
 
     /// The placement group's state as last fetched (`None` with one DC or before the first).
@@ -328,6 +337,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         lease: Mutex::new(None),
         placement_state: Mutex::new(None),
         placement_group,
+        rerouted: AtomicU64::new(0),
         replication: replication::Progress::default(),
         stopping: stop.clone(),
         metrics: metrics_handle(),

@@ -151,7 +151,10 @@ async fn converged(deployment: &Deployment) -> Option<()> {
         for dc in DCS {
             views.push(view(deployment.dc(dc), &shard).await);
         }
-        let owner = views.iter().find(|v| v["role"] == "owner")?;
+        let owners: Vec<&Value> = views.iter().filter(|v| v["role"] == "owner").collect();
+        let [owner] = owners[..] else {
+            return None;
+        };
         for replica in views.iter().filter(|v| v["role"] == "replica") {
             if replica["position"] != owner["position"] || replica["view"] != owner["view"] {
                 return None;
@@ -797,4 +800,139 @@ async fn a_dc_without_a_placement_majority_stops_acknowledging_writes() {
         .expect("ready answers");
     assert_eq!(ready.status(), 503);
     deployment.stop().await;
+}
+
+/// Sets the cluster's expire time through `via`, retried with one `Idempotency-Key`.
+async fn set_expire(via: &TestServer, id: &str, expire: u64, key: &str) -> common::Reply {
+    via.client
+        .raw(
+            reqwest::Method::POST,
+            &format!("/v2/clusters/{id}"),
+            &Auth::Demo,
+            &[("Idempotency-Key", key)],
+            Some(serde_json::to_vec(&json!({"expireTime": expire})).expect("json")),
+        )
+        .await
+}
+
+/// Graceful handover at run time: shard s moves from a to b through the placement group. The
+/// owner freezes it and reports its last position, every replica reaches it, b adopts the
+/// shard in epoch 2 and a releases it into a replica copy; every copy stays equal and every
+/// stream follows (c switches from a to b exactly where a stopped). Afterwards:
+/// - the map and the ownership history show the change;
+/// - a write reaching a, which lost the shard, as forwarded by another DC is refused by
+///   fencing (503 `not_owner`) and changes nothing;
+/// - a DC routing by a stale map (c, whose map is set back to epoch 1) sends the write to a,
+///   learns the new owner from the placement group and retries at b, transparently;
+/// - b runs later operations on the adopted cluster (a delete), which replicate back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_handed_over_keeps_every_copy_and_fences_stale_writers() {
+    let deployment = Deployment::start_with(|c| {
+        c.lease_ms = 1_200;
+        c.max_clock_offset_ms = 200;
+    })
+    .await;
+    let (a, b, c) = (deployment.dc("a"), deployment.dc("b"), deployment.dc("c"));
+    let worker_a = Worker::register(a, "p-a", "w1").await;
+    let id = a.create_cluster("base", 1).await;
+    worker_a.drive().await;
+    assert_eq!(a.cluster_status(&id).await["status"], "active");
+    let shard = shard_of(&id);
+    assert_eq!(owner_of(shard), "a");
+    wait_for("the create to replicate", || converged(&deployment)).await;
+
+    tracing::info!("--- hand shard {shard} over to b (asked at c)");
+    let path = format!("/v2/admin/shards/{shard}/handover");
+    let started = c.post(&path, &Auth::Superadmin, json!({"to": "b"})).await;
+    assert_eq!(
+        started.assert_ok()["placement"]["status"]["status"],
+        "draining"
+    );
+    // A second handover of the same shard is refused while this one runs.
+    let again = c.post(&path, &Auth::Superadmin, json!({"to": "c"})).await;
+    assert_eq!(again.assert_error(409), "handover_in_progress");
+    c.post(
+        "/v2/admin/shards/global/handover",
+        &Auth::Superadmin,
+        json!({"to": "b"}),
+    )
+    .await
+    .assert_error(400);
+    wait_for("b to own the shard", || async {
+        let view = view(b, &shard.to_string()).await;
+        (view["role"] == "owner").then_some(())
+    })
+    .await;
+    let map = b.get("/v2/admin/shards", &Auth::Superadmin).await;
+    let map = map.assert_ok();
+    let entry = &map["shards"][shard as usize];
+    assert_eq!((&entry["owner"], &entry["epoch"]), (&json!("b"), &json!(2)));
+    let history = map["history"].as_array().expect("history");
+    assert!(
+        history
+            .iter()
+            .any(|h| h["shard"] == shard && h["to"] == "b" && h["reason"]["reason"] == "handover"),
+        "{map}"
+    );
+    wait_for("every copy to follow b", || converged(&deployment)).await;
+    assert_eq!(view(a, &shard.to_string()).await["role"], "replica");
+
+    tracing::info!("--- the old owner refuses a write another DC forwarded to it");
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v2/clusters/{id}", a.base))
+        .header("Coopr-UserID", "demo")
+        .header("Coopr-TenantID", "demo")
+        .header("Coopr-ApiKey", "demo-key")
+        .header("Coopr-Forwarded-Dc", "c")
+        .json(&json!({"expireTime": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["code"], "not_owner", "{body}");
+
+    tracing::info!("--- a stale map at c: the write goes to a, is fenced, and retried at b");
+    let create_time = b.get(&format!("/v2/clusters/{id}"), &Auth::Demo).await.body["createTime"]
+        .as_u64()
+        .expect("createTime");
+    let mut rerouted = false;
+    // The map refresh of c may beat the request by a hair; then try again (bounded).
+    for attempt in 0..5u64 {
+        reset_map_to_initial(c);
+        let before = c.app().rerouted.load(std::sync::atomic::Ordering::Relaxed);
+        let expire = create_time + 3_600_000 + attempt;
+        let reply = set_expire(c, &id, expire, &format!("stale-{attempt}")).await;
+        reply.assert_ok();
+        assert_eq!(reply.header("coopr-served-by"), Some("b/b1"), "{reply:?}");
+        let strong = c
+            .get(
+                &format!("/v2/clusters/{id}?consistency=strong"),
+                &Auth::Demo,
+            )
+            .await;
+        assert_eq!(strong.assert_ok()["expireTime"], expire);
+        if c.app().rerouted.load(std::sync::atomic::Ordering::Relaxed) > before {
+            rerouted = true;
+            break;
+        }
+    }
+    assert!(rerouted, "c never routed by its stale map");
+
+    tracing::info!("--- b runs a delete of the adopted cluster");
+    let worker_b = Worker::register(b, "p-b", "w1").await;
+    b.delete(&format!("/v2/clusters/{id}"), &Auth::Demo)
+        .await
+        .assert_ok();
+    worker_b.drive().await;
+    assert_eq!(b.cluster_status(&id).await["status"], "terminated");
+    wait_for("the delete to replicate", || converged(&deployment)).await;
+    deployment.stop().await;
+}
+
+/// Sets a node's shard map back to the initial placement (every shard at epoch 1), as a node
+/// that missed every ownership change would have it.
+fn reset_map_to_initial(server: &TestServer) {
+    let app = server.app();
+    app.replace_map_for_tests(app.config.initial_map());
 }

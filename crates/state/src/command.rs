@@ -11,7 +11,7 @@ use coopr_types::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::replication::Record;
+use crate::replication::{Position, Record};
 use crate::CommandError;
 
 /// One log entry: a command plus the context that makes applying it deterministic.
@@ -181,6 +181,32 @@ pub enum Command {
         from_dc: String,
         shard: ShardId,
         records: Vec<Record>,
+        /// When the batch starts the owner's epoch (its first record is seq 1 of an epoch after
+        /// the replica's): the position that epoch started after. The replica takes the batch
+        /// (and `from_dc` as its owner) only if its watermark is exactly there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch_start: Option<Position>,
+    },
+
+    // ---- ownership changes (graceful handover; see `crate::replication`)
+    /// The owner stops writing `shard` for handover number `handover`: fenced writes to it are
+    /// refused from here on. Refused while an operation of the shard is running.
+    FreezeShard {
+        shard: ShardId,
+        handover: u64,
+    },
+    /// The replica copy of `shard`, complete through `after` (the old owner's final position),
+    /// becomes the shard this DC owns, writing `epoch` from seq 1.
+    AdoptShard {
+        shard: ShardId,
+        epoch: u64,
+        after: Position,
+    },
+    /// The shard this DC owned becomes a replica copy of `owner_dc`'s, at the position of the
+    /// last record this DC wrote.
+    ReleaseShard {
+        shard: ShardId,
+        owner_dc: String,
     },
 }
 

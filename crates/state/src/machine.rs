@@ -31,8 +31,8 @@ use crate::command::{
 };
 use crate::replication::{
     compact_stage, to_value, ApplyError, Checkpoint, ClusterRow, ClusterShardView, ClusterView,
-    GlobalRecord, GlobalView, InFlight, JobSummary, NodeOutcome, Outbox, PlanStep, RecordKind,
-    ReplicaData, ReplicaShard, ReplicatedNode, OUTBOX_CAPACITY,
+    GlobalRecord, GlobalView, InFlight, JobSummary, NodeOutcome, Outbox, PlanStep, Position,
+    RecordKind, ReplicaData, ReplicaShard, ReplicatedNode, OUTBOX_CAPACITY,
 };
 use crate::CommandError;
 
@@ -40,6 +40,10 @@ use crate::CommandError;
 pub const IDEMPOTENCY_CAPACITY: usize = 100_000;
 /// The error code of a write refused because it was proposed under another ownership epoch.
 pub const STALE_EPOCH: &str = "stale_epoch";
+/// The error code of a write refused because this DC holds the shard as a replica.
+pub const NOT_OWNER: &str = "not_owner";
+/// The error code of a write refused because the shard is frozen for a handover.
+pub const HANDING_OVER: &str = "handing_over";
 
 /// Versions of one catalog entity, by version number.
 pub type Versions = BTreeMap<u32, Value>;
@@ -167,6 +171,10 @@ pub struct ClusterRecord {
     /// by its `OperationFinished`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipped: Option<ShippedOperation>,
+    /// Finished jobs of the cluster under a previous owner DC (their summaries, as replicated):
+    /// the job history of a cluster this DC adopted in a handover.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub adopted_jobs: BTreeMap<JobId, JobSummary>,
 }
 
 /// An in-flight operation as shipped: its restart state, and the nodes as it started plus its
@@ -196,6 +204,9 @@ pub struct ClusterShard {
     /// Records for the replicas of this shard.
     #[serde(default)]
     pub replication: Outbox,
+    /// Set (to the handover number) once this DC stopped writing the shard for a handover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<u64>,
 }
 
 /// State that never leaves the DC: provisioner registrations and the idempotency table.
@@ -357,6 +368,9 @@ impl State {
         // A write proposed under another ownership epoch changes nothing and is not remembered
         // under its idempotency key: the client retries it at the shard's current owner.
         if let Some(fence) = entry.fence {
+            if let Some(refused) = self.refuse_fenced(fence.shard) {
+                return Err(refused);
+            }
             let epoch = self.shard_epoch(fence.shard);
             if epoch != Some(fence.epoch) {
                 return Err(CommandError::conflict(
@@ -387,6 +401,31 @@ impl State {
             }
         }
         result
+    }
+
+    /// Why no write may go to `shard` here whatever its epoch: it is frozen for a handover, or
+    /// this DC holds it as a replica.
+    fn refuse_fenced(&self, shard: ShardId) -> Option<CommandError> {
+        if self.replicas.contains_key(&shard) {
+            return Some(CommandError::conflict(
+                NOT_OWNER,
+                format!("this DC holds shard {shard} as a replica"),
+            ));
+        }
+        let frozen = self.shards.get(&shard).and_then(|s| s.frozen);
+        frozen.map(|handover| {
+            CommandError::conflict(
+                HANDING_OVER,
+                format!("shard {shard} is frozen for handover {handover}"),
+            )
+        })
+    }
+
+    /// Whether an operation of `shard` is running (a handover waits for it to end).
+    pub fn shard_busy(&self, shard: ShardId) -> bool {
+        self.active_jobs
+            .iter()
+            .any(|job| job.cluster.shard(self.shard_count) == shard)
     }
 
     /// The ownership epoch of a shard this DC writes: its outbox's epoch (`None`: no such shard).
@@ -645,7 +684,15 @@ impl State {
                 from_dc,
                 shard,
                 records,
-            } => self.apply_replication_batch(from_dc, *shard, records),
+                epoch_start,
+            } => self.apply_replication_batch(from_dc, *shard, records, *epoch_start),
+            Command::FreezeShard { shard, handover } => self.freeze_shard(*shard, *handover),
+            Command::AdoptShard {
+                shard,
+                epoch,
+                after,
+            } => self.adopt_shard(*shard, *epoch, *after),
+            Command::ReleaseShard { shard, owner_dc } => self.release_shard(*shard, owner_dc),
         }
     }
 
@@ -778,6 +825,7 @@ impl State {
             next_job_seq: 1,
             service_defs,
             shipped: None,
+            adopted_jobs: BTreeMap::new(),
         };
         shard_state.clusters.insert(id, record);
         // Coopr runs a solve_layout job first; here the layout was solved before the command was
@@ -1413,11 +1461,192 @@ impl State {
     /// Applies a batch to the local replica of `shard` (created on its first batch), all or
     /// nothing. A batch already applied (every record at or below the watermark) is a no-op
     /// (`Unchanged`), so a puller may re-propose a batch whose commit it did not see.
+    fn freeze_shard(&mut self, shard: ShardId, handover: u64) -> CommandResult {
+        if shard.is_global() {
+            return Err(CommandError::invalid(
+                "invalid_shard",
+                "the global shard is not handed over",
+            ));
+        }
+        if self.replicas.contains_key(&shard) {
+            return Err(CommandError::conflict(
+                NOT_OWNER,
+                format!("this DC holds shard {shard} as a replica"),
+            ));
+        }
+        if self.shard_busy(shard) {
+            return Err(CommandError::conflict(
+                "shard_busy",
+                format!("an operation of shard {shard} is running"),
+            ));
+        }
+        let Some(data) = self.shards.get_mut(&shard) else {
+            return Err(CommandError::invalid(
+                "invalid_shard",
+                format!("shard {shard} does not exist"),
+            ));
+        };
+        if data.frozen == Some(handover) {
+            return Ok(Outcome::Unchanged);
+        }
+        data.frozen = Some(handover);
+        Ok(Outcome::Done)
+    }
+
+    /// See [`Command::AdoptShard`]. The adopted clusters project to exactly the replica's view
+    /// (same cluster rows, nodes and job summaries), so every copy stays equal.
+    fn adopt_shard(&mut self, shard: ShardId, epoch: u64, after: Position) -> CommandResult {
+        if shard.is_global() || shard.0 >= self.shard_count {
+            return Err(CommandError::invalid(
+                "invalid_shard",
+                format!("shard {shard} cannot be adopted"),
+            ));
+        }
+        let view = match self.replicas.get(&shard) {
+            // Nothing was ever replicated: the shard was empty at the owner too.
+            None if after.seq == 0 => ClusterShardView::default(),
+            None => {
+                return Err(CommandError::conflict(
+                    "not_caught_up",
+                    format!("shard {shard}: no replica copy, the owner wrote through {after:?}"),
+                ))
+            }
+            Some(replica) if replica.watermark != after => {
+                return Err(CommandError::conflict(
+                    "not_caught_up",
+                    format!(
+                        "shard {shard}: the replica is at {:?}, the owner wrote through {after:?}",
+                        replica.watermark
+                    ),
+                ))
+            }
+            Some(replica) => match &replica.data {
+                ReplicaData::Clusters(view) => view.clone(),
+                ReplicaData::Global(_) => {
+                    return Err(CommandError::invalid(
+                        "invalid_shard",
+                        "not a cluster shard",
+                    ))
+                }
+            },
+        };
+        if epoch <= after.epoch {
+            return Err(CommandError::invalid(
+                "invalid_epoch",
+                format!("epoch {epoch} does not follow {after:?}"),
+            ));
+        }
+        if let Some(busy) = view.clusters.values().find(|v| v.in_flight.is_some()) {
+            return Err(CommandError::conflict(
+                "shard_busy",
+                format!("cluster {} has an operation in flight", busy.cluster.id),
+            ));
+        }
+        let shard_count = self.shard_count;
+        let mut next_n = 0;
+        let mut clusters = BTreeMap::new();
+        for (id, view) in view.clusters {
+            next_n = next_n.max((id.0 - u64::from(shard.0)) / u64::from(shard_count) + 1);
+            let service_defs = self
+                .global_data()
+                .catalogs
+                .get(&view.cluster.account.tenant_id)
+                .map(TenantCatalog::services)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(name, _)| view.cluster.services.contains(name))
+                .collect();
+            let next_job_seq = view.jobs.keys().map(|j| j.seq + 1).max().unwrap_or(1);
+            let nodes = view
+                .nodes
+                .into_values()
+                .map(|n| {
+                    let node = Node {
+                        id: n.id.clone(),
+                        cluster_id: n.cluster_id,
+                        properties: n.properties,
+                        actions: Vec::new(),
+                        provisioner_results: n.provisioner_results,
+                    };
+                    (n.id, node)
+                })
+                .collect();
+            clusters.insert(
+                id,
+                ClusterRecord {
+                    cluster: view.cluster,
+                    nodes,
+                    jobs: BTreeMap::new(),
+                    next_job_seq,
+                    service_defs,
+                    shipped: None,
+                    adopted_jobs: view.jobs,
+                },
+            );
+        }
+        self.replicas.remove(&shard);
+        self.shards.insert(
+            shard,
+            ClusterShard {
+                next_n,
+                clusters,
+                replication: Outbox::starting(epoch, after),
+                frozen: None,
+            },
+        );
+        Ok(Outcome::Done)
+    }
+
+    /// See [`Command::ReleaseShard`].
+    fn release_shard(&mut self, shard: ShardId, owner_dc: &str) -> CommandResult {
+        if shard.is_global() || shard.0 >= self.shard_count {
+            return Err(CommandError::invalid(
+                "invalid_shard",
+                format!("shard {shard} cannot be released"),
+            ));
+        }
+        if self.replicas.contains_key(&shard) {
+            return Ok(Outcome::Unchanged);
+        }
+        if self.shard_busy(shard) {
+            return Err(CommandError::conflict(
+                "shard_busy",
+                format!("an operation of shard {shard} is running"),
+            ));
+        }
+        let data = self.shards.insert(shard, ClusterShard::default());
+        let view = ClusterShardView {
+            clusters: data.as_ref().map_or_else(BTreeMap::new, |d| {
+                d.clusters
+                    .iter()
+                    .map(|(id, record)| (*id, cluster_view(record)))
+                    .collect()
+            }),
+        };
+        let (watermark, last_at_ms) = data.map_or((Position::START, 0), |d| {
+            let last = d.replication.last_position();
+            let at = d.replication.records.back().map_or(0, |r| r.at_ms);
+            (last, at)
+        });
+        self.replicas.insert(
+            shard,
+            ReplicaShard {
+                shard,
+                owner_dc: owner_dc.to_string(),
+                watermark,
+                last_at_ms,
+                data: ReplicaData::Clusters(view),
+            },
+        );
+        Ok(Outcome::Done)
+    }
+
     fn apply_replication_batch(
         &mut self,
         from_dc: &str,
         shard: ShardId,
         records: &[crate::replication::Record],
+        epoch_start: Option<Position>,
     ) -> CommandResult {
         if !shard.is_global() && shard.0 >= self.shard_count {
             return Err(CommandError::invalid(
@@ -1429,6 +1658,20 @@ impl State {
             .replicas
             .entry(shard)
             .or_insert_with(|| ReplicaShard::new(shard, from_dc));
+        // A new owner's first batch continues the old owner's stream exactly where its epoch
+        // started: the replica follows the shard to its new owner.
+        let starts_epoch = records.first().is_some_and(|r| {
+            r.epoch > replica.watermark.epoch
+                && r.seq == 1
+                && epoch_start == Some(replica.watermark)
+        });
+        if starts_epoch {
+            replica.owner_dc = from_dc.to_string();
+            replica.watermark = Position {
+                epoch: records[0].epoch,
+                seq: 0,
+            };
+        }
         let result = if replica.owner_dc != from_dc {
             Err(ApplyError::WrongOwner {
                 shard,
@@ -1495,6 +1738,7 @@ fn cluster_view(record: &ClusterRecord) -> ClusterView {
         .values()
         .filter(|run| run.job.status.is_finished() && run.job.action != ClusterAction::SolveLayout)
         .map(|run| (run.job.id, job_summary(run)))
+        .chain(record.adopted_jobs.clone())
         .collect();
     ClusterView {
         cluster: record.cluster.clone(),

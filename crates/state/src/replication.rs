@@ -495,6 +495,10 @@ pub struct Outbox {
     #[serde(default)]
     pub dropped_through_seq: u64,
     pub records: VecDeque<Record>,
+    /// For an epoch after the first: the position of the previous owner's last record, which
+    /// this epoch's seq 1 follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_after: Option<Position>,
 }
 
 impl Default for Outbox {
@@ -504,6 +508,7 @@ impl Default for Outbox {
             next_seq: 1,
             dropped_through_seq: 0,
             records: VecDeque::new(),
+            started_after: None,
         }
     }
 }
@@ -520,11 +525,29 @@ pub enum ReadError {
 }
 
 impl Outbox {
+    /// The empty outbox of an epoch a new owner starts after `after`.
+    pub fn starting(epoch: u64, after: Position) -> Outbox {
+        Outbox {
+            epoch,
+            started_after: Some(after),
+            ..Outbox::default()
+        }
+    }
+
     /// The position of the last record assigned (seq 0: none yet).
     pub fn last_position(&self) -> Position {
         Position {
             epoch: self.epoch,
             seq: self.next_seq - 1,
+        }
+    }
+
+    /// The position of the shard's last record: in an epoch that has written nothing yet, the
+    /// previous owner's last one (which a caught-up replica's watermark equals).
+    pub fn history_position(&self) -> Position {
+        match self.started_after {
+            Some(after) if self.next_seq == 1 => after,
+            _ => self.last_position(),
         }
     }
 

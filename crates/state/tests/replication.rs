@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use coopr_state::{
     decode_parts, encode_entry, encode_parts, ApplyError, Command, CommandError, CommandResult,
-    Entry, GlobalRecord, Outcome, Position, ProvisionerInfo, Record, RecordKind, ReplicaShard,
-    State, TaskResult,
+    Entry, Fence, GlobalRecord, Outcome, Position, ProvisionerInfo, Record, RecordKind,
+    ReplicaShard, State, TaskResult,
 };
 use coopr_types::{
     ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, ShardId, TaskId, TaskName,
@@ -532,6 +532,7 @@ fn apply_batch_command_is_exactly_once() {
                 from_dc: from_dc.into(),
                 shard: ShardId(1),
                 records: batch.to_vec(),
+                epoch_start: None,
             },
         })
     };
@@ -758,6 +759,7 @@ fn snapshot_keeps_outboxes_epochs_and_watermarks() {
                 from_dc: "dc-a".into(),
                 shard,
                 records: records[..records.len() - 1].to_vec(),
+                epoch_start: None,
             },
         })
         .unwrap();
@@ -807,4 +809,133 @@ fn snapshot_keeps_outboxes_epochs_and_watermarks() {
         .unwrap();
     let outbox = restored.outbox(ShardId(1)).unwrap();
     assert_eq!(outbox.records.back().unwrap().seq, last + 1);
+}
+
+/// Applies `records` of `shard` from `from_dc` to `state` as one replication batch.
+fn ship(
+    state: &mut State,
+    from_dc: &str,
+    shard: ShardId,
+    records: &[Record],
+    start: Option<Position>,
+) -> CommandResult {
+    state.apply(&Entry {
+        now_ms: 1,
+        idempotency_key: None,
+        fence: None,
+        command: Command::ApplyReplicationBatch {
+            from_dc: from_dc.into(),
+            shard,
+            records: records.to_vec(),
+            epoch_start: start,
+        },
+    })
+}
+
+/// A graceful handover of a shard between two DCs, at the state level: the owner freezes it
+/// (refused while an operation runs; afterwards fenced writes are refused), the replica that
+/// has every record adopts it in the next epoch, the old owner releases it into a replica copy
+/// at its last position, and the new owner's first records (seq 1 of epoch 2) continue that
+/// copy. Both copies stay equal, and the adopted clusters keep their IDs, nodes and history.
+#[test]
+fn handover_moves_a_shard_and_the_streams_follow() {
+    let shard = ShardId(1);
+    let mut a = Owner::new();
+    let id = a.create_in(1, "lamp", 2);
+    // An operation is running: the shard cannot be frozen yet.
+    match a.apply(Command::FreezeShard { shard, handover: 1 }) {
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "shard_busy"),
+        other => panic!("freeze while busy: {other:?}"),
+    }
+    a.drive();
+    let mut b = State::new(SHARDS);
+    for s in [ShardId::GLOBAL, shard] {
+        assert_eq!(
+            ship(&mut b, "dc-a", s, &a.records(s), None),
+            Ok(Outcome::Done)
+        );
+    }
+    let until = a.state.outbox(shard).unwrap().last_position();
+    // b cannot adopt before it has everything a wrote.
+    let adopt = |epoch, after| Entry {
+        now_ms: 2,
+        idempotency_key: None,
+        fence: None,
+        command: Command::AdoptShard {
+            shard,
+            epoch,
+            after,
+        },
+    };
+    let behind = Position {
+        epoch: 1,
+        seq: until.seq + 1,
+    };
+    assert!(b.apply(&adopt(2, behind)).is_err());
+
+    assert_eq!(
+        a.ok(Command::FreezeShard { shard, handover: 1 }),
+        Outcome::Done
+    );
+    let fenced = Entry {
+        now_ms: a.now_ms + 1,
+        idempotency_key: None,
+        fence: Some(Fence { shard, epoch: 1 }),
+        command: Command::SetExpireTime {
+            cluster: id,
+            expire_time: 5,
+        },
+    };
+    match a.state.apply(&fenced) {
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "handing_over"),
+        other => panic!("write to a frozen shard: {other:?}"),
+    }
+    assert_eq!(b.apply(&adopt(2, until)), Ok(Outcome::Done));
+    assert_eq!(b.replica(shard), None);
+    assert_eq!(b.shard_epoch(shard), Some(2));
+    assert_eq!(
+        a.ok(Command::ReleaseShard {
+            shard,
+            owner_dc: "dc-b".into()
+        }),
+        Outcome::Done
+    );
+    assert_eq!(a.state.replica(shard).unwrap().watermark, until);
+    assert_eq!(
+        a.state.replica(shard).unwrap().view(),
+        b.replicated_view(shard)
+    );
+    assert!(b.cluster(id).is_some(), "the cluster moved with its ID");
+
+    // b writes the shard in epoch 2; a follows from exactly where a stopped.
+    let entry = Entry {
+        now_ms: 3,
+        idempotency_key: None,
+        fence: Some(Fence { shard, epoch: 2 }),
+        command: Command::SetExpireTime {
+            cluster: id,
+            expire_time: 4_000_000,
+        },
+    };
+    assert!(b.apply(&entry).is_ok());
+    let outbox = b.outbox(shard).unwrap();
+    let records: Vec<Record> = outbox.records.iter().cloned().collect();
+    assert_eq!(records[0].position(), Position { epoch: 2, seq: 1 });
+    // Without the epoch start (or from the wrong place) the batch is refused.
+    assert!(ship(&mut a.state, "dc-b", shard, &records, None).is_err());
+    assert_eq!(
+        ship(&mut a.state, "dc-b", shard, &records, outbox.started_after),
+        Ok(Outcome::Done)
+    );
+    assert_eq!(a.state.replica(shard).unwrap().owner_dc, "dc-b");
+    assert_eq!(
+        a.state.replica(shard).unwrap().view(),
+        b.replicated_view(shard)
+    );
+    // Fenced writes to the released shard are refused at a whatever the epoch.
+    for epoch in [1, 2] {
+        let mut stale = entry.clone();
+        stale.fence = Some(Fence { shard, epoch });
+        assert!(a.state.apply(&stale).is_err());
+    }
 }

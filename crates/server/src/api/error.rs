@@ -40,6 +40,13 @@ impl ApiError {
         )
     }
 
+    /// A retryable 503 (with `Retry-After: 1`).
+    pub fn unavailable(code: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+        e.retry_after_s = Some(1);
+        e
+    }
+
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }

@@ -336,6 +336,8 @@ async fn forward_to_owner(app: &App, shard: ShardId, req: Request) -> Response {
         }
         tracing::info!(%shard, from = %owner, to = %current, "owner changed; forwarding to the new owner");
         metrics::counter!("coopr_forwards_rerouted_total").increment(1);
+        app.rerouted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         owner = current;
         attempt += 1;
     }

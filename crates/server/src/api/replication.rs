@@ -1,6 +1,9 @@
 //! Replication views for operators (superadmin):
 //!
-//! - `GET /v2/admin/shards`: the static shard map (owner and replicas of every shard).
+//! - `GET /v2/admin/shards`: the shard map (owner, replicas, epoch, status of every shard), the
+//!   DC leases, this DC's lease and the ownership history, as the placement group has them.
+//! - `POST /v2/admin/shards/{shard}/handover` `{"to": DC}` and `.../handover/abort`: graceful
+//!   handover of a cluster shard (see [`crate::placement`]).
 //! - `GET /v2/admin/replication`: per shard, at the owner the replicas' cursors and what they
 //!   lack (`unreplicated_records`, `unreplicated_age_ms`); at a replica its watermark and
 //!   `lag_ms` (age of the oldest record it is known to lack). Served by the DC log's leader
@@ -11,10 +14,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use coopr_state::{Position, ReplicaShard};
 use coopr_types::ShardId;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
@@ -31,6 +35,115 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v2/admin/shards", get(shards))
         .route("/v2/admin/shards/{shard}/view", get(view))
         .route("/v2/admin/replication", get(replication))
+        .route("/v2/admin/shards/{shard}/handover", post(start_handover))
+        .route(
+            "/v2/admin/shards/{shard}/handover/abort",
+            post(abort_handover),
+        )
+}
+
+#[derive(Deserialize)]
+struct HandoverRequest {
+    to: String,
+}
+
+/// Starts a graceful handover of a cluster shard to one of its replica DCs: the owner stops
+/// taking new operations on it, lets running ones finish, freezes it and reports its last
+/// position; once every replica has it, the target owns the shard in the next epoch (no data
+/// is lost). Answers the shard's placement as the placement group has it now.
+async fn start_handover(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(shard): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require_superadmin()?;
+    let shard = parse_shard(&app, &shard)?;
+    let request: HandoverRequest = super::extract::parse_json(&body)?;
+    if shard.is_global() {
+        return Err(ApiError::bad_request(
+            "global_shard",
+            "the global shard cannot be handed over",
+        ));
+    }
+    let to = coopr_placement::DcId::new(request.to);
+    placement_command(&app, &coopr_placement::Command::StartHandover { shard, to }).await
+}
+
+/// Gives up a handover in progress; the owner writes the shard again after its next renewal.
+async fn abort_handover(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(shard): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require_superadmin()?;
+    let shard = parse_shard(&app, &shard)?;
+    placement_command(&app, &coopr_placement::Command::AbortHandover { shard }).await
+}
+
+/// Sends an administrative command to the placement group (any voter; they forward it to
+/// their leader): 200 with the shard's placement, 409 with the reason it was rejected.
+async fn placement_command(
+    app: &App,
+    command: &coopr_placement::Command,
+) -> ApiResult<Json<Value>> {
+    if !app.config.multi_dc() {
+        return Err(ApiError::bad_request(
+            "single_dc",
+            "a deployment of one DC has no placement group",
+        ));
+    }
+    let secret = app.config.secret.clone().unwrap_or_default();
+    let mut last_error = String::from("no placement voter configured");
+    for member in app.config.placement_members.values() {
+        let url = format!(
+            "{}{}",
+            member.internal.trim_end_matches('/'),
+            crate::placement::group::COMMAND_PATH
+        );
+        let answer = app
+            .forwarder
+            .post(&url)
+            .header(crate::replication::SECRET_HEADER, &secret)
+            .json(command)
+            .send()
+            .await;
+        let answer = match answer {
+            Ok(a) if a.status().is_success() => a,
+            Ok(a) => {
+                last_error = format!("{url} answered {}", a.status());
+                continue;
+            }
+            Err(e) => {
+                last_error = format!("{url}: {e}");
+                continue;
+            }
+        };
+        let outcome: coopr_placement::Outcome = answer
+            .json()
+            .await
+            .map_err(|e| ApiError::unavailable("placement_unreadable", e.to_string()))?;
+        return match outcome {
+            Ok(coopr_placement::Reply::Shard { shard, placement }) => {
+                crate::placement::lease::refresh_now(app).await;
+                Ok(Json(
+                    json!({"shard": shard.to_string(), "placement": placement}),
+                ))
+            }
+            Ok(other) => Ok(Json(json!({ "reply": other }))),
+            Err(rejected) => {
+                let code = serde_json::to_value(&rejected)
+                    .ok()
+                    .and_then(|v| v["rejected"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "rejected".into());
+                Err(ApiError::conflict(&code, rejected.to_string()))
+            }
+        };
+    }
+    Err(ApiError::unavailable(
+        "placement_unavailable",
+        format!("no placement voter accepted the command: {last_error}"),
+    ))
 }
 
 fn parse_shard(app: &App, text: &str) -> ApiResult<ShardId> {
@@ -116,10 +229,12 @@ async fn view(
     let placement = app.placement();
     let owner = placement.owner(shard);
     let state = app.core.read();
-    let (role, position, view) = if owner == app.config.dc {
+    // Owned here: the map says so and the local state holds no replica copy (a shard handed
+    // over is a replica here from its release on, and owned from its adoption on).
+    let (role, position, view) = if owner == app.config.dc && state.replica(shard).is_none() {
         let position = state
             .outbox(shard)
-            .map_or(Position::START, |o| o.last_position());
+            .map_or(Position::START, |o| o.history_position());
         ("owner", position, state.replicated_view(shard))
     } else {
         match state.replica(shard) {

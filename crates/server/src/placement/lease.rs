@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coopr_placement::{
-    may_acknowledge, Epoch, Fenced, HeldLease, Outcome, PlacementState, Position, Reply, Seq,
+    may_acknowledge, Epoch, Fenced, FrozenReport, HeldLease, Outcome, OwnedShard, PlacementState,
+    Position, Reply, Seq,
 };
 use coopr_state::{Command, CommandError, CommandResult, Fence, STALE_EPOCH};
 use coopr_types::ShardId;
@@ -79,7 +80,8 @@ impl App {
             return self.core.propose(command, idempotency_key, None).await;
         }
         let shard = command_shard(&command, self.config.shard_count);
-        let fence = self.fence(shard).map_err(ProposeError::Fenced)?;
+        let progress = matches!(command, Command::FinishTask(_));
+        let fence = self.fence(shard, progress).map_err(ProposeError::Fenced)?;
         let result = self.core.propose(command, idempotency_key, fence).await?;
         if let Err(CommandError::Conflict { code, .. }) = &result {
             if code == STALE_EPOCH {
@@ -89,13 +91,14 @@ impl App {
             }
         }
         // Acknowledge only if the lease still covers the write now.
-        self.fence(shard).map_err(ProposeError::Fenced)?;
+        self.fence(shard, progress).map_err(ProposeError::Fenced)?;
         Ok(result)
     }
 
     /// Whether this DC may write `shard` (or anything, for `None`) now; the fence the entry
-    /// carries.
-    pub fn fence(&self, shard: Option<ShardId>) -> Result<Option<Fence>, Fenced> {
+    /// carries. `progress`: the write only moves a running operation on (a task result); while
+    /// a handover drains the shard those still go in, until the shard is frozen here.
+    pub fn fence(&self, shard: Option<ShardId>, progress: bool) -> Result<Option<Fence>, Fenced> {
         let held = self.held_lease();
         let term = self.core.raft().status().term;
         let Some(held) = held.filter(|h| h.term == term) else {
@@ -113,10 +116,17 @@ impl App {
                 })
             };
         };
-        let Some(epoch) = self.core.read().shard_epoch(shard) else {
-            return Err(Fenced::UnknownShard { shard });
+        let (epoch, frozen) = {
+            let state = self.core.read();
+            let Some(epoch) = state.shard_epoch(shard) else {
+                return Err(Fenced::UnknownShard { shard });
+            };
+            (epoch, state.shards.get(&shard).and_then(|s| s.frozen))
         };
-        may_acknowledge(&held.lease, shard, Epoch(epoch), now)?;
+        match may_acknowledge(&held.lease, shard, Epoch(epoch), now) {
+            Err(Fenced::HandingOver { .. }) if progress && frozen.is_none() => {}
+            checked => checked?,
+        }
         Ok(Some(Fence { shard, epoch }))
     }
 
@@ -136,7 +146,7 @@ impl App {
 
     /// Whether this node can acknowledge writes now (single DC: always; else a valid lease).
     pub fn has_valid_lease(&self) -> bool {
-        !self.config.multi_dc() || self.fence(None).is_ok()
+        !self.config.multi_dc() || self.fence(None, false).is_ok()
     }
 }
 
@@ -166,6 +176,9 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             }
         }
         refresh_map(&app, &client, &voters, &preferred).await;
+        if app.core.raft().is_leader() {
+            reconcile(&app).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -192,6 +205,124 @@ fn watermarks(app: &App) -> BTreeMap<ShardId, Position> {
         .collect()
 }
 
+/// The shards a handover froze here, with the last position written: the final position the
+/// placement group waits for every replica to reach.
+fn frozen_reports(app: &App) -> BTreeMap<ShardId, FrozenReport> {
+    let Some(held) = app.held_lease() else {
+        return BTreeMap::new();
+    };
+    let state = app.core.read();
+    held.lease
+        .grant
+        .owned
+        .iter()
+        .filter_map(|(shard, owned)| {
+            let OwnedShard::Frozen { handover, .. } = owned else {
+                return None;
+            };
+            let data = state.shards.get(shard)?;
+            (data.frozen == Some(*handover)).then(|| {
+                let last = data.replication.last_position();
+                (
+                    *shard,
+                    FrozenReport {
+                        handover: *handover,
+                        last: Position {
+                            epoch: Epoch(last.epoch),
+                            seq: Seq(last.seq),
+                        },
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// Brings the DC log in line with the lease and the map (DC leader, every tick):
+/// - a shard the grant freezes is frozen here once no operation of it runs (new operations are
+///   already refused by fencing; running ones finish first);
+/// - a shard granted at an epoch the local state does not write yet is adopted from the
+///   replica copy (complete through the position the epoch started after);
+/// - a shard this DC wrote and the map now gives to another DC at a later epoch is released
+///   into a replica copy (the puller then follows the new owner).
+async fn reconcile(app: &App) {
+    let Some(held) = app.held_lease() else {
+        return;
+    };
+    let placement = app.placement_state();
+    let map = app.placement();
+    let mut commands = Vec::new();
+    {
+        let state = app.core.read();
+        for (shard, owned) in &held.lease.grant.owned {
+            if shard.is_global() {
+                continue;
+            }
+            let local_epoch = state.shard_epoch(*shard);
+            let replica_here = state.replicas.contains_key(shard);
+            match owned {
+                OwnedShard::Frozen { handover, .. } => {
+                    let frozen = state.shards.get(shard).and_then(|d| d.frozen);
+                    if !replica_here && frozen != Some(*handover) && !state.shard_busy(*shard) {
+                        commands.push(Command::FreezeShard {
+                            shard: *shard,
+                            handover: *handover,
+                        });
+                    }
+                }
+                OwnedShard::Writable { epoch } if replica_here || local_epoch < Some(epoch.0) => {
+                    let after = placement
+                        .as_ref()
+                        .and_then(|p| p.shard(*shard))
+                        .and_then(|p| p.epoch_starts.get(epoch))
+                        .copied();
+                    if let Some(after) = after {
+                        commands.push(Command::AdoptShard {
+                            shard: *shard,
+                            epoch: epoch.0,
+                            after: coopr_state::Position {
+                                epoch: after.epoch.0,
+                                seq: after.seq.0,
+                            },
+                        });
+                    }
+                }
+                OwnedShard::Writable { .. } => {}
+            }
+        }
+        for shard in map.shards().filter(|s| !s.is_global()) {
+            let owner = map.owner(shard);
+            if owner == app.config.dc || state.replicas.contains_key(&shard) {
+                continue;
+            }
+            let Some(data) = state.shards.get(&shard) else {
+                continue;
+            };
+            let outbox = &data.replication;
+            let wrote =
+                outbox.next_seq > 1 || outbox.started_after.is_some() || !data.clusters.is_empty();
+            if wrote && map.epoch(shard) > outbox.epoch {
+                commands.push(Command::ReleaseShard {
+                    shard,
+                    owner_dc: owner.to_string(),
+                });
+            }
+        }
+    }
+    for command in commands {
+        let what = format!("{command:?}");
+        match app.propose(command, None).await {
+            Ok(Ok(outcome)) => {
+                tracing::info!(command = %what, ?outcome, "ownership change applied")
+            }
+            Ok(Err(e)) => {
+                tracing::info!(command = %what, error = %e, "ownership change not applied yet")
+            }
+            Err(e) => tracing::warn!(command = %what, error = %e, "ownership change not written"),
+        }
+    }
+}
+
 async fn renew(
     app: &App,
     client: &reqwest::Client,
@@ -202,7 +333,7 @@ async fn renew(
     let request = RenewRequest {
         dc: app.config.dc.clone(),
         watermarks: watermarks(app),
-        frozen: BTreeMap::new(),
+        frozen: frozen_reports(app),
     };
     // The holder's timer starts before the request leaves.
     let started = mono_ms();

@@ -115,6 +115,10 @@ pub struct ShardBatch {
     /// Why records after the cursor cannot be served (the stream of this shard stops).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the records start the owner's epoch right after the cursor (a replica following
+    /// the shard to a new owner): the position that epoch started after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_start: Option<Position>,
 }
 
 /// Reads the records after `cursor` from a shard's outbox: up to `max`, and the commit time of
@@ -123,9 +127,20 @@ pub fn read_batch(outbox: &Outbox, cursor: Position, max: usize) -> ShardBatch {
     let last = outbox.last_position();
     let mut batch = ShardBatch {
         records: Vec::new(),
-        last,
+        last: outbox.history_position(),
         next_at_ms: None,
         error: None,
+        epoch_start: None,
+    };
+    // The replica ends exactly where this owner's epoch started: continue from its seq 1.
+    let cursor = if cursor.epoch != last.epoch && outbox.started_after == Some(cursor) {
+        batch.epoch_start = Some(cursor);
+        Position {
+            epoch: last.epoch,
+            seq: 0,
+        }
+    } else {
+        cursor
     };
     if cursor.epoch != last.epoch {
         batch.error = Some(format!(
@@ -160,6 +175,15 @@ pub fn trim_point(outbox: &Outbox, acked: Position) -> Option<u64> {
 /// The age and count of the records a replica at `cursor` lacks, from the owner's outbox.
 pub fn unreplicated(outbox: &Outbox, cursor: Position, now_ms: u64) -> (u64, u64) {
     let last = outbox.last_position();
+    // A replica from an earlier epoch lacks every record of this one.
+    let cursor = if cursor.epoch < last.epoch {
+        Position {
+            epoch: last.epoch,
+            seq: 0,
+        }
+    } else {
+        cursor
+    };
     if cursor.epoch != last.epoch || cursor.seq >= last.seq {
         return (0, 0);
     }
@@ -186,6 +210,8 @@ pub struct StreamState {
     pub oldest_missing_at_ms: Option<u64>,
     /// Set when a batch was refused: the stream of this shard stopped (never skips).
     pub stopped: Option<String>,
+    /// The owner DC the stream stopped with (a new owner starts a new stream).
+    pub stopped_from: Option<String>,
     pub last_answer: Option<Instant>,
     /// When the owner's latest answer that left the replica caught up arrived (valid while
     /// `owner_last` equals the replica's watermark).
@@ -241,9 +267,10 @@ impl Progress {
         }
     }
 
-    /// Whether the stream of `shard` stopped on a refused batch.
-    pub fn is_stopped(&self, shard: ShardId) -> bool {
-        self.stream(shard).stopped.is_some()
+    /// Whether the stream of `shard` from `owner_dc` stopped on a refused batch.
+    pub fn is_stopped(&self, shard: ShardId, owner_dc: &str) -> bool {
+        let stream = self.stream(shard);
+        stream.stopped.is_some() && stream.stopped_from.as_deref() == Some(owner_dc)
     }
 }
 

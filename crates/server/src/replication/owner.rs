@@ -105,6 +105,9 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             (shard.is_global() || shard.0 < placement.shard_count())
                 && placement.owner(**shard) == app.config.dc
         })
+        // A shard this DC was handed but has not adopted yet is not served: its outbox is not
+        // the shard's (the replica asks again).
+        .filter(|(shard, _)| !app.core.read().replicas.contains_key(*shard))
         .map(|(s, c)| (*s, *c))
         .collect();
     app.replication
@@ -117,11 +120,18 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     loop {
         // Registered before the read: a commit after the read wakes this wait.
         let applied = app.core.applied.notified();
+        let mut released = false;
         let response = {
             let state = app.core.read();
             let mut left = max_records;
             let mut shards = std::collections::BTreeMap::new();
             for (shard, cursor) in &cursors {
+                // Released meanwhile (handed over): not this DC's to serve; answer now so that
+                // the replica asks the new owner.
+                if state.replicas.contains_key(shard) {
+                    released = true;
+                    continue;
+                }
                 let Some(outbox) = state.outbox(*shard) else {
                     continue;
                 };
@@ -134,7 +144,7 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
                 shards,
             }
         };
-        if response.has_news() || tokio::time::Instant::now() >= deadline {
+        if response.has_news() || released || tokio::time::Instant::now() >= deadline {
             let json = serde_json::to_vec(&response).unwrap_or_default();
             // Records are JSON: deflate shrinks them several times over on the WAN.
             let deflated = accepts_deflate(&headers).then(|| super::deflate(&json));

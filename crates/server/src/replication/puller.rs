@@ -167,7 +167,7 @@ impl Stream {
         let state = self.app.core.read();
         map.owned_by(&self.owner_dc)
             .filter(|s| map.replicas(*s).any(|r| r == dc))
-            .filter(|s| !self.app.replication.is_stopped(*s))
+            .filter(|s| !self.app.replication.is_stopped(*s, &self.owner_dc))
             .map(|s| (s, state.replica(s).map_or(Position::START, |r| r.watermark)))
             .collect()
     }
@@ -242,9 +242,20 @@ impl Stream {
             };
             if let Some(error) = batch.error {
                 tracing::error!(%shard, owner_dc = %self.owner_dc, %error, "replication stream stopped: the owner cannot serve it");
-                progress.update_stream(shard, |s| s.stopped = Some(error));
+                progress.update_stream(shard, |s| {
+                    s.stopped = Some(format!("{}: {error}", self.owner_dc));
+                    s.stopped_from = Some(self.owner_dc.clone());
+                });
                 continue;
             }
+            // An answer from another owner than the one a stop came from: the shard moved and
+            // its stream starts afresh.
+            progress.update_stream(shard, |s| {
+                if s.stopped.is_some() && s.stopped_from.as_deref() != Some(&self.owner_dc) {
+                    s.stopped = None;
+                    s.stopped_from = None;
+                }
+            });
             let Some(first_at_ms) = batch.records.first().map(|r| r.at_ms) else {
                 progress.update_stream(shard, |s| {
                     s.owner_last = Some(batch.last);
@@ -267,6 +278,7 @@ impl Stream {
                 from_dc: self.owner_dc.clone(),
                 shard,
                 records: batch.records,
+                epoch_start: batch.epoch_start,
             };
             match self.app.propose(command, None).await? {
                 Ok(_) => {
@@ -274,6 +286,8 @@ impl Stream {
                         .increment(count as u64);
                     progress.update_stream(shard, |s| {
                         s.oldest_missing_at_ms = batch.next_at_ms;
+                        s.stopped = None;
+                        s.stopped_from = None;
                         if caught_up {
                             s.caught_up_at = Some(answered);
                         }
@@ -296,7 +310,10 @@ impl Stream {
                         "replication batch refused: the stream of this shard stopped (a replica never skips)");
                     metrics::counter!("coopr_replication_refused_batches_total", "owner_dc" => self.owner_dc.clone())
                         .increment(1);
-                    progress.update_stream(shard, |s| s.stopped = Some(e.to_string()));
+                    progress.update_stream(shard, |s| {
+                        s.stopped = Some(e.to_string());
+                        s.stopped_from = Some(self.owner_dc.clone());
+                    });
                 }
             }
         }
