@@ -222,8 +222,23 @@ pub enum AdminCommand {
     Provisioners,
     /// Replication per shard: owner, replica watermarks, lag_ms, unreplicated records/age.
     Replication,
-    /// The shard map: owner and replica DCs of every shard.
+    /// The shard map: owner, replica DCs, epoch and status of every shard, the DC leases and
+    /// the ownership history.
     Shards,
+    /// Hand a cluster shard over to one of its replica DCs (graceful: nothing is lost; running
+    /// operations finish at the old owner first)
+    Handover {
+        /// Shard number
+        shard: u32,
+        /// The DC that takes the shard over
+        #[arg(long)]
+        to: String,
+    },
+    /// Give up a handover in progress (the owner writes the shard again)
+    AbortHandover {
+        /// Shard number
+        shard: u32,
+    },
     /// Replace the tenant's catalog with the one in a JSON file (the shape `export` prints)
     Import { file: std::path::PathBuf },
     /// Print the tenant's catalog as JSON
@@ -480,6 +495,15 @@ async fn admin(conn: &Connection, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Provisioners => print_json(&api.get("/provisioners").await?)?,
         AdminCommand::Replication => print_json(&api.get("/admin/replication").await?)?,
         AdminCommand::Shards => print_json(&api.get("/admin/shards").await?)?,
+        AdminCommand::Handover { shard, to } => {
+            let body = json!({ "to": to });
+            let path = format!("/admin/shards/{shard}/handover");
+            print_json(&api.send(Method::POST, &path, Some(&body), None).await?)?;
+        }
+        AdminCommand::AbortHandover { shard } => {
+            let path = format!("/admin/shards/{shard}/handover/abort");
+            print_json(&api.send(Method::POST, &path, None, None).await?)?;
+        }
         AdminCommand::Import { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
