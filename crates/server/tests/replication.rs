@@ -823,7 +823,8 @@ async fn set_expire(via: &TestServer, id: &str, expire: u64, key: &str) -> commo
 /// - a write reaching a, which lost the shard, as forwarded by another DC is refused by
 ///   fencing (503 `not_owner`) and changes nothing;
 /// - a DC routing by a stale map (c, whose map is set back to epoch 1) sends the write to a,
-///   learns the new owner from the placement group and retries at b, transparently;
+///   learns the new owner from the placement group and retries at b, transparently; so does
+///   a itself when its own map is stale (its DC log refuses the write by fencing first);
 /// - b runs later operations on the adopted cluster (a delete), which replicate back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_handed_over_keeps_every_copy_and_fences_stale_writers() {
@@ -918,6 +919,22 @@ async fn a_shard_handed_over_keeps_every_copy_and_fences_stale_writers() {
         }
     }
     assert!(rerouted, "c never routed by its stale map");
+
+    tracing::info!("--- a stale map at a itself: its own write is fenced, then sent to b");
+    let mut rerouted = false;
+    for attempt in 0..5u64 {
+        reset_map_to_initial(a);
+        let before = a.app().rerouted.load(std::sync::atomic::Ordering::Relaxed);
+        let expire = create_time + 7_200_000 + attempt;
+        let reply = set_expire(a, &id, expire, &format!("stale-a-{attempt}")).await;
+        reply.assert_ok();
+        assert_eq!(reply.header("coopr-served-by"), Some("b/b1"), "{reply:?}");
+        if a.app().rerouted.load(std::sync::atomic::Ordering::Relaxed) > before {
+            rerouted = true;
+            break;
+        }
+    }
+    assert!(rerouted, "a never wrote by its stale map");
 
     tracing::info!("--- b runs a delete of the adopted cluster");
     let worker_b = Worker::register(b, "p-b", "w1").await;

@@ -142,6 +142,12 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
         };
     }
     if raft.is_leader() {
+        if let (Some((id, _)), false) = (cluster, is_read) {
+            if app.config.multi_dc() && !req.headers().contains_key(FORWARDED_DC_HEADER) {
+                let shard = id.shard(app.config.shard_count);
+                return write_rerouted_if_moved(&app, shard, req, next).await;
+            }
+        }
         if strong {
             if let Err(e) = raft.read_barrier().await {
                 return unavailable(
@@ -170,6 +176,62 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
         );
     };
     forward(&app, &target.api, req).await
+}
+
+/// Runs a write to a cluster this DC owned by its map. If fencing refuses it because the
+/// shard moved (`not_owner`, `stale_epoch`: this node's map was stale), the map is refreshed
+/// and the write goes to the new owner, transparently to the client.
+async fn write_rerouted_if_moved(app: &App, shard: ShardId, req: Request, next: Next) -> Response {
+    let (parts, body) = match buffered(req).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    // The local state holds the shard as a replica: it was handed over (or not adopted yet);
+    // the handlers would not even find the cluster.
+    if app.core.read().replica(shard).is_some() {
+        crate::placement::lease::refresh_now(app).await;
+        if !app.owns(shard) {
+            app.rerouted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return forward_buffered(app, shard, &parts, body).await;
+        }
+        return unavailable(
+            "stale_epoch",
+            format!("shard {shard} is being adopted by this datacenter; retry"),
+        );
+    }
+    let response = next.run(rebuild(&parts, body.clone())).await;
+    if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return served_by(response, &app.served_by());
+    }
+    let (response, code) = error_code(response).await;
+    if !matches!(code.as_deref(), Some("not_owner" | "stale_epoch")) {
+        return served_by(response, &app.served_by());
+    }
+    crate::placement::lease::refresh_now(app).await;
+    if app.owns(shard) {
+        return served_by(response, &app.served_by());
+    }
+    app.rerouted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    forward_buffered(app, shard, &parts, body).await
+}
+
+/// A request again from its buffered parts.
+fn rebuild(parts: &Parts, body: Bytes) -> Request {
+    let mut builder = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    for (name, value) in &parts.headers {
+        builder = builder.header(name, value);
+    }
+    let mut request = builder
+        .body(Body::from(body))
+        .unwrap_or_else(|_| Request::new(Body::empty()));
+    // Routing state (matched path, path parameters) travels in the extensions.
+    *request.extensions_mut() = parts.extensions.clone();
+    request
 }
 
 fn with_staleness(mut response: Response, ms: u64) -> Response {
@@ -312,14 +374,17 @@ const MAX_OWNER_CHANGES: usize = 3;
 /// fencing (it lost the shard), the map is refreshed from the placement group and the request
 /// goes to the new owner, transparently to the client.
 async fn forward_to_owner(app: &App, shard: ShardId, req: Request) -> Response {
-    let (parts, body) = match buffered(req).await {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
+    match buffered(req).await {
+        Ok((parts, body)) => forward_buffered(app, shard, &parts, body).await,
+        Err(response) => response,
+    }
+}
+
+async fn forward_buffered(app: &App, shard: ShardId, parts: &Parts, body: Bytes) -> Response {
     let mut owner = app.placement().owner(shard).to_string();
     let mut attempt = 0;
     loop {
-        let response = forward_to_dc(app, &owner, &parts, body.clone()).await;
+        let response = forward_to_dc(app, &owner, parts, body.clone()).await;
         if response.status() != StatusCode::SERVICE_UNAVAILABLE || attempt >= MAX_OWNER_CHANGES {
             return response;
         }
