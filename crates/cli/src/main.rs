@@ -198,7 +198,7 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
     // Every other DC's nodes: the static placement spans all DCs, and replicas pull from owners.
     let mut remote_dcs: std::collections::BTreeMap<String, Vec<coopr_server::Member>> =
         std::collections::BTreeMap::new();
-    for p in file.peers.iter().filter(|p| p.dc != file.dc) {
+    for p in file.peers.iter().filter(|p| p.dc != file.dc && !p.witness) {
         remote_dcs
             .entry(p.dc.clone())
             .or_default()
@@ -257,6 +257,7 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             placement_node_id,
             lease_ms: file.lease_ms,
             max_clock_offset_ms: file.max_clock_offset_ms,
+            witness: file.peers.iter().any(|p| p.id == me && p.witness),
             ..ServerConfig::default()
         },
         workers,
@@ -266,6 +267,17 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.config {
         let (config, workers) = server_config_from_file(path)?;
+        if config.witness {
+            let witness = coopr_server::start_witness(config).await?;
+            println!(
+                "coopr witness (placement voter) listening on {}",
+                witness.internal_addr
+            );
+            let mut stop = shutdown_on_signal();
+            let _ = stop.wait_for(|s| *s).await;
+            witness.shutdown().await;
+            return Ok(());
+        }
         let handle = coopr_server::start(config.clone()).await?;
         println!("coopr server listening on {}", handle.url());
         let mut stop = shutdown_on_signal();

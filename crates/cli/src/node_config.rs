@@ -25,6 +25,10 @@ pub struct Peer {
     /// peer is marked, the first peer of each DC is. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub placement: bool,
+    /// Whether this peer is a witness: a placement voter of a site without data (its `dc`),
+    /// so that two DCs have a third vote. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub witness: bool,
 }
 
 /// A node's configuration file. Every option is documented with its default.
@@ -265,7 +269,11 @@ impl NodeConfig {
         if dcs.len() < 2 {
             return Vec::new();
         }
-        let marked: Vec<&Peer> = self.peers.iter().filter(|p| p.placement).collect();
+        let marked: Vec<&Peer> = self
+            .peers
+            .iter()
+            .filter(|p| p.placement || p.witness)
+            .collect();
         if !marked.is_empty() {
             return marked;
         }
@@ -315,6 +323,10 @@ pub struct InitClusterArgs {
     /// Number of shards.
     #[arg(long, default_value_t = 64)]
     pub shards: u32,
+    /// Add a witness site (`witness`, one node at base + 10*dcs): a placement voter without
+    /// data, the third vote a deployment of two DCs needs to survive the loss of one.
+    #[arg(long)]
+    pub witness: bool,
 }
 
 /// One entry of `endpoints.json`.
@@ -345,7 +357,10 @@ pub fn init_cluster(
     if ![1, 3, 5].contains(&args.nodes_per_dc) {
         bail!("--nodes-per-dc must be 1, 3 or 5");
     }
-    let top = u32::from(args.base_port) + 10 * (args.dcs - 1) + 5 + args.nodes_per_dc;
+    let top = u32::from(args.base_port)
+        + 10 * (args.dcs - 1 + u32::from(args.witness))
+        + 5
+        + args.nodes_per_dc;
     if top > 65_535 {
         bail!(
             "--base-port {} leaves no room for {} DCs",
@@ -368,8 +383,21 @@ pub fn init_cluster(
                 api: format!("http://127.0.0.1:{api_port}"),
                 internal: format!("http://127.0.0.1:{internal_port}"),
                 placement: args.dcs > 1 && i == 0,
+                witness: false,
             });
         }
+    }
+    if args.witness {
+        let api_port = u32::from(args.base_port) + 10 * args.dcs;
+        peers.push(Peer {
+            id: u64::from(args.dcs * args.nodes_per_dc + 1),
+            dc: "witness".into(),
+            node: "witness1".into(),
+            api: format!("http://127.0.0.1:{api_port}"),
+            internal: format!("http://127.0.0.1:{}", api_port + 5),
+            placement: true,
+            witness: true,
+        });
     }
     write_private(&out.join("secret"), &format!("{secret}\n"))?;
     write_private(&out.join("admin-key"), &format!("{admin_key}\n"))?;
@@ -456,6 +484,7 @@ mod tests {
             out: out.to_path_buf(),
             demo: true,
             shards: 64,
+            witness: false,
         }
     }
 
@@ -488,6 +517,32 @@ mod tests {
     }
 
     /// Validation errors name the offending key.
+    /// With several DCs the first node of each votes in the placement group; `--witness` adds
+    /// a witness site that votes too and holds no data.
+    #[test]
+    fn placement_voters_are_one_node_per_dc_and_the_witness() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = args(dir.path(), 2, 3);
+        two.witness = true;
+        let endpoints = init_cluster(&two, "0123456789abcdef0123", "k").unwrap();
+        assert_eq!(endpoints.len(), 7);
+        let config = NodeConfig::load(&endpoints[4].config).unwrap();
+        let voters: Vec<&str> = config
+            .placement_voters()
+            .iter()
+            .map(|p| p.node.as_str())
+            .collect();
+        assert_eq!(voters, ["a1", "b1", "witness1"]);
+        let witness = config.peers.iter().find(|p| p.witness).unwrap();
+        assert_eq!(
+            (witness.dc.as_str(), witness.api.as_str()),
+            ("witness", "http://127.0.0.1:7120")
+        );
+        let one = init_cluster(&args(dir.path(), 1, 3), "0123456789abcdef0123", "k").unwrap();
+        let config = NodeConfig::load(&one[0].config).unwrap();
+        assert!(config.placement_voters().is_empty());
+    }
+
     #[test]
     fn validation_names_the_bad_key() {
         let dir = tempfile::tempdir().unwrap();

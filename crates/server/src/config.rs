@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// 500 ms): the holder stops writing that much before the lease ends, the grantor waits
     /// that much longer before declaring the DC dead.
     pub max_clock_offset_ms: u64,
+    /// This node is a witness (see [`crate::start_witness`]): `dc` names its site, which holds
+    /// no data; `remote_dcs` lists the data DCs.
+    pub witness: bool,
 }
 
 /// One voter of the placement group.
@@ -116,6 +119,7 @@ impl Default for ServerConfig {
             placement_node_id: None,
             lease_ms: 3_000,
             max_clock_offset_ms: 500,
+            witness: false,
         }
     }
 }
@@ -237,8 +241,9 @@ impl ServerConfig {
 
     /// The initial shard map over this DC and `remote_dcs`.
     pub fn initial_map(&self) -> crate::placement::ShardMap {
+        let own = (!self.witness).then(|| self.dc.clone());
         crate::placement::ShardMap::initial(
-            std::iter::once(self.dc.clone()).chain(self.remote_dcs.keys().cloned()),
+            own.into_iter().chain(self.remote_dcs.keys().cloned()),
             self.shard_count,
         )
     }

@@ -262,6 +262,63 @@ impl ServerHandle {
     }
 }
 
+/// A running witness: a voter of the placement group and nothing else (no DC log, no user
+/// API, no shards). It gives a deployment of two DCs a third vote, so that either DC alone can
+/// still reach a majority of the placement group when the other is gone.
+pub struct WitnessHandle {
+    /// The internal API (the placement group's Raft RPCs and calls).
+    pub internal_addr: SocketAddr,
+    pub group: Arc<PlacementGroup>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WitnessHandle {
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.group.raft().clone().shutdown().await;
+    }
+}
+
+/// Starts a witness (see [`WitnessHandle`]): needs `placement_node_id`, `placement_members`,
+/// `internal_listen`, `secret` and `data_dir`; its `dc` names the witness site.
+pub async fn start_witness(config: ServerConfig) -> anyhow::Result<WitnessHandle> {
+    config.validate()?;
+    if !config.witness || config.placement_node_id.is_none() || config.remote_dcs.is_empty() {
+        anyhow::bail!("a witness needs witness = true, placement_node_id and the data DCs");
+    }
+    if config.secret.as_ref().is_none_or(|s| s.len() < 16) {
+        anyhow::bail!("a witness needs a secret of at least 16 characters");
+    }
+    let Some(listen) = config.internal_listen.clone() else {
+        anyhow::bail!("a witness needs internal_listen");
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let group = PlacementGroup::start(&config).await?;
+    let (shutdown, stop) = watch::channel(false);
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let internal_addr = listener.local_addr()?;
+    let tick = Duration::from_millis(config.lease_ms / 3);
+    let tasks = vec![
+        serve(listener, group.router(), stop.clone()),
+        tokio::spawn(group.clone().initialize(stop.clone())),
+        tokio::spawn(group.clone().run(tick, stop)),
+    ];
+    tracing::info!(%internal_addr, site = %config.dc, "coopr witness (placement voter) listening");
+    Ok(WitnessHandle {
+        internal_addr,
+        group,
+        shutdown,
+        tasks,
+    })
+}
+
 /// How long a server of a single-member DC waits at start for its own election.
 const SINGLE_NODE_ELECTION_WAIT: Duration = Duration::from_secs(10);
 

@@ -39,8 +39,12 @@ fn free_port() -> u16 {
 
 struct Deployment {
     dcs: BTreeMap<String, TestServer>,
+    witness: Option<coopr_server::WitnessHandle>,
     _dirs: Vec<tempfile::TempDir>,
 }
+
+/// The site name of the witness in [`Deployment::start_sites`].
+const WITNESS: &str = "w";
 
 impl Deployment {
     /// Three single-node DCs that know each other.
@@ -50,21 +54,36 @@ impl Deployment {
 
     /// Three single-node DCs that know each other, with config tweaks.
     async fn start_with(tweak: impl Fn(&mut ServerConfig)) -> Deployment {
-        let ports: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
-        let internal: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
+        Self::start_sites(&DCS, false, tweak).await
+    }
+
+    /// Single-node DCs named `names` that know each other, each node a voter of the placement
+    /// group, plus a witness voter if asked.
+    async fn start_sites(
+        names: &[&str],
+        with_witness: bool,
+        tweak: impl Fn(&mut ServerConfig),
+    ) -> Deployment {
+        let sites: Vec<&str> = names
+            .iter()
+            .copied()
+            .chain(with_witness.then_some(WITNESS))
+            .collect();
+        let ports: BTreeMap<&str, u16> = sites.iter().map(|dc| (*dc, free_port())).collect();
+        let internal: BTreeMap<&str, u16> = sites.iter().map(|dc| (*dc, free_port())).collect();
         let member = |dc: &str| Member {
             node: format!("{dc}1"),
             api: format!("http://127.0.0.1:{}", ports[dc]),
             internal: format!("http://127.0.0.1:{}", internal[dc]),
         };
-        // Each DC's node is a voter of the placement group (ids 1, 2, 3).
+        // Each site's node is a voter of the placement group (ids 1, 2, ...).
         let placement_members: BTreeMap<u64, PlacementMember> = (1u64..)
-            .zip(DCS)
+            .zip(&sites)
             .map(|(id, dc)| {
                 (
                     id,
                     PlacementMember {
-                        dc: dc.into(),
+                        dc: dc.to_string(),
                         internal: member(dc).internal,
                     },
                 )
@@ -72,10 +91,11 @@ impl Deployment {
             .collect();
         let mut dcs = BTreeMap::new();
         let mut dirs = Vec::new();
-        for (placement_id, dc) in (1u64..).zip(DCS) {
+        let mut witness = None;
+        for (placement_id, dc) in (1u64..).zip(&sites) {
             let dir = tempfile::tempdir().expect("tempdir");
-            let config = ServerConfig {
-                dc: dc.into(),
+            let mut config = ServerConfig {
+                dc: dc.to_string(),
                 node: format!("{dc}1"),
                 listen: format!("127.0.0.1:{}", ports[dc]),
                 internal_listen: Some(format!("127.0.0.1:{}", internal[dc])),
@@ -83,17 +103,21 @@ impl Deployment {
                 placement_node_id: Some(placement_id),
                 shard_count: SHARDS,
                 secret: Some(SECRET.into()),
-                remote_dcs: DCS
+                remote_dcs: names
                     .iter()
-                    .filter(|d| **d != dc)
+                    .filter(|d| *d != dc)
                     .map(|d| (d.to_string(), vec![member(d)]))
                     .collect(),
                 replication_wait_ms: 2_000,
+                witness: *dc == WITNESS,
                 ..common::config(dir.path())
             };
-            let mut config = config;
             tweak(&mut config);
-            dcs.insert(dc.to_string(), TestServer::start_config(config).await);
+            if config.witness {
+                witness = Some(coopr_server::start_witness(config).await.expect("witness"));
+            } else {
+                dcs.insert(dc.to_string(), TestServer::start_config(config).await);
+            }
             dirs.push(dir);
         }
         // Only a (the global shard's owner) seeds tenants and keys; the others are ready once
@@ -106,7 +130,11 @@ impl Deployment {
             })
             .await;
         }
-        Deployment { dcs, _dirs: dirs }
+        Deployment {
+            dcs,
+            witness,
+            _dirs: dirs,
+        }
     }
 
     fn dc(&self, dc: &str) -> &TestServer {
@@ -114,6 +142,9 @@ impl Deployment {
     }
 
     async fn stop(self) {
+        if let Some(witness) = self.witness {
+            witness.shutdown().await;
+        }
         for (_, server) in self.dcs {
             server.stop().await;
         }
@@ -148,7 +179,7 @@ fn all_shards() -> Vec<String> {
 async fn converged(deployment: &Deployment) -> Option<()> {
     for shard in all_shards() {
         let mut views = Vec::new();
-        for dc in DCS {
+        for dc in deployment.dcs.keys() {
             views.push(view(deployment.dc(dc), &shard).await);
         }
         let owners: Vec<&Value> = views.iter().filter(|v| v["role"] == "owner").collect();
@@ -161,7 +192,7 @@ async fn converged(deployment: &Deployment) -> Option<()> {
             }
         }
     }
-    for dc in DCS {
+    for dc in deployment.dcs.keys() {
         let report = deployment
             .dc(dc)
             .get("/v2/admin/replication", &Auth::Superadmin)
@@ -952,4 +983,88 @@ async fn a_shard_handed_over_keeps_every_copy_and_fences_stale_writers() {
 fn reset_map_to_initial(server: &TestServer) {
     let app = server.app();
     app.replace_map_for_tests(app.config.initial_map());
+}
+
+/// Two DCs and a witness: the witness votes in the placement group (it holds no shards and no
+/// lease), so when DC b goes away, a and the witness are still a majority: a keeps renewing
+/// its lease and acknowledging writes. (Without the witness, a would be fenced: see
+/// `a_dc_without_a_placement_majority_stops_acknowledging_writes`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_witness_one_of_two_dcs_keeps_writing() {
+    const LEASE_MS: u64 = 1_500;
+    let mut deployment = Deployment::start_sites(&["a", "b"], true, |c| {
+        c.lease_ms = LEASE_MS;
+        c.max_clock_offset_ms = 100;
+    })
+    .await;
+    let map = deployment
+        .dc("a")
+        .get("/v2/admin/shards", &Auth::Superadmin)
+        .await;
+    let map = map.assert_ok();
+    assert_eq!(map["dcs"], json!(["a", "b"]), "{map}");
+    let leases: Vec<&str> = map["leases"]
+        .as_array()
+        .expect("leases")
+        .iter()
+        .filter_map(|l| l["dc"].as_str())
+        .collect();
+    assert!(
+        !leases.contains(&WITNESS),
+        "the witness holds no lease: {map}"
+    );
+    wait_for("the seeding to replicate", || converged(&deployment)).await;
+
+    tracing::info!("--- stop b: a and the witness are a majority");
+    let lease_sequence = |server: &TestServer| {
+        server
+            .app()
+            .held_lease()
+            .map_or(0, |held| held.lease.grant.sequence)
+    };
+    let b = deployment.dcs.remove("b").expect("running");
+    b.stop().await;
+    let a = deployment.dc("a");
+    let at_stop = lease_sequence(a);
+    // If b led the placement group, a and the witness elect a new leader first (up to about a
+    // second here, which may outlast a's lease: writes answer a retryable 503 meanwhile). Once
+    // a renewal was granted without b, every write is acknowledged, for several leases.
+    wait_for("a renewal granted without b", || async {
+        (lease_sequence(a) > at_stop).then_some(())
+    })
+    .await;
+    let create = || async {
+        reqwest::Client::new()
+            .post(format!("{}/v2/clusters", a.base))
+            .header("Coopr-UserID", "demo")
+            .header("Coopr-TenantID", "demo")
+            .header("Coopr-ApiKey", "demo-key")
+            .json(&json!({"name": "solo", "clusterTemplate": "base", "numMachines": 1}))
+            .send()
+            .await
+            .expect("a answers")
+            .status()
+            .as_u16()
+    };
+    wait_for("a to write again", || async {
+        (create().await == 200).then_some(())
+    })
+    .await;
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(LEASE_MS * 4);
+    let mut created = 0;
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            create().await,
+            200,
+            "a write refused after {created} acknowledged"
+        );
+        created += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(created > 10);
+    let ready = reqwest::get(format!("{}/ready", a.base))
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200);
+    deployment.stop().await;
 }

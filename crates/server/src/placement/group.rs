@@ -158,6 +158,25 @@ impl PlacementGroup {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// When this node started leading the group (monotonic ms), taking up leadership now if
+    /// it was just elected: the read barrier first makes the local state include every
+    /// committed command. `None` if it does not lead.
+    async fn ensure_leading(&self) -> Option<u64> {
+        if let Some(since) = self.leader_since() {
+            return Some(since);
+        }
+        self.raft.read_barrier().await.ok()?;
+        let mut since = self
+            .leader_since_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if since.is_none() {
+            *since = Some(mono_ms());
+            tracing::info!("leading the placement group");
+        }
+        *since
+    }
+
     /// The leader's duties: bootstrap the map once, complete handovers whose target caught
     /// up. Runs on every voter, acts only on the leader.
     pub async fn run(self: Arc<Self>, tick: Duration, mut stop: watch::Receiver<bool>) {
@@ -173,22 +192,8 @@ impl PlacementGroup {
                     .unwrap_or_else(|e| e.into_inner()) = None;
                 continue;
             }
-            let since = match self.leader_since() {
-                Some(since) => since,
-                None => {
-                    // Leads from now; the read barrier makes the local state include every
-                    // committed command before deciding anything.
-                    if self.raft.read_barrier().await.is_err() {
-                        continue;
-                    }
-                    let since = mono_ms();
-                    *self
-                        .leader_since_ms
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(since);
-                    tracing::info!("leading the placement group");
-                    since
-                }
+            let Some(since) = self.ensure_leading().await else {
+                continue;
             };
             if self.machine.state().is_none() {
                 match self.propose(&self.bootstrap).await {
@@ -324,7 +329,8 @@ async fn renew(
     if !group.raft.is_leader() {
         return group.at_leader(&headers, RENEW_PATH, body).await;
     }
-    if group.leader_since().is_none() {
+    // A leader just elected grants at once (its run loop may not have ticked yet).
+    if group.ensure_leading().await.is_none() {
         return unavailable(
             "leader_starting",
             "the placement leader is taking up its duties".into(),
