@@ -11,7 +11,7 @@ use tokio::sync::watch;
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Number of datacenters (a, b, c, ...); shards are spread over them and replicated.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 3)]
     dcs: u32,
     /// Nodes in the datacenter (1, 3 or 5), forming its Raft log.
     #[arg(long, default_value_t = 1)]
@@ -166,10 +166,15 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
         .map(|s| s.url());
     let replication = match other {
         Some(other) => format!(
-            "\nEach datacenter creates clusters in the shards it owns and replicates the others' shards:\n  \
+            "\nCreate a cluster in datacenter a and watch it appear in b (served from b's copy, with\n\
+             Coopr-Served-By and Coopr-Staleness-Ms headers):\n  \
              coopr cluster create web --template lamp --machines 3 --wait --server {url}\n  \
-             curl -s -H 'Coopr-UserID: admin' -H 'Coopr-TenantID: superadmin' -H 'Coopr-ApiKey: admin-key' {other}/v2/admin/replication\n  \
-             curl -s -H 'Coopr-UserID: admin' -H 'Coopr-TenantID: superadmin' -H 'Coopr-ApiKey: admin-key' {other}/v2/admin/shards/0/view\n"
+             coopr cluster list --server {other}\n  \
+             curl -si -H 'Coopr-UserID: demo' -H 'Coopr-TenantID: demo' -H 'Coopr-ApiKey: demo-key' {other}/v2/clusters/<id>\n\
+             Replication lag, the shard map with leases and epochs, a graceful handover:\n  \
+             COOPR_TENANT=superadmin COOPR_USER=admin COOPR_API_KEY=admin-key coopr admin replication --server {other}\n  \
+             COOPR_TENANT=superadmin COOPR_USER=admin COOPR_API_KEY=admin-key coopr admin shards --server {other}\n  \
+             COOPR_TENANT=superadmin COOPR_USER=admin COOPR_API_KEY=admin-key coopr admin handover 0 --to b --server {other}\n"
         ),
         None => String::new(),
     };

@@ -28,7 +28,14 @@ fn free_port() -> u16 {
 
 fn start_demo(port: u16, dir: &Path, latency_ms: u64) -> Process {
     let child = Command::new(BIN)
-        .args(["demo", "--base-port", &port.to_string(), "--data-dir"])
+        .args([
+            "demo",
+            "--dcs",
+            "1",
+            "--base-port",
+            &port.to_string(),
+            "--data-dir",
+        ])
         .arg(dir)
         .args([
             "--fake-latency-ms",
