@@ -167,8 +167,9 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let preferred = AtomicUsize::new(0);
     loop {
         let status = app.core.raft().status();
+        let mut granted = true;
         if app.core.raft().is_leader() {
-            renew(&app, &client, &voters, &preferred, status.term).await;
+            granted = renew(&app, &client, &voters, &preferred, status.term).await;
         } else {
             let mut lease = app.lease.lock().unwrap_or_else(|e| e.into_inner());
             if lease.take().is_some() {
@@ -179,12 +180,18 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         if app.core.raft().is_leader() {
             reconcile(&app).await;
         }
+        // A refused renewal (placement election, a voter down) is retried soon: the lease
+        // runs out after lease - offset, only three ticks.
+        let pause = if granted { tick } else { tick.min(RENEW_RETRY) };
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
+
+/// How soon a refused renewal is tried again.
+const RENEW_RETRY: Duration = Duration::from_millis(100);
 
 /// The position of every replica copy this DC holds.
 fn watermarks(app: &App) -> BTreeMap<ShardId, Position> {
@@ -323,13 +330,14 @@ async fn reconcile(app: &App) {
     }
 }
 
+/// Sends one renewal (to each voter in turn until one answers); whether a grant came back.
 async fn renew(
     app: &App,
     client: &reqwest::Client,
     voters: &[String],
     preferred: &AtomicUsize,
     term: u64,
-) {
+) -> bool {
     let request = RenewRequest {
         dc: app.config.dc.clone(),
         watermarks: watermarks(app),
@@ -365,16 +373,17 @@ async fn renew(
             Ok(Ok(Reply::LeaseGranted { grant })) => {
                 preferred.store(n, Ordering::Relaxed);
                 take_grant(app, grant, started, term);
-                return;
+                return true;
             }
             Ok(other) => {
                 tracing::warn!(?other, "lease renewal answered without a grant");
-                return;
+                return false;
             }
             Err(e) => tracing::debug!(%url, error = %e, "unreadable renewal answer"),
         }
     }
     metrics::counter!("coopr_lease_renewals_failed_total").increment(1);
+    false
 }
 
 fn take_grant(app: &App, grant: coopr_placement::LeaseGrant, started: u64, term: u64) {
