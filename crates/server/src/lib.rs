@@ -209,6 +209,18 @@ impl App {
             .unwrap_or(0)
             .saturating_sub(raft.last_applied.unwrap_or(0));
         metrics::gauge!("coopr_raft_apply_lag_entries").set(lag as f64);
+        if self.config.multi_dc() {
+            // The DC's lease as this node holds it (0 on followers and once it ran out).
+            let remaining = self.held_lease().map_or(0, |held| {
+                let lease = &held.lease;
+                let end = lease.started_before_send_ms + lease.grant.lease_ms;
+                end.saturating_sub(lease.grant.max_clock_offset_ms)
+                    .saturating_sub(placement::group::mono_ms())
+            });
+            metrics::gauge!("coopr_lease_remaining_ms").set(remaining as f64);
+            let owned = self.placement().owned_by(&self.config.dc).count();
+            metrics::gauge!("coopr_shards_owned").set(owned as f64);
+        }
         if !self.config.remote_dcs.is_empty() {
             replication::refresh_gauges(
                 &self.config.dc,

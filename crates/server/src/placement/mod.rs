@@ -206,6 +206,41 @@ mod tests {
         assert_eq!(p.owned_by("zz").count(), 0);
     }
 
+    /// The map takes what the placement group says only where it is newer (a higher epoch, or
+    /// the same epoch with another status), and learning an owner never moves a shard back.
+    #[test]
+    fn the_map_only_moves_forward() {
+        use coopr_placement::{Command, Dc, DcId};
+        let mut map = placement(&["a", "b", "c"], 3);
+        let mut state = coopr_placement::PlacementState::bootstrap(
+            vec![Dc::voter("a"), Dc::voter("b"), Dc::voter("c")],
+            3,
+            3_000,
+            500,
+        )
+        .unwrap();
+        assert!(
+            !map.merge(&state),
+            "the initial map is the bootstrap placement"
+        );
+        state
+            .apply(&Command::StartHandover {
+                shard: ShardId(0),
+                to: DcId::new("b"),
+            })
+            .unwrap();
+        assert!(map.merge(&state));
+        assert_eq!(map.entry(ShardId(0)).status, "draining");
+        assert!(map.learn_owner(ShardId(0), "b", 2));
+        assert_eq!((map.owner(ShardId(0)), map.epoch(ShardId(0))), ("b", 2));
+        assert_eq!(map.replicas(ShardId(0)).collect::<Vec<_>>(), ["c", "a"]);
+        // An older answer (epoch 1) changes nothing; nor does an unknown DC.
+        assert!(!map.merge(&state));
+        assert_eq!(map.owner(ShardId(0)), "b");
+        assert!(!map.learn_owner(ShardId(0), "a", 2));
+        assert!(!map.learn_owner(ShardId(1), "zz", 5));
+    }
+
     /// With more DCs than shards some DCs own no cluster shard (they cannot create clusters).
     #[test]
     fn more_dcs_than_shards_leaves_some_without_shards() {
