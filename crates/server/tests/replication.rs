@@ -846,8 +846,9 @@ async fn set_expire(via: &TestServer, id: &str, expire: u64, key: &str) -> commo
         .await
 }
 
-/// Graceful handover at run time: shard s moves from a to b through the placement group. The
-/// owner freezes it and reports its last position, every replica reaches it, b adopts the
+/// Graceful handover at run time: shard s moves from a to b through the placement group. While
+/// it drains, a refuses new writes to it (`handing_over`) but lets the running create finish;
+/// then it freezes the shard and reports its last position, every replica reaches it, b adopts the
 /// shard in epoch 2 and a releases it into a replica copy; every copy stays equal and every
 /// stream follows (c switches from a to b exactly where a stopped). Afterwards:
 /// - the map and the ownership history show the change;
@@ -866,14 +867,12 @@ async fn a_shard_handed_over_keeps_every_copy_and_fences_stale_writers() {
     .await;
     let (a, b, c) = (deployment.dc("a"), deployment.dc("b"), deployment.dc("c"));
     let worker_a = Worker::register(a, "p-a", "w1").await;
+    // The create runs (no worker drives it yet) when the handover starts.
     let id = a.create_cluster("base", 1).await;
-    worker_a.drive().await;
-    assert_eq!(a.cluster_status(&id).await["status"], "active");
     let shard = shard_of(&id);
     assert_eq!(owner_of(shard), "a");
-    wait_for("the create to replicate", || converged(&deployment)).await;
 
-    tracing::info!("--- hand shard {shard} over to b (asked at c)");
+    tracing::info!("--- hand shard {shard} over to b (asked at c) while an operation runs");
     let path = format!("/v2/admin/shards/{shard}/handover");
     let started = c.post(&path, &Auth::Superadmin, json!({"to": "b"})).await;
     assert_eq!(
@@ -890,6 +889,28 @@ async fn a_shard_handed_over_keeps_every_copy_and_fences_stale_writers() {
     )
     .await
     .assert_error(400);
+    // Once a's lease says the shard drains (its next renewal), a refuses new writes to it
+    // (retryable; here: pausing the running create, which would otherwise be accepted) ...
+    wait_for("a's grant to freeze the shard", || async {
+        let held = a.app().held_lease()?;
+        let owned = held.lease.grant.owned.get(&coopr_types::ShardId(shard))?;
+        matches!(owned, coopr_placement::OwnedShard::Frozen { .. }).then_some(())
+    })
+    .await;
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v2/clusters/{id}/pause", a.base))
+        .header("Coopr-UserID", "demo")
+        .header("Coopr-TenantID", "demo")
+        .header("Coopr-ApiKey", "demo-key")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["code"], "handing_over", "{body}");
+    // ... but the running create finishes there: task results still go in.
+    worker_a.drive().await;
+    assert_eq!(a.cluster_status(&id).await["status"], "active");
     wait_for("b to own the shard", || async {
         let view = view(b, &shard.to_string()).await;
         (view["role"] == "owner").then_some(())
