@@ -165,6 +165,8 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     };
     let voters = voter_urls(&app);
     let preferred = AtomicUsize::new(0);
+    let mut leader = app.core.raft().watch_leader();
+    let mut watching = true;
     loop {
         let status = app.core.raft().status();
         let mut granted = true;
@@ -183,8 +185,10 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         // A refused renewal (placement election, a voter down) is retried soon: the lease
         // runs out after lease - offset, only three ticks.
         let pause = if granted { tick } else { tick.min(RENEW_RETRY) };
+        // A node that just became the DC's leader renews at once: it writes nothing before.
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
+            changed = leader.changed(), if watching => watching = changed.is_ok(),
             _ = stop.wait_for(|s| *s) => return,
         }
     }
