@@ -95,55 +95,63 @@ async fn placement_command(
     }
     let secret = app.config.secret.clone().unwrap_or_default();
     let mut last_error = String::from("no placement voter configured");
-    for member in app.config.placement_members.values() {
-        let url = format!(
-            "{}{}",
-            member.internal.trim_end_matches('/'),
-            crate::placement::group::COMMAND_PATH
-        );
-        let answer = app
-            .forwarder
-            .post(&url)
-            .header(crate::replication::SECRET_HEADER, &secret)
-            .json(command)
-            .send()
-            .await;
-        let answer = match answer {
-            Ok(a) if a.status().is_success() => a,
-            Ok(a) => {
-                last_error = format!("{url} answered {}", a.status());
-                continue;
-            }
-            Err(e) => {
-                last_error = format!("{url}: {e}");
-                continue;
-            }
-        };
-        let outcome: coopr_placement::Outcome = answer
-            .json()
-            .await
-            .map_err(|e| ApiError::unavailable("placement_unreadable", e.to_string()))?;
-        return match outcome {
-            Ok(coopr_placement::Reply::Shard { shard, placement }) => {
-                crate::placement::lease::refresh_now(app).await;
-                Ok(Json(
-                    json!({"shard": shard.to_string(), "placement": placement}),
-                ))
-            }
-            Ok(other) => Ok(Json(json!({ "reply": other }))),
-            Err(rejected) => {
-                let code = serde_json::to_value(&rejected)
-                    .ok()
-                    .and_then(|v| v["rejected"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "rejected".into());
-                Err(ApiError::conflict(&code, rejected.to_string()))
-            }
-        };
+    // A placement election takes a fraction of a second: keep asking the voters for a while.
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(app.config.write_timeout_ms);
+    loop {
+        for member in app.config.placement_members.values() {
+            let url = format!(
+                "{}{}",
+                member.internal.trim_end_matches('/'),
+                crate::placement::group::COMMAND_PATH
+            );
+            let answer = app
+                .forwarder
+                .post(&url)
+                .header(crate::replication::SECRET_HEADER, &secret)
+                .json(command)
+                .send()
+                .await;
+            let answer = match answer {
+                Ok(a) if a.status().is_success() => a,
+                Ok(a) => {
+                    last_error = format!("{url} answered {}", a.status());
+                    continue;
+                }
+                Err(e) => {
+                    last_error = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            let outcome: coopr_placement::Outcome = answer
+                .json()
+                .await
+                .map_err(|e| ApiError::unavailable("placement_unreadable", e.to_string()))?;
+            return match outcome {
+                Ok(coopr_placement::Reply::Shard { shard, placement }) => {
+                    crate::placement::lease::refresh_now(app).await;
+                    Ok(Json(
+                        json!({"shard": shard.to_string(), "placement": placement}),
+                    ))
+                }
+                Ok(other) => Ok(Json(json!({ "reply": other }))),
+                Err(rejected) => {
+                    let code = serde_json::to_value(&rejected)
+                        .ok()
+                        .and_then(|v| v["rejected"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| "rejected".into());
+                    Err(ApiError::conflict(&code, rejected.to_string()))
+                }
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(
+                "placement_unavailable",
+                format!("no placement voter accepted the command: {last_error}"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    Err(ApiError::unavailable(
-        "placement_unavailable",
-        format!("no placement voter accepted the command: {last_error}"),
-    ))
 }
 
 fn parse_shard(app: &App, text: &str) -> ApiResult<ShardId> {
