@@ -79,14 +79,14 @@ pub struct DcLogArgs {
 const WARMUP_WRITES: u64 = 50;
 
 /// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Proc> {
+    pub(crate) fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Proc> {
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         command
@@ -104,7 +104,7 @@ impl Proc {
     }
 
     /// Fails (with the end of its log) if the process already exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
                 "{} exited ({status}); end of its log {}:\n{}",
@@ -147,15 +147,25 @@ fn group_cpu(procs: &[Proc]) -> Option<Duration> {
 /// A base port P such that P..P+n and P+5..P+5+n are free on 127.0.0.1 (init-cluster's layout
 /// for one DC).
 fn free_coopr_base(nodes: u16) -> anyhow::Result<u16> {
+    free_coopr_base_dcs(1, nodes)
+}
+
+/// A base port P such that, for every DC d < `dcs`, P+10d..P+10d+n and P+10d+5..P+10d+5+n are
+/// free on 127.0.0.1 (init-cluster's layout).
+pub(crate) fn free_coopr_base_dcs(dcs: u16, nodes: u16) -> anyhow::Result<u16> {
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
         ^ std::process::id().wrapping_mul(2_654_435_761);
     for _ in 0..200 {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let base = 20_000 + (seed >> 8) % 40_000;
+        // Below Linux's ephemeral ports (32768 and up), which listeners on port 0 (the WAN
+        // benchmark's proxies) and outgoing connections take.
+        let base = 20_000 + (seed >> 8) % 12_000;
         let base = u16::try_from(base - base % 10)?;
-        let ports: Vec<u16> = (0..nodes).flat_map(|i| [base + i, base + 5 + i]).collect();
+        let ports: Vec<u16> = (0..dcs)
+            .flat_map(|d| (0..nodes).flat_map(move |i| [base + 10 * d + i, base + 10 * d + 5 + i]))
+            .collect();
         let all_free = ports
             .iter()
             .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok());
@@ -201,7 +211,7 @@ fn base64(bytes: &[u8]) -> String {
 
 /// What one measured write does.
 #[derive(Clone)]
-enum Target {
+pub(crate) enum Target {
     /// `POST {url}/v2/clusters/{id}` `{"expireTime": base + i}`.
     Coopr {
         api: Api,
@@ -219,7 +229,7 @@ enum Target {
 }
 
 impl Target {
-    async fn write(&self, i: u64) -> anyhow::Result<()> {
+    pub(crate) async fn write(&self, i: u64) -> anyhow::Result<()> {
         let response = match self {
             Target::Coopr { api, url, id, base } => {
                 api.http
@@ -369,7 +379,7 @@ async fn measure_both(
     Ok(())
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<(u16, Value)> {
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<(u16, Value)> {
     let response = http.get(url).timeout(Duration::from_secs(2)).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.json().await.unwrap_or(Value::Null)))
@@ -404,24 +414,7 @@ async fn start_coopr_dc(
     for i in 0..nodes {
         let node = format!("a{}", i + 1);
         let config = out.join(format!("{node}.toml"));
-        let text = std::fs::read_to_string(&config)?;
-        let mut patched = false;
-        let text: String = text
-            .lines()
-            .map(|line| {
-                if line.trim_start().starts_with("demo_workers") {
-                    patched = true;
-                    format!("demo_workers = {}", args.demo_workers)
-                } else {
-                    line.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        if !patched {
-            bail!("{} has no demo_workers line", config.display());
-        }
-        std::fs::write(&config, text + "\n")?;
+        set_demo_workers(&config, args.demo_workers)?;
         let mut command = Command::new(&args.coopr_bin);
         command
             .arg("server")
@@ -438,8 +431,31 @@ async fn start_coopr_dc(
     Ok((procs, urls))
 }
 
+/// Sets `demo_workers` in a config written by `coopr init-cluster --demo`.
+pub(crate) fn set_demo_workers(config: &Path, workers: u32) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    let mut patched = false;
+    let text: String = text
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("demo_workers") {
+                patched = true;
+                format!("demo_workers = {workers}")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !patched {
+        bail!("{} has no demo_workers line", config.display());
+    }
+    std::fs::write(config, text + "\n")?;
+    Ok(())
+}
+
 /// Waits until every node answers `/ready` with 200; returns (leader URL, a follower URL).
-async fn coopr_roles(
+pub(crate) async fn coopr_roles(
     procs: &mut [Proc],
     urls: &[String],
 ) -> anyhow::Result<(String, Option<String>)> {
@@ -480,7 +496,7 @@ async fn coopr_roles(
 
 /// Creates a `base` x1 cluster on the leader (retrying while the new leader seeds the demo
 /// tenant) and waits until it is ACTIVE; returns its id and createTime.
-async fn active_cluster(api: &Api) -> anyhow::Result<(ClusterId, u64)> {
+pub(crate) async fn active_cluster(api: &Api) -> anyhow::Result<(ClusterId, u64)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {
         match api.create("dclog-bench", "base", 1).await {

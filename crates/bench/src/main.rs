@@ -11,6 +11,9 @@
 //!  dclog: coopr-bench --REST--> `coopr server` processes (1-node and 3-node DC, Raft, fsync)
 //!                    --/v3/kv/put--> 3-member etcd cluster on loopback (same machine)
 //!
+//!  wan:   coopr-bench --REST--> 3 DCs of `coopr server` processes, every cross-DC link through
+//!         a delay proxy (coopr-testkit): local vs forwarded writes, replication lag
+//!
 //!  plan:  examples/catalog.json --> solve_layout --> plan --> State::apply(CreateCluster)
 //!         (pure functions, no I/O; 100 / 1,000 / 10,000 nodes)
 //! ```
@@ -26,6 +29,7 @@ mod fsync;
 mod ops;
 mod plan;
 mod stats;
+mod wan;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +53,9 @@ enum Scenario {
     /// Durable write latency and throughput of 1-node and 3-node DCs (real `coopr server`
     /// processes) next to a 3-member etcd cluster, both over HTTP+JSON on loopback.
     Dclog(dclog::DcLogArgs),
+    /// Three DCs (real `coopr server` processes) with a WAN-like delay on every cross-DC link:
+    /// latency of a write at the owner DC and at another DC (forwarded), replication lag.
+    Wan(wan::WanArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +79,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(dclog::run(args))
+        }
+        Scenario::Wan(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(wan::run(args))
         }
     }
 }

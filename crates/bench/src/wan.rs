@@ -1,0 +1,302 @@
+//! `wan`: three DCs of real `coopr server` processes whose cross-DC links go through
+//! [`DelayProxy`]s with a one-way delay (20 ms by default), to see what the WAN adds:
+//!
+//! ```text
+//!   bench ──▶ a (owner of shards 0, 3, global) ◀──delay──▶ b ◀──delay──▶ c
+//!     (i)   write at a                 : local DC log only
+//!     (ii)  write at b, for a's cluster: b ──delay──▶ a, a's DC log, a ──delay──▶ b
+//!     (iii) a's acknowledgement ──▶ visible at b (b polls: the pull answer takes one delay)
+//! ```
+//!
+//! Each figure is printed next to its floor: (i) none, (ii) the local p50 plus two delays,
+//! (iii) one delay (measured twice: with b's pull already waiting at a, and with writes sent
+//! right after the previous one became visible, which race b's next pull on its way to a). The writes are lease updates (`POST /v2/clusters/{id}` `expireTime`) of a
+//! cluster that `a` owns, sent one at a time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use coopr_testkit::{replace_address, DelayProxy};
+use serde_json::Value;
+
+use crate::dclog::{
+    active_cluster, coopr_roles, free_coopr_base_dcs, get_json, set_demo_workers, Proc, Target,
+};
+use crate::ops::Api;
+use crate::stats::{ms, Summary};
+
+#[derive(clap::Args, Debug)]
+pub struct WanArgs {
+    /// The release `coopr` binary (build it first: `cargo build --release -p coopr`).
+    #[arg(long, default_value = "target/release/coopr")]
+    coopr_bin: PathBuf,
+    /// Directory under which the temporary deployment is made (default: the current directory,
+    /// so the figures are for the real disk and not a tmpfs `/tmp`).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// One-way delay of every cross-DC link (ms).
+    #[arg(long, default_value_t = 20)]
+    delay_ms: u64,
+    /// Nodes in each DC (1 or 3).
+    #[arg(long, default_value_t = 1)]
+    nodes_per_dc: u16,
+    /// Measured writes of each kind.
+    #[arg(long, default_value_t = 200)]
+    writes: u64,
+    /// Fake-cloud workers in each server (demo mode).
+    #[arg(long, default_value_t = 1)]
+    demo_workers: u32,
+}
+
+const DCS: [&str; 3] = ["a", "b", "c"];
+/// Unmeasured writes before each phase (connections, caches).
+const WARMUP_WRITES: u64 = 20;
+/// Longest one write may take to become visible at the replica before the run fails.
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The running deployment: processes (killed on drop), proxies, and each DC's nodes' API URLs.
+struct Wan {
+    procs: Vec<Proc>,
+    _proxies: Vec<DelayProxy>,
+    urls: BTreeMap<&'static str, Vec<String>>,
+}
+
+/// Generates a 3-DC deployment under `dir`, points each DC's configs at proxies for every
+/// address of the other DCs (text replacement in the generated TOML), and starts it.
+async fn start(args: &WanArgs, dir: &Path) -> anyhow::Result<Wan> {
+    let base = free_coopr_base_dcs(3, args.nodes_per_dc)?;
+    let out = dir.join("wan");
+    let init = Command::new(&args.coopr_bin)
+        .args(["init-cluster", "--dcs", "3", "--nodes-per-dc"])
+        .arg(args.nodes_per_dc.to_string())
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--out")
+        .arg(&out)
+        .arg("--demo")
+        .output()
+        .with_context(|| format!("cannot run {}", args.coopr_bin.display()))?;
+    if !init.status.success() {
+        bail!(
+            "coopr init-cluster failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let endpoints: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(out.join("endpoints.json"))?)?;
+    let delay = Duration::from_millis(args.delay_ms);
+    let mut proxies = Vec::new();
+    let mut urls: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    let mut procs = Vec::new();
+    for dc in DCS {
+        let mut replacements = Vec::new();
+        for e in endpoints.iter().filter(|e| e["dc"] != dc) {
+            for key in ["api", "internal"] {
+                let url = e[key].as_str().context("endpoint URL")?;
+                let port: u16 = url.rsplit(':').next().unwrap_or_default().parse()?;
+                let proxy = DelayProxy::start(([127, 0, 0, 1], port).into(), delay).await?;
+                replacements.push((port, proxy.addr().to_string()));
+                proxies.push(proxy);
+            }
+        }
+        for e in endpoints.iter().filter(|e| e["dc"] == dc) {
+            let node = e["node"].as_str().context("node name")?;
+            let config = out.join(format!("{node}.toml"));
+            set_demo_workers(&config, args.demo_workers)?;
+            let mut text = std::fs::read_to_string(&config)?;
+            for (port, to) in &replacements {
+                text = replace_address(&text, *port, to);
+            }
+            std::fs::write(&config, text)?;
+            let mut command = Command::new(&args.coopr_bin);
+            command
+                .args(["server", "--config"])
+                .arg(&config)
+                .current_dir(&out);
+            procs.push(Proc::spawn(
+                &format!("coopr {node}"),
+                command,
+                out.join(format!("{node}.log")),
+            )?);
+            urls.entry(dc)
+                .or_default()
+                .push(e["api"].as_str().context("api URL")?.to_string());
+        }
+    }
+    Ok(Wan {
+        procs,
+        _proxies: proxies,
+        urls,
+    })
+}
+
+/// Sequential lease updates of cluster `id` sent to `url`; their latencies.
+async fn writes(
+    api: &Api,
+    url: &str,
+    id: coopr_types::ClusterId,
+    base: u64,
+    count: u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let target = Target::Coopr {
+        api: api.clone(),
+        url: url.to_string(),
+        id,
+        base,
+    };
+    for i in 0..WARMUP_WRITES {
+        target.write(i).await?;
+    }
+    let mut latencies = Vec::new();
+    for i in WARMUP_WRITES..WARMUP_WRITES + count {
+        let started = Instant::now();
+        target.write(i).await?;
+        latencies.push(started.elapsed());
+    }
+    Ok(latencies)
+}
+
+/// Lease updates at `owner`, each followed by polling `replica` until it shows the new lease;
+/// the times from the owner's acknowledgement to the replica showing it. Each write waits
+/// `pause` after the previous one became visible: with two one-way delays, the replica's next
+/// pull has reached the owner and waits there (the steady state of an idle stream); with none,
+/// the write races that pull on its way (back-to-back writes).
+async fn replication_lags(
+    api: &Api,
+    owner: &str,
+    replica: &str,
+    id: coopr_types::ClusterId,
+    base: u64,
+    count: u64,
+    pause: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let target = Target::Coopr {
+        api: api.clone(),
+        url: owner.to_string(),
+        id,
+        base,
+    };
+    let mut lags = Vec::new();
+    for i in 0..WARMUP_WRITES + count {
+        tokio::time::sleep(pause).await;
+        target.write(i).await?;
+        let acknowledged = Instant::now();
+        loop {
+            let (status, cluster) =
+                get_json(&api.http, &format!("{replica}/v2/clusters/{id}")).await?;
+            if status == 200 && cluster["expireTime"].as_u64() == Some(base + i) {
+                break;
+            }
+            if acknowledged.elapsed() > VISIBLE_TIMEOUT {
+                bail!(
+                    "lease {} not visible at {replica} after {VISIBLE_TIMEOUT:?}",
+                    base + i
+                );
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        if i >= WARMUP_WRITES {
+            lags.push(acknowledged.elapsed());
+        }
+    }
+    Ok(lags)
+}
+
+pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
+    let total = Instant::now();
+    if !args.coopr_bin.is_file() {
+        bail!(
+            "{} not found: build it first with `cargo build --release -p coopr` (or pass --coopr-bin)",
+            args.coopr_bin.display()
+        );
+    }
+    // The servers run in their deployment folder.
+    args.coopr_bin = std::fs::canonicalize(&args.coopr_bin)?;
+    let dir = tempfile::Builder::new()
+        .prefix("coopr-bench-wan-")
+        .tempdir_in(&args.dir)?;
+    eprintln!(
+        "-- 3 DCs of {} node(s), {} ms one way between DCs",
+        args.nodes_per_dc, args.delay_ms
+    );
+    let mut wan = start(&args, dir.path()).await?;
+    let mut leaders = BTreeMap::new();
+    for dc in DCS {
+        // Every DC's nodes answer /ready only once the global shard reached them from `a`.
+        let urls = wan.urls[dc].clone();
+        let (leader, _) = coopr_roles(&mut wan.procs, &urls).await?;
+        leaders.insert(dc, leader);
+    }
+    let (a, b) = (leaders["a"].clone(), leaders["b"].clone());
+    let api = Api::new(a.clone())?;
+    let (id, create_time) = active_cluster(&api).await?;
+    eprintln!("-- cluster {id} (owned by a) is ACTIVE; measuring");
+    // Far enough in the future, and a different lease for every write of every phase.
+    let base = create_time + 86_400_000;
+    let local = Summary::of(&writes(&api, &a, id, base, args.writes).await?);
+    eprintln!("-- local writes done");
+    let forwarded = Summary::of(&writes(&api, &b, id, base + 1_000_000, args.writes).await?);
+    eprintln!("-- forwarded writes done");
+    let delay = Duration::from_millis(args.delay_ms);
+    let pause = 2 * delay + Duration::from_millis(5);
+    let idle_lags = replication_lags(&api, &a, &b, id, base + 2_000_000, args.writes, pause);
+    let idle_lags = Summary::of(&idle_lags.await?);
+    eprintln!("-- replication lags (idle stream) done");
+    let busy_lags = replication_lags(
+        &api,
+        &a,
+        &b,
+        id,
+        base + 3_000_000,
+        args.writes,
+        Duration::ZERO,
+    );
+    let busy_lags = Summary::of(&busy_lags.await?);
+    for p in wan.procs.iter_mut() {
+        p.check_alive()?;
+    }
+    println!(
+        "\n3 DCs of {} node(s), {} ms one way between DCs, {} sequential writes per row\n",
+        args.nodes_per_dc, args.delay_ms, args.writes
+    );
+    println!("| measurement | p50 ms | p99 ms | max ms | floor ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let row = |what: &str, s: &Summary, floor: Option<Duration>| {
+        println!(
+            "| {what} | {} | {} | {} | {} |",
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max),
+            floor.map_or_else(|| "-".to_string(), ms)
+        );
+    };
+    row("(i) write at the owner DC (a)", &local, None);
+    row(
+        "(ii) the same write sent to b (forwarded to a)",
+        &forwarded,
+        Some(local.p50 + 2 * delay),
+    );
+    row(
+        "(iii) a's acknowledgement → visible at b (idle stream: b's pull waits at a)",
+        &idle_lags,
+        Some(delay),
+    );
+    row(
+        "(iii) the same, each write right after the previous became visible",
+        &busy_lags,
+        Some(delay),
+    );
+    if args.nodes_per_dc > 1 {
+        println!(
+            "\nWith several nodes per DC, (iii) is not behind the proxies: a replica's puller that \
+             reaches a follower of the owner DC follows the `leader_api` hint in its 503, which is \
+             the address the owner DC knows its leader by (its own config, not rewritten), and \
+             pulls from there directly."
+        );
+    }
+    eprintln!("-- done in {:?}", total.elapsed());
+    Ok(())
+}
