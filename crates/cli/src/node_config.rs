@@ -82,6 +82,13 @@ pub struct NodeConfig {
     /// The clock-rate difference tolerated between sites over one lease, in ms. Default 500.
     #[serde(default = "default_max_clock_offset_ms")]
     pub max_clock_offset_ms: u64,
+    /// The placement group's election timeout range in ms (its voters are in different DCs);
+    /// heartbeats every min/3, which must exceed the round trip between DCs. Defaults 600 and
+    /// 1200.
+    #[serde(default = "default_placement_election_min")]
+    pub placement_election_timeout_min_ms: u64,
+    #[serde(default = "default_placement_election_max")]
+    pub placement_election_timeout_max_ms: u64,
     /// File with the superadmin key created at first start. Default: none (generated).
     #[serde(default)]
     pub admin_key_file: Option<PathBuf>,
@@ -123,6 +130,14 @@ fn default_lease_ms() -> u64 {
 
 fn default_max_clock_offset_ms() -> u64 {
     500
+}
+
+fn default_placement_election_min() -> u64 {
+    600
+}
+
+fn default_placement_election_max() -> u64 {
+    1_200
 }
 
 fn default_demo_workers() -> u32 {
@@ -422,6 +437,8 @@ pub fn init_cluster(
             write_timeout_ms: default_write_timeout(),
             lease_ms: default_lease_ms(),
             max_clock_offset_ms: default_max_clock_offset_ms(),
+            placement_election_timeout_min_ms: default_placement_election_min(),
+            placement_election_timeout_max_ms: default_placement_election_max(),
             admin_key_file: Some(PathBuf::from("admin-key")),
             peers: peers.clone(),
         };

@@ -81,7 +81,9 @@ pub struct RaftConfig {
     /// log rather than a snapshot. Default 1 000.
     #[serde(default = "defaults::logs_kept_after_snapshot")]
     pub logs_kept_after_snapshot: u64,
-    /// Most entries in one append RPC. Default 300.
+    /// Most entries in one append RPC. Default 32: openraft bounds every append RPC by the
+    /// heartbeat interval, so a follower must take the whole payload within it (a payload that
+    /// never fits would keep a lagging follower from catching up).
     #[serde(default = "defaults::max_payload_entries")]
     pub max_payload_entries: u64,
     /// Snapshot chunk size of the install-snapshot RPC. Default 1 MiB.
@@ -129,7 +131,7 @@ mod defaults {
         1_000
     }
     pub fn max_payload_entries() -> u64 {
-        300
+        32
     }
     pub fn snapshot_chunk_bytes() -> u64 {
         1024 * 1024

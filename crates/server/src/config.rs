@@ -51,7 +51,8 @@ pub struct ServerConfig {
     pub remote_dcs: BTreeMap<String, Vec<Member>>,
     /// Longest a replica's pull waits at the owner for new records (default 10,000 ms).
     pub replication_wait_ms: u64,
-    /// Most records one pull returns, over all its shards (default 1,000).
+    /// Most records one pull returns, over all its shards (default 100: each shard's batch becomes
+    /// one DC-log entry, which a follower must take within one heartbeat).
     pub replication_max_records: usize,
     /// Whether the leader trims the outboxes of owned shards through what every replica DC
     /// acknowledged (default true; tests that read records over the wire turn it off).
@@ -68,6 +69,10 @@ pub struct ServerConfig {
     /// 500 ms): the holder stops writing that much before the lease ends, the grantor waits
     /// that much longer before declaring the DC dead.
     pub max_clock_offset_ms: u64,
+    /// The placement group's election timeout range, ms (defaults 600 and 1200; heartbeats every
+    /// min/3). Its messages cross DCs: openraft bounds each append by the heartbeat interval, so
+    /// min/3 must exceed the round trip between DCs.
+    pub placement_election_timeout_ms: (u64, u64),
     /// This node is a witness (see [`crate::start_witness`]): `dc` names its site, which holds
     /// no data; `remote_dcs` lists the data DCs.
     pub witness: bool,
@@ -113,12 +118,13 @@ impl Default for ServerConfig {
             write_timeout_ms: 5_000,
             remote_dcs: BTreeMap::new(),
             replication_wait_ms: 10_000,
-            replication_max_records: 1_000,
+            replication_max_records: 100,
             trim_outboxes: true,
             placement_members: BTreeMap::new(),
             placement_node_id: None,
             lease_ms: 3_000,
             max_clock_offset_ms: 500,
+            placement_election_timeout_ms: (600, 1_200),
             witness: false,
         }
     }
@@ -200,6 +206,12 @@ impl ServerConfig {
                 }
                 Some(_) => {}
             }
+        }
+        let (min, max) = self.placement_election_timeout_ms;
+        if min < 50 || max <= min {
+            bail!(
+                "placement_election_timeout_ms must be (min >= 50, max > min), got ({min}, {max})"
+            );
         }
         if self.lease_ms < 300 || self.lease_ms > 600_000 {
             bail!(

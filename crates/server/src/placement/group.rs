@@ -103,9 +103,10 @@ impl PlacementGroup {
         let secret = config.secret.clone().context("placement needs a secret")?;
         let mut raft_config = RaftConfig::new(id, members, secret.clone());
         raft_config.group = GROUP.into();
-        raft_config.election_timeout_min_ms = config.election_timeout_ms.0;
-        raft_config.election_timeout_max_ms = config.election_timeout_ms.1;
-        raft_config.heartbeat_interval_ms = (config.election_timeout_ms.0 / 3).max(10);
+        let (min, max) = config.placement_election_timeout_ms;
+        raft_config.election_timeout_min_ms = min;
+        raft_config.election_timeout_max_ms = max;
+        raft_config.heartbeat_interval_ms = (min / 3).max(10);
         raft_config.write_timeout_ms = config.write_timeout_ms;
         let raft = coopr_raft::start(raft_config, stores, machine.clone())
             .await

@@ -90,6 +90,11 @@ pub struct PullRequest {
 pub struct PullResponse {
     pub owner_dc: String,
     pub shards: BTreeMap<ShardId, ShardBatch>,
+    /// How long the owner held the pull before answering (the long poll). The answer shows the
+    /// owner's state as of at least `sent + waited_ms` on the replica's clock: replicas date
+    /// their copy from there, which never understates its staleness by the network delay.
+    #[serde(default)]
+    pub waited_ms: u64,
 }
 
 impl PullResponse {

@@ -60,15 +60,24 @@ fn leader_api(app: &App) -> Option<String> {
 }
 
 fn not_leader(app: &App) -> Response {
+    let leader_node = app
+        .core
+        .raft()
+        .status()
+        .leader
+        .and_then(|id| app.config.members.get(&id))
+        .map(|m| m.node.clone());
     let body = json!({
         "code": "not_leader",
         "message": format!("{} is not the leader of DC {}", app.config.node, app.config.dc),
         "leader_api": leader_api(app),
+        "leader_node": leader_node,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = tokio::time::Instant::now();
     let given = headers
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
@@ -142,6 +151,7 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             PullResponse {
                 owner_dc: app.config.dc.clone(),
                 shards,
+                waited_ms: received.elapsed().as_millis() as u64,
             }
         };
         if response.has_news() || released || tokio::time::Instant::now() >= deadline {

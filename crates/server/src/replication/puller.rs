@@ -94,6 +94,14 @@ impl Stream {
                 continue;
             }
             if !leading {
+                // A node that just became leader may not have applied its whole log yet (the
+                // commit index is learned anew): cursors read before that would be stale.
+                if self.app.core.raft().read_barrier().await.is_err() {
+                    if sleep_or_stop(IDLE, &mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
                 tracing::info!(owner_dc = %self.owner_dc, "replication stream running");
                 leading = true;
             }
@@ -114,12 +122,13 @@ impl Stream {
                 max_records: self.app.config.replication_max_records,
                 wait_ms,
             };
+            let sent = std::time::Instant::now();
             let answer = tokio::select! {
                 a = self.pull(&client, &base, &request) => a,
                 _ = stop.wait_for(|s| *s) => return,
             };
             let failed = match answer {
-                Answer::Batches(response) => match self.apply(&cursors, response).await {
+                Answer::Batches(response) => match self.apply(&cursors, response, sent).await {
                     Ok(()) => {
                         failures = 0;
                         false
@@ -196,9 +205,16 @@ impl Stream {
             Err(e) => return Answer::Failed(format!("answer cut off: {e}")),
         };
         if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-            let hint = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["leader_api"].as_str().map(str::to_string));
+            let answer = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            // The leader as this DC reaches it (its own configured address for that node: the
+            // owner's address for itself may not be reachable from here, e.g. through a proxy).
+            let own = answer["leader_node"].as_str().and_then(|leader| {
+                self.nodes
+                    .iter()
+                    .find(|m| m.node == leader)
+                    .map(|m| m.api.clone())
+            });
+            let hint = own.or_else(|| answer["leader_api"].as_str().map(str::to_string));
             return Answer::NotLeader(hint);
         }
         if !status.is_success() {
@@ -233,9 +249,14 @@ impl Stream {
         &self,
         cursors: &BTreeMap<ShardId, Position>,
         response: PullResponse,
+        sent: std::time::Instant,
     ) -> Result<(), ProposeError> {
         let progress = &self.app.replication;
-        let answered = std::time::Instant::now();
+        // The copy is as of when the owner answered, which is no earlier than `sent + waited`
+        // on this clock (the network delay only makes it later): dating it from there never
+        // understates the staleness reads report.
+        let answered =
+            (sent + Duration::from_millis(response.waited_ms)).min(std::time::Instant::now());
         for (shard, batch) in response.shards {
             let Some(cursor) = cursors.get(&shard).copied() else {
                 continue;
