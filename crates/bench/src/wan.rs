@@ -289,14 +289,6 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         &busy_lags,
         Some(delay),
     );
-    if args.nodes_per_dc > 1 {
-        println!(
-            "\nWith several nodes per DC, (iii) is not behind the proxies: a replica's puller that \
-             reaches a follower of the owner DC follows the `leader_api` hint in its 503, which is \
-             the address the owner DC knows its leader by (its own config, not rewritten), and \
-             pulls from there directly."
-        );
-    }
     eprintln!("-- done in {:?}", total.elapsed());
     Ok(())
 }
