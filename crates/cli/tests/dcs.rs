@@ -13,7 +13,9 @@
 //! - every acknowledged create exists exactly once, with its acknowledged id, in every DC;
 //! - with every cross-DC connection behind a [`DelayProxy`] (a WAN-like one-way delay), a read
 //!   served from a replica copy that is old says so in `Coopr-Staleness-Ms`, and a
-//!   `?consistency=strong` read at a replica DC sees the owner's latest write at once.
+//!   `?consistency=strong` read at a replica DC sees the owner's latest write at once;
+//! - a shard handed over with `coopr admin handover` moves to its new owner with every copy
+//!   equal, and writes sent to the old owner or a third DC are applied at the new one.
 //!
 //! Clients retry every write with the same `Idempotency-Key` on 503s and connection errors,
 //! rotating over the DC's nodes, within a deadline; the tests wait for `GET /ready` on every node
@@ -145,10 +147,14 @@ impl ThreeDcs {
                     .ok_or_else(|| format!("no view of shard {shard} at {}", self.nodes[i].name))?;
                 views.push((self.nodes[i].name.clone(), view));
             }
-            let (owner_node, owner) = views
-                .iter()
-                .find(|(_, v)| v["role"] == "owner")
-                .ok_or_else(|| format!("no running node owns shard {shard}"))?;
+            let owners: Vec<&(String, Value)> =
+                views.iter().filter(|(_, v)| v["role"] == "owner").collect();
+            let [(owner_node, owner)] = owners[..] else {
+                return Err(format!(
+                    "shard {shard}: {} nodes say they own it",
+                    owners.len()
+                ));
+            };
             for (node, view) in &views {
                 if view["position"] != owner["position"] || view["view"] != owner["view"] {
                     return Err(format!(
@@ -349,6 +355,107 @@ fn three_dcs_one_node_each_converge() {
                 assert_eq!(cluster["status"], status, "{dc}'s copy of {name}");
             }
         }
+        dcs.assert_exactly_once_everywhere(&acked).await;
+        eprintln!("--- done in {:?}", started.elapsed());
+    });
+}
+
+/// A graceful handover through the CLI (`coopr admin handover`, asked at c): the shard of a
+/// cluster created at a moves to b. Afterwards b owns it (epoch 2) and every copy is equal;
+/// a lease update sent to c and a delete sent to a (the old owner) are applied at b; every
+/// DC converges and the cluster exists exactly once everywhere.
+#[test]
+fn a_shard_handed_over_through_the_cli_moves_to_another_dc() {
+    run_serially(async {
+        let started = Instant::now();
+        let options = [("lease_ms", 1_500), ("max_clock_offset_ms", 200)];
+        let dcs = ThreeDcs::start(1, None, &options).await;
+        let run = random_u64();
+        let (id, _) = create_cluster(
+            &dcs.http,
+            &dcs.dc_urls("a"),
+            0,
+            &format!("{run:x}-moved"),
+            &create_body("moved", "base", 1),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(owner_of(&id), "a");
+        wait_cluster_active(
+            &dcs.http,
+            &dcs.dc_urls("a")[0],
+            &id,
+            Duration::from_secs(60),
+        )
+        .await;
+        let shard = id.parse::<u64>().expect("numeric id") % u64::from(SHARDS);
+
+        eprintln!("--- coopr admin handover {shard} --to b, asked at c");
+        let output = std::process::Command::new(common::BIN)
+            .args([
+                "admin",
+                "handover",
+                &shard.to_string(),
+                "--to",
+                "b",
+                "--server",
+            ])
+            .arg(&dcs.dc_urls("c")[0])
+            .env("COOPR_TENANT", "superadmin")
+            .env("COOPR_USER", "admin")
+            .env("COOPR_API_KEY", "admin-key")
+            .output()
+            .expect("coopr admin handover runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "handover failed: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("draining"), "{stdout}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let url = format!("{}/v2/admin/shards/{shard}/view", dcs.dc_urls("b")[0]);
+            let view = get_json(&dcs.http, &url, &ADMIN).await;
+            if view.is_some_and(|v| v["role"] == "owner") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "b never owned shard {shard}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let map = get_json(
+            &dcs.http,
+            &format!("{}/v2/admin/shards", dcs.dc_urls("c")[0]),
+            &ADMIN,
+        )
+        .await
+        .expect("shard map");
+        assert_eq!(map["shards"][shard as usize]["epoch"], 2, "{map}");
+        dcs.wait_converged(Duration::from_secs(60)).await;
+
+        eprintln!("--- a lease update through c, a delete through a (the old owner)");
+        let expire_time = unix_ms() + 86_400_000;
+        let key = format!("{run:x}-moved-lease");
+        set_expire_time(&dcs.http, &dcs.dc_urls("c"), &id, expire_time, &key).await;
+        delete_cluster(
+            &dcs.http,
+            &dcs.dc_urls("a"),
+            &id,
+            &format!("{run:x}-moved-delete"),
+        )
+        .await;
+        let b = &dcs.dc_urls("b")[0];
+        wait_cluster_status(&dcs.http, b, &id, "terminated", Duration::from_secs(60)).await;
+        dcs.wait_converged(Duration::from_secs(60)).await;
+        for dc in DCS {
+            let url = format!("{}/v2/clusters/{id}", dcs.dc_urls(dc)[0]);
+            let cluster = get_json(&dcs.http, &url, &DEMO_USER)
+                .await
+                .expect("cluster");
+            assert_eq!(cluster["expireTime"], json!(expire_time), "{dc}'s copy");
+            assert_eq!(cluster["status"], "terminated", "{dc}'s copy");
+        }
+        let acked = BTreeMap::from([("moved".to_string(), id.clone())]);
         dcs.assert_exactly_once_everywhere(&acked).await;
         eprintln!("--- done in {:?}", started.elapsed());
     });
