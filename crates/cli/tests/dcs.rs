@@ -147,14 +147,19 @@ impl ThreeDcs {
                     .ok_or_else(|| format!("no view of shard {shard} at {}", self.nodes[i].name))?;
                 views.push((self.nodes[i].name.clone(), view));
             }
-            let owners: Vec<&(String, Value)> =
-                views.iter().filter(|(_, v)| v["role"] == "owner").collect();
-            let [(owner_node, owner)] = owners[..] else {
-                return Err(format!(
-                    "shard {shard}: {} nodes say they own it",
-                    owners.len()
-                ));
-            };
+            // Every node of one DC, and of one DC only, says it owns the shard.
+            let owner_dcs: BTreeSet<&str> = views
+                .iter()
+                .filter(|(_, v)| v["role"] == "owner")
+                .filter_map(|(_, v)| v["dc"].as_str())
+                .collect();
+            if owner_dcs.len() != 1 {
+                return Err(format!("shard {shard}: owned by DCs {owner_dcs:?}"));
+            }
+            let (owner_node, owner) = views
+                .iter()
+                .find(|(_, v)| v["role"] == "owner")
+                .ok_or_else(|| format!("no running node owns shard {shard}"))?;
             for (node, view) in &views {
                 if view["position"] != owner["position"] || view["view"] != owner["view"] {
                     return Err(format!(
