@@ -74,8 +74,8 @@ pub struct PlacementGroup {
     members: BTreeMap<u64, PlacementMember>,
     secret: String,
     bootstrap: Command,
-    /// When this node last became the placement leader (monotonic ms), while it leads.
-    leader_since_ms: Mutex<Option<u64>>,
+    /// The term in which this node last became the placement leader, and when (monotonic ms).
+    leader_since_ms: Mutex<Option<(u64, u64)>>,
     client: reqwest::Client,
 }
 
@@ -152,30 +152,38 @@ impl PlacementGroup {
         PlacementMachine::decode_outcome(&bytes).map_err(|e| WriteError::Fatal(e.to_string()))
     }
 
+    /// When this node started leading the group in the current term (monotonic ms).
     fn leader_since(&self) -> Option<u64> {
-        *self
-            .leader_since_ms
+        let term = self.raft.status().term;
+        self.leader_since_ms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .filter(|(t, _)| *t == term)
+            .map(|(_, since)| since)
     }
 
     /// When this node started leading the group (monotonic ms), taking up leadership now if
     /// it was just elected: the read barrier first makes the local state include every
-    /// committed command. `None` if it does not lead.
+    /// committed command. `None` if it does not lead. Leadership is per term: a node elected
+    /// again starts counting again (grants of a leader in between are not its own).
     async fn ensure_leading(&self) -> Option<u64> {
+        if !self.raft.is_leader() {
+            return None;
+        }
         if let Some(since) = self.leader_since() {
             return Some(since);
         }
+        let term = self.raft.status().term;
         self.raft.read_barrier().await.ok()?;
         let mut since = self
             .leader_since_ms
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if since.is_none() {
-            *since = Some(mono_ms());
-            tracing::info!("leading the placement group");
+        if since.is_none_or(|(t, _)| t != term) {
+            *since = Some((term, mono_ms()));
+            tracing::info!(term, "leading the placement group");
         }
-        *since
+        since.filter(|(t, _)| *t == term).map(|(_, at)| at)
     }
 
     /// The leader's duties: bootstrap the map once, complete handovers whose target caught

@@ -26,7 +26,9 @@ use coopr_placement::{
     may_acknowledge, Epoch, Fenced, FrozenReport, HeldLease, Outcome, OwnedShard, PlacementState,
     Position, Reply, Seq,
 };
-use coopr_state::{Command, CommandError, CommandResult, Fence, STALE_EPOCH};
+use coopr_state::{
+    Command, CommandError, CommandResult, Fence, HANDING_OVER, NOT_OWNER, STALE_EPOCH,
+};
 use coopr_types::ShardId;
 use tokio::sync::watch;
 
@@ -83,11 +85,17 @@ impl App {
         let progress = matches!(command, Command::FinishTask(_));
         let fence = self.fence(shard, progress).map_err(ProposeError::Fenced)?;
         let result = self.core.propose(command, idempotency_key, fence).await?;
-        if let Err(CommandError::Conflict { code, .. }) = &result {
-            if code == STALE_EPOCH {
-                // The local state moved to another epoch meanwhile (an ownership change).
-                let shard = shard.unwrap_or(ShardId::GLOBAL);
+        // The DC log refused the fence: the local state changed meanwhile (an ownership change
+        // or a freeze committed between the check and the write). Retryable, like the check.
+        if let (Err(CommandError::Conflict { code, .. }), Some(shard)) = (&result, shard) {
+            if code == STALE_EPOCH || code == NOT_OWNER {
                 return Err(ProposeError::Fenced(self.not_owner(shard)));
+            }
+            if code == HANDING_OVER {
+                return Err(ProposeError::Fenced(Fenced::HandingOver {
+                    shard,
+                    to: coopr_placement::DcId::new(self.handover_target(shard)),
+                }));
             }
         }
         // Acknowledge only if the lease still covers the write now.
@@ -128,6 +136,22 @@ impl App {
             checked => checked?,
         }
         Ok(Some(Fence { shard, epoch }))
+    }
+
+    /// Where a handover of `shard` goes, as the placement state last fetched says.
+    fn handover_target(&self, shard: ShardId) -> String {
+        let state = self.placement_state();
+        match state
+            .as_ref()
+            .and_then(|s| s.shard(shard))
+            .map(|p| &p.status)
+        {
+            Some(
+                coopr_placement::ShardStatus::Draining { to, .. }
+                | coopr_placement::ShardStatus::HandingOver { to, .. },
+            ) => to.0.clone(),
+            _ => "unknown".into(),
+        }
     }
 
     fn not_owner(&self, shard: ShardId) -> Fenced {
