@@ -84,7 +84,14 @@ impl App {
     /// `None` when it owns none (more DCs than shards).
     pub fn pick_shard(&self) -> Option<ShardId> {
         let map = self.placement();
-        let owned: Vec<ShardId> = map.cluster_shards_owned_by(&self.config.dc).collect();
+        // Shards adopted in the local state and not being handed over (others would refuse
+        // the write).
+        let owned: Vec<ShardId> = {
+            let state = self.core.read();
+            map.cluster_shards_owned_by(&self.config.dc)
+                .filter(|s| state.replica(*s).is_none() && map.entry(*s).status == "active")
+                .collect()
+        };
         if owned.is_empty() {
             return None;
         }
