@@ -27,6 +27,7 @@ use crate::dclog::{
 };
 use crate::ops::Api;
 use crate::stats::{ms, Summary};
+use coopr_types::ClusterId;
 
 #[derive(clap::Args, Debug)]
 pub struct WanArgs {
@@ -205,6 +206,86 @@ async fn replication_lags(
     Ok(lags)
 }
 
+/// Handovers measured in (iv), alternating a → b and b → a.
+const HANDOVERS: usize = 6;
+
+/// Hands the shard of `id` over between a and b `rounds` times (asked at the giving DC's
+/// leader); each measured from the admin call until the receiving DC's leader shows the shard
+/// as owned (adopted: it accepts writes).
+async fn handovers(
+    leaders: &BTreeMap<&str, String>,
+    id: ClusterId,
+    rounds: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let admin = [
+        ("Coopr-UserID", "admin"),
+        ("Coopr-TenantID", "superadmin"),
+        ("Coopr-ApiKey", coopr_server::seed::DEMO_ADMIN_KEY),
+    ];
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let mut request = http.get(url);
+        for (k, v) in admin {
+            request = request.header(k, v);
+        }
+        request.send()
+    };
+    let map: Value = get(format!("{}/v2/admin/shards", leaders["a"]))
+        .await?
+        .json()
+        .await?;
+    let shard_count = map["shard_count"].as_u64().context("shard_count")?;
+    let shard = id.0 % shard_count;
+    let mut took = Vec::new();
+    for round in 0..rounds {
+        let (from, to) = if round % 2 == 0 {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        };
+        let started = Instant::now();
+        let mut request = http
+            .post(format!(
+                "{}/v2/admin/shards/{shard}/handover",
+                leaders[from]
+            ))
+            .json(&serde_json::json!({ "to": to }));
+        for (k, v) in admin {
+            request = request.header(k, v);
+        }
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            let answer = response.text().await?;
+            let map: Value = get(format!("{}/v2/admin/shards", leaders[from]))
+                .await?
+                .json()
+                .await?;
+            bail!(
+                "handover {from} → {to}: {answer}; history {}",
+                map["history"]
+            );
+        }
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            let view: Value = get(format!("{}/v2/admin/shards/{shard}/view", leaders[to]))
+                .await?
+                .json()
+                .await?;
+            if view["role"] == "owner" {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{to} did not own shard {shard} within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        took.push(started.elapsed());
+        // Let every replica follow before the next handover (it waits for them anyway).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(took)
+}
+
 pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     let total = Instant::now();
     if !args.coopr_bin.is_file() {
@@ -255,6 +336,9 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         Duration::ZERO,
     );
     let busy_lags = Summary::of(&busy_lags.await?);
+    eprintln!("-- replication lags (busy stream) done");
+    let handovers = Summary::of(&handovers(&leaders, id, HANDOVERS).await?);
+    eprintln!("-- handovers done");
     for p in wan.procs.iter_mut() {
         p.check_alive()?;
     }
@@ -288,6 +372,11 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         "(iii) the same, each write right after the previous became visible",
         &busy_lags,
         Some(delay),
+    );
+    row(
+        &format!("(iv) graceful handover of the idle shard, a ⇄ b ({HANDOVERS} times): admin call → the new owner writes it"),
+        &handovers,
+        None,
     );
     eprintln!("-- done in {:?}", total.elapsed());
     Ok(())

@@ -1624,7 +1624,7 @@ impl State {
             }),
         };
         let (watermark, last_at_ms) = data.map_or((Position::START, 0), |d| {
-            let last = d.replication.last_position();
+            let last = d.replication.history_position();
             let at = d.replication.records.back().map_or(0, |r| r.at_ms);
             (last, at)
         });

@@ -939,3 +939,79 @@ fn handover_moves_a_shard_and_the_streams_follow() {
         assert!(a.state.apply(&stale).is_err());
     }
 }
+
+/// A shard handed over and back before its new owner wrote anything: the second owner's epoch
+/// has no record, so its history ends where the first owner's did. The freeze report, the
+/// adoption and the release all use that position, and the first owner's next records (epoch
+/// 3, seq 1) continue the second owner's copy from it.
+#[test]
+fn handover_and_back_before_any_write() {
+    let shard = ShardId(1);
+    let mut a = Owner::new();
+    let id = a.create_in(1, "base", 1);
+    a.drive();
+    let mut b = State::new(SHARDS);
+    for s in [ShardId::GLOBAL, shard] {
+        assert_eq!(
+            ship(&mut b, "dc-a", s, &a.records(s), None),
+            Ok(Outcome::Done)
+        );
+    }
+    let until = a.state.outbox(shard).unwrap().last_position();
+    let entry = |command| Entry {
+        now_ms: 2,
+        idempotency_key: None,
+        fence: None,
+        command,
+    };
+    a.ok(Command::FreezeShard { shard, handover: 1 });
+    b.apply(&entry(Command::AdoptShard {
+        shard,
+        epoch: 2,
+        after: until,
+    }))
+    .unwrap();
+    a.ok(Command::ReleaseShard {
+        shard,
+        owner_dc: "dc-b".into(),
+    });
+    // Back to a, with nothing written in epoch 2.
+    let b_outbox = b.outbox(shard).unwrap();
+    assert_eq!(b_outbox.last_position(), Position { epoch: 2, seq: 0 });
+    assert_eq!(b_outbox.history_position(), until);
+    b.apply(&entry(Command::FreezeShard { shard, handover: 2 }))
+        .unwrap();
+    // (Straight to the state: the harness flags view changes without records, which an
+    // ownership change is.)
+    a.state
+        .apply(&entry(Command::AdoptShard {
+            shard,
+            epoch: 3,
+            after: until,
+        }))
+        .unwrap();
+    b.apply(&entry(Command::ReleaseShard {
+        shard,
+        owner_dc: "dc-a".into(),
+    }))
+    .unwrap();
+    assert_eq!(b.replica(shard).unwrap().watermark, until);
+    a.ok(Command::SetExpireTime {
+        cluster: id,
+        expire_time: 4_000_000,
+    });
+    let outbox = a.state.outbox(shard).unwrap();
+    let records: Vec<Record> = outbox.records.iter().cloned().collect();
+    assert_eq!(
+        records.last().unwrap().position(),
+        Position { epoch: 3, seq: 1 }
+    );
+    assert_eq!(
+        ship(&mut b, "dc-a", shard, &records, outbox.started_after),
+        Ok(Outcome::Done)
+    );
+    assert_eq!(
+        b.replica(shard).unwrap().view(),
+        a.state.replicated_view(shard)
+    );
+}

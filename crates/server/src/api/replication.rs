@@ -112,15 +112,39 @@ async fn placement_command(
                 .json(command)
                 .send()
                 .await;
+            // Asked again (here or at another voter) only when the command certainly was not
+            // applied: repeating an applied StartHandover would start another handover.
             let answer = match answer {
                 Ok(a) if a.status().is_success() => a,
                 Ok(a) => {
-                    last_error = format!("{url} answered {}", a.status());
+                    let status = a.status();
+                    let body: Value = a.json().await.unwrap_or_default();
+                    let code = body["code"].as_str().unwrap_or_default().to_string();
+                    if !matches!(
+                        code.as_str(),
+                        "no_leader" | "not_leader" | "leader_unreachable" | "leader_starting"
+                    ) {
+                        return Err(ApiError::unavailable(
+                            "placement_unavailable",
+                            format!(
+                                "{url} answered {status} {body}; the command may have been applied: see GET /v2/admin/shards"
+                            ),
+                        ));
+                    }
+                    last_error = format!("{url} answered {status} {code}");
+                    continue;
+                }
+                Err(e) if e.is_connect() => {
+                    last_error = format!("{url}: {e}");
                     continue;
                 }
                 Err(e) => {
-                    last_error = format!("{url}: {e}");
-                    continue;
+                    return Err(ApiError::unavailable(
+                        "placement_unavailable",
+                        format!(
+                            "{url} did not answer ({e}); the command may have been applied: see GET /v2/admin/shards"
+                        ),
+                    ))
                 }
             };
             let outcome: coopr_placement::Outcome = answer

@@ -270,9 +270,16 @@ impl PlacementGroup {
                 let bytes = answer.bytes().await.unwrap_or_default();
                 (status, [("content-type", "application/json")], bytes).into_response()
             }
-            Err(e) => unavailable(
+            Err(e) if e.is_connect() => unavailable(
                 "leader_unreachable",
                 format!("cannot reach the placement leader: {e}"),
+            ),
+            // Sent, but no answer: the command may have been applied.
+            Err(e) => unavailable(
+                "placement_no_answer",
+                format!(
+                    "the placement leader did not answer (the command may have been applied): {e}"
+                ),
             ),
         }
     }

@@ -257,7 +257,7 @@ fn frozen_reports(app: &App) -> BTreeMap<ShardId, FrozenReport> {
             };
             let data = state.shards.get(shard)?;
             (data.frozen == Some(*handover)).then(|| {
-                let last = data.replication.last_position();
+                let last = data.replication.history_position();
                 (
                     *shard,
                     FrozenReport {
