@@ -243,6 +243,13 @@ async fn handovers(
         } else {
             ("b", "a")
         };
+        let map: Value = get(format!("{}/v2/admin/shards", leaders[to]))
+            .await?
+            .json()
+            .await?;
+        let epoch = map["shards"][shard as usize]["epoch"]
+            .as_u64()
+            .context("epoch")?;
         let started = Instant::now();
         let mut request = http
             .post(format!(
@@ -271,7 +278,13 @@ async fn handovers(
                 .await?
                 .json()
                 .await?;
-            if view["role"] == "owner" {
+            let map: Value = get(format!("{}/v2/admin/shards", leaders[to]))
+                .await?
+                .json()
+                .await?;
+            // Adopted in the next epoch (an earlier "owner" may come from a stale map).
+            let entry = &map["shards"][shard as usize];
+            if view["role"] == "owner" && entry["owner"] == to && entry["epoch"] == epoch + 1 {
                 break;
             }
             if Instant::now() > deadline {
