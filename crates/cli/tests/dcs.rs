@@ -428,9 +428,11 @@ fn a_shard_handed_over_through_the_cli_moves_to_another_dc() {
             assert!(Instant::now() < deadline, "b never owned shard {shard}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // b adopted the shard under its new grant, so its map has the new epoch (the other
+        // DCs' maps catch up at their next refresh).
         let map = get_json(
             &dcs.http,
-            &format!("{}/v2/admin/shards", dcs.dc_urls("c")[0]),
+            &format!("{}/v2/admin/shards", dcs.dc_urls("b")[0]),
             &ADMIN,
         )
         .await

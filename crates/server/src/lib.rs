@@ -62,6 +62,8 @@ pub struct App {
     pub placement_group: Option<Arc<PlacementGroup>>,
     /// Requests this node forwarded to a DC that had lost the shard, then to the new owner.
     pub rerouted: AtomicU64,
+    /// Wakes the lease loop for a renewal now (ownership changes, handover progress).
+    pub renew_now: tokio::sync::Notify,
     /// Since when this node leads the DC log (the job engine runs only then).
     pub leader_since: Mutex<Option<Instant>>,
     /// Client used to forward requests to the leader.
@@ -414,6 +416,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         placement_state: Mutex::new(None),
         placement_group,
         rerouted: AtomicU64::new(0),
+        renew_now: tokio::sync::Notify::new(),
         replication: replication::Progress::default(),
         stopping: stop.clone(),
         metrics: metrics_handle(),

@@ -154,6 +154,8 @@ async fn placement_command(
             return match outcome {
                 Ok(coopr_placement::Reply::Shard { shard, placement }) => {
                     crate::placement::lease::refresh_now(app).await;
+                    // If this DC owns the shard, its leader learns of the handover at once.
+                    app.renew_now.notify_one();
                     Ok(Json(
                         json!({"shard": shard.to_string(), "placement": placement}),
                     ))

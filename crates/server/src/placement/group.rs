@@ -201,9 +201,9 @@ impl PlacementGroup {
                     .unwrap_or_else(|e| e.into_inner()) = None;
                 continue;
             }
-            let Some(since) = self.ensure_leading().await else {
+            if self.ensure_leading().await.is_none() {
                 continue;
-            };
+            }
             if self.machine.state().is_none() {
                 match self.propose(&self.bootstrap).await {
                     Ok(Ok(_)) => tracing::info!("placement group bootstrapped"),
@@ -213,16 +213,35 @@ impl PlacementGroup {
                 }
                 continue;
             }
-            let commands = self
-                .machine
-                .read(|state| state.map(|s| plan_handover_completions(s, mono_ms(), since)))
-                .unwrap_or_default();
-            for command in commands {
-                match self.propose(&command).await {
-                    Ok(Ok(reply)) => tracing::info!(?reply, "handover completed"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "handover completion rejected"),
-                    Err(e) => tracing::warn!(error = %e, "handover completion not written"),
-                }
+            self.complete_handovers().await;
+        }
+    }
+
+    /// Whether a handover waits for its target and replicas (status `handing_over`).
+    fn handovers_pending(&self) -> bool {
+        self.machine.read(|state| {
+            state.is_some_and(|s| {
+                s.shards()
+                    .values()
+                    .any(|p| matches!(p.status, coopr_placement::ShardStatus::HandingOver { .. }))
+            })
+        })
+    }
+
+    /// Completes every handover whose target and replicas have the final position (leader).
+    async fn complete_handovers(&self) {
+        let Some(since) = self.leader_since() else {
+            return;
+        };
+        let commands = self
+            .machine
+            .read(|state| state.map(|s| plan_handover_completions(s, mono_ms(), since)))
+            .unwrap_or_default();
+        for command in commands {
+            match self.propose(&command).await {
+                Ok(Ok(reply)) => tracing::info!(?reply, "handover completed"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "handover completion rejected"),
+                Err(e) => tracing::warn!(error = %e, "handover completion not written"),
             }
         }
     }
@@ -353,13 +372,20 @@ async fn renew(
         );
     }
     // The grantor's clock starts now, after the holder started its own (see `holder`).
+    let reports_progress = !request.frozen.is_empty();
     let command = Command::RenewLease {
         dc: coopr_placement::DcId::new(request.dc),
         now_ms: mono_ms(),
         watermarks: request.watermarks,
         frozen: request.frozen,
     };
-    outcome_response(group.propose(&command).await)
+    let written = group.propose(&command).await;
+    // A renewal may be what a handover waited for (the final position, a replica's watermark):
+    // complete it now rather than at the next tick.
+    if written.is_ok() && (reports_progress || group.handovers_pending()) {
+        group.complete_handovers().await;
+    }
+    outcome_response(written)
 }
 
 async fn command(

@@ -208,17 +208,37 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         // A refused renewal (placement election, a voter down) is retried soon: the lease
         // runs out after lease - offset, only three ticks.
-        let pause = if granted { tick } else { tick.min(RENEW_RETRY) };
+        // While a handover to or from this DC runs, renew often: each step waits for one.
+        let pause = if granted && !in_handover(&app) {
+            tick
+        } else {
+            tick.min(RENEW_RETRY)
+        };
         // A node that just became the DC's leader renews at once: it writes nothing before.
+        // So does a leader whose ownership moved on (a freeze to report, a shard adopted or
+        // released) or whose replica copy of a shard being handed over advanced.
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             changed = leader.changed(), if watching => watching = changed.is_ok(),
+            _ = app.renew_now.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
 
-/// How soon a refused renewal is tried again.
+/// Whether a handover from or to this DC is in progress (as the map last fetched says).
+fn in_handover(app: &App) -> bool {
+    let dc = app.config.dc.as_str();
+    app.placement_state().is_some_and(|state| {
+        state.shards().values().any(|p| match &p.status {
+            coopr_placement::ShardStatus::Active => false,
+            coopr_placement::ShardStatus::Draining { to, .. }
+            | coopr_placement::ShardStatus::HandingOver { to, .. } => p.owner.0 == dc || to.0 == dc,
+        })
+    })
+}
+
+/// How soon a refused renewal is tried again (and the renewal cadence during a handover).
 const RENEW_RETRY: Duration = Duration::from_millis(100);
 
 /// The position of every replica copy this DC holds.
@@ -348,7 +368,9 @@ async fn reconcile(app: &App) {
         let what = format!("{command:?}");
         match app.propose(command, None).await {
             Ok(Ok(outcome)) => {
-                tracing::info!(command = %what, ?outcome, "ownership change applied")
+                tracing::info!(command = %what, ?outcome, "ownership change applied");
+                // Report it (a freeze's final position) or start writing without waiting.
+                app.renew_now.notify_one();
             }
             Ok(Err(e)) => {
                 tracing::info!(command = %what, error = %e, "ownership change not applied yet")

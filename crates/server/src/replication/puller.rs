@@ -305,6 +305,10 @@ impl Stream {
                 Ok(_) => {
                     metrics::counter!("coopr_replication_records_applied_total", "owner_dc" => self.owner_dc.clone())
                         .increment(count as u64);
+                    // A handover of this shard waits for this DC's watermark: report it now.
+                    if self.app.placement().entry(shard).status != "active" {
+                        self.app.renew_now.notify_one();
+                    }
                     progress.update_stream(shard, |s| {
                         s.oldest_missing_at_ms = batch.next_at_ms;
                         s.stopped = None;
