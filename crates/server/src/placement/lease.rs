@@ -208,11 +208,13 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         // A refused renewal (placement election, a voter down) is retried soon: the lease
         // runs out after lease - offset, only three ticks.
-        // While a handover to or from this DC runs, renew often: each step waits for one.
-        let pause = if granted && !in_handover(&app) {
-            tick
-        } else {
+        // While a handover to or from this DC runs, renew more often: each step waits for one.
+        let pause = if !granted {
             tick.min(RENEW_RETRY)
+        } else if in_handover(&app) {
+            tick.min(HANDOVER_CADENCE)
+        } else {
+            tick
         };
         // A node that just became the DC's leader renews at once: it writes nothing before.
         // So does a leader whose ownership moved on (a freeze to report, a shard adopted or
@@ -238,8 +240,12 @@ fn in_handover(app: &App) -> bool {
     })
 }
 
-/// How soon a refused renewal is tried again (and the renewal cadence during a handover).
+/// How soon a refused renewal is tried again.
 const RENEW_RETRY: Duration = Duration::from_millis(100);
+/// The renewal cadence of a DC taking part in a handover (a stuck handover, e.g. waiting for a
+/// replica DC that is down, costs the placement log four renewals a second per DC until it is
+/// aborted).
+const HANDOVER_CADENCE: Duration = Duration::from_millis(250);
 
 /// The position of every replica copy this DC holds.
 fn watermarks(app: &App) -> BTreeMap<ShardId, Position> {
