@@ -713,16 +713,21 @@ async fn run_etcd(
     Ok(version)
 }
 
-pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
-    let total = Instant::now();
-    if !args.coopr_bin.is_file() {
+/// The release `coopr` binary as an absolute path (the servers run in their deployment
+/// folders), or an error saying how to build it.
+pub(crate) fn coopr_bin(path: &Path) -> anyhow::Result<PathBuf> {
+    if !path.is_file() {
         bail!(
             "{} not found: build it first with `cargo build --release -p coopr` (or pass --coopr-bin)",
-            args.coopr_bin.display()
+            path.display()
         );
     }
-    // The servers run in their deployment folders.
-    args.coopr_bin = std::fs::canonicalize(&args.coopr_bin)?;
+    Ok(std::fs::canonicalize(path)?)
+}
+
+pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
+    let total = Instant::now();
+    args.coopr_bin = coopr_bin(&args.coopr_bin)?;
     if !args.no_etcd
         && Command::new(&args.etcd_bin)
             .arg("--version")

@@ -23,7 +23,8 @@ use coopr_testkit::{replace_address, DelayProxy};
 use serde_json::Value;
 
 use crate::dclog::{
-    active_cluster, coopr_roles, free_coopr_base_dcs, get_json, set_demo_workers, Proc, Target,
+    active_cluster, coopr_bin, coopr_roles, free_coopr_base_dcs, get_json, set_demo_workers, Proc,
+    Target,
 };
 use crate::ops::Api;
 use crate::stats::{ms, Summary};
@@ -301,14 +302,7 @@ async fn handovers(
 
 pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     let total = Instant::now();
-    if !args.coopr_bin.is_file() {
-        bail!(
-            "{} not found: build it first with `cargo build --release -p coopr` (or pass --coopr-bin)",
-            args.coopr_bin.display()
-        );
-    }
-    // The servers run in their deployment folder.
-    args.coopr_bin = std::fs::canonicalize(&args.coopr_bin)?;
+    args.coopr_bin = coopr_bin(&args.coopr_bin)?;
     let dir = tempfile::Builder::new()
         .prefix("coopr-bench-wan-")
         .tempdir_in(&args.dir)?;

@@ -481,15 +481,7 @@ struct Load {
 
 impl Load {
     async fn wait_count(&self, at_least: usize, timeout: Duration, what: &str) {
-        let deadline = Instant::now() + timeout;
-        while self.count.load(Ordering::Acquire) < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {at_least} writes acknowledged within {timeout:?} ({what})",
-                self.count.load(Ordering::Acquire)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_count(&self.count, at_least, timeout, what).await;
     }
 }
 

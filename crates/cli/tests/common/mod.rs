@@ -13,6 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -747,4 +748,17 @@ pub async fn wait_cluster_status(
 /// Waits until the cluster's status on the node at `url` is `active`.
 pub async fn wait_cluster_active(http: &reqwest::Client, url: &str, id: &str, timeout: Duration) {
     wait_cluster_status(http, url, id, "active", timeout).await;
+}
+
+/// Waits until a write load's counter of acknowledged writes reaches `at_least`.
+pub async fn wait_count(count: &AtomicUsize, at_least: usize, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while count.load(Ordering::Acquire) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {at_least} writes acknowledged within {timeout:?} ({what})",
+            count.load(Ordering::Acquire)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -328,6 +328,19 @@ fn unavailable(code: &str, message: String) -> Response {
     e.into_response()
 }
 
+/// The JSON body of an internal call that carries the cluster secret, or the answer refusing
+/// it (401, or 400 for a body that does not parse).
+fn authorized_json<T: serde::de::DeserializeOwned>(
+    group: &PlacementGroup,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Box<Response>> {
+    if let Some(response) = unauthorized(group, headers) {
+        return Err(Box::new(response));
+    }
+    crate::api::extract::parse_json(body).map_err(|e| Box::new(e.into_response()))
+}
+
 /// `None` when the call carries the cluster secret, else the 401 to answer.
 fn unauthorized(group: &PlacementGroup, headers: &HeaderMap) -> Option<Response> {
     let given = headers
@@ -354,12 +367,9 @@ async fn renew(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = unauthorized(&group, &headers) {
-        return response;
-    }
-    let request: RenewRequest = match crate::api::extract::parse_json(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
+    let request: RenewRequest = match authorized_json(&group, &headers, &body) {
+        Ok(v) => v,
+        Err(refused) => return *refused,
     };
     if !group.raft.is_leader() {
         return group.at_leader(&headers, RENEW_PATH, body).await;
@@ -393,12 +403,9 @@ async fn command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = unauthorized(&group, &headers) {
-        return response;
-    }
-    let command: Command = match crate::api::extract::parse_json(&body) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
+    let command: Command = match authorized_json(&group, &headers, &body) {
+        Ok(v) => v,
+        Err(refused) => return *refused,
     };
     // Only the administrative commands come from outside; the rest are the group's own.
     if !matches!(

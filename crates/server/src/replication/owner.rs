@@ -107,18 +107,21 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         return not_leader(&app);
     }
     // Only shards this DC owns and the asker replicates; the rest are not ours to answer.
-    let cursors: Vec<_> = request
-        .cursors
-        .iter()
-        .filter(|(shard, _)| {
-            (shard.is_global() || shard.0 < placement.shard_count())
-                && placement.owner(**shard) == app.config.dc
-        })
-        // A shard this DC was handed but has not adopted yet is not served: its outbox is not
-        // the shard's (the replica asks again).
-        .filter(|(shard, _)| !app.core.read().replicas.contains_key(*shard))
-        .map(|(s, c)| (*s, *c))
-        .collect();
+    let cursors: Vec<_> = {
+        let state = app.core.read();
+        request
+            .cursors
+            .iter()
+            .filter(|(shard, _)| {
+                (shard.is_global() || shard.0 < placement.shard_count())
+                    && placement.owner(**shard) == app.config.dc
+            })
+            // A shard this DC was handed but has not adopted yet is not served: its outbox is
+            // not the shard's (the replica asks again).
+            .filter(|(shard, _)| !state.replicas.contains_key(*shard))
+            .map(|(s, c)| (*s, *c))
+            .collect()
+    };
     app.replication
         .record_cursors(&request.dc, &request.cursors);
     let max_records = request.max_records.clamp(1, 100_000);
