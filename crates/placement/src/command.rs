@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::holder::LeaseGrant;
 use crate::ids::{DcId, Epoch, Position};
-use crate::state::{Dc, FrozenReport, ShardPlacement, ShardStatus};
+use crate::state::{Dc, FrozenReport, SealReport, ShardPlacement, ShardStatus};
 
 /// A command of the placement log. Times are the proposing placement leader's monotonic clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,11 +38,30 @@ pub enum Command {
         watermarks: BTreeMap<ShardId, Position>,
         #[serde(default, with = "crate::ids::numeric_keys")]
         frozen: BTreeMap<ShardId, FrozenReport>,
+        /// Shards this DC was asked to take over (its grant listed a
+        /// [`crate::TakeoverOrder`]) and whose old epoch it has sealed: it applies nothing more
+        /// of the old owner's stream, so its copy ends exactly at the reported position.
+        #[serde(default, with = "crate::ids::numeric_keys")]
+        sealed: BTreeMap<ShardId, SealReport>,
     },
-    /// Failover: `to` becomes the owner of `shard` (owned by `from`, whose lease has expired at
-    /// the grantor) in the next epoch, starting after `takeover_point` (its watermark).
-    /// `leader_since_ms` is when the proposing leader was elected (same clock as `now_ms`): the
-    /// state machine re-checks the lease rules with it, so a stale or hasty proposal is rejected.
+    /// Failover, step 1: `from`'s lease has expired at the grantor, so `to` (a healthy replica)
+    /// is asked to take `shard` over: its next grant carries a [`crate::TakeoverOrder`], it
+    /// stops applying the old epoch (after pulling what it still can for a bounded time) and
+    /// reports the exact position its copy ends at. Also replaces a candidate that did not
+    /// report within [`PlacementState::takeover_timeout_ms`].
+    StartTakeover {
+        shard: ShardId,
+        from: DcId,
+        to: DcId,
+        now_ms: u64,
+        leader_since_ms: u64,
+    },
+    /// Failover, step 2: `to` becomes the owner of `shard` (owned by `from`, whose lease has
+    /// expired at the grantor) in the next epoch, starting after `takeover_point`: the position
+    /// `to` reported its sealed copy ends at (nothing else is accepted, so the new epoch starts
+    /// exactly where the new owner's copy ends). `leader_since_ms` is when the proposing leader
+    /// was elected (same clock as `now_ms`): the state machine re-checks the lease rules with
+    /// it, so a stale or hasty proposal is rejected.
     Takeover {
         shard: ShardId,
         from: DcId,
@@ -123,6 +142,20 @@ pub enum Rejected {
     },
     #[error("shard {shard} is busy: {status:?}")]
     HandoverInProgress { shard: ShardId, status: ShardStatus },
+    #[error("shard {shard} is being taken over by {to} (takeover {takeover})")]
+    TakeoverInProgress {
+        shard: ShardId,
+        to: DcId,
+        takeover: u64,
+    },
+    #[error("{dc} has no valid lease: it cannot take shard {shard} over")]
+    CandidateUnhealthy { shard: ShardId, dc: DcId },
+    #[error("shard {shard}: {to} has not reported a sealed copy at {point} for this takeover")]
+    NotSealed {
+        shard: ShardId,
+        to: DcId,
+        point: Position,
+    },
     #[error("shard {shard} has no handover in progress")]
     NoHandover { shard: ShardId },
     #[error("the owner of shard {shard} has not reported its final position yet")]

@@ -11,11 +11,13 @@
 //!        └── wait: lease + max_clock_offset from its own election ──┘
 //! ```
 
+use std::collections::BTreeMap;
+
 use coopr_types::ShardId;
 
 use crate::command::Command;
 use crate::ids::{DcId, Position};
-use crate::state::{Lease, PlacementState, ShardStatus};
+use crate::state::{takeover_timed_out, Lease, PlacementState, ShardStatus};
 
 /// How the placement leader sees a DC's lease at `now_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,14 +104,17 @@ pub fn dead_dcs(state: &PlacementState, now_ms: u64, leader_since_ms: u64) -> Ve
         .collect()
 }
 
-/// The takeovers of every shard `dead_dc` owns: each goes to the healthy replica DC with the
-/// highest watermark for it (ties: the smallest DC id), with that watermark as takeover point.
-/// Only watermarks on the shard's current history count, so an old owner still holding a lost
-/// tail is never preferred. A shard with no healthy replica gets no command (it waits).
+/// Failover step 1 for every shard `dead_dc` owns: a [`Command::StartTakeover`] naming the
+/// healthy replica DC with the highest watermark for it (ties: the DC that owns or is taking
+/// over the fewest shards, so a dead DC's shards spread over the survivors; then the smallest
+/// id). Only watermarks on the shard's current history count, so an old owner still holding a
+/// lost tail is never preferred. A shard whose takeover is under way is left alone until its
+/// candidate runs out of time; then another candidate is named (the same one if it is the
+/// only healthy replica). A shard with no healthy replica gets no command (it waits).
 /// Empty if `dead_dc` is not dead.
 ///
-/// The takeover point is the watermark the DC last reported; wiring may let the chosen DC pull
-/// the old epoch's remaining records for a bounded time and propose its exact watermark instead.
+/// The takeover point is not decided here: the candidate seals its copy and reports where it
+/// ends ([`plan_takeovers`]).
 pub fn plan_failover(
     state: &PlacementState,
     dead_dc: &DcId,
@@ -119,31 +124,97 @@ pub fn plan_failover(
     if lease_view(state, dead_dc, now_ms, leader_since_ms) != GrantorView::Expired {
         return Vec::new();
     }
+    let mut load: BTreeMap<&DcId, usize> = BTreeMap::new();
+    for placement in state.shards().values() {
+        let holder = match &placement.status {
+            ShardStatus::TakingOver { to, .. } => to,
+            _ => &placement.owner,
+        };
+        *load.entry(holder).or_default() += 1;
+    }
+    let mut commands = Vec::new();
+    for (shard, placement) in state.shards() {
+        if placement.owner != *dead_dc {
+            continue;
+        }
+        let replaced = match &placement.status {
+            ShardStatus::TakingOver { to, started_ms, .. } => {
+                if !takeover_timed_out(
+                    *started_ms,
+                    state.takeover_timeout_ms(),
+                    now_ms,
+                    leader_since_ms,
+                ) {
+                    continue;
+                }
+                Some(to)
+            }
+            _ => None,
+        };
+        let healthy: Vec<(&DcId, Position)> = placement
+            .replicas
+            .iter()
+            .filter(|dc| {
+                matches!(
+                    lease_view(state, dc, now_ms, leader_since_ms),
+                    GrantorView::Valid { .. }
+                )
+            })
+            .map(|dc| (dc, watermark(state, dc, *shard)))
+            .filter(|(_, watermark)| placement.is_on_history(*watermark))
+            .collect();
+        // A candidate that did not report in time is passed over while another one can serve.
+        let others: Vec<(&DcId, Position)> = healthy
+            .iter()
+            .filter(|(dc, _)| Some(*dc) != replaced)
+            .cloned()
+            .collect();
+        let pool = if others.is_empty() { healthy } else { others };
+        let best = pool.into_iter().max_by(|(a, a_mark), (b, b_mark)| {
+            let a_load = load.get(a).copied().unwrap_or(0);
+            let b_load = load.get(b).copied().unwrap_or(0);
+            a_mark
+                .cmp(b_mark)
+                .then_with(|| b_load.cmp(&a_load))
+                .then_with(|| b.cmp(a))
+        });
+        let Some((to, _)) = best else { continue };
+        *load.entry(to).or_default() += 1;
+        commands.push(Command::StartTakeover {
+            shard: *shard,
+            from: dead_dc.clone(),
+            to: to.clone(),
+            now_ms,
+            leader_since_ms,
+        });
+    }
+    commands
+}
+
+/// Failover step 2: a [`Command::Takeover`] for every shard whose candidate reported its
+/// sealed copy while the old owner's lease is still expired, with the reported position as
+/// the exact takeover point.
+pub fn plan_takeovers(state: &PlacementState, now_ms: u64, leader_since_ms: u64) -> Vec<Command> {
     state
         .shards()
         .iter()
-        .filter(|(_, placement)| placement.owner == *dead_dc)
-        .filter_map(|(shard, placement)| {
-            let (to, takeover_point) = placement
-                .replicas
-                .iter()
-                .filter(|dc| {
-                    matches!(
-                        lease_view(state, dc, now_ms, leader_since_ms),
-                        GrantorView::Valid { .. }
-                    )
+        .filter_map(|(shard, placement)| match &placement.status {
+            ShardStatus::TakingOver {
+                from,
+                to,
+                sealed_at: Some(point),
+                ..
+            } if lease_view(state, from, now_ms, leader_since_ms) == GrantorView::Expired => {
+                Some(Command::Takeover {
+                    shard: *shard,
+                    from: from.clone(),
+                    to: to.clone(),
+                    takeover_point: *point,
+                    now_ms,
+                    leader_since_ms,
                 })
-                .map(|dc| (dc, watermark(state, dc, *shard)))
-                .filter(|(_, watermark)| placement.is_on_history(*watermark))
-                .max_by(|(a, a_mark), (b, b_mark)| a_mark.cmp(b_mark).then_with(|| b.cmp(a)))?;
-            Some(Command::Takeover {
-                shard: *shard,
-                from: dead_dc.clone(),
-                to: to.clone(),
-                takeover_point,
-                now_ms,
-                leader_since_ms,
-            })
+            }
+            _ => None,
         })
         .collect()
 }

@@ -32,6 +32,21 @@ pub struct LeaseGrant {
     pub owned: BTreeMap<ShardId, OwnedShard>,
     #[serde(with = "crate::ids::numeric_keys")]
     pub map: BTreeMap<ShardId, ShardOwner>,
+    /// Shards the grant's DC is asked to take over from a DC whose lease expired: seal the
+    /// copy (apply nothing more of `epoch`) and report where it ends.
+    #[serde(default, with = "crate::ids::numeric_keys")]
+    pub taking_over: BTreeMap<ShardId, TakeoverOrder>,
+}
+
+/// An order to take a shard over (failover step 1, see [`crate::Command::StartTakeover`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverOrder {
+    /// Numbers the attempt: a seal reported for another attempt does not count.
+    pub takeover: u64,
+    /// The owner whose lease expired.
+    pub from: DcId,
+    /// The epoch the old owner wrote: the one the copy is sealed at.
+    pub epoch: Epoch,
 }
 
 /// A shard the grant's DC owns.

@@ -42,15 +42,16 @@ pub mod state;
 
 pub use command::{Command, Outcome, Rejected, Reply};
 pub use decide::{
-    dead_dcs, grantor_view, lease_view, plan_failover, plan_handover_completions, watermark,
-    GrantorView,
+    dead_dcs, grantor_view, lease_view, plan_failover, plan_handover_completions, plan_takeovers,
+    watermark, GrantorView,
 };
 pub use holder::{
     holder_lease_valid, may_acknowledge, Fenced, HeldLease, LeaseGrant, OwnedShard, ShardOwner,
+    TakeoverOrder,
 };
 pub use ids::{DcId, Epoch, Position, Seq};
 pub use machine::PlacementMachine;
 pub use state::{
     apply_command, ChangeReason, Dc, DcRole, FrozenReport, Lease, OwnershipChange, PlacementState,
-    ShardPlacement, ShardStatus,
+    SealReport, ShardPlacement, ShardStatus,
 };

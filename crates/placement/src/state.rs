@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Outcome, Rejected, Reply};
 use crate::decide::{grantor_view, GrantorView};
-use crate::holder::{LeaseGrant, OwnedShard, ShardOwner};
+use crate::holder::{LeaseGrant, OwnedShard, ShardOwner, TakeoverOrder};
 use crate::ids::{DcId, Epoch, Position};
 
 /// How many ownership changes the audit history keeps (oldest dropped first).
@@ -124,6 +124,18 @@ pub enum ShardStatus {
         handover: u64,
         until: Position,
     },
+    /// Failover in progress: the owner's lease expired and `to` was asked (at `started_ms` on
+    /// the proposing leader's clock) to seal its copy; `sealed_at` is where it reported the
+    /// copy ends. The owner's grant no longer lists the shard; a renewal from the owner (it is
+    /// back before the takeover completed) ends this phase and it keeps the shard.
+    TakingOver {
+        from: DcId,
+        to: DcId,
+        takeover: u64,
+        started_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sealed_at: Option<Position>,
+    },
 }
 
 /// A DC's lease as the grantor sees it.
@@ -178,6 +190,9 @@ pub struct PlacementState {
     leases: BTreeMap<DcId, Lease>,
     history: VecDeque<OwnershipChange>,
     changes_total: u64,
+    /// Counts takeover attempts (numbers [`ShardStatus::TakingOver`]).
+    #[serde(default)]
+    takeovers_started: u64,
     grants_issued: u64,
     handovers_started: u64,
 }
@@ -247,6 +262,7 @@ impl PlacementState {
             changes_total: 0,
             grants_issued: 0,
             handovers_started: 0,
+            takeovers_started: 0,
         })
     }
 
@@ -302,7 +318,7 @@ impl PlacementState {
             .shards
             .iter()
             .filter(|(_, placement)| placement.owner == *dc)
-            .map(|(shard, placement)| {
+            .filter_map(|(shard, placement)| {
                 let owned = match &placement.status {
                     ShardStatus::Active => OwnedShard::Writable {
                         epoch: placement.epoch,
@@ -313,8 +329,27 @@ impl PlacementState {
                         to: to.clone(),
                         handover: *handover,
                     },
+                    // Being taken over: the owner may not write it any more.
+                    ShardStatus::TakingOver { .. } => return None,
                 };
-                (*shard, owned)
+                Some((*shard, owned))
+            })
+            .collect();
+        let taking_over = self
+            .shards
+            .iter()
+            .filter_map(|(shard, placement)| match &placement.status {
+                ShardStatus::TakingOver {
+                    from, to, takeover, ..
+                } if to == dc => Some((
+                    *shard,
+                    TakeoverOrder {
+                        takeover: *takeover,
+                        from: from.clone(),
+                        epoch: placement.epoch,
+                    },
+                )),
+                _ => None,
             })
             .collect();
         let map = self
@@ -337,7 +372,14 @@ impl PlacementState {
             max_clock_offset_ms: self.max_clock_offset_ms,
             owned,
             map,
+            taking_over,
         }
+    }
+
+    /// How long a takeover candidate has to report its sealed copy before it is replaced: a
+    /// lease (its renewals come every third of one) plus the bounded pull of the old epoch.
+    pub fn takeover_timeout_ms(&self) -> u64 {
+        self.lease_ms.saturating_add(TAKEOVER_PULL_MS)
     }
 
     /// Applies one command. On `Err` the state is unchanged.
@@ -349,7 +391,15 @@ impl PlacementState {
                 now_ms,
                 watermarks,
                 frozen,
-            } => self.renew_lease(dc, *now_ms, watermarks, frozen),
+                sealed,
+            } => self.renew_lease(dc, *now_ms, watermarks, frozen, sealed),
+            Command::StartTakeover {
+                shard,
+                from,
+                to,
+                now_ms,
+                leader_since_ms,
+            } => self.start_takeover(*shard, from, to, *now_ms, *leader_since_ms),
             Command::Takeover {
                 shard,
                 from,
@@ -391,8 +441,30 @@ impl PlacementState {
         now_ms: u64,
         watermarks: &BTreeMap<ShardId, Position>,
         frozen: &BTreeMap<ShardId, FrozenReport>,
+        sealed: &BTreeMap<ShardId, SealReport>,
     ) -> Outcome {
         self.voter(dc)?;
+        for (shard, placement) in self.shards.iter_mut() {
+            match &mut placement.status {
+                // The owner is back before its shard was taken over: it keeps the shard (the
+                // candidate sees the order gone from its next grant and unseals its copy).
+                ShardStatus::TakingOver { from, .. } if from == dc => {
+                    placement.status = ShardStatus::Active;
+                }
+                // The candidate's copy ends here: the only takeover point accepted.
+                ShardStatus::TakingOver {
+                    to,
+                    takeover,
+                    sealed_at,
+                    ..
+                } if to == dc => {
+                    if let Some(report) = sealed.get(shard).filter(|r| r.takeover == *takeover) {
+                        *sealed_at = Some(report.at);
+                    }
+                }
+                _ => {}
+            }
+        }
         // A final position counts only for the handover that froze the shard (a report from an
         // aborted earlier handover is stale: the owner wrote again after it).
         for (shard, report) in frozen {
@@ -482,6 +554,18 @@ impl PlacementState {
                 epoch: placement.epoch,
             });
         }
+        let sealed = matches!(
+            &placement.status,
+            ShardStatus::TakingOver { from: f, to: t, sealed_at: Some(at), .. }
+                if f == from && t == to && *at == takeover_point
+        );
+        if !sealed {
+            return Err(Rejected::NotSealed {
+                shard,
+                to: to.clone(),
+                point: takeover_point,
+            });
+        }
         let epoch = self.change_owner(shard, to, takeover_point);
         self.record(OwnershipChange {
             number: 0,
@@ -494,6 +578,93 @@ impl PlacementState {
                 at_ms: now_ms,
             },
         });
+        Ok(self.shard_reply(shard))
+    }
+
+    fn start_takeover(
+        &mut self,
+        shard: ShardId,
+        from: &DcId,
+        to: &DcId,
+        now_ms: u64,
+        leader_since_ms: u64,
+    ) -> Outcome {
+        let placement = self.placement(shard)?;
+        if placement.owner != *from {
+            return Err(Rejected::NotOwner {
+                shard,
+                owner: placement.owner.clone(),
+                epoch: placement.epoch,
+                claimed: from.clone(),
+            });
+        }
+        self.voter(to)?;
+        if to == from {
+            return Err(Rejected::AlreadyOwner {
+                shard,
+                dc: to.clone(),
+            });
+        }
+        if !placement.replicas.contains(to) {
+            return Err(Rejected::NotReplica {
+                shard,
+                dc: to.clone(),
+            });
+        }
+        let view = |dc: &DcId| {
+            grantor_view(
+                self.leases.get(dc),
+                self.lease_ms,
+                self.max_clock_offset_ms,
+                now_ms,
+                leader_since_ms,
+            )
+        };
+        match view(from) {
+            GrantorView::Expired => {}
+            GrantorView::Valid { until_ms } | GrantorView::InDoubt { until_ms } => {
+                return Err(Rejected::LeaseNotExpired {
+                    dc: from.clone(),
+                    until_ms,
+                })
+            }
+        }
+        if !matches!(view(to), GrantorView::Valid { .. }) {
+            return Err(Rejected::CandidateUnhealthy {
+                shard,
+                dc: to.clone(),
+            });
+        }
+        if let ShardStatus::TakingOver {
+            to: current,
+            takeover,
+            started_ms,
+            ..
+        } = &placement.status
+        {
+            if !takeover_timed_out(
+                *started_ms,
+                self.takeover_timeout_ms(),
+                now_ms,
+                leader_since_ms,
+            ) {
+                return Err(Rejected::TakeoverInProgress {
+                    shard,
+                    to: current.clone(),
+                    takeover: *takeover,
+                });
+            }
+        }
+        // A handover the dead owner had started cannot finish without it: failover wins.
+        self.takeovers_started += 1;
+        let takeover = self.takeovers_started;
+        self.shard_mut(shard).status = ShardStatus::TakingOver {
+            from: from.clone(),
+            to: to.clone(),
+            takeover,
+            started_ms: now_ms,
+            sealed_at: None,
+        };
         Ok(self.shard_reply(shard))
     }
 
@@ -530,7 +701,9 @@ impl PlacementState {
     fn complete_handover(&mut self, shard: ShardId, target_watermark: Position) -> Outcome {
         let placement = self.placement(shard)?;
         let (to, until) = match &placement.status {
-            ShardStatus::Active => return Err(Rejected::NoHandover { shard }),
+            ShardStatus::Active | ShardStatus::TakingOver { .. } => {
+                return Err(Rejected::NoHandover { shard })
+            }
             ShardStatus::Draining { .. } => return Err(Rejected::OwnerNotFrozen { shard }),
             ShardStatus::HandingOver { to, until, .. } => (to.clone(), *until),
         };
@@ -555,7 +728,8 @@ impl PlacementState {
     }
 
     fn abort_handover(&mut self, shard: ShardId) -> Outcome {
-        if !self.placement(shard)?.is_frozen() {
+        let status = &self.placement(shard)?.status;
+        if matches!(status, ShardStatus::Active | ShardStatus::TakingOver { .. }) {
             return Err(Rejected::NoHandover { shard });
         }
         self.shard_mut(shard).status = ShardStatus::Active;
@@ -577,8 +751,9 @@ impl PlacementState {
         if replicas.is_empty() && self.voters().count() > 1 {
             return invalid("a shard needs at least one replica DC".into());
         }
-        if let ShardStatus::Draining { to, .. } | ShardStatus::HandingOver { to, .. } =
-            &placement.status
+        if let ShardStatus::Draining { to, .. }
+        | ShardStatus::HandingOver { to, .. }
+        | ShardStatus::TakingOver { to, .. } = &placement.status
         {
             if !replicas.contains(to) {
                 return invalid(format!("{to} is the target of a handover in progress"));
@@ -629,6 +804,34 @@ impl PlacementState {
             placement: self.shards[&shard].clone(),
         }
     }
+}
+
+/// A takeover candidate's report that its copy of a shard is sealed for takeover `takeover`
+/// (it applies nothing more of the old epoch) and ends at `at` (see [`Command::RenewLease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealReport {
+    pub takeover: u64,
+    pub at: Position,
+}
+
+/// How long a takeover candidate may pull the old owner's remaining records before it seals.
+pub const TAKEOVER_PULL_MS: u64 = 1_000;
+
+/// Whether a takeover attempt started at `started_ms` (on the clock of whichever leader
+/// proposed it) has run out of time for the leader elected at `leader_since_ms`, now. A start
+/// time outside this leader's own readings is a predecessor's: counted from the election.
+pub fn takeover_timed_out(
+    started_ms: u64,
+    timeout_ms: u64,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> bool {
+    let from = if (leader_since_ms..=now_ms).contains(&started_ms) {
+        started_ms
+    } else {
+        leader_since_ms
+    };
+    now_ms >= from.saturating_add(timeout_ms)
 }
 
 /// An owner's report that it has stopped writing a shard frozen by handover `handover`, and

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use coopr_placement::{
     apply_command, dead_dcs, holder_lease_valid, may_acknowledge, plan_failover,
-    plan_handover_completions, ChangeReason, Command, Dc, DcId, Epoch, Fenced, FrozenReport,
-    GrantorView, HeldLease, LeaseGrant, OwnedShard, PlacementMachine, PlacementState, Position,
-    Rejected, Reply, ShardStatus,
+    plan_handover_completions, plan_takeovers, ChangeReason, Command, Dc, DcId, Epoch, Fenced,
+    FrozenReport, GrantorView, HeldLease, LeaseGrant, OwnedShard, PlacementMachine, PlacementState,
+    Position, Rejected, Reply, SealReport, ShardStatus,
 };
 use coopr_raft::StateMachine;
 use coopr_types::ShardId;
@@ -51,15 +51,53 @@ fn renew_frozen(
     marks: &[(u32, Position)],
     frozen: BTreeMap<ShardId, FrozenReport>,
 ) -> LeaseGrant {
+    renew_with(state, name, now_ms, marks, frozen, BTreeMap::new())
+}
+
+/// A takeover candidate's renewal reporting its sealed copy of `shard` at `at`.
+fn renew_sealed(
+    state: &mut PlacementState,
+    name: &str,
+    now_ms: u64,
+    shard: u32,
+    at: Position,
+) -> LeaseGrant {
+    let takeover = match &state.shard(ShardId(shard)).unwrap().status {
+        ShardStatus::TakingOver { takeover, .. } => *takeover,
+        other => panic!("shard {shard} is not being taken over: {other:?}"),
+    };
+    let sealed = BTreeMap::from([(ShardId(shard), SealReport { takeover, at })]);
+    renew_with(state, name, now_ms, &[(shard, at)], BTreeMap::new(), sealed)
+}
+
+fn renew_with(
+    state: &mut PlacementState,
+    name: &str,
+    now_ms: u64,
+    marks: &[(u32, Position)],
+    frozen: BTreeMap<ShardId, FrozenReport>,
+    sealed: BTreeMap<ShardId, SealReport>,
+) -> LeaseGrant {
     let watermarks = marks.iter().map(|(s, p)| (ShardId(*s), *p)).collect();
     match state.apply(&Command::RenewLease {
         dc: dc(name),
         now_ms,
         watermarks,
         frozen,
+        sealed,
     }) {
         Ok(Reply::LeaseGranted { grant }) => grant,
         other => panic!("renewal of {name}: {other:?}"),
+    }
+}
+
+fn start_takeover(shard: u32, from: &str, to: &str, now_ms: u64, since_ms: u64) -> Command {
+    Command::StartTakeover {
+        shard: ShardId(shard),
+        from: dc(from),
+        to: dc(to),
+        now_ms,
+        leader_since_ms: since_ms,
     }
 }
 
@@ -158,6 +196,7 @@ fn a_grant_names_the_owned_shards_with_their_epochs() {
             now_ms: 10,
             watermarks: BTreeMap::new(),
             frozen: BTreeMap::new(),
+            sealed: BTreeMap::new(),
         }),
         Err(Rejected::Witness { dc: dc("witness") })
     );
@@ -211,7 +250,7 @@ fn a_new_leader_waits_a_full_lease_before_declaring_a_dc_dead() {
         assert!(dead_dcs(&state, now, since).is_empty(), "at {now}");
     }
     assert_eq!(
-        state.apply(&takeover(0, "a", "b", Position::ZERO, wait_over - 1, since)),
+        state.apply(&start_takeover(0, "a", "b", wait_over - 1, since)),
         Err(Rejected::LeaseNotExpired {
             dc: dc("a"),
             until_ms: wait_over
@@ -226,69 +265,213 @@ fn a_new_leader_waits_a_full_lease_before_declaring_a_dc_dead() {
         [dc("a"), dc("c")]
     );
     assert!(state
-        .apply(&takeover(0, "a", "b", Position::ZERO, wait_over, since))
+        .apply(&start_takeover(0, "a", "b", wait_over, since))
         .is_ok());
 }
 
 /// Takeover of a shard whose owner's lease is still valid (or within the offset margin) is
 /// rejected and changes nothing, so a partitioned owner stops writing before anyone starts;
-/// so is a takeover from a DC that is not the owner, or to a DC that is not a replica.
+/// so is a takeover from a DC that is not the owner, or to a DC that is not a replica. The
+/// takeover point is exactly the position the candidate reported its sealed copy at: any
+/// other point, or none reported, is rejected.
 #[test]
 fn takeover_from_a_dc_with_a_valid_lease_is_rejected() {
     let mut state = bootstrap(&["a", "b", "c"], 3);
     let since = 0;
     renew(&mut state, "a", 10_000, &[]);
+    let late = 10_000 + LEASE_MS + OFFSET_MS;
+    renew(&mut state, "b", late - 10, &[]);
     let before = state.clone();
     for now in [
         10_000,
         10_000 + LEASE_MS - 1,
         10_000 + LEASE_MS + OFFSET_MS - 1,
     ] {
+        let refused = Err(Rejected::LeaseNotExpired {
+            dc: dc("a"),
+            until_ms: 10_000 + LEASE_MS + OFFSET_MS,
+        });
+        assert_eq!(
+            state.apply(&start_takeover(0, "a", "b", now, since)),
+            refused,
+            "at {now}"
+        );
         assert_eq!(
             state.apply(&takeover(0, "a", "b", Position::ZERO, now, since)),
-            Err(Rejected::LeaseNotExpired {
-                dc: dc("a"),
-                until_ms: 10_000 + LEASE_MS + OFFSET_MS
-            }),
+            refused,
             "at {now}"
         );
     }
     assert_eq!(state, before);
-    let late = 10_000 + LEASE_MS + OFFSET_MS;
     assert!(matches!(
-        state.apply(&takeover(0, "b", "c", Position::ZERO, late, since)),
+        state.apply(&start_takeover(0, "b", "c", late, since)),
         Err(Rejected::NotOwner { .. })
     ));
     assert!(matches!(
-        state.apply(&takeover(0, "a", "witness", Position::ZERO, late, since)),
+        state.apply(&start_takeover(0, "a", "witness", late, since)),
         Err(Rejected::Witness { .. })
     ));
+    // c never renewed: not a healthy candidate.
     assert!(matches!(
-        state.apply(&takeover(0, "a", "b", Position::new(2, 1), late, since)),
-        Err(Rejected::TakeoverPointInvalid { .. })
+        state.apply(&start_takeover(0, "a", "c", late, since)),
+        Err(Rejected::CandidateUnhealthy { .. })
+    ));
+    // No candidate sealed anything yet.
+    assert!(matches!(
+        state.apply(&takeover(0, "a", "b", Position::new(1, 7), late, since)),
+        Err(Rejected::NotSealed { .. })
     ));
     assert_eq!(state, before);
+
+    state
+        .apply(&start_takeover(0, "a", "b", late, since))
+        .unwrap();
+    let grant = renew(&mut state, "b", late + 1, &[]);
+    assert_eq!(grant.taking_over[&ShardId(0)].from, dc("a"));
+    assert!(matches!(
+        state.apply(&start_takeover(0, "a", "b", late + 2, since)),
+        Err(Rejected::TakeoverInProgress { .. })
+    ));
+    renew_sealed(&mut state, "b", late + 2, 0, Position::new(1, 7));
+    // Only the sealed position is a takeover point: an earlier report would fork the shard.
+    for wrong in [Position::new(1, 6), Position::new(1, 8)] {
+        assert!(matches!(
+            state.apply(&takeover(0, "a", "b", wrong, late + 3, since)),
+            Err(Rejected::NotSealed { .. })
+        ));
+    }
+    assert!(matches!(
+        state.apply(&takeover(0, "a", "b", Position::new(2, 1), late + 3, since)),
+        Err(Rejected::TakeoverPointInvalid { .. })
+    ));
+    assert_eq!(
+        plan_takeovers(&state, late + 3, since),
+        [takeover(0, "a", "b", Position::new(1, 7), late + 3, since)]
+    );
     let Ok(Reply::Shard { placement, .. }) =
-        state.apply(&takeover(0, "a", "b", Position::new(1, 7), late, since))
+        state.apply(&takeover(0, "a", "b", Position::new(1, 7), late + 3, since))
     else {
         panic!("takeover after expiry is accepted")
     };
     assert_eq!(placement.owner, dc("b"));
     assert_eq!(placement.epoch, Epoch(2));
+    assert_eq!(placement.status, ShardStatus::Active);
     assert_eq!(placement.replicas, [dc("c"), dc("a")]);
     let change = state.history().last().unwrap();
     assert_eq!(
         change.reason,
         ChangeReason::Failover {
             takeover_point: Position::new(1, 7),
-            at_ms: late
+            at_ms: late + 3
         }
     );
 }
 
-/// Failover reassigns each of the dead DC's shards to the healthy replica with the highest
-/// watermark for it (ties: the smallest DC id), with that watermark as takeover point. A DC
-/// that is not healthy, or whose copy holds a tail lost in an earlier failover, is not picked.
+/// An owner that renews while its shard is being taken over (it was only slow) keeps the
+/// shard: the takeover ends, the candidate's order disappears from its grant, and a seal it
+/// reports afterwards cannot complete it. While the takeover runs, the owner's grant does not
+/// list the shard.
+#[test]
+fn an_owner_back_in_time_keeps_its_shard() {
+    let mut state = bootstrap(&["a", "b"], 1);
+    let since = 0;
+    renew(&mut state, "a", 0, &[]);
+    let late = LEASE_MS + OFFSET_MS;
+    renew(&mut state, "b", late, &[]);
+    state
+        .apply(&start_takeover(0, "a", "b", late, since))
+        .unwrap();
+    let grant = state.grant_for(&dc("a"));
+    assert!(!grant.owned.contains_key(&ShardId(0)));
+    let number = match state.shard(ShardId(0)).unwrap().status {
+        ShardStatus::TakingOver { takeover, .. } => takeover,
+        ref other => panic!("{other:?}"),
+    };
+    let grant = renew(&mut state, "a", late + 1, &[]);
+    assert_eq!(
+        grant.owned[&ShardId(0)],
+        OwnedShard::Writable { epoch: Epoch(1) }
+    );
+    let grant = renew_with(
+        &mut state,
+        "b",
+        late + 2,
+        &[(0, Position::new(1, 3))],
+        BTreeMap::new(),
+        BTreeMap::from([(
+            ShardId(0),
+            SealReport {
+                takeover: number,
+                at: Position::new(1, 3),
+            },
+        )]),
+    );
+    assert!(grant.taking_over.is_empty());
+    assert_eq!(state.shard(ShardId(0)).unwrap().status, ShardStatus::Active);
+    assert!(matches!(
+        state.apply(&takeover(0, "a", "b", Position::new(1, 3), late + 3, since)),
+        Err(Rejected::LeaseNotExpired { .. })
+    ));
+}
+
+/// A candidate that does not report its sealed copy in time is replaced by another healthy
+/// replica (or asked again, when it is the only one), under a new takeover number.
+#[test]
+fn a_silent_candidate_is_replaced() {
+    let mut state = bootstrap(&["a", "b", "c"], 1);
+    let since = 0;
+    renew(&mut state, "a", 0, &[]);
+    let late = LEASE_MS + OFFSET_MS;
+    renew(&mut state, "b", late, &[(0, Position::new(1, 5))]);
+    renew(&mut state, "c", late, &[(0, Position::new(1, 4))]);
+    // (a also owns the global shard: only shard 0 is looked at here.)
+    let of_shard_0 = |plan: Vec<Command>| -> Vec<Command> {
+        plan.into_iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Command::StartTakeover {
+                        shard: ShardId(0),
+                        ..
+                    }
+                )
+            })
+            .collect()
+    };
+    let first = of_shard_0(plan_failover(&state, &dc("a"), late, since));
+    assert_eq!(first, [start_takeover(0, "a", "b", late, since)]);
+    state.apply(&first[0]).unwrap();
+    let timeout = state.takeover_timeout_ms();
+    // c keeps renewing; b goes quiet.
+    renew(
+        &mut state,
+        "c",
+        late + timeout - 100,
+        &[(0, Position::new(1, 4))],
+    );
+    renew(
+        &mut state,
+        "b",
+        late + timeout - 100,
+        &[(0, Position::new(1, 5))],
+    );
+    assert!(of_shard_0(plan_failover(&state, &dc("a"), late + timeout - 1, since)).is_empty());
+    let replace = of_shard_0(plan_failover(&state, &dc("a"), late + timeout, since));
+    assert_eq!(
+        replace,
+        [start_takeover(0, "a", "c", late + timeout, since)]
+    );
+    state.apply(&replace[0]).unwrap();
+    assert!(matches!(
+        state.shard(ShardId(0)).unwrap().status,
+        ShardStatus::TakingOver { ref to, takeover: 2, .. } if *to == dc("c")
+    ));
+}
+
+/// Failover asks, for each of the dead DC's shards, the healthy replica with the highest
+/// watermark for it to take it over (ties: the DC holding the fewest shards, then the smallest
+/// id). A DC that is not healthy, or whose copy holds a tail lost in an earlier failover, is
+/// not picked.
 #[test]
 fn failover_picks_the_most_caught_up_healthy_replica() {
     let mut state = bootstrap(&["a", "b", "c", "d", "e"], 5); // a owns 0 (and global)
@@ -315,12 +498,12 @@ fn failover_picks_the_most_caught_up_healthy_replica() {
     assert_eq!(
         plan,
         [
-            takeover(0, "a", "c", Position::new(1, 12), now, since),
-            Command::Takeover {
+            // c and d tie on shard 0 and on load (one shard each): the smaller id.
+            start_takeover(0, "a", "c", now, since),
+            Command::StartTakeover {
                 shard: ShardId::GLOBAL,
                 from: dc("a"),
                 to: dc("b"),
-                takeover_point: Position::new(1, 3),
                 now_ms: now,
                 leader_since_ms: since,
             },
@@ -333,6 +516,13 @@ fn failover_picks_the_most_caught_up_healthy_replica() {
     for command in &plan {
         state.apply(command).unwrap();
     }
+    renew_sealed(&mut state, "c", now + 1, 0, Position::new(1, 12));
+    renew_sealed(&mut state, "b", now + 1, u32::MAX, Position::new(1, 3));
+    for command in plan_takeovers(&state, now + 2, since) {
+        state.apply(&command).unwrap();
+    }
+    assert_eq!(state.shard(ShardId(0)).unwrap().owner, dc("c"));
+    assert_eq!(state.shard(ShardId::GLOBAL).unwrap().owner, dc("b"));
 
     // a comes back still holding shard 0 up to (1, 30): that tail was lost, and a copy at
     // (1, 30) is not on the shard's history any more. When c dies, b (behind a in raw
@@ -348,9 +538,10 @@ fn failover_picks_the_most_caught_up_healthy_replica() {
     assert_eq!(
         plan_failover(&state, &dc("c"), later, since),
         [
-            takeover(0, "c", "b", Position::new(1, 11), later, since),
-            // Nobody reported shard 2: the healthy replicas tie at nothing; the smallest id wins.
-            takeover(2, "c", "a", Position::ZERO, later, since),
+            start_takeover(0, "c", "b", later, since),
+            // Nobody reported shard 2: the healthy replicas tie at nothing; a holds the fewest
+            // shards (none: it lost both of its own; b holds two and is taking a third).
+            start_takeover(2, "c", "a", later, since),
         ]
     );
 }
@@ -392,12 +583,26 @@ fn epochs_only_increase_and_rejections_change_nothing() {
                             last: point,
                         },
                     )]),
+                    sealed: BTreeMap::from([(
+                        shard,
+                        SealReport {
+                            takeover: next(4),
+                            at: point,
+                        },
+                    )]),
                 },
-                1 => takeover(
+                1 if next(2) == 0 => takeover(
                     shard.0,
                     names[next(5) as usize],
                     names[next(5) as usize],
                     point,
+                    now,
+                    next(now + 1),
+                ),
+                1 => start_takeover(
+                    shard.0,
+                    names[next(5) as usize],
+                    names[next(5) as usize],
                     now,
                     next(now + 1),
                 ),
@@ -414,8 +619,12 @@ fn epochs_only_increase_and_rejections_change_nothing() {
                     shard,
                     replicas: (0..next(4)).map(|_| name(next(5))).collect(),
                 },
-                _ => match plan_failover(&state, &name(next(3)), now, 0).first() {
-                    Some(command) => command.clone(),
+                _ => match plan_failover(&state, &name(next(3)), now, 0)
+                    .into_iter()
+                    .chain(plan_takeovers(&state, now, 0))
+                    .next()
+                {
+                    Some(command) => command,
                     None => Command::AbortHandover { shard },
                 },
             };
@@ -649,12 +858,27 @@ fn snapshot_restore_round_trip() {
         },
         Command::RenewLease {
             dc: dc("b"),
-            now_ms: 10,
+            now_ms: LEASE_MS,
             watermarks: BTreeMap::from([
                 (ShardId(0), Position::new(1, 4)),
                 (ShardId::GLOBAL, Position::new(1, 2)),
             ]),
             frozen: BTreeMap::new(),
+            sealed: BTreeMap::new(),
+        },
+        start_takeover(0, "a", "b", LEASE_MS + OFFSET_MS, 0),
+        Command::RenewLease {
+            dc: dc("b"),
+            now_ms: LEASE_MS + OFFSET_MS,
+            watermarks: BTreeMap::from([(ShardId(0), Position::new(1, 4))]),
+            frozen: BTreeMap::new(),
+            sealed: BTreeMap::from([(
+                ShardId(0),
+                SealReport {
+                    takeover: 1,
+                    at: Position::new(1, 4),
+                },
+            )]),
         },
         takeover(0, "a", "b", Position::new(1, 4), LEASE_MS + OFFSET_MS, 0),
         Command::StartHandover {
@@ -671,12 +895,12 @@ fn snapshot_restore_round_trip() {
         .map(|(i, e)| (i as u64 + 1, e.as_slice()))
         .collect();
     let replies = machine.apply(&batch);
-    assert_eq!(replies.len(), 4);
+    assert_eq!(replies.len(), 6);
     for reply in &replies {
         let outcome = PlacementMachine::decode_outcome(reply).unwrap();
         assert!(outcome.is_ok(), "{outcome:?}");
     }
-    let malformed = machine.apply(&[(5, b"{not json".as_slice())]);
+    let malformed = machine.apply(&[(7, b"{not json".as_slice())]);
     assert!(matches!(
         PlacementMachine::decode_outcome(&malformed[0]).unwrap(),
         Err(Rejected::Malformed { .. })
@@ -692,6 +916,7 @@ fn snapshot_restore_round_trip() {
         now_ms: 20,
         watermarks: BTreeMap::new(),
         frozen: BTreeMap::new(),
+        sealed: BTreeMap::new(),
     });
     assert_eq!(restored.apply(&[(6, &next)]), machine.apply(&[(6, &next)]));
     assert_eq!(restored.snapshot(), machine.snapshot());

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use coopr_placement::{
-    apply_command, dead_dcs, may_acknowledge, plan_failover, plan_handover_completions, Command,
-    Dc, DcId, Epoch, FrozenReport, HeldLease, OwnedShard, PlacementState, Position, Reply, Seq,
-    ShardStatus,
+    apply_command, dead_dcs, may_acknowledge, plan_failover, plan_handover_completions,
+    plan_takeovers, Command, Dc, DcId, Epoch, FrozenReport, HeldLease, OwnedShard, PlacementState,
+    Position, Reply, SealReport, Seq, ShardStatus,
 };
 use coopr_types::ShardId;
 
@@ -72,6 +72,33 @@ struct DcSim {
     partitioned_until_ms: u64,
     /// The position of this DC's copy of each shard.
     copies: BTreeMap<ShardId, Position>,
+    /// Shards whose copy this DC sealed for a takeover (by takeover number): the copy does
+    /// not move until the shard changes epoch or the order is withdrawn.
+    sealed: BTreeMap<ShardId, u64>,
+}
+
+impl DcSim {
+    /// Takes a grant: seals the copies it orders taken over, unseals those whose order is
+    /// gone while the shard kept its epoch (the old owner came back).
+    fn take_grant(&mut self, grant: coopr_placement::LeaseGrant, started_before_send_ms: u64) {
+        match &mut self.held {
+            Some(held) => {
+                held.update(grant, started_before_send_ms);
+            }
+            None => self.held = Some(HeldLease::new(grant, started_before_send_ms)),
+        }
+        let Some(held) = &self.held else { return };
+        for (shard, order) in &held.grant.taking_over {
+            self.sealed.entry(*shard).or_insert(order.takeover);
+            if let Some(number) = self.sealed.get_mut(shard) {
+                *number = order.takeover;
+            }
+        }
+        let grant = &held.grant;
+        self.sealed.retain(|shard, _| {
+            grant.taking_over.contains_key(shard) || grant.owned.contains_key(shard)
+        });
+    }
 }
 
 struct Leader {
@@ -137,6 +164,7 @@ fn run(seed: u64) -> Stats {
             next_renewal_ms: 0,
             partitioned_until_ms: 0,
             copies: BTreeMap::new(),
+            sealed: BTreeMap::new(),
         })
         .collect();
     let mut state: Option<PlacementState> = None;
@@ -215,6 +243,20 @@ fn run(seed: u64) -> Stats {
                         .collect()
                 })
                 .unwrap_or_default();
+            let sealed = dc
+                .sealed
+                .iter()
+                .map(|(shard, takeover)| {
+                    let at = dc.copies.get(shard).copied().unwrap_or_default();
+                    (
+                        *shard,
+                        SealReport {
+                            takeover: *takeover,
+                            at,
+                        },
+                    )
+                })
+                .collect();
             let dropped = real_ms < dc.partitioned_until_ms || rng.chance(50_000);
             if !dropped {
                 network.push(Message::Renew {
@@ -228,6 +270,7 @@ fn run(seed: u64) -> Stats {
                         now_ms: 0, // set by the leader on arrival
                         watermarks: dc.copies.clone(),
                         frozen,
+                        sealed,
                     },
                 });
             }
@@ -279,12 +322,7 @@ fn run(seed: u64) -> Stats {
                     if real_ms < dc.partitioned_until_ms || leadership != dc.leadership {
                         continue;
                     }
-                    match &mut dc.held {
-                        Some(held) => {
-                            held.update(grant, started_before_send_ms);
-                        }
-                        None => dc.held = Some(HeldLease::new(grant, started_before_send_ms)),
-                    }
+                    dc.take_grant(grant, started_before_send_ms);
                 }
             }
         }
@@ -295,6 +333,7 @@ fn run(seed: u64) -> Stats {
         for dead in dead_dcs(&state, now, leader.since_ms) {
             commands.extend(plan_failover(&state, &dead, now, leader.since_ms));
         }
+        commands.extend(plan_takeovers(&state, now, leader.since_ms));
         commands.extend(plan_handover_completions(&state, now, leader.since_ms));
         if rng.chance(2_000) {
             let shard = shards[rng.below(shards.len() as u64) as usize];
@@ -310,6 +349,24 @@ fn run(seed: u64) -> Stats {
             commands.push(Command::AbortHandover { shard });
         }
         for command in commands {
+            if let Command::Takeover {
+                shard,
+                to,
+                takeover_point,
+                ..
+            } = &command
+            {
+                // The takeover point is exact: the new owner's copy ends there (it sealed it).
+                let accepted = state.clone().apply(&command).is_ok();
+                if accepted {
+                    let candidate = dcs.iter().find(|dc| dc.id == *to).expect("a DC");
+                    let copy = candidate.copies.get(shard).copied().unwrap_or_default();
+                    assert_eq!(
+                        copy, *takeover_point,
+                        "seed {seed}: takeover of {shard} at {takeover_point} but {to}'s copy is at {copy}"
+                    );
+                }
+            }
             if let Ok(Reply::Shard { .. }) = state.apply(&command) {
                 match command {
                     Command::Takeover { .. } => stats.takeovers += 1,
@@ -372,6 +429,7 @@ fn run(seed: u64) -> Stats {
             for dc in dcs.iter_mut() {
                 if dc.id != placement.owner
                     && real_ms >= dc.partitioned_until_ms
+                    && !dc.sealed.contains_key(shard)
                     && rng.chance(100_000)
                 {
                     dc.copies.insert(*shard, owner_copy);
