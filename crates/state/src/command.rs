@@ -11,7 +11,7 @@ use coopr_types::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::replication::{Position, Record};
+use crate::replication::{Position, Record, ReplicaShard};
 use crate::CommandError;
 
 /// One log entry: a command plus the context that makes applying it deterministic.
@@ -208,6 +208,32 @@ pub enum Command {
         shard: ShardId,
         owner_dc: String,
     },
+
+    // ---- failover (see `crate::ownership`)
+    /// This DC is asked to take `shard` over from `owner_dc` (takeover number `takeover`): its
+    /// copy applies nothing more of the old epoch, so it ends exactly at its watermark, which
+    /// it reports as the takeover point. Creates an empty copy if it has none.
+    SealReplica {
+        shard: ShardId,
+        owner_dc: String,
+        takeover: u64,
+    },
+    /// The takeover was withdrawn (the owner came back in time): the copy follows its owner
+    /// again.
+    UnsealReplica { shard: ShardId },
+    /// The shard this DC wrote now belongs to `owner_dc`, whose epoch started after
+    /// `keep_through`: what this DC wrote after that point was never replicated and goes to the
+    /// lost-operations report; running jobs of the shard stop here (the new owner resumes
+    /// them); the copy becomes a replica at `keep_through` when nothing was lost, else it waits
+    /// for a snapshot of the new owner's shard.
+    DemoteShard {
+        shard: ShardId,
+        owner_dc: String,
+        keep_through: Position,
+    },
+    /// Replaces this DC's copy of a shard it does not write with a snapshot of the owner's:
+    /// the copy then continues from the snapshot's position.
+    SeedReplica { seed: Box<ReplicaShard> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

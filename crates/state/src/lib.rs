@@ -10,12 +10,14 @@
 pub mod command;
 pub mod error;
 pub mod machine;
+pub mod ownership;
 pub mod persist;
 pub mod replication;
 
 pub use command::*;
 pub use error::CommandError;
 pub use machine::*;
+pub use ownership::{resumed_run, LostOperation, LOST_OPERATIONS_CAPACITY};
 pub use persist::{
     decode_entry, decode_parts, encode_entry, encode_parts, recover, snapshot_of, PersistError,
     Recovered,

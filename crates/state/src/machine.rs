@@ -215,6 +215,13 @@ pub struct LocalState {
     pub provisioners: BTreeMap<String, ProvisionerInfo>,
     pub idempotency: BTreeMap<String, CommandResult>,
     pub idempotency_order: VecDeque<String>,
+    /// What this DC wrote as a shard's owner after another DC took the shard over (see
+    /// [`crate::ownership`]), newest last, at most [`crate::LOST_OPERATIONS_CAPACITY`].
+    #[serde(default)]
+    pub lost_operations: VecDeque<crate::LostOperation>,
+    /// Every lost operation ever reported here (the report keeps the last ones).
+    #[serde(default)]
+    pub lost_operations_total: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -226,8 +233,8 @@ pub struct State {
     /// Shards this DC holds as a replica of another DC (cluster shards and the global shard).
     pub replicas: BTreeMap<ShardId, ReplicaShard>,
     /// Derived (rebuilt on load): tasks that can be handed out, and jobs not yet finished.
-    ready: BTreeSet<TaskId>,
-    active_jobs: BTreeSet<JobId>,
+    pub(crate) ready: BTreeSet<TaskId>,
+    pub(crate) active_jobs: BTreeSet<JobId>,
     /// The `now_ms` of the entry being applied: the commit time stamped on the records it emits.
     applying_at_ms: u64,
 }
@@ -691,8 +698,20 @@ impl State {
                 shard,
                 epoch,
                 after,
-            } => self.adopt_shard(*shard, *epoch, *after),
+            } => self.adopt_shard(*shard, *epoch, *after, now),
             Command::ReleaseShard { shard, owner_dc } => self.release_shard(*shard, owner_dc),
+            Command::DemoteShard {
+                shard,
+                owner_dc,
+                keep_through,
+            } => self.demote_shard(*shard, owner_dc, *keep_through, now),
+            Command::SealReplica {
+                shard,
+                owner_dc,
+                takeover,
+            } => self.seal_replica(*shard, owner_dc, *takeover),
+            Command::UnsealReplica { shard } => self.unseal_replica(*shard),
+            Command::SeedReplica { seed } => self.seed_replica(seed),
         }
     }
 
@@ -1174,7 +1193,7 @@ impl State {
     }
 
     /// Recomputes the derived queue entries and active-job membership of one job.
-    fn refresh_job(&mut self, job: JobId) {
+    pub(crate) fn refresh_job(&mut self, job: JobId) {
         let stale: Vec<TaskId> = self
             .ready
             .range(first_task(job)..=last_task(job))
@@ -1400,7 +1419,7 @@ impl State {
     }
 
     /// `OperationFinished`: the job's outcome; ends the shipped operation if it is this job.
-    fn emit_finished(&mut self, job: JobId) {
+    pub(crate) fn emit_finished(&mut self, job: JobId) {
         let shard = job.cluster.shard(self.shard_count);
         let Ok(record) = self.cluster_mut(job.cluster) else {
             return;
@@ -1493,154 +1512,6 @@ impl State {
         Ok(Outcome::Done)
     }
 
-    /// See [`Command::AdoptShard`]. The adopted clusters project to exactly the replica's view
-    /// (same cluster rows, nodes and job summaries), so every copy stays equal.
-    fn adopt_shard(&mut self, shard: ShardId, epoch: u64, after: Position) -> CommandResult {
-        if shard.is_global() || shard.0 >= self.shard_count {
-            return Err(CommandError::invalid(
-                "invalid_shard",
-                format!("shard {shard} cannot be adopted"),
-            ));
-        }
-        let view = match self.replicas.get(&shard) {
-            // Nothing was ever replicated: the shard was empty at the owner too.
-            None if after.seq == 0 => ClusterShardView::default(),
-            None => {
-                return Err(CommandError::conflict(
-                    "not_caught_up",
-                    format!("shard {shard}: no replica copy, the owner wrote through {after:?}"),
-                ))
-            }
-            Some(replica) if replica.watermark != after => {
-                return Err(CommandError::conflict(
-                    "not_caught_up",
-                    format!(
-                        "shard {shard}: the replica is at {:?}, the owner wrote through {after:?}",
-                        replica.watermark
-                    ),
-                ))
-            }
-            Some(replica) => match &replica.data {
-                ReplicaData::Clusters(view) => view.clone(),
-                ReplicaData::Global(_) => {
-                    return Err(CommandError::invalid(
-                        "invalid_shard",
-                        "not a cluster shard",
-                    ))
-                }
-            },
-        };
-        if epoch <= after.epoch {
-            return Err(CommandError::invalid(
-                "invalid_epoch",
-                format!("epoch {epoch} does not follow {after:?}"),
-            ));
-        }
-        if let Some(busy) = view.clusters.values().find(|v| v.in_flight.is_some()) {
-            return Err(CommandError::conflict(
-                "shard_busy",
-                format!("cluster {} has an operation in flight", busy.cluster.id),
-            ));
-        }
-        let shard_count = self.shard_count;
-        let mut next_n = 0;
-        let mut clusters = BTreeMap::new();
-        for (id, view) in view.clusters {
-            next_n = next_n.max((id.0 - u64::from(shard.0)) / u64::from(shard_count) + 1);
-            let service_defs = self
-                .global_data()
-                .catalogs
-                .get(&view.cluster.account.tenant_id)
-                .map(TenantCatalog::services)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(name, _)| view.cluster.services.contains(name))
-                .collect();
-            let next_job_seq = view.jobs.keys().map(|j| j.seq + 1).max().unwrap_or(1);
-            let nodes = view
-                .nodes
-                .into_values()
-                .map(|n| {
-                    let node = Node {
-                        id: n.id.clone(),
-                        cluster_id: n.cluster_id,
-                        properties: n.properties,
-                        actions: Vec::new(),
-                        provisioner_results: n.provisioner_results,
-                    };
-                    (n.id, node)
-                })
-                .collect();
-            clusters.insert(
-                id,
-                ClusterRecord {
-                    cluster: view.cluster,
-                    nodes,
-                    jobs: BTreeMap::new(),
-                    next_job_seq,
-                    service_defs,
-                    shipped: None,
-                    adopted_jobs: view.jobs,
-                },
-            );
-        }
-        self.replicas.remove(&shard);
-        self.shards.insert(
-            shard,
-            ClusterShard {
-                next_n,
-                clusters,
-                replication: Outbox::starting(epoch, after),
-                frozen: None,
-            },
-        );
-        Ok(Outcome::Done)
-    }
-
-    /// See [`Command::ReleaseShard`].
-    fn release_shard(&mut self, shard: ShardId, owner_dc: &str) -> CommandResult {
-        if shard.is_global() || shard.0 >= self.shard_count {
-            return Err(CommandError::invalid(
-                "invalid_shard",
-                format!("shard {shard} cannot be released"),
-            ));
-        }
-        if self.replicas.contains_key(&shard) {
-            return Ok(Outcome::Unchanged);
-        }
-        if self.shard_busy(shard) {
-            return Err(CommandError::conflict(
-                "shard_busy",
-                format!("an operation of shard {shard} is running"),
-            ));
-        }
-        let data = self.shards.insert(shard, ClusterShard::default());
-        let view = ClusterShardView {
-            clusters: data.as_ref().map_or_else(BTreeMap::new, |d| {
-                d.clusters
-                    .iter()
-                    .map(|(id, record)| (*id, cluster_view(record)))
-                    .collect()
-            }),
-        };
-        let (watermark, last_at_ms) = data.map_or((Position::START, 0), |d| {
-            let last = d.replication.history_position();
-            let at = d.replication.records.back().map_or(0, |r| r.at_ms);
-            (last, at)
-        });
-        self.replicas.insert(
-            shard,
-            ReplicaShard {
-                shard,
-                owner_dc: owner_dc.to_string(),
-                watermark,
-                last_at_ms,
-                data: ReplicaData::Clusters(view),
-            },
-        );
-        Ok(Outcome::Done)
-    }
-
     fn apply_replication_batch(
         &mut self,
         from_dc: &str,
@@ -1654,12 +1525,22 @@ impl State {
                 format!("shard {shard} does not exist"),
             ));
         }
-        let replica = self
+        // Staged on a copy: a refused batch changes nothing, not even the owner or the
+        // watermark a new epoch's first batch would move.
+        let mut replica = self
             .replicas
-            .entry(shard)
-            .or_insert_with(|| ReplicaShard::new(shard, from_dc));
+            .get(&shard)
+            .cloned()
+            .unwrap_or_else(|| ReplicaShard::new(shard, from_dc));
+        if replica.needs_seed {
+            return Err(CommandError::conflict(
+                "replication_needs_seed",
+                format!("the copy of shard {shard} waits for a snapshot of the owner's"),
+            ));
+        }
         // A new owner's first batch continues the old owner's stream exactly where its epoch
-        // started: the replica follows the shard to its new owner.
+        // started: the replica follows the shard to its new owner (and a copy sealed for a
+        // takeover that went elsewhere is released).
         let starts_epoch = records.first().is_some_and(|r| {
             r.epoch > replica.watermark.epoch
                 && r.seq == 1
@@ -1667,12 +1548,19 @@ impl State {
         });
         if starts_epoch {
             replica.owner_dc = from_dc.to_string();
+            replica.sealed = None;
             replica.watermark = Position {
                 epoch: records[0].epoch,
                 seq: 0,
             };
         }
-        let result = if replica.owner_dc != from_dc {
+        let result = if let Some(takeover) = replica.sealed {
+            Err(ApplyError::Sealed {
+                shard,
+                takeover,
+                watermark: replica.watermark,
+            })
+        } else if replica.owner_dc != from_dc {
             Err(ApplyError::WrongOwner {
                 shard,
                 expected: replica.owner_dc.clone(),
@@ -1684,17 +1572,12 @@ impl State {
             replica.apply_batch(records)
         };
         match result {
-            Ok(()) => Ok(Outcome::Done),
+            Ok(()) => {
+                self.replicas.insert(shard, replica);
+                Ok(Outcome::Done)
+            }
             Err(ApplyError::AlreadyApplied { .. }) => Ok(Outcome::Unchanged),
             Err(e) => {
-                // A replica that never applied anything is not kept.
-                if self
-                    .replicas
-                    .get(&shard)
-                    .is_some_and(|r| r.watermark.seq == 0 && r.owner_dc == from_dc)
-                {
-                    self.replicas.remove(&shard);
-                }
                 tracing::warn!(%shard, from_dc, error = %e, "replication batch refused");
                 Err(match e {
                     ApplyError::Unappliable { .. } => {
@@ -1707,7 +1590,7 @@ impl State {
     }
 }
 
-fn job_summary(run: &JobRun) -> JobSummary {
+pub(crate) fn job_summary(run: &JobRun) -> JobSummary {
     let (stepstotal, stepscompleted) = run.steps();
     JobSummary {
         id: run.job.id,
@@ -1721,7 +1604,7 @@ fn job_summary(run: &JobRun) -> JobSummary {
 }
 
 /// The owner's projection of one cluster (see [`State::replicated_view`]).
-fn cluster_view(record: &ClusterRecord) -> ClusterView {
+pub(crate) fn cluster_view(record: &ClusterRecord) -> ClusterView {
     let (nodes, in_flight) = match &record.shipped {
         Some(shipped) => (shipped.nodes.clone(), Some(shipped.operation.clone())),
         None => (

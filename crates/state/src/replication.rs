@@ -620,6 +620,13 @@ pub enum ApplyError {
     /// A record that does not fit the replica's copy (the streams diverged): stop and alert.
     #[error("record {seq} cannot be applied: {reason}")]
     Unappliable { seq: u64, reason: String },
+    /// The copy is sealed for a takeover: it ends at its watermark, the takeover point.
+    #[error("the copy of shard {shard} is sealed at {watermark:?} for takeover {takeover}")]
+    Sealed {
+        shard: ShardId,
+        takeover: u64,
+        watermark: Position,
+    },
 }
 
 impl ApplyError {
@@ -632,6 +639,7 @@ impl ApplyError {
             ApplyError::WrongShard { .. } => "replication_wrong_shard",
             ApplyError::WrongOwner { .. } => "replication_wrong_owner",
             ApplyError::Unappliable { .. } => "replication_unappliable",
+            ApplyError::Sealed { .. } => "replication_sealed",
         }
     }
 }
@@ -655,6 +663,15 @@ pub struct ReplicaShard {
     #[serde(default)]
     pub last_at_ms: u64,
     pub data: ReplicaData,
+    /// Set while this DC is asked to take the shard over (the takeover number): the copy
+    /// applies nothing more of the old owner's epoch, so it ends exactly where this DC reports
+    /// it does (the takeover point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<u64>,
+    /// The copy cannot continue from records (this DC's own copy diverged from the owner's
+    /// after a failover, or its stream broke): it waits for a snapshot of the owner's shard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_seed: bool,
 }
 
 impl ReplicaShard {
@@ -670,6 +687,8 @@ impl ReplicaShard {
             } else {
                 ReplicaData::Clusters(ClusterShardView::default())
             },
+            sealed: None,
+            needs_seed: false,
         }
     }
 
