@@ -220,7 +220,9 @@ pub enum Command {
     },
     /// The takeover was withdrawn (the owner came back in time): the copy follows its owner
     /// again.
-    UnsealReplica { shard: ShardId },
+    UnsealReplica {
+        shard: ShardId,
+    },
     /// The shard this DC wrote now belongs to `owner_dc`, whose epoch started after
     /// `keep_through`: what this DC wrote after that point was never replicated and goes to the
     /// lost-operations report; running jobs of the shard stop here (the new owner resumes
@@ -233,7 +235,9 @@ pub enum Command {
     },
     /// Replaces this DC's copy of a shard it does not write with a snapshot of the owner's:
     /// the copy then continues from the snapshot's position.
-    SeedReplica { seed: Box<ReplicaShard> },
+    SeedReplica {
+        seed: Box<ReplicaShard>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -66,9 +66,11 @@ impl LostOperation {
                 Some(cluster.id),
                 Some(*job),
             ),
-            RecordKind::ClusterUpdated { cluster } => {
-                (Some(cluster.account.tenant_id.clone()), Some(cluster.id), None)
-            }
+            RecordKind::ClusterUpdated { cluster } => (
+                Some(cluster.account.tenant_id.clone()),
+                Some(cluster.id),
+                None,
+            ),
             RecordKind::OperationCheckpoint { cluster, job, .. } => {
                 (tenant_of(clusters, *cluster), Some(*cluster), Some(*job))
             }
@@ -412,7 +414,9 @@ impl State {
         }
         let data = match self.replicas.get(&shard) {
             // Nothing was ever replicated: the shard was empty at the owner too.
-            None if after.seq == 0 && !self.holds_writes(shard) => ReplicaShard::new(shard, "").data,
+            None if after.seq == 0 && !self.holds_writes(shard) => {
+                ReplicaShard::new(shard, "").data
+            }
             None => {
                 return Err(CommandError::conflict(
                     "not_caught_up",
@@ -480,7 +484,9 @@ impl State {
         );
         for job in resumed {
             self.refresh_job(job);
-            let finished = self.job(job).is_some_and(|run| run.job.status.is_finished());
+            let finished = self
+                .job(job)
+                .is_some_and(|run| run.job.status.is_finished());
             if finished {
                 // Every task of it was already done (the checkpoints prove it).
                 self.emit_finished(job);

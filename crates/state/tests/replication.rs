@@ -1015,3 +1015,296 @@ fn handover_and_back_before_any_write() {
         a.state.replicated_view(shard)
     );
 }
+
+fn at(state: &mut State, now_ms: u64, command: Command) -> CommandResult {
+    state.apply(&Entry {
+        now_ms,
+        idempotency_key: None,
+        fence: None,
+        command,
+    })
+}
+
+/// Takes and finishes (all OK) every task of a state that has no harness; returns the task
+/// names that ran.
+fn drive_bare(state: &mut State, now_ms: &mut u64) -> Vec<TaskName> {
+    let mut ran = Vec::new();
+    loop {
+        *now_ms += 1;
+        let taken = at(
+            state,
+            *now_ms,
+            Command::TakeTask {
+                provisioner_id: "p1".into(),
+                worker_id: "w1".into(),
+                tenant_id: None,
+                timeout_ms: TIMEOUT_MS,
+            },
+        );
+        let Ok(Outcome::TaskTaken { task: Some(task) }) = taken else {
+            return ran;
+        };
+        ran.push(state.task(task).unwrap().task_name);
+        *now_ms += 1;
+        let result = TaskResult {
+            provisioner_id: "p1".into(),
+            worker_id: "w1".into(),
+            task,
+            status: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            hostname: Some(format!("b-host-{}", task.seq)),
+            ipaddresses: None,
+            result: Default::default(),
+        };
+        at(state, *now_ms, Command::FinishTask(Box::new(result))).expect("finish");
+        assert!(ran.len() < 1000, "the job never ends");
+    }
+}
+
+/// Failover at the state level. The candidate seals its copy (nothing more of the old epoch
+/// applies), adopts it in the next epoch and resumes the operation in flight from its plan,
+/// skipping the CREATEs whose machines checkpoints prove; the job finishes there. The old
+/// owner, back, demotes the shard: what it wrote after the takeover point is in its
+/// lost-operations report with tenant, cluster and job, its running job stops, and its copy
+/// waits for a snapshot of the new owner's shard, after which it follows the new epoch.
+#[test]
+fn failover_resumes_in_flight_work_and_reports_what_was_lost() {
+    let shard = ShardId(1);
+    let mut a = Owner::new();
+    let id = a.create_in(1, "lamp", 3);
+    let creates: Vec<TaskId> = (0..3).map(|_| a.take().unwrap()).collect();
+    assert!(creates.iter().all(|t| a.task_name(*t) == TaskName::Create));
+    a.finish(creates[0], 0).unwrap();
+    a.finish(creates[1], 0).unwrap();
+    let mut b = State::new(SHARDS);
+    ship(
+        &mut b,
+        "dc-a",
+        ShardId::GLOBAL,
+        &a.records(ShardId::GLOBAL),
+        None,
+    )
+    .unwrap();
+    at(
+        &mut b,
+        1,
+        Command::RegisterProvisioner {
+            info: ProvisionerInfo {
+                id: "p1".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+                capacity_total: 4,
+            },
+        },
+    )
+    .unwrap();
+    let shipped = a.records(shard);
+    assert_eq!(
+        kinds(&shipped),
+        [
+            "operation_started",
+            "operation_checkpoint",
+            "operation_checkpoint"
+        ]
+    );
+    ship(&mut b, "dc-a", shard, &shipped, None).unwrap();
+    let point = b.replica(shard).unwrap().watermark;
+    assert_eq!(point, Position { epoch: 1, seq: 3 });
+
+    // a goes on writing while it is cut off: none of this reaches b.
+    a.finish(creates[2], 0).unwrap();
+    let second = a.create_in(1, "base", 1);
+    a.ok(Command::SetExpireTime {
+        cluster: id,
+        expire_time: 7_000_000,
+    });
+    let unshipped: Vec<Record> = a
+        .records(shard)
+        .into_iter()
+        .filter(|r| r.position() > point)
+        .collect();
+
+    // b is asked to take over: sealed, its copy ends at `point` whatever arrives later.
+    let seal = Command::SealReplica {
+        shard,
+        owner_dc: "dc-a".into(),
+        takeover: 1,
+    };
+    assert_eq!(at(&mut b, 2, seal.clone()), Ok(Outcome::Done));
+    assert_eq!(at(&mut b, 2, seal), Ok(Outcome::Unchanged));
+    let before = b.replica(shard).cloned();
+    match ship(&mut b, "dc-a", shard, &unshipped, None) {
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "replication_sealed"),
+        other => panic!("a sealed copy took records: {other:?}"),
+    }
+    assert_eq!(b.replica(shard).cloned(), before);
+
+    // b adopts at the takeover point and runs the rest of the create.
+    let adopted = at(
+        &mut b,
+        3,
+        Command::AdoptShard {
+            shard,
+            epoch: 2,
+            after: point,
+        },
+    );
+    assert_eq!(adopted, Ok(Outcome::Done));
+    assert_eq!(b.cluster(id).unwrap().cluster.status.to_string(), "pending");
+    let mut now = 10;
+    let ran = drive_bare(&mut b, &mut now);
+    let created = ran.iter().filter(|t| **t == TaskName::Create).count();
+    assert_eq!(
+        created, 1,
+        "only the CREATE without a checkpoint runs again: {ran:?}"
+    );
+    assert!(ran.contains(&TaskName::Confirm) && ran.contains(&TaskName::Start));
+    let record = b.cluster(id).unwrap();
+    assert_eq!(record.cluster.status.to_string(), "active");
+    assert_eq!(
+        record.cluster.latest_job_id,
+        Some(record.jobs.values().next().unwrap().job.id)
+    );
+    let b_records: Vec<Record> = b.outbox(shard).unwrap().records.iter().cloned().collect();
+    assert_eq!(b_records[0].position(), Position { epoch: 2, seq: 1 });
+    assert_eq!(kinds(&b_records).last(), Some(&"operation_finished"));
+
+    // a is back: it demotes the shard.
+    let busy_before = a.state.shard_busy(shard);
+    assert!(busy_before, "a was still running the second create");
+    let demoted = at(
+        &mut a.state,
+        a.now_ms + 1,
+        Command::DemoteShard {
+            shard,
+            owner_dc: "dc-b".into(),
+            keep_through: point,
+        },
+    );
+    assert_eq!(demoted, Ok(Outcome::Done));
+    assert!(!a.state.shard_busy(shard), "a's jobs of the shard stopped");
+    assert!(a.state.cluster(second).is_none());
+    let (lost, total) = a.state.lost_operations();
+    let lost: Vec<_> = lost.cloned().collect();
+    assert_eq!(total, unshipped.len() as u64);
+    assert_eq!(
+        lost.iter()
+            .map(|l| (l.seq, l.kind.as_str(), l.cluster))
+            .collect::<Vec<_>>(),
+        unshipped
+            .iter()
+            .map(|r| (r.seq, r.kind.name(), lost_cluster(r)))
+            .collect::<Vec<_>>()
+    );
+    assert!(lost.iter().all(|l| l.tenant.as_deref() == Some(TENANT)
+        && l.new_owner == "dc-b"
+        && l.takeover_point == point));
+    assert!(lost
+        .iter()
+        .any(|l| l.cluster == Some(second) && l.job.is_some()));
+    assert!(a.state.replica(shard).unwrap().needs_seed);
+    // Its copy takes no records until seeded, and writes at the old epoch are refused.
+    assert!(ship(&mut a.state, "dc-b", shard, &b_records, Some(point)).is_err());
+    let stale = Entry {
+        now_ms: a.now_ms + 2,
+        idempotency_key: None,
+        fence: Some(Fence { shard, epoch: 1 }),
+        command: Command::SetExpireTime {
+            cluster: id,
+            expire_time: 1,
+        },
+    };
+    assert!(a.state.apply(&stale).is_err());
+
+    // Seeded from b's shard, a's copy equals b's and follows b's next records.
+    let seed = b.seed_of(shard, "dc-b").unwrap();
+    assert_eq!(
+        at(
+            &mut a.state,
+            a.now_ms + 3,
+            Command::SeedReplica {
+                seed: Box::new(seed)
+            }
+        ),
+        Ok(Outcome::Done)
+    );
+    assert_eq!(
+        a.state.replica(shard).unwrap().view(),
+        b.replicated_view(shard)
+    );
+    let next = Entry {
+        now_ms: now + 1,
+        idempotency_key: None,
+        fence: Some(Fence { shard, epoch: 2 }),
+        command: Command::SetExpireTime {
+            cluster: id,
+            expire_time: 8_000_000,
+        },
+    };
+    b.apply(&next).unwrap();
+    let newest: Vec<Record> = b
+        .outbox(shard)
+        .unwrap()
+        .records
+        .back()
+        .cloned()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        ship(&mut a.state, "dc-b", shard, &newest, None),
+        Ok(Outcome::Done)
+    );
+    assert_eq!(
+        a.state.replica(shard).unwrap().view(),
+        b.replicated_view(shard)
+    );
+}
+
+fn lost_cluster(record: &Record) -> Option<ClusterId> {
+    match &record.kind {
+        RecordKind::OperationStarted { cluster, .. } | RecordKind::ClusterUpdated { cluster } => {
+            Some(cluster.id)
+        }
+        RecordKind::OperationCheckpoint { cluster, .. }
+        | RecordKind::OperationFinished { cluster, .. } => Some(*cluster),
+        RecordKind::Global(_) => None,
+    }
+}
+
+/// The global shard fails over like a cluster shard: the candidate's sealed copy of tenants,
+/// keys and catalogs becomes its own global shard in the next epoch, and the DC then reads its
+/// own data.
+#[test]
+fn the_global_shard_fails_over() {
+    let a = Owner::new();
+    let mut b = State::new(SHARDS);
+    let records = a.records(ShardId::GLOBAL);
+    ship(&mut b, "dc-a", ShardId::GLOBAL, &records, None).unwrap();
+    let point = b.replica(ShardId::GLOBAL).unwrap().watermark;
+    let view = b.replica(ShardId::GLOBAL).unwrap().view();
+    at(
+        &mut b,
+        2,
+        Command::SealReplica {
+            shard: ShardId::GLOBAL,
+            owner_dc: "dc-a".into(),
+            takeover: 4,
+        },
+    )
+    .unwrap();
+    at(
+        &mut b,
+        3,
+        Command::AdoptShard {
+            shard: ShardId::GLOBAL,
+            epoch: 2,
+            after: point,
+        },
+    )
+    .unwrap();
+    assert!(b.replica(ShardId::GLOBAL).is_none());
+    assert_eq!(b.replicated_view(ShardId::GLOBAL), view);
+    assert!(b.global_data().tenants.contains_key(TENANT));
+    assert_eq!(b.shard_epoch(ShardId::GLOBAL), Some(2));
+}
