@@ -53,5 +53,5 @@ pub use ids::{DcId, Epoch, Position, Seq};
 pub use machine::PlacementMachine;
 pub use state::{
     apply_command, ChangeReason, Dc, DcRole, FrozenReport, Lease, OwnershipChange, PlacementState,
-    SealReport, ShardPlacement, ShardStatus,
+    SealReport, ShardPlacement, ShardStatus, TAKEOVER_PULL_MS,
 };

@@ -74,6 +74,9 @@ pub struct App {
     pub replication: replication::Progress,
     /// Becomes true when the node stops (ends long polls).
     pub stopping: watch::Receiver<bool>,
+    /// When this node first saw each takeover order (shard, takeover number) in its grant:
+    /// the bounded time it may still pull the old owner's records runs from there.
+    pub takeovers_seen: Mutex<BTreeMap<(ShardId, u64), Instant>>,
 }
 
 impl App {
@@ -145,8 +148,11 @@ impl App {
 
     /// Tenants, API keys and catalogs as this DC reads them (see [`coopr_state::State::global_view`]):
     /// its own global shard where it owns it, else its replica copy of the owner's.
+    ///
+    /// Decided by the local state (which copy it holds), not the map: between a takeover and
+    /// the adoption the map already names this DC while the data is still the replica copy.
     pub fn global<'a>(&self, state: &'a coopr_state::State) -> coopr_state::GlobalRef<'a> {
-        state.global_view(self.owns(ShardId::GLOBAL))
+        state.global_data()
     }
 
     /// How stale this node's copy of `shard` may be, in ms: 0 for a shard this DC owns, else
@@ -242,6 +248,9 @@ impl App {
     }
 }
 
+/// How often the placement leader looks for dead DCs and due handovers (at most).
+const PLACEMENT_TICK: Duration = Duration::from_millis(100);
+
 /// The process-wide Prometheus recorder (several servers in one process share it).
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -325,7 +334,7 @@ pub async fn start_witness(config: ServerConfig) -> anyhow::Result<WitnessHandle
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let internal_addr = listener.local_addr()?;
-    let tick = Duration::from_millis(config.lease_ms / 3);
+    let tick = Duration::from_millis(config.lease_ms / 3).min(PLACEMENT_TICK);
     let tasks = vec![
         serve(listener, group.router(), stop.clone()),
         tokio::spawn(group.clone().initialize(stop.clone())),
@@ -400,7 +409,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     };
     if let Some(group) = &placement_group {
         tasks.push(tokio::spawn(group.clone().initialize(stop.clone())));
-        let tick = Duration::from_millis(config.lease_ms / 3);
+        // The leader's duties are mostly reads (a proposal only when something is due): a
+        // short tick keeps failover detection close to the lease's end.
+        let tick = Duration::from_millis(config.lease_ms / 3).min(PLACEMENT_TICK);
         tasks.push(tokio::spawn(group.clone().run(tick, stop.clone())));
     }
     let core = Core::new(parts, raft.clone());
@@ -416,6 +427,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         placement_state: Mutex::new(None),
         placement_group,
         rerouted: AtomicU64::new(0),
+        takeovers_seen: Mutex::new(BTreeMap::new()),
         renew_now: tokio::sync::Notify::new(),
         replication: replication::Progress::default(),
         stopping: stop.clone(),

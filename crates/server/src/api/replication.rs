@@ -10,6 +10,8 @@
 //!   (followers forward), which runs the streams and answers the pulls.
 //! - `GET /v2/admin/shards/{shard}/view`: this DC's copy of a shard as replicas see it (the
 //!   owner's projection, or the replica's applied view) with its position, for comparisons.
+//! - `GET /v2/admin/lost-operations`: what this DC wrote as a shard's owner after another DC
+//!   took the shard over (never replicated), found when it learned of the takeover.
 
 use std::sync::Arc;
 
@@ -35,6 +37,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v2/admin/shards", get(shards))
         .route("/v2/admin/shards/{shard}/view", get(view))
         .route("/v2/admin/replication", get(replication))
+        .route("/v2/admin/lost-operations", get(lost_operations))
         .route("/v2/admin/shards/{shard}/handover", post(start_handover))
         .route(
             "/v2/admin/shards/{shard}/handover/abort",
@@ -250,6 +253,22 @@ async fn replication(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<J
         "node": app.config.node,
         "leader": app.core.raft().is_leader(),
         "shards": shards,
+    })))
+}
+
+/// This DC's lost-operations report: per record the shard, old epoch and seq, tenant, cluster,
+/// job, operation kind and commit time, the new owner and the takeover point. Part of the DC's
+/// replicated state, so any node answers the same.
+async fn lost_operations(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_superadmin()?;
+    let state = app.core.read();
+    let (operations, total) = state.lost_operations();
+    let operations: Vec<_> = operations.collect();
+    Ok(Json(json!({
+        "dc": app.config.dc,
+        "total": total,
+        "kept": operations.len(),
+        "operations": operations,
     })))
 }
 

@@ -29,8 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use coopr_placement::{
-    plan_handover_completions, Command, Dc, FrozenReport, Outcome, PlacementMachine, Position,
-    Rejected,
+    dead_dcs, plan_failover, plan_handover_completions, plan_takeovers, Command, Dc, FrozenReport,
+    Outcome, PlacementMachine, Position, Rejected, Reply, SealReport,
 };
 use coopr_raft::{RaftConfig, RaftHandle, RaftStores, WriteError};
 use coopr_types::ShardId;
@@ -65,6 +65,9 @@ pub struct RenewRequest {
     pub watermarks: BTreeMap<ShardId, Position>,
     #[serde(default, with = "coopr_placement::ids::numeric_keys")]
     pub frozen: BTreeMap<ShardId, FrozenReport>,
+    /// Copies this DC sealed for a takeover it was asked to make, and where they end.
+    #[serde(default, with = "coopr_placement::ids::numeric_keys")]
+    pub sealed: BTreeMap<ShardId, SealReport>,
 }
 
 /// A running voter of the placement group.
@@ -214,6 +217,48 @@ impl PlacementGroup {
                 continue;
             }
             self.complete_handovers().await;
+            self.fail_over().await;
+        }
+    }
+
+    /// Failover (leader): asks a healthy replica to take over each shard of every DC whose
+    /// lease expired (or replaces a candidate that did not answer in time), and completes the
+    /// takeovers whose candidate reported its sealed copy.
+    async fn fail_over(&self) {
+        let Some(since) = self.leader_since() else {
+            return;
+        };
+        let commands = self
+            .machine
+            .read(|state| {
+                state.map(|s| {
+                    let now = mono_ms();
+                    let mut commands: Vec<Command> = dead_dcs(s, now, since)
+                        .iter()
+                        .flat_map(|dead| plan_failover(s, dead, now, since))
+                        .collect();
+                    commands.extend(plan_takeovers(s, now, since));
+                    commands
+                })
+            })
+            .unwrap_or_default();
+        for command in commands {
+            let what = match &command {
+                Command::StartTakeover { .. } => "takeover started",
+                _ => "shard taken over",
+            };
+            match self.propose(&command).await {
+                Ok(Ok(Reply::Shard { shard, placement })) => {
+                    tracing::warn!(%shard, owner = %placement.owner, epoch = %placement.epoch,
+                        status = ?placement.status, "{what}");
+                    if matches!(command, Command::Takeover { .. }) {
+                        metrics::counter!("coopr_placement_takeovers_total").increment(1);
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "failover step rejected"),
+                Err(e) => tracing::warn!(error = %e, "failover step not written"),
+            }
         }
     }
 
@@ -383,17 +428,28 @@ async fn renew(
     }
     // The grantor's clock starts now, after the holder started its own (see `holder`).
     let reports_progress = !request.frozen.is_empty();
+    let reports_seal = !request.sealed.is_empty();
+    let dc = coopr_placement::DcId::new(request.dc);
     let command = Command::RenewLease {
-        dc: coopr_placement::DcId::new(request.dc),
+        dc: dc.clone(),
         now_ms: mono_ms(),
         watermarks: request.watermarks,
         frozen: request.frozen,
+        sealed: request.sealed,
     };
-    let written = group.propose(&command).await;
+    let mut written = group.propose(&command).await;
     // A renewal may be what a handover waited for (the final position, a replica's watermark):
     // complete it now rather than at the next tick.
     if written.is_ok() && (reports_progress || group.handovers_pending()) {
         group.complete_handovers().await;
+    }
+    // A sealed copy completes its takeover now, and the grant answering this renewal already
+    // lists the shard as writable (the same lease: only ownership it gained is added).
+    if matches!(written, Ok(Ok(_))) && reports_seal {
+        group.fail_over().await;
+        if let Some(grant) = group.machine.read(|s| s.map(|s| s.grant_for(&dc))) {
+            written = Ok(Ok(Reply::LeaseGranted { grant }));
+        }
     }
     outcome_response(written)
 }

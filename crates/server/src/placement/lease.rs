@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use coopr_placement::{
     may_acknowledge, Epoch, Fenced, FrozenReport, HeldLease, Outcome, OwnedShard, PlacementState,
-    Position, Reply, Seq,
+    Position, Reply, SealReport, Seq, TAKEOVER_PULL_MS,
 };
 use coopr_state::{
     Command, CommandError, CommandResult, Fence, HANDING_OVER, NOT_OWNER, STALE_EPOCH,
@@ -228,16 +228,22 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Whether a handover from or to this DC is in progress (as the map last fetched says).
+/// Whether a handover or takeover from or to this DC is in progress (as the map last fetched
+/// says), or another DC looks dead from here (a takeover order may come with the next grant):
+/// then each step waits for a renewal, so renewals come faster.
 fn in_handover(app: &App) -> bool {
     let dc = app.config.dc.as_str();
-    app.placement_state().is_some_and(|state| {
+    let moving = app.placement_state().is_some_and(|state| {
         state.shards().values().any(|p| match &p.status {
             coopr_placement::ShardStatus::Active => false,
             coopr_placement::ShardStatus::Draining { to, .. }
-            | coopr_placement::ShardStatus::HandingOver { to, .. } => p.owner.0 == dc || to.0 == dc,
+            | coopr_placement::ShardStatus::HandingOver { to, .. }
+            | coopr_placement::ShardStatus::TakingOver { to, .. } => {
+                p.owner.0 == dc || to.0 == dc
+            }
         })
-    })
+    });
+    moving || app.replication.any_owner_unreachable()
 }
 
 /// How soon a refused renewal is tried again.
@@ -247,21 +253,60 @@ const RENEW_RETRY: Duration = Duration::from_millis(100);
 /// aborted).
 const HANDOVER_CADENCE: Duration = Duration::from_millis(250);
 
-/// The position of every replica copy this DC holds.
+fn position(p: coopr_state::Position) -> Position {
+    Position {
+        epoch: Epoch(p.epoch),
+        seq: Seq(p.seq),
+    }
+}
+
+/// The position of every copy this DC holds of a shard another DC writes: its replica copies
+/// (except one waiting for a snapshot: it holds nothing it can vouch for), and the start for a
+/// shard the map says it replicates but of which nothing arrived yet (a shard never written:
+/// a handover of it waits for that position).
 fn watermarks(app: &App) -> BTreeMap<ShardId, Position> {
-    app.core
-        .read()
+    let map = app.placement();
+    let dc = app.config.dc.as_str();
+    let state = app.core.read();
+    let mut marks: BTreeMap<ShardId, Position> = state
         .replicas
         .iter()
-        .map(|(shard, replica)| {
-            let w = replica.watermark;
-            (
-                *shard,
-                Position {
-                    epoch: Epoch(w.epoch),
-                    seq: Seq(w.seq),
-                },
-            )
+        .filter(|(_, replica)| !replica.needs_seed)
+        .map(|(shard, replica)| (*shard, position(replica.watermark)))
+        .collect();
+    for shard in map.shards() {
+        if map.replicas(shard).any(|r| r == dc)
+            && !state.replicas.contains_key(&shard)
+            && !state.holds_writes(shard)
+        {
+            marks.insert(shard, position(coopr_state::Position::START));
+        }
+    }
+    marks
+}
+
+/// The copies this DC sealed for the takeovers its grant orders, with where they end: the
+/// takeover points it offers.
+fn seal_reports(app: &App) -> BTreeMap<ShardId, SealReport> {
+    let Some(held) = app.held_lease() else {
+        return BTreeMap::new();
+    };
+    let state = app.core.read();
+    held.lease
+        .grant
+        .taking_over
+        .iter()
+        .filter_map(|(shard, order)| {
+            let replica = state.replicas.get(shard)?;
+            (replica.sealed == Some(order.takeover) && !replica.needs_seed).then(|| {
+                (
+                    *shard,
+                    SealReport {
+                        takeover: order.takeover,
+                        at: position(replica.watermark),
+                    },
+                )
+            })
         })
         .collect()
 }
@@ -288,10 +333,7 @@ fn frozen_reports(app: &App) -> BTreeMap<ShardId, FrozenReport> {
                     *shard,
                     FrozenReport {
                         handover: *handover,
-                        last: Position {
-                            epoch: Epoch(last.epoch),
-                            seq: Seq(last.seq),
-                        },
+                        last: position(last),
                     },
                 )
             })
@@ -302,10 +344,14 @@ fn frozen_reports(app: &App) -> BTreeMap<ShardId, FrozenReport> {
 /// Brings the DC log in line with the lease and the map (DC leader, every tick):
 /// - a shard the grant freezes is frozen here once no operation of it runs (new operations are
 ///   already refused by fencing; running ones finish first);
+/// - a shard the grant orders taken over is sealed here once the old owner's remaining records
+///   are in (or it cannot be reached, or the bounded pull time is over); a seal whose order was
+///   withdrawn is lifted;
 /// - a shard granted at an epoch the local state does not write yet is adopted from the
 ///   replica copy (complete through the position the epoch started after);
-/// - a shard this DC wrote and the map now gives to another DC at a later epoch is released
-///   into a replica copy (the puller then follows the new owner).
+/// - a shard this DC wrote and the map now gives to another DC at a later epoch is demoted
+///   into a replica copy: what it wrote after the new epoch's start goes to the
+///   lost-operations report (nothing, after a graceful handover).
 async fn reconcile(app: &App) {
     let Some(held) = app.held_lease() else {
         return;
@@ -315,14 +361,12 @@ async fn reconcile(app: &App) {
     let mut commands = Vec::new();
     {
         let state = app.core.read();
-        for (shard, owned) in &held.lease.grant.owned {
-            if shard.is_global() {
-                continue;
-            }
+        let grant = &held.lease.grant;
+        for (shard, owned) in &grant.owned {
             let local_epoch = state.shard_epoch(*shard);
             let replica_here = state.replicas.contains_key(shard);
             match owned {
-                OwnedShard::Frozen { handover, .. } => {
+                OwnedShard::Frozen { handover, .. } if !shard.is_global() => {
                     let frozen = state.shards.get(shard).and_then(|d| d.frozen);
                     if !replica_here && frozen != Some(*handover) && !state.shard_busy(*shard) {
                         commands.push(Command::FreezeShard {
@@ -331,6 +375,7 @@ async fn reconcile(app: &App) {
                         });
                     }
                 }
+                OwnedShard::Frozen { .. } => {}
                 OwnedShard::Writable { epoch } if replica_here || local_epoch < Some(epoch.0) => {
                     let after = placement
                         .as_ref()
@@ -351,22 +396,53 @@ async fn reconcile(app: &App) {
                 OwnedShard::Writable { .. } => {}
             }
         }
-        for shard in map.shards().filter(|s| !s.is_global()) {
+        for (shard, order) in &grant.taking_over {
+            let sealed = state.replicas.get(shard).and_then(|r| r.sealed);
+            if sealed != Some(order.takeover) && ready_to_seal(app, *shard, order) {
+                commands.push(Command::SealReplica {
+                    shard: *shard,
+                    owner_dc: order.from.0.clone(),
+                    takeover: order.takeover,
+                });
+            }
+        }
+        for (shard, replica) in &state.replicas {
+            let ordered = grant
+                .taking_over
+                .get(shard)
+                .is_some_and(|o| Some(o.takeover) == replica.sealed);
+            if replica.sealed.is_some() && !ordered && !grant.owned.contains_key(shard) {
+                commands.push(Command::UnsealReplica { shard: *shard });
+            }
+        }
+        for shard in map.shards() {
             let owner = map.owner(shard);
-            if owner == app.config.dc || state.replicas.contains_key(&shard) {
+            if owner == app.config.dc || !state.holds_writes(shard) {
                 continue;
             }
-            let Some(data) = state.shards.get(&shard) else {
+            let Some(local_epoch) = state.shard_epoch(shard) else {
                 continue;
             };
-            let outbox = &data.replication;
-            let wrote =
-                outbox.next_seq > 1 || outbox.started_after.is_some() || !data.clusters.is_empty();
-            if wrote && map.epoch(shard) > outbox.epoch {
-                commands.push(Command::ReleaseShard {
+            if map.epoch(shard) <= local_epoch {
+                continue;
+            }
+            // Where the epoch after this DC's started: everything this DC wrote up to there is
+            // on the shard's history, the rest was never replicated.
+            let start = placement
+                .as_ref()
+                .and_then(|p| p.shard(shard))
+                .and_then(|p| p.epoch_starts.get(&Epoch(local_epoch + 1)))
+                .copied();
+            match start {
+                Some(start) => commands.push(Command::DemoteShard {
                     shard,
                     owner_dc: owner.to_string(),
-                });
+                    keep_through: coopr_state::Position {
+                        epoch: start.epoch.0,
+                        seq: start.seq.0,
+                    },
+                }),
+                None => tracing::debug!(%shard, "demotion waits for the placement history"),
             }
         }
     }
@@ -375,7 +451,8 @@ async fn reconcile(app: &App) {
         match app.propose(command, None).await {
             Ok(Ok(outcome)) => {
                 tracing::info!(command = %what, ?outcome, "ownership change applied");
-                // Report it (a freeze's final position) or start writing without waiting.
+                // Report it (a freeze's final position, a seal) or start writing without
+                // waiting.
                 app.renew_now.notify_one();
             }
             Ok(Err(e)) => {
@@ -384,6 +461,30 @@ async fn reconcile(app: &App) {
             Err(e) => tracing::warn!(command = %what, error = %e, "ownership change not written"),
         }
     }
+}
+
+/// Whether this DC, ordered to take `shard` over, has what it can get of the old epoch: the
+/// old owner answered after the order came and the copy was caught up, or the old owner cannot
+/// be reached, or the bounded pull time ([`TAKEOVER_PULL_MS`]) since the order came is over.
+fn ready_to_seal(app: &App, shard: ShardId, order: &coopr_placement::TakeoverOrder) -> bool {
+    let seen = {
+        let mut seen = app.takeovers_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|(_, takeover), at| {
+            *takeover == order.takeover || at.elapsed() < Duration::from_secs(600)
+        });
+        *seen
+            .entry((shard, order.takeover))
+            .or_insert_with(std::time::Instant::now)
+    };
+    if seen.elapsed() >= Duration::from_millis(TAKEOVER_PULL_MS) {
+        return true;
+    }
+    if app.replication.owner_unreachable(&order.from.0) {
+        return true;
+    }
+    let stream = app.replication.stream(shard);
+    let watermark = app.core.read().replica(shard).map(|r| r.watermark);
+    stream.caught_up_at.is_some_and(|at| at > seen) && stream.owner_last == watermark
 }
 
 /// Sends one renewal (to each voter in turn until one answers); whether a grant came back.
@@ -398,6 +499,7 @@ async fn renew(
         dc: app.config.dc.clone(),
         watermarks: watermarks(app),
         frozen: frozen_reports(app),
+        sealed: seal_reports(app),
     };
     // The holder's timer starts before the request leaves.
     let started = mono_ms();

@@ -31,7 +31,7 @@ pub struct MapEntry {
     pub owner: String,
     pub replicas: Vec<String>,
     pub epoch: u64,
-    /// `active`, or the handover phase (`draining`, `handing_over`).
+    /// `active`, the handover phase (`draining`, `handing_over`) or `taking_over` (failover).
     pub status: String,
 }
 
@@ -87,6 +87,7 @@ impl ShardMap {
                 coopr_placement::ShardStatus::Active => "active",
                 coopr_placement::ShardStatus::Draining { .. } => "draining",
                 coopr_placement::ShardStatus::HandingOver { .. } => "handing_over",
+                coopr_placement::ShardStatus::TakingOver { .. } => "taking_over",
             };
             let new = MapEntry {
                 owner: placement.owner.0.clone(),

@@ -69,6 +69,17 @@ pub fn inflate(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The owner's snapshot endpoint, on the API port: a replica that cannot continue from records
+/// asks for the whole shard as a replica holds it.
+pub const SEED_PATH: &str = "/internal/replication/seed";
+
+/// A replica DC's request for a snapshot of one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedRequest {
+    pub dc: String,
+    pub shard: ShardId,
+}
+
 /// The header carrying the cluster secret on internal calls (the same one Raft RPCs use).
 pub const SECRET_HEADER: &str = "coopr-cluster-secret";
 
@@ -221,6 +232,18 @@ pub struct StreamState {
     /// When the owner's latest answer that left the replica caught up arrived (valid while
     /// `owner_last` equals the replica's watermark).
     pub caught_up_at: Option<Instant>,
+    /// The stream cannot continue from records (the owner cannot serve the cursor, or a batch
+    /// was refused): the copy is re-seeded from a snapshot of the owner's shard.
+    pub needs_seed: bool,
+    /// When a failed re-seed may be tried again.
+    pub next_seed_at: Option<Instant>,
+}
+
+/// Whether an owner DC answered this DC's pulls lately (replica side).
+#[derive(Debug, Clone, Copy, Default)]
+struct OwnerLink {
+    last_answer: Option<Instant>,
+    last_failure: Option<Instant>,
 }
 
 /// What each side knows of the other, kept in memory by the DC log's leader.
@@ -230,9 +253,41 @@ pub struct Progress {
     reported: Mutex<BTreeMap<String, ReportedCursors>>,
     /// Replica side: by shard.
     streams: Mutex<BTreeMap<ShardId, StreamState>>,
+    /// Replica side: by owner DC.
+    owners: Mutex<BTreeMap<String, OwnerLink>>,
 }
 
 impl Progress {
+    /// A pull to `owner_dc` was answered (`true`) or failed (`false`).
+    pub fn owner_answered(&self, owner_dc: &str, answered: bool) {
+        if let Ok(mut owners) = self.owners.lock() {
+            let link = owners.entry(owner_dc.to_string()).or_default();
+            if answered {
+                link.last_answer = Some(Instant::now());
+            } else {
+                link.last_failure = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Whether the latest pull to `owner_dc` failed (it has not answered since).
+    pub fn owner_unreachable(&self, owner_dc: &str) -> bool {
+        self.owners
+            .lock()
+            .ok()
+            .and_then(|owners| owners.get(owner_dc).copied())
+            .is_some_and(|link| link.last_failure > link.last_answer)
+    }
+
+    /// Whether any owner DC's latest pull failed.
+    pub fn any_owner_unreachable(&self) -> bool {
+        self.owners.lock().is_ok_and(|owners| {
+            owners
+                .values()
+                .any(|link| link.last_failure > link.last_answer)
+        })
+    }
+
     pub fn record_cursors(&self, dc: &str, cursors: &BTreeMap<ShardId, Position>) {
         if let Ok(mut reported) = self.reported.lock() {
             reported.insert(

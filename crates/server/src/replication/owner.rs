@@ -22,7 +22,10 @@ use serde_json::json;
 
 use coopr_state::Command;
 
-use super::{read_batch, trim_point, PullRequest, PullResponse, PULL_PATH, SECRET_HEADER};
+use super::{
+    read_batch, trim_point, PullRequest, PullResponse, SeedRequest, PULL_PATH, SECRET_HEADER,
+    SEED_PATH,
+};
 use crate::api::error::ApiError;
 use crate::App;
 
@@ -30,7 +33,9 @@ use crate::App;
 pub const MAX_WAIT_MS: u64 = 60_000;
 
 pub fn routes() -> Router<Arc<App>> {
-    Router::new().route(PULL_PATH, post(pull))
+    Router::new()
+        .route(PULL_PATH, post(pull))
+        .route(SEED_PATH, post(seed))
 }
 
 /// Whether the puller accepts a deflated answer (`Accept-Encoding: deflate`).
@@ -76,36 +81,106 @@ fn not_leader(app: &App) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let received = tokio::time::Instant::now();
+/// Checks an internal replication call: the cluster secret (401), the body (400), the asking
+/// DC (403: another DC of this deployment), and that this node leads its DC (503 with a hint).
+fn authorized<T: serde::de::DeserializeOwned>(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    asker: impl FnOnce(&T) -> &str,
+) -> Result<T, Response> {
     let given = headers
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     // Without a configured secret nobody may pull (a DC alone has nothing to serve).
     let Some(secret) = app.config.secret.as_deref() else {
-        return ApiError::unauthorized("replication is not configured on this node")
-            .into_response();
+        return Err(
+            ApiError::unauthorized("replication is not configured on this node").into_response(),
+        );
     };
     if !same_secret(given, secret.as_bytes()) {
-        tracing::warn!("replication pull with a wrong or missing cluster secret");
-        return ApiError::unauthorized("wrong or missing cluster secret").into_response();
+        tracing::warn!("replication call with a wrong or missing cluster secret");
+        return Err(ApiError::unauthorized("wrong or missing cluster secret").into_response());
     }
-    let request: PullRequest = match crate::api::extract::parse_json(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let placement = app.placement();
-    if request.dc == app.config.dc || !placement.dcs().contains(&request.dc) {
-        return ApiError::forbidden(format!(
-            "{:?} is not a replica DC of this deployment",
-            request.dc
-        ))
-        .into_response();
+    let request: T = crate::api::extract::parse_json(body).map_err(|e| e.into_response())?;
+    let dc = asker(&request);
+    if dc == app.config.dc || !app.placement().dcs().iter().any(|d| d == dc) {
+        return Err(
+            ApiError::forbidden(format!("{dc:?} is not a replica DC of this deployment"))
+                .into_response(),
+        );
     }
     if !app.core.raft().is_leader() {
-        return not_leader(&app);
+        return Err(not_leader(app));
     }
+    Ok(request)
+}
+
+/// Answers `body` as JSON, deflated when the caller accepts it.
+fn json_answer(headers: &HeaderMap, json: Vec<u8>) -> (Response, usize) {
+    // Records are JSON: deflate shrinks them several times over on the WAN.
+    let deflated = accepts_deflate(headers).then(|| super::deflate(&json));
+    let is_deflated = deflated.is_some();
+    let bytes = deflated.unwrap_or(json);
+    let len = bytes.len();
+    let mut answer = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response();
+    if is_deflated {
+        answer.headers_mut().insert(
+            axum::http::header::CONTENT_ENCODING,
+            axum::http::HeaderValue::from_static("deflate"),
+        );
+    }
+    (answer, len)
+}
+
+/// `POST /internal/replication/seed`: a snapshot of one shard this DC writes, as a replica
+/// holds it (for a replica whose stream cannot continue from records).
+async fn seed(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: SeedRequest = match authorized(&app, &headers, &body, |r: &SeedRequest| &r.dc) {
+        Ok(r) => r,
+        Err(refused) => return refused,
+    };
+    let placement = app.placement();
+    let shard = request.shard;
+    if !(shard.is_global() || shard.0 < placement.shard_count())
+        || placement.owner(shard) != app.config.dc
+    {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "not_owner",
+            format!("{} does not own shard {shard}", app.config.dc),
+        )
+        .into_response();
+    }
+    let seed = app.core.read().seed_of(shard, &app.config.dc);
+    let Some(seed) = seed else {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "not_adopted",
+            format!("{} has not adopted shard {shard} yet", app.config.dc),
+        )
+        .into_response();
+    };
+    let json = serde_json::to_vec(&seed).unwrap_or_default();
+    let (answer, len) = json_answer(&headers, json);
+    metrics::counter!("coopr_replication_seed_bytes_sent_total", "replica_dc" => request.dc.clone())
+        .increment(len as u64);
+    tracing::info!(%shard, replica_dc = %request.dc, bytes = len, "served a snapshot of a shard");
+    answer
+}
+
+async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = tokio::time::Instant::now();
+    let request: PullRequest = match authorized(&app, &headers, &body, |r: &PullRequest| &r.dc) {
+        Ok(r) => r,
+        Err(refused) => return refused,
+    };
+    let placement = app.placement();
     // Only shards this DC owns and the asker replicates; the rest are not ours to answer.
     let cursors: Vec<_> = {
         let state = app.core.read();
@@ -159,25 +234,12 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         };
         if response.has_news() || released || tokio::time::Instant::now() >= deadline {
             let json = serde_json::to_vec(&response).unwrap_or_default();
-            // Records are JSON: deflate shrinks them several times over on the WAN.
-            let deflated = accepts_deflate(&headers).then(|| super::deflate(&json));
-            let bytes = deflated.clone().unwrap_or(json);
+            let (answer, len) = json_answer(&headers, json);
             metrics::counter!("coopr_replication_bytes_sent_total", "replica_dc" => request.dc.clone())
-                .increment(bytes.len() as u64);
+                .increment(len as u64);
             let records: usize = response.shards.values().map(|b| b.records.len()).sum();
             metrics::counter!("coopr_replication_records_sent_total", "replica_dc" => request.dc.clone())
                 .increment(records as u64);
-            let mut answer = (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                bytes,
-            )
-                .into_response();
-            if deflated.is_some() {
-                answer.headers_mut().insert(
-                    axum::http::header::CONTENT_ENCODING,
-                    axum::http::HeaderValue::from_static("deflate"),
-                );
-            }
             return answer;
         }
         tokio::select! {

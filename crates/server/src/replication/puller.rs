@@ -22,7 +22,7 @@ use coopr_state::{Command, Position};
 use coopr_types::ShardId;
 use tokio::sync::watch;
 
-use super::{PullRequest, PullResponse, PULL_PATH, SECRET_HEADER};
+use super::{PullRequest, PullResponse, SeedRequest, PULL_PATH, SECRET_HEADER, SEED_PATH};
 use crate::core::{now_ms, ProposeError};
 use crate::{App, Member};
 
@@ -31,6 +31,8 @@ const IDLE: Duration = Duration::from_millis(200);
 /// First retry delay after a failure; doubles per consecutive failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How soon a failed re-seed is tried again.
+const SEED_RETRY: Duration = Duration::from_secs(2);
 /// Added to the long-poll wait for the HTTP timeout of a pull.
 const PULL_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 
@@ -105,17 +107,31 @@ impl Stream {
                 tracing::info!(owner_dc = %self.owner_dc, "replication stream running");
                 leading = true;
             }
+            let base = target
+                .clone()
+                .unwrap_or_else(|| self.nodes[node % self.nodes.len()].api.clone());
+            // Copies that cannot continue from records are re-seeded first.
+            for shard in self.to_seed() {
+                let seeded = tokio::select! {
+                    r = self.seed(&client, &base, shard) => r,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                if let Err(e) = seeded {
+                    tracing::warn!(%shard, owner_dc = %self.owner_dc, error = %e, "re-seeding failed; trying again");
+                    self.app.replication.update_stream(shard, |s| {
+                        s.next_seed_at = Some(std::time::Instant::now() + SEED_RETRY);
+                    });
+                }
+            }
             let cursors = self.cursors();
             if cursors.is_empty() {
-                // Every shard of this owner stopped on a refused batch: nothing to pull.
-                if sleep_or_stop(MAX_BACKOFF, &mut stop).await {
+                // Nothing to pull from this owner now (it owns nothing this DC replicates, or
+                // every copy is sealed or waits for a snapshot).
+                if sleep_or_stop(IDLE, &mut stop).await {
                     return;
                 }
                 continue;
             }
-            let base = target
-                .clone()
-                .unwrap_or_else(|| self.nodes[node % self.nodes.len()].api.clone());
             let request = PullRequest {
                 dc: self.app.config.dc.clone(),
                 cursors: cursors.clone(),
@@ -127,6 +143,10 @@ impl Stream {
                 a = self.pull(&client, &base, &request) => a,
                 _ = stop.wait_for(|s| *s) => return,
             };
+            self.app.replication.owner_answered(
+                &self.owner_dc,
+                !matches!(answer, Answer::Failed(_)),
+            );
             let failed = match answer {
                 Answer::Batches(response) => match self.apply(&cursors, response, sent).await {
                     Ok(()) => {
@@ -169,16 +189,120 @@ impl Stream {
     }
 
     /// The committed watermark of every shard this owner owns (in the current map) and this DC
-    /// replicates, whose stream runs.
+    /// replicates, whose stream runs: not a copy sealed for a takeover (it ends where it is),
+    /// nor one that waits for a snapshot.
     fn cursors(&self) -> BTreeMap<ShardId, Position> {
         let map = self.app.placement();
         let dc = self.app.config.dc.as_str();
         let state = self.app.core.read();
         map.owned_by(&self.owner_dc)
             .filter(|s| map.replicas(*s).any(|r| r == dc))
-            .filter(|s| !self.app.replication.is_stopped(*s, &self.owner_dc))
+            .filter(|s| !state.holds_writes(*s))
+            .filter(|s| {
+                state
+                    .replica(*s)
+                    .is_none_or(|r| r.sealed.is_none() && !r.needs_seed)
+            })
+            .filter(|s| !self.app.replication.stream(*s).needs_seed)
             .map(|s| (s, state.replica(s).map_or(Position::START, |r| r.watermark)))
             .collect()
+    }
+
+    /// The shards of this owner whose copy here waits for a snapshot (its own state says so,
+    /// or its stream could not continue), when a retry is due.
+    fn to_seed(&self) -> Vec<ShardId> {
+        let map = self.app.placement();
+        let dc = self.app.config.dc.as_str();
+        let state = self.app.core.read();
+        let now = std::time::Instant::now();
+        map.owned_by(&self.owner_dc)
+            .filter(|s| map.replicas(*s).any(|r| r == dc))
+            .filter(|s| !state.holds_writes(*s))
+            .filter(|s| {
+                let replica = state.replica(*s);
+                let stream = self.app.replication.stream(*s);
+                let wanted = replica.is_some_and(|r| r.needs_seed) || stream.needs_seed;
+                wanted
+                    && replica.is_none_or(|r| r.sealed.is_none())
+                    && stream.next_seed_at.is_none_or(|at| at <= now)
+            })
+            .collect()
+    }
+
+    /// Re-seeds this DC's copy of `shard` from a snapshot of the owner's shard, then lets its
+    /// stream continue from the snapshot's position.
+    async fn seed(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        shard: ShardId,
+    ) -> Result<(), String> {
+        let url = format!("{}{SEED_PATH}", base.trim_end_matches('/'));
+        let secret = self.app.config.secret.clone().unwrap_or_default();
+        let request = SeedRequest {
+            dc: self.app.config.dc.clone(),
+            shard,
+        };
+        let started = std::time::Instant::now();
+        let response = client
+            .post(&url)
+            .header(SECRET_HEADER, secret)
+            .header("accept-encoding", "deflate")
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let deflated = response
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|v| v.as_bytes() == b"deflate");
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+            ));
+        }
+        let json = if deflated {
+            super::inflate(&bytes).map_err(|e| e.to_string())?
+        } else {
+            bytes.to_vec()
+        };
+        let seed: coopr_state::ReplicaShard =
+            serde_json::from_slice(&json).map_err(|e| format!("unreadable seed: {e}"))?;
+        if seed.shard != shard || seed.owner_dc != self.owner_dc {
+            return Err(format!(
+                "asked {} for shard {shard}, got shard {} of {}",
+                self.owner_dc, seed.shard, seed.owner_dc
+            ));
+        }
+        let at = seed.watermark;
+        let command = Command::SeedReplica {
+            seed: Box::new(seed),
+        };
+        match self.app.propose(command, None).await {
+            Ok(Ok(_)) => {
+                tracing::warn!(%shard, owner_dc = %self.owner_dc, position = ?at, bytes = json.len(),
+                    took_ms = started.elapsed().as_millis() as u64, "copy re-seeded from a snapshot of the owner's shard");
+                metrics::counter!("coopr_replication_reseeds_total", "owner_dc" => self.owner_dc.clone())
+                    .increment(1);
+                self.app.replication.update_stream(shard, |s| {
+                    s.needs_seed = false;
+                    s.next_seed_at = None;
+                    s.stopped = None;
+                    s.stopped_from = None;
+                    s.owner_last = Some(at);
+                    s.oldest_missing_at_ms = None;
+                });
+                if self.app.placement().entry(shard).status != "active" {
+                    self.app.renew_now.notify_one();
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("seed refused: {e}")),
+            Err(e) => Err(format!("seed not written: {e}")),
+        }
     }
 
     async fn pull(&self, client: &reqwest::Client, base: &str, request: &PullRequest) -> Answer {
@@ -262,10 +386,13 @@ impl Stream {
                 continue;
             };
             if let Some(error) = batch.error {
-                tracing::error!(%shard, owner_dc = %self.owner_dc, %error, "replication stream stopped: the owner cannot serve it");
+                tracing::error!(%shard, owner_dc = %self.owner_dc, %error, "replication stream cannot continue from records: re-seeding from a snapshot");
+                metrics::counter!("coopr_replication_broken_streams_total", "owner_dc" => self.owner_dc.clone())
+                    .increment(1);
                 progress.update_stream(shard, |s| {
-                    s.stopped = Some(format!("{}: {error}", self.owner_dc));
+                    s.stopped = Some(format!("{}: {error}; re-seeding", self.owner_dc));
                     s.stopped_from = Some(self.owner_dc.clone());
+                    s.needs_seed = true;
                 });
                 continue;
             }
@@ -319,12 +446,18 @@ impl Stream {
                     });
                 }
                 Err(e) => {
-                    let watermark = self
-                        .app
-                        .core
-                        .read()
-                        .replica(shard)
-                        .map_or(Position::START, |r| r.watermark);
+                    let (watermark, sealed) = {
+                        let state = self.app.core.read();
+                        let replica = state.replica(shard);
+                        (
+                            replica.map_or(Position::START, |r| r.watermark),
+                            replica.is_some_and(|r| r.sealed.is_some()),
+                        )
+                    };
+                    if sealed {
+                        // Sealed for a takeover while the pull was out: the copy ends here.
+                        continue;
+                    }
                     if watermark != cursor {
                         // An earlier proposal of these records committed after this pull was
                         // sent: the batch is stale, not wrong.
@@ -332,12 +465,13 @@ impl Stream {
                         continue;
                     }
                     tracing::error!(%shard, owner_dc = %self.owner_dc, error = %e, lag_since_ms = now_ms().saturating_sub(first_at_ms),
-                        "replication batch refused: the stream of this shard stopped (a replica never skips)");
+                        "replication batch refused (a replica never skips): re-seeding this shard's copy from a snapshot");
                     metrics::counter!("coopr_replication_refused_batches_total", "owner_dc" => self.owner_dc.clone())
                         .increment(1);
                     progress.update_stream(shard, |s| {
-                        s.stopped = Some(e.to_string());
+                        s.stopped = Some(format!("{e}; re-seeding"));
                         s.stopped_from = Some(self.owner_dc.clone());
+                        s.needs_seed = true;
                     });
                 }
             }
