@@ -20,6 +20,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use common::{wait_for, Auth, Client, TestServer, Worker};
 use coopr_server::{Member, PlacementMember, ServerConfig};
@@ -40,6 +41,11 @@ fn free_port() -> u16 {
 struct Deployment {
     dcs: BTreeMap<String, TestServer>,
     witness: Option<coopr_server::WitnessHandle>,
+    /// With [`Deployment::start_linked`]: the link from one site to another (its API and
+    /// internal proxies), by (from, to); cut to partition.
+    links: BTreeMap<(String, String), [coopr_testkit::DelayProxy; 2]>,
+    /// Each DC's config, for restarts.
+    configs: BTreeMap<String, ServerConfig>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -64,6 +70,23 @@ impl Deployment {
         with_witness: bool,
         tweak: impl Fn(&mut ServerConfig),
     ) -> Deployment {
+        Self::start_sites_linked(names, with_witness, false, tweak).await
+    }
+
+    /// Three single-node DCs that reach each other through links that can be cut.
+    async fn start_linked(tweak: impl Fn(&mut ServerConfig)) -> Deployment {
+        Self::start_sites_linked(&DCS, false, true, tweak).await
+    }
+
+    /// Single-node DCs named `names` that know each other, each node a voter of the placement
+    /// group, plus a witness voter if asked; `linked`: every site reaches every other through
+    /// its own proxies ([`Deployment::cut_off`]).
+    async fn start_sites_linked(
+        names: &[&str],
+        with_witness: bool,
+        linked: bool,
+        tweak: impl Fn(&mut ServerConfig),
+    ) -> Deployment {
         let sites: Vec<&str> = names
             .iter()
             .copied()
@@ -71,25 +94,51 @@ impl Deployment {
             .collect();
         let ports: BTreeMap<&str, u16> = sites.iter().map(|dc| (*dc, free_port())).collect();
         let internal: BTreeMap<&str, u16> = sites.iter().map(|dc| (*dc, free_port())).collect();
-        let member = |dc: &str| Member {
-            node: format!("{dc}1"),
-            api: format!("http://127.0.0.1:{}", ports[dc]),
-            internal: format!("http://127.0.0.1:{}", internal[dc]),
+        let mut links = BTreeMap::new();
+        if linked {
+            for from in &sites {
+                for to in sites.iter().filter(|to| *to != from) {
+                    let proxy = |port: u16| async move {
+                        let target = format!("127.0.0.1:{port}").parse().expect("address");
+                        coopr_testkit::DelayProxy::start(target, Duration::ZERO)
+                            .await
+                            .expect("proxy")
+                    };
+                    let pair = [proxy(ports[to]).await, proxy(internal[to]).await];
+                    links.insert((from.to_string(), to.to_string()), pair);
+                }
+            }
+        }
+        // How `from` reaches `dc`: directly, or through its link.
+        let member = |from: &str, dc: &str| match links.get(&(from.to_string(), dc.to_string())) {
+            Some([api, int]) => Member {
+                node: format!("{dc}1"),
+                api: format!("http://{}", api.addr()),
+                internal: format!("http://{}", int.addr()),
+            },
+            None => Member {
+                node: format!("{dc}1"),
+                api: format!("http://127.0.0.1:{}", ports[dc]),
+                internal: format!("http://127.0.0.1:{}", internal[dc]),
+            },
         };
         // Each site's node is a voter of the placement group (ids 1, 2, ...).
-        let placement_members: BTreeMap<u64, PlacementMember> = (1u64..)
-            .zip(&sites)
-            .map(|(id, dc)| {
-                (
-                    id,
-                    PlacementMember {
-                        dc: dc.to_string(),
-                        internal: member(dc).internal,
-                    },
-                )
-            })
-            .collect();
+        let placement_members = |from: &str| -> BTreeMap<u64, PlacementMember> {
+            (1u64..)
+                .zip(&sites)
+                .map(|(id, dc)| {
+                    (
+                        id,
+                        PlacementMember {
+                            dc: dc.to_string(),
+                            internal: member(from, dc).internal,
+                        },
+                    )
+                })
+                .collect()
+        };
         let mut dcs = BTreeMap::new();
+        let mut configs = BTreeMap::new();
         let mut dirs = Vec::new();
         let mut witness = None;
         for (placement_id, dc) in (1u64..).zip(&sites) {
@@ -99,14 +148,14 @@ impl Deployment {
                 node: format!("{dc}1"),
                 listen: format!("127.0.0.1:{}", ports[dc]),
                 internal_listen: Some(format!("127.0.0.1:{}", internal[dc])),
-                placement_members: placement_members.clone(),
+                placement_members: placement_members(dc),
                 placement_node_id: Some(placement_id),
                 shard_count: SHARDS,
                 secret: Some(SECRET.into()),
                 remote_dcs: names
                     .iter()
                     .filter(|d| *d != dc)
-                    .map(|d| (d.to_string(), vec![member(d)]))
+                    .map(|d| (d.to_string(), vec![member(dc, d)]))
                     .collect(),
                 replication_wait_ms: 2_000,
                 witness: *dc == WITNESS,
@@ -116,6 +165,7 @@ impl Deployment {
             if config.witness {
                 witness = Some(coopr_server::start_witness(config).await.expect("witness"));
             } else {
+                configs.insert(dc.to_string(), config.clone());
                 dcs.insert(dc.to_string(), TestServer::start_config(config).await);
             }
             dirs.push(dir);
@@ -133,12 +183,43 @@ impl Deployment {
         Deployment {
             dcs,
             witness,
+            links,
+            configs,
             _dirs: dirs,
         }
     }
 
     fn dc(&self, dc: &str) -> &TestServer {
         &self.dcs[dc]
+    }
+
+    /// Partitions `dc` from every other site (both directions); its processes keep running.
+    fn cut_off(&self, dc: &str) {
+        for ((from, to), pair) in &self.links {
+            if from == dc || to == dc {
+                pair.iter().for_each(coopr_testkit::DelayProxy::cut);
+            }
+        }
+    }
+
+    /// Heals every cut link.
+    fn heal(&self) {
+        for pair in self.links.values() {
+            pair.iter().for_each(coopr_testkit::DelayProxy::heal);
+        }
+    }
+
+    /// Stops `dc`'s server (its data stays for [`Deployment::restart`]).
+    async fn stop_dc(&mut self, dc: &str) {
+        let server = self.dcs.remove(dc).expect("running");
+        server.stop().await;
+    }
+
+    /// Starts `dc`'s server again on its data.
+    async fn restart(&mut self, dc: &str) {
+        let config = self.configs[dc].clone();
+        self.dcs
+            .insert(dc.to_string(), TestServer::start_config(config).await);
     }
 
     async fn stop(self) {
@@ -1087,5 +1168,178 @@ async fn with_a_witness_one_of_two_dcs_keeps_writing() {
         .await
         .expect("ready");
     assert_eq!(ready.status(), 200);
+    deployment.stop().await;
+}
+
+/// Sets a cluster's expire time through `via` with a plain HTTP client (5xx answers are
+/// expected here): the status, the `Coopr-Served-By` header and the body.
+async fn try_set_expire(via: &TestServer, id: &str, expire: u64, key: &str) -> (u16, String, Value) {
+    let reply = reqwest::Client::new()
+        .post(format!("{}/v2/clusters/{id}", via.base))
+        .header("Coopr-UserID", "demo")
+        .header("Coopr-TenantID", "demo")
+        .header("Coopr-ApiKey", "demo-key")
+        .header("Idempotency-Key", key)
+        .json(&json!({ "expireTime": expire }))
+        .send()
+        .await
+        .expect("the DC answers");
+    let status = reply.status().as_u16();
+    let served_by = reply
+        .headers()
+        .get("coopr-served-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, served_by, reply.json().await.unwrap_or(Value::Null))
+}
+
+/// Where the placement group (as `via` last fetched it) has every shard: (owner, epoch, status).
+async fn map_of(via: &TestServer) -> Vec<(String, u64, String)> {
+    let reply = via.get("/v2/admin/shards", &Auth::Superadmin).await;
+    reply.assert_ok()["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| {
+            (
+                s["owner"].as_str().unwrap_or_default().to_string(),
+                s["epoch"].as_u64().unwrap_or_default(),
+                s["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Failover of a DC cut off from the others while its server keeps running (DESIGN section 6):
+/// - a, cut off, acknowledges writes only while its lease lasts on its own clock, then refuses
+///   them (503 `lease_expired`);
+/// - once a's lease has expired at the placement group, every shard a owned (the global one
+///   included) gets a new owner at epoch 2, spread over b and c, at the exact point its copy
+///   was sealed; writes to them through b and c succeed without client changes;
+/// - the lamp create that was in flight at a (one machine made) finishes at its new owner;
+/// - healed, a learns the higher epochs: what it acknowledged alone is in its lost-operations
+///   report (never silently dropped), its copies are replicas again (re-seeded where they had
+///   diverged), and every DC converges to identical copies with no lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_dc_fails_over_and_reports_what_it_wrote_alone() {
+    const LEASE_MS: u64 = 900;
+    let deployment = Deployment::start_linked(|c| {
+        c.lease_ms = LEASE_MS;
+        c.max_clock_offset_ms = 100;
+    })
+    .await;
+    let a = deployment.dc("a");
+    let done = a.create_cluster("base", 1).await;
+    Worker::register(a, "p-a", "w1").await.drive().await;
+    assert_eq!(a.cluster_status(&done).await["status"], "active");
+    let lamp = a.create_cluster("lamp", 2).await;
+    let worker = Worker::register(a, "p-a", "w1").await;
+    let create = worker.take().await.expect("a CREATE task");
+    assert_eq!(create["taskName"], "CREATE", "{create}");
+    worker.finish(&create, 0).await;
+    tracing::info!("--- wait until b and c have a's shards as a has them");
+    wait_for("replicas to converge before the cut", || {
+        converged(&deployment)
+    })
+    .await;
+
+    tracing::info!("--- cut a off; it writes alone until its lease runs out");
+    deployment.cut_off("a");
+    let cut = std::time::Instant::now();
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        let n = acknowledged.len() as u64;
+        let reply = try_set_expire(a, &done, 4_000_000_000_000 + n, &format!("alone-{n}")).await;
+        match reply.0 {
+            200 => acknowledged.push(4_000_000_000_000 + n),
+            503 => break reply.2,
+            other => panic!("a answered {other}: {}", reply.2),
+        }
+        assert!(cut.elapsed() < Duration::from_secs(30), "a never stopped writing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused["code"], "lease_expired", "{refused}");
+    tracing::info!(acknowledged = acknowledged.len(), after = ?cut.elapsed(), "a stopped writing");
+
+    tracing::info!("--- b and c take a's shards over");
+    let b = deployment.dc("b");
+    let moved = wait_for("a's shards to have new owners", || async {
+        let map = map_of(b).await;
+        let all_moved = map
+            .iter()
+            .all(|(owner, _, status)| owner != "a" && status == "active");
+        all_moved.then_some(map)
+    })
+    .await;
+    tracing::info!(took = ?cut.elapsed(), "failover done");
+    for (shard, (_, epoch, _)) in moved.iter().enumerate() {
+        let was_a = shard == SHARDS as usize || owner_of(shard as u32) == "a";
+        assert_eq!(*epoch, if was_a { 2 } else { 1 }, "shard {shard}: {moved:?}");
+    }
+    let new_owners: std::collections::BTreeSet<&str> = moved
+        .iter()
+        .enumerate()
+        .filter(|(shard, _)| *shard == SHARDS as usize || owner_of(*shard as u32) == "a")
+        .map(|(_, (owner, _, _))| owner.as_str())
+        .collect();
+    assert_eq!(new_owners.len(), 2, "a's shards spread over b and c: {moved:?}");
+    // Writes to a's old shards go to their new owners, from either survivor.
+    for via in ["b", "c"] {
+        let server = deployment.dc(via);
+        let key = format!("after-{via}");
+        let served_by = wait_for("a write to a moved shard", || async {
+            let reply = try_set_expire(server, &done, 4_100_000_000_000, &key).await;
+            (reply.0 == 200).then_some(reply.1)
+        })
+        .await;
+        assert_ne!(served_by, "a/a1");
+    }
+    // Tenants and keys (the global shard) still work: a create at b.
+    let fresh = b.create_cluster("base", 1).await;
+
+    tracing::info!("--- the lamp create finishes at its new owner");
+    let lamp_owner = &moved[shard_of(&lamp) as usize].0;
+    let owner = deployment.dc(lamp_owner);
+    let ran = Worker::register(owner, &format!("p-{lamp_owner}"), "w1")
+        .await
+        .drive()
+        .await;
+    assert!(ran > 0);
+    assert_eq!(owner.cluster_status(&lamp).await["status"], "active");
+    assert_eq!(
+        b.cluster_status(&fresh).await["status"],
+        if lamp_owner == "b" { "active" } else { "pending" }
+    );
+
+    tracing::info!("--- heal: a learns it lost its shards");
+    deployment.heal();
+    let report = wait_for("a's lost-operations report", || async {
+        let reply = a.get("/v2/admin/lost-operations", &Auth::Superadmin).await;
+        let body = reply.assert_ok().clone();
+        (body["total"].as_u64() >= Some(acknowledged.len() as u64) && !acknowledged.is_empty())
+            .then_some(body)
+    })
+    .await;
+    let lost = report["operations"].as_array().expect("operations");
+    assert!(
+        lost.iter().all(|op| op["cluster"] == json!(done)
+            && op["kind"] == "cluster_updated"
+            && op["tenant"] == "demo"
+            && op["epoch"] == 1),
+        "{report}"
+    );
+    assert_eq!(lost.len(), acknowledged.len(), "{report}");
+    for dc in ["b", "c"] {
+        let reply = deployment
+            .dc(dc)
+            .get("/v2/admin/lost-operations", &Auth::Superadmin)
+            .await;
+        assert_eq!(reply.assert_ok()["total"], 0, "{dc} lost nothing");
+    }
+    // The cluster's expire time is the one written at its new owner, not a lost one.
+    wait_for("replicas to converge after the heal", || converged(&deployment)).await;
+    let row = b.get(&format!("/v2/clusters/{done}"), &Auth::Demo).await;
+    assert_eq!(row.assert_ok()["expireTime"], 4_100_000_000_000u64, "{}", row.text);
     deployment.stop().await;
 }

@@ -14,6 +14,9 @@
 //!
 //! A chunk waits for its own deadline only: chunks read back to back are delivered back to
 //! back, one delay later, so a stream of N chunks takes `delay + transfer`, not `N × delay`.
+//!
+//! [`DelayProxy::cut`] makes the link fail like a partition: the connections it carries are
+//! closed and new ones are closed as soon as they are accepted, until [`DelayProxy::heal`].
 
 use std::collections::VecDeque;
 use std::io;
@@ -42,6 +45,7 @@ pub struct DelayProxy {
     addr: SocketAddr,
     target: SocketAddr,
     delay_us: Arc<AtomicU64>,
+    cut: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,11 +56,13 @@ impl DelayProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let delay_us = Arc::new(AtomicU64::new(micros(one_way_delay)));
-        let task = tokio::spawn(accept_loop(listener, target, delay_us.clone()));
+        let (cut, cut_watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, target, delay_us.clone(), cut_watch));
         Ok(DelayProxy {
             addr,
             target,
             delay_us,
+            cut,
             task,
         })
     }
@@ -78,6 +84,20 @@ impl DelayProxy {
     pub fn set_delay(&self, one_way_delay: Duration) {
         self.delay_us
             .store(micros(one_way_delay), Ordering::Relaxed);
+    }
+
+    /// Cuts the link: closes every connection it carries and every new one, until healed.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Heals a cut link: new connections go through again.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        *self.cut.borrow()
     }
 }
 
@@ -113,7 +133,12 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, delay_us: Arc<AtomicU64>) {
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    delay_us: Arc<AtomicU64>,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -121,7 +146,19 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, delay_us: Arc<At
                 let Ok((inbound, _)) = accepted else {
                     continue;
                 };
+                if *cut.borrow() {
+                    drop(inbound);
+                    continue;
+                }
                 connections.spawn(proxy_connection(inbound, target, delay_us.clone()));
+            }
+            changed = cut.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *cut.borrow_and_update() {
+                    connections.abort_all();
+                }
             }
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -325,6 +362,29 @@ mod tests {
             .expect("the echo server's end of stream came back")
             .expect("read");
         assert_eq!(closed, 0);
+    }
+
+    /// A cut link closes the connections it carries and refuses new ones; healed, it carries
+    /// new connections again.
+    #[tokio::test]
+    async fn a_cut_link_closes_connections_until_healed() {
+        let echo = echo_server().await;
+        let proxy = DelayProxy::start(echo, Duration::ZERO).await.unwrap();
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        open.write_all(b"ping").await.unwrap();
+        assert_eq!(read_exactly(&mut open, 4).await, b"ping");
+        proxy.cut();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), open.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
+        let _ = refused.write_all(b"ping").await;
+        let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        proxy.heal();
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        again.write_all(b"pong").await.unwrap();
+        assert_eq!(read_exactly(&mut again, 4).await, b"pong");
     }
 
     /// Dropping the proxy closes the connections it carries.

@@ -232,7 +232,19 @@ pub struct TestServer {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=info cargo test ... --
+/// --nocapture`); silent otherwise.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn config(data_dir: &Path) -> ServerConfig {
+    init_logs();
     ServerConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_path_buf(),
