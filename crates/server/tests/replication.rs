@@ -1116,6 +1116,13 @@ async fn with_a_witness_one_of_two_dcs_keeps_writing() {
         "the witness holds no lease: {map}"
     );
     wait_for("the seeding to replicate", || converged(&deployment)).await;
+    // The witness started after a and b had begun the group: it votes once it has what they
+    // had applied then (it cannot tell a late first start from a lost disk).
+    let witness = deployment.witness.as_ref().expect("a witness");
+    wait_for("the witness to vote", || async {
+        witness.group.raft().status().may_vote.then_some(())
+    })
+    .await;
 
     tracing::info!("--- stop b: a and the witness are a majority");
     let lease_sequence = |server: &TestServer| {
@@ -1168,12 +1175,26 @@ async fn with_a_witness_one_of_two_dcs_keeps_writing() {
         .await
         .expect("ready");
     assert_eq!(ready.status(), 200);
+    // b's shards failed over to a: a owns every shard, and b's clusters are writable there.
+    let map = wait_for("a to own every shard", || async {
+        let map = map_of(a).await;
+        map.iter()
+            .all(|(owner, _, status)| owner == "a" && status == "active")
+            .then_some(map)
+    })
+    .await;
+    assert!(map.iter().any(|(_, epoch, _)| *epoch == 2), "{map:?}");
     deployment.stop().await;
 }
 
 /// Sets a cluster's expire time through `via` with a plain HTTP client (5xx answers are
 /// expected here): the status, the `Coopr-Served-By` header and the body.
-async fn try_set_expire(via: &TestServer, id: &str, expire: u64, key: &str) -> (u16, String, Value) {
+async fn try_set_expire(
+    via: &TestServer,
+    id: &str,
+    expire: u64,
+    key: &str,
+) -> (u16, String, Value) {
     let reply = reqwest::Client::new()
         .post(format!("{}/v2/clusters/{id}", via.base))
         .header("Coopr-UserID", "demo")
@@ -1256,7 +1277,10 @@ async fn a_cut_off_dc_fails_over_and_reports_what_it_wrote_alone() {
             503 => break reply.2,
             other => panic!("a answered {other}: {}", reply.2),
         }
-        assert!(cut.elapsed() < Duration::from_secs(30), "a never stopped writing");
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "a never stopped writing"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(refused["code"], "lease_expired", "{refused}");
@@ -1275,7 +1299,11 @@ async fn a_cut_off_dc_fails_over_and_reports_what_it_wrote_alone() {
     tracing::info!(took = ?cut.elapsed(), "failover done");
     for (shard, (_, epoch, _)) in moved.iter().enumerate() {
         let was_a = shard == SHARDS as usize || owner_of(shard as u32) == "a";
-        assert_eq!(*epoch, if was_a { 2 } else { 1 }, "shard {shard}: {moved:?}");
+        assert_eq!(
+            *epoch,
+            if was_a { 2 } else { 1 },
+            "shard {shard}: {moved:?}"
+        );
     }
     let new_owners: std::collections::BTreeSet<&str> = moved
         .iter()
@@ -1283,7 +1311,11 @@ async fn a_cut_off_dc_fails_over_and_reports_what_it_wrote_alone() {
         .filter(|(shard, _)| *shard == SHARDS as usize || owner_of(*shard as u32) == "a")
         .map(|(_, (owner, _, _))| owner.as_str())
         .collect();
-    assert_eq!(new_owners.len(), 2, "a's shards spread over b and c: {moved:?}");
+    assert_eq!(
+        new_owners.len(),
+        2,
+        "a's shards spread over b and c: {moved:?}"
+    );
     // Writes to a's old shards go to their new owners, from either survivor.
     for via in ["b", "c"] {
         let server = deployment.dc(via);
@@ -1309,7 +1341,11 @@ async fn a_cut_off_dc_fails_over_and_reports_what_it_wrote_alone() {
     assert_eq!(owner.cluster_status(&lamp).await["status"], "active");
     assert_eq!(
         b.cluster_status(&fresh).await["status"],
-        if lamp_owner == "b" { "active" } else { "pending" }
+        if lamp_owner == "b" {
+            "active"
+        } else {
+            "pending"
+        }
     );
 
     tracing::info!("--- heal: a learns it lost its shards");
@@ -1338,8 +1374,16 @@ async fn a_cut_off_dc_fails_over_and_reports_what_it_wrote_alone() {
         assert_eq!(reply.assert_ok()["total"], 0, "{dc} lost nothing");
     }
     // The cluster's expire time is the one written at its new owner, not a lost one.
-    wait_for("replicas to converge after the heal", || converged(&deployment)).await;
+    wait_for("replicas to converge after the heal", || {
+        converged(&deployment)
+    })
+    .await;
     let row = b.get(&format!("/v2/clusters/{done}"), &Auth::Demo).await;
-    assert_eq!(row.assert_ok()["expireTime"], 4_100_000_000_000u64, "{}", row.text);
+    assert_eq!(
+        row.assert_ok()["expireTime"],
+        4_100_000_000_000u64,
+        "{}",
+        row.text
+    );
     deployment.stop().await;
 }

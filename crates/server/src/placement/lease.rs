@@ -238,9 +238,7 @@ fn in_handover(app: &App) -> bool {
             coopr_placement::ShardStatus::Active => false,
             coopr_placement::ShardStatus::Draining { to, .. }
             | coopr_placement::ShardStatus::HandingOver { to, .. }
-            | coopr_placement::ShardStatus::TakingOver { to, .. } => {
-                p.owner.0 == dc || to.0 == dc
-            }
+            | coopr_placement::ShardStatus::TakingOver { to, .. } => p.owner.0 == dc || to.0 == dc,
         })
     });
     moving || app.replication.any_owner_unreachable()
@@ -519,7 +517,10 @@ async fn renew(
         let outcome = match answer {
             Ok(r) if r.status().is_success() => r.json::<Outcome>().await,
             Ok(r) => {
-                tracing::debug!(%url, status = %r.status(), "lease renewal refused");
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                let body = &body[..body.len().min(300)];
+                tracing::debug!(%url, %status, body, "lease renewal refused");
                 continue;
             }
             Err(e) => {

@@ -143,10 +143,9 @@ impl Stream {
                 a = self.pull(&client, &base, &request) => a,
                 _ = stop.wait_for(|s| *s) => return,
             };
-            self.app.replication.owner_answered(
-                &self.owner_dc,
-                !matches!(answer, Answer::Failed(_)),
-            );
+            self.app
+                .replication
+                .owner_answered(&self.owner_dc, !matches!(answer, Answer::Failed(_)));
             let failed = match answer {
                 Answer::Batches(response) => match self.apply(&cursors, response, sent).await {
                     Ok(()) => {
