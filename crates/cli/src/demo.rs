@@ -1,10 +1,19 @@
 //! `coopr demo`: a server seeded with the demo tenant and the example catalog, plus provisioner
 //! workers backed by the built-in fake cloud, in one process. Reuses its data dir on restart.
+//!
+//! ```text
+//!   DC a: server(s) ◄── workers ──┐
+//!   DC b: server(s) ◄── workers ──┼──HTTP──► one fake cloud (free port, <data-dir>/fake-cloud.json)
+//!   DC c: server(s) ◄── workers ──┘          GET /machines: every machine, with its counts
+//! ```
+//!
+//! The workers reach the cloud over HTTP although it runs in the same process, so that the demo
+//! exercises the path separate processes use (`coopr init-cluster --demo`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use coopr_provisioner::{PluginRegistry, ProvisionerConfig};
+use coopr_provisioner::{FakeCloudServer, ProvisionerConfig};
 use coopr_server::{Member, ServerConfig};
 use tokio::sync::watch;
 
@@ -123,12 +132,14 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     for started in futures_join(configs.into_iter().map(coopr_server::start)).await {
         servers.push(started?);
     }
-    // One simulated cloud, shared by every node's workers (they run in this process).
+    // One simulated cloud, shared by every DC's workers as real DCs share a real provider.
     let cloud = crate::fake_cloud(
         Some(&args.data_dir.join("fake-cloud.json")),
         args.fake_latency_ms,
         0.0,
     )?;
+    let cloud_server = FakeCloudServer::start(cloud, "127.0.0.1:0").await?;
+    let cloud_url = cloud_server.url();
     let mut workers = Vec::new();
     for server in &servers {
         let config = &server.app.config;
@@ -142,11 +153,12 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
                 .map(|s| s.url()),
         );
         let id = format!("demo-{}", config.node);
-        workers.push(spawn_workers(
+        workers.push(spawn_fake_workers(
             order,
             &id,
             args.workers,
-            cloud.clone(),
+            FakeMachines::Shared(&cloud_url),
+            args.fake_latency_ms,
             shutdown.clone(),
         )?);
     }
@@ -189,7 +201,9 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
          coopr cluster delete <id> --wait\n\n\
          Or with curl:\n  \
          curl -s -H 'Coopr-UserID: demo' -H 'Coopr-TenantID: demo' -H 'Coopr-ApiKey: demo-key' {url}/v2/clustertemplates\n  \
-         curl -s {url}/status   # role, leader, term of the DC log\n{replication}\
+         curl -s {url}/status   # role, leader, term of the DC log\n\
+         The fake cloud every datacenter's workers share (each machine by node id, with its creates and deletes):\n  \
+         curl -s {cloud_url}/machines\n{replication}\
          Superadmin: tenant superadmin, user admin, key admin-key. Metrics: {url}/metrics\n\
          Ctrl-C stops the demo.",
         args.dcs,
@@ -205,6 +219,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     for w in workers {
         let _ = w.await;
     }
+    cloud_server.shutdown().await?;
     Ok(())
 }
 
@@ -227,28 +242,35 @@ where
     out
 }
 
+/// Where a node's fake-cloud workers keep their machines.
+#[derive(Debug, Clone, Copy)]
+pub enum FakeMachines<'a> {
+    /// A cloud of their own, persisted in this file.
+    Own(&'a std::path::Path),
+    /// The cloud every DC shares, at this URL (`coopr fake-cloud`).
+    Shared(&'a str),
+}
+
 /// Runs fake-cloud provisioner workers inside this process, authenticating with the demo
-/// superadmin key. The cloud's machines persist in `cloud_state`.
+/// superadmin key. `latency_ms` is the default latency of the automator's tasks, and of the
+/// provider's with a cloud of their own (a shared cloud has its own default).
 pub fn spawn_fake_workers(
     servers: Vec<String>,
     id: &str,
     workers: u32,
-    cloud_state: &std::path::Path,
+    machines: FakeMachines<'_>,
     latency_ms: u64,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let cloud = crate::fake_cloud(Some(cloud_state), latency_ms, 0.0)?;
-    spawn_workers(servers, id, workers, cloud, shutdown)
-}
-
-fn spawn_workers(
-    servers: Vec<String>,
-    id: &str,
-    workers: u32,
-    cloud: coopr_provisioner::FakeCloud,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let mut provisioner = ProvisionerConfig::new(servers, id, PluginRegistry::with_builtins(cloud));
+    let plugins = match machines {
+        FakeMachines::Own(state) => {
+            crate::builtin_plugins(crate::fake_cloud(Some(state), latency_ms, 0.0)?, None)?
+        }
+        FakeMachines::Shared(url) => {
+            crate::builtin_plugins(crate::fake_cloud(None, latency_ms, 0.0)?, Some(url))?
+        }
+    };
+    let mut provisioner = ProvisionerConfig::new(servers, id, plugins);
     provisioner.capacity = workers;
     provisioner.api_key = Some(coopr_server::seed::DEMO_ADMIN_KEY.to_string());
     provisioner.poll_interval_ms = 100;

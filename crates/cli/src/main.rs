@@ -3,6 +3,7 @@
 //! ```text
 //!  coopr server       --data-dir D --listen ADDR      a server node (REST API + provisioner API)
 //!  coopr provisioner  --server URL                    workers running provider/automator plugins
+//!  coopr fake-cloud   --listen ADDR --state FILE       one fake cloud over HTTP, shared by every DC
 //!  coopr demo         --base-port P --data-dir D      server + fake-cloud workers, seeded, in one process
 //!  coopr cluster ...  / coopr admin ...               the REST client
 //! ```
@@ -14,7 +15,10 @@ mod node_config;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use coopr_provisioner::{FakeCloud, FakeCloudOptions, PluginRegistry, ProvisionerConfig};
+use coopr_provisioner::{
+    FakeBackend, FakeCloud, FakeCloudOptions, FakeCloudServer, PluginRegistry, ProvisionerConfig,
+    RemoteCloud,
+};
 use coopr_server::ServerConfig;
 use tokio::sync::watch;
 
@@ -37,6 +41,8 @@ enum Command {
     InitCluster(node_config::InitClusterArgs),
     /// Runs provisioner workers against a server.
     Provisioner(ProvisionerArgs),
+    /// Serves one fake cloud over HTTP, for the `fake` provider of every DC's provisioners.
+    FakeCloud(FakeCloudArgs),
     /// Runs a server and fake-cloud provisioner workers in one process, seeded for trying coopr.
     Demo(demo::DemoArgs),
     /// Cluster commands (create, list, show, status, delete, ...).
@@ -108,8 +114,12 @@ struct ProvisionerArgs {
     #[arg(long)]
     tenant_id: Option<String>,
     /// File persisting the fake cloud's machines (so creation stays idempotent across restarts).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fake_cloud_url")]
     fake_cloud_state: Option<PathBuf>,
+    /// URL of a shared fake cloud (`coopr fake-cloud`) for the `fake` provider's machines,
+    /// instead of a cloud in this process. The --fake-* defaults then apply to the automator.
+    #[arg(long)]
+    fake_cloud_url: Option<String>,
     /// Default latency of fake-cloud operations (ms).
     #[arg(long, default_value_t = 0)]
     fake_latency_ms: u64,
@@ -119,6 +129,22 @@ struct ProvisionerArgs {
     /// Poll interval when the queue is empty (ms).
     #[arg(long, default_value_t = 1000)]
     poll_interval_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct FakeCloudArgs {
+    /// Address to listen on (port 0 picks a free port; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// File persisting the machines and their counts (created if missing).
+    #[arg(long)]
+    state: PathBuf,
+    /// Default latency of each operation (ms); a request may set its own.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Default failure rate of each operation (0.0 to 1.0); a request may set its own.
+    #[arg(long, default_value_t = 0.0)]
+    failure_rate: f64,
 }
 
 fn init_tracing(default: &str) {
@@ -173,8 +199,15 @@ pub fn fake_cloud(
     })
 }
 
-/// The server configuration from a node config file, and the number of demo workers.
-fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConfig, u32)> {
+/// The fake-cloud workers a demo node runs inside its server.
+struct DemoWorkers {
+    count: u32,
+    /// The shared fake cloud; `None`: a cloud of their own in the node's data dir.
+    fake_cloud_url: Option<String>,
+}
+
+/// The server configuration from a node config file, and its demo workers.
+fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConfig, DemoWorkers)> {
     let file = node_config::NodeConfig::load(path)?;
     let me = file
         .peers
@@ -233,7 +266,10 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
         ),
         None => None,
     };
-    let workers = file.demo_workers;
+    let workers = DemoWorkers {
+        count: file.demo_workers,
+        fake_cloud_url: file.fake_cloud_url,
+    };
     Ok((
         ServerConfig {
             dc: file.dc,
@@ -285,9 +321,13 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let handle = coopr_server::start(config.clone()).await?;
         println!("coopr server listening on {}", handle.url());
         let mut stop = shutdown_on_signal();
-        if config.demo && workers > 0 {
+        if config.demo && workers.count > 0 {
             let id = format!("demo-{}", config.node);
             let state = config.data_dir.join("fake-cloud.json");
+            let machines = match &workers.fake_cloud_url {
+                Some(url) => demo::FakeMachines::Shared(url),
+                None => demo::FakeMachines::Own(&state),
+            };
             // The node's own API first; the others of its DC when it is unreachable.
             let mut servers = vec![handle.url()];
             servers.extend(
@@ -297,7 +337,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                     .filter(|m| m.node != config.node)
                     .map(|m| m.api.clone()),
             );
-            demo::spawn_fake_workers(servers, &id, workers, &state, 0, stop.clone())?;
+            demo::spawn_fake_workers(servers, &id, workers.count, machines, 0, stop.clone())?;
         }
         let _ = stop.wait_for(|s| *s).await;
         handle.shutdown().await;
@@ -331,6 +371,18 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The built-in plugins, with the `fake` provider on the shared cloud at `url` if given, else
+/// on `cloud`.
+pub fn builtin_plugins(cloud: FakeCloud, url: Option<&str>) -> anyhow::Result<PluginRegistry> {
+    Ok(match url {
+        Some(url) => {
+            let remote = RemoteCloud::new(url)?;
+            PluginRegistry::with_fake_backend(FakeBackend::Remote(remote), cloud)
+        }
+        None => PluginRegistry::with_builtins(cloud),
+    })
+}
+
 async fn run_provisioner(args: ProvisionerArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.fake_failure_rate) {
         anyhow::bail!("--fake-failure-rate must be between 0 and 1");
@@ -340,14 +392,35 @@ async fn run_provisioner(args: ProvisionerArgs) -> anyhow::Result<()> {
         args.fake_latency_ms,
         args.fake_failure_rate,
     )?;
-    let mut config =
-        ProvisionerConfig::new(args.servers, args.id, PluginRegistry::with_builtins(cloud));
+    let plugins = builtin_plugins(cloud, args.fake_cloud_url.as_deref())?;
+    let mut config = ProvisionerConfig::new(args.servers, args.id, plugins);
     config.capacity = args.capacity;
     config.api_key = args.api_key;
     config.tenant_id = args.tenant_id;
     config.poll_interval_ms = args.poll_interval_ms;
     config.validate()?;
     coopr_provisioner::run(config, shutdown_on_signal()).await
+}
+
+async fn run_fake_cloud(args: FakeCloudArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.failure_rate) {
+        anyhow::bail!("--failure-rate must be between 0 and 1");
+    }
+    if args.latency_ms > coopr_provisioner::fake::api::MAX_LATENCY_MS {
+        anyhow::bail!(
+            "--latency-ms must be at most {}",
+            coopr_provisioner::fake::api::MAX_LATENCY_MS
+        );
+    }
+    let cloud = fake_cloud(Some(&args.state), args.latency_ms, args.failure_rate)?;
+    let server = FakeCloudServer::start(cloud, &args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    println!("fake-cloud listening on {}", server.url());
+    let mut stop = shutdown_on_signal();
+    let _ = stop.wait_for(|s| *s).await;
+    server.shutdown().await?;
+    Ok(())
 }
 
 fn main() {
@@ -390,12 +463,21 @@ fn main() {
                             e.config.display()
                         );
                     }
+                    if let Some(addr) = node_config::fake_cloud_addr(&args) {
+                        println!(
+                            "fake cloud shared by every node: http://{addr} (curl http://{addr}/machines)"
+                        );
+                    }
                     println!("start them with {}/start.sh", args.out.display());
                 })
             }
             Command::Provisioner(args) => {
                 init_tracing("info");
                 run_provisioner(args).await
+            }
+            Command::FakeCloud(args) => {
+                init_tracing("info");
+                run_fake_cloud(args).await
             }
             Command::Demo(args) => {
                 init_tracing("warn,coopr_server=info");

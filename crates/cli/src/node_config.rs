@@ -60,6 +60,12 @@ pub struct NodeConfig {
     /// keys and catalog are still seeded, for external `coopr provisioner` processes). Default 4.
     #[serde(default = "default_demo_workers")]
     pub demo_workers: u32,
+    /// Base URL of the fake cloud the demo workers share with every other node and DC
+    /// (`coopr fake-cloud`, e.g. `http://127.0.0.1:7130`), so that one cloud sees every
+    /// machine of the deployment. Demo mode only. Default: none (each node's workers keep a
+    /// cloud of their own in `<data_dir>/fake-cloud.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fake_cloud_url: Option<String>,
     /// DC log entries between snapshots. Default 10000.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
@@ -227,6 +233,14 @@ impl NodeConfig {
         if self.demo_workers > 1024 {
             bail!("demo_workers: {} is outside 0..=1024", self.demo_workers);
         }
+        if let Some(url) = &self.fake_cloud_url {
+            if !is_http_url(url) {
+                bail!("fake_cloud_url: {url:?} is not an http:// URL");
+            }
+            if !self.demo {
+                bail!("fake_cloud_url: only used in demo mode, and demo is false");
+            }
+        }
         if self.peers.is_empty() {
             bail!("peers: at least this node must be listed");
         }
@@ -360,6 +374,14 @@ pub fn dc_name(d: u32) -> String {
         .unwrap_or_else(|| format!("dc{d}"))
 }
 
+/// Where the deployment's shared fake cloud listens (`--demo` only): the first port after the
+/// last site's, `base + 10 * sites`, so that it stays clear of every node's ports.
+pub fn fake_cloud_addr(args: &InitClusterArgs) -> Option<String> {
+    let sites = args.dcs + u32::from(args.witness);
+    let port = u32::from(args.base_port) + 10 * sites;
+    (args.demo && port <= 65_535).then(|| format!("127.0.0.1:{port}"))
+}
+
 /// Writes the deployment and returns the endpoints.
 pub fn init_cluster(
     args: &InitClusterArgs,
@@ -376,7 +398,7 @@ pub fn init_cluster(
         + 10 * (args.dcs - 1 + u32::from(args.witness))
         + 5
         + args.nodes_per_dc;
-    if top > 65_535 {
+    if top > 65_535 || (args.demo && fake_cloud_addr(args).is_none()) {
         bail!(
             "--base-port {} leaves no room for {} DCs",
             args.base_port,
@@ -418,6 +440,14 @@ pub fn init_cluster(
     write_private(&out.join("admin-key"), &format!("{admin_key}\n"))?;
     let mut endpoints = Vec::new();
     let mut script = String::from("#!/bin/sh\n# Starts every node of this deployment in the background; logs in <node>.log.\ncd \"$(dirname \"$0\")\"\nCOOPR=${COOPR:-coopr}\n");
+    let fake_cloud = fake_cloud_addr(args);
+    if let Some(addr) = &fake_cloud {
+        // Started first: the nodes' workers use it from their first task.
+        let _ = writeln!(
+            script,
+            "\"$COOPR\" fake-cloud --listen {addr} --state fake-cloud.json > fake-cloud.log 2>&1 &"
+        );
+    }
     for p in &peers {
         let config = NodeConfig {
             dc: p.dc.clone(),
@@ -430,6 +460,7 @@ pub fn init_cluster(
             task_timeout_secs: default_task_timeout(),
             demo: args.demo,
             demo_workers: default_demo_workers(),
+            fake_cloud_url: fake_cloud.as_ref().map(|addr| format!("http://{addr}")),
             snapshot_every: default_snapshot_every(),
             logs_kept_after_snapshot: default_logs_kept_after_snapshot(),
             election_timeout_min_ms: default_election_min(),
@@ -533,6 +564,43 @@ mod tests {
         assert_eq!(listed.len(), 6);
     }
 
+    /// `--demo` adds one fake cloud for the whole deployment: start.sh starts it first, on the
+    /// port after the last site's, with its state in the deployment dir, and every node's
+    /// config points its workers at it. Without `--demo` there is neither.
+    #[test]
+    fn init_cluster_demo_shares_one_fake_cloud() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = args(dir.path(), 2, 3);
+        two.witness = true;
+        let endpoints = init_cluster(&two, "0123456789abcdef0123", "k").unwrap();
+        for e in &endpoints {
+            let config = NodeConfig::load(&e.config).unwrap();
+            assert_eq!(
+                config.fake_cloud_url.as_deref(),
+                Some("http://127.0.0.1:7130"),
+                "{}",
+                e.node
+            );
+        }
+        let script = std::fs::read_to_string(dir.path().join("start.sh")).unwrap();
+        let line = "\"$COOPR\" fake-cloud --listen 127.0.0.1:7130 --state fake-cloud.json > fake-cloud.log 2>&1 &";
+        let position = script.find(line).unwrap_or_else(|| panic!("{script}"));
+        assert!(position < script.find(" server --config ").unwrap());
+
+        let plain = tempfile::tempdir().unwrap();
+        let mut no_demo = args(plain.path(), 1, 3);
+        no_demo.demo = false;
+        let endpoints = init_cluster(&no_demo, "0123456789abcdef0123", "k").unwrap();
+        assert_eq!(
+            NodeConfig::load(&endpoints[0].config)
+                .unwrap()
+                .fake_cloud_url,
+            None
+        );
+        let script = std::fs::read_to_string(plain.path().join("start.sh")).unwrap();
+        assert!(!script.contains("fake-cloud"), "{script}");
+    }
+
     /// Validation errors name the offending key.
     /// With several DCs the first node of each votes in the placement group; `--witness` adds
     /// a witness site that votes too and holds no data.
@@ -574,6 +642,17 @@ mod tests {
             (
                 "peers[2].api",
                 Box::new(|c| c.peers[2].api = "ftp://x".into()),
+            ),
+            (
+                "fake_cloud_url",
+                Box::new(|c| c.fake_cloud_url = Some("127.0.0.1:7130".into())),
+            ),
+            (
+                "fake_cloud_url",
+                Box::new(|c| {
+                    c.fake_cloud_url = Some("http://127.0.0.1:7130".into());
+                    c.demo = false;
+                }),
             ),
             (
                 "peers: datacenter",

@@ -581,7 +581,8 @@ fn spawn_writer(
 /// the global shard) and then of `b` (a replica of a's shards, the owner of its own) are killed
 /// with `kill -9` and restarted once their DC elected a new leader. Writes must keep being
 /// acknowledged in every phase (at least `per_phase`). Then every cluster reaches its final
-/// status, the DCs converge and every acknowledged create exists exactly once everywhere.
+/// status, the DCs converge and every acknowledged create exists exactly once everywhere; the
+/// fake cloud the three DCs share never created a machine twice.
 async fn leader_kills(rounds: usize, per_phase: usize) {
     let started = Instant::now();
     let mut dcs = ThreeDcs::start(3, None, &[("demo_workers", 1), ("task_timeout_secs", 10)]).await;
@@ -645,6 +646,7 @@ async fn leader_kills(rounds: usize, per_phase: usize) {
     }
     dcs.wait_converged(Duration::from_secs(60)).await;
     dcs.assert_exactly_once_everywhere(&acked).await;
+    dcs.assert_no_machine_created_twice().await;
     eprintln!("--- done in {:?}", started.elapsed());
 }
 

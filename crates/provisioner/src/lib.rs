@@ -7,7 +7,7 @@
 //!   ┌─────────┴────────────┴──── worker.rs: run() ──────┴─────────┐
 //!   │ client.rs: HTTP, Coopr-ApiKey, server rotation               │
 //!   │ plugin.rs: route(task) ──► PluginRegistry ──► PluginResult   │
-//!   │   providers:  fake (fake.rs: FakeCloud), exec (exec.rs), ... │
+//!   │   providers:  fake (fake/: local or shared), exec (exec.rs)  │
 //!   │   automators: fake, exec, ...                                │
 //!   └──────────────────────────────────────────────────────────────┘
 //! ```
@@ -46,7 +46,8 @@ pub use client::{ClientError, ProvisionerClient, API_KEY_HEADER};
 pub use config::{ConfigError, ProvisionerConfig};
 pub use exec::{ExecPlugin, ExecProgram};
 pub use fake::{
-    FakeAutomator, FakeCloud, FakeCloudError, FakeCloudOptions, FakeMachine, FakeProvider,
+    FakeAutomator, FakeBackend, FakeBackendError, FakeCloud, FakeCloudError, FakeCloudOptions,
+    FakeCloudServer, FakeMachine, FakeProvider, RemoteCloud, RemoteCloudError, RetryPolicy,
     XorShift64,
 };
 pub use plugin::{route, Plugin, PluginFuture, PluginRegistry, PluginResult, Route, RouteError};

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::exec::ExecPlugin;
-use crate::fake::{FakeAutomator, FakeCloud, FakeProvider};
+use crate::fake::{FakeAutomator, FakeBackend, FakeCloud, FakeProvider};
 
 /// The future a plugin returns; it may borrow the plugin and the task.
 pub type PluginFuture<'a> = Pin<Box<dyn Future<Output = PluginResult> + Send + 'a>>;
@@ -181,9 +181,16 @@ impl PluginRegistry {
     /// The built-in plugins: the `fake` provider and `fake` automator backed by `cloud`, and the
     /// `exec` provider and automator that run the script the task names.
     pub fn with_builtins(cloud: FakeCloud) -> Self {
+        Self::with_fake_backend(FakeBackend::Local(cloud.clone()), cloud)
+    }
+
+    /// The built-in plugins, with the `fake` provider's machines in `backend` (a cloud shared
+    /// over HTTP, say); the `fake` automator, which needs no machine, takes its default latency
+    /// and failure rate from `automator_cloud`.
+    pub fn with_fake_backend(backend: FakeBackend, automator_cloud: FakeCloud) -> Self {
         let mut registry = Self::new();
-        registry.register_provider(Arc::new(FakeProvider::new(cloud.clone())));
-        registry.register_automator(Arc::new(FakeAutomator::new(cloud)));
+        registry.register_provider(Arc::new(FakeProvider::on(backend)));
+        registry.register_automator(Arc::new(FakeAutomator::new(automator_cloud)));
         registry.register_provider(Arc::new(ExecPlugin::from_task("exec")));
         registry.register_automator(Arc::new(ExecPlugin::from_task("exec")));
         registry

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use coopr_provisioner::{
-    run, FakeCloud, FakeCloudOptions, PluginRegistry, ProvisionerConfig, API_KEY_HEADER,
+    run, FakeBackend, FakeCloud, FakeCloudOptions, FakeCloudServer, PluginRegistry,
+    ProvisionerConfig, RemoteCloud, API_KEY_HEADER,
 };
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -338,4 +339,49 @@ async fn rejected_registration_is_an_error() {
     .expect("run returns");
     let error = format!("{:#}", outcome.expect_err("registration rejected"));
     assert!(error.contains("400"), "{error}");
+}
+
+/// A provisioner whose `fake` provider uses a shared cloud over HTTP: a CREATE the server
+/// issues twice for one node (as after a worker timeout, or by another DC after a failover)
+/// is finished twice with the same machine, which the shared cloud created once.
+#[tokio::test]
+async fn workers_use_a_shared_cloud_over_http() {
+    let shared: Shared = Arc::default();
+    let create = task(
+        "00000001-001-001",
+        "CREATE",
+        json!({"nodenum": 1000, "provider": {"providertype": "fake", "provisioner": {}}}),
+    );
+    lock(&shared).queue.extend([create.clone(), create]);
+    let live = start_server(shared.clone()).await;
+    let cloud = FakeCloud::default();
+    let cloud_server = FakeCloudServer::start(cloud.clone(), "127.0.0.1:0")
+        .await
+        .expect("start the fake cloud");
+    let remote = RemoteCloud::new(&cloud_server.url()).expect("fake cloud URL");
+    let mut config = config(vec![live], FakeCloud::default());
+    config.plugins =
+        PluginRegistry::with_fake_backend(FakeBackend::Remote(remote), FakeCloud::default());
+    let (stop, shutdown) = watch::channel(false);
+    let provisioner = tokio::spawn(run(config, shutdown));
+
+    wait_until("two finishes", &shared, |s| s.finishes.len() == 2).await;
+    stop.send(true).expect("provisioner listening");
+    tokio::time::timeout(WAIT, provisioner)
+        .await
+        .expect("provisioner stops promptly")
+        .expect("provisioner task")
+        .expect("provisioner result");
+    cloud_server.shutdown().await.expect("fake cloud shutdown");
+
+    let server = lock(&shared);
+    for finish in &server.finishes {
+        assert_eq!(finish["status"], json!(0), "{finish}");
+        assert_eq!(finish["result"]["providerid"], json!("fake-1"));
+        assert_eq!(finish["hostname"], json!("node-1000.coopr.local"));
+    }
+    let machine = cloud
+        .record("node-1")
+        .expect("the shared cloud has the machine");
+    assert_eq!((machine.alive, machine.creates), (true, 1));
 }

@@ -156,6 +156,10 @@ pub struct Deployment {
     pub out: PathBuf,
     pub nodes: Vec<Node>,
     pub http: reqwest::Client,
+    /// The fake cloud every node's demo workers share (`coopr fake-cloud`, as `start.sh`
+    /// starts it), at the deployment's `fake_cloud_url`.
+    pub fake_cloud: Process,
+    pub fake_cloud_url: String,
 }
 
 impl Deployment {
@@ -175,7 +179,8 @@ impl Deployment {
     ) -> Deployment {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("deployment");
-        let base = free_base_port(10 * dcs);
+        // The DCs' ports, and the shared fake cloud's on the port after them.
+        let base = free_base_port(10 * dcs + 1);
         let mut init = Command::new(BIN);
         init.args(["init-cluster", "--dcs", &dcs.to_string()])
             .args(["--nodes-per-dc", &nodes_per_dc.to_string()])
@@ -219,10 +224,28 @@ impl Deployment {
             });
         }
         assert_eq!(nodes.len(), usize::from(dcs * nodes_per_dc));
+        let fake_cloud_address = format!("127.0.0.1:{}", base + 10 * dcs);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("fake-cloud.log"))
+            .expect("log file");
+        let fake_cloud = Process(
+            Command::new(BIN)
+                .args(["fake-cloud", "--listen", &fake_cloud_address, "--state"])
+                .arg(out.join("fake-cloud.json"))
+                .env("COOPR_LOG", "info")
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("start coopr fake-cloud"),
+        );
         Deployment {
             dir,
             out,
             nodes,
+            fake_cloud,
+            fake_cloud_url: format!("http://{fake_cloud_address}"),
             http: reqwest::Client::builder()
                 .timeout(CLIENT_TIMEOUT)
                 .build()
@@ -329,6 +352,36 @@ impl Deployment {
 
     pub async fn status(&self, i: usize) -> Option<Value> {
         get_json(&self.http, &format!("{}/status", self.nodes[i].api), &[]).await
+    }
+
+    /// Asserts that the shared fake cloud never created a machine twice for one node: every
+    /// node id it knows was created once (a task re-issued after a kill found the machine the
+    /// first attempt made) and deleted at most once.
+    pub async fn assert_no_machine_created_twice(&self) {
+        let list: Value = self
+            .http
+            .get(format!("{}/machines", self.fake_cloud_url))
+            .send()
+            .await
+            .expect("GET /machines of the fake cloud")
+            .json()
+            .await
+            .expect("machine list JSON");
+        let machines = list["machines"].as_array().expect("machines");
+        assert!(!machines.is_empty(), "the fake cloud made no machine");
+        eprintln!(
+            "--- fake cloud: {} machines, each created once ({} alive)",
+            machines.len(),
+            list["machinesAlive"]
+        );
+        for machine in machines {
+            assert_eq!(machine["creates"], json!(1), "created twice: {machine}");
+            assert!(machine["deletes"].as_u64() <= Some(1), "{machine}");
+        }
+        assert_eq!(
+            list["machinesCreated"].as_u64(),
+            Some(machines.len() as u64)
+        );
     }
 
     /// Waits until every running node answers `GET /ready` with 200.

@@ -1,16 +1,24 @@
 //! The built-in `fake` provider and `fake` automator, for tests, demos and simulation.
 //!
 //! ```text
-//!   CREATE  ──► FakeProvider ──► FakeCloud { node id ─► FakeMachine }   (create is idempotent)
-//!   CONFIRM ──►                  exists? success : failure
-//!   DELETE  ──►                  remove (idempotent)
+//!   CREATE  ──► FakeProvider ──► FakeBackend ──► Local:  FakeCloud { node id ─► FakeMachine }
+//!   CONFIRM ──►                      │                   (create is idempotent per node id)
+//!   DELETE  ──►                      └─────────► Remote: RemoteCloud ──HTTP──► server.rs
+//!                                                        (one FakeCloud shared by every DC)
 //!   INSTALL ... ──► FakeAutomator: sleep, maybe fail, "fake: install mysql on host"
 //! ```
 //!
 //! Machines are keyed by the task's `nodeId`, so a CREATE the server re-issues (after a worker
 //! timeout, say) finds the machine the first attempt made instead of making another one:
-//! [`FakeCloud::machines_created`] counts creations ever, which is what tests use to prove it.
+//! [`FakeCloud::machines_created`] counts creations ever, and every node id keeps its own
+//! counts of creates and deletes ([`FakeMachine::creates`]), which is what tests use to prove it.
 //! [`FakeCloud::open`] keeps the machines in a JSON file so this holds across provisioner restarts.
+//!
+//! One cloud per provisioner process cannot show what happens across datacenters: when a DC
+//! fails over, another DC's provisioners finish its operations, and only a cloud they all share
+//! can tell whether a machine was made twice or left behind. `coopr fake-cloud` serves one
+//! [`FakeCloud`] over HTTP ([`server`]); provisioners given its URL use it through
+//! [`RemoteCloud`] ([`remote`]), with the same provider logic as the in-process cloud.
 //!
 //! Latency and failures are injected per task: `config.provider.provisioner.latency_ms` /
 //! `failure_rate` for the provider, `config.service.action.fields.latency_ms` / `failure_rate`
@@ -27,6 +35,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::plugin::{number_at, str_at, Plugin, PluginFuture, PluginResult};
+
+pub mod api;
+pub mod remote;
+pub mod server;
+
+pub use api::{CreateAnswer, CreateRequest, Injection, MachineList};
+pub use remote::{RemoteCloud, RemoteCloudError, RetryPolicy};
+pub use server::FakeCloudServer;
 
 /// Defaults for injected behaviour, used when a task does not set its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,7 +65,11 @@ impl Default for FakeCloudOptions {
     }
 }
 
-/// One simulated machine.
+/// One node id's machine: the live one, or the last one it had after a delete.
+///
+/// The counts are what a test checks to prove that no machine was made twice (`creates` stays
+/// 1 through retried CREATEs) or leaked (`alive` is false after the cluster's delete). State
+/// files written before the counts existed held live machines only, hence the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FakeMachine {
@@ -59,6 +79,24 @@ pub struct FakeMachine {
     pub hostname: String,
     /// `access_v4` and `bind_v4`, both `10.x.y.z`.
     pub ipaddresses: Map<String, Value>,
+    /// Whether the machine exists now (false once deleted). Default true.
+    #[serde(default = "default_alive")]
+    pub alive: bool,
+    /// Machines actually created for this node id: a CREATE for a live machine does not count,
+    /// a CREATE after a delete does. Default 1.
+    #[serde(default = "default_creates")]
+    pub creates: u64,
+    /// Deletes of a live machine of this node id (a DELETE of nothing does not count). Default 0.
+    #[serde(default)]
+    pub deletes: u64,
+}
+
+fn default_alive() -> bool {
+    true
+}
+
+fn default_creates() -> u64 {
+    1
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +116,9 @@ pub enum FakeCloudError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Drawn before the operation had any effect; retrying may succeed.
+    #[error("injected failure (failure_rate={failure_rate})")]
+    InjectedFailure { failure_rate: f64 },
 }
 
 /// The xorshift64 generator (Marsaglia 2003): deterministic, dependency-free, good enough to
@@ -125,9 +166,10 @@ impl XorShift64 {
 }
 
 /// What is kept on disk.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Snapshot {
+    /// Every node id ever seen, alive or not.
     machines: BTreeMap<String, FakeMachine>,
     machines_created: u64,
 }
@@ -217,11 +259,33 @@ impl FakeCloud {
 
     /// Machines that exist now.
     pub fn machines_alive(&self) -> usize {
-        self.lock().snapshot.machines.len()
+        self.lock()
+            .snapshot
+            .machines
+            .values()
+            .filter(|m| m.alive)
+            .count()
     }
 
+    /// The node's live machine.
     pub fn machine(&self, node_id: &str) -> Option<FakeMachine> {
+        self.record(node_id).filter(|m| m.alive)
+    }
+
+    /// The node's machine, live or deleted, with its counts.
+    pub fn record(&self, node_id: &str) -> Option<FakeMachine> {
         self.lock().snapshot.machines.get(node_id).cloned()
+    }
+
+    /// Every node id ever seen, by node id, with the totals.
+    pub fn machines(&self) -> MachineList {
+        let state = self.lock();
+        let machines: Vec<FakeMachine> = state.snapshot.machines.values().cloned().collect();
+        MachineList {
+            machines_created: state.snapshot.machines_created,
+            machines_alive: machines.iter().filter(|m| m.alive).count(),
+            machines,
+        }
     }
 
     pub fn options(&self) -> FakeCloudOptions {
@@ -240,16 +304,68 @@ impl FakeCloud {
         self.lock().rng.chance(rate)
     }
 
-    /// Returns the node's machine, creating it if there is none; `true` if it was created now.
+    /// CREATE: sleeps the latency, draws a failure, then returns the node's live machine,
+    /// creating one if there is none (`created` says which).
+    pub async fn create_machine(
+        &self,
+        node_id: &str,
+        request: &CreateRequest,
+    ) -> Result<CreateAnswer, FakeCloudError> {
+        self.inject(request.injection()).await?;
+        self.create(node_id, |number| hostname_for(request, number))
+    }
+
+    /// CONFIRM: sleeps the latency, draws a failure, then returns the node's live machine.
+    pub async fn confirm_machine(
+        &self,
+        node_id: &str,
+        injection: Injection,
+    ) -> Result<Option<FakeMachine>, FakeCloudError> {
+        self.inject(injection).await?;
+        Ok(self.machine(node_id))
+    }
+
+    /// DELETE: sleeps the latency, draws a failure, then deletes the node's live machine,
+    /// returning it (`None`: there was nothing to delete, which is fine).
+    pub async fn delete_machine(
+        &self,
+        node_id: &str,
+        injection: Injection,
+    ) -> Result<Option<FakeMachine>, FakeCloudError> {
+        self.inject(injection).await?;
+        self.delete(node_id)
+    }
+
+    /// Sleeps the latency and draws a failure, with the cloud's defaults where `injection` has
+    /// none; an error is the injected failure.
+    pub async fn inject(&self, injection: Injection) -> Result<(), FakeCloudError> {
+        let defaults = self.options();
+        let latency_ms = injection.latency_ms.unwrap_or(defaults.latency_ms);
+        let failure_rate = injection.failure_rate.unwrap_or(defaults.failure_rate);
+        if latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+        }
+        if self.roll_failure(failure_rate) {
+            return Err(FakeCloudError::InjectedFailure { failure_rate });
+        }
+        Ok(())
+    }
+
+    /// Returns the node's live machine, creating it if there is none.
     fn create(
         &self,
         node_id: &str,
         hostname: impl FnOnce(u64) -> String,
-    ) -> Result<(FakeMachine, bool), FakeCloudError> {
+    ) -> Result<CreateAnswer, FakeCloudError> {
         let mut state = self.lock();
-        if let Some(machine) = state.snapshot.machines.get(node_id) {
-            return Ok((machine.clone(), false));
+        let known = state.snapshot.machines.get(node_id);
+        if let Some(machine) = known.filter(|m| m.alive) {
+            return Ok(CreateAnswer {
+                machine: machine.clone(),
+                created: false,
+            });
         }
+        let (creates, deletes) = known.map_or((0, 0), |m| (m.creates, m.deletes));
         let number = state.snapshot.machines_created + 1;
         let address = ipv4_for(number);
         let machine = FakeMachine {
@@ -260,48 +376,38 @@ impl FakeCloud {
                 ("access_v4".to_string(), json!(address)),
                 ("bind_v4".to_string(), json!(address)),
             ]),
+            alive: true,
+            creates: creates + 1,
+            deletes,
         };
-        let mut next = Snapshot {
-            machines: state.snapshot.machines.clone(),
-            machines_created: number,
-        };
+        let mut next = state.snapshot.clone();
+        next.machines_created = number;
         next.machines.insert(node_id.to_string(), machine.clone());
         state.commit(next)?;
-        Ok((machine, true))
+        Ok(CreateAnswer {
+            machine,
+            created: true,
+        })
     }
 
-    /// Removes the node's machine, returning it if there was one.
+    /// Marks the node's live machine deleted, returning it if there was one.
     fn delete(&self, node_id: &str) -> Result<Option<FakeMachine>, FakeCloudError> {
         let mut state = self.lock();
-        if !state.snapshot.machines.contains_key(node_id) {
+        let Some(live) = state.snapshot.machines.get(node_id).filter(|m| m.alive) else {
             return Ok(None);
-        }
-        let mut next = Snapshot {
-            machines: state.snapshot.machines.clone(),
-            machines_created: state.snapshot.machines_created,
         };
-        let removed = next.machines.remove(node_id);
+        let removed = live.clone();
+        let mut next = state.snapshot.clone();
+        next.machines.insert(
+            node_id.to_string(),
+            FakeMachine {
+                alive: false,
+                deletes: removed.deletes + 1,
+                ..removed.clone()
+            },
+        );
         state.commit(next)?;
-        Ok(removed)
-    }
-
-    /// Sleeps the latency and draws a failure, using the task's settings under `pointer_prefix`
-    /// when present; returns the failure to report, if one was drawn.
-    async fn simulate(&self, task: &Value, pointer_prefix: &str) -> Option<PluginResult> {
-        let defaults = self.options();
-        let latency_ms = number_at(task, &format!("{pointer_prefix}/latency_ms"))
-            .map(|ms| ms.max(0.0) as u64)
-            .unwrap_or(defaults.latency_ms);
-        let failure_rate = number_at(task, &format!("{pointer_prefix}/failure_rate"))
-            .unwrap_or(defaults.failure_rate);
-        if latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(latency_ms)).await;
-        }
-        self.roll_failure(failure_rate).then(|| {
-            PluginResult::failure(format!(
-                "fake: injected failure (failure_rate={failure_rate})"
-            ))
-        })
+        Ok(Some(removed))
     }
 }
 
@@ -328,20 +434,48 @@ fn persist(path: &Path, snapshot: &Snapshot) -> Result<(), FakeCloudError> {
 
 /// The hostname for a new machine: the task's `config.hostname` when the server assigned one,
 /// else `<cluster name or "node">-<nodenum or n>.<dnsSuffix or "coopr.local">`.
-fn hostname_for(task: &Value, number: u64) -> String {
-    if let Some(hostname) = str_at(task, "/config/hostname") {
-        return hostname.to_string();
+fn hostname_for(request: &CreateRequest, number: u64) -> String {
+    if let Some(hostname) = &request.hostname {
+        return hostname.clone();
     }
-    let prefix = str_at(task, "/config/clustername")
-        .or_else(|| str_at(task, "/config/clusterName"))
-        .unwrap_or("node");
-    let nodenum = number_at(task, "/config/nodenum")
-        .map(|n| n as u64)
-        .unwrap_or(number);
-    let suffix = str_at(task, "/config/dnsSuffix")
-        .or_else(|| str_at(task, "/config/dnssuffix"))
-        .unwrap_or("coopr.local");
+    let prefix = request.cluster_name.as_deref().unwrap_or("node");
+    let nodenum = request.nodenum.unwrap_or(number);
+    let suffix = request.dns_suffix.as_deref().unwrap_or("coopr.local");
     format!("{prefix}-{nodenum}.{suffix}")
+}
+
+/// What a CREATE task asks of the cloud: the parts of its hostname and its injection overrides.
+fn create_request(task: &Value) -> CreateRequest {
+    let name = |pointers: &[&str]| {
+        pointers
+            .iter()
+            .find_map(|p| str_at(task, p))
+            .map(str::to_string)
+    };
+    let injection = injection_at(task, PROVIDER_INJECTION);
+    CreateRequest {
+        hostname: name(&["/config/hostname"]),
+        cluster_name: name(&["/config/clustername", "/config/clusterName"]),
+        nodenum: number_at(task, "/config/nodenum").map(|n| n.max(0.0) as u64),
+        dns_suffix: name(&["/config/dnsSuffix", "/config/dnssuffix"]),
+        latency_ms: injection.latency_ms,
+        failure_rate: injection.failure_rate,
+    }
+}
+
+/// Where a provider task carries its injection overrides.
+const PROVIDER_INJECTION: &str = "/config/provider/provisioner";
+/// Where a service task carries its injection overrides.
+const AUTOMATOR_INJECTION: &str = "/config/service/action/fields";
+
+/// The task's `latency_ms` and `failure_rate` under `pointer_prefix`, when present. Numeric
+/// strings count, as Coopr accepts them; a negative latency is 0.
+fn injection_at(task: &Value, pointer_prefix: &str) -> Injection {
+    Injection {
+        latency_ms: number_at(task, &format!("{pointer_prefix}/latency_ms"))
+            .map(|ms| ms.max(0.0) as u64),
+        failure_rate: number_at(task, &format!("{pointer_prefix}/failure_rate")),
+    }
 }
 
 fn machine_result(machine: &FakeMachine, stdout: String) -> PluginResult {
@@ -361,73 +495,140 @@ fn task_name(task: &Value) -> Option<TaskName> {
         .and_then(TaskName::parse_ignore_case)
 }
 
-/// The `fake` provider plugin: CREATE, CONFIRM and DELETE against a [`FakeCloud`].
+/// Where the `fake` provider's machines live: a cloud in this process, or the one cloud every
+/// datacenter shares, over HTTP. Both keep the same promises (create idempotent per node id,
+/// delete idempotent, failures injected before any effect).
+#[derive(Debug, Clone)]
+pub enum FakeBackend {
+    Local(FakeCloud),
+    Remote(RemoteCloud),
+}
+
+/// Why a backend call failed; the task fails with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeBackendError {
+    #[error(transparent)]
+    Local(#[from] FakeCloudError),
+    #[error(transparent)]
+    Remote(#[from] RemoteCloudError),
+}
+
+impl FakeBackend {
+    async fn create(
+        &self,
+        node_id: &str,
+        request: &CreateRequest,
+    ) -> Result<CreateAnswer, FakeBackendError> {
+        Ok(match self {
+            FakeBackend::Local(cloud) => cloud.create_machine(node_id, request).await?,
+            FakeBackend::Remote(cloud) => cloud.create(node_id, request).await?,
+        })
+    }
+
+    async fn confirm(
+        &self,
+        node_id: &str,
+        injection: Injection,
+    ) -> Result<Option<FakeMachine>, FakeBackendError> {
+        Ok(match self {
+            FakeBackend::Local(cloud) => cloud.confirm_machine(node_id, injection).await?,
+            FakeBackend::Remote(cloud) => cloud.confirm(node_id, injection).await?,
+        })
+    }
+
+    async fn delete(
+        &self,
+        node_id: &str,
+        injection: Injection,
+    ) -> Result<Option<FakeMachine>, FakeBackendError> {
+        Ok(match self {
+            FakeBackend::Local(cloud) => cloud.delete_machine(node_id, injection).await?,
+            FakeBackend::Remote(cloud) => cloud.delete(node_id, injection).await?,
+        })
+    }
+}
+
+/// The `fake` provider plugin: CREATE, CONFIRM and DELETE against a [`FakeBackend`].
 #[derive(Debug, Clone)]
 pub struct FakeProvider {
-    cloud: FakeCloud,
+    backend: FakeBackend,
 }
 
 impl FakeProvider {
+    /// A provider on a cloud in this process.
     pub fn new(cloud: FakeCloud) -> Self {
-        FakeProvider { cloud }
+        Self::on(FakeBackend::Local(cloud))
+    }
+
+    pub fn on(backend: FakeBackend) -> Self {
+        FakeProvider { backend }
     }
 
     async fn run_task(&self, task: &Value) -> PluginResult {
         let Some(node_id) = str_at(task, "/nodeId") else {
             return PluginResult::failure("fake: task has no nodeId");
         };
-        let name = task_name(task);
-        if let Some(failure) = self
-            .cloud
-            .simulate(task, "/config/provider/provisioner")
-            .await
-        {
-            return failure;
-        }
-        let outcome = match name {
-            Some(TaskName::Create) => {
-                self.cloud
-                    .create(node_id, |n| hostname_for(task, n))
-                    .map(|(machine, created)| {
-                        let verb = if created { "created" } else { "found existing" };
-                        let stdout = format!(
-                            "fake: {verb} {} ({}) for node {node_id}",
-                            machine.provider_id, machine.hostname
-                        );
-                        machine_result(&machine, stdout)
-                    })
-            }
-            Some(TaskName::Confirm) => Ok(match self.cloud.machine(node_id) {
-                Some(machine) => machine_result(
-                    &machine,
-                    format!("fake: {} is running", machine.provider_id),
-                ),
-                // Several provisioner processes (one per server of a DC in the demo) each keep
-                // their own copy of the one simulated cloud: a machine another one created is
-                // known by the provider id the server passes along.
-                None => match str_at(task, "/config/providerid")
-                    .filter(|id| id.starts_with("fake-"))
-                {
-                    Some(id) => PluginResult::success(format!(
-                        "fake: {id} is running (created by another provisioner)"
-                    )),
-                    None => PluginResult::failure(format!("fake: no machine for node {node_id}")),
-                },
-            }),
-            Some(TaskName::Delete) => self.cloud.delete(node_id).map(|removed| match removed {
-                Some(machine) => {
-                    PluginResult::success(format!("fake: deleted {}", machine.provider_id))
-                }
-                None => PluginResult::success(format!(
-                    "fake: no machine for node {node_id}; nothing to delete"
-                )),
-            }),
+        let outcome = match task_name(task) {
+            Some(TaskName::Create) => self.create(task, node_id).await,
+            Some(TaskName::Confirm) => self.confirm(task, node_id).await,
+            Some(TaskName::Delete) => self.delete(task, node_id).await,
             _ => Ok(PluginResult::failure(format!(
                 "fake provider cannot run task {:?}",
                 task.get("taskName").unwrap_or(&Value::Null)
             ))),
         };
         outcome.unwrap_or_else(|e| PluginResult::failure(format!("fake: {e}")))
+    }
+
+    async fn create(&self, task: &Value, node_id: &str) -> Result<PluginResult, FakeBackendError> {
+        let answer = self.backend.create(node_id, &create_request(task)).await?;
+        let machine = &answer.machine;
+        let verb = if answer.created {
+            "created"
+        } else {
+            "found existing"
+        };
+        let stdout = format!(
+            "fake: {verb} {} ({}) for node {node_id}",
+            machine.provider_id, machine.hostname
+        );
+        Ok(machine_result(machine, stdout))
+    }
+
+    async fn confirm(&self, task: &Value, node_id: &str) -> Result<PluginResult, FakeBackendError> {
+        let injection = injection_at(task, PROVIDER_INJECTION);
+        if let Some(machine) = self.backend.confirm(node_id, injection).await? {
+            let stdout = format!("fake: {} is running", machine.provider_id);
+            return Ok(machine_result(&machine, stdout));
+        }
+        // Several provisioner processes with clouds of their own (one per server of a DC in a
+        // deployment without a shared cloud) each keep a copy of the one simulated cloud: a
+        // machine another one created is known by the provider id the server passes along. A
+        // shared cloud knows every machine, so there its answer stands.
+        let vouched = match &self.backend {
+            FakeBackend::Local(_) => {
+                str_at(task, "/config/providerid").filter(|id| id.starts_with("fake-"))
+            }
+            FakeBackend::Remote(_) => None,
+        };
+        Ok(match vouched {
+            Some(id) => PluginResult::success(format!(
+                "fake: {id} is running (created by another provisioner)"
+            )),
+            None => PluginResult::failure(format!("fake: no machine for node {node_id}")),
+        })
+    }
+
+    async fn delete(&self, task: &Value, node_id: &str) -> Result<PluginResult, FakeBackendError> {
+        let injection = injection_at(task, PROVIDER_INJECTION);
+        Ok(match self.backend.delete(node_id, injection).await? {
+            Some(machine) => {
+                PluginResult::success(format!("fake: deleted {}", machine.provider_id))
+            }
+            None => PluginResult::success(format!(
+                "fake: no machine for node {node_id}; nothing to delete"
+            )),
+        })
     }
 }
 
@@ -443,6 +644,9 @@ impl Plugin for FakeProvider {
 
 /// The `fake` automator plugin: every service task (and bootstrap) sleeps the latency, maybe
 /// fails, and otherwise succeeds with `fake: <action> <service> on <host>`.
+///
+/// It needs no machine, so it always runs on a cloud in this process, which only supplies the
+/// default latency and failure rate and the generator that draws failures.
 #[derive(Debug, Clone)]
 pub struct FakeAutomator {
     cloud: FakeCloud,
@@ -454,12 +658,12 @@ impl FakeAutomator {
     }
 
     async fn run_task(&self, task: &Value) -> PluginResult {
-        if let Some(failure) = self
+        if let Err(e) = self
             .cloud
-            .simulate(task, "/config/service/action/fields")
+            .inject(injection_at(task, AUTOMATOR_INJECTION))
             .await
         {
-            return failure;
+            return PluginResult::failure(format!("fake: {e}"));
         }
         let action = task
             .get("taskName")
@@ -539,6 +743,44 @@ mod tests {
 
         provider.run(&provider_task("CREATE", "n1")).await;
         assert_eq!((cloud.machines_created(), cloud.machines_alive()), (2, 1));
+    }
+
+    /// Each node id keeps its counts: a retried CREATE of a live machine is no create, a
+    /// recreate after a delete is the second one, a DELETE of nothing is no delete; a deleted
+    /// machine stays listed, not alive.
+    #[tokio::test]
+    async fn counts_creates_and_deletes_per_node() {
+        let cloud = FakeCloud::default();
+        let provider = FakeProvider::new(cloud.clone());
+        for name in ["CREATE", "CREATE", "DELETE", "DELETE", "CREATE"] {
+            assert!(provider.run(&provider_task(name, "n1")).await.is_success());
+        }
+        provider.run(&provider_task("CREATE", "n2")).await;
+        provider.run(&provider_task("DELETE", "n2")).await;
+        let n1 = cloud.record("n1").expect("n1 known");
+        assert_eq!((n1.alive, n1.creates, n1.deletes), (true, 2, 1));
+        assert_eq!(n1.provider_id, "fake-2");
+        let n2 = cloud.record("n2").expect("n2 known");
+        assert_eq!((n2.alive, n2.creates, n2.deletes), (false, 1, 1));
+        assert!(cloud.machine("n2").is_none());
+        let list = cloud.machines();
+        assert_eq!((list.machines_created, list.machines_alive), (3, 1));
+        let nodes: Vec<&str> = list.machines.iter().map(|m| m.node_id.as_str()).collect();
+        assert_eq!(nodes, ["n1", "n2"]);
+    }
+
+    /// A state file written before the counts existed (live machines only) reads as live
+    /// machines created once.
+    #[test]
+    fn reads_state_files_without_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cloud.json");
+        let old = json!({"machinesCreated": 1, "machines": {"n1": {"nodeId": "n1",
+            "providerId": "fake-1", "hostname": "h", "ipaddresses": {}}}});
+        std::fs::write(&path, old.to_string()).expect("write");
+        let cloud = FakeCloud::open(&path).expect("open");
+        let n1 = cloud.machine("n1").expect("alive");
+        assert_eq!((n1.alive, n1.creates, n1.deletes), (true, 1, 0));
     }
 
     /// The hostname is derived from the cluster name, nodenum and DNS suffix the server sends, and a
