@@ -1387,3 +1387,59 @@ async fn a_cut_off_dc_fails_over_and_reports_what_it_wrote_alone() {
     );
     deployment.stop().await;
 }
+
+/// A DC that stops (all of its processes, as with `kill -9` of a one-node DC) fails over like a
+/// cut-off one; restarted on its data, it learns the higher epochs, its copies become replicas
+/// of the new owners, and every DC converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_dc_fails_over_and_rejoins_when_restarted() {
+    const LEASE_MS: u64 = 900;
+    let mut deployment = Deployment::start_with(|c| {
+        c.lease_ms = LEASE_MS;
+        c.max_clock_offset_ms = 100;
+    })
+    .await;
+    let created: Vec<String> = {
+        let a = deployment.dc("a");
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(a.create_cluster("base", 1).await);
+        }
+        Worker::register(a, "p-a", "w1").await.drive().await;
+        ids
+    };
+    wait_for("replicas to converge", || converged(&deployment)).await;
+    deployment.stop_dc("a").await;
+    let stopped = std::time::Instant::now();
+    let b = deployment.dc("b");
+    wait_for("a's shards to have new owners", || async {
+        let map = map_of(b).await;
+        map.iter().all(|(owner, _, _)| owner != "a").then_some(())
+    })
+    .await;
+    tracing::info!(after = ?stopped.elapsed(), "failover done");
+    // Every cluster a created (and replicated) is served, and writable, at its new owner.
+    for (n, id) in created.iter().enumerate() {
+        let key = format!("after-stop-{n}");
+        wait_for("a write to a's cluster", || async {
+            let reply = try_set_expire(b, id, 4_200_000_000_000, &key).await;
+            (reply.0 == 200).then_some(())
+        })
+        .await;
+    }
+    deployment.restart("a").await;
+    wait_for("every DC to converge", || converged(&deployment)).await;
+    let a = deployment.dc("a");
+    let report = a.get("/v2/admin/lost-operations", &Auth::Superadmin).await;
+    assert_eq!(
+        report.assert_ok()["total"],
+        0,
+        "a lost nothing: {}",
+        report.text
+    );
+    for id in &created {
+        let row = a.get(&format!("/v2/clusters/{id}"), &Auth::Demo).await;
+        assert_eq!(row.assert_ok()["expireTime"], 4_200_000_000_000u64);
+    }
+    deployment.stop().await;
+}
