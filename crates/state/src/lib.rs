@@ -17,7 +17,7 @@ pub mod replication;
 pub use command::*;
 pub use error::CommandError;
 pub use machine::*;
-pub use ownership::{resumed_run, LostOperation, LOST_OPERATIONS_CAPACITY};
+pub use ownership::{resumed_run, LostOperation, IDS_PER_EPOCH, LOST_OPERATIONS_CAPACITY};
 pub use persist::{
     decode_entry, decode_parts, encode_entry, encode_parts, recover, snapshot_of, PersistError,
     Recovered,

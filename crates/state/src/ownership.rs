@@ -28,6 +28,14 @@ use crate::replication::{
 };
 use crate::{CommandError, CommandResult, Outcome, State, TenantCatalog};
 
+/// Cluster numbers (`n` of `id = shard + S * n`) a new owner skips to per epoch: epoch `e`
+/// allocates from `e * IDS_PER_EPOCH` on. After a failover the old owner may have created
+/// clusters the new owner never heard of (they are in the old owner's lost-operations report);
+/// their IDs, and the node IDs derived from them (which providers use as idempotency keys),
+/// must never name another cluster. An epoch that creates more than this many clusters in one
+/// shard before the next ownership change would run into the next epoch's range.
+pub const IDS_PER_EPOCH: u64 = 1_000_000;
+
 /// How many lost operations a DC's report keeps (the oldest are dropped first; the total counts
 /// every one).
 pub const LOST_OPERATIONS_CAPACITY: usize = 10_000;
@@ -471,6 +479,9 @@ impl State {
                 resumed.push(run.job.id);
             }
             clusters.insert(id, record);
+        }
+        if outbox.epoch > 1 {
+            next_n = next_n.max(outbox.epoch.saturating_mul(IDS_PER_EPOCH));
         }
         self.replicas.remove(&shard);
         self.shards.insert(

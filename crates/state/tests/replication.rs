@@ -1308,3 +1308,54 @@ fn the_global_shard_fails_over() {
     assert!(b.global_data().tenants.contains_key(TENANT));
     assert_eq!(b.shard_epoch(ShardId::GLOBAL), Some(2));
 }
+
+/// A shard adopted in epoch e allocates cluster numbers from e * IDS_PER_EPOCH on: a cluster
+/// the old owner created after the takeover point (lost, never seen by the new owner) can
+/// never share its ID, nor its node IDs, with one the new owner creates.
+#[test]
+fn a_new_epoch_never_reuses_cluster_ids() {
+    let shard = ShardId(1);
+    let mut a = Owner::new();
+    let first = a.create_in(1, "base", 1);
+    let mut b = State::new(SHARDS);
+    ship(
+        &mut b,
+        "dc-a",
+        ShardId::GLOBAL,
+        &a.records(ShardId::GLOBAL),
+        None,
+    )
+    .unwrap();
+    ship(&mut b, "dc-a", shard, &a.records(shard), None).unwrap();
+    let point = b.replica(shard).unwrap().watermark;
+    // a, cut off, creates another cluster: its ID is the next one of epoch 1.
+    let lost = a.create_in(1, "base", 1);
+    at(
+        &mut b,
+        2,
+        Command::AdoptShard {
+            shard,
+            epoch: 2,
+            after: point,
+        },
+    )
+    .unwrap();
+    let spec = common::spec(&a.state, "base", 1, &[]);
+    let created = at(
+        &mut b,
+        3,
+        Command::CreateCluster {
+            shard,
+            spec: Box::new(spec),
+        },
+    );
+    let Ok(Outcome::ClusterCreated { id }) = created else {
+        panic!("create at the new owner: {created:?}")
+    };
+    assert_ne!(id, lost);
+    assert_ne!(id, first);
+    assert_eq!(
+        id,
+        ClusterId::allocate(shard, SHARDS, 2 * coopr_state::IDS_PER_EPOCH)
+    );
+}
