@@ -6,7 +6,7 @@
 //!   server ── write(bytes) ──> RaftHandle ── batcher: client_write_ff(Batch) ──> openraft RaftCore
 //!     │  read_barrier / status / watch_leader                     │            │
 //!     │                                            RaftLogStore ──┘            └── HttpNetwork
-//!     │                                 (coopr_store::LogStore: raft-log.redb)     │ POST JSON
+//!     │                                 (coopr_store::LogStore: raft-log.redb)     │ POST (wire)
 //!     │                                                                            v
 //!     │                                         router(handle) on the other nodes' internal port
 //!     │                                                  /raft/append /raft/vote /raft/snapshot
@@ -19,7 +19,8 @@
 //!   [`coopr_store::LogStore`]; every write is fsync'd before openraft is told it is durable.
 //! - [`state_machine`]: drives the application [`StateMachine`] and keeps its snapshots; at
 //!   start the application is restored from the last snapshot and openraft re-applies the log.
-//! - [`network`]: the RPC client and the axum [`router`] (shared secret, group name, timeouts).
+//! - [`network`]: the RPC client and the axum [`router`] (shared secret, group name, timeouts,
+//!   body limit); [`wire`]: the binary body of the RPCs that carry bulk bytes.
 //! - [`node`]: [`start`], [`RaftConfig`] and the [`RaftHandle`] the server uses; its writes
 //!   are group-committed (concurrent writes share one log entry, a [`Batch`]).
 //!
@@ -43,7 +44,9 @@
 //! # Limitations
 //! - Membership is static (the configured `members`); there is no API to add or remove nodes.
 //! - Snapshots are built in memory (`Cursor<Vec<u8>>`) and sent in chunks of
-//!   `snapshot_chunk_bytes`; the chunks travel as JSON arrays of numbers.
+//!   `snapshot_chunk_bytes` (at most 32 MiB); an RPC body is at most
+//!   [`wire::MAX_RPC_BODY_BYTES`] (64 MiB), and a written payload at most
+//!   [`node::MAX_PAYLOAD_BYTES`] (32 MiB).
 //! - A write that times out may still commit later; callers retry idempotently.
 
 pub mod log_store;
@@ -51,6 +54,7 @@ pub mod network;
 pub mod node;
 pub mod state_machine;
 pub mod types;
+pub mod wire;
 
 pub use log_store::RaftLogStore;
 pub use network::{router, HttpNetworkFactory};

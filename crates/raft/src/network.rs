@@ -3,13 +3,23 @@
 //!
 //! ```text
 //!   node A (leader)                                     node B
-//!   openraft replication ─> HttpNetwork ─POST JSON──>  router(handle_b)
+//!   openraft replication ─> HttpNetwork ─POST wire──>  router(handle_b)
 //!                            {addr_b}/raft/append        ├ check Coopr-Cluster-Secret (401)
 //!                            {addr_b}/raft/vote          ├ check Coopr-Raft-Group     (409)
-//!                            {addr_b}/raft/snapshot      └ Raft::append_entries / vote /
+//!                            {addr_b}/raft/snapshot      ├ read body (≤ 64 MiB, else 413)
+//!                                                        └ Raft::append_entries / vote /
 //!                                                          install_snapshot (chunk)
 //!   <── 200 JSON Result<response, RaftError> ───────────
 //! ```
+//!
+//! Appends and snapshot chunks travel in the binary [`wire`] format (their bulk bytes as they
+//! are, not as JSON numbers or hex), votes as JSON; the receiver also reads JSON appends and
+//! chunks, as nodes built before the wire format send them. No request above
+//! [`MAX_RPC_BODY_BYTES`] is sent: an append above it is split (openraft's `PayloadTooLarge`
+//! with a hint of fewer entries). A request refused with a 4xx is counted in
+//! `coopr_raft_rpc_errors_total{group, rpc, status}` and logged at ERROR once per target and
+//! RPC until it succeeds again: openraft retries it forever, and without that log a follower
+//! that can never catch up (a DC one failure from losing its majority) would go unnoticed.
 //!
 //! Every request has a timeout (openraft's per-RPC TTL, itself derived from the heartbeat and
 //! election timeouts, or `install_snapshot_timeout` for snapshot chunks). A connection error, a
@@ -17,17 +27,19 @@
 //! instead of retrying in a hot loop. A member's address is a base URL; to serve two groups on
 //! one port, nest each router under its own prefix and include the prefix in the addresses.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -40,6 +52,7 @@ use serde::Serialize;
 
 use crate::node::RaftHandle;
 use crate::types::{NodeId, TypeConfig};
+use crate::wire::{self, MAX_RPC_BODY_BYTES};
 
 /// The header carrying the shared secret of the cluster's internal port.
 pub const SECRET_HEADER: &str = "Coopr-Cluster-Secret";
@@ -62,6 +75,7 @@ pub struct HttpNetworkFactory {
     secret: Arc<str>,
     group: Arc<str>,
     snapshot_timeout: Duration,
+    refusals: Arc<Refusals>,
 }
 
 impl HttpNetworkFactory {
@@ -80,6 +94,7 @@ impl HttpNetworkFactory {
             secret: secret.into(),
             group: group.into(),
             snapshot_timeout,
+            refusals: Arc::default(),
         })
     }
 }
@@ -103,6 +118,58 @@ pub struct HttpNetwork {
     base_url: String,
 }
 
+/// The three Raft RPCs, for paths, logs and metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Rpc {
+    AppendEntries,
+    InstallSnapshot,
+    Vote,
+}
+
+impl Rpc {
+    fn path(self) -> &'static str {
+        match self {
+            Rpc::AppendEntries => APPEND_PATH,
+            Rpc::InstallSnapshot => SNAPSHOT_PATH,
+            Rpc::Vote => VOTE_PATH,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::AppendEntries => "append_entries",
+            Rpc::InstallSnapshot => "install_snapshot",
+            Rpc::Vote => "vote",
+        }
+    }
+}
+
+/// The `(target, RPC)` pairs whose last attempt was refused (a 4xx, or a request too large to
+/// send), shared by every client of one node. A refusal is not transient like a connection
+/// error: openraft retries it forever and the follower never catches up, so the first
+/// refusal of a pair is logged at ERROR, and its retries are not (they count in
+/// `coopr_raft_rpc_errors_total`) until the pair succeeds again.
+#[derive(Default)]
+struct Refusals(Mutex<BTreeSet<(NodeId, Rpc)>>);
+
+impl Refusals {
+    /// Records a refusal; true if the pair was not refused already.
+    fn refused(&self, target: NodeId, rpc: Rpc) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((target, rpc))
+    }
+
+    /// Records a success; true if the pair was refused before.
+    fn accepted(&self, target: NodeId, rpc: Rpc) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(target, rpc))
+    }
+}
+
 /// Why an RPC got no answer from the remote Raft node.
 #[derive(Debug, thiserror::Error)]
 enum TransportError {
@@ -118,21 +185,33 @@ enum TransportError {
         status: StatusCode,
         body: String,
     },
+    #[error(
+        "{rpc} to node {target}: request of {bytes} bytes is above the limit of {limit} bytes"
+    )]
+    TooLarge {
+        rpc: &'static str,
+        target: NodeId,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
+type RpcResult<Resp, E> = Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
 impl HttpNetwork {
-    async fn post<Req, Resp, E>(
+    /// Sends one RPC whose body is already encoded (`content_type`: JSON or [`wire`]).
+    async fn post<Resp, E>(
         &self,
-        path: &str,
-        request: &Req,
+        rpc: Rpc,
+        content_type: &'static str,
+        body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> RpcResult<Resp, E>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("{}{path}", self.base_url);
+        let url = format!("{}{}", self.base_url, rpc.path());
         let http = |source| TransportError::Http {
             url: url.clone(),
             source,
@@ -143,8 +222,9 @@ impl HttpNetwork {
             .post(&url)
             .header(SECRET_HEADER, &*self.factory.secret)
             .header(GROUP_HEADER, &*self.factory.group)
+            .header(axum::http::header::CONTENT_TYPE, content_type)
             .timeout(timeout)
-            .json(request)
+            .body(body)
             .send()
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&http(e))))?;
@@ -156,7 +236,18 @@ impl HttpNetwork {
                 status,
                 body,
             };
+            if status.is_client_error() {
+                self.refused(rpc, status.as_str(), &error);
+            }
             return Err(RPCError::Unreachable(Unreachable::new(&error)));
+        }
+        if self.factory.refusals.accepted(self.target, rpc) {
+            tracing::info!(
+                group = %self.factory.group,
+                target = self.target,
+                rpc = rpc.name(),
+                "raft RPC accepted again after being refused"
+            );
         }
         let bytes = response
             .bytes()
@@ -166,6 +257,57 @@ impl HttpNetwork {
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+
+    /// Counts a refused RPC (`reason`: the HTTP status, or `too_large` when the request was
+    /// not sent) and logs the first of a series at ERROR (see [`Refusals`]).
+    fn refused(&self, rpc: Rpc, reason: &str, error: &TransportError) {
+        metrics::counter!(
+            "coopr_raft_rpc_errors_total",
+            "group" => self.factory.group.to_string(),
+            "rpc" => rpc.name(),
+            "status" => reason.to_owned(),
+        )
+        .increment(1);
+        if self.factory.refusals.refused(self.target, rpc) {
+            tracing::error!(
+                group = %self.factory.group,
+                target = self.target,
+                rpc = rpc.name(),
+                %error,
+                "raft RPC refused; the target cannot catch up while this lasts \
+                 (retries are counted in coopr_raft_rpc_errors_total, not logged)"
+            );
+        }
+    }
+
+    /// Sends a body in the [`wire`] format, if it fits in [`MAX_RPC_BODY_BYTES`] (the
+    /// receiver's limit: a larger one would be refused anyway, and forever).
+    async fn post_wire<Resp, E>(
+        &self,
+        rpc: Rpc,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        if body.len() > MAX_RPC_BODY_BYTES {
+            let error = TransportError::TooLarge {
+                rpc: rpc.name(),
+                target: self.target,
+                bytes: body.len(),
+                limit: MAX_RPC_BODY_BYTES,
+            };
+            self.refused(rpc, "too_large", &error);
+            return Err(RPCError::Unreachable(Unreachable::new(&error)));
+        }
+        self.post(rpc, wire::CONTENT_TYPE, body, timeout).await
+    }
+}
+
+fn encode<Req: wire::Bulk>(request: Req) -> Result<Vec<u8>, NetworkError> {
+    wire::encode(request).map_err(|e| NetworkError::new(&e))
 }
 
 impl RaftNetwork<TypeConfig> for HttpNetwork {
@@ -174,7 +316,28 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.post(APPEND_PATH, &rpc, option.hard_ttl()).await
+        let entries = rpc.entries.len() as u64;
+        let body = encode(rpc).map_err(RPCError::Network)?;
+        if body.len() > MAX_RPC_BODY_BYTES && entries > 1 {
+            // openraft retries at once with at most the hinted number of entries; an entry
+            // is at most MAX_PAYLOAD_BYTES plus its header, so one entry always fits.
+            let bytes = body.len() as u128;
+            let fit = u64::try_from(u128::from(entries) * MAX_RPC_BODY_BYTES as u128 / bytes)
+                .unwrap_or(1);
+            let hint = fit.clamp(1, entries - 1);
+            tracing::debug!(
+                target = self.target,
+                entries,
+                bytes = body.len(),
+                hint,
+                "append above the body limit, asking openraft for fewer entries"
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.post_wire(Rpc::AppendEntries, body, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -186,7 +349,12 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let timeout = option.hard_ttl().max(self.factory.snapshot_timeout);
-        self.post(SNAPSHOT_PATH, &rpc, timeout).await
+        self.post_wire(
+            Rpc::InstallSnapshot,
+            encode(rpc).map_err(RPCError::Network)?,
+            timeout,
+        )
+        .await
     }
 
     async fn vote(
@@ -194,22 +362,28 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.post(VOTE_PATH, &rpc, option.hard_ttl()).await
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.post(Rpc::Vote, "application/json", body, option.hard_ttl())
+            .await
     }
 }
 
 /// The routes of one Raft node: `POST /raft/append`, `/raft/vote`, `/raft/snapshot`, for
 /// mounting on the server's internal port. Each request must carry the cluster secret
-/// (`401` otherwise) and the node's group name (`409` otherwise).
+/// (`401` otherwise) and the node's group name (`409` otherwise); its body is read only after
+/// those checks, and at most [`MAX_RPC_BODY_BYTES`] of it (`413` above). The limit is set on
+/// these routes themselves, so it holds wherever the router is merged or nested (an outer
+/// router's limit, such as axum's default of 2 MB, does not apply to them).
 pub fn router(node: RaftHandle) -> Router {
     Router::new()
         .route(APPEND_PATH, post(append))
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(STATUS_PATH, post(status))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BODY_BYTES))
         .with_state(node)
 }
-
 /// Compares in time independent of where the first difference is.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
@@ -250,14 +424,32 @@ fn authorize(node: &RaftHandle, headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn check_request<Req: DeserializeOwned>(
+/// Authorizes `request`, then reads its body: the [`wire`] format, or JSON (what nodes built
+/// before the wire format send, and the vote RPC).
+async fn read_request<Req: DeserializeOwned>(
     node: &RaftHandle,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Req, Refusal> {
-    authorize(node, headers)?;
-    serde_json::from_slice(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad raft request: {e}")))
+    request: Request,
+    decode_wire: fn(&[u8]) -> Result<Req, wire::WireError>,
+) -> Result<Req, Response> {
+    authorize(node, request.headers()).map_err(IntoResponse::into_response)?;
+    let is_wire = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes() == wire::CONTENT_TYPE.as_bytes());
+    // The body limit is the route's `DefaultBodyLimit` (413 above it).
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let decoded = if is_wire {
+        decode_wire(&body).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    };
+    decoded.map_err(|e| (StatusCode::BAD_REQUEST, format!("bad raft request: {e}")).into_response())
+}
+
+fn no_wire<Req>(_: &[u8]) -> Result<Req, wire::WireError> {
+    Err(wire::WireError::Magic)
 }
 
 fn reply<T: Serialize>(result: &T) -> Response {
@@ -271,18 +463,19 @@ fn reply<T: Serialize>(result: &T) -> Response {
     }
 }
 
-async fn append(State(node): State<RaftHandle>, headers: HeaderMap, body: Bytes) -> Response {
-    let request: AppendEntriesRequest<TypeConfig> = match check_request(&node, &headers, &body) {
-        Ok(request) => request,
-        Err(refusal) => return refusal.into_response(),
-    };
+async fn append(State(node): State<RaftHandle>, request: Request) -> Response {
+    let request: AppendEntriesRequest<TypeConfig> =
+        match read_request(&node, request, wire::decode).await {
+            Ok(request) => request,
+            Err(refusal) => return refusal,
+        };
     reply(&node.raft().append_entries(request).await)
 }
 
-async fn vote(State(node): State<RaftHandle>, headers: HeaderMap, body: Bytes) -> Response {
-    let request: VoteRequest<NodeId> = match check_request(&node, &headers, &body) {
+async fn vote(State(node): State<RaftHandle>, request: Request) -> Response {
+    let request: VoteRequest<NodeId> = match read_request(&node, request, no_wire).await {
         Ok(request) => request,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => return refusal,
     };
     if !node.may_vote() {
         // A node that lost its state must not vote before it caught up (see the crate doc).
@@ -295,11 +488,12 @@ async fn vote(State(node): State<RaftHandle>, headers: HeaderMap, body: Bytes) -
     reply(&node.raft().vote(request).await)
 }
 
-async fn snapshot(State(node): State<RaftHandle>, headers: HeaderMap, body: Bytes) -> Response {
-    let request: InstallSnapshotRequest<TypeConfig> = match check_request(&node, &headers, &body) {
-        Ok(request) => request,
-        Err(refusal) => return refusal.into_response(),
-    };
+async fn snapshot(State(node): State<RaftHandle>, request: Request) -> Response {
+    let request: InstallSnapshotRequest<TypeConfig> =
+        match read_request(&node, request, wire::decode).await {
+            Ok(request) => request,
+            Err(refusal) => return refusal,
+        };
     reply(&node.raft().install_snapshot(request).await)
 }
 
@@ -308,4 +502,24 @@ async fn status(State(node): State<RaftHandle>, headers: HeaderMap) -> Response 
         return refusal.into_response();
     }
     reply(&node.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_new_once_until_the_rpc_succeeds() {
+        let refusals = Refusals::default();
+        assert!(refusals.refused(2, Rpc::InstallSnapshot), "first refusal");
+        assert!(!refusals.refused(2, Rpc::InstallSnapshot), "a retry");
+        assert!(refusals.refused(3, Rpc::InstallSnapshot), "another target");
+        assert!(refusals.refused(2, Rpc::AppendEntries), "another RPC");
+        assert!(refusals.accepted(2, Rpc::InstallSnapshot));
+        assert!(!refusals.accepted(2, Rpc::InstallSnapshot));
+        assert!(
+            refusals.refused(2, Rpc::InstallSnapshot),
+            "refused again after a success"
+        );
+    }
 }

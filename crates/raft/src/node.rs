@@ -45,6 +45,13 @@ use crate::types::{Batch, NodeId, Payload, TypeConfig};
 pub const MAX_BATCH_PAYLOADS: usize = 256;
 /// Most payload bytes group-committed into one log entry (a larger payload goes alone).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// The largest payload [`RaftHandle::write`] takes (32 MiB): an entry holding it, with its
+/// header, fits in one append RPC ([`crate::wire::MAX_RPC_BODY_BYTES`], 64 MiB). A larger
+/// payload could be appended on the leader but never replicated.
+pub const MAX_PAYLOAD_BYTES: usize = 32 * 1024 * 1024;
+/// The largest `snapshot_chunk_bytes` (32 MiB): a chunk with its header must fit in one
+/// install-snapshot RPC ([`crate::wire::MAX_RPC_BODY_BYTES`]).
+pub const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 32 * 1024 * 1024;
 /// Batches proposed but not answered yet at any time. Two let the leader append (and fsync)
 /// the next batch while the previous one is being replicated; writes arriving while both slots
 /// are taken queue up and go out together in the next batch.
@@ -86,7 +93,8 @@ pub struct RaftConfig {
     /// never fits would keep a lagging follower from catching up).
     #[serde(default = "defaults::max_payload_entries")]
     pub max_payload_entries: u64,
-    /// Snapshot chunk size of the install-snapshot RPC. Default 1 MiB.
+    /// Snapshot chunk size of the install-snapshot RPC, at most [`MAX_SNAPSHOT_CHUNK_BYTES`].
+    /// Default 1 MiB.
     #[serde(default = "defaults::snapshot_chunk_bytes")]
     pub snapshot_chunk_bytes: u64,
     /// Timeout of one snapshot chunk RPC. Default 5 000.
@@ -232,6 +240,15 @@ impl RaftConfig {
                 return bad(field, "must be > 0".into());
             }
         }
+        if self.snapshot_chunk_bytes > MAX_SNAPSHOT_CHUNK_BYTES {
+            return bad(
+                "snapshot_chunk_bytes",
+                format!(
+                    "{} is above the limit of {MAX_SNAPSHOT_CHUNK_BYTES}",
+                    self.snapshot_chunk_bytes
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -299,6 +316,9 @@ pub enum WriteError {
     /// No outcome within the write timeout.
     #[error("no outcome within {waited_ms} ms")]
     Timeout { waited_ms: u64 },
+    /// The payload is larger than [`MAX_PAYLOAD_BYTES`]; nothing was proposed.
+    #[error("payload of {bytes} bytes is above the limit of {limit_bytes} bytes")]
+    TooLarge { bytes: usize, limit_bytes: usize },
     /// The Raft node stopped (shut down, or a storage error made it stop).
     #[error("raft node stopped: {0}")]
     Fatal(String),
@@ -728,8 +748,15 @@ impl RaftHandle {
     ///
     /// Concurrent writes are group-committed (see the module doc): several may return the
     /// same index, each with its own response. The payload is queued when the returned future
-    /// is first polled; writes are applied in that order.
+    /// is first polled; writes are applied in that order. A payload above
+    /// [`MAX_PAYLOAD_BYTES`] is refused (`TooLarge`): it could never be replicated.
     pub async fn write(&self, payload: Vec<u8>) -> Result<(u64, Vec<u8>), WriteError> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(WriteError::TooLarge {
+                bytes: payload.len(),
+                limit_bytes: MAX_PAYLOAD_BYTES,
+            });
+        }
         let (reply, outcome) = oneshot::channel();
         if self
             .inner

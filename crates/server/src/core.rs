@@ -174,6 +174,7 @@ impl Core {
             Err(WriteError::NoQuorum { waited_ms } | WriteError::Timeout { waited_ms }) => {
                 Err(ProposeError::NoQuorum { waited_ms })
             }
+            Err(e @ WriteError::TooLarge { .. }) => Err(ProposeError::Storage(e.to_string())),
             Err(WriteError::Fatal(e)) => Err(ProposeError::Storage(e)),
         }
     }

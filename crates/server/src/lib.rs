@@ -398,6 +398,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr()?;
+            // The Raft routes (the DC log's, and the placement group's merged below) carry their
+            // own body limit, `coopr_raft::wire::MAX_RPC_BODY_BYTES` (64 MiB: snapshot chunks
+            // and appends of large entries); no layer here may lower it. The placement calls
+            // keep axum's default (2 MB), far above their bodies.
             let mut router = coopr_raft::router(raft.clone());
             if let Some(group) = &placement_group {
                 router = router.merge(group.router());

@@ -137,6 +137,8 @@ impl PlacementGroup {
     }
 
     /// The routes of the internal listener: the group's Raft RPCs and the placement calls.
+    /// The nested Raft routes keep their own body limit (`coopr_raft::wire::MAX_RPC_BODY_BYTES`);
+    /// the placement calls have axum's default (2 MB).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route(RENEW_PATH, post(renew))
