@@ -859,3 +859,344 @@ async fn stale_cluster(dcs: &ThreeDcs, run: u64) -> String {
     wait_cluster_active(&dcs.http, &b[0], &id, Duration::from_secs(30)).await;
     id
 }
+
+/// How DC `a` fails in [`dc_failure`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Failure {
+    /// `kill -9` of every process of the DC, restarted later.
+    Kill,
+    /// `SIGSTOP` of every process of the DC for longer than its lease, then `SIGCONT`: a
+    /// zombie that wakes up believing it still owns its shards.
+    Pause,
+}
+
+/// What the clients of [`dc_failure`] saw acknowledged.
+#[derive(Default)]
+struct FailoverLoad {
+    /// Acknowledged creates: cluster name -> (id, DC it was sent to).
+    acked: Mutex<BTreeMap<String, (String, &'static str)>>,
+    count: AtomicUsize,
+    stop: AtomicBool,
+    /// Set once `a` is down: its creator stops at its next failed attempt.
+    a_down: AtomicBool,
+}
+
+/// Creates `base` clusters named `<dc>-<i>` through DC `dc`, until told to stop. Through `a`,
+/// only `a`'s own nodes are tried (an `Idempotency-Key` is known only where the create was
+/// applied), and the creator stops once `a` is down: its last create may have been applied or
+/// not. Through `b` and `c`, each create is retried until acknowledged; every third round also
+/// updates the expire time of one of `a`'s clusters through this DC (routed to its owner,
+/// whichever DC that is by then).
+fn spawn_creator(
+    http: reqwest::Client,
+    urls: Vec<String>,
+    dc: &'static str,
+    run: u64,
+    load: Arc<FailoverLoad>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0;
+        'creates: while !load.stop.load(Ordering::Acquire) {
+            i += 1;
+            let name = format!("{dc}-{i}");
+            let key = format!("{run:x}-{name}");
+            let body = create_body(&name, "base", 1);
+            let id = if dc == "a" {
+                loop {
+                    match common::create_once(&http, &urls[0], &body, &key).await {
+                        common::Attempt::Done(answer) => {
+                            break answer["id"].as_str().expect("id").to_string()
+                        }
+                        common::Attempt::Refused(status, answer) => {
+                            panic!("create {name} through a: {status} {answer}")
+                        }
+                        common::Attempt::Unavailable(_) | common::Attempt::Unreachable(_) => {
+                            if load.a_down.load(Ordering::Acquire)
+                                || load.stop.load(Ordering::Acquire)
+                            {
+                                break 'creates;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            } else {
+                create_cluster(&http, &urls, 0, &key, &body, Duration::from_secs(30))
+                    .await
+                    .0
+            };
+            load.acked
+                .lock()
+                .expect("acked")
+                .insert(name.clone(), (id, dc));
+            load.count.fetch_add(1, Ordering::AcqRel);
+            if dc == "a" || i % 3 != 0 {
+                continue;
+            }
+            let target = load
+                .acked
+                .lock()
+                .expect("acked")
+                .values()
+                .find(|(_, via)| *via == "a")
+                .map(|(id, _)| id.clone());
+            if let Some(id) = target {
+                let (answer, _) = try_write(
+                    &http,
+                    &urls,
+                    0,
+                    Method::POST,
+                    &format!("/v2/clusters/{id}"),
+                    &json!({ "expireTime": unix_ms() + 86_400_000 + i }),
+                    &format!("{run:x}-{name}-expire"),
+                    Duration::from_secs(30),
+                )
+                .await;
+                match answer {
+                    Ok(_) => {
+                        load.count.fetch_add(1, Ordering::AcqRel);
+                    }
+                    // The create was acknowledged at a but lost with its tail.
+                    Err((404, _)) => {}
+                    // Still being created (expire times are set on active clusters).
+                    Err((400, body)) if body["code"] == "invalid_cluster_status" => {}
+                    Err((status, body)) => panic!("update of {id} through {dc}: {status} {body}"),
+                }
+            }
+        }
+    })
+}
+
+/// The shard map as `url`'s node has it: owner of every shard.
+async fn owners(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
+    let map = get_json(http, &format!("{url}/v2/admin/shards"), &ADMIN).await?;
+    map["shards"]
+        .as_array()?
+        .iter()
+        .map(|s| s["owner"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The failover scenario: one client per DC creates clusters (and `b`'s and `c`'s update `a`'s
+/// clusters) while every process of `a` (owner of shards 0 and 3 and of the global shard) is
+/// killed or paused. Checked:
+/// - within a bounded time `b` and `c` own every shard; writes to `a`'s clusters through them
+///   succeed; creates through them never stop for long;
+/// - every create acknowledged by `b` or `c` exists; every create acknowledged by `a` exists at
+///   its new owner, or, never replicated, is in `a`'s lost-operations report once `a` is back;
+/// - every existing cluster reaches ACTIVE (in-flight creates of `a` resume at the new owner);
+/// - a zombie `a` (paused, then resumed) acknowledges no write of its own after it wakes up:
+///   nothing it committed from then on is in its lost-operations report, and every write it
+///   acknowledged after waking up is applied at the owner;
+/// - `a` rejoins as a replica, the DCs converge, and the shared fake cloud created no machine
+///   twice.
+async fn dc_failure(failure: Failure) {
+    let started = Instant::now();
+    let mut dcs = ThreeDcs::start(
+        1,
+        None,
+        &[
+            ("demo_workers", 2),
+            ("lease_ms", 1_500),
+            ("max_clock_offset_ms", 200),
+            ("task_timeout_secs", 10),
+        ],
+    )
+    .await;
+    let run = random_u64();
+    let load = Arc::new(FailoverLoad::default());
+    let creators: Vec<_> = DCS
+        .iter()
+        .map(|dc| spawn_creator(dcs.http.clone(), dcs.dc_urls(dc), dc, run, load.clone()))
+        .collect();
+    common::wait_count(
+        &load.count,
+        20,
+        Duration::from_secs(60),
+        "before the failure",
+    )
+    .await;
+    let a_nodes = dcs.dc_nodes("a");
+    let b = dcs.dc_urls("b")[0].clone();
+    let failed_at = Instant::now();
+    let failed_at_ms = unix_ms();
+    for i in &a_nodes {
+        match failure {
+            Failure::Kill => dcs.kill(*i),
+            Failure::Pause => dcs.signal(*i, "STOP"),
+        }
+    }
+    load.a_down.store(true, Ordering::Release);
+    eprintln!(
+        "--- {failure:?} a ({} writes acknowledged)",
+        load.count.load(Ordering::Acquire)
+    );
+    let deadline = failed_at + Duration::from_secs(30);
+    loop {
+        if let Some(owners) = owners(&dcs.http, &b).await {
+            if owners.iter().all(|o| o != "a") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "a's shards never moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "--- b and c own every shard {:?} after the failure",
+        failed_at.elapsed()
+    );
+    let base = load.count.load(Ordering::Acquire);
+    common::wait_count(
+        &load.count,
+        base + 15,
+        Duration::from_secs(60),
+        "after the failover",
+    )
+    .await;
+
+    let mut woken_acks: Vec<(String, u64)> = Vec::new();
+    if failure == Failure::Pause {
+        for i in &a_nodes {
+            dcs.signal(*i, "CONT");
+        }
+        eprintln!("--- a resumed {:?} after the pause", failed_at.elapsed());
+        // The zombie's first answers: every one acknowledged must be applied at the owner.
+        let a_url = dcs.dc_urls("a")[0].clone();
+        let a_clusters: Vec<String> = load
+            .acked
+            .lock()
+            .expect("acked")
+            .values()
+            .filter(|(_, via)| *via == "a")
+            .map(|(id, _)| id.clone())
+            .take(5)
+            .collect();
+        for (n, id) in a_clusters.iter().enumerate() {
+            let expire = unix_ms() + 2 * 86_400_000 + n as u64;
+            let attempt = common::write_once(
+                &dcs.http,
+                Method::POST,
+                &a_url,
+                &format!("/v2/clusters/{id}"),
+                &json!({ "expireTime": expire }),
+                &format!("{run:x}-woken-{n}"),
+            )
+            .await;
+            if let common::Attempt::Done(_) = attempt {
+                woken_acks.push((id.clone(), expire));
+            }
+        }
+        eprintln!(
+            "--- the woken zombie acknowledged {} of {} writes",
+            woken_acks.len(),
+            a_clusters.len()
+        );
+    }
+    load.stop.store(true, Ordering::Release);
+    for creator in creators {
+        creator.await.expect("creator");
+    }
+    if failure == Failure::Kill {
+        for i in &a_nodes {
+            dcs.start(*i);
+        }
+    }
+    dcs.wait_ready(Duration::from_secs(60)).await;
+    let a_url = dcs.dc_urls("a")[0].clone();
+    let mut report = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // a reports once it has demoted its shards (it learns the new epochs from its grant).
+    while Instant::now() < deadline {
+        if let Some(owners) = owners(&dcs.http, &a_url).await {
+            if owners.iter().all(|o| o != "a") {
+                if let Some(r) = get_json(
+                    &dcs.http,
+                    &format!("{a_url}/v2/admin/lost-operations"),
+                    &ADMIN,
+                )
+                .await
+                {
+                    report = r;
+                    if dcs.converged().await.is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lost = report["operations"].as_array().cloned().unwrap_or_default();
+    let lost_clusters: BTreeSet<String> = lost
+        .iter()
+        .filter(|op| op["kind"] == "operation_started")
+        .filter_map(|op| op["cluster"].as_str().map(str::to_string))
+        .collect();
+    eprintln!(
+        "--- a's lost-operations report: {} records, {} creates",
+        lost.len(),
+        lost_clusters.len()
+    );
+    if failure == Failure::Pause {
+        for op in &lost {
+            assert!(
+                op["at_ms"].as_u64() < Some(failed_at_ms + 1_500),
+                "the zombie committed after waking up: {op}"
+            );
+        }
+    }
+    let acked = load.acked.lock().expect("acked").clone();
+    let mut missing = 0;
+    for (name, (id, via)) in &acked {
+        let status = get_json(
+            &dcs.http,
+            &format!("{b}/v2/clusters/{id}/status?consistency=strong"),
+            &DEMO_USER,
+        )
+        .await;
+        if status.is_none() {
+            assert_eq!(*via, "a", "{name} ({id}) acknowledged by {via} is gone");
+            assert!(
+                lost_clusters.contains(id),
+                "{name} ({id}) acknowledged by a is neither at its owner nor reported lost: {report}"
+            );
+            missing += 1;
+            continue;
+        }
+        wait_cluster_status(&dcs.http, &b, id, "active", Duration::from_secs(60)).await;
+    }
+    eprintln!(
+        "--- {} creates acknowledged, {missing} lost with a's tail (reported)",
+        acked.len()
+    );
+    for (id, expire) in &woken_acks {
+        let row = get_json(
+            &dcs.http,
+            &format!("{b}/v2/clusters/{id}?consistency=strong"),
+            &DEMO_USER,
+        )
+        .await
+        .expect("the cluster exists");
+        assert!(
+            row["expireTime"].as_u64() >= Some(*expire),
+            "a write the woken zombie acknowledged is not at the owner: {row}"
+        );
+    }
+    dcs.wait_converged(Duration::from_secs(60)).await;
+    dcs.assert_no_machine_created_twice().await;
+    eprintln!("--- done in {:?}", started.elapsed());
+}
+
+/// Every process of an owner DC is killed (`kill -9`) under load: its shards fail over to the
+/// other DCs, its in-flight work finishes there, it rejoins when restarted (see
+/// [`dc_failure`]).
+#[test]
+fn a_killed_dc_fails_over_under_load_and_rejoins() {
+    run_serially(dc_failure(Failure::Kill));
+}
+
+/// Every process of an owner DC is paused (`SIGSTOP`) for longer than its lease and resumed:
+/// the zombie never writes beside the new owners (see [`dc_failure`]).
+#[test]
+fn a_paused_dc_wakes_up_without_writing_beside_the_new_owners() {
+    run_serially(dc_failure(Failure::Pause));
+}

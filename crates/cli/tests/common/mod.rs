@@ -57,6 +57,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // A stopped process (SIGSTOP) dies on SIGKILL too.
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -316,6 +317,18 @@ impl Deployment {
         for i in 0..self.nodes.len() {
             self.start(i);
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to node `i`'s process: `STOP` freezes it (a zombie:
+    /// its sockets stay open, it answers nothing) until `CONT`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let process = self.nodes[i].process.as_ref().expect("node runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(process.0.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.nodes[i].name);
     }
 
     /// `kill -9` of node `i`.
