@@ -98,11 +98,24 @@ impl Deployment {
         if linked {
             for from in &sites {
                 for to in sites.iter().filter(|to| *to != from) {
-                    let proxy = |port: u16| async move {
-                        let target = format!("127.0.0.1:{port}").parse().expect("address");
-                        coopr_testkit::DelayProxy::start(target, Duration::ZERO)
-                            .await
-                            .expect("proxy")
+                    // A proxy listens on a port of its own choosing: never one of the ports
+                    // picked for the servers (they bind them only later).
+                    let taken: Vec<u16> =
+                        ports.values().chain(internal.values()).copied().collect();
+                    let proxy = |port: u16| {
+                        let taken = taken.clone();
+                        async move {
+                            let target = format!("127.0.0.1:{port}").parse().expect("address");
+                            loop {
+                                let proxy =
+                                    coopr_testkit::DelayProxy::start(target, Duration::ZERO)
+                                        .await
+                                        .expect("proxy");
+                                if !taken.contains(&proxy.addr().port()) {
+                                    return proxy;
+                                }
+                            }
+                        }
                     };
                     let pair = [proxy(ports[to]).await, proxy(internal[to]).await];
                     links.insert((from.to_string(), to.to_string()), pair);
