@@ -103,6 +103,12 @@ impl Proc {
         })
     }
 
+    /// `kill -9` and reap (a DC failure; the process can be started again with a new `Proc`).
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Fails (with the end of its log) if the process already exited.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -25,6 +25,7 @@
 
 mod big;
 mod dclog;
+mod failover;
 mod fsync;
 mod ops;
 mod plan;
@@ -56,6 +57,10 @@ enum Scenario {
     /// Three DCs (real `coopr server` processes) with a WAN-like delay on every cross-DC link:
     /// latency of a write at the owner DC and at another DC (forwarded), replication lag.
     Wan(wan::WanArgs),
+    /// Three DCs (real `coopr server` processes) under a create load; the DC owning the most
+    /// shards is killed (`kill -9`) and restarted, repeatedly: RTO, in-flight jobs finished at
+    /// the new owner, RPO exposure, lost-operations report, rejoin time.
+    Failover(failover::FailoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +90,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(wan::run(args))
+        }
+        Scenario::Failover(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(failover::run(args))
         }
     }
 }

@@ -59,28 +59,67 @@ const WARMUP_WRITES: u64 = 20;
 /// Longest one write may take to become visible at the replica before the run fails.
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The running deployment: processes (killed on drop), proxies, and each DC's nodes' API URLs.
-struct Wan {
-    procs: Vec<Proc>,
+/// The running deployment: processes (killed on drop), proxies, each DC's nodes' API URLs,
+/// and how to start each node again.
+pub(crate) struct Wan {
+    pub(crate) procs: Vec<Proc>,
     _proxies: Vec<DelayProxy>,
-    urls: BTreeMap<&'static str, Vec<String>>,
+    pub(crate) urls: BTreeMap<&'static str, Vec<String>>,
+    /// Per node, in the order of `procs` (after the fake cloud's): its DC, name and config.
+    pub(crate) nodes: Vec<(&'static str, String, PathBuf)>,
+    coopr_bin: PathBuf,
+    out: PathBuf,
+}
+
+impl Wan {
+    /// The command that starts node `name` with `config`.
+    pub(crate) fn server_command(&self, config: &Path) -> Command {
+        let mut command = Command::new(&self.coopr_bin);
+        command
+            .args(["server", "--config"])
+            .arg(config)
+            .current_dir(&self.out);
+        command
+    }
+
+    /// Starts a node again (its earlier process must have been dropped).
+    pub(crate) fn respawn(&self, name: &str, config: &Path) -> anyhow::Result<Proc> {
+        Proc::spawn(
+            &format!("coopr {name}"),
+            self.server_command(config),
+            self.out.join(format!("{name}.log")),
+        )
+    }
+}
+
+/// What [`start`] runs: 3 DCs of `nodes_per_dc` nodes, `delay` one way between DCs, the demo
+/// workers per server, node settings to override (`key = value` lines of the node TOML), and the
+/// shared fake cloud's per-operation latency.
+pub(crate) struct Spec<'a> {
+    pub(crate) coopr_bin: &'a Path,
+    pub(crate) nodes_per_dc: u16,
+    pub(crate) delay: Duration,
+    pub(crate) demo_workers: u32,
+    pub(crate) settings: &'a [(&'a str, String)],
+    pub(crate) cloud_latency_ms: u64,
 }
 
 /// Generates a 3-DC deployment under `dir`, points each DC's configs at proxies for every
-/// address of the other DCs (text replacement in the generated TOML), and starts it.
-async fn start(args: &WanArgs, dir: &Path) -> anyhow::Result<Wan> {
-    let base = free_coopr_base_dcs(3, args.nodes_per_dc)?;
+/// address of the other DCs (text replacement in the generated TOML), and starts it with the
+/// shared fake cloud its demo workers use.
+pub(crate) async fn start(spec: &Spec<'_>, dir: &Path) -> anyhow::Result<Wan> {
+    let base = free_coopr_base_dcs(3, spec.nodes_per_dc)?;
     let out = dir.join("wan");
-    let init = Command::new(&args.coopr_bin)
+    let init = Command::new(spec.coopr_bin)
         .args(["init-cluster", "--dcs", "3", "--nodes-per-dc"])
-        .arg(args.nodes_per_dc.to_string())
+        .arg(spec.nodes_per_dc.to_string())
         .arg("--base-port")
         .arg(base.to_string())
         .arg("--out")
         .arg(&out)
         .arg("--demo")
         .output()
-        .with_context(|| format!("cannot run {}", args.coopr_bin.display()))?;
+        .with_context(|| format!("cannot run {}", spec.coopr_bin.display()))?;
     if !init.status.success() {
         bail!(
             "coopr init-cluster failed: {}",
@@ -89,10 +128,28 @@ async fn start(args: &WanArgs, dir: &Path) -> anyhow::Result<Wan> {
     }
     let endpoints: Vec<Value> =
         serde_json::from_slice(&std::fs::read(out.join("endpoints.json"))?)?;
-    let delay = Duration::from_millis(args.delay_ms);
+    let delay = spec.delay;
     let mut proxies = Vec::new();
     let mut urls: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-    let mut procs = Vec::new();
+    let mut nodes = Vec::new();
+    // The shared fake cloud (init-cluster's start.sh runs it; the nodes are started here).
+    let first = endpoints.first().context("no endpoints")?;
+    let first_config = out.join(format!("{}.toml", first["node"].as_str().context("node")?));
+    let cloud_url = setting(&first_config, "fake_cloud_url")?
+        .context("the demo deployment has no fake_cloud_url")?;
+    let mut cloud = Command::new(spec.coopr_bin);
+    cloud
+        .args(["fake-cloud", "--listen"])
+        .arg(cloud_url.trim_start_matches("http://"))
+        .arg("--state")
+        .arg(out.join("fake-cloud.json"))
+        .arg("--latency-ms")
+        .arg(spec.cloud_latency_ms.to_string());
+    let mut procs = vec![Proc::spawn(
+        "coopr fake-cloud",
+        cloud,
+        out.join("fake-cloud.log"),
+    )?];
     for dc in DCS {
         let mut replacements = Vec::new();
         for e in endpoints.iter().filter(|e| e["dc"] != dc) {
@@ -107,32 +164,66 @@ async fn start(args: &WanArgs, dir: &Path) -> anyhow::Result<Wan> {
         for e in endpoints.iter().filter(|e| e["dc"] == dc) {
             let node = e["node"].as_str().context("node name")?;
             let config = out.join(format!("{node}.toml"));
-            set_demo_workers(&config, args.demo_workers)?;
+            set_demo_workers(&config, spec.demo_workers)?;
+            for (key, value) in spec.settings {
+                set_setting(&config, key, value)?;
+            }
             let mut text = std::fs::read_to_string(&config)?;
             for (port, to) in &replacements {
                 text = replace_address(&text, *port, to);
             }
             std::fs::write(&config, text)?;
-            let mut command = Command::new(&args.coopr_bin);
-            command
-                .args(["server", "--config"])
-                .arg(&config)
-                .current_dir(&out);
-            procs.push(Proc::spawn(
-                &format!("coopr {node}"),
-                command,
-                out.join(format!("{node}.log")),
-            )?);
+            nodes.push((dc, node.to_string(), config));
             urls.entry(dc)
                 .or_default()
                 .push(e["api"].as_str().context("api URL")?.to_string());
         }
     }
-    Ok(Wan {
-        procs,
+    let mut wan = Wan {
+        procs: Vec::new(),
         _proxies: proxies,
         urls,
-    })
+        nodes,
+        coopr_bin: spec.coopr_bin.to_path_buf(),
+        out,
+    };
+    for (_, name, config) in &wan.nodes {
+        procs.push(wan.respawn(name, config)?);
+    }
+    wan.procs = procs;
+    Ok(wan)
+}
+
+/// The value of a `key = value` line of a node TOML (quotes removed), if any.
+fn setting(config: &Path, key: &str) -> anyhow::Result<Option<String>> {
+    let text = std::fs::read_to_string(config)?;
+    Ok(text.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+    }))
+}
+
+/// Sets `key = value` (a TOML literal) in a node TOML: replaces its line, or adds one before
+/// the first table.
+pub(crate) fn set_setting(config: &Path, key: &str, value: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    let line = format!("{key} = {value}");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    match lines
+        .iter()
+        .position(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+    {
+        Some(at) => lines[at] = line,
+        None => {
+            let at = lines
+                .iter()
+                .position(|l| l.trim_start().starts_with('['))
+                .unwrap_or(lines.len());
+            lines.insert(at, line);
+        }
+    }
+    std::fs::write(config, lines.join("\n") + "\n")?;
+    Ok(())
 }
 
 /// Sequential lease updates of cluster `id` sent to `url`; their latencies.
@@ -310,7 +401,15 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         "-- 3 DCs of {} node(s), {} ms one way between DCs",
         args.nodes_per_dc, args.delay_ms
     );
-    let mut wan = start(&args, dir.path()).await?;
+    let spec = Spec {
+        coopr_bin: &args.coopr_bin,
+        nodes_per_dc: args.nodes_per_dc,
+        delay: Duration::from_millis(args.delay_ms),
+        demo_workers: args.demo_workers,
+        settings: &[],
+        cloud_latency_ms: 0,
+    };
+    let mut wan = start(&spec, dir.path()).await?;
     let mut leaders = BTreeMap::new();
     for dc in DCS {
         // Every DC's nodes answer /ready only once the global shard reached them from `a`.

@@ -1,0 +1,432 @@
+//! `failover`: three DCs of real `coopr server` processes (cross-DC links through
+//! [`coopr_testkit::DelayProxy`]s), a steady load of creates through every DC, and repeated
+//! `kill -9` of every process of the DC that owns the most shards:
+//!
+//! ```text
+//!  round: victim = DC owning the most shards
+//!    start lamp creates at the victim (in flight when it dies: the shared fake cloud is slowed)
+//!    read the victim's unreplicated records (the RPO exposure), kill -9 every victim process  t0
+//!    probe: a write to a cluster of the victim's shards, sent to a survivor every 10 ms
+//!      first 200                              -> RTO (kill -> first write at the new owner)
+//!      every in-flight create ACTIVE there    -> in-flight jobs finished
+//!    restart the victim: its lost-operations report grows by what it wrote after the takeover
+//!    point; it is back once every copy equals its owner's and no lag is left -> rejoin
+//! ```
+//!
+//! The lease settings are the nodes' (`--lease-ms`, `--max-clock-offset-ms`); the floor of the
+//! RTO is the grantor's wait (lease + offset after the victim's last renewal, which came up to a
+//! third of a lease before the kill) plus one round of the takeover (seal, report, adopt).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::dclog::{coopr_bin, coopr_roles, get_json};
+use crate::ops::Api;
+use crate::stats::{ms, Summary};
+use crate::wan::{start, Spec, Wan};
+
+#[derive(clap::Args, Debug)]
+pub struct FailoverArgs {
+    /// The release `coopr` binary (build it first: `cargo build --release -p coopr`).
+    #[arg(long, default_value = "target/release/coopr")]
+    coopr_bin: PathBuf,
+    /// Directory under which the temporary deployment is made.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// DC failures to measure.
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
+    /// The DCs' lease (ms).
+    #[arg(long, default_value_t = 3_000)]
+    lease_ms: u64,
+    /// The clock-offset margin (ms).
+    #[arg(long, default_value_t = 500)]
+    max_clock_offset_ms: u64,
+    /// One-way delay of every cross-DC link (ms).
+    #[arg(long, default_value_t = 20)]
+    delay_ms: u64,
+    /// Latency of every fake-cloud operation (ms): keeps creates in flight for a while.
+    #[arg(long, default_value_t = 100)]
+    cloud_latency_ms: u64,
+    /// Lamp creates started at the victim just before each kill.
+    #[arg(long, default_value_t = 3)]
+    in_flight: usize,
+}
+
+const DCS: [&str; 3] = ["a", "b", "c"];
+const ADMIN: [(&str, &str); 3] = [
+    ("Coopr-UserID", "admin"),
+    ("Coopr-TenantID", "superadmin"),
+    ("Coopr-ApiKey", coopr_server::seed::DEMO_ADMIN_KEY),
+];
+/// Longest any step of a round may take before the run fails.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A GET as the superadmin; `None` unless it answered 200 with JSON.
+async fn admin_get(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let mut request = http.get(url);
+    for (k, v) in ADMIN {
+        request = request.header(k, v);
+    }
+    let response = request.send().await.ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// The owner of every shard (cluster shards, then the global one) as `url`'s node has it.
+async fn owners(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
+    let map = admin_get(http, &format!("{url}/v2/admin/shards")).await?;
+    map["shards"]
+        .as_array()?
+        .iter()
+        .map(|s| s["owner"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Whether every copy of every shard equals its owner's and no lag is left, asking one node
+/// per DC.
+async fn converged(http: &reqwest::Client, urls: &[String], shards: usize) -> bool {
+    for shard in (0..shards).map(|s| s.to_string()).chain(["global".into()]) {
+        let mut views = Vec::new();
+        for url in urls {
+            match admin_get(http, &format!("{url}/v2/admin/shards/{shard}/view")).await {
+                Some(view) => views.push(view),
+                None => return false,
+            }
+        }
+        let owners: Vec<&Value> = views.iter().filter(|v| v["role"] == "owner").collect();
+        let [owner] = owners[..] else { return false };
+        if views
+            .iter()
+            .any(|v| v["position"] != owner["position"] || v["view"] != owner["view"])
+        {
+            return false;
+        }
+    }
+    for url in urls {
+        let Some(report) = admin_get(http, &format!("{url}/v2/admin/replication")).await else {
+            return false;
+        };
+        let lagging = report["shards"].as_array().into_iter().flatten().any(|s| {
+            s.get("local")
+                .is_some_and(|l| l["lag_ms"] != 0 || !l["stopped"].is_null())
+                || s.get("by_replica")
+                    .and_then(Value::as_object)
+                    .is_some_and(|r| r.values().any(|r| r["unreplicated_records"] != 0))
+        });
+        if lagging {
+            return false;
+        }
+    }
+    true
+}
+
+/// The records the DC at `url` owns that some replica lacks (the most any replica lacks, per
+/// shard, summed): what a kill now could lose.
+async fn exposure(http: &reqwest::Client, url: &str) -> u64 {
+    let Some(report) = admin_get(http, &format!("{url}/v2/admin/replication")).await else {
+        return 0;
+    };
+    report["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("by_replica").and_then(Value::as_object))
+        .map(|r| {
+            r.values()
+                .filter_map(|r| r["unreplicated_records"].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// A create load through each DC: `base` clusters, one key each, retried on the same DC only;
+/// a DC that does not answer is skipped for a while. Acknowledged ids by DC.
+fn spawn_load(
+    urls: BTreeMap<&'static str, String>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, &'static str)>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    urls.into_iter()
+        .map(|(dc, url)| {
+            let stop = stop.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let Ok(api) = Api::new(url) else { return };
+                let mut i = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    i += 1;
+                    match api.create(&format!("load-{dc}-{i}"), "base", 1).await {
+                        Ok(id) => acked.lock().expect("acked").push((id.to_string(), dc)),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// One round's figures.
+struct Round {
+    rto: Duration,
+    in_flight_done: Duration,
+    exposure: u64,
+    lost: u64,
+    rejoin: Duration,
+}
+
+/// Status of cluster `id` read at its owner (`?consistency=strong`) through `url`.
+async fn strong_status(api: &Api, url: &str, id: &str) -> Option<String> {
+    let (status, body) = get_json(
+        &api.http,
+        &format!("{url}/v2/clusters/{id}/status?consistency=strong"),
+    )
+    .await
+    .ok()?;
+    (status == 200).then(|| body["status"].as_str().unwrap_or_default().to_string())
+}
+
+async fn round(
+    wan: &mut Wan,
+    http: &reqwest::Client,
+    acked: &Mutex<Vec<(String, &'static str)>>,
+    shard_count: usize,
+    in_flight: usize,
+    number: usize,
+) -> anyhow::Result<Round> {
+    let any = wan.urls["a"][0].clone();
+    let owners_now = owners(http, &any).await.context("no shard map")?;
+    let victim = *DCS
+        .iter()
+        .max_by_key(|dc| owners_now.iter().filter(|o| o == dc).count())
+        .context("no DC")?;
+    let survivor = wan.urls[DCS
+        .iter()
+        .find(|dc| **dc != victim)
+        .context("no survivor")?][0]
+        .clone();
+    let victim_url = wan.urls[victim][0].clone();
+    // A probe: an ACTIVE cluster in one of the victim's cluster shards.
+    let api = Api::new(survivor.clone())?;
+    let candidates: Vec<String> = acked
+        .lock()
+        .expect("acked")
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut probe = None;
+    for id in candidates.iter().rev() {
+        let shard = id.parse::<u64>()? as usize % shard_count;
+        if owners_now[shard] == victim
+            && strong_status(&api, &survivor, id).await.as_deref() == Some("active")
+        {
+            probe = Some(id.clone());
+            break;
+        }
+    }
+    let probe = probe.context("no ACTIVE cluster in the victim's shards yet")?;
+    // Creates in flight at the victim when it dies.
+    let victim_api = Api::new(victim_url.clone())?;
+    let mut flying = Vec::new();
+    for i in 0..in_flight {
+        flying.push(
+            victim_api
+                .create(&format!("flying-{number}-{i}"), "lamp", 1)
+                .await?
+                .to_string(),
+        );
+    }
+    let exposure = exposure(http, &victim_url).await;
+    let lost_before = admin_get(http, &format!("{victim_url}/v2/admin/lost-operations"))
+        .await
+        .and_then(|r| r["total"].as_u64())
+        .unwrap_or(0);
+    // Kill every process of the victim.
+    let victims: Vec<usize> = wan
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, (dc, _, _))| *dc == victim)
+        .map(|(i, _)| i)
+        .collect();
+    let killed = Instant::now();
+    for i in &victims {
+        // (procs[0] is the fake cloud.)
+        wan.procs[i + 1].kill();
+    }
+    let mut attempt = 0u64;
+    let rto = loop {
+        attempt += 1;
+        let answer = api
+            .http
+            .post(format!("{survivor}/v2/clusters/{probe}"))
+            .header("Idempotency-Key", format!("probe-{number}-{attempt}"))
+            .json(&json!({ "expireTime": 4_000_000_000_000u64 + attempt }))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if answer.is_ok_and(|r| r.status() == 200) {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > STEP_TIMEOUT {
+            bail!("no write to {probe} accepted within {STEP_TIMEOUT:?} of the kill of {victim}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    loop {
+        let mut done = 0;
+        for id in &flying {
+            if strong_status(&api, &survivor, id).await.as_deref() == Some("active") {
+                done += 1;
+            }
+        }
+        if done == flying.len() {
+            break;
+        }
+        if killed.elapsed() > STEP_TIMEOUT {
+            bail!("in-flight creates {flying:?} not ACTIVE at their new owners within {STEP_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let in_flight_done = killed.elapsed();
+    let restarted = Instant::now();
+    for i in &victims {
+        let (_, name, config) = wan.nodes[*i].clone();
+        wan.procs[i + 1] = wan.respawn(&name, &config)?;
+    }
+    let _ = coopr_roles(&mut wan.procs, &wan.urls[victim].clone()).await?;
+    let one_per_dc: Vec<String> = DCS.iter().map(|dc| wan.urls[dc][0].clone()).collect();
+    while !converged(http, &one_per_dc, shard_count).await {
+        if restarted.elapsed() > STEP_TIMEOUT {
+            bail!("the DCs did not converge within {STEP_TIMEOUT:?} of {victim}'s restart");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rejoin = restarted.elapsed();
+    let lost_after = admin_get(http, &format!("{victim_url}/v2/admin/lost-operations"))
+        .await
+        .and_then(|r| r["total"].as_u64())
+        .unwrap_or(lost_before);
+    eprintln!(
+        "-- round {number}: killed {victim}: RTO {}, in flight done {}, exposure {exposure}, lost {}, rejoin {}",
+        ms(rto),
+        ms(in_flight_done),
+        lost_after - lost_before,
+        ms(rejoin)
+    );
+    Ok(Round {
+        rto,
+        in_flight_done,
+        exposure,
+        lost: lost_after - lost_before,
+        rejoin,
+    })
+}
+
+pub async fn run(mut args: FailoverArgs) -> anyhow::Result<()> {
+    let total = Instant::now();
+    args.coopr_bin = coopr_bin(&args.coopr_bin)?;
+    let dir = tempfile::Builder::new()
+        .prefix("coopr-bench-failover-")
+        .tempdir_in(&args.dir)?;
+    let settings = [
+        ("lease_ms", args.lease_ms.to_string()),
+        ("max_clock_offset_ms", args.max_clock_offset_ms.to_string()),
+        ("task_timeout_secs", "10".to_string()),
+    ];
+    let spec = Spec {
+        coopr_bin: &args.coopr_bin,
+        nodes_per_dc: 1,
+        delay: Duration::from_millis(args.delay_ms),
+        demo_workers: 2,
+        settings: &settings,
+        cloud_latency_ms: args.cloud_latency_ms,
+    };
+    eprintln!(
+        "-- 3 DCs of 1 node, {} ms one way, lease {} ms, offset {} ms",
+        args.delay_ms, args.lease_ms, args.max_clock_offset_ms
+    );
+    let mut wan = start(&spec, dir.path()).await?;
+    for dc in DCS {
+        let urls = wan.urls[dc].clone();
+        coopr_roles(&mut wan.procs, &urls).await?;
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let shard_count = admin_get(&http, &format!("{}/v2/admin/shards", wan.urls["a"][0]))
+        .await
+        .and_then(|m| m["shard_count"].as_u64())
+        .context("no shard count")? as usize;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let load = spawn_load(
+        DCS.iter()
+            .map(|dc| (*dc, wan.urls[dc][0].clone()))
+            .collect(),
+        stop.clone(),
+        acked.clone(),
+    );
+    // Some clusters everywhere before the first kill.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut rounds = Vec::new();
+    for number in 0..args.kills {
+        rounds.push(round(&mut wan, &http, &acked, shard_count, args.in_flight, number).await?);
+    }
+    stop.store(true, Ordering::Release);
+    for task in load {
+        let _ = task.await;
+    }
+    let created = acked.lock().expect("acked").len();
+    let of = |f: fn(&Round) -> Duration| Summary::of(&rounds.iter().map(f).collect::<Vec<_>>());
+    let rto = of(|r| r.rto);
+    let in_flight = of(|r| r.in_flight_done);
+    let rejoin = of(|r| r.rejoin);
+    let exposures: Vec<u64> = rounds.iter().map(|r| r.exposure).collect();
+    let lost: Vec<u64> = rounds.iter().map(|r| r.lost).collect();
+    println!(
+        "\n{} kills of the DC owning the most shards; 3 DCs of 1 node, {} ms one way, lease {} ms + offset {} ms; {} creates acknowledged under load\n",
+        rounds.len(), args.delay_ms, args.lease_ms, args.max_clock_offset_ms, created
+    );
+    println!("| measurement | p50 | p99 | max |");
+    println!("| --- | ---: | ---: | ---: |");
+    let row = |what: &str, s: &Summary| {
+        println!(
+            "| {what} | {} ms | {} ms | {} ms |",
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max)
+        );
+    };
+    row("RTO: kill -9 → first write accepted at the new owner", &rto);
+    row(
+        "kill -9 → every create in flight at the victim ACTIVE at its new owner",
+        &in_flight,
+    );
+    row(
+        "restart → every copy equal and no lag (rejoin, re-seeds included)",
+        &rejoin,
+    );
+    let counts = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        (v[v.len() / 2], v[v.len() - 1], v.iter().sum::<u64>())
+    };
+    let (p50, max, _) = counts(&exposures);
+    println!("| RPO exposure at the kill (records some replica lacked) | {p50} | - | {max} |");
+    let (p50, max, sum) = counts(&lost);
+    println!("| lost-operations report growth per kill (records) | {p50} | - | {max} |");
+    println!("\nlost records in all: {sum}");
+    eprintln!("-- done in {:?}", total.elapsed());
+    Ok(())
+}
