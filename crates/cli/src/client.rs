@@ -222,6 +222,9 @@ pub enum AdminCommand {
     Provisioners,
     /// Replication per shard: owner, replica watermarks, lag_ms, unreplicated records/age.
     Replication,
+    /// What this DC wrote as a shard's owner after another DC took the shard over (never
+    /// replicated): shard, old epoch and seq, tenant, cluster, job, kind, time, new owner.
+    LostOperations,
     /// The shard map: owner, replica DCs, epoch and status of every shard, the DC leases and
     /// the ownership history.
     Shards,
@@ -494,6 +497,7 @@ async fn admin(conn: &Connection, cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Provisioners => print_json(&api.get("/provisioners").await?)?,
         AdminCommand::Replication => print_json(&api.get("/admin/replication").await?)?,
+        AdminCommand::LostOperations => print_json(&api.get("/admin/lost-operations").await?)?,
         AdminCommand::Shards => print_json(&api.get("/admin/shards").await?)?,
         AdminCommand::Handover { shard, to } => {
             let body = json!({ "to": to });

@@ -129,7 +129,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
         }
     }
     let mut servers = Vec::new();
-    for started in futures_join(configs.into_iter().map(coopr_server::start)).await {
+    for started in futures_join(configs.clone().into_iter().map(coopr_server::start)).await {
         servers.push(started?);
     }
     // One simulated cloud, shared by every DC's workers as real DCs share a real provider.
@@ -211,9 +211,52 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
         args.data_dir.display(),
         args.workers,
     );
+    let control = Control {
+        configs,
+        running: tokio::sync::Mutex::new(
+            servers
+                .into_iter()
+                .map(|s| (s.app.config.node.clone(), s))
+                .collect(),
+        ),
+    };
+    let control = std::sync::Arc::new(control);
+    let control_addr = format!("127.0.0.1:{}", u32::from(args.base_port) + 10 * args.dcs);
+    let listener = tokio::net::TcpListener::bind(&control_addr).await;
+    match listener {
+        Ok(listener) if args.dcs > 1 => {
+            let router = axum::Router::new()
+                .route("/dcs/{dc}/stop", axum::routing::post(stop_dc))
+                .route("/dcs/{dc}/start", axum::routing::post(start_dc))
+                .with_state(control.clone());
+            let mut stopping = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    })
+                    .await;
+            });
+            let other = crate::node_config::dc_name(1);
+            println!(
+                "\nWatch a failover: stop datacenter a abruptly (its lease runs out; within about 4 s\n\
+                 the placement group gives its shards, the global one included, to b and c, and a's\n\
+                 running jobs finish there), then bring it back (it rejoins as a replica; what it had\n\
+                 not replicated is in its lost-operations report):\n  \
+                 curl -X POST http://{control_addr}/dcs/a/stop\n  \
+                 COOPR_TENANT=superadmin COOPR_USER=admin COOPR_API_KEY=admin-key coopr admin shards --server {}\n  \
+                 curl -X POST http://{control_addr}/dcs/a/start\n  \
+                 COOPR_TENANT=superadmin COOPR_USER=admin COOPR_API_KEY=admin-key coopr admin lost-operations --server {url}",
+                control.api_of(&other).unwrap_or_default()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%control_addr, error = %e, "no failover control for the demo"),
+    }
     let mut stop = shutdown;
     let _ = stop.wait_for(|s| *s).await;
-    for server in servers {
+    let running = std::mem::take(&mut *control.running.lock().await);
+    for server in running.into_values() {
         server.shutdown().await;
     }
     for w in workers {
@@ -221,6 +264,90 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     }
     cloud_server.shutdown().await?;
     Ok(())
+}
+
+/// The demo's datacenters, for stopping and starting them (`/dcs/{dc}/stop|start` on the
+/// control port): a stopped DC's servers are shut down at once, as if its site went dark
+/// (nothing is handed over), and started again on their data.
+struct Control {
+    configs: Vec<ServerConfig>,
+    /// Running servers by node name.
+    running: tokio::sync::Mutex<BTreeMap<String, coopr_server::ServerHandle>>,
+}
+
+impl Control {
+    fn api_of(&self, dc: &str) -> Option<String> {
+        self.configs
+            .iter()
+            .find(|c| c.dc == dc)
+            .map(|c| format!("http://{}", c.listen))
+    }
+}
+
+async fn stop_dc(
+    axum::extract::State(control): axum::extract::State<std::sync::Arc<Control>>,
+    axum::extract::Path(dc): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, String) {
+    let mut running = control.running.lock().await;
+    let nodes: Vec<String> = control
+        .configs
+        .iter()
+        .filter(|c| c.dc == dc && running.contains_key(&c.node))
+        .map(|c| c.node.clone())
+        .collect();
+    if nodes.is_empty() {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no running datacenter {dc:?}\n"),
+        );
+    }
+    for node in &nodes {
+        if let Some(server) = running.remove(node) {
+            server.shutdown().await;
+        }
+    }
+    tracing::warn!(%dc, "demo: datacenter stopped");
+    (
+        axum::http::StatusCode::OK,
+        format!("datacenter {dc} stopped ({})\n", nodes.join(", ")),
+    )
+}
+
+async fn start_dc(
+    axum::extract::State(control): axum::extract::State<std::sync::Arc<Control>>,
+    axum::extract::Path(dc): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, String) {
+    let mut running = control.running.lock().await;
+    let configs: Vec<ServerConfig> = control
+        .configs
+        .iter()
+        .filter(|c| c.dc == dc && !running.contains_key(&c.node))
+        .cloned()
+        .collect();
+    if configs.is_empty() {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no stopped datacenter {dc:?}\n"),
+        );
+    }
+    for started in futures_join(configs.into_iter().map(coopr_server::start)).await {
+        match started {
+            Ok(server) => {
+                running.insert(server.app.config.node.clone(), server);
+            }
+            Err(e) => {
+                return (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("datacenter {dc} did not start: {e:#}\n"),
+                )
+            }
+        }
+    }
+    tracing::warn!(%dc, "demo: datacenter started again");
+    (
+        axum::http::StatusCode::OK,
+        format!("datacenter {dc} started\n"),
+    )
 }
 
 /// Runs futures concurrently and returns their outputs in order (the nodes of a DC must start
