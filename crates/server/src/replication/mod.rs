@@ -23,10 +23,12 @@
 //! Requests for another DC's clusters are routed by `api::forward` (writes, strong reads and
 //! plans to the owner DC; other reads from the local copy, with [`staleness_ms`]).
 //!
-//! Out of scope for now: ownership changes (the placement group, failover, epochs above 1),
-//! enforcement of ownership at the receiving end beyond the routing (a request forwarded across
-//! DCs once is refused rather than forwarded again), re-seeding a replica from a snapshot when
-//! the owner's outbox no longer has its records.
+//! A copy that cannot continue from records (the owner's outbox no longer has them, the cursor
+//! is of an epoch the owner's history does not continue, a refused batch, or a copy this DC
+//! demoted after losing the shard) is re-seeded: the puller asks the owner for
+//! `POST /internal/replication/seed` (the shard as a replica holds it, with its position) and
+//! applies it as one `SeedReplica` entry; the stream continues from there. Ownership changes
+//! (handover, failover) are driven by the placement group (`crate::placement`).
 
 pub mod owner;
 pub mod puller;
