@@ -81,8 +81,32 @@ pub struct App {
 
 impl App {
     /// The outcome already recorded for an idempotency key (a retried request).
+    ///
+    /// An outcome whose operation was lost in a failover (applied here after the point where
+    /// another DC took the shard over) answers 409 `operation_lost`, saying where the shard
+    /// went: the client sends the request again without that key (it then runs at the new
+    /// owner).
     pub fn previous_outcome(&self, key: Option<&str>) -> Option<CommandResult> {
-        key.and_then(|k| self.core.read().idempotent_outcome(k).cloned())
+        let state = self.core.read();
+        let previous = state.idempotent_outcome(key?)?;
+        if let Some(lost) = state.lost_outcome(previous) {
+            return Some(Err(coopr_state::CommandError::conflict(
+                "operation_lost",
+                format!(
+                    "this request was applied in DC {} (shard {}, epoch {}, seq {}) after DC {} \
+                     took the shard over at {:?}; it was never replicated and is in DC {}'s \
+                     lost-operations report; send it again with a new Idempotency-Key",
+                    self.config.dc,
+                    lost.shard,
+                    lost.epoch,
+                    lost.seq,
+                    lost.new_owner,
+                    lost.takeover_point,
+                    self.config.dc
+                ),
+            )));
+        }
+        Some(previous.clone())
     }
 
     /// The shard a new cluster goes to: round-robin over the cluster shards this DC owns;

@@ -177,6 +177,29 @@ impl State {
         })
     }
 
+    /// The lost operation a stored outcome stands for, if it was lost: a cluster created, or a
+    /// job started, by a write this DC applied after the point where another DC took the
+    /// shard over. A client retrying that write with its `Idempotency-Key` is told so instead
+    /// of getting the outcome of something that no longer exists.
+    pub fn lost_outcome(&self, outcome: &CommandResult) -> Option<&LostOperation> {
+        let started = |op: &&LostOperation| op.kind == "operation_started";
+        match outcome {
+            Ok(Outcome::ClusterCreated { id }) => self
+                .local
+                .lost_operations
+                .iter()
+                .filter(started)
+                .find(|op| op.cluster == Some(*id)),
+            Ok(Outcome::JobStarted { job }) => self
+                .local
+                .lost_operations
+                .iter()
+                .filter(started)
+                .find(|op| op.job == Some(*job)),
+            _ => None,
+        }
+    }
+
     /// The lost-operations report of this DC, oldest first, and how many were ever reported.
     pub fn lost_operations(&self) -> (impl Iterator<Item = &LostOperation>, u64) {
         (
