@@ -74,8 +74,9 @@ fn unix_ms() -> u64 {
 /// Three DCs of `nodes_per_dc` nodes, running and ready, and the proxies of their cross-DC links.
 struct ThreeDcs {
     deployment: Deployment,
-    /// Kept alive as long as the deployment (dropped after it).
-    _proxies: Vec<DelayProxy>,
+    /// Every cross-DC link: (calling DC, called DC, proxy). Kept alive as long as the
+    /// deployment (dropped after it).
+    links: Vec<(&'static str, String, DelayProxy)>,
 }
 
 impl std::ops::Deref for ThreeDcs {
@@ -103,7 +104,7 @@ impl ThreeDcs {
     ) -> ThreeDcs {
         let started = Instant::now();
         let mut deployment = Deployment::generate(3, nodes_per_dc, Some(SHARDS), options);
-        let mut proxies = Vec::new();
+        let mut links = Vec::new();
         if let Some(delay) = one_way_delay {
             for dc in DCS {
                 let mut replacements = BTreeMap::new();
@@ -113,7 +114,7 @@ impl ThreeDcs {
                         let target = ([127, 0, 0, 1], port).into();
                         let proxy = DelayProxy::start(target, delay).await.expect("proxy");
                         replacements.insert(port, proxy.addr().to_string());
-                        proxies.push(proxy);
+                        links.push((dc, node.dc.clone(), proxy));
                     }
                 }
                 deployment.redirect(dc, &replacements);
@@ -129,9 +130,22 @@ impl ThreeDcs {
             deployment.nodes.len(),
             started.elapsed()
         );
-        ThreeDcs {
-            deployment,
-            _proxies: proxies,
+        ThreeDcs { deployment, links }
+    }
+
+    /// Cuts every link from and to `dc` (its processes keep running): a partition.
+    fn cut_off(&self, dc: &str) {
+        for (from, to, proxy) in &self.links {
+            if *from == dc || to == dc {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Heals every cut link.
+    fn heal(&self) {
+        for (_, _, proxy) in &self.links {
+            proxy.heal();
         }
     }
 
@@ -868,6 +882,9 @@ enum Failure {
     /// `SIGSTOP` of every process of the DC for longer than its lease, then `SIGCONT`: a
     /// zombie that wakes up believing it still owns its shards.
     Pause,
+    /// Every link between the DC and the others cut while its processes keep running (and
+    /// serving their own clients), then healed.
+    Partition,
 }
 
 /// What the clients of [`dc_failure`] saw acknowledged.
@@ -992,9 +1009,10 @@ async fn owners(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
 ///   twice.
 async fn dc_failure(failure: Failure) {
     let started = Instant::now();
+    let links = (failure == Failure::Partition).then_some(Duration::ZERO);
     let mut dcs = ThreeDcs::start(
         1,
-        None,
+        links,
         &[
             ("demo_workers", 2),
             ("lease_ms", 1_500),
@@ -1024,7 +1042,11 @@ async fn dc_failure(failure: Failure) {
         match failure {
             Failure::Kill => dcs.kill(*i),
             Failure::Pause => dcs.signal(*i, "STOP"),
+            Failure::Partition => {}
         }
+    }
+    if failure == Failure::Partition {
+        dcs.cut_off("a");
     }
     load.a_down.store(true, Ordering::Release);
     eprintln!(
@@ -1055,11 +1077,15 @@ async fn dc_failure(failure: Failure) {
     .await;
 
     let mut woken_acks: Vec<(String, u64)> = Vec::new();
-    if failure == Failure::Pause {
-        for i in &a_nodes {
-            dcs.signal(*i, "CONT");
+    if failure != Failure::Kill {
+        if failure == Failure::Pause {
+            for i in &a_nodes {
+                dcs.signal(*i, "CONT");
+            }
+        } else {
+            dcs.heal();
         }
-        eprintln!("--- a resumed {:?} after the pause", failed_at.elapsed());
+        eprintln!("--- a back {:?} after the failure", failed_at.elapsed());
         // The zombie's first answers: every one acknowledged must be applied at the owner.
         let a_url = dcs.dc_urls("a")[0].clone();
         let a_clusters: Vec<String> = load
@@ -1136,11 +1162,13 @@ async fn dc_failure(failure: Failure) {
         lost.len(),
         lost_clusters.len()
     );
-    if failure == Failure::Pause {
+    if failure != Failure::Kill {
+        // a stopped writing within one lease of its last renewal, which came before the
+        // failure: nothing it committed later (as a zombie, or cut off) exists.
         for op in &lost {
             assert!(
                 op["at_ms"].as_u64() < Some(failed_at_ms + 1_500),
-                "the zombie committed after waking up: {op}"
+                "a committed more than a lease after the failure: {op}"
             );
         }
     }
@@ -1192,6 +1220,14 @@ async fn dc_failure(failure: Failure) {
 #[test]
 fn a_killed_dc_fails_over_under_load_and_rejoins() {
     run_serially(dc_failure(Failure::Kill));
+}
+
+/// An owner DC is cut off from the others while it keeps serving its own clients, then the
+/// links heal: what it acknowledged alone is reported lost, nothing later (see
+/// [`dc_failure`]).
+#[test]
+fn a_partitioned_dc_fails_over_and_rejoins_when_healed() {
+    run_serially(dc_failure(Failure::Partition));
 }
 
 /// Every process of an owner DC is paused (`SIGSTOP`) for longer than its lease and resumed:
