@@ -29,6 +29,7 @@ mod failover;
 mod fsync;
 mod ops;
 mod plan;
+mod reseed;
 mod stats;
 mod wan;
 
@@ -61,6 +62,8 @@ enum Scenario {
     /// shards is killed (`kill -9`) and restarted, repeatedly: RTO, in-flight jobs finished at
     /// the new owner, RPO exposure, lost-operations report, rejoin time.
     Failover(failover::FailoverArgs),
+    /// The CPU cost of re-seeding one shard's copy from a snapshot of the owner's (no network).
+    Reseed(reseed::ReseedArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,5 +100,6 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(failover::run(args))
         }
+        Scenario::Reseed(args) => reseed::run(args),
     }
 }

@@ -47,7 +47,7 @@ pub struct PlanArgs {
 }
 
 /// The example catalog, parsed once.
-struct Catalog {
+pub(crate) struct Catalog {
     json: Value,
     template: ClusterTemplate,
     services: BTreeMap<String, Service>,
@@ -55,7 +55,7 @@ struct Catalog {
 }
 
 impl Catalog {
-    fn load(max_nodes: u32) -> anyhow::Result<Catalog> {
+    pub(crate) fn load(max_nodes: u32) -> anyhow::Result<Catalog> {
         let json: Value = serde_json::from_str(CATALOG)?;
         let named = |kind: &str, name: &str| -> anyhow::Result<Value> {
             json[kind]
@@ -92,7 +92,7 @@ impl Catalog {
         })
     }
 
-    fn layout(&self, nodes: u32) -> anyhow::Result<Vec<NodeLayout>> {
+    pub(crate) fn layout(&self, nodes: u32) -> anyhow::Result<Vec<NodeLayout>> {
         solve_layout(&LayoutRequest {
             template: &self.template,
             num_machines: nodes,
@@ -115,7 +115,7 @@ impl Catalog {
     }
 
     /// The state a fresh node has after a tenant imported this catalog.
-    fn state(&self) -> anyhow::Result<State> {
+    pub(crate) fn state(&self) -> anyhow::Result<State> {
         let mut state = State::new(64);
         let tenant = Tenant {
             id: "00000000-0000-4000-8000-000000000001".into(),
@@ -147,7 +147,7 @@ impl Catalog {
     }
 
     /// The command `POST /v2/clusters` would propose for this layout (as the server builds it).
-    fn create_entry(&self, layout: &[NodeLayout]) -> Entry {
+    pub(crate) fn create_entry(&self, layout: &[NodeLayout]) -> Entry {
         let t = &self.template;
         let flavor = self.provider_field("hardwaretypes", &t.defaults.hardwaretype, "flavor");
         let image = self.provider_field("imagetypes", &t.defaults.imagetype, "image");

@@ -1,0 +1,192 @@
+//! `reseed`: what re-seeding one shard's copy from a snapshot of the owner's costs, without the
+//! network: a shard of N ACTIVE one-machine `lamp` clusters (created and driven through
+//! `State::apply`, as the owner's DC log would), then the steps a re-seed takes:
+//!
+//! ```text
+//!  owner: State::seed_of(shard) -> JSON -> deflate        (POST /internal/replication/seed)
+//!  replica: inflate -> JSON -> DC-log entry (encode_entry) -> State::apply(SeedReplica)
+//! ```
+//!
+//! The DC log then replicates that one entry to the replica DC's other nodes (a Raft append of
+//! the entry's size) and the link carries the deflated answer: add those at the link's speed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use coopr_state::{encode_entry, Command, Entry, Outcome, ProvisionerInfo, State, TaskResult};
+use coopr_types::ShardId;
+
+use crate::plan::Catalog;
+use crate::stats::ms;
+
+#[derive(clap::Args, Debug)]
+pub struct ReseedArgs {
+    /// Clusters in the shard.
+    #[arg(long, default_value_t = 10_000)]
+    clusters: u32,
+}
+
+fn apply(state: &mut State, now_ms: &mut u64, command: Command) -> anyhow::Result<Outcome> {
+    *now_ms += 1;
+    state
+        .apply(&Entry {
+            now_ms: *now_ms,
+            idempotency_key: None,
+            fence: None,
+            command,
+        })
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// A state whose shard 0 holds `clusters` ACTIVE one-machine clusters.
+fn owner(catalog: &Catalog, clusters: u32) -> anyhow::Result<State> {
+    let mut state = catalog.state()?;
+    let mut now = 1_700_000_000_000;
+    apply(
+        &mut state,
+        &mut now,
+        Command::RegisterProvisioner {
+            info: ProvisionerInfo {
+                id: "p".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+                capacity_total: 1,
+            },
+        },
+    )?;
+    let entry = catalog.create_entry(&catalog.layout(1)?);
+    for _ in 0..clusters {
+        apply(&mut state, &mut now, entry.command.clone())?;
+        // Drive the cluster's tasks to the end (one at a time, as one worker would).
+        loop {
+            let taken = apply(
+                &mut state,
+                &mut now,
+                Command::TakeTask {
+                    provisioner_id: "p".into(),
+                    worker_id: "w".into(),
+                    tenant_id: None,
+                    timeout_ms: 60_000,
+                },
+            )?;
+            let Outcome::TaskTaken { task: Some(task) } = taken else {
+                break;
+            };
+            let result = TaskResult {
+                provisioner_id: "p".into(),
+                worker_id: "w".into(),
+                task,
+                status: 0,
+                stdout: String::new(),
+                stderr: String::new(),
+                hostname: Some(format!("host-{}", task.job.cluster)),
+                ipaddresses: None,
+                result: serde_json::Map::from_iter([(
+                    "providerid".into(),
+                    serde_json::Value::from(format!("i-{task}")),
+                )]),
+            };
+            apply(&mut state, &mut now, Command::FinishTask(Box::new(result)))?;
+        }
+    }
+    Ok(state)
+}
+
+pub fn run(args: ReseedArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::load(1)?;
+    let built = Instant::now();
+    let owner = owner(&catalog, args.clusters)?;
+    eprintln!(
+        "-- {} clusters built in {:?}",
+        args.clusters,
+        built.elapsed()
+    );
+    let shard = ShardId(0);
+    let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        f()?;
+        Ok(started.elapsed())
+    };
+    let mut seed = None;
+    let take = time(&mut || {
+        seed = owner.seed_of(shard, "owner");
+        Ok(())
+    })?;
+    let seed = seed.ok_or_else(|| anyhow!("no seed"))?;
+    let mut json = Vec::new();
+    let encode = time(&mut || {
+        json = serde_json::to_vec(&seed)?;
+        Ok(())
+    })?;
+    let mut deflated = Vec::new();
+    let deflate = time(&mut || {
+        deflated = coopr_server::replication::deflate(&json);
+        Ok(())
+    })?;
+    let mut inflated = Vec::new();
+    let inflate = time(&mut || {
+        inflated = coopr_server::replication::inflate(&deflated)?;
+        Ok(())
+    })?;
+    let mut decoded = None;
+    let decode = time(&mut || {
+        decoded = Some(serde_json::from_slice::<coopr_state::ReplicaShard>(
+            &inflated,
+        )?);
+        Ok(())
+    })?;
+    let decoded = decoded.ok_or_else(|| anyhow!("no seed decoded"))?;
+    let entry = Entry {
+        now_ms: 1,
+        idempotency_key: None,
+        fence: None,
+        command: Command::SeedReplica {
+            seed: Box::new(decoded),
+        },
+    };
+    let mut bytes = Vec::new();
+    let log = time(&mut || {
+        bytes = encode_entry(&entry);
+        Ok(())
+    })?;
+    let mut replica = catalog.state()?;
+    let applied = time(&mut || {
+        replica.apply(&entry).map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    })?;
+    if replica.replica(shard).map(|r| r.view()) != Some(owner.replicated_view(shard)) {
+        bail!("the seeded copy differs from the owner's shard");
+    }
+    let total = take + encode + deflate + inflate + decode + log + applied;
+    println!(
+        "\nRe-seed of one shard of {} ACTIVE one-machine clusters (no network)\n",
+        args.clusters
+    );
+    println!("| step | time | size |");
+    println!("| --- | ---: | ---: |");
+    let kib = |n: usize| format!("{:.0} KiB", n as f64 / 1024.0);
+    println!(
+        "| owner: snapshot the shard (`seed_of`) | {} ms | |",
+        ms(take)
+    );
+    println!(
+        "| owner: encode JSON | {} ms | {} |",
+        ms(encode),
+        kib(json.len())
+    );
+    println!(
+        "| owner: deflate | {} ms | {} |",
+        ms(deflate),
+        kib(deflated.len())
+    );
+    println!("| replica: inflate | {} ms | |", ms(inflate));
+    println!("| replica: decode JSON | {} ms | |", ms(decode));
+    println!(
+        "| replica: encode the DC-log entry | {} ms | {} |",
+        ms(log),
+        kib(bytes.len())
+    );
+    println!("| replica: apply `SeedReplica` | {} ms | |", ms(applied));
+    println!("| total CPU | {} ms | |", ms(total));
+    Ok(())
+}
