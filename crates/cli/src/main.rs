@@ -469,6 +469,12 @@ fn main() {
                         );
                     }
                     println!("start them with {}/start.sh", args.out.display());
+                    if let Some(addr) = node_config::haproxy_addr(&args) {
+                        println!(
+                            "one address for every node: haproxy -f {}/haproxy.cfg -db, then http://{addr}",
+                            args.out.display()
+                        );
+                    }
                 })
             }
             Command::Provisioner(args) => {

@@ -1,6 +1,7 @@
 //! The per-node configuration file (`coopr server --config FILE`) and `coopr init-cluster`,
 //! which writes a ready local deployment: one TOML per node, the cluster secret, the superadmin
-//! key, `endpoints.json` and a start script.
+//! key, `endpoints.json`, a start script and an HAProxy configuration (`haproxy.cfg`) with one
+//! frontend for every node of every DC.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -382,6 +383,71 @@ pub fn fake_cloud_addr(args: &InitClusterArgs) -> Option<String> {
     (args.demo && port <= 65_535).then(|| format!("127.0.0.1:{port}"))
 }
 
+/// Where the deployment's HAProxy frontend listens (`haproxy.cfg`): the port after the shared
+/// fake cloud's, `base + 10 * sites + 1`, clear of every node's ports (`None` past 65535).
+pub fn haproxy_addr(args: &InitClusterArgs) -> Option<String> {
+    let sites = args.dcs + u32::from(args.witness);
+    let port = u32::from(args.base_port) + 10 * sites + 1;
+    (port <= 65_535).then(|| format!("127.0.0.1:{port}"))
+}
+
+/// The HAProxy configuration of a deployment: one HTTP frontend at `listen`, one backend with
+/// every data node of every DC (a witness has no user API), health-checked on `GET /ready`.
+///
+/// Every node accepts every request (it forwards what it cannot serve itself), so the backend
+/// simply round-robins over all nodes that are ready; `/ready` turns 503 on every node of a DC
+/// that cannot write (no leader, no quorum, no lease), so a dead or cut-off DC leaves the pool
+/// after two failed checks (about a second). Only connection failures are retried by HAProxy
+/// (the request never reached a node); any answer, a 503 included, goes back to the client,
+/// which retries with its `Idempotency-Key`: a node may have committed a write whose answer
+/// was lost, and only the client knows whether resending it is safe.
+pub fn haproxy_config(listen: &str, peers: &[Peer]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# HAProxy in front of every node of this deployment (written by coopr init-cluster).
+# Run it in the foreground with `haproxy -f haproxy.cfg -db`; clients use http://{listen}.
+# A node is in the pool while GET /ready answers 200: its DC can accept writes now.
+
+global
+    maxconn 4096
+    log stdout format raw local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    # Connecting to a node on this machine or in this network is fast: fail over quickly.
+    timeout connect 1s
+    # Clients make plain requests (no long polls); a write waits at most the node's
+    # write_timeout_ms (default 5 s), a forwarded one a little more.
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    timeout check 1s
+    # Resend a request only when it never reached a node, and then to another node.
+    retries 3
+    retry-on conn-failure
+    option redispatch 1
+
+frontend coopr
+    bind {listen}
+    default_backend coopr_nodes
+
+backend coopr_nodes
+    balance roundrobin
+    option httpchk GET /ready
+    http-check expect status 200
+    # Out after two failed checks half a second apart, back after two good ones.
+    default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2"
+    );
+    for p in peers.iter().filter(|p| !p.witness) {
+        let address = p.api.trim_start_matches("http://").trim_end_matches('/');
+        let _ = writeln!(text, "    server {} {address} check  # DC {}", p.node, p.dc);
+    }
+    text
+}
+
 /// Writes the deployment and returns the endpoints.
 pub fn init_cluster(
     args: &InitClusterArgs,
@@ -398,7 +464,7 @@ pub fn init_cluster(
         + 10 * (args.dcs - 1 + u32::from(args.witness))
         + 5
         + args.nodes_per_dc;
-    if top > 65_535 || (args.demo && fake_cloud_addr(args).is_none()) {
+    if top > 65_535 || haproxy_addr(args).is_none() {
         bail!(
             "--base-port {} leaves no room for {} DCs",
             args.base_port,
@@ -507,6 +573,9 @@ pub fn init_cluster(
         out.join("endpoints.json"),
         serde_json::to_string_pretty(&endpoints)? + "\n",
     )?;
+    if let Some(listen) = haproxy_addr(args) {
+        std::fs::write(out.join("haproxy.cfg"), haproxy_config(&listen, &peers))?;
+    }
     Ok(endpoints)
 }
 
@@ -599,6 +668,35 @@ mod tests {
         );
         let script = std::fs::read_to_string(plain.path().join("start.sh")).unwrap();
         assert!(!script.contains("fake-cloud"), "{script}");
+    }
+
+    /// `haproxy.cfg` lists every data node of every DC (not the witness) as a server checked on
+    /// `/ready`, behind one frontend on `base + 10 * sites + 1`.
+    #[test]
+    fn init_cluster_writes_an_haproxy_config_naming_every_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = args(dir.path(), 2, 3);
+        two.witness = true;
+        let endpoints = init_cluster(&two, "0123456789abcdef0123", "k").unwrap();
+        let text = std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap();
+        assert!(text.contains("\n    bind 127.0.0.1:7131\n"), "{text}");
+        assert!(text.contains("option httpchk GET /ready"), "{text}");
+        assert!(text.contains("retry-on conn-failure"), "{text}");
+        let servers: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .collect();
+        assert_eq!(servers.len(), 6, "{text}");
+        for e in endpoints.iter().filter(|e| e.dc != "witness") {
+            let line = format!(
+                "server {} {} check",
+                e.node,
+                e.api.trim_start_matches("http://")
+            );
+            assert!(servers.iter().any(|s| s.contains(&line)), "{line}: {text}");
+        }
+        assert!(!text.contains("witness1"), "{text}");
+        assert_eq!(haproxy_addr(&two).as_deref(), Some("127.0.0.1:7131"));
     }
 
     /// Validation errors name the offending key.

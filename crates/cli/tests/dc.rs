@@ -41,6 +41,32 @@ impl Load {
     }
 }
 
+/// Waits until `GET /ready` at `url` answers `status` (200 or 503); returns its JSON body.
+async fn wait_ready_status(
+    http: &reqwest::Client,
+    url: &str,
+    status: u16,
+    timeout: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        if let Ok(response) = http.get(format!("{url}/ready")).send().await {
+            let answered = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if answered == status {
+                return body;
+            }
+            last = format!("{answered} {body}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url}/ready did not answer {status} within {timeout:?}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A writer: creates `base` clusters named `w<n>-<i>`, one logical write (one key) each, until
 /// told to stop. Starts on node `n`, rotating on failures.
 fn spawn_writer(
@@ -198,11 +224,13 @@ fn soak_repeated_leader_kills() {
 }
 
 /// Minority and majority loss. With one of three nodes killed, writes through either survivor
-/// succeed. With two killed, a write to the survivor fails fast: a 503 with a `Retry-After`
-/// header and a retryable code, well within the client's timeout (the node config bounds the
-/// wait with `write_timeout_ms = 1000`), and reads are still served. Once a second node is back,
-/// the failed writes retried with their `Idempotency-Key` are applied exactly once, and the two
-/// nodes converge to identical state.
+/// succeed and both answer `/ready` with 200. With two killed, a write to the survivor fails
+/// fast: a 503 with a `Retry-After` header and a retryable code, well within the client's
+/// timeout (the node config bounds the wait with `write_timeout_ms = 1000`), reads are still
+/// served, and `/ready` answers 503 `no_quorum` (a load balancer takes the node out). Once a
+/// second node is back, both are ready again (the restarted one within the allowed lag of its
+/// leader), the failed writes retried with their `Idempotency-Key` are applied exactly once,
+/// and the two nodes converge to identical state.
 #[test]
 fn minority_loss_writes_majority_loss_fails_fast() {
     run_serially(async {
@@ -239,11 +267,20 @@ fn minority_loss_writes_majority_loss_fails_fast() {
             }
         }
 
+        // A follower is ready because its leader is: it forwards writes there.
+        for &i in &[leader, followers[1]] {
+            let body = wait_ready_status(&dc.http, &urls[i], 200, Duration::from_secs(5)).await;
+            assert_eq!(body["ready"], true, "{body}");
+        }
+
         eprintln!(
             "--- kill -9 follower {}: the DC lost its majority",
             dc.nodes[followers[1]].name
         );
         dc.kill(followers[1]);
+        // Within about an election timeout (600 ms) the leader knows it has no majority.
+        let body = wait_ready_status(&dc.http, &urls[leader], 503, Duration::from_secs(10)).await;
+        assert_eq!(body["reason"], "no_quorum", "{body}");
         let write_timeout = Duration::from_millis(1000);
         let mut lost = Vec::new();
         for i in 0..3 {
@@ -281,6 +318,13 @@ fn minority_loss_writes_majority_loss_fails_fast() {
 
         eprintln!("--- restart {}: majority back", dc.nodes[followers[0]].name);
         dc.start(followers[0]);
+        wait_ready_status(&dc.http, &urls[leader], 200, Duration::from_secs(30)).await;
+        let body =
+            wait_ready_status(&dc.http, &urls[followers[0]], 200, Duration::from_secs(30)).await;
+        assert!(
+            body["lag_entries"].as_u64() <= Some(100),
+            "ready before it caught up: {body}"
+        );
         for (name, key) in lost {
             let (id, attempts) = create_cluster(
                 &dc.http,

@@ -180,8 +180,9 @@ impl Deployment {
     ) -> Deployment {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("deployment");
-        // The DCs' ports, and the shared fake cloud's on the port after them.
-        let base = free_base_port(10 * dcs + 1);
+        // The DCs' ports, the shared fake cloud's on the port after them and HAProxy's
+        // frontend (`haproxy.cfg`) on the next one.
+        let base = free_base_port(10 * dcs + 2);
         let mut init = Command::new(BIN);
         init.args(["init-cluster", "--dcs", &dcs.to_string()])
             .args(["--nodes-per-dc", &nodes_per_dc.to_string()])

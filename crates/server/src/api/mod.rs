@@ -7,6 +7,7 @@ pub mod extract;
 pub mod forward;
 pub mod lenient;
 pub mod provisioners;
+pub mod ready;
 pub mod replication;
 pub mod tenants;
 pub mod views;
@@ -36,7 +37,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(replication::routes())
         .merge(crate::replication::owner::routes())
         .route("/status", get(status))
-        .route("/ready", get(ready))
+        .route("/ready", get(ready::ready))
         .route("/metrics", get(metrics))
         .route("/v2/admin/dump", get(dump))
         .fallback(not_found)
@@ -135,25 +136,6 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
                    "term": status.term})
         }),
     }))
-}
-
-/// 200 only while the node's DC log has a leader, the node has applied the first-start
-/// seeding (so authenticated requests work) and, on the leader of a multi-DC deployment, its
-/// DC holds a valid lease (so it can acknowledge writes), for load balancers.
-async fn ready(State(app): State<Arc<App>>) -> Response {
-    let raft = app.core.raft().status();
-    let seeded = crate::seed::is_seeded(&app, &app.global(&app.core.read()));
-    // A leader of a multi-DC deployment acknowledges writes only under a valid lease.
-    let leased = !app.core.raft().is_leader() || app.has_valid_lease();
-    let ready = raft.leader.is_some() && seeded && leased;
-    let body = json!({"ready": ready, "dc": app.config.dc, "node": app.config.node,
-                      "leader_id": raft.leader, "seeded": seeded, "lease": leased});
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
 }
 
 /// The node's local copy of every shard, canonical (sorted maps), for comparing replicas:
