@@ -88,31 +88,34 @@ fn authorized<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
     asker: impl FnOnce(&T) -> &str,
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     let given = headers
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     // Without a configured secret nobody may pull (a DC alone has nothing to serve).
     let Some(secret) = app.config.secret.as_deref() else {
-        return Err(
+        return Err(Box::new(
             ApiError::unauthorized("replication is not configured on this node").into_response(),
-        );
+        ));
     };
     if !same_secret(given, secret.as_bytes()) {
         tracing::warn!("replication call with a wrong or missing cluster secret");
-        return Err(ApiError::unauthorized("wrong or missing cluster secret").into_response());
+        return Err(Box::new(
+            ApiError::unauthorized("wrong or missing cluster secret").into_response(),
+        ));
     }
-    let request: T = crate::api::extract::parse_json(body).map_err(|e| e.into_response())?;
+    let request: T =
+        crate::api::extract::parse_json(body).map_err(|e| Box::new(e.into_response()))?;
     let dc = asker(&request);
     if dc == app.config.dc || !app.placement().dcs().iter().any(|d| d == dc) {
-        return Err(
+        return Err(Box::new(
             ApiError::forbidden(format!("{dc:?} is not a replica DC of this deployment"))
                 .into_response(),
-        );
+        ));
     }
     if !app.core.raft().is_leader() {
-        return Err(not_leader(app));
+        return Err(Box::new(not_leader(app)));
     }
     Ok(request)
 }
@@ -143,7 +146,7 @@ fn json_answer(headers: &HeaderMap, json: Vec<u8>) -> (Response, usize) {
 async fn seed(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let request: SeedRequest = match authorized(&app, &headers, &body, |r: &SeedRequest| &r.dc) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let placement = app.placement();
     let shard = request.shard;
@@ -178,7 +181,7 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     let received = tokio::time::Instant::now();
     let request: PullRequest = match authorized(&app, &headers, &body, |r: &PullRequest| &r.dc) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let placement = app.placement();
     // Only shards this DC owns and the asker replicates; the rest are not ours to answer.
