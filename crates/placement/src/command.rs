@@ -71,15 +71,32 @@ pub enum Command {
         leader_since_ms: u64,
     },
     /// Graceful handover, step 1: the owner is told (in its next grant) to stop writing `shard`.
-    StartHandover { shard: ShardId, to: DcId },
+    /// `now_ms` and `leader_since_ms` are the proposing leader's clock and election (an admin's
+    /// command is stamped by the leader that proposes it; older entries have 0): the start time
+    /// bounds the handover ([`crate::plan_handover_timeouts`]), and a target whose lease has
+    /// certainly expired is refused (the handover could only time out).
+    StartHandover {
+        shard: ShardId,
+        to: DcId,
+        #[serde(default)]
+        now_ms: u64,
+        #[serde(default)]
+        leader_since_ms: u64,
+    },
     /// Graceful handover, step 2: the target's watermark equals the owner's final position, so
     /// the target becomes the owner in the next epoch. RPO 0.
     CompleteHandover {
         shard: ShardId,
         target_watermark: Position,
     },
-    /// Gives up a handover; the owner may write again after its next renewal.
-    AbortHandover { shard: ShardId },
+    /// Gives up a handover; the owner may write again after its next renewal. With `handover`,
+    /// only that handover (the placement leader's abort of a handover that ran out of time must
+    /// not hit a newer one started meanwhile).
+    AbortHandover {
+        shard: ShardId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handover: Option<u64>,
+    },
     /// Replaces the replica DCs of a shard.
     SetReplicas { shard: ShardId, replicas: Vec<DcId> },
 }

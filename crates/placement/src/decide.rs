@@ -252,6 +252,42 @@ pub fn plan_handover_completions(
         .collect()
 }
 
+/// Aborts every handover that has run for `timeout_ms` without completing (on this leader's
+/// clock; one started by a predecessor counts from this leader's election): the owner writes
+/// again after its next renewal, nothing is lost, and whoever asked may try again. What blocks
+/// a handover (a replica DC that is down or cannot continue its stream, an operation that never
+/// finishes at the owner) is outside the placement group's control, so the bound is a time. The
+/// abort names the handover, so it cannot hit a newer one of the same shard.
+pub fn plan_handover_timeouts(
+    state: &PlacementState,
+    timeout_ms: u64,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> Vec<Command> {
+    state
+        .shards()
+        .iter()
+        .filter_map(|(shard, placement)| match &placement.status {
+            ShardStatus::Draining {
+                handover,
+                started_ms,
+                ..
+            }
+            | ShardStatus::HandingOver {
+                handover,
+                started_ms,
+                ..
+            } if takeover_timed_out(*started_ms, timeout_ms, now_ms, leader_since_ms) => {
+                Some(Command::AbortHandover {
+                    shard: *shard,
+                    handover: Some(*handover),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The watermark `dc` last reported for `shard` (none: it has nothing yet).
 pub fn watermark(state: &PlacementState, dc: &DcId, shard: ShardId) -> Position {
     state

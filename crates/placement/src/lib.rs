@@ -23,7 +23,8 @@
 //!
 //! - [`state`]: [`PlacementState`] and [`PlacementState::apply`] (commands in [`command`]).
 //! - [`decide`]: the leader's decisions ([`dead_dcs`], [`plan_failover`],
-//!   [`plan_handover_completions`]), including the new-leader wait.
+//!   [`plan_handover_completions`], [`plan_handover_timeouts`]), including the new-leader
+//!   wait.
 //! - [`holder`]: the DC leader's side: [`holder_lease_valid`], [`may_acknowledge`] (fencing).
 //! - [`machine`]: [`PlacementMachine`], the Raft application.
 //!
@@ -42,8 +43,8 @@ pub mod state;
 
 pub use command::{Command, Outcome, Rejected, Reply};
 pub use decide::{
-    dead_dcs, grantor_view, lease_view, plan_failover, plan_handover_completions, plan_takeovers,
-    watermark, GrantorView,
+    dead_dcs, grantor_view, lease_view, plan_failover, plan_handover_completions,
+    plan_handover_timeouts, plan_takeovers, watermark, GrantorView,
 };
 pub use holder::{
     holder_lease_valid, may_acknowledge, Fenced, HeldLease, LeaseGrant, OwnedShard, ShardOwner,

@@ -115,14 +115,23 @@ impl ShardPlacement {
 pub enum ShardStatus {
     /// The owner writes.
     Active,
-    /// A handover to `to` was started: the owner's next grant freezes the shard, and the
-    /// placement group waits for the owner to report the last position it wrote.
-    Draining { to: DcId, handover: u64 },
+    /// A handover to `to` was started (at `started_ms` on the proposing leader's clock; 0 in
+    /// states written before it was recorded): the owner's next grant freezes the shard, and
+    /// the placement group waits for the owner to report the last position it wrote.
+    Draining {
+        to: DcId,
+        handover: u64,
+        #[serde(default)]
+        started_ms: u64,
+    },
     /// The owner stopped writing at `until`; `to` becomes the owner once its watermark is there.
+    /// `started_ms` is the handover's start, carried over from [`ShardStatus::Draining`].
     HandingOver {
         to: DcId,
         handover: u64,
         until: Position,
+        #[serde(default)]
+        started_ms: u64,
     },
     /// Failover in progress: the owner's lease expired and `to` was asked (at `started_ms` on
     /// the proposing leader's clock) to seal its copy; `sealed_at` is where it reported the
@@ -323,7 +332,7 @@ impl PlacementState {
                     ShardStatus::Active => OwnedShard::Writable {
                         epoch: placement.epoch,
                     },
-                    ShardStatus::Draining { to, handover }
+                    ShardStatus::Draining { to, handover, .. }
                     | ShardStatus::HandingOver { to, handover, .. } => OwnedShard::Frozen {
                         epoch: placement.epoch,
                         to: to.clone(),
@@ -408,12 +417,17 @@ impl PlacementState {
                 now_ms,
                 leader_since_ms,
             } => self.takeover(*shard, from, to, *takeover_point, *now_ms, *leader_since_ms),
-            Command::StartHandover { shard, to } => self.start_handover(*shard, to),
+            Command::StartHandover {
+                shard,
+                to,
+                now_ms,
+                leader_since_ms,
+            } => self.start_handover(*shard, to, *now_ms, *leader_since_ms),
             Command::CompleteHandover {
                 shard,
                 target_watermark,
             } => self.complete_handover(*shard, *target_watermark),
-            Command::AbortHandover { shard } => self.abort_handover(*shard),
+            Command::AbortHandover { shard, handover } => self.abort_handover(*shard, *handover),
             Command::SetReplicas { shard, replicas } => self.set_replicas(*shard, replicas),
         }
     }
@@ -474,12 +488,18 @@ impl PlacementState {
             if placement.owner != *dc || !placement.is_on_history(report.last) {
                 continue;
             }
-            if let ShardStatus::Draining { to, handover } = &placement.status {
+            if let ShardStatus::Draining {
+                to,
+                handover,
+                started_ms,
+            } = &placement.status
+            {
                 if *handover == report.handover {
                     placement.status = ShardStatus::HandingOver {
                         to: to.clone(),
                         handover: *handover,
                         until: report.last,
+                        started_ms: *started_ms,
                     };
                 }
             }
@@ -668,7 +688,13 @@ impl PlacementState {
         Ok(self.shard_reply(shard))
     }
 
-    fn start_handover(&mut self, shard: ShardId, to: &DcId) -> Outcome {
+    fn start_handover(
+        &mut self,
+        shard: ShardId,
+        to: &DcId,
+        now_ms: u64,
+        leader_since_ms: u64,
+    ) -> Outcome {
         let placement = self.placement(shard)?;
         if placement.is_frozen() {
             return Err(Rejected::HandoverInProgress {
@@ -689,11 +715,27 @@ impl PlacementState {
                 dc: to.clone(),
             });
         }
+        // A target whose lease has certainly expired could never catch up: refused now rather
+        // than timed out later. (In doubt, e.g. while a new leader waits, it is accepted.)
+        let target = grantor_view(
+            self.leases.get(to),
+            self.lease_ms,
+            self.max_clock_offset_ms,
+            now_ms,
+            leader_since_ms,
+        );
+        if target == GrantorView::Expired {
+            return Err(Rejected::CandidateUnhealthy {
+                shard,
+                dc: to.clone(),
+            });
+        }
         self.handovers_started += 1;
         let handover = self.handovers_started;
         self.shard_mut(shard).status = ShardStatus::Draining {
             to: to.clone(),
             handover,
+            started_ms: now_ms,
         };
         Ok(self.shard_reply(shard))
     }
@@ -727,9 +769,14 @@ impl PlacementState {
         Ok(self.shard_reply(shard))
     }
 
-    fn abort_handover(&mut self, shard: ShardId) -> Outcome {
-        let status = &self.placement(shard)?.status;
-        if matches!(status, ShardStatus::Active | ShardStatus::TakingOver { .. }) {
+    fn abort_handover(&mut self, shard: ShardId, only: Option<u64>) -> Outcome {
+        let running = match &self.placement(shard)?.status {
+            ShardStatus::Active | ShardStatus::TakingOver { .. } => None,
+            ShardStatus::Draining { handover, .. } | ShardStatus::HandingOver { handover, .. } => {
+                Some(*handover)
+            }
+        };
+        if running.is_none() || only.is_some_and(|only| Some(only) != running) {
             return Err(Rejected::NoHandover { shard });
         }
         self.shard_mut(shard).status = ShardStatus::Active;
@@ -817,9 +864,10 @@ pub struct SealReport {
 /// How long a takeover candidate may pull the old owner's remaining records before it seals.
 pub const TAKEOVER_PULL_MS: u64 = 1_000;
 
-/// Whether a takeover attempt started at `started_ms` (on the clock of whichever leader
-/// proposed it) has run out of time for the leader elected at `leader_since_ms`, now. A start
-/// time outside this leader's own readings is a predecessor's: counted from the election.
+/// Whether a takeover attempt (or a handover: see [`crate::plan_handover_timeouts`]) started
+/// at `started_ms` (on the clock of whichever leader proposed it) has run out of time for the
+/// leader elected at `leader_since_ms`, now. A start time outside this leader's own readings is
+/// a predecessor's: counted from the election.
 pub fn takeover_timed_out(
     started_ms: u64,
     timeout_ms: u64,

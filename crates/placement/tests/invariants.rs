@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use coopr_placement::{
     apply_command, dead_dcs, holder_lease_valid, may_acknowledge, plan_failover,
-    plan_handover_completions, plan_takeovers, ChangeReason, Command, Dc, DcId, Epoch, Fenced,
-    FrozenReport, GrantorView, HeldLease, LeaseGrant, OwnedShard, PlacementMachine, PlacementState,
-    Position, Rejected, Reply, SealReport, ShardStatus,
+    plan_handover_completions, plan_handover_timeouts, plan_takeovers, ChangeReason, Command, Dc,
+    DcId, Epoch, Fenced, FrozenReport, GrantorView, HeldLease, LeaseGrant, OwnedShard,
+    PlacementMachine, PlacementState, Position, Rejected, Reply, SealReport, ShardStatus,
 };
 use coopr_raft::StateMachine;
 use coopr_types::ShardId;
@@ -159,7 +159,13 @@ fn bootstrap_spreads_shards_round_robin() {
     );
     let mut none = None;
     assert_eq!(
-        apply_command(&mut none, &Command::AbortHandover { shard: ShardId(0) }),
+        apply_command(
+            &mut none,
+            &Command::AbortHandover {
+                shard: ShardId(0),
+                handover: None
+            }
+        ),
         Err(Rejected::NotBootstrapped)
     );
     let witness_only = Command::Bootstrap {
@@ -609,12 +615,17 @@ fn epochs_only_increase_and_rejections_change_nothing() {
                 2 => Command::StartHandover {
                     shard,
                     to: name(next(5)),
+                    now_ms: now,
+                    leader_since_ms: next(now + 1),
                 },
                 3 => Command::CompleteHandover {
                     shard,
                     target_watermark: point,
                 },
-                4 => Command::AbortHandover { shard },
+                4 => Command::AbortHandover {
+                    shard,
+                    handover: None,
+                },
                 5 => Command::SetReplicas {
                     shard,
                     replicas: (0..next(4)).map(|_| name(next(5))).collect(),
@@ -625,7 +636,10 @@ fn epochs_only_increase_and_rejections_change_nothing() {
                     .next()
                 {
                     Some(command) => command,
-                    None => Command::AbortHandover { shard },
+                    None => Command::AbortHandover {
+                        shard,
+                        handover: None,
+                    },
                 },
             };
             let before = state.clone();
@@ -659,7 +673,12 @@ fn a_handover_completes_only_when_the_target_is_caught_up() {
     let mut state = bootstrap(&["a", "b"], 1); // a owns 0, b replicates it
     let since = 0;
     let shard = ShardId(0);
-    let start = Command::StartHandover { shard, to: dc("b") };
+    let start = Command::StartHandover {
+        shard,
+        to: dc("b"),
+        now_ms: 0,
+        leader_since_ms: 0,
+    };
 
     // A first handover, aborted after the owner reported (1, 5).
     state.apply(&start).unwrap();
@@ -670,7 +689,12 @@ fn a_handover_completes_only_when_the_target_is_caught_up() {
     else {
         panic!("the grant freezes the shard")
     };
-    state.apply(&Command::AbortHandover { shard }).unwrap();
+    state
+        .apply(&Command::AbortHandover {
+            shard,
+            handover: None,
+        })
+        .unwrap();
     let grant = renew(&mut state, "a", 200, &[]);
     assert_eq!(
         grant.owned[&shard],
@@ -722,7 +746,8 @@ fn a_handover_completes_only_when_the_target_is_caught_up() {
         ShardStatus::HandingOver {
             to: dc("b"),
             handover: second,
-            until: Position::new(1, 9)
+            until: Position::new(1, 9),
+            started_ms: 0,
         }
     );
 
@@ -760,6 +785,113 @@ fn a_handover_completes_only_when_the_target_is_caught_up() {
             until: Position::new(1, 9)
         }
     );
+}
+
+/// A handover is bounded: the leader aborts it once it has run `timeout` on its clock without
+/// completing, whether the owner has not frozen yet (`draining`) or a replica has not caught up
+/// (`handing_over`, the start time carried over); one started under a predecessor counts from
+/// the leader's election. The abort names the handover, so a late one does not hit a newer
+/// handover of the shard; after it the owner's grant lets it write again.
+#[test]
+fn a_handover_that_runs_out_of_time_is_aborted() {
+    const TIMEOUT: u64 = 30_000;
+    let mut state = bootstrap(&["a", "b"], 1);
+    let shard = ShardId(0);
+    renew(&mut state, "a", 900, &[]);
+    renew(&mut state, "b", 900, &[(0, Position::new(1, 2))]);
+    let start = |now_ms| Command::StartHandover {
+        shard,
+        to: dc("b"),
+        now_ms,
+        leader_since_ms: 0,
+    };
+    state.apply(&start(1_000)).unwrap();
+    assert!(plan_handover_timeouts(&state, TIMEOUT, 1_000 + TIMEOUT - 1, 0).is_empty());
+    let abort = Command::AbortHandover {
+        shard,
+        handover: Some(1),
+    };
+    assert_eq!(
+        plan_handover_timeouts(&state, TIMEOUT, 1_000 + TIMEOUT, 0),
+        std::slice::from_ref(&abort)
+    );
+
+    // The owner froze at (1, 3); b stays at (1, 2): still the same deadline.
+    let report = BTreeMap::from([(
+        shard,
+        FrozenReport {
+            handover: 1,
+            last: Position::new(1, 3),
+        },
+    )]);
+    renew_frozen(&mut state, "a", 2_000, &[], report);
+    assert!(matches!(
+        state.shard(shard).unwrap().status,
+        ShardStatus::HandingOver {
+            started_ms: 1_000,
+            ..
+        }
+    ));
+    assert!(plan_handover_timeouts(&state, TIMEOUT, 1_000 + TIMEOUT - 1, 0).is_empty());
+    assert_eq!(
+        plan_handover_timeouts(&state, TIMEOUT, 1_000 + TIMEOUT, 0),
+        std::slice::from_ref(&abort)
+    );
+    // A leader elected later (its clock reads 500 000 at its election) cannot read the start
+    // time: it gives the handover a full timeout from its election.
+    let since = 500_000;
+    assert!(plan_handover_timeouts(&state, TIMEOUT, since + TIMEOUT - 1, since).is_empty());
+    assert_eq!(
+        plan_handover_timeouts(&state, TIMEOUT, since + TIMEOUT, since),
+        std::slice::from_ref(&abort)
+    );
+
+    state.apply(&abort).unwrap();
+    assert_eq!(state.shard(shard).unwrap().status, ShardStatus::Active);
+    let grant = renew(&mut state, "a", 40_000, &[]);
+    assert_eq!(
+        grant.owned[&shard],
+        OwnedShard::Writable { epoch: Epoch(1) }
+    );
+    assert!(plan_handover_timeouts(&state, TIMEOUT, 1_000_000, 0).is_empty());
+
+    // A second handover; the first one's abort, late, is refused and changes nothing.
+    renew(&mut state, "b", 40_000, &[(0, Position::new(1, 3))]);
+    state.apply(&start(40_000)).unwrap();
+    let before = state.clone();
+    assert_eq!(state.apply(&abort), Err(Rejected::NoHandover { shard }));
+    assert_eq!(state, before);
+    assert_eq!(
+        plan_handover_timeouts(&state, TIMEOUT, 40_000 + TIMEOUT, 0),
+        [Command::AbortHandover {
+            shard,
+            handover: Some(2)
+        }]
+    );
+}
+
+/// A handover to a DC whose lease has certainly expired is refused at once (it could only run
+/// out of time); one whose lease is in doubt (a new leader's wait) is accepted.
+#[test]
+fn a_handover_to_a_dead_target_is_refused() {
+    let mut state = bootstrap(&["a", "b"], 1);
+    let shard = ShardId(0);
+    renew(&mut state, "b", 1_000, &[]);
+    let start = |now_ms, leader_since_ms| Command::StartHandover {
+        shard,
+        to: dc("b"),
+        now_ms,
+        leader_since_ms,
+    };
+    let dead_at = 1_000 + LEASE_MS + OFFSET_MS;
+    let before = state.clone();
+    assert_eq!(
+        state.apply(&start(dead_at, 0)),
+        Err(Rejected::CandidateUnhealthy { shard, dc: dc("b") })
+    );
+    assert_eq!(state, before);
+    // A new leader (elected at 100 000 on its clock) does not know b's lease yet: in doubt.
+    assert!(state.apply(&start(100_000, 100_000)).is_ok());
 }
 
 /// Holder side: the holder's lease ends `lease - offset` after the timer it started before
@@ -819,6 +951,8 @@ fn the_holder_fences_itself() {
         .apply(&Command::StartHandover {
             shard: ShardId(0),
             to: dc("b"),
+            now_ms: 0,
+            leader_since_ms: 0,
         })
         .unwrap();
     let newer = renew(&mut state, "a", 30, &[]);
@@ -884,6 +1018,8 @@ fn snapshot_restore_round_trip() {
         Command::StartHandover {
             shard: ShardId(1),
             to: dc("a"),
+            now_ms: 0,
+            leader_since_ms: 0,
         },
     ]
     .iter()

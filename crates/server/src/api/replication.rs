@@ -70,7 +70,14 @@ async fn start_handover(
         ));
     }
     let to = coopr_placement::DcId::new(request.to);
-    placement_command(&app, &coopr_placement::Command::StartHandover { shard, to }).await
+    // The placement leader stamps the start with its clock.
+    let command = coopr_placement::Command::StartHandover {
+        shard,
+        to,
+        now_ms: 0,
+        leader_since_ms: 0,
+    };
+    placement_command(&app, &command).await
 }
 
 /// Gives up a handover in progress; the owner writes the shard again after its next renewal.
@@ -81,7 +88,11 @@ async fn abort_handover(
 ) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
     let shard = parse_shard(&app, &shard)?;
-    placement_command(&app, &coopr_placement::Command::AbortHandover { shard }).await
+    let command = coopr_placement::Command::AbortHandover {
+        shard,
+        handover: None,
+    };
+    placement_command(&app, &command).await
 }
 
 /// Sends an administrative command to the placement group (any voter; they forward it to

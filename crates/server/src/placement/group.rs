@@ -10,7 +10,8 @@
 //!    /internal/placement/renew   ─┐ not leader?    ◀── LeaseGrant (owned shards + epochs, the map)
 //!    /internal/placement/state    │ forward once   GET /internal/placement/state (the whole map)
 //!    /internal/placement/command ─┘ to the leader
-//!  leader loop: bootstrap once; complete handovers whose target caught up
+//!  leader loop: bootstrap once; complete handovers whose target caught up, abort those
+//!  older than handover_timeout_ms; fail over DCs whose lease expired
 //! ```
 //!
 //! Times in the placement log are the proposing leader's monotonic clock ([`mono_ms`]); a new
@@ -29,8 +30,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use coopr_placement::{
-    dead_dcs, plan_failover, plan_handover_completions, plan_takeovers, Command, Dc, FrozenReport,
-    Outcome, PlacementMachine, Position, Rejected, Reply, SealReport,
+    dead_dcs, plan_failover, plan_handover_completions, plan_handover_timeouts, plan_takeovers,
+    Command, Dc, FrozenReport, Outcome, PlacementMachine, Position, Rejected, Reply, SealReport,
 };
 use coopr_raft::{RaftConfig, RaftHandle, RaftStores, WriteError};
 use coopr_types::ShardId;
@@ -79,6 +80,8 @@ pub struct PlacementGroup {
     bootstrap: Command,
     /// The term in which this node last became the placement leader, and when (monotonic ms).
     leader_since_ms: Mutex<Option<(u64, u64)>>,
+    /// How long a handover may run before the leader aborts it.
+    handover_timeout_ms: u64,
     client: reqwest::Client,
 }
 
@@ -121,6 +124,7 @@ impl PlacementGroup {
             secret,
             bootstrap: bootstrap_command(config),
             leader_since_ms: Mutex::new(None),
+            handover_timeout_ms: config.handover_timeout_ms,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_millis(config.lease_ms))
                 .build()
@@ -190,7 +194,8 @@ impl PlacementGroup {
     }
 
     /// The leader's duties: bootstrap the map once, complete handovers whose target caught
-    /// up. Runs on every voter, acts only on the leader.
+    /// up, abort those that ran out of time, fail over dead DCs. Runs on every voter, acts only
+    /// on the leader.
     pub async fn run(self: Arc<Self>, tick: Duration, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -217,6 +222,7 @@ impl PlacementGroup {
                 continue;
             }
             self.complete_handovers().await;
+            self.abort_late_handovers().await;
             self.fail_over().await;
         }
     }
@@ -287,6 +293,40 @@ impl PlacementGroup {
                 Ok(Ok(reply)) => tracing::info!(?reply, "handover completed"),
                 Ok(Err(e)) => tracing::debug!(error = %e, "handover completion rejected"),
                 Err(e) => tracing::warn!(error = %e, "handover completion not written"),
+            }
+        }
+    }
+
+    /// Aborts every handover that has run longer than `handover_timeout_ms` (leader): the owner
+    /// writes the shard again after its next renewal. Runs after the completions of the same
+    /// tick, so a handover that could complete does.
+    async fn abort_late_handovers(&self) {
+        let Some(since) = self.leader_since() else {
+            return;
+        };
+        let timeout_ms = self.handover_timeout_ms;
+        let commands = self
+            .machine
+            .read(|state| state.map(|s| plan_handover_timeouts(s, timeout_ms, mono_ms(), since)))
+            .unwrap_or_default();
+        for command in commands {
+            let status = self.machine.read(|state| {
+                let Command::AbortHandover { shard, .. } = &command else {
+                    return None;
+                };
+                state
+                    .and_then(|s| s.shard(*shard))
+                    .map(|p| p.status.clone())
+            });
+            match self.propose(&command).await {
+                Ok(Ok(Reply::Shard { shard, placement })) => {
+                    tracing::warn!(%shard, owner = %placement.owner, ?status, timeout_ms,
+                        "handover ran out of time: aborted");
+                    metrics::counter!("coopr_placement_handover_timeouts_total").increment(1);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "handover abort rejected"),
+                Err(e) => tracing::warn!(error = %e, "handover abort not written"),
             }
         }
     }
@@ -459,7 +499,7 @@ async fn command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let command: Command = match authorized_json(&group, &headers, &body) {
+    let mut command: Command = match authorized_json(&group, &headers, &body) {
         Ok(v) => v,
         Err(refused) => return *refused,
     };
@@ -476,6 +516,22 @@ async fn command(
     }
     if !group.raft.is_leader() {
         return group.at_leader(&headers, COMMAND_PATH, body).await;
+    }
+    // Times in the log are the proposing leader's: a handover starts on its clock.
+    if let Command::StartHandover {
+        now_ms,
+        leader_since_ms,
+        ..
+    } = &mut command
+    {
+        let Some(since) = group.ensure_leading().await else {
+            return unavailable(
+                "leader_starting",
+                "the placement leader is taking up its duties".into(),
+            );
+        };
+        *leader_since_ms = since;
+        *now_ms = mono_ms();
     }
     outcome_response(group.propose(&command).await)
 }
