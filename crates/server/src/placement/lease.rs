@@ -342,6 +342,7 @@ fn frozen_reports(app: &App) -> BTreeMap<ShardId, FrozenReport> {
 /// Brings the DC log in line with the lease and the map (DC leader, every tick):
 /// - a shard the grant freezes is frozen here once no operation of it runs (new operations are
 ///   already refused by fencing; running ones finish first);
+/// - a shard the grant lists writable again (its handover was aborted) is unfrozen;
 /// - a shard the grant orders taken over is sealed here once the old owner's remaining records
 ///   are in (or it cannot be reached, or the bounded pull time is over); a seal whose order was
 ///   withdrawn is lifted;
@@ -391,7 +392,18 @@ async fn reconcile(app: &App) {
                         });
                     }
                 }
-                OwnedShard::Writable { .. } => {}
+                // Writable at the epoch written here but still frozen: the handover that froze
+                // it was aborted (grants only move forward, and a freeze follows a grant that
+                // froze the shard), so the owner writes again.
+                OwnedShard::Writable { .. } => {
+                    let frozen = state.shards.get(shard).and_then(|d| d.frozen);
+                    if let (Some(handover), false) = (frozen, replica_here) {
+                        commands.push(Command::UnfreezeShard {
+                            shard: *shard,
+                            handover,
+                        });
+                    }
+                }
             }
         }
         for (shard, order) in &grant.taking_over {
