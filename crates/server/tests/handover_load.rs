@@ -790,13 +790,15 @@ async fn a_handover_that_cannot_complete_is_aborted_and_the_owner_writes_again()
         matches!(written, Written::Acknowledged(_)),
         "the write after the abort"
     );
-    let map = get(b, "/v2/admin/shards").await;
-    let entry = &map["shards"][shard as usize];
-    assert_eq!(
-        (&entry["owner"], &entry["epoch"], &entry["status"]),
-        (&json!("a"), &json!(1), &json!("active")),
-        "{map}"
-    );
+    // b's map follows the placement group within a tick.
+    common::wait_for("b's map to show the shard active at a", || async {
+        let map = get(b, "/v2/admin/shards").await;
+        let entry = &map["shards"][shard as usize];
+        ((&entry["owner"], &entry["epoch"], &entry["status"])
+            == (&json!("a"), &json!(1), &json!("active")))
+            .then_some(())
+    })
+    .await;
     let row = b
         .get(
             &format!("/v2/clusters/{id}?consistency=strong"),

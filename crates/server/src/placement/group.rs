@@ -310,18 +310,32 @@ impl PlacementGroup {
             .read(|state| state.map(|s| plan_handover_timeouts(s, timeout_ms, mono_ms(), since)))
             .unwrap_or_default();
         for command in commands {
-            let status = self.machine.read(|state| {
-                let Command::AbortHandover { shard, .. } = &command else {
-                    return None;
-                };
-                state
-                    .and_then(|s| s.shard(*shard))
-                    .map(|p| p.status.clone())
-            });
+            // What it waited for: the owner's final position, or replicas that lacked it.
+            let (status, waiting_for) = self
+                .machine
+                .read(|state| {
+                    let Command::AbortHandover { shard, .. } = &command else {
+                        return None;
+                    };
+                    let state = state?;
+                    let placement = state.shard(*shard)?;
+                    let waiting_for: Vec<String> = match &placement.status {
+                        coopr_placement::ShardStatus::HandingOver { until, .. } => placement
+                            .replicas
+                            .iter()
+                            .map(|dc| (dc, coopr_placement::watermark(state, dc, *shard)))
+                            .filter(|(_, mark)| mark != until)
+                            .map(|(dc, mark)| format!("{dc} at {mark}"))
+                            .collect(),
+                        _ => vec![format!("{} to freeze", placement.owner)],
+                    };
+                    Some((Some(placement.status.clone()), waiting_for))
+                })
+                .unwrap_or_default();
             match self.propose(&command).await {
                 Ok(Ok(Reply::Shard { shard, placement })) => {
-                    tracing::warn!(%shard, owner = %placement.owner, ?status, timeout_ms,
-                        "handover ran out of time: aborted");
+                    tracing::warn!(%shard, owner = %placement.owner, ?status, ?waiting_for,
+                        timeout_ms, "handover ran out of time: aborted");
                     metrics::counter!("coopr_placement_handover_timeouts_total").increment(1);
                 }
                 Ok(Ok(_)) => {}
