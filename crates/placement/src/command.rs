@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::holder::LeaseGrant;
 use crate::ids::{DcId, Epoch, Position};
-use crate::state::{Dc, FrozenReport, SealReport, ShardPlacement, ShardStatus};
+use crate::state::{Dc, FrozenReport, Maintenance, SealReport, ShardPlacement, ShardStatus};
 
 /// A command of the placement log. Times are the proposing placement leader's monotonic clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +99,16 @@ pub enum Command {
     },
     /// Replaces the replica DCs of a shard.
     SetReplicas { shard: ShardId, replicas: Vec<DcId> },
+    /// Planned maintenance of `dc` (`coopr admin drain`): it becomes no target of handovers or
+    /// takeovers, and the placement leader hands its shards to other DCs a few at a time
+    /// ([`crate::plan_maintenance`]). Repeating it changes nothing.
+    DrainDc { dc: DcId },
+    /// The end of `dc`'s maintenance (`coopr admin undrain`): it may be a target again, and the
+    /// placement leader hands its home shards (those of the initial placement) back to it a few
+    /// at a time, until none is left to move ([`Command::EndFailback`]).
+    UndrainDc { dc: DcId },
+    /// Every home shard of `dc` that can move back is back: its failback ends.
+    EndFailback { dc: DcId },
 }
 
 /// The reply to an accepted command.
@@ -114,6 +124,11 @@ pub enum Reply {
     Shard {
         shard: ShardId,
         placement: ShardPlacement,
+    },
+    /// To the maintenance commands: the DC's maintenance afterwards (`None`: none).
+    Maintenance {
+        dc: DcId,
+        maintenance: Option<Maintenance>,
     },
 }
 
@@ -183,6 +198,10 @@ pub enum Rejected {
         target_watermark: Position,
         owner_final: Position,
     },
+    #[error("{dc} is draining: it takes over no shard until it is undrained")]
+    TargetDraining { dc: DcId },
+    #[error("{dc} is not failing back")]
+    NoFailback { dc: DcId },
     #[error("invalid replicas for shard {shard}: {reason}")]
     InvalidReplicas { shard: ShardId, reason: String },
     #[error("malformed command: {reason}")]

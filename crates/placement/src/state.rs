@@ -147,6 +147,19 @@ pub enum ShardStatus {
     },
 }
 
+/// A DC's planned maintenance, as an admin set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Maintenance {
+    /// Drained (`coopr admin drain`): no handover or takeover targets it, and the placement
+    /// leader hands its shards over to other DCs a few at a time. Lasts until undrained.
+    Draining,
+    /// Undrained (`coopr admin undrain`): the placement leader hands its home shards back to it
+    /// a few at a time, so that a returning DC does not take everything at once; ends when
+    /// none is left to move.
+    FailingBack,
+}
+
 /// A DC's lease as the grantor sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -204,6 +217,9 @@ pub struct PlacementState {
     takeovers_started: u64,
     grants_issued: u64,
     handovers_started: u64,
+    /// DCs under planned maintenance (absent in states written before it existed: none).
+    #[serde(default)]
+    maintenance: BTreeMap<DcId, Maintenance>,
 }
 
 impl PlacementState {
@@ -272,6 +288,7 @@ impl PlacementState {
             grants_issued: 0,
             handovers_started: 0,
             takeovers_started: 0,
+            maintenance: BTreeMap::new(),
         })
     }
 
@@ -314,6 +331,31 @@ impl PlacementState {
 
     pub fn leases(&self) -> &BTreeMap<DcId, Lease> {
         &self.leases
+    }
+
+    /// The DCs under planned maintenance.
+    pub fn maintenance(&self) -> &BTreeMap<DcId, Maintenance> {
+        &self.maintenance
+    }
+
+    /// Whether `dc` is drained: it is no target of handovers or takeovers.
+    pub fn is_draining(&self, dc: &DcId) -> bool {
+        self.maintenance.get(dc) == Some(&Maintenance::Draining)
+    }
+
+    /// The home DC of `shard`: its owner in the initial placement (cluster shard `s` on the
+    /// `s mod k`-th voter, the global shard on the first), where failback returns it.
+    pub fn home(&self, shard: ShardId) -> Option<&DcId> {
+        let voters: Vec<&DcId> = self.voters().collect();
+        if voters.is_empty() || (!shard.is_global() && shard.0 >= self.shard_count) {
+            return None;
+        }
+        let index = if shard.is_global() {
+            0
+        } else {
+            shard.0 as usize % voters.len()
+        };
+        Some(voters[index])
     }
 
     /// The last [`HISTORY_LIMIT`] ownership changes, oldest first.
@@ -429,6 +471,15 @@ impl PlacementState {
             } => self.complete_handover(*shard, *target_watermark),
             Command::AbortHandover { shard, handover } => self.abort_handover(*shard, *handover),
             Command::SetReplicas { shard, replicas } => self.set_replicas(*shard, replicas),
+            Command::DrainDc { dc } => self.set_maintenance(dc, Some(Maintenance::Draining)),
+            Command::UndrainDc { dc } => self.set_maintenance(dc, Some(Maintenance::FailingBack)),
+            Command::EndFailback { dc } => {
+                self.voter(dc)?;
+                if self.maintenance.get(dc) != Some(&Maintenance::FailingBack) {
+                    return Err(Rejected::NoFailback { dc: dc.clone() });
+                }
+                self.set_maintenance(dc, None)
+            }
         }
     }
 
@@ -441,6 +492,18 @@ impl PlacementState {
             }) => Err(Rejected::Witness { dc: dc.clone() }),
             Some(_) => Ok(()),
         }
+    }
+
+    fn set_maintenance(&mut self, dc: &DcId, maintenance: Option<Maintenance>) -> Outcome {
+        self.voter(dc)?;
+        match maintenance {
+            Some(m) => self.maintenance.insert(dc.clone(), m),
+            None => self.maintenance.remove(dc),
+        };
+        Ok(Reply::Maintenance {
+            dc: dc.clone(),
+            maintenance,
+        })
     }
 
     fn placement(&self, shard: ShardId) -> Result<&ShardPlacement, Rejected> {
@@ -655,6 +718,9 @@ impl PlacementState {
                 dc: to.clone(),
             });
         }
+        if self.is_draining(to) {
+            return Err(Rejected::TargetDraining { dc: to.clone() });
+        }
         if let ShardStatus::TakingOver {
             to: current,
             takeover,
@@ -729,6 +795,9 @@ impl PlacementState {
                 shard,
                 dc: to.clone(),
             });
+        }
+        if self.is_draining(to) {
+            return Err(Rejected::TargetDraining { dc: to.clone() });
         }
         self.handovers_started += 1;
         let handover = self.handovers_started;

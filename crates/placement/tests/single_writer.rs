@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use coopr_placement::{
     apply_command, dead_dcs, may_acknowledge, plan_failover, plan_handover_completions,
-    plan_handover_timeouts, plan_takeovers, Command, Dc, DcId, Epoch, FrozenReport, HeldLease,
-    OwnedShard, PlacementState, Position, Reply, SealReport, Seq, ShardStatus,
+    plan_handover_timeouts, plan_maintenance, plan_takeovers, Command, Dc, DcId, Epoch,
+    FrozenReport, HeldLease, OwnedShard, PlacementState, Position, Reply, SealReport, Seq,
+    ShardStatus,
 };
 use coopr_types::ShardId;
 
@@ -338,6 +339,15 @@ fn run(seed: u64) -> Stats {
         }
         commands.extend(plan_takeovers(&state, now, leader.since_ms));
         commands.extend(plan_handover_completions(&state, now, leader.since_ms));
+        commands.extend(plan_maintenance(&state, now, leader.since_ms));
+        if rng.chance(3_000) {
+            let dc = DcId::new(names[rng.below(names.len() as u64) as usize]);
+            commands.push(if rng.chance(500_000) {
+                Command::DrainDc { dc }
+            } else {
+                Command::UndrainDc { dc }
+            });
+        }
         commands.extend(plan_handover_timeouts(
             &state,
             HANDOVER_TIMEOUT_MS,
@@ -467,7 +477,8 @@ fn run(seed: u64) -> Stats {
 /// owner at the current epoch in the placement state, so at most one DC may write; epochs only
 /// increase. Checked every 10 ms of simulated time across seeded runs with drifting clocks,
 /// lossy reordering delivery, partitions, placement and DC leader changes, failovers and
-/// handovers (some aborted by the placement leader when they run out of time). The runs must
+/// handovers (some aborted by the placement leader when they run out of time), DCs drained and
+/// undrained (the leader's maintenance handovers). The runs must
 /// exercise takeovers, handovers and handover timeouts (so the check is not vacuous).
 #[test]
 fn at_most_one_dc_may_acknowledge_per_shard() {
