@@ -810,6 +810,217 @@ async fn a_handover_that_cannot_complete_is_aborted_and_the_owner_writes_again()
     deployment.stop().await;
 }
 
+/// The shards each DC owns, by the map `via` has, with the shards not `active`.
+async fn owners(via: &TestServer) -> (BTreeMap<String, Vec<u64>>, Vec<u64>) {
+    let map = get(via, "/v2/admin/shards").await;
+    let mut owned: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut moving = Vec::new();
+    for (n, entry) in (0u64..).zip(map["shards"].as_array().expect("shards")) {
+        if n == u64::from(SHARDS) {
+            continue; // the global shard
+        }
+        let owner = entry["owner"].as_str().unwrap_or_default().to_string();
+        owned.entry(owner).or_default().push(n);
+        if entry["status"] != "active" {
+            moving.push(n);
+        }
+    }
+    (owned, moving)
+}
+
+/// Planned maintenance of DC b, asked at other DCs:
+/// - bad calls: an unknown DC is 404 `unknown_dc`, a body with an unknown field 400, a
+///   non-superadmin 403;
+/// - a dry run of the drain lists each of b's shards (1, 4, 7) with a target (a or c) and
+///   nothing blocking it, and changes nothing;
+/// - the drain hands them all over, at most `MOVES_PER_DC` (2) at a time (sampled while it
+///   runs), while b takes no handover (409 `target_draining`); then b owns nothing, every shard
+///   is active and every copy equal, and b creates no clusters (421: it owns no shard);
+/// - a dry run of the undrain lists b's home shards going back to b; the undrain brings them
+///   back, the maintenance mark goes away by itself, and every copy is equal again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_dc_hands_everything_over_and_gets_its_home_shards_back() {
+    let deployment = Deployment::start(|c| {
+        c.lease_ms = LEASE_MS;
+        c.max_clock_offset_ms = 100;
+        c.handover_timeout_ms = HANDOVER_TIMEOUT_MS;
+    })
+    .await;
+    let (a, b, c) = (deployment.dc("a"), deployment.dc("b"), deployment.dc("c"));
+    for dc in DCS {
+        let server = deployment.dc(dc);
+        for _ in 0..2 {
+            server.create_cluster("base", 1).await;
+        }
+        common::Worker::register(server, &format!("p-{dc}"), "w1")
+            .await
+            .drive()
+            .await;
+    }
+    let (before, _) = owners(a).await;
+    assert_eq!(before["b"], [1, 4, 7]);
+
+    tracing::info!("--- bad calls");
+    let unknown = a
+        .post("/v2/admin/dcs/zz/drain", &Auth::Superadmin, json!({}))
+        .await;
+    assert_eq!(unknown.assert_error(404), "unknown_dc");
+    let bad = a
+        .post(
+            "/v2/admin/dcs/b/drain",
+            &Auth::Superadmin,
+            json!({"dryRun": true}),
+        )
+        .await;
+    bad.assert_error(400);
+    let user = a
+        .post("/v2/admin/dcs/b/drain", &Auth::Demo, json!({}))
+        .await;
+    user.assert_error(403);
+
+    tracing::info!("--- dry run of b's drain");
+    let dry = c
+        .post(
+            "/v2/admin/dcs/b/drain",
+            &Auth::Superadmin,
+            json!({"dry_run": true}),
+        )
+        .await;
+    let dry = dry.assert_ok();
+    assert_eq!(
+        (&dry["dry_run"], &dry["maintenance"]),
+        (&json!(true), &json!("draining")),
+        "{dry}"
+    );
+    let plan = dry["plan"].as_array().expect("plan");
+    let shards: Vec<u64> = plan.iter().filter_map(|m| m["shard"].as_u64()).collect();
+    assert_eq!(shards, [1, 4, 7], "{dry}");
+    for step in plan {
+        assert!(step["blocked"].is_null(), "{dry}");
+        assert!(
+            ["a", "c"].contains(&step["to"].as_str().unwrap_or_default()),
+            "{dry}"
+        );
+    }
+    assert_eq!(owners(a).await.0, before, "a dry run changes nothing");
+
+    tracing::info!("--- drain b");
+    let drained = a
+        .post(
+            "/v2/admin/dcs/b/drain",
+            &Auth::Superadmin,
+            json!({"dry_run": false}),
+        )
+        .await;
+    assert_eq!(
+        drained.assert_ok()["maintenance"],
+        "draining",
+        "{}",
+        drained.text
+    );
+    let to_b = c
+        .post(
+            "/v2/admin/shards/0/handover",
+            &Auth::Superadmin,
+            json!({"to": "b"}),
+        )
+        .await;
+    assert_eq!(to_b.assert_error(409), "target_draining");
+    let since = Instant::now();
+    loop {
+        let (owned, moving) = owners(c).await;
+        let b_moving = moving.iter().filter(|s| before["b"].contains(s)).count();
+        assert!(
+            b_moving <= 2,
+            "{b_moving} of b's shards move at once: {owned:?} {moving:?}"
+        );
+        if !owned.contains_key("b") && moving.is_empty() {
+            break;
+        }
+        assert!(
+            since.elapsed() < SETTLE,
+            "b still owns {:?}",
+            owned.get("b")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settle = Instant::now();
+    while let Err(why) = settled(&deployment).await {
+        assert!(
+            settle.elapsed() < SETTLE,
+            "not settled after the drain: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let create = send(
+        &reqwest::Client::new(),
+        reqwest::Method::POST,
+        &format!("{}/v2/clusters", b.base),
+        &Auth::Demo,
+        None,
+        Some(&json!({"name": "x", "clusterTemplate": "base", "numMachines": 1})),
+    )
+    .await;
+    assert_eq!(
+        (create.status, &create.body["code"]),
+        (421, &json!("not_owner")),
+        "{}",
+        create.body
+    );
+
+    tracing::info!("--- undrain b: its home shards come back");
+    let dry = a
+        .post(
+            "/v2/admin/dcs/b/undrain",
+            &Auth::Superadmin,
+            json!({"dry_run": true}),
+        )
+        .await;
+    let dry = dry.assert_ok();
+    let back: Vec<(u64, &str)> = dry["plan"]
+        .as_array()
+        .expect("plan")
+        .iter()
+        .map(|m| {
+            (
+                m["shard"].as_u64().unwrap_or(99),
+                m["to"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(back, [(1, "b"), (4, "b"), (7, "b")], "{dry}");
+    c.post("/v2/admin/dcs/b/undrain", &Auth::Superadmin, json!({}))
+        .await
+        .assert_ok();
+    let since = Instant::now();
+    loop {
+        let (owned, moving) = owners(a).await;
+        let map = get(a, "/v2/admin/shards").await;
+        if owned.get("b").map(Vec::as_slice) == Some(&[1, 4, 7][..])
+            && moving.is_empty()
+            && map["maintenance"] == json!({})
+        {
+            break;
+        }
+        assert!(
+            since.elapsed() < SETTLE,
+            "b's home shards did not come back: {owned:?}, moving {moving:?}, maintenance {}",
+            map["maintenance"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settle = Instant::now();
+    while let Err(why) = settled(&deployment).await {
+        assert!(
+            settle.elapsed() < SETTLE,
+            "not settled after the undrain: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.create_cluster("base", 1).await;
+    deployment.stop().await;
+}
+
 /// The same for two minutes. Run it with
 /// `cargo test -p coopr-server --test handover_load -- --ignored --nocapture`
 /// (`SEED=n` repeats a seed's choices).

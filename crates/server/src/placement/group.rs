@@ -9,7 +9,8 @@
 //!    /placement/raft/*   Raft RPCs of the group    POST /internal/placement/renew {dc, watermarks}
 //!    /internal/placement/renew   ─┐ not leader?    ◀── LeaseGrant (owned shards + epochs, the map)
 //!    /internal/placement/state    │ forward once   GET /internal/placement/state (the whole map)
-//!    /internal/placement/command ─┘ to the leader
+//!    /internal/placement/command ─┤ to the leader
+//!    /internal/placement/maintenance ┘ (drain, undrain)
 //!  leader loop: bootstrap once; complete handovers whose target caught up, abort those
 //!  older than handover_timeout_ms; fail over DCs whose lease expired
 //! ```
@@ -30,8 +31,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use coopr_placement::{
-    dead_dcs, plan_failover, plan_handover_completions, plan_handover_timeouts, plan_takeovers,
-    Command, Dc, FrozenReport, Outcome, PlacementMachine, Position, Rejected, Reply, SealReport,
+    dead_dcs, drain_plan, failback_plan, plan_failover, plan_handover_completions,
+    plan_handover_timeouts, plan_maintenance, plan_takeovers, Command, Dc, DcId, FrozenReport,
+    Outcome, PlacementMachine, PlannedMove, Position, Rejected, Reply, SealReport,
 };
 use coopr_raft::{RaftConfig, RaftHandle, RaftStores, WriteError};
 use coopr_types::ShardId;
@@ -49,6 +51,7 @@ pub const RAFT_PREFIX: &str = "/placement";
 pub const RENEW_PATH: &str = "/internal/placement/renew";
 pub const STATE_PATH: &str = "/internal/placement/state";
 pub const COMMAND_PATH: &str = "/internal/placement/command";
+pub const MAINTENANCE_PATH: &str = "/internal/placement/maintenance";
 /// Marks a placement call forwarded to the placement leader (never forwarded twice).
 const FORWARDED_HEADER: &str = "coopr-placement-forwarded";
 
@@ -69,6 +72,24 @@ pub struct RenewRequest {
     /// Copies this DC sealed for a takeover it was asked to make, and where they end.
     #[serde(default, with = "coopr_placement::ids::numeric_keys")]
     pub sealed: BTreeMap<ShardId, SealReport>,
+}
+
+/// An admin's drain or undrain of a DC (`dry_run`: only the plan), sent to the placement
+/// leader, which alone can tell which DCs are healthy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    pub dc: String,
+    /// `false`: drain; `true`: undrain (fail back).
+    pub undrain: bool,
+    pub dry_run: bool,
+}
+
+/// The placement leader's answer to a [`MaintenanceRequest`]: whether the mark was (or, dry,
+/// would be) set, and the moves it makes now or later, each with what blocks it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceAnswer {
+    pub outcome: Outcome,
+    pub plan: Vec<PlannedMove>,
 }
 
 /// A running voter of the placement group.
@@ -146,6 +167,7 @@ impl PlacementGroup {
             .route(RENEW_PATH, post(renew))
             .route(STATE_PATH, get(state))
             .route(COMMAND_PATH, post(command))
+            .route(MAINTENANCE_PATH, post(maintenance))
             .with_state(self.clone())
             .nest(RAFT_PREFIX, coopr_raft::router(self.raft.clone()))
     }
@@ -223,6 +245,7 @@ impl PlacementGroup {
             }
             self.complete_handovers().await;
             self.abort_late_handovers().await;
+            self.run_maintenance().await;
             self.fail_over().await;
         }
     }
@@ -342,6 +365,39 @@ impl PlacementGroup {
                 Ok(Err(e)) => tracing::debug!(error = %e, "handover abort rejected"),
                 Err(e) => tracing::warn!(error = %e, "handover abort not written"),
             }
+        }
+    }
+
+    /// Planned maintenance (leader): hands the shards of drained DCs over, and the home shards of
+    /// DCs failing back to them, a few at a time; ends failbacks with nothing left to move.
+    async fn run_maintenance(&self) {
+        let Some(since) = self.leader_since() else {
+            return;
+        };
+        let commands = self
+            .machine
+            .read(|state| state.map(|s| plan_maintenance(s, mono_ms(), since)))
+            .unwrap_or_default();
+        for command in commands {
+            match self.propose(&command).await {
+                Ok(Ok(reply)) => tracing::info!(?command, ?reply, "maintenance step"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "maintenance step rejected"),
+                Err(e) => tracing::warn!(error = %e, "maintenance step not written"),
+            }
+        }
+    }
+
+    /// The moves of `dc`'s drain (or failback) in `state`, for the leader elected at `since`.
+    fn maintenance_plan(
+        state: &coopr_placement::PlacementState,
+        dc: &DcId,
+        undrain: bool,
+        since: u64,
+    ) -> Vec<PlannedMove> {
+        if undrain {
+            failback_plan(state, dc, mono_ms(), since)
+        } else {
+            drain_plan(state, dc, mono_ms(), since)
         }
     }
 
@@ -548,6 +604,55 @@ async fn command(
         *now_ms = mono_ms();
     }
     outcome_response(group.propose(&command).await)
+}
+
+/// Drains or undrains a DC at the leader: proposes the mark (or, dry, applies it to a copy of
+/// the state) and answers the plan as it stands afterwards.
+async fn maintenance(
+    State(group): State<Arc<PlacementGroup>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: MaintenanceRequest = match authorized_json(&group, &headers, &body) {
+        Ok(v) => v,
+        Err(refused) => return *refused,
+    };
+    if !group.raft.is_leader() {
+        return group.at_leader(&headers, MAINTENANCE_PATH, body).await;
+    }
+    let Some(since) = group.ensure_leading().await else {
+        return unavailable(
+            "leader_starting",
+            "the placement leader is taking up its duties".into(),
+        );
+    };
+    let Some(mut state) = group.machine.state() else {
+        return unavailable(
+            "not_bootstrapped",
+            "the placement group is not bootstrapped yet".into(),
+        );
+    };
+    let dc = DcId::new(request.dc);
+    let command = if request.undrain {
+        Command::UndrainDc { dc: dc.clone() }
+    } else {
+        Command::DrainDc { dc: dc.clone() }
+    };
+    let outcome = if request.dry_run {
+        state.apply(&command)
+    } else {
+        match group.propose(&command).await {
+            Ok(outcome) => {
+                if let Some(now) = group.machine.state() {
+                    state = now;
+                }
+                outcome
+            }
+            Err(e) => return outcome_response(Err(e)),
+        }
+    };
+    let plan = PlacementGroup::maintenance_plan(&state, &dc, request.undrain, since);
+    axum::Json(MaintenanceAnswer { outcome, plan }).into_response()
 }
 
 async fn state(State(group): State<Arc<PlacementGroup>>, headers: HeaderMap) -> Response {
