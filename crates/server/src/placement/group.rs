@@ -3,16 +3,17 @@
 //! [`coopr_placement::PlacementMachine`] (the shard map, DC leases, the ownership history).
 //!
 //! ```text
-//!  voter node (one per DC, + witness)            any DC leader (lease holder)
-//!  ─────────────────────────────────             ───────────────────────────
-//!  internal listener:                            every lease/3:
-//!    /placement/raft/*   Raft RPCs of the group    POST /internal/placement/renew {dc, watermarks}
-//!    /internal/placement/renew   ─┐ not leader?    ◀── LeaseGrant (owned shards + epochs, the map)
-//!    /internal/placement/state    │ forward once   GET /internal/placement/state (the whole map)
-//!    /internal/placement/command ─┤ to the leader
-//!    /internal/placement/maintenance ┘ (drain, undrain)
+//!  voter node (one per DC, + witness)                any DC leader (lease holder)
+//!  ─────────────────────────────────                 ───────────────────────────
+//!  internal listener:                                every lease/3:
+//!    /placement/raft/*   Raft RPCs of the group        POST /internal/placement/renew {dc, ...}
+//!    /internal/placement/renew       ─┐ not leader?    ◀── LeaseGrant (owned shards, the map)
+//!    /internal/placement/state        │ forward once   GET /internal/placement/state (the map)
+//!    /internal/placement/command      │ to the leader
+//!    /internal/placement/maintenance ─┘ (drain, undrain: the leader answers the plan)
 //!  leader loop: bootstrap once; complete handovers whose target caught up, abort those
-//!  older than handover_timeout_ms; fail over DCs whose lease expired
+//!  older than handover_timeout_ms; hand over drained DCs' shards (and home shards back on
+//!  undrain) a few at a time; fail over DCs whose lease expired
 //! ```
 //!
 //! Times in the placement log are the proposing leader's monotonic clock ([`mono_ms`]); a new
