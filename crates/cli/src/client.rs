@@ -26,8 +26,9 @@ use serde_json::{json, Value};
 
 use self::http::Api;
 use self::render::{
-    format_cluster_table, format_tenant_table, judge, parse_duration_ms, parse_json_object,
-    path_segment, status_filter, ClusterSummary, StatusReply, TenantSummary, Verdict, WaitGoal,
+    format_cluster_table, format_maintenance_plan, format_tenant_table, judge, parse_duration_ms,
+    parse_json_object, path_segment, status_filter, ClusterSummary, StatusReply, TenantSummary,
+    Verdict, WaitGoal,
 };
 
 /// How often `--wait` polls `/status`.
@@ -241,6 +242,25 @@ pub enum AdminCommand {
     AbortHandover {
         /// Shard number
         shard: u32,
+    },
+    /// Planned maintenance: hand every shard of a DC over to other DCs, a few at a time, and
+    /// take no shard there until `undrain` (graceful: nothing is lost; each handover is bounded
+    /// by handover_timeout_ms). Prints per shard the target and what blocks it.
+    Drain {
+        /// The DC to drain
+        dc: String,
+        /// Only show the plan: where each shard would go and what blocks it
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// End a DC's maintenance: it may take shards again, and its home shards (those of the
+    /// initial placement) are handed back to it a few at a time.
+    Undrain {
+        /// The DC to undrain
+        dc: String,
+        /// Only show the plan
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Replace the tenant's catalog with the one in a JSON file (the shape `export` prints)
     Import { file: std::path::PathBuf },
@@ -508,6 +528,8 @@ async fn admin(conn: &Connection, cmd: AdminCommand) -> anyhow::Result<()> {
             let path = format!("/admin/shards/{shard}/handover/abort");
             print_json(&api.send(Method::POST, &path, None, None).await?)?;
         }
+        AdminCommand::Drain { dc, dry_run } => maintenance(&api, "drain", &dc, dry_run).await?,
+        AdminCommand::Undrain { dc, dry_run } => maintenance(&api, "undrain", &dc, dry_run).await?,
         AdminCommand::Import { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -524,6 +546,16 @@ async fn admin(conn: &Connection, cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Export => print_json(&api.get("/export").await?)?,
     }
+    Ok(())
+}
+
+/// `coopr admin drain|undrain DC [--dry-run]`: prints the plan the server answers.
+async fn maintenance(api: &Api, action: &str, dc: &str, dry_run: bool) -> anyhow::Result<()> {
+    let dc = path_segment("DC name", dc).map_err(anyhow::Error::msg)?;
+    let path = format!("/admin/dcs/{dc}/{action}");
+    let body = json!({ "dry_run": dry_run });
+    let answer = api.send(Method::POST, &path, Some(&body), None).await?;
+    print!("{}", format_maintenance_plan(&answer));
     Ok(())
 }
 
@@ -611,6 +643,22 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("coopr").chain(args.iter().copied()))
+    }
+
+    /// `admin drain` and `admin undrain` take a DC and `--dry-run`.
+    #[test]
+    fn drain_and_undrain_take_a_dc() {
+        let cli = parse(&["admin", "drain", "b", "--dry-run"]).unwrap();
+        assert!(
+            matches!(&cli.command, Top::Admin(AdminCommand::Drain { dc, dry_run: true }) if dc == "b"),
+            "{cli:?}"
+        );
+        let cli = parse(&["admin", "undrain", "b"]).unwrap();
+        assert!(
+            matches!(&cli.command, Top::Admin(AdminCommand::Undrain { dc, dry_run: false }) if dc == "b"),
+            "{cli:?}"
+        );
+        assert!(parse(&["admin", "drain"]).is_err());
     }
 
     #[test]

@@ -293,6 +293,7 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             placement_node_id,
             lease_ms: file.lease_ms,
             max_clock_offset_ms: file.max_clock_offset_ms,
+            handover_timeout_ms: file.handover_timeout_ms,
             placement_election_timeout_ms: (
                 file.placement_election_timeout_min_ms,
                 file.placement_election_timeout_max_ms,

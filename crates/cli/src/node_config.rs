@@ -96,6 +96,10 @@ pub struct NodeConfig {
     pub placement_election_timeout_min_ms: u64,
     #[serde(default = "default_placement_election_max")]
     pub placement_election_timeout_max_ms: u64,
+    /// How long a graceful handover (or each step of a drain) may run before the placement
+    /// leader aborts it, in ms; at least `lease_ms`. Default 30000.
+    #[serde(default = "default_handover_timeout_ms")]
+    pub handover_timeout_ms: u64,
     /// File with the superadmin key created at first start. Default: none (generated).
     #[serde(default)]
     pub admin_key_file: Option<PathBuf>,
@@ -137,6 +141,10 @@ fn default_lease_ms() -> u64 {
 
 fn default_max_clock_offset_ms() -> u64 {
     500
+}
+
+fn default_handover_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_placement_election_min() -> u64 {
@@ -230,6 +238,13 @@ impl NodeConfig {
         }
         if self.write_timeout_ms < 100 {
             bail!("write_timeout_ms: {} is below 100", self.write_timeout_ms);
+        }
+        if self.handover_timeout_ms < self.lease_ms || self.handover_timeout_ms > 3_600_000 {
+            bail!(
+                "handover_timeout_ms: {} is outside lease_ms ({})..=3600000",
+                self.handover_timeout_ms,
+                self.lease_ms
+            );
         }
         if self.demo_workers > 1024 {
             bail!("demo_workers: {} is outside 0..=1024", self.demo_workers);
@@ -536,6 +551,7 @@ pub fn init_cluster(
             max_clock_offset_ms: default_max_clock_offset_ms(),
             placement_election_timeout_min_ms: default_placement_election_min(),
             placement_election_timeout_max_ms: default_placement_election_max(),
+            handover_timeout_ms: default_handover_timeout_ms(),
             admin_key_file: Some(PathBuf::from("admin-key")),
             peers: peers.clone(),
         };
@@ -735,6 +751,10 @@ mod tests {
         let cases: Vec<(&str, Mutation)> = vec![
             ("api_addr", Box::new(|c| c.api_addr = "nope".into())),
             ("shard_count", Box::new(|c| c.shard_count = 0)),
+            (
+                "handover_timeout_ms",
+                Box::new(|c| c.handover_timeout_ms = c.lease_ms - 1),
+            ),
             ("node", Box::new(|c| c.node = "zz".into())),
             ("peers[1].id", Box::new(|c| c.peers[1].id = 1)),
             (

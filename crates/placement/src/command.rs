@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::holder::LeaseGrant;
 use crate::ids::{DcId, Epoch, Position};
-use crate::state::{Dc, FrozenReport, SealReport, ShardPlacement, ShardStatus};
+use crate::state::{Dc, FrozenReport, Maintenance, SealReport, ShardPlacement, ShardStatus};
 
 /// A command of the placement log. Times are the proposing placement leader's monotonic clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,17 +71,44 @@ pub enum Command {
         leader_since_ms: u64,
     },
     /// Graceful handover, step 1: the owner is told (in its next grant) to stop writing `shard`.
-    StartHandover { shard: ShardId, to: DcId },
+    /// `now_ms` and `leader_since_ms` are the proposing leader's clock and election (an admin's
+    /// command is stamped by the leader that proposes it; older entries have 0): the start time
+    /// bounds the handover ([`crate::plan_handover_timeouts`]), and a target whose lease has
+    /// certainly expired is refused (the handover could only time out).
+    StartHandover {
+        shard: ShardId,
+        to: DcId,
+        #[serde(default)]
+        now_ms: u64,
+        #[serde(default)]
+        leader_since_ms: u64,
+    },
     /// Graceful handover, step 2: the target's watermark equals the owner's final position, so
     /// the target becomes the owner in the next epoch. RPO 0.
     CompleteHandover {
         shard: ShardId,
         target_watermark: Position,
     },
-    /// Gives up a handover; the owner may write again after its next renewal.
-    AbortHandover { shard: ShardId },
+    /// Gives up a handover; the owner may write again after its next renewal. With `handover`,
+    /// only that handover (the placement leader's abort of a handover that ran out of time must
+    /// not hit a newer one started meanwhile).
+    AbortHandover {
+        shard: ShardId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handover: Option<u64>,
+    },
     /// Replaces the replica DCs of a shard.
     SetReplicas { shard: ShardId, replicas: Vec<DcId> },
+    /// Planned maintenance of `dc` (`coopr admin drain`): it becomes no target of handovers or
+    /// takeovers, and the placement leader hands its shards to other DCs a few at a time
+    /// ([`crate::plan_maintenance`]). Repeating it changes nothing.
+    DrainDc { dc: DcId },
+    /// The end of `dc`'s maintenance (`coopr admin undrain`): it may be a target again, and the
+    /// placement leader hands its home shards (those of the initial placement) back to it a few
+    /// at a time, until none is left to move ([`Command::EndFailback`]).
+    UndrainDc { dc: DcId },
+    /// Every home shard of `dc` that can move back is back: its failback ends.
+    EndFailback { dc: DcId },
 }
 
 /// The reply to an accepted command.
@@ -97,6 +124,11 @@ pub enum Reply {
     Shard {
         shard: ShardId,
         placement: ShardPlacement,
+    },
+    /// To the maintenance commands: the DC's maintenance afterwards (`None`: none).
+    Maintenance {
+        dc: DcId,
+        maintenance: Option<Maintenance>,
     },
 }
 
@@ -166,6 +198,10 @@ pub enum Rejected {
         target_watermark: Position,
         owner_final: Position,
     },
+    #[error("{dc} is draining: it takes over no shard until it is undrained")]
+    TargetDraining { dc: DcId },
+    #[error("{dc} is not failing back")]
+    NoFailback { dc: DcId },
     #[error("invalid replicas for shard {shard}: {reason}")]
     InvalidReplicas { shard: ShardId, reason: String },
     #[error("malformed command: {reason}")]

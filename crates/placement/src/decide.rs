@@ -15,9 +15,15 @@ use std::collections::BTreeMap;
 
 use coopr_types::ShardId;
 
+use serde::{Deserialize, Serialize};
+
 use crate::command::Command;
 use crate::ids::{DcId, Position};
-use crate::state::{takeover_timed_out, Lease, PlacementState, ShardStatus};
+use crate::state::{takeover_timed_out, Lease, Maintenance, PlacementState, ShardStatus};
+
+/// How many handovers planned maintenance runs at once per DC: a drained DC hands over at most
+/// this many shards at a time, and a DC failing back receives at most this many at a time.
+pub const MOVES_PER_DC: usize = 2;
 
 /// How the placement leader sees a DC's lease at `now_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +111,7 @@ pub fn dead_dcs(state: &PlacementState, now_ms: u64, leader_since_ms: u64) -> Ve
 }
 
 /// Failover step 1 for every shard `dead_dc` owns: a [`Command::StartTakeover`] naming the
-/// healthy replica DC with the highest watermark for it (ties: the DC that owns or is taking
+/// healthy replica DC (not drained) with the highest watermark for it (ties: the DC that owns or is taking
 /// over the fewest shards, so a dead DC's shards spread over the survivors; then the smallest
 /// id). Only watermarks on the shard's current history count, so an old owner still holding a
 /// lost tail is never preferred. A shard whose takeover is under way is left alone until its
@@ -151,9 +157,11 @@ pub fn plan_failover(
             }
             _ => None,
         };
+        // A drained DC takes nothing over (the state machine refuses it too).
         let healthy: Vec<(&DcId, Position)> = placement
             .replicas
             .iter()
+            .filter(|dc| !state.is_draining(dc))
             .filter(|dc| {
                 matches!(
                     lease_view(state, dc, now_ms, leader_since_ms),
@@ -250,6 +258,285 @@ pub fn plan_handover_completions(
             _ => None,
         })
         .collect()
+}
+
+/// Aborts every handover that has run for `timeout_ms` without completing (on this leader's
+/// clock; one started by a predecessor counts from this leader's election): the owner writes
+/// again after its next renewal, nothing is lost, and whoever asked may try again. What blocks
+/// a handover (a replica DC that is down or cannot continue its stream, an operation that never
+/// finishes at the owner) is outside the placement group's control, so the bound is a time. The
+/// abort names the handover, so it cannot hit a newer one of the same shard.
+pub fn plan_handover_timeouts(
+    state: &PlacementState,
+    timeout_ms: u64,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> Vec<Command> {
+    state
+        .shards()
+        .iter()
+        .filter_map(|(shard, placement)| match &placement.status {
+            ShardStatus::Draining {
+                handover,
+                started_ms,
+                ..
+            }
+            | ShardStatus::HandingOver {
+                handover,
+                started_ms,
+                ..
+            } if takeover_timed_out(*started_ms, timeout_ms, now_ms, leader_since_ms) => {
+                Some(Command::AbortHandover {
+                    shard: *shard,
+                    handover: Some(*handover),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// One shard that planned maintenance moves (or would move): from its owner to `to`, unless
+/// something blocks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub shard: coopr_types::ShardId,
+    pub from: DcId,
+    /// Where it goes (`None`: nowhere yet, see `blocked`).
+    pub to: Option<DcId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocked>,
+}
+
+/// Why a planned move cannot start now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Blocked {
+    /// The global shard is not handed over (it stays where it is).
+    GlobalShard,
+    /// A handover of the shard (to `to`) runs; the move waits for it to end.
+    HandoverInProgress { to: DcId },
+    /// A failover of the shard (to `to`) runs.
+    TakeoverInProgress { to: DcId },
+    /// No replica DC can take the shard: each one is down or drained.
+    NoTarget {
+        down: Vec<DcId>,
+        draining: Vec<DcId>,
+    },
+    /// The target holds no lease at the placement leader (it is down or cut off).
+    TargetDown { dc: DcId },
+    /// The target is drained.
+    TargetDraining { dc: DcId },
+    /// The target holds no copy of the shard.
+    NotReplica { dc: DcId },
+    /// The move is ready, but `MOVES_PER_DC` handovers of this maintenance already run.
+    Waiting,
+}
+
+fn lease_valid(state: &PlacementState, dc: &DcId, now_ms: u64, leader_since_ms: u64) -> bool {
+    matches!(
+        lease_view(state, dc, now_ms, leader_since_ms),
+        GrantorView::Valid { .. }
+    )
+}
+
+/// How many shards each DC owns or is receiving (a handover or takeover target counts as the
+/// holder): drains spread shards over the least loaded DCs.
+fn holdings(state: &PlacementState) -> BTreeMap<DcId, usize> {
+    let mut load = BTreeMap::new();
+    for placement in state.shards().values() {
+        let holder = match &placement.status {
+            ShardStatus::Active => &placement.owner,
+            ShardStatus::Draining { to, .. }
+            | ShardStatus::HandingOver { to, .. }
+            | ShardStatus::TakingOver { to, .. } => to,
+        };
+        *load.entry(holder.clone()).or_default() += 1;
+    }
+    load
+}
+
+/// What draining `dc` moves: every shard it owns, each to the healthy, undrained replica DC
+/// with the highest watermark on the shard's history (ties: the least loaded, counting the
+/// targets already picked here, then the smallest name), or why it cannot move now. Ignores the
+/// [`MOVES_PER_DC`] limit (see [`plan_maintenance`]). This is what `--dry-run` shows.
+pub fn drain_plan(
+    state: &PlacementState,
+    dc: &DcId,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> Vec<PlannedMove> {
+    let mut load = holdings(state);
+    let mut moves = Vec::new();
+    for (shard, placement) in state.shards() {
+        if placement.owner != *dc {
+            continue;
+        }
+        let blocked = |blocked| PlannedMove {
+            shard: *shard,
+            from: dc.clone(),
+            to: None,
+            blocked: Some(blocked),
+        };
+        if shard.is_global() {
+            moves.push(blocked(Blocked::GlobalShard));
+            continue;
+        }
+        match &placement.status {
+            ShardStatus::Active => {}
+            ShardStatus::Draining { to, .. } | ShardStatus::HandingOver { to, .. } => {
+                moves.push(PlannedMove {
+                    to: Some(to.clone()),
+                    ..blocked(Blocked::HandoverInProgress { to: to.clone() })
+                });
+                continue;
+            }
+            ShardStatus::TakingOver { to, .. } => {
+                moves.push(blocked(Blocked::TakeoverInProgress { to: to.clone() }));
+                continue;
+            }
+        }
+        let (mut down, mut draining) = (Vec::new(), Vec::new());
+        let mut candidates = Vec::new();
+        for replica in &placement.replicas {
+            if state.is_draining(replica) {
+                draining.push(replica.clone());
+            } else if !lease_valid(state, replica, now_ms, leader_since_ms) {
+                down.push(replica.clone());
+            } else {
+                let mark = watermark(state, replica, *shard);
+                let mark = placement.is_on_history(mark).then_some(mark);
+                candidates.push((replica, mark));
+            }
+        }
+        let best = candidates.into_iter().max_by(|(a, a_mark), (b, b_mark)| {
+            let a_load = load.get(*a).copied().unwrap_or(0);
+            let b_load = load.get(*b).copied().unwrap_or(0);
+            a_mark
+                .cmp(b_mark)
+                .then_with(|| b_load.cmp(&a_load))
+                .then_with(|| b.cmp(a))
+        });
+        match best {
+            Some((to, _)) => {
+                *load.entry(to.clone()).or_default() += 1;
+                moves.push(PlannedMove {
+                    shard: *shard,
+                    from: dc.clone(),
+                    to: Some(to.clone()),
+                    blocked: None,
+                });
+            }
+            None => moves.push(blocked(Blocked::NoTarget { down, draining })),
+        }
+    }
+    moves
+}
+
+/// What failing `dc` back moves: every cluster shard whose home is `dc` and that another DC
+/// owns, back to `dc`, or why it cannot move now. Ignores the [`MOVES_PER_DC`] limit.
+pub fn failback_plan(
+    state: &PlacementState,
+    dc: &DcId,
+    now_ms: u64,
+    leader_since_ms: u64,
+) -> Vec<PlannedMove> {
+    let target_up = lease_valid(state, dc, now_ms, leader_since_ms);
+    state
+        .shards()
+        .iter()
+        .filter(|(shard, placement)| {
+            !shard.is_global() && state.home(**shard) == Some(dc) && placement.owner != *dc
+        })
+        .map(|(shard, placement)| {
+            let blocked = match &placement.status {
+                ShardStatus::Draining { to, .. } | ShardStatus::HandingOver { to, .. } => {
+                    Some(Blocked::HandoverInProgress { to: to.clone() })
+                }
+                ShardStatus::TakingOver { to, .. } => {
+                    Some(Blocked::TakeoverInProgress { to: to.clone() })
+                }
+                ShardStatus::Active if !placement.replicas.contains(dc) => {
+                    Some(Blocked::NotReplica { dc: dc.clone() })
+                }
+                ShardStatus::Active if state.is_draining(dc) => {
+                    Some(Blocked::TargetDraining { dc: dc.clone() })
+                }
+                ShardStatus::Active if !target_up => Some(Blocked::TargetDown { dc: dc.clone() }),
+                ShardStatus::Active => None,
+            };
+            PlannedMove {
+                shard: *shard,
+                from: placement.owner.clone(),
+                to: Some(dc.clone()),
+                blocked,
+            }
+        })
+        .collect()
+}
+
+/// The placement leader's maintenance work now: for each drained DC, handovers of its shards
+/// (as [`drain_plan`] picks them) while fewer than [`MOVES_PER_DC`] of them run; for each DC
+/// failing back, handovers of its home shards to it while fewer than [`MOVES_PER_DC`] run to
+/// it, and [`Command::EndFailback`] once nothing is left that could move (every home shard is
+/// back, or stays where it is because the DC holds no copy of it).
+pub fn plan_maintenance(state: &PlacementState, now_ms: u64, leader_since_ms: u64) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for (dc, maintenance) in state.maintenance() {
+        let (moves, running) = match maintenance {
+            Maintenance::Draining => {
+                let running = state
+                    .shards()
+                    .values()
+                    .filter(|p| p.owner == *dc)
+                    .filter(|p| {
+                        matches!(
+                            p.status,
+                            ShardStatus::Draining { .. } | ShardStatus::HandingOver { .. }
+                        )
+                    })
+                    .count();
+                (drain_plan(state, dc, now_ms, leader_since_ms), running)
+            }
+            Maintenance::FailingBack => {
+                let moves = failback_plan(state, dc, now_ms, leader_since_ms);
+                let pending = moves
+                    .iter()
+                    .any(|m| !matches!(m.blocked, Some(Blocked::NotReplica { .. })));
+                if !pending {
+                    commands.push(Command::EndFailback { dc: dc.clone() });
+                    continue;
+                }
+                let running = state
+                    .shards()
+                    .values()
+                    .filter(|p| match &p.status {
+                        ShardStatus::Draining { to, .. } | ShardStatus::HandingOver { to, .. } => {
+                            to == dc
+                        }
+                        _ => false,
+                    })
+                    .count();
+                (moves, running)
+            }
+        };
+        let budget = MOVES_PER_DC.saturating_sub(running);
+        commands.extend(
+            moves
+                .into_iter()
+                .filter(|m| m.blocked.is_none())
+                .filter_map(|m| {
+                    Some(Command::StartHandover {
+                        shard: m.shard,
+                        to: m.to?,
+                        now_ms,
+                        leader_since_ms,
+                    })
+                })
+                .take(budget),
+        );
+    }
+    commands
 }
 
 /// The watermark `dc` last reported for `shard` (none: it has nothing yet).

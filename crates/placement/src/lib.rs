@@ -23,7 +23,8 @@
 //!
 //! - [`state`]: [`PlacementState`] and [`PlacementState::apply`] (commands in [`command`]).
 //! - [`decide`]: the leader's decisions ([`dead_dcs`], [`plan_failover`],
-//!   [`plan_handover_completions`]), including the new-leader wait.
+//!   [`plan_handover_completions`], [`plan_handover_timeouts`]), including the new-leader
+//!   wait; planned maintenance ([`drain_plan`], [`failback_plan`], [`plan_maintenance`]).
 //! - [`holder`]: the DC leader's side: [`holder_lease_valid`], [`may_acknowledge`] (fencing).
 //! - [`machine`]: [`PlacementMachine`], the Raft application.
 //!
@@ -42,8 +43,9 @@ pub mod state;
 
 pub use command::{Command, Outcome, Rejected, Reply};
 pub use decide::{
-    dead_dcs, grantor_view, lease_view, plan_failover, plan_handover_completions, plan_takeovers,
-    watermark, GrantorView,
+    dead_dcs, drain_plan, failback_plan, grantor_view, lease_view, plan_failover,
+    plan_handover_completions, plan_handover_timeouts, plan_maintenance, plan_takeovers, watermark,
+    Blocked, GrantorView, PlannedMove, MOVES_PER_DC,
 };
 pub use holder::{
     holder_lease_valid, may_acknowledge, Fenced, HeldLease, LeaseGrant, OwnedShard, ShardOwner,
@@ -52,6 +54,6 @@ pub use holder::{
 pub use ids::{DcId, Epoch, Position, Seq};
 pub use machine::PlacementMachine;
 pub use state::{
-    apply_command, ChangeReason, Dc, DcRole, FrozenReport, Lease, OwnershipChange, PlacementState,
-    SealReport, ShardPlacement, ShardStatus, TAKEOVER_PULL_MS,
+    apply_command, ChangeReason, Dc, DcRole, FrozenReport, Lease, Maintenance, OwnershipChange,
+    PlacementState, SealReport, ShardPlacement, ShardStatus, TAKEOVER_PULL_MS,
 };

@@ -115,14 +115,23 @@ impl ShardPlacement {
 pub enum ShardStatus {
     /// The owner writes.
     Active,
-    /// A handover to `to` was started: the owner's next grant freezes the shard, and the
-    /// placement group waits for the owner to report the last position it wrote.
-    Draining { to: DcId, handover: u64 },
+    /// A handover to `to` was started (at `started_ms` on the proposing leader's clock; 0 in
+    /// states written before it was recorded): the owner's next grant freezes the shard, and
+    /// the placement group waits for the owner to report the last position it wrote.
+    Draining {
+        to: DcId,
+        handover: u64,
+        #[serde(default)]
+        started_ms: u64,
+    },
     /// The owner stopped writing at `until`; `to` becomes the owner once its watermark is there.
+    /// `started_ms` is the handover's start, carried over from [`ShardStatus::Draining`].
     HandingOver {
         to: DcId,
         handover: u64,
         until: Position,
+        #[serde(default)]
+        started_ms: u64,
     },
     /// Failover in progress: the owner's lease expired and `to` was asked (at `started_ms` on
     /// the proposing leader's clock) to seal its copy; `sealed_at` is where it reported the
@@ -136,6 +145,19 @@ pub enum ShardStatus {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sealed_at: Option<Position>,
     },
+}
+
+/// A DC's planned maintenance, as an admin set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Maintenance {
+    /// Drained (`coopr admin drain`): no handover or takeover targets it, and the placement
+    /// leader hands its shards over to other DCs a few at a time. Lasts until undrained.
+    Draining,
+    /// Undrained (`coopr admin undrain`): the placement leader hands its home shards back to it
+    /// a few at a time, so that a returning DC does not take everything at once; ends when
+    /// none is left to move.
+    FailingBack,
 }
 
 /// A DC's lease as the grantor sees it.
@@ -195,6 +217,9 @@ pub struct PlacementState {
     takeovers_started: u64,
     grants_issued: u64,
     handovers_started: u64,
+    /// DCs under planned maintenance (absent in states written before it existed: none).
+    #[serde(default)]
+    maintenance: BTreeMap<DcId, Maintenance>,
 }
 
 impl PlacementState {
@@ -263,6 +288,7 @@ impl PlacementState {
             grants_issued: 0,
             handovers_started: 0,
             takeovers_started: 0,
+            maintenance: BTreeMap::new(),
         })
     }
 
@@ -307,6 +333,31 @@ impl PlacementState {
         &self.leases
     }
 
+    /// The DCs under planned maintenance.
+    pub fn maintenance(&self) -> &BTreeMap<DcId, Maintenance> {
+        &self.maintenance
+    }
+
+    /// Whether `dc` is drained: it is no target of handovers or takeovers.
+    pub fn is_draining(&self, dc: &DcId) -> bool {
+        self.maintenance.get(dc) == Some(&Maintenance::Draining)
+    }
+
+    /// The home DC of `shard`: its owner in the initial placement (cluster shard `s` on the
+    /// `s mod k`-th voter, the global shard on the first), where failback returns it.
+    pub fn home(&self, shard: ShardId) -> Option<&DcId> {
+        let voters: Vec<&DcId> = self.voters().collect();
+        if voters.is_empty() || (!shard.is_global() && shard.0 >= self.shard_count) {
+            return None;
+        }
+        let index = if shard.is_global() {
+            0
+        } else {
+            shard.0 as usize % voters.len()
+        };
+        Some(voters[index])
+    }
+
     /// The last [`HISTORY_LIMIT`] ownership changes, oldest first.
     pub fn history(&self) -> impl Iterator<Item = &OwnershipChange> {
         self.history.iter()
@@ -323,7 +374,7 @@ impl PlacementState {
                     ShardStatus::Active => OwnedShard::Writable {
                         epoch: placement.epoch,
                     },
-                    ShardStatus::Draining { to, handover }
+                    ShardStatus::Draining { to, handover, .. }
                     | ShardStatus::HandingOver { to, handover, .. } => OwnedShard::Frozen {
                         epoch: placement.epoch,
                         to: to.clone(),
@@ -408,13 +459,27 @@ impl PlacementState {
                 now_ms,
                 leader_since_ms,
             } => self.takeover(*shard, from, to, *takeover_point, *now_ms, *leader_since_ms),
-            Command::StartHandover { shard, to } => self.start_handover(*shard, to),
+            Command::StartHandover {
+                shard,
+                to,
+                now_ms,
+                leader_since_ms,
+            } => self.start_handover(*shard, to, *now_ms, *leader_since_ms),
             Command::CompleteHandover {
                 shard,
                 target_watermark,
             } => self.complete_handover(*shard, *target_watermark),
-            Command::AbortHandover { shard } => self.abort_handover(*shard),
+            Command::AbortHandover { shard, handover } => self.abort_handover(*shard, *handover),
             Command::SetReplicas { shard, replicas } => self.set_replicas(*shard, replicas),
+            Command::DrainDc { dc } => self.set_maintenance(dc, Some(Maintenance::Draining)),
+            Command::UndrainDc { dc } => self.set_maintenance(dc, Some(Maintenance::FailingBack)),
+            Command::EndFailback { dc } => {
+                self.voter(dc)?;
+                if self.maintenance.get(dc) != Some(&Maintenance::FailingBack) {
+                    return Err(Rejected::NoFailback { dc: dc.clone() });
+                }
+                self.set_maintenance(dc, None)
+            }
         }
     }
 
@@ -427,6 +492,18 @@ impl PlacementState {
             }) => Err(Rejected::Witness { dc: dc.clone() }),
             Some(_) => Ok(()),
         }
+    }
+
+    fn set_maintenance(&mut self, dc: &DcId, maintenance: Option<Maintenance>) -> Outcome {
+        self.voter(dc)?;
+        match maintenance {
+            Some(m) => self.maintenance.insert(dc.clone(), m),
+            None => self.maintenance.remove(dc),
+        };
+        Ok(Reply::Maintenance {
+            dc: dc.clone(),
+            maintenance,
+        })
     }
 
     fn placement(&self, shard: ShardId) -> Result<&ShardPlacement, Rejected> {
@@ -474,12 +551,18 @@ impl PlacementState {
             if placement.owner != *dc || !placement.is_on_history(report.last) {
                 continue;
             }
-            if let ShardStatus::Draining { to, handover } = &placement.status {
+            if let ShardStatus::Draining {
+                to,
+                handover,
+                started_ms,
+            } = &placement.status
+            {
                 if *handover == report.handover {
                     placement.status = ShardStatus::HandingOver {
                         to: to.clone(),
                         handover: *handover,
                         until: report.last,
+                        started_ms: *started_ms,
                     };
                 }
             }
@@ -635,6 +718,9 @@ impl PlacementState {
                 dc: to.clone(),
             });
         }
+        if self.is_draining(to) {
+            return Err(Rejected::TargetDraining { dc: to.clone() });
+        }
         if let ShardStatus::TakingOver {
             to: current,
             takeover,
@@ -668,7 +754,13 @@ impl PlacementState {
         Ok(self.shard_reply(shard))
     }
 
-    fn start_handover(&mut self, shard: ShardId, to: &DcId) -> Outcome {
+    fn start_handover(
+        &mut self,
+        shard: ShardId,
+        to: &DcId,
+        now_ms: u64,
+        leader_since_ms: u64,
+    ) -> Outcome {
         let placement = self.placement(shard)?;
         if placement.is_frozen() {
             return Err(Rejected::HandoverInProgress {
@@ -689,11 +781,30 @@ impl PlacementState {
                 dc: to.clone(),
             });
         }
+        // A target whose lease has certainly expired could never catch up: refused now rather
+        // than timed out later. (In doubt, e.g. while a new leader waits, it is accepted.)
+        let target = grantor_view(
+            self.leases.get(to),
+            self.lease_ms,
+            self.max_clock_offset_ms,
+            now_ms,
+            leader_since_ms,
+        );
+        if target == GrantorView::Expired {
+            return Err(Rejected::CandidateUnhealthy {
+                shard,
+                dc: to.clone(),
+            });
+        }
+        if self.is_draining(to) {
+            return Err(Rejected::TargetDraining { dc: to.clone() });
+        }
         self.handovers_started += 1;
         let handover = self.handovers_started;
         self.shard_mut(shard).status = ShardStatus::Draining {
             to: to.clone(),
             handover,
+            started_ms: now_ms,
         };
         Ok(self.shard_reply(shard))
     }
@@ -727,9 +838,14 @@ impl PlacementState {
         Ok(self.shard_reply(shard))
     }
 
-    fn abort_handover(&mut self, shard: ShardId) -> Outcome {
-        let status = &self.placement(shard)?.status;
-        if matches!(status, ShardStatus::Active | ShardStatus::TakingOver { .. }) {
+    fn abort_handover(&mut self, shard: ShardId, only: Option<u64>) -> Outcome {
+        let running = match &self.placement(shard)?.status {
+            ShardStatus::Active | ShardStatus::TakingOver { .. } => None,
+            ShardStatus::Draining { handover, .. } | ShardStatus::HandingOver { handover, .. } => {
+                Some(*handover)
+            }
+        };
+        if running.is_none() || only.is_some_and(|only| Some(only) != running) {
             return Err(Rejected::NoHandover { shard });
         }
         self.shard_mut(shard).status = ShardStatus::Active;
@@ -817,9 +933,10 @@ pub struct SealReport {
 /// How long a takeover candidate may pull the old owner's remaining records before it seals.
 pub const TAKEOVER_PULL_MS: u64 = 1_000;
 
-/// Whether a takeover attempt started at `started_ms` (on the clock of whichever leader
-/// proposed it) has run out of time for the leader elected at `leader_since_ms`, now. A start
-/// time outside this leader's own readings is a predecessor's: counted from the election.
+/// Whether a takeover attempt (or a handover: see [`crate::plan_handover_timeouts`]) started
+/// at `started_ms` (on the clock of whichever leader proposed it) has run out of time for the
+/// leader elected at `leader_since_ms`, now. A start time outside this leader's own readings is
+/// a predecessor's: counted from the election.
 pub fn takeover_timed_out(
     started_ms: u64,
     timeout_ms: u64,

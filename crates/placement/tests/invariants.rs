@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 
 use coopr_placement::{
-    apply_command, dead_dcs, holder_lease_valid, may_acknowledge, plan_failover,
-    plan_handover_completions, plan_takeovers, ChangeReason, Command, Dc, DcId, Epoch, Fenced,
-    FrozenReport, GrantorView, HeldLease, LeaseGrant, OwnedShard, PlacementMachine, PlacementState,
-    Position, Rejected, Reply, SealReport, ShardStatus,
+    apply_command, dead_dcs, drain_plan, failback_plan, holder_lease_valid, may_acknowledge,
+    plan_failover, plan_handover_completions, plan_handover_timeouts, plan_maintenance,
+    plan_takeovers, Blocked, ChangeReason, Command, Dc, DcId, Epoch, Fenced, FrozenReport,
+    GrantorView, HeldLease, LeaseGrant, Maintenance, OwnedShard, PlacementMachine, PlacementState,
+    PlannedMove, Position, Rejected, Reply, SealReport, ShardStatus,
 };
 use coopr_raft::StateMachine;
 use coopr_types::ShardId;
@@ -159,7 +160,13 @@ fn bootstrap_spreads_shards_round_robin() {
     );
     let mut none = None;
     assert_eq!(
-        apply_command(&mut none, &Command::AbortHandover { shard: ShardId(0) }),
+        apply_command(
+            &mut none,
+            &Command::AbortHandover {
+                shard: ShardId(0),
+                handover: None
+            }
+        ),
         Err(Rejected::NotBootstrapped)
     );
     let witness_only = Command::Bootstrap {
@@ -609,12 +616,17 @@ fn epochs_only_increase_and_rejections_change_nothing() {
                 2 => Command::StartHandover {
                     shard,
                     to: name(next(5)),
+                    now_ms: now,
+                    leader_since_ms: next(now + 1),
                 },
                 3 => Command::CompleteHandover {
                     shard,
                     target_watermark: point,
                 },
-                4 => Command::AbortHandover { shard },
+                4 => Command::AbortHandover {
+                    shard,
+                    handover: None,
+                },
                 5 => Command::SetReplicas {
                     shard,
                     replicas: (0..next(4)).map(|_| name(next(5))).collect(),
@@ -625,7 +637,10 @@ fn epochs_only_increase_and_rejections_change_nothing() {
                     .next()
                 {
                     Some(command) => command,
-                    None => Command::AbortHandover { shard },
+                    None => Command::AbortHandover {
+                        shard,
+                        handover: None,
+                    },
                 },
             };
             let before = state.clone();
@@ -659,7 +674,12 @@ fn a_handover_completes_only_when_the_target_is_caught_up() {
     let mut state = bootstrap(&["a", "b"], 1); // a owns 0, b replicates it
     let since = 0;
     let shard = ShardId(0);
-    let start = Command::StartHandover { shard, to: dc("b") };
+    let start = Command::StartHandover {
+        shard,
+        to: dc("b"),
+        now_ms: 0,
+        leader_since_ms: 0,
+    };
 
     // A first handover, aborted after the owner reported (1, 5).
     state.apply(&start).unwrap();
@@ -670,7 +690,12 @@ fn a_handover_completes_only_when_the_target_is_caught_up() {
     else {
         panic!("the grant freezes the shard")
     };
-    state.apply(&Command::AbortHandover { shard }).unwrap();
+    state
+        .apply(&Command::AbortHandover {
+            shard,
+            handover: None,
+        })
+        .unwrap();
     let grant = renew(&mut state, "a", 200, &[]);
     assert_eq!(
         grant.owned[&shard],
@@ -722,7 +747,8 @@ fn a_handover_completes_only_when_the_target_is_caught_up() {
         ShardStatus::HandingOver {
             to: dc("b"),
             handover: second,
-            until: Position::new(1, 9)
+            until: Position::new(1, 9),
+            started_ms: 0,
         }
     );
 
@@ -758,6 +784,382 @@ fn a_handover_completes_only_when_the_target_is_caught_up() {
         state.history().last().unwrap().reason,
         ChangeReason::Handover {
             until: Position::new(1, 9)
+        }
+    );
+}
+
+/// A handover is bounded: the leader aborts it once it has run `timeout` on its clock without
+/// completing, whether the owner has not frozen yet (`draining`) or a replica has not caught up
+/// (`handing_over`, the start time carried over); one started under a predecessor counts from
+/// the leader's election. The abort names the handover, so a late one does not hit a newer
+/// handover of the shard; after it the owner's grant lets it write again.
+#[test]
+fn a_handover_that_runs_out_of_time_is_aborted() {
+    const TIMEOUT: u64 = 30_000;
+    let mut state = bootstrap(&["a", "b"], 1);
+    let shard = ShardId(0);
+    renew(&mut state, "a", 900, &[]);
+    renew(&mut state, "b", 900, &[(0, Position::new(1, 2))]);
+    let start = |now_ms| Command::StartHandover {
+        shard,
+        to: dc("b"),
+        now_ms,
+        leader_since_ms: 0,
+    };
+    state.apply(&start(1_000)).unwrap();
+    assert!(plan_handover_timeouts(&state, TIMEOUT, 1_000 + TIMEOUT - 1, 0).is_empty());
+    let abort = Command::AbortHandover {
+        shard,
+        handover: Some(1),
+    };
+    assert_eq!(
+        plan_handover_timeouts(&state, TIMEOUT, 1_000 + TIMEOUT, 0),
+        std::slice::from_ref(&abort)
+    );
+
+    // The owner froze at (1, 3); b stays at (1, 2): still the same deadline.
+    let report = BTreeMap::from([(
+        shard,
+        FrozenReport {
+            handover: 1,
+            last: Position::new(1, 3),
+        },
+    )]);
+    renew_frozen(&mut state, "a", 2_000, &[], report);
+    assert!(matches!(
+        state.shard(shard).unwrap().status,
+        ShardStatus::HandingOver {
+            started_ms: 1_000,
+            ..
+        }
+    ));
+    assert!(plan_handover_timeouts(&state, TIMEOUT, 1_000 + TIMEOUT - 1, 0).is_empty());
+    assert_eq!(
+        plan_handover_timeouts(&state, TIMEOUT, 1_000 + TIMEOUT, 0),
+        std::slice::from_ref(&abort)
+    );
+    // A leader elected later (its clock reads 500 000 at its election) cannot read the start
+    // time: it gives the handover a full timeout from its election.
+    let since = 500_000;
+    assert!(plan_handover_timeouts(&state, TIMEOUT, since + TIMEOUT - 1, since).is_empty());
+    assert_eq!(
+        plan_handover_timeouts(&state, TIMEOUT, since + TIMEOUT, since),
+        std::slice::from_ref(&abort)
+    );
+
+    state.apply(&abort).unwrap();
+    assert_eq!(state.shard(shard).unwrap().status, ShardStatus::Active);
+    let grant = renew(&mut state, "a", 40_000, &[]);
+    assert_eq!(
+        grant.owned[&shard],
+        OwnedShard::Writable { epoch: Epoch(1) }
+    );
+    assert!(plan_handover_timeouts(&state, TIMEOUT, 1_000_000, 0).is_empty());
+
+    // A second handover; the first one's abort, late, is refused and changes nothing.
+    renew(&mut state, "b", 40_000, &[(0, Position::new(1, 3))]);
+    state.apply(&start(40_000)).unwrap();
+    let before = state.clone();
+    assert_eq!(state.apply(&abort), Err(Rejected::NoHandover { shard }));
+    assert_eq!(state, before);
+    assert_eq!(
+        plan_handover_timeouts(&state, TIMEOUT, 40_000 + TIMEOUT, 0),
+        [Command::AbortHandover {
+            shard,
+            handover: Some(2)
+        }]
+    );
+}
+
+/// A handover to a DC whose lease has certainly expired is refused at once (it could only run
+/// out of time); one whose lease is in doubt (a new leader's wait) is accepted.
+#[test]
+fn a_handover_to_a_dead_target_is_refused() {
+    let mut state = bootstrap(&["a", "b"], 1);
+    let shard = ShardId(0);
+    renew(&mut state, "b", 1_000, &[]);
+    let start = |now_ms, leader_since_ms| Command::StartHandover {
+        shard,
+        to: dc("b"),
+        now_ms,
+        leader_since_ms,
+    };
+    let dead_at = 1_000 + LEASE_MS + OFFSET_MS;
+    let before = state.clone();
+    assert_eq!(
+        state.apply(&start(dead_at, 0)),
+        Err(Rejected::CandidateUnhealthy { shard, dc: dc("b") })
+    );
+    assert_eq!(state, before);
+    // A new leader (elected at 100 000 on its clock) does not know b's lease yet: in doubt.
+    assert!(state.apply(&start(100_000, 100_000)).is_ok());
+}
+
+/// Renews every voter's lease at `now_ms`, each reporting `mark` for every shard it replicates.
+fn renew_all(state: &mut PlacementState, now_ms: u64, mark: Position) {
+    let voters: Vec<DcId> = state.voters().cloned().collect();
+    for voter in voters {
+        let marks: Vec<(u32, Position)> = state
+            .shards()
+            .iter()
+            .filter(|(shard, p)| p.replicas.contains(&voter) && !shard.is_global())
+            .map(|(shard, _)| (shard.0, mark))
+            .collect();
+        renew(state, &voter.0, now_ms, &marks);
+    }
+}
+
+/// Runs the handover of `shard` that was started to its end: the owner freezes at its current
+/// epoch's seq 5, every replica reports it, the leader completes it.
+fn finish_handover(state: &mut PlacementState, shard: u32, now_ms: u64) {
+    let placement = state.shard(ShardId(shard)).unwrap().clone();
+    let ShardStatus::Draining { handover, .. } = placement.status else {
+        panic!("shard {shard} is not draining: {:?}", placement.status)
+    };
+    let until = Position::new(placement.epoch.0, 5);
+    let report = BTreeMap::from([(
+        ShardId(shard),
+        FrozenReport {
+            handover,
+            last: until,
+        },
+    )]);
+    renew_frozen(state, &placement.owner.0, now_ms, &[], report);
+    for replica in &placement.replicas {
+        renew(state, &replica.0, now_ms, &[(shard, until)]);
+    }
+    let plan = plan_handover_completions(state, now_ms, 0);
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    state.apply(&plan[0]).unwrap();
+}
+
+fn handovers(commands: &[Command]) -> Vec<(u32, String)> {
+    commands
+        .iter()
+        .map(|c| match c {
+            Command::StartHandover { shard, to, .. } => (shard.0, to.0.clone()),
+            other => panic!("not a handover: {other:?}"),
+        })
+        .collect()
+}
+
+/// Draining a DC: it is no target of handovers or takeovers any more; its shards go, at most
+/// `MOVES_PER_DC` at a time, to the healthy undrained replicas, spread by load; the dry-run plan
+/// says what blocks a move (the global shard, a handover in progress, no target left); once it
+/// owns nothing, nothing more is planned. A witness or an unknown DC cannot be drained.
+#[test]
+fn a_drained_dc_hands_its_shards_over_a_few_at_a_time() {
+    let mut state = bootstrap(&["a", "b", "c"], 9); // b owns 1, 4, 7
+    let b = dc("b");
+    renew_all(&mut state, 100, Position::new(1, 5));
+    assert_eq!(
+        state.apply(&Command::DrainDc { dc: dc("witness") }),
+        Err(Rejected::Witness { dc: dc("witness") })
+    );
+    assert_eq!(
+        state.apply(&Command::DrainDc { dc: dc("zz") }),
+        Err(Rejected::UnknownDc { dc: dc("zz") })
+    );
+    state.apply(&Command::DrainDc { dc: b.clone() }).unwrap();
+    assert_eq!(state.maintenance()[&b], Maintenance::Draining);
+    assert_eq!(
+        state.apply(&Command::StartHandover {
+            shard: ShardId(0),
+            to: b.clone(),
+            now_ms: 200,
+            leader_since_ms: 0,
+        }),
+        Err(Rejected::TargetDraining { dc: b.clone() })
+    );
+
+    let plan = drain_plan(&state, &b, 200, 0);
+    let targets: Vec<(u32, Option<String>)> = plan
+        .iter()
+        .map(|m| (m.shard.0, m.to.as_ref().map(|d| d.0.clone())))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            (1, Some("c".into())),
+            (4, Some("a".into())),
+            (7, Some("c".into()))
+        ],
+        "spread over c (3 shards) and a (4, the global one included): {plan:?}"
+    );
+    let first = plan_maintenance(&state, 200, 0);
+    assert_eq!(
+        handovers(&first),
+        [(1, "c".to_string()), (4, "a".to_string())]
+    );
+    for command in &first {
+        state.apply(command).unwrap();
+    }
+    assert!(
+        plan_maintenance(&state, 300, 0).is_empty(),
+        "two run already"
+    );
+    assert_eq!(
+        drain_plan(&state, &b, 300, 0)[0].blocked,
+        Some(Blocked::HandoverInProgress { to: dc("c") })
+    );
+
+    finish_handover(&mut state, 1, 400);
+    let next = plan_maintenance(&state, 400, 0);
+    assert_eq!(handovers(&next), [(7, "c".to_string())]);
+    state.apply(&next[0]).unwrap();
+    finish_handover(&mut state, 4, 500);
+    finish_handover(&mut state, 7, 500);
+    assert!(state.shards().values().all(|p| p.owner != b));
+    assert!(drain_plan(&state, &b, 600, 0).is_empty());
+    assert!(plan_maintenance(&state, 600, 0).is_empty());
+    assert_eq!(
+        state.maintenance()[&b],
+        Maintenance::Draining,
+        "until undrained"
+    );
+
+    // A takeover never targets a drained DC: c dies, its shards go to a only.
+    renew(&mut state, "a", 5_000, &[]);
+    renew(&mut state, "b", 5_000, &[]);
+    let dead = plan_failover(&state, &dc("c"), 5_000, 0);
+    assert!(!dead.is_empty());
+    assert!(
+        dead.iter()
+            .all(|c| matches!(c, Command::StartTakeover { to, .. } if *to == dc("a"))),
+        "{dead:?}"
+    );
+    assert_eq!(
+        state.apply(&start_takeover(2, "c", "b", 5_000, 0)),
+        Err(Rejected::TargetDraining { dc: b.clone() })
+    );
+
+    // The global shard stays; with both other DCs drained or down, a's shards have no target.
+    let a = dc("a");
+    state.apply(&Command::DrainDc { dc: a.clone() }).unwrap();
+    let plan = drain_plan(&state, &a, 5_000, 0);
+    assert!(plan.contains(&PlannedMove {
+        shard: ShardId::GLOBAL,
+        from: a.clone(),
+        to: None,
+        blocked: Some(Blocked::GlobalShard),
+    }));
+    assert!(
+        plan.iter().filter(|m| !m.shard.is_global()).all(|m| matches!(
+            &m.blocked,
+            Some(Blocked::NoTarget { down, draining }) if *down == [dc("c")] && *draining == [b.clone()]
+        )),
+        "{plan:?}"
+    );
+    assert!(plan_maintenance(&state, 5_000, 0).is_empty());
+}
+
+/// Undraining a DC clears its mark and hands its home shards (shard s on the s mod k-th DC by
+/// name) back, at most `MOVES_PER_DC` at a time; then the failback ends by itself. A home DC
+/// that is down blocks the moves (they wait); one that holds no copy of a shard leaves it where
+/// it is.
+#[test]
+fn an_undrained_dc_gets_its_home_shards_back_a_few_at_a_time() {
+    let mut state = bootstrap(&["a", "b", "c"], 9); // b's home shards: 1, 4, 7
+    let b = dc("b");
+    renew_all(&mut state, 100, Position::new(1, 5));
+    state.apply(&Command::DrainDc { dc: b.clone() }).unwrap();
+    for round in 0..2u64 {
+        let now = 200 + round * 100;
+        for command in plan_maintenance(&state, now, 0) {
+            state.apply(&command).unwrap();
+        }
+        for shard in [1, 4, 7] {
+            if matches!(
+                state.shard(ShardId(shard)).unwrap().status,
+                ShardStatus::Draining { .. }
+            ) {
+                finish_handover(&mut state, shard, now);
+            }
+        }
+    }
+    assert!(state.shards().values().all(|p| p.owner != b));
+    assert_eq!(state.home(ShardId(4)), Some(&b));
+    assert_eq!(state.home(ShardId::GLOBAL), Some(&dc("a")));
+
+    // b is down: the failback waits for it.
+    state.apply(&Command::UndrainDc { dc: b.clone() }).unwrap();
+    assert_eq!(state.maintenance()[&b], Maintenance::FailingBack);
+    let late = 1_000 + LEASE_MS + OFFSET_MS;
+    renew(&mut state, "a", late, &[]);
+    renew(&mut state, "c", late, &[]);
+    assert!(failback_plan(&state, &b, late, 0)
+        .iter()
+        .all(|m| m.blocked == Some(Blocked::TargetDown { dc: b.clone() })));
+    assert!(plan_maintenance(&state, late, 0).is_empty());
+
+    // b is back: two at a time, then the last one, then the failback ends.
+    let now = late + 100;
+    renew_all(&mut state, now, Position::new(2, 5));
+    let first = plan_maintenance(&state, now, 0);
+    assert_eq!(
+        handovers(&first),
+        [(1, "b".to_string()), (4, "b".to_string())]
+    );
+    for command in &first {
+        state.apply(command).unwrap();
+    }
+    assert!(plan_maintenance(&state, now, 0).is_empty());
+    finish_handover(&mut state, 1, now + 100);
+    finish_handover(&mut state, 4, now + 100);
+    let last = plan_maintenance(&state, now + 100, 0);
+    assert_eq!(handovers(&last), [(7, "b".to_string())]);
+    state.apply(&last[0]).unwrap();
+    finish_handover(&mut state, 7, now + 200);
+    let owners: Vec<&str> = [1, 4, 7]
+        .iter()
+        .map(|s| state.shard(ShardId(*s)).unwrap().owner.0.as_str())
+        .collect();
+    assert_eq!(owners, ["b", "b", "b"]);
+    let end = plan_maintenance(&state, now + 200, 0);
+    assert_eq!(end, [Command::EndFailback { dc: b.clone() }]);
+    state.apply(&end[0]).unwrap();
+    assert!(state.maintenance().is_empty());
+    assert_eq!(
+        state.apply(&end[0]),
+        Err(Rejected::NoFailback { dc: b.clone() })
+    );
+}
+
+/// A placement state written before handovers recorded their start and before maintenance
+/// existed (no `started_ms`, no `maintenance`) still reads: the fields default.
+#[test]
+fn an_older_state_still_reads() {
+    let mut state = bootstrap(&["a", "b"], 2);
+    state
+        .apply(&Command::StartHandover {
+            shard: ShardId(0),
+            to: dc("b"),
+            now_ms: 7,
+            leader_since_ms: 0,
+        })
+        .unwrap();
+    let mut json = serde_json::to_value(&state).unwrap();
+    json.as_object_mut().unwrap().remove("maintenance");
+    json["shards"]["0"]["status"]
+        .as_object_mut()
+        .unwrap()
+        .remove("started_ms")
+        .expect("the start is written");
+    let old: PlacementState = serde_json::from_value(json).unwrap();
+    assert!(old.maintenance().is_empty());
+    assert!(matches!(
+        old.shard(ShardId(0)).unwrap().status,
+        ShardStatus::Draining { started_ms: 0, .. }
+    ));
+    let command: Command =
+        serde_json::from_str(r#"{"command":"start_handover","shard":1,"to":"a"}"#).unwrap();
+    assert_eq!(
+        command,
+        Command::StartHandover {
+            shard: ShardId(1),
+            to: dc("a"),
+            now_ms: 0,
+            leader_since_ms: 0
         }
     );
 }
@@ -819,6 +1221,8 @@ fn the_holder_fences_itself() {
         .apply(&Command::StartHandover {
             shard: ShardId(0),
             to: dc("b"),
+            now_ms: 0,
+            leader_since_ms: 0,
         })
         .unwrap();
     let newer = renew(&mut state, "a", 30, &[]);
@@ -884,6 +1288,8 @@ fn snapshot_restore_round_trip() {
         Command::StartHandover {
             shard: ShardId(1),
             to: dc("a"),
+            now_ms: 0,
+            leader_since_ms: 0,
         },
     ]
     .iter()

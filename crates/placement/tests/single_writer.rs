@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use coopr_placement::{
     apply_command, dead_dcs, may_acknowledge, plan_failover, plan_handover_completions,
-    plan_takeovers, Command, Dc, DcId, Epoch, FrozenReport, HeldLease, OwnedShard, PlacementState,
-    Position, Reply, SealReport, Seq, ShardStatus,
+    plan_handover_timeouts, plan_maintenance, plan_takeovers, Command, Dc, DcId, Epoch,
+    FrozenReport, HeldLease, OwnedShard, PlacementState, Position, Reply, SealReport, Seq,
+    ShardStatus,
 };
 use coopr_types::ShardId;
 
@@ -21,6 +22,8 @@ const MAX_DRIFT_PPM: i64 = 500;
 const TICK_MS: u64 = 10;
 const RUN_MS: u64 = 240_000;
 const SHARD_COUNT: u32 = 6;
+/// The placement leader aborts a handover that has not completed in this long.
+const HANDOVER_TIMEOUT_MS: u64 = 10_000;
 
 /// splitmix64: small, seeded, no dependency.
 struct Rng(u64);
@@ -139,6 +142,7 @@ struct Stats {
     writes: u64,
     takeovers: u64,
     handovers: u64,
+    handover_timeouts: u64,
     leader_changes: u64,
 }
 
@@ -335,18 +339,41 @@ fn run(seed: u64) -> Stats {
         }
         commands.extend(plan_takeovers(&state, now, leader.since_ms));
         commands.extend(plan_handover_completions(&state, now, leader.since_ms));
+        commands.extend(plan_maintenance(&state, now, leader.since_ms));
+        if rng.chance(3_000) {
+            let dc = DcId::new(names[rng.below(names.len() as u64) as usize]);
+            commands.push(if rng.chance(500_000) {
+                Command::DrainDc { dc }
+            } else {
+                Command::UndrainDc { dc }
+            });
+        }
+        commands.extend(plan_handover_timeouts(
+            &state,
+            HANDOVER_TIMEOUT_MS,
+            now,
+            leader.since_ms,
+        ));
         if rng.chance(2_000) {
             let shard = shards[rng.below(shards.len() as u64) as usize];
             let placement = &state.shards()[&shard];
             if placement.status == ShardStatus::Active && !placement.replicas.is_empty() {
                 let to =
                     placement.replicas[rng.below(placement.replicas.len() as u64) as usize].clone();
-                commands.push(Command::StartHandover { shard, to });
+                commands.push(Command::StartHandover {
+                    shard,
+                    to,
+                    now_ms: now,
+                    leader_since_ms: leader.since_ms,
+                });
             }
         }
         if rng.chance(300) {
             let shard = shards[rng.below(shards.len() as u64) as usize];
-            commands.push(Command::AbortHandover { shard });
+            commands.push(Command::AbortHandover {
+                shard,
+                handover: None,
+            });
         }
         for command in commands {
             if let Command::Takeover {
@@ -371,6 +398,9 @@ fn run(seed: u64) -> Stats {
                 match command {
                     Command::Takeover { .. } => stats.takeovers += 1,
                     Command::CompleteHandover { .. } => stats.handovers += 1,
+                    Command::AbortHandover {
+                        handover: Some(_), ..
+                    } => stats.handover_timeouts += 1,
                     _ => {}
                 }
             }
@@ -447,7 +477,9 @@ fn run(seed: u64) -> Stats {
 /// owner at the current epoch in the placement state, so at most one DC may write; epochs only
 /// increase. Checked every 10 ms of simulated time across seeded runs with drifting clocks,
 /// lossy reordering delivery, partitions, placement and DC leader changes, failovers and
-/// handovers. The runs must exercise takeovers and handovers (so the check is not vacuous).
+/// handovers (some aborted by the placement leader when they run out of time), DCs drained and
+/// undrained (the leader's maintenance handovers). The runs must
+/// exercise takeovers, handovers and handover timeouts (so the check is not vacuous).
 #[test]
 fn at_most_one_dc_may_acknowledge_per_shard() {
     let seeds: Vec<u64> = match std::env::var("SEED") {
@@ -460,6 +492,7 @@ fn at_most_one_dc_may_acknowledge_per_shard() {
         total.writes += stats.writes;
         total.takeovers += stats.takeovers;
         total.handovers += stats.handovers;
+        total.handover_timeouts += stats.handover_timeouts;
         total.leader_changes += stats.leader_changes;
     }
     println!("{total:?}");
@@ -467,6 +500,7 @@ fn at_most_one_dc_may_acknowledge_per_shard() {
         assert!(total.writes > 1_000, "{total:?}");
         assert!(total.takeovers > 10, "{total:?}");
         assert!(total.handovers > 5, "{total:?}");
+        assert!(total.handover_timeouts > 0, "{total:?}");
         assert!(total.leader_changes > 5, "{total:?}");
     }
 }

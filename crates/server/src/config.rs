@@ -73,6 +73,10 @@ pub struct ServerConfig {
     /// min/3). Its messages cross DCs: openraft bounds each append by the heartbeat interval, so
     /// min/3 must exceed the round trip between DCs.
     pub placement_election_timeout_ms: (u64, u64),
+    /// How long a graceful handover may run before the placement leader aborts it (default
+    /// 30000 ms): the owner writes the shard again and nothing is lost. Bounds a handover that
+    /// waits for a replica DC that is down or for an operation that does not finish.
+    pub handover_timeout_ms: u64,
     /// This node is a witness (see [`crate::start_witness`]): `dc` names its site, which holds
     /// no data; `remote_dcs` lists the data DCs.
     pub witness: bool,
@@ -125,6 +129,7 @@ impl Default for ServerConfig {
             lease_ms: 3_000,
             max_clock_offset_ms: 500,
             placement_election_timeout_ms: (600, 1_200),
+            handover_timeout_ms: 30_000,
             witness: false,
         }
     }
@@ -224,6 +229,14 @@ impl ServerConfig {
                 "max_clock_offset_ms {} must be less than half of lease_ms {}",
                 self.max_clock_offset_ms,
                 self.lease_ms
+            );
+        }
+        // A handover needs a few renewals (every third of a lease) to freeze and complete.
+        if self.handover_timeout_ms < self.lease_ms || self.handover_timeout_ms > 3_600_000 {
+            bail!(
+                "handover_timeout_ms must be between lease_ms ({}) and 3600000, got {}",
+                self.lease_ms,
+                self.handover_timeout_ms
             );
         }
         if !(100..=60_000).contains(&self.replication_wait_ms) {

@@ -195,6 +195,13 @@ pub enum Command {
         shard: ShardId,
         handover: u64,
     },
+    /// The handover that froze `shard` was aborted (by an admin, or by the placement leader
+    /// when it ran out of time): the owner writes it again. Without this, an owner whose
+    /// handover was aborted after it froze would refuse writes to the shard for good.
+    UnfreezeShard {
+        shard: ShardId,
+        handover: u64,
+    },
     /// The replica copy of `shard`, complete through `after` (the old owner's final position),
     /// becomes the shard this DC owns, writing `epoch` from seq 1.
     AdoptShard {

@@ -694,6 +694,9 @@ impl State {
                 epoch_start,
             } => self.apply_replication_batch(from_dc, *shard, records, *epoch_start),
             Command::FreezeShard { shard, handover } => self.freeze_shard(*shard, *handover),
+            Command::UnfreezeShard { shard, handover } => {
+                Ok(self.unfreeze_shard(*shard, *handover))
+            }
             Command::AdoptShard {
                 shard,
                 epoch,
@@ -1480,6 +1483,18 @@ impl State {
     /// Applies a batch to the local replica of `shard` (created on its first batch), all or
     /// nothing. A batch already applied (every record at or below the watermark) is a no-op
     /// (`Unchanged`), so a puller may re-propose a batch whose commit it did not see.
+    /// Lifts the freeze of handover `handover` (another handover's freeze, or none, is left
+    /// as it is: `Unchanged`).
+    fn unfreeze_shard(&mut self, shard: ShardId, handover: u64) -> Outcome {
+        match self.shards.get_mut(&shard) {
+            Some(data) if data.frozen == Some(handover) => {
+                data.frozen = None;
+                Outcome::Done
+            }
+            _ => Outcome::Unchanged,
+        }
+    }
+
     fn freeze_shard(&mut self, shard: ShardId, handover: u64) -> CommandResult {
         if shard.is_global() {
             return Err(CommandError::invalid(

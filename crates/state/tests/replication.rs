@@ -832,6 +832,45 @@ fn ship(
     })
 }
 
+/// An aborted handover lifts the freeze: after `UnfreezeShard` of the handover that froze the
+/// shard, fenced writes are accepted again; an unfreeze naming another handover changes
+/// nothing (the shard stays frozen for the newer one).
+#[test]
+fn an_aborted_handover_unfreezes_the_shard() {
+    let shard = ShardId(1);
+    let mut a = Owner::new();
+    let id = a.create_in(1, "base", 1);
+    a.drive();
+    let write = |now_ms, expire_time| Entry {
+        now_ms,
+        idempotency_key: None,
+        fence: Some(Fence { shard, epoch: 1 }),
+        command: Command::SetExpireTime {
+            cluster: id,
+            expire_time,
+        },
+    };
+    assert_eq!(
+        a.ok(Command::FreezeShard { shard, handover: 3 }),
+        Outcome::Done
+    );
+    assert_eq!(
+        a.ok(Command::UnfreezeShard { shard, handover: 2 }),
+        Outcome::Unchanged
+    );
+    let now = a.now_ms + 1;
+    match a.state.apply(&write(now, 5)) {
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "handing_over"),
+        other => panic!("write to a frozen shard: {other:?}"),
+    }
+    assert_eq!(
+        a.ok(Command::UnfreezeShard { shard, handover: 3 }),
+        Outcome::Done
+    );
+    let now = a.now_ms + 1;
+    assert!(a.state.apply(&write(now, 6)).is_ok());
+}
+
 /// A graceful handover of a shard between two DCs, at the state level: the owner freezes it
 /// (refused while an operation runs; afterwards fenced writes are refused), the replica that
 /// has every record adopts it in the next epoch, the old owner releases it into a replica copy

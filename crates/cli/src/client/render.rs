@@ -461,6 +461,63 @@ pub(crate) fn judge(goal: WaitGoal, reply: &StatusReply) -> Verdict {
     }
 }
 
+/// The answer of a drain or undrain: a line saying what was (or, dry, would be) done, then one
+/// row per shard to move: where it is, where it goes, and what blocks it for now.
+pub(crate) fn format_maintenance_plan(answer: &serde_json::Value) -> String {
+    let dc = answer["dc"].as_str().unwrap_or_default();
+    let action = answer["action"].as_str().unwrap_or_default();
+    let plan = answer["plan"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut out = if answer["dry_run"] == true {
+        format!(
+            "dry run: {action} of {dc} would move {} shard(s)\n",
+            plan.len()
+        )
+    } else {
+        format!(
+            "{action} of {dc}: {} shard(s) to move, a few at a time; follow with `coopr admin shards`\n",
+            plan.len()
+        )
+    };
+    if plan.is_empty() {
+        return out;
+    }
+    let rows: Vec<Vec<String>> = plan
+        .iter()
+        .map(|step| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+            let blocked = &step["blocked"];
+            let why = match blocked["reason"].as_str() {
+                None => "-".to_string(),
+                Some(reason) => {
+                    let details: Vec<String> = blocked
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(key, _)| *key != "reason")
+                        .map(|(key, value)| format!("{key}={value}"))
+                        .collect();
+                    if details.is_empty() {
+                        reason.to_string()
+                    } else {
+                        format!("{reason} ({})", details.join(", "))
+                    }
+                }
+            };
+            vec![
+                step["shard"].to_string(),
+                text(&step["from"]),
+                text(&step["to"]),
+                why,
+            ]
+        })
+        .collect();
+    out.push_str(&format_table(&["SHARD", "FROM", "TO", "BLOCKED"], &rows));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +616,36 @@ mod tests {
             e.message.contains("[access_key, secret_key] or [token]"),
             "{}",
             e.message
+        );
+    }
+
+    /// A drain's plan shows each shard's move and, for a blocked one, the reason with its
+    /// details.
+    #[test]
+    fn maintenance_plan_table() {
+        let answer = serde_json::json!({
+            "dc": "b", "action": "drain", "dry_run": true, "maintenance": "draining",
+            "plan": [
+                {"shard": 1, "from": "b", "to": "a"},
+                {"shard": 4, "from": "b", "to": null,
+                 "blocked": {"reason": "no_target", "down": ["c"], "draining": ["a"]}},
+                {"shard": 7, "from": "b", "to": "c",
+                 "blocked": {"reason": "handover_in_progress", "to": "c"}},
+            ]
+        });
+        assert_eq!(
+            format_maintenance_plan(&answer),
+            "dry run: drain of b would move 3 shard(s)\n\
+             SHARD  FROM  TO  BLOCKED\n\
+             1      b     a   -\n\
+             4      b     -   no_target (down=[\"c\"], draining=[\"a\"])\n\
+             7      b     c   handover_in_progress (to=\"c\")\n"
+        );
+        let done =
+            serde_json::json!({"dc": "b", "action": "undrain", "dry_run": false, "plan": []});
+        assert_eq!(
+            format_maintenance_plan(&done),
+            "undrain of b: 0 shard(s) to move, a few at a time; follow with `coopr admin shards`\n"
         );
     }
 

@@ -1,9 +1,14 @@
 //! Replication views for operators (superadmin):
 //!
 //! - `GET /v2/admin/shards`: the shard map (owner, replicas, epoch, status of every shard), the
-//!   DC leases, this DC's lease and the ownership history, as the placement group has them.
+//!   DC leases, this DC's lease, the ownership history and the DCs under maintenance, as the
+//!   placement group has them.
 //! - `POST /v2/admin/shards/{shard}/handover` `{"to": DC}` and `.../handover/abort`: graceful
 //!   handover of a cluster shard (see [`crate::placement`]).
+//! - `POST /v2/admin/dcs/{dc}/drain` and `.../undrain` `{"dry_run": bool}`: planned
+//!   maintenance of a DC (its shards handed to other DCs, or its home shards handed back, a
+//!   few at a time by the placement leader); answers the plan, per shard the target and what
+//!   blocks it.
 //! - `GET /v2/admin/replication`: per shard, at the owner the replicas' cursors and what they
 //!   lack (`unreplicated_records`, `unreplicated_age_ms`); at a replica its watermark and
 //!   `lag_ms` (age of the oldest record it is known to lack). Served by the DC log's leader
@@ -43,6 +48,8 @@ pub fn routes() -> Router<Arc<App>> {
             "/v2/admin/shards/{shard}/handover/abort",
             post(abort_handover),
         )
+        .route("/v2/admin/dcs/{dc}/drain", post(drain))
+        .route("/v2/admin/dcs/{dc}/undrain", post(undrain))
 }
 
 #[derive(Deserialize)]
@@ -70,7 +77,14 @@ async fn start_handover(
         ));
     }
     let to = coopr_placement::DcId::new(request.to);
-    placement_command(&app, &coopr_placement::Command::StartHandover { shard, to }).await
+    // The placement leader stamps the start with its clock.
+    let command = coopr_placement::Command::StartHandover {
+        shard,
+        to,
+        now_ms: 0,
+        leader_since_ms: 0,
+    };
+    placement_command(&app, &command).await
 }
 
 /// Gives up a handover in progress; the owner writes the shard again after its next renewal.
@@ -81,7 +95,11 @@ async fn abort_handover(
 ) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
     let shard = parse_shard(&app, &shard)?;
-    placement_command(&app, &coopr_placement::Command::AbortHandover { shard }).await
+    let command = coopr_placement::Command::AbortHandover {
+        shard,
+        handover: None,
+    };
+    placement_command(&app, &command).await
 }
 
 /// Sends an administrative command to the placement group (any voter; they forward it to
@@ -90,6 +108,41 @@ async fn placement_command(
     app: &App,
     command: &coopr_placement::Command,
 ) -> ApiResult<Json<Value>> {
+    let answer = to_placement(app, crate::placement::group::COMMAND_PATH, command).await?;
+    let outcome: coopr_placement::Outcome = answer
+        .json()
+        .await
+        .map_err(|e| ApiError::unavailable("placement_unreadable", e.to_string()))?;
+    match outcome {
+        Ok(coopr_placement::Reply::Shard { shard, placement }) => {
+            crate::placement::lease::refresh_now(app).await;
+            // If this DC owns the shard, its leader learns of the handover at once.
+            app.renew_now.notify_one();
+            Ok(Json(
+                json!({"shard": shard.to_string(), "placement": placement}),
+            ))
+        }
+        Ok(other) => Ok(Json(json!({ "reply": other }))),
+        Err(rejected) => Err(rejected_error(&rejected)),
+    }
+}
+
+/// A command the placement group rejected: 409 with the rejection's name as the code.
+fn rejected_error(rejected: &coopr_placement::Rejected) -> ApiError {
+    let code = serde_json::to_value(rejected)
+        .ok()
+        .and_then(|v| v["rejected"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "rejected".into());
+    ApiError::conflict(&code, rejected.to_string())
+}
+
+/// Posts `body` to `path` at a placement voter (which forwards it to its leader), trying the
+/// voters in turn while none leads, for up to `write_timeout_ms`; the leader's 200 answer.
+async fn to_placement(
+    app: &App,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> ApiResult<reqwest::Response> {
     if !app.config.multi_dc() {
         return Err(ApiError::bad_request(
             "single_dc",
@@ -103,22 +156,18 @@ async fn placement_command(
         tokio::time::Instant::now() + std::time::Duration::from_millis(app.config.write_timeout_ms);
     loop {
         for member in app.config.placement_members.values() {
-            let url = format!(
-                "{}{}",
-                member.internal.trim_end_matches('/'),
-                crate::placement::group::COMMAND_PATH
-            );
+            let url = format!("{}{path}", member.internal.trim_end_matches('/'));
             let answer = app
                 .forwarder
                 .post(&url)
                 .header(crate::replication::SECRET_HEADER, &secret)
-                .json(command)
+                .json(body)
                 .send()
                 .await;
             // Asked again (here or at another voter) only when the command certainly was not
             // applied: repeating an applied StartHandover would start another handover.
-            let answer = match answer {
-                Ok(a) if a.status().is_success() => a,
+            match answer {
+                Ok(a) if a.status().is_success() => return Ok(a),
                 Ok(a) => {
                     let status = a.status();
                     let body: Value = a.json().await.unwrap_or_default();
@@ -135,12 +184,8 @@ async fn placement_command(
                         ));
                     }
                     last_error = format!("{url} answered {status} {code}");
-                    continue;
                 }
-                Err(e) if e.is_connect() => {
-                    last_error = format!("{url}: {e}");
-                    continue;
-                }
+                Err(e) if e.is_connect() => last_error = format!("{url}: {e}"),
                 Err(e) => {
                     return Err(ApiError::unavailable(
                         "placement_unavailable",
@@ -149,29 +194,7 @@ async fn placement_command(
                         ),
                     ))
                 }
-            };
-            let outcome: coopr_placement::Outcome = answer
-                .json()
-                .await
-                .map_err(|e| ApiError::unavailable("placement_unreadable", e.to_string()))?;
-            return match outcome {
-                Ok(coopr_placement::Reply::Shard { shard, placement }) => {
-                    crate::placement::lease::refresh_now(app).await;
-                    // If this DC owns the shard, its leader learns of the handover at once.
-                    app.renew_now.notify_one();
-                    Ok(Json(
-                        json!({"shard": shard.to_string(), "placement": placement}),
-                    ))
-                }
-                Ok(other) => Ok(Json(json!({ "reply": other }))),
-                Err(rejected) => {
-                    let code = serde_json::to_value(&rejected)
-                        .ok()
-                        .and_then(|v| v["rejected"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| "rejected".into());
-                    Err(ApiError::conflict(&code, rejected.to_string()))
-                }
-            };
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::unavailable(
@@ -181,6 +204,103 @@ async fn placement_command(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn drain(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(dc): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    maintenance(&app, &caller, dc, &body, false).await
+}
+
+async fn undrain(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(dc): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    maintenance(&app, &caller, dc, &body, true).await
+}
+
+/// Drains a DC (hands every shard it owns to other DCs, a few at a time, and makes it no target
+/// of handovers or takeovers) or undrains it (clears the mark and hands its home shards back, a
+/// few at a time). Answers the plan: per shard where it goes and what blocks it; with
+/// `{"dry_run": true}` only the plan. 404 `unknown_dc`, 400 `witness_dc` for a witness site.
+async fn maintenance(
+    app: &App,
+    caller: &Caller,
+    dc: String,
+    body: &[u8],
+    undrain: bool,
+) -> ApiResult<Json<Value>> {
+    caller.require_superadmin()?;
+    let request: MaintenanceBody = if body.iter().all(u8::is_ascii_whitespace) {
+        MaintenanceBody::default()
+    } else {
+        super::extract::parse_json(body)?
+    };
+    if !app.config.multi_dc() {
+        return Err(ApiError::bad_request(
+            "single_dc",
+            "a deployment of one DC has no placement group",
+        ));
+    }
+    let map = app.placement();
+    if !map.dcs().contains(&dc) {
+        let witness = app.config.placement_members.values().any(|m| m.dc == dc);
+        return Err(if witness {
+            ApiError::bad_request(
+                "witness_dc",
+                format!("{dc} is a witness site: it holds no shards"),
+            )
+        } else {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "unknown_dc",
+                format!("no datacenter is named {dc:?}"),
+            )
+        });
+    }
+    let path = crate::placement::group::MAINTENANCE_PATH;
+    let request = crate::placement::group::MaintenanceRequest {
+        dc: dc.clone(),
+        undrain,
+        dry_run: request.dry_run,
+    };
+    let answer = to_placement(app, path, &request).await?;
+    let answer: crate::placement::group::MaintenanceAnswer = answer
+        .json()
+        .await
+        .map_err(|e| ApiError::unavailable("placement_unreadable", e.to_string()))?;
+    let maintenance = match answer.outcome {
+        Ok(coopr_placement::Reply::Maintenance { maintenance, .. }) => maintenance,
+        Ok(other) => {
+            return Err(ApiError::unavailable(
+                "placement_unreadable",
+                format!("unexpected reply {other:?}"),
+            ))
+        }
+        Err(rejected) => return Err(rejected_error(&rejected)),
+    };
+    if !request.dry_run {
+        crate::placement::lease::refresh_now(app).await;
+    }
+    Ok(Json(json!({
+        "dc": dc,
+        "action": if undrain { "undrain" } else { "drain" },
+        "dry_run": request.dry_run,
+        "maintenance": maintenance,
+        "plan": answer.plan,
+    })))
 }
 
 fn parse_shard(app: &App, text: &str) -> ApiResult<ShardId> {
@@ -221,6 +341,10 @@ async fn shards(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<V
         .as_ref()
         .map(|s| json!(s.history().collect::<Vec<_>>()))
         .unwrap_or_else(|| json!([]));
+    let maintenance: Value = state
+        .as_ref()
+        .map(|s| json!(s.maintenance()))
+        .unwrap_or_else(|| json!({}));
     let lease = app.held_lease().map(|held| {
         json!({
             "sequence": held.lease.grant.sequence,
@@ -235,6 +359,7 @@ async fn shards(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<V
         "shards": shards,
         "leases": leases,
         "history": history,
+        "maintenance": maintenance,
         "lease": lease,
     })))
 }

@@ -3,14 +3,17 @@
 //! [`coopr_placement::PlacementMachine`] (the shard map, DC leases, the ownership history).
 //!
 //! ```text
-//!  voter node (one per DC, + witness)            any DC leader (lease holder)
-//!  ─────────────────────────────────             ───────────────────────────
-//!  internal listener:                            every lease/3:
-//!    /placement/raft/*   Raft RPCs of the group    POST /internal/placement/renew {dc, watermarks}
-//!    /internal/placement/renew   ─┐ not leader?    ◀── LeaseGrant (owned shards + epochs, the map)
-//!    /internal/placement/state    │ forward once   GET /internal/placement/state (the whole map)
-//!    /internal/placement/command ─┘ to the leader
-//!  leader loop: bootstrap once; complete handovers whose target caught up
+//!  voter node (one per DC, + witness)                any DC leader (lease holder)
+//!  ─────────────────────────────────                 ───────────────────────────
+//!  internal listener:                                every lease/3:
+//!    /placement/raft/*   Raft RPCs of the group        POST /internal/placement/renew {dc, ...}
+//!    /internal/placement/renew       ─┐ not leader?    ◀── LeaseGrant (owned shards, the map)
+//!    /internal/placement/state        │ forward once   GET /internal/placement/state (the map)
+//!    /internal/placement/command      │ to the leader
+//!    /internal/placement/maintenance ─┘ (drain, undrain: the leader answers the plan)
+//!  leader loop: bootstrap once; complete handovers whose target caught up, abort those
+//!  older than handover_timeout_ms; hand over drained DCs' shards (and home shards back on
+//!  undrain) a few at a time; fail over DCs whose lease expired
 //! ```
 //!
 //! Times in the placement log are the proposing leader's monotonic clock ([`mono_ms`]); a new
@@ -29,8 +32,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use coopr_placement::{
-    dead_dcs, plan_failover, plan_handover_completions, plan_takeovers, Command, Dc, FrozenReport,
-    Outcome, PlacementMachine, Position, Rejected, Reply, SealReport,
+    dead_dcs, drain_plan, failback_plan, plan_failover, plan_handover_completions,
+    plan_handover_timeouts, plan_maintenance, plan_takeovers, Command, Dc, DcId, FrozenReport,
+    Outcome, PlacementMachine, PlannedMove, Position, Rejected, Reply, SealReport,
 };
 use coopr_raft::{RaftConfig, RaftHandle, RaftStores, WriteError};
 use coopr_types::ShardId;
@@ -48,6 +52,7 @@ pub const RAFT_PREFIX: &str = "/placement";
 pub const RENEW_PATH: &str = "/internal/placement/renew";
 pub const STATE_PATH: &str = "/internal/placement/state";
 pub const COMMAND_PATH: &str = "/internal/placement/command";
+pub const MAINTENANCE_PATH: &str = "/internal/placement/maintenance";
 /// Marks a placement call forwarded to the placement leader (never forwarded twice).
 const FORWARDED_HEADER: &str = "coopr-placement-forwarded";
 
@@ -70,6 +75,24 @@ pub struct RenewRequest {
     pub sealed: BTreeMap<ShardId, SealReport>,
 }
 
+/// An admin's drain or undrain of a DC (`dry_run`: only the plan), sent to the placement
+/// leader, which alone can tell which DCs are healthy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    pub dc: String,
+    /// `false`: drain; `true`: undrain (fail back).
+    pub undrain: bool,
+    pub dry_run: bool,
+}
+
+/// The placement leader's answer to a [`MaintenanceRequest`]: whether the mark was (or, dry,
+/// would be) set, and the moves it makes now or later, each with what blocks it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceAnswer {
+    pub outcome: Outcome,
+    pub plan: Vec<PlannedMove>,
+}
+
 /// A running voter of the placement group.
 pub struct PlacementGroup {
     raft: RaftHandle,
@@ -79,6 +102,8 @@ pub struct PlacementGroup {
     bootstrap: Command,
     /// The term in which this node last became the placement leader, and when (monotonic ms).
     leader_since_ms: Mutex<Option<(u64, u64)>>,
+    /// How long a handover may run before the leader aborts it.
+    handover_timeout_ms: u64,
     client: reqwest::Client,
 }
 
@@ -121,6 +146,7 @@ impl PlacementGroup {
             secret,
             bootstrap: bootstrap_command(config),
             leader_since_ms: Mutex::new(None),
+            handover_timeout_ms: config.handover_timeout_ms,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_millis(config.lease_ms))
                 .build()
@@ -144,6 +170,7 @@ impl PlacementGroup {
             .route(RENEW_PATH, post(renew))
             .route(STATE_PATH, get(state))
             .route(COMMAND_PATH, post(command))
+            .route(MAINTENANCE_PATH, post(maintenance))
             .with_state(self.clone())
             .nest(RAFT_PREFIX, coopr_raft::router(self.raft.clone()))
     }
@@ -192,7 +219,8 @@ impl PlacementGroup {
     }
 
     /// The leader's duties: bootstrap the map once, complete handovers whose target caught
-    /// up. Runs on every voter, acts only on the leader.
+    /// up, abort those that ran out of time, fail over dead DCs. Runs on every voter, acts only
+    /// on the leader.
     pub async fn run(self: Arc<Self>, tick: Duration, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -219,6 +247,8 @@ impl PlacementGroup {
                 continue;
             }
             self.complete_handovers().await;
+            self.abort_late_handovers().await;
+            self.run_maintenance().await;
             self.fail_over().await;
         }
     }
@@ -290,6 +320,87 @@ impl PlacementGroup {
                 Ok(Err(e)) => tracing::debug!(error = %e, "handover completion rejected"),
                 Err(e) => tracing::warn!(error = %e, "handover completion not written"),
             }
+        }
+    }
+
+    /// Aborts every handover that has run longer than `handover_timeout_ms` (leader): the owner
+    /// writes the shard again after its next renewal. Runs after the completions of the same
+    /// tick, so a handover that could complete does.
+    async fn abort_late_handovers(&self) {
+        let Some(since) = self.leader_since() else {
+            return;
+        };
+        let timeout_ms = self.handover_timeout_ms;
+        let commands = self
+            .machine
+            .read(|state| state.map(|s| plan_handover_timeouts(s, timeout_ms, mono_ms(), since)))
+            .unwrap_or_default();
+        for command in commands {
+            // What it waited for: the owner's final position, or replicas that lacked it.
+            let (status, waiting_for) = self
+                .machine
+                .read(|state| {
+                    let Command::AbortHandover { shard, .. } = &command else {
+                        return None;
+                    };
+                    let state = state?;
+                    let placement = state.shard(*shard)?;
+                    let waiting_for: Vec<String> = match &placement.status {
+                        coopr_placement::ShardStatus::HandingOver { until, .. } => placement
+                            .replicas
+                            .iter()
+                            .map(|dc| (dc, coopr_placement::watermark(state, dc, *shard)))
+                            .filter(|(_, mark)| mark != until)
+                            .map(|(dc, mark)| format!("{dc} at {mark}"))
+                            .collect(),
+                        _ => vec![format!("{} to freeze", placement.owner)],
+                    };
+                    Some((Some(placement.status.clone()), waiting_for))
+                })
+                .unwrap_or_default();
+            match self.propose(&command).await {
+                Ok(Ok(Reply::Shard { shard, placement })) => {
+                    tracing::warn!(%shard, owner = %placement.owner, ?status, ?waiting_for,
+                        timeout_ms, "handover ran out of time: aborted");
+                    metrics::counter!("coopr_placement_handover_timeouts_total").increment(1);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "handover abort rejected"),
+                Err(e) => tracing::warn!(error = %e, "handover abort not written"),
+            }
+        }
+    }
+
+    /// Planned maintenance (leader): hands the shards of drained DCs over, and the home shards of
+    /// DCs failing back to them, a few at a time; ends failbacks with nothing left to move.
+    async fn run_maintenance(&self) {
+        let Some(since) = self.leader_since() else {
+            return;
+        };
+        let commands = self
+            .machine
+            .read(|state| state.map(|s| plan_maintenance(s, mono_ms(), since)))
+            .unwrap_or_default();
+        for command in commands {
+            match self.propose(&command).await {
+                Ok(Ok(reply)) => tracing::info!(?command, ?reply, "maintenance step"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "maintenance step rejected"),
+                Err(e) => tracing::warn!(error = %e, "maintenance step not written"),
+            }
+        }
+    }
+
+    /// The moves of `dc`'s drain (or failback) in `state`, for the leader elected at `since`.
+    fn maintenance_plan(
+        state: &coopr_placement::PlacementState,
+        dc: &DcId,
+        undrain: bool,
+        since: u64,
+    ) -> Vec<PlannedMove> {
+        if undrain {
+            failback_plan(state, dc, mono_ms(), since)
+        } else {
+            drain_plan(state, dc, mono_ms(), since)
         }
     }
 
@@ -461,7 +572,7 @@ async fn command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let command: Command = match authorized_json(&group, &headers, &body) {
+    let mut command: Command = match authorized_json(&group, &headers, &body) {
         Ok(v) => v,
         Err(refused) => return *refused,
     };
@@ -479,7 +590,72 @@ async fn command(
     if !group.raft.is_leader() {
         return group.at_leader(&headers, COMMAND_PATH, body).await;
     }
+    // Times in the log are the proposing leader's: a handover starts on its clock.
+    if let Command::StartHandover {
+        now_ms,
+        leader_since_ms,
+        ..
+    } = &mut command
+    {
+        let Some(since) = group.ensure_leading().await else {
+            return unavailable(
+                "leader_starting",
+                "the placement leader is taking up its duties".into(),
+            );
+        };
+        *leader_since_ms = since;
+        *now_ms = mono_ms();
+    }
     outcome_response(group.propose(&command).await)
+}
+
+/// Drains or undrains a DC at the leader: proposes the mark (or, dry, applies it to a copy of
+/// the state) and answers the plan as it stands afterwards.
+async fn maintenance(
+    State(group): State<Arc<PlacementGroup>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: MaintenanceRequest = match authorized_json(&group, &headers, &body) {
+        Ok(v) => v,
+        Err(refused) => return *refused,
+    };
+    if !group.raft.is_leader() {
+        return group.at_leader(&headers, MAINTENANCE_PATH, body).await;
+    }
+    let Some(since) = group.ensure_leading().await else {
+        return unavailable(
+            "leader_starting",
+            "the placement leader is taking up its duties".into(),
+        );
+    };
+    let Some(mut state) = group.machine.state() else {
+        return unavailable(
+            "not_bootstrapped",
+            "the placement group is not bootstrapped yet".into(),
+        );
+    };
+    let dc = DcId::new(request.dc);
+    let command = if request.undrain {
+        Command::UndrainDc { dc: dc.clone() }
+    } else {
+        Command::DrainDc { dc: dc.clone() }
+    };
+    let outcome = if request.dry_run {
+        state.apply(&command)
+    } else {
+        match group.propose(&command).await {
+            Ok(outcome) => {
+                if let Some(now) = group.machine.state() {
+                    state = now;
+                }
+                outcome
+            }
+            Err(e) => return outcome_response(Err(e)),
+        }
+    };
+    let plan = PlacementGroup::maintenance_plan(&state, &dc, request.undrain, since);
+    axum::Json(MaintenanceAnswer { outcome, plan }).into_response()
 }
 
 async fn state(State(group): State<Arc<PlacementGroup>>, headers: HeaderMap) -> Response {

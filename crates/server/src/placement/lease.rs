@@ -342,11 +342,13 @@ fn frozen_reports(app: &App) -> BTreeMap<ShardId, FrozenReport> {
 /// Brings the DC log in line with the lease and the map (DC leader, every tick):
 /// - a shard the grant freezes is frozen here once no operation of it runs (new operations are
 ///   already refused by fencing; running ones finish first);
+/// - a shard the grant lists writable again (its handover was aborted) is unfrozen;
 /// - a shard the grant orders taken over is sealed here once the old owner's remaining records
 ///   are in (or it cannot be reached, or the bounded pull time is over); a seal whose order was
 ///   withdrawn is lifted;
 /// - a shard granted at an epoch the local state does not write yet is adopted from the
-///   replica copy (complete through the position the epoch started after);
+///   replica copy (complete through the position the epoch started after), also when the
+///   grant already freezes it for the next handover;
 /// - a shard this DC wrote and the map now gives to another DC at a later epoch is demoted
 ///   into a replica copy: what it wrote after the new epoch's start goes to the
 ///   lost-operations report (nothing, after a graceful handover).
@@ -364,17 +366,12 @@ async fn reconcile(app: &App) {
             let local_epoch = state.shard_epoch(*shard);
             let replica_here = state.replicas.contains_key(shard);
             match owned {
-                OwnedShard::Frozen { handover, .. } if !shard.is_global() => {
-                    let frozen = state.shards.get(shard).and_then(|d| d.frozen);
-                    if !replica_here && frozen != Some(*handover) && !state.shard_busy(*shard) {
-                        commands.push(Command::FreezeShard {
-                            shard: *shard,
-                            handover: *handover,
-                        });
-                    }
-                }
-                OwnedShard::Frozen { .. } => {}
-                OwnedShard::Writable { epoch } if replica_here || local_epoch < Some(epoch.0) => {
+                // Owned at an epoch not adopted here yet: adopt it first, also when a new
+                // handover froze it meanwhile (the grant that moved it here may never have
+                // listed it writable); only an adopted shard can freeze and report its end.
+                OwnedShard::Writable { epoch } | OwnedShard::Frozen { epoch, .. }
+                    if replica_here || local_epoch < Some(epoch.0) =>
+                {
                     let after = placement
                         .as_ref()
                         .and_then(|p| p.shard(*shard))
@@ -391,7 +388,28 @@ async fn reconcile(app: &App) {
                         });
                     }
                 }
-                OwnedShard::Writable { .. } => {}
+                OwnedShard::Frozen { handover, .. } if !shard.is_global() => {
+                    let frozen = state.shards.get(shard).and_then(|d| d.frozen);
+                    if !replica_here && frozen != Some(*handover) && !state.shard_busy(*shard) {
+                        commands.push(Command::FreezeShard {
+                            shard: *shard,
+                            handover: *handover,
+                        });
+                    }
+                }
+                OwnedShard::Frozen { .. } => {}
+                // Writable at the epoch written here but still frozen: the handover that froze
+                // it was aborted (grants only move forward, and a freeze follows a grant that
+                // froze the shard), so the owner writes again.
+                OwnedShard::Writable { .. } => {
+                    let frozen = state.shards.get(shard).and_then(|d| d.frozen);
+                    if let (Some(handover), false) = (frozen, replica_here) {
+                        commands.push(Command::UnfreezeShard {
+                            shard: *shard,
+                            handover,
+                        });
+                    }
+                }
             }
         }
         for (shard, order) in &grant.taking_over {

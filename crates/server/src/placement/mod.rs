@@ -228,6 +228,8 @@ mod tests {
             .apply(&Command::StartHandover {
                 shard: ShardId(0),
                 to: DcId::new("b"),
+                now_ms: 0,
+                leader_since_ms: 0,
             })
             .unwrap();
         assert!(map.merge(&state));
