@@ -102,6 +102,8 @@ pub struct PlacementGroup {
     bootstrap: Command,
     /// The term in which this node last became the placement leader, and when (monotonic ms).
     leader_since_ms: Mutex<Option<(u64, u64)>>,
+    /// Held by the failover pass running now (the leader loop's ticks do not overlap).
+    failing_over: tokio::sync::Mutex<()>,
     /// How long a handover may run before the leader aborts it.
     handover_timeout_ms: u64,
     client: reqwest::Client,
@@ -146,6 +148,7 @@ impl PlacementGroup {
             secret,
             bootstrap: bootstrap_command(config),
             leader_since_ms: Mutex::new(None),
+            failing_over: tokio::sync::Mutex::new(()),
             handover_timeout_ms: config.handover_timeout_ms,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_millis(config.lease_ms))
@@ -255,8 +258,13 @@ impl PlacementGroup {
 
     /// Failover (leader): asks a healthy replica to take over each shard of every DC whose
     /// lease expired (or replaces a candidate that did not answer in time), and completes the
-    /// takeovers whose candidate reported its sealed copy.
-    async fn fail_over(&self) {
+    /// takeovers whose candidate reported its sealed copy. One pass at a time; the commands of
+    /// a pass are proposed together (the group commits them in as few entries as it can: a
+    /// dead DC's shards all move in one round trip, not one per shard).
+    async fn fail_over(self: &Arc<Self>) {
+        let Ok(_pass) = self.failing_over.try_lock() else {
+            return;
+        };
         let Some(since) = self.leader_since() else {
             return;
         };
@@ -274,12 +282,39 @@ impl PlacementGroup {
                 })
             })
             .unwrap_or_default();
+        self.propose_failover_steps(commands).await;
+    }
+
+    /// Completes the takeovers `dc` just reported sealed copies for (leader, on its renewal).
+    async fn complete_takeovers_of(self: &Arc<Self>, dc: &coopr_placement::DcId) {
+        let Some(since) = self.leader_since() else {
+            return;
+        };
+        let commands: Vec<Command> = self
+            .machine
+            .read(|state| state.map(|s| plan_takeovers(s, mono_ms(), since)))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| matches!(c, Command::Takeover { to, .. } if to == dc))
+            .collect();
+        self.propose_failover_steps(commands).await;
+    }
+
+    async fn propose_failover_steps(self: &Arc<Self>, commands: Vec<Command>) {
+        let mut proposals = tokio::task::JoinSet::new();
         for command in commands {
+            let group = self.clone();
+            proposals.spawn(async move {
+                let written = group.propose(&command).await;
+                (command, written)
+            });
+        }
+        while let Some(Ok((command, written))) = proposals.join_next().await {
             let what = match &command {
                 Command::StartTakeover { .. } => "takeover started",
                 _ => "shard taken over",
             };
-            match self.propose(&command).await {
+            match written {
                 Ok(Ok(Reply::Shard { shard, placement })) => {
                     tracing::warn!(%shard, owner = %placement.owner, epoch = %placement.epoch,
                         status = ?placement.status, "{what}");
@@ -559,7 +594,7 @@ async fn renew(
     // A sealed copy completes its takeover now, and the grant answering this renewal already
     // lists the shard as writable (the same lease: only ownership it gained is added).
     if matches!(written, Ok(Ok(_))) && reports_seal {
-        group.fail_over().await;
+        group.complete_takeovers_of(&dc).await;
         if let Some(grant) = group.machine.read(|s| s.map(|s| s.grant_for(&dc))) {
             written = Ok(Ok(Reply::LeaseGranted { grant }));
         }
