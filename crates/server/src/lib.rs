@@ -89,7 +89,7 @@ impl App {
     pub fn previous_outcome(&self, key: Option<&str>) -> Option<CommandResult> {
         let state = self.core.read();
         let previous = state.idempotent_outcome(key?)?;
-        if let Some(lost) = state.lost_outcome(previous) {
+        if let Some(lost) = state.lost_outcome(&previous) {
             return Some(Err(coopr_state::CommandError::conflict(
                 "operation_lost",
                 format!(
@@ -106,7 +106,7 @@ impl App {
                 ),
             )));
         }
-        Some(previous.clone())
+        Some(previous)
     }
 
     /// The shard a new cluster goes to: round-robin over the cluster shards this DC owns;

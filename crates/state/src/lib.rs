@@ -24,5 +24,6 @@ pub use persist::{
 };
 pub use replication::{
     ApplyError, ClusterShardView, ClusterView, GlobalRecord, GlobalView, InFlight, JobSummary,
-    Outbox, Position, Record, RecordKind, ReplicaData, ReplicaShard,
+    Outbox, Position, Record, RecordKind, ReplicaData, ReplicaShard, ShardKeys,
+    SHARD_KEYS_CAPACITY,
 };

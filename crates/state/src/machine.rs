@@ -32,7 +32,7 @@ use crate::command::{
 use crate::replication::{
     compact_stage, to_value, ApplyError, Checkpoint, ClusterRow, ClusterShardView, ClusterView,
     GlobalRecord, GlobalView, InFlight, JobSummary, NodeOutcome, Outbox, PlanStep, Position,
-    RecordKind, ReplicaData, ReplicaShard, ReplicatedNode, OUTBOX_CAPACITY,
+    RecordKind, ReplicaData, ReplicaShard, ReplicatedNode, ShardKeys, OUTBOX_CAPACITY,
 };
 use crate::CommandError;
 
@@ -207,6 +207,11 @@ pub struct ClusterShard {
     /// Set (to the handover number) once this DC stopped writing the shard for a handover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen: Option<u64>,
+    /// The idempotency keys this shard's `OperationStarted` records carried: what its replicas
+    /// remember too, and what a seed of the shard or a new owner takes along (the DC's own
+    /// table, [`LocalState::idempotency`], stays in the DC).
+    #[serde(default, skip_serializing_if = "ShardKeys::is_empty")]
+    pub keys: ShardKeys,
 }
 
 /// State that never leaves the DC: provisioner registrations and the idempotency table.
@@ -237,6 +242,8 @@ pub struct State {
     pub(crate) active_jobs: BTreeSet<JobId>,
     /// The `now_ms` of the entry being applied: the commit time stamped on the records it emits.
     applying_at_ms: u64,
+    /// The idempotency key of the entry being applied: `OperationStarted` carries it.
+    applying_key: Option<String>,
 }
 
 impl State {
@@ -254,6 +261,7 @@ impl State {
             ready: BTreeSet::new(),
             active_jobs: BTreeSet::new(),
             applying_at_ms: 0,
+            applying_key: None,
         }
     }
 
@@ -361,9 +369,19 @@ impl State {
             .count()
     }
 
-    /// The stored outcome of an idempotency key, if that key was already applied.
-    pub fn idempotent_outcome(&self, key: &str) -> Option<&CommandResult> {
-        self.local.idempotency.get(key)
+    /// The stored outcome of an idempotency key, if that key was already applied: here (the
+    /// DC's own table), or by the owner of a shard whose `OperationStarted` with the key this DC
+    /// holds (as a replica, or as the shard's new owner after a handover or failover).
+    pub fn idempotent_outcome(&self, key: &str) -> Option<CommandResult> {
+        if let Some(outcome) = self.local.idempotency.get(key) {
+            return Some(outcome.clone());
+        }
+        self.shards
+            .values()
+            .map(|s| &s.keys)
+            .chain(self.replicas.values().map(|r| &r.keys))
+            .find_map(|keys| keys.get(key))
+            .map(|outcome| Ok(outcome.clone()))
     }
 
     pub fn tenant_by_id(&self, id: &str) -> Option<&Tenant> {
@@ -392,12 +410,14 @@ impl State {
             }
         }
         if let Some(key) = &entry.idempotency_key {
-            if let Some(previous) = self.local.idempotency.get(key) {
-                return previous.clone();
+            if let Some(previous) = self.idempotent_outcome(key) {
+                return previous;
             }
         }
         self.applying_at_ms = entry.now_ms;
+        self.applying_key = entry.idempotency_key.clone();
         let result = self.apply_command(&entry.command, entry.now_ms);
+        self.applying_key = None;
         if let Some(key) = &entry.idempotency_key {
             self.local.idempotency.insert(key.clone(), result.clone());
             self.local.idempotency_order.push_back(key.clone());
@@ -1324,6 +1344,7 @@ impl State {
     /// `OperationStarted` for a job just begun; remembers what was shipped.
     fn emit_started(&mut self, job: JobId) {
         let shard = job.cluster.shard(self.shard_count);
+        let idempotency_key = self.applying_key.clone();
         let Ok(record) = self.cluster_mut(job.cluster) else {
             return;
         };
@@ -1362,17 +1383,27 @@ impl State {
         // operation is in flight, so its nodes are the live ones as of the last record).
         let create = operation.action == ClusterAction::ClusterCreate;
         let changes_nodes = create || operation.action == ClusterAction::AddServices;
+        let action = operation.action;
         let kind = RecordKind::OperationStarted {
             cluster: ClusterRow::of(&record.cluster, create),
             nodes: changes_nodes.then(|| nodes.values().cloned().collect()),
             job,
-            action: operation.action,
+            action,
             services: operation.services.clone(),
             config: operation.config.clone(),
             plan: operation.plan.clone(),
+            idempotency_key: idempotency_key.clone(),
         };
         record.shipped = Some(ShippedOperation { operation, nodes });
         self.emit(shard, kind);
+        // The same table the replicas build from the record, so that a seed of the shard and a
+        // new owner carry the key on.
+        if let (Some(key), Some(data)) = (idempotency_key, self.shards.get_mut(&shard)) {
+            data.keys.remember(
+                key,
+                crate::replication::started_outcome(job.cluster, job, action),
+            );
+        }
     }
 
     /// `OperationCheckpoint`: a CREATE of `job` made the node's machine.

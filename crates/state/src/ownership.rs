@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::machine::{cluster_view, ClusterRecord, ClusterShard, GlobalShard, ShippedOperation};
 use crate::replication::{
     ClusterShardView, ClusterView, GlobalRecord, GlobalView, Outbox, PlanStep, Position, Record,
-    RecordKind, ReplicaData, ReplicaShard,
+    RecordKind, ReplicaData, ReplicaShard, ShardKeys,
 };
 use crate::{CommandError, CommandResult, Outcome, State, TenantCatalog};
 
@@ -64,10 +64,21 @@ pub struct LostOperation {
     pub takeover_point: Position,
     /// When this DC found the loss (the time of its demotion entry).
     pub reported_at_ms: u64,
+    /// The scoped `Idempotency-Key` of a lost `operation_started`, if it had one: a retry of
+    /// that request here answers 409 `operation_lost`, and at the new owner, which never heard
+    /// of it, runs the request again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl LostOperation {
     fn of(record: &Record, clusters: &BTreeMap<ClusterId, ClusterRecord>) -> LostOperation {
+        let idempotency_key = match &record.kind {
+            RecordKind::OperationStarted {
+                idempotency_key, ..
+            } => idempotency_key.clone(),
+            _ => None,
+        };
         let (tenant, cluster, job) = match &record.kind {
             RecordKind::OperationStarted { cluster, job, .. } => (
                 Some(cluster.account.tenant_id.clone()),
@@ -99,6 +110,7 @@ impl LostOperation {
             new_owner: String::new(),
             takeover_point: Position::START,
             reported_at_ms: 0,
+            idempotency_key,
         }
     }
 }
@@ -146,14 +158,18 @@ impl State {
         if self.replicas.contains_key(&shard) {
             return None;
         }
-        let (outbox, data) = if shard.is_global() {
+        let (outbox, data, keys) = if shard.is_global() {
             let g = &self.global;
             let view = GlobalView {
                 tenants: g.tenants.clone(),
                 api_keys: g.api_keys.clone(),
                 catalogs: g.catalogs.clone(),
             };
-            (&g.replication, ReplicaData::Global(view))
+            (
+                &g.replication,
+                ReplicaData::Global(view),
+                ShardKeys::default(),
+            )
         } else {
             let data = self.shards.get(&shard)?;
             let clusters = data
@@ -164,6 +180,7 @@ impl State {
             (
                 &data.replication,
                 ReplicaData::Clusters(ClusterShardView { clusters }),
+                data.keys.clone(),
             )
         };
         Some(ReplicaShard {
@@ -174,6 +191,7 @@ impl State {
             data,
             sealed: None,
             needs_seed: false,
+            keys,
         })
     }
 
@@ -332,14 +350,19 @@ impl State {
             return Ok(Outcome::Unchanged);
         }
         // Take the shard's data out; the jobs that ran in it stop here.
-        let (outbox, clusters, view) = if shard.is_global() {
+        let (outbox, clusters, view, keys) = if shard.is_global() {
             let global = std::mem::take(&mut self.global);
             let view = ReplicaData::Global(GlobalView {
                 tenants: global.tenants,
                 api_keys: global.api_keys,
                 catalogs: global.catalogs,
             });
-            (global.replication, BTreeMap::new(), view)
+            (
+                global.replication,
+                BTreeMap::new(),
+                view,
+                ShardKeys::default(),
+            )
         } else {
             let data = self.shards.insert(shard, ClusterShard::default());
             let data = data.unwrap_or_default();
@@ -350,7 +373,7 @@ impl State {
                     .map(|(id, record)| (*id, cluster_view(record)))
                     .collect(),
             });
-            (data.replication, data.clusters, view)
+            (data.replication, data.clusters, view, data.keys)
         };
         let stopped: Vec<JobId> = self
             .active_jobs
@@ -387,6 +410,7 @@ impl State {
                     new_owner: String::new(),
                     takeover_point: keep_through,
                     reported_at_ms: 0,
+                    idempotency_key: None,
                 },
             );
         }
@@ -414,6 +438,8 @@ impl State {
                 data: view,
                 sealed: None,
                 needs_seed: false,
+                // Every key is of a record the new owner has too (nothing was lost).
+                keys,
             }
         } else {
             // Diverged: nothing of this copy can be trusted beyond what a snapshot brings.
@@ -443,10 +469,10 @@ impl State {
                 format!("epoch {epoch} does not follow {after:?}"),
             ));
         }
-        let data = match self.replicas.get(&shard) {
+        let (data, keys) = match self.replicas.get(&shard) {
             // Nothing was ever replicated: the shard was empty at the owner too.
             None if after.seq == 0 && !self.holds_writes(shard) => {
-                ReplicaShard::new(shard, "").data
+                (ReplicaShard::new(shard, "").data, ShardKeys::default())
             }
             None => {
                 return Err(CommandError::conflict(
@@ -463,7 +489,9 @@ impl State {
                     ),
                 ))
             }
-            Some(replica) => replica.data.clone(),
+            // The keys come along: a retry of a request the old owner applied answers its
+            // outcome here too.
+            Some(replica) => (replica.data.clone(), replica.keys.clone()),
         };
         let outbox = Outbox::starting(epoch, after);
         match data {
@@ -476,12 +504,19 @@ impl State {
                 };
                 self.replicas.remove(&shard);
             }
-            ReplicaData::Clusters(view) => self.adopt_clusters(shard, view, outbox, now),
+            ReplicaData::Clusters(view) => self.adopt_clusters(shard, view, keys, outbox, now),
         }
         Ok(Outcome::Done)
     }
 
-    fn adopt_clusters(&mut self, shard: ShardId, view: ClusterShardView, outbox: Outbox, now: u64) {
+    fn adopt_clusters(
+        &mut self,
+        shard: ShardId,
+        view: ClusterShardView,
+        keys: ShardKeys,
+        outbox: Outbox,
+        now: u64,
+    ) {
         let shard_count = self.shard_count();
         let mut next_n = 0;
         let mut clusters = BTreeMap::new();
@@ -514,6 +549,7 @@ impl State {
                 clusters,
                 replication: outbox,
                 frozen: None,
+                keys,
             },
         );
         for job in resumed {

@@ -19,7 +19,16 @@
 //! hostname, IPs, which cannot be recomputed), [`RecordKind::OperationFinished`] (final cluster
 //! status, nodes and job summary), [`RecordKind::ClusterUpdated`] (metadata only) and
 //! [`RecordKind::Global`] (tenants, keys, catalog). Task transitions, attempts, output, node
-//! action history, pause state, provisioners and idempotency entries stay in the DC.
+//! action history, pause state and provisioners stay in the DC.
+//!
+//! # Idempotency keys
+//!
+//! An operation started under an `Idempotency-Key` carries the key in its `OperationStarted`.
+//! Owner and replicas remember, per shard, key -> outcome ([`ShardKeys`]: the newest
+//! [`SHARD_KEYS_CAPACITY`]), in the shard's snapshot part and in a seed, and a new owner adopts
+//! them with the shard: a retry at any DC that holds the record answers the original outcome
+//! instead of creating a second cluster. A create whose record had not reached a DC when it is
+//! retried there is not known there (see ARCHITECTURE.md, "Idempotency across DCs").
 //!
 //! # Positions
 //!
@@ -70,13 +79,65 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::TenantCatalog;
+use crate::{Outcome, TenantCatalog};
 
 /// Records an outbox keeps at most; older ones are dropped (replicas behind them need a snapshot).
 pub const OUTBOX_CAPACITY: usize = 100_000;
 
 /// The epoch of a shard that never changed owner.
 pub const FIRST_EPOCH: u64 = 1;
+
+/// Idempotency keys a shard remembers for replicas (the oldest are forgotten first). Per shard,
+/// so that a seed, which carries them, stays a few MB at most (a scoped key is under 400 bytes).
+pub const SHARD_KEYS_CAPACITY: usize = 10_000;
+
+/// The idempotency keys of operations a shard's `OperationStarted` records carried, with the
+/// outcome each one answered: what lets a retry at a DC other than the one that applied the
+/// request find it. Owner and replicas build the same table from the same records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardKeys {
+    outcomes: BTreeMap<String, Outcome>,
+    /// Keys in the order they were remembered, oldest first (for the bound).
+    order: VecDeque<String>,
+}
+
+impl ShardKeys {
+    /// The outcome remembered for `key`.
+    pub fn get(&self, key: &str) -> Option<&Outcome> {
+        self.outcomes.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+
+    /// Remembers `key` (a key is applied once, so it is never remembered twice), forgetting the
+    /// oldest beyond [`SHARD_KEYS_CAPACITY`].
+    pub fn remember(&mut self, key: String, outcome: Outcome) {
+        if self.outcomes.insert(key.clone(), outcome).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > SHARD_KEYS_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.outcomes.remove(&old);
+            }
+        }
+    }
+}
+
+/// The outcome the owner answered for the request that started `job`: a create answers the
+/// cluster id, every other operation its job.
+pub fn started_outcome(cluster: ClusterId, job: JobId, action: ClusterAction) -> Outcome {
+    if action == ClusterAction::ClusterCreate {
+        Outcome::ClusterCreated { id: cluster }
+    } else {
+        Outcome::JobStarted { job }
+    }
+}
 
 /// A position in a shard's record stream. Ordered by epoch, then seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -132,6 +193,10 @@ pub enum RecordKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         config: Option<JsonMap>,
         plan: Vec<Vec<PlanStep>>,
+        /// The scoped `Idempotency-Key` the operation was requested under, if any: a retry at
+        /// a DC that applied this record answers the same outcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
     },
     /// A CREATE task finished OK: a machine exists. The node's hostname, IPs and provisioner
     /// results (provider id) as they are now, so a restart neither leaks nor doubles it.
@@ -672,6 +737,10 @@ pub struct ReplicaShard {
     /// after a failover, or its stream broke): it waits for a snapshot of the owner's shard.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_seed: bool,
+    /// The idempotency keys the shard's records carried (outside `data`: they are no part of
+    /// the view, which the owner's and every replica's copy must show equally).
+    #[serde(default, skip_serializing_if = "ShardKeys::is_empty")]
+    pub keys: ShardKeys,
 }
 
 impl ReplicaShard {
@@ -689,6 +758,7 @@ impl ReplicaShard {
             },
             sealed: None,
             needs_seed: false,
+            keys: ShardKeys::default(),
         }
     }
 
@@ -753,6 +823,19 @@ impl ReplicaShard {
                     apply_cluster_record(&view.clusters, &mut staged, record)?;
                 }
                 view.clusters.extend(staged);
+                for record in records {
+                    if let RecordKind::OperationStarted {
+                        cluster,
+                        job,
+                        action,
+                        idempotency_key: Some(key),
+                        ..
+                    } = &record.kind
+                    {
+                        self.keys
+                            .remember(key.clone(), started_outcome(cluster.id, *job, *action));
+                    }
+                }
             }
         }
         self.watermark = last.position();
@@ -799,6 +882,7 @@ fn apply_cluster_record(
             services,
             config,
             plan,
+            idempotency_key: _,
         } => {
             let existing = current.as_ref().map(|c| &c.cluster);
             let row = cluster

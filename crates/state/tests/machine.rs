@@ -279,7 +279,7 @@ fn idempotency_key_replay_returns_first_outcome() {
     assert_eq!(h.state.clusters().count(), 1);
     assert_eq!(
         h.state.idempotent_outcome("acme/alice/k1"),
-        Some(&Ok(first.clone()))
+        Some(Ok(first.clone()))
     );
     // A different key is a different request.
     let third = h.apply_keyed(command, Some("acme/alice/k2")).unwrap();

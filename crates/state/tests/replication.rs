@@ -1398,3 +1398,237 @@ fn a_new_epoch_never_reuses_cluster_ids() {
         ClusterId::allocate(shard, SHARDS, 2 * coopr_state::IDS_PER_EPOCH)
     );
 }
+
+/// An idempotency key travels with its operation's `OperationStarted`: a replica that applied
+/// the record answers the key with the owner's outcome (a create's cluster id, another
+/// operation's job), and applying the same keyed create there creates nothing. The keys survive
+/// the replica's snapshot, a seed of the owner's shard, and the adoption of the copy by a new
+/// owner (then an exact demotion of the old owner keeps them in its replica copy).
+#[test]
+fn idempotency_keys_replicate_with_the_operation() {
+    let shard = ShardId(1);
+    let create_key = "acme/alice/POST /v2/clusters k1";
+    let mut a = Owner::new();
+    let spec = spec(&a.state, "base", 1, &[]);
+    let create = Command::CreateCluster {
+        shard,
+        spec: Box::new(spec),
+    };
+    let created = a.apply_keyed(create.clone(), Some(create_key)).unwrap();
+    let Outcome::ClusterCreated { id } = created else {
+        panic!("create: {created:?}")
+    };
+    a.drive();
+    let delete_key = format!("acme/alice/DELETE /v2/clusters/{id} k2");
+    let deleted = a
+        .apply_keyed(
+            Command::StartOperation {
+                cluster: id,
+                action: ClusterAction::ClusterDelete,
+                services: Vec::new(),
+                config: None,
+            },
+            Some(&delete_key),
+        )
+        .unwrap();
+    assert!(matches!(deleted, Outcome::JobStarted { .. }));
+    let records = a.records(shard);
+    let carried: Vec<Option<&str>> = records
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RecordKind::OperationStarted {
+                idempotency_key, ..
+            } => Some(idempotency_key.as_deref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(carried, [Some(create_key), Some(delete_key.as_str())]);
+
+    // A replica knows both keys, and a retry of the create there changes nothing.
+    let mut b = State::new(SHARDS);
+    ship(
+        &mut b,
+        "dc-a",
+        ShardId::GLOBAL,
+        &a.records(ShardId::GLOBAL),
+        None,
+    )
+    .unwrap();
+    ship(&mut b, "dc-a", shard, &records, None).unwrap();
+    assert_eq!(b.idempotent_outcome(create_key), Some(Ok(created.clone())));
+    assert_eq!(b.idempotent_outcome(&delete_key), Some(Ok(deleted.clone())));
+    assert_eq!(
+        b.idempotent_outcome("acme/alice/POST /v2/clusters k9"),
+        None
+    );
+    let own_shard = ShardId(2);
+    let retried = b.apply(&Entry {
+        now_ms: 5,
+        idempotency_key: Some(create_key.into()),
+        fence: None,
+        command: Command::CreateCluster {
+            shard: own_shard,
+            spec: Box::new(common::spec(&a.state, "base", 1, &[])),
+        },
+    });
+    assert_eq!(retried, Ok(created.clone()));
+    assert!(b.shards[&own_shard].clusters.is_empty(), "nothing created");
+
+    // The replica's snapshot keeps them.
+    let parts = encode_parts(&b);
+    let decoded = decode_parts(parts.iter().map(|(k, v)| (*k, v.as_slice())), SHARDS).unwrap();
+    assert_eq!(decoded.replica(shard), b.replica(shard));
+    assert_eq!(
+        decoded.idempotent_outcome(create_key),
+        Some(Ok(created.clone()))
+    );
+
+    // A copy seeded from the owner's shard knows them.
+    let mut c = State::new(SHARDS);
+    let seed = a.state.seed_of(shard, "dc-a").unwrap();
+    assert_eq!(seed.keys.len(), 2);
+    at(
+        &mut c,
+        1,
+        Command::SeedReplica {
+            seed: Box::new(seed),
+        },
+    )
+    .unwrap();
+    assert_eq!(c.idempotent_outcome(&delete_key), Some(Ok(deleted.clone())));
+
+    // b adopts the shard: the keys keep answering there, and go on into b's seeds.
+    let point = b.replica(shard).unwrap().watermark;
+    at(
+        &mut b,
+        6,
+        Command::AdoptShard {
+            shard,
+            epoch: 2,
+            after: point,
+        },
+    )
+    .unwrap();
+    assert!(b.replica(shard).is_none());
+    assert_eq!(b.idempotent_outcome(create_key), Some(Ok(created.clone())));
+    assert_eq!(b.idempotent_outcome(&delete_key), Some(Ok(deleted)));
+    assert_eq!(b.seed_of(shard, "dc-b").unwrap().keys.len(), 2);
+
+    // a releases the shard with nothing lost: its replica copy keeps the keys.
+    at(
+        &mut a.state,
+        a.now_ms + 1,
+        Command::DemoteShard {
+            shard,
+            owner_dc: "dc-b".into(),
+            keep_through: point,
+        },
+    )
+    .unwrap();
+    let copy = a.state.replica(shard).unwrap();
+    assert!(!copy.needs_seed);
+    assert_eq!(copy.keys.get(create_key), Some(&created));
+}
+
+/// A create applied after the takeover point is lost with its key: the old owner's
+/// lost-operations report names the key, and the old owner answers the key with the lost
+/// operation (which the server turns into 409 `operation_lost`), while the new owner, which
+/// never received the record, does not know the key.
+#[test]
+fn a_lost_create_reports_its_key() {
+    let shard = ShardId(1);
+    let key = "acme/alice/POST /v2/clusters lost";
+    let mut a = Owner::new();
+    let mut b = State::new(SHARDS);
+    ship(
+        &mut b,
+        "dc-a",
+        ShardId::GLOBAL,
+        &a.records(ShardId::GLOBAL),
+        None,
+    )
+    .unwrap();
+    let point = Position::START;
+    let spec = spec(&a.state, "base", 1, &[]);
+    let created = a
+        .apply_keyed(
+            Command::CreateCluster {
+                shard,
+                spec: Box::new(spec),
+            },
+            Some(key),
+        )
+        .unwrap();
+    at(
+        &mut b,
+        2,
+        Command::AdoptShard {
+            shard,
+            epoch: 2,
+            after: point,
+        },
+    )
+    .unwrap();
+    assert_eq!(b.idempotent_outcome(key), None);
+    at(
+        &mut a.state,
+        a.now_ms + 1,
+        Command::DemoteShard {
+            shard,
+            owner_dc: "dc-b".into(),
+            keep_through: point,
+        },
+    )
+    .unwrap();
+    let (lost, _) = a.state.lost_operations();
+    let lost: Vec<_> = lost.cloned().collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].idempotency_key.as_deref(), Some(key));
+    let previous = a.state.idempotent_outcome(key).unwrap();
+    assert_eq!(previous, Ok(created));
+    assert_eq!(
+        a.state.lost_outcome(&previous).map(|l| l.seq),
+        Some(lost[0].seq)
+    );
+}
+
+/// A refused batch changes nothing, also the first batch of a new epoch: a replica at (1, 5)
+/// given a batch that starts epoch 2 right at its watermark but whose second record skips a
+/// seq refuses it and keeps its owner, watermark and view (it is not moved to the new owner's
+/// epoch, nor emptied).
+#[test]
+fn a_refused_first_batch_of_a_new_epoch_changes_nothing() {
+    let shard = ShardId(1);
+    let mut a = Owner::new();
+    a.create_in(1, "lamp", 3);
+    a.drive();
+    let records = a.records(shard);
+    assert_eq!(records.len(), 5);
+    let mut b = State::new(SHARDS);
+    ship(
+        &mut b,
+        "dc-a",
+        ShardId::GLOBAL,
+        &a.records(ShardId::GLOBAL),
+        None,
+    )
+    .unwrap();
+    ship(&mut b, "dc-a", shard, &records, None).unwrap();
+    let watermark = Position { epoch: 1, seq: 5 };
+    let before = b.replica(shard).cloned().unwrap();
+    assert_eq!(before.watermark, watermark);
+
+    let mut first = records[3].clone();
+    (first.epoch, first.seq) = (2, 1);
+    let mut gap = records[4].clone();
+    (gap.epoch, gap.seq) = (2, 3);
+    match ship(&mut b, "dc-c", shard, &[first, gap], Some(watermark)) {
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "replication_out_of_order"),
+        other => panic!("a batch with a gap was taken: {other:?}"),
+    }
+    let after = b.replica(shard).unwrap();
+    assert_eq!(after, &before);
+    assert_eq!(after.owner_dc, "dc-a");
+    assert_eq!(after.watermark, watermark);
+    assert_eq!(after.view(), a.state.replicated_view(shard));
+}

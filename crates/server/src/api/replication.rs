@@ -382,7 +382,8 @@ async fn replication(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<J
 }
 
 /// This DC's lost-operations report: per record the shard, old epoch and seq, tenant, cluster,
-/// job, operation kind and commit time, the new owner and the takeover point. Part of the DC's
+/// job, operation kind and commit time, the new owner and the takeover point, and a lost
+/// operation's `Idempotency-Key` (scoped) if it had one. Part of the DC's
 /// replicated state, so any node answers the same.
 async fn lost_operations(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
