@@ -68,6 +68,23 @@ pub struct FinishRequest {
 }
 
 impl FinishRequest {
+    /// The report that this attempt failed because its result could not be delivered (the
+    /// server refused it as malformed or too large): the engine retries the task, with its
+    /// backoff, and finally fails it, instead of the worker taking the same task forever.
+    pub fn undeliverable(&self, reason: &str) -> Self {
+        let mut stderr: String = reason.chars().take(MAX_ERROR_BODY_CHARS).collect();
+        stderr.insert_str(0, "the task's result could not be delivered: ");
+        FinishRequest {
+            status: PluginResult::failure("").status,
+            stdout: String::new(),
+            stderr,
+            hostname: None,
+            ipaddresses: None,
+            result: Map::new(),
+            ..self.clone()
+        }
+    }
+
     /// The report of `result` for `task_id`, from the given worker.
     pub fn new(
         take: &TakeRequest,
@@ -114,6 +131,11 @@ pub enum FinishOutcome {
     NotOwner,
     /// 403 (or 404): the server does not know this provisioner; register again and retry.
     NotRegistered,
+    /// 409 `task_not_here`: the task belongs to a shard another DC owns (its answer names the
+    /// DC); no server of this DC will take the result, so it is dropped.
+    NotHere {
+        answer: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +310,12 @@ impl ProvisionerClient {
             status if status.is_success() => Ok(FinishOutcome::Accepted),
             StatusCode::EXPECTATION_FAILED => Ok(FinishOutcome::NotOwner),
             StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Ok(FinishOutcome::NotRegistered),
+            StatusCode::CONFLICT => match status_error(request, server, response).await {
+                ClientError::Status { body, .. } if body.contains("task_not_here") => {
+                    Ok(FinishOutcome::NotHere { answer: body })
+                }
+                other => Err(other),
+            },
             _ => Err(status_error(request, server, response).await),
         }
     }

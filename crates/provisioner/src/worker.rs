@@ -6,7 +6,8 @@
 //!                                              ├── worker 0 ─┐
 //!                                              ├── worker 1 ─┼─ take ──204──► sleep poll interval
 //!                                              └── ...       │    └──200──► dispatch ──► finish
-//!                                                            │                  417: drop, move on
+//!                                                            │                  417/409: drop, move on
+//!                                                            │                  other 4xx: report failed
 //!                                                            └─ 403 on take/finish ──► register again
 //! ```
 //!
@@ -289,15 +290,20 @@ impl Runtime {
         .await
     }
 
-    /// Reports a result, retrying transient failures for [`FINISH_RETRY_FOR`]. Returns `false`
-    /// if shutdown interrupted the retries.
+    /// Reports a result, retrying transient failures for [`FINISH_RETRY_FOR`]. A result the
+    /// server refuses (a 4xx other than the protocol's answers, e.g. 413 or 400 for a result
+    /// too large) is replaced once by a failure report of this attempt: dropping it would leave
+    /// the task held by this worker, which would be handed the same task again at once, over
+    /// and over. Returns `false` if shutdown interrupted the retries.
     async fn report(&self, finish: &FinishRequest, shutdown: &mut Shutdown) -> bool {
+        let mut failure_report: Option<FinishRequest> = None;
         let started = Instant::now();
         let mut pause = self.backoff();
         let mut attempt = 0u32;
         while started.elapsed() < FINISH_RETRY_FOR {
             attempt += 1;
-            match self.client.finish(finish).await {
+            let current = failure_report.as_ref().unwrap_or(finish);
+            match self.client.finish(current).await {
                 Ok(FinishOutcome::Accepted) => {
                     debug!("task finished");
                     return true;
@@ -310,9 +316,19 @@ impl Runtime {
                     info!("finish refused: not registered; registering again");
                     self.register_again().await;
                 }
+                Ok(FinishOutcome::NotHere { answer }) => {
+                    warn!(%answer, "the task belongs to another datacenter; dropping the result");
+                    return true;
+                }
                 Err(e) if e.is_retryable() => warn!(attempt, error = %e, "finish failed"),
+                Err(e) if failure_report.is_none() => {
+                    error!(error = %e, "finish rejected; reporting the attempt as failed");
+                    failure_report = Some(finish.undeliverable(&e.to_string()));
+                    // The failure report is sent at once: nothing about it needs waiting for.
+                    continue;
+                }
                 Err(e) => {
-                    error!(error = %e, "finish rejected; dropping the result");
+                    error!(error = %e, "the failure report was rejected too; leaving the task to the server's task timeout");
                     return true;
                 }
             }

@@ -33,6 +33,10 @@ struct Server {
     forget_on_first_heartbeat: bool,
     /// Finishing this task answers 417.
     not_owner_task: Option<String>,
+    /// Finishing a successful attempt answers 413 (its result is too large to deliver).
+    refuse_successes: bool,
+    /// Finishing this task answers 409 `task_not_here` (another DC owns it).
+    not_here_task: Option<String>,
     /// Registration answers this status instead of 200.
     registration_status: Option<StatusCode>,
 
@@ -119,15 +123,22 @@ async fn finish(
     State(shared): State<Shared>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> StatusCode {
+) -> Response {
     let mut server = lock(&shared);
     check_key(&mut server, &headers);
     let not_owner = server.not_owner_task.as_deref() == body["taskId"].as_str();
+    let not_here = server.not_here_task.as_deref() == body["taskId"].as_str();
+    let too_large = server.refuse_successes && body["status"] == 0;
     server.finishes.push(body);
     if not_owner {
-        StatusCode::EXPECTATION_FAILED
+        StatusCode::EXPECTATION_FAILED.into_response()
+    } else if not_here {
+        let answer = json!({"code": "task_not_here", "message": "datacenter b owns it"});
+        (StatusCode::CONFLICT, Json(answer)).into_response()
+    } else if too_large {
+        StatusCode::PAYLOAD_TOO_LARGE.into_response()
     } else {
-        StatusCode::OK
+        StatusCode::OK.into_response()
     }
 }
 
@@ -384,4 +395,73 @@ async fn workers_use_a_shared_cloud_over_http() {
         .record("node-1")
         .expect("the shared cloud has the machine");
     assert_eq!((machine.alive, machine.creates), (true, 1));
+}
+
+/// A result the server refuses (413: too large to deliver) becomes a failure report of the
+/// attempt, sent once, so that the server's engine retries or fails the task; the worker does
+/// not drop it and take the same task again. A 409 `task_not_here` (another DC owns the task)
+/// is terminal: the result is dropped after one attempt.
+#[tokio::test]
+async fn undeliverable_results_fail_the_attempt_and_foreign_tasks_are_dropped() {
+    let shared: Shared = Arc::default();
+    {
+        let mut server = lock(&shared);
+        server.refuse_successes = true;
+        server.not_here_task = Some("00000001-001-002".to_string());
+        let install = json!({"hostname": "host",
+            "service": {"name": "mysql", "action": {"type": "fake", "fields": {}}}});
+        server.queue.extend([
+            task("00000001-001-001", "INSTALL", install.clone()),
+            task("00000001-001-002", "INSTALL", install),
+        ]);
+    }
+    let live = start_server(shared.clone()).await;
+    let mut config = config(vec![live], FakeCloud::default());
+    config.capacity = 1;
+    let (stop, shutdown) = watch::channel(false);
+    let provisioner = tokio::spawn(run(config, shutdown));
+
+    wait_until("three finishes", &shared, |s| s.finishes.len() == 3).await;
+    let empty_before = lock(&shared).empty_takes;
+    wait_until("polls of the empty queue", &shared, |s| {
+        s.empty_takes > empty_before + 2
+    })
+    .await;
+    stop.send(true).expect("provisioner listening");
+    tokio::time::timeout(WAIT, provisioner)
+        .await
+        .expect("provisioner stops promptly")
+        .expect("provisioner task")
+        .expect("provisioner result");
+
+    let server = lock(&shared);
+    let reports: Vec<(&str, i64)> = server
+        .finishes
+        .iter()
+        .map(|f| {
+            (
+                f["taskId"].as_str().unwrap_or("?"),
+                f["status"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    // Task 1: the refused success, then its failure report; task 2: one report, dropped.
+    assert_eq!(
+        reports,
+        [
+            ("00000001-001-001", 0),
+            ("00000001-001-001", 1),
+            ("00000001-001-002", 0)
+        ],
+        "{:?}",
+        server.finishes
+    );
+    let failure = &server.finishes[1];
+    assert!(
+        failure["stderr"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not be delivered") && e.contains("413")),
+        "{failure}"
+    );
+    assert_eq!(failure["result"], json!({}));
 }

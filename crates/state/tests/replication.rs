@@ -1632,3 +1632,62 @@ fn a_refused_first_batch_of_a_new_epoch_changes_nothing() {
     assert_eq!(after.watermark, watermark);
     assert_eq!(after.view(), a.state.replicated_view(shard));
 }
+
+/// A cluster config at the API's nesting bound (a body nests at most 32 levels, so a config in
+/// it at most 31) stays readable in every form a record travels in, with the margin the JSON
+/// decoder's recursion limit (128) leaves: its records wrapped as in a pull answer, the DC-log
+/// entry that applies them at a replica, and the entry seeding a replica with its shard.
+#[test]
+fn a_config_at_the_api_bound_stays_readable_in_records_entries_and_seeds() {
+    const API_DEPTH: usize = 32;
+    let mut owner = Owner::new();
+    let deep =
+        (0..API_DEPTH - 2).fold(Value::from(1), |inner, _| serde_json::json!({ "v": inner }));
+    let mut spec = spec(&owner.state, "lamp", 1, &[]);
+    spec.config = serde_json::Map::from_iter([("v".to_string(), deep)]);
+    let shard = ShardId(1);
+    owner.ok(Command::CreateCluster {
+        shard,
+        spec: Box::new(spec),
+    });
+    let records = owner.records(shard);
+    assert!(!records.is_empty());
+
+    // Records inside a pull answer's envelope (a few more levels of our own, for margin).
+    let answer = serde_json::json!({"shards": [{"shard": shard, "batch": {"records": records}}]});
+    let bytes = serde_json::to_vec(&answer).unwrap();
+    let read: Value = serde_json::from_slice(&bytes).expect("the pull answer decodes");
+    let read: Vec<Record> =
+        serde_json::from_value(read["shards"][0]["batch"]["records"].clone()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&read).unwrap(),
+        serde_json::to_value(&records).unwrap()
+    );
+
+    // The entry a replica proposes to apply them, and the entry seeding a replica.
+    let seed = owner
+        .state
+        .seed_of(shard, "dc-a")
+        .expect("an owned shard has a seed");
+    for command in [
+        Command::ApplyReplicationBatch {
+            from_dc: "dc-a".into(),
+            shard,
+            records,
+            epoch_start: None,
+        },
+        Command::SeedReplica {
+            seed: Box::new(seed),
+        },
+    ] {
+        let entry = Entry {
+            now_ms: 1,
+            idempotency_key: None,
+            fence: None,
+            command,
+        };
+        let bytes = serde_json::to_vec(&entry).unwrap();
+        let read: Entry = serde_json::from_slice(&bytes).expect("the entry decodes");
+        assert_eq!(serde_json::to_vec(&read).unwrap(), bytes);
+    }
+}

@@ -45,6 +45,8 @@ pub fn routes() -> Router<Arc<App>> {
 
 /// Checks that a body is a valid entity of its kind (typed parse) with a valid name.
 pub fn validate_entity(kind: EntityKind, body: &Value) -> ApiResult<String> {
+    // Entities are copied into clusters and their tasks: bounded before anything else.
+    super::limits::value(kind.as_str(), body)?;
     let invalid = |e: serde_json::Error| {
         ApiError::bad_request("invalid_entity", format!("invalid {}: {e}", kind.as_str()))
     };

@@ -209,6 +209,32 @@ struct CreateRequest {
     provider_fields: JsonMap,
 }
 
+/// Bounds every string and free-form value of a create: each is copied into the cluster's
+/// records and into every task of the cluster, so a large one would make each of those too
+/// large to deliver (a `dnsSuffix` is part of every hostname).
+fn check_create_limits(req: &CreateRequest) -> ApiResult<()> {
+    use super::limits::{self, MAX_DESCRIPTION_BYTES, MAX_DNS_NAME_BYTES};
+    limits::text("description", &req.description, MAX_DESCRIPTION_BYTES)?;
+    limits::text_opt("dnsSuffix", req.dns_suffix.as_deref(), MAX_DNS_NAME_BYTES)?;
+    for (field, name) in [
+        ("clusterTemplate", Some(&req.cluster_template)),
+        ("provider", req.provider.as_ref()),
+        ("hardwaretype", req.hardwaretype.as_ref()),
+        ("imagetype", req.imagetype.as_ref()),
+    ] {
+        limits::text_opt(field, name.map(String::as_str), MAX_NAME_BYTES)?;
+    }
+    limits::list("services", &req.services)?;
+    for service in &req.services {
+        limits::text("a service name", service, MAX_NAME_BYTES)?;
+    }
+    limits::value("config", &req.config)?;
+    limits::value("providerFields", &req.provider_fields)
+}
+
+/// Longest catalog name a request may refer to (names are stored under 256 characters).
+const MAX_NAME_BYTES: usize = 255;
+
 /// Most machines in one cluster (Coopr's bound).
 const MAX_MACHINES: u32 = 10_000;
 
@@ -223,6 +249,7 @@ async fn create(
         return answer(previous);
     }
     valid_name("name", &req.name)?;
+    check_create_limits(&req)?;
     if req.num_machines == 0 || req.num_machines > MAX_MACHINES {
         return Err(ApiError::bad_request(
             "invalid_num_machines",
@@ -586,6 +613,7 @@ async fn put_config(
     let config = req
         .config
         .ok_or_else(|| ApiError::bad_request("missing_field", "config is required"))?;
+    super::limits::value("config", &config)?;
     let action = if req.restart {
         ClusterAction::ClusterConfigureWithRestart
     } else {
@@ -624,6 +652,7 @@ async fn add_services(
             "services must not be empty",
         ));
     }
+    super::limits::list("services", &req.services)?;
     let services = {
         let state = app.core.read();
         app.global(&state)

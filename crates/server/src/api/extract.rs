@@ -11,6 +11,7 @@ use coopr_types::hash_api_key;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::limits;
 use crate::App;
 
 pub const SUPERADMIN: &str = "superadmin";
@@ -80,6 +81,9 @@ where
             .ok_or_else(|| ApiError::unauthorized("missing Coopr-TenantID header"))?;
         let key = header(parts, "coopr-apikey")
             .ok_or_else(|| ApiError::unauthorized("missing Coopr-ApiKey header"))?;
+        // IDs go into stored records (creators, key owners): bounded like every other value.
+        limits::text("Coopr-UserID", user, limits::MAX_ID_BYTES)?;
+        limits::text("Coopr-TenantID", tenant, limits::MAX_ID_BYTES)?;
         let hash = hash_api_key(key);
         let state = app.core.read();
         let global = app.global(&state);
@@ -199,13 +203,16 @@ where
     }
 }
 
-/// Parses JSON, treating an empty body as `null` (Coopr accepts optional bodies).
+/// Parses JSON, treating an empty body as `null` (Coopr accepts optional bodies). The nesting
+/// depth and string lengths are checked first ([`super::limits`]): a value accepted here must
+/// stay readable wherever it is copied to.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"null"
     } else {
         bytes
     };
+    super::limits::check_json_shape(bytes)?;
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))
 }

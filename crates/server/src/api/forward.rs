@@ -85,8 +85,29 @@ fn unavailable(code: &str, message: String) -> Response {
     e.into_response()
 }
 
+/// Whether a path is in normal form: no `.` or `..` segment, no backslash, and no
+/// percent-encoded dot, slash or backslash. The router matches paths as they are, but the HTTP
+/// client that forwards a request resolves dot segments, so `/v2/clusters/1/../../../status`
+/// would reach another path at the receiver than the one routed here.
+fn is_normalized(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.starts_with('/')
+        && !path.contains('\\')
+        && !["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
+        && path
+            .split('/')
+            .all(|segment| segment != "." && segment != "..")
+}
+
 pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
+    if !is_normalized(path) {
+        return ApiError::bad_request(
+            "invalid_path",
+            "the path has dot segments or encoded separators",
+        )
+        .into_response();
+    }
     // Internal calls answer for this node themselves (a pull says where the leader is).
     let local_only =
         matches!(path, "/status" | "/ready" | "/metrics") || path.starts_with("/internal/");
@@ -480,6 +501,22 @@ mod tests {
     use super::*;
 
     /// Paths under `/v2/clusters/{id}` name their cluster; others (and bad IDs) do not.
+    #[test]
+    fn only_normalized_paths_are_routed() {
+        assert!(is_normalized("/v2/clusters/00000001/services/zk/start"));
+        assert!(is_normalized("/status") && is_normalized("/v2/clustertemplates/a.b"));
+        for bad in [
+            "/v2/clusters/00000001/../../../status",
+            "/v2/clusters/00000001/./status",
+            "/v2/clusters/00000001/%2e%2e/%2E%2E/status",
+            "/v2/clusters/00000001%2f..%2fstatus",
+            "/v2/clusters/00000001\\..\\status",
+            "/v2/clusters/..",
+        ] {
+            assert!(!is_normalized(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn cluster_paths_name_their_cluster() {
         assert_eq!(

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod forward;
 pub mod lenient;
+pub mod limits;
 pub mod provisioners;
 pub mod ready;
 pub mod replication;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, ProvisionerAuth};
+use super::limits;
 use super::views;
 use crate::App;
 
@@ -53,6 +54,7 @@ async fn register(
         .host
         .filter(|h| !h.is_empty())
         .ok_or_else(|| ApiError::bad_request("missing_field", "host is required"))?;
+    limits::text("host", &host, limits::MAX_DNS_NAME_BYTES)?;
     let port = body
         .port
         .ok_or_else(|| ApiError::bad_request("missing_field", "port is required"))?;
@@ -127,6 +129,9 @@ async fn take(
     _: ProvisionerAuth,
     JsonBody(body): JsonBody<TakeBody>,
 ) -> ApiResult<Response> {
+    // The worker id is stored with the task it takes.
+    limits::text("provisionerId", &body.provisioner_id, limits::MAX_ID_BYTES)?;
+    limits::text("workerId", &body.worker_id, limits::MAX_ID_BYTES)?;
     {
         let state = app.core.read();
         if !state.local.provisioners.contains_key(&body.provisioner_id) {
@@ -207,6 +212,25 @@ struct FinishBody {
     result: Option<JsonMap>,
 }
 
+/// Bounds what a result stores beyond the task's own output (which the body's string bound
+/// covers): the hostname, addresses and result become the node's and travel in records.
+fn check_finish_limits(
+    provisioner_id: &str,
+    worker_id: &str,
+    hostname: &Option<String>,
+    ipaddresses: &Option<std::collections::BTreeMap<String, String>>,
+    result: &Option<JsonMap>,
+) -> ApiResult<()> {
+    limits::text("provisionerId", provisioner_id, limits::MAX_ID_BYTES)?;
+    limits::text("workerId", worker_id, limits::MAX_ID_BYTES)?;
+    limits::text_opt("hostname", hostname.as_deref(), limits::MAX_DNS_NAME_BYTES)?;
+    limits::value("ipaddresses", ipaddresses)?;
+    limits::value("result", result)
+}
+
+/// Code of a result for a task of a shard this DC does not own (409, terminal).
+pub const TASK_NOT_HERE: &str = "task_not_here";
+
 fn required(v: Option<String>, field: &str) -> ApiResult<String> {
     v.filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::bad_request("missing_field", format!("{field} is required")))
@@ -231,6 +255,27 @@ async fn finish(
         _ => None,
     }
     .ok_or_else(|| ApiError::bad_request("missing_field", "status must be an integer"))?;
+    check_finish_limits(
+        &provisioner_id,
+        &worker_id,
+        &body.hostname,
+        &body.ipaddresses,
+        &body.result,
+    )?;
+    // A task belongs to its cluster's shard, which only the owner DC writes. Provisioners
+    // serve one DC, so a result for another DC's shard will never be taken here: retrying it
+    // cannot succeed (a task of a shard that moved away was stopped with the move).
+    let shard = task.job.cluster.shard(app.config.shard_count);
+    if !app.owns(shard) {
+        let owner = app.placement().owner(shard).to_string();
+        return Err(ApiError::conflict(
+            TASK_NOT_HERE,
+            format!(
+                "task {task} belongs to shard {shard}, which datacenter {owner} owns, not {}",
+                app.config.dc
+            ),
+        ));
+    }
     app.heartbeat(&provisioner_id);
     let result = TaskResult {
         provisioner_id,

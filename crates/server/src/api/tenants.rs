@@ -87,6 +87,11 @@ fn quota(v: Option<u64>, field: &str) -> ApiResult<u32> {
 
 fn to_tenant(body: TenantBody, id: String) -> ApiResult<Tenant> {
     valid_name("tenant name", &body.name)?;
+    super::limits::text(
+        "description",
+        &body.description,
+        super::limits::MAX_DESCRIPTION_BYTES,
+    )?;
     Ok(Tenant {
         id,
         workers: quota(body.workers, "workers")?.min(100_000),
@@ -198,6 +203,7 @@ async fn create_key(
 ) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
     let req = req.unwrap_or_default();
+    super::limits::text_opt("user", req.user.as_deref(), super::limits::MAX_ID_BYTES)?;
     let key = match req.key {
         Some(k) if k.len() >= 8 && k.len() <= 256 => k,
         Some(_) => {
