@@ -211,6 +211,8 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         // While a handover to or from this DC runs, renew more often: each step waits for one.
         let pause = if !granted {
             tick.min(RENEW_RETRY)
+        } else if failing_over(&app) {
+            tick.min(FAILOVER_CADENCE)
         } else if in_handover(&app) {
             tick.min(HANDOVER_CADENCE)
         } else {
@@ -228,20 +230,32 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Whether a handover or takeover from or to this DC is in progress (as the map last fetched
-/// says), or another DC looks dead from here (a takeover order may come with the next grant):
-/// then each step waits for a renewal, so renewals come faster.
+/// Whether a handover from or to this DC is in progress (as the map last fetched says): each
+/// of its steps waits for a renewal, so renewals come faster.
 fn in_handover(app: &App) -> bool {
     let dc = app.config.dc.as_str();
-    let moving = app.placement_state().is_some_and(|state| {
+    app.placement_state().is_some_and(|state| {
         state.shards().values().any(|p| match &p.status {
-            coopr_placement::ShardStatus::Active => false,
+            coopr_placement::ShardStatus::Active
+            | coopr_placement::ShardStatus::TakingOver { .. } => false,
             coopr_placement::ShardStatus::Draining { to, .. }
-            | coopr_placement::ShardStatus::HandingOver { to, .. }
-            | coopr_placement::ShardStatus::TakingOver { to, .. } => p.owner.0 == dc || to.0 == dc,
+            | coopr_placement::ShardStatus::HandingOver { to, .. } => p.owner.0 == dc || to.0 == dc,
+        })
+    })
+}
+
+/// Whether another DC looks dead from here (its pulls fail: a takeover order may come with
+/// the next grant) or a takeover to this DC runs: the order, the seal's report and the new
+/// grant each ride on a renewal, and the map routing requests to the new owners on a refresh,
+/// so both come at the failover cadence (the recovery time is the lease plus a few of them).
+fn failing_over(app: &App) -> bool {
+    let dc = app.config.dc.as_str();
+    let taking_over = app.placement_state().is_some_and(|state| {
+        state.shards().values().any(|p| {
+            matches!(&p.status, coopr_placement::ShardStatus::TakingOver { to, .. } if to.0 == dc)
         })
     });
-    moving || app.replication.any_owner_unreachable()
+    taking_over || app.replication.any_owner_unreachable()
 }
 
 /// How soon a refused renewal is tried again.
@@ -250,6 +264,10 @@ const RENEW_RETRY: Duration = Duration::from_millis(100);
 /// replica DC that is down, costs the placement log four renewals a second per DC until it is
 /// aborted).
 const HANDOVER_CADENCE: Duration = Duration::from_millis(250);
+/// The renewal (and map refresh) cadence while a DC looks dead from here (it costs the
+/// placement log ten renewals a second per DC for as long as the dead DC stays dead; its
+/// shards have moved within a lease and a second).
+const FAILOVER_CADENCE: Duration = Duration::from_millis(100);
 
 fn position(p: coopr_state::Position) -> Position {
     Position {
