@@ -255,7 +255,14 @@ fn failing_over(app: &App) -> bool {
             matches!(&p.status, coopr_placement::ShardStatus::TakingOver { to, .. } if to.0 == dc)
         })
     });
-    taking_over || app.replication.any_owner_unreachable()
+    // Only while the DC that looks dead still owns shards: once they moved, nothing waits.
+    let map = app.placement();
+    let suspect = map.dcs().iter().any(|other| {
+        other != dc
+            && app.replication.owner_unreachable(other)
+            && map.owned_by(other).next().is_some()
+    });
+    taking_over || suspect
 }
 
 /// How soon a refused renewal is tried again.
@@ -264,9 +271,9 @@ const RENEW_RETRY: Duration = Duration::from_millis(100);
 /// replica DC that is down, costs the placement log four renewals a second per DC until it is
 /// aborted).
 const HANDOVER_CADENCE: Duration = Duration::from_millis(250);
-/// The renewal (and map refresh) cadence while a DC looks dead from here (it costs the
-/// placement log ten renewals a second per DC for as long as the dead DC stays dead; its
-/// shards have moved within a lease and a second).
+/// The renewal (and map refresh) cadence while a DC that owns shards looks dead from here (it
+/// costs the placement log ten renewals a second per DC until its shards have moved, within a
+/// lease and a second).
 const FAILOVER_CADENCE: Duration = Duration::from_millis(100);
 
 fn position(p: coopr_state::Position) -> Position {

@@ -281,15 +281,6 @@ impl Progress {
             .is_some_and(|link| link.last_failure > link.last_answer)
     }
 
-    /// Whether any owner DC's latest pull failed.
-    pub fn any_owner_unreachable(&self) -> bool {
-        self.owners.lock().is_ok_and(|owners| {
-            owners
-                .values()
-                .any(|link| link.last_failure > link.last_answer)
-        })
-    }
-
     pub fn record_cursors(&self, dc: &str, cursors: &BTreeMap<ShardId, Position>) {
         if let Ok(mut reported) = self.reported.lock() {
             reported.insert(
