@@ -14,102 +14,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{wait_for, Auth, Client, TestServer};
-use coopr_server::{Member, PlacementMember, ServerConfig};
+use common::dcs::{Deployment, DCS};
+use common::{wait_for, Auth, Client};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SECRET: &str = "bad-input-test-secret-01234";
 const SHARDS: u32 = 6;
-const DCS: [&str; 3] = ["a", "b", "c"];
 /// The API's bounds (`coopr_server::api::limits`), as a client sees them.
 const MAX_JSON_DEPTH: usize = 32;
 const MAX_VALUE_BYTES: usize = 64 * 1024;
-
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Three single-node DCs that know each other, each a placement voter.
-struct Deployment {
-    dcs: BTreeMap<String, TestServer>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Deployment {
-    async fn start() -> Deployment {
-        let ports: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
-        let internal: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
-        let member = |dc: &str| Member {
-            node: format!("{dc}1"),
-            api: format!("http://127.0.0.1:{}", ports[dc]),
-            internal: format!("http://127.0.0.1:{}", internal[dc]),
-        };
-        let placement_members: BTreeMap<u64, PlacementMember> = (1u64..)
-            .zip(DCS)
-            .map(|(id, dc)| {
-                let internal = member(dc).internal;
-                (
-                    id,
-                    PlacementMember {
-                        dc: dc.into(),
-                        internal,
-                    },
-                )
-            })
-            .collect();
-        let mut dcs = BTreeMap::new();
-        let mut dirs = Vec::new();
-        for (placement_id, dc) in (1u64..).zip(DCS) {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let config = ServerConfig {
-                dc: dc.to_string(),
-                node: format!("{dc}1"),
-                listen: format!("127.0.0.1:{}", ports[dc]),
-                internal_listen: Some(format!("127.0.0.1:{}", internal[dc])),
-                placement_members: placement_members.clone(),
-                placement_node_id: Some(placement_id),
-                shard_count: SHARDS,
-                secret: Some(SECRET.into()),
-                remote_dcs: DCS
-                    .iter()
-                    .filter(|d| **d != dc)
-                    .map(|d| (d.to_string(), vec![member(d)]))
-                    .collect(),
-                replication_wait_ms: 2_000,
-                ..common::config(dir.path())
-            };
-            dcs.insert(dc.to_string(), TestServer::start_config(config).await);
-            dirs.push(dir);
-        }
-        for (dc, server) in &dcs {
-            let url = format!("{}/ready", server.base);
-            wait_for(&format!("{dc} to be ready"), || async {
-                let ready = reqwest::get(&url).await.ok()?;
-                (ready.status() == 200).then_some(())
-            })
-            .await;
-        }
-        Deployment { dcs, _dirs: dirs }
-    }
-
-    fn dc(&self, dc: &str) -> &TestServer {
-        &self.dcs[dc]
-    }
-
-    async fn stop(self) {
-        for (_, server) in self.dcs {
-            server.stop().await;
-        }
-    }
-}
 
 async fn view(client: &Client, shard: &str) -> Value {
     client

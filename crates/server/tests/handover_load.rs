@@ -27,13 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::dcs::{Deployment, DCS};
 use common::{Auth, Client, TestServer};
-use coopr_server::{Member, PlacementMember, ServerConfig};
 use serde_json::{json, Value};
 
-const SECRET: &str = "handover-load-test-secret-0123";
 const SHARDS: u32 = 8;
-const DCS: [&str; 3] = ["a", "b", "c"];
 const LEASE_MS: u64 = 900;
 /// The placement leader aborts a handover that has not completed in this long.
 const HANDOVER_TIMEOUT_MS: u64 = 10_000;
@@ -44,14 +42,6 @@ const WRITE_RETRY: Duration = Duration::from_secs(25);
 const SETTLE: Duration = Duration::from_secs(40);
 /// Expire times written by the clients: far in the future, unique per write.
 const EXPIRE_BASE: u64 = 4_000_000_000_000;
-
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// splitmix64: small and seeded.
 struct Rng(u64);
@@ -79,86 +69,6 @@ fn seed() -> u64 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         })
-}
-
-/// Three single-node DCs that know each other, each node a voter of the placement group.
-struct Deployment {
-    dcs: BTreeMap<String, TestServer>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Deployment {
-    async fn start(tweak: impl Fn(&mut ServerConfig)) -> Deployment {
-        let ports: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
-        let internal: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
-        let member = |dc: &str| Member {
-            node: format!("{dc}1"),
-            api: format!("http://127.0.0.1:{}", ports[dc]),
-            internal: format!("http://127.0.0.1:{}", internal[dc]),
-        };
-        let placement_members: BTreeMap<u64, PlacementMember> = (1u64..)
-            .zip(DCS)
-            .map(|(id, dc)| {
-                (
-                    id,
-                    PlacementMember {
-                        dc: dc.to_string(),
-                        internal: member(dc).internal,
-                    },
-                )
-            })
-            .collect();
-        let mut dcs = BTreeMap::new();
-        let mut dirs = Vec::new();
-        for (placement_id, dc) in (1u64..).zip(DCS) {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let mut config = ServerConfig {
-                dc: dc.to_string(),
-                node: format!("{dc}1"),
-                listen: format!("127.0.0.1:{}", ports[dc]),
-                internal_listen: Some(format!("127.0.0.1:{}", internal[dc])),
-                placement_members: placement_members.clone(),
-                placement_node_id: Some(placement_id),
-                shard_count: SHARDS,
-                secret: Some(SECRET.into()),
-                remote_dcs: DCS
-                    .iter()
-                    .filter(|d| **d != dc)
-                    .map(|d| (d.to_string(), vec![member(d)]))
-                    .collect(),
-                replication_wait_ms: 2_000,
-                ..common::config(dir.path())
-            };
-            tweak(&mut config);
-            dcs.insert(dc.to_string(), TestServer::start_config(config).await);
-            dirs.push(dir);
-        }
-        for (dc, server) in &dcs {
-            let url = format!("{}/ready", server.base);
-            common::wait_for(&format!("{dc} to be ready"), || async {
-                let ready = reqwest::get(&url).await.ok()?;
-                (ready.status() == 200).then_some(())
-            })
-            .await;
-        }
-        Deployment { dcs, _dirs: dirs }
-    }
-
-    fn dc(&self, dc: &str) -> &TestServer {
-        &self.dcs[dc]
-    }
-
-    /// Stops `dc`'s server.
-    async fn stop_dc(&mut self, dc: &str) {
-        let server = self.dcs.remove(dc).expect("running");
-        server.stop().await;
-    }
-
-    async fn stop(self) {
-        for (_, server) in self.dcs {
-            server.stop().await;
-        }
-    }
 }
 
 /// An answer to a request that may fail (5xx and connection errors are expected under load).
@@ -563,7 +473,8 @@ async fn run(load_for: Duration) {
     let seed = seed();
     tracing::info!(seed, "--- handovers under load (repeat with SEED={seed})");
     println!("seed {seed} (repeat with SEED={seed})");
-    let deployment = Deployment::start(|c| {
+    let deployment = Deployment::start_with(|c| {
+        c.shard_count = SHARDS;
         c.lease_ms = LEASE_MS;
         c.max_clock_offset_ms = 100;
         c.handover_timeout_ms = HANDOVER_TIMEOUT_MS;
@@ -711,7 +622,8 @@ async fn random_handovers_under_load_lose_nothing_and_settle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_handover_that_cannot_complete_is_aborted_and_the_owner_writes_again() {
     const TIMEOUT_MS: u64 = 3_000;
-    let mut deployment = Deployment::start(|c| {
+    let mut deployment = Deployment::start_with(|c| {
+        c.shard_count = SHARDS;
         c.lease_ms = LEASE_MS;
         c.max_clock_offset_ms = 100;
         c.handover_timeout_ms = TIMEOUT_MS;
@@ -840,7 +752,8 @@ async fn owners(via: &TestServer) -> (BTreeMap<String, Vec<u64>>, Vec<u64>) {
 ///   back, the maintenance mark goes away by itself, and every copy is equal again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_dc_hands_everything_over_and_gets_its_home_shards_back() {
-    let deployment = Deployment::start(|c| {
+    let deployment = Deployment::start_with(|c| {
+        c.shard_count = SHARDS;
         c.lease_ms = LEASE_MS;
         c.max_clock_offset_ms = 100;
         c.handover_timeout_ms = HANDOVER_TIMEOUT_MS;

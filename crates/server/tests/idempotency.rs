@@ -8,102 +8,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
+use common::dcs::Deployment;
 use common::{wait_for, Auth, Reply, TestServer};
-use coopr_server::{Member, PlacementMember, ServerConfig};
 use serde_json::{json, Value};
 
-const SECRET: &str = "idempotency-test-secret-0123";
 const SHARDS: u32 = 6;
-const DCS: [&str; 3] = ["a", "b", "c"];
-
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Three single-node DCs that know each other, each node a voter of the placement group.
-struct Deployment {
-    dcs: BTreeMap<String, TestServer>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Deployment {
-    async fn start(tweak: impl Fn(&mut ServerConfig)) -> Deployment {
-        let ports: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
-        let internal: BTreeMap<&str, u16> = DCS.iter().map(|dc| (*dc, free_port())).collect();
-        let member = |dc: &str| Member {
-            node: format!("{dc}1"),
-            api: format!("http://127.0.0.1:{}", ports[dc]),
-            internal: format!("http://127.0.0.1:{}", internal[dc]),
-        };
-        let placement_members: BTreeMap<u64, PlacementMember> = (1u64..)
-            .zip(DCS)
-            .map(|(id, dc)| {
-                (
-                    id,
-                    PlacementMember {
-                        dc: dc.to_string(),
-                        internal: member(dc).internal,
-                    },
-                )
-            })
-            .collect();
-        let mut dcs = BTreeMap::new();
-        let mut dirs = Vec::new();
-        for (placement_id, dc) in (1u64..).zip(DCS) {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let mut config = ServerConfig {
-                dc: dc.to_string(),
-                node: format!("{dc}1"),
-                listen: format!("127.0.0.1:{}", ports[dc]),
-                internal_listen: Some(format!("127.0.0.1:{}", internal[dc])),
-                placement_members: placement_members.clone(),
-                placement_node_id: Some(placement_id),
-                shard_count: SHARDS,
-                secret: Some(SECRET.into()),
-                remote_dcs: DCS
-                    .iter()
-                    .filter(|d| **d != dc)
-                    .map(|d| (d.to_string(), vec![member(d)]))
-                    .collect(),
-                replication_wait_ms: 2_000,
-                ..common::config(dir.path())
-            };
-            tweak(&mut config);
-            dcs.insert(dc.to_string(), TestServer::start_config(config).await);
-            dirs.push(dir);
-        }
-        for (dc, server) in &dcs {
-            let url = format!("{}/ready", server.base);
-            wait_for(&format!("{dc} to be ready"), || async {
-                let ready = reqwest::get(&url).await.ok()?;
-                (ready.status() == 200).then_some(())
-            })
-            .await;
-        }
-        Deployment { dcs, _dirs: dirs }
-    }
-
-    fn dc(&self, dc: &str) -> &TestServer {
-        &self.dcs[dc]
-    }
-
-    async fn stop_dc(&mut self, dc: &str) {
-        let server = self.dcs.remove(dc).expect("running");
-        server.stop().await;
-    }
-
-    async fn stop(self) {
-        for (_, server) in self.dcs {
-            server.stop().await;
-        }
-    }
-}
 
 fn shard_of(id: &str) -> u32 {
     (id.parse::<u64>().expect("numeric id") % u64::from(SHARDS)) as u32
@@ -150,7 +59,7 @@ async fn holds(via: &TestServer, id: &str) -> Option<()> {
 /// (a second create at b or c would be in b's or c's own shards and replicate everywhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_create_retried_at_another_dc_returns_the_original_cluster() {
-    let deployment = Deployment::start(|_| {}).await;
+    let deployment = Deployment::start_with(|_| {}).await;
     let (a, b, c) = (deployment.dc("a"), deployment.dc("b"), deployment.dc("c"));
     let key = "create-once-1";
     let id = created_id(&create_with_key(a, key).await);
@@ -196,7 +105,7 @@ async fn a_create_retried_at_another_dc_returns_the_original_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_create_retried_after_a_failover_returns_the_original_cluster() {
     const LEASE_MS: u64 = 900;
-    let mut deployment = Deployment::start(|c| {
+    let mut deployment = Deployment::start_with(|c| {
         c.lease_ms = LEASE_MS;
         c.max_clock_offset_ms = 100;
     })

@@ -1,0 +1,249 @@
+//! Deployments of several single-node DCs in one process, for the multi-DC tests: each node a
+//! voter of the placement group (plus a witness site if asked), optionally reaching the others
+//! through links that can be cut (a partition), stopped and restarted on their data.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use coopr_server::{Member, PlacementMember, ServerConfig};
+
+use super::{wait_for, TestServer};
+
+/// The cluster secret of every deployment.
+pub const SECRET: &str = "multi-dc-test-secret-0123";
+/// The deployments' shard count (a tweak may set another).
+pub const SHARDS: u32 = 6;
+pub const DCS: [&str; 3] = ["a", "b", "c"];
+
+/// A free loopback port for a server to listen on later. Taken below the kernel's ephemeral
+/// range (32768 and up), where the outgoing connections of every test in this process pick
+/// their local ports: a port chosen there could be taken by one of them before the server binds
+/// it. Random, and checked bindable (other tests pick from the same range).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 32;
+    for _ in 0..1_000 {
+        // splitmix64 over a process-wide counter: every call gets another candidate.
+        let mut z = STATE
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(seed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let port = 20_000 + ((z ^ (z >> 31)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
+}
+
+pub struct Deployment {
+    pub dcs: BTreeMap<String, TestServer>,
+    pub witness: Option<coopr_server::WitnessHandle>,
+    /// With [`Deployment::start_linked`]: the link from one site to another (its API and
+    /// internal proxies), by (from, to); cut to partition.
+    links: BTreeMap<(String, String), [coopr_testkit::DelayProxy; 2]>,
+    /// Each DC's config, for restarts.
+    configs: BTreeMap<String, ServerConfig>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// The site name of the witness in [`Deployment::start_sites`].
+pub const WITNESS: &str = "w";
+
+impl Deployment {
+    /// Three single-node DCs that know each other.
+    pub async fn start() -> Deployment {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Three single-node DCs that know each other, with config tweaks.
+    pub async fn start_with(tweak: impl Fn(&mut ServerConfig)) -> Deployment {
+        Self::start_sites(&DCS, false, tweak).await
+    }
+
+    /// Single-node DCs named `names` that know each other, each node a voter of the placement
+    /// group, plus a witness voter if asked.
+    pub async fn start_sites(
+        names: &[&str],
+        with_witness: bool,
+        tweak: impl Fn(&mut ServerConfig),
+    ) -> Deployment {
+        Self::start_sites_linked(names, with_witness, false, tweak).await
+    }
+
+    /// Three single-node DCs that reach each other through links that can be cut.
+    pub async fn start_linked(tweak: impl Fn(&mut ServerConfig)) -> Deployment {
+        Self::start_sites_linked(&DCS, false, true, tweak).await
+    }
+
+    /// Single-node DCs named `names` that know each other, each node a voter of the placement
+    /// group, plus a witness voter if asked; `linked`: every site reaches every other through
+    /// its own proxies ([`Deployment::cut_off`]).
+    pub async fn start_sites_linked(
+        names: &[&str],
+        with_witness: bool,
+        linked: bool,
+        tweak: impl Fn(&mut ServerConfig),
+    ) -> Deployment {
+        let sites: Vec<&str> = names
+            .iter()
+            .copied()
+            .chain(with_witness.then_some(WITNESS))
+            .collect();
+        let ports: BTreeMap<&str, u16> = sites.iter().map(|dc| (*dc, free_port())).collect();
+        let internal: BTreeMap<&str, u16> = sites.iter().map(|dc| (*dc, free_port())).collect();
+        let mut links = BTreeMap::new();
+        if linked {
+            for from in &sites {
+                for to in sites.iter().filter(|to| *to != from) {
+                    // A proxy listens on a port of its own choosing: never one of the ports
+                    // picked for the servers (they bind them only later).
+                    let taken: Vec<u16> =
+                        ports.values().chain(internal.values()).copied().collect();
+                    let proxy = |port: u16| {
+                        let taken = taken.clone();
+                        async move {
+                            let target = format!("127.0.0.1:{port}").parse().expect("address");
+                            loop {
+                                let proxy =
+                                    coopr_testkit::DelayProxy::start(target, Duration::ZERO)
+                                        .await
+                                        .expect("proxy");
+                                if !taken.contains(&proxy.addr().port()) {
+                                    return proxy;
+                                }
+                            }
+                        }
+                    };
+                    let pair = [proxy(ports[to]).await, proxy(internal[to]).await];
+                    links.insert((from.to_string(), to.to_string()), pair);
+                }
+            }
+        }
+        // How `from` reaches `dc`: directly, or through its link.
+        let member = |from: &str, dc: &str| match links.get(&(from.to_string(), dc.to_string())) {
+            Some([api, int]) => Member {
+                node: format!("{dc}1"),
+                api: format!("http://{}", api.addr()),
+                internal: format!("http://{}", int.addr()),
+            },
+            None => Member {
+                node: format!("{dc}1"),
+                api: format!("http://127.0.0.1:{}", ports[dc]),
+                internal: format!("http://127.0.0.1:{}", internal[dc]),
+            },
+        };
+        // Each site's node is a voter of the placement group (ids 1, 2, ...).
+        let placement_members = |from: &str| -> BTreeMap<u64, PlacementMember> {
+            (1u64..)
+                .zip(&sites)
+                .map(|(id, dc)| {
+                    (
+                        id,
+                        PlacementMember {
+                            dc: dc.to_string(),
+                            internal: member(from, dc).internal,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let mut dcs = BTreeMap::new();
+        let mut configs = BTreeMap::new();
+        let mut dirs = Vec::new();
+        let mut witness = None;
+        for (placement_id, dc) in (1u64..).zip(&sites) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut config = ServerConfig {
+                dc: dc.to_string(),
+                node: format!("{dc}1"),
+                listen: format!("127.0.0.1:{}", ports[dc]),
+                internal_listen: Some(format!("127.0.0.1:{}", internal[dc])),
+                placement_members: placement_members(dc),
+                placement_node_id: Some(placement_id),
+                shard_count: SHARDS,
+                secret: Some(SECRET.into()),
+                remote_dcs: names
+                    .iter()
+                    .filter(|d| *d != dc)
+                    .map(|d| (d.to_string(), vec![member(dc, d)]))
+                    .collect(),
+                replication_wait_ms: 2_000,
+                witness: *dc == WITNESS,
+                ..super::config(dir.path())
+            };
+            tweak(&mut config);
+            if config.witness {
+                witness = Some(coopr_server::start_witness(config).await.expect("witness"));
+            } else {
+                configs.insert(dc.to_string(), config.clone());
+                dcs.insert(dc.to_string(), TestServer::start_config(config).await);
+            }
+            dirs.push(dir);
+        }
+        // Only a (the global shard's owner) seeds tenants and keys; the others are ready once
+        // those replicated to them.
+        for (dc, server) in &dcs {
+            let url = format!("{}/ready", server.base);
+            wait_for(&format!("{dc} to be ready"), || async {
+                let ready = reqwest::get(&url).await.ok()?;
+                (ready.status() == 200).then_some(())
+            })
+            .await;
+        }
+        Deployment {
+            dcs,
+            witness,
+            links,
+            configs,
+            _dirs: dirs,
+        }
+    }
+
+    pub fn dc(&self, dc: &str) -> &TestServer {
+        &self.dcs[dc]
+    }
+
+    /// Partitions `dc` from every other site (both directions); its processes keep running.
+    pub fn cut_off(&self, dc: &str) {
+        for ((from, to), pair) in &self.links {
+            if from == dc || to == dc {
+                pair.iter().for_each(coopr_testkit::DelayProxy::cut);
+            }
+        }
+    }
+
+    /// Heals every cut link.
+    pub fn heal(&self) {
+        for pair in self.links.values() {
+            pair.iter().for_each(coopr_testkit::DelayProxy::heal);
+        }
+    }
+
+    /// Stops `dc`'s server (its data stays for [`Deployment::restart`]).
+    pub async fn stop_dc(&mut self, dc: &str) {
+        let server = self.dcs.remove(dc).expect("running");
+        server.stop().await;
+    }
+
+    /// Starts `dc`'s server again on its data.
+    pub async fn restart(&mut self, dc: &str) {
+        let config = self.configs[dc].clone();
+        self.dcs
+            .insert(dc.to_string(), TestServer::start_config(config).await);
+    }
+
+    pub async fn stop(self) {
+        if let Some(witness) = self.witness {
+            witness.shutdown().await;
+        }
+        for (_, server) in self.dcs {
+            server.stop().await;
+        }
+    }
+}
