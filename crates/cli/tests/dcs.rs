@@ -15,7 +15,11 @@
 //!   served from a replica copy that is old says so in `Coopr-Staleness-Ms`, and a
 //!   `?consistency=strong` read at a replica DC sees the owner's latest write at once;
 //! - a shard handed over with `coopr admin handover` moves to its new owner with every copy
-//!   equal, and writes sent to the old owner or a third DC are applied at the new one.
+//!   equal, and writes sent to the old owner or a third DC are applied at the new one;
+//! - failover (`dc_failure`): every process of an owner DC killed, paused past its lease, or
+//!   partitioned from the others under load: its shards move, acknowledged work survives or is
+//!   in its lost-operations report, in-flight creates finish at the new owners, it rejoins and
+//!   every DC converges; the shared fake cloud never created a machine twice.
 //!
 //! Clients retry every write with the same `Idempotency-Key` on 503s and connection errors,
 //! rotating over the DC's nodes, within a deadline; the tests wait for `GET /ready` on every node
@@ -23,7 +27,8 @@
 //! [`run_serially`]); on failure the tail of every node's log is printed.
 //!
 //! The longer variant with more leader kills is ignored by default:
-//! `cargo test -p coopr --test dcs -- --ignored soak`.
+//! `cargo test -p coopr --test dcs -- --ignored soak` (also the failover soak,
+//! `soak_dc_failures`).
 
 mod common;
 
@@ -1235,4 +1240,17 @@ fn a_partitioned_dc_fails_over_and_rejoins_when_healed() {
 #[test]
 fn a_paused_dc_wakes_up_without_writing_beside_the_new_owners() {
     run_serially(dc_failure(Failure::Pause));
+}
+
+/// The failover scenarios again and again (kill, pause, partition, five times each):
+/// `cargo test -p coopr --test dcs -- --ignored soak_dc_failures --nocapture`.
+#[test]
+#[ignore = "a few minutes of repeated DC failures; run on demand"]
+fn soak_dc_failures() {
+    for round in 0..5 {
+        for failure in [Failure::Kill, Failure::Pause, Failure::Partition] {
+            eprintln!("=== round {round}: {failure:?}");
+            run_serially(dc_failure(failure));
+        }
+    }
 }

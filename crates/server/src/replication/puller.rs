@@ -31,6 +31,8 @@ const IDLE: Duration = Duration::from_millis(200);
 /// First retry delay after a failure; doubles per consecutive failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a stream waiting on a long poll checks whether its set of shards changed.
+const CURSOR_CHECK: Duration = Duration::from_millis(100);
 /// How soon a failed re-seed is tried again.
 const SEED_RETRY: Duration = Duration::from_secs(2);
 /// Added to the long-poll wait for the HTTP timeout of a pull.
@@ -139,8 +141,12 @@ impl Stream {
                 wait_ms,
             };
             let sent = std::time::Instant::now();
+            // A long poll asks for the shards of these cursors only: when the set changes
+            // (this DC demoted a shard it wrote and must follow it now, or sealed one), it is
+            // asked again at once rather than after the poll's wait.
             let answer = tokio::select! {
                 a = self.pull(&client, &base, &request) => a,
+                _ = self.cursors_change(&cursors) => continue,
                 _ = stop.wait_for(|s| *s) => return,
             };
             self.app
@@ -205,6 +211,17 @@ impl Stream {
             .filter(|s| !self.app.replication.stream(*s).needs_seed)
             .map(|s| (s, state.replica(s).map_or(Position::START, |r| r.watermark)))
             .collect()
+    }
+
+    /// Returns once the shards this stream should pull are no longer those of `cursors`.
+    async fn cursors_change(&self, cursors: &BTreeMap<ShardId, Position>) {
+        loop {
+            tokio::time::sleep(CURSOR_CHECK).await;
+            let now = self.cursors();
+            if now.len() != cursors.len() || now.keys().any(|s| !cursors.contains_key(s)) {
+                return;
+            }
+        }
     }
 
     /// The shards of this owner whose copy here waits for a snapshot (its own state says so,
