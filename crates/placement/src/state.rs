@@ -583,15 +583,14 @@ impl PlacementState {
         })
     }
 
-    fn takeover(
-        &mut self,
+    /// The shard's placement, if `from` owns it and `to` is another voter among its replicas:
+    /// who may take part in a takeover of it.
+    fn takeover_parties(
+        &self,
         shard: ShardId,
         from: &DcId,
         to: &DcId,
-        takeover_point: Position,
-        now_ms: u64,
-        leader_since_ms: u64,
-    ) -> Outcome {
+    ) -> Result<&ShardPlacement, Rejected> {
         let placement = self.placement(shard)?;
         if placement.owner != *from {
             return Err(Rejected::NotOwner {
@@ -614,6 +613,19 @@ impl PlacementState {
                 dc: to.clone(),
             });
         }
+        Ok(placement)
+    }
+
+    fn takeover(
+        &mut self,
+        shard: ShardId,
+        from: &DcId,
+        to: &DcId,
+        takeover_point: Position,
+        now_ms: u64,
+        leader_since_ms: u64,
+    ) -> Outcome {
+        let placement = self.takeover_parties(shard, from, to)?;
         let view = grantor_view(
             self.leases.get(from),
             self.lease_ms,
@@ -672,28 +684,7 @@ impl PlacementState {
         now_ms: u64,
         leader_since_ms: u64,
     ) -> Outcome {
-        let placement = self.placement(shard)?;
-        if placement.owner != *from {
-            return Err(Rejected::NotOwner {
-                shard,
-                owner: placement.owner.clone(),
-                epoch: placement.epoch,
-                claimed: from.clone(),
-            });
-        }
-        self.voter(to)?;
-        if to == from {
-            return Err(Rejected::AlreadyOwner {
-                shard,
-                dc: to.clone(),
-            });
-        }
-        if !placement.replicas.contains(to) {
-            return Err(Rejected::NotReplica {
-                shard,
-                dc: to.clone(),
-            });
-        }
+        let placement = self.takeover_parties(shard, from, to)?;
         let view = |dc: &DcId| {
             grantor_view(
                 self.leases.get(dc),
