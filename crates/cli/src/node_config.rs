@@ -596,13 +596,8 @@ pub fn init_cluster(
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
+    coopr_server::write_private(path, text)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub mod types;
 pub mod wire;
 
 pub use log_store::RaftLogStore;
-pub use network::{router, HttpNetworkFactory};
+pub use network::{router, same_secret, HttpNetworkFactory};
 pub use node::{
     start, ConfigError, RaftConfig, RaftHandle, RaftStatus, RaftStores, Role, StartError,
     WriteError,

@@ -384,8 +384,10 @@ pub fn router(node: RaftHandle) -> Router {
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY_BYTES))
         .with_state(node)
 }
-/// Compares in time independent of where the first difference is.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+
+/// Whether `given` is the cluster secret `expected`, compared in time independent of where
+/// the first difference is (the one comparison of secrets every internal endpoint uses).
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()

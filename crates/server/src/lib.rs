@@ -536,36 +536,113 @@ async fn bootstrap_dc(raft: RaftHandle, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// A fresh UUID-shaped identifier (tenant IDs). Not cryptographic.
+/// A fresh tenant id: a random (version 4) UUID from the OS's random number generator.
 pub fn new_id() -> String {
-    let h = unique_hash();
+    let mut bytes = random_bytes::<16>();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let h = hex(&bytes);
     format!(
-        "{}-{}-4{}-8{}-{}",
+        "{}-{}-{}-{}-{}",
         &h[0..8],
         &h[8..12],
-        &h[13..16],
-        &h[17..20],
+        &h[12..16],
+        &h[16..20],
         &h[20..32]
     )
 }
 
-/// A fresh secret (API keys): 32 hex characters from the time, the process and a counter,
-/// hashed with SHA-256.
+/// A fresh secret (API keys, cluster secrets): 128 bits from the OS's random number generator,
+/// as 32 hex characters.
 pub fn new_secret() -> String {
-    unique_hash()[..32].to_string()
+    hex(&random_bytes::<16>())
 }
 
-fn unique_hash() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let seed = format!(
-        "{nanos}/{}/{}/{:p}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        &COUNTER
-    );
-    coopr_types::hash_api_key(&seed)
+/// Bytes from the OS's cryptographically secure random number generator. A machine that
+/// cannot provide them cannot make keys: that stops the process rather than weaken them.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the OS random number generator is unavailable");
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file only its owner may read (keys, secrets): created with mode 0600, so it is
+/// never readable by others, not even for a moment.
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // An existing file keeps its mode on open: narrow it too.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod secrets_tests {
+    use super::*;
+
+    /// Secrets are 32 hex characters (128 random bits), never the same twice; tenant ids are
+    /// version 4 UUIDs.
+    #[test]
+    fn secrets_and_ids_are_random_and_well_formed() {
+        let secrets: std::collections::BTreeSet<String> =
+            (0..1_000).map(|_| new_secret()).collect();
+        assert_eq!(secrets.len(), 1_000);
+        assert!(secrets
+            .iter()
+            .all(|s| s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit())));
+        let id = new_id();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{id}"
+        );
+        assert!(parts[2].starts_with('4'), "{id}");
+        assert!(
+            matches!(parts[3].chars().next(), Some('8' | '9' | 'a' | 'b')),
+            "{id}"
+        );
+        assert_ne!(new_id(), id);
+    }
+
+    /// A private file is readable by its owner only, also when it existed with a wider mode.
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin-key");
+        std::fs::write(&path, "old").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_private(&path, "secret\n").expect("write_private");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "secret\n");
+        let fresh = dir.path().join("secret");
+        write_private(&fresh, "x").expect("write_private");
+        let mode = std::fs::metadata(&fresh)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

@@ -117,7 +117,7 @@ pub async fn bootstrap(app: &App) -> anyhow::Result<()> {
             None => {
                 let k = crate::new_secret();
                 let path = app.config.data_dir.join("admin-key");
-                std::fs::write(&path, format!("{k}\n"))
+                crate::write_private(&path, &format!("{k}\n"))
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 tracing::info!(path = %path.display(), "superadmin key written");
                 k

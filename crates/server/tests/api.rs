@@ -1293,3 +1293,51 @@ async fn lost_take_answer_hands_the_task_back() {
     worker.finish(&again, 0).await;
     srv.stop().await;
 }
+
+/// Deleting what does not exist (a catalog entity, a version of it, a tenant) answers 404
+/// `not_found` and writes nothing: no log entry, so no replication record either.
+#[tokio::test]
+async fn deleting_what_does_not_exist_is_404_and_writes_nothing() {
+    let srv = TestServer::start().await;
+    let admin = Auth::of("admin", "demo", "demo-key");
+    let records = || {
+        srv.app()
+            .core
+            .read()
+            .outbox(coopr_types::ShardId::GLOBAL)
+            .map(|o| o.last_position())
+    };
+    wait_for("the seeding to finish", || async {
+        srv.get("/v2/clustertemplates/base", &admin)
+            .await
+            .status
+            .is_success()
+            .then_some(())
+    })
+    .await;
+    let before = records();
+    for path in [
+        "/v2/clustertemplates/nothing-here",
+        "/v2/clustertemplates/lamp/999",
+        "/v2/services/nothing-here",
+    ] {
+        let reply = srv.delete(path, &admin).await;
+        assert_eq!(
+            reply.assert_error(404),
+            "not_found",
+            "{path}: {}",
+            reply.text
+        );
+    }
+    let reply = srv.delete("/v2/tenants/nobody", &Auth::Superadmin).await;
+    assert_eq!(reply.assert_error(404), "not_found", "{}", reply.text);
+    assert_eq!(records(), before, "no record for the replicas");
+    // What exists is still deleted.
+    srv.delete("/v2/clustertemplates/base", &admin)
+        .await
+        .assert_ok();
+    srv.get("/v2/clustertemplates/base", &admin)
+        .await
+        .assert_error(404);
+    srv.stop().await;
+}

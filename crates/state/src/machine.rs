@@ -477,6 +477,10 @@ impl State {
                 Ok(Outcome::Done)
             }
             Command::DeleteTenant { name } => {
+                // Deleting nothing writes nothing (no record for the replicas either).
+                if !self.global.tenants.contains_key(name) {
+                    return Err(CommandError::not_found("tenant", name));
+                }
                 if name == "superadmin" {
                     return Err(CommandError::Forbidden {
                         message: "the superadmin tenant cannot be deleted".into(),
@@ -552,6 +556,18 @@ impl State {
                 name,
                 version,
             } => {
+                // Deleting nothing writes nothing (no record for the replicas either).
+                let exists = self
+                    .global
+                    .catalogs
+                    .get(tenant)
+                    .is_some_and(|c| match version {
+                        None => c.latest(*kind, name).is_some(),
+                        Some(v) => c.version(*kind, name, *v).is_some(),
+                    });
+                if !exists {
+                    return Err(CommandError::not_found(kind.as_str(), name));
+                }
                 if let Some(catalog) = self.global.catalogs.get_mut(tenant) {
                     catalog.delete(*kind, name, *version);
                 }

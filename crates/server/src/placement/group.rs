@@ -540,7 +540,7 @@ fn unauthorized(group: &PlacementGroup, headers: &HeaderMap) -> Option<Response>
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    (!crate::replication::owner::same_secret(given, group.secret.as_bytes()))
+    (!coopr_raft::same_secret(given, group.secret.as_bytes()))
         .then(|| ApiError::unauthorized("wrong or missing cluster secret").into_response())
 }
 

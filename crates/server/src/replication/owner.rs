@@ -48,16 +48,6 @@ fn accepts_deflate(headers: &HeaderMap) -> bool {
         .any(|coding| coding.split(';').next().unwrap_or_default().trim() == "deflate")
 }
 
-/// Compares in time independent of where the first difference is.
-pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 /// The API URL of this DC's leader, if known.
 fn leader_api(app: &App) -> Option<String> {
     let leader = app.core.raft().status().leader?;
@@ -99,7 +89,7 @@ fn authorized<T: serde::de::DeserializeOwned>(
             ApiError::unauthorized("replication is not configured on this node").into_response(),
         ));
     };
-    if !same_secret(given, secret.as_bytes()) {
+    if !coopr_raft::same_secret(given, secret.as_bytes()) {
         tracing::warn!("replication call with a wrong or missing cluster secret");
         return Err(Box::new(
             ApiError::unauthorized("wrong or missing cluster secret").into_response(),
