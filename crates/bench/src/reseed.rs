@@ -67,6 +67,7 @@ fn owner(catalog: &Catalog, clusters: u32) -> anyhow::Result<State> {
                     worker_id: "w".into(),
                     tenant_id: None,
                     timeout_ms: 60_000,
+                    shards: None,
                 },
             )?;
             let Outcome::TaskTaken { task: Some(task) } = taken else {

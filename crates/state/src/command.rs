@@ -154,6 +154,11 @@ pub enum Command {
         worker_id: String,
         tenant_id: Option<String>,
         timeout_ms: u64,
+        /// With several DCs: the shards this DC's lease lets it run tasks of (owned, writable
+        /// or frozen by a handover); tasks of other shards are not handed out (a DC that just
+        /// lost a shard, and has not demoted it yet, must not start its tasks). `None`: all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shards: Option<std::collections::BTreeSet<ShardId>>,
     },
     FinishTask(Box<TaskResult>),
     /// Times out every in-progress task whose deadline has passed.

@@ -688,11 +688,13 @@ impl State {
                 worker_id,
                 tenant_id,
                 timeout_ms,
+                shards,
             } => self.take_task(
                 provisioner_id,
                 worker_id,
                 tenant_id.as_deref(),
                 *timeout_ms,
+                shards.as_ref(),
                 now,
             ),
             Command::FinishTask(result) => self.finish_task(result, now),
@@ -1067,6 +1069,7 @@ impl State {
         worker_id: &str,
         tenant_id: Option<&str>,
         timeout_ms: u64,
+        shards: Option<&BTreeSet<ShardId>>,
         now: u64,
     ) -> CommandResult {
         if !self.local.provisioners.contains_key(provisioner_id) {
@@ -1079,9 +1082,11 @@ impl State {
                 .map(|t| t.name.clone())
                 .unwrap_or_else(|| id.to_string())
         });
+        let shard_count = self.shard_count;
         let Some(task_id) = self
             .ready
             .iter()
+            .filter(|t| shards.is_none_or(|s| s.contains(&t.job.cluster.shard(shard_count))))
             .find(|t| match &tenant_name {
                 None => true,
                 Some(name) => self

@@ -84,6 +84,7 @@ impl Harness {
             worker_id: "w1".into(),
             tenant_id: None,
             timeout_ms: TIMEOUT_MS,
+            shards: None,
         }) {
             Outcome::TaskTaken { task } => task,
             other => panic!("take: {other:?}"),
@@ -425,6 +426,7 @@ fn unregistered_provisioner_is_refused() {
             worker_id: "w".into(),
             tenant_id: None,
             timeout_ms: 1000,
+            shards: None,
         })
         .unwrap_err();
     assert_eq!(err.http_status(), 403);

@@ -126,6 +126,7 @@ impl Owner {
             worker_id: "w1".into(),
             tenant_id: None,
             timeout_ms: TIMEOUT_MS,
+            shards: None,
         }) {
             Outcome::TaskTaken { task } => task,
             other => panic!("take: {other:?}"),
@@ -1078,6 +1079,7 @@ fn drive_bare(state: &mut State, now_ms: &mut u64) -> Vec<TaskName> {
                 worker_id: "w1".into(),
                 tenant_id: None,
                 timeout_ms: TIMEOUT_MS,
+                shards: None,
             },
         );
         let Ok(Outcome::TaskTaken { task: Some(task) }) = taken else {
@@ -1690,4 +1692,26 @@ fn a_config_at_the_api_bound_stays_readable_in_records_entries_and_seeds() {
         let read: Entry = serde_json::from_slice(&bytes).expect("the entry decodes");
         assert_eq!(serde_json::to_vec(&read).unwrap(), bytes);
     }
+}
+
+/// A DC hands out tasks only of the shards its lease lists: a shard it just lost (and has not
+/// demoted yet) keeps its tasks back, so they do not run at two DCs.
+#[test]
+fn tasks_are_taken_only_from_the_shards_named() {
+    let mut a = Owner::new();
+    a.create_in(1, "base", 1);
+    let take = |shards: Option<std::collections::BTreeSet<ShardId>>| Command::TakeTask {
+        provisioner_id: "p1".into(),
+        worker_id: "w1".into(),
+        tenant_id: None,
+        timeout_ms: TIMEOUT_MS,
+        shards,
+    };
+    let others = std::collections::BTreeSet::from([ShardId(0), ShardId(2)]);
+    assert_eq!(a.ok(take(Some(others))), Outcome::TaskTaken { task: None });
+    let own = std::collections::BTreeSet::from([ShardId(1)]);
+    assert!(matches!(
+        a.ok(take(Some(own))),
+        Outcome::TaskTaken { task: Some(_) }
+    ));
 }

@@ -165,6 +165,7 @@ async fn take(
         worker_id: body.worker_id,
         tenant_id: body.tenant_id,
         timeout_ms: app.config.task_timeout_ms,
+        shards: app.runnable_shards(),
     };
     let Outcome::TaskTaken {
         task: Some(task_id),

@@ -168,6 +168,22 @@ impl App {
         self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The shards whose tasks this DC may hand out now: with several DCs, those its lease lists
+    /// (writable, or frozen by a handover while running operations finish); none without a
+    /// lease. `None` with one DC: every shard is its own.
+    pub fn runnable_shards(&self) -> Option<std::collections::BTreeSet<ShardId>> {
+        if !self.config.multi_dc() {
+            return None;
+        }
+        let term = self.core.raft().status().term;
+        Some(
+            self.held_lease()
+                .filter(|held| held.term == term)
+                .map(|held| held.lease.grant.owned.keys().copied().collect())
+                .unwrap_or_default(),
+        )
+    }
+
     /// Whether this node can acknowledge writes now (single DC: always; else a valid lease).
     pub fn has_valid_lease(&self) -> bool {
         !self.config.multi_dc() || self.fence(None, false).is_ok()
