@@ -440,13 +440,23 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
     }
     let leader_handle = group.handle(leader);
     let last = leader_handle.status().last_log_index.unwrap();
-    leader_handle.trigger_snapshot().await.expect("snapshot");
-    wait_for(
-        Duration::from_secs(30),
-        "the leader snapshotted and purged its whole log",
-        || leader_handle.status().purged_index.filter(|&i| i >= last),
-    )
-    .await;
+    // A trigger that arrives while an automatic snapshot (every 100 entries) is being built is
+    // dropped, and that snapshot may end just before `last`: trigger again until the log is
+    // purged through `last`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while leader_handle
+        .status()
+        .purged_index
+        .is_none_or(|purged| purged < last)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader did not snapshot and purge its whole log within 30 s: {:?}",
+            leader_handle.status()
+        );
+        leader_handle.trigger_snapshot().await.expect("snapshot");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let leader_machine = group.nodes[(leader - 1) as usize].machine.clone();
     let snapshot_bytes = serde_json::to_vec(&leader_machine.list()).unwrap().len();
     assert!(
