@@ -14,58 +14,15 @@
 
 mod common;
 
-use common::dcs::{Deployment, DCS};
-use common::{wait_for, Auth, Client};
+use common::dcs::{converged, Deployment, DCS};
+use common::{wait_for, Auth};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SHARDS: u32 = 6;
 /// The API's bounds (`coopr_server::api::limits`), as a client sees them.
 const MAX_JSON_DEPTH: usize = 32;
 const MAX_VALUE_BYTES: usize = 64 * 1024;
-
-async fn view(client: &Client, shard: &str) -> Value {
-    client
-        .get(&format!("/v2/admin/shards/{shard}/view"), &Auth::Superadmin)
-        .await
-        .assert_ok()
-        .clone()
-}
-
-/// Whether every replica's copy of every shard equals its owner's, and no stream stopped.
-async fn converged(deployment: &Deployment) -> Option<()> {
-    let shards = (0..SHARDS).map(|s| s.to_string()).chain(["global".into()]);
-    for shard in shards {
-        let mut views = Vec::new();
-        for dc in DCS {
-            views.push(view(deployment.dc(dc), &shard).await);
-        }
-        let owners: Vec<&Value> = views.iter().filter(|v| v["role"] == "owner").collect();
-        let [owner] = owners[..] else {
-            return None;
-        };
-        for replica in views.iter().filter(|v| v["role"] == "replica") {
-            if replica["position"] != owner["position"] || replica["view"] != owner["view"] {
-                return None;
-            }
-        }
-    }
-    for dc in DCS {
-        let report = deployment
-            .dc(dc)
-            .get("/v2/admin/replication", &Auth::Superadmin)
-            .await;
-        for shard in report.assert_ok()["shards"].as_array()? {
-            if let Some(local) = shard.get("local") {
-                if local["lag_ms"] != 0 || !local["stopped"].is_null() {
-                    return None;
-                }
-            }
-        }
-    }
-    Some(())
-}
 
 /// Every DC's copy of every shard (without outboxes), to show that a refused request wrote
 /// nothing.

@@ -22,8 +22,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::dcs::{Deployment, DCS, SECRET, SHARDS, WITNESS};
-use common::{wait_for, Auth, Client, TestServer, Worker};
+use common::dcs::{converged, view, Deployment, DCS, SECRET, SHARDS, WITNESS};
+use common::{wait_for, Auth, TestServer, Worker};
 use serde_json::{json, Value};
 
 fn owner_of(shard: u32) -> &'static str {
@@ -32,60 +32,6 @@ fn owner_of(shard: u32) -> &'static str {
 
 fn shard_of(id: &str) -> u32 {
     (id.parse::<u64>().expect("numeric id") % u64::from(SHARDS)) as u32
-}
-
-async fn view(client: &Client, shard: &str) -> Value {
-    client
-        .get(&format!("/v2/admin/shards/{shard}/view"), &Auth::Superadmin)
-        .await
-        .assert_ok()
-        .clone()
-}
-
-/// Every shard name: the cluster shards and the global one.
-fn all_shards() -> Vec<String> {
-    (0..SHARDS)
-        .map(|s| s.to_string())
-        .chain(std::iter::once("global".to_string()))
-        .collect()
-}
-
-/// Whether every replica's copy of every shard equals its owner's, and no lag is reported.
-async fn converged(deployment: &Deployment) -> Option<()> {
-    for shard in all_shards() {
-        let mut views = Vec::new();
-        for dc in deployment.dcs.keys() {
-            views.push(view(deployment.dc(dc), &shard).await);
-        }
-        let owners: Vec<&Value> = views.iter().filter(|v| v["role"] == "owner").collect();
-        let [owner] = owners[..] else {
-            return None;
-        };
-        for replica in views.iter().filter(|v| v["role"] == "replica") {
-            if replica["position"] != owner["position"] || replica["view"] != owner["view"] {
-                return None;
-            }
-        }
-    }
-    for dc in deployment.dcs.keys() {
-        let report = deployment
-            .dc(dc)
-            .get("/v2/admin/replication", &Auth::Superadmin)
-            .await;
-        for shard in report.assert_ok()["shards"].as_array()? {
-            if let Some(local) = shard.get("local") {
-                if local["lag_ms"] != 0 || !local["stopped"].is_null() {
-                    return None;
-                }
-            }
-            if let Some(by_replica) = shard.get("by_replica").and_then(Value::as_object) {
-                if by_replica.values().any(|r| r["unreplicated_records"] != 0) {
-                    return None;
-                }
-            }
-        }
-    }
-    Some(())
 }
 
 /// Clusters created concurrently in every DC land in shards their DC owns; after they run and

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use coopr_server::{Member, PlacementMember, ServerConfig};
 
-use super::{wait_for, TestServer};
+use serde_json::Value;
+
+use super::{wait_for, Auth, Client, TestServer};
 
 /// The cluster secret of every deployment.
 pub const SECRET: &str = "multi-dc-test-secret-0123";
@@ -246,4 +248,59 @@ impl Deployment {
             server.stop().await;
         }
     }
+}
+
+pub async fn view(client: &Client, shard: &str) -> Value {
+    client
+        .get(&format!("/v2/admin/shards/{shard}/view"), &Auth::Superadmin)
+        .await
+        .assert_ok()
+        .clone()
+}
+
+/// Every shard name of a deployment of [`SHARDS`] shards: the cluster shards and the global one.
+pub fn all_shards() -> Vec<String> {
+    (0..SHARDS)
+        .map(|s| s.to_string())
+        .chain(std::iter::once("global".to_string()))
+        .collect()
+}
+
+/// Whether every replica's copy of every shard equals its owner's, and no lag is reported
+/// (no replica lag, no stopped stream, no record an owner has not shipped).
+pub async fn converged(deployment: &Deployment) -> Option<()> {
+    for shard in all_shards() {
+        let mut views = Vec::new();
+        for dc in deployment.dcs.keys() {
+            views.push(view(deployment.dc(dc), &shard).await);
+        }
+        let owners: Vec<&Value> = views.iter().filter(|v| v["role"] == "owner").collect();
+        let [owner] = owners[..] else {
+            return None;
+        };
+        for replica in views.iter().filter(|v| v["role"] == "replica") {
+            if replica["position"] != owner["position"] || replica["view"] != owner["view"] {
+                return None;
+            }
+        }
+    }
+    for dc in deployment.dcs.keys() {
+        let report = deployment
+            .dc(dc)
+            .get("/v2/admin/replication", &Auth::Superadmin)
+            .await;
+        for shard in report.assert_ok()["shards"].as_array()? {
+            if let Some(local) = shard.get("local") {
+                if local["lag_ms"] != 0 || !local["stopped"].is_null() {
+                    return None;
+                }
+            }
+            if let Some(by_replica) = shard.get("by_replica").and_then(Value::as_object) {
+                if by_replica.values().any(|r| r["unreplicated_records"] != 0) {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(())
 }
