@@ -3,13 +3,16 @@
 //! ```text
 //!  loop (per owner DC):
 //!    not the leader? idle                         (the loop follows leadership, like the driver)
-//!    cursors = committed watermarks of the owner's shards (START when none), stopped ones left out
+//!    copies that wait for a snapshot: POST .../internal/replication/seed -> SeedReplica
+//!    cursors = committed watermarks of the owner's shards (START when none); sealed copies and
+//!              copies waiting for a seed left out
 //!    POST {owner node}/internal/replication/pull  --> 200: apply; 503 + leader_api: go there;
 //!                                                     anything else: next node, jittered backoff
+//!       (asked again at once when the set of shards to follow changes)
 //!    per shard with records: propose ApplyReplicationBatch (one DC-log entry)
 //!       applied  -> next pull starts after it
 //!       refused  -> watermark moved meanwhile (a batch proposed earlier committed late)? re-pull;
-//!                   else stop this shard's stream and log an error: a replica never skips
+//!                   else log an error and re-seed the copy: a replica never skips
 //!       not written (no quorum, lost leadership) -> re-read cursors and pull again
 //! ```
 
