@@ -178,6 +178,7 @@ impl Catalog {
             config: t.defaults.config.clone(),
             initial_lease_ms: t.administration.leaseduration.initial,
             nodes,
+            tenant_incarnation: String::new(),
         };
         Entry {
             now_ms: 1_700_000_000_000,

@@ -110,8 +110,32 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                 app.forget_provisioner(&id);
             }
         }
+        delete_orphans(&app).await;
         if app.config.trim_outboxes && !app.config.remote_dcs.is_empty() {
             crate::replication::owner::trim_outboxes(&app).await;
+        }
+    }
+}
+
+/// Deletes the live clusters whose tenant was deleted (or deleted and created again) after
+/// they were created here: another DC deleted the tenant before their creation reached it
+/// (`State::orphaned_clusters`). A normal delete job, so their machines are released.
+async fn delete_orphans(app: &App) {
+    let orphans = app.core.read().orphaned_clusters();
+    for cluster in orphans {
+        let command = Command::StartOperation {
+            cluster,
+            action: coopr_types::ClusterAction::ClusterDelete,
+            services: Vec::new(),
+            config: None,
+        };
+        match app.propose(command, None).await {
+            Ok(Ok(_)) => {
+                metrics::counter!("coopr_orphaned_clusters_deleted_total").increment(1);
+                tracing::warn!(%cluster, "deleting a cluster whose tenant was deleted");
+            }
+            Ok(Err(e)) => tracing::debug!(%cluster, error = %e, "orphaned cluster not deleted yet"),
+            Err(e) => tracing::debug!(%cluster, error = %e, "orphaned cluster delete not written"),
         }
     }
 }

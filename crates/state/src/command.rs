@@ -67,6 +67,10 @@ pub struct ClusterSpec {
     pub config: JsonMap,
     pub initial_lease_ms: u64,
     pub nodes: Vec<NodeSpec>,
+    /// The tenant's internal ID as the request was checked against ([`Tenant::id`]): the create
+    /// is refused if the tenant was deleted and created again since (`tenant_changed`).
+    #[serde(default)]
+    pub tenant_incarnation: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

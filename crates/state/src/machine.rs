@@ -44,6 +44,9 @@ pub const STALE_EPOCH: &str = "stale_epoch";
 pub const NOT_OWNER: &str = "not_owner";
 /// The error code of a write refused because the shard is frozen for a handover.
 pub const HANDING_OVER: &str = "handing_over";
+/// A create for a tenant with a quota reached a DC that does not write the global shard (it
+/// moved): retryable, the retry is routed to the new owner.
+pub const QUOTA_ELSEWHERE: &str = "quota_elsewhere";
 
 /// Versions of one catalog entity, by version number.
 pub type Versions = BTreeMap<u32, Value>;
@@ -486,13 +489,18 @@ impl State {
                         message: "the superadmin tenant cannot be deleted".into(),
                     });
                 }
-                if self.clusters().any(|c| {
-                    &c.cluster.account.tenant_id == name
-                        && c.cluster.status != ClusterStatus::Terminated
-                }) {
+                // Every DC's clusters, as far as they have reached this DC (it replicates every
+                // shard). One created elsewhere in the last moments is deleted by its own DC
+                // once this deletion reaches it (`orphaned_clusters`).
+                let live = self
+                    .global
+                    .tenants
+                    .get(name)
+                    .map_or(0, |t| self.tenant_usage(t).0);
+                if live > 0 {
                     return Err(CommandError::conflict(
                         "tenant_has_clusters",
-                        format!("tenant {name} still has live clusters"),
+                        format!("tenant {name} still has {live} live clusters"),
                     ));
                 }
                 self.global.tenants.remove(name);
@@ -763,15 +771,83 @@ impl State {
             .ok_or_else(|| CommandError::not_found("tenant", tenant))
     }
 
+    /// The clusters and nodes a tenant's incarnation has that are not terminated, in every
+    /// shard this DC holds: its own and its replica copies of the others (which may lag their
+    /// owners; [`State::create_cluster`] explains why the quota check is still exact).
+    pub fn tenant_usage(&self, tenant: &Tenant) -> (u64, u64) {
+        let owned = self.clusters().map(|r| &r.cluster);
+        let copies = self
+            .replicas
+            .values()
+            .filter_map(|r| match &r.data {
+                ReplicaData::Clusters(view) => Some(view.clusters.values().map(|v| &v.cluster)),
+                ReplicaData::Global(_) => None,
+            })
+            .flatten();
+        owned
+            .chain(copies)
+            .filter(|c| c.account.belongs_to(tenant) && c.status != ClusterStatus::Terminated)
+            .fold((0, 0), |(c, n), cluster| {
+                (c + 1, n + cluster.nodes.len() as u64)
+            })
+    }
+
+    /// Live clusters of the shards this DC writes whose tenant no longer exists, or exists as a
+    /// later incarnation: created at this DC while another DC deleted the tenant, before the
+    /// deletion reached here. The job driver deletes them (`server/src/driver.rs`). Clusters in
+    /// an operation are left until it ends.
+    pub fn orphaned_clusters(&self) -> Vec<ClusterId> {
+        let global = self.global_data();
+        self.clusters()
+            .filter(|r| {
+                let c = &r.cluster;
+                // A delete that failed is not retried in a loop: the cluster stays listed
+                // for the operator (admin API) like any failed delete.
+                let delete_failed = r.jobs.values().next_back().is_some_and(|j| {
+                    j.job.action == coopr_types::ClusterAction::ClusterDelete
+                        && j.job.status == coopr_types::JobStatus::Failed
+                });
+                c.status != ClusterStatus::Terminated
+                    && c.status != ClusterStatus::Pending
+                    && !delete_failed
+                    && !global
+                        .tenants
+                        .get(&c.account.tenant_id)
+                        .is_some_and(|t| c.account.belongs_to(t))
+            })
+            .map(|r| r.cluster.id)
+            .collect()
+    }
+
+    /// Quotas hold across the deployment: a tenant with a finite quota creates clusters only
+    /// at the DC that writes the global shard (the API forwards such creates there), so its
+    /// creates are ordered in one log, and every other DC's clusters of the tenant are in this
+    /// DC's replica copies (deletes reach it late, which only makes the check stricter). What
+    /// remains is documented in ARCHITECTURE.md: right after the global shard moved, the new
+    /// owner may not have the old owner's newest creates yet.
     fn create_cluster(&mut self, shard: ShardId, spec: &ClusterSpec, now: u64) -> CommandResult {
         let tenant = self.require_tenant(&spec.tenant)?.clone();
-        let (live_clusters, live_nodes) = self
-            .clusters()
-            .filter(|c| {
-                c.cluster.account.tenant_id == spec.tenant
-                    && c.cluster.status != ClusterStatus::Terminated
-            })
-            .fold((0u64, 0u64), |(c, n), r| (c + 1, n + r.nodes.len() as u64));
+        if !spec.tenant_incarnation.is_empty() && spec.tenant_incarnation != tenant.id {
+            return Err(CommandError::conflict(
+                "tenant_changed",
+                format!(
+                    "tenant {} was deleted and created again since the request was checked",
+                    tenant.name
+                ),
+            ));
+        }
+        let limited = tenant.max_clusters != coopr_types::UNLIMITED
+            || tenant.max_nodes != coopr_types::UNLIMITED;
+        if limited && self.replicas.contains_key(&ShardId::GLOBAL) {
+            return Err(CommandError::conflict(
+                QUOTA_ELSEWHERE,
+                format!(
+                    "tenant {} has a quota: its clusters are created at the datacenter that owns the global shard",
+                    tenant.name
+                ),
+            ));
+        }
+        let (live_clusters, live_nodes) = self.tenant_usage(&tenant);
         if live_clusters + 1 > u64::from(tenant.max_clusters) {
             return Err(CommandError::QuotaExceeded {
                 tenant: tenant.name,
@@ -863,6 +939,7 @@ impl State {
             account: Account {
                 user_id: spec.user.clone(),
                 tenant_id: spec.tenant.clone(),
+                tenant_incarnation: tenant.id.clone(),
             },
             create_time: now,
             expire_time,

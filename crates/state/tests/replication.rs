@@ -1715,3 +1715,180 @@ fn tasks_are_taken_only_from_the_shards_named() {
         Outcome::TaskTaken { task: Some(_) }
     ));
 }
+
+/// DC `b` of a two-DC deployment whose global shard `a` owns: `a`'s global records applied, a
+/// provisioner registered, and whatever `b` creates goes to shard 1 (`a` writes shard 0).
+fn second_dc(a: &Owner) -> State {
+    let mut b = State::new(SHARDS);
+    ship(
+        &mut b,
+        "dc-a",
+        ShardId::GLOBAL,
+        &a.records(ShardId::GLOBAL),
+        None,
+    )
+    .unwrap();
+    at(
+        &mut b,
+        1,
+        Command::RegisterProvisioner {
+            info: ProvisionerInfo {
+                id: "p1".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+                capacity_total: 4,
+            },
+        },
+    )
+    .unwrap();
+    b
+}
+
+/// Creates a one-machine cluster in shard 1 of `b` and drives it to ACTIVE.
+fn create_active_at_b(a: &Owner, b: &mut State) -> ClusterId {
+    let mut spec = spec(&a.state, "base", 1, &[]);
+    spec.tenant_incarnation = a.state.global.tenants[TENANT].id.clone();
+    let created = at(
+        b,
+        10,
+        Command::CreateCluster {
+            shard: ShardId(1),
+            spec: Box::new(spec),
+        },
+    );
+    let Ok(Outcome::ClusterCreated { id }) = created else {
+        panic!("create at b: {created:?}");
+    };
+    let mut now = 10;
+    drive_bare(b, &mut now);
+    assert_eq!(
+        b.cluster(id).unwrap().cluster.status,
+        coopr_types::ClusterStatus::Active
+    );
+    id
+}
+
+/// Quotas hold across DCs: the global shard's owner counts the clusters of its replica copies
+/// too, and a DC that only replicates the global shard refuses to create for a tenant with a
+/// quota (`quota_elsewhere`: the API routes such creates to the owner). A tenant with live
+/// clusters in another DC's shard cannot be deleted.
+#[test]
+fn quotas_and_tenant_deletes_see_every_dc() {
+    let mut a = Owner::new();
+    let mut b = second_dc(&a);
+    // Unlimited: b creates locally.
+    create_active_at_b(&a, &mut b);
+    ship(
+        &mut a.state,
+        "dc-b",
+        ShardId(1),
+        &b.outbox(ShardId(1))
+            .unwrap()
+            .records
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>(),
+        None,
+    )
+    .unwrap();
+    assert!(a.state.replica(ShardId(1)).is_some());
+
+    // Now a quota of one cluster: b's cluster uses it, so a cannot create.
+    a.ok(Command::PutTenant {
+        tenant: tenant(TENANT, 1, coopr_types::UNLIMITED),
+    });
+    let spec0 = spec(&a.state, "base", 1, &[]);
+    let err = a
+        .apply(Command::CreateCluster {
+            shard: ShardId(0),
+            spec: Box::new(spec0.clone()),
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), "quota_exceeded", "{err}");
+    // b, which does not write the global shard, refuses to create for a tenant with a quota.
+    let global = a.records(ShardId::GLOBAL);
+    let shipped = b.replica(ShardId::GLOBAL).unwrap().watermark.seq as usize;
+    ship(&mut b, "dc-a", ShardId::GLOBAL, &global[shipped..], None).unwrap();
+    let err = at(
+        &mut b,
+        20,
+        Command::CreateCluster {
+            shard: ShardId(1),
+            spec: Box::new(spec0),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), coopr_state::QUOTA_ELSEWHERE, "{err}");
+
+    // b's live cluster keeps the tenant from being deleted at a.
+    let err = a
+        .apply(Command::DeleteTenant {
+            name: TENANT.into(),
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), "tenant_has_clusters", "{err}");
+    assert!(b.orphaned_clusters().is_empty());
+}
+
+/// A cluster created at one DC while another deleted its tenant (the deletion did not see it
+/// yet) is an orphan once the deletion reaches its DC: listed by `orphaned_clusters` (the job
+/// driver deletes it), and never the clusters of a tenant created again under the same name.
+/// A create checked against an older incarnation is refused (`tenant_changed`).
+#[test]
+fn clusters_of_a_deleted_tenant_are_orphans_not_an_inheritance() {
+    let mut a = Owner::new();
+    let mut b = second_dc(&a);
+    let orphan = create_active_at_b(&a, &mut b);
+    // a has not received b's shard: the delete passes.
+    a.ok(Command::DeleteTenant {
+        name: TENANT.into(),
+    });
+    let mut again = tenant(TENANT, 10, 10);
+    again.id = "id-acme-2".into();
+    a.ok(Command::PutTenant {
+        tenant: again.clone(),
+    });
+    let global = a.records(ShardId::GLOBAL);
+    let shipped = b.replica(ShardId::GLOBAL).unwrap().watermark.seq as usize;
+    ship(&mut b, "dc-a", ShardId::GLOBAL, &global[shipped..], None).unwrap();
+
+    assert_eq!(b.orphaned_clusters(), vec![orphan]);
+    let record = b.cluster(orphan).unwrap();
+    assert!(!record.cluster.account.belongs_to(&again));
+    assert_eq!(b.tenant_usage(&again), (0, 0));
+
+    // A create checked against the old incarnation is refused at a.
+    a.ok(Command::ImportCatalog {
+        tenant: TENANT.into(),
+        entities: common::catalog_entities(),
+    });
+    let mut stale = spec(&a.state, "base", 1, &[]);
+    stale.tenant_incarnation = format!("id-{TENANT}");
+    let err = a
+        .apply(Command::CreateCluster {
+            shard: ShardId(0),
+            spec: Box::new(stale),
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), "tenant_changed", "{err}");
+
+    // Deleting the orphan ends it: it is no longer listed.
+    at(
+        &mut b,
+        100,
+        Command::StartOperation {
+            cluster: orphan,
+            action: ClusterAction::ClusterDelete,
+            services: Vec::new(),
+            config: None,
+        },
+    )
+    .unwrap();
+    let mut now = 100;
+    drive_bare(&mut b, &mut now);
+    assert_eq!(
+        b.cluster(orphan).unwrap().cluster.status,
+        coopr_types::ClusterStatus::Terminated
+    );
+    assert!(b.orphaned_clusters().is_empty());
+}

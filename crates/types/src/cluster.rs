@@ -54,6 +54,20 @@ pub struct Account {
     pub user_id: String,
     /// The tenant's name.
     pub tenant_id: String,
+    /// The internal ID ([`Tenant::id`]) of the tenant the cluster was created for: a tenant
+    /// deleted and created again under the same name is another incarnation and never sees
+    /// the older one's clusters. Empty in records from before incarnations (they belong to
+    /// whichever tenant has the name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant_incarnation: String,
+}
+
+impl Account {
+    /// Whether the cluster belongs to this incarnation of the tenant.
+    pub fn belongs_to(&self, tenant: &Tenant) -> bool {
+        self.tenant_id == tenant.name
+            && (self.tenant_incarnation.is_empty() || self.tenant_incarnation == tenant.id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

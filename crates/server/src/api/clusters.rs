@@ -74,8 +74,11 @@ fn visible(caller: &Caller, record: &ClusterRecord) -> bool {
 }
 
 fn visible_cluster(caller: &Caller, cluster: &coopr_types::Cluster) -> bool {
-    cluster.account.tenant_id == caller.tenant
-        && (caller.is_admin() || cluster.account.user_id == caller.user)
+    let account = &cluster.account;
+    account.tenant_id == caller.tenant
+        && (account.tenant_incarnation.is_empty()
+            || account.tenant_incarnation == caller.incarnation)
+        && (caller.is_admin() || account.user_id == caller.user)
 }
 
 /// The replica copy of a cluster in a shard this DC replicates.
@@ -353,6 +356,7 @@ async fn create(
             config,
             initial_lease_ms,
             nodes,
+            tenant_incarnation: caller.incarnation.clone(),
         }
     };
     let Some(shard) = app.pick_shard() else {
@@ -374,6 +378,15 @@ async fn create(
             key,
         )
         .await?;
+    if let Err(e) = &outcome {
+        if e.code() == coopr_state::QUOTA_ELSEWHERE {
+            // The global shard moved while the request was on its way: the retry is routed to
+            // its new owner (`forward.rs`).
+            let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string());
+            err.retry_after_s = Some(1);
+            return Err(err);
+        }
+    }
     answer(outcome)
 }
 

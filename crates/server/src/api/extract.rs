@@ -22,6 +22,9 @@ pub const ADMIN_USER: &str = "admin";
 pub struct Caller {
     pub tenant: String,
     pub user: String,
+    /// The tenant's internal ID (its incarnation, [`coopr_types::Tenant::id`]): clusters of an
+    /// earlier tenant of the same name are not the caller's.
+    pub incarnation: String,
 }
 
 impl Caller {
@@ -96,12 +99,13 @@ where
                 "invalid API key for this tenant and user",
             ));
         }
-        if !global.tenants.contains_key(tenant) {
+        let Some(incarnation) = global.tenants.get(tenant).map(|t| t.id.clone()) else {
             return Err(ApiError::not_found("tenant", tenant));
-        }
+        };
         Ok(Caller {
             tenant: tenant.to_string(),
             user: user.to_string(),
+            incarnation,
         })
     }
 }

@@ -74,6 +74,25 @@ fn global_path(path: &str) -> bool {
     matches!(first, "import" | "export" | "tenants") || EntityKind::parse(first).is_some()
 }
 
+/// Whether the request's tenant (as named, not yet authenticated: the receiver checks) has a
+/// cluster or node quota.
+fn has_quota(app: &App, req: &Request) -> bool {
+    let Some(tenant) = req
+        .headers()
+        .get("coopr-tenantid")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let state = app.core.read();
+    app.global(&state)
+        .tenants
+        .get(tenant.trim())
+        .is_some_and(|t| {
+            t.max_clusters != coopr_types::UNLIMITED || t.max_nodes != coopr_types::UNLIMITED
+        })
+}
+
 /// Reads of a cluster that a replica copy can answer.
 fn replica_readable(sub: &str) -> bool {
     matches!(sub, "" | "status" | "config" | "services")
@@ -123,6 +142,26 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
                 "not_owner",
                 format!(
                     "datacenter {} does not own the global shard; it was forwarded here by another datacenter",
+                    app.config.dc
+                ),
+            );
+        }
+        return forward_to_owner(&app, ShardId::GLOBAL, req).await;
+    }
+    // Creates of a tenant with a quota go to the global shard's owner too: its log orders them
+    // (see `State::create_cluster`).
+    if !local_only
+        && *req.method() == Method::POST
+        && path == "/v2/clusters"
+        && app.config.multi_dc()
+        && !app.owns(ShardId::GLOBAL)
+        && has_quota(&app, &req)
+    {
+        if req.headers().contains_key(FORWARDED_DC_HEADER) {
+            return unavailable(
+                "not_owner",
+                format!(
+                    "datacenter {} does not own the global shard, where the tenant's creates are ordered",
                     app.config.dc
                 ),
             );

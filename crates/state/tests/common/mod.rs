@@ -75,6 +75,7 @@ pub fn spec(state: &State, template: &str, machines: u32, services: &[String]) -
         services: all,
         config: template.defaults.config.clone(),
         initial_lease_ms: 0,
+        tenant_incarnation: String::new(),
         nodes: layout
             .into_iter()
             .map(|n| NodeSpec {
