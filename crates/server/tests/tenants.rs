@@ -94,7 +94,7 @@ async fn a_quota_holds_when_every_dc_creates_at_once() {
     }
     assert_eq!(created, 2, "{replies:?}");
 
-    converged(&deployment).await;
+    wait_for("every DC to converge", || converged(&deployment)).await;
     for server in deployment.dcs.values() {
         assert_eq!(listed(server, &auth).await.len(), 2);
     }
@@ -127,7 +127,7 @@ async fn a_deleted_tenant_leaves_nothing_to_its_successor() {
         .to_string();
     let worker = Worker::register(b, "p-b", "w1").await;
     worker.drive().await;
-    converged(&deployment).await;
+    wait_for("every DC to converge", || converged(&deployment)).await;
 
     // Sent to c, forwarded to a (the global shard's owner), refused there: b's cluster is live.
     let refused = c.delete("/v2/tenants/acme", &Auth::Superadmin).await;
@@ -137,7 +137,7 @@ async fn a_deleted_tenant_leaves_nothing_to_its_successor() {
         .await
         .assert_ok();
     worker.drive().await;
-    converged(&deployment).await;
+    wait_for("every DC to converge", || converged(&deployment)).await;
     c.delete("/v2/tenants/acme", &Auth::Superadmin)
         .await
         .assert_ok();
@@ -152,5 +152,68 @@ async fn a_deleted_tenant_leaves_nothing_to_its_successor() {
         let reply = server.get(&format!("/v2/clusters/{id}"), &successor).await;
         assert_eq!(reply.assert_error(404), "not_found", "at {dc}");
     }
+    deployment.stop().await;
+}
+
+/// The race a delete check cannot see: b creates a cluster while a, which cannot pull from b
+/// (replication cut, leases unaffected), deletes the tenant and creates it again. When the
+/// deletion reaches b, b's job driver deletes the orphaned cluster with a normal delete job, and
+/// the successor tenant never sees it, in any DC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_created_during_the_delete_is_deleted_by_its_dc() {
+    common::init_logs();
+    let deployment = Deployment::start_linked(|_| {}).await;
+    let (a, b) = (deployment.dc("a"), deployment.dc("b"));
+    let auth = tenant(&deployment, a, "acme", None).await;
+    deployment.cut_replication("a", "b");
+
+    let id = b
+        .post("/v2/clusters", &auth, create_body("web"))
+        .await
+        .assert_ok()["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let worker = Worker::register(b, "p-b", "w1").await;
+    worker.drive().await;
+    let cluster: coopr_types::ClusterId = id.parse().expect("id");
+    let status = |server: &TestServer| {
+        server
+            .app()
+            .core
+            .read()
+            .cluster(cluster)
+            .map(|c| c.cluster.status)
+    };
+    assert_eq!(status(b), Some(coopr_types::ClusterStatus::Active));
+
+    // a does not see b's cluster: the delete passes.
+    a.delete("/v2/tenants/acme", &Auth::Superadmin)
+        .await
+        .assert_ok();
+    let successor = tenant(&deployment, a, "acme", None).await;
+
+    wait_for("b to delete the orphaned cluster", || async {
+        worker.drive().await;
+        (status(b) == Some(coopr_types::ClusterStatus::Terminated)).then_some(())
+    })
+    .await;
+    deployment.heal();
+    wait_for("every DC to converge", || converged(&deployment)).await;
+    for (dc, server) in &deployment.dcs {
+        assert_eq!(
+            listed(server, &successor).await,
+            Vec::<String>::new(),
+            "at {dc}"
+        );
+    }
+    let deleted = b.get("/metrics", &Auth::Superadmin).await;
+    assert!(
+        deleted
+            .text
+            .contains("coopr_orphaned_clusters_deleted_total 1"),
+        "{}",
+        deleted.text
+    );
     deployment.stop().await;
 }

@@ -46,9 +46,9 @@ pub fn free_port() -> u16 {
 pub struct Deployment {
     pub dcs: BTreeMap<String, TestServer>,
     pub witness: Option<coopr_server::WitnessHandle>,
-    /// With [`Deployment::start_linked`]: the link from one site to another (its API and
-    /// internal proxies), by (from, to); cut to partition.
-    links: BTreeMap<(String, String), [coopr_testkit::DelayProxy; 2]>,
+    /// With [`Deployment::start_linked`]: the link from one site to another (its API, internal
+    /// and placement proxies), by (from, to); cut to partition.
+    links: BTreeMap<(String, String), [coopr_testkit::DelayProxy; 3]>,
     /// Each DC's config, for restarts.
     configs: BTreeMap<String, ServerConfig>,
     _dirs: Vec<tempfile::TempDir>,
@@ -122,14 +122,21 @@ impl Deployment {
                             }
                         }
                     };
-                    let pair = [proxy(ports[to]).await, proxy(internal[to]).await];
+                    // The placement group's traffic (votes, lease renewals) goes to the same
+                    // internal port through a proxy of its own, so that replication alone can
+                    // be cut ([`Deployment::cut_replication`]).
+                    let pair = [
+                        proxy(ports[to]).await,
+                        proxy(internal[to]).await,
+                        proxy(internal[to]).await,
+                    ];
                     links.insert((from.to_string(), to.to_string()), pair);
                 }
             }
         }
         // How `from` reaches `dc`: directly, or through its link.
         let member = |from: &str, dc: &str| match links.get(&(from.to_string(), dc.to_string())) {
-            Some([api, int]) => Member {
+            Some([api, int, _]) => Member {
                 node: format!("{dc}1"),
                 api: format!("http://{}", api.addr()),
                 internal: format!("http://{}", int.addr()),
@@ -149,7 +156,10 @@ impl Deployment {
                         id,
                         PlacementMember {
                             dc: dc.to_string(),
-                            internal: member(from, dc).internal,
+                            internal: match links.get(&(from.to_string(), dc.to_string())) {
+                                Some([_, _, placement]) => format!("http://{}", placement.addr()),
+                                None => member(from, dc).internal,
+                            },
                         },
                     )
                 })
@@ -218,6 +228,14 @@ impl Deployment {
                 pair.iter().for_each(coopr_testkit::DelayProxy::cut);
             }
         }
+    }
+
+    /// Cuts what `from` sends to `to` on the API and internal ports except the placement
+    /// group's traffic: `from` no longer pulls `to`'s shards (nor forwards to it), while
+    /// leases and votes flow and no DC fails over.
+    pub fn cut_replication(&self, from: &str, to: &str) {
+        let pair = &self.links[&(from.to_string(), to.to_string())];
+        pair[..2].iter().for_each(coopr_testkit::DelayProxy::cut);
     }
 
     /// Heals every cut link.
