@@ -397,112 +397,25 @@ async fn reconcile(app: &App) {
     let Some(held) = app.held_lease() else {
         return;
     };
-    let placement = app.placement_state();
+    let epoch_starts = app
+        .placement_state()
+        .map(|p| super::reconcile::epoch_starts(&p))
+        .unwrap_or_default();
     let map = app.placement();
-    let mut commands = Vec::new();
-    {
+    let commands = {
         let state = app.core.read();
-        let grant = &held.lease.grant;
-        for (shard, owned) in &grant.owned {
-            let local_epoch = state.shard_epoch(*shard);
-            let replica_here = state.replicas.contains_key(shard);
-            match owned {
-                // Owned at an epoch not adopted here yet: adopt it first, also when a new
-                // handover froze it meanwhile (the grant that moved it here may never have
-                // listed it writable); only an adopted shard can freeze and report its end.
-                OwnedShard::Writable { epoch } | OwnedShard::Frozen { epoch, .. }
-                    if replica_here || local_epoch < Some(epoch.0) =>
-                {
-                    let after = placement
-                        .as_ref()
-                        .and_then(|p| p.shard(*shard))
-                        .and_then(|p| p.epoch_starts.get(epoch))
-                        .copied();
-                    if let Some(after) = after {
-                        commands.push(Command::AdoptShard {
-                            shard: *shard,
-                            epoch: epoch.0,
-                            after: coopr_state::Position {
-                                epoch: after.epoch.0,
-                                seq: after.seq.0,
-                            },
-                        });
-                    }
-                }
-                OwnedShard::Frozen { handover, .. } if !shard.is_global() => {
-                    let frozen = state.shards.get(shard).and_then(|d| d.frozen);
-                    if !replica_here && frozen != Some(*handover) && !state.shard_busy(*shard) {
-                        commands.push(Command::FreezeShard {
-                            shard: *shard,
-                            handover: *handover,
-                        });
-                    }
-                }
-                OwnedShard::Frozen { .. } => {}
-                // Writable at the epoch written here but still frozen: the handover that froze
-                // it was aborted (grants only move forward, and a freeze follows a grant that
-                // froze the shard), so the owner writes again.
-                OwnedShard::Writable { .. } => {
-                    let frozen = state.shards.get(shard).and_then(|d| d.frozen);
-                    if let (Some(handover), false) = (frozen, replica_here) {
-                        commands.push(Command::UnfreezeShard {
-                            shard: *shard,
-                            handover,
-                        });
-                    }
-                }
-            }
-        }
-        for (shard, order) in &grant.taking_over {
-            let sealed = state.replicas.get(shard).and_then(|r| r.sealed);
-            if sealed != Some(order.takeover) && ready_to_seal(app, *shard, order) {
-                commands.push(Command::SealReplica {
-                    shard: *shard,
-                    owner_dc: order.from.0.clone(),
-                    takeover: order.takeover,
-                });
-            }
-        }
-        for (shard, replica) in &state.replicas {
-            let ordered = grant
-                .taking_over
-                .get(shard)
-                .is_some_and(|o| Some(o.takeover) == replica.sealed);
-            if replica.sealed.is_some() && !ordered && !grant.owned.contains_key(shard) {
-                commands.push(Command::UnsealReplica { shard: *shard });
-            }
-        }
-        for shard in map.shards() {
-            let owner = map.owner(shard);
-            if owner == app.config.dc || !state.holds_writes(shard) {
-                continue;
-            }
-            let Some(local_epoch) = state.shard_epoch(shard) else {
-                continue;
-            };
-            if map.epoch(shard) <= local_epoch {
-                continue;
-            }
-            // Where the epoch after this DC's started: everything this DC wrote up to there is
-            // on the shard's history, the rest was never replicated.
-            let start = placement
-                .as_ref()
-                .and_then(|p| p.shard(shard))
-                .and_then(|p| p.epoch_starts.get(&Epoch(local_epoch + 1)))
-                .copied();
-            match start {
-                Some(start) => commands.push(Command::DemoteShard {
-                    shard,
-                    owner_dc: owner.to_string(),
-                    keep_through: coopr_state::Position {
-                        epoch: start.epoch.0,
-                        seq: start.seq.0,
-                    },
-                }),
-                None => tracing::debug!(%shard, "demotion waits for the placement history"),
-            }
-        }
-    }
+        let inputs = super::reconcile::Inputs {
+            dc: &app.config.dc,
+            state: &state,
+            grant: &held.lease.grant,
+            epoch_starts: &epoch_starts,
+            map: &map,
+        };
+        super::reconcile::ownership_commands(&inputs, |shard, order| {
+            let watermark = state.replica(shard).map(|r| r.watermark);
+            ready_to_seal(app, shard, order, watermark)
+        })
+    };
     for command in commands {
         let what = format!("{command:?}");
         match app.propose(command, None).await {
@@ -523,7 +436,13 @@ async fn reconcile(app: &App) {
 /// Whether this DC, ordered to take `shard` over, has what it can get of the old epoch: the
 /// old owner answered after the order came and the copy was caught up, or the old owner cannot
 /// be reached, or the bounded pull time ([`TAKEOVER_PULL_MS`]) since the order came is over.
-fn ready_to_seal(app: &App, shard: ShardId, order: &coopr_placement::TakeoverOrder) -> bool {
+/// `watermark`: this DC's copy's position (read by the caller, which holds the state).
+fn ready_to_seal(
+    app: &App,
+    shard: ShardId,
+    order: &coopr_placement::TakeoverOrder,
+    watermark: Option<coopr_state::Position>,
+) -> bool {
     let seen = {
         let mut seen = app.takeovers_seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|(_, takeover), at| {
@@ -540,7 +459,6 @@ fn ready_to_seal(app: &App, shard: ShardId, order: &coopr_placement::TakeoverOrd
         return true;
     }
     let stream = app.replication.stream(shard);
-    let watermark = app.core.read().replica(shard).map(|r| r.watermark);
     stream.caught_up_at.is_some_and(|at| at > seen) && stream.owner_last == watermark
 }
 

@@ -18,6 +18,7 @@
 
 pub mod group;
 pub mod lease;
+pub mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet};
 
