@@ -108,7 +108,7 @@ impl ThreeDcs {
         options: &[(&str, i64)],
     ) -> ThreeDcs {
         let started = Instant::now();
-        let mut deployment = Deployment::generate(3, nodes_per_dc, Some(SHARDS), options);
+        let deployment = Deployment::generate(3, nodes_per_dc, Some(SHARDS), options);
         let mut links = Vec::new();
         if let Some(delay) = one_way_delay {
             for dc in DCS {
@@ -125,6 +125,22 @@ impl ThreeDcs {
                 deployment.redirect(dc, &replacements);
             }
         }
+        Self::run(deployment, links, started).await
+    }
+
+    /// Generates and starts the deployment with each DC in a network namespace of its own
+    /// (`common::netns`): a partition takes the DC's link down.
+    async fn start_in_netns(nodes_per_dc: u16, options: &[(&str, i64)]) -> ThreeDcs {
+        let started = Instant::now();
+        let deployment = Deployment::generate_in_netns(3, nodes_per_dc, Some(SHARDS), options);
+        Self::run(deployment, Vec::new(), started).await
+    }
+
+    async fn run(
+        mut deployment: Deployment,
+        links: Vec<(&'static str, String, DelayProxy)>,
+        started: Instant,
+    ) -> ThreeDcs {
         deployment.start_all();
         deployment.wait_ready(Duration::from_secs(60)).await;
         for dc in DCS {
@@ -138,8 +154,12 @@ impl ThreeDcs {
         ThreeDcs { deployment, links }
     }
 
-    /// Cuts every link from and to `dc` (its processes keep running): a partition.
+    /// Cuts every link from and to `dc` (its processes keep running): a partition. In
+    /// network namespaces, the DC's link goes down.
     fn cut_off(&self, dc: &str) {
+        if let Some(netns) = &self.netns {
+            netns.cut_off(dc);
+        }
         for (from, to, proxy) in &self.links {
             if *from == dc || to == dc {
                 proxy.cut();
@@ -149,6 +169,9 @@ impl ThreeDcs {
 
     /// Heals every cut link.
     fn heal(&self) {
+        if let Some(netns) = &self.netns {
+            netns.heal();
+        }
         for (_, _, proxy) in &self.links {
             proxy.heal();
         }
@@ -890,6 +913,9 @@ enum Failure {
     /// Every link between the DC and the others cut while its processes keep running (and
     /// serving their own clients), then healed.
     Partition,
+    /// Every DC in a network namespace of its own; the failing DC's link taken down (the
+    /// kernel drops its traffic, its clients' included), then brought up again.
+    LinkDown,
 }
 
 /// What the clients of [`dc_failure`] saw acknowledged.
@@ -1015,17 +1041,17 @@ async fn owners(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
 async fn dc_failure(failure: Failure) {
     let started = Instant::now();
     let links = (failure == Failure::Partition).then_some(Duration::ZERO);
-    let mut dcs = ThreeDcs::start(
-        1,
-        links,
-        &[
-            ("demo_workers", 2),
-            ("lease_ms", 1_500),
-            ("max_clock_offset_ms", 200),
-            ("task_timeout_secs", 10),
-        ],
-    )
-    .await;
+    let options = [
+        ("demo_workers", 2),
+        ("lease_ms", 1_500),
+        ("max_clock_offset_ms", 200),
+        ("task_timeout_secs", 10),
+    ];
+    let mut dcs = if failure == Failure::LinkDown {
+        ThreeDcs::start_in_netns(1, &options).await
+    } else {
+        ThreeDcs::start(1, links, &options).await
+    };
     let run = random_u64();
     let load = Arc::new(FailoverLoad::default());
     let creators: Vec<_> = DCS
@@ -1047,10 +1073,10 @@ async fn dc_failure(failure: Failure) {
         match failure {
             Failure::Kill => dcs.kill(*i),
             Failure::Pause => dcs.signal(*i, "STOP"),
-            Failure::Partition => {}
+            Failure::Partition | Failure::LinkDown => {}
         }
     }
-    if failure == Failure::Partition {
+    if matches!(failure, Failure::Partition | Failure::LinkDown) {
         dcs.cut_off("a");
     }
     load.a_down.store(true, Ordering::Release);
@@ -1219,6 +1245,18 @@ async fn dc_failure(failure: Failure) {
     eprintln!("--- done in {:?}", started.elapsed());
 }
 
+/// Like [`a_partitioned_dc_fails_over_and_rejoins_when_healed`], with real network isolation:
+/// each DC runs in a network namespace of its own and the owner DC's link goes down. Skipped
+/// (saying why) where namespaces cannot be made (not root, no iproute2).
+#[test]
+fn a_dc_whose_link_goes_down_fails_over_and_rejoins() {
+    if let Err(why) = common::netns::Netns::available() {
+        eprintln!("skipped: network namespaces unavailable here ({why})");
+        return;
+    }
+    run_serially(dc_failure(Failure::LinkDown));
+}
+
 /// Every process of an owner DC is killed (`kill -9`) under load: its shards fail over to the
 /// other DCs, its in-flight work finishes there, it rejoins when restarted (see
 /// [`dc_failure`]).
@@ -1248,7 +1286,17 @@ fn a_paused_dc_wakes_up_without_writing_beside_the_new_owners() {
 #[ignore = "a few minutes of repeated DC failures; run on demand"]
 fn soak_dc_failures() {
     for round in 0..5 {
-        for failure in [Failure::Kill, Failure::Pause, Failure::Partition] {
+        let netns = common::netns::Netns::available().is_ok();
+        let failures = [
+            Failure::Kill,
+            Failure::Pause,
+            Failure::Partition,
+            Failure::LinkDown,
+        ];
+        for failure in failures
+            .into_iter()
+            .filter(|f| netns || *f != Failure::LinkDown)
+        {
             eprintln!("=== round {round}: {failure:?}");
             run_serially(dc_failure(failure));
         }

@@ -7,6 +7,8 @@
 //! Each test binary uses a part of this module only.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::hash::{BuildHasher, Hasher};
@@ -161,6 +163,9 @@ pub struct Deployment {
     /// starts it), at the deployment's `fake_cloud_url`.
     pub fake_cloud: Process,
     pub fake_cloud_url: String,
+    /// With [`Deployment::generate_in_netns`]: each DC's namespace (removed after the
+    /// processes stopped: the last field drops last).
+    pub netns: Option<netns::Netns>,
 }
 
 impl Deployment {
@@ -177,6 +182,33 @@ impl Deployment {
         nodes_per_dc: u16,
         shards: Option<u32>,
         options: &[(&str, i64)],
+    ) -> Deployment {
+        Self::generate_with(dcs, nodes_per_dc, shards, options, None)
+    }
+
+    /// [`Deployment::generate`] with each DC in a network namespace of its own
+    /// ([`netns::Netns`]): its nodes listen on the DC's address, the fake cloud on the
+    /// bridge's, and every config and URL says so.
+    pub fn generate_in_netns(
+        dcs: u16,
+        nodes_per_dc: u16,
+        shards: Option<u32>,
+        options: &[(&str, i64)],
+    ) -> Deployment {
+        let names: Vec<String> = (0..dcs)
+            .map(|d| ((b'a' + d as u8) as char).to_string())
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let netns = netns::Netns::create(&names);
+        Self::generate_with(dcs, nodes_per_dc, shards, options, Some(netns))
+    }
+
+    fn generate_with(
+        dcs: u16,
+        nodes_per_dc: u16,
+        shards: Option<u32>,
+        options: &[(&str, i64)],
+        netns: Option<netns::Netns>,
     ) -> Deployment {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("deployment");
@@ -226,7 +258,32 @@ impl Deployment {
             });
         }
         assert_eq!(nodes.len(), usize::from(dcs * nodes_per_dc));
-        let fake_cloud_address = format!("127.0.0.1:{}", base + 10 * dcs);
+        let fake_cloud_port = base + 10 * dcs;
+        let mut fake_cloud_address = format!("127.0.0.1:{fake_cloud_port}");
+        if let Some(netns) = &netns {
+            let mut ports: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+            for node in &nodes {
+                ports
+                    .entry(node.dc.clone())
+                    .or_default()
+                    .extend([port_of(&node.api), port_of(&node.internal)]);
+            }
+            let replacements = netns.replacements(&ports, fake_cloud_port);
+            let moved = |text: &str| {
+                replacements
+                    .iter()
+                    .fold(text.to_string(), |text, (port, to)| {
+                        coopr_testkit::replace_address(&text, *port, to)
+                    })
+            };
+            for node in &mut nodes {
+                let config = std::fs::read_to_string(&node.config).expect("read config");
+                std::fs::write(&node.config, moved(&config)).expect("write config");
+                node.api = moved(&node.api);
+                node.internal = moved(&node.internal);
+            }
+            fake_cloud_address = moved(&fake_cloud_address);
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -248,6 +305,7 @@ impl Deployment {
             nodes,
             fake_cloud,
             fake_cloud_url: format!("http://{fake_cloud_address}"),
+            netns,
             http: reqwest::Client::builder()
                 .timeout(CLIENT_TIMEOUT)
                 .build()
@@ -303,7 +361,15 @@ impl Deployment {
             .append(true)
             .open(&node.log)
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &netns.namespace(&node.dc), BIN]);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["server", "--config"])
             .arg(&node.config)
             .env("COOPR_LOG", "info,openraft=warn")
