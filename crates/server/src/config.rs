@@ -77,6 +77,25 @@ pub struct ServerConfig {
     /// 30000 ms): the owner writes the shard again and nothing is lost. Bounds a handover that
     /// waits for a replica DC that is down or for an operation that does not finish.
     pub handover_timeout_ms: u64,
+    /// Longest the user API (and `/status`, `/ready`, `/metrics`) may take to answer a request
+    /// (default 30000 ms); a request still running then is answered 503 `request_timeout`.
+    pub api_request_timeout_ms: u64,
+    /// Most user API requests this node serves at once (default 512); more are answered at
+    /// once with 503 `overloaded` and `Retry-After`, never queued.
+    pub api_max_concurrent_requests: usize,
+    /// Longest an internal call may take (default 60000 ms): Raft RPCs and placement calls on
+    /// the internal port, and the replication calls (`/internal/...` on the API port), whose
+    /// long poll (at most `replication::owner::MAX_WAIT_MS`) is added to it.
+    pub internal_request_timeout_ms: u64,
+    /// Most internal calls served at once per listener (default 256): the internal port and
+    /// the replication calls on the API port each have a pool of this size, apart from the
+    /// user API's, so that no user load sheds them.
+    pub internal_max_concurrent_requests: usize,
+    /// Most client writes (user and provisioner API) proposed to the DC log and not yet
+    /// answered (default 1024); more are answered at once with 503 `write_queue_full` and
+    /// `Retry-After`. The node's own writes (driver, lease reconcile, replication) are not
+    /// counted: each of those loops has at most one write in flight.
+    pub max_client_writes_in_flight: usize,
     /// This node is a witness (see [`crate::start_witness`]): `dc` names its site, which holds
     /// no data; `remote_dcs` lists the data DCs.
     pub witness: bool,
@@ -130,6 +149,11 @@ impl Default for ServerConfig {
             max_clock_offset_ms: 500,
             placement_election_timeout_ms: (600, 1_200),
             handover_timeout_ms: 30_000,
+            api_request_timeout_ms: 30_000,
+            api_max_concurrent_requests: 512,
+            internal_request_timeout_ms: 60_000,
+            internal_max_concurrent_requests: 256,
+            max_client_writes_in_flight: 1_024,
             witness: false,
         }
     }
@@ -250,6 +274,35 @@ impl ServerConfig {
                 "replication_max_records must be between 1 and 100000, got {}",
                 self.replication_max_records
             );
+        }
+        for (name, ms) in [
+            ("api_request_timeout_ms", self.api_request_timeout_ms),
+            (
+                "internal_request_timeout_ms",
+                self.internal_request_timeout_ms,
+            ),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                bail!("{name} must be between 100 and 3600000, got {ms}");
+            }
+        }
+        for (name, n) in [
+            (
+                "api_max_concurrent_requests",
+                self.api_max_concurrent_requests,
+            ),
+            (
+                "internal_max_concurrent_requests",
+                self.internal_max_concurrent_requests,
+            ),
+            (
+                "max_client_writes_in_flight",
+                self.max_client_writes_in_flight,
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&n) {
+                bail!("{name} must be between 1 and 1000000, got {n}");
+            }
         }
         if let Some(key) = &self.admin_key {
             if key.len() < 8 {

@@ -81,6 +81,8 @@ pub struct App {
     pub takeovers_seen: Mutex<BTreeMap<(ShardId, u64), Instant>>,
     /// The node's supervised loops (see [`supervise`]): `/ready` fails while one is down.
     pub loops: Arc<Loops>,
+    /// Bounds the client writes in flight to the DC log (see [`core::WriteQueue`]).
+    pub write_queue: core::WriteQueue,
 }
 
 impl App {
@@ -239,6 +241,7 @@ impl App {
         }
         metrics::gauge!("coopr_tasks_queued").set(state.queued_tasks().count() as f64);
         metrics::gauge!("coopr_provisioners").set(state.local.provisioners.len() as f64);
+        metrics::gauge!("coopr_write_queue_in_flight").set(self.write_queue.in_flight() as f64);
         metrics::gauge!("coopr_log_applied_index").set(self.core.applied_index() as f64);
         let raft = self.core.raft().status();
         metrics::gauge!("coopr_raft_term").set(raft.term as f64);
@@ -366,7 +369,8 @@ pub async fn start_witness(config: ServerConfig) -> anyhow::Result<WitnessHandle
     let internal_addr = listener.local_addr()?;
     let tick = Duration::from_millis(config.lease_ms / 3).min(PLACEMENT_TICK);
     let loops = Arc::new(Loops::default());
-    let mut tasks = vec![serve(listener, group.router(), stop.clone())];
+    let router = api::admission::Admission::internal(&config).layer(group.router());
+    let mut tasks = vec![serve(listener, router, stop.clone())];
     tasks.extend(spawn_placement_loops(&loops, &group, tick, &stop));
     tracing::info!(%internal_addr, site = %config.dc, "coopr witness (placement voter) listening");
     Ok(WitnessHandle {
@@ -431,11 +435,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
             // The Raft routes (the DC log's, and the placement group's merged below) carry their
             // own body limit, `coopr_raft::wire::MAX_RPC_BODY_BYTES` (64 MiB: snapshot chunks
             // and appends of large entries); no layer here may lower it. The placement calls
-            // keep axum's default (2 MB), far above their bodies.
+            // keep axum's default (2 MB), far above their bodies. Admission (limit and timeout
+            // of the internal class) is this listener's own: no user load reaches it.
             let mut router = coopr_raft::router(raft.clone());
             if let Some(group) = &placement_group {
                 router = router.merge(group.router());
             }
+            let router = api::admission::Admission::internal(&config).layer(router);
             tasks.push(serve(listener, router, stop.clone()));
             Some(local)
         }
@@ -462,6 +468,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         rerouted: AtomicU64::new(0),
         takeovers_seen: Mutex::new(BTreeMap::new()),
         loops: loops.clone(),
+        write_queue: core::WriteQueue::new(config.max_client_writes_in_flight),
         renew_now: tokio::sync::Notify::new(),
         replication: replication::Progress::default(),
         stopping: stop.clone(),

@@ -312,7 +312,7 @@ impl Stream {
         let command = Command::SeedReplica {
             seed: Box::new(seed),
         };
-        match self.app.propose(command, None).await {
+        match self.app.propose_system(command, None).await {
             Ok(Ok(_)) => {
                 tracing::warn!(%shard, owner_dc = %self.owner_dc, position = ?at, bytes = json.len(),
                     took_ms = started.elapsed().as_millis() as u64, "copy re-seeded from a snapshot of the owner's shard");
@@ -459,7 +459,7 @@ impl Stream {
                 records: batch.records,
                 epoch_start: batch.epoch_start,
             };
-            match self.app.propose(command, None).await? {
+            match self.app.propose_system(command, None).await? {
                 Ok(_) => {
                     metrics::counter!("coopr_replication_records_applied_total", "owner_dc" => self.owner_dc.clone())
                         .increment(count as u64);
