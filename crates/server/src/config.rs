@@ -326,3 +326,36 @@ impl ServerConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The admission and write-queue bounds are accepted at their limits and refused one
+    /// past them, with an error naming the option.
+    #[test]
+    fn admission_bounds_are_checked_at_their_limits() {
+        let valid = |tweak: fn(&mut ServerConfig)| {
+            let mut config = ServerConfig::default();
+            tweak(&mut config);
+            config.validate().map_err(|e| e.to_string())
+        };
+        assert!(valid(|c| c.api_request_timeout_ms = 100).is_ok());
+        let refused = valid(|c| c.api_request_timeout_ms = 99).expect_err("below 100 ms");
+        assert!(refused.contains("api_request_timeout_ms"), "{refused}");
+        assert!(valid(|c| c.internal_request_timeout_ms = 3_600_000).is_ok());
+        let refused = valid(|c| c.internal_request_timeout_ms = 3_600_001).expect_err("above");
+        assert!(refused.contains("internal_request_timeout_ms"), "{refused}");
+        assert!(valid(|c| c.max_client_writes_in_flight = 1).is_ok());
+        let refused = valid(|c| c.max_client_writes_in_flight = 0).expect_err("no place");
+        assert!(refused.contains("max_client_writes_in_flight"), "{refused}");
+        assert!(valid(|c| c.api_max_concurrent_requests = 1_000_000).is_ok());
+        let refused = valid(|c| c.api_max_concurrent_requests = 1_000_001).expect_err("above");
+        assert!(refused.contains("api_max_concurrent_requests"), "{refused}");
+        let refused = valid(|c| c.internal_max_concurrent_requests = 0).expect_err("no place");
+        assert!(
+            refused.contains("internal_max_concurrent_requests"),
+            "{refused}"
+        );
+    }
+}
