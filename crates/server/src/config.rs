@@ -77,6 +77,25 @@ pub struct ServerConfig {
     /// 30000 ms): the owner writes the shard again and nothing is lost. Bounds a handover that
     /// waits for a replica DC that is down or for an operation that does not finish.
     pub handover_timeout_ms: u64,
+    /// Longest the user API (and `/status`, `/ready`, `/metrics`) may take to answer a request
+    /// (default 30000 ms); a request still running then is answered 503 `request_timeout`.
+    pub api_request_timeout_ms: u64,
+    /// Most user API requests this node serves at once (default 512); more are answered at
+    /// once with 503 `overloaded` and `Retry-After`, never queued.
+    pub api_max_concurrent_requests: usize,
+    /// Longest an internal call may take (default 60000 ms): Raft RPCs and placement calls on
+    /// the internal port, and the replication calls (`/internal/...` on the API port), whose
+    /// long poll (at most `replication::owner::MAX_WAIT_MS`) is added to it.
+    pub internal_request_timeout_ms: u64,
+    /// Most internal calls served at once per listener (default 256): the internal port and
+    /// the replication calls on the API port each have a pool of this size, apart from the
+    /// user API's, so that no user load sheds them.
+    pub internal_max_concurrent_requests: usize,
+    /// Most client writes (user and provisioner API) proposed to the DC log and not yet
+    /// answered (default 1024); more are answered at once with 503 `write_queue_full` and
+    /// `Retry-After`. The node's own writes (driver, lease reconcile, replication) are not
+    /// counted: each of those loops has at most one write in flight.
+    pub max_client_writes_in_flight: usize,
     /// This node is a witness (see [`crate::start_witness`]): `dc` names its site, which holds
     /// no data; `remote_dcs` lists the data DCs.
     pub witness: bool,
@@ -130,6 +149,11 @@ impl Default for ServerConfig {
             max_clock_offset_ms: 500,
             placement_election_timeout_ms: (600, 1_200),
             handover_timeout_ms: 30_000,
+            api_request_timeout_ms: 30_000,
+            api_max_concurrent_requests: 512,
+            internal_request_timeout_ms: 60_000,
+            internal_max_concurrent_requests: 256,
+            max_client_writes_in_flight: 1_024,
             witness: false,
         }
     }
@@ -251,6 +275,35 @@ impl ServerConfig {
                 self.replication_max_records
             );
         }
+        for (name, ms) in [
+            ("api_request_timeout_ms", self.api_request_timeout_ms),
+            (
+                "internal_request_timeout_ms",
+                self.internal_request_timeout_ms,
+            ),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                bail!("{name} must be between 100 and 3600000, got {ms}");
+            }
+        }
+        for (name, n) in [
+            (
+                "api_max_concurrent_requests",
+                self.api_max_concurrent_requests,
+            ),
+            (
+                "internal_max_concurrent_requests",
+                self.internal_max_concurrent_requests,
+            ),
+            (
+                "max_client_writes_in_flight",
+                self.max_client_writes_in_flight,
+            ),
+        ] {
+            if !(1..=1_000_000).contains(&n) {
+                bail!("{name} must be between 1 and 1000000, got {n}");
+            }
+        }
         if let Some(key) = &self.admin_key {
             if key.len() < 8 {
                 bail!("admin_key must be at least 8 characters");
@@ -271,5 +324,38 @@ impl ServerConfig {
             own.into_iter().chain(self.remote_dcs.keys().cloned()),
             self.shard_count,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The admission and write-queue bounds are accepted at their limits and refused one
+    /// past them, with an error naming the option.
+    #[test]
+    fn admission_bounds_are_checked_at_their_limits() {
+        let valid = |tweak: fn(&mut ServerConfig)| {
+            let mut config = ServerConfig::default();
+            tweak(&mut config);
+            config.validate().map_err(|e| e.to_string())
+        };
+        assert!(valid(|c| c.api_request_timeout_ms = 100).is_ok());
+        let refused = valid(|c| c.api_request_timeout_ms = 99).expect_err("below 100 ms");
+        assert!(refused.contains("api_request_timeout_ms"), "{refused}");
+        assert!(valid(|c| c.internal_request_timeout_ms = 3_600_000).is_ok());
+        let refused = valid(|c| c.internal_request_timeout_ms = 3_600_001).expect_err("above");
+        assert!(refused.contains("internal_request_timeout_ms"), "{refused}");
+        assert!(valid(|c| c.max_client_writes_in_flight = 1).is_ok());
+        let refused = valid(|c| c.max_client_writes_in_flight = 0).expect_err("no place");
+        assert!(refused.contains("max_client_writes_in_flight"), "{refused}");
+        assert!(valid(|c| c.api_max_concurrent_requests = 1_000_000).is_ok());
+        let refused = valid(|c| c.api_max_concurrent_requests = 1_000_001).expect_err("above");
+        assert!(refused.contains("api_max_concurrent_requests"), "{refused}");
+        let refused = valid(|c| c.internal_max_concurrent_requests = 0).expect_err("no place");
+        assert!(
+            refused.contains("internal_max_concurrent_requests"),
+            "{refused}"
+        );
     }
 }

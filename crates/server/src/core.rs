@@ -24,7 +24,7 @@ use coopr_state::{
     Entry, Fence, State,
 };
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, Error, Clone)]
 pub enum ProposeError {
@@ -40,6 +40,45 @@ pub enum ProposeError {
     /// `crate::placement::lease`): the client retries, at the owner.
     #[error("{0}")]
     Fenced(coopr_placement::Fenced),
+    /// As many client writes as the node admits are in flight already (see [`WriteQueue`]):
+    /// nothing was written; the client retries after the hint.
+    #[error("the write queue is full: {capacity} client writes are in flight; retry later")]
+    WriteQueueFull { capacity: usize },
+}
+
+/// Bounds the client writes in flight to the DC log (`max_client_writes_in_flight`): a
+/// flood of writes is refused at once (503 `write_queue_full`) instead of piling up in
+/// openraft's queue, where each would wait out `write_timeout_ms` and delay every other
+/// write, the node's own included. The node's own writes (driver, lease reconcile,
+/// replication) take no permit: each of those loops has at most one write in flight, so
+/// they are bounded by the number of loops and no client load starves them.
+pub struct WriteQueue {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl WriteQueue {
+    pub fn new(capacity: usize) -> WriteQueue {
+        WriteQueue {
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    /// A place for one client write, held until it is answered.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ProposeError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProposeError::WriteQueueFull {
+                capacity: self.capacity,
+            })
+    }
+
+    /// Client writes proposed and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
 }
 
 /// The state machine of the DC log: the coopr [`State`], shared with the readers.

@@ -81,7 +81,7 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             .next_deadline()
             .is_some_and(|d| d <= now_ms());
         if due {
-            match app.propose(Command::ExpireTasks, None).await {
+            match app.propose_system(Command::ExpireTasks, None).await {
                 Ok(Ok(outcome)) => tracing::debug!(?outcome, "expired tasks"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "expire rejected"),
                 Err(e) => tracing::warn!(error = %e, "expire not written"),
@@ -101,10 +101,10 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         for id in dead {
             tracing::warn!(provisioner = %id, "provisioner missed its heartbeats; releasing its tasks");
             let released = app
-                .propose(Command::ReleaseProvisioner { id: id.clone() }, None)
+                .propose_system(Command::ReleaseProvisioner { id: id.clone() }, None)
                 .await;
             let removed = app
-                .propose(Command::UnregisterProvisioner { id: id.clone() }, None)
+                .propose_system(Command::UnregisterProvisioner { id: id.clone() }, None)
                 .await;
             if matches!((&released, &removed), (Ok(Ok(_)), Ok(Ok(_)))) {
                 app.forget_provisioner(&id);

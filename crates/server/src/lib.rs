@@ -24,6 +24,7 @@ pub mod driver;
 pub mod placement;
 pub mod replication;
 pub mod seed;
+pub mod supervise;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ use crate::core::Core;
 use crate::placement::group::PlacementGroup;
 use crate::placement::lease::Held;
 use crate::placement::ShardMap;
+use crate::supervise::{spawn_supervised, Loops};
 
 /// Everything a request handler needs.
 pub struct App {
@@ -77,6 +79,10 @@ pub struct App {
     /// When this node first saw each takeover order (shard, takeover number) in its grant:
     /// the bounded time it may still pull the old owner's records runs from there.
     pub takeovers_seen: Mutex<BTreeMap<(ShardId, u64), Instant>>,
+    /// The node's supervised loops (see [`supervise`]): `/ready` fails while one is down.
+    pub loops: Arc<Loops>,
+    /// Bounds the client writes in flight to the DC log (see [`core::WriteQueue`]).
+    pub write_queue: core::WriteQueue,
 }
 
 impl App {
@@ -235,6 +241,7 @@ impl App {
         }
         metrics::gauge!("coopr_tasks_queued").set(state.queued_tasks().count() as f64);
         metrics::gauge!("coopr_provisioners").set(state.local.provisioners.len() as f64);
+        metrics::gauge!("coopr_write_queue_in_flight").set(self.write_queue.in_flight() as f64);
         metrics::gauge!("coopr_log_applied_index").set(self.core.applied_index() as f64);
         let raft = self.core.raft().status();
         metrics::gauge!("coopr_raft_term").set(raft.term as f64);
@@ -323,6 +330,8 @@ pub struct WitnessHandle {
     /// The internal API (the placement group's Raft RPCs and calls).
     pub internal_addr: SocketAddr,
     pub group: Arc<PlacementGroup>,
+    /// The witness's supervised loops.
+    pub loops: Arc<Loops>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -359,15 +368,15 @@ pub async fn start_witness(config: ServerConfig) -> anyhow::Result<WitnessHandle
         .with_context(|| format!("cannot listen on {listen}"))?;
     let internal_addr = listener.local_addr()?;
     let tick = Duration::from_millis(config.lease_ms / 3).min(PLACEMENT_TICK);
-    let tasks = vec![
-        serve(listener, group.router(), stop.clone()),
-        tokio::spawn(group.clone().initialize(stop.clone())),
-        tokio::spawn(group.clone().run(tick, stop)),
-    ];
+    let loops = Arc::new(Loops::default());
+    let router = api::admission::Admission::internal(&config).layer(group.router());
+    let mut tasks = vec![serve(listener, router, stop.clone())];
+    tasks.extend(spawn_placement_loops(&loops, &group, tick, &stop));
     tracing::info!(%internal_addr, site = %config.dc, "coopr witness (placement voter) listening");
     Ok(WitnessHandle {
         internal_addr,
         group,
+        loops,
         shutdown,
         tasks,
     })
@@ -411,6 +420,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         .context("cannot start the DC log")?;
     let (shutdown, stop) = watch::channel(false);
     let mut tasks = Vec::new();
+    let loops = Arc::new(Loops::default());
     let placement_group = match config.placement_node_id {
         Some(_) => Some(PlacementGroup::start(&config).await?),
         None => None,
@@ -425,22 +435,23 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
             // The Raft routes (the DC log's, and the placement group's merged below) carry their
             // own body limit, `coopr_raft::wire::MAX_RPC_BODY_BYTES` (64 MiB: snapshot chunks
             // and appends of large entries); no layer here may lower it. The placement calls
-            // keep axum's default (2 MB), far above their bodies.
+            // keep axum's default (2 MB), far above their bodies. Admission (limit and timeout
+            // of the internal class) is this listener's own: no user load reaches it.
             let mut router = coopr_raft::router(raft.clone());
             if let Some(group) = &placement_group {
                 router = router.merge(group.router());
             }
+            let router = api::admission::Admission::internal(&config).layer(router);
             tasks.push(serve(listener, router, stop.clone()));
             Some(local)
         }
         None => None,
     };
     if let Some(group) = &placement_group {
-        tasks.push(tokio::spawn(group.clone().initialize(stop.clone())));
         // The leader's duties are mostly reads (a proposal only when something is due): a
         // short tick keeps failover detection close to the lease's end.
         let tick = Duration::from_millis(config.lease_ms / 3).min(PLACEMENT_TICK);
-        tasks.push(tokio::spawn(group.clone().run(tick, stop.clone())));
+        tasks.extend(spawn_placement_loops(&loops, group, tick, &stop));
     }
     let core = Core::new(parts, raft.clone());
     let listener = TcpListener::bind(&config.listen)
@@ -456,6 +467,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         placement_group,
         rerouted: AtomicU64::new(0),
         takeovers_seen: Mutex::new(BTreeMap::new()),
+        loops: loops.clone(),
+        write_queue: core::WriteQueue::new(config.max_client_writes_in_flight),
         renew_now: tokio::sync::Notify::new(),
         replication: replication::Progress::default(),
         stopping: stop.clone(),
@@ -471,7 +484,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         config,
     });
     // The DC bootstraps once its configured members are reachable; a restarted node rejoins.
-    tasks.push(tokio::spawn(bootstrap_dc(raft.clone(), stop.clone())));
+    tasks.push({
+        let (raft, stop) = (raft.clone(), stop.clone());
+        spawn_supervised(&loops, "dc-bootstrap", stop.clone(), move || {
+            bootstrap_dc(raft.clone(), stop.clone())
+        })
+    });
     if single {
         // A DC of one elects itself at once; wait for that and seed, so the node is ready when
         // `start` returns.
@@ -484,12 +502,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         }
     }
     if app.config.multi_dc() {
-        tasks.push(tokio::spawn(placement::lease::run(
-            app.clone(),
-            stop.clone(),
-        )));
+        let (app, stop) = (app.clone(), stop.clone());
+        tasks.push(spawn_supervised(&loops, "lease", stop.clone(), move || {
+            placement::lease::run(app.clone(), stop.clone())
+        }));
     }
-    tasks.push(tokio::spawn(driver::run(app.clone(), stop.clone())));
+    tasks.push({
+        let (app, stop) = (app.clone(), stop.clone());
+        spawn_supervised(&loops, "driver", stop.clone(), move || {
+            driver::run(app.clone(), stop.clone())
+        })
+    });
     tasks.extend(replication::puller::spawn(&app, &stop));
     tasks.push(serve(listener, api::router(app.clone()), stop));
     tracing::info!(%addr, ?internal_addr, dc = %app.config.dc, node = %app.config.node, "coopr server listening");
@@ -502,6 +525,30 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     })
 }
 
+/// The placement voter's loops: its one-time initialization and the leader's duties.
+fn spawn_placement_loops(
+    loops: &Arc<Loops>,
+    group: &Arc<PlacementGroup>,
+    tick: Duration,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let initialize = {
+        let (group, stop) = (group.clone(), stop.clone());
+        spawn_supervised(loops, "placement-bootstrap", stop.clone(), move || {
+            group.clone().initialize(stop.clone())
+        })
+    };
+    let run = {
+        let (group, stop) = (group.clone(), stop.clone());
+        spawn_supervised(loops, "placement", stop.clone(), move || {
+            group.clone().run(tick, stop.clone())
+        })
+    };
+    vec![initialize, run]
+}
+
+/// Serves `router` until `stop`. Not supervised: hyper runs every connection in its own task,
+/// so a panic in a handler ends that connection only, never the listener.
 fn serve(
     listener: TcpListener,
     router: axum::Router,

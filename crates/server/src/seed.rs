@@ -35,7 +35,7 @@ fn tenant(name: &str) -> Tenant {
 
 async fn ensure_tenant(app: &App, name: &str) -> anyhow::Result<()> {
     if !app.core.read().global.tenants.contains_key(name) {
-        app.propose(
+        app.propose_system(
             Command::PutTenant {
                 tenant: tenant(name),
             },
@@ -54,7 +54,7 @@ async fn ensure_key(app: &App, tenant: &str, user: Option<&str>, key: &str) -> a
             user: user.map(str::to_string),
             key_sha256: hash,
         };
-        app.propose(Command::PutApiKey { key: record }, None)
+        app.propose_system(Command::PutApiKey { key: record }, None)
             .await??;
     }
     Ok(())
@@ -75,7 +75,7 @@ async fn ensure_catalog(app: &App, tenant: &str) -> anyhow::Result<()> {
         serde_json::from_str(EXAMPLE_CATALOG).context("example catalog is not JSON")?;
     let entities =
         validate_import(&body).map_err(|e| anyhow::anyhow!("example catalog: {}", e.message))?;
-    app.propose(
+    app.propose_system(
         Command::ImportCatalog {
             tenant: tenant.to_string(),
             entities,

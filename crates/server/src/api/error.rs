@@ -75,6 +75,7 @@ impl From<ProposeError> for ApiError {
             ProposeError::NoQuorum { .. } => "no_quorum",
             ProposeError::Storage(_) => "unavailable",
             ProposeError::Fenced(ref fenced) => fenced.code(),
+            ProposeError::WriteQueueFull { .. } => "write_queue_full",
         };
         let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string());
         err.retry_after_s = Some(1);

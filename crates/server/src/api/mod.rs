@@ -1,5 +1,6 @@
 //! The REST API under `/v2`, in Coopr's shapes, plus `/status`, `/ready` and `/metrics`.
 
+pub mod admission;
 pub mod catalog;
 pub mod clusters;
 pub mod error;
@@ -29,8 +30,11 @@ use error::{ApiError, ApiResult};
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The API port's routes, behind their admission (concurrency limits and timeouts per class,
+/// see [`admission`]), outermost so that a shed request costs no forwarding or parsing.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let admission = admission::Admission::public(&app.config);
+    let routes = Router::new()
         .merge(clusters::routes())
         .merge(catalog::routes())
         .merge(tenants::routes())
@@ -48,7 +52,8 @@ pub fn router(app: Arc<App>) -> Router {
             forward::route_to_leader,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(app)
+        .with_state(app);
+    admission.layer(routes)
 }
 
 /// Longest framework error text carried into a JSON error message.

@@ -4,6 +4,7 @@
 //! on nodes that can (a read-only node in the pool would fail every write sent to it).
 //!
 //! ```text
+//!  any node: every supervised loop running (none down or crash looping)?   -> else 503
 //!  leader:   seeded? && heard from a majority of the DC within an election timeout?
 //!            && (multi-DC) holds a valid lease?                        -> 200 / 503
 //!  follower: seeded? && knows a leader? && GET <leader>/ready?from_follower=true is 200
@@ -64,7 +65,18 @@ pub async fn ready(State(app): State<Arc<App>>, Query(query): Query<ReadyQuery>)
         "ready": true, "dc": app.config.dc, "node": app.config.node,
         "leader_id": raft.leader, "seeded": seeded, "last_applied": raft.last_applied,
     });
-    if !seeded {
+    // A node whose driver, lease loop or puller died would accept writes it cannot carry
+    // through (jobs that never time out, a lease that runs out, replicas that fall behind).
+    let unhealthy = app.loops.unhealthy();
+    if !unhealthy.is_empty() {
+        body["loops"] = json!(unhealthy
+            .iter()
+            .map(|(name, why)| json!({"loop": name, "state": why}))
+            .collect::<Vec<_>>());
+    }
+    if let Some((name, why)) = unhealthy.first() {
+        not_ready(&mut body, &format!("loop_{why}: {name}"));
+    } else if !seeded {
         not_ready(&mut body, "not_seeded");
     } else if app.core.raft().is_leader() {
         leader_checks(&app, &raft, &mut body);

@@ -71,9 +71,22 @@ fn unfenced(command: &Command) -> bool {
 }
 
 impl App {
-    /// Commits a command in the DC log, fenced by the DC's lease in a multi-DC deployment (see
-    /// the module doc). Every write of the API, the driver and the pullers goes through here.
+    /// Commits a client's command (user or provisioner API) in the DC log: admitted by the
+    /// write queue (503 `write_queue_full` when `max_client_writes_in_flight` are in flight,
+    /// see [`crate::core::WriteQueue`]), then as [`App::propose_system`].
     pub async fn propose(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<CommandResult, ProposeError> {
+        let _place = self.write_queue.admit()?;
+        self.propose_system(command, idempotency_key).await
+    }
+
+    /// Commits one of the node's own commands (driver, seeding, lease reconcile, replication)
+    /// in the DC log, fenced by the DC's lease in a multi-DC deployment (see the module doc).
+    /// Takes no place in the write queue: client writes cannot starve these.
+    pub async fn propose_system(
         &self,
         command: Command,
         idempotency_key: Option<String>,
@@ -418,7 +431,7 @@ async fn reconcile(app: &App) {
     };
     for command in commands {
         let what = format!("{command:?}");
-        match app.propose(command, None).await {
+        match app.propose_system(command, None).await {
             Ok(Ok(outcome)) => {
                 tracing::info!(command = %what, ?outcome, "ownership change applied");
                 // Report it (a freeze's final position, a seal) or start writing without

@@ -268,7 +268,7 @@ pub async fn trim_outboxes(app: &App) {
     };
     for (shard, through_seq) in trims {
         match app
-            .propose(Command::TrimOutbox { shard, through_seq }, None)
+            .propose_system(Command::TrimOutbox { shard, through_seq }, None)
             .await
         {
             Ok(Ok(_)) => tracing::debug!(%shard, through_seq, "outbox trimmed"),

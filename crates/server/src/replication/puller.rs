@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use super::{PullRequest, PullResponse, SeedRequest, PULL_PATH, SECRET_HEADER, SEED_PATH};
 use crate::core::{now_ms, ProposeError};
+use crate::supervise::spawn_supervised;
 use crate::{App, Member};
 
 /// How often a node that does not lead checks again.
@@ -41,16 +42,27 @@ const SEED_RETRY: Duration = Duration::from_secs(2);
 /// Added to the long-poll wait for the HTTP timeout of a pull.
 const PULL_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 
-/// Starts one stream per other DC; each pulls the shards that DC owns in the current map.
+/// Starts one stream per other DC, supervised (`replication-puller-<dc>`); each pulls the
+/// shards that DC owns in the current map.
 pub fn spawn(app: &Arc<App>, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for (owner_dc, nodes) in &app.config.remote_dcs {
-        let stream = Stream {
-            app: app.clone(),
-            owner_dc: owner_dc.clone(),
-            nodes: nodes.clone(),
-        };
-        tasks.push(tokio::spawn(stream.run(stop.clone())));
+        let (app, owner_dc, nodes, stop) =
+            (app.clone(), owner_dc.clone(), nodes.clone(), stop.clone());
+        let name = format!("replication-puller-{owner_dc}");
+        tasks.push(spawn_supervised(
+            &app.loops.clone(),
+            name,
+            stop.clone(),
+            move || {
+                let stream = Stream {
+                    app: app.clone(),
+                    owner_dc: owner_dc.clone(),
+                    nodes: nodes.clone(),
+                };
+                stream.run(stop.clone())
+            },
+        ));
     }
     tasks
 }
@@ -300,7 +312,7 @@ impl Stream {
         let command = Command::SeedReplica {
             seed: Box::new(seed),
         };
-        match self.app.propose(command, None).await {
+        match self.app.propose_system(command, None).await {
             Ok(Ok(_)) => {
                 tracing::warn!(%shard, owner_dc = %self.owner_dc, position = ?at, bytes = json.len(),
                     took_ms = started.elapsed().as_millis() as u64, "copy re-seeded from a snapshot of the owner's shard");
@@ -447,7 +459,7 @@ impl Stream {
                 records: batch.records,
                 epoch_start: batch.epoch_start,
             };
-            match self.app.propose(command, None).await? {
+            match self.app.propose_system(command, None).await? {
                 Ok(_) => {
                     metrics::counter!("coopr_replication_records_applied_total", "owner_dc" => self.owner_dc.clone())
                         .increment(count as u64);

@@ -293,6 +293,11 @@ impl TestServer {
     pub fn app(&self) -> &coopr_server::App {
         &self.handle.as_ref().expect("running").app
     }
+
+    /// The internal port's address, when the server has one.
+    pub fn internal_addr(&self) -> Option<std::net::SocketAddr> {
+        self.handle.as_ref().expect("running").internal_addr
+    }
 }
 
 impl std::ops::Deref for TestServer {
