@@ -270,6 +270,7 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
         count: file.demo_workers,
         fake_cloud_url: file.fake_cloud_url,
     };
+    let defaults = ServerConfig::default();
     Ok((
         ServerConfig {
             dc: file.dc,
@@ -299,7 +300,22 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
                 file.placement_election_timeout_max_ms,
             ),
             witness: file.peers.iter().any(|p| p.id == me && p.witness),
-            ..ServerConfig::default()
+            api_request_timeout_ms: file
+                .api_request_timeout_ms
+                .unwrap_or(defaults.api_request_timeout_ms),
+            api_max_concurrent_requests: file
+                .api_max_concurrent_requests
+                .unwrap_or(defaults.api_max_concurrent_requests),
+            internal_request_timeout_ms: file
+                .internal_request_timeout_ms
+                .unwrap_or(defaults.internal_request_timeout_ms),
+            internal_max_concurrent_requests: file
+                .internal_max_concurrent_requests
+                .unwrap_or(defaults.internal_max_concurrent_requests),
+            max_client_writes_in_flight: file
+                .max_client_writes_in_flight
+                .unwrap_or(defaults.max_client_writes_in_flight),
+            ..defaults
         },
         workers,
     ))
@@ -521,5 +537,45 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// The admission settings of a node's TOML reach the server; unset ones keep the
+    /// server's defaults.
+    #[test]
+    fn admission_settings_come_from_the_node_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = crate::node_config::InitClusterArgs {
+            dcs: 1,
+            nodes_per_dc: 1,
+            base_port: 7100,
+            out: dir.path().to_path_buf(),
+            demo: false,
+            shards: 4,
+            witness: false,
+        };
+        let endpoints =
+            crate::node_config::init_cluster(&args, "0123456789abcdef0123", "k").unwrap();
+        let path = &endpoints[0].config;
+        let defaults = coopr_server::ServerConfig::default();
+        let (config, _) = super::server_config_from_file(path).unwrap();
+        assert_eq!(
+            config.api_max_concurrent_requests,
+            defaults.api_max_concurrent_requests
+        );
+        let mut text = std::fs::read_to_string(path).unwrap();
+        text = text.replacen(
+            "[[peers]]",
+            "api_max_concurrent_requests = 7\nmax_client_writes_in_flight = 9\napi_request_timeout_ms = 1500\n\n[[peers]]",
+            1,
+        );
+        std::fs::write(path, text).unwrap();
+        let (config, _) = super::server_config_from_file(path).unwrap();
+        assert_eq!(config.api_max_concurrent_requests, 7);
+        assert_eq!(config.max_client_writes_in_flight, 9);
+        assert_eq!(config.api_request_timeout_ms, 1_500);
+        assert_eq!(
+            config.internal_max_concurrent_requests,
+            defaults.internal_max_concurrent_requests
+        );
     }
 }

@@ -100,6 +100,19 @@ pub struct NodeConfig {
     /// leader aborts it, in ms; at least `lease_ms`. Default 30000.
     #[serde(default = "default_handover_timeout_ms")]
     pub handover_timeout_ms: u64,
+    /// Request admission (see the server's `config.rs` for the defaults and bounds): the
+    /// user API's request timeout and concurrency limit, the internal port's, and the client
+    /// writes that may wait for the DC log at once. Unset: the server's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_request_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_max_concurrent_requests: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_request_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_max_concurrent_requests: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_client_writes_in_flight: Option<usize>,
     /// File with the superadmin key created at first start. Default: none (generated).
     #[serde(default)]
     pub admin_key_file: Option<PathBuf>,
@@ -552,6 +565,11 @@ pub fn init_cluster(
             placement_election_timeout_min_ms: default_placement_election_min(),
             placement_election_timeout_max_ms: default_placement_election_max(),
             handover_timeout_ms: default_handover_timeout_ms(),
+            api_request_timeout_ms: None,
+            api_max_concurrent_requests: None,
+            internal_request_timeout_ms: None,
+            internal_max_concurrent_requests: None,
+            max_client_writes_in_flight: None,
             admin_key_file: Some(PathBuf::from("admin-key")),
             peers: peers.clone(),
         };

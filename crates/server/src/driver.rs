@@ -129,7 +129,7 @@ async fn delete_orphans(app: &App) {
             services: Vec::new(),
             config: None,
         };
-        match app.propose(command, None).await {
+        match app.propose_system(command, None).await {
             Ok(Ok(_)) => {
                 metrics::counter!("coopr_orphaned_clusters_deleted_total").increment(1);
                 tracing::warn!(%cluster, "deleting a cluster whose tenant was deleted");
