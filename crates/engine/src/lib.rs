@@ -35,6 +35,6 @@ pub use layout::{
     FIRST_NODENUM,
 };
 pub use macros::{
-    expand_str, expand_value, validate, MacroContext, MacroError, MacroNode, MAX_EXPANSION_BYTES,
+    expand_str, expand_value, MacroContext, MacroError, MacroNode, MAX_EXPANSION_BYTES,
 };
 pub use planner::{plan, task_sequence, PlanInput, PlannedTask};

@@ -416,6 +416,9 @@ fn parse(macro_text: &str) -> Result<Expression<'_>, MacroError> {
     })
 }
 
+/// A macro name and its `[instance]`.
+type Basic<'a> = (&'a str, Option<usize>);
+
 struct Parser<'a> {
     input: &'a str,
     /// A byte offset into `input`, always at a character boundary.
@@ -442,8 +445,7 @@ impl<'a> Parser<'a> {
     }
 
     /// `map(basic,'format')` or `basic`.
-    #[allow(clippy::type_complexity)]
-    fn inner(&mut self) -> Result<((&'a str, Option<usize>), Option<&'a str>), String> {
+    fn inner(&mut self) -> Result<(Basic<'a>, Option<&'a str>), String> {
         if self.eat("map(") {
             let basic = self.basic()?;
             self.expect(',')?;
@@ -456,7 +458,7 @@ impl<'a> Parser<'a> {
     }
 
     /// A macro name, then an optional `[instance]`.
-    fn basic(&mut self) -> Result<(&'a str, Option<usize>), String> {
+    fn basic(&mut self) -> Result<Basic<'a>, String> {
         let rest = &self.input[self.pos..];
         let name_len = rest
             .char_indices()
@@ -500,17 +502,17 @@ impl<'a> Parser<'a> {
     /// `'...'` or `"..."`, without escapes.
     fn literal(&mut self) -> Result<&'a str, String> {
         let rest = &self.input[self.pos..];
-        let quote = match rest.chars().next() {
+        let delimiter = match rest.chars().next() {
             Some(c @ ('\'' | '"')) => c,
             _ => return Err(format!("' or \" expected at position {}", self.pos)),
         };
-        match rest[1..].find(quote) {
+        match rest[1..].find(delimiter) {
             Some(end) => {
                 self.pos += end + 2;
                 Ok(&rest[1..end + 1])
             }
             None => Err(format!(
-                "no closing {quote} for the string at position {}",
+                "no closing {delimiter} for the string at position {}",
                 self.pos
             )),
         }
