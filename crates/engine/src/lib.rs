@@ -22,14 +22,19 @@
 //! - [`layout`]: which services go on which machine (template constraints, dependencies).
 //! - [`planner`]: an operation's stages of tasks, ordered by service dependencies.
 //! - [`job`]: the job state machine (hand out, finish, retry, time out, abort, pause, resume).
+//! - [`macros`]: Coopr's `%...%` macros in config and action data, expanded for a task's node.
 
 pub mod job;
 pub mod layout;
+pub mod macros;
 pub mod planner;
 
 pub use job::{cluster_status_after, JobEffect, JobError, JobRun};
 pub use layout::{
     solve_added_services, solve_layout, AddServicesRequest, LayoutError, LayoutRequest, NodeLayout,
     FIRST_NODENUM,
+};
+pub use macros::{
+    expand_str, expand_value, MacroContext, MacroError, MacroNode, MAX_EXPANSION_BYTES,
 };
 pub use planner::{plan, task_sequence, PlanInput, PlannedTask};
