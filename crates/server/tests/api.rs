@@ -1341,3 +1341,93 @@ async fn deleting_what_does_not_exist_is_404_and_writes_nothing() {
         .assert_error(404);
     srv.stop().await;
 }
+
+/// The cluster config's macros reach a provisioner expanded for the task's node (Coopr's
+/// `%host.self%`, `%num.service.<svc>%`, `%cluster.owner%`, `join(map(...))`), except in the
+/// provider's tasks (CREATE, CONFIRM), which get the config as written. A macro that cannot be
+/// expanded fails the task's attempts (the worker gets no task) until the job fails, with the
+/// reason in its message.
+#[tokio::test]
+async fn cluster_config_macros_are_expanded_for_each_node() {
+    let srv = TestServer::start().await;
+    let worker = Worker::register(&srv, "p1", "w1").await;
+    let config = json!({
+        "me": "%host.self%",
+        "count": "%num.service.base%",
+        "owner": "%cluster.owner%",
+        "all": "%join(map(host.service.base,'$:2181'),',')%",
+        "nested": {"list": ["first=%host.service.base[0]%"]},
+    });
+    let created = srv
+        .post(
+            "/v2/clusters",
+            &Auth::Demo,
+            json!({"name": "zk", "clusterTemplate": "base", "numMachines": 2, "config": config}),
+        )
+        .await;
+    let id = created.assert_ok()["id"].as_str().expect("id").to_string();
+    let mut service_tasks = 0;
+    while let Some(task) = worker.take().await {
+        let cluster = &task["config"]["cluster"];
+        match task["taskName"].as_str() {
+            Some("CREATE" | "CONFIRM") => assert_eq!(cluster["me"], "%host.self%"),
+            _ => {
+                let n = task["config"]["nodenum"].as_u64().expect("nodenum");
+                assert_eq!(cluster["me"], format!("node{n}.test"), "{task}");
+                assert_eq!(cluster["count"], "2");
+                assert_eq!(cluster["owner"], "demo");
+                let all = cluster["all"].as_str().expect("all");
+                assert_eq!(all.split(',').count(), 2, "{all}");
+                assert!(all.split(',').all(|h| h.ends_with(".test:2181")), "{all}");
+                let first = cluster["nested"]["list"][0].as_str().expect("list");
+                assert!(first.starts_with("first=node"), "{first}");
+                service_tasks += 1;
+            }
+        }
+        worker.finish(&task, 0).await;
+    }
+    assert!(service_tasks > 0, "no service task ran");
+    assert_eq!(srv.cluster_status(&id).await["status"], "active");
+    // The config as stored and shown stays unexpanded.
+    let shown = srv.get(&format!("/v2/clusters/{id}"), &Auth::Demo).await;
+    assert_eq!(shown.assert_ok()["config"]["me"], "%host.self%");
+
+    tracing::info!("--- an instance past the last node: the job fails, saying why");
+    let created = srv
+        .post(
+            "/v2/clusters",
+            &Auth::Demo,
+            json!({"name": "bad", "clusterTemplate": "base", "numMachines": 1,
+                   "config": {"x": "%host.service.base[5]%"}}),
+        )
+        .await;
+    let id = created.assert_ok()["id"].as_str().expect("id").to_string();
+    let status = common::wait_for("the job to fail", || async {
+        if let Some(task) = worker.take().await {
+            assert!(
+                matches!(task["taskName"].as_str(), Some("CREATE" | "CONFIRM")),
+                "a task with an unexpandable config was handed out: {task}"
+            );
+            worker.finish(&task, 0).await;
+        }
+        let status = srv.cluster_status(&id).await;
+        (status["actionstatus"] == "failed").then_some(status)
+    })
+    .await;
+    assert_eq!(status["status"], "incomplete", "{status}");
+    let shown = srv.get(&format!("/v2/clusters/{id}"), &Auth::Demo).await;
+    assert!(
+        shown.text.contains("instance_out_of_range"),
+        "the reason is shown: {}",
+        shown.text
+    );
+    let metrics = srv.get("/metrics", &Auth::Superadmin).await;
+    assert!(
+        metrics
+            .text
+            .contains("coopr_macro_expansion_failures_total 3"),
+        "{}",
+        metrics.text
+    );
+    srv.stop().await;
+}

@@ -132,7 +132,7 @@ async fn take(
     // The worker id is stored with the task it takes.
     limits::text("provisionerId", &body.provisioner_id, limits::MAX_ID_BYTES)?;
     limits::text("workerId", &body.worker_id, limits::MAX_ID_BYTES)?;
-    {
+    let held = {
         let state = app.core.read();
         if !state.local.provisioners.contains_key(&body.provisioner_id) {
             return Err(ApiError::forbidden(format!(
@@ -145,24 +145,25 @@ async fn take(
         app.heartbeat(&body.provisioner_id);
         // A worker asking for work while the log says it holds a task lost the answer to its
         // take (e.g. the leader died before answering): it gets that task again.
-        if let Some(held) = state.task_held_by_worker(&body.provisioner_id, &body.worker_id) {
-            let view = state
-                .task(held)
-                .and_then(|task| views::task_for_provisioner(&state, task))
-                .ok_or_else(|| ApiError::not_found("task", held))?;
-            return Ok(Json(view).into_response());
-        }
+        let held = state.task_held_by_worker(&body.provisioner_id, &body.worker_id);
         // Polling an empty queue must not cost a log write, and neither should polls racing
         // for fewer queued tasks than there are takes already on their way to the log.
-        if app.takes_in_flight.load(Ordering::Acquire) >= state.queued_task_count() {
+        if held.is_none()
+            && app.takes_in_flight.load(Ordering::Acquire) >= state.queued_task_count()
+        {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
+        held
+    };
+    if let Some(held) = held {
+        return hand_out(&app, &body.provisioner_id, &body.worker_id, held).await;
     }
     app.takes_in_flight.fetch_add(1, Ordering::AcqRel);
     let _in_flight = InFlight(&app.takes_in_flight);
+    let (provisioner_id, worker_id) = (body.provisioner_id, body.worker_id);
     let command = Command::TakeTask {
-        provisioner_id: body.provisioner_id,
-        worker_id: body.worker_id,
+        provisioner_id: provisioner_id.clone(),
+        worker_id: worker_id.clone(),
         tenant_id: body.tenant_id,
         timeout_ms: app.config.task_timeout_ms,
         shards: app.runnable_shards(),
@@ -173,13 +174,50 @@ async fn take(
     else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let state = app.core.read();
-    let task = state
-        .task(task_id)
-        .ok_or_else(|| ApiError::not_found("task", task_id))?;
-    let view = views::task_for_provisioner(&state, task)
-        .ok_or_else(|| ApiError::not_found("task", task_id))?;
-    Ok(Json(view).into_response())
+    hand_out(&app, &provisioner_id, &worker_id, task_id).await
+}
+
+/// Answers a take with the task `worker_id` holds. When the cluster config's macros cannot be
+/// expanded for it, the attempt fails on the worker's behalf (status -1, the reason in its
+/// stderr and in the job's message, as Coopr fails such a task; retried like any failed
+/// attempt, then the job fails) and the worker gets no task (204).
+async fn hand_out(
+    app: &App,
+    provisioner_id: &str,
+    worker_id: &str,
+    task_id: TaskId,
+) -> ApiResult<Response> {
+    let view = {
+        let state = app.core.read();
+        let task = state
+            .task(task_id)
+            .ok_or_else(|| ApiError::not_found("task", task_id))?;
+        views::task_for_provisioner(&state, task)
+            .ok_or_else(|| ApiError::not_found("task", task_id))?
+    };
+    let error = match view {
+        Ok(view) => return Ok(Json(view).into_response()),
+        Err(e) => e,
+    };
+    tracing::warn!(task = %task_id, code = error.code(), error = %error, "macro expansion failed");
+    metrics::counter!("coopr_macro_expansion_failures_total").increment(1);
+    let result = TaskResult {
+        provisioner_id: provisioner_id.to_string(),
+        worker_id: worker_id.to_string(),
+        task: task_id,
+        status: -1,
+        stdout: String::new(),
+        stderr: format!(
+            "Exception while expanding macros ({}): {error}",
+            error.code()
+        ),
+        hostname: None,
+        ipaddresses: None,
+        result: JsonMap::new(),
+    };
+    app.propose(Command::FinishTask(Box::new(result)), None)
+        .await??;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Counts a take proposal as in flight until it is answered (or its request is dropped).

@@ -228,14 +228,37 @@ pub fn replica_detail(view: &ClusterView) -> Value {
     v
 }
 
-/// The task JSON a provisioner receives from `POST /v2/tasks/take`.
-pub fn task_for_provisioner(state: &State, task: &Task) -> Option<Value> {
+/// The task JSON a provisioner receives from `POST /v2/tasks/take` (`None`: no such task or
+/// node). The cluster config's macros (`%host.service.zookeeper%`, ...; `coopr_engine::macros`)
+/// are expanded for the task's node, except for the provider's tasks (CREATE, CONFIRM,
+/// DELETE), as Coopr does; a macro that cannot be expanded is the error.
+pub fn task_for_provisioner(
+    state: &State,
+    task: &Task,
+) -> Option<Result<Value, coopr_engine::MacroError>> {
     let record = state.cluster(task.cluster_id)?;
     let node = record.nodes.get(&task.node_id)?;
     let c = &record.cluster;
     let p = &node.properties;
+    let cluster_config = if task.task_name.is_provider_task() {
+        Value::Object(c.config.clone())
+    } else {
+        let context = coopr_engine::MacroContext {
+            cluster_owner: c.account.user_id.clone(),
+            nodes: record
+                .nodes
+                .values()
+                .map(coopr_engine::macros::MacroNode::from)
+                .collect(),
+            task_node: Some(task.node_id.clone()),
+        };
+        match coopr_engine::expand_value(&Value::Object(c.config.clone()), &context) {
+            Ok(expanded) => expanded,
+            Err(e) => return Some(Err(e)),
+        }
+    };
     let mut config = Map::new();
-    config.insert("cluster".into(), Value::Object(c.config.clone()));
+    config.insert("cluster".into(), cluster_config);
     if task.task_name.is_service_task() {
         let action = record
             .service_defs
@@ -279,7 +302,7 @@ pub fn task_for_provisioner(state: &State, task: &Task) -> Option<Value> {
     for (k, v) in &node.provisioner_results {
         config.insert(k.clone(), v.clone());
     }
-    Some(json!({
+    Some(Ok(json!({
         "taskId": task.id,
         "jobId": task.job_id,
         "clusterId": task.cluster_id,
@@ -287,5 +310,5 @@ pub fn task_for_provisioner(state: &State, task: &Task) -> Option<Value> {
         "nodeId": task.node_id,
         "attempt": task.attempts,
         "config": config,
-    }))
+    })))
 }
