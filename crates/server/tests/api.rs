@@ -713,7 +713,7 @@ async fn bad_cluster_input_is_rejected() {
 #[tokio::test]
 async fn bad_catalog_input_is_rejected() {
     let srv = TestServer::start().await;
-    let admin = Auth::of("admin", "demo", "demo-key");
+    let admin = Auth::of("admin", "demo", "demo-admin-key");
     let export = srv.get("/v2/export", &admin).await.assert_ok().clone();
     let small = srv
         .get("/v2/hardwaretypes/small", &admin)
@@ -1181,7 +1181,7 @@ async fn framework_errors_are_json() {
 #[tokio::test]
 async fn template_sync_then_add_new_service() {
     let srv = TestServer::start().await;
-    let admin = Auth::of("admin", "demo", "demo-key");
+    let admin = Auth::of("admin", "demo", "demo-admin-key");
     let worker = Worker::register(&srv, "p1", "w1").await;
     let id = srv.create_cluster("lamp", 1).await;
     let base = format!("/v2/clusters/{id}");
@@ -1299,7 +1299,7 @@ async fn lost_take_answer_hands_the_task_back() {
 #[tokio::test]
 async fn deleting_what_does_not_exist_is_404_and_writes_nothing() {
     let srv = TestServer::start().await;
-    let admin = Auth::of("admin", "demo", "demo-key");
+    let admin = Auth::of("admin", "demo", "demo-admin-key");
     let records = || {
         srv.app()
             .core
