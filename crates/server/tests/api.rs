@@ -454,7 +454,11 @@ async fn authentication_and_tenant_isolation() {
     .await
     .assert_ok();
     let key = srv
-        .post("/v2/tenants/acme/apikeys", &Auth::Superadmin, json!({}))
+        .post(
+            "/v2/tenants/acme/apikeys",
+            &Auth::Superadmin,
+            json!({"user": "admin"}),
+        )
         .await;
     let key = key.assert_ok()["key"].as_str().unwrap().to_string();
     let acme = Auth::of("admin", "acme", &key);
@@ -862,16 +866,21 @@ async fn bad_tenant_input_is_rejected() {
     )
     .await
     .assert_error(400);
-    srv.post("/v2/tenants/ghost/apikeys", &Auth::Superadmin, json!({}))
-        .await
-        .assert_error(404);
     srv.post(
-        "/v2/tenants/demo/apikeys",
+        "/v2/tenants/ghost/apikeys",
         &Auth::Superadmin,
-        json!({"key": "short"}),
+        json!({"user": "admin"}),
     )
     .await
-    .assert_error(400);
+    .assert_error(404);
+    let short = srv
+        .post(
+            "/v2/tenants/demo/apikeys",
+            &Auth::Superadmin,
+            json!({"user": "demo", "key": "short"}),
+        )
+        .await;
+    assert_eq!(short.assert_error(400), "invalid_key");
     srv.get("/v2/tenants/ghost", &Auth::Superadmin)
         .await
         .assert_error(404);
