@@ -600,11 +600,17 @@ async fn keys_are_bound_to_users_and_admin_needs_an_admin_key() {
     .await;
     r.assert_ok();
     let r = srv
-        .get("/v2/tenants", &Auth::of("admin", "superadmin", "super-shared-0"))
+        .get(
+            "/v2/tenants",
+            &Auth::of("admin", "superadmin", "super-shared-0"),
+        )
         .await;
     assert_eq!(r.assert_error(401), "admin_key_required");
     let r = srv
-        .get("/v2/tenants", &Auth::of("ops", "superadmin", "super-shared-0"))
+        .get(
+            "/v2/tenants",
+            &Auth::of("ops", "superadmin", "super-shared-0"),
+        )
         .await;
     assert_eq!(r.assert_error(403), "forbidden");
     let take = json!({"provisionerId": "p1", "workerId": "w1"});

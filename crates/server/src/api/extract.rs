@@ -340,7 +340,10 @@ mod tests {
         assert!(caller(ADMIN_USER, true).require_admin().is_ok());
         assert!(!caller(ADMIN_USER, false).is_admin());
         assert_eq!(
-            caller(ADMIN_USER, false).require_superadmin().unwrap_err().code,
+            caller(ADMIN_USER, false)
+                .require_superadmin()
+                .unwrap_err()
+                .code,
             "forbidden"
         );
         assert!(!caller("bob", true).is_admin());
