@@ -89,18 +89,22 @@ impl Api {
         Api::as_user(url, coopr_server::seed::DEMO_USER)
     }
 
-    /// As a user of the demo tenant (`admin` may write the tenant's catalog).
+    /// As a user of the demo tenant (`admin`, with the tenant admin's key, may write the
+    /// tenant's catalog).
     pub fn as_user(url: String, user: &'static str) -> anyhow::Result<Api> {
+        use coopr_server::seed::{DEMO_KEY, DEMO_TENANT_ADMIN_KEY};
+        let key = if user == coopr_server::api::extract::ADMIN_USER {
+            DEMO_TENANT_ADMIN_KEY
+        } else {
+            DEMO_KEY
+        };
         let mut headers = HeaderMap::new();
         headers.insert("Coopr-UserID", HeaderValue::from_static(user));
         headers.insert(
             "Coopr-TenantID",
             HeaderValue::from_static(coopr_server::seed::DEMO_TENANT),
         );
-        headers.insert(
-            "Coopr-ApiKey",
-            HeaderValue::from_static(coopr_server::seed::DEMO_KEY),
-        );
+        headers.insert("Coopr-ApiKey", HeaderValue::from_static(key));
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .build()?;

@@ -51,7 +51,8 @@ pub struct Connection {
     /// User id (sent as Coopr-UserID)
     #[arg(long, env = "COOPR_USER", default_value = "demo", global = true)]
     pub user: String,
-    /// API key (sent as Coopr-ApiKey)
+    /// API key (sent as Coopr-ApiKey); it must be bound to the user above, or created for any
+    /// user of the tenant, which never acts as `admin`
     #[arg(
         long = "api-key",
         env = "COOPR_API_KEY",

@@ -204,7 +204,8 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
          curl -s {url}/status   # role, leader, term of the DC log\n\
          The fake cloud every datacenter's workers share (each machine by node id, with its creates and deletes):\n  \
          curl -s {cloud_url}/machines\n{replication}\
-         Superadmin: tenant superadmin, user admin, key admin-key. Metrics: {url}/metrics\n\
+         Superadmin: tenant superadmin, user admin, key admin-key. Admin of tenant demo: user admin,\n\
+         key demo-admin-key (demo-key is user demo's only). Metrics: {url}/metrics\n\
          Ctrl-C stops the demo.",
         args.dcs,
         args.nodes_per_dc,

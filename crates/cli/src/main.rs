@@ -107,7 +107,8 @@ struct ProvisionerArgs {
     /// Number of workers (tasks run at once).
     #[arg(long, default_value_t = 4)]
     capacity: u32,
-    /// A superadmin-tenant API key (provisioners authenticate with it).
+    /// The superadmin's API key (of tenant `superadmin`, bound to user `admin`; provisioners
+    /// authenticate with it).
     #[arg(long = "api-key", env = "COOPR_PROVISIONER_KEY")]
     api_key: Option<String>,
     /// Take only tasks of this tenant id.

@@ -1,6 +1,9 @@
 //! First-start bootstrap: the superadmin tenant and its key; in demo mode also the `demo`
-//! tenant (key `demo-key`), the superadmin key `admin-key` and the example catalog. Seeding only
-//! writes what is missing, so a restarted server changes nothing.
+//! tenant (key `demo-key` for user `demo`, key `demo-admin-key` for its admin), the superadmin
+//! key `admin-key` and the example catalog. Every seeded key is bound to one user: the
+//! superadmin's and the tenant admin's to `admin` (see `api::extract`). Seeding only writes what
+//! is missing, so a restarted server changes nothing; a `demo-key` stored by an older version
+//! without a user stays valid for every user of `demo` except `admin`.
 //!
 //! Tenants, keys and the catalog live in the global shard, so only the DC that owns it seeds
 //! (see `driver::become_leader`); the other DCs get the seeded records by replication and are
@@ -19,7 +22,11 @@ pub const EXAMPLE_CATALOG: &str = include_str!("../../../examples/catalog.json")
 
 pub const DEMO_TENANT: &str = "demo";
 pub const DEMO_USER: &str = "demo";
+/// The demo user's key (bound to [`DEMO_USER`]).
 pub const DEMO_KEY: &str = "demo-key";
+/// The demo tenant admin's key (bound to `admin` of [`DEMO_TENANT`]).
+pub const DEMO_TENANT_ADMIN_KEY: &str = "demo-admin-key";
+/// The superadmin's key in demo mode (bound to `admin` of `superadmin`).
 pub const DEMO_ADMIN_KEY: &str = "admin-key";
 
 fn tenant(name: &str) -> Tenant {
@@ -46,12 +53,12 @@ async fn ensure_tenant(app: &App, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ensure_key(app: &App, tenant: &str, user: Option<&str>, key: &str) -> anyhow::Result<()> {
+async fn ensure_key(app: &App, tenant: &str, user: &str, key: &str) -> anyhow::Result<()> {
     let hash = hash_api_key(key);
     if !app.core.read().global.api_keys.contains_key(&hash) {
         let record = ApiKey {
             tenant: tenant.to_string(),
-            user: user.map(str::to_string),
+            user: Some(user.to_string()),
             key_sha256: hash,
         };
         app.propose_system(Command::PutApiKey { key: record }, None)
@@ -106,10 +113,11 @@ pub async fn bootstrap(app: &App) -> anyhow::Result<()> {
     let first_start = !app.core.read().global.tenants.contains_key(SUPERADMIN);
     ensure_tenant(app, SUPERADMIN).await?;
     if app.config.demo {
-        ensure_key(app, SUPERADMIN, Some(ADMIN_USER), DEMO_ADMIN_KEY).await?;
+        ensure_key(app, SUPERADMIN, ADMIN_USER, DEMO_ADMIN_KEY).await?;
         ensure_catalog(app, SUPERADMIN).await?;
         ensure_tenant(app, DEMO_TENANT).await?;
-        ensure_key(app, DEMO_TENANT, None, DEMO_KEY).await?;
+        ensure_key(app, DEMO_TENANT, DEMO_USER, DEMO_KEY).await?;
+        ensure_key(app, DEMO_TENANT, ADMIN_USER, DEMO_TENANT_ADMIN_KEY).await?;
         ensure_catalog(app, DEMO_TENANT).await?;
     } else if first_start {
         let key = match &app.config.admin_key {
@@ -123,7 +131,7 @@ pub async fn bootstrap(app: &App) -> anyhow::Result<()> {
                 k
             }
         };
-        ensure_key(app, SUPERADMIN, Some(ADMIN_USER), &key).await?;
+        ensure_key(app, SUPERADMIN, ADMIN_USER, &key).await?;
     }
     Ok(())
 }

@@ -454,7 +454,11 @@ async fn authentication_and_tenant_isolation() {
     .await
     .assert_ok();
     let key = srv
-        .post("/v2/tenants/acme/apikeys", &Auth::Superadmin, json!({}))
+        .post(
+            "/v2/tenants/acme/apikeys",
+            &Auth::Superadmin,
+            json!({"user": "admin"}),
+        )
         .await;
     let key = key.assert_ok()["key"].as_str().unwrap().to_string();
     let acme = Auth::of("admin", "acme", &key);
@@ -510,6 +514,151 @@ async fn authentication_and_tenant_isolation() {
     srv.delete("/v2/tenants/superadmin", &Auth::Superadmin)
         .await
         .assert_error(403);
+    srv.stop().await;
+}
+
+/// Keys are bound to users: a key created without `user` is refused (400 `user_required`); a
+/// key bound to `alice` authenticates only alice; a key for any user of the tenant (`anyUser`,
+/// stored without a user exactly as keys of older versions were) never authenticates `admin`,
+/// neither the tenant admin nor the superadmin, nor a provisioner (401 `admin_key_required`);
+/// admin rights come with a key bound to `admin`. Checked call by call, with the error codes.
+#[tokio::test]
+async fn keys_are_bound_to_users_and_admin_needs_an_admin_key() {
+    let srv = TestServer::start().await;
+    let id = srv.create_cluster("base", 1).await;
+    let create_key = |tenant: &'static str, body: Value| {
+        let srv = &srv;
+        async move {
+            srv.post(
+                &format!("/v2/tenants/{tenant}/apikeys"),
+                &Auth::Superadmin,
+                body,
+            )
+            .await
+        }
+    };
+
+    // A key names its user, or asks for any user; never neither, never both.
+    let r = create_key("demo", json!({})).await;
+    assert_eq!(r.assert_error(400), "user_required");
+    let r = create_key("demo", json!({"key": "no-user-key-0"})).await;
+    assert_eq!(r.assert_error(400), "user_required");
+    let r = create_key("demo", json!({"user": "alice", "anyUser": true})).await;
+    assert_eq!(r.assert_error(400), "invalid_key_binding");
+    let r = create_key("demo", json!({"user": ""})).await;
+    assert_eq!(r.assert_error(400), "invalid_user");
+    srv.get("/v2/clusters", &Auth::of("bob", "demo", "no-user-key-0"))
+        .await
+        .assert_error(401);
+
+    // A key bound to alice is alice's only.
+    let r = create_key("demo", json!({"user": "alice", "key": "alice-key-0"})).await;
+    assert_eq!(
+        r.assert_ok(),
+        &json!({"key": "alice-key-0", "user": "alice"})
+    );
+    assert_eq!(
+        srv.get("/v2/clusters", &Auth::of("alice", "demo", "alice-key-0"))
+            .await
+            .assert_ok(),
+        &json!([])
+    );
+    for user in ["bob", "admin"] {
+        let r = srv
+            .get("/v2/clusters", &Auth::of(user, "demo", "alice-key-0"))
+            .await;
+        assert_eq!(r.assert_error(401), "unauthorized", "as {user}");
+    }
+
+    // A key for any user of the tenant: any user but admin.
+    let r = create_key("demo", json!({"anyUser": true, "key": "shared-key-0"})).await;
+    assert_eq!(
+        r.assert_ok(),
+        &json!({"key": "shared-key-0", "anyUser": true})
+    );
+    let bob = Auth::of("bob", "demo", "shared-key-0");
+    assert_eq!(srv.get("/v2/clusters", &bob).await.assert_ok(), &json!([]));
+    let as_admin = Auth::of("admin", "demo", "shared-key-0");
+    let r = srv.get("/v2/clusters", &as_admin).await;
+    assert_eq!(r.assert_error(401), "admin_key_required");
+    let r = srv
+        .post(
+            "/v2/hardwaretypes",
+            &as_admin,
+            json!({"name": "tiny", "providermap": {}}),
+        )
+        .await;
+    assert_eq!(r.assert_error(401), "admin_key_required");
+    let r = srv.get(&format!("/v2/clusters/{id}"), &as_admin).await;
+    assert_eq!(r.assert_error(401), "admin_key_required");
+
+    // The same in the superadmin tenant: no superadmin rights, no provisioner rights.
+    let r = create_key(
+        "superadmin",
+        json!({"anyUser": true, "key": "super-shared-0"}),
+    )
+    .await;
+    r.assert_ok();
+    let r = srv
+        .get(
+            "/v2/tenants",
+            &Auth::of("admin", "superadmin", "super-shared-0"),
+        )
+        .await;
+    assert_eq!(r.assert_error(401), "admin_key_required");
+    let r = srv
+        .get(
+            "/v2/tenants",
+            &Auth::of("ops", "superadmin", "super-shared-0"),
+        )
+        .await;
+    assert_eq!(r.assert_error(403), "forbidden");
+    let take = json!({"provisionerId": "p1", "workerId": "w1"});
+    for (key, code) in [
+        ("super-shared-0", "admin_key_required"),
+        ("alice-key-0", "unauthorized"),
+    ] {
+        let r = srv
+            .raw(
+                Method::POST,
+                "/v2/tasks/take",
+                &Auth::Anonymous,
+                &[("Coopr-ApiKey", key)],
+                Some(serde_json::to_vec(&take).expect("json")),
+            )
+            .await;
+        assert_eq!(r.assert_error(401), code, "provisioner with {key}");
+    }
+
+    // Keys bound to admin carry admin rights: the tenant admin sees every cluster of its
+    // tenant and writes its catalog; the superadmin administers tenants.
+    let r = create_key("demo", json!({"user": "admin", "key": "demo-admin-0"})).await;
+    r.assert_ok();
+    let admin = Auth::of("admin", "demo", "demo-admin-0");
+    let clusters = srv.get("/v2/clusters", &admin).await;
+    assert_eq!(clusters.assert_ok().as_array().map(Vec::len), Some(1));
+    srv.post(
+        "/v2/hardwaretypes",
+        &admin,
+        json!({"name": "tiny", "providermap": {}}),
+    )
+    .await
+    .assert_ok();
+    let r = create_key(
+        "superadmin",
+        json!({"user": "admin", "key": "super-admin-0"}),
+    )
+    .await;
+    r.assert_ok();
+    let superadmin = Auth::of("admin", "superadmin", "super-admin-0");
+    srv.get("/v2/tenants", &superadmin).await.assert_ok();
+    srv.post(
+        "/v2/tenants/demo/apikeys",
+        &superadmin,
+        json!({"user": "carol"}),
+    )
+    .await
+    .assert_ok();
     srv.stop().await;
 }
 
@@ -713,7 +862,7 @@ async fn bad_cluster_input_is_rejected() {
 #[tokio::test]
 async fn bad_catalog_input_is_rejected() {
     let srv = TestServer::start().await;
-    let admin = Auth::of("admin", "demo", "demo-key");
+    let admin = Auth::of("admin", "demo", "demo-admin-key");
     let export = srv.get("/v2/export", &admin).await.assert_ok().clone();
     let small = srv
         .get("/v2/hardwaretypes/small", &admin)
@@ -862,16 +1011,21 @@ async fn bad_tenant_input_is_rejected() {
     )
     .await
     .assert_error(400);
-    srv.post("/v2/tenants/ghost/apikeys", &Auth::Superadmin, json!({}))
-        .await
-        .assert_error(404);
     srv.post(
-        "/v2/tenants/demo/apikeys",
+        "/v2/tenants/ghost/apikeys",
         &Auth::Superadmin,
-        json!({"key": "short"}),
+        json!({"user": "admin"}),
     )
     .await
-    .assert_error(400);
+    .assert_error(404);
+    let short = srv
+        .post(
+            "/v2/tenants/demo/apikeys",
+            &Auth::Superadmin,
+            json!({"user": "demo", "key": "short"}),
+        )
+        .await;
+    assert_eq!(short.assert_error(400), "invalid_key");
     srv.get("/v2/tenants/ghost", &Auth::Superadmin)
         .await
         .assert_error(404);
@@ -1181,7 +1335,7 @@ async fn framework_errors_are_json() {
 #[tokio::test]
 async fn template_sync_then_add_new_service() {
     let srv = TestServer::start().await;
-    let admin = Auth::of("admin", "demo", "demo-key");
+    let admin = Auth::of("admin", "demo", "demo-admin-key");
     let worker = Worker::register(&srv, "p1", "w1").await;
     let id = srv.create_cluster("lamp", 1).await;
     let base = format!("/v2/clusters/{id}");
@@ -1299,7 +1453,7 @@ async fn lost_take_answer_hands_the_task_back() {
 #[tokio::test]
 async fn deleting_what_does_not_exist_is_404_and_writes_nothing() {
     let srv = TestServer::start().await;
-    let admin = Auth::of("admin", "demo", "demo-key");
+    let admin = Auth::of("admin", "demo", "demo-admin-key");
     let records = || {
         srv.app()
             .core

@@ -354,7 +354,7 @@ fn cases(own: &str, foreign: &str) -> Vec<Case> {
             400,
             "json_too_deep",
         )
-        .auth(Auth::of("admin", "demo", "demo-key")),
+        .auth(Auth::of("admin", "demo", "demo-admin-key")),
         case(
             "catalog entity too large",
             M::POST,
@@ -363,7 +363,7 @@ fn cases(own: &str, foreign: &str) -> Vec<Case> {
             400,
             "value_too_large",
         )
-        .auth(Auth::of("admin", "demo", "demo-key")),
+        .auth(Auth::of("admin", "demo", "demo-admin-key")),
         case(
             "malformed catalog entity",
             M::POST,
@@ -372,7 +372,7 @@ fn cases(own: &str, foreign: &str) -> Vec<Case> {
             400,
             "invalid_entity",
         )
-        .auth(Auth::of("admin", "demo", "demo-key")),
+        .auth(Auth::of("admin", "demo", "demo-admin-key")),
         case(
             "import too deep",
             M::POST,
@@ -381,7 +381,7 @@ fn cases(own: &str, foreign: &str) -> Vec<Case> {
             400,
             "json_too_deep",
         )
-        .auth(Auth::of("admin", "demo", "demo-key")),
+        .auth(Auth::of("admin", "demo", "demo-admin-key")),
         case(
             "tenant description too long",
             M::POST,
@@ -644,7 +644,7 @@ async fn bad_input_is_refused_everywhere_and_replication_still_flows() {
             .await;
         reply.assert_ok();
     }
-    let admin = Auth::of("admin", "demo", "demo-key");
+    let admin = Auth::of("admin", "demo", "demo-admin-key");
     let entity =
         service(json!({"provisioner": {"actions": {}, "deep": nested(MAX_JSON_DEPTH - 3)}}));
     b.post("/v2/services", &admin, entity).await.assert_ok();

@@ -411,7 +411,7 @@ async fn global_records_are_written_at_the_owner_and_read_everywhere() {
     a.post(
         "/v2/tenants/acme/apikeys",
         &admin,
-        json!({"key": "acme-key-0123"}),
+        json!({"user": "admin", "key": "acme-key-0123"}),
     )
     .await
     .assert_ok();

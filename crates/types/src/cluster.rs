@@ -33,10 +33,14 @@ pub struct Tenant {
     pub max_nodes: u32,
 }
 
-/// An API key, stored only as its SHA-256 hash. A key may be bound to one user of the tenant.
+/// An API key, stored only as its SHA-256 hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub tenant: String,
+    /// The one user of the tenant the key authenticates (keys are created bound to a user
+    /// unless asked otherwise). `None`: any user of the tenant *except* `admin`, the tenant
+    /// admin (a key for a tenant's shared tooling); keys stored by older versions without a
+    /// user are read the same way, so they never grant admin rights.
     pub user: Option<String>,
     pub key_sha256: String,
 }

@@ -1,5 +1,21 @@
 //! Request extractors: the caller's identity (checked API key), JSON bodies that fail with
 //! `{code, message}` errors, and the `Idempotency-Key` header.
+//!
+//! A key authenticates one user of one tenant ([`check_key`]): a key bound to a user admits
+//! only that user; a key created with `anyUser` (and a key stored by an older version without a
+//! user) admits any user of its tenant except `admin`. Admin rights (the tenant admin, and the
+//! superadmin, `admin` of tenant `superadmin`) therefore always come from a key bound to
+//! `admin`:
+//!
+//! ```text
+//!   key bound to  | Coopr-UserID | outcome
+//!   --------------+--------------+-------------------------------------
+//!   alice         | alice        | caller alice
+//!   alice         | bob, admin   | 401 unauthorized
+//!   admin         | admin        | caller admin (tenant admin rights)
+//!   any user      | bob          | caller bob
+//!   any user      | admin        | 401 admin_key_required
+//! ```
 
 use std::sync::Arc;
 
@@ -7,7 +23,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use coopr_types::hash_api_key;
+use coopr_types::{hash_api_key, ApiKey};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -17,6 +33,36 @@ use crate::App;
 pub const SUPERADMIN: &str = "superadmin";
 pub const ADMIN_USER: &str = "admin";
 
+/// The error code of a key valid for any non-admin user presented as `admin` (401).
+pub const ADMIN_KEY_REQUIRED: &str = "admin_key_required";
+
+/// How a stored key answers a request's tenant and user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The key is bound to exactly this user.
+    BoundToUser,
+    /// The key admits any non-admin user of its tenant, and this user is not `admin`.
+    AnyNonAdminUser,
+    /// A key of another tenant, or bound to another user.
+    Refused,
+    /// A key not bound to a user, presented as `admin`: admin rights need a key bound to
+    /// `admin`.
+    AdminNeedsBoundKey,
+}
+
+/// Whether `key` authenticates `user` of `tenant` (see the module doc).
+pub fn check_key(key: &ApiKey, tenant: &str, user: &str) -> KeyCheck {
+    if key.tenant != tenant {
+        return KeyCheck::Refused;
+    }
+    match key.user.as_deref() {
+        Some(bound) if bound == user => KeyCheck::BoundToUser,
+        Some(_) => KeyCheck::Refused,
+        None if user == ADMIN_USER => KeyCheck::AdminNeedsBoundKey,
+        None => KeyCheck::AnyNonAdminUser,
+    }
+}
+
 /// An authenticated caller of the user API.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -25,12 +71,16 @@ pub struct Caller {
     /// The tenant's internal ID (its incarnation, [`coopr_types::Tenant::id`]): clusters of an
     /// earlier tenant of the same name are not the caller's.
     pub incarnation: String,
+    /// Whether the presented key is bound to `user` (not a key for any non-admin user).
+    key_bound_to_user: bool,
 }
 
 impl Caller {
-    /// The tenant admin (user `admin`).
+    /// The tenant admin: user `admin`, authenticated by a key bound to `admin`.
     pub fn is_admin(&self) -> bool {
-        self.user == ADMIN_USER
+        // Authentication already refuses an unbound key presented as admin; the binding is
+        // checked again here so that admin rights never rest on that refusal alone.
+        self.user == ADMIN_USER && self.key_bound_to_user
     }
 
     /// `admin` of the `superadmin` tenant.
@@ -90,15 +140,27 @@ where
         let hash = hash_api_key(key);
         let state = app.core.read();
         let global = app.global(&state);
-        let valid = global
+        let check = global
             .api_keys
             .get(&hash)
-            .is_some_and(|k| k.tenant == tenant && k.user.as_deref().is_none_or(|u| u == user));
-        if !valid {
-            return Err(ApiError::unauthorized(
-                "invalid API key for this tenant and user",
-            ));
-        }
+            .map_or(KeyCheck::Refused, |k| check_key(k, tenant, user));
+        let key_bound_to_user = match check {
+            KeyCheck::BoundToUser => true,
+            KeyCheck::AnyNonAdminUser => false,
+            KeyCheck::Refused => {
+                return Err(ApiError::unauthorized(
+                    "invalid API key for this tenant and user",
+                ))
+            }
+            KeyCheck::AdminNeedsBoundKey => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ADMIN_KEY_REQUIRED,
+                    "this key is valid for any user of the tenant except admin; \
+                     acting as admin needs a key bound to admin",
+                ))
+            }
+        };
         let Some(incarnation) = global.tenants.get(tenant).map(|t| t.id.clone()) else {
             return Err(ApiError::not_found("tenant", tenant));
         };
@@ -106,11 +168,14 @@ where
             tenant: tenant.to_string(),
             user: user.to_string(),
             incarnation,
+            key_bound_to_user,
         })
     }
 }
 
-/// A provisioner calling the provisioner API: it must present a key of the superadmin tenant.
+/// A provisioner calling the provisioner API: it must present the superadmin's key (a key of the
+/// superadmin tenant bound to `admin`). Tasks carry every tenant's provider fields, secrets
+/// included, so taking them is a superadmin right.
 #[derive(Debug, Clone)]
 pub struct ProvisionerAuth;
 
@@ -125,17 +190,22 @@ where
         let app = Arc::<App>::from_ref(state);
         let key = header(parts, "coopr-apikey")
             .ok_or_else(|| ApiError::unauthorized("missing Coopr-ApiKey header"))?;
-        let valid = app
+        let check = app
             .global(&app.core.read())
             .api_keys
             .get(&hash_api_key(key))
-            .is_some_and(|k| k.tenant == SUPERADMIN);
-        if valid {
-            Ok(ProvisionerAuth)
-        } else {
-            Err(ApiError::unauthorized(
-                "provisioners need a key of the superadmin tenant",
-            ))
+            .map_or(KeyCheck::Refused, |k| check_key(k, SUPERADMIN, ADMIN_USER));
+        match check {
+            KeyCheck::BoundToUser => Ok(ProvisionerAuth),
+            KeyCheck::AdminNeedsBoundKey => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ADMIN_KEY_REQUIRED,
+                "provisioners need the superadmin's key (bound to admin), \
+                 not a key for any user of the superadmin tenant",
+            )),
+            KeyCheck::AnyNonAdminUser | KeyCheck::Refused => Err(ApiError::unauthorized(
+                "provisioners need the superadmin's key (bound to admin)",
+            )),
         }
     }
 }
@@ -219,4 +289,68 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     super::limits::check_json_shape(bytes)?;
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid request body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tenant: &str, user: Option<&str>) -> ApiKey {
+        ApiKey {
+            tenant: tenant.into(),
+            user: user.map(Into::into),
+            key_sha256: hash_api_key("k"),
+        }
+    }
+
+    #[test]
+    fn a_bound_key_admits_only_its_user_of_its_tenant() {
+        let alice = key("acme", Some("alice"));
+        assert_eq!(check_key(&alice, "acme", "alice"), KeyCheck::BoundToUser);
+        assert_eq!(check_key(&alice, "acme", "bob"), KeyCheck::Refused);
+        assert_eq!(check_key(&alice, "acme", ADMIN_USER), KeyCheck::Refused);
+        assert_eq!(check_key(&alice, "other", "alice"), KeyCheck::Refused);
+        let admin = key("acme", Some(ADMIN_USER));
+        assert_eq!(check_key(&admin, "acme", ADMIN_USER), KeyCheck::BoundToUser);
+        assert_eq!(check_key(&admin, "acme", "alice"), KeyCheck::Refused);
+    }
+
+    /// A key without a user (created with `anyUser`, or stored so by an older version) admits
+    /// every user of its tenant but admin.
+    #[test]
+    fn an_unbound_key_admits_any_user_but_admin() {
+        let shared = key("acme", None);
+        assert_eq!(check_key(&shared, "acme", "bob"), KeyCheck::AnyNonAdminUser);
+        assert_eq!(
+            check_key(&shared, "acme", ADMIN_USER),
+            KeyCheck::AdminNeedsBoundKey
+        );
+        assert_eq!(check_key(&shared, "other", "bob"), KeyCheck::Refused);
+        let superadmin_tenant = key(SUPERADMIN, None);
+        assert_eq!(
+            check_key(&superadmin_tenant, SUPERADMIN, ADMIN_USER),
+            KeyCheck::AdminNeedsBoundKey
+        );
+    }
+
+    #[test]
+    fn admin_rights_need_a_key_bound_to_admin() {
+        let caller = |user: &str, key_bound_to_user| Caller {
+            tenant: SUPERADMIN.into(),
+            user: user.into(),
+            incarnation: String::new(),
+            key_bound_to_user,
+        };
+        assert!(caller(ADMIN_USER, true).is_superadmin());
+        assert!(caller(ADMIN_USER, true).require_admin().is_ok());
+        assert!(!caller(ADMIN_USER, false).is_admin());
+        assert_eq!(
+            caller(ADMIN_USER, false)
+                .require_superadmin()
+                .unwrap_err()
+                .code,
+            "forbidden"
+        );
+        assert!(!caller("bob", true).is_admin());
+    }
 }

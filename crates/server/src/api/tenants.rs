@@ -188,13 +188,19 @@ async fn delete(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct KeyRequest {
     user: Option<String>,
     key: Option<String>,
+    #[serde(default)]
+    any_user: bool,
 }
 
-/// Creates an API key for a tenant (optionally bound to one user). The key is returned once and
-/// stored only as its hash.
+/// Creates an API key for a tenant, returned once and stored only as its hash. The body names
+/// the one user the key authenticates (`{"user": "alice"}`; `"admin"` for the tenant admin),
+/// or asks for a key valid for any user of the tenant except `admin` (`{"anyUser": true}`, for
+/// shared tooling). Naming neither is 400 `user_required`: a key is never valid for every user
+/// by default. Both at once is 400 `invalid_key_binding`.
 async fn create_key(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -204,6 +210,29 @@ async fn create_key(
     caller.require_superadmin()?;
     let req = req.unwrap_or_default();
     super::limits::text_opt("user", req.user.as_deref(), super::limits::MAX_ID_BYTES)?;
+    let user = match (req.user, req.any_user) {
+        (Some(_), true) => {
+            return Err(ApiError::bad_request(
+                "invalid_key_binding",
+                "a key names one user or is for any user (anyUser), not both",
+            ))
+        }
+        (None, false) => {
+            return Err(ApiError::bad_request(
+                "user_required",
+                "name the user the key is for (\"user\"; \"admin\" for the tenant admin), \
+                 or ask for a key for any non-admin user (\"anyUser\": true)",
+            ))
+        }
+        // Headers are compared trimmed: a user with surrounding blanks could never log in.
+        (Some(u), false) if u.is_empty() || u.trim() != u => {
+            return Err(ApiError::bad_request(
+                "invalid_user",
+                "user must be non-empty, without leading or trailing blanks",
+            ))
+        }
+        (user, _) => user,
+    };
     let key = match req.key {
         Some(k) if k.len() >= 8 && k.len() <= 256 => k,
         Some(_) => {
@@ -216,12 +245,15 @@ async fn create_key(
     };
     let record = ApiKey {
         tenant: name,
-        user: req.user,
+        user: user.clone(),
         key_sha256: hash_api_key(&key),
     };
     app.propose(Command::PutApiKey { key: record }, None)
         .await??;
-    Ok(Json(json!({ "key": key })))
+    Ok(Json(match user {
+        Some(user) => json!({ "key": key, "user": user }),
+        None => json!({ "key": key, "anyUser": true }),
+    }))
 }
 
 async fn list_provisioners(
