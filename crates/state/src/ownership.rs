@@ -26,7 +26,7 @@ use crate::replication::{
     ClusterShardView, ClusterView, GlobalRecord, GlobalView, Outbox, PlanStep, Position, Record,
     RecordKind, ReplicaData, ReplicaShard, ShardKeys,
 };
-use crate::{CommandError, CommandResult, Outcome, State, TenantCatalog};
+use crate::{CommandError, CommandResult, Outcome, State, TenantCatalog, NOT_OWNER};
 
 /// Cluster numbers (`n` of `id = shard + S * n`) a new owner skips to per epoch: epoch `e`
 /// allocates from `e * IDS_PER_EPOCH` on. After a failover the old owner may have created
@@ -311,6 +311,51 @@ impl State {
             self.shards.insert(shard, ClusterShard::default());
         }
         Ok(Outcome::Done)
+    }
+
+    /// See [`crate::Command::FreezeShard`].
+    pub(crate) fn freeze_shard(&mut self, shard: ShardId, handover: u64) -> CommandResult {
+        if shard.is_global() {
+            return Err(CommandError::invalid(
+                "invalid_shard",
+                "the global shard is not handed over",
+            ));
+        }
+        if self.replicas.contains_key(&shard) {
+            return Err(CommandError::conflict(
+                NOT_OWNER,
+                format!("this DC holds shard {shard} as a replica"),
+            ));
+        }
+        if self.shard_busy(shard) {
+            return Err(CommandError::conflict(
+                "shard_busy",
+                format!("an operation of shard {shard} is running"),
+            ));
+        }
+        let Some(data) = self.shards.get_mut(&shard) else {
+            return Err(CommandError::invalid(
+                "invalid_shard",
+                format!("shard {shard} does not exist"),
+            ));
+        };
+        if data.frozen == Some(handover) {
+            return Ok(Outcome::Unchanged);
+        }
+        data.frozen = Some(handover);
+        Ok(Outcome::Done)
+    }
+
+    /// Lifts the freeze of handover `handover` (another handover's freeze, or none, is left
+    /// as it is: `Unchanged`).
+    pub(crate) fn unfreeze_shard(&mut self, shard: ShardId, handover: u64) -> Outcome {
+        match self.shards.get_mut(&shard) {
+            Some(data) if data.frozen == Some(handover) => {
+                data.frozen = None;
+                Outcome::Done
+            }
+            _ => Outcome::Unchanged,
+        }
     }
 
     /// See [`crate::Command::ReleaseShard`]: a graceful handover's release, which happens only
