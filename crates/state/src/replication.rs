@@ -79,7 +79,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::{CommandError, CommandResult, Outcome, State, TenantCatalog};
+use crate::{CommandError, CommandResult, ErrorCode, Outcome, State, TenantCatalog};
 
 /// Records an outbox keeps at most; older ones are dropped (replicas behind them need a snapshot).
 pub const OUTBOX_CAPACITY: usize = 100_000;
@@ -696,15 +696,15 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// A stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApplyError::AlreadyApplied { .. } => "replication_already_applied",
-            ApplyError::OutOfOrder { .. } => "replication_out_of_order",
-            ApplyError::WrongEpoch { .. } => "replication_wrong_epoch",
-            ApplyError::WrongShard { .. } => "replication_wrong_shard",
-            ApplyError::WrongOwner { .. } => "replication_wrong_owner",
-            ApplyError::Unappliable { .. } => "replication_unappliable",
-            ApplyError::Sealed { .. } => "replication_sealed",
+            ApplyError::AlreadyApplied { .. } => ErrorCode::ReplicationAlreadyApplied,
+            ApplyError::OutOfOrder { .. } => ErrorCode::ReplicationOutOfOrder,
+            ApplyError::WrongEpoch { .. } => ErrorCode::ReplicationWrongEpoch,
+            ApplyError::WrongShard { .. } => ErrorCode::ReplicationWrongShard,
+            ApplyError::WrongOwner { .. } => ErrorCode::ReplicationWrongOwner,
+            ApplyError::Unappliable { .. } => ErrorCode::ReplicationUnappliable,
+            ApplyError::Sealed { .. } => ErrorCode::ReplicationSealed,
         }
     }
 }
@@ -1021,7 +1021,7 @@ impl State {
     ) -> CommandResult {
         if !shard.is_global() && shard.0 >= self.shard_count() {
             return Err(CommandError::invalid(
-                "invalid_shard",
+                ErrorCode::InvalidShard,
                 format!("shard {shard} does not exist"),
             ));
         }
@@ -1034,7 +1034,7 @@ impl State {
             .unwrap_or_else(|| ReplicaShard::new(shard, from_dc));
         if replica.needs_seed {
             return Err(CommandError::conflict(
-                "replication_needs_seed",
+                ErrorCode::ReplicationNeedsSeed,
                 format!("the copy of shard {shard} waits for a snapshot of the owner's"),
             ));
         }

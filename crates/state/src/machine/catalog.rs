@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::command::{CommandResult, Outcome};
 use crate::replication::{GlobalRecord, ReplicaData};
-use crate::{CommandError, State};
+use crate::{CommandError, ErrorCode, State};
 
 /// Versions of one catalog entity, by version number.
 pub type Versions = BTreeMap<u32, Value>;
@@ -189,7 +189,7 @@ impl State {
             .map_or(0, |t| self.tenant_usage(t).0);
         if live > 0 {
             return Err(CommandError::conflict(
-                "tenant_has_clusters",
+                ErrorCode::TenantHasClusters,
                 format!("tenant {name} still has {live} live clusters"),
             ));
         }
@@ -232,7 +232,7 @@ impl State {
             .or_default();
         if create_only && !versions.is_empty() {
             return Err(CommandError::conflict(
-                "entity_exists",
+                ErrorCode::EntityExists,
                 format!("{} {name} already exists", kind.as_str()),
             ));
         }

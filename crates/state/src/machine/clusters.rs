@@ -10,10 +10,10 @@ use coopr_types::{
     Node, NodeId, NodeProperties, ShardId, Tenant,
 };
 
-use super::{ClusterRecord, QUOTA_ELSEWHERE};
+use super::ClusterRecord;
 use crate::command::{ClusterSpec, CommandResult, Outcome};
 use crate::replication::ReplicaData;
-use crate::{CommandError, State, TenantCatalog};
+use crate::{CommandError, ErrorCode, State, TenantCatalog};
 
 impl State {
     /// The clusters and nodes a tenant's incarnation has that are not terminated, in every
@@ -79,7 +79,7 @@ impl State {
         let tenant = self.require_tenant(&spec.tenant)?.clone();
         if !spec.tenant_incarnation.is_empty() && spec.tenant_incarnation != tenant.id {
             return Err(CommandError::conflict(
-                "tenant_changed",
+                ErrorCode::TenantChanged,
                 format!(
                     "tenant {} was deleted and created again since the request was checked",
                     tenant.name
@@ -90,7 +90,7 @@ impl State {
             || tenant.max_nodes != coopr_types::UNLIMITED;
         if limited && self.replicas.contains_key(&ShardId::GLOBAL) {
             return Err(CommandError::conflict(
-                QUOTA_ELSEWHERE,
+                ErrorCode::QuotaElsewhere,
                 format!(
                     "tenant {} has a quota: its clusters are created at the datacenter that owns the global shard",
                     tenant.name
@@ -124,7 +124,7 @@ impl State {
         let shard_count = self.shard_count;
         let Some(shard_state) = self.shards.get_mut(&shard) else {
             return Err(CommandError::invalid(
-                "invalid_shard",
+                ErrorCode::InvalidShard,
                 format!("shard {shard} does not exist"),
             ));
         };
@@ -251,7 +251,7 @@ impl State {
                 ClusterStatus::Terminated => return Ok(Outcome::Unchanged),
                 ClusterStatus::Pending => {
                     return Err(CommandError::conflict(
-                        "cluster_pending",
+                        ErrorCode::ClusterPending,
                         "cluster has an operation in progress",
                     ))
                 }
@@ -260,7 +260,7 @@ impl State {
             ClusterAction::ClusterConfigure | ClusterAction::ClusterConfigureWithRestart => {
                 if !matches!(status, ClusterStatus::Active | ClusterStatus::Inconsistent) {
                     return Err(CommandError::conflict(
-                        "cluster_not_active",
+                        ErrorCode::ClusterNotActive,
                         format!("cluster is {status}"),
                     ));
                 }
@@ -270,7 +270,7 @@ impl State {
             | ClusterAction::RestartServices => {
                 if status != ClusterStatus::Active {
                     return Err(CommandError::conflict(
-                        "cluster_not_active",
+                        ErrorCode::ClusterNotActive,
                         format!("cluster is {status}"),
                     ));
                 }
@@ -283,14 +283,14 @@ impl State {
             }
             other => {
                 return Err(CommandError::invalid(
-                    "invalid_action",
+                    ErrorCode::InvalidAction,
                     format!("{other} is not started this way"),
                 ))
             }
         }
         if let Some(running) = record.running_job() {
             return Err(CommandError::conflict(
-                "job_in_progress",
+                ErrorCode::JobInProgress,
                 format!("job {} is still {}", running.job.id, running.job.status),
             ));
         }
@@ -324,13 +324,13 @@ impl State {
         let record = self.cluster_mut(cluster)?;
         if record.cluster.status != ClusterStatus::Active {
             return Err(CommandError::conflict(
-                "cluster_not_active",
+                ErrorCode::ClusterNotActive,
                 "services can be added only to an active cluster",
             ));
         }
         if let Some(running) = record.running_job() {
             return Err(CommandError::conflict(
-                "job_in_progress",
+                ErrorCode::JobInProgress,
                 format!("job {} is still {}", running.job.id, running.job.status),
             ));
         }
@@ -384,7 +384,7 @@ impl State {
         let record = self.cluster_mut(cluster)?;
         if record.cluster.status != ClusterStatus::Active {
             return Err(CommandError::conflict(
-                "cluster_not_active",
+                ErrorCode::ClusterNotActive,
                 "template sync needs an active cluster",
             ));
         }
@@ -405,7 +405,7 @@ impl State {
         let record = self.cluster_mut(cluster)?;
         if let Some(running) = record.running_job() {
             return Err(CommandError::conflict(
-                "job_in_progress",
+                ErrorCode::JobInProgress,
                 format!("job {} is still {}", running.job.id, running.job.status),
             ));
         }
@@ -465,9 +465,9 @@ impl State {
         let mut effects = Vec::new();
         let changed = match control {
             JobControl::Abort => {
-                effects = run
-                    .abort(now)
-                    .map_err(|e| CommandError::conflict("abort_not_supported", e.to_string()))?;
+                effects = run.abort(now).map_err(|e| {
+                    CommandError::conflict(ErrorCode::AbortNotSupported, e.to_string())
+                })?;
                 !effects.is_empty()
             }
             JobControl::Pause => run.pause(now),

@@ -15,7 +15,7 @@ use crate::replication::{
     GlobalView, InFlight, JobSummary, NodeOutcome, Outbox, PlanStep, RecordKind, ReplicaShard,
     ReplicatedNode, OUTBOX_CAPACITY,
 };
-use crate::{CommandError, State};
+use crate::{CommandError, ErrorCode, State};
 
 impl State {
     /// The outbox of a shard this DC writes (a cluster shard or the global shard).
@@ -239,7 +239,7 @@ impl State {
         };
         if through_seq >= outbox.next_seq {
             return Err(CommandError::invalid(
-                "trim_beyond_outbox",
+                ErrorCode::TrimBeyondOutbox,
                 format!(
                     "cannot trim through seq {through_seq}: the last record of shard {shard} is {}",
                     outbox.next_seq - 1

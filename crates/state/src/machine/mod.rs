@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandResult, Entry, ProvisionerInfo};
 use crate::replication::{InFlight, JobSummary, Outbox, ReplicaShard, ReplicatedNode, ShardKeys};
-use crate::CommandError;
+use crate::{CommandError, ErrorCode};
 use clusters::JobControl;
 
 pub use catalog::{GlobalRef, TenantCatalog, Versions};
@@ -52,14 +52,14 @@ pub(crate) use emit::cluster_view;
 /// Idempotency keys remembered (oldest forgotten first).
 pub const IDEMPOTENCY_CAPACITY: usize = 100_000;
 /// The error code of a write refused because it was proposed under another ownership epoch.
-pub const STALE_EPOCH: &str = "stale_epoch";
+pub const STALE_EPOCH: &str = ErrorCode::StaleEpoch.as_str();
 /// The error code of a write refused because this DC holds the shard as a replica.
-pub const NOT_OWNER: &str = "not_owner";
+pub const NOT_OWNER: &str = ErrorCode::NotOwner.as_str();
 /// The error code of a write refused because the shard is frozen for a handover.
-pub const HANDING_OVER: &str = "handing_over";
+pub const HANDING_OVER: &str = ErrorCode::HandingOver.as_str();
 /// A create for a tenant with a quota reached a DC that does not write the global shard (it
 /// moved): retryable, the retry is routed to the new owner.
-pub const QUOTA_ELSEWHERE: &str = "quota_elsewhere";
+pub const QUOTA_ELSEWHERE: &str = ErrorCode::QuotaElsewhere.as_str();
 
 /// The global shard: tenants, hashed API keys, catalogs. Replicated to every DC.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -261,7 +261,7 @@ impl State {
             let epoch = self.shard_epoch(fence.shard);
             if epoch != Some(fence.epoch) {
                 return Err(CommandError::conflict(
-                    STALE_EPOCH,
+                    ErrorCode::StaleEpoch,
                     format!(
                         "shard {} is at epoch {} here, the write was proposed at epoch {}",
                         fence.shard,
@@ -297,14 +297,14 @@ impl State {
     fn refuse_fenced(&self, shard: ShardId) -> Option<CommandError> {
         if self.replicas.contains_key(&shard) {
             return Some(CommandError::conflict(
-                NOT_OWNER,
+                ErrorCode::NotOwner,
                 format!("this DC holds shard {shard} as a replica"),
             ));
         }
         let frozen = self.shards.get(&shard).and_then(|s| s.frozen);
         frozen.map(|handover| {
             CommandError::conflict(
-                HANDING_OVER,
+                ErrorCode::HandingOver,
                 format!("shard {shard} is frozen for handover {handover}"),
             )
         })

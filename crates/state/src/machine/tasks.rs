@@ -7,7 +7,7 @@ use coopr_types::{JobId, NodeAction, ShardId, TaskId, TaskName, TaskOwner, TaskS
 
 use super::clusters::{apply_effects, job_finished};
 use crate::command::{CommandResult, Outcome, ProvisionerInfo, TaskResult};
-use crate::{CommandError, State};
+use crate::{CommandError, ErrorCode, State};
 
 impl State {
     /// Tasks waiting to be taken.
@@ -104,7 +104,7 @@ impl State {
             .get_mut(&task_id.job.seq)
             .ok_or_else(|| CommandError::not_found("job", task_id.job))?;
         run.take(task_id, owner, now)
-            .map_err(|e| CommandError::conflict("task_not_ready", e.to_string()))?;
+            .map_err(|e| CommandError::conflict(ErrorCode::TaskNotReady, e.to_string()))?;
         if let Some(task) = run.tasks.get(&task_id).cloned() {
             if let Some(node) = record.nodes.get_mut(&task.node_id) {
                 node.push_action(NodeAction {
