@@ -254,7 +254,7 @@ impl State {
     }
 }
 
-pub(crate) fn job_summary(run: &JobRun) -> JobSummary {
+fn job_summary(run: &JobRun) -> JobSummary {
     let (stepstotal, stepscompleted) = run.steps();
     JobSummary {
         id: run.job.id,
