@@ -98,7 +98,10 @@ impl StateMachine for DcStateMachine {
                 let result = match decode_entry(*index, bytes) {
                     Ok(entry) => state.apply(&entry),
                     // An entry this build cannot read changes nothing, on every node alike.
-                    Err(e) => Err(CommandError::invalid("undecodable_entry", e.to_string())),
+                    Err(e) => Err(CommandError::invalid(
+                        coopr_state::ErrorCode::UndecodableEntry,
+                        e.to_string(),
+                    )),
                 };
                 metrics::counter!("coopr_commands_total", "result" => if result.is_ok() { "ok" } else { "rejected" })
                     .increment(1);

@@ -97,7 +97,7 @@ impl App {
         let previous = state.idempotent_outcome(key?)?;
         if let Some(lost) = state.lost_outcome(&previous) {
             return Some(Err(coopr_state::CommandError::conflict(
-                "operation_lost",
+                coopr_state::ErrorCode::OperationLost,
                 format!(
                     "this request was applied in DC {} (shard {}, epoch {}, seq {}) after DC {} \
                      took the shard over at {:?}; it was never replicated and is in DC {}'s \

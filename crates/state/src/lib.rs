@@ -15,7 +15,7 @@ pub mod persist;
 pub mod replication;
 
 pub use command::*;
-pub use error::CommandError;
+pub use error::{CommandError, ErrorCode};
 pub use machine::*;
 pub use ownership::{resumed_run, LostOperation, IDS_PER_EPOCH, LOST_OPERATIONS_CAPACITY};
 pub use persist::{

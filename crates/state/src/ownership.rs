@@ -26,7 +26,7 @@ use crate::replication::{
     ClusterShardView, ClusterView, GlobalRecord, GlobalView, Outbox, PlanStep, Position, Record,
     RecordKind, ReplicaData, ReplicaShard, ShardKeys,
 };
-use crate::{CommandError, CommandResult, Outcome, State, TenantCatalog};
+use crate::{CommandError, CommandResult, ErrorCode, Outcome, State, TenantCatalog};
 
 /// Cluster numbers (`n` of `id = shard + S * n`) a new owner skips to per epoch: epoch `e`
 /// allocates from `e * IDS_PER_EPOCH` on. After a failover the old owner may have created
@@ -231,7 +231,7 @@ impl State {
             Ok(())
         } else {
             Err(CommandError::invalid(
-                "invalid_shard",
+                ErrorCode::InvalidShard,
                 format!("shard {shard} does not exist"),
             ))
         }
@@ -247,7 +247,7 @@ impl State {
         self.check_shard(shard)?;
         if self.holds_writes(shard) {
             return Err(CommandError::conflict(
-                "not_a_replica",
+                ErrorCode::NotAReplica,
                 format!("this DC wrote shard {shard}: it has no copy to seal"),
             ));
         }
@@ -257,7 +257,7 @@ impl State {
             .or_insert_with(|| ReplicaShard::new(shard, owner_dc));
         if replica.needs_seed {
             return Err(CommandError::conflict(
-                "replication_needs_seed",
+                ErrorCode::ReplicationNeedsSeed,
                 format!("the copy of shard {shard} waits for a snapshot: it cannot take over"),
             ));
         }
@@ -285,19 +285,19 @@ impl State {
         self.check_shard(shard)?;
         if shard.is_global() != matches!(seed.data, ReplicaData::Global(_)) {
             return Err(CommandError::invalid(
-                "invalid_seed",
+                ErrorCode::InvalidSeed,
                 format!("the seed of shard {shard} holds the wrong kind of data"),
             ));
         }
         if self.holds_writes(shard) {
             return Err(CommandError::conflict(
-                "not_a_replica",
+                ErrorCode::NotAReplica,
                 format!("this DC wrote shard {shard}: it must be demoted before it is seeded"),
             ));
         }
         if let Some(takeover) = self.replicas.get(&shard).and_then(|r| r.sealed) {
             return Err(CommandError::conflict(
-                "replication_sealed",
+                ErrorCode::ReplicationSealed,
                 format!("the copy of shard {shard} is sealed for takeover {takeover}"),
             ));
         }
@@ -313,12 +313,57 @@ impl State {
         Ok(Outcome::Done)
     }
 
+    /// See [`crate::Command::FreezeShard`].
+    pub(crate) fn freeze_shard(&mut self, shard: ShardId, handover: u64) -> CommandResult {
+        if shard.is_global() {
+            return Err(CommandError::invalid(
+                ErrorCode::InvalidShard,
+                "the global shard is not handed over",
+            ));
+        }
+        if self.replicas.contains_key(&shard) {
+            return Err(CommandError::conflict(
+                ErrorCode::NotOwner,
+                format!("this DC holds shard {shard} as a replica"),
+            ));
+        }
+        if self.shard_busy(shard) {
+            return Err(CommandError::conflict(
+                ErrorCode::ShardBusy,
+                format!("an operation of shard {shard} is running"),
+            ));
+        }
+        let Some(data) = self.shards.get_mut(&shard) else {
+            return Err(CommandError::invalid(
+                ErrorCode::InvalidShard,
+                format!("shard {shard} does not exist"),
+            ));
+        };
+        if data.frozen == Some(handover) {
+            return Ok(Outcome::Unchanged);
+        }
+        data.frozen = Some(handover);
+        Ok(Outcome::Done)
+    }
+
+    /// Lifts the freeze of handover `handover` (another handover's freeze, or none, is left
+    /// as it is: `Unchanged`).
+    pub(crate) fn unfreeze_shard(&mut self, shard: ShardId, handover: u64) -> Outcome {
+        match self.shards.get_mut(&shard) {
+            Some(data) if data.frozen == Some(handover) => {
+                data.frozen = None;
+                Outcome::Done
+            }
+            _ => Outcome::Unchanged,
+        }
+    }
+
     /// See [`crate::Command::ReleaseShard`]: a graceful handover's release, which happens only
     /// once no operation of the shard runs here.
     pub(crate) fn release_shard(&mut self, shard: ShardId, owner_dc: &str) -> CommandResult {
         if shard.is_global() || shard.0 >= self.shard_count() {
             return Err(CommandError::invalid(
-                "invalid_shard",
+                ErrorCode::InvalidShard,
                 format!("shard {shard} cannot be released"),
             ));
         }
@@ -327,7 +372,7 @@ impl State {
         }
         if self.shard_busy(shard) {
             return Err(CommandError::conflict(
-                "shard_busy",
+                ErrorCode::ShardBusy,
                 format!("an operation of shard {shard} is running"),
             ));
         }
@@ -465,7 +510,7 @@ impl State {
         self.check_shard(shard)?;
         if epoch <= after.epoch {
             return Err(CommandError::invalid(
-                "invalid_epoch",
+                ErrorCode::InvalidEpoch,
                 format!("epoch {epoch} does not follow {after:?}"),
             ));
         }
@@ -476,13 +521,13 @@ impl State {
             }
             None => {
                 return Err(CommandError::conflict(
-                    "not_caught_up",
+                    ErrorCode::NotCaughtUp,
                     format!("shard {shard}: no replica copy, the owner wrote through {after:?}"),
                 ))
             }
             Some(replica) if replica.needs_seed || replica.watermark != after => {
                 return Err(CommandError::conflict(
-                    "not_caught_up",
+                    ErrorCode::NotCaughtUp,
                     format!(
                         "shard {shard}: the replica is at {:?}, the epoch starts after {after:?}",
                         replica.watermark

@@ -79,7 +79,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::{Outcome, TenantCatalog};
+use crate::{CommandError, CommandResult, ErrorCode, Outcome, State, TenantCatalog};
 
 /// Records an outbox keeps at most; older ones are dropped (replicas behind them need a snapshot).
 pub const OUTBOX_CAPACITY: usize = 100_000;
@@ -696,15 +696,15 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// A stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApplyError::AlreadyApplied { .. } => "replication_already_applied",
-            ApplyError::OutOfOrder { .. } => "replication_out_of_order",
-            ApplyError::WrongEpoch { .. } => "replication_wrong_epoch",
-            ApplyError::WrongShard { .. } => "replication_wrong_shard",
-            ApplyError::WrongOwner { .. } => "replication_wrong_owner",
-            ApplyError::Unappliable { .. } => "replication_unappliable",
-            ApplyError::Sealed { .. } => "replication_sealed",
+            ApplyError::AlreadyApplied { .. } => ErrorCode::ReplicationAlreadyApplied,
+            ApplyError::OutOfOrder { .. } => ErrorCode::ReplicationOutOfOrder,
+            ApplyError::WrongEpoch { .. } => ErrorCode::ReplicationWrongEpoch,
+            ApplyError::WrongShard { .. } => ErrorCode::ReplicationWrongShard,
+            ApplyError::WrongOwner { .. } => ErrorCode::ReplicationWrongOwner,
+            ApplyError::Unappliable { .. } => ErrorCode::ReplicationUnappliable,
+            ApplyError::Sealed { .. } => ErrorCode::ReplicationSealed,
         }
     }
 }
@@ -1004,6 +1004,89 @@ impl ClusterView {
             in_flight.checkpoints.insert(node.clone(), checkpoint);
         }
         Ok(())
+    }
+}
+
+/// The replica side's command.
+impl State {
+    /// Applies a batch to the local replica of `shard` (created on its first batch), all or
+    /// nothing. A batch already applied (every record at or below the watermark) is a no-op
+    /// (`Unchanged`), so a puller may re-propose a batch whose commit it did not see.
+    pub(crate) fn apply_replication_batch(
+        &mut self,
+        from_dc: &str,
+        shard: ShardId,
+        records: &[Record],
+        epoch_start: Option<Position>,
+    ) -> CommandResult {
+        if !shard.is_global() && shard.0 >= self.shard_count() {
+            return Err(CommandError::invalid(
+                ErrorCode::InvalidShard,
+                format!("shard {shard} does not exist"),
+            ));
+        }
+        // Staged on a copy: a refused batch changes nothing, not even the owner or the
+        // watermark a new epoch's first batch would move.
+        let mut replica = self
+            .replicas
+            .get(&shard)
+            .cloned()
+            .unwrap_or_else(|| ReplicaShard::new(shard, from_dc));
+        if replica.needs_seed {
+            return Err(CommandError::conflict(
+                ErrorCode::ReplicationNeedsSeed,
+                format!("the copy of shard {shard} waits for a snapshot of the owner's"),
+            ));
+        }
+        // A new owner's first batch continues the old owner's stream exactly where its epoch
+        // started: the replica follows the shard to its new owner (and a copy sealed for a
+        // takeover that went elsewhere is released).
+        let starts_epoch = records.first().is_some_and(|r| {
+            r.epoch > replica.watermark.epoch
+                && r.seq == 1
+                && epoch_start == Some(replica.watermark)
+        });
+        if starts_epoch {
+            replica.owner_dc = from_dc.to_string();
+            replica.sealed = None;
+            replica.watermark = Position {
+                epoch: records[0].epoch,
+                seq: 0,
+            };
+        }
+        let result = if let Some(takeover) = replica.sealed {
+            Err(ApplyError::Sealed {
+                shard,
+                takeover,
+                watermark: replica.watermark,
+            })
+        } else if replica.owner_dc != from_dc {
+            Err(ApplyError::WrongOwner {
+                shard,
+                expected: replica.owner_dc.clone(),
+                found: from_dc.to_string(),
+            })
+        } else if records.is_empty() {
+            return Ok(Outcome::Unchanged);
+        } else {
+            replica.apply_batch(records)
+        };
+        match result {
+            Ok(()) => {
+                self.replicas.insert(shard, replica);
+                Ok(Outcome::Done)
+            }
+            Err(ApplyError::AlreadyApplied { .. }) => Ok(Outcome::Unchanged),
+            Err(e) => {
+                tracing::warn!(%shard, from_dc, error = %e, "replication batch refused");
+                Err(match e {
+                    ApplyError::Unappliable { .. } => {
+                        CommandError::invalid(e.code(), e.to_string())
+                    }
+                    _ => CommandError::conflict(e.code(), e.to_string()),
+                })
+            }
+        }
     }
 }
 

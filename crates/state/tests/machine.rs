@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use coopr_state::{
-    encode_entry, recover, snapshot_of, Command, CommandError, CommandResult, Entry, Fence,
-    Outcome, State, TaskResult, STALE_EPOCH,
+    encode_entry, recover, snapshot_of, Command, CommandError, CommandResult, Entry, ErrorCode,
+    Fence, Outcome, State, TaskResult,
 };
 use coopr_store::{LogStore, MemStore};
 use coopr_types::{
@@ -310,7 +310,7 @@ fn a_write_fenced_at_another_epoch_changes_nothing() {
     };
     let before = h.parts();
     match h.state.apply(&fenced(2)) {
-        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, STALE_EPOCH),
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, ErrorCode::StaleEpoch),
         other => panic!("expected stale_epoch, got {other:?}"),
     }
     assert_eq!(h.parts(), before, "a stale write changes nothing");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use coopr_state::{
     decode_parts, encode_entry, encode_parts, ApplyError, Command, CommandError, CommandResult,
-    Entry, Fence, GlobalRecord, Outcome, Position, ProvisionerInfo, Record, RecordKind,
+    Entry, ErrorCode, Fence, GlobalRecord, Outcome, Position, ProvisionerInfo, Record, RecordKind,
     ReplicaShard, State, TaskResult,
 };
 use coopr_types::{
@@ -861,7 +861,7 @@ fn an_aborted_handover_unfreezes_the_shard() {
     );
     let now = a.now_ms + 1;
     match a.state.apply(&write(now, 5)) {
-        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "handing_over"),
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, ErrorCode::HandingOver),
         other => panic!("write to a frozen shard: {other:?}"),
     }
     assert_eq!(
@@ -884,7 +884,7 @@ fn handover_moves_a_shard_and_the_streams_follow() {
     let id = a.create_in(1, "lamp", 2);
     // An operation is running: the shard cannot be frozen yet.
     match a.apply(Command::FreezeShard { shard, handover: 1 }) {
-        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "shard_busy"),
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, ErrorCode::ShardBusy),
         other => panic!("freeze while busy: {other:?}"),
     }
     a.drive();
@@ -927,7 +927,7 @@ fn handover_moves_a_shard_and_the_streams_follow() {
         },
     };
     match a.state.apply(&fenced) {
-        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "handing_over"),
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, ErrorCode::HandingOver),
         other => panic!("write to a frozen shard: {other:?}"),
     }
     assert_eq!(b.apply(&adopt(2, until)), Ok(Outcome::Done));
@@ -1176,7 +1176,7 @@ fn failover_resumes_in_flight_work_and_reports_what_was_lost() {
     assert_eq!(at(&mut b, 2, seal), Ok(Outcome::Unchanged));
     let before = b.replica(shard).cloned();
     match ship(&mut b, "dc-a", shard, &unshipped, None) {
-        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "replication_sealed"),
+        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, ErrorCode::ReplicationSealed),
         other => panic!("a sealed copy took records: {other:?}"),
     }
     assert_eq!(b.replica(shard).cloned(), before);
@@ -1625,7 +1625,9 @@ fn a_refused_first_batch_of_a_new_epoch_changes_nothing() {
     let mut gap = records[4].clone();
     (gap.epoch, gap.seq) = (2, 3);
     match ship(&mut b, "dc-c", shard, &[first, gap], Some(watermark)) {
-        Err(CommandError::Conflict { code, .. }) => assert_eq!(code, "replication_out_of_order"),
+        Err(CommandError::Conflict { code, .. }) => {
+            assert_eq!(code, ErrorCode::ReplicationOutOfOrder)
+        }
         other => panic!("a batch with a gap was taken: {other:?}"),
     }
     let after = b.replica(shard).unwrap();

@@ -379,7 +379,7 @@ async fn create(
         )
         .await?;
     if let Err(e) = &outcome {
-        if e.code() == coopr_state::QUOTA_ELSEWHERE {
+        if e.error_code() == coopr_state::ErrorCode::QuotaElsewhere {
             // The global shard moved while the request was on its way: the retry is routed to
             // its new owner (`forward.rs`).
             let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string());

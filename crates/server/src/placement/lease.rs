@@ -26,9 +26,7 @@ use coopr_placement::{
     may_acknowledge, Epoch, Fenced, FrozenReport, HeldLease, Outcome, OwnedShard, PlacementState,
     Position, Reply, SealReport, Seq, TAKEOVER_PULL_MS,
 };
-use coopr_state::{
-    Command, CommandError, CommandResult, Fence, HANDING_OVER, NOT_OWNER, STALE_EPOCH,
-};
+use coopr_state::{Command, CommandError, CommandResult, ErrorCode, Fence};
 use coopr_types::ShardId;
 use tokio::sync::watch;
 
@@ -101,14 +99,17 @@ impl App {
         // The DC log refused the fence: the local state changed meanwhile (an ownership change
         // or a freeze committed between the check and the write). Retryable, like the check.
         if let (Err(CommandError::Conflict { code, .. }), Some(shard)) = (&result, shard) {
-            if code == STALE_EPOCH || code == NOT_OWNER {
-                return Err(ProposeError::Fenced(self.not_owner(shard)));
-            }
-            if code == HANDING_OVER {
-                return Err(ProposeError::Fenced(Fenced::HandingOver {
-                    shard,
-                    to: coopr_placement::DcId::new(self.handover_target(shard)),
-                }));
+            match code {
+                ErrorCode::StaleEpoch | ErrorCode::NotOwner => {
+                    return Err(ProposeError::Fenced(self.not_owner(shard)));
+                }
+                ErrorCode::HandingOver => {
+                    return Err(ProposeError::Fenced(Fenced::HandingOver {
+                        shard,
+                        to: coopr_placement::DcId::new(self.handover_target(shard)),
+                    }));
+                }
+                _ => {}
             }
         }
         // Acknowledge only if the lease still covers the write now.

@@ -1,0 +1,417 @@
+//! The deterministic state machine: [`State::apply`] takes one log [`Entry`] and returns its
+//! outcome. Same entries in the same order give the same state on every node, in replay after a
+//! restart, and (later) on every member of a Raft group.
+//!
+//! ```text
+//!  Entry{now_ms, idempotency_key, Command}
+//!        |
+//!        v
+//!  idempotency table hit? --yes--> stored outcome (nothing changes)
+//!        | no
+//!        v
+//!  global shard      cluster shard s = id mod S        local (DC-only) state
+//!  tenants, keys,    clusters, nodes, jobs, tasks      provisioners, idempotency,
+//!  catalog           (engine::JobRun per job)          derived task queue
+//! ```
+//!
+//! One file per concern, each with its own `impl State` block; [`State::apply`] dispatches every
+//! [`Command`] to one method:
+//!
+//! - `catalog`: tenants, API keys, catalog entities and imports (the global shard), and how a
+//!   DC reads them ([`State::global_data`]);
+//! - `clusters`: creates, operations, added services, expiry, template sync, abort/pause/resume,
+//!   quotas and tenant usage;
+//! - `tasks`: the derived task queue, take, finish, expiry, provisioners;
+//! - `emit`: the records each change emits into its shard's outbox, and the owner's view of a
+//!   shard as its replicas see it.
+//!
+//! Ownership changes of a shard are in [`crate::ownership`], the replica side of replication in
+//! [`crate::replication`].
+
+mod catalog;
+mod clusters;
+mod emit;
+mod tasks;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use coopr_engine::job::JobRun;
+use coopr_types::{
+    ApiKey, Cluster, ClusterId, JobId, Node, NodeId, Service, ShardId, TaskId, Tenant,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResult, Entry, ProvisionerInfo};
+use crate::replication::{InFlight, JobSummary, Outbox, ReplicaShard, ReplicatedNode, ShardKeys};
+use crate::{CommandError, ErrorCode};
+use clusters::JobControl;
+
+pub use catalog::{GlobalRef, TenantCatalog, Versions};
+pub(crate) use emit::cluster_view;
+
+/// Idempotency keys remembered (oldest forgotten first).
+pub const IDEMPOTENCY_CAPACITY: usize = 100_000;
+/// The error code of a write refused because it was proposed under another ownership epoch.
+pub const STALE_EPOCH: &str = ErrorCode::StaleEpoch.as_str();
+/// The error code of a write refused because this DC holds the shard as a replica.
+pub const NOT_OWNER: &str = ErrorCode::NotOwner.as_str();
+/// The error code of a write refused because the shard is frozen for a handover.
+pub const HANDING_OVER: &str = ErrorCode::HandingOver.as_str();
+/// A create for a tenant with a quota reached a DC that does not write the global shard (it
+/// moved): retryable, the retry is routed to the new owner.
+pub const QUOTA_ELSEWHERE: &str = ErrorCode::QuotaElsewhere.as_str();
+
+/// The global shard: tenants, hashed API keys, catalogs. Replicated to every DC.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GlobalShard {
+    pub tenants: BTreeMap<String, Tenant>,
+    /// By key hash.
+    pub api_keys: BTreeMap<String, ApiKey>,
+    pub catalogs: BTreeMap<String, TenantCatalog>,
+    /// Records for the replicas of this shard.
+    #[serde(default)]
+    pub replication: Outbox,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub cluster: Cluster,
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// By job sequence number.
+    pub jobs: BTreeMap<u32, JobRun>,
+    pub next_job_seq: u32,
+    /// The services catalog as of the latest operation (the planner's input).
+    pub service_defs: BTreeMap<String, Service>,
+    /// The operation in flight as the replicas know it (set by its `OperationStarted`, cleared
+    /// by its `OperationFinished`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipped: Option<ShippedOperation>,
+    /// Finished jobs of the cluster under a previous owner DC (their summaries, as replicated):
+    /// the job history of a cluster this DC adopted in a handover.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub adopted_jobs: BTreeMap<JobId, JobSummary>,
+}
+
+/// An in-flight operation as shipped: its restart state, and the nodes as it started plus its
+/// checkpoints. Task results that are not replicated change the live nodes, not these, so the
+/// owner's [`State::replicated_view`] of a cluster in flight is what its records built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShippedOperation {
+    pub operation: InFlight,
+    pub nodes: BTreeMap<NodeId, ReplicatedNode>,
+}
+
+impl ClusterRecord {
+    pub fn latest_job(&self) -> Option<&JobRun> {
+        self.jobs.values().next_back()
+    }
+
+    fn running_job(&self) -> Option<&JobRun> {
+        self.jobs.values().find(|j| !j.job.status.is_finished())
+    }
+}
+
+/// One cluster shard: its clusters and the counter that allocates their IDs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterShard {
+    pub next_n: u64,
+    pub clusters: BTreeMap<ClusterId, ClusterRecord>,
+    /// Records for the replicas of this shard.
+    #[serde(default)]
+    pub replication: Outbox,
+    /// Set (to the handover number) once this DC stopped writing the shard for a handover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<u64>,
+    /// The idempotency keys this shard's `OperationStarted` records carried: what its replicas
+    /// remember too, and what a seed of the shard or a new owner takes along (the DC's own
+    /// table, [`LocalState::idempotency`], stays in the DC).
+    #[serde(default, skip_serializing_if = "ShardKeys::is_empty")]
+    pub keys: ShardKeys,
+}
+
+/// State that never leaves the DC: provisioner registrations and the idempotency table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocalState {
+    pub provisioners: BTreeMap<String, ProvisionerInfo>,
+    pub idempotency: BTreeMap<String, CommandResult>,
+    pub idempotency_order: VecDeque<String>,
+    /// What this DC wrote as a shard's owner after another DC took the shard over (see
+    /// [`crate::ownership`]), newest last, at most [`crate::LOST_OPERATIONS_CAPACITY`].
+    #[serde(default)]
+    pub lost_operations: VecDeque<crate::LostOperation>,
+    /// Every lost operation ever reported here (the report keeps the last ones).
+    #[serde(default)]
+    pub lost_operations_total: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    shard_count: u32,
+    pub global: GlobalShard,
+    pub shards: BTreeMap<ShardId, ClusterShard>,
+    pub local: LocalState,
+    /// Shards this DC holds as a replica of another DC (cluster shards and the global shard).
+    pub replicas: BTreeMap<ShardId, ReplicaShard>,
+    /// Derived (rebuilt on load): tasks that can be handed out, and jobs not yet finished.
+    pub(crate) ready: BTreeSet<TaskId>,
+    pub(crate) active_jobs: BTreeSet<JobId>,
+    /// The `now_ms` of the entry being applied: the commit time stamped on the records it emits.
+    applying_at_ms: u64,
+    /// The idempotency key of the entry being applied: `OperationStarted` carries it.
+    applying_key: Option<String>,
+}
+
+impl State {
+    pub fn new(shard_count: u32) -> State {
+        // Snapshot part ids of replicas sit above 2^31 (see `persist`).
+        assert!(shard_count > 0 && shard_count < 1 << 31);
+        State {
+            shard_count,
+            global: GlobalShard::default(),
+            shards: (0..shard_count)
+                .map(|s| (ShardId(s), ClusterShard::default()))
+                .collect(),
+            local: LocalState::default(),
+            replicas: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            active_jobs: BTreeSet::new(),
+            applying_at_ms: 0,
+            applying_key: None,
+        }
+    }
+
+    /// Rebuilds a state from its parts (a snapshot), recomputing the derived indexes.
+    pub fn from_parts(
+        shard_count: u32,
+        global: GlobalShard,
+        shards: BTreeMap<ShardId, ClusterShard>,
+        local: LocalState,
+    ) -> State {
+        let mut state = State::new(shard_count);
+        state.global = global;
+        state.shards.extend(shards);
+        state.local = local;
+        let jobs: Vec<JobId> = state
+            .shards
+            .values()
+            .flat_map(|s| s.clusters.values())
+            .flat_map(|c| c.jobs.values())
+            .filter(|j| !j.job.status.is_finished())
+            .map(|j| j.job.id)
+            .collect();
+        for job in jobs {
+            state.refresh_job(job);
+        }
+        state
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    pub fn cluster(&self, id: ClusterId) -> Option<&ClusterRecord> {
+        self.shards
+            .get(&id.shard(self.shard_count))?
+            .clusters
+            .get(&id)
+    }
+
+    fn cluster_mut(&mut self, id: ClusterId) -> Result<&mut ClusterRecord, CommandError> {
+        self.shards
+            .get_mut(&id.shard(self.shard_count))
+            .and_then(|s| s.clusters.get_mut(&id))
+            .ok_or_else(|| CommandError::not_found("cluster", id))
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &ClusterRecord> {
+        self.shards.values().flat_map(|s| s.clusters.values())
+    }
+
+    pub fn job(&self, id: JobId) -> Option<&JobRun> {
+        self.cluster(id.cluster)?.jobs.get(&id.seq)
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<&coopr_types::Task> {
+        self.job(id.job)?.tasks.get(&id)
+    }
+
+    /// The stored outcome of an idempotency key, if that key was already applied: here (the
+    /// DC's own table), or by the owner of a shard whose `OperationStarted` with the key this DC
+    /// holds (as a replica, or as the shard's new owner after a handover or failover).
+    pub fn idempotent_outcome(&self, key: &str) -> Option<CommandResult> {
+        if let Some(outcome) = self.local.idempotency.get(key) {
+            return Some(outcome.clone());
+        }
+        self.shards
+            .values()
+            .map(|s| &s.keys)
+            .chain(self.replicas.values().map(|r| &r.keys))
+            .find_map(|keys| keys.get(key))
+            .map(|outcome| Ok(outcome.clone()))
+    }
+
+    /// Applies one entry. Rejected commands change nothing.
+    pub fn apply(&mut self, entry: &Entry) -> CommandResult {
+        // A write proposed under another ownership epoch changes nothing and is not remembered
+        // under its idempotency key: the client retries it at the shard's current owner.
+        if let Some(fence) = entry.fence {
+            if let Some(refused) = self.refuse_fenced(fence.shard) {
+                return Err(refused);
+            }
+            let epoch = self.shard_epoch(fence.shard);
+            if epoch != Some(fence.epoch) {
+                return Err(CommandError::conflict(
+                    ErrorCode::StaleEpoch,
+                    format!(
+                        "shard {} is at epoch {} here, the write was proposed at epoch {}",
+                        fence.shard,
+                        epoch.map_or_else(|| "none".to_string(), |e| e.to_string()),
+                        fence.epoch
+                    ),
+                ));
+            }
+        }
+        if let Some(key) = &entry.idempotency_key {
+            if let Some(previous) = self.idempotent_outcome(key) {
+                return previous;
+            }
+        }
+        self.applying_at_ms = entry.now_ms;
+        self.applying_key = entry.idempotency_key.clone();
+        let result = self.apply_command(&entry.command, entry.now_ms);
+        self.applying_key = None;
+        if let Some(key) = &entry.idempotency_key {
+            self.local.idempotency.insert(key.clone(), result.clone());
+            self.local.idempotency_order.push_back(key.clone());
+            while self.local.idempotency_order.len() > IDEMPOTENCY_CAPACITY {
+                if let Some(old) = self.local.idempotency_order.pop_front() {
+                    self.local.idempotency.remove(&old);
+                }
+            }
+        }
+        result
+    }
+
+    /// Why no write may go to `shard` here whatever its epoch: it is frozen for a handover, or
+    /// this DC holds it as a replica.
+    fn refuse_fenced(&self, shard: ShardId) -> Option<CommandError> {
+        if self.replicas.contains_key(&shard) {
+            return Some(CommandError::conflict(
+                ErrorCode::NotOwner,
+                format!("this DC holds shard {shard} as a replica"),
+            ));
+        }
+        let frozen = self.shards.get(&shard).and_then(|s| s.frozen);
+        frozen.map(|handover| {
+            CommandError::conflict(
+                ErrorCode::HandingOver,
+                format!("shard {shard} is frozen for handover {handover}"),
+            )
+        })
+    }
+
+    /// Whether an operation of `shard` is running (a handover waits for it to end).
+    pub fn shard_busy(&self, shard: ShardId) -> bool {
+        self.active_jobs
+            .iter()
+            .any(|job| job.cluster.shard(self.shard_count) == shard)
+    }
+
+    /// The ownership epoch of a shard this DC writes: its outbox's epoch (`None`: no such shard).
+    pub fn shard_epoch(&self, shard: ShardId) -> Option<u64> {
+        if shard.is_global() {
+            return Some(self.global.replication.epoch);
+        }
+        self.shards.get(&shard).map(|s| s.replication.epoch)
+    }
+
+    fn apply_command(&mut self, command: &Command, now: u64) -> CommandResult {
+        match command {
+            Command::PutTenant { tenant } => self.put_tenant(tenant),
+            Command::DeleteTenant { name } => self.delete_tenant(name),
+            Command::PutApiKey { key } => self.put_api_key(key),
+            Command::PutEntity {
+                tenant,
+                kind,
+                name,
+                body,
+                create_only,
+            } => self.put_entity(tenant, *kind, name, body, *create_only),
+            Command::DeleteEntity {
+                tenant,
+                kind,
+                name,
+                version,
+            } => self.delete_entity(tenant, *kind, name, *version),
+            Command::ImportCatalog { tenant, entities } => self.import_catalog(tenant, entities),
+            Command::CreateCluster { shard, spec } => self.create_cluster(*shard, spec, now),
+            Command::StartOperation {
+                cluster,
+                action,
+                services,
+                config,
+            } => self.start_operation(*cluster, *action, services, config.clone(), now),
+            Command::AddServices {
+                cluster,
+                services,
+                placement,
+            } => self.add_services(*cluster, services, placement, now),
+            Command::SetExpireTime {
+                cluster,
+                expire_time,
+            } => self.set_expire_time(*cluster, *expire_time),
+            Command::SyncTemplate { cluster, template } => self.sync_template(*cluster, template),
+            Command::Abort { cluster } => self.job_control(*cluster, now, JobControl::Abort),
+            Command::Pause { cluster } => self.job_control(*cluster, now, JobControl::Pause),
+            Command::Resume { cluster } => self.job_control(*cluster, now, JobControl::Resume),
+            Command::TakeTask {
+                provisioner_id,
+                worker_id,
+                tenant_id,
+                timeout_ms,
+                shards,
+            } => self.take_task(
+                provisioner_id,
+                worker_id,
+                tenant_id.as_deref(),
+                *timeout_ms,
+                shards.as_ref(),
+                now,
+            ),
+            Command::FinishTask(result) => self.finish_task(result, now),
+            Command::ExpireTasks => self.expire_tasks(now, None),
+            Command::ReleaseProvisioner { id } => self.expire_tasks(now, Some(id)),
+            Command::RegisterProvisioner { info } => self.register_provisioner(info),
+            Command::UnregisterProvisioner { id } => self.unregister_provisioner(id),
+            Command::TrimOutbox { shard, through_seq } => self.trim_outbox(*shard, *through_seq),
+            Command::ApplyReplicationBatch {
+                from_dc,
+                shard,
+                records,
+                epoch_start,
+            } => self.apply_replication_batch(from_dc, *shard, records, *epoch_start),
+            Command::FreezeShard { shard, handover } => self.freeze_shard(*shard, *handover),
+            Command::UnfreezeShard { shard, handover } => {
+                Ok(self.unfreeze_shard(*shard, *handover))
+            }
+            Command::AdoptShard {
+                shard,
+                epoch,
+                after,
+            } => self.adopt_shard(*shard, *epoch, *after, now),
+            Command::ReleaseShard { shard, owner_dc } => self.release_shard(*shard, owner_dc),
+            Command::DemoteShard {
+                shard,
+                owner_dc,
+                keep_through,
+            } => self.demote_shard(*shard, owner_dc, *keep_through, now),
+            Command::SealReplica {
+                shard,
+                owner_dc,
+                takeover,
+            } => self.seal_replica(*shard, owner_dc, *takeover),
+            Command::UnsealReplica { shard } => self.unseal_replica(*shard),
+            Command::SeedReplica { seed } => self.seed_replica(seed),
+        }
+    }
+}
