@@ -93,11 +93,16 @@ pub enum ErrorCode {
     // ---- the log
     /// An entry this build cannot decode.
     UndecodableEntry,
+
+    /// A code this build does not know (written by a newer version, read in a mixed-version
+    /// deployment or from its snapshot): decoded rather than refused; shown as `unknown`.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 35] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::NotFound,
         ErrorCode::QuotaExceeded,
         ErrorCode::NotTaskOwner,
@@ -133,6 +138,7 @@ impl ErrorCode {
         ErrorCode::ReplicationUnappliable,
         ErrorCode::ReplicationSealed,
         ErrorCode::UndecodableEntry,
+        ErrorCode::Unknown,
     ];
 
     /// The code as clients see it, and as it is serialized.
@@ -173,6 +179,7 @@ impl ErrorCode {
             ErrorCode::ReplicationUnappliable => "replication_unappliable",
             ErrorCode::ReplicationSealed => "replication_sealed",
             ErrorCode::UndecodableEntry => "undecodable_entry",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }
@@ -239,7 +246,7 @@ mod tests {
     use super::*;
 
     /// Each code's string, pinned: clients, other DCs and stored snapshots read these.
-    const PINNED: [(ErrorCode, &str); 35] = [
+    const PINNED: [(ErrorCode, &str); 36] = [
         (ErrorCode::NotFound, "not_found"),
         (ErrorCode::QuotaExceeded, "quota_exceeded"),
         (ErrorCode::NotTaskOwner, "not_task_owner"),
@@ -278,6 +285,7 @@ mod tests {
         (ErrorCode::ReplicationUnappliable, "replication_unappliable"),
         (ErrorCode::ReplicationSealed, "replication_sealed"),
         (ErrorCode::UndecodableEntry, "undecodable_entry"),
+        (ErrorCode::Unknown, "unknown"),
     ];
 
     #[test]
@@ -298,6 +306,13 @@ mod tests {
         assert_eq!(pinned, all);
         let strings: std::collections::BTreeSet<&str> = PINNED.iter().map(|(_, s)| *s).collect();
         assert_eq!(strings.len(), PINNED.len(), "two codes share a string");
+    }
+
+    /// A code a newer version wrote decodes as `Unknown` instead of failing the whole outcome.
+    #[test]
+    fn an_unknown_code_decodes() {
+        let code: ErrorCode = serde_json::from_str("\"a_code_from_the_future\"").unwrap();
+        assert_eq!(code, ErrorCode::Unknown);
     }
 
     /// A new variant must be added to `ALL` (and so to `PINNED`): this match stops compiling
@@ -340,7 +355,8 @@ mod tests {
                 | ErrorCode::ReplicationWrongOwner
                 | ErrorCode::ReplicationUnappliable
                 | ErrorCode::ReplicationSealed
-                | ErrorCode::UndecodableEntry => {}
+                | ErrorCode::UndecodableEntry
+                | ErrorCode::Unknown => {}
             }
         }
     }
