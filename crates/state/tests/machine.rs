@@ -665,3 +665,30 @@ fn recover_rebuilds_identical_state() {
     // A snapshot taken with another shard count is refused.
     assert!(recover(&store, 8).is_err());
 }
+
+/// Entry times never go backwards as the state machine uses them: a leader whose wall clock is
+/// behind the previous one's (leadership moved) stamps an older time, and the state applies it
+/// at the latest time seen. The floor survives a snapshot, so a node restored from one decides
+/// the same as a node that applied every entry.
+#[test]
+fn entry_times_never_go_backwards() {
+    let mut h = Harness::new(4);
+    let first = h.create_ok("base", 1);
+    let created = h.state.cluster(first).unwrap().cluster.create_time;
+    // The next leader's clock is a minute behind.
+    h.now_ms -= 60_000;
+    let second = h.create_ok("base", 1);
+    assert_eq!(
+        h.state.cluster(second).unwrap().cluster.create_time,
+        created
+    );
+    assert_eq!(h.state.local.clock_ms, created);
+    let parts = coopr_state::encode_parts(&h.state);
+    let restored = coopr_state::decode_parts(parts.iter().map(|(k, v)| (*k, v.as_slice())), 4)
+        .expect("decode");
+    assert_eq!(restored.local.clock_ms, created);
+    // Time moves on once the clock passes the floor.
+    h.now_ms += 120_000;
+    let third = h.create_ok("base", 1);
+    assert!(h.state.cluster(third).unwrap().cluster.create_time > created);
+}

@@ -142,6 +142,11 @@ pub struct LocalState {
     /// Every lost operation ever reported here (the report keeps the last ones).
     #[serde(default)]
     pub lost_operations_total: u64,
+    /// The time of the latest entry applied (see [`State::apply`]): entry times as the state
+    /// machine uses them never go backwards, also when leadership moves to a node whose wall
+    /// clock is behind the previous leader's.
+    #[serde(default)]
+    pub clock_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +257,12 @@ impl State {
 
     /// Applies one entry. Rejected commands change nothing.
     pub fn apply(&mut self, entry: &Entry) -> CommandResult {
+        // An entry's time is its leader's wall clock when proposed; a new leader's clock may be
+        // behind the last one's. Every node applies the same entries, so clamping here keeps
+        // every derived time (create times, deadlines, record times) monotonic and the same
+        // on every node. A rejected command, or one that did nothing, changes nothing, the
+        // floor included.
+        let now = entry.now_ms.max(self.local.clock_ms);
         // A write proposed under another ownership epoch changes nothing and is not remembered
         // under its idempotency key: the client retries it at the shard's current owner.
         if let Some(fence) = entry.fence {
@@ -276,10 +287,20 @@ impl State {
                 return previous;
             }
         }
-        self.applying_at_ms = entry.now_ms;
+        self.applying_at_ms = now;
         self.applying_key = entry.idempotency_key.clone();
-        let result = self.apply_command(&entry.command, entry.now_ms);
+        let result = self.apply_command(&entry.command, now);
         self.applying_key = None;
+        let changed = !matches!(
+            result,
+            Err(_)
+                | Ok(crate::Outcome::Unchanged)
+                | Ok(crate::Outcome::TaskTaken { task: None })
+                | Ok(crate::Outcome::TasksExpired { count: 0 })
+        );
+        if changed {
+            self.local.clock_ms = now;
+        }
         if let Some(key) = &entry.idempotency_key {
             self.local.idempotency.insert(key.clone(), result.clone());
             self.local.idempotency_order.push_back(key.clone());
