@@ -316,6 +316,16 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             max_client_writes_in_flight: file
                 .max_client_writes_in_flight
                 .unwrap_or(defaults.max_client_writes_in_flight),
+            user_api_auth: file
+                .user_api_auth
+                .as_deref()
+                .and_then(coopr_server::AuthMode::parse)
+                .unwrap_or_default(),
+            provisioner_api_auth: file
+                .provisioner_api_auth
+                .as_deref()
+                .and_then(coopr_server::AuthMode::parse)
+                .unwrap_or_default(),
             ..defaults
         },
         workers,
@@ -566,7 +576,7 @@ mod tests {
         let mut text = std::fs::read_to_string(path).unwrap();
         text = text.replacen(
             "[[peers]]",
-            "api_max_concurrent_requests = 7\nmax_client_writes_in_flight = 9\napi_request_timeout_ms = 1500\n\n[[peers]]",
+            "api_max_concurrent_requests = 7\nmax_client_writes_in_flight = 9\napi_request_timeout_ms = 1500\nprovisioner_api_auth = \"trusted-headers\"\n\n[[peers]]",
             1,
         );
         std::fs::write(path, text).unwrap();
@@ -574,6 +584,11 @@ mod tests {
         assert_eq!(config.api_max_concurrent_requests, 7);
         assert_eq!(config.max_client_writes_in_flight, 9);
         assert_eq!(config.api_request_timeout_ms, 1_500);
+        assert_eq!(
+            config.provisioner_api_auth,
+            coopr_server::AuthMode::TrustedHeaders
+        );
+        assert_eq!(config.user_api_auth, coopr_server::AuthMode::Keys);
         assert_eq!(
             config.internal_max_concurrent_requests,
             defaults.internal_max_concurrent_requests

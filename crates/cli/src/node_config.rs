@@ -113,6 +113,14 @@ pub struct NodeConfig {
     pub internal_max_concurrent_requests: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_client_writes_in_flight: Option<usize>,
+    /// How the user API and the provisioner API authenticate: `keys` (default: every request
+    /// presents an API key) or `trusted-headers` (legacy Coopr clients, which send
+    /// `Coopr-UserID`/`Coopr-TenantID` only, are trusted without a key; only behind an
+    /// authenticating proxy or on a private network; logged as a warning at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_api_auth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioner_api_auth: Option<String>,
     /// File with the superadmin key created at first start. Default: none (generated).
     #[serde(default)]
     pub admin_key_file: Option<PathBuf>,
@@ -258,6 +266,16 @@ impl NodeConfig {
                 self.handover_timeout_ms,
                 self.lease_ms
             );
+        }
+        for (key, value) in [
+            ("user_api_auth", &self.user_api_auth),
+            ("provisioner_api_auth", &self.provisioner_api_auth),
+        ] {
+            if let Some(v) = value {
+                if coopr_server::AuthMode::parse(v).is_none() {
+                    bail!("{key}: {v:?} is neither \"keys\" nor \"trusted-headers\"");
+                }
+            }
         }
         if self.demo_workers > 1024 {
             bail!("demo_workers: {} is outside 0..=1024", self.demo_workers);
@@ -570,6 +588,8 @@ pub fn init_cluster(
             internal_request_timeout_ms: None,
             internal_max_concurrent_requests: None,
             max_client_writes_in_flight: None,
+            user_api_auth: None,
+            provisioner_api_auth: None,
             admin_key_file: Some(PathBuf::from("admin-key")),
             peers: peers.clone(),
         };
@@ -790,6 +810,10 @@ mod tests {
                 Box::new(|c| {
                     c.peers.pop();
                 }),
+            ),
+            (
+                "user_api_auth",
+                Box::new(|c| c.user_api_auth = Some("none".into())),
             ),
         ];
         for (key, mutate) in cases {

@@ -99,6 +99,37 @@ pub struct ServerConfig {
     /// This node is a witness (see [`crate::start_witness`]): `dc` names its site, which holds
     /// no data; `remote_dcs` lists the data DCs.
     pub witness: bool,
+    /// How the user API authenticates callers (default [`AuthMode::Keys`]).
+    pub user_api_auth: AuthMode,
+    /// How the provisioner API (`/v2/tasks/*`, `/v2/provisioners/*`) authenticates provisioners
+    /// (default [`AuthMode::Keys`]).
+    pub provisioner_api_auth: AuthMode,
+}
+
+/// How an API authenticates its callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// Every request presents a `Coopr-ApiKey` stored for its tenant and user (keys bound to
+    /// users; admin rights need a key bound to `admin`).
+    #[default]
+    Keys,
+    /// Legacy Coopr clients (its UI, CLI and Ruby provisioner never send keys): a request
+    /// without `Coopr-ApiKey` is trusted to be who its `Coopr-UserID`/`Coopr-TenantID` say,
+    /// admin included. Only for deployments where an authenticating proxy or a private network
+    /// stands in front of the port; a request that does present a key is checked as with
+    /// `Keys`. The node logs a warning at start.
+    TrustedHeaders,
+}
+
+impl AuthMode {
+    /// The node-config spelling: `keys` or `trusted-headers`.
+    pub fn parse(text: &str) -> Option<AuthMode> {
+        match text {
+            "keys" => Some(AuthMode::Keys),
+            "trusted-headers" => Some(AuthMode::TrustedHeaders),
+            _ => None,
+        }
+    }
 }
 
 /// One voter of the placement group.
@@ -155,6 +186,8 @@ impl Default for ServerConfig {
             internal_max_concurrent_requests: 256,
             max_client_writes_in_flight: 1_024,
             witness: false,
+            user_api_auth: AuthMode::Keys,
+            provisioner_api_auth: AuthMode::Keys,
         }
     }
 }

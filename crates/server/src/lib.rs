@@ -40,7 +40,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::config::{Member, PlacementMember, ServerConfig};
+pub use crate::config::{AuthMode, Member, PlacementMember, ServerConfig};
 use crate::core::Core;
 use crate::placement::group::PlacementGroup;
 use crate::placement::lease::Held;
@@ -388,6 +388,19 @@ const SINGLE_NODE_ELECTION_WAIT: Duration = Duration::from_secs(10);
 /// Opens the data directory, joins (or bootstraps) the DC log and starts serving.
 pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     config.validate()?;
+    for (api, mode) in [
+        ("user", config.user_api_auth),
+        ("provisioner", config.provisioner_api_auth),
+    ] {
+        if mode == AuthMode::TrustedHeaders {
+            tracing::warn!(
+                api,
+                "the {api} API trusts Coopr-UserID/Coopr-TenantID without an API key \
+                 (auth = trusted-headers): only safe behind an authenticating proxy or on a \
+                 private network"
+            );
+        }
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let raft_dir = config.data_dir.join("raft");

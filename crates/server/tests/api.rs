@@ -1585,3 +1585,109 @@ async fn cluster_config_macros_are_expanded_for_each_node() {
     );
     srv.stop().await;
 }
+
+/// Legacy Coopr clients send `Coopr-UserID`/`Coopr-TenantID` and no key. By default every API
+/// refuses them (401 `unauthorized`); `trusted-headers` on one API serves them there only, as
+/// who the headers say (admin included), while a key that is presented is still checked.
+#[tokio::test]
+async fn trusted_headers_serve_legacy_clients_on_the_chosen_api_only() {
+    let no_key = |user: &str, tenant: &str| Auth::of(user, tenant, "");
+    let body = |id: &str| {
+        serde_json::to_vec(&json!({"id": id, "host": "127.0.0.1", "port": 1, "capacityTotal": 1}))
+            .expect("json")
+    };
+
+    tracing::info!("--- keys everywhere (the default)");
+    let srv = TestServer::start().await;
+    let refused = srv.get("/v2/clusters", &no_key("demo", "demo")).await;
+    assert_eq!(refused.assert_error(401), "unauthorized");
+    let refused = srv
+        .raw(
+            Method::PUT,
+            "/v2/provisioners/p1",
+            &Auth::Anonymous,
+            &[],
+            Some(body("p1")),
+        )
+        .await;
+    assert_eq!(refused.assert_error(401), "unauthorized");
+    srv.stop().await;
+
+    tracing::info!("--- the provisioner API trusts its network, the user API does not");
+    let srv = TestServer::start_with(|c| {
+        c.provisioner_api_auth = coopr_server::AuthMode::TrustedHeaders;
+    })
+    .await;
+    srv.raw(
+        Method::PUT,
+        "/v2/provisioners/p1",
+        &Auth::Anonymous,
+        &[],
+        Some(body("p1")),
+    )
+    .await
+    .assert_ok();
+    let wrong = srv
+        .raw(
+            Method::PUT,
+            "/v2/provisioners/p1",
+            &Auth::Anonymous,
+            &[("Coopr-ApiKey", "not-a-key")],
+            Some(body("p1")),
+        )
+        .await;
+    assert_eq!(
+        wrong.assert_error(401),
+        "unauthorized",
+        "a presented key is checked"
+    );
+    let refused = srv.get("/v2/clusters", &no_key("demo", "demo")).await;
+    assert_eq!(refused.assert_error(401), "unauthorized");
+    srv.stop().await;
+
+    tracing::info!("--- the user API trusts the headers");
+    let srv =
+        TestServer::start_with(|c| c.user_api_auth = coopr_server::AuthMode::TrustedHeaders).await;
+    let id = srv
+        .post(
+            "/v2/clusters",
+            &no_key("demo", "demo"),
+            json!({"name": "legacy", "clusterTemplate": "base", "numMachines": 1}),
+        )
+        .await
+        .assert_ok()["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // Another user of the tenant does not see demo's cluster; its admin does.
+    let other = srv
+        .get(&format!("/v2/clusters/{id}"), &no_key("bob", "demo"))
+        .await;
+    assert_eq!(other.assert_error(404), "not_found");
+    srv.get(&format!("/v2/clusters/{id}"), &no_key("admin", "demo"))
+        .await
+        .assert_ok();
+    let unknown = srv
+        .get("/v2/clusters", &no_key("demo", "nosuchtenant"))
+        .await;
+    assert_eq!(unknown.assert_error(404), "not_found");
+    let wrong = srv
+        .get("/v2/clusters", &Auth::of("demo", "demo", "not-a-key"))
+        .await;
+    assert_eq!(
+        wrong.assert_error(401),
+        "unauthorized",
+        "a presented key is checked"
+    );
+    let refused = srv
+        .raw(
+            Method::PUT,
+            "/v2/provisioners/p1",
+            &Auth::Anonymous,
+            &[],
+            Some(body("p1")),
+        )
+        .await;
+    assert_eq!(refused.assert_error(401), "unauthorized");
+    srv.stop().await;
+}
