@@ -46,6 +46,21 @@ fn create_body(name: &str) -> Value {
     json!({"name": name, "clusterTemplate": "base", "numMachines": 1})
 }
 
+/// Creates cluster `web` at `dc` and runs its create with a worker of `dc`; the cluster's id
+/// and the worker.
+async fn active_cluster<'a>(dc: &'a TestServer, auth: &Auth) -> (String, Worker<'a>) {
+    let id = dc
+        .post("/v2/clusters", auth, create_body("web"))
+        .await
+        .assert_ok()["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let worker = Worker::register(dc, "p-b", "w1").await;
+    worker.drive().await;
+    (id, worker)
+}
+
 /// The IDs of the clusters a tenant lists at a DC (its local copies, owned and replicated).
 async fn listed(server: &TestServer, auth: &Auth) -> Vec<String> {
     let reply = server.get("/v2/clusters", auth).await;
@@ -118,15 +133,7 @@ async fn a_deleted_tenant_leaves_nothing_to_its_successor() {
     let deployment = Deployment::start().await;
     let (a, b, c) = (deployment.dc("a"), deployment.dc("b"), deployment.dc("c"));
     let auth = tenant(&deployment, a, "acme", None).await;
-    let id = b
-        .post("/v2/clusters", &auth, create_body("web"))
-        .await
-        .assert_ok()["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let worker = Worker::register(b, "p-b", "w1").await;
-    worker.drive().await;
+    let (id, worker) = active_cluster(b, &auth).await;
     wait_for("every DC to converge", || converged(&deployment)).await;
 
     // Sent to c, forwarded to a (the global shard's owner), refused there: b's cluster is live.
@@ -167,15 +174,7 @@ async fn a_cluster_created_during_the_delete_is_deleted_by_its_dc() {
     let auth = tenant(&deployment, a, "acme", None).await;
     deployment.cut_replication("a", "b");
 
-    let id = b
-        .post("/v2/clusters", &auth, create_body("web"))
-        .await
-        .assert_ok()["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let worker = Worker::register(b, "p-b", "w1").await;
-    worker.drive().await;
+    let (id, worker) = active_cluster(b, &auth).await;
     let cluster: coopr_types::ClusterId = id.parse().expect("id");
     let status = |server: &TestServer| {
         server

@@ -1118,28 +1118,7 @@ fn failover_resumes_in_flight_work_and_reports_what_was_lost() {
     assert!(creates.iter().all(|t| a.task_name(*t) == TaskName::Create));
     a.finish(creates[0], 0).unwrap();
     a.finish(creates[1], 0).unwrap();
-    let mut b = State::new(SHARDS);
-    ship(
-        &mut b,
-        "dc-a",
-        ShardId::GLOBAL,
-        &a.records(ShardId::GLOBAL),
-        None,
-    )
-    .unwrap();
-    at(
-        &mut b,
-        1,
-        Command::RegisterProvisioner {
-            info: ProvisionerInfo {
-                id: "p1".into(),
-                host: "127.0.0.1".into(),
-                port: 1,
-                capacity_total: 4,
-            },
-        },
-    )
-    .unwrap();
+    let mut b = second_dc(&a);
     let shipped = a.records(shard);
     assert_eq!(
         kinds(&shipped),

@@ -176,22 +176,21 @@ mod tests {
             .unwrap_or_else(|e| panic!("{debug}: {e}"))
     }
 
+    fn acme() -> Tenant {
+        Tenant {
+            id: "t1".into(),
+            name: "acme".into(),
+            description: String::new(),
+            workers: 0,
+            max_clusters: UNLIMITED,
+            max_nodes: UNLIMITED,
+        }
+    }
+
     /// DC `a`'s state holding a replica of the global shard, which `b` owns.
     fn with_global_replica() -> State {
         let mut b = State::new(SHARDS);
-        apply(
-            &mut b,
-            Command::PutTenant {
-                tenant: Tenant {
-                    id: "t1".into(),
-                    name: "acme".into(),
-                    description: String::new(),
-                    workers: 0,
-                    max_clusters: UNLIMITED,
-                    max_nodes: UNLIMITED,
-                },
-            },
-        );
+        apply(&mut b, Command::PutTenant { tenant: acme() });
         let records = b
             .outbox(ShardId::GLOBAL)
             .expect("outbox")
@@ -341,19 +340,7 @@ mod tests {
     fn a_shard_owned_elsewhere_at_a_newer_epoch_is_demoted() {
         let mut state = State::new(SHARDS);
         let shard = ShardId::GLOBAL;
-        apply(
-            &mut state,
-            Command::PutTenant {
-                tenant: Tenant {
-                    id: "t1".into(),
-                    name: "acme".into(),
-                    description: String::new(),
-                    workers: 0,
-                    max_clusters: UNLIMITED,
-                    max_nodes: UNLIMITED,
-                },
-            },
-        );
+        apply(&mut state, Command::PutTenant { tenant: acme() });
         assert!(state.holds_writes(shard));
         let mut map = map();
         let local = state.shard_epoch(shard).expect("owned");
