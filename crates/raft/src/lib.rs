@@ -20,7 +20,8 @@
 //! - [`state_machine`]: drives the application [`StateMachine`] and keeps its snapshots; at
 //!   start the application is restored from the last snapshot and openraft re-applies the log.
 //! - [`network`]: the RPC client and the axum [`router`] (shared secret, group name, timeouts,
-//!   body limit); [`wire`]: the binary body of the RPCs that carry bulk bytes.
+//!   body limit); [`wire`]: the binary body of the RPCs that carry bulk bytes; [`transport`]:
+//!   the seam every call to another node goes through (HTTP, or in-memory for a simulation).
 //! - [`node`]: [`start`], [`RaftConfig`] and the [`RaftHandle`] the server uses; its writes
 //!   are group-committed (concurrent writes share one log entry, a [`Batch`]).
 //!
@@ -53,14 +54,16 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod state_machine;
+pub mod transport;
 pub mod types;
 pub mod wire;
 
 pub use log_store::RaftLogStore;
 pub use network::{router, same_secret, HttpNetworkFactory};
 pub use node::{
-    start, ConfigError, RaftConfig, RaftHandle, RaftStatus, RaftStores, Role, StartError,
-    WriteError,
+    start, start_with, ConfigError, RaftConfig, RaftHandle, RaftStatus, RaftStores, Role,
+    StartError, WriteError,
 };
 pub use state_machine::{RaftStateMachineStore, StateMachine};
+pub use transport::{Answer, Call, CallError, HttpTransport, MemNetwork, Transport};
 pub use types::{Batch, NodeId, Payload, TypeConfig};

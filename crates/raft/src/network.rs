@@ -51,6 +51,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::node::RaftHandle;
+use crate::transport::{Call, CallError, Transport};
 use crate::types::{NodeId, TypeConfig};
 use crate::wire::{self, MAX_RPC_BODY_BYTES};
 
@@ -68,10 +69,11 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 /// group already exists, and by operators).
 pub const STATUS_PATH: &str = "/raft/status";
 
-/// Creates one [`HttpNetwork`] per target node; all share one connection pool.
+/// Creates one [`HttpNetwork`] per target node; all send through one [`Transport`] (one
+/// connection pool over HTTP).
 #[derive(Clone)]
 pub struct HttpNetworkFactory {
-    client: reqwest::Client,
+    transport: Arc<dyn Transport>,
     secret: Arc<str>,
     group: Arc<str>,
     snapshot_timeout: Duration,
@@ -79,23 +81,20 @@ pub struct HttpNetworkFactory {
 }
 
 impl HttpNetworkFactory {
-    /// `connect_timeout` bounds TCP connects; `snapshot_timeout` each snapshot chunk.
+    /// `snapshot_timeout` bounds each snapshot chunk.
     pub fn new(
+        transport: Arc<dyn Transport>,
         secret: &str,
         group: &str,
-        connect_timeout: Duration,
         snapshot_timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .build()?;
-        Ok(HttpNetworkFactory {
-            client,
+    ) -> Self {
+        HttpNetworkFactory {
+            transport,
             secret: secret.into(),
             group: group.into(),
             snapshot_timeout,
             refusals: Arc::default(),
-        })
+        }
     }
 }
 
@@ -173,12 +172,8 @@ impl Refusals {
 /// Why an RPC got no answer from the remote Raft node.
 #[derive(Debug, thiserror::Error)]
 enum TransportError {
-    #[error("POST {url}: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error(transparent)]
+    Call(#[from] CallError),
     #[error("POST {url}: status {status}: {body}")]
     Status {
         url: String,
@@ -212,25 +207,20 @@ impl HttpNetwork {
         E: std::error::Error + DeserializeOwned,
     {
         let url = format!("{}{}", self.base_url, rpc.path());
-        let http = |source| TransportError::Http {
-            url: url.clone(),
-            source,
-        };
-        let response = self
+        let call = Call::post(&url, body)
+            .header(SECRET_HEADER, &self.factory.secret)
+            .header(GROUP_HEADER, &self.factory.group)
+            .header(axum::http::header::CONTENT_TYPE.as_str(), content_type)
+            .timeout(timeout);
+        let answer = self
             .factory
-            .client
-            .post(&url)
-            .header(SECRET_HEADER, &*self.factory.secret)
-            .header(GROUP_HEADER, &*self.factory.group)
-            .header(axum::http::header::CONTENT_TYPE, content_type)
-            .timeout(timeout)
-            .body(body)
-            .send()
+            .transport
+            .call(call)
             .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&http(e))))?;
-        let status = response.status();
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError::Call(e))))?;
+        let status = answer.status;
         if status != StatusCode::OK {
-            let body = response.text().await.unwrap_or_default();
+            let body = String::from_utf8_lossy(&answer.body).into_owned();
             let error = TransportError::Status {
                 url: url.clone(),
                 status,
@@ -249,10 +239,7 @@ impl HttpNetwork {
                 "raft RPC accepted again after being refused"
             );
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&http(e))))?;
+        let bytes = answer.body;
         let result: Result<Resp, RaftError<NodeId, E>> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

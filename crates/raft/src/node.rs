@@ -393,7 +393,10 @@ pub struct RaftHandle {
 struct Inner {
     raft: Raft<TypeConfig>,
     config: RaftConfig,
-    client: reqwest::Client,
+    /// How this node calls the others (status probes; the RPCs go through openraft's network,
+    /// which holds the same transport).
+    transport: Arc<dyn crate::transport::Transport>,
+    election_timeout: Duration,
     leader: watch::Receiver<Option<NodeId>>,
     /// 0: votes normally; n > 0: does not vote until it applied index n - 1 (see crate doc).
     vote_after_applied: Arc<AtomicU64>,
@@ -567,6 +570,19 @@ pub async fn start(
     stores: RaftStores,
     state_machine: Arc<dyn StateMachine>,
 ) -> Result<RaftHandle, StartError> {
+    let connect_timeout = Duration::from_millis(config.election_timeout_max_ms);
+    let transport = Arc::new(crate::transport::HttpTransport::new(connect_timeout)?);
+    start_with(config, stores, state_machine, transport).await
+}
+
+/// [`start`] with the [`Transport`](crate::transport::Transport) the node calls the others
+/// through (in-memory in a simulation, [`crate::transport::MemNetwork`]).
+pub async fn start_with(
+    config: RaftConfig,
+    stores: RaftStores,
+    state_machine: Arc<dyn StateMachine>,
+    transport: Arc<dyn crate::transport::Transport>,
+) -> Result<RaftHandle, StartError> {
     config.validate()?;
     let openraft_config = Arc::new(config.openraft_config()?);
     let log_store = RaftLogStore::new(stores.log.clone(), config.persist_committed);
@@ -588,11 +604,11 @@ pub async fn start(
     }
     let election_timeout = Duration::from_millis(config.election_timeout_max_ms);
     let network = HttpNetworkFactory::new(
+        transport.clone(),
         &config.secret,
         &config.group,
-        election_timeout,
         Duration::from_millis(config.snapshot_timeout_ms),
-    )?;
+    );
     let raft = Raft::new(
         config.node_id,
         openraft_config,
@@ -610,10 +626,6 @@ pub async fn start(
         leader_tx,
         vote_after_applied.clone(),
     ));
-    let client = reqwest::Client::builder()
-        .connect_timeout(election_timeout)
-        .timeout(election_timeout)
-        .build()?;
     let (queue, queued) = mpsc::unbounded_channel();
     let batcher = tokio::spawn(run_batcher(
         Arc::new(Proposer {
@@ -627,7 +639,8 @@ pub async fn start(
         inner: Arc::new(Inner {
             raft,
             config,
-            client,
+            transport,
+            election_timeout,
             leader: leader_rx,
             vote_after_applied,
             watcher,
@@ -721,18 +734,19 @@ impl RaftHandle {
             .filter(|(&id, _)| id != config.node_id)
             .map(|(_, addr)| {
                 let url = format!("{}{STATUS_PATH}", addr.trim_end_matches('/'));
-                let request = self
-                    .inner
-                    .client
-                    .post(url)
+                let call = crate::transport::Call::post(url, Vec::new())
                     .header(SECRET_HEADER, &config.secret)
-                    .header(GROUP_HEADER, &config.group);
+                    .header(GROUP_HEADER, &config.group)
+                    .timeout(self.inner.election_timeout);
+                let transport = self.inner.transport.clone();
                 async move {
-                    let response = request.send().await.ok()?;
-                    if !response.status().is_success() {
+                    let answer = transport.call(call).await.ok()?;
+                    if !answer.status.is_success() {
                         return None;
                     }
-                    response.json::<RaftStatus>().await.ok()?.last_applied
+                    serde_json::from_slice::<RaftStatus>(&answer.body)
+                        .ok()?
+                        .last_applied
                 }
             });
         let mut highest = None;

@@ -1,0 +1,185 @@
+//! Groups of 3 nodes in one process with no sockets: each node calls the others through a
+//! [`MemNetwork`] transport (calls handed to the target's router directly) and keeps its log in
+//! memory. The same code as over HTTP runs; only the transport and the stores are injected.
+//! One test runs on tokio's paused clock: openraft's timers, the links' delays and every wait
+//! advance in simulated time, as a deterministic simulation will run the server.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::ListMachine;
+use coopr_raft::{MemNetwork, RaftConfig, RaftHandle, RaftStores};
+use tokio::time::Instant;
+
+/// Node `id`'s name and base URL on the in-memory network.
+fn name(id: u64) -> String {
+    format!("n{id}")
+}
+
+fn url(id: u64) -> String {
+    format!("http://n{id}")
+}
+
+struct MemGroup {
+    network: MemNetwork,
+    handles: Vec<RaftHandle>,
+    machines: Vec<Arc<ListMachine>>,
+}
+
+impl MemGroup {
+    async fn start(count: u64) -> MemGroup {
+        let network = MemNetwork::new();
+        let members = (1..=count).map(|id| (id, url(id))).collect();
+        let mut config = RaftConfig::new(1, members, "test-secret");
+        config.write_timeout_ms = 2_000;
+        let mut handles = Vec::new();
+        let mut machines = Vec::new();
+        for id in 1..=count {
+            let machine = Arc::new(ListMachine::default());
+            let node_config = RaftConfig {
+                node_id: id,
+                ..config.clone()
+            };
+            let handle = coopr_raft::start_with(
+                node_config,
+                RaftStores::in_memory(),
+                machine.clone(),
+                network.transport(&name(id)),
+            )
+            .await
+            .expect("start");
+            network.serve(&name(id), &url(id), coopr_raft::router(handle.clone()));
+            handles.push(handle);
+            machines.push(machine);
+        }
+        for handle in &handles {
+            handle.initialize_if_needed().await.expect("initialize");
+        }
+        MemGroup {
+            network,
+            handles,
+            machines,
+        }
+    }
+
+    /// The leader every node of `among` agrees on, within `within` (tokio time).
+    async fn leader(&self, among: &[u64], within: Duration) -> u64 {
+        wait(within, "an agreed leader", || {
+            let leaders: Vec<Option<u64>> = among
+                .iter()
+                .map(|id| self.handles[(id - 1) as usize].status().leader)
+                .collect();
+            match leaders.first() {
+                Some(&Some(leader))
+                    if among.contains(&leader)
+                        && leaders.iter().all(|l| *l == Some(leader))
+                        && self.handles[(leader - 1) as usize].is_leader() =>
+                {
+                    Some(leader)
+                }
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    async fn converged(&self, among: &[u64], expected: &[Vec<u8>]) {
+        wait(
+            Duration::from_secs(10),
+            "every node applied the list",
+            || {
+                among
+                    .iter()
+                    .all(|id| self.machines[(id - 1) as usize].payloads() == expected)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn shutdown(self) {
+        for handle in self.handles {
+            handle.shutdown().await;
+        }
+    }
+}
+
+/// Polls `check` every 10 ms of tokio time until it returns `Some`, panicking after `within`.
+async fn wait<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn payload(n: u32) -> Vec<u8> {
+    format!("cmd-{n}").into_bytes()
+}
+
+/// Writes apply on every node; the leader, cut off from the others, cannot commit while they
+/// elect another leader that can; once healed, every node holds the same list, without the
+/// write the cut-off leader could not commit.
+async fn partition_and_heal() {
+    let group = MemGroup::start(3).await;
+    let all = [1, 2, 3];
+    let leader = group.leader(&all, Duration::from_secs(10)).await;
+    let mut expected = Vec::new();
+    for n in 0..5 {
+        group.handles[(leader - 1) as usize]
+            .write(payload(n))
+            .await
+            .expect("write");
+        expected.push(payload(n));
+    }
+    group.converged(&all, &expected).await;
+
+    group.network.isolate(&name(leader));
+    let others: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    let stranded = group.handles[(leader - 1) as usize]
+        .write(payload(100))
+        .await;
+    assert!(
+        stranded.is_err(),
+        "a cut-off leader committed a write: {stranded:?}"
+    );
+    let next = group.leader(&others, Duration::from_secs(10)).await;
+    assert_ne!(next, leader);
+    group.handles[(next - 1) as usize]
+        .write(payload(5))
+        .await
+        .expect("write at the new leader");
+    expected.push(payload(5));
+    group.converged(&others, &expected).await;
+
+    group.network.heal();
+    group.converged(&all, &expected).await;
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_is_replaced_in_memory() {
+    partition_and_heal().await;
+}
+
+/// The same on tokio's paused clock (current-thread runtime, time advancing only when every
+/// task waits): openraft's election and heartbeat timers run in simulated time.
+#[tokio::test(start_paused = true)]
+async fn a_partitioned_leader_is_replaced_in_simulated_time() {
+    let started = std::time::Instant::now();
+    let simulated = Instant::now();
+    partition_and_heal().await;
+    eprintln!(
+        "simulated {:?} in {:?}",
+        simulated.elapsed(),
+        started.elapsed()
+    );
+}
