@@ -53,6 +53,7 @@
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod runtime;
 pub mod state_machine;
 pub mod transport;
 pub mod types;
@@ -64,6 +65,7 @@ pub use node::{
     start, start_with, ConfigError, RaftConfig, RaftHandle, RaftStatus, RaftStores, Role,
     StartError, WriteError,
 };
+pub use runtime::seed_thread_rng;
 pub use state_machine::{RaftStateMachineStore, StateMachine};
 pub use transport::{Answer, Call, CallError, HttpTransport, MemNetwork, Transport};
 pub use types::{Batch, NodeId, Payload, TypeConfig};
