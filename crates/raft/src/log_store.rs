@@ -117,12 +117,16 @@ pub(crate) enum StorageFailure {
     Task(String),
 }
 
-/// Runs a store call on tokio's blocking pool: every mutating call waits for an fsync.
+/// Runs a store call on tokio's blocking pool (every mutating call waits for an fsync), or
+/// inline for a store that does not block ([`LogStore::blocks`]: in memory).
 pub(crate) async fn blocking<T, F>(store: Arc<dyn LogStore>, run: F) -> Result<T, StorageFailure>
 where
     T: Send + 'static,
     F: FnOnce(&dyn LogStore) -> Result<T, StorageFailure> + Send + 'static,
 {
+    if !store.blocks() {
+        return run(&*store);
+    }
     match tokio::task::spawn_blocking(move || run(&*store)).await {
         Ok(result) => result,
         Err(join_error) => Err(StorageFailure::Task(join_error.to_string())),

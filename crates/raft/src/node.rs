@@ -588,9 +588,13 @@ pub async fn start_with(
     let log_store = RaftLogStore::new(stores.log.clone(), config.persist_committed);
     let log_pristine = {
         let log_store = log_store.clone();
-        tokio::task::spawn_blocking(move || log_store.is_pristine())
-            .await
-            .map_err(|e| StartError::Storage(e.to_string()))??
+        if stores.log.blocks() {
+            tokio::task::spawn_blocking(move || log_store.is_pristine())
+                .await
+                .map_err(|e| StartError::Storage(e.to_string()))??
+        } else {
+            log_store.is_pristine()?
+        }
     };
     let sm_store = RaftStateMachineStore::open(state_machine, stores.snapshots.clone())
         .await

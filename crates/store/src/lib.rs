@@ -112,6 +112,13 @@ impl Snapshot {
 ///
 /// [`conformance`] checks all of this that can be checked without crashing the machine.
 pub trait LogStore: Send + Sync + 'static {
+    /// Whether calls may block on I/O (disk, fsync): callers in async code then run them on a
+    /// blocking thread. A store in memory answers `false`, and is called inline (which keeps a
+    /// simulation on one thread, where a seed replays exactly).
+    fn blocks(&self) -> bool {
+        true
+    }
+
     /// Appends entries at `last_index()+1 ..` and returns only once they are durable (fsync'd).
     /// Several entries in one call are one durable batch (group commit). Returns the index of
     /// the last appended entry; an empty batch writes nothing and returns `last_index()`.

@@ -50,6 +50,10 @@ impl MemStore {
 }
 
 impl LogStore for MemStore {
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn append(&self, entries: &[Vec<u8>]) -> Result<LogIndex, StoreError> {
         let mut state = self.state();
         rules::next_index(state.last_index(), entries.len());
