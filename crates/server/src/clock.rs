@@ -219,7 +219,9 @@ mod tests {
     fn the_guard_recognizes_os_clock_reads() {
         assert!(reads_os_clock("use std::time::{Duration, Instant};"));
         assert!(reads_os_clock("let t = std::time::Instant::now();"));
-        assert!(reads_os_clock("SystemTime::now().duration_since(UNIX_EPOCH)"));
+        assert!(reads_os_clock(
+            "SystemTime::now().duration_since(UNIX_EPOCH)"
+        ));
         assert!(!reads_os_clock("use std::time::Duration;"));
         assert!(!reads_os_clock("let t = tokio::time::Instant::now();"));
         assert!(!reads_os_clock("// std::time::Instant is not used"));

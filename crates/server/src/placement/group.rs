@@ -368,7 +368,9 @@ impl PlacementGroup {
         let timeout_ms = self.handover_timeout_ms;
         let commands = self
             .machine
-            .read(|state| state.map(|s| plan_handover_timeouts(s, timeout_ms, self.clock.mono_ms(), since)))
+            .read(|state| {
+                state.map(|s| plan_handover_timeouts(s, timeout_ms, self.clock.mono_ms(), since))
+            })
             .unwrap_or_default();
         for command in commands {
             // What it waited for: the owner's final position, or replicas that lacked it.
