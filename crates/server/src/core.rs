@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use coopr_raft::{RaftHandle, StateMachine, WriteError};
 use coopr_state::{
@@ -25,6 +24,8 @@ use coopr_state::{
 };
 use thiserror::Error;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::clock::Clock;
 
 #[derive(Debug, Error, Clone)]
 pub enum ProposeError {
@@ -138,6 +139,8 @@ pub struct Core {
     /// Bytes of the entries this node proposed (written or not): the DC-log side of the
     /// cross-DC/DC-log byte ratio.
     proposed_bytes: AtomicU64,
+    /// The node's clock: entries carry its wall time.
+    clock: Arc<dyn Clock>,
 }
 
 impl Core {
@@ -157,13 +160,14 @@ impl Core {
         (sm, parts)
     }
 
-    pub fn new(parts: CoreParts, raft: RaftHandle) -> Arc<Core> {
+    pub fn new(parts: CoreParts, raft: RaftHandle, clock: Arc<dyn Clock>) -> Arc<Core> {
         Arc::new(Core {
             state: parts.state,
             raft,
             applied: parts.applied,
             applied_index: parts.applied_index,
             proposed_bytes: AtomicU64::new(0),
+            clock,
         })
     }
 
@@ -187,7 +191,8 @@ impl Core {
         self.proposed_bytes.load(Ordering::Relaxed)
     }
 
-    /// Commits a command in the DC log and returns its outcome (leader only).
+    /// Commits a command in the DC log and returns its outcome (leader only). The entry carries
+    /// the node's wall time (`Entry::now_ms`: what every node applies it at).
     pub async fn propose(
         &self,
         command: Command,
@@ -195,12 +200,14 @@ impl Core {
         fence: Option<Fence>,
     ) -> Result<CommandResult, ProposeError> {
         let entry = Entry {
-            now_ms: now_ms(),
+            now_ms: self.clock.wall_ms(),
             idempotency_key,
             fence,
             command,
         };
-        let started = Instant::now();
+        // A duration for the metric only, at microsecond resolution: tokio's clock, which a
+        // simulation drives like the node's clock.
+        let started = tokio::time::Instant::now();
         let bytes = encode_entry(&entry);
         self.proposed_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -227,11 +234,4 @@ pub struct CoreParts {
     state: Arc<RwLock<State>>,
     applied: Arc<Notify>,
     applied_index: Arc<AtomicU64>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -4,13 +4,12 @@
 //! outboxes of the shards this DC owns through what every replica DC acknowledged.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coopr_state::Command;
 use coopr_types::ShardId;
 use tokio::sync::watch;
 
-use crate::core::now_ms;
 use crate::App;
 
 /// Longest sleep between checks.
@@ -33,7 +32,7 @@ pub async fn become_leader(app: &App) -> anyhow::Result<()> {
         crate::seed::bootstrap(app).await?;
     }
     if let Ok(mut since) = app.leader_since.lock() {
-        *since = Some(Instant::now());
+        *since = Some(app.clock.mono_ms());
     }
     metrics::counter!("coopr_leadership_acquired_total").increment(1);
     tracing::info!(node = %app.config.node, "leading the DC log: job engine running here");
@@ -79,7 +78,7 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             .core
             .read()
             .next_deadline()
-            .is_some_and(|d| d <= now_ms());
+            .is_some_and(|d| d <= app.clock.wall_ms());
         if due {
             match app.propose_system(Command::ExpireTasks, None).await {
                 Ok(Ok(outcome)) => tracing::debug!(?outcome, "expired tasks"),
@@ -87,14 +86,15 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(error = %e, "expire not written"),
             }
         }
-        let timeout = Duration::from_millis(app.config.provisioner_timeout_ms);
+        let timeout_ms = app.config.provisioner_timeout_ms;
+        let now = app.clock.mono_ms();
         let dead: Vec<String> = {
             let state = app.core.read();
             state
                 .local
                 .provisioners
                 .keys()
-                .filter(|p| app.last_heard(p).elapsed() > timeout)
+                .filter(|p| now.saturating_sub(app.last_heard(p)) > timeout_ms)
                 .cloned()
                 .collect()
         };

@@ -18,6 +18,7 @@
 //! clusters only in shards it owns and replicates every other shard from its owner.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod driver;
@@ -30,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use coopr_raft::{RaftConfig, RaftHandle, RaftStores};
@@ -40,6 +41,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::clock::{Clock, SimClock, SystemClock};
 pub use crate::config::{AuthMode, Member, PlacementMember, ServerConfig};
 use crate::core::Core;
 use crate::placement::group::PlacementGroup;
@@ -52,7 +54,10 @@ pub struct App {
     pub config: ServerConfig,
     pub core: Arc<Core>,
     pub metrics: PrometheusHandle,
-    heartbeats: Mutex<HashMap<String, Instant>>,
+    /// This node's clock: every time the server's logic reads comes from here (see [`clock`]).
+    pub clock: Arc<dyn Clock>,
+    /// When each provisioner was last heard from (the clock's monotonic ms).
+    heartbeats: Mutex<HashMap<String, u64>>,
     next_shard: AtomicU32,
     /// This node's copy of the shard map (see [`placement`]).
     map: RwLock<Arc<ShardMap>>,
@@ -66,8 +71,9 @@ pub struct App {
     pub rerouted: AtomicU64,
     /// Wakes the lease loop for a renewal now (ownership changes, handover progress).
     pub renew_now: tokio::sync::Notify,
-    /// Since when this node leads the DC log (the job engine runs only then).
-    pub leader_since: Mutex<Option<Instant>>,
+    /// Since when this node leads the DC log (the clock's monotonic ms; the job engine runs
+    /// only then).
+    pub leader_since: Mutex<Option<u64>>,
     /// Client used to forward requests to the leader.
     pub forwarder: reqwest::Client,
     /// Take proposals not yet answered (so idle polls do not race for the same task).
@@ -77,8 +83,9 @@ pub struct App {
     /// Becomes true when the node stops (ends long polls).
     pub stopping: watch::Receiver<bool>,
     /// When this node first saw each takeover order (shard, takeover number) in its grant:
-    /// the bounded time it may still pull the old owner's records runs from there.
-    pub takeovers_seen: Mutex<BTreeMap<(ShardId, u64), Instant>>,
+    /// the bounded time it may still pull the old owner's records runs from there (the clock's
+    /// monotonic ms).
+    pub takeovers_seen: Mutex<BTreeMap<(ShardId, u64), u64>>,
     /// The node's supervised loops (see [`supervise`]): `/ready` fails while one is down.
     pub loops: Arc<Loops>,
     /// Bounds the client writes in flight to the DC log (see [`core::WriteQueue`]).
@@ -191,7 +198,12 @@ impl App {
         if self.owns(shard) {
             return 0;
         }
-        replication::staleness_ms(&self.core.read(), &self.replication, shard, core::now_ms())
+        replication::staleness_ms(
+            &self.core.read(),
+            &self.replication,
+            shard,
+            self.clock.wall_ms(),
+        )
     }
 
     /// `<dc>/<node>`: who served a request (the `Coopr-Served-By` header).
@@ -201,7 +213,7 @@ impl App {
 
     pub fn heartbeat(&self, provisioner: &str) {
         if let Ok(mut map) = self.heartbeats.lock() {
-            map.insert(provisioner.to_string(), Instant::now());
+            map.insert(provisioner.to_string(), self.clock.mono_ms());
         }
     }
 
@@ -212,14 +224,15 @@ impl App {
     }
 
     /// When the provisioner was last heard from, or this node became leader, whichever is later
-    /// (heartbeats go to the leader, so a new leader gives every provisioner a full timeout).
-    pub fn last_heard(&self, provisioner: &str) -> Instant {
+    /// (heartbeats go to the leader, so a new leader gives every provisioner a full timeout), on
+    /// the clock's monotonic ms.
+    pub fn last_heard(&self, provisioner: &str) -> u64 {
         let since = self
             .leader_since
             .lock()
             .ok()
             .and_then(|l| *l)
-            .unwrap_or_else(Instant::now);
+            .unwrap_or_else(|| self.clock.mono_ms());
         let heard = self
             .heartbeats
             .lock()
@@ -261,7 +274,7 @@ impl App {
                 let lease = &held.lease;
                 let end = lease.started_before_send_ms + lease.grant.lease_ms;
                 end.saturating_sub(lease.grant.max_clock_offset_ms)
-                    .saturating_sub(placement::group::mono_ms())
+                    .saturating_sub(self.clock.mono_ms())
             });
             metrics::gauge!("coopr_lease_remaining_ms").set(remaining as f64);
             let owned = self.placement().owned_by(&self.config.dc).count();
@@ -273,7 +286,7 @@ impl App {
                 &self.placement(),
                 &state,
                 &self.replication,
-                core::now_ms(),
+                self.clock.wall_ms(),
             );
         }
     }
@@ -346,9 +359,100 @@ impl WitnessHandle {
     }
 }
 
-/// Starts a witness (see [`WitnessHandle`]): needs `placement_node_id`, `placement_members`,
-/// `internal_listen`, `secret` and `data_dir`; its `dc` names the witness site.
+/// What the caller of [`start_with`] chooses for a node: its clock and where its Raft groups
+/// keep their state. [`start`] uses [`StartOptions::production`]; a simulation gives every node
+/// a [`SimClock`] and in-memory stores.
+pub struct StartOptions {
+    pub clock: Arc<dyn Clock>,
+    pub storage: Storage,
+}
+
+impl StartOptions {
+    /// The OS's clocks and redb files under the data dir.
+    pub fn production() -> StartOptions {
+        StartOptions {
+            clock: Arc::new(SystemClock::new()),
+            storage: Storage::DataDir,
+        }
+    }
+
+    /// `clock`, and both Raft groups in memory: the node writes nothing to its data dir.
+    pub fn in_memory(clock: Arc<dyn Clock>) -> StartOptions {
+        StartOptions {
+            clock,
+            storage: Storage::Given {
+                dc_log: RaftStores::in_memory(),
+                placement: RaftStores::in_memory(),
+            },
+        }
+    }
+}
+
+/// Where a node's Raft groups keep their state.
+pub enum Storage {
+    /// redb files under the config's `data_dir`: `raft/` (the DC log), `placement/` (the
+    /// placement group, on its voters); a generated superadmin key goes to `admin-key` there.
+    DataDir,
+    /// The stores given (e.g. [`RaftStores::in_memory`]): the DC log's, and the placement
+    /// group's (used only by a placement voter or a witness). Nothing is written to the data
+    /// dir, which is not even created; a node that would generate the superadmin key must be
+    /// given one (`admin_key`, or `demo`) instead.
+    Given {
+        dc_log: RaftStores,
+        placement: RaftStores,
+    },
+}
+
+impl Storage {
+    /// Opens (or takes) the DC log's stores.
+    async fn dc_log(&self, config: &ServerConfig) -> anyhow::Result<RaftStores> {
+        match self {
+            Storage::DataDir => {
+                let dir = config.data_dir.join("raft");
+                tokio::task::spawn_blocking(move || RaftStores::open(&dir))
+                    .await?
+                    .context("cannot open the DC log's stores")
+            }
+            Storage::Given { dc_log, .. } => Ok(dc_log.clone()),
+        }
+    }
+
+    /// Opens (or takes) the placement group's stores.
+    async fn placement(&self, config: &ServerConfig) -> anyhow::Result<RaftStores> {
+        match self {
+            Storage::DataDir => {
+                let dir = config.data_dir.join("placement");
+                tokio::task::spawn_blocking(move || RaftStores::open(&dir))
+                    .await?
+                    .context("cannot open the placement group's stores")
+            }
+            Storage::Given { placement, .. } => Ok(placement.clone()),
+        }
+    }
+
+    /// Creates the data dir when the node keeps its state there.
+    fn prepare(&self, config: &ServerConfig) -> anyhow::Result<()> {
+        match self {
+            Storage::DataDir => std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create data dir {}", config.data_dir.display())),
+            Storage::Given { .. } => Ok(()),
+        }
+    }
+}
+
+/// Starts a witness (see [`WitnessHandle`]) with the OS's clocks and its state under its data
+/// dir: see [`start_witness_with`].
 pub async fn start_witness(config: ServerConfig) -> anyhow::Result<WitnessHandle> {
+    start_witness_with(config, StartOptions::production()).await
+}
+
+/// Starts a witness (see [`WitnessHandle`]): needs `placement_node_id`, `placement_members`,
+/// `internal_listen`, `secret` and (with [`Storage::DataDir`]) `data_dir`; its `dc` names the
+/// witness site.
+pub async fn start_witness_with(
+    config: ServerConfig,
+    options: StartOptions,
+) -> anyhow::Result<WitnessHandle> {
     config.validate()?;
     if !config.witness || config.placement_node_id.is_none() || config.remote_dcs.is_empty() {
         anyhow::bail!("a witness needs witness = true, placement_node_id and the data DCs");
@@ -359,9 +463,9 @@ pub async fn start_witness(config: ServerConfig) -> anyhow::Result<WitnessHandle
     let Some(listen) = config.internal_listen.clone() else {
         anyhow::bail!("a witness needs internal_listen");
     };
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let group = PlacementGroup::start(&config).await?;
+    options.storage.prepare(&config)?;
+    let stores = options.storage.placement(&config).await?;
+    let group = PlacementGroup::start(&config, stores, options.clock.clone()).await?;
     let (shutdown, stop) = watch::channel(false);
     let listener = TcpListener::bind(&listen)
         .await
@@ -385,8 +489,18 @@ pub async fn start_witness(config: ServerConfig) -> anyhow::Result<WitnessHandle
 /// How long a server of a single-member DC waits at start for its own election.
 const SINGLE_NODE_ELECTION_WAIT: Duration = Duration::from_secs(10);
 
-/// Opens the data directory, joins (or bootstraps) the DC log and starts serving.
+/// Opens the data directory, joins (or bootstraps) the DC log and starts serving, on the OS's
+/// clocks (the production node; see [`start_with`]).
 pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
+    start_with(config, StartOptions::production()).await
+}
+
+/// Starts a node on the clock and stores the caller chose: joins (or bootstraps) the DC log and
+/// starts serving.
+pub async fn start_with(
+    config: ServerConfig,
+    options: StartOptions,
+) -> anyhow::Result<ServerHandle> {
     config.validate()?;
     for (api, mode) in [
         ("user", config.user_api_auth),
@@ -401,12 +515,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
             );
         }
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let raft_dir = config.data_dir.join("raft");
-    let stores = tokio::task::spawn_blocking(move || RaftStores::open(&raft_dir))
-        .await?
-        .context("cannot open the DC log's stores")?;
+    if matches!(options.storage, Storage::Given { .. })
+        && config.admin_key.is_none()
+        && !config.demo
+    {
+        // The generated key would be written to the data dir.
+        anyhow::bail!("a node without a data dir needs admin_key (or demo)");
+    }
+    options.storage.prepare(&config)?;
+    let stores = options.storage.dc_log(&config).await?;
+    let clock = options.clock.clone();
     let (state_machine, parts) = Core::state_machine(config.shard_count);
     let members: BTreeMap<u64, String> = if config.members.is_empty() {
         // A DC of one: no peer ever calls this address.
@@ -435,7 +553,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
     let mut tasks = Vec::new();
     let loops = Arc::new(Loops::default());
     let placement_group = match config.placement_node_id {
-        Some(_) => Some(PlacementGroup::start(&config).await?),
+        Some(_) => {
+            let stores = options.storage.placement(&config).await?;
+            Some(PlacementGroup::start(&config, stores, clock.clone()).await?)
+        }
         None => None,
     };
 
@@ -466,7 +587,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         let tick = Duration::from_millis(config.lease_ms / 3).min(PLACEMENT_TICK);
         tasks.extend(spawn_placement_loops(&loops, group, tick, &stop));
     }
-    let core = Core::new(parts, raft.clone());
+    let core = Core::new(parts, raft.clone(), clock.clone());
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -483,9 +604,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<ServerHandle> {
         loops: loops.clone(),
         write_queue: core::WriteQueue::new(config.max_client_writes_in_flight),
         renew_now: tokio::sync::Notify::new(),
-        replication: replication::Progress::default(),
+        replication: replication::Progress::new(clock.clone()),
         stopping: stop.clone(),
         metrics: metrics_handle(),
+        clock,
         heartbeats: Mutex::new(HashMap::new()),
         next_shard: AtomicU32::new(0),
         takes_in_flight: Default::default(),

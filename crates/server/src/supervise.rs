@@ -20,9 +20,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
+// Loop restarts and crash counts are timed on tokio's clock, which a simulation drives.
+use tokio::time::Instant;
 
 /// More panics than this within [`CRASH_LOOP_WINDOW`] make a loop unhealthy even while it runs.
 pub const CRASH_LOOP_PANICS: usize = 3;

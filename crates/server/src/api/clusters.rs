@@ -175,7 +175,7 @@ async fn list(
                 &state,
                 &app.replication,
                 *shard,
-                crate::core::now_ms(),
+                app.clock.wall_ms(),
             ));
         }
     }

@@ -30,7 +30,6 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Caller;
-use crate::core::now_ms;
 use crate::replication::shard_report;
 use crate::App;
 
@@ -348,7 +347,7 @@ async fn shards(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<V
     let lease = app.held_lease().map(|held| {
         json!({
             "sequence": held.lease.grant.sequence,
-            "valid": held.lease.is_valid(crate::placement::group::mono_ms()),
+            "valid": held.lease.is_valid(app.clock.mono_ms()),
             "owned": held.lease.grant.owned,
         })
     });
@@ -366,7 +365,7 @@ async fn shards(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<V
 
 async fn replication(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_superadmin()?;
-    let now = now_ms();
+    let now = app.clock.wall_ms();
     let state = app.core.read();
     let placement = app.placement();
     let shards: Vec<Value> = placement

@@ -16,13 +16,14 @@
 //!  undrain) a few at a time; fail over DCs whose lease expired
 //! ```
 //!
-//! Times in the placement log are the proposing leader's monotonic clock ([`mono_ms`]); a new
+//! Times in the placement log are the proposing leader's monotonic clock (its node's
+//! [`Clock::mono_ms`], each node its own); a new
 //! placement leader remembers when it was elected so that the lease rules can tell its own
 //! grants from its predecessors' (see `coopr_placement::decide`).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::body::Bytes;
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::api::error::ApiError;
+use crate::clock::Clock;
 use crate::config::{PlacementMember, ServerConfig};
 use crate::replication::SECRET_HEADER;
 
@@ -55,12 +57,6 @@ pub const COMMAND_PATH: &str = "/internal/placement/command";
 pub const MAINTENANCE_PATH: &str = "/internal/placement/maintenance";
 /// Marks a placement call forwarded to the placement leader (never forwarded twice).
 const FORWARDED_HEADER: &str = "coopr-placement-forwarded";
-
-/// Milliseconds on this process's monotonic clock (the lease clock).
-pub fn mono_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
 
 /// A DC leader's lease renewal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,18 +103,21 @@ pub struct PlacementGroup {
     /// How long a handover may run before the leader aborts it.
     handover_timeout_ms: u64,
     client: reqwest::Client,
+    /// The node's clock: lease and handover times of the commands this voter proposes as leader.
+    clock: Arc<dyn Clock>,
 }
 
 impl PlacementGroup {
-    /// Opens `<data_dir>/placement` and starts this node's voter of the placement group.
-    pub async fn start(config: &ServerConfig) -> anyhow::Result<Arc<PlacementGroup>> {
+    /// Starts this node's voter of the placement group on `stores` (`<data_dir>/placement` in
+    /// production, see [`crate::Storage`]), timing leases and handovers on `clock`.
+    pub async fn start(
+        config: &ServerConfig,
+        stores: RaftStores,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<PlacementGroup>> {
         let id = config
             .placement_node_id
             .context("this node is not a placement member")?;
-        let dir = config.data_dir.join("placement");
-        let stores = tokio::task::spawn_blocking(move || RaftStores::open(&dir))
-            .await?
-            .context("cannot open the placement group's stores")?;
         let machine = Arc::new(PlacementMachine::new());
         let members: BTreeMap<u64, String> = config
             .placement_members
@@ -154,6 +153,7 @@ impl PlacementGroup {
                 .timeout(Duration::from_millis(config.lease_ms))
                 .build()
                 .context("cannot build the HTTP client")?,
+            clock,
         }))
     }
 
@@ -215,7 +215,7 @@ impl PlacementGroup {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if since.is_none_or(|(t, _)| t != term) {
-            *since = Some((term, mono_ms()));
+            *since = Some((term, self.clock.mono_ms()));
             tracing::info!(term, "leading the placement group");
         }
         since.filter(|(t, _)| *t == term).map(|(_, at)| at)
@@ -272,7 +272,7 @@ impl PlacementGroup {
             .machine
             .read(|state| {
                 state.map(|s| {
-                    let now = mono_ms();
+                    let now = self.clock.mono_ms();
                     let mut commands: Vec<Command> = dead_dcs(s, now, since)
                         .iter()
                         .flat_map(|dead| plan_failover(s, dead, now, since))
@@ -292,7 +292,7 @@ impl PlacementGroup {
         };
         let commands: Vec<Command> = self
             .machine
-            .read(|state| state.map(|s| plan_takeovers(s, mono_ms(), since)))
+            .read(|state| state.map(|s| plan_takeovers(s, self.clock.mono_ms(), since)))
             .unwrap_or_default()
             .into_iter()
             .filter(|c| matches!(c, Command::Takeover { to, .. } if to == dc))
@@ -347,7 +347,7 @@ impl PlacementGroup {
         };
         let commands = self
             .machine
-            .read(|state| state.map(|s| plan_handover_completions(s, mono_ms(), since)))
+            .read(|state| state.map(|s| plan_handover_completions(s, self.clock.mono_ms(), since)))
             .unwrap_or_default();
         for command in commands {
             match self.propose(&command).await {
@@ -368,7 +368,9 @@ impl PlacementGroup {
         let timeout_ms = self.handover_timeout_ms;
         let commands = self
             .machine
-            .read(|state| state.map(|s| plan_handover_timeouts(s, timeout_ms, mono_ms(), since)))
+            .read(|state| {
+                state.map(|s| plan_handover_timeouts(s, timeout_ms, self.clock.mono_ms(), since))
+            })
             .unwrap_or_default();
         for command in commands {
             // What it waited for: the owner's final position, or replicas that lacked it.
@@ -414,7 +416,7 @@ impl PlacementGroup {
         };
         let commands = self
             .machine
-            .read(|state| state.map(|s| plan_maintenance(s, mono_ms(), since)))
+            .read(|state| state.map(|s| plan_maintenance(s, self.clock.mono_ms(), since)))
             .unwrap_or_default();
         for command in commands {
             match self.propose(&command).await {
@@ -427,15 +429,17 @@ impl PlacementGroup {
 
     /// The moves of `dc`'s drain (or failback) in `state`, for the leader elected at `since`.
     fn maintenance_plan(
+        &self,
         state: &coopr_placement::PlacementState,
         dc: &DcId,
         undrain: bool,
         since: u64,
     ) -> Vec<PlannedMove> {
+        let now = self.clock.mono_ms();
         if undrain {
-            failback_plan(state, dc, mono_ms(), since)
+            failback_plan(state, dc, now, since)
         } else {
-            drain_plan(state, dc, mono_ms(), since)
+            drain_plan(state, dc, now, since)
         }
     }
 
@@ -580,7 +584,7 @@ async fn renew(
     let dc = coopr_placement::DcId::new(request.dc);
     let command = Command::RenewLease {
         dc: dc.clone(),
-        now_ms: mono_ms(),
+        now_ms: group.clock.mono_ms(),
         watermarks: request.watermarks,
         frozen: request.frozen,
         sealed: request.sealed,
@@ -639,7 +643,7 @@ async fn command(
             );
         };
         *leader_since_ms = since;
-        *now_ms = mono_ms();
+        *now_ms = group.clock.mono_ms();
     }
     outcome_response(group.propose(&command).await)
 }
@@ -689,7 +693,7 @@ async fn maintenance(
             Err(e) => return outcome_response(Err(e)),
         }
     };
-    let plan = PlacementGroup::maintenance_plan(&state, &dc, request.undrain, since);
+    let plan = group.maintenance_plan(&state, &dc, request.undrain, since);
     axum::Json(MaintenanceAnswer { outcome, plan }).into_response()
 }
 

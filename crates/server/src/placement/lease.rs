@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  every lease/3, on every node:
-//!    DC leader: t = mono_ms(); POST renew {dc, replica watermarks} to a placement voter
+//!    DC leader: t = clock.mono_ms(); POST renew {dc, replica watermarks} to a placement voter
 //!               grant (sequence newer) -> HeldLease{grant, t}; map learns owners/epochs
 //!    any node:  GET state from a placement voter -> map.merge (epochs only move forward)
 //!
@@ -30,7 +30,7 @@ use coopr_state::{Command, CommandError, CommandResult, ErrorCode, Fence};
 use coopr_types::ShardId;
 use tokio::sync::watch;
 
-use super::group::{mono_ms, RenewRequest, RENEW_PATH, STATE_PATH};
+use super::group::{RenewRequest, RENEW_PATH, STATE_PATH};
 use crate::core::ProposeError;
 use crate::replication::SECRET_HEADER;
 use crate::App;
@@ -128,7 +128,7 @@ impl App {
                 started_before_send_ms: 0,
             });
         };
-        let now = mono_ms();
+        let now = self.clock.mono_ms();
         let Some(shard) = shard else {
             return if held.lease.is_valid(now) {
                 Ok(None)
@@ -305,6 +305,8 @@ const HANDOVER_CADENCE: Duration = Duration::from_millis(250);
 /// costs the placement log ten renewals a second per DC until its shards have moved, within a
 /// lease and a second).
 const FAILOVER_CADENCE: Duration = Duration::from_millis(100);
+/// How long this node remembers when it first saw a takeover order it is no longer given.
+const TAKEOVERS_SEEN_KEPT_MS: u64 = 600_000;
 
 fn position(p: coopr_state::Position) -> Position {
     Position {
@@ -457,16 +459,15 @@ fn ready_to_seal(
     order: &coopr_placement::TakeoverOrder,
     watermark: Option<coopr_state::Position>,
 ) -> bool {
+    let now = app.clock.mono_ms();
     let seen = {
         let mut seen = app.takeovers_seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|(_, takeover), at| {
-            *takeover == order.takeover || at.elapsed() < Duration::from_secs(600)
+            *takeover == order.takeover || now.saturating_sub(*at) < TAKEOVERS_SEEN_KEPT_MS
         });
-        *seen
-            .entry((shard, order.takeover))
-            .or_insert_with(std::time::Instant::now)
+        *seen.entry((shard, order.takeover)).or_insert(now)
     };
-    if seen.elapsed() >= Duration::from_millis(TAKEOVER_PULL_MS) {
+    if now.saturating_sub(seen) >= TAKEOVER_PULL_MS {
         return true;
     }
     if app.replication.owner_unreachable(&order.from.0) {
@@ -491,7 +492,7 @@ async fn renew(
         sealed: seal_reports(app),
     };
     // The holder's timer starts before the request leaves.
-    let started = mono_ms();
+    let started = app.clock.mono_ms();
     let first = preferred.load(Ordering::Relaxed);
     for i in 0..voters.len() {
         let n = (first + i) % voters.len();

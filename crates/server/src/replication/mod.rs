@@ -34,14 +34,14 @@ pub mod owner;
 pub mod puller;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
 use coopr_state::{Outbox, Position, Record, State};
 use coopr_types::ShardId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::clock::Clock;
 use crate::placement::ShardMap;
 
 /// The owner's pull endpoint, on the API port.
@@ -215,10 +215,12 @@ pub fn unreplicated(outbox: &Outbox, cursor: Position, now_ms: u64) -> (u64, u64
 #[derive(Debug, Clone)]
 struct ReportedCursors {
     cursors: BTreeMap<ShardId, Position>,
-    at: Instant,
+    /// When (the clock's monotonic ms).
+    at_mono_ms: u64,
 }
 
-/// A stream of one shard as the replica side knows it.
+/// A stream of one shard as the replica side knows it. Times are the node clock's monotonic
+/// ms.
 #[derive(Debug, Clone, Default)]
 pub struct StreamState {
     /// The owner's last position, as of its latest answer.
@@ -230,45 +232,49 @@ pub struct StreamState {
     pub stopped: Option<String>,
     /// The owner DC the stream stopped with (a new owner starts a new stream).
     pub stopped_from: Option<String>,
-    pub last_answer: Option<Instant>,
+    pub last_answer: Option<u64>,
     /// When the owner's latest answer that left the replica caught up arrived (valid while
     /// `owner_last` equals the replica's watermark).
-    pub caught_up_at: Option<Instant>,
+    pub caught_up_at: Option<u64>,
     /// The stream cannot continue from records (the owner cannot serve the cursor, or a batch
     /// was refused): the copy is re-seeded from a snapshot of the owner's shard.
     pub needs_seed: bool,
     /// When a failed re-seed may be tried again.
-    pub next_seed_at: Option<Instant>,
-}
-
-/// Whether an owner DC answered this DC's pulls lately (replica side).
-#[derive(Debug, Clone, Copy, Default)]
-struct OwnerLink {
-    last_answer: Option<Instant>,
-    last_failure: Option<Instant>,
+    pub next_seed_at: Option<u64>,
 }
 
 /// What each side knows of the other, kept in memory by the DC log's leader.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Progress {
+    /// The node's clock (times below are its monotonic ms).
+    clock: Arc<dyn Clock>,
     /// Owner side: by replica DC.
     reported: Mutex<BTreeMap<String, ReportedCursors>>,
     /// Replica side: by shard.
     streams: Mutex<BTreeMap<ShardId, StreamState>>,
-    /// Replica side: by owner DC.
-    owners: Mutex<BTreeMap<String, OwnerLink>>,
+    /// Replica side: by owner DC, whether the latest pull to it failed.
+    owners: Mutex<BTreeMap<String, bool>>,
 }
 
 impl Progress {
+    pub fn new(clock: Arc<dyn Clock>) -> Progress {
+        Progress {
+            clock,
+            reported: Mutex::default(),
+            streams: Mutex::default(),
+            owners: Mutex::default(),
+        }
+    }
+
+    /// Now, on the clock the times kept here are read from (monotonic ms).
+    pub fn mono_ms(&self) -> u64 {
+        self.clock.mono_ms()
+    }
+
     /// A pull to `owner_dc` was answered (`true`) or failed (`false`).
     pub fn owner_answered(&self, owner_dc: &str, answered: bool) {
         if let Ok(mut owners) = self.owners.lock() {
-            let link = owners.entry(owner_dc.to_string()).or_default();
-            if answered {
-                link.last_answer = Some(Instant::now());
-            } else {
-                link.last_failure = Some(Instant::now());
-            }
+            owners.insert(owner_dc.to_string(), !answered);
         }
     }
 
@@ -278,7 +284,7 @@ impl Progress {
             .lock()
             .ok()
             .and_then(|owners| owners.get(owner_dc).copied())
-            .is_some_and(|link| link.last_failure > link.last_answer)
+            .unwrap_or(false)
     }
 
     pub fn record_cursors(&self, dc: &str, cursors: &BTreeMap<ShardId, Position>) {
@@ -287,7 +293,7 @@ impl Progress {
                 dc.to_string(),
                 ReportedCursors {
                     cursors: cursors.clone(),
-                    at: Instant::now(),
+                    at_mono_ms: self.clock.mono_ms(),
                 },
             );
         }
@@ -351,7 +357,7 @@ pub fn staleness_ms(state: &State, progress: &Progress, shard: ShardId, now_ms: 
     let stream = progress.stream(shard);
     if stream.stopped.is_none() && stream.owner_last == Some(replica.watermark) {
         if let Some(at) = stream.caught_up_at {
-            return at.elapsed().as_millis() as u64;
+            return progress.mono_ms().saturating_sub(at);
         }
     }
     if replica.last_at_ms == 0 {
@@ -393,7 +399,7 @@ pub fn shard_report(
             let (count, age_ms) = unreplicated(outbox, cursor.unwrap_or(Position::START), now_ms);
             let since = reported
                 .get(replica)
-                .map(|r| r.at.elapsed().as_millis() as u64);
+                .map(|r| progress.mono_ms().saturating_sub(r.at_mono_ms));
             by_dc.insert(
                 replica.to_string(),
                 json!({
@@ -417,7 +423,7 @@ pub fn shard_report(
             "owner_last": stream.owner_last,
             "lag_ms": lag_ms(&stream, now_ms),
             "stopped": stream.stopped,
-            "last_answer_ms_ago": stream.last_answer.map(|a| a.elapsed().as_millis() as u64),
+            "last_answer_ms_ago": stream.last_answer.map(|a| progress.mono_ms().saturating_sub(a)),
         });
     }
     report
@@ -524,7 +530,7 @@ mod tests {
         assert_eq!(trim_point(&outbox, at(3)), Some(3));
 
         let placement = ShardMap::initial(["a", "b", "c"].map(String::from), 3);
-        let progress = Progress::default();
+        let progress = Progress::new(Arc::new(crate::clock::SystemClock::new()));
         let shard = ShardId(0); // owned by a, replicated by b and c
         assert_eq!(progress.acknowledged(&placement, shard), None);
         progress.record_cursors("b", &BTreeMap::from([(shard, at(3))]));

@@ -168,7 +168,9 @@ async fn seed(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
 }
 
 async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let received = tokio::time::Instant::now();
+    // How long the answer was held is read on the node's clock (the replica dates its copy by
+    // it); the long poll's deadline is tokio's, like every sleep.
+    let received_ms = app.clock.mono_ms();
     let request: PullRequest = match authorized(&app, &headers, &body, |r: &PullRequest| &r.dc) {
         Ok(r) => r,
         Err(refused) => return *refused,
@@ -222,7 +224,7 @@ async fn pull(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             PullResponse {
                 owner_dc: app.config.dc.clone(),
                 shards,
-                waited_ms: received.elapsed().as_millis() as u64,
+                waited_ms: app.clock.mono_ms().saturating_sub(received_ms),
             }
         };
         if response.has_news() || released || tokio::time::Instant::now() >= deadline {

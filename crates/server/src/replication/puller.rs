@@ -26,7 +26,7 @@ use coopr_types::ShardId;
 use tokio::sync::watch;
 
 use super::{PullRequest, PullResponse, SeedRequest, PULL_PATH, SECRET_HEADER, SEED_PATH};
-use crate::core::{now_ms, ProposeError};
+use crate::core::ProposeError;
 use crate::supervise::spawn_supervised;
 use crate::{App, Member};
 
@@ -135,8 +135,9 @@ impl Stream {
                 };
                 if let Err(e) = seeded {
                     tracing::warn!(%shard, owner_dc = %self.owner_dc, error = %e, "re-seeding failed; trying again");
+                    let retry_at = self.app.clock.mono_ms() + SEED_RETRY.as_millis() as u64;
                     self.app.replication.update_stream(shard, |s| {
-                        s.next_seed_at = Some(std::time::Instant::now() + SEED_RETRY);
+                        s.next_seed_at = Some(retry_at);
                     });
                 }
             }
@@ -155,7 +156,7 @@ impl Stream {
                 max_records: self.app.config.replication_max_records,
                 wait_ms,
             };
-            let sent = std::time::Instant::now();
+            let sent = self.app.clock.mono_ms();
             // A long poll asks for the shards of these cursors only: when the set changes
             // (this DC demoted a shard it wrote and must follow it now, or sealed one), it is
             // asked again at once rather than after the poll's wait.
@@ -201,7 +202,8 @@ impl Stream {
             };
             if failed {
                 failures = failures.saturating_add(1);
-                if sleep_or_stop(backoff(failures, random_u64()), &mut stop).await {
+                let random = random_u64(self.app.clock.wall_ms());
+                if sleep_or_stop(backoff(failures, random), &mut stop).await {
                     return;
                 }
             }
@@ -245,7 +247,7 @@ impl Stream {
         let map = self.app.placement();
         let dc = self.app.config.dc.as_str();
         let state = self.app.core.read();
-        let now = std::time::Instant::now();
+        let now = self.app.clock.mono_ms();
         map.owned_by(&self.owner_dc)
             .filter(|s| map.replicas(*s).any(|r| r == dc))
             .filter(|s| !state.holds_writes(*s))
@@ -274,7 +276,7 @@ impl Stream {
             dc: self.app.config.dc.clone(),
             shard,
         };
-        let started = std::time::Instant::now();
+        let started = self.app.clock.mono_ms();
         let response = client
             .post(&url)
             .header(SECRET_HEADER, secret)
@@ -315,7 +317,7 @@ impl Stream {
         match self.app.propose_system(command, None).await {
             Ok(Ok(_)) => {
                 tracing::warn!(%shard, owner_dc = %self.owner_dc, position = ?at, bytes = json.len(),
-                    took_ms = started.elapsed().as_millis() as u64, "copy re-seeded from a snapshot of the owner's shard");
+                    took_ms = self.app.clock.mono_ms().saturating_sub(started), "copy re-seeded from a snapshot of the owner's shard");
                 metrics::counter!("coopr_replication_reseeds_total", "owner_dc" => self.owner_dc.clone())
                     .increment(1);
                 self.app.replication.update_stream(shard, |s| {
@@ -404,14 +406,13 @@ impl Stream {
         &self,
         cursors: &BTreeMap<ShardId, Position>,
         response: PullResponse,
-        sent: std::time::Instant,
+        sent: u64,
     ) -> Result<(), ProposeError> {
         let progress = &self.app.replication;
         // The copy is as of when the owner answered, which is no earlier than `sent + waited`
         // on this clock (the network delay only makes it later): dating it from there never
-        // understates the staleness reads report.
-        let answered =
-            (sent + Duration::from_millis(response.waited_ms)).min(std::time::Instant::now());
+        // understates the staleness reads report. `sent`: the clock's monotonic ms.
+        let answered = (sent + response.waited_ms).min(self.app.clock.mono_ms());
         for (shard, batch) in response.shards {
             let Some(cursor) = cursors.get(&shard).copied() else {
                 continue;
@@ -495,7 +496,7 @@ impl Stream {
                         tracing::debug!(%shard, error = %e, "stale replication batch; pulling again");
                         continue;
                     }
-                    tracing::error!(%shard, owner_dc = %self.owner_dc, error = %e, lag_since_ms = now_ms().saturating_sub(first_at_ms),
+                    tracing::error!(%shard, owner_dc = %self.owner_dc, error = %e, lag_since_ms = self.app.clock.wall_ms().saturating_sub(first_at_ms),
                         "replication batch refused (a replica never skips): re-seeding this shard's copy from a snapshot");
                     metrics::counter!("coopr_replication_refused_batches_total", "owner_dc" => self.owner_dc.clone())
                         .increment(1);
@@ -531,9 +532,11 @@ pub fn backoff(failures: u32, random: u64) -> Duration {
     half + Duration::from_millis(jitter_ms)
 }
 
-fn random_u64() -> u64 {
+/// A random u64 for jitter: the process's random hasher keys, mixed with `wall_ms`. (Not yet
+/// from a seed a simulation could give.)
+fn random_u64(wall_ms: u64) -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(now_ms().into());
+    hasher.write_u64(wall_ms);
     hasher.finish()
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use coopr_server::{Member, PlacementMember, ServerConfig};
+use coopr_server::{Member, PlacementMember, ServerConfig, StartOptions};
 
 use serde_json::Value;
 
@@ -91,6 +91,21 @@ impl Deployment {
         with_witness: bool,
         linked: bool,
         tweak: impl Fn(&mut ServerConfig),
+    ) -> Deployment {
+        Self::start_sites_on(names, with_witness, linked, tweak, |_| {
+            StartOptions::production()
+        })
+        .await
+    }
+
+    /// As [`Deployment::start_sites_linked`], each site started on the clock and stores
+    /// `options` gives it (by site name). Sites in memory cannot be restarted on their data.
+    pub async fn start_sites_on(
+        names: &[&str],
+        with_witness: bool,
+        linked: bool,
+        tweak: impl Fn(&mut ServerConfig),
+        options: impl Fn(&str) -> StartOptions,
     ) -> Deployment {
         let sites: Vec<&str> = names
             .iter()
@@ -191,10 +206,12 @@ impl Deployment {
             };
             tweak(&mut config);
             if config.witness {
-                witness = Some(coopr_server::start_witness(config).await.expect("witness"));
+                let started = coopr_server::start_witness_with(config, options(dc)).await;
+                witness = Some(started.expect("witness"));
             } else {
                 configs.insert(dc.to_string(), config.clone());
-                dcs.insert(dc.to_string(), TestServer::start_config(config).await);
+                let server = TestServer::start_config_with(config, options(dc)).await;
+                dcs.insert(dc.to_string(), server);
             }
             dirs.push(dir);
         }

@@ -9,7 +9,7 @@ pub mod dcs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use coopr_server::{ServerConfig, ServerHandle};
+use coopr_server::{ServerConfig, ServerHandle, StartOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -272,8 +272,15 @@ impl TestServer {
     }
 
     pub async fn start_config(cfg: ServerConfig) -> TestServer {
+        Self::start_config_with(cfg, StartOptions::production()).await
+    }
+
+    /// A server on the clock and stores of `options` (e.g. in memory, on a simulated clock).
+    pub async fn start_config_with(cfg: ServerConfig, options: StartOptions) -> TestServer {
         let data_dir = cfg.data_dir.clone();
-        let handle = coopr_server::start(cfg).await.expect("server starts");
+        let handle = coopr_server::start_with(cfg, options)
+            .await
+            .expect("server starts");
         TestServer {
             client: Client::new(handle.url()),
             handle: Some(handle),
