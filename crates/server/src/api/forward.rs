@@ -128,8 +128,8 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
         .into_response();
     }
     // Internal calls answer for this node themselves (a pull says where the leader is).
-    let local_only =
-        matches!(path, "/status" | "/ready" | "/metrics") || path.starts_with("/internal/");
+    let local_only = matches!(path, "/status" | "/v2/status" | "/ready" | "/metrics")
+        || path.starts_with("/internal/");
     // Views of what only the leader knows go to the leader like writes.
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD)
         && !super::replication::LEADER_PATHS.contains(&path);
