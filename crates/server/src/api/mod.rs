@@ -9,6 +9,8 @@ pub mod extract;
 pub mod forward;
 pub mod lenient;
 pub mod limits;
+pub mod metrics;
+pub mod profile;
 pub mod provisioners;
 pub mod ready;
 pub mod replication;
@@ -40,6 +42,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(catalog::routes())
         .merge(tenants::routes())
         .merge(provisioners::routes())
+        .merge(metrics::routes())
+        .merge(profile::routes())
         .merge(replication::routes())
         .merge(crate::replication::owner::routes())
         .route("/status", get(plain_status))
