@@ -1,11 +1,13 @@
 //! Coopr routes beyond clusters and the base catalog, against a server in demo mode: partial
 //! templates and template resolution, one provisioner, queue and node-usage metrics, user
 //! profiles, and Coopr's leniency (numbers and booleans given as strings). Every refusal is
-//! checked by status and code.
+//! checked by status and code. The last test runs three DCs: the new global-shard writes
+//! (partial templates, profiles) go to the global shard's owner and replicate everywhere.
 
 mod common;
 
-use common::{Auth, TestServer, Worker};
+use common::dcs::{converged, Deployment};
+use common::{wait_for, Auth, TestServer, Worker};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -376,4 +378,55 @@ async fn profiles_are_per_user() {
     // Deleting nothing is fine, as in Coopr.
     srv.delete("/v2/profile", &Auth::Demo).await.assert_ok();
     srv.stop().await;
+}
+
+/// With three DCs (a owns the global shard): a partial template and a profile written at b are
+/// applied at a and replicate to every DC, equal to the owner's copy (`converged`); c then
+/// creates a cluster from a template that includes the partial, and reads the profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partials_and_profiles_are_global_data() {
+    let deployment = Deployment::start().await;
+    let (b, c) = (deployment.dc("b"), deployment.dc("c"));
+    let admin = demo_admin();
+    let partial = b.post("/v2/partialtemplates", &admin, extras()).await;
+    partial.assert_ok();
+    assert_eq!(partial.header("coopr-served-by"), Some("a/a1"));
+    let template = b.post("/v2/clustertemplates", &admin, base_plus()).await;
+    template.assert_ok();
+    let profile = json!({"theme": "dark"});
+    let put = b.put("/v2/profile", &Auth::Demo, profile.clone()).await;
+    put.assert_ok();
+    assert_eq!(put.header("coopr-served-by"), Some("a/a1"));
+    wait_for("the partial template and profile to reach c", || async {
+        let partial = c.get("/v2/partialtemplates/extras", &Auth::Demo).await;
+        let template = c.get("/v2/clustertemplates/base-plus", &Auth::Demo).await;
+        let read = c.get("/v2/profile", &Auth::Demo).await;
+        (partial.status == 200 && template.status == 200 && read.body == profile).then_some(())
+    })
+    .await;
+    wait_for("every copy of every shard to equal its owner's", || {
+        converged(&deployment)
+    })
+    .await;
+    let created = c
+        .post(
+            "/v2/clusters",
+            &Auth::Demo,
+            json!({"name": "plus", "clusterTemplate": "base-plus", "numMachines": "2"}),
+        )
+        .await;
+    let id = created.assert_ok()["id"].as_str().unwrap().to_string();
+    let services = c
+        .get(&format!("/v2/clusters/{id}/services"), &Auth::Demo)
+        .await;
+    assert_eq!(services.assert_ok(), &json!(["base", "mysql"]));
+    let deleted = c.delete("/v2/profile", &Auth::Demo).await;
+    deleted.assert_ok();
+    assert_eq!(deleted.header("coopr-served-by"), Some("a/a1"));
+    wait_for("the deleted profile to be gone at b", || async {
+        let read = b.get("/v2/profile", &Auth::Demo).await;
+        (read.status == 404).then_some(())
+    })
+    .await;
+    deployment.stop().await;
 }
