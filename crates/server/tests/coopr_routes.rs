@@ -430,3 +430,26 @@ async fn partials_and_profiles_are_global_data() {
     .await;
     deployment.stop().await;
 }
+
+/// Coopr wrote a provider's `provisioner` and a machine type's `providermap` out even when
+/// empty; so does coopr, also for entities posted without them.
+#[tokio::test]
+async fn catalog_output_keeps_empty_maps() {
+    let srv = TestServer::start().await;
+    let admin = demo_admin();
+    srv.post(
+        "/v2/providers",
+        &admin,
+        json!({"name": "bare", "providertype": "fake"}),
+    )
+    .await
+    .assert_ok();
+    srv.put("/v2/hardwaretypes/tiny", &admin, json!({"name": "tiny"}))
+        .await
+        .assert_ok();
+    let provider = srv.get("/v2/providers/bare", &Auth::Demo).await;
+    assert_eq!(provider.assert_ok()["provisioner"], json!({}));
+    let hardware = srv.get("/v2/hardwaretypes/tiny", &Auth::Demo).await;
+    assert_eq!(hardware.assert_ok()["providermap"], json!({}));
+    srv.stop().await;
+}

@@ -95,6 +95,23 @@ pub fn validate_entity(kind: EntityKind, body: &Value) -> ApiResult<String> {
     Ok(name)
 }
 
+/// The entity as stored: the maps Coopr always wrote out, present even when the body left them
+/// out, since Coopr's clients read them (a provider's `provisioner`, a hardware or image type's
+/// `providermap`).
+pub fn with_empty_maps(kind: EntityKind, mut body: Value) -> Value {
+    let field = match kind {
+        EntityKind::Providers => "provisioner",
+        EntityKind::Hardwaretypes | EntityKind::Imagetypes => "providermap",
+        _ => return body,
+    };
+    if let Value::Object(map) = &mut body {
+        if map.get(field).is_none_or(Value::is_null) {
+            map.insert(field.into(), Value::Object(Default::default()));
+        }
+    }
+    body
+}
+
 /// Checks that apply to cluster and partial templates alike.
 fn check_template(lease: &LeaseDuration, size: &MinMax) -> ApiResult<()> {
     if lease.max != 0 && lease.initial > lease.max {
@@ -258,7 +275,7 @@ async fn create(
         tenant: caller.tenant.clone(),
         kind,
         name,
-        body,
+        body: with_empty_maps(kind, body),
         create_only: true,
     };
     write(&app, &caller, idempotency, command).await
@@ -284,7 +301,7 @@ async fn put(
         tenant: caller.tenant.clone(),
         kind,
         name,
-        body,
+        body: with_empty_maps(kind, body),
         create_only: false,
     };
     write(&app, &caller, idempotency, command).await
@@ -368,7 +385,8 @@ pub fn validate_import(body: &Value) -> ApiResult<BTreeMap<EntityKind, Vec<Value
         for item in items {
             validate_entity(kind, item)?;
         }
-        entities.insert(kind, items.clone());
+        let items = items.iter().map(|i| with_empty_maps(kind, i.clone()));
+        entities.insert(kind, items.collect());
     }
     Ok(entities)
 }
