@@ -123,7 +123,7 @@ impl TimeUnit {
     }
 
     /// Milliseconds in this unit, truncated as `TimeUnit.convert` does.
-    fn from_ms(self, ms: u64) -> u64 {
+    fn of_ms(self, ms: u64) -> u64 {
         match self {
             TimeUnit::Nanoseconds => ms.saturating_mul(1_000_000),
             TimeUnit::Microseconds => ms.saturating_mul(1_000),
@@ -205,7 +205,7 @@ pub fn node_usage(window: &UsageWindow, nodes: &[NodeLife], now_ms: u64) -> Opti
                 break;
             }
             let overlap = to.min(interval_end).saturating_sub(from.max(starts[i]));
-            values[i] = values[i].saturating_add(window.unit.from_ms(overlap));
+            values[i] = values[i].saturating_add(window.unit.of_ms(overlap));
         }
     }
     let data: Vec<Value> = starts
@@ -416,7 +416,7 @@ mod tests {
         assert_eq!(TimeUnit::parse("hours"), Some(TimeUnit::Hours));
         assert_eq!(TimeUnit::parse("SECONDS"), Some(TimeUnit::Seconds));
         assert_eq!(TimeUnit::parse("fortnights"), None);
-        assert_eq!(TimeUnit::Hours.from_ms(2 * HOUR + 1), 2);
+        assert_eq!(TimeUnit::Hours.of_ms(2 * HOUR + 1), 2);
         assert_eq!(period_ms("week"), Some(7 * 24 * HOUR));
         assert_eq!(period_ms("Week"), None);
     }
