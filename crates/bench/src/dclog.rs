@@ -478,7 +478,7 @@ pub(crate) async fn coopr_roles(
             if let Ok((200, _)) = get_json(&http, &format!("{url}/ready")).await {
                 ready += 1;
             }
-            if let Ok((200, status)) = get_json(&http, &format!("{url}/status")).await {
+            if let Ok((200, status)) = get_json(&http, &format!("{url}/v2/status")).await {
                 match status.get("role").and_then(Value::as_str) {
                     Some("leader") => leader = Some(url.clone()),
                     Some("follower") => follower = Some(url.clone()),

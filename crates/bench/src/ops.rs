@@ -167,11 +167,11 @@ impl Api {
         Ok(())
     }
 
-    /// Log counters from `GET /metrics` and `GET /status`.
+    /// Log counters from `GET /metrics` and `GET /v2/status`.
     async fn log_counters(&self) -> anyhow::Result<LogCounters> {
         let status: Value = self
             .http
-            .get(format!("{}/status", self.url))
+            .get(format!("{}/v2/status", self.url))
             .send()
             .await?
             .json()
@@ -179,7 +179,7 @@ impl Api {
         let applied_index = status
             .get("last_applied")
             .and_then(Value::as_u64)
-            .context("no last_applied in /status")?;
+            .context("no last_applied in /v2/status")?;
         let text = self
             .http
             .get(format!("{}/metrics", self.url))

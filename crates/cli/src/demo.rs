@@ -201,7 +201,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
          coopr cluster delete <id> --wait\n\n\
          Or with curl:\n  \
          curl -s -H 'Coopr-UserID: demo' -H 'Coopr-TenantID: demo' -H 'Coopr-ApiKey: demo-key' {url}/v2/clustertemplates\n  \
-         curl -s {url}/status   # role, leader, term of the DC log\n\
+         curl -s {url}/v2/status   # role, leader, term of the DC log\n\
          The fake cloud every datacenter's workers share (each machine by node id, with its creates and deletes):\n  \
          curl -s {cloud_url}/machines\n{replication}\
          Superadmin: tenant superadmin, user admin, key admin-key. Admin of tenant demo: user admin,\n\

@@ -351,7 +351,7 @@ fn minority_loss_writes_majority_loss_fails_fast() {
 /// and `logs_kept_after_snapshot = 10` (so the leader drops the log the node would need),
 /// clusters are created (their jobs run by the demo workers write many entries), a follower is
 /// killed and its data dir deleted, more is written, and the node is restarted empty. Checks
-/// that it converges to a dump identical to the other two, that its `/status` reports a
+/// that it converges to a dump identical to the other two, that its `/v2/status` reports a
 /// snapshot, and that its log shows it installed one from the leader.
 #[test]
 fn wiped_node_catches_up_by_snapshot() {

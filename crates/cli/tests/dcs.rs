@@ -248,7 +248,7 @@ impl ThreeDcs {
                     if Instant::now() >= deadline {
                         for i in 0..self.nodes.len() {
                             eprintln!(
-                                "--- {} /status: {:?}",
+                                "--- {} /v2/status: {:?}",
                                 self.nodes[i].name,
                                 self.status(i).await
                             );

@@ -23,11 +23,13 @@
 //! - [`planner`]: an operation's stages of tasks, ordered by service dependencies.
 //! - [`job`]: the job state machine (hand out, finish, retry, time out, abort, pause, resume).
 //! - [`macros`]: Coopr's `%...%` macros in config and action data, expanded for a task's node.
+//! - [`template`]: a cluster template's parents and partial templates merged into it.
 
 pub mod job;
 pub mod layout;
 pub mod macros;
 pub mod planner;
+pub mod template;
 
 pub use job::{cluster_status_after, JobEffect, JobError, JobRun};
 pub use layout::{

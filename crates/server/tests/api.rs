@@ -1283,7 +1283,8 @@ async fn dead_provisioner_task_moves_to_another() {
     srv.stop().await;
 }
 
-/// `/status` names the DC and node; `/metrics` is Prometheus text with coopr's metrics.
+/// `/status` answers Coopr's plain `OK`; `/v2/status` names the DC and node; `/metrics` is
+/// Prometheus text with coopr's metrics.
 #[tokio::test]
 async fn status_and_metrics() {
     let srv = TestServer::start_with(|c| {
@@ -1292,7 +1293,13 @@ async fn status_and_metrics() {
     })
     .await;
     srv.create_cluster("base", 1).await;
-    let status = srv.get("/status", &Auth::Anonymous).await;
+    let plain = srv.get("/status", &Auth::Anonymous).await;
+    assert_eq!(plain.status.as_u16(), 200);
+    assert_eq!(plain.text, "OK\n");
+    assert!(plain
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    let status = srv.get("/v2/status", &Auth::Anonymous).await;
     let status = status.assert_ok();
     assert_eq!(status["dc"], "dc9");
     assert_eq!(status["node"], "n7");

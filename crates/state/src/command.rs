@@ -112,6 +112,12 @@ pub enum Command {
         tenant: String,
         entities: BTreeMap<EntityKind, Vec<Value>>,
     },
+    /// Writes a user's profile (Coopr's `/profile`, a free-form object), or deletes it (`None`).
+    PutProfile {
+        tenant: String,
+        user: String,
+        profile: Option<Value>,
+    },
 
     // ---- cluster shards
     CreateCluster {

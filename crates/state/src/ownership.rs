@@ -128,7 +128,8 @@ fn global_tenant(record: &GlobalRecord) -> &str {
         GlobalRecord::ApiKeyPut(key) => &key.tenant,
         GlobalRecord::EntityPut { tenant, .. }
         | GlobalRecord::EntityDeleted { tenant, .. }
-        | GlobalRecord::CatalogImported { tenant, .. } => tenant,
+        | GlobalRecord::CatalogImported { tenant, .. }
+        | GlobalRecord::ProfilePut { tenant, .. } => tenant,
     }
 }
 

@@ -265,6 +265,12 @@ pub enum GlobalRecord {
         tenant: String,
         entities: BTreeMap<EntityKind, Vec<Value>>,
     },
+    /// A user's profile written, or deleted (`None`).
+    ProfilePut {
+        tenant: String,
+        user: String,
+        profile: Option<Value>,
+    },
 }
 
 /// Planned tasks of one stage that share a task and service: `(task, service, nodenums)` (a
@@ -543,6 +549,16 @@ impl GlobalView {
                     .entry(tenant.clone())
                     .or_default()
                     .import(entities);
+            }
+            GlobalRecord::ProfilePut {
+                tenant,
+                user,
+                profile,
+            } => {
+                self.catalogs
+                    .entry(tenant.clone())
+                    .or_default()
+                    .set_profile(user, profile.clone());
             }
         }
     }

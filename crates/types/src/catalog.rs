@@ -1,5 +1,5 @@
-//! The per-tenant catalog in Coopr's JSON shapes: providers, hardware types, image types, services
-//! and cluster templates. Every write of an entity creates a new `version`.
+//! The per-tenant catalog in Coopr's JSON shapes: providers, hardware types, image types, services,
+//! cluster templates and partial templates. Every write of an entity creates a new `version`.
 
 use std::collections::BTreeMap;
 
@@ -21,15 +21,18 @@ pub enum EntityKind {
     Imagetypes,
     Services,
     Clustertemplates,
+    /// Pieces of templates that cluster templates `include` (Coopr's `PartialTemplate`).
+    Partialtemplates,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 5] = [
+    pub const ALL: [EntityKind; 6] = [
         EntityKind::Providers,
         EntityKind::Hardwaretypes,
         EntityKind::Imagetypes,
         EntityKind::Services,
         EntityKind::Clustertemplates,
+        EntityKind::Partialtemplates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl EntityKind {
             EntityKind::Imagetypes => "imagetypes",
             EntityKind::Services => "services",
             EntityKind::Clustertemplates => "clustertemplates",
+            EntityKind::Partialtemplates => "partialtemplates",
         }
     }
 
@@ -159,11 +163,15 @@ pub struct TemplateDefaults {
     pub config: JsonMap,
 }
 
+/// Bounds as Coopr's templates give them; numbers may come as strings (`"min": "1"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MinMax {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::u32")]
     pub min: u32,
-    #[serde(default = "unbounded")]
+    #[serde(
+        default = "unbounded",
+        deserialize_with = "crate::lenient::u32_or_unbounded"
+    )]
     pub max: u32,
 }
 
@@ -225,6 +233,12 @@ pub struct Administration {
     pub leaseduration: LeaseDuration,
 }
 
+/// A template named by another: `{"name": "base"}` (Coopr's `Parent` and `Include`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRef {
+    pub name: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ClusterTemplate {
     pub name: String,
@@ -244,6 +258,46 @@ pub struct ClusterTemplate {
     pub constraints: Constraints,
     #[serde(default)]
     pub administration: Administration,
+    /// The cluster template this one extends: its settings come first, this one's over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<TemplateRef>,
+    /// Partial templates merged in before this template's own settings, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub includes: Vec<TemplateRef>,
+}
+
+impl ClusterTemplate {
+    /// Whether the template needs resolving (`engine::template::resolve`) before use.
+    pub fn has_references(&self) -> bool {
+        self.extends.is_some() || !self.includes.is_empty()
+    }
+}
+
+/// Coopr's partial template: a cluster template's defaults and compatibility to `include` in
+/// cluster templates. Its `config` keys are final in every template that includes it when it
+/// is `immutable`. (Constraints and administration are accepted, as Coopr did, but a partial
+/// template's are not merged.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PartialTemplate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_empty_str")]
+    pub label: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "is_empty_str")]
+    pub icon: String,
+    #[serde(default)]
+    pub version: u32,
+    #[serde(default)]
+    pub compatibility: Compatibility,
+    #[serde(default)]
+    pub defaults: TemplateDefaults,
+    #[serde(default)]
+    pub constraints: Constraints,
+    #[serde(default)]
+    pub administration: Administration,
+    #[serde(default, deserialize_with = "crate::lenient::boolean")]
+    pub immutable: bool,
 }
 
 /// Parses a duration given as milliseconds or as `<n>d|h|m|s`.
@@ -288,6 +342,8 @@ pub struct CatalogExport {
     pub services: Vec<Service>,
     #[serde(default)]
     pub clustertemplates: Vec<ClusterTemplate>,
+    #[serde(default)]
+    pub partialtemplates: Vec<PartialTemplate>,
 }
 
 #[cfg(test)]
@@ -318,5 +374,49 @@ mod tests {
         assert_eq!(t.defaults.dns_suffix, "example.com");
         assert_eq!(t.administration.leaseduration.initial, 86_400_000);
         assert_eq!(t.constraints.size.max, 10);
+    }
+
+    /// Coopr's docs write numbers and booleans as strings; Gson read them.
+    #[test]
+    fn templates_take_numbers_and_booleans_as_strings() {
+        let t: ClusterTemplate = serde_json::from_value(json!({
+            "name": "t",
+            "constraints": {"size": {"min": "1", "max": "5"},
+                            "services": {"zk": {"quantities": {"min": "1", "max": "3"}}}},
+            "includes": [{"name": "base"}]
+        }))
+        .unwrap();
+        assert_eq!(t.constraints.size, MinMax { min: 1, max: 5 });
+        assert_eq!(
+            t.constraints.services["zk"].quantities,
+            MinMax { min: 1, max: 3 }
+        );
+        assert!(t.has_references());
+        let p: PartialTemplate =
+            serde_json::from_value(json!({"name": "p", "immutable": "true"})).unwrap();
+        assert!(p.immutable);
+        let bad = [
+            json!({"name": "t", "constraints": {"size": {"min": "one"}}}),
+            json!({"name": "t", "constraints": {"size": {"max": -1}}}),
+        ];
+        for body in bad {
+            assert!(
+                serde_json::from_value::<ClusterTemplate>(body.clone()).is_err(),
+                "{body}"
+            );
+        }
+        assert!(
+            serde_json::from_value::<PartialTemplate>(json!({"name": "p", "immutable": "no"}))
+                .is_err()
+        );
+        // An absent max is unbounded, a null one too.
+        let open: MinMax = serde_json::from_value(json!({"min": 2, "max": null})).unwrap();
+        assert_eq!(
+            open,
+            MinMax {
+                min: 2,
+                max: u32::MAX
+            }
+        );
     }
 }

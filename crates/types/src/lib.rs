@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod lenient;
 pub mod status;
 
 pub use catalog::*;

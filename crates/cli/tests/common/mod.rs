@@ -431,7 +431,7 @@ impl Deployment {
     }
 
     pub async fn status(&self, i: usize) -> Option<Value> {
-        get_json(&self.http, &format!("{}/status", self.nodes[i].api), &[]).await
+        get_json(&self.http, &format!("{}/v2/status", self.nodes[i].api), &[]).await
     }
 
     /// Asserts that the shared fake cloud never created a machine twice for one node: every

@@ -6,7 +6,8 @@
 //!  request --> class by listener and path:
 //!    API port:      /internal/...                 replication  (internal limit; timeout +
 //!                                                               the long poll's MAX_WAIT_MS)
-//!                   /status /ready /metrics       health       (HEALTH_MAX_CONCURRENT_REQUESTS)
+//!                   /status /v2/status /ready     health       (HEALTH_MAX_CONCURRENT_REQUESTS)
+//!                   /metrics
 //!                   everything else               api          (api limit and timeout)
 //!    internal port: everything (Raft RPCs of the DC log and of the placement group, lease
 //!                   renewals, placement calls)    internal     (internal limit and timeout)
@@ -31,7 +32,7 @@ use super::error::ApiError;
 use crate::config::ServerConfig;
 use crate::replication::owner::MAX_WAIT_MS;
 
-/// Most `/status`, `/ready` and `/metrics` requests served at once (health checkers and
+/// Most `/status`, `/v2/status`, `/ready` and `/metrics` requests served at once (health checkers and
 /// scrapers: a handful).
 pub const HEALTH_MAX_CONCURRENT_REQUESTS: usize = 64;
 
@@ -85,7 +86,7 @@ impl Admission {
             classify: |path| {
                 if path.starts_with("/internal/") {
                     2
-                } else if matches!(path, "/status" | "/ready" | "/metrics") {
+                } else if matches!(path, "/status" | "/v2/status" | "/ready" | "/metrics") {
                     1
                 } else {
                     0

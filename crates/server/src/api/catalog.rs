@@ -1,5 +1,7 @@
-//! Catalog CRUD per tenant (`/v2/{providers|hardwaretypes|imagetypes|services|clustertemplates}`),
-//! `GET /v2/export` and `POST /v2/import`. Every write creates a new version.
+//! Catalog CRUD per tenant
+//! (`/v2/{providers|hardwaretypes|imagetypes|services|clustertemplates|partialtemplates}`),
+//! `GET /v2/export`, `POST /v2/import`, and `POST /v2/resolve` (a template with its parents and
+//! partial templates merged in, [`coopr_engine::template`]). Every write creates a new version.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,9 +10,13 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use coopr_state::Command;
-use coopr_types::{ClusterTemplate, EntityKind, MachineType, Provider, Service};
-use serde_json::{json, Value};
+use coopr_engine::template::{self, TemplateError, TemplateSource};
+use coopr_state::{Command, TenantCatalog};
+use coopr_types::{
+    ClusterTemplate, EntityKind, LeaseDuration, MachineType, MinMax, PartialTemplate, Provider,
+    Service,
+};
+use serde_json::Value;
 
 use super::answer;
 use super::error::{ApiError, ApiResult};
@@ -21,7 +27,8 @@ use crate::App;
 pub fn routes() -> Router<Arc<App>> {
     let mut router = Router::new()
         .route("/v2/export", get(export))
-        .route("/v2/import", axum::routing::post(import));
+        .route("/v2/import", axum::routing::post(import))
+        .route("/v2/resolve", axum::routing::post(resolve));
     for kind in EntityKind::ALL {
         router = router
             .route(
@@ -68,24 +75,119 @@ pub fn validate_entity(kind: EntityKind, body: &Value) -> ApiResult<String> {
         }
         EntityKind::Clustertemplates => {
             let t = serde_json::from_value::<ClusterTemplate>(body.clone()).map_err(invalid)?;
-            let lease = t.administration.leaseduration;
-            if lease.max != 0 && lease.initial > lease.max {
-                return Err(ApiError::bad_request(
-                    "invalid_entity",
-                    "leaseduration.initial is greater than max",
-                ));
+            check_template(&t.administration.leaseduration, &t.constraints.size)?;
+            if let Some(parent) = &t.extends {
+                valid_name("extends.name", &parent.name)?;
             }
-            if t.constraints.size.min > t.constraints.size.max {
-                return Err(ApiError::bad_request(
-                    "invalid_entity",
-                    "constraints.size.min is greater than max",
-                ));
+            super::limits::list("includes", &t.includes)?;
+            for include in &t.includes {
+                valid_name("includes[].name", &include.name)?;
             }
+            t.name
+        }
+        EntityKind::Partialtemplates => {
+            let t = serde_json::from_value::<PartialTemplate>(body.clone()).map_err(invalid)?;
+            check_template(&t.administration.leaseduration, &t.constraints.size)?;
             t.name
         }
     };
     valid_name("name", &name)?;
     Ok(name)
+}
+
+/// The entity as stored: the maps Coopr always wrote out, present even when the body left them
+/// out, since Coopr's clients read them (a provider's `provisioner`, a hardware or image type's
+/// `providermap`).
+pub fn with_empty_maps(kind: EntityKind, mut body: Value) -> Value {
+    let field = match kind {
+        EntityKind::Providers => "provisioner",
+        EntityKind::Hardwaretypes | EntityKind::Imagetypes => "providermap",
+        _ => return body,
+    };
+    if let Value::Object(map) = &mut body {
+        if map.get(field).is_none_or(Value::is_null) {
+            map.insert(field.into(), Value::Object(Default::default()));
+        }
+    }
+    body
+}
+
+/// Checks that apply to cluster and partial templates alike.
+fn check_template(lease: &LeaseDuration, size: &MinMax) -> ApiResult<()> {
+    if lease.max != 0 && lease.initial > lease.max {
+        return Err(ApiError::bad_request(
+            "invalid_entity",
+            "leaseduration.initial is greater than max",
+        ));
+    }
+    if size.min > size.max {
+        return Err(ApiError::bad_request(
+            "invalid_entity",
+            "constraints.size.min is greater than max",
+        ));
+    }
+    Ok(())
+}
+
+/// A tenant's catalog as the template resolver reads it (entities that fail to parse count as
+/// missing: they were validated when written).
+pub struct CatalogTemplates<'a>(pub &'a TenantCatalog);
+
+impl TemplateSource for CatalogTemplates<'_> {
+    fn cluster_template(&self, name: &str) -> Option<ClusterTemplate> {
+        let value = self.0.latest(EntityKind::Clustertemplates, name)?;
+        serde_json::from_value(value.clone()).ok()
+    }
+
+    fn partial_template(&self, name: &str) -> Option<PartialTemplate> {
+        let value = self.0.latest(EntityKind::Partialtemplates, name)?;
+        serde_json::from_value(value.clone()).ok()
+    }
+}
+
+/// The API error of a failed resolution: a missing template is 404, the rest 400.
+pub fn template_error(e: TemplateError) -> ApiError {
+    let status = match e {
+        TemplateError::NotFound { .. } => axum::http::StatusCode::NOT_FOUND,
+        _ => axum::http::StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+/// The template a cluster is made from: with its parents and partial templates merged in
+/// when it names any, as `POST /v2/resolve` shows it (without that route's checks of the
+/// result: a create checks provider and services itself).
+pub fn resolved_for_cluster(
+    catalog: &TenantCatalog,
+    template: ClusterTemplate,
+) -> ApiResult<ClusterTemplate> {
+    if !template.has_references() {
+        return Ok(template);
+    }
+    template::resolve(&template, &CatalogTemplates(catalog)).map_err(template_error)
+}
+
+/// `POST /v2/resolve`: the body, a cluster template, with its parents and partial templates
+/// merged in (any user of the tenant; nothing is written).
+async fn resolve(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<Json<ClusterTemplate>> {
+    super::limits::value("the template", &body)?;
+    let template: ClusterTemplate = serde_json::from_value(body).map_err(|e| {
+        ApiError::bad_request("invalid_entity", format!("invalid clustertemplate: {e}"))
+    })?;
+    let catalog = app
+        .global(&app.core.read())
+        .catalogs
+        .get(&caller.tenant)
+        .cloned()
+        .unwrap_or_default();
+    let resolved =
+        template::resolve(&template, &CatalogTemplates(&catalog)).map_err(template_error)?;
+    template::validate_resolved(&resolved).map_err(template_error)?;
+    Ok(Json(resolved))
 }
 
 async fn list(State(app): State<Arc<App>>, caller: Caller, kind: EntityKind) -> Json<Vec<Value>> {
@@ -173,7 +275,7 @@ async fn create(
         tenant: caller.tenant.clone(),
         kind,
         name,
-        body,
+        body: with_empty_maps(kind, body),
         create_only: true,
     };
     write(&app, &caller, idempotency, command).await
@@ -199,7 +301,7 @@ async fn put(
         tenant: caller.tenant.clone(),
         kind,
         name,
-        body,
+        body: with_empty_maps(kind, body),
         create_only: false,
     };
     write(&app, &caller, idempotency, command).await
@@ -255,7 +357,6 @@ async fn export(State(app): State<Arc<App>>, caller: Caller) -> Json<Value> {
             Value::Array(catalog.list(kind).into_iter().cloned().collect()),
         );
     }
-    out.insert("partialtemplates".into(), json!([]));
     Json(Value::Object(out))
 }
 
@@ -270,9 +371,6 @@ pub fn validate_import(body: &Value) -> ApiResult<BTreeMap<EntityKind, Vec<Value
     let mut entities = BTreeMap::new();
     for (key, value) in map {
         let Some(kind) = EntityKind::parse(key) else {
-            if key == "partialtemplates" {
-                continue;
-            }
             return Err(ApiError::bad_request(
                 "invalid_entity",
                 format!("unknown catalog kind {key:?}"),
@@ -287,7 +385,8 @@ pub fn validate_import(body: &Value) -> ApiResult<BTreeMap<EntityKind, Vec<Value
         for item in items {
             validate_entity(kind, item)?;
         }
-        entities.insert(kind, items.clone());
+        let items = items.iter().map(|i| with_empty_maps(kind, i.clone()));
+        entities.insert(kind, items.collect());
     }
     Ok(entities)
 }

@@ -275,6 +275,7 @@ async fn create(
             EntityKind::Clustertemplates,
             &req.cluster_template,
         )?;
+        let template = super::catalog::resolved_for_cluster(&catalog, template)?;
         let provider_name = req
             .provider
             .clone()
@@ -605,15 +606,12 @@ async fn set_expire_time(
 #[serde(rename_all = "camelCase")]
 struct ConfigRequest {
     config: Option<JsonMap>,
-    #[serde(default = "yes")]
-    restart: bool,
+    /// Absent means restart (Coopr's default).
+    #[serde(default, deserialize_with = "super::lenient::lenient_bool_opt")]
+    restart: Option<bool>,
     #[serde(default)]
     #[allow(dead_code)]
     provider_fields: JsonMap,
-}
-
-fn yes() -> bool {
-    true
 }
 
 async fn put_config(
@@ -627,7 +625,7 @@ async fn put_config(
         .config
         .ok_or_else(|| ApiError::bad_request("missing_field", "config is required"))?;
     super::limits::value("config", &config)?;
-    let action = if req.restart {
+    let action = if req.restart.unwrap_or(true) {
         ClusterAction::ClusterConfigureWithRestart
     } else {
         ClusterAction::ClusterConfigure
@@ -836,6 +834,7 @@ async fn sync_template(
             EntityKind::Clustertemplates,
             &r.cluster.cluster_template.name,
         )?;
+        let template = super::catalog::resolved_for_cluster(&catalog, template)?;
         Ok(Command::SyncTemplate {
             cluster: r.cluster.id,
             template: Box::new(template),

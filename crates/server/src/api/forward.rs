@@ -64,14 +64,15 @@ fn cluster_path(path: &str) -> Option<(ClusterId, &str)> {
     Some((id.parse().ok()?, sub))
 }
 
-/// Paths of the global shard's records (tenants, API keys, catalog): writes to them go to the
-/// global shard's owner DC; reads are served from the local copy.
+/// Paths of the global shard's records (tenants, API keys, catalog, user profiles): writes to
+/// them go to the global shard's owner DC; reads are served from the local copy.
 fn global_path(path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/v2/") else {
         return false;
     };
     let first = rest.split('/').next().unwrap_or_default();
-    matches!(first, "import" | "export" | "tenants") || EntityKind::parse(first).is_some()
+    matches!(first, "import" | "export" | "tenants" | "profile")
+        || EntityKind::parse(first).is_some()
 }
 
 /// Whether the request's tenant (as named, not yet authenticated: the receiver checks) has a
@@ -128,8 +129,8 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
         .into_response();
     }
     // Internal calls answer for this node themselves (a pull says where the leader is).
-    let local_only =
-        matches!(path, "/status" | "/ready" | "/metrics") || path.starts_with("/internal/");
+    let local_only = matches!(path, "/status" | "/v2/status" | "/ready" | "/metrics")
+        || path.starts_with("/internal/");
     // Views of what only the leader knows go to the leader like writes.
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD)
         && !super::replication::LEADER_PATHS.contains(&path);
@@ -574,6 +575,9 @@ mod tests {
         assert!(global_path("/v2/import") && global_path("/v2/clustertemplates/lamp/2"));
         assert!(!global_path("/v2/clusters") && !global_path("/v2/provisioners/p1"));
         assert!(!global_path("/v2/tasks/take") && !global_path("/status"));
+        assert!(global_path("/v2/partialtemplates") && global_path("/v2/partialtemplates/p/1"));
+        assert!(global_path("/v2/profile"));
+        assert!(!global_path("/v2/metrics/queues") && !global_path("/v2/resolve"));
     }
 
     #[test]

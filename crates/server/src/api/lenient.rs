@@ -1,37 +1,14 @@
-//! Coopr's lenient input: integers may come as numeric strings (`"numMachines":"5"`), and names
-//! match `[A-Za-z0-9_.-]+` (under 256 characters).
-
-use serde::{Deserialize, Deserializer};
-use serde_json::Value;
+//! Coopr's lenient input: integers may come as numeric strings (`"numMachines":"5"`), booleans
+//! as `"true"`/`"false"` (`"restart":"false"`), and names match `[A-Za-z0-9_.-]+` (under 256
+//! characters).
 
 use super::error::ApiError;
 
-fn number_from(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let v = Value::deserialize(d)?;
-    number_from(&v)
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!("expected a non-negative integer, got {v}"))
-        })
-}
-
-pub fn lenient_u64_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let v = Value::deserialize(d)?;
-    if v.is_null() {
-        return Ok(None);
-    }
-    number_from(&v).map(Some).ok_or_else(|| {
-        serde::de::Error::custom(format!("expected a non-negative integer, got {v}"))
-    })
-}
+// Gson's leniency, shared with the catalog types: integers and booleans may come as strings.
+pub use coopr_types::lenient::{
+    bool_opt as lenient_bool_opt, boolean as lenient_bool, u32 as lenient_u32,
+    u64_opt as lenient_u64_opt,
+};
 
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -1,4 +1,5 @@
-//! The REST API under `/v2`, in Coopr's shapes, plus `/status`, `/ready` and `/metrics`.
+//! The REST API under `/v2`, in Coopr's shapes, plus `/status` (Coopr's plain `OK`), `/ready`
+//! and `/metrics`; the node's own state (DC log role, leader, positions) is `GET /v2/status`.
 
 pub mod admission;
 pub mod catalog;
@@ -8,6 +9,8 @@ pub mod extract;
 pub mod forward;
 pub mod lenient;
 pub mod limits;
+pub mod metrics;
+pub mod profile;
 pub mod provisioners;
 pub mod ready;
 pub mod replication;
@@ -39,9 +42,12 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(catalog::routes())
         .merge(tenants::routes())
         .merge(provisioners::routes())
+        .merge(metrics::routes())
+        .merge(profile::routes())
         .merge(replication::routes())
         .merge(crate::replication::owner::routes())
-        .route("/status", get(status))
+        .route("/status", get(plain_status))
+        .route("/v2/status", get(status))
         .route("/ready", get(ready::ready))
         .route("/metrics", get(metrics))
         .route("/v2/admin/dump", get(dump))
@@ -116,6 +122,17 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
 }
 
+/// Coopr's health check: `OK` as text, whatever the node's state (`/ready` says whether it
+/// can serve; `/v2/status` says how it is doing).
+async fn plain_status() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "OK\n",
+    )
+        .into_response()
+}
+
+/// The node's view of its DC log and placement group (no identity needed, like `/status`).
 async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let raft = app.core.raft().status();
     let leader = raft.leader.map(|id| {

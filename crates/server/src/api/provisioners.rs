@@ -1,4 +1,5 @@
-//! The provisioner API: register, heartbeat, unregister, take a task, finish a task.
+//! The provisioner API: register, heartbeat, unregister, take a task, finish a task (and the
+//! superadmin's `GET /v2/provisioners/{id}`, in `tenants.rs` with the listing).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,12 @@ use crate::App;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/v2/provisioners/{id}", put(register).delete(unregister))
+        .route(
+            "/v2/provisioners/{id}",
+            put(register)
+                .delete(unregister)
+                .get(super::tenants::show_provisioner),
+        )
         .route("/v2/provisioners/{id}/heartbeat", post(heartbeat))
         .route("/v2/tasks/take", post(take))
         .route("/v2/tasks/finish", post(finish))
@@ -32,7 +38,8 @@ pub fn routes() -> Router<Arc<App>> {
 struct RegisterBody {
     id: Option<String>,
     host: Option<String>,
-    port: Option<u16>,
+    #[serde(default, deserialize_with = "super::lenient::lenient_u64_opt")]
+    port: Option<u64>,
     #[serde(default, deserialize_with = "super::lenient::lenient_u64_opt")]
     capacity_total: Option<u64>,
 }
@@ -58,6 +65,8 @@ async fn register(
     let port = body
         .port
         .ok_or_else(|| ApiError::bad_request("missing_field", "port is required"))?;
+    let port = u16::try_from(port)
+        .map_err(|_| ApiError::bad_request("invalid_port", "port must be at most 65535"))?;
     let capacity_total = match body.capacity_total {
         Some(c) if (1..=10_000).contains(&c) => c as u32,
         _ => {

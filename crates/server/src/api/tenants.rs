@@ -1,5 +1,6 @@
 //! Tenants (superadmin only), their API keys, and the provisioner listing.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -70,7 +71,7 @@ struct TenantBody {
 #[derive(Deserialize)]
 struct TenantRequest {
     tenant: TenantBody,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::lenient_bool")]
     bootstrap: bool,
 }
 
@@ -256,35 +257,78 @@ async fn create_key(
     }))
 }
 
+/// Every provisioner of this DC in Coopr's shape: `capacityFree` counts the tasks its workers
+/// hold; `usage` says how many of them are each tenant's (by tenant ID, as in Coopr's
+/// heartbeats); `assignments` (Coopr's workers assigned per tenant) is always empty: every
+/// worker here serves every tenant. Both maps are present even when empty, as Coopr's
+/// clients read them.
+fn provisioner_views(app: &App) -> Vec<(String, Value)> {
+    let state = app.core.read();
+    let tenant_ids: BTreeMap<&str, &str> = app
+        .global(&state)
+        .tenants
+        .values()
+        .map(|t| (t.name.as_str(), t.id.as_str()))
+        .collect();
+    // provisioner -> tenant id -> tasks in progress
+    let mut usage = BTreeMap::<&str, BTreeMap<&str, u32>>::new();
+    for record in state.clusters() {
+        let tenant = record.cluster.account.tenant_id.as_str();
+        let tenant_id = tenant_ids.get(tenant).copied().unwrap_or(tenant);
+        let held = record
+            .jobs
+            .values()
+            .filter(|j| !j.job.status.is_finished())
+            .flat_map(|j| j.tasks.values())
+            .filter_map(|t| t.owner.as_ref());
+        for owner in held {
+            *usage
+                .entry(owner.provisioner_id.as_str())
+                .or_default()
+                .entry(tenant_id)
+                .or_default() += 1;
+        }
+    }
+    state
+        .local
+        .provisioners
+        .values()
+        .map(|p| {
+            let by_tenant = usage.remove(p.id.as_str()).unwrap_or_default();
+            let used: u32 = by_tenant.values().sum();
+            let view = json!({"id": p.id, "host": p.host, "port": p.port,
+                   "capacityTotal": p.capacity_total,
+                   "capacityFree": p.capacity_total.saturating_sub(used),
+                   "assignments": {}, "usage": by_tenant});
+            (p.id.clone(), view)
+        })
+        .collect()
+}
+
+/// `GET /v2/provisioners` (superadmin).
 async fn list_provisioners(
     State(app): State<Arc<App>>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<Value>>> {
     caller.require_superadmin()?;
-    let state = app.core.read();
-    let in_progress = state
-        .clusters()
-        .flat_map(|c| c.jobs.values())
-        .filter(|j| !j.job.status.is_finished())
-        .flat_map(|j| j.tasks.values())
-        .filter_map(|t| t.owner.as_ref())
-        .fold(
-            std::collections::BTreeMap::<&str, u32>::new(),
-            |mut m, o| {
-                *m.entry(o.provisioner_id.as_str()).or_default() += 1;
-                m
-            },
-        );
     Ok(Json(
-        state
-            .local
-            .provisioners
-            .values()
-            .map(|p| {
-                let used = in_progress.get(p.id.as_str()).copied().unwrap_or(0);
-                json!({"id": p.id, "host": p.host, "port": p.port, "capacityTotal": p.capacity_total,
-                       "capacityFree": p.capacity_total.saturating_sub(used)})
-            })
+        provisioner_views(&app)
+            .into_iter()
+            .map(|(_, v)| v)
             .collect(),
     ))
+}
+
+/// `GET /v2/provisioners/{id}` (superadmin): one provisioner of this DC, or 404.
+pub async fn show_provisioner(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require_superadmin()?;
+    provisioner_views(&app)
+        .into_iter()
+        .find(|(p, _)| *p == id)
+        .map(|(_, v)| Json(v))
+        .ok_or_else(|| ApiError::not_found("provisioner", &id))
 }

@@ -55,7 +55,8 @@ pub fn command_shard(command: &Command, shard_count: u32) -> Option<ShardId> {
         | Command::PutApiKey { .. }
         | Command::PutEntity { .. }
         | Command::DeleteEntity { .. }
-        | Command::ImportCatalog { .. } => Some(ShardId::GLOBAL),
+        | Command::ImportCatalog { .. }
+        | Command::PutProfile { .. } => Some(ShardId::GLOBAL),
         _ => None,
     }
 }

@@ -14,9 +14,15 @@ use crate::{CommandError, ErrorCode, State};
 /// Versions of one catalog entity, by version number.
 pub type Versions = BTreeMap<u32, Value>;
 
+/// A tenant's data in the global shard besides the tenant itself and its keys: its catalog
+/// entities, and its users' profiles (Coopr's `/profile`), which replicate, snapshot and go
+/// with the tenant exactly like the catalog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantCatalog {
     pub entities: BTreeMap<EntityKind, BTreeMap<String, Versions>>,
+    /// By user ID.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub profiles: BTreeMap<String, Value>,
 }
 
 impl TenantCatalog {
@@ -83,6 +89,18 @@ impl TenantCatalog {
                     map.insert("version".into(), Value::from(1));
                 }
                 by_name.entry(name).or_default().insert(1, body);
+            }
+        }
+    }
+
+    /// Writes a user's profile, or deletes it (`None`).
+    pub fn set_profile(&mut self, user: &str, profile: Option<Value>) {
+        match profile {
+            Some(profile) => {
+                self.profiles.insert(user.to_string(), profile);
+            }
+            None => {
+                self.profiles.remove(user);
             }
         }
     }
@@ -279,6 +297,27 @@ impl State {
             kind,
             name: name.to_string(),
             version,
+        });
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn put_profile(
+        &mut self,
+        tenant: &str,
+        user: &str,
+        profile: Option<&Value>,
+    ) -> CommandResult {
+        self.require_tenant(tenant)?;
+        let catalog = self.global.catalogs.entry(tenant.to_string()).or_default();
+        // Deleting nothing writes nothing (no record for the replicas either).
+        if profile.is_none() && !catalog.profiles.contains_key(user) {
+            return Ok(Outcome::Done);
+        }
+        catalog.set_profile(user, profile.cloned());
+        self.emit_global(GlobalRecord::ProfilePut {
+            tenant: tenant.to_string(),
+            user: user.to_string(),
+            profile: profile.cloned(),
         });
         Ok(Outcome::Done)
     }

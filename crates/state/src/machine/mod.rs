@@ -365,6 +365,11 @@ impl State {
                 version,
             } => self.delete_entity(tenant, *kind, name, *version),
             Command::ImportCatalog { tenant, entities } => self.import_catalog(tenant, entities),
+            Command::PutProfile {
+                tenant,
+                user,
+                profile,
+            } => self.put_profile(tenant, user, profile.as_ref()),
             Command::CreateCluster { shard, spec } => self.create_cluster(*shard, spec, now),
             Command::StartOperation {
                 cluster,
