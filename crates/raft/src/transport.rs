@@ -47,6 +47,20 @@ impl Call {
         }
     }
 
+    /// A `GET` of `url`.
+    pub fn get(url: impl Into<String>) -> Call {
+        Call {
+            method: Method::GET,
+            ..Call::post(url, Bytes::new())
+        }
+    }
+
+    /// A `POST` of `value` as JSON.
+    pub fn json(url: impl Into<String>, value: &impl serde::Serialize) -> Call {
+        let body = serde_json::to_vec(value).unwrap_or_default();
+        Call::post(url, body).header("content-type", "application/json")
+    }
+
     /// Adds a header (a name or value that is not valid HTTP is dropped).
     pub fn header(mut self, name: &str, value: &str) -> Call {
         if let (Ok(name), Ok(value)) = (
@@ -70,6 +84,13 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON of type `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
 }
 
 /// Why a call has no answer.
@@ -106,11 +127,25 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    /// `connect_timeout` bounds each TCP connect.
+    /// `connect_timeout` bounds each TCP connect; a call without a timeout of its own may take
+    /// as long as it takes.
     pub fn new(connect_timeout: Duration) -> Result<HttpTransport, reqwest::Error> {
         Ok(HttpTransport {
             client: reqwest::Client::builder()
                 .connect_timeout(connect_timeout)
+                .build()?,
+        })
+    }
+
+    /// [`HttpTransport::new`], with `timeout` for every call that sets none.
+    pub fn with_timeout(
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<HttpTransport, reqwest::Error> {
+        Ok(HttpTransport {
+            client: reqwest::Client::builder()
+                .connect_timeout(connect_timeout)
+                .timeout(timeout)
                 .build()?,
         })
     }

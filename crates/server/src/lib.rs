@@ -74,8 +74,9 @@ pub struct App {
     /// Since when this node leads the DC log (the clock's monotonic ms; the job engine runs
     /// only then).
     pub leader_since: Mutex<Option<u64>>,
-    /// Client used to forward requests to the leader.
-    pub forwarder: reqwest::Client,
+    /// How this node calls other nodes (forwarded requests, placement calls, lease renewals,
+    /// replication pulls): HTTP, or in memory in a simulation.
+    pub transport: Arc<dyn coopr_raft::Transport>,
     /// Take proposals not yet answered (so idle polls do not race for the same task).
     pub takes_in_flight: std::sync::atomic::AtomicUsize,
     /// What the replication streams and pulls know (leader only).
@@ -365,14 +366,16 @@ impl WitnessHandle {
 pub struct StartOptions {
     pub clock: Arc<dyn Clock>,
     pub storage: Storage,
+    pub network: Network,
 }
 
 impl StartOptions {
-    /// The OS's clocks and redb files under the data dir.
+    /// The OS's clocks, redb files under the data dir, and TCP.
     pub fn production() -> StartOptions {
         StartOptions {
             clock: Arc::new(SystemClock::new()),
             storage: Storage::DataDir,
+            network: Network::Tcp,
         }
     }
 
@@ -384,6 +387,88 @@ impl StartOptions {
                 dc_log: RaftStores::in_memory(),
                 placement: RaftStores::in_memory(),
             },
+            network: Network::Tcp,
+        }
+    }
+
+    /// The same options on `network`.
+    pub fn on(self, network: Network) -> StartOptions {
+        StartOptions { network, ..self }
+    }
+}
+
+/// How a node reaches the others and is reached.
+#[derive(Clone)]
+pub enum Network {
+    /// Listeners on the configured addresses; calls over HTTP.
+    Tcp,
+    /// No sockets: the node's routers are served on the in-memory network under
+    /// `http://<listen>` and `http://<internal_listen>`, and it calls the others through it
+    /// (links named by the config's `node`; see [`coopr_raft::MemNetwork`]).
+    Mem(coopr_raft::MemNetwork),
+}
+
+/// Longest a TCP connect to another node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of a call to another node that sets none itself (forwarded requests).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Network {
+    /// The transport of a Raft group's RPCs: over TCP, connects bounded by the election
+    /// timeout.
+    fn raft_transport(
+        &self,
+        node: &str,
+        election_timeout_max_ms: u64,
+    ) -> anyhow::Result<Arc<dyn coopr_raft::Transport>> {
+        Ok(match self {
+            Network::Tcp => Arc::new(coopr_raft::HttpTransport::new(Duration::from_millis(
+                election_timeout_max_ms,
+            ))?),
+            Network::Mem(network) => network.transport(node),
+        })
+    }
+
+    /// The transport of the node's other calls.
+    fn transport(&self, node: &str) -> anyhow::Result<Arc<dyn coopr_raft::Transport>> {
+        Ok(match self {
+            Network::Tcp => Arc::new(coopr_raft::HttpTransport::with_timeout(
+                CONNECT_TIMEOUT,
+                CALL_TIMEOUT,
+            )?),
+            Network::Mem(network) => network.transport(node),
+        })
+    }
+
+    /// Serves `router` at `addr` until `stop`: the address it serves at, and the task.
+    async fn serve(
+        &self,
+        node: &str,
+        addr: &str,
+        router: axum::Router,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        match self {
+            Network::Tcp => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                let local = listener.local_addr()?;
+                Ok((local, serve(listener, router, stop)))
+            }
+            Network::Mem(network) => {
+                let url = format!("http://{addr}");
+                network.serve(node, &url, router);
+                let network = network.clone();
+                let task = tokio::spawn(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                    network.unserve(&url);
+                });
+                let local = addr
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                Ok((local, task))
+            }
         }
     }
 }
@@ -465,16 +550,23 @@ pub async fn start_witness_with(
     };
     options.storage.prepare(&config)?;
     let stores = options.storage.placement(&config).await?;
-    let group = PlacementGroup::start(&config, stores, options.clock.clone()).await?;
+    let network = &options.network;
+    let group = PlacementGroup::start(
+        &config,
+        stores,
+        options.clock.clone(),
+        network.transport(&config.node)?,
+        network.raft_transport(&config.node, config.placement_election_timeout_ms.1)?,
+    )
+    .await?;
     let (shutdown, stop) = watch::channel(false);
-    let listener = TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let internal_addr = listener.local_addr()?;
     let tick = Duration::from_millis(config.lease_ms / 3).min(PLACEMENT_TICK);
     let loops = Arc::new(Loops::default());
     let router = api::admission::Admission::internal(&config).layer(group.router());
-    let mut tasks = vec![serve(listener, router, stop.clone())];
+    let (internal_addr, served) = network
+        .serve(&config.node, &listen, router, stop.clone())
+        .await?;
+    let mut tasks = vec![served];
     tasks.extend(spawn_placement_loops(&loops, &group, tick, &stop));
     tracing::info!(%internal_addr, site = %config.dc, "coopr witness (placement voter) listening");
     Ok(WitnessHandle {
@@ -546,26 +638,34 @@ pub async fn start_with(
     raft_config.election_timeout_max_ms = config.election_timeout_ms.1;
     raft_config.heartbeat_interval_ms = (config.election_timeout_ms.0 / 3).max(10);
     raft_config.write_timeout_ms = config.write_timeout_ms;
-    let raft = coopr_raft::start(raft_config, stores, state_machine)
+    let network = options.network.clone();
+    let raft_transport = network.raft_transport(&config.node, config.election_timeout_ms.1)?;
+    let raft = coopr_raft::start_with(raft_config, stores, state_machine, raft_transport)
         .await
         .context("cannot start the DC log")?;
+    let transport = network.transport(&config.node)?;
     let (shutdown, stop) = watch::channel(false);
     let mut tasks = Vec::new();
     let loops = Arc::new(Loops::default());
     let placement_group = match config.placement_node_id {
         Some(_) => {
             let stores = options.storage.placement(&config).await?;
-            Some(PlacementGroup::start(&config, stores, clock.clone()).await?)
+            Some(
+                PlacementGroup::start(
+                    &config,
+                    stores,
+                    clock.clone(),
+                    transport.clone(),
+                    network.raft_transport(&config.node, config.placement_election_timeout_ms.1)?,
+                )
+                .await?,
+            )
         }
         None => None,
     };
 
     let internal_addr = match &config.internal_listen {
         Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            let local = listener.local_addr()?;
             // The Raft routes (the DC log's, and the placement group's merged below) carry their
             // own body limit, `coopr_raft::wire::MAX_RPC_BODY_BYTES` (64 MiB: snapshot chunks
             // and appends of large entries); no layer here may lower it. The placement calls
@@ -576,7 +676,10 @@ pub async fn start_with(
                 router = router.merge(group.router());
             }
             let router = api::admission::Admission::internal(&config).layer(router);
-            tasks.push(serve(listener, router, stop.clone()));
+            let (local, served) = network
+                .serve(&config.node, addr, router, stop.clone())
+                .await?;
+            tasks.push(served);
             Some(local)
         }
         None => None,
@@ -588,10 +691,6 @@ pub async fn start_with(
         tasks.extend(spawn_placement_loops(&loops, group, tick, &stop));
     }
     let core = Core::new(parts, raft.clone(), clock.clone());
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
     let map = RwLock::new(Arc::new(config.initial_map()));
     let app = Arc::new(App {
         core,
@@ -612,10 +711,7 @@ pub async fn start_with(
         next_shard: AtomicU32::new(0),
         takes_in_flight: Default::default(),
         leader_since: Mutex::new(None),
-        forwarder: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")?,
+        transport,
         config,
     });
     // The DC bootstraps once its configured members are reachable; a restarted node rejoins.
@@ -649,7 +745,11 @@ pub async fn start_with(
         })
     });
     tasks.extend(replication::puller::spawn(&app, &stop));
-    tasks.push(serve(listener, api::router(app.clone()), stop));
+    let listen = app.config.listen.clone();
+    let (addr, served) = network
+        .serve(&app.config.node, &listen, api::router(app.clone()), stop)
+        .await?;
+    tasks.push(served);
     tracing::info!(%addr, ?internal_addr, dc = %app.config.dc, node = %app.config.node, "coopr server listening");
     Ok(ServerHandle {
         addr,

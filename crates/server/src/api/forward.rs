@@ -359,37 +359,38 @@ async fn send(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let url = format!("{}{}", base.trim_end_matches('/'), path_and_query);
-    let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
-        return Ok(ApiError::bad_request("bad_method", "unsupported method").into_response());
+    let mut call = coopr_raft::Call {
+        method: parts.method.clone(),
+        url,
+        headers: axum::http::HeaderMap::new(),
+        body,
+        timeout: None,
     };
-    let mut request = app.forwarder.request(method, &url).body(body);
     for (name, value) in &parts.headers {
         if !hop_by_hop(name) {
-            request = request.header(name.as_str(), value.as_bytes());
+            call.headers.append(name.clone(), value.clone());
         }
     }
-    request = request.header(mark.0, mark.1);
-    let answer = request.send().await.map_err(|e| SendError {
-        connect: e.is_connect(),
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(mark.0.as_bytes()),
+        HeaderValue::from_str(mark.1),
+    ) {
+        call.headers.insert(name, value);
+    }
+    let answer = app.transport.call(call).await.map_err(|e| SendError {
+        connect: e.not_delivered(),
         message: e.to_string(),
     })?;
-    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut builder = Response::builder().status(status);
-    for (name, value) in answer.headers() {
+    let mut builder = Response::builder().status(answer.status);
+    for (name, value) in &answer.headers {
         let name = name.as_str();
         if name != "content-length" && name != "transfer-encoding" && name != "connection" {
             builder = builder.header(name, value.as_bytes());
         }
     }
-    match answer.bytes().await {
-        Ok(bytes) => Ok(builder
-            .body(Body::from(bytes))
-            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())),
-        Err(e) => Err(SendError {
-            connect: false,
-            message: format!("the answer was cut off: {e}"),
-        }),
-    }
+    Ok(builder
+        .body(Body::from(answer.body))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()))
 }
 
 /// Forwards a request to this DC's leader.

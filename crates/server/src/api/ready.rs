@@ -120,17 +120,17 @@ async fn follower_checks(app: &App, raft: &coopr_raft::RaftStatus, body: &mut Va
         return not_ready(body, "no_leader");
     };
     let answer = app
-        .forwarder
-        .get(format!("{api}/ready?from_follower=true"))
-        .timeout(READY_LEADER_TIMEOUT)
-        .send()
+        .transport
+        .call(
+            coopr_raft::Call::get(format!("{api}/ready?from_follower=true"))
+                .timeout(READY_LEADER_TIMEOUT),
+        )
         .await;
     let leader: Value = match answer {
-        Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+        Ok(r) if r.status.is_success() => r.json().unwrap_or(Value::Null),
         Ok(r) => {
             let reason = r
                 .json::<Value>()
-                .await
                 .ok()
                 .and_then(|v| v["reason"].as_str().map(str::to_string))
                 .unwrap_or_else(|| "unknown".into());

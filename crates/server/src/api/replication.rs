@@ -110,7 +110,6 @@ async fn placement_command(
     let answer = to_placement(app, crate::placement::group::COMMAND_PATH, command).await?;
     let outcome: coopr_placement::Outcome = answer
         .json()
-        .await
         .map_err(|e| ApiError::unavailable("placement_unreadable", e.to_string()))?;
     match outcome {
         Ok(coopr_placement::Reply::Shard { shard, placement }) => {
@@ -141,7 +140,7 @@ async fn to_placement(
     app: &App,
     path: &str,
     body: &impl serde::Serialize,
-) -> ApiResult<reqwest::Response> {
+) -> ApiResult<coopr_raft::Answer> {
     if !app.config.multi_dc() {
         return Err(ApiError::bad_request(
             "single_dc",
@@ -156,20 +155,17 @@ async fn to_placement(
     loop {
         for member in app.config.placement_members.values() {
             let url = format!("{}{path}", member.internal.trim_end_matches('/'));
-            let answer = app
-                .forwarder
-                .post(&url)
+            let call = coopr_raft::Call::json(&url, body)
                 .header(crate::replication::SECRET_HEADER, &secret)
-                .json(body)
-                .send()
-                .await;
+                .timeout(std::time::Duration::from_secs(30));
+            let answer = app.transport.call(call).await;
             // Asked again (here or at another voter) only when the command certainly was not
             // applied: repeating an applied StartHandover would start another handover.
             match answer {
-                Ok(a) if a.status().is_success() => return Ok(a),
+                Ok(a) if a.status.is_success() => return Ok(a),
                 Ok(a) => {
-                    let status = a.status();
-                    let body: Value = a.json().await.unwrap_or_default();
+                    let status = a.status;
+                    let body: Value = a.json().unwrap_or_default();
                     let code = body["code"].as_str().unwrap_or_default().to_string();
                     if !matches!(
                         code.as_str(),
@@ -184,7 +180,7 @@ async fn to_placement(
                     }
                     last_error = format!("{url} answered {status} {code}");
                 }
-                Err(e) if e.is_connect() => last_error = format!("{url}: {e}"),
+                Err(e) if e.not_delivered() => last_error = format!("{url}: {e}"),
                 Err(e) => {
                     return Err(ApiError::unavailable(
                         "placement_unavailable",
@@ -278,7 +274,6 @@ async fn maintenance(
     let answer = to_placement(app, path, &request).await?;
     let answer: crate::placement::group::MaintenanceAnswer = answer
         .json()
-        .await
         .map_err(|e| ApiError::unavailable("placement_unreadable", e.to_string()))?;
     let maintenance = match answer.outcome {
         Ok(coopr_placement::Reply::Maintenance { maintenance, .. }) => maintenance,

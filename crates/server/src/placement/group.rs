@@ -102,7 +102,10 @@ pub struct PlacementGroup {
     failing_over: tokio::sync::Mutex<()>,
     /// How long a handover may run before the leader aborts it.
     handover_timeout_ms: u64,
-    client: reqwest::Client,
+    /// How this voter calls the others (forwarding to the leader).
+    transport: Arc<dyn coopr_raft::Transport>,
+    /// Bound of a forwarded call (a lease).
+    call_timeout: Duration,
     /// The node's clock: lease and handover times of the commands this voter proposes as leader.
     clock: Arc<dyn Clock>,
 }
@@ -114,6 +117,8 @@ impl PlacementGroup {
         config: &ServerConfig,
         stores: RaftStores,
         clock: Arc<dyn Clock>,
+        transport: Arc<dyn coopr_raft::Transport>,
+        raft_transport: Arc<dyn coopr_raft::Transport>,
     ) -> anyhow::Result<Arc<PlacementGroup>> {
         let id = config
             .placement_node_id
@@ -137,7 +142,7 @@ impl PlacementGroup {
         raft_config.election_timeout_max_ms = max;
         raft_config.heartbeat_interval_ms = (min / 3).max(10);
         raft_config.write_timeout_ms = config.write_timeout_ms;
-        let raft = coopr_raft::start(raft_config, stores, machine.clone())
+        let raft = coopr_raft::start_with(raft_config, stores, machine.clone(), raft_transport)
             .await
             .context("cannot start the placement group")?;
         Ok(Arc::new(PlacementGroup {
@@ -149,10 +154,8 @@ impl PlacementGroup {
             leader_since_ms: Mutex::new(None),
             failing_over: tokio::sync::Mutex::new(()),
             handover_timeout_ms: config.handover_timeout_ms,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_millis(config.lease_ms))
-                .build()
-                .context("cannot build the HTTP client")?,
+            transport,
+            call_timeout: Duration::from_millis(config.lease_ms),
             clock,
         }))
     }
@@ -470,23 +473,19 @@ impl PlacementGroup {
             return unavailable("no_leader", "the placement group has no leader".into());
         };
         let url = format!("{}{path}", member.internal.trim_end_matches('/'));
-        let sent = self
-            .client
-            .post(&url)
+        let call = coopr_raft::Call::post(&url, body)
             .header(SECRET_HEADER, &self.secret)
             .header(FORWARDED_HEADER, "1")
             .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(answer) => {
-                let status = StatusCode::from_u16(answer.status().as_u16())
-                    .unwrap_or(StatusCode::BAD_GATEWAY);
-                let bytes = answer.bytes().await.unwrap_or_default();
-                (status, [("content-type", "application/json")], bytes).into_response()
-            }
-            Err(e) if e.is_connect() => unavailable(
+            .timeout(self.call_timeout);
+        match self.transport.call(call).await {
+            Ok(answer) => (
+                answer.status,
+                [("content-type", "application/json")],
+                answer.body,
+            )
+                .into_response(),
+            Err(e) if e.not_delivered() => unavailable(
                 "leader_unreachable",
                 format!("cannot reach the placement leader: {e}"),
             ),

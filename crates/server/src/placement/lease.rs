@@ -208,15 +208,10 @@ impl App {
 /// Renews the lease (DC leader) and refreshes the shard map (every node), every lease/3.
 pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(app.config.lease_ms / 3);
-    let client = match reqwest::Client::builder()
-        .timeout(tick.max(Duration::from_millis(200)))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the placement client");
-            return;
-        }
+    // Each placement call is bounded by a third of the lease (at least 200 ms).
+    let client = Placement {
+        app: &app,
+        timeout: tick.max(Duration::from_millis(200)),
     };
     let voters = voter_urls(&app);
     let preferred = AtomicUsize::new(0);
@@ -478,10 +473,34 @@ fn ready_to_seal(
     stream.caught_up_at.is_some_and(|at| at > seen) && stream.owner_last == watermark
 }
 
+/// How the lease loop calls the placement voters: through the node's transport, with the
+/// cluster secret and a timeout.
+struct Placement<'a> {
+    app: &'a App,
+    timeout: Duration,
+}
+
+impl Placement<'_> {
+    fn call(&self, call: coopr_raft::Call) -> coopr_raft::Call {
+        call.header(
+            SECRET_HEADER,
+            self.app.config.secret.as_deref().unwrap_or_default(),
+        )
+        .timeout(self.timeout)
+    }
+
+    async fn send(
+        &self,
+        call: coopr_raft::Call,
+    ) -> Result<coopr_raft::Answer, coopr_raft::CallError> {
+        self.app.transport.call(self.call(call)).await
+    }
+}
+
 /// Sends one renewal (to each voter in turn until one answers); whether a grant came back.
 async fn renew(
     app: &App,
-    client: &reqwest::Client,
+    client: &Placement<'_>,
     voters: &[String],
     preferred: &AtomicUsize,
     term: u64,
@@ -498,20 +517,12 @@ async fn renew(
     for i in 0..voters.len() {
         let n = (first + i) % voters.len();
         let url = format!("{}{RENEW_PATH}", voters[n]);
-        let answer = client
-            .post(&url)
-            .header(
-                SECRET_HEADER,
-                app.config.secret.as_deref().unwrap_or_default(),
-            )
-            .json(&request)
-            .send()
-            .await;
+        let answer = client.send(coopr_raft::Call::json(&url, &request)).await;
         let outcome = match answer {
-            Ok(r) if r.status().is_success() => r.json::<Outcome>().await,
+            Ok(r) if r.status.is_success() => r.json::<Outcome>(),
             Ok(r) => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
+                let status = r.status;
+                let body = String::from_utf8_lossy(&r.body);
                 let body = &body[..body.len().min(300)];
                 tracing::debug!(%url, %status, body, "lease renewal refused");
                 continue;
@@ -575,7 +586,11 @@ fn take_grant(app: &App, grant: coopr_placement::LeaseGrant, started: u64, term:
 /// Refreshes the shard map from the placement group now (a DC answered that it lost a shard).
 pub async fn refresh_now(app: &App) {
     let voters = voter_urls(app);
-    refresh_map(app, &app.forwarder, &voters, &AtomicUsize::new(0)).await;
+    let client = Placement {
+        app,
+        timeout: Duration::from_secs(30),
+    };
+    refresh_map(app, &client, &voters, &AtomicUsize::new(0)).await;
 }
 
 fn voter_urls(app: &App) -> Vec<String> {
@@ -588,26 +603,20 @@ fn voter_urls(app: &App) -> Vec<String> {
 
 async fn refresh_map(
     app: &App,
-    client: &reqwest::Client,
+    client: &Placement<'_>,
     voters: &[String],
     preferred: &AtomicUsize,
 ) {
     let first = preferred.load(Ordering::Relaxed);
     for i in 0..voters.len() {
         let url = format!("{}{STATE_PATH}", voters[(first + i) % voters.len()]);
-        let answer = client
-            .get(&url)
-            .header(
-                SECRET_HEADER,
-                app.config.secret.as_deref().unwrap_or_default(),
-            )
-            .send()
-            .await;
-        let Ok(answer) = answer else { continue };
-        if !answer.status().is_success() {
+        let Ok(answer) = client.send(coopr_raft::Call::get(&url)).await else {
+            continue;
+        };
+        if !answer.status.is_success() {
             continue;
         }
-        if let Ok(state) = answer.json::<PlacementState>().await {
+        if let Ok(state) = answer.json::<PlacementState>() {
             app.update_map(|m| m.merge(&state));
             app.set_placement_state(state);
             return;

@@ -67,6 +67,35 @@ pub fn spawn(app: &Arc<App>, stop: &watch::Receiver<bool>) -> Vec<tokio::task::J
     tasks
 }
 
+/// How a stream calls the owner DC: through the node's transport, with the cluster secret,
+/// asking for a deflated answer.
+struct Client {
+    transport: Arc<dyn coopr_raft::Transport>,
+    secret: String,
+    timeout: Duration,
+}
+
+impl Client {
+    async fn post(
+        &self,
+        url: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<coopr_raft::Answer, coopr_raft::CallError> {
+        let call = coopr_raft::Call::json(url, body)
+            .header(SECRET_HEADER, &self.secret)
+            .header("accept-encoding", "deflate")
+            .timeout(self.timeout);
+        self.transport.call(call).await
+    }
+}
+
+fn is_deflated(answer: &coopr_raft::Answer) -> bool {
+    answer
+        .headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"deflate")
+}
+
 /// How one pull ended.
 enum Answer {
     Batches(PullResponse),
@@ -84,15 +113,11 @@ struct Stream {
 impl Stream {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let wait_ms = self.app.config.replication_wait_ms;
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_millis(wait_ms) + PULL_TIMEOUT_MARGIN)
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(owner_dc = %self.owner_dc, error = %e, "cannot build the replication client");
-                return;
-            }
+        // A pull is a long poll of up to `wait_ms`; the margin covers the answer's travel.
+        let client = Client {
+            transport: self.app.transport.clone(),
+            secret: self.app.config.secret.clone().unwrap_or_default(),
+            timeout: Duration::from_millis(wait_ms) + PULL_TIMEOUT_MARGIN,
         };
         let mut node = 0usize;
         let mut target: Option<String> = None;
@@ -264,33 +289,20 @@ impl Stream {
 
     /// Re-seeds this DC's copy of `shard` from a snapshot of the owner's shard, then lets its
     /// stream continue from the snapshot's position.
-    async fn seed(
-        &self,
-        client: &reqwest::Client,
-        base: &str,
-        shard: ShardId,
-    ) -> Result<(), String> {
+    async fn seed(&self, client: &Client, base: &str, shard: ShardId) -> Result<(), String> {
         let url = format!("{}{SEED_PATH}", base.trim_end_matches('/'));
-        let secret = self.app.config.secret.clone().unwrap_or_default();
         let request = SeedRequest {
             dc: self.app.config.dc.clone(),
             shard,
         };
         let started = self.app.clock.mono_ms();
         let response = client
-            .post(&url)
-            .header(SECRET_HEADER, secret)
-            .header("accept-encoding", "deflate")
-            .json(&request)
-            .send()
+            .post(&url, &request)
             .await
             .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let deflated = response
-            .headers()
-            .get("content-encoding")
-            .is_some_and(|v| v.as_bytes() == b"deflate");
-        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        let status = response.status;
+        let deflated = is_deflated(&response);
+        let bytes = response.body;
         if !status.is_success() {
             return Err(format!(
                 "{status}: {}",
@@ -338,30 +350,16 @@ impl Stream {
         }
     }
 
-    async fn pull(&self, client: &reqwest::Client, base: &str, request: &PullRequest) -> Answer {
+    async fn pull(&self, client: &Client, base: &str, request: &PullRequest) -> Answer {
         let url = format!("{}{PULL_PATH}", base.trim_end_matches('/'));
-        let secret = self.app.config.secret.clone().unwrap_or_default();
-        let sent = client
-            .post(&url)
-            .header(SECRET_HEADER, secret)
-            .header("accept-encoding", "deflate")
-            .json(request)
-            .send()
-            .await;
-        let response = match sent {
+        let response = match client.post(&url, request).await {
             Ok(r) => r,
             Err(e) => return Answer::Failed(e.to_string()),
         };
-        let status = response.status();
-        let deflated = response
-            .headers()
-            .get("content-encoding")
-            .is_some_and(|v| v.as_bytes() == b"deflate");
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return Answer::Failed(format!("answer cut off: {e}")),
-        };
-        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        let status = response.status;
+        let deflated = is_deflated(&response);
+        let bytes = response.body;
+        if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
             let answer = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
             // The leader as this DC reaches it (its own configured address for that node: the
             // owner's address for itself may not be reachable from here, e.g. through a proxy).
