@@ -1,0 +1,635 @@
+//! A seeded simulation of a whole deployment of the real server: three DCs of one node each in
+//! one process, on an in-memory network ([`MemNetwork`]), with in-memory Raft stores and
+//! simulated clocks (offsets and drifts within `max_clock_offset_ms`), on tokio's paused clock.
+//! A seed decides the clients' timing and the faults; the checks run on what the clients saw
+//! acknowledged and on the nodes' final answers.
+//!
+//! ```text
+//!   seed ─► Rng ─┬─► clients (one per DC): creates with an Idempotency-Key, retried on 503s
+//!                │   and on calls without an answer, at their DC
+//!                └─► faults: a DC cut off, a link cut one way, a slow link; healed later
+//!   then: heal everything, wait for convergence, check
+//!     - every acknowledged create is in every DC's list, or in a lost-operations report;
+//!     - no create was applied twice (one cluster per Idempotency-Key / name);
+//!     - every DC lists the same clusters and the same owner for every shard.
+//! ```
+//!
+//! What a seed fixes: the clients' and the fault injector's choices and times, openraft's
+//! election timeouts ([`coopr_raft::seed_thread_rng`]), the clocks. What it does not (yet):
+//! tokio's choice among ready `select!` branches, the ids the server draws from the OS
+//! (tenant ids, generated secrets), the pullers' jitter. A failing seed therefore reruns the
+//! same scenario, usually (not always) along the same interleaving.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coopr_raft::{Call, MemNetwork, Transport};
+use coopr_server::{
+    Member, Network, PlacementMember, ServerConfig, ServerHandle, SimClock, StartOptions,
+};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// The DCs of the simulated deployment.
+pub const DCS: [&str; 3] = ["a", "b", "c"];
+const SECRET: &str = "a-simulated-cluster-secret";
+/// 2026-01-01T00:00:00Z: where the simulated wall clocks start.
+const BASE_WALL_MS: u64 = 1_767_225_600_000;
+
+/// A small deterministic generator (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `low..high` (`low` if the range is empty).
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        if high <= low {
+            return low;
+        }
+        low + self.next_u64() % (high - low)
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.range(0, items.len() as u64) as usize]
+    }
+}
+
+/// What one seed's run is made of.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long faults are injected, in simulated ms.
+    pub fault_ms: u64,
+    /// Inject faults at all (off: the same load on a quiet deployment).
+    pub faults: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            fault_ms: 20_000,
+            faults: true,
+        }
+    }
+}
+
+/// A run that held every invariant.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    /// Creates acknowledged to clients.
+    pub acknowledged: usize,
+    /// Acknowledged creates that a failover lost, each in a lost-operations report.
+    pub reported_lost: usize,
+    pub faults: usize,
+    /// Simulated time of the whole run.
+    pub simulated: Duration,
+}
+
+/// A broken invariant, with the seed and the last events before it.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub seed: u64,
+    pub message: String,
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "seed {}: {}", self.seed, self.message)?;
+        writeln!(f, "last events (simulated ms since start):")?;
+        for line in self.trace.iter().rev().take(40).rev() {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "replay: cargo run -p coopr-sim --release -- --seed {}",
+            self.seed
+        )
+    }
+}
+
+/// Runs one seed on a fresh single-thread runtime on tokio's paused clock.
+pub fn run(seed: u64, options: &Options) -> Result<Report, Violation> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(|e| Violation {
+            seed,
+            message: format!("no runtime: {e}"),
+            trace: Vec::new(),
+        })?;
+    runtime.block_on(async {
+        coopr_raft::seed_thread_rng(seed);
+        let trace = Trace::new();
+        match scenario(seed, options, &trace).await {
+            Ok(report) => Ok(report),
+            Err(message) => Err(Violation {
+                seed,
+                message,
+                trace: trace.lines(),
+            }),
+        }
+    })
+}
+
+/// Events of a run, stamped with simulated time.
+#[derive(Clone)]
+struct Trace {
+    started: Instant,
+    lines: Rc<RefCell<Vec<String>>>,
+}
+
+impl Trace {
+    fn new() -> Trace {
+        Trace {
+            started: Instant::now(),
+            lines: Rc::default(),
+        }
+    }
+
+    fn log(&self, event: impl Into<String>) {
+        let at = self.started.elapsed().as_millis();
+        self.lines
+            .borrow_mut()
+            .push(format!("{at:>7} {}", event.into()));
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.borrow().clone()
+    }
+}
+
+fn api(dc: &str) -> String {
+    format!("http://{dc}1:80")
+}
+
+fn internal(dc: &str) -> String {
+    format!("http://{dc}1:81")
+}
+
+fn node(dc: &str) -> String {
+    format!("{dc}1")
+}
+
+/// The config of DC `dc`'s one node: a placement voter, demo tenant and keys, six shards.
+pub fn config(dc: &str) -> ServerConfig {
+    let placement_members = (1u64..)
+        .zip(DCS)
+        .map(|(id, d)| {
+            (
+                id,
+                PlacementMember {
+                    dc: d.to_string(),
+                    internal: internal(d),
+                },
+            )
+        })
+        .collect();
+    let remote_dcs = DCS
+        .iter()
+        .filter(|d| **d != dc)
+        .map(|d| {
+            (
+                d.to_string(),
+                vec![Member {
+                    node: node(d),
+                    api: api(d),
+                    internal: internal(d),
+                }],
+            )
+        })
+        .collect();
+    ServerConfig {
+        dc: dc.to_string(),
+        node: node(dc),
+        listen: format!("{dc}1:80"),
+        internal_listen: Some(format!("{dc}1:81")),
+        data_dir: std::path::PathBuf::from(format!("/nonexistent/simulated/{dc}")),
+        demo: true,
+        shard_count: 6,
+        secret: Some(SECRET.into()),
+        placement_members,
+        placement_node_id: Some(DCS.iter().position(|d| *d == dc).unwrap_or(0) as u64 + 1),
+        remote_dcs,
+        replication_wait_ms: 2_000,
+        ..ServerConfig::default()
+    }
+}
+
+/// The running deployment and a client on its network.
+pub struct Deployment {
+    pub network: MemNetwork,
+    client: Arc<dyn Transport>,
+    nodes: BTreeMap<&'static str, ServerHandle>,
+}
+
+/// One answer: status and JSON body.
+pub type Reply = (u16, Value);
+
+impl Deployment {
+    /// Starts the three DCs, clocks apart by up to 150 ms and drifting by up to 100 ppm.
+    pub async fn start() -> anyhow::Result<Deployment> {
+        let network = MemNetwork::new();
+        let mut nodes = BTreeMap::new();
+        for (i, dc) in DCS.into_iter().enumerate() {
+            let offset_ms = [-150, 0, 150][i];
+            let drift_ppm = [100, 0, -100][i];
+            let clock = Arc::new(SimClock::new(BASE_WALL_MS, offset_ms, drift_ppm));
+            let options = StartOptions::in_memory(clock).on(Network::Mem(network.clone()));
+            nodes.insert(dc, coopr_server::start_with(config(dc), options).await?);
+        }
+        let client = network.transport("client");
+        Ok(Deployment {
+            network,
+            client,
+            nodes,
+        })
+    }
+
+    async fn call(&self, call: Call, superadmin: bool) -> Result<Reply, coopr_raft::CallError> {
+        let (user, tenant, key) = if superadmin {
+            ("admin", "superadmin", "admin-key")
+        } else {
+            ("demo", "demo", "demo-key")
+        };
+        let call = call
+            .header("Coopr-UserID", user)
+            .header("Coopr-TenantID", tenant)
+            .header("Coopr-ApiKey", key)
+            .timeout(Duration::from_secs(10));
+        let answer = self.client.call(call).await?;
+        Ok((answer.status.as_u16(), answer.json().unwrap_or(Value::Null)))
+    }
+
+    /// `GET path` at `dc`.
+    pub async fn get(&self, dc: &str, path: &str, superadmin: bool) -> Option<Reply> {
+        self.call(Call::get(format!("{}{path}", api(dc))), superadmin)
+            .await
+            .ok()
+    }
+
+    /// `POST body` to `path` at `dc` as the demo user, with `key` as its Idempotency-Key.
+    pub async fn post(
+        &self,
+        dc: &str,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> Result<Reply, coopr_raft::CallError> {
+        let mut call = Call::json(format!("{}{path}", api(dc)), body);
+        if let Some(key) = key {
+            call = call.header("Idempotency-Key", key);
+        }
+        self.call(call, false).await
+    }
+
+    /// The cluster ids and names `dc` lists for the demo user.
+    pub async fn clusters(&self, dc: &str) -> Option<BTreeMap<String, String>> {
+        let (status, body) = self.get(dc, "/v2/clusters", false).await?;
+        (status == 200).then(|| {
+            body.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    Some((
+                        c["id"].as_str()?.to_string(),
+                        c["name"].as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    /// Owner of every shard as `dc` sees the map.
+    pub async fn owners(&self, dc: &str) -> Option<Vec<String>> {
+        let (status, body) = self.get(dc, "/v2/admin/shards", true).await?;
+        if status != 200 {
+            return None;
+        }
+        body["shards"]
+            .as_array()?
+            .iter()
+            .map(|s| s["owner"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The clusters of creates `dc` reports lost.
+    pub async fn lost(&self, dc: &str) -> Option<BTreeSet<String>> {
+        let (status, body) = self.get(dc, "/v2/admin/lost-operations", true).await?;
+        (status == 200).then(|| {
+            body["operations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|op| op["kind"] == "operation_started")
+                .filter_map(|op| op["cluster"].as_str().map(str::to_string))
+                .collect()
+        })
+    }
+
+    /// Heals every link and removes every delay.
+    pub fn heal(&self) {
+        self.network.heal();
+        for from in DCS {
+            for to in DCS {
+                self.network
+                    .set_delay(&node(from), &node(to), Duration::ZERO);
+            }
+        }
+    }
+
+    pub async fn shutdown(self) {
+        for (_, node) in self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// Polls `check` every 50 ms of simulated time until it returns `Some`; `Err` after `within`.
+pub async fn wait<T, F, Fut>(within: Duration, what: &str, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not within {within:?} of simulated time: {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    /// Acknowledged creates: name -> (cluster id, DC asked).
+    acknowledged: BTreeMap<String, (String, &'static str)>,
+    /// Creates answered 409 `operation_lost` on a retry (the first attempt was lost).
+    lost: BTreeSet<String>,
+}
+
+async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report, String> {
+    let started = Instant::now();
+    let deployment = Rc::new(
+        Deployment::start()
+            .await
+            .map_err(|e| format!("the deployment did not start: {e}"))?,
+    );
+    for dc in DCS {
+        let d = deployment.clone();
+        wait(Duration::from_secs(60), &format!("{dc} ready"), || {
+            let d = d.clone();
+            async move {
+                let (status, _) = d.get(dc, "/ready", false).await?;
+                (status == 200).then_some(())
+            }
+        })
+        .await?;
+    }
+    trace.log("every DC ready");
+    let mut rng = Rng::new(seed);
+    let seen = Rc::new(RefCell::new(Seen::default()));
+    let stop = Rc::new(std::cell::Cell::new(false));
+    let local = tokio::task::LocalSet::new();
+    let mut clients = Vec::new();
+    for dc in DCS {
+        let client_rng = Rng::new(rng.next_u64());
+        clients.push(local.spawn_local(client(
+            deployment.clone(),
+            dc,
+            seed,
+            client_rng,
+            seen.clone(),
+            stop.clone(),
+            trace.clone(),
+        )));
+    }
+    let faults = local
+        .run_until(inject_faults(
+            deployment.clone(),
+            &mut rng,
+            options,
+            trace.clone(),
+        ))
+        .await;
+    stop.set(true);
+    for handle in clients {
+        local
+            .run_until(handle)
+            .await
+            .map_err(|e| format!("a client failed: {e}"))?;
+    }
+    deployment.heal();
+    trace.log("healed; waiting for convergence");
+
+    let converged = {
+        let d = deployment.clone();
+        wait(
+            Duration::from_secs(120),
+            "every DC lists the same clusters",
+            || {
+                let d = d.clone();
+                async move {
+                    let mut lists = Vec::new();
+                    for dc in DCS {
+                        lists.push(d.clone().clusters(dc).await?);
+                    }
+                    lists
+                        .windows(2)
+                        .all(|w| w[0] == w[1])
+                        .then(|| lists[0].clone())
+                }
+            },
+        )
+        .await?
+    };
+    let mut owners = Vec::new();
+    for dc in DCS {
+        let d = deployment.clone();
+        owners.push(
+            wait(
+                Duration::from_secs(30),
+                &format!("{dc}'s shard map"),
+                || {
+                    let d = d.clone();
+                    async move { d.owners(dc).await }
+                },
+            )
+            .await?,
+        );
+    }
+    if owners.windows(2).any(|w| w[0] != w[1]) {
+        return Err(format!("the DCs disagree on the shard map: {owners:?}"));
+    }
+    let mut lost = BTreeSet::new();
+    for dc in DCS {
+        lost.extend(deployment.lost(dc).await.unwrap_or_default());
+    }
+    let seen = std::mem::take(&mut *seen.borrow_mut());
+    let mut reported_lost = 0;
+    for (name, (id, via)) in &seen.acknowledged {
+        match converged.get(id) {
+            Some(listed) if listed == name => {}
+            Some(other) => {
+                return Err(format!(
+                    "create {name} acknowledged by {via} as {id}, which is {other} everywhere"
+                ))
+            }
+            None if lost.contains(id) => reported_lost += 1,
+            None => {
+                return Err(format!(
+                    "create {name} acknowledged by {via} as {id} is gone and in no lost-operations report"
+                ))
+            }
+        }
+    }
+    let mut names = BTreeMap::new();
+    for (id, name) in &converged {
+        if let Some(first) = names.insert(name.clone(), id.clone()) {
+            return Err(format!(
+                "create {name} applied twice: clusters {first} and {id}"
+            ));
+        }
+    }
+    trace.log(format!(
+        "checked: {} acknowledged, {reported_lost} reported lost, {} listed",
+        seen.acknowledged.len(),
+        converged.len()
+    ));
+    let report = Report {
+        seed,
+        acknowledged: seen.acknowledged.len(),
+        reported_lost,
+        faults,
+        simulated: started.elapsed(),
+    };
+    if let Ok(deployment) = Rc::try_unwrap(deployment) {
+        deployment.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// A client of one DC: creates clusters one after another, each with its own
+/// Idempotency-Key, retried at the same DC until answered (200, or a 4xx).
+async fn client(
+    deployment: Rc<Deployment>,
+    dc: &'static str,
+    seed: u64,
+    mut rng: Rng,
+    seen: Rc<RefCell<Seen>>,
+    stop: Rc<std::cell::Cell<bool>>,
+    trace: Trace,
+) {
+    let mut i = 0;
+    while !stop.get() {
+        i += 1;
+        let name = format!("{dc}-{i}");
+        let key = format!("{seed:x}-{name}");
+        let body = json!({"name": name, "clusterTemplate": "base", "numMachines": 1});
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match deployment.post(dc, "/v2/clusters", &body, Some(&key)).await {
+                Ok((200, answer)) => {
+                    let id = answer["id"].as_str().unwrap_or_default().to_string();
+                    trace.log(format!("{dc}: {name} acknowledged as {id}"));
+                    seen.borrow_mut()
+                        .acknowledged
+                        .insert(name.clone(), (id, dc));
+                    break;
+                }
+                Ok((409, answer)) if answer["code"] == "operation_lost" => {
+                    trace.log(format!("{dc}: {name} lost (409 operation_lost)"));
+                    seen.borrow_mut().lost.insert(name.clone());
+                    break;
+                }
+                Ok((status, answer)) if (400..500).contains(&status) && status != 409 => {
+                    trace.log(format!("{dc}: {name} refused {status} {answer}"));
+                    break;
+                }
+                Ok((status, answer)) => trace.log(format!(
+                    "{dc}: {name} attempt {attempts}: {status} {}",
+                    answer["code"]
+                )),
+                Err(e) => trace.log(format!("{dc}: {name} attempt {attempts}: {e}")),
+            }
+            if stop.get() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.range(100, 500))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.range(50, 400))).await;
+    }
+}
+
+/// Injects faults for `fault_ms` of simulated time; how many.
+async fn inject_faults(
+    deployment: Rc<Deployment>,
+    rng: &mut Rng,
+    options: &Options,
+    trace: Trace,
+) -> usize {
+    let until = Instant::now() + Duration::from_millis(options.fault_ms);
+    let mut count = 0;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.range(500, 3_000))).await;
+        if !options.faults {
+            continue;
+        }
+        count += 1;
+        let network = &deployment.network;
+        match rng.range(0, 4) {
+            0 => {
+                let dc = *rng.pick(&DCS);
+                let hold = rng.range(1_000, 8_000);
+                trace.log(format!("fault: {dc} cut off for {hold} ms"));
+                network.isolate(&node(dc));
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+                network.heal();
+                trace.log(format!("fault: {dc} back"));
+            }
+            1 => {
+                let from = *rng.pick(&DCS);
+                let to = *rng.pick(&DCS);
+                let hold = rng.range(500, 5_000);
+                trace.log(format!("fault: link {from} -> {to} cut for {hold} ms"));
+                network.cut(&node(from), &node(to));
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+                network.heal();
+                trace.log(format!("fault: link {from} -> {to} back"));
+            }
+            2 => {
+                let from = *rng.pick(&DCS);
+                let to = *rng.pick(&DCS);
+                let delay = rng.range(5, 400);
+                trace.log(format!("fault: link {from} -> {to} delayed {delay} ms"));
+                network.set_delay(&node(from), &node(to), Duration::from_millis(delay));
+            }
+            _ => {
+                trace.log("fault: every link healed, delays removed");
+                deployment.heal();
+            }
+        }
+    }
+    count
+}

@@ -1,0 +1,76 @@
+//! `coopr-sim --seed N` replays one seed and prints its trace when an invariant breaks;
+//! `coopr-sim --seeds A..B` runs seeds A to B-1 and stops at the first violation.
+//! `--quiet` (no faults) runs the same load on a deployment left alone.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--quiet]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seeds = None;
+    let mut options = coopr_sim::Options::default();
+    let mut verbose = false;
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1);
+        match (args[i].as_str(), value) {
+            ("--seed", Some(v)) => {
+                let Ok(seed) = v.parse::<u64>() else {
+                    return usage();
+                };
+                seeds = Some(seed..seed + 1);
+                verbose = true;
+                i += 1;
+            }
+            ("--seeds", Some(v)) => {
+                let Some((a, b)) = v.split_once("..") else {
+                    return usage();
+                };
+                let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+                    return usage();
+                };
+                seeds = Some(a..b);
+                i += 1;
+            }
+            ("--fault-ms", Some(v)) => {
+                let Ok(ms) = v.parse() else {
+                    return usage();
+                };
+                options.fault_ms = ms;
+                i += 1;
+            }
+            ("--quiet", _) => options.faults = false,
+            _ => return usage(),
+        }
+        i += 1;
+    }
+    let Some(seeds) = seeds else {
+        return usage();
+    };
+    let started = Instant::now();
+    let mut ran = 0;
+    for seed in seeds {
+        match coopr_sim::run(seed, &options) {
+            Ok(report) => {
+                ran += 1;
+                if verbose {
+                    println!("{report:?}");
+                }
+            }
+            Err(violation) => {
+                println!("{violation}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "{ran} seeds held every invariant in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    ExitCode::SUCCESS
+}
