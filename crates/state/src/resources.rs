@@ -299,7 +299,13 @@ impl TenantCatalog {
     }
 
     /// Stores an uploaded version (inactive).
-    pub fn add_resource_version(&mut self, path: &ResourcePath, version: u32, sha256: &str, size: u64) {
+    pub fn add_resource_version(
+        &mut self,
+        path: &ResourcePath,
+        version: u32,
+        sha256: &str,
+        size: u64,
+    ) {
         let resource = self.resources.entry(path.key()).or_default();
         resource.next_version = resource.next_version.max(version + 1);
         resource.versions.insert(
@@ -404,12 +410,10 @@ pub fn apply_record(
             bytes,
         } => {
             let sha256 = bytes.sha256();
-            catalogs.entry(tenant.clone()).or_default().add_resource_version(
-                resource,
-                *version,
-                &sha256,
-                bytes.len() as u64,
-            );
+            catalogs
+                .entry(tenant.clone())
+                .or_default()
+                .add_resource_version(resource, *version, &sha256, bytes.len() as u64);
             blobs.entry(sha256).or_insert_with(|| bytes.clone());
         }
         GlobalRecord::ResourceStaged {
@@ -505,20 +509,35 @@ mod tests {
         }
         assert_eq!(catalog.stage_resource(&path("hadoop"), 1), Some(true));
         assert_eq!(catalog.stage_resource(&path("hadoop"), 1), Some(false));
-        assert_eq!(statuses(&catalog, "hadoop"), [(1, Staged), (2, Inactive), (3, Inactive)]);
+        assert_eq!(
+            statuses(&catalog, "hadoop"),
+            [(1, Staged), (2, Inactive), (3, Inactive)]
+        );
         assert!(catalog.sync_resources());
-        assert_eq!(statuses(&catalog, "hadoop"), [(1, Active), (2, Inactive), (3, Inactive)]);
+        assert_eq!(
+            statuses(&catalog, "hadoop"),
+            [(1, Active), (2, Inactive), (3, Inactive)]
+        );
         // Staging another version recalls the active one.
         catalog.stage_resource(&path("hadoop"), 2);
-        assert_eq!(statuses(&catalog, "hadoop"), [(1, Recalled), (2, Staged), (3, Inactive)]);
+        assert_eq!(
+            statuses(&catalog, "hadoop"),
+            [(1, Recalled), (2, Staged), (3, Inactive)]
+        );
         // Recalling a staged version makes it inactive again; staging a recalled one, active.
         catalog.recall_resource(&path("hadoop"), 2);
         catalog.stage_resource(&path("hadoop"), 1);
-        assert_eq!(statuses(&catalog, "hadoop"), [(1, Active), (2, Inactive), (3, Inactive)]);
+        assert_eq!(
+            statuses(&catalog, "hadoop"),
+            [(1, Active), (2, Inactive), (3, Inactive)]
+        );
         catalog.recall_resource(&path("hadoop"), 1);
         assert!(catalog.sync_resources());
         assert!(!catalog.sync_resources());
-        assert_eq!(statuses(&catalog, "hadoop"), [(1, Inactive), (2, Inactive), (3, Inactive)]);
+        assert_eq!(
+            statuses(&catalog, "hadoop"),
+            [(1, Inactive), (2, Inactive), (3, Inactive)]
+        );
         assert_eq!(catalog.stage_resource(&path("hadoop"), 9), None);
         assert_eq!(catalog.recall_resource(&path("other"), 1), None);
     }
@@ -582,7 +601,10 @@ mod tests {
         assert_eq!(records_within_budget(&[]), 0);
         assert_eq!(records_within_budget(&[record(10), record(10)]), 2);
         // The record that crosses the budget goes, the next does not.
-        assert_eq!(records_within_budget(&[record(10), record(big), record(1)]), 2);
+        assert_eq!(
+            records_within_budget(&[record(10), record(big), record(1)]),
+            2
+        );
         assert_eq!(records_within_budget(&[record(big), record(1)]), 1);
     }
 }

@@ -536,7 +536,12 @@ impl State {
             (Ok(r), None) => r.versions.values().collect::<Vec<_>>(),
             (Ok(r), Some(v)) => match r.versions.get(&v) {
                 Some(meta) => vec![meta],
-                None => return Err(CommandError::not_found("resource version", format!("{} {v}", resource.key()))),
+                None => {
+                    return Err(CommandError::not_found(
+                        "resource version",
+                        format!("{} {v}", resource.key()),
+                    ))
+                }
             },
             // Deleting every version of nothing: Coopr answers 200.
             (Err(_), None) => return Ok(Outcome::Unchanged),
