@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::replication::{Position, Record, ReplicaShard};
+use crate::resources::{Blob, ResourcePath};
 use crate::CommandError;
 
 /// One log entry: a command plus the context that makes applying it deterministic.
@@ -117,6 +118,35 @@ pub enum Command {
         tenant: String,
         user: String,
         profile: Option<Value>,
+    },
+    /// Uploads a new version of a plugin resource (inactive), its bytes stored once by their
+    /// SHA-256 (see [`crate::resources`] for the limits).
+    PutResource {
+        tenant: String,
+        resource: ResourcePath,
+        bytes: Blob,
+    },
+    /// Slates a version for the next sync (and unslates the resource's other versions).
+    StageResource {
+        tenant: String,
+        resource: ResourcePath,
+        version: u32,
+    },
+    /// Unslates a version: it is out of use after the next sync.
+    RecallResource {
+        tenant: String,
+        resource: ResourcePath,
+        version: u32,
+    },
+    /// Every resource version of the tenant becomes live exactly when it is slated.
+    SyncResources {
+        tenant: String,
+    },
+    /// Deletes an inactive version of a resource, or all its versions (`None`; all inactive).
+    DeleteResource {
+        tenant: String,
+        resource: ResourcePath,
+        version: Option<u32>,
     },
 
     // ---- cluster shards

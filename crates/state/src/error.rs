@@ -63,6 +63,16 @@ pub enum ErrorCode {
     /// A create-only write of a catalog entity that exists.
     EntityExists,
 
+    // ---- plugin resources (see `crate::resources`)
+    /// A resource version larger than `MAX_RESOURCE_BYTES` (413 at the API).
+    ResourceTooLarge,
+    /// The tenant's resources would pass `MAX_TENANT_RESOURCE_BYTES`.
+    ResourceQuotaExceeded,
+    /// The deployment's stored resources would pass `MAX_STORED_RESOURCE_BYTES`.
+    ResourceStoreFull,
+    /// A delete of a resource version that is not inactive.
+    ResourceNotInactive,
+
     // ---- clusters and jobs
     ClusterNotActive,
     ClusterPending,
@@ -102,7 +112,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 40] = [
         ErrorCode::NotFound,
         ErrorCode::QuotaExceeded,
         ErrorCode::NotTaskOwner,
@@ -115,6 +125,10 @@ impl ErrorCode {
         ErrorCode::TenantHasClusters,
         ErrorCode::TenantChanged,
         ErrorCode::EntityExists,
+        ErrorCode::ResourceTooLarge,
+        ErrorCode::ResourceQuotaExceeded,
+        ErrorCode::ResourceStoreFull,
+        ErrorCode::ResourceNotInactive,
         ErrorCode::ClusterNotActive,
         ErrorCode::ClusterPending,
         ErrorCode::JobInProgress,
@@ -156,6 +170,10 @@ impl ErrorCode {
             ErrorCode::TenantHasClusters => "tenant_has_clusters",
             ErrorCode::TenantChanged => "tenant_changed",
             ErrorCode::EntityExists => "entity_exists",
+            ErrorCode::ResourceTooLarge => "resource_too_large",
+            ErrorCode::ResourceQuotaExceeded => "resource_quota_exceeded",
+            ErrorCode::ResourceStoreFull => "resource_store_full",
+            ErrorCode::ResourceNotInactive => "resource_not_inactive",
             ErrorCode::ClusterNotActive => "cluster_not_active",
             ErrorCode::ClusterPending => "cluster_pending",
             ErrorCode::JobInProgress => "job_in_progress",
@@ -246,7 +264,7 @@ mod tests {
     use super::*;
 
     /// Each code's string, pinned: clients, other DCs and stored snapshots read these.
-    const PINNED: [(ErrorCode, &str); 36] = [
+    const PINNED: [(ErrorCode, &str); 40] = [
         (ErrorCode::NotFound, "not_found"),
         (ErrorCode::QuotaExceeded, "quota_exceeded"),
         (ErrorCode::NotTaskOwner, "not_task_owner"),
@@ -259,6 +277,10 @@ mod tests {
         (ErrorCode::TenantHasClusters, "tenant_has_clusters"),
         (ErrorCode::TenantChanged, "tenant_changed"),
         (ErrorCode::EntityExists, "entity_exists"),
+        (ErrorCode::ResourceTooLarge, "resource_too_large"),
+        (ErrorCode::ResourceQuotaExceeded, "resource_quota_exceeded"),
+        (ErrorCode::ResourceStoreFull, "resource_store_full"),
+        (ErrorCode::ResourceNotInactive, "resource_not_inactive"),
         (ErrorCode::ClusterNotActive, "cluster_not_active"),
         (ErrorCode::ClusterPending, "cluster_pending"),
         (ErrorCode::JobInProgress, "job_in_progress"),
@@ -333,6 +355,10 @@ mod tests {
                 | ErrorCode::TenantHasClusters
                 | ErrorCode::TenantChanged
                 | ErrorCode::EntityExists
+                | ErrorCode::ResourceTooLarge
+                | ErrorCode::ResourceQuotaExceeded
+                | ErrorCode::ResourceStoreFull
+                | ErrorCode::ResourceNotInactive
                 | ErrorCode::ClusterNotActive
                 | ErrorCode::ClusterPending
                 | ErrorCode::JobInProgress

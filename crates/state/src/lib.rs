@@ -13,6 +13,7 @@ pub mod machine;
 pub mod ownership;
 pub mod persist;
 pub mod replication;
+pub mod resources;
 
 pub use command::*;
 pub use error::{CommandError, ErrorCode};
@@ -26,4 +27,8 @@ pub use replication::{
     ApplyError, ClusterShardView, ClusterView, GlobalRecord, GlobalView, InFlight, JobSummary,
     Outbox, Position, Record, RecordKind, ReplicaData, ReplicaShard, ShardKeys,
     SHARD_KEYS_CAPACITY,
+};
+pub use resources::{
+    Blob, PluginKind, ResourcePath, ResourceStatus, ResourceVersion, ResourceVersions,
+    MAX_RESOURCE_BYTES, MAX_STORED_RESOURCE_BYTES, MAX_TENANT_RESOURCE_BYTES,
 };

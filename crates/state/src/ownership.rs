@@ -129,7 +129,12 @@ fn global_tenant(record: &GlobalRecord) -> &str {
         GlobalRecord::EntityPut { tenant, .. }
         | GlobalRecord::EntityDeleted { tenant, .. }
         | GlobalRecord::CatalogImported { tenant, .. }
-        | GlobalRecord::ProfilePut { tenant, .. } => tenant,
+        | GlobalRecord::ProfilePut { tenant, .. }
+        | GlobalRecord::ResourcePut { tenant, .. }
+        | GlobalRecord::ResourceStaged { tenant, .. }
+        | GlobalRecord::ResourceRecalled { tenant, .. }
+        | GlobalRecord::ResourcesSynced { tenant }
+        | GlobalRecord::ResourceDeleted { tenant, .. } => tenant,
     }
 }
 
@@ -165,6 +170,7 @@ impl State {
                 tenants: g.tenants.clone(),
                 api_keys: g.api_keys.clone(),
                 catalogs: g.catalogs.clone(),
+                resource_blobs: g.resource_blobs.clone(),
             };
             (
                 &g.replication,
@@ -402,6 +408,7 @@ impl State {
                 tenants: global.tenants,
                 api_keys: global.api_keys,
                 catalogs: global.catalogs,
+                resource_blobs: global.resource_blobs,
             });
             (
                 global.replication,
@@ -546,6 +553,7 @@ impl State {
                     tenants: view.tenants,
                     api_keys: view.api_keys,
                     catalogs: view.catalogs,
+                    resource_blobs: view.resource_blobs,
                     replication: outbox,
                 };
                 self.replicas.remove(&shard);

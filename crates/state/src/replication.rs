@@ -40,7 +40,8 @@
 //!
 //! # The outbox bound
 //!
-//! An outbox holds at most [`OUTBOX_CAPACITY`] records. Beyond that the oldest are dropped and
+//! An outbox holds at most [`OUTBOX_CAPACITY`] records, and records carrying at most
+//! [`OUTBOX_RESOURCE_BYTES_CAPACITY`] bytes of plugin resources. Beyond that the oldest are dropped and
 //! [`Outbox::dropped_through_seq`] remembers the last dropped position: a replica whose watermark
 //! is below it can no longer be caught up from records and must be re-seeded from a snapshot of
 //! the shard. Records every replica acknowledged are removed earlier with `TrimOutbox`.
@@ -79,6 +80,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::resources::{self, Blob, Blobs, ResourcePath, OUTBOX_RESOURCE_BYTES_CAPACITY};
 use crate::{CommandError, CommandResult, ErrorCode, Outcome, State, TenantCatalog};
 
 /// Records an outbox keeps at most; older ones are dropped (replicas behind them need a snapshot).
@@ -270,6 +272,33 @@ pub enum GlobalRecord {
         tenant: String,
         user: String,
         profile: Option<Value>,
+    },
+    /// A new version of a plugin resource, with its bytes (see [`crate::resources`]).
+    ResourcePut {
+        tenant: String,
+        resource: ResourcePath,
+        version: u32,
+        bytes: Blob,
+    },
+    ResourceStaged {
+        tenant: String,
+        resource: ResourcePath,
+        version: u32,
+    },
+    ResourceRecalled {
+        tenant: String,
+        resource: ResourcePath,
+        version: u32,
+    },
+    ResourcesSynced {
+        tenant: String,
+    },
+    /// A version of a resource, or all of them (`None`), deleted; blobs no version references
+    /// any more go too.
+    ResourceDeleted {
+        tenant: String,
+        resource: ResourcePath,
+        version: Option<u32>,
     },
 }
 
@@ -505,6 +534,9 @@ pub struct GlobalView {
     pub tenants: BTreeMap<String, Tenant>,
     pub api_keys: BTreeMap<String, ApiKey>,
     pub catalogs: BTreeMap<String, TenantCatalog>,
+    /// Plugin resources' bytes by SHA-256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resource_blobs: Blobs,
 }
 
 impl GlobalView {
@@ -518,6 +550,7 @@ impl GlobalView {
                 self.tenants.remove(name);
                 self.api_keys.retain(|_, k| &k.tenant != name);
                 self.catalogs.remove(name);
+                resources::collect_garbage(&self.catalogs, &mut self.resource_blobs);
             }
             GlobalRecord::ApiKeyPut(key) => {
                 self.api_keys.insert(key.key_sha256.clone(), key.clone());
@@ -560,6 +593,13 @@ impl GlobalView {
                     .or_default()
                     .set_profile(user, profile.clone());
             }
+            GlobalRecord::ResourcePut { .. }
+            | GlobalRecord::ResourceStaged { .. }
+            | GlobalRecord::ResourceRecalled { .. }
+            | GlobalRecord::ResourcesSynced { .. }
+            | GlobalRecord::ResourceDeleted { .. } => {
+                resources::apply_record(&mut self.catalogs, &mut self.resource_blobs, record);
+            }
         }
     }
 }
@@ -580,6 +620,14 @@ pub struct Outbox {
     /// this epoch's seq 1 follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_after: Option<Position>,
+    /// Plugin resource bytes the records hold ([`Record::resource_bytes`]), bounded by
+    /// [`OUTBOX_RESOURCE_BYTES_CAPACITY`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resource_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Default for Outbox {
@@ -590,6 +638,7 @@ impl Default for Outbox {
             dropped_through_seq: 0,
             records: VecDeque::new(),
             started_after: None,
+            resource_bytes: 0,
         }
     }
 }
@@ -632,20 +681,26 @@ impl Outbox {
         }
     }
 
-    /// Appends a record with the next seq, dropping the oldest beyond `capacity`.
+    /// Appends a record with the next seq, dropping the oldest beyond `capacity` records or
+    /// [`OUTBOX_RESOURCE_BYTES_CAPACITY`] resource bytes (the newest record always stays).
     pub fn push(&mut self, shard: ShardId, kind: RecordKind, at_ms: u64, capacity: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.records.push_back(Record {
+        let record = Record {
             shard,
             epoch: self.epoch,
             seq,
             at_ms,
             kind,
-        });
-        while self.records.len() > capacity {
+        };
+        self.resource_bytes += record.resource_bytes();
+        self.records.push_back(record);
+        while self.records.len() > capacity
+            || (self.resource_bytes > OUTBOX_RESOURCE_BYTES_CAPACITY && self.records.len() > 1)
+        {
             if let Some(dropped) = self.records.pop_front() {
                 self.dropped_through_seq = dropped.seq;
+                self.resource_bytes -= dropped.resource_bytes();
             }
         }
         seq
@@ -655,7 +710,9 @@ impl Outbox {
     pub fn trim(&mut self, through_seq: u64) -> usize {
         let mut count = 0;
         while self.records.front().is_some_and(|r| r.seq <= through_seq) {
-            self.records.pop_front();
+            if let Some(trimmed) = self.records.pop_front() {
+                self.resource_bytes -= trimmed.resource_bytes();
+            }
             count += 1;
         }
         count

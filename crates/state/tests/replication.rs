@@ -1873,3 +1873,109 @@ fn clusters_of_a_deleted_tenant_are_orphans_not_an_inheritance() {
     );
     assert!(b.orphaned_clusters().is_empty());
 }
+
+/// Plugin resources are global data: an upload, stage, sync, recall and delete each emit one
+/// record (refusals and no-ops none, checked by the harness), and a replica that applies them
+/// holds the same versions and the same bytes as the owner; the bytes are stored once by their
+/// SHA-256 and dropped when no version references them, at the owner and the replica alike.
+#[test]
+fn plugin_resources_replicate_with_their_bytes() {
+    use coopr_state::resources::{PluginKind, ResourcePath, PLUGIN_TYPES_TENANT};
+    use coopr_state::Blob;
+    use coopr_types::UNLIMITED;
+
+    let mut h = Owner::new();
+    h.ok(Command::PutTenant {
+        tenant: tenant(PLUGIN_TYPES_TENANT, UNLIMITED, UNLIMITED),
+    });
+    let hadoop = ResourcePath {
+        kind: PluginKind::Automatortypes,
+        plugin: "chef-solo".into(),
+        resource_type: "cookbooks".into(),
+        name: "hadoop".into(),
+    };
+    let put = |bytes: &[u8]| Command::PutResource {
+        tenant: TENANT.into(),
+        resource: hadoop.clone(),
+        bytes: Blob::new(bytes.to_vec()),
+    };
+    // No plugin registered yet: 404, nothing written.
+    let refused = h.apply(put(b"v1")).unwrap_err();
+    assert_eq!(refused.error_code(), ErrorCode::NotFound);
+    h.ok(Command::PutEntity {
+        tenant: PLUGIN_TYPES_TENANT.into(),
+        kind: EntityKind::Automatortypes,
+        name: "chef-solo".into(),
+        body: serde_json::json!({"name": "chef-solo", "resourceTypes": {"cookbooks": {"format": "archive"}}}),
+        create_only: false,
+    });
+    let first = h.records(ShardId::GLOBAL).len();
+    assert_eq!(h.ok(put(b"v1")), Outcome::EntityVersion { version: 1 });
+    assert_eq!(h.ok(put(b"v1")), Outcome::EntityVersion { version: 2 });
+    let stage = |version| Command::StageResource {
+        tenant: TENANT.into(),
+        resource: hadoop.clone(),
+        version,
+    };
+    h.ok(stage(1));
+    assert_eq!(h.ok(stage(1)), Outcome::Unchanged);
+    let sync = || Command::SyncResources {
+        tenant: TENANT.into(),
+    };
+    h.ok(sync());
+    let delete = |version| Command::DeleteResource {
+        tenant: TENANT.into(),
+        resource: hadoop.clone(),
+        version,
+    };
+    let busy = h.apply(delete(Some(1))).unwrap_err();
+    assert_eq!(busy.error_code(), ErrorCode::ResourceNotInactive);
+    // Two versions, one blob.
+    assert_eq!(h.state.global.resource_blobs.len(), 1);
+
+    let records = h.records(ShardId::GLOBAL);
+    let mut replica = ReplicaShard::new(ShardId::GLOBAL, "dc-a");
+    replica.apply_batch(&records).unwrap();
+    assert_eq!(replica.view(), h.state.replicated_view(ShardId::GLOBAL));
+    let view = replica.view();
+    assert_eq!(view["resource_blobs"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        view["catalogs"][TENANT]["resources"]["automatortypes/chef-solo/cookbooks/hadoop"]
+            ["versions"]["1"]["live"],
+        true
+    );
+
+    h.ok(Command::RecallResource {
+        tenant: TENANT.into(),
+        resource: hadoop.clone(),
+        version: 1,
+    });
+    h.ok(sync());
+    h.ok(delete(None));
+    assert!(h.state.global.resource_blobs.is_empty());
+    let all = h.records(ShardId::GLOBAL);
+    let names: Vec<&str> = all[first..]
+        .iter()
+        .map(|r| match &r.kind {
+            RecordKind::Global(GlobalRecord::ResourcePut { .. }) => "put",
+            RecordKind::Global(GlobalRecord::ResourceStaged { .. }) => "staged",
+            RecordKind::Global(GlobalRecord::ResourceRecalled { .. }) => "recalled",
+            RecordKind::Global(GlobalRecord::ResourcesSynced { .. }) => "synced",
+            RecordKind::Global(GlobalRecord::ResourceDeleted { .. }) => "deleted",
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["put", "put", "staged", "synced", "recalled", "synced", "deleted"]
+    );
+    replica.apply_batch(&all[records.len()..]).unwrap();
+    assert_eq!(replica.view(), h.state.replicated_view(ShardId::GLOBAL));
+    assert!(replica.view().get("resource_blobs").is_none());
+    // Deleting what is gone: 200 (Unchanged) for all versions, 404 for one.
+    assert_eq!(h.ok(delete(None)), Outcome::Unchanged);
+    assert_eq!(
+        h.apply(delete(Some(1))).unwrap_err().error_code(),
+        ErrorCode::NotFound
+    );
+}

@@ -23,6 +23,12 @@ pub enum EntityKind {
     Clustertemplates,
     /// Pieces of templates that cluster templates `include` (Coopr's `PartialTemplate`).
     Partialtemplates,
+    /// Plugin specifications (Coopr's `AutomatorType`), registered by provisioners; stored in
+    /// the superadmin tenant and read by every tenant. Not a kind of `/v2/{type}`, of export or
+    /// import: not in [`EntityKind::ALL`].
+    Automatortypes,
+    /// Plugin specifications (Coopr's `ProviderType`), like [`EntityKind::Automatortypes`].
+    Providertypes,
 }
 
 impl EntityKind {
@@ -43,9 +49,12 @@ impl EntityKind {
             EntityKind::Services => "services",
             EntityKind::Clustertemplates => "clustertemplates",
             EntityKind::Partialtemplates => "partialtemplates",
+            EntityKind::Automatortypes => "automatortypes",
+            EntityKind::Providertypes => "providertypes",
         }
     }
 
+    /// The kinds of `/v2/{type}` (plugin specifications are not among them).
     pub fn parse(s: &str) -> Option<EntityKind> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }

@@ -90,6 +90,13 @@ pub fn validate_entity(kind: EntityKind, body: &Value) -> ApiResult<String> {
             check_template(&t.administration.leaseduration, &t.constraints.size)?;
             t.name
         }
+        // Not kinds of `/v2/{type}` (see `api::plugins`).
+        EntityKind::Automatortypes | EntityKind::Providertypes => {
+            return Err(ApiError::bad_request(
+                "invalid_entity",
+                format!("{} are written under /v2/plugins", kind.as_str()),
+            ))
+        }
     };
     valid_name("name", &name)?;
     Ok(name)

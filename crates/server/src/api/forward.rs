@@ -71,8 +71,10 @@ fn global_path(path: &str) -> bool {
         return false;
     };
     let first = rest.split('/').next().unwrap_or_default();
-    matches!(first, "import" | "export" | "tenants" | "profile")
-        || EntityKind::parse(first).is_some()
+    matches!(
+        first,
+        "import" | "export" | "tenants" | "profile" | "plugins"
+    ) || EntityKind::parse(first).is_some()
 }
 
 /// Whether the request's tenant (as named, not yet authenticated: the receiver checks) has a
@@ -327,7 +329,8 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 /// A request read whole, so that it can be sent more than once.
 async fn buffered(req: Request) -> Result<(Parts, Bytes), Response> {
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let limit = super::plugins::body_limit(parts.uri.path());
+    match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok((parts, b)),
         Err(_) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -578,6 +581,7 @@ mod tests {
         assert!(!global_path("/v2/tasks/take") && !global_path("/status"));
         assert!(global_path("/v2/partialtemplates") && global_path("/v2/partialtemplates/p/1"));
         assert!(global_path("/v2/profile"));
+        assert!(global_path("/v2/plugins/sync") && global_path("/v2/plugins/automatortypes/x"));
         assert!(!global_path("/v2/metrics/queues") && !global_path("/v2/resolve"));
     }
 

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod lenient;
 pub mod limits;
 pub mod metrics;
+pub mod plugins;
 pub mod profile;
 pub mod provisioners;
 pub mod ready;
@@ -44,6 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(provisioners::routes())
         .merge(metrics::routes())
         .merge(profile::routes())
+        .merge(plugins::routes())
         .merge(replication::routes())
         .merge(crate::replication::owner::routes())
         .route("/status", get(plain_status))

@@ -56,7 +56,12 @@ pub fn command_shard(command: &Command, shard_count: u32) -> Option<ShardId> {
         | Command::PutEntity { .. }
         | Command::DeleteEntity { .. }
         | Command::ImportCatalog { .. }
-        | Command::PutProfile { .. } => Some(ShardId::GLOBAL),
+        | Command::PutProfile { .. }
+        | Command::PutResource { .. }
+        | Command::StageResource { .. }
+        | Command::RecallResource { .. }
+        | Command::SyncResources { .. }
+        | Command::DeleteResource { .. } => Some(ShardId::GLOBAL),
         _ => None,
     }
 }

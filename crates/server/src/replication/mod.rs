@@ -169,8 +169,12 @@ pub fn read_batch(outbox: &Outbox, cursor: Position, max: usize) -> ShardBatch {
     }
     match outbox.read_after(cursor.seq, max.saturating_add(1)) {
         Ok(mut records) => {
-            if records.len() > max {
-                batch.next_at_ms = records.pop().map(|r| r.at_ms);
+            // Also cut after a budget of resource bytes, so the batch's DC-log entry stays
+            // under the Raft payload limit (`coopr_state::resources`).
+            let keep = max.min(coopr_state::resources::records_within_budget(&records));
+            if records.len() > keep {
+                batch.next_at_ms = records.get(keep).map(|r| r.at_ms);
+                records.truncate(keep);
             }
             batch.records = records;
         }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::command::{CommandResult, Outcome};
 use crate::replication::{GlobalRecord, ReplicaData};
+use crate::resources::{self, Blob, Blobs, PluginKind, ResourcePath, ResourceVersions};
 use crate::{CommandError, ErrorCode, State};
 
 /// Versions of one catalog entity, by version number.
@@ -23,6 +24,10 @@ pub struct TenantCatalog {
     /// By user ID.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub profiles: BTreeMap<String, Value>,
+    /// Plugin resources' versions by [`crate::ResourcePath::key`] (their bytes are in the
+    /// global shard's blobs, see [`crate::resources`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, ResourceVersions>,
 }
 
 impl TenantCatalog {
@@ -123,12 +128,15 @@ pub struct GlobalRef<'a> {
     /// By key hash.
     pub api_keys: &'a BTreeMap<String, ApiKey>,
     pub catalogs: &'a BTreeMap<String, TenantCatalog>,
+    /// Plugin resources' bytes by SHA-256.
+    pub resource_blobs: &'a Blobs,
 }
 
 /// The global data of a DC whose replica of the global shard has applied nothing yet.
 static NO_TENANTS: BTreeMap<String, Tenant> = BTreeMap::new();
 static NO_API_KEYS: BTreeMap<String, ApiKey> = BTreeMap::new();
 static NO_CATALOGS: BTreeMap<String, TenantCatalog> = BTreeMap::new();
+static NO_BLOBS: Blobs = BTreeMap::new();
 
 impl State {
     pub fn tenant_by_id(&self, id: &str) -> Option<&Tenant> {
@@ -152,6 +160,7 @@ impl State {
                 tenants: &self.global.tenants,
                 api_keys: &self.global.api_keys,
                 catalogs: &self.global.catalogs,
+                resource_blobs: &self.global.resource_blobs,
             };
         }
         match self.replicas.get(&ShardId::GLOBAL).map(|r| &r.data) {
@@ -159,11 +168,13 @@ impl State {
                 tenants: &view.tenants,
                 api_keys: &view.api_keys,
                 catalogs: &view.catalogs,
+                resource_blobs: &view.resource_blobs,
             },
             _ => GlobalRef {
                 tenants: &NO_TENANTS,
                 api_keys: &NO_API_KEYS,
                 catalogs: &NO_CATALOGS,
+                resource_blobs: &NO_BLOBS,
             },
         }
     }
@@ -214,6 +225,7 @@ impl State {
         self.global.tenants.remove(name);
         self.global.api_keys.retain(|_, k| k.tenant != name);
         self.global.catalogs.remove(name);
+        resources::collect_garbage(&self.global.catalogs, &mut self.global.resource_blobs);
         self.emit_global(GlobalRecord::TenantDeleted(name.to_string()));
         Ok(Outcome::Done)
     }
@@ -338,5 +350,232 @@ impl State {
             entities: entities.clone(),
         });
         Ok(Outcome::Done)
+    }
+}
+
+/// Plugin resources (see [`crate::resources`]): uploads, stage, recall, sync and deletes, each
+/// checked completely before anything changes.
+impl State {
+    /// The versions of a resource at this DC's owner copy, or 404.
+    fn owned_resource(
+        &self,
+        tenant: &str,
+        resource: &ResourcePath,
+    ) -> Result<&ResourceVersions, CommandError> {
+        self.global
+            .catalogs
+            .get(tenant)
+            .and_then(|c| c.resource(resource))
+            .ok_or_else(|| CommandError::not_found("resource", resource.key()))
+    }
+
+    pub(super) fn put_resource(
+        &mut self,
+        tenant: &str,
+        resource: &ResourcePath,
+        bytes: &Blob,
+    ) -> CommandResult {
+        self.require_tenant(tenant)?;
+        // The plugin must be registered and declare the resource type (Coopr: 404).
+        let declared = self
+            .global
+            .catalogs
+            .get(resources::PLUGIN_TYPES_TENANT)
+            .and_then(|c| c.latest(resource.kind.entity_kind(), &resource.plugin))
+            .ok_or_else(|| CommandError::not_found(plugin_noun(resource.kind), &resource.plugin))?;
+        if !resources::declared_resource_types(declared)
+            .is_some_and(|types| types.contains_key(&resource.resource_type))
+        {
+            return Err(CommandError::not_found(
+                "resource type",
+                format!("{} of {}", resource.resource_type, resource.plugin),
+            ));
+        }
+        let size = bytes.len() as u64;
+        if bytes.len() > resources::MAX_RESOURCE_BYTES {
+            return Err(CommandError::invalid(
+                ErrorCode::ResourceTooLarge,
+                format!(
+                    "a resource version is at most {} bytes, this one has {size}",
+                    resources::MAX_RESOURCE_BYTES
+                ),
+            ));
+        }
+        let catalog = self.global.catalogs.get(tenant);
+        let held = catalog.map_or(0, TenantCatalog::resource_bytes);
+        if held + size > resources::MAX_TENANT_RESOURCE_BYTES {
+            return Err(CommandError::conflict(
+                ErrorCode::ResourceQuotaExceeded,
+                format!(
+                    "tenant {tenant} holds {held} bytes of resources; with {size} more it would pass its quota of {} bytes",
+                    resources::MAX_TENANT_RESOURCE_BYTES
+                ),
+            ));
+        }
+        let sha256 = bytes.sha256();
+        if !self.global.resource_blobs.contains_key(&sha256) {
+            let stored = resources::stored_bytes(&self.global.resource_blobs);
+            if stored + size > resources::MAX_STORED_RESOURCE_BYTES {
+                return Err(CommandError::conflict(
+                    ErrorCode::ResourceStoreFull,
+                    format!(
+                        "the deployment stores {stored} bytes of resources; with {size} more it would pass its limit of {} bytes",
+                        resources::MAX_STORED_RESOURCE_BYTES
+                    ),
+                ));
+            }
+        }
+        let version = catalog
+            .and_then(|c| c.resource(resource))
+            .map_or(1, |r| r.next_version);
+        self.global
+            .catalogs
+            .entry(tenant.to_string())
+            .or_default()
+            .add_resource_version(resource, version, &sha256, size);
+        self.global
+            .resource_blobs
+            .entry(sha256)
+            .or_insert_with(|| bytes.clone());
+        self.emit_global(GlobalRecord::ResourcePut {
+            tenant: tenant.to_string(),
+            resource: resource.clone(),
+            version,
+            bytes: bytes.clone(),
+        });
+        Ok(Outcome::EntityVersion { version })
+    }
+
+    /// Stages (`stage`) or recalls a version; nothing is written when nothing changes.
+    fn slate_resource(
+        &mut self,
+        tenant: &str,
+        resource: &ResourcePath,
+        version: u32,
+        stage: bool,
+    ) -> CommandResult {
+        self.require_tenant(tenant)?;
+        if !self
+            .owned_resource(tenant, resource)?
+            .versions
+            .contains_key(&version)
+        {
+            return Err(CommandError::not_found(
+                "resource version",
+                format!("{} {version}", resource.key()),
+            ));
+        }
+        let catalog = self.global.catalogs.entry(tenant.to_string()).or_default();
+        let changed = if stage {
+            catalog.stage_resource(resource, version)
+        } else {
+            catalog.recall_resource(resource, version)
+        };
+        if changed != Some(true) {
+            return Ok(Outcome::Unchanged);
+        }
+        let (tenant, resource) = (tenant.to_string(), resource.clone());
+        self.emit_global(if stage {
+            GlobalRecord::ResourceStaged {
+                tenant,
+                resource,
+                version,
+            }
+        } else {
+            GlobalRecord::ResourceRecalled {
+                tenant,
+                resource,
+                version,
+            }
+        });
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn stage_resource(
+        &mut self,
+        tenant: &str,
+        resource: &ResourcePath,
+        version: u32,
+    ) -> CommandResult {
+        self.slate_resource(tenant, resource, version, true)
+    }
+
+    pub(super) fn recall_resource(
+        &mut self,
+        tenant: &str,
+        resource: &ResourcePath,
+        version: u32,
+    ) -> CommandResult {
+        self.slate_resource(tenant, resource, version, false)
+    }
+
+    pub(super) fn sync_resources(&mut self, tenant: &str) -> CommandResult {
+        self.require_tenant(tenant)?;
+        let changed = self
+            .global
+            .catalogs
+            .get_mut(tenant)
+            .is_some_and(TenantCatalog::sync_resources);
+        if !changed {
+            return Ok(Outcome::Unchanged);
+        }
+        self.emit_global(GlobalRecord::ResourcesSynced {
+            tenant: tenant.to_string(),
+        });
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn delete_resource(
+        &mut self,
+        tenant: &str,
+        resource: &ResourcePath,
+        version: Option<u32>,
+    ) -> CommandResult {
+        self.require_tenant(tenant)?;
+        let versions = match (self.owned_resource(tenant, resource), version) {
+            (Ok(r), None) => r.versions.values().collect::<Vec<_>>(),
+            (Ok(r), Some(v)) => match r.versions.get(&v) {
+                Some(meta) => vec![meta],
+                None => {
+                    return Err(CommandError::not_found(
+                        "resource version",
+                        format!("{} {v}", resource.key()),
+                    ))
+                }
+            },
+            // Deleting every version of nothing: Coopr answers 200.
+            (Err(_), None) => return Ok(Outcome::Unchanged),
+            (Err(e), Some(_)) => return Err(e),
+        };
+        if let Some(busy) = versions
+            .iter()
+            .find(|v| v.status() != resources::ResourceStatus::Inactive)
+        {
+            return Err(CommandError::conflict(
+                ErrorCode::ResourceNotInactive,
+                format!(
+                    "only inactive resource versions can be deleted; {} has a {} version",
+                    resource.key(),
+                    busy.status().as_str()
+                ),
+            ));
+        }
+        if let Some(catalog) = self.global.catalogs.get_mut(tenant) {
+            catalog.delete_resource(resource, version);
+        }
+        resources::collect_garbage(&self.global.catalogs, &mut self.global.resource_blobs);
+        self.emit_global(GlobalRecord::ResourceDeleted {
+            tenant: tenant.to_string(),
+            resource: resource.clone(),
+            version,
+        });
+        Ok(Outcome::Done)
+    }
+}
+
+fn plugin_noun(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Automatortypes => "automator type",
+        PluginKind::Providertypes => "provider type",
     }
 }

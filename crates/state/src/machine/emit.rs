@@ -42,6 +42,7 @@ impl State {
                 tenants: self.global.tenants.clone(),
                 api_keys: self.global.api_keys.clone(),
                 catalogs: self.global.catalogs.clone(),
+                resource_blobs: self.global.resource_blobs.clone(),
             });
         }
         let Some(data) = self.shards.get(&shard) else {

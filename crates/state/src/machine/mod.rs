@@ -17,8 +17,8 @@
 //! One file per concern, each with its own `impl State` block; [`State::apply`] dispatches every
 //! [`Command`] to one method:
 //!
-//! - `catalog`: tenants, API keys, catalog entities and imports (the global shard), and how a
-//!   DC reads them ([`State::global_data`]);
+//! - `catalog`: tenants, API keys, catalog entities and imports, plugin resources (the global
+//!   shard), and how a DC reads them ([`State::global_data`]);
 //! - `clusters`: creates, operations, added services, expiry, template sync, abort/pause/resume,
 //!   quotas and tenant usage;
 //! - `tasks`: the derived task queue, take, finish, expiry, provisioners;
@@ -68,6 +68,9 @@ pub struct GlobalShard {
     /// By key hash.
     pub api_keys: BTreeMap<String, ApiKey>,
     pub catalogs: BTreeMap<String, TenantCatalog>,
+    /// Plugin resources' bytes by SHA-256 (see [`crate::resources`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resource_blobs: crate::resources::Blobs,
     /// Records for the replicas of this shard.
     #[serde(default)]
     pub replication: Outbox,
@@ -370,6 +373,27 @@ impl State {
                 user,
                 profile,
             } => self.put_profile(tenant, user, profile.as_ref()),
+            Command::PutResource {
+                tenant,
+                resource,
+                bytes,
+            } => self.put_resource(tenant, resource, bytes),
+            Command::StageResource {
+                tenant,
+                resource,
+                version,
+            } => self.stage_resource(tenant, resource, *version),
+            Command::RecallResource {
+                tenant,
+                resource,
+                version,
+            } => self.recall_resource(tenant, resource, *version),
+            Command::SyncResources { tenant } => self.sync_resources(tenant),
+            Command::DeleteResource {
+                tenant,
+                resource,
+                version,
+            } => self.delete_resource(tenant, resource, *version),
             Command::CreateCluster { shard, spec } => self.create_cluster(*shard, spec, now),
             Command::StartOperation {
                 cluster,
