@@ -9,6 +9,7 @@
 //!                │   and on calls without an answer, at their DC
 //!                └─► faults: a DC cut off, a link cut one way, a slow link; healed later
 //!   then: heal everything, wait for convergence, check
+//!     - fencing: a DC cut off acknowledges nothing later than a lease after the cut;
 //!     - every acknowledged create is in every DC's list, or in a lost-operations report;
 //!     - no create was applied twice (one cluster per Idempotency-Key / name);
 //!     - every DC lists the same clusters and the same owner for every shard.
@@ -168,6 +169,10 @@ impl Trace {
         self.lines
             .borrow_mut()
             .push(format!("{at:>7} {}", event.into()));
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     fn lines(&self) -> Vec<String> {
@@ -379,11 +384,13 @@ where
     }
 }
 
-/// What the clients saw.
+/// What the clients saw, and when the faults were.
 #[derive(Default)]
 struct Seen {
-    /// Acknowledged creates: name -> (cluster id, DC asked).
-    acknowledged: BTreeMap<String, (String, &'static str)>,
+    /// Acknowledged creates: name -> (cluster id, DC asked, simulated ms of the answer).
+    acknowledged: BTreeMap<String, (String, &'static str, u64)>,
+    /// The DCs cut off from every other DC: (DC, from, until), simulated ms.
+    isolated: Vec<(&'static str, u64, u64)>,
     /// Creates answered 409 `operation_lost` on a retry (the first attempt was lost).
     lost: BTreeSet<String>,
 }
@@ -430,6 +437,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
             &mut rng,
             options,
             trace.clone(),
+            seen.clone(),
         ))
         .await;
     stop.set(true);
@@ -487,7 +495,20 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     }
     let seen = std::mem::take(&mut *seen.borrow_mut());
     let mut reported_lost = 0;
-    for (name, (id, via)) in &seen.acknowledged {
+    // Fencing: a DC cut off from the others keeps its clients, but acknowledges nothing once
+    // the lease it last renewed (before the cut) has run out on its own clock.
+    let lease_ms = config("a").lease_ms;
+    for (name, (id, via, at)) in &seen.acknowledged {
+        for (dc, from, until) in &seen.isolated {
+            if dc == via && *at > from + lease_ms && *at < *until {
+                return Err(format!(
+                    "{via} acknowledged {name} ({id}) at {at} ms, {} ms into its isolation: past its lease of {lease_ms} ms",
+                    at - from
+                ));
+            }
+        }
+    }
+    for (name, (id, via, _)) in &seen.acknowledged {
         match converged.get(id) {
             Some(listed) if listed == name => {}
             Some(other) => {
@@ -553,9 +574,10 @@ async fn client(
                 Ok((200, answer)) => {
                     let id = answer["id"].as_str().unwrap_or_default().to_string();
                     trace.log(format!("{dc}: {name} acknowledged as {id}"));
+                    let at = trace.now_ms();
                     seen.borrow_mut()
                         .acknowledged
-                        .insert(name.clone(), (id, dc));
+                        .insert(name.clone(), (id, dc, at));
                     break;
                 }
                 Ok((409, answer)) if answer["code"] == "operation_lost" => {
@@ -588,6 +610,7 @@ async fn inject_faults(
     rng: &mut Rng,
     options: &Options,
     trace: Trace,
+    seen: Rc<RefCell<Seen>>,
 ) -> usize {
     let until = Instant::now() + Duration::from_millis(options.fault_ms);
     let mut count = 0;
@@ -603,9 +626,11 @@ async fn inject_faults(
                 let dc = *rng.pick(&DCS);
                 let hold = rng.range(1_000, 8_000);
                 trace.log(format!("fault: {dc} cut off for {hold} ms"));
+                let from = trace.now_ms();
                 network.isolate(&node(dc));
                 tokio::time::sleep(Duration::from_millis(hold)).await;
                 network.heal();
+                seen.borrow_mut().isolated.push((dc, from, trace.now_ms()));
                 trace.log(format!("fault: {dc} back"));
             }
             1 => {
