@@ -1593,6 +1593,20 @@ async fn cluster_config_macros_are_expanded_for_each_node() {
     srv.stop().await;
 }
 
+/// A provisioner registering itself without a key, as Coopr's Ruby provisioner does.
+async fn register_without_key(srv: &TestServer) -> common::Reply {
+    let body = json!({"id": "p1", "host": "127.0.0.1", "port": 1, "capacityTotal": 1});
+    let body = serde_json::to_vec(&body).expect("json");
+    srv.raw(
+        Method::PUT,
+        "/v2/provisioners/p1",
+        &Auth::Anonymous,
+        &[],
+        Some(body),
+    )
+    .await
+}
+
 /// Legacy Coopr clients send `Coopr-UserID`/`Coopr-TenantID` and no key. By default every API
 /// refuses them (401 `unauthorized`); `trusted-headers` on one API serves them there only, as
 /// who the headers say (admin included), while a key that is presented is still checked.
@@ -1608,15 +1622,7 @@ async fn trusted_headers_serve_legacy_clients_on_the_chosen_api_only() {
     let srv = TestServer::start().await;
     let refused = srv.get("/v2/clusters", &no_key("demo", "demo")).await;
     assert_eq!(refused.assert_error(401), "unauthorized");
-    let refused = srv
-        .raw(
-            Method::PUT,
-            "/v2/provisioners/p1",
-            &Auth::Anonymous,
-            &[],
-            Some(body("p1")),
-        )
-        .await;
+    let refused = register_without_key(&srv).await;
     assert_eq!(refused.assert_error(401), "unauthorized");
     srv.stop().await;
 
@@ -1625,15 +1631,7 @@ async fn trusted_headers_serve_legacy_clients_on_the_chosen_api_only() {
         c.provisioner_api_auth = coopr_server::AuthMode::TrustedHeaders;
     })
     .await;
-    srv.raw(
-        Method::PUT,
-        "/v2/provisioners/p1",
-        &Auth::Anonymous,
-        &[],
-        Some(body("p1")),
-    )
-    .await
-    .assert_ok();
+    register_without_key(&srv).await.assert_ok();
     let wrong = srv
         .raw(
             Method::PUT,
@@ -1686,15 +1684,7 @@ async fn trusted_headers_serve_legacy_clients_on_the_chosen_api_only() {
         "unauthorized",
         "a presented key is checked"
     );
-    let refused = srv
-        .raw(
-            Method::PUT,
-            "/v2/provisioners/p1",
-            &Auth::Anonymous,
-            &[],
-            Some(body("p1")),
-        )
-        .await;
+    let refused = register_without_key(&srv).await;
     assert_eq!(refused.assert_error(401), "unauthorized");
     srv.stop().await;
 }
