@@ -27,9 +27,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coopr_raft::RaftStores;
 use coopr_raft::{Call, MemNetwork, Transport};
 use coopr_server::{
-    Member, Network, PlacementMember, ServerConfig, ServerHandle, SimClock, StartOptions,
+    Member, Network, PlacementMember, ServerConfig, ServerHandle, SimClock, StartOptions, Storage,
 };
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -77,6 +78,8 @@ pub struct Options {
     pub fault_ms: u64,
     /// Inject faults at all (off: the same load on a quiet deployment).
     pub faults: bool,
+    /// Nodes per DC: 1, or 3 (a Raft group per DC, whose nodes also crash and restart).
+    pub nodes_per_dc: u64,
 }
 
 impl Default for Options {
@@ -84,6 +87,7 @@ impl Default for Options {
         Options {
             fault_ms: 20_000,
             faults: true,
+            nodes_per_dc: 1,
         }
     }
 }
@@ -180,20 +184,25 @@ impl Trace {
     }
 }
 
-fn api(dc: &str) -> String {
-    format!("http://{dc}1:80")
+fn api(dc: &str, n: u64) -> String {
+    format!("http://{dc}{n}:80")
 }
 
-fn internal(dc: &str) -> String {
-    format!("http://{dc}1:81")
+fn internal(dc: &str, n: u64) -> String {
+    format!("http://{dc}{n}:81")
 }
 
-fn node(dc: &str) -> String {
-    format!("{dc}1")
+fn node(dc: &str, n: u64) -> String {
+    format!("{dc}{n}")
 }
 
-/// The config of DC `dc`'s one node: a placement voter, demo tenant and keys, six shards.
-pub fn config(dc: &str) -> ServerConfig {
+fn node_name(node: &SimNode) -> String {
+    self::node(node.dc, node.n)
+}
+
+/// The config of node `n` (1-based) of DC `dc` in DCs of `nodes` nodes: the first node of
+/// each DC votes in the placement group; demo tenant and keys, six shards.
+pub fn config(dc: &str, n: u64, nodes: u64) -> ServerConfig {
     let placement_members = (1u64..)
         .zip(DCS)
         .map(|(id, d)| {
@@ -201,70 +210,155 @@ pub fn config(dc: &str) -> ServerConfig {
                 id,
                 PlacementMember {
                     dc: d.to_string(),
-                    internal: internal(d),
+                    internal: internal(d, 1),
                 },
             )
         })
         .collect();
+    let members_of = |d: &str| -> Vec<Member> {
+        (1..=nodes)
+            .map(|i| Member {
+                node: node(d, i),
+                api: api(d, i),
+                internal: internal(d, i),
+            })
+            .collect()
+    };
     let remote_dcs = DCS
         .iter()
         .filter(|d| **d != dc)
-        .map(|d| {
-            (
-                d.to_string(),
-                vec![Member {
-                    node: node(d),
-                    api: api(d),
-                    internal: internal(d),
-                }],
-            )
-        })
+        .map(|d| (d.to_string(), members_of(d)))
         .collect();
+    let members = if nodes > 1 {
+        (1u64..).zip(members_of(dc)).collect()
+    } else {
+        BTreeMap::new()
+    };
+    let placement_node_id =
+        (n == 1).then(|| DCS.iter().position(|d| *d == dc).unwrap_or(0) as u64 + 1);
     ServerConfig {
         dc: dc.to_string(),
-        node: node(dc),
-        listen: format!("{dc}1:80"),
-        internal_listen: Some(format!("{dc}1:81")),
-        data_dir: std::path::PathBuf::from(format!("/nonexistent/simulated/{dc}")),
+        node: node(dc, n),
+        node_id: n,
+        members,
+        listen: format!("{dc}{n}:80"),
+        internal_listen: Some(format!("{dc}{n}:81")),
+        data_dir: std::path::PathBuf::from(format!("/nonexistent/simulated/{dc}{n}")),
         demo: true,
         shard_count: 6,
         secret: Some(SECRET.into()),
         placement_members,
-        placement_node_id: Some(DCS.iter().position(|d| *d == dc).unwrap_or(0) as u64 + 1),
+        placement_node_id,
         remote_dcs,
         replication_wait_ms: 2_000,
         ..ServerConfig::default()
     }
 }
 
+/// Each DC's clock: offset and drift (all of a DC's nodes read one clock, as a DC's nodes are
+/// kept close by NTP; the DCs are apart by up to 150 ms and drift by up to 100 ppm).
+fn clock_of(dc: &str) -> Arc<SimClock> {
+    let i = DCS.iter().position(|d| *d == dc).unwrap_or(0);
+    Arc::new(SimClock::new(
+        BASE_WALL_MS,
+        [-150, 0, 150][i],
+        [100, 0, -100][i],
+    ))
+}
+
+/// A node: its handle while it runs, and its stores (kept across a crash, as a disk is).
+struct SimNode {
+    dc: &'static str,
+    n: u64,
+    handle: Option<ServerHandle>,
+    dc_log: RaftStores,
+    placement: RaftStores,
+}
+
 /// The running deployment and a client on its network.
 pub struct Deployment {
     pub network: MemNetwork,
     client: Arc<dyn Transport>,
-    nodes: BTreeMap<&'static str, ServerHandle>,
+    nodes: RefCell<Vec<SimNode>>,
+    nodes_per_dc: u64,
 }
 
 /// One answer: status and JSON body.
 pub type Reply = (u16, Value);
 
 impl Deployment {
-    /// Starts the three DCs, clocks apart by up to 150 ms and drifting by up to 100 ppm.
-    pub async fn start() -> anyhow::Result<Deployment> {
+    /// Starts the three DCs of `nodes_per_dc` nodes each.
+    pub async fn start(nodes_per_dc: u64) -> anyhow::Result<Deployment> {
         let network = MemNetwork::new();
-        let mut nodes = BTreeMap::new();
-        for (i, dc) in DCS.into_iter().enumerate() {
-            let offset_ms = [-150, 0, 150][i];
-            let drift_ppm = [100, 0, -100][i];
-            let clock = Arc::new(SimClock::new(BASE_WALL_MS, offset_ms, drift_ppm));
-            let options = StartOptions::in_memory(clock).on(Network::Mem(network.clone()));
-            nodes.insert(dc, coopr_server::start_with(config(dc), options).await?);
-        }
-        let client = network.transport("client");
-        Ok(Deployment {
+        let deployment = Deployment {
+            client: network.transport("client"),
             network,
-            client,
-            nodes,
-        })
+            nodes: RefCell::new(Vec::new()),
+            nodes_per_dc,
+        };
+        for dc in DCS {
+            for n in 1..=nodes_per_dc {
+                deployment.nodes.borrow_mut().push(SimNode {
+                    dc,
+                    n,
+                    handle: None,
+                    dc_log: RaftStores::in_memory(),
+                    placement: RaftStores::in_memory(),
+                });
+            }
+        }
+        let count = deployment.nodes.borrow().len();
+        for i in 0..count {
+            deployment.start_node(i).await?;
+        }
+        Ok(deployment)
+    }
+
+    async fn start_node(&self, i: usize) -> anyhow::Result<()> {
+        let (dc, n, options) = {
+            let nodes = self.nodes.borrow();
+            let node = &nodes[i];
+            let storage = Storage::Given {
+                dc_log: node.dc_log.clone(),
+                placement: node.placement.clone(),
+            };
+            let options = StartOptions {
+                clock: clock_of(node.dc),
+                storage,
+                network: Network::Mem(self.network.clone()),
+            };
+            (node.dc, node.n, options)
+        };
+        let handle = coopr_server::start_with(config(dc, n, self.nodes_per_dc), options).await?;
+        self.nodes.borrow_mut()[i].handle = Some(handle);
+        Ok(())
+    }
+
+    /// Stops node `i` (its stores stay, as a disk would); its name, for the trace.
+    async fn crash(&self, i: usize) -> Option<String> {
+        let (handle, name) = {
+            let mut nodes = self.nodes.borrow_mut();
+            let node = &mut nodes[i];
+            (node.handle.take()?, node_name(node))
+        };
+        handle.shutdown().await;
+        Some(name)
+    }
+
+    /// Every node that is down starts again on its stores.
+    async fn restart_all(&self) -> anyhow::Result<()> {
+        let down: Vec<usize> = (0..self.nodes.borrow().len())
+            .filter(|i| self.nodes.borrow()[*i].handle.is_none())
+            .collect();
+        for i in down {
+            self.start_node(i).await?;
+        }
+        Ok(())
+    }
+
+    /// The node names of `dc`.
+    fn names(&self, dc: &str) -> Vec<String> {
+        (1..=self.nodes_per_dc).map(|n| node(dc, n)).collect()
     }
 
     async fn call(&self, call: Call, superadmin: bool) -> Result<Reply, coopr_raft::CallError> {
@@ -282,9 +376,19 @@ impl Deployment {
         Ok((answer.status.as_u16(), answer.json().unwrap_or(Value::Null)))
     }
 
+    /// The API of a running node of `dc` (its first).
+    fn entry(&self, dc: &str) -> String {
+        let nodes = self.nodes.borrow();
+        let n = nodes
+            .iter()
+            .find(|node| node.dc == dc && node.handle.is_some())
+            .map_or(1, |node| node.n);
+        api(dc, n)
+    }
+
     /// `GET path` at `dc`.
     pub async fn get(&self, dc: &str, path: &str, superadmin: bool) -> Option<Reply> {
-        self.call(Call::get(format!("{}{path}", api(dc))), superadmin)
+        self.call(Call::get(format!("{}{path}", self.entry(dc))), superadmin)
             .await
             .ok()
     }
@@ -297,7 +401,7 @@ impl Deployment {
         body: &Value,
         key: Option<&str>,
     ) -> Result<Reply, coopr_raft::CallError> {
-        let mut call = Call::json(format!("{}{path}", api(dc)), body);
+        let mut call = Call::json(format!("{}{path}", self.entry(dc)), body);
         if let Some(key) = key {
             call = call.header("Idempotency-Key", key);
         }
@@ -351,17 +455,33 @@ impl Deployment {
     /// Heals every link and removes every delay.
     pub fn heal(&self) {
         self.network.heal();
-        for from in DCS {
-            for to in DCS {
-                self.network
-                    .set_delay(&node(from), &node(to), Duration::ZERO);
+        let names: Vec<String> = DCS.iter().flat_map(|dc| self.names(dc)).collect();
+        for from in &names {
+            for to in &names {
+                self.network.set_delay(from, to, Duration::ZERO);
+            }
+        }
+    }
+
+    /// Cuts every node of `dc` off from every node of the other DCs (its own nodes still
+    /// reach each other, and its clients still reach it).
+    fn isolate_dc(&self, dc: &str) {
+        for other in DCS.iter().filter(|d| **d != dc) {
+            for a in self.names(dc) {
+                for b in self.names(other) {
+                    self.network.cut(&a, &b);
+                    self.network.cut(&b, &a);
+                }
             }
         }
     }
 
     pub async fn shutdown(self) {
-        for (_, node) in self.nodes {
-            node.shutdown().await;
+        let nodes = self.nodes.into_inner();
+        for node in nodes {
+            if let Some(handle) = node.handle {
+                handle.shutdown().await;
+            }
         }
     }
 }
@@ -398,7 +518,7 @@ struct Seen {
 async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report, String> {
     let started = Instant::now();
     let deployment = Rc::new(
-        Deployment::start()
+        Deployment::start(options.nodes_per_dc)
             .await
             .map_err(|e| format!("the deployment did not start: {e}"))?,
     );
@@ -448,7 +568,11 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
             .map_err(|e| format!("a client failed: {e}"))?;
     }
     deployment.heal();
-    trace.log("healed; waiting for convergence");
+    deployment
+        .restart_all()
+        .await
+        .map_err(|e| format!("a node did not restart: {e}"))?;
+    trace.log("healed, every node up; waiting for convergence");
 
     let converged = {
         let d = deployment.clone();
@@ -497,7 +621,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     let mut reported_lost = 0;
     // Fencing: a DC cut off from the others keeps its clients, but acknowledges nothing once
     // the lease it last renewed (before the cut) has run out on its own clock.
-    let lease_ms = config("a").lease_ms;
+    let lease_ms = config("a", 1, 1).lease_ms;
     for (name, (id, via, at)) in &seen.acknowledged {
         for (dc, from, until) in &seen.isolated {
             if dc == via && *at > from + lease_ms && *at < *until {
@@ -621,13 +745,14 @@ async fn inject_faults(
         }
         count += 1;
         let network = &deployment.network;
-        match rng.range(0, 4) {
+        let kinds = if deployment.nodes_per_dc > 1 { 5 } else { 4 };
+        match rng.range(0, kinds) {
             0 => {
                 let dc = *rng.pick(&DCS);
                 let hold = rng.range(1_000, 8_000);
                 trace.log(format!("fault: {dc} cut off for {hold} ms"));
                 let from = trace.now_ms();
-                network.isolate(&node(dc));
+                deployment.isolate_dc(dc);
                 tokio::time::sleep(Duration::from_millis(hold)).await;
                 network.heal();
                 seen.borrow_mut().isolated.push((dc, from, trace.now_ms()));
@@ -637,22 +762,54 @@ async fn inject_faults(
                 let from = *rng.pick(&DCS);
                 let to = *rng.pick(&DCS);
                 let hold = rng.range(500, 5_000);
-                trace.log(format!("fault: link {from} -> {to} cut for {hold} ms"));
-                network.cut(&node(from), &node(to));
+                trace.log(format!("fault: links {from} -> {to} cut for {hold} ms"));
+                for a in deployment.names(from) {
+                    for b in deployment.names(to) {
+                        network.cut(&a, &b);
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(hold)).await;
                 network.heal();
-                trace.log(format!("fault: link {from} -> {to} back"));
+                trace.log(format!("fault: links {from} -> {to} back"));
             }
             2 => {
                 let from = *rng.pick(&DCS);
                 let to = *rng.pick(&DCS);
                 let delay = rng.range(5, 400);
-                trace.log(format!("fault: link {from} -> {to} delayed {delay} ms"));
-                network.set_delay(&node(from), &node(to), Duration::from_millis(delay));
+                trace.log(format!("fault: links {from} -> {to} delayed {delay} ms"));
+                for a in deployment.names(from) {
+                    for b in deployment.names(to) {
+                        network.set_delay(&a, &b, Duration::from_millis(delay));
+                    }
+                }
             }
-            _ => {
+            3 => {
                 trace.log("fault: every link healed, delays removed");
                 deployment.heal();
+            }
+            _ => {
+                // A node crashes (a minority of its DC: at most one down per DC) and comes
+                // back on its stores.
+                let count = deployment.nodes.borrow().len();
+                let i = rng.range(0, count as u64) as usize;
+                let dc = deployment.nodes.borrow()[i].dc;
+                let dc_down = deployment
+                    .nodes
+                    .borrow()
+                    .iter()
+                    .any(|n| n.dc == dc && n.handle.is_none());
+                if dc_down {
+                    continue;
+                }
+                let hold = rng.range(500, 6_000);
+                if let Some(name) = deployment.crash(i).await {
+                    trace.log(format!("fault: {name} crashed for {hold} ms"));
+                    tokio::time::sleep(Duration::from_millis(hold)).await;
+                    match deployment.start_node(i).await {
+                        Ok(()) => trace.log(format!("fault: {name} restarted")),
+                        Err(e) => trace.log(format!("fault: {name} did not restart: {e}")),
+                    }
+                }
             }
         }
     }

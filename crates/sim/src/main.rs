@@ -1,12 +1,15 @@
 //! `coopr-sim --seed N` replays one seed and prints its trace when an invariant breaks;
 //! `coopr-sim --seeds A..B` runs seeds A to B-1 and stops at the first violation.
-//! `--quiet` (no faults) runs the same load on a deployment left alone.
+//! `--quiet` (no faults) runs the same load on a deployment left alone; `--nodes-per-dc 3`
+//! makes each DC a Raft group of three nodes, which also crash and restart.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--quiet]");
+    eprintln!(
+        "usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--nodes-per-dc 1|3] [--quiet]"
+    );
     ExitCode::from(2)
 }
 
@@ -42,6 +45,13 @@ fn main() -> ExitCode {
                     return usage();
                 };
                 options.fault_ms = ms;
+                i += 1;
+            }
+            ("--nodes-per-dc", Some(v)) => {
+                let Ok(n @ (1 | 3)) = v.parse::<u64>() else {
+                    return usage();
+                };
+                options.nodes_per_dc = n;
                 i += 1;
             }
             ("--quiet", _) => options.faults = false,

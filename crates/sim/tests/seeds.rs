@@ -1,12 +1,13 @@
-//! The simulation in CI: 200 seeds of 8 s of simulated faults each (two tests, so that both
-//! cores run seeds), plus the same load on a deployment left alone, which must lose nothing.
+//! The simulation in CI: 200 seeds of 8 s of simulated faults each on DCs of one node (two
+//! tests, so that both cores run seeds), 20 on DCs of three nodes that also crash, plus the
+//! same load on a deployment left alone, which must lose nothing.
 //! A failing seed prints its trace and the command that reruns it. The long run is
 //! `cargo run --release -p coopr-sim -- --seeds 0..10000` (see README).
 
 fn run_seeds(seeds: std::ops::Range<u64>) {
     let options = coopr_sim::Options {
         fault_ms: 8_000,
-        faults: true,
+        ..coopr_sim::Options::default()
     };
     for seed in seeds {
         if let Err(violation) = coopr_sim::run(seed, &options) {
@@ -31,9 +32,25 @@ fn a_quiet_deployment_loses_nothing() {
     let options = coopr_sim::Options {
         fault_ms: 8_000,
         faults: false,
+        ..coopr_sim::Options::default()
     };
     let report = coopr_sim::run(7, &options).unwrap_or_else(|v| panic!("{v}"));
     assert_eq!(report.reported_lost, 0, "{report:?}");
     assert_eq!(report.faults, 0);
     assert!(report.acknowledged > 20, "{report:?}");
+}
+
+/// DCs of three nodes each (a Raft group per DC), whose nodes also crash and restart.
+#[test]
+fn seeds_with_three_nodes_per_dc_hold_every_invariant() {
+    let options = coopr_sim::Options {
+        fault_ms: 8_000,
+        faults: true,
+        nodes_per_dc: 3,
+    };
+    for seed in 1_000..1_020 {
+        if let Err(violation) = coopr_sim::run(seed, &options) {
+            panic!("{violation}");
+        }
+    }
 }
