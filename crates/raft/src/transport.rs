@@ -61,6 +61,20 @@ impl Call {
         Call::post(url, body).header("content-type", "application/json")
     }
 
+    /// A `DELETE` of `url`.
+    pub fn delete(url: impl Into<String>) -> Call {
+        Call {
+            method: Method::DELETE,
+            ..Call::post(url, Bytes::new())
+        }
+    }
+
+    /// The same call as a `PUT`.
+    pub fn method_put(mut self) -> Call {
+        self.method = Method::PUT;
+        self
+    }
+
     /// Adds a header (a name or value that is not valid HTTP is dropped).
     pub fn header(mut self, name: &str, value: &str) -> Call {
         if let (Ok(name), Ok(value)) = (

@@ -59,6 +59,7 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             if let Ok(mut since) = app.leader_since.lock() {
                 if since.take().is_some() {
                     tracing::info!(node = %app.config.node, "no longer leading the DC log");
+                    crate::tenant_push::forget(&app);
                 }
             }
             continue;
@@ -111,6 +112,7 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         delete_orphans(&app).await;
+        crate::tenant_push::push(&app).await;
         if app.config.trim_outboxes && !app.config.remote_dcs.is_empty() {
             crate::replication::owner::trim_outboxes(&app).await;
         }

@@ -26,6 +26,7 @@ pub mod placement;
 pub mod replication;
 pub mod seed;
 pub mod supervise;
+pub mod tenant_push;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub struct App {
     /// Since when this node leads the DC log (the clock's monotonic ms; the job engine runs
     /// only then).
     pub leader_since: Mutex<Option<u64>>,
+    /// What this node, as the DC's leader, told the provisioners to run ([`tenant_push`]).
+    pub pushed: Mutex<tenant_push::Pushed>,
     /// How this node calls other nodes (forwarded requests, placement calls, lease renewals,
     /// replication pulls): HTTP, or in memory in a simulation.
     pub transport: Arc<dyn coopr_raft::Transport>,
@@ -711,6 +714,7 @@ pub async fn start_with(
         next_shard: AtomicU32::new(0),
         takes_in_flight: Default::default(),
         leader_since: Mutex::new(None),
+        pushed: Mutex::new(tenant_push::Pushed::default()),
         transport,
         config,
     });

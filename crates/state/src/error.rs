@@ -58,6 +58,9 @@ pub enum ErrorCode {
     // ---- tenants and catalog
     /// A tenant with live clusters cannot be deleted.
     TenantHasClusters,
+    /// A tenant with workers assigned cannot be deleted (set its workers to 0 first, as in
+    /// Coopr).
+    TenantHasWorkers,
     /// The tenant was deleted and created again since the request was checked.
     TenantChanged,
     /// A create-only write of a catalog entity that exists.
@@ -112,7 +115,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         ErrorCode::NotFound,
         ErrorCode::QuotaExceeded,
         ErrorCode::NotTaskOwner,
@@ -123,6 +126,7 @@ impl ErrorCode {
         ErrorCode::HandingOver,
         ErrorCode::QuotaElsewhere,
         ErrorCode::TenantHasClusters,
+        ErrorCode::TenantHasWorkers,
         ErrorCode::TenantChanged,
         ErrorCode::EntityExists,
         ErrorCode::ResourceTooLarge,
@@ -168,6 +172,7 @@ impl ErrorCode {
             ErrorCode::HandingOver => "handing_over",
             ErrorCode::QuotaElsewhere => "quota_elsewhere",
             ErrorCode::TenantHasClusters => "tenant_has_clusters",
+            ErrorCode::TenantHasWorkers => "tenant_has_workers",
             ErrorCode::TenantChanged => "tenant_changed",
             ErrorCode::EntityExists => "entity_exists",
             ErrorCode::ResourceTooLarge => "resource_too_large",
@@ -264,7 +269,7 @@ mod tests {
     use super::*;
 
     /// Each code's string, pinned: clients, other DCs and stored snapshots read these.
-    const PINNED: [(ErrorCode, &str); 40] = [
+    const PINNED: [(ErrorCode, &str); 41] = [
         (ErrorCode::NotFound, "not_found"),
         (ErrorCode::QuotaExceeded, "quota_exceeded"),
         (ErrorCode::NotTaskOwner, "not_task_owner"),
@@ -275,6 +280,7 @@ mod tests {
         (ErrorCode::HandingOver, "handing_over"),
         (ErrorCode::QuotaElsewhere, "quota_elsewhere"),
         (ErrorCode::TenantHasClusters, "tenant_has_clusters"),
+        (ErrorCode::TenantHasWorkers, "tenant_has_workers"),
         (ErrorCode::TenantChanged, "tenant_changed"),
         (ErrorCode::EntityExists, "entity_exists"),
         (ErrorCode::ResourceTooLarge, "resource_too_large"),
@@ -353,6 +359,7 @@ mod tests {
                 | ErrorCode::HandingOver
                 | ErrorCode::QuotaElsewhere
                 | ErrorCode::TenantHasClusters
+                | ErrorCode::TenantHasWorkers
                 | ErrorCode::TenantChanged
                 | ErrorCode::EntityExists
                 | ErrorCode::ResourceTooLarge

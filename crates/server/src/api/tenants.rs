@@ -75,6 +75,9 @@ struct TenantRequest {
     bootstrap: bool,
 }
 
+/// Most workers a tenant may ask for.
+const MAX_TENANT_WORKERS: u64 = 100_000;
+
 fn quota(v: Option<u64>, field: &str) -> ApiResult<u32> {
     match v {
         None => Ok(UNLIMITED),
@@ -95,7 +98,17 @@ fn to_tenant(body: TenantBody, id: String) -> ApiResult<Tenant> {
     )?;
     Ok(Tenant {
         id,
-        workers: quota(body.workers, "workers")?.min(100_000),
+        // Coopr's default: no workers until the tenant asks for some.
+        workers: match body.workers {
+            None => 0,
+            Some(n) if n <= MAX_TENANT_WORKERS => n as u32,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_quota",
+                    format!("workers is above {MAX_TENANT_WORKERS}"),
+                ))
+            }
+        },
         max_clusters: quota(body.max_clusters, "maxClusters")?,
         max_nodes: quota(body.max_nodes, "maxNodes")?,
         name: body.name,

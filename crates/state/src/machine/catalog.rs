@@ -208,6 +208,15 @@ impl State {
                 message: "the superadmin tenant cannot be deleted".into(),
             });
         }
+        if let Some(tenant) = self.global.tenants.get(name).filter(|t| t.workers > 0) {
+            return Err(CommandError::conflict(
+                ErrorCode::TenantHasWorkers,
+                format!(
+                    "tenant {name} still has {} workers; set them to 0 first",
+                    tenant.workers
+                ),
+            ));
+        }
         // Every DC's clusters, as far as they have reached this DC (it replicates every
         // shard). One created elsewhere in the last moments is deleted by its own DC
         // once this deletion reaches it (`orphaned_clusters`).
