@@ -138,33 +138,20 @@ pub async fn route_to_leader(State(app): State<Arc<App>>, req: Request, next: Ne
         && !super::replication::LEADER_PATHS.contains(&path);
     let strong = wants_strong_read(&req);
     let cluster = if local_only { None } else { cluster_path(path) };
-    // Tenants, keys and catalog live in the global shard: writes go to its owner DC.
-    if !local_only && !is_read && global_path(path) && !app.owns(ShardId::GLOBAL) {
+    // Tenants, keys and catalog live in the global shard: writes go to its owner DC. So do
+    // creates of a tenant with a quota: the global owner's log orders them (see
+    // `State::create_cluster`).
+    let global_write = !is_read && global_path(path);
+    let quota_create = *req.method() == Method::POST
+        && path == "/v2/clusters"
+        && app.config.multi_dc()
+        && has_quota(&app, &req);
+    if !local_only && (global_write || quota_create) && !app.owns(ShardId::GLOBAL) {
         if req.headers().contains_key(FORWARDED_DC_HEADER) {
             return unavailable(
                 "not_owner",
                 format!(
                     "datacenter {} does not own the global shard; it was forwarded here by another datacenter",
-                    app.config.dc
-                ),
-            );
-        }
-        return forward_to_owner(&app, ShardId::GLOBAL, req).await;
-    }
-    // Creates of a tenant with a quota go to the global shard's owner too: its log orders them
-    // (see `State::create_cluster`).
-    if !local_only
-        && *req.method() == Method::POST
-        && path == "/v2/clusters"
-        && app.config.multi_dc()
-        && !app.owns(ShardId::GLOBAL)
-        && has_quota(&app, &req)
-    {
-        if req.headers().contains_key(FORWARDED_DC_HEADER) {
-            return unavailable(
-                "not_owner",
-                format!(
-                    "datacenter {} does not own the global shard, where the tenant's creates are ordered",
                     app.config.dc
                 ),
             );
