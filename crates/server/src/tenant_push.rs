@@ -170,8 +170,7 @@ mod tests {
     #[test]
     fn workers_fill_provisioners_in_order_up_to_their_capacity() {
         let provisioners = [provisioner("p2", 3), provisioner("p1", 2)];
-        let (assigned, unplaced) =
-            assignments(&provisioners, [("t1", 4), ("t2", 2), ("t0", 0)]);
+        let (assigned, unplaced) = assignments(&provisioners, [("t1", 4), ("t2", 2), ("t0", 0)]);
         let expected: BTreeMap<(String, String), u32> = [
             (("p1".to_string(), "t1".to_string()), 2),
             (("p2".to_string(), "t1".to_string()), 2),

@@ -103,9 +103,10 @@ async fn tenant_workers_are_pushed_to_provisioners() {
     assert_eq!(refused.assert_error(409), "tenant_has_workers");
 
     set_workers(&srv, 0).await;
-    wait_for("the provisioner told to stop the tenant's workers", || async {
-        (last(&received).is_some_and(|(m, _)| m == "DELETE")).then_some(())
-    })
+    wait_for(
+        "the provisioner told to stop the tenant's workers",
+        || async { (last(&received).is_some_and(|(m, _)| m == "DELETE")).then_some(()) },
+    )
     .await;
     srv.delete("/v2/tenants/acme", &Auth::Superadmin)
         .await
