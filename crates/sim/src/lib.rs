@@ -8,6 +8,7 @@
 //!   seed ─► Rng ─┬─► clients (one per DC): creates with an Idempotency-Key, retried on 503s
 //!                │   and on calls without an answer, at their DC
 //!                └─► faults: a DC cut off, a link cut one way, a slow link; healed later
+//!   all along: at most one DC may acknowledge writes to each shard (on the nodes' states)
 //!   then: heal everything, wait for convergence, check
 //!     - fencing: a DC cut off acknowledges nothing later than a lease after the cut;
 //!     - every acknowledged create is in every DC's list, or in a lost-operations report;
@@ -32,6 +33,7 @@ use coopr_raft::{Call, MemNetwork, Transport};
 use coopr_server::{
     Member, Network, PlacementMember, ServerConfig, ServerHandle, SimClock, StartOptions, Storage,
 };
+use coopr_types::ShardId;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -511,6 +513,8 @@ struct Seen {
     acknowledged: BTreeMap<String, (String, &'static str, u64)>,
     /// The DCs cut off from every other DC: (DC, from, until), simulated ms.
     isolated: Vec<(&'static str, u64, u64)>,
+    /// The first moment two DCs could both acknowledge writes to one shard, if any.
+    two_writers: Option<String>,
     /// Creates answered 409 `operation_lost` on a retry (the first attempt was lost).
     lost: BTreeSet<String>,
 }
@@ -551,6 +555,12 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
             trace.clone(),
         )));
     }
+    local.spawn_local(watch_writers(
+        deployment.clone(),
+        seen.clone(),
+        stop.clone(),
+        trace.clone(),
+    ));
     let faults = local
         .run_until(inject_faults(
             deployment.clone(),
@@ -619,6 +629,9 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     }
     let seen = std::mem::take(&mut *seen.borrow_mut());
     let mut reported_lost = 0;
+    if let Some(two) = &seen.two_writers {
+        return Err(two.clone());
+    }
     // Fencing: a DC cut off from the others keeps its clients, but acknowledges nothing once
     // the lease it last renewed (before the cut) has run out on its own clock.
     let lease_ms = config("a", 1, 1).lease_ms;
@@ -725,6 +738,46 @@ async fn client(
             tokio::time::sleep(Duration::from_millis(rng.range(100, 500))).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.range(50, 400))).await;
+    }
+}
+
+/// Single writer, on the nodes' own states: every 20 ms of simulated time, for every shard, at
+/// most one DC has a leader that would acknowledge a write to it now (its lease valid on its
+/// own clock, the shard granted writable at the epoch its state is in).
+async fn watch_writers(
+    deployment: Rc<Deployment>,
+    seen: Rc<RefCell<Seen>>,
+    stop: Rc<std::cell::Cell<bool>>,
+    trace: Trace,
+) {
+    let shards: Vec<ShardId> = (0..config("a", 1, 1).shard_count)
+        .map(ShardId)
+        .chain([ShardId::GLOBAL])
+        .collect();
+    while !stop.get() && seen.borrow().two_writers.is_none() {
+        let writers: Vec<(ShardId, Vec<&'static str>)> = {
+            let nodes = deployment.nodes.borrow();
+            shards
+                .iter()
+                .map(|shard| {
+                    let dcs = nodes
+                        .iter()
+                        .filter_map(|node| {
+                            let app = &node.handle.as_ref()?.app;
+                            (app.core.raft().is_leader() && app.fence(Some(*shard), false).is_ok())
+                                .then_some(node.dc)
+                        })
+                        .collect();
+                    (*shard, dcs)
+                })
+                .collect()
+        };
+        if let Some((shard, dcs)) = writers.iter().find(|(_, dcs)| dcs.len() > 1) {
+            let message = format!("two writers of shard {shard}: {dcs:?}");
+            trace.log(message.clone());
+            seen.borrow_mut().two_writers = Some(message);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
