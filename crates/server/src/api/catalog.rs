@@ -224,7 +224,7 @@ async fn get_latest(
         .ok_or_else(|| ApiError::not_found(kind.as_str().trim_end_matches('s'), &name))
 }
 
-fn parse_version(version: &str) -> ApiResult<u32> {
+pub(super) fn parse_version(version: &str) -> ApiResult<u32> {
     match version.parse::<u32>() {
         Ok(v) if v > 0 => Ok(v),
         _ => Err(ApiError::bad_request(

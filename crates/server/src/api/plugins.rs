@@ -278,7 +278,7 @@ async fn delete_type_version(
     Path((name, version)): Path<(String, String)>,
     kind: PluginKind,
 ) -> ApiResult<Response> {
-    let version = parse_version(&version)?;
+    let version = super::catalog::parse_version(&version)?;
     remove_type(&app, idempotency, name, Some(version), kind).await
 }
 
@@ -301,16 +301,6 @@ async fn remove_type(
             Ok(StatusCode::OK.into_response())
         }
         result => answer(result),
-    }
-}
-
-fn parse_version(version: &str) -> ApiResult<u32> {
-    match version.parse::<u32>() {
-        Ok(v) if v > 0 => Ok(v),
-        _ => Err(ApiError::bad_request(
-            "invalid_version",
-            format!("version must be a positive integer, got {version:?}"),
-        )),
     }
 }
 
@@ -343,7 +333,7 @@ async fn type_version_or_resources(
     kind: PluginKind,
 ) -> ApiResult<Json<Value>> {
     if second.bytes().all(|b| b.is_ascii_digit()) {
-        let version = parse_version(&second)?;
+        let version = super::catalog::parse_version(&second)?;
         let state = app.core.read();
         let global = app.global(&state);
         return plugin_catalog(&global)
@@ -522,7 +512,7 @@ async fn delete_version(
     kind: PluginKind,
 ) -> ApiResult<Response> {
     let resource = resource_path(kind, plugin, resource_type, name)?;
-    let version = parse_version(&version)?;
+    let version = super::catalog::parse_version(&version)?;
     let command = Command::DeleteResource {
         tenant: caller.tenant.clone(),
         resource: resource.clone(),
@@ -540,7 +530,7 @@ async fn slate(
     stage: bool,
 ) -> ApiResult<Response> {
     let resource = resource_path(kind, plugin, resource_type, name)?;
-    let version = parse_version(&version)?;
+    let version = super::catalog::parse_version(&version)?;
     let (tenant, r) = (caller.tenant.clone(), resource.clone());
     let command = if stage {
         Command::StageResource {
@@ -586,7 +576,7 @@ async fn fetch(
     kind: PluginKind,
 ) -> ApiResult<Response> {
     let resource = resource_path(kind, plugin, resource_type, name)?;
-    let version = parse_version(&version)?;
+    let version = super::catalog::parse_version(&version)?;
     let (blob, sha256) = {
         let state = app.core.read();
         let global = app.global(&state);
