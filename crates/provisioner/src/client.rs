@@ -1,4 +1,5 @@
-//! The HTTP client for the server's provisioner API (`/v2/provisioners`, `/v2/tasks`).
+//! The client for the server's provisioner API (`/v2/provisioners`, `/v2/tasks`), over a
+//! [`Transport`]: HTTP in production, the in-memory network in a simulation.
 //!
 //! ```text
 //!   servers: [a, b, c]     current ──► a ──connection error──► b ──connection error──► c ──► a ...
@@ -11,9 +12,11 @@
 //! the server meant rather than on numbers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{RequestBuilder, Response, StatusCode};
+use axum::http::StatusCode;
+use coopr_transport::{Answer, Call, CallError, HttpTransport, Transport};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -145,7 +148,7 @@ pub enum ClientError {
     Unreachable {
         request: &'static str,
         server: String,
-        source: reqwest::Error,
+        source: CallError,
     },
     /// An answer outside the protocol. Retryable if the status is 5xx.
     #[error("{request}: {server} answered {status}: {body}")]
@@ -183,32 +186,48 @@ impl ClientError {
 }
 
 /// A client for the provisioner API of a list of servers.
-#[derive(Debug)]
 pub struct ProvisionerClient {
-    http: reqwest::Client,
+    transport: Arc<dyn Transport>,
     servers: Vec<String>,
     /// Index into `servers` of the current server.
     current: AtomicUsize,
     api_key: Option<String>,
 }
 
+impl std::fmt::Debug for ProvisionerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisionerClient")
+            .field("servers", &self.servers)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ProvisionerClient {
-    /// A client for `config.servers` sending `config.api_key`.
+    /// A client for `config.servers` sending `config.api_key`, over HTTP.
     ///
     /// # Panics
     /// If `config.servers` is empty, which [`ProvisionerConfig::validate`] rejects.
     pub fn new(config: &ProvisionerConfig) -> Result<Self, ClientError> {
+        let http = HttpTransport::with_timeout(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            Duration::from_millis(REQUEST_TIMEOUT_MS),
+        )
+        .map_err(ClientError::Build)?;
+        Ok(Self::with_transport(config, Arc::new(http)))
+    }
+
+    /// A client for `config.servers` sending `config.api_key`, over `transport`.
+    ///
+    /// # Panics
+    /// If `config.servers` is empty, which [`ProvisionerConfig::validate`] rejects.
+    pub fn with_transport(config: &ProvisionerConfig, transport: Arc<dyn Transport>) -> Self {
         assert!(
             !config.servers.is_empty(),
             "validate() rejects an empty server list"
         );
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .build()
-            .map_err(ClientError::Build)?;
-        Ok(ProvisionerClient {
-            http,
+        ProvisionerClient {
+            transport,
             servers: config
                 .servers
                 .iter()
@@ -216,7 +235,7 @@ impl ProvisionerClient {
                 .collect(),
             current: AtomicUsize::new(0),
             api_key: config.api_key.clone(),
-        })
+        }
     }
 
     /// The server requests currently go to.
@@ -228,14 +247,14 @@ impl ProvisionerClient {
     pub async fn register(&self, registration: &Registration) -> Result<(), ClientError> {
         let request = "register";
         let path = format!("/v2/provisioners/{}", registration.id);
-        let (server, response) = self
-            .send(request, |http, base| {
-                http.put(format!("{base}{path}")).json(registration)
+        let (server, answer) = self
+            .send(request, |base| {
+                Call::json(format!("{base}{path}"), registration).method_put()
             })
             .await?;
-        match response.status() {
+        match answer.status {
             status if status.is_success() => Ok(()),
-            _ => Err(status_error(request, server, response).await),
+            _ => Err(status_error(request, server, &answer)),
         }
     }
 
@@ -248,38 +267,33 @@ impl ProvisionerClient {
         let request = "heartbeat";
         let path = format!("/v2/provisioners/{provisioner_id}/heartbeat");
         let body = serde_json::json!({ "usage": usage });
-        let (server, response) = self
-            .send(request, |http, base| {
-                http.post(format!("{base}{path}")).json(&body)
-            })
+        let (server, answer) = self
+            .send(request, |base| Call::json(format!("{base}{path}"), &body))
             .await?;
-        match response.status() {
+        match answer.status {
             status if status.is_success() => Ok(HeartbeatOutcome::Alive),
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(HeartbeatOutcome::NotRegistered),
-            _ => Err(status_error(request, server, response).await),
+            _ => Err(status_error(request, server, &answer)),
         }
     }
 
     /// `POST /v2/tasks/take`.
     pub async fn take(&self, take: &TakeRequest) -> Result<TakeOutcome, ClientError> {
         let request = "take";
-        let (server, response) = self
-            .send(request, |http, base| {
-                http.post(format!("{base}/v2/tasks/take")).json(take)
+        let (server, answer) = self
+            .send(request, |base| {
+                Call::json(format!("{base}/v2/tasks/take"), take)
             })
             .await?;
-        match response.status() {
+        match answer.status {
             StatusCode::NO_CONTENT => Ok(TakeOutcome::Empty),
             StatusCode::OK => {
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| bad_response(request, &server, e.to_string()))?;
+                let bytes = &answer.body;
                 // Some servers answer an empty queue with 200 and no body.
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     return Ok(TakeOutcome::Empty);
                 }
-                match serde_json::from_slice::<Value>(&bytes) {
+                match serde_json::from_slice::<Value>(bytes) {
                     Ok(task @ Value::Object(_)) => Ok(TakeOutcome::Task(task)),
                     Ok(other) => Err(bad_response(
                         request,
@@ -294,29 +308,29 @@ impl ProvisionerClient {
                 }
             }
             StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Ok(TakeOutcome::NotRegistered),
-            _ => Err(status_error(request, server, response).await),
+            _ => Err(status_error(request, server, &answer)),
         }
     }
 
     /// `POST /v2/tasks/finish`.
     pub async fn finish(&self, finish: &FinishRequest) -> Result<FinishOutcome, ClientError> {
         let request = "finish";
-        let (server, response) = self
-            .send(request, |http, base| {
-                http.post(format!("{base}/v2/tasks/finish")).json(finish)
+        let (server, answer) = self
+            .send(request, |base| {
+                Call::json(format!("{base}/v2/tasks/finish"), finish)
             })
             .await?;
-        match response.status() {
+        match answer.status {
             status if status.is_success() => Ok(FinishOutcome::Accepted),
             StatusCode::EXPECTATION_FAILED => Ok(FinishOutcome::NotOwner),
             StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Ok(FinishOutcome::NotRegistered),
-            StatusCode::CONFLICT => match status_error(request, server, response).await {
+            StatusCode::CONFLICT => match status_error(request, server, &answer) {
                 ClientError::Status { body, .. } if body.contains("task_not_here") => {
                     Ok(FinishOutcome::NotHere { answer: body })
                 }
                 other => Err(other),
             },
-            _ => Err(status_error(request, server, response).await),
+            _ => Err(status_error(request, server, &answer)),
         }
     }
 
@@ -324,16 +338,16 @@ impl ProvisionerClient {
     async fn send(
         &self,
         request: &'static str,
-        build: impl FnOnce(&reqwest::Client, &str) -> RequestBuilder,
-    ) -> Result<(String, Response), ClientError> {
+        build: impl FnOnce(&str) -> Call,
+    ) -> Result<(String, Answer), ClientError> {
         let index = self.current.load(Ordering::Relaxed) % self.servers.len();
         let server = &self.servers[index];
-        let mut builder = build(&self.http, server);
+        let mut call = build(server);
         if let Some(key) = &self.api_key {
-            builder = builder.header(API_KEY_HEADER, key);
+            call = call.header(API_KEY_HEADER, key);
         }
-        match builder.send().await {
-            Ok(response) => Ok((server.clone(), response)),
+        match self.transport.call(call).await {
+            Ok(answer) => Ok((server.clone(), answer)),
             Err(source) => {
                 // Only the first of several workers failing against the same server rotates,
                 // so concurrent failures move one step, not one per worker.
@@ -362,13 +376,12 @@ fn bad_response(request: &'static str, server: &str, detail: String) -> ClientEr
     }
 }
 
-async fn status_error(request: &'static str, server: String, response: Response) -> ClientError {
-    let status = response.status().as_u16();
-    let body = response.text().await.unwrap_or_default();
+fn status_error(request: &'static str, server: String, answer: &Answer) -> ClientError {
+    let body = String::from_utf8_lossy(&answer.body);
     ClientError::Status {
         request,
         server,
-        status,
+        status: answer.status.as_u16(),
         body: body.chars().take(MAX_ERROR_BODY_CHARS).collect(),
     }
 }

@@ -51,4 +51,4 @@ pub use fake::{
     XorShift64,
 };
 pub use plugin::{route, Plugin, PluginFuture, PluginRegistry, PluginResult, Route, RouteError};
-pub use worker::run;
+pub use worker::{run, run_with_transport};

@@ -17,7 +17,10 @@
 //! another worker; plugins are idempotent per task for exactly this reason.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use coopr_transport::Transport;
+use tokio::time::Instant;
 
 use anyhow::Context as _;
 use serde_json::{Map, Value};
@@ -50,6 +53,28 @@ pub async fn run(config: ProvisionerConfig, shutdown: watch::Receiver<bool>) -> 
         .validate()
         .context("invalid provisioner configuration")?;
     let client = ProvisionerClient::new(&config).context("building the HTTP client")?;
+    run_client(config, client, shutdown).await
+}
+
+/// [`run`] over `transport` instead of HTTP (a simulation's in-memory network). Time is tokio's,
+/// so a paused runtime drives every poll, heartbeat and retry.
+pub async fn run_with_transport(
+    config: ProvisionerConfig,
+    transport: Arc<dyn Transport>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    config
+        .validate()
+        .context("invalid provisioner configuration")?;
+    let client = ProvisionerClient::with_transport(&config, transport);
+    run_client(config, client, shutdown).await
+}
+
+async fn run_client(
+    config: ProvisionerConfig,
+    client: ProvisionerClient,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime {
         registration: Registration {
             id: config.provisioner_id.clone(),

@@ -55,7 +55,8 @@ pub mod network;
 pub mod node;
 pub mod runtime;
 pub mod state_machine;
-pub mod transport;
+/// The seam in front of node-to-node calls (the `coopr-transport` crate).
+pub use coopr_transport as transport;
 pub mod types;
 pub mod wire;
 

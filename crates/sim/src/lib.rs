@@ -1,18 +1,25 @@
-//! A seeded simulation of a whole deployment of the real server: three DCs of one node each in
-//! one process, on an in-memory network ([`MemNetwork`]), with in-memory Raft stores and
-//! simulated clocks (offsets and drifts within `max_clock_offset_ms`), on tokio's paused clock.
-//! A seed decides the clients' timing and the faults; the checks run on what the clients saw
-//! acknowledged and on the nodes' final answers.
+//! A seeded simulation of a whole deployment of the real server: three DCs of one or three
+//! nodes each in one process, on an in-memory network ([`MemNetwork`]), with in-memory Raft
+//! stores and simulated clocks (offsets and drifts within `max_clock_offset_ms`), on tokio's
+//! paused clock; each DC has a provisioner of the real worker runtime whose `fake` plugins share
+//! one cloud ([`workers`]). A seed decides the clients' timing, the plugins' latency and the
+//! faults; the checks run on what the clients saw acknowledged, on what the workers ran and on
+//! the nodes' final answers.
 //!
 //! ```text
-//!   seed ─► Rng ─┬─► clients (one per DC): creates with an Idempotency-Key, retried on 503s
-//!                │   and on calls without an answer, at their DC
-//!                └─► faults: a DC cut off, a link cut one way, a slow link; healed later
+//!   seed ─► Rng ─┬─► clients (one per DC): creates, and deletes of their active clusters, each
+//!                │   with an Idempotency-Key, retried on 503s and on calls without an answer
+//!                ├─► provisioners (one per DC): take, run (fake cloud, recorded), finish
+//!                └─► faults: a DC cut off, a link cut one way, a slow link, a node crash;
+//!                    healed later
 //!   all along: at most one DC may acknowledge writes to each shard (on the nodes' states)
-//!   then: heal everything, wait for convergence, check
+//!   then: heal everything, wait until every DC lists the same clusters, none with an
+//!   operation in flight (resumption: every job finished), and check
 //!     - fencing: a DC cut off acknowledges nothing later than a lease after the cut;
 //!     - every acknowledged create is in every DC's list, or in a lost-operations report;
+//!     - every acknowledged delete ended `terminated`, or is in a lost-operations report;
 //!     - no create was applied twice (one cluster per Idempotency-Key / name);
+//!     - no task ran in two DCs at once; no machine was made twice, leaked or is missing;
 //!     - every DC lists the same clusters and the same owner for every shard.
 //! ```
 //!
@@ -28,6 +35,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coopr_provisioner::FakeCloud;
 use coopr_raft::RaftStores;
 use coopr_raft::{Call, MemNetwork, Transport};
 use coopr_server::{
@@ -36,6 +44,10 @@ use coopr_server::{
 use coopr_types::ShardId;
 use serde_json::{json, Value};
 use tokio::time::Instant;
+
+pub mod workers;
+
+use workers::{PluginRun, Provisioner, Runs};
 
 /// The DCs of the simulated deployment.
 pub const DCS: [&str; 3] = ["a", "b", "c"];
@@ -82,6 +94,9 @@ pub struct Options {
     pub faults: bool,
     /// Nodes per DC: 1, or 3 (a Raft group per DC, whose nodes also crash and restart).
     pub nodes_per_dc: u64,
+    /// Workers of each DC's provisioner (0: none; clusters then stay pending and only creates
+    /// are checked).
+    pub workers_per_dc: u32,
 }
 
 impl Default for Options {
@@ -90,6 +105,7 @@ impl Default for Options {
             fault_ms: 20_000,
             faults: true,
             nodes_per_dc: 1,
+            workers_per_dc: 4,
         }
     }
 }
@@ -102,9 +118,36 @@ pub struct Report {
     pub acknowledged: usize,
     /// Acknowledged creates that a failover lost, each in a lost-operations report.
     pub reported_lost: usize,
+    /// Acknowledged deletes.
+    pub deleted: usize,
+    /// Plugin runs of the workers.
+    pub plugin_runs: usize,
+    /// Machines alive at the end, and those of them whose cluster a report names as lost.
+    pub machines: workers::Machines,
     pub faults: usize,
     /// Simulated time of the whole run.
     pub simulated: Duration,
+    /// The run's events (`--seed N --trace` prints them).
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {}: {} creates acknowledged ({} reported lost), {} deletes, {} plugin runs, \
+             {} machines alive ({} of lost clusters), {} faults, {:.1} s simulated",
+            self.seed,
+            self.acknowledged,
+            self.reported_lost,
+            self.deleted,
+            self.plugin_runs,
+            self.machines.alive,
+            self.machines.of_lost_clusters,
+            self.faults,
+            self.simulated.as_secs_f64()
+        )
+    }
 }
 
 /// A broken invariant, with the seed and the last events before it.
@@ -253,6 +296,8 @@ pub fn config(dc: &str, n: u64, nodes: u64) -> ServerConfig {
         placement_node_id,
         remote_dcs,
         replication_wait_ms: 2_000,
+        // A task whose worker lost its answer is handed out again within the run.
+        task_timeout_ms: 30_000,
         ..ServerConfig::default()
     }
 }
@@ -283,20 +328,29 @@ pub struct Deployment {
     client: Arc<dyn Transport>,
     nodes: RefCell<Vec<SimNode>>,
     nodes_per_dc: u64,
+    /// The cloud every DC's provisioner makes machines in.
+    pub cloud: FakeCloud,
+    /// What the provisioners' plugins ran.
+    pub runs: Runs,
+    provisioners: RefCell<Vec<Provisioner>>,
 }
 
 /// One answer: status and JSON body.
 pub type Reply = (u16, Value);
 
 impl Deployment {
-    /// Starts the three DCs of `nodes_per_dc` nodes each.
-    pub async fn start(nodes_per_dc: u64) -> anyhow::Result<Deployment> {
+    /// Starts the three DCs of `nodes_per_dc` nodes each; the plugins of their provisioners
+    /// take `latency_ms` per cloud operation.
+    pub async fn start(nodes_per_dc: u64, latency_ms: u64) -> anyhow::Result<Deployment> {
         let network = MemNetwork::new();
         let deployment = Deployment {
             client: network.transport("client"),
             network,
             nodes: RefCell::new(Vec::new()),
             nodes_per_dc,
+            cloud: workers::cloud(latency_ms),
+            runs: Runs::new(Instant::now()),
+            provisioners: RefCell::default(),
         };
         for dc in DCS {
             for n in 1..=nodes_per_dc {
@@ -333,6 +387,23 @@ impl Deployment {
         };
         let handle = coopr_server::start_with(config(dc, n, self.nodes_per_dc), options).await?;
         self.nodes.borrow_mut()[i].handle = Some(handle);
+        Ok(())
+    }
+
+    /// Starts every DC's provisioner, of `capacity` workers, polling its DC's nodes.
+    fn start_provisioners(&self, capacity: u32) -> anyhow::Result<()> {
+        for dc in DCS {
+            let servers = (1..=self.nodes_per_dc).map(|n| api(dc, n)).collect();
+            let provisioner = Provisioner::start(
+                dc,
+                servers,
+                &self.network,
+                &self.cloud,
+                &self.runs,
+                capacity,
+            )?;
+            self.provisioners.borrow_mut().push(provisioner);
+        }
         Ok(())
     }
 
@@ -410,8 +481,19 @@ impl Deployment {
         self.call(call, false).await
     }
 
-    /// The cluster ids and names `dc` lists for the demo user.
-    pub async fn clusters(&self, dc: &str) -> Option<BTreeMap<String, String>> {
+    /// `DELETE path` at `dc` as the demo user, with `key` as its Idempotency-Key.
+    pub async fn delete(
+        &self,
+        dc: &str,
+        path: &str,
+        key: &str,
+    ) -> Result<Reply, coopr_raft::CallError> {
+        let call = Call::delete(format!("{}{path}", self.entry(dc))).header("Idempotency-Key", key);
+        self.call(call, false).await
+    }
+
+    /// The clusters `dc` lists for the demo user: id -> (name, status).
+    pub async fn clusters(&self, dc: &str) -> Option<BTreeMap<String, (String, String)>> {
         let (status, body) = self.get(dc, "/v2/clusters", false).await?;
         (status == 200).then(|| {
             body.as_array()
@@ -420,7 +502,10 @@ impl Deployment {
                 .filter_map(|c| {
                     Some((
                         c["id"].as_str()?.to_string(),
-                        c["name"].as_str()?.to_string(),
+                        (
+                            c["name"].as_str()?.to_string(),
+                            c["status"].as_str()?.to_string(),
+                        ),
                     ))
                 })
                 .collect()
@@ -440,18 +525,26 @@ impl Deployment {
             .collect()
     }
 
-    /// The clusters of creates `dc` reports lost.
-    pub async fn lost(&self, dc: &str) -> Option<BTreeSet<String>> {
+    /// The operations `dc` reports lost that started one (create, delete): their clusters
+    /// and their scoped Idempotency-Keys.
+    pub async fn lost(&self, dc: &str) -> Option<Lost> {
         let (status, body) = self.get(dc, "/v2/admin/lost-operations", true).await?;
-        (status == 200).then(|| {
-            body["operations"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|op| op["kind"] == "operation_started")
-                .filter_map(|op| op["cluster"].as_str().map(str::to_string))
-                .collect()
-        })
+        if status != 200 {
+            return None;
+        }
+        let mut lost = Lost::default();
+        for op in body["operations"].as_array().into_iter().flatten() {
+            if op["kind"] != "operation_started" {
+                continue;
+            }
+            if let Some(cluster) = op["cluster"].as_str() {
+                lost.clusters.insert(cluster.to_string());
+            }
+            if let Some(key) = op["idempotency_key"].as_str() {
+                lost.keys.insert(key.to_string());
+            }
+        }
+        Some(lost)
     }
 
     /// Heals every link and removes every delay.
@@ -479,12 +572,31 @@ impl Deployment {
     }
 
     pub async fn shutdown(self) {
+        for provisioner in self.provisioners.take() {
+            let _ = provisioner.stop().await;
+        }
         let nodes = self.nodes.into_inner();
         for node in nodes {
             if let Some(handle) = node.handle {
                 handle.shutdown().await;
             }
         }
+    }
+}
+
+/// Operations the lost-operations reports name.
+#[derive(Debug, Default)]
+pub struct Lost {
+    pub clusters: BTreeSet<String>,
+    /// Scoped keys: they end with a space and the key the client sent.
+    pub keys: BTreeSet<String>,
+}
+
+impl Lost {
+    fn has_key(&self, key: &str) -> bool {
+        // Scoped as `tenant/user/METHOD path key`.
+        let key = format!(" {key}");
+        self.keys.iter().any(|k| k.ends_with(&key))
     }
 }
 
@@ -517,12 +629,16 @@ struct Seen {
     two_writers: Option<String>,
     /// Creates answered 409 `operation_lost` on a retry (the first attempt was lost).
     lost: BTreeSet<String>,
+    /// Acknowledged deletes: cluster id -> (its name, the delete's Idempotency-Key, DC asked).
+    deleted: BTreeMap<String, (String, String, &'static str)>,
 }
 
 async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report, String> {
     let started = Instant::now();
+    let mut rng = Rng::new(seed);
+    let latency_ms = rng.range(10, 400);
     let deployment = Rc::new(
-        Deployment::start(options.nodes_per_dc)
+        Deployment::start(options.nodes_per_dc, latency_ms)
             .await
             .map_err(|e| format!("the deployment did not start: {e}"))?,
     );
@@ -537,8 +653,15 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         })
         .await?;
     }
-    trace.log("every DC ready");
-    let mut rng = Rng::new(seed);
+    trace.log(format!(
+        "every DC ready; {} workers per DC, cloud operations take {latency_ms} ms",
+        options.workers_per_dc
+    ));
+    if options.workers_per_dc > 0 {
+        deployment
+            .start_provisioners(options.workers_per_dc)
+            .map_err(|e| format!("the provisioners did not start: {e}"))?;
+    }
     let seen = Rc::new(RefCell::new(Seen::default()));
     let stop = Rc::new(std::cell::Cell::new(false));
     let local = tokio::task::LocalSet::new();
@@ -584,27 +707,52 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         .map_err(|e| format!("a node did not restart: {e}"))?;
     trace.log("healed, every node up; waiting for convergence");
 
+    // Resumption: with workers, every operation finishes (no cluster stays pending).
+    let settled = options.workers_per_dc > 0;
+    let last_note = Rc::new(std::cell::Cell::new(trace.now_ms()));
     let converged = {
         let d = deployment.clone();
         wait(
-            Duration::from_secs(120),
-            "every DC lists the same clusters",
+            Duration::from_secs(180),
+            if settled {
+                "every DC lists the same clusters, none pending"
+            } else {
+                "every DC lists the same clusters"
+            },
             || {
                 let d = d.clone();
+                let last_note = last_note.clone();
                 async move {
                     let mut lists = Vec::new();
                     for dc in DCS {
                         lists.push(d.clone().clusters(dc).await?);
                     }
-                    lists
-                        .windows(2)
-                        .all(|w| w[0] == w[1])
+                    let pending: Vec<&String> = lists[0]
+                        .iter()
+                        .filter(|(_, (_, status))| status == "pending")
+                        .map(|(id, _)| id)
+                        .collect();
+                    let now = trace.now_ms();
+                    if !pending.is_empty() && now >= last_note.get() + 10_000 {
+                        last_note.set(now);
+                        trace.log(format!("still pending: {pending:?}"));
+                    }
+                    let pending = !pending.is_empty();
+                    (lists.windows(2).all(|w| w[0] == w[1]) && !(settled && pending))
                         .then(|| lists[0].clone())
                 }
             },
         )
         .await?
     };
+    let statuses: BTreeMap<String, String> = converged
+        .iter()
+        .map(|(id, (_, status))| (id.clone(), status.clone()))
+        .collect();
+    let converged: BTreeMap<String, String> = converged
+        .into_iter()
+        .map(|(id, (name, _))| (id, name))
+        .collect();
     let mut owners = Vec::new();
     for dc in DCS {
         let d = deployment.clone();
@@ -623,9 +771,15 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     if owners.windows(2).any(|w| w[0] != w[1]) {
         return Err(format!("the DCs disagree on the shard map: {owners:?}"));
     }
-    let mut lost = BTreeSet::new();
+    let mut lost = Lost::default();
     for dc in DCS {
-        lost.extend(deployment.lost(dc).await.unwrap_or_default());
+        let report = deployment.lost(dc).await.unwrap_or_default();
+        trace.log(format!(
+            "{dc} reports lost: clusters {:?}, keys {:?}",
+            report.clusters, report.keys
+        ));
+        lost.clusters.extend(report.clusters);
+        lost.keys.extend(report.keys);
     }
     let seen = std::mem::take(&mut *seen.borrow_mut());
     let mut reported_lost = 0;
@@ -653,7 +807,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
                     "create {name} acknowledged by {via} as {id}, which is {other} everywhere"
                 ))
             }
-            None if lost.contains(id) => reported_lost += 1,
+            None if lost.clusters.contains(id) => reported_lost += 1,
             None => {
                 return Err(format!(
                     "create {name} acknowledged by {via} as {id} is gone and in no lost-operations report"
@@ -669,17 +823,38 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
             ));
         }
     }
+    for (id, (name, key, via)) in &seen.deleted {
+        let status = statuses.get(id).map_or("unlisted", String::as_str);
+        if settled && status != "terminated" && !lost.has_key(key) {
+            return Err(format!(
+                "delete of {name} ({id}) acknowledged by {via}, but it is {status} and in no lost-operations report"
+            ));
+        }
+    }
+    let runs: Vec<PluginRun> = deployment.runs.snapshot();
+    workers::check_no_task_in_two_dcs(&runs)?;
+    let machines = if settled {
+        workers::check_machines(&deployment.cloud, &runs, &statuses, 1, &lost.clusters)?
+    } else {
+        workers::Machines::default()
+    };
     trace.log(format!(
-        "checked: {} acknowledged, {reported_lost} reported lost, {} listed",
+        "checked: {} acknowledged, {reported_lost} reported lost, {} deleted, {} listed, {} plugin runs, {machines:?}",
         seen.acknowledged.len(),
-        converged.len()
+        seen.deleted.len(),
+        converged.len(),
+        runs.len(),
     ));
     let report = Report {
         seed,
         acknowledged: seen.acknowledged.len(),
         reported_lost,
+        deleted: seen.deleted.len(),
+        plugin_runs: runs.len(),
+        machines,
         faults,
         simulated: started.elapsed(),
+        trace: trace.lines(),
     };
     if let Ok(deployment) = Rc::try_unwrap(deployment) {
         deployment.shutdown().await;
@@ -688,7 +863,8 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
 }
 
 /// A client of one DC: creates clusters one after another, each with its own
-/// Idempotency-Key, retried at the same DC until answered (200, or a 4xx).
+/// Idempotency-Key, retried at the same DC until answered (200, or a 4xx); now and then it
+/// deletes one of its clusters that its DC lists as active, the same way.
 async fn client(
     deployment: Rc<Deployment>,
     dc: &'static str,
@@ -699,7 +875,24 @@ async fn client(
     trace: Trace,
 ) {
     let mut i = 0;
+    let mut mine: Vec<(String, String)> = Vec::new();
     while !stop.get() {
+        if !mine.is_empty() && rng.range(0, 4) == 0 {
+            let (id, name) = mine.swap_remove(rng.range(0, mine.len() as u64) as usize);
+            delete(
+                &deployment,
+                dc,
+                seed,
+                &id,
+                &name,
+                &mut rng,
+                &seen,
+                &stop,
+                &trace,
+            )
+            .await;
+            continue;
+        }
         i += 1;
         let name = format!("{dc}-{i}");
         let key = format!("{seed:x}-{name}");
@@ -712,6 +905,7 @@ async fn client(
                     let id = answer["id"].as_str().unwrap_or_default().to_string();
                     trace.log(format!("{dc}: {name} acknowledged as {id}"));
                     let at = trace.now_ms();
+                    mine.push((id.clone(), name.clone()));
                     seen.borrow_mut()
                         .acknowledged
                         .insert(name.clone(), (id, dc, at));
@@ -737,7 +931,55 @@ async fn client(
             }
             tokio::time::sleep(Duration::from_millis(rng.range(100, 500))).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.range(50, 400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.range(100, 1_200))).await;
+    }
+}
+
+/// Deletes cluster `id` if `dc` lists it as active, retrying like a create; an acknowledged
+/// delete goes into `seen`.
+#[allow(clippy::too_many_arguments)]
+async fn delete(
+    deployment: &Deployment,
+    dc: &'static str,
+    seed: u64,
+    id: &str,
+    name: &str,
+    rng: &mut Rng,
+    seen: &RefCell<Seen>,
+    stop: &std::cell::Cell<bool>,
+    trace: &Trace,
+) {
+    let path = format!("/v2/clusters/{id}");
+    match deployment.get(dc, &path, false).await {
+        Some((200, cluster)) if cluster["status"] == "active" => {}
+        _ => return,
+    }
+    let key = format!("{seed:x}-{name}-delete");
+    let mut attempts = 0;
+    while !stop.get() {
+        attempts += 1;
+        match deployment.delete(dc, &path, &key).await {
+            Ok((200, _)) => {
+                trace.log(format!("{dc}: delete of {name} ({id}) acknowledged"));
+                seen.borrow_mut()
+                    .deleted
+                    .insert(id.to_string(), (name.to_string(), key, dc));
+                return;
+            }
+            Ok((status, answer)) if (400..500).contains(&status) => {
+                trace.log(format!(
+                    "{dc}: delete of {name} refused {status} {}",
+                    answer["code"]
+                ));
+                return;
+            }
+            Ok((status, answer)) => trace.log(format!(
+                "{dc}: delete of {name} attempt {attempts}: {status} {}",
+                answer["code"]
+            )),
+            Err(e) => trace.log(format!("{dc}: delete of {name} attempt {attempts}: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(rng.range(100, 500))).await;
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--nodes-per-dc 1|3] [--quiet]"
+        "usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--nodes-per-dc 1|3] [--quiet] [--trace]"
     );
     ExitCode::from(2)
 }
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let mut seeds = None;
     let mut options = coopr_sim::Options::default();
     let mut verbose = false;
+    let mut trace = false;
     let mut i = 0;
     while i < args.len() {
         let value = args.get(i + 1);
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
                 i += 1;
             }
             ("--quiet", _) => options.faults = false,
+            ("--trace", _) => trace = true,
             _ => return usage(),
         }
         i += 1;
@@ -68,12 +70,21 @@ fn main() -> ExitCode {
         match coopr_sim::run(seed, &options) {
             Ok(report) => {
                 ran += 1;
+                if trace {
+                    for line in &report.trace {
+                        println!("{line}");
+                    }
+                }
                 if verbose {
-                    println!("{report:?}");
+                    println!("{report}");
                 }
             }
             Err(violation) => {
                 println!("{violation}");
+                let path = std::env::temp_dir().join(format!("coopr-sim-{seed}.trace"));
+                if std::fs::write(&path, violation.trace.join("\n")).is_ok() {
+                    println!("the whole trace: {}", path.display());
+                }
                 return ExitCode::FAILURE;
             }
         }

@@ -45,8 +45,8 @@ fn a_quiet_deployment_loses_nothing() {
 fn seeds_with_three_nodes_per_dc_hold_every_invariant() {
     let options = coopr_sim::Options {
         fault_ms: 8_000,
-        faults: true,
         nodes_per_dc: 3,
+        ..coopr_sim::Options::default()
     };
     for seed in 1_000..1_020 {
         if let Err(violation) = coopr_sim::run(seed, &options) {

@@ -1,5 +1,6 @@
-//! The seam in front of every node-to-node HTTP call: a [`Transport`] sends one [`Call`] (method,
-//! URL, headers, body, timeout) and returns its [`Answer`] or why there is none.
+//! `coopr-transport`: the seam in front of every HTTP call between the parts of a deployment
+//! (node to node, provisioner to server): a [`Transport`] sends one [`Call`] (method, URL,
+//! headers, body, timeout) and returns its [`Answer`] or why there is none.
 //!
 //! - [`HttpTransport`]: production, over reqwest (one connection pool per transport).
 //! - [`MemNetwork`]: every node in one process. Each node registers the axum routers it serves
