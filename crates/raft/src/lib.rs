@@ -68,5 +68,5 @@ pub use node::{
 };
 pub use runtime::seed_thread_rng;
 pub use state_machine::{RaftStateMachineStore, StateMachine};
-pub use transport::{Answer, Call, CallError, HttpTransport, MemNetwork, Transport};
+pub use transport::{Answer, Call, CallError, HttpTransport, LinkFaults, MemNetwork, Transport};
 pub use types::{Batch, NodeId, Payload, TypeConfig};

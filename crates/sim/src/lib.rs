@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coopr_provisioner::FakeCloud;
+use coopr_raft::transport::LinkFaults;
 use coopr_raft::RaftStores;
 use coopr_raft::{Call, MemNetwork, Transport};
 use coopr_server::{
@@ -341,8 +342,12 @@ pub type Reply = (u16, Value);
 impl Deployment {
     /// Starts the three DCs of `nodes_per_dc` nodes each; the plugins of their provisioners
     /// take `latency_ms` per cloud operation.
-    pub async fn start(nodes_per_dc: u64, latency_ms: u64) -> anyhow::Result<Deployment> {
-        let network = MemNetwork::new();
+    pub async fn start(
+        nodes_per_dc: u64,
+        latency_ms: u64,
+        seed: u64,
+    ) -> anyhow::Result<Deployment> {
+        let network = MemNetwork::with_seed(seed);
         let deployment = Deployment {
             client: network.transport("client"),
             network,
@@ -638,7 +643,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     let mut rng = Rng::new(seed);
     let latency_ms = rng.range(10, 400);
     let deployment = Rc::new(
-        Deployment::start(options.nodes_per_dc, latency_ms)
+        Deployment::start(options.nodes_per_dc, latency_ms, rng.next_u64())
             .await
             .map_err(|e| format!("the deployment did not start: {e}"))?,
     );
@@ -985,7 +990,8 @@ async fn delete(
 
 /// Single writer, on the nodes' own states: every 20 ms of simulated time, for every shard, at
 /// most one DC has a leader that would acknowledge a write to it now (its lease valid on its
-/// own clock, the shard granted writable at the epoch its state is in).
+/// own clock, the shard granted writable at the epoch its state is in). Two leaders of one
+/// DC's Raft group (an old one not yet deposed) are one DC: the old one cannot commit.
 async fn watch_writers(
     deployment: Rc<Deployment>,
     seen: Rc<RefCell<Seen>>,
@@ -997,7 +1003,7 @@ async fn watch_writers(
         .chain([ShardId::GLOBAL])
         .collect();
     while !stop.get() && seen.borrow().two_writers.is_none() {
-        let writers: Vec<(ShardId, Vec<&'static str>)> = {
+        let writers: Vec<(ShardId, BTreeSet<&'static str>)> = {
             let nodes = deployment.nodes.borrow();
             shards
                 .iter()
@@ -1040,7 +1046,7 @@ async fn inject_faults(
         }
         count += 1;
         let network = &deployment.network;
-        let kinds = if deployment.nodes_per_dc > 1 { 5 } else { 4 };
+        let kinds = if deployment.nodes_per_dc > 1 { 7 } else { 6 };
         match rng.range(0, kinds) {
             0 => {
                 let dc = *rng.pick(&DCS);
@@ -1081,6 +1087,66 @@ async fn inject_faults(
             3 => {
                 trace.log("fault: every link healed, delays removed");
                 deployment.heal();
+            }
+            4 => {
+                // Lossy links between two DCs (or inside one), and maybe those of the
+                // clients and provisioners to a DC: requests and answers lost, requests
+                // duplicated, messages reordered.
+                let from = *rng.pick(&DCS);
+                let to = *rng.pick(&DCS);
+                let faults = LinkFaults {
+                    loss_per_mille: rng.range(0, 300) as u32,
+                    duplicate_per_mille: rng.range(0, 200) as u32,
+                    jitter: Duration::from_millis(rng.range(0, 200)),
+                };
+                let users = rng.range(0, 2) == 0;
+                let hold = rng.range(1_000, 8_000);
+                trace.log(format!(
+                    "fault: links {from} -> {to}{} lossy for {hold} ms: {faults:?}",
+                    if users { " and its users'" } else { "" }
+                ));
+                let mut links = Vec::new();
+                for a in deployment.names(from) {
+                    for b in deployment.names(to) {
+                        links.push((a.clone(), b.clone()));
+                        links.push((b, a.clone()));
+                    }
+                }
+                if users {
+                    for user in ["client".to_string(), format!("{to}-provisioner")] {
+                        for b in deployment.names(to) {
+                            links.push((user.clone(), b.clone()));
+                            links.push((b, user.clone()));
+                        }
+                    }
+                }
+                for (a, b) in &links {
+                    network.set_faults(a, b, faults);
+                }
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+                for (a, b) in &links {
+                    network.set_faults(a, b, LinkFaults::default());
+                }
+                trace.log(format!("fault: links {from} -> {to} whole again"));
+            }
+            5 => {
+                // A whole DC crashes (every node at once) and comes back on its stores.
+                let dc = *rng.pick(&DCS);
+                let hold = rng.range(500, 8_000);
+                let members: Vec<usize> = (0..deployment.nodes.borrow().len())
+                    .filter(|i| deployment.nodes.borrow()[*i].dc == dc)
+                    .collect();
+                trace.log(format!("fault: all of {dc} crashed for {hold} ms"));
+                for i in &members {
+                    deployment.crash(*i).await;
+                }
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+                for i in &members {
+                    if let Err(e) = deployment.start_node(*i).await {
+                        trace.log(format!("fault: a node of {dc} did not restart: {e}"));
+                    }
+                }
+                trace.log(format!("fault: {dc} restarted"));
             }
             _ => {
                 // A node crashes (a minority of its DC: at most one down per DC) and comes

@@ -7,7 +7,10 @@
 //!   under its base URL; a call is handed to the target's router directly (no sockets), after
 //!   the link's delay, unless the link from the caller to the target is cut. Delays use tokio's
 //!   clock, so they follow a paused/auto-advanced runtime in a simulation. What a call meets
-//!   (cut, delay) is decided per directed link, by the caller's name ([`MemNetwork::transport`]).
+//!   (cut, delay, and [`LinkFaults`]: loss of the request or of its answer, duplication,
+//!   jitter that reorders calls) is decided per directed link, by the caller's name
+//!   ([`MemNetwork::transport`]); the draws come from one generator seeded with
+//!   [`MemNetwork::with_seed`], in the order calls are made.
 //!
 //! ```text
 //!   node n1: raft network, status probes ──Transport::call──► HttpTransport ──TCP──► n2's router
@@ -207,6 +210,19 @@ impl Transport for HttpTransport {
     }
 }
 
+/// What a lossy link does to the calls over it, drawn per call (per mille: out of 1000).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkFaults {
+    /// A request is lost on the way; independently, an answer is lost on the way back (the
+    /// request took effect). Either way the caller gets [`CallError::NoAnswer`]: it cannot
+    /// tell which.
+    pub loss_per_mille: u32,
+    /// A request is delivered twice (the second copy's answer goes nowhere).
+    pub duplicate_per_mille: u32,
+    /// Up to this much extra delay per message, drawn uniformly: calls overtake each other.
+    pub jitter: Duration,
+}
+
 #[derive(Default)]
 struct Links {
     /// Base URL -> the node name serving it and its router.
@@ -215,6 +231,43 @@ struct Links {
     cut: BTreeSet<(String, String)>,
     /// One-way delay per directed link (absent: none).
     delay: BTreeMap<(String, String), Duration>,
+    /// Lossy links (absent: whole).
+    faults: BTreeMap<(String, String), LinkFaults>,
+    /// The generator of the links' draws (SplitMix64 state).
+    rng: u64,
+}
+
+impl Links {
+    fn next(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn chance(&mut self, per_mille: u32) -> bool {
+        per_mille > 0 && self.next() % 1000 < u64::from(per_mille)
+    }
+
+    fn jitter(&mut self, up_to: Duration) -> Duration {
+        let ms = up_to.as_millis() as u64;
+        if ms == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.next() % (ms + 1))
+    }
+}
+
+/// What a call meets on its way out.
+struct Outbound {
+    to: String,
+    router: Router,
+    delay: Duration,
+    /// Delay of a second copy, if the request is duplicated.
+    duplicate: Option<Duration>,
+    /// The connection breaks before the request arrives: the caller cannot tell.
+    lost: bool,
 }
 
 /// Nodes of one process calling each other's routers directly (see the module doc).
@@ -226,6 +279,13 @@ pub struct MemNetwork {
 impl MemNetwork {
     pub fn new() -> MemNetwork {
         MemNetwork::default()
+    }
+
+    /// A network whose lossy links draw from a generator seeded with `seed`.
+    pub fn with_seed(seed: u64) -> MemNetwork {
+        let network = MemNetwork::default();
+        network.write().rng = seed;
+        network
     }
 
     /// Node `node` serves `router` at `base_url` (e.g. `http://n1`); replaces an earlier
@@ -269,9 +329,23 @@ impl MemNetwork {
         }
     }
 
-    /// Heals every cut link.
+    /// Heals every cut link and every lossy one (delays stay).
     pub fn heal(&self) {
-        self.write().cut.clear();
+        let mut links = self.write();
+        links.cut.clear();
+        links.faults.clear();
+    }
+
+    /// Makes the link from `from` to `to` lossy (see [`LinkFaults`]); the default makes it
+    /// whole again.
+    pub fn set_faults(&self, from: &str, to: &str, faults: LinkFaults) {
+        let link = (from.to_string(), to.to_string());
+        let mut links = self.write();
+        if faults == LinkFaults::default() {
+            links.faults.remove(&link);
+        } else {
+            links.faults.insert(link, faults);
+        }
     }
 
     /// Sets the one-way delay of the link from `from` to `to`.
@@ -309,6 +383,33 @@ struct MemTransport {
 }
 
 impl MemTransport {
+    /// Where a call to `base` goes and what it meets on the way, or why it goes nowhere.
+    fn outbound(&self, base: &str) -> Result<Outbound, &'static str> {
+        let mut links = self.network.write();
+        let (to, router) = links
+            .routes
+            .get(base)
+            .cloned()
+            .ok_or("nobody serves this address")?;
+        let link = (self.from.clone(), to.clone());
+        if links.cut.contains(&link) {
+            return Err("link cut");
+        }
+        let faults = links.faults.get(&link).copied().unwrap_or_default();
+        let lost = links.chance(faults.loss_per_mille);
+        let delay = links.delay.get(&link).copied().unwrap_or_default();
+        let duplicate = links
+            .chance(faults.duplicate_per_mille)
+            .then(|| delay + links.jitter(faults.jitter));
+        Ok(Outbound {
+            to,
+            router,
+            delay: delay + links.jitter(faults.jitter),
+            duplicate,
+            lost,
+        })
+    }
+
     async fn deliver(&self, call: Call) -> Result<Answer, CallError> {
         let url = call.url.clone();
         let not_delivered = |reason: &str| CallError::NotDelivered {
@@ -316,28 +417,40 @@ impl MemTransport {
             reason: reason.to_string(),
         };
         let (base, path) = split_url(&call.url).ok_or_else(|| not_delivered("not a URL"))?;
-        let (to, router, delay) = {
-            let links = self.network.read();
-            let (to, router) = links
-                .routes
-                .get(base)
-                .cloned()
-                .ok_or_else(|| not_delivered("nobody serves this address"))?;
-            let link = (self.from.clone(), to.clone());
-            if links.cut.contains(&link) {
-                return Err(not_delivered("link cut"));
-            }
-            (to, router, links.delay.get(&link).copied())
+        let Outbound {
+            to,
+            router,
+            delay,
+            duplicate,
+            lost,
+        } = self
+            .outbound(base)
+            .map_err(|reason| not_delivered(reason))?;
+        let build = |call: &Call| {
+            let mut request = Request::builder()
+                .method(call.method.clone())
+                .uri(if path.is_empty() { "/" } else { path })
+                .body(Body::from(call.body.clone()))
+                .map_err(|e| not_delivered(&e.to_string()))?;
+            *request.headers_mut() = call.headers.clone();
+            Ok::<_, CallError>(request)
         };
-        if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
+        let request = build(&call)?;
+        if let Some(after) = duplicate {
+            let copy = build(&call)?;
+            let router = router.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tower::ServiceExt::oneshot(router, copy).await;
+            });
         }
-        let mut request = Request::builder()
-            .method(call.method)
-            .uri(if path.is_empty() { "/" } else { path })
-            .body(Body::from(call.body))
-            .map_err(|e| not_delivered(&e.to_string()))?;
-        *request.headers_mut() = call.headers;
+        tokio::time::sleep(delay).await;
+        if lost {
+            return Err(CallError::NoAnswer {
+                url,
+                reason: "connection lost before the request arrived".into(),
+            });
+        }
         let response = tower::ServiceExt::oneshot(router, request)
             .await
             .map_err(|e| CallError::NoAnswer {
@@ -354,17 +467,23 @@ impl MemTransport {
             })?;
         // The answer travels back over the reverse link: cut meanwhile, it is lost.
         let back = (to.clone(), self.from.clone());
-        let (cut_back, delay_back) = {
-            let links = self.network.read();
-            (links.cut.contains(&back), links.delay.get(&back).copied())
+        let (cut_back, lost_back, delay_back) = {
+            let mut links = self.network.write();
+            let faults = links.faults.get(&back).copied().unwrap_or_default();
+            let delay =
+                links.delay.get(&back).copied().unwrap_or_default() + links.jitter(faults.jitter);
+            let lost = links.chance(faults.loss_per_mille);
+            (links.cut.contains(&back), lost, delay)
         };
-        if let Some(delay) = delay_back {
-            tokio::time::sleep(delay).await;
-        }
-        if cut_back {
+        tokio::time::sleep(delay_back).await;
+        if cut_back || lost_back {
             return Err(CallError::NoAnswer {
                 url,
-                reason: "link cut on the way back".into(),
+                reason: if cut_back {
+                    "link cut on the way back".into()
+                } else {
+                    "answer lost on the way back".into()
+                },
             });
         }
         Ok(Answer {
@@ -461,5 +580,92 @@ mod tests {
             .await
             .expect_err("timed out");
         assert!(!error.not_delivered());
+    }
+
+    /// Losses, duplicates and jitter: what arrives is counted by the target; a seed replays
+    /// the same draws; healing makes the link whole.
+    #[tokio::test(start_paused = true)]
+    async fn lossy_links_lose_duplicate_and_reorder_by_seed() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        async fn run(seed: u64) -> (u64, u64, u64, Vec<u64>) {
+            let network = MemNetwork::with_seed(seed);
+            let arrived = Arc::new(AtomicU64::new(0));
+            let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let router = {
+                let arrived = arrived.clone();
+                let order = order.clone();
+                Router::new().route(
+                    "/n",
+                    axum::routing::post(move |body: Bytes| async move {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        order
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&body).parse::<u64>().unwrap());
+                        "ok"
+                    }),
+                )
+            };
+            network.serve("b", "http://b", router);
+            network.set_faults(
+                "a",
+                "b",
+                LinkFaults {
+                    loss_per_mille: 200,
+                    duplicate_per_mille: 200,
+                    jitter: Duration::from_millis(50),
+                },
+            );
+            network.set_faults(
+                "b",
+                "a",
+                LinkFaults {
+                    loss_per_mille: 200,
+                    ..LinkFaults::default()
+                },
+            );
+            let from_a = network.transport("a");
+            let calls: Vec<_> = (0..200u64)
+                .map(|i| {
+                    let from_a = from_a.clone();
+                    tokio::spawn(async move {
+                        from_a.call(Call::post("http://b/n", i.to_string())).await
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await.expect("the call's task"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let answered = answers.iter().filter(|a| a.is_ok()).count() as u64;
+            let unanswered = answers.iter().filter(|a| a.is_err()).count() as u64;
+            assert!(answers
+                .iter()
+                .filter_map(|a| a.as_ref().err())
+                .all(|e| !e.not_delivered()));
+            network.heal();
+            for i in 0..20 {
+                from_a
+                    .call(Call::post("http://b/n", i.to_string()))
+                    .await
+                    .expect("a healed link delivers");
+            }
+            let order = order.lock().unwrap().clone();
+            (arrived.load(Ordering::SeqCst), answered, unanswered, order)
+        }
+
+        let (arrived, answered, unanswered, order) = run(7).await;
+        assert_eq!(answered + unanswered, 200);
+        // About 20% of requests lost, 20% duplicated, 20% of answers lost.
+        assert!((120..=180).contains(&answered), "{answered} answered");
+        assert!(
+            arrived - 20 > answered,
+            "duplicates and lost answers arrive too"
+        );
+        assert!(order.windows(2).any(|w| w[0] > w[1]), "jitter reorders");
+        assert_eq!(run(7).await, (arrived, answered, unanswered, order.clone()));
+        assert_ne!(run(8).await.3, order, "another seed draws otherwise");
     }
 }
