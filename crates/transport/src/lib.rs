@@ -425,7 +425,7 @@ impl MemTransport {
             lost,
         } = self
             .outbound(base)
-            .map_err(|reason| not_delivered(reason))?;
+            .map_err(&not_delivered)?;
         let build = |call: &Call| {
             let mut request = Request::builder()
                 .method(call.method.clone())
