@@ -50,8 +50,29 @@ pub mod workers;
 
 use workers::{PluginRun, Provisioner, Runs};
 
-/// The DCs of the simulated deployment.
-pub const DCS: [&str; 3] = ["a", "b", "c"];
+/// Where a simulated deployment runs: its data DCs and, with two of them, a witness site that
+/// votes in the placement group and stores no shard data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sites {
+    pub dcs: &'static [&'static str],
+    pub witness: Option<&'static str>,
+}
+
+impl Sites {
+    pub const THREE_DCS: Sites = Sites {
+        dcs: &["a", "b", "c"],
+        witness: None,
+    };
+    pub const TWO_DCS_AND_WITNESS: Sites = Sites {
+        dcs: &["a", "b"],
+        witness: Some("w"),
+    };
+
+    /// Every site with a vote in the placement group, in the order of their placement ids.
+    pub fn voters(&self) -> Vec<&'static str> {
+        self.dcs.iter().copied().chain(self.witness).collect()
+    }
+}
 const SECRET: &str = "a-simulated-cluster-secret";
 /// 2026-01-01T00:00:00Z: where the simulated wall clocks start.
 const BASE_WALL_MS: u64 = 1_767_225_600_000;
@@ -98,6 +119,8 @@ pub struct Options {
     /// Workers of each DC's provisioner (0: none; clusters then stay pending and only creates
     /// are checked).
     pub workers_per_dc: u32,
+    /// Three DCs, or two and a witness.
+    pub sites: Sites,
 }
 
 impl Default for Options {
@@ -107,6 +130,7 @@ impl Default for Options {
             faults: true,
             nodes_per_dc: 1,
             workers_per_dc: 4,
+            sites: Sites::THREE_DCS,
         }
     }
 }
@@ -247,10 +271,10 @@ fn node_name(node: &SimNode) -> String {
 }
 
 /// The config of node `n` (1-based) of DC `dc` in DCs of `nodes` nodes: the first node of
-/// each DC votes in the placement group; demo tenant and keys, six shards.
-pub fn config(dc: &str, n: u64, nodes: u64) -> ServerConfig {
+/// each DC (and the witness) votes in the placement group; demo tenant and keys, six shards.
+pub fn config(sites: Sites, dc: &str, n: u64, nodes: u64) -> ServerConfig {
     let placement_members = (1u64..)
-        .zip(DCS)
+        .zip(sites.voters())
         .map(|(id, d)| {
             (
                 id,
@@ -270,7 +294,8 @@ pub fn config(dc: &str, n: u64, nodes: u64) -> ServerConfig {
             })
             .collect()
     };
-    let remote_dcs = DCS
+    let remote_dcs = sites
+        .dcs
         .iter()
         .filter(|d| **d != dc)
         .map(|d| (d.to_string(), members_of(d)))
@@ -281,7 +306,7 @@ pub fn config(dc: &str, n: u64, nodes: u64) -> ServerConfig {
         BTreeMap::new()
     };
     let placement_node_id =
-        (n == 1).then(|| DCS.iter().position(|d| *d == dc).unwrap_or(0) as u64 + 1);
+        (n == 1).then(|| sites.voters().iter().position(|d| *d == dc).unwrap_or(0) as u64 + 1);
     ServerConfig {
         dc: dc.to_string(),
         node: node(dc, n),
@@ -303,10 +328,10 @@ pub fn config(dc: &str, n: u64, nodes: u64) -> ServerConfig {
     }
 }
 
-/// Each DC's clock: offset and drift (all of a DC's nodes read one clock, as a DC's nodes are
-/// kept close by NTP; the DCs are apart by up to 150 ms and drift by up to 100 ppm).
-fn clock_of(dc: &str) -> Arc<SimClock> {
-    let i = DCS.iter().position(|d| *d == dc).unwrap_or(0);
+/// Each site's clock: offset and drift (all of a DC's nodes read one clock, as a DC's nodes
+/// are kept close by NTP; the sites are apart by up to 150 ms and drift by up to 100 ppm).
+fn clock_of(sites: Sites, dc: &str) -> Arc<SimClock> {
+    let i = sites.voters().iter().position(|d| *d == dc).unwrap_or(0);
     Arc::new(SimClock::new(
         BASE_WALL_MS,
         [-150, 0, 150][i],
@@ -329,6 +354,9 @@ pub struct Deployment {
     client: Arc<dyn Transport>,
     nodes: RefCell<Vec<SimNode>>,
     nodes_per_dc: u64,
+    pub sites: Sites,
+    /// The witness, with two DCs.
+    witness: RefCell<Option<coopr_server::WitnessHandle>>,
     /// The cloud every DC's provisioner makes machines in.
     pub cloud: FakeCloud,
     /// What the provisioners' plugins ran.
@@ -340,9 +368,10 @@ pub struct Deployment {
 pub type Reply = (u16, Value);
 
 impl Deployment {
-    /// Starts the three DCs of `nodes_per_dc` nodes each; the plugins of their provisioners
-    /// take `latency_ms` per cloud operation.
+    /// Starts the DCs of `sites`, of `nodes_per_dc` nodes each, and their witness; the plugins
+    /// of their provisioners take `latency_ms` per cloud operation.
     pub async fn start(
+        sites: Sites,
         nodes_per_dc: u64,
         latency_ms: u64,
         seed: u64,
@@ -353,11 +382,13 @@ impl Deployment {
             network,
             nodes: RefCell::new(Vec::new()),
             nodes_per_dc,
+            sites,
+            witness: RefCell::default(),
             cloud: workers::cloud(latency_ms),
             runs: Runs::new(Instant::now()),
             provisioners: RefCell::default(),
         };
-        for dc in DCS {
+        for &dc in sites.dcs {
             for n in 1..=nodes_per_dc {
                 deployment.nodes.borrow_mut().push(SimNode {
                     dc,
@@ -367,6 +398,23 @@ impl Deployment {
                     placement: RaftStores::in_memory(),
                 });
             }
+        }
+        if let Some(site) = sites.witness {
+            let config = ServerConfig {
+                witness: true,
+                members: BTreeMap::new(),
+                ..config(sites, site, 1, 1)
+            };
+            let options = StartOptions {
+                clock: clock_of(sites, site),
+                storage: Storage::Given {
+                    dc_log: RaftStores::in_memory(),
+                    placement: RaftStores::in_memory(),
+                },
+                network: Network::Mem(deployment.network.clone()),
+            };
+            let witness = coopr_server::start_witness_with(config, options).await?;
+            *deployment.witness.borrow_mut() = Some(witness);
         }
         let count = deployment.nodes.borrow().len();
         for i in 0..count {
@@ -384,20 +432,21 @@ impl Deployment {
                 placement: node.placement.clone(),
             };
             let options = StartOptions {
-                clock: clock_of(node.dc),
+                clock: clock_of(self.sites, node.dc),
                 storage,
                 network: Network::Mem(self.network.clone()),
             };
             (node.dc, node.n, options)
         };
-        let handle = coopr_server::start_with(config(dc, n, self.nodes_per_dc), options).await?;
+        let config = config(self.sites, dc, n, self.nodes_per_dc);
+        let handle = coopr_server::start_with(config, options).await?;
         self.nodes.borrow_mut()[i].handle = Some(handle);
         Ok(())
     }
 
     /// Starts every DC's provisioner, of `capacity` workers, polling its DC's nodes.
     fn start_provisioners(&self, capacity: u32) -> anyhow::Result<()> {
-        for dc in DCS {
+        for &dc in self.sites.dcs {
             let servers = (1..=self.nodes_per_dc).map(|n| api(dc, n)).collect();
             let provisioner = Provisioner::start(
                 dc,
@@ -434,9 +483,14 @@ impl Deployment {
         Ok(())
     }
 
-    /// The node names of `dc`.
+    /// The node names of site `dc` (the witness is one node).
     fn names(&self, dc: &str) -> Vec<String> {
-        (1..=self.nodes_per_dc).map(|n| node(dc, n)).collect()
+        let nodes = if Some(dc) == self.sites.witness {
+            1
+        } else {
+            self.nodes_per_dc
+        };
+        (1..=nodes).map(|n| node(dc, n)).collect()
     }
 
     async fn call(&self, call: Call, superadmin: bool) -> Result<Reply, coopr_raft::CallError> {
@@ -555,7 +609,12 @@ impl Deployment {
     /// Heals every link and removes every delay.
     pub fn heal(&self) {
         self.network.heal();
-        let names: Vec<String> = DCS.iter().flat_map(|dc| self.names(dc)).collect();
+        let names: Vec<String> = self
+            .sites
+            .voters()
+            .iter()
+            .flat_map(|site| self.names(site))
+            .collect();
         for from in &names {
             for to in &names {
                 self.network.set_delay(from, to, Duration::ZERO);
@@ -563,10 +622,10 @@ impl Deployment {
         }
     }
 
-    /// Cuts every node of `dc` off from every node of the other DCs (its own nodes still
-    /// reach each other, and its clients still reach it).
+    /// Cuts every node of site `dc` off from every node of the other sites (its own nodes
+    /// still reach each other, and its clients still reach it).
     fn isolate_dc(&self, dc: &str) {
-        for other in DCS.iter().filter(|d| **d != dc) {
+        for other in self.sites.voters().iter().filter(|d| **d != dc) {
             for a in self.names(dc) {
                 for b in self.names(other) {
                     self.network.cut(&a, &b);
@@ -579,6 +638,9 @@ impl Deployment {
     pub async fn shutdown(self) {
         for provisioner in self.provisioners.take() {
             let _ = provisioner.stop().await;
+        }
+        if let Some(witness) = self.witness.take() {
+            witness.shutdown().await;
         }
         let nodes = self.nodes.into_inner();
         for node in nodes {
@@ -643,11 +705,16 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     let mut rng = Rng::new(seed);
     let latency_ms = rng.range(10, 400);
     let deployment = Rc::new(
-        Deployment::start(options.nodes_per_dc, latency_ms, rng.next_u64())
-            .await
-            .map_err(|e| format!("the deployment did not start: {e}"))?,
+        Deployment::start(
+            options.sites,
+            options.nodes_per_dc,
+            latency_ms,
+            rng.next_u64(),
+        )
+        .await
+        .map_err(|e| format!("the deployment did not start: {e}"))?,
     );
-    for dc in DCS {
+    for &dc in options.sites.dcs {
         let d = deployment.clone();
         wait(Duration::from_secs(60), &format!("{dc} ready"), || {
             let d = d.clone();
@@ -671,7 +738,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     let stop = Rc::new(std::cell::Cell::new(false));
     let local = tokio::task::LocalSet::new();
     let mut clients = Vec::new();
-    for dc in DCS {
+    for &dc in options.sites.dcs {
         let client_rng = Rng::new(rng.next_u64());
         clients.push(local.spawn_local(client(
             deployment.clone(),
@@ -729,7 +796,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
                 let last_note = last_note.clone();
                 async move {
                     let mut lists = Vec::new();
-                    for dc in DCS {
+                    for &dc in d.sites.dcs {
                         lists.push(d.clone().clusters(dc).await?);
                     }
                     let pending: Vec<&String> = lists[0]
@@ -759,7 +826,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         .map(|(id, (name, _))| (id, name))
         .collect();
     let mut owners = Vec::new();
-    for dc in DCS {
+    for &dc in options.sites.dcs {
         let d = deployment.clone();
         owners.push(
             wait(
@@ -777,7 +844,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         return Err(format!("the DCs disagree on the shard map: {owners:?}"));
     }
     let mut lost = Lost::default();
-    for dc in DCS {
+    for &dc in options.sites.dcs {
         let report = deployment.lost(dc).await.unwrap_or_default();
         trace.log(format!(
             "{dc} reports lost: clusters {:?}, keys {:?}",
@@ -793,7 +860,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     }
     // Fencing: a DC cut off from the others keeps its clients, but acknowledges nothing once
     // the lease it last renewed (before the cut) has run out on its own clock.
-    let lease_ms = config("a", 1, 1).lease_ms;
+    let lease_ms = config(Sites::THREE_DCS, "a", 1, 1).lease_ms;
     for (name, (id, via, at)) in &seen.acknowledged {
         for (dc, from, until) in &seen.isolated {
             if dc == via && *at > from + lease_ms && *at < *until {
@@ -998,7 +1065,7 @@ async fn watch_writers(
     stop: Rc<std::cell::Cell<bool>>,
     trace: Trace,
 ) {
-    let shards: Vec<ShardId> = (0..config("a", 1, 1).shard_count)
+    let shards: Vec<ShardId> = (0..config(Sites::THREE_DCS, "a", 1, 1).shard_count)
         .map(ShardId)
         .chain([ShardId::GLOBAL])
         .collect();
@@ -1046,10 +1113,11 @@ async fn inject_faults(
         }
         count += 1;
         let network = &deployment.network;
+        let voters = deployment.sites.voters();
         let kinds = if deployment.nodes_per_dc > 1 { 7 } else { 6 };
         match rng.range(0, kinds) {
             0 => {
-                let dc = *rng.pick(&DCS);
+                let dc = *rng.pick(&voters);
                 let hold = rng.range(1_000, 8_000);
                 trace.log(format!("fault: {dc} cut off for {hold} ms"));
                 let from = trace.now_ms();
@@ -1060,8 +1128,8 @@ async fn inject_faults(
                 trace.log(format!("fault: {dc} back"));
             }
             1 => {
-                let from = *rng.pick(&DCS);
-                let to = *rng.pick(&DCS);
+                let from = *rng.pick(&voters);
+                let to = *rng.pick(&voters);
                 let hold = rng.range(500, 5_000);
                 trace.log(format!("fault: links {from} -> {to} cut for {hold} ms"));
                 for a in deployment.names(from) {
@@ -1074,8 +1142,8 @@ async fn inject_faults(
                 trace.log(format!("fault: links {from} -> {to} back"));
             }
             2 => {
-                let from = *rng.pick(&DCS);
-                let to = *rng.pick(&DCS);
+                let from = *rng.pick(&voters);
+                let to = *rng.pick(&voters);
                 let delay = rng.range(5, 400);
                 trace.log(format!("fault: links {from} -> {to} delayed {delay} ms"));
                 for a in deployment.names(from) {
@@ -1092,8 +1160,8 @@ async fn inject_faults(
                 // Lossy links between two DCs (or inside one), and maybe those of the
                 // clients and provisioners to a DC: requests and answers lost, requests
                 // duplicated, messages reordered.
-                let from = *rng.pick(&DCS);
-                let to = *rng.pick(&DCS);
+                let from = *rng.pick(deployment.sites.dcs);
+                let to = *rng.pick(deployment.sites.dcs);
                 let faults = LinkFaults {
                     loss_per_mille: rng.range(0, 300) as u32,
                     duplicate_per_mille: rng.range(0, 200) as u32,
@@ -1131,7 +1199,7 @@ async fn inject_faults(
             }
             5 => {
                 // A whole DC crashes (every node at once) and comes back on its stores.
-                let dc = *rng.pick(&DCS);
+                let dc = *rng.pick(deployment.sites.dcs);
                 let hold = rng.range(500, 8_000);
                 let members: Vec<usize> = (0..deployment.nodes.borrow().len())
                     .filter(|i| deployment.nodes.borrow()[*i].dc == dc)

@@ -1,14 +1,16 @@
 //! `coopr-sim --seed N` replays one seed and prints its trace when an invariant breaks;
 //! `coopr-sim --seeds A..B` runs seeds A to B-1 and stops at the first violation.
 //! `--quiet` (no faults) runs the same load on a deployment left alone; `--nodes-per-dc 3`
-//! makes each DC a Raft group of three nodes, which also crash and restart.
+//! makes each DC a Raft group of three nodes, which also crash and restart; `--witness` runs
+//! two DCs and a witness instead of three DCs; `--workers N` sets the workers of each DC's
+//! provisioner (default 4; 0: none); `--trace` prints a passing seed's events too.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--nodes-per-dc 1|3] [--quiet] [--trace]"
+        "usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--nodes-per-dc 1|3] [--workers N] [--witness] [--quiet] [--trace]"
     );
     ExitCode::from(2)
 }
@@ -55,8 +57,16 @@ fn main() -> ExitCode {
                 options.nodes_per_dc = n;
                 i += 1;
             }
+            ("--workers", Some(v)) => {
+                let Ok(n) = v.parse() else {
+                    return usage();
+                };
+                options.workers_per_dc = n;
+                i += 1;
+            }
             ("--quiet", _) => options.faults = false,
             ("--trace", _) => trace = true,
+            ("--witness", _) => options.sites = coopr_sim::Sites::TWO_DCS_AND_WITNESS,
             _ => return usage(),
         }
         i += 1;

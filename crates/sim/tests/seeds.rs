@@ -1,6 +1,7 @@
-//! The simulation in CI: 200 seeds of 8 s of simulated faults each on DCs of one node (two
-//! tests, so that both cores run seeds), 20 on DCs of three nodes that also crash, plus the
-//! same load on a deployment left alone, which must lose nothing.
+//! The simulation in CI: 200 seeds of 8 s of simulated faults each on three DCs of one node
+//! (two tests, so that both cores run seeds), 20 on DCs of three nodes that also crash, 40 on
+//! two DCs and a witness, plus the same load on a deployment left alone, which must lose
+//! nothing and finish every operation.
 //! A failing seed prints its trace and the command that reruns it. The long run is
 //! `cargo run --release -p coopr-sim -- --seeds 0..10000` (see README).
 
@@ -35,9 +36,31 @@ fn a_quiet_deployment_loses_nothing() {
         ..coopr_sim::Options::default()
     };
     let report = coopr_sim::run(7, &options).unwrap_or_else(|v| panic!("{v}"));
-    assert_eq!(report.reported_lost, 0, "{report:?}");
+    assert_eq!(report.reported_lost, 0, "{report}");
     assert_eq!(report.faults, 0);
-    assert!(report.acknowledged > 20, "{report:?}");
+    assert!(report.acknowledged > 20, "{report}");
+    assert!(report.deleted > 0, "{report}");
+    assert!(report.plugin_runs > report.acknowledged, "{report}");
+    assert_eq!(
+        report.machines.alive,
+        report.acknowledged - report.deleted,
+        "{report}"
+    );
+}
+
+/// Two DCs and a witness: the witness's vote lets either DC take over the other's shards.
+#[test]
+fn seeds_with_two_dcs_and_a_witness_hold_every_invariant() {
+    let options = coopr_sim::Options {
+        fault_ms: 8_000,
+        sites: coopr_sim::Sites::TWO_DCS_AND_WITNESS,
+        ..coopr_sim::Options::default()
+    };
+    for seed in 2_000..2_040 {
+        if let Err(violation) = coopr_sim::run(seed, &options) {
+            panic!("{violation}");
+        }
+    }
 }
 
 /// DCs of three nodes each (a Raft group per DC), whose nodes also crash and restart.

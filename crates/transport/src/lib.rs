@@ -423,9 +423,7 @@ impl MemTransport {
             delay,
             duplicate,
             lost,
-        } = self
-            .outbound(base)
-            .map_err(&not_delivered)?;
+        } = self.outbound(base).map_err(&not_delivered)?;
         let build = |call: &Call| {
             let mut request = Request::builder()
                 .method(call.method.clone())
