@@ -71,8 +71,8 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
     // The nodes of one process share a secret made anew at each start.
     let secret = format!(
         "{}{}",
-        coopr_server::new_secret(),
-        coopr_server::new_secret()
+        coopr_server::Random::Os.new_secret(),
+        coopr_server::Random::Os.new_secret()
     );
     // The first node of each DC votes in the placement group (with several DCs).
     let placement_members: BTreeMap<u64, coopr_server::PlacementMember> = if args.dcs > 1 {

@@ -472,13 +472,13 @@ fn main() {
             Command::InitCluster(args) => {
                 let secret = format!(
                     "{}{}",
-                    coopr_server::new_secret(),
-                    coopr_server::new_secret()
+                    coopr_server::Random::Os.new_secret(),
+                    coopr_server::Random::Os.new_secret()
                 );
                 let admin_key = if args.demo {
                     coopr_server::seed::DEMO_ADMIN_KEY.to_string()
                 } else {
-                    coopr_server::new_secret()
+                    coopr_server::Random::Os.new_secret()
                 };
                 node_config::init_cluster(&args, &secret, &admin_key).map(|endpoints| {
                     for e in &endpoints {

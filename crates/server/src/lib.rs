@@ -23,6 +23,7 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod placement;
+pub mod random;
 pub mod replication;
 pub mod seed;
 pub mod supervise;
@@ -48,6 +49,7 @@ use crate::core::Core;
 use crate::placement::group::PlacementGroup;
 use crate::placement::lease::Held;
 use crate::placement::ShardMap;
+pub use crate::random::Random;
 use crate::supervise::{spawn_supervised, Loops};
 
 /// Everything a request handler needs.
@@ -58,7 +60,7 @@ pub struct App {
     /// This node's clock: every time the server's logic reads comes from here (see [`clock`]).
     pub clock: Arc<dyn Clock>,
     /// When each provisioner was last heard from (the clock's monotonic ms).
-    heartbeats: Mutex<HashMap<String, u64>>,
+    heartbeats: Mutex<BTreeMap<String, u64>>,
     next_shard: AtomicU32,
     /// This node's copy of the shard map (see [`placement`]).
     map: RwLock<Arc<ShardMap>>,
@@ -80,6 +82,8 @@ pub struct App {
     /// How this node calls other nodes (forwarded requests, placement calls, lease renewals,
     /// replication pulls): HTTP, or in memory in a simulation.
     pub transport: Arc<dyn coopr_raft::Transport>,
+    /// Where ids, generated keys and jitter come from ([`random`]).
+    pub random: Arc<Random>,
     /// Take proposals not yet answered (so idle polls do not race for the same task).
     pub takes_in_flight: std::sync::atomic::AtomicUsize,
     /// What the replication streams and pulls know (leader only).
@@ -370,6 +374,8 @@ pub struct StartOptions {
     pub clock: Arc<dyn Clock>,
     pub storage: Storage,
     pub network: Network,
+    /// Ids, generated keys and jitter ([`random`]): the OS, or a simulation's seed.
+    pub random: Arc<Random>,
 }
 
 impl StartOptions {
@@ -379,6 +385,7 @@ impl StartOptions {
             clock: Arc::new(SystemClock::new()),
             storage: Storage::DataDir,
             network: Network::Tcp,
+            random: Arc::new(Random::Os),
         }
     }
 
@@ -391,6 +398,7 @@ impl StartOptions {
                 placement: RaftStores::in_memory(),
             },
             network: Network::Tcp,
+            random: Arc::new(Random::Os),
         }
     }
 
@@ -632,7 +640,10 @@ pub async fn start_with(
             .collect()
     };
     let single = members.len() == 1;
-    let secret = config.secret.clone().unwrap_or_else(new_secret);
+    let secret = config
+        .secret
+        .clone()
+        .unwrap_or_else(|| options.random.new_secret());
     let mut raft_config = RaftConfig::new(config.node_id, members, secret);
     raft_config.group = format!("dc-{}", config.dc);
     raft_config.snapshot_every = config.snapshot_every;
@@ -710,12 +721,13 @@ pub async fn start_with(
         stopping: stop.clone(),
         metrics: metrics_handle(),
         clock,
-        heartbeats: Mutex::new(HashMap::new()),
+        heartbeats: Mutex::new(BTreeMap::new()),
         next_shard: AtomicU32::new(0),
         takes_in_flight: Default::default(),
         leader_since: Mutex::new(None),
         pushed: Mutex::new(tenant_push::Pushed::default()),
         transport,
+        random: options.random.clone(),
         config,
     });
     // The DC bootstraps once its configured members are reachable; a restarted node rejoins.
@@ -822,40 +834,6 @@ async fn bootstrap_dc(raft: RaftHandle, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// A fresh tenant id: a random (version 4) UUID from the OS's random number generator.
-pub fn new_id() -> String {
-    let mut bytes = random_bytes::<16>();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let h = hex(&bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// A fresh secret (API keys, cluster secrets): 128 bits from the OS's random number generator,
-/// as 32 hex characters.
-pub fn new_secret() -> String {
-    hex(&random_bytes::<16>())
-}
-
-/// Bytes from the OS's cryptographically secure random number generator. A machine that
-/// cannot provide them cannot make keys: that stops the process rather than weaken them.
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).expect("the OS random number generator is unavailable");
-    bytes
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Writes a file only its owner may read (keys, secrets): created with mode 0600, so it is
 /// never readable by others, not even for a moment.
 pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
@@ -881,31 +859,6 @@ pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> 
 #[cfg(test)]
 mod secrets_tests {
     use super::*;
-
-    /// Secrets are 32 hex characters (128 random bits), never the same twice; tenant ids are
-    /// version 4 UUIDs.
-    #[test]
-    fn secrets_and_ids_are_random_and_well_formed() {
-        let secrets: std::collections::BTreeSet<String> =
-            (0..1_000).map(|_| new_secret()).collect();
-        assert_eq!(secrets.len(), 1_000);
-        assert!(secrets
-            .iter()
-            .all(|s| s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit())));
-        let id = new_id();
-        let parts: Vec<&str> = id.split('-').collect();
-        assert_eq!(
-            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
-            [8, 4, 4, 4, 12],
-            "{id}"
-        );
-        assert!(parts[2].starts_with('4'), "{id}");
-        assert!(
-            matches!(parts[3].chars().next(), Some('8' | '9' | 'a' | 'b')),
-            "{id}"
-        );
-        assert_ne!(new_id(), id);
-    }
 
     /// A private file is readable by its owner only, also when it existed with a wider mode.
     #[cfg(unix)]

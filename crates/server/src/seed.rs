@@ -29,9 +29,9 @@ pub const DEMO_TENANT_ADMIN_KEY: &str = "demo-admin-key";
 /// The superadmin's key in demo mode (bound to `admin` of `superadmin`).
 pub const DEMO_ADMIN_KEY: &str = "admin-key";
 
-fn tenant(name: &str) -> Tenant {
+fn tenant(app: &App, name: &str) -> Tenant {
     Tenant {
-        id: crate::new_id(),
+        id: app.random.new_id(),
         name: name.to_string(),
         description: String::new(),
         workers: 0,
@@ -44,7 +44,7 @@ async fn ensure_tenant(app: &App, name: &str) -> anyhow::Result<()> {
     if !app.core.read().global.tenants.contains_key(name) {
         app.propose_system(
             Command::PutTenant {
-                tenant: tenant(name),
+                tenant: tenant(app, name),
             },
             None,
         )
@@ -123,7 +123,7 @@ pub async fn bootstrap(app: &App) -> anyhow::Result<()> {
         let key = match &app.config.admin_key {
             Some(k) => k.clone(),
             None => {
-                let k = crate::new_secret();
+                let k = app.random.new_secret();
                 let path = app.config.data_dir.join("admin-key");
                 crate::write_private(&path, &format!("{k}\n"))
                     .with_context(|| format!("cannot write {}", path.display()))?;

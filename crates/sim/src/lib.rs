@@ -23,11 +23,13 @@
 //!     - every DC lists the same clusters and the same owner for every shard.
 //! ```
 //!
-//! What a seed fixes: the clients' and the fault injector's choices and times, openraft's
-//! election timeouts ([`coopr_raft::seed_thread_rng`]), the clocks. What it does not (yet):
-//! tokio's choice among ready `select!` branches, the ids the server draws from the OS
-//! (tenant ids, generated secrets), the pullers' jitter. A failing seed therefore reruns the
-//! same scenario, usually (not always) along the same interleaving.
+//! A seed fixes everything that could differ between two runs: the clients' and the fault
+//! injector's choices and times, the plugins' latency, the lossy links' draws
+//! ([`MemNetwork::with_seed`]), openraft's election timeouts ([`coopr_raft::seed_thread_rng`]),
+//! each node's ids, generated keys and jitter ([`Random::seeded`]), the clocks, and tokio's
+//! choice among ready `select!` branches (the runtime's generator, seeded under
+//! `--cfg tokio_unstable`, which `.cargo/config.toml` sets). A failing seed replays exactly:
+//! the same events at the same simulated times (`tests/seeds.rs::a_seed_replays_exactly`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,7 +42,8 @@ use coopr_raft::transport::LinkFaults;
 use coopr_raft::RaftStores;
 use coopr_raft::{Call, MemNetwork, Transport};
 use coopr_server::{
-    Member, Network, PlacementMember, ServerConfig, ServerHandle, SimClock, StartOptions, Storage,
+    Member, Network, PlacementMember, Random, ServerConfig, ServerHandle, SimClock, StartOptions,
+    Storage,
 };
 use coopr_types::ShardId;
 use serde_json::{json, Value};
@@ -200,15 +203,18 @@ impl std::fmt::Display for Violation {
 
 /// Runs one seed on a fresh single-thread runtime on tokio's paused clock.
 pub fn run(seed: u64, options: &Options) -> Result<Report, Violation> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .map_err(|e| Violation {
-            seed,
-            message: format!("no runtime: {e}"),
-            trace: Vec::new(),
-        })?;
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().start_paused(true);
+    // Which ready `select!` branch tokio polls first is drawn from the runtime's generator:
+    // seeded, a seed replays the same interleaving (needs `--cfg tokio_unstable`, which
+    // `.cargo/config.toml` sets).
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    let runtime = builder.build().map_err(|e| Violation {
+        seed,
+        message: format!("no runtime: {e}"),
+        trace: Vec::new(),
+    })?;
     runtime.block_on(async {
         coopr_raft::seed_thread_rng(seed);
         let trace = Trace::new();
@@ -355,6 +361,8 @@ pub struct Deployment {
     nodes: RefCell<Vec<SimNode>>,
     nodes_per_dc: u64,
     pub sites: Sites,
+    /// Seeds of the nodes' random sources, drawn at each start.
+    seeds: RefCell<Rng>,
     /// The witness, with two DCs.
     witness: RefCell<Option<coopr_server::WitnessHandle>>,
     /// The cloud every DC's provisioner makes machines in.
@@ -383,6 +391,7 @@ impl Deployment {
             nodes: RefCell::new(Vec::new()),
             nodes_per_dc,
             sites,
+            seeds: RefCell::new(Rng::new(seed ^ 0x0dd5_eed5)),
             witness: RefCell::default(),
             cloud: workers::cloud(latency_ms),
             runs: Runs::new(Instant::now()),
@@ -412,6 +421,7 @@ impl Deployment {
                     placement: RaftStores::in_memory(),
                 },
                 network: Network::Mem(deployment.network.clone()),
+                random: Arc::new(Random::seeded(deployment.seeds.borrow_mut().next_u64())),
             };
             let witness = coopr_server::start_witness_with(config, options).await?;
             *deployment.witness.borrow_mut() = Some(witness);
@@ -435,6 +445,7 @@ impl Deployment {
                 clock: clock_of(self.sites, node.dc),
                 storage,
                 network: Network::Mem(self.network.clone()),
+                random: Arc::new(Random::seeded(self.seeds.borrow_mut().next_u64())),
             };
             (node.dc, node.n, options)
         };

@@ -77,3 +77,18 @@ fn seeds_with_three_nodes_per_dc_hold_every_invariant() {
         }
     }
 }
+
+/// A seed replays exactly: the same events at the same simulated times, in one process as
+/// across processes (`coopr-sim --seed N --trace` twice gives the same trace).
+#[test]
+fn a_seed_replays_exactly() {
+    let options = coopr_sim::Options {
+        fault_ms: 8_000,
+        nodes_per_dc: 3,
+        ..coopr_sim::Options::default()
+    };
+    let first = coopr_sim::run(1_003, &options).unwrap_or_else(|v| panic!("{v}"));
+    let again = coopr_sim::run(1_003, &options).unwrap_or_else(|v| panic!("{v}"));
+    assert!(first.faults > 0 && first.acknowledged > 0, "{first}");
+    assert_eq!(first.trace, again.trace);
+}

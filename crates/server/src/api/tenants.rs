@@ -137,7 +137,7 @@ async fn create(
             format!("tenant {} already exists", req.tenant.name),
         ));
     }
-    let tenant = to_tenant(req.tenant, crate::new_id())?;
+    let tenant = to_tenant(req.tenant, app.random.new_id())?;
     let name = tenant.name.clone();
     let result = app.propose(Command::PutTenant { tenant }, key).await?;
     if req.bootstrap && result.is_ok() {
@@ -180,7 +180,7 @@ async fn put(
             "the body's tenant name differs from the path's",
         ));
     }
-    let tenant = to_tenant(req.tenant, crate::new_id())?;
+    let tenant = to_tenant(req.tenant, app.random.new_id())?;
     let key = caller.idempotency_scope(idempotency);
     answer(app.propose(Command::PutTenant { tenant }, key).await?)
 }
@@ -255,7 +255,7 @@ async fn create_key(
                 "a key must be 8 to 256 bytes",
             ))
         }
-        None => crate::new_secret(),
+        None => app.random.new_secret(),
     };
     let record = ApiKey {
         tenant: name,

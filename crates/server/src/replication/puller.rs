@@ -17,7 +17,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,7 +226,7 @@ impl Stream {
             };
             if failed {
                 failures = failures.saturating_add(1);
-                let random = random_u64(self.app.clock.wall_ms());
+                let random = self.app.random.next_u64();
                 if sleep_or_stop(backoff(failures, random), &mut stop).await {
                     return;
                 }
@@ -528,14 +527,6 @@ pub fn backoff(failures: u32, random: u64) -> Duration {
     let half = full / 2;
     let jitter_ms = random % (half.as_millis() as u64 + 1);
     half + Duration::from_millis(jitter_ms)
-}
-
-/// A random u64 for jitter: the process's random hasher keys, mixed with `wall_ms`. (Not yet
-/// from a seed a simulation could give.)
-fn random_u64(wall_ms: u64) -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(wall_ms);
-    hasher.finish()
 }
 
 #[cfg(test)]
