@@ -199,6 +199,7 @@ impl Provisioner {
 /// No task run by workers of two DCs at once: runs of the same job, node and task name from
 /// different DCs must not overlap in simulated time.
 pub fn check_no_task_in_two_dcs(runs: &[PluginRun]) -> Result<(), String> {
+    let all = runs;
     let mut by_task: BTreeMap<(&str, &str, &str), Vec<&PluginRun>> = BTreeMap::new();
     for run in runs {
         by_task
@@ -212,8 +213,15 @@ pub fn check_no_task_in_two_dcs(runs: &[PluginRun]) -> Result<(), String> {
                 let a_until = a.until.unwrap_or(u64::MAX);
                 let b_until = b.until.unwrap_or(u64::MAX);
                 if a.dc != b.dc && a.from < b_until && b.from < a_until {
+                    let history: Vec<String> = all
+                        .iter()
+                        .filter(|r| r.job == job)
+                        .map(|r| {
+                            format!("{} {} {} {}..{:?}", r.dc, r.name, r.task, r.from, r.until)
+                        })
+                        .collect();
                     return Err(format!(
-                        "task {name} of job {job} on node {node} ran in {} ({}..{:?} ms) and in {} ({}..{:?} ms) at once",
+                        "task {name} of job {job} on node {node} ran in {} ({}..{:?} ms) and in {} ({}..{:?} ms) at once; the job's runs: {history:?}",
                         a.dc, a.from, a.until, b.dc, b.from, b.until
                     ));
                 }

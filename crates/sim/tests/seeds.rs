@@ -92,3 +92,18 @@ fn a_seed_replays_exactly() {
     assert!(first.faults > 0 && first.acknowledged > 0, "{first}");
     assert_eq!(first.trace, again.trace);
 }
+
+/// Seeds that broke an invariant once, each with what it found (see ARCHITECTURE.md,
+/// "Found by the simulation").
+#[test]
+fn regression_seeds_hold_every_invariant() {
+    // 10115 (20 s of faults, three 1-node DCs): a DC cut off, then back, handed a worker the
+    // task the worker still held in a shard taken over meanwhile (the path for a worker that
+    // lost its take's answer did not check the lease's shard list), so the task ran in two
+    // DCs at once.
+    for seed in [10_115] {
+        if let Err(violation) = coopr_sim::run(seed, &coopr_sim::Options::default()) {
+            panic!("{violation}");
+        }
+    }
+}

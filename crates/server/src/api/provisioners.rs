@@ -141,6 +141,8 @@ async fn take(
     // The worker id is stored with the task it takes.
     limits::text("provisionerId", &body.provisioner_id, limits::MAX_ID_BYTES)?;
     limits::text("workerId", &body.worker_id, limits::MAX_ID_BYTES)?;
+    // The shards whose tasks this DC may hand out now (its lease's; `None`: a single DC).
+    let runnable = app.runnable_shards();
     let held = {
         let state = app.core.read();
         if !state.local.provisioners.contains_key(&body.provisioner_id) {
@@ -153,8 +155,20 @@ async fn take(
         // (otherwise an idle provisioner would be declared dead between its heartbeats).
         app.heartbeat(&body.provisioner_id);
         // A worker asking for work while the log says it holds a task lost the answer to its
-        // take (e.g. the leader died before answering): it gets that task again.
-        let held = state.task_held_by_worker(&body.provisioner_id, &body.worker_id);
+        // take (e.g. the leader died before answering): it gets that task again, if its shard
+        // is still this DC's to run. A shard taken over while this DC was cut off still shows
+        // the task held here until the DC demotes it, and the new owner runs the task itself:
+        // handing it out again would run it in two DCs at once.
+        let shard_count = app.config.shard_count;
+        let held = state
+            .task_held_by_worker(&body.provisioner_id, &body.worker_id)
+            .filter(|task| {
+                runnable.as_ref().is_none_or(|shards| {
+                    state
+                        .task(*task)
+                        .is_some_and(|t| shards.contains(&t.cluster_id.shard(shard_count)))
+                })
+            });
         // Polling an empty queue must not cost a log write, and neither should polls racing
         // for fewer queued tasks than there are takes already on their way to the log.
         if held.is_none()
@@ -175,7 +189,7 @@ async fn take(
         worker_id: worker_id.clone(),
         tenant_id: body.tenant_id,
         timeout_ms: app.config.task_timeout_ms,
-        shards: app.runnable_shards(),
+        shards: runnable,
     };
     let Outcome::TaskTaken {
         task: Some(task_id),
