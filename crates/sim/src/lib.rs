@@ -334,15 +334,20 @@ pub fn config(sites: Sites, dc: &str, n: u64, nodes: u64) -> ServerConfig {
     }
 }
 
-/// Each site's clock: offset and drift (all of a DC's nodes read one clock, as a DC's nodes
-/// are kept close by NTP; the sites are apart by up to 150 ms and drift by up to 100 ppm).
-fn clock_of(sites: Sites, dc: &str) -> Arc<SimClock> {
-    let i = sites.voters().iter().position(|d| *d == dc).unwrap_or(0);
-    Arc::new(SimClock::new(
-        BASE_WALL_MS,
-        [-150, 0, 150][i],
-        [100, 0, -100][i],
-    ))
+/// Each site's clock, drawn from the seed: an offset of up to half of `max_clock_offset_ms`
+/// either way (so two sites are at most `max_clock_offset_ms` apart) and a drift of up to
+/// 200 ppm either way. All of a DC's nodes read one clock, as NTP keeps them close.
+fn clocks(sites: Sites, rng: &mut Rng) -> BTreeMap<&'static str, (i64, i64)> {
+    let half = (config(sites, "a", 1, 1).max_clock_offset_ms / 2) as i64;
+    sites
+        .voters()
+        .into_iter()
+        .map(|site| {
+            let offset = rng.range(0, 2 * half as u64 + 1) as i64 - half;
+            let drift = rng.range(0, 401) as i64 - 200;
+            (site, (offset, drift))
+        })
+        .collect()
 }
 
 /// A node: its handle while it runs, and its stores (kept across a crash, as a disk is).
@@ -361,6 +366,8 @@ pub struct Deployment {
     nodes: RefCell<Vec<SimNode>>,
     nodes_per_dc: u64,
     pub sites: Sites,
+    /// Each site's clock: offset (ms) and drift (ppm).
+    clocks: BTreeMap<&'static str, (i64, i64)>,
     /// Seeds of the nodes' random sources, drawn at each start.
     seeds: RefCell<Rng>,
     /// The witness, with two DCs.
@@ -391,6 +398,7 @@ impl Deployment {
             nodes: RefCell::new(Vec::new()),
             nodes_per_dc,
             sites,
+            clocks: clocks(sites, &mut Rng::new(seed ^ 0xc10c)),
             seeds: RefCell::new(Rng::new(seed ^ 0x0dd5_eed5)),
             witness: RefCell::default(),
             cloud: workers::cloud(latency_ms),
@@ -415,7 +423,7 @@ impl Deployment {
                 ..config(sites, site, 1, 1)
             };
             let options = StartOptions {
-                clock: clock_of(sites, site),
+                clock: deployment.clock_of(site),
                 storage: Storage::Given {
                     dc_log: RaftStores::in_memory(),
                     placement: RaftStores::in_memory(),
@@ -442,7 +450,7 @@ impl Deployment {
                 placement: node.placement.clone(),
             };
             let options = StartOptions {
-                clock: clock_of(self.sites, node.dc),
+                clock: self.clock_of(node.dc),
                 storage,
                 network: Network::Mem(self.network.clone()),
                 random: Arc::new(Random::seeded(self.seeds.borrow_mut().next_u64())),
@@ -453,6 +461,12 @@ impl Deployment {
         let handle = coopr_server::start_with(config, options).await?;
         self.nodes.borrow_mut()[i].handle = Some(handle);
         Ok(())
+    }
+
+    /// A fresh clock of `site` (a node that starts reads a monotonic clock from zero).
+    fn clock_of(&self, site: &str) -> Arc<SimClock> {
+        let (offset, drift) = self.clocks.get(site).copied().unwrap_or_default();
+        Arc::new(SimClock::new(BASE_WALL_MS, offset, drift))
     }
 
     /// Starts every DC's provisioner, of `capacity` workers, polling its DC's nodes.
@@ -737,8 +751,8 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         .await?;
     }
     trace.log(format!(
-        "every DC ready; {} workers per DC, cloud operations take {latency_ms} ms",
-        options.workers_per_dc
+        "every DC ready; {} workers per DC, cloud operations take {latency_ms} ms; clocks (offset ms, drift ppm): {:?}",
+        options.workers_per_dc, deployment.clocks
     ));
     if options.workers_per_dc > 0 {
         deployment
@@ -1125,7 +1139,7 @@ async fn inject_faults(
         count += 1;
         let network = &deployment.network;
         let voters = deployment.sites.voters();
-        let kinds = if deployment.nodes_per_dc > 1 { 7 } else { 6 };
+        let kinds = if deployment.nodes_per_dc > 1 { 8 } else { 7 };
         match rng.range(0, kinds) {
             0 => {
                 let dc = *rng.pick(&voters);
@@ -1226,6 +1240,37 @@ async fn inject_faults(
                     }
                 }
                 trace.log(format!("fault: {dc} restarted"));
+            }
+            6 => {
+                // A stalled site (as a paused process looks from outside): everything it sends
+                // and everything sent to it arrives seconds late, after its lease could run out,
+                // stale; its own timers keep running.
+                let site = *rng.pick(&voters);
+                let stall = Duration::from_millis(rng.range(1_000, 5_000));
+                let hold = rng.range(1_000, 6_000);
+                trace.log(format!(
+                    "fault: {site}'s messages stalled {stall:?} for {hold} ms"
+                ));
+                let ours = deployment.names(site);
+                let others: Vec<String> = voters
+                    .iter()
+                    .filter(|v| **v != site)
+                    .flat_map(|v| deployment.names(v))
+                    .collect();
+                for a in &ours {
+                    for b in &others {
+                        network.set_delay(a, b, stall);
+                        network.set_delay(b, a, stall);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+                for a in &ours {
+                    for b in &others {
+                        network.set_delay(a, b, Duration::ZERO);
+                        network.set_delay(b, a, Duration::ZERO);
+                    }
+                }
+                trace.log(format!("fault: {site}'s messages on time again"));
             }
             _ => {
                 // A node crashes (a minority of its DC: at most one down per DC) and comes

@@ -1,0 +1,79 @@
+//! The node's metrics: the process-wide Prometheus recorder and the gauges computed from the
+//! state at scrape time (`GET /metrics`).
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use coopr_types::ClusterStatus;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::replication;
+
+use crate::App;
+
+impl App {
+    /// Sets the gauges that are computed from the state at scrape time.
+    pub fn refresh_gauges(&self) {
+        let state = self.core.read();
+        let mut by_status: HashMap<ClusterStatus, u64> = HashMap::new();
+        for c in state.clusters() {
+            *by_status.entry(c.cluster.status).or_default() += 1;
+        }
+        for status in ClusterStatus::ALL {
+            let n = by_status.get(status).copied().unwrap_or(0);
+            metrics::gauge!("coopr_clusters", "status" => status.as_str()).set(n as f64);
+        }
+        metrics::gauge!("coopr_tasks_queued").set(state.queued_tasks().count() as f64);
+        metrics::gauge!("coopr_provisioners").set(state.local.provisioners.len() as f64);
+        metrics::gauge!("coopr_write_queue_in_flight").set(self.write_queue.in_flight() as f64);
+        metrics::gauge!("coopr_log_applied_index").set(self.core.applied_index() as f64);
+        let raft = self.core.raft().status();
+        metrics::gauge!("coopr_raft_term").set(raft.term as f64);
+        metrics::gauge!("coopr_raft_is_leader").set(if self.core.raft().is_leader() {
+            1.0
+        } else {
+            0.0
+        });
+        let lag = raft
+            .last_log_index
+            .unwrap_or(0)
+            .saturating_sub(raft.last_applied.unwrap_or(0));
+        metrics::gauge!("coopr_raft_apply_lag_entries").set(lag as f64);
+        if self.config.multi_dc() {
+            // The DC's lease as this node holds it (0 on followers and once it ran out).
+            let remaining = self.held_lease().map_or(0, |held| {
+                let lease = &held.lease;
+                let end = lease.started_before_send_ms + lease.grant.lease_ms;
+                end.saturating_sub(lease.grant.max_clock_offset_ms)
+                    .saturating_sub(self.clock.mono_ms())
+            });
+            metrics::gauge!("coopr_lease_remaining_ms").set(remaining as f64);
+            let owned = self.placement().owned_by(&self.config.dc).count();
+            metrics::gauge!("coopr_shards_owned").set(owned as f64);
+        }
+        if !self.config.remote_dcs.is_empty() {
+            replication::refresh_gauges(
+                &self.config.dc,
+                &self.placement(),
+                &state,
+                &self.replication,
+                self.clock.wall_ms(),
+            );
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder (several servers in one process share it).
+pub(crate) fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then this one renders nothing, which is
+            // better than refusing to start.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
