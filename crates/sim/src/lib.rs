@@ -1,8 +1,8 @@
-//! A seeded simulation of a whole deployment of the real server: three DCs of one or three
-//! nodes each in one process, on an in-memory network ([`MemNetwork`]), with in-memory Raft
-//! stores and simulated clocks (offsets and drifts within `max_clock_offset_ms`), on tokio's
-//! paused clock; each DC has a provisioner of the real worker runtime whose `fake` plugins share
-//! one cloud ([`workers`]). A seed decides the clients' timing, the plugins' latency and the
+//! A seeded simulation of a whole deployment of the real server: three DCs (or two and a
+//! witness) of one or three nodes each in one process, on an in-memory network
+//! ([`MemNetwork`]), with in-memory Raft stores and simulated clocks (offsets and drifts within
+//! `max_clock_offset_ms`), on tokio's paused clock; each DC has a provisioner of the real
+//! worker runtime whose `fake` plugins share one cloud ([`workers`]). A seed decides the clients' timing, the plugins' latency and the
 //! faults; the checks run on what the clients saw acknowledged, on what the workers ran and on
 //! the nodes' final answers.
 //!
@@ -10,8 +10,9 @@
 //!   seed ─► Rng ─┬─► clients (one per DC): creates, and deletes of their active clusters, each
 //!                │   with an Idempotency-Key, retried on 503s and on calls without an answer
 //!                ├─► provisioners (one per DC): take, run (fake cloud, recorded), finish
-//!                └─► faults: a DC cut off, a link cut one way, a slow link, a node crash;
-//!                    healed later
+//!                └─► faults: a site cut off, a link cut one way, slow or lossy (loss,
+//!                    duplication, reordering), a stalled site, a whole DC or one node
+//!                    crashed; healed later
 //!   all along: at most one DC may acknowledge writes to each shard (on the nodes' states)
 //!   then: heal everything, wait until every DC lists the same clusters, none with an
 //!   operation in flight (resumption: every job finished), and check
