@@ -2,15 +2,72 @@
 //! a task's deadline has passed and `ReleaseProvisioner` for provisioners that stopped
 //! heartbeating, so their tasks are retried by other workers. With other DCs it also trims the
 //! outboxes of the shards this DC owns through what every replica DC acknowledged.
+//!
+//! ```text
+//!   every TICK, on the DC log's leader:
+//!     duties(state, now) ──► [ExpireTasks | ReleaseProvisioner(id) | DeleteOrphan(cluster)]
+//!     (no I/O: state and time in, duties out)      │
+//!     run() ──── proposes each duty's commands ◄───┘ then tenant push, outbox trims
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use coopr_state::Command;
-use coopr_types::ShardId;
+use coopr_state::{Command, State};
+use coopr_types::{ClusterId, ShardId};
 use tokio::sync::watch;
 
 use crate::App;
+
+/// What the driver must do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Duty {
+    /// A task's deadline has passed.
+    ExpireTasks,
+    /// A provisioner was not heard from for longer than the provisioner timeout: release its
+    /// tasks and unregister it.
+    ReleaseProvisioner(String),
+    /// A live cluster whose tenant was deleted (or deleted and created again) after it was
+    /// created here (`State::orphaned_clusters`): delete it with a normal delete job, so its
+    /// machines are released.
+    DeleteOrphan(ClusterId),
+}
+
+/// The time the driver decides at, from the node's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub wall_ms: u64,
+    pub mono_ms: u64,
+}
+
+/// The driver's decisions, without I/O: from the state, the time, the provisioner timeout and
+/// when each provisioner was last heard from (monotonic ms).
+pub fn duties(
+    state: &State,
+    now: Now,
+    provisioner_timeout_ms: u64,
+    last_heard: impl Fn(&str) -> u64,
+) -> Vec<Duty> {
+    let mut duties = Vec::new();
+    if state.next_deadline().is_some_and(|d| d <= now.wall_ms) {
+        duties.push(Duty::ExpireTasks);
+    }
+    duties.extend(
+        state
+            .local
+            .provisioners
+            .keys()
+            .filter(|p| now.mono_ms.saturating_sub(last_heard(p)) > provisioner_timeout_ms)
+            .map(|p| Duty::ReleaseProvisioner(p.clone())),
+    );
+    duties.extend(
+        state
+            .orphaned_clusters()
+            .into_iter()
+            .map(Duty::DeleteOrphan),
+    );
+    duties
+}
 
 /// Longest sleep between checks.
 const TICK: Duration = Duration::from_millis(200);
@@ -75,31 +132,35 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                 continue;
             }
         }
-        let due = app
-            .core
-            .read()
-            .next_deadline()
-            .is_some_and(|d| d <= app.clock.wall_ms());
-        if due {
-            match app.propose_system(Command::ExpireTasks, None).await {
-                Ok(Ok(outcome)) => tracing::debug!(?outcome, "expired tasks"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "expire rejected"),
-                Err(e) => tracing::warn!(error = %e, "expire not written"),
-            }
-        }
-        let timeout_ms = app.config.provisioner_timeout_ms;
-        let now = app.clock.mono_ms();
-        let dead: Vec<String> = {
-            let state = app.core.read();
-            state
-                .local
-                .provisioners
-                .keys()
-                .filter(|p| now.saturating_sub(app.last_heard(p)) > timeout_ms)
-                .cloned()
-                .collect()
+        let now = Now {
+            wall_ms: app.clock.wall_ms(),
+            mono_ms: app.clock.mono_ms(),
         };
-        for id in dead {
+        let due = duties(
+            &app.core.read(),
+            now,
+            app.config.provisioner_timeout_ms,
+            |p| app.last_heard(p),
+        );
+        for duty in due {
+            perform(&app, duty).await;
+        }
+        crate::tenant_push::push(&app).await;
+        if app.config.trim_outboxes && !app.config.remote_dcs.is_empty() {
+            crate::replication::owner::trim_outboxes(&app).await;
+        }
+    }
+}
+
+/// Proposes what `duty` takes, and logs and counts the outcome.
+async fn perform(app: &App, duty: Duty) {
+    match duty {
+        Duty::ExpireTasks => match app.propose_system(Command::ExpireTasks, None).await {
+            Ok(Ok(outcome)) => tracing::debug!(?outcome, "expired tasks"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "expire rejected"),
+            Err(e) => tracing::warn!(error = %e, "expire not written"),
+        },
+        Duty::ReleaseProvisioner(id) => {
             tracing::warn!(provisioner = %id, "provisioner missed its heartbeats; releasing its tasks");
             let released = app
                 .propose_system(Command::ReleaseProvisioner { id: id.clone() }, None)
@@ -111,33 +172,72 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
                 app.forget_provisioner(&id);
             }
         }
-        delete_orphans(&app).await;
-        crate::tenant_push::push(&app).await;
-        if app.config.trim_outboxes && !app.config.remote_dcs.is_empty() {
-            crate::replication::owner::trim_outboxes(&app).await;
+        Duty::DeleteOrphan(cluster) => {
+            let command = Command::StartOperation {
+                cluster,
+                action: coopr_types::ClusterAction::ClusterDelete,
+                services: Vec::new(),
+                config: None,
+            };
+            match app.propose_system(command, None).await {
+                Ok(Ok(_)) => {
+                    metrics::counter!("coopr_orphaned_clusters_deleted_total").increment(1);
+                    tracing::warn!(%cluster, "deleting a cluster whose tenant was deleted");
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%cluster, error = %e, "orphaned cluster not deleted yet")
+                }
+                Err(e) => {
+                    tracing::debug!(%cluster, error = %e, "orphaned cluster delete not written")
+                }
+            }
         }
     }
 }
 
-/// Deletes the live clusters whose tenant was deleted (or deleted and created again) after
-/// they were created here: another DC deleted the tenant before their creation reached it
-/// (`State::orphaned_clusters`). A normal delete job, so their machines are released.
-async fn delete_orphans(app: &App) {
-    let orphans = app.core.read().orphaned_clusters();
-    for cluster in orphans {
-        let command = Command::StartOperation {
-            cluster,
-            action: coopr_types::ClusterAction::ClusterDelete,
-            services: Vec::new(),
-            config: None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coopr_state::{Entry, ProvisionerInfo};
+
+    fn apply(state: &mut State, now_ms: u64, command: Command) {
+        let entry = Entry {
+            now_ms,
+            idempotency_key: None,
+            fence: None,
+            command,
         };
-        match app.propose_system(command, None).await {
-            Ok(Ok(_)) => {
-                metrics::counter!("coopr_orphaned_clusters_deleted_total").increment(1);
-                tracing::warn!(%cluster, "deleting a cluster whose tenant was deleted");
-            }
-            Ok(Err(e)) => tracing::debug!(%cluster, error = %e, "orphaned cluster not deleted yet"),
-            Err(e) => tracing::debug!(%cluster, error = %e, "orphaned cluster delete not written"),
-        }
+        assert!(state.apply(&entry).is_ok(), "{entry:?}");
+    }
+
+    fn register(state: &mut State, id: &str) {
+        let info = ProvisionerInfo {
+            id: id.to_string(),
+            host: "127.0.0.1".into(),
+            port: 55056,
+            capacity_total: 1,
+        };
+        apply(state, 1_000, Command::RegisterProvisioner { info });
+    }
+
+    /// Nothing to do on a quiet state; a provisioner silent for longer than the timeout is
+    /// released, one heard from within it is not.
+    #[test]
+    fn silent_provisioners_are_released_after_the_timeout() {
+        let mut state = State::new(6);
+        let now = Now {
+            wall_ms: 10_000,
+            mono_ms: 50_000,
+        };
+        assert_eq!(duties(&state, now, 30_000, |_| 0), Vec::new());
+        register(&mut state, "quiet");
+        register(&mut state, "chatty");
+        let heard = |p: &str| if p == "chatty" { 45_000 } else { 19_999 };
+        assert_eq!(
+            duties(&state, now, 30_000, heard),
+            vec![Duty::ReleaseProvisioner("quiet".into())]
+        );
+        let just_in_time = |p: &str| if p == "chatty" { 45_000 } else { 20_000 };
+        assert_eq!(duties(&state, now, 30_000, just_in_time), Vec::new());
     }
 }
