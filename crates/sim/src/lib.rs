@@ -851,23 +851,31 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         .into_iter()
         .map(|(id, (name, _))| (id, name))
         .collect();
-    let mut owners = Vec::new();
-    for &dc in options.sites.dcs {
-        let d = deployment.clone();
-        owners.push(
-            wait(
-                Duration::from_secs(30),
-                &format!("{dc}'s shard map"),
-                || {
-                    let d = d.clone();
-                    async move { d.owners(dc).await }
-                },
-            )
-            .await?,
-        );
-    }
-    if owners.windows(2).any(|w| w[0] != w[1]) {
-        return Err(format!("the DCs disagree on the shard map: {owners:?}"));
+    // Every DC's copy of the shard map converges too (each refreshes it every lease/3): wait
+    // until they all name the same owners, and report what they said if they never do.
+    let last_seen = Rc::new(RefCell::new(Vec::new()));
+    let agreed = {
+        let (d, last_seen) = (deployment.clone(), last_seen.clone());
+        wait(
+            Duration::from_secs(30),
+            "every DC names the same owner for every shard",
+            || {
+                let (d, last_seen) = (d.clone(), last_seen.clone());
+                async move {
+                    let mut owners = Vec::new();
+                    for &dc in d.sites.dcs {
+                        owners.push(d.owners(dc).await?);
+                    }
+                    let agree = owners.windows(2).all(|w| w[0] == w[1]);
+                    *last_seen.borrow_mut() = owners;
+                    agree.then_some(())
+                }
+            },
+        )
+        .await
+    };
+    if let Err(e) = agreed {
+        return Err(format!("{e}; the last maps: {:?}", last_seen.borrow()));
     }
     let mut lost = Lost::default();
     for &dc in options.sites.dcs {
