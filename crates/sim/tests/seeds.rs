@@ -101,7 +101,10 @@ fn regression_seeds_hold_every_invariant() {
     // task the worker still held in a shard taken over meanwhile (the path for a worker that
     // lost its take's answer did not check the lease's shard list), so the task ran in two
     // DCs at once.
-    for seed in [10_115] {
+    // 10327: the same, once that path checked the shard list of the DC's lease but not that
+    // the lease was still valid (an expired lease still lists the shard); it now makes the
+    // check a write of the task's result makes.
+    for seed in [10_115, 10_327] {
         if let Err(violation) = coopr_sim::run(seed, &coopr_sim::Options::default()) {
             panic!("{violation}");
         }

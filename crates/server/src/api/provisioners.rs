@@ -143,7 +143,7 @@ async fn take(
     limits::text("workerId", &body.worker_id, limits::MAX_ID_BYTES)?;
     // The shards whose tasks this DC may hand out now (its lease's; `None`: a single DC).
     let runnable = app.runnable_shards();
-    let held = {
+    let (held, queued) = {
         let state = app.core.read();
         if !state.local.provisioners.contains_key(&body.provisioner_id) {
             return Err(ApiError::forbidden(format!(
@@ -154,30 +154,27 @@ async fn take(
         // Every poll shows the provisioner is alive, also one that finds the queue empty
         // (otherwise an idle provisioner would be declared dead between its heartbeats).
         app.heartbeat(&body.provisioner_id);
-        // A worker asking for work while the log says it holds a task lost the answer to its
-        // take (e.g. the leader died before answering): it gets that task again, if its shard
-        // is still this DC's to run. A shard taken over while this DC was cut off still shows
-        // the task held here until the DC demotes it, and the new owner runs the task itself:
-        // handing it out again would run it in two DCs at once.
-        let shard_count = app.config.shard_count;
         let held = state
             .task_held_by_worker(&body.provisioner_id, &body.worker_id)
-            .filter(|task| {
-                runnable.as_ref().is_none_or(|shards| {
-                    state
-                        .task(*task)
-                        .is_some_and(|t| shards.contains(&t.cluster_id.shard(shard_count)))
-                })
+            .and_then(|task| {
+                let shard = state.task(task)?.cluster_id.shard(app.config.shard_count);
+                Some((task, shard))
             });
-        // Polling an empty queue must not cost a log write, and neither should polls racing
-        // for fewer queued tasks than there are takes already on their way to the log.
-        if held.is_none()
-            && app.takes_in_flight.load(Ordering::Acquire) >= state.queued_task_count()
-        {
-            return Ok(StatusCode::NO_CONTENT.into_response());
-        }
-        held
+        (held, state.queued_task_count())
     };
+    // A worker asking for work while the log says it holds a task lost the answer to its take
+    // (e.g. the leader died before answering): it gets that task again, if this DC may still
+    // write the task's shard now (the check a write of its result makes). A shard taken over
+    // while this DC was cut off still shows the task held here until the DC demotes it, and
+    // the new owner runs the task itself: handing it out again would run it in two DCs at once.
+    let held = held
+        .filter(|(_, shard)| !app.config.multi_dc() || app.fence(Some(*shard), true).is_ok())
+        .map(|(task, _)| task);
+    // Polling an empty queue must not cost a log write, and neither should polls racing for
+    // fewer queued tasks than there are takes already on their way to the log.
+    if held.is_none() && app.takes_in_flight.load(Ordering::Acquire) >= queued {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     if let Some(held) = held {
         return hand_out(&app, &body.provisioner_id, &body.worker_id, held).await;
     }
