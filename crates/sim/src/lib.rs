@@ -1283,7 +1283,9 @@ async fn inject_faults(
             }
             _ => {
                 // A node crashes (a minority of its DC: at most one down per DC) and comes
-                // back on its stores.
+                // back on its stores, or, now and then, on an empty disk (not a placement
+                // voter: those are the first node of each DC): it must catch up from its DC's
+                // leader before it votes again.
                 let count = deployment.nodes.borrow().len();
                 let i = rng.range(0, count as u64) as usize;
                 let dc = deployment.nodes.borrow()[i].dc;
@@ -1296,8 +1298,15 @@ async fn inject_faults(
                     continue;
                 }
                 let hold = rng.range(500, 6_000);
+                let wiped = deployment.nodes.borrow()[i].n > 1 && rng.range(0, 3) == 0;
                 if let Some(name) = deployment.crash(i).await {
-                    trace.log(format!("fault: {name} crashed for {hold} ms"));
+                    trace.log(format!(
+                        "fault: {name} crashed for {hold} ms{}",
+                        if wiped { ", its disk lost" } else { "" }
+                    ));
+                    if wiped {
+                        deployment.nodes.borrow_mut()[i].dc_log = RaftStores::in_memory();
+                    }
                     tokio::time::sleep(Duration::from_millis(hold)).await;
                     match deployment.start_node(i).await {
                         Ok(()) => trace.log(format!("fault: {name} restarted")),
