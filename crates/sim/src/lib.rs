@@ -17,7 +17,8 @@
 //!   then: heal everything, wait until every DC lists the same clusters, none with an
 //!   operation in flight (resumption: every job finished), and check
 //!     - fencing: a DC cut off acknowledges nothing later than a lease after the cut;
-//!     - every acknowledged create is in every DC's list, or in a lost-operations report;
+//!     - every acknowledged create is in every DC's list, or in a lost-operations report,
+//!       which names only records after their takeover point (never replicated work);
 //!     - every acknowledged delete ended `terminated`, or is in a lost-operations report;
 //!     - no create was applied twice (one cluster per Idempotency-Key / name);
 //!     - no task ran in two DCs at once; no machine was made twice, leaked or is missing;
@@ -619,6 +620,12 @@ impl Deployment {
         }
         let mut lost = Lost::default();
         for op in body["operations"].as_array().into_iter().flatten() {
+            // Only what the old owner wrote after the takeover point may be lost.
+            let at = (op["epoch"].as_u64(), op["seq"].as_u64());
+            let point = &op["takeover_point"];
+            if at <= (point["epoch"].as_u64(), point["seq"].as_u64()) {
+                lost.before_takeover.push(op.to_string());
+            }
             if op["kind"] != "operation_started" {
                 continue;
             }
@@ -683,6 +690,9 @@ pub struct Lost {
     pub clusters: BTreeSet<String>,
     /// Scoped keys: they end with a space and the key the client sent.
     pub keys: BTreeSet<String>,
+    /// Records reported lost that were at or before their takeover point (replicated, so
+    /// never lost): each one breaks "no loss of replicated work".
+    pub before_takeover: Vec<String>,
 }
 
 impl Lost {
@@ -884,6 +894,11 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
             "{dc} reports lost: clusters {:?}, keys {:?}",
             report.clusters, report.keys
         ));
+        if let Some(record) = report.before_takeover.first() {
+            return Err(format!(
+                "{dc} reports as lost a record at or before its takeover point: {record}"
+            ));
+        }
         lost.clusters.extend(report.clusters);
         lost.keys.extend(report.keys);
     }
