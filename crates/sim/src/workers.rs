@@ -152,24 +152,27 @@ impl Provisioner {
         capacity: u32,
     ) -> anyhow::Result<Provisioner> {
         let builtins = PluginRegistry::with_builtins(cloud.clone());
+        let recorded = |inner: &Arc<dyn Plugin>| -> Arc<dyn Plugin> {
+            Arc::new(Recorded {
+                inner: inner.clone(),
+                dc,
+                runs: runs.clone(),
+            })
+        };
         let mut plugins = PluginRegistry::new();
-        for name in builtins.provider_names() {
-            if let Some(plugin) = builtins.provider(name) {
-                plugins.register_provider(Arc::new(Recorded {
-                    inner: plugin.clone(),
-                    dc,
-                    runs: runs.clone(),
-                }));
-            }
+        for plugin in builtins
+            .provider_names()
+            .iter()
+            .filter_map(|n| builtins.provider(n))
+        {
+            plugins.register_provider(recorded(plugin));
         }
-        for name in builtins.automator_names() {
-            if let Some(plugin) = builtins.automator(name) {
-                plugins.register_automator(Arc::new(Recorded {
-                    inner: plugin.clone(),
-                    dc,
-                    runs: runs.clone(),
-                }));
-            }
+        for plugin in builtins
+            .automator_names()
+            .iter()
+            .filter_map(|n| builtins.automator(n))
+        {
+            plugins.register_automator(recorded(plugin));
         }
         let mut config = ProvisionerConfig::new(servers, format!("{dc}-provisioner"), plugins);
         config.capacity = capacity;

@@ -2,16 +2,25 @@
 //! (two tests, so that both cores run seeds), 20 on DCs of three nodes that also crash, 40 on
 //! two DCs and a witness, plus the same load on a deployment left alone, which must lose
 //! nothing and finish every operation.
-//! A failing seed prints its trace and the command that reruns it. The long run is
-//! `cargo run --release -p coopr-sim -- --seeds 0..10000` (see README).
+//! A failing seed prints its trace and the command that replays it. The long run is
+//! `cargo run --release -p coopr-sim -- --seeds 10000..20000` (see README).
 
-fn run_seeds(seeds: std::ops::Range<u64>) {
-    let options = coopr_sim::Options {
+use coopr_sim::{Options, Sites};
+
+/// The CI runs' options: 8 s of simulated faults, the rest `change`d from the default.
+fn options(change: impl FnOnce(&mut Options)) -> Options {
+    let mut options = Options {
         fault_ms: 8_000,
-        ..coopr_sim::Options::default()
+        ..Options::default()
     };
+    change(&mut options);
+    options
+}
+
+/// Runs `seeds`; a violation fails the test with its trace and the command that replays it.
+fn hold(seeds: impl IntoIterator<Item = u64>, options: &Options) {
     for seed in seeds {
-        if let Err(violation) = coopr_sim::run(seed, &options) {
+        if let Err(violation) = coopr_sim::run(seed, options) {
             panic!("{violation}");
         }
     }
@@ -19,22 +28,18 @@ fn run_seeds(seeds: std::ops::Range<u64>) {
 
 #[test]
 fn seeds_0_to_99_hold_every_invariant() {
-    run_seeds(0..100);
+    hold(0..100, &options(|_| {}));
 }
 
 #[test]
 fn seeds_100_to_199_hold_every_invariant() {
-    run_seeds(100..200);
+    hold(100..200, &options(|_| {}));
 }
 
 /// Without faults nothing is lost and every create is acknowledged once.
 #[test]
 fn a_quiet_deployment_loses_nothing() {
-    let options = coopr_sim::Options {
-        fault_ms: 8_000,
-        faults: false,
-        ..coopr_sim::Options::default()
-    };
+    let options = options(|o| o.faults = false);
     let report = coopr_sim::run(7, &options).unwrap_or_else(|v| panic!("{v}"));
     assert_eq!(report.reported_lost, 0, "{report}");
     assert_eq!(report.faults, 0);
@@ -51,42 +56,23 @@ fn a_quiet_deployment_loses_nothing() {
 /// Two DCs and a witness: the witness's vote lets either DC take over the other's shards.
 #[test]
 fn seeds_with_two_dcs_and_a_witness_hold_every_invariant() {
-    let options = coopr_sim::Options {
-        fault_ms: 8_000,
-        sites: coopr_sim::Sites::TWO_DCS_AND_WITNESS,
-        ..coopr_sim::Options::default()
-    };
-    for seed in 2_000..2_040 {
-        if let Err(violation) = coopr_sim::run(seed, &options) {
-            panic!("{violation}");
-        }
-    }
+    hold(
+        2_000..2_040,
+        &options(|o| o.sites = Sites::TWO_DCS_AND_WITNESS),
+    );
 }
 
 /// DCs of three nodes each (a Raft group per DC), whose nodes also crash and restart.
 #[test]
 fn seeds_with_three_nodes_per_dc_hold_every_invariant() {
-    let options = coopr_sim::Options {
-        fault_ms: 8_000,
-        nodes_per_dc: 3,
-        ..coopr_sim::Options::default()
-    };
-    for seed in 1_000..1_020 {
-        if let Err(violation) = coopr_sim::run(seed, &options) {
-            panic!("{violation}");
-        }
-    }
+    hold(1_000..1_020, &options(|o| o.nodes_per_dc = 3));
 }
 
 /// A seed replays exactly: the same events at the same simulated times, in one process as
 /// across processes (`coopr-sim --seed N --trace` twice gives the same trace).
 #[test]
 fn a_seed_replays_exactly() {
-    let options = coopr_sim::Options {
-        fault_ms: 8_000,
-        nodes_per_dc: 3,
-        ..coopr_sim::Options::default()
-    };
+    let options = options(|o| o.nodes_per_dc = 3);
     let first = coopr_sim::run(1_003, &options).unwrap_or_else(|v| panic!("{v}"));
     let again = coopr_sim::run(1_003, &options).unwrap_or_else(|v| panic!("{v}"));
     assert!(first.faults > 0 && first.acknowledged > 0, "{first}");
@@ -104,9 +90,5 @@ fn regression_seeds_hold_every_invariant() {
     // 10327: the same, once that path checked the shard list of the DC's lease but not that
     // the lease was still valid (an expired lease still lists the shard); it now makes the
     // check a write of the task's result makes.
-    for seed in [10_115, 10_327] {
-        if let Err(violation) = coopr_sim::run(seed, &coopr_sim::Options::default()) {
-            panic!("{violation}");
-        }
-    }
+    hold([10_115, 10_327], &Options::default());
 }
