@@ -15,10 +15,10 @@ use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::core::{self, Core};
 use crate::placement::group::PlacementGroup;
-use crate::placement::lease::Held;
 use crate::placement::ShardMap;
 use crate::random::Random;
 use crate::supervise::Loops;
+use crate::write::Held;
 use crate::{replication, tenant_push};
 
 /// Everything a request handler needs.

@@ -31,6 +31,7 @@ pub mod seed;
 pub mod start;
 pub mod supervise;
 pub mod tenant_push;
+pub mod write;
 
 pub use crate::app::App;
 pub use crate::clock::{Clock, SimClock, SystemClock};
