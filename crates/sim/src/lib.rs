@@ -12,7 +12,7 @@
 //!                ├─► provisioners (one per DC): take, run (fake cloud, recorded), finish
 //!                └─► faults: a site cut off, a link cut one way, slow or lossy (loss,
 //!                    duplication, reordering), a stalled site, a whole DC or one node
-//!                    crashed; healed later
+//!                    crashed, a graceful handover; healed later
 //!   all along: at most one DC may acknowledge writes to each shard (on the nodes' states)
 //!   then: heal everything, wait until every DC lists the same clusters, none with an
 //!   operation in flight (resumption: every job finished), and check
@@ -126,6 +126,9 @@ pub struct Options {
     pub workers_per_dc: u32,
     /// Three DCs, or two and a witness.
     pub sites: Sites,
+    /// Inject graceful handovers only (an admin moving shards under load), which must lose
+    /// nothing: no lost-operations report may name anything.
+    pub handovers_only: bool,
 }
 
 impl Default for Options {
@@ -136,6 +139,7 @@ impl Default for Options {
             nodes_per_dc: 1,
             workers_per_dc: 4,
             sites: Sites::THREE_DCS,
+            handovers_only: false,
         }
     }
 }
@@ -620,6 +624,7 @@ impl Deployment {
         }
         let mut lost = Lost::default();
         for op in body["operations"].as_array().into_iter().flatten() {
+            lost.records += 1;
             // Only what the old owner wrote after the takeover point may be lost.
             let at = (op["epoch"].as_u64(), op["seq"].as_u64());
             let point = &op["takeover_point"];
@@ -693,6 +698,8 @@ pub struct Lost {
     /// Records reported lost that were at or before their takeover point (replicated, so
     /// never lost): each one breaks "no loss of replicated work".
     pub before_takeover: Vec<String>,
+    /// Every record the reports name.
+    pub records: usize,
 }
 
 impl Lost {
@@ -901,6 +908,13 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         }
         lost.clusters.extend(report.clusters);
         lost.keys.extend(report.keys);
+        lost.records += report.records;
+    }
+    if options.handovers_only && lost.records > 0 {
+        return Err(format!(
+            "graceful handovers lost {} record(s): clusters {:?}",
+            lost.records, lost.clusters
+        ));
     }
     let seen = std::mem::take(&mut *seen.borrow_mut());
     let mut reported_lost = 0;
@@ -1163,8 +1177,13 @@ async fn inject_faults(
         count += 1;
         let network = &deployment.network;
         let voters = deployment.sites.voters();
-        let kinds = if deployment.nodes_per_dc > 1 { 8 } else { 7 };
-        match rng.range(0, kinds) {
+        let kinds = if deployment.nodes_per_dc > 1 { 9 } else { 8 };
+        let kind = if options.handovers_only {
+            7
+        } else {
+            rng.range(0, kinds)
+        };
+        match kind {
             0 => {
                 let dc = *rng.pick(&voters);
                 let hold = rng.range(1_000, 8_000);
@@ -1295,6 +1314,25 @@ async fn inject_faults(
                     }
                 }
                 trace.log(format!("fault: {site}'s messages on time again"));
+            }
+            7 => {
+                // An admin moves a cluster shard to another DC, asked at any DC: a graceful
+                // handover, refused (409) where the target is no replica or one is running.
+                let shards = config(deployment.sites, "a", 1, 1).shard_count;
+                let shard = rng.range(0, u64::from(shards));
+                let to = *rng.pick(deployment.sites.dcs);
+                let via = *rng.pick(deployment.sites.dcs);
+                let call = Call::json(
+                    format!("{}/v2/admin/shards/{shard}/handover", deployment.entry(via)),
+                    &json!({ "to": to }),
+                );
+                let answer = match deployment.call(call, true).await {
+                    Ok((status, body)) => format!("{status} {}", body["code"]),
+                    Err(e) => e.to_string(),
+                };
+                trace.log(format!(
+                    "fault: handover of shard {shard} to {to} asked at {via}: {answer}"
+                ));
             }
             _ => {
                 // A node crashes (a minority of its DC: at most one down per DC) and comes

@@ -3,14 +3,15 @@
 //! `--quiet` (no faults) runs the same load on a deployment left alone; `--nodes-per-dc 3`
 //! makes each DC a Raft group of three nodes, which also crash and restart; `--witness` runs
 //! two DCs and a witness instead of three DCs; `--workers N` sets the workers of each DC's
-//! provisioner (default 4; 0: none); `--trace` prints a passing seed's events too.
+//! provisioner (default 4; 0: none); `--handovers-only` injects only graceful handovers, which
+//! must lose nothing; `--trace` prints a passing seed's events too.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--nodes-per-dc 1|3] [--workers N] [--witness] [--quiet] [--trace]"
+        "usage: coopr-sim (--seed N | --seeds A..B) [--fault-ms MS] [--nodes-per-dc 1|3] [--workers N] [--witness] [--handovers-only] [--quiet] [--trace]"
     );
     ExitCode::from(2)
 }
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
             }
             ("--quiet", _) => options.faults = false,
             ("--trace", _) => trace = true,
+            ("--handovers-only", _) => options.handovers_only = true,
             ("--witness", _) => options.sites = coopr_sim::Sites::TWO_DCS_AND_WITNESS,
             _ => return usage(),
         }

@@ -1,7 +1,7 @@
 //! The simulation in CI: 200 seeds of 8 s of simulated faults each on three DCs of one node
 //! (two tests, so that both cores run seeds), 20 on DCs of three nodes that also crash, 40 on
-//! two DCs and a witness, plus the same load on a deployment left alone, which must lose
-//! nothing and finish every operation.
+//! two DCs and a witness, 20 with graceful handovers only (which must lose nothing), plus the
+//! same load on a deployment left alone, which must lose nothing and finish every operation.
 //! A failing seed prints its trace and the command that replays it. The long run is
 //! `cargo run --release -p coopr-sim -- --seeds 10000..20000` (see README).
 
@@ -51,6 +51,13 @@ fn a_quiet_deployment_loses_nothing() {
         report.acknowledged - report.deleted,
         "{report}"
     );
+}
+
+/// Graceful handovers under load (an admin moving shards between DCs) lose nothing: no
+/// lost-operations report names anything, besides every other invariant.
+#[test]
+fn graceful_handovers_under_load_lose_nothing() {
+    hold(4_000..4_020, &options(|o| o.handovers_only = true));
 }
 
 /// Two DCs and a witness: the witness's vote lets either DC take over the other's shards.
