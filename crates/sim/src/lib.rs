@@ -7,7 +7,7 @@
 //! the nodes' final answers.
 //!
 //! ```text
-//!   seed ─► Rng ─┬─► clients (one per DC): creates, and deletes of their active clusters, each
+//!   seed ─► Rng ─┬─► clients (one per DC): creates, updates and deletes of their clusters, each
 //!                │   with an Idempotency-Key, retried on 503s and on calls without an answer
 //!                ├─► provisioners (one per DC): take, run (fake cloud, recorded), finish
 //!                └─► faults: a site cut off, a link cut one way, slow or lossy (loss,
@@ -19,7 +19,8 @@
 //!     - fencing: a DC cut off acknowledges nothing later than a lease after the cut;
 //!     - every acknowledged create is in every DC's list, or in a lost-operations report,
 //!       which names only records after their takeover point (never replicated work);
-//!     - every acknowledged delete ended `terminated`, or is in a lost-operations report;
+//!     - every acknowledged delete ended `terminated`, and every cluster has its last
+//!       acknowledged update, or the operation is in a lost-operations report;
 //!     - no create was applied twice (one cluster per Idempotency-Key / name);
 //!     - no task ran in two DCs at once; no machine was made twice, leaked or is missing;
 //!     - every DC lists the same clusters and the same owner for every shard.
@@ -81,6 +82,7 @@ impl Sites {
 const SECRET: &str = "a-simulated-cluster-secret";
 /// 2026-01-01T00:00:00Z: where the simulated wall clocks start.
 const BASE_WALL_MS: u64 = 1_767_225_600_000;
+const DAY_MS: u64 = 86_400_000;
 
 /// A small deterministic generator (SplitMix64).
 #[derive(Debug, Clone)]
@@ -631,6 +633,11 @@ impl Deployment {
             if at <= (point["epoch"].as_u64(), point["seq"].as_u64()) {
                 lost.before_takeover.push(op.to_string());
             }
+            if op["kind"] == "cluster_updated" {
+                if let Some(cluster) = op["cluster"].as_str() {
+                    lost.updated.insert(cluster.to_string());
+                }
+            }
             if op["kind"] != "operation_started" {
                 continue;
             }
@@ -700,6 +707,8 @@ pub struct Lost {
     pub before_takeover: Vec<String>,
     /// Every record the reports name.
     pub records: usize,
+    /// Clusters with a lost update (`cluster_updated` records carry no Idempotency-Key).
+    pub updated: BTreeSet<String>,
 }
 
 impl Lost {
@@ -741,6 +750,9 @@ struct Seen {
     lost: BTreeSet<String>,
     /// Acknowledged deletes: cluster id -> (its name, the delete's Idempotency-Key, DC asked).
     deleted: BTreeMap<String, (String, String, &'static str)>,
+    /// The expire-time updates of each cluster in the order they were sent: id -> (expire
+    /// time, its Idempotency-Key, DC asked, acknowledged).
+    expires: BTreeMap<String, Vec<(u64, String, &'static str, bool)>>,
 }
 
 async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report, String> {
@@ -909,6 +921,7 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         lost.clusters.extend(report.clusters);
         lost.keys.extend(report.keys);
         lost.records += report.records;
+        lost.updated.extend(report.updated);
     }
     if options.handovers_only && lost.records > 0 {
         return Err(format!(
@@ -966,6 +979,28 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
             ));
         }
     }
+    // The last acknowledged update of a cluster is what it has at the end, or one sent after
+    // it (applied, its answer never seen), unless the cluster was deleted or the update is in
+    // a lost-operations report.
+    for (id, updates) in &seen.expires {
+        let Some(last) = updates.iter().rposition(|u| u.3) else {
+            continue;
+        };
+        let (at, _, via, _) = &updates[last];
+        if statuses.get(id).is_none_or(|s| s == "terminated") || lost.updated.contains(id) {
+            continue;
+        }
+        let (status, cluster) = deployment
+            .get(via, &format!("/v2/clusters/{id}?consistency=strong"), false)
+            .await
+            .unwrap_or((0, Value::Null));
+        let expire = cluster["expireTime"].as_u64();
+        if status != 200 || !updates[last..].iter().any(|u| Some(u.0) == expire) {
+            return Err(format!(
+                "expire time {at} of {id} acknowledged by {via}, but the cluster has {expire:?} ({status}) and no report names the update"
+            ));
+        }
+    }
     let runs: Vec<PluginRun> = deployment.runs.snapshot();
     workers::check_no_task_in_two_dcs(&runs)?;
     let machines = if settled {
@@ -1012,14 +1047,26 @@ async fn client(
     let mut i = 0;
     let mut mine: Vec<(String, String)> = Vec::new();
     while !stop.get() {
-        if !mine.is_empty() && rng.range(0, 4) == 0 {
-            let (id, name) = mine.swap_remove(rng.range(0, mine.len() as u64) as usize);
-            delete(
+        let pick = rng.range(0, 8);
+        if !mine.is_empty() && pick < 3 {
+            // A delete (2 in 8) or an update of its expire time (1 in 8).
+            let at = rng.range(0, mine.len() as u64) as usize;
+            let what = if pick < 2 {
+                Change::Delete
+            } else {
+                Change::Expire(BASE_WALL_MS + 30 * DAY_MS + rng.range(0, DAY_MS))
+            };
+            let (id, name) = if what == Change::Delete {
+                mine.swap_remove(at)
+            } else {
+                mine[at].clone()
+            };
+            change(
                 &deployment,
                 dc,
                 seed,
-                &id,
-                &name,
+                (&id, &name),
+                what,
                 &mut rng,
                 &seen,
                 &stop,
@@ -1070,15 +1117,23 @@ async fn client(
     }
 }
 
-/// Deletes cluster `id` if `dc` lists it as active, retrying like a create; an acknowledged
-/// delete goes into `seen`.
+/// What a client does to one of its clusters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Delete,
+    /// Sets its expire time (far in the future: nothing expires in a run) to this value.
+    Expire(u64),
+}
+
+/// Changes cluster `id` if `dc` lists it as active, retried like a create (503s, calls without
+/// an answer) until answered; an acknowledged change goes into `seen`.
 #[allow(clippy::too_many_arguments)]
-async fn delete(
+async fn change(
     deployment: &Deployment,
     dc: &'static str,
     seed: u64,
-    id: &str,
-    name: &str,
+    (id, name): (&str, &str),
+    change: Change,
     rng: &mut Rng,
     seen: &RefCell<Seen>,
     stop: &std::cell::Cell<bool>,
@@ -1089,30 +1144,59 @@ async fn delete(
         Some((200, cluster)) if cluster["status"] == "active" => {}
         _ => return,
     }
-    let key = format!("{seed:x}-{name}-delete");
+    let (what, key) = match change {
+        Change::Delete => ("delete".to_string(), format!("{seed:x}-{name}-delete")),
+        Change::Expire(at) => (
+            format!("expire {at}"),
+            format!("{seed:x}-{name}-expire-{at}"),
+        ),
+    };
+    if let Change::Expire(at) = change {
+        seen.borrow_mut()
+            .expires
+            .entry(id.to_string())
+            .or_default()
+            .push((at, key.clone(), dc, false));
+    }
     let mut attempts = 0;
     while !stop.get() {
         attempts += 1;
-        match deployment.delete(dc, &path, &key).await {
+        let answer = match change {
+            Change::Delete => deployment.delete(dc, &path, &key).await,
+            Change::Expire(at) => {
+                let body = json!({ "expireTime": at });
+                deployment.post(dc, &path, &body, Some(&key)).await
+            }
+        };
+        match answer {
             Ok((200, _)) => {
-                trace.log(format!("{dc}: delete of {name} ({id}) acknowledged"));
-                seen.borrow_mut()
-                    .deleted
-                    .insert(id.to_string(), (name.to_string(), key, dc));
+                trace.log(format!("{dc}: {what} of {name} ({id}) acknowledged"));
+                let mut seen = seen.borrow_mut();
+                match change {
+                    Change::Delete => {
+                        seen.deleted
+                            .insert(id.to_string(), (name.to_string(), key, dc));
+                    }
+                    Change::Expire(_) => {
+                        if let Some(last) = seen.expires.get_mut(id).and_then(|u| u.last_mut()) {
+                            last.3 = true;
+                        }
+                    }
+                }
                 return;
             }
             Ok((status, answer)) if (400..500).contains(&status) => {
                 trace.log(format!(
-                    "{dc}: delete of {name} refused {status} {}",
+                    "{dc}: {what} of {name} refused {status} {}",
                     answer["code"]
                 ));
                 return;
             }
             Ok((status, answer)) => trace.log(format!(
-                "{dc}: delete of {name} attempt {attempts}: {status} {}",
+                "{dc}: {what} of {name} attempt {attempts}: {status} {}",
                 answer["code"]
             )),
-            Err(e) => trace.log(format!("{dc}: delete of {name} attempt {attempts}: {e}")),
+            Err(e) => trace.log(format!("{dc}: {what} of {name} attempt {attempts}: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(rng.range(100, 500))).await;
     }
