@@ -972,6 +972,64 @@ async fn map_of(via: &TestServer) -> Vec<(String, u64, String)> {
         .collect()
 }
 
+/// A worker holding a task of a DC that was cut off and lost the task's shard does not get the
+/// task again from that DC (the path for a worker that lost its take's answer hands a held
+/// task out without a write): the new owner runs it, and two DCs must never run one task at
+/// once. Found by the simulation (seeds 10115 and 10327 of an earlier version of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dc_cut_off_does_not_hand_out_a_task_held_in_a_shard_it_lost() {
+    let deployment = Deployment::start_linked(|c| {
+        c.lease_ms = 900;
+        c.max_clock_offset_ms = 100;
+    })
+    .await;
+    let a = deployment.dc("a");
+    let cluster = a.create_cluster("base", 1).await;
+    let worker = Worker::register(a, "p-a", "w1").await;
+    let create = worker.take().await.expect("a CREATE task");
+    assert_eq!(create["taskName"], "CREATE", "{create}");
+    // Before the cut, a worker that lost its take's answer gets its task again.
+    let again = worker.take().await.expect("the held task again");
+    assert_eq!(again["taskId"], create["taskId"], "{again}");
+    wait_for("replicas to have the create in flight", || {
+        converged(&deployment)
+    })
+    .await;
+
+    deployment.cut_off("a");
+    let b = deployment.dc("b");
+    wait_for("a's shards to have new owners", || async {
+        let map = map_of(b).await;
+        map.iter()
+            .all(|(owner, _, status)| owner != "a" && status == "active")
+            .then_some(())
+    })
+    .await;
+    // a's lease ran out (before the takeover, by the lease rules): it must not hand the task
+    // out again, although its log still says the worker holds it.
+    let reply = worker.take_reply().await;
+    assert_ne!(
+        reply.status.as_u16(),
+        200,
+        "a handed out a task of a shard it lost: {reply:?}"
+    );
+    // The new owner runs the create.
+    let owner = deployment.dc(&map_of(b).await[owner_shard(&cluster)].0);
+    let successor = Worker::register(owner, "p-new", "w1").await;
+    let resumed = wait_for("the new owner to hand out the resumed create", || async {
+        let reply = successor.take_reply().await;
+        (reply.status.as_u16() == 200).then_some(reply.body)
+    })
+    .await;
+    assert_eq!(resumed["clusterId"], cluster.as_str(), "{resumed}");
+    deployment.stop().await;
+}
+
+/// The shard of a cluster id (`shard + SHARDS * n`).
+fn owner_shard(cluster: &str) -> usize {
+    (cluster.parse::<u64>().expect("a numeric cluster id") % u64::from(SHARDS)) as usize
+}
+
 /// Failover of a DC cut off from the others while its server keeps running (DESIGN section 6):
 /// - a, cut off, acknowledges writes only while its lease lasts on its own clock, then refuses
 ///   them (503 `lease_expired`);
