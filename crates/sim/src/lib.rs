@@ -23,7 +23,8 @@
 //!       acknowledged update, or the operation is in a lost-operations report;
 //!     - no create was applied twice (one cluster per Idempotency-Key / name);
 //!     - no task ran in two DCs at once; no machine was made twice, leaked or is missing;
-//!     - every DC lists the same clusters and the same owner for every shard.
+//!     - every DC lists the same clusters and the same owner for every shard, and holds the
+//!       same copy (view and position) of every shard.
 //! ```
 //!
 //! A seed fixes everything that could differ between two runs: the clients' and the fault
@@ -905,6 +906,58 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     };
     if let Err(e) = agreed {
         return Err(format!("{e}; the last maps: {:?}", last_seen.borrow()));
+    }
+    // Convergence of the data: every DC's copy of every shard (the owner's replicated view
+    // and each replica's) is the same view at the same position.
+    let differing = Rc::new(RefCell::new(String::new()));
+    let identical = {
+        let (d, differing) = (deployment.clone(), differing.clone());
+        wait(
+            Duration::from_secs(60),
+            "every DC holds identical copies of every shard",
+            || {
+                let (d, differing) = (d.clone(), differing.clone());
+                async move {
+                    let shards = config(d.sites, "a", 1, 1).shard_count;
+                    let names = (0..shards)
+                        .map(|s| s.to_string())
+                        .chain(["global".to_string()]);
+                    for shard in names {
+                        let mut copies = Vec::new();
+                        for &dc in d.sites.dcs {
+                            let path = format!("/v2/admin/shards/{shard}/view");
+                            let (status, copy) = d.get(dc, &path, true).await?;
+                            if status != 200 {
+                                return None;
+                            }
+                            copies.push((dc, copy));
+                        }
+                        let same = copies.windows(2).all(|w| {
+                            w[0].1["position"] == w[1].1["position"]
+                                && w[0].1["view"] == w[1].1["view"]
+                        });
+                        if !same {
+                            *differing.borrow_mut() = format!(
+                                "shard {shard}: {:?}",
+                                copies
+                                    .iter()
+                                    .map(|(dc, c)| format!(
+                                        "{dc} {} at {}",
+                                        c["role"], c["position"]
+                                    ))
+                                    .collect::<Vec<_>>()
+                            );
+                            return None;
+                        }
+                    }
+                    Some(())
+                }
+            },
+        )
+        .await
+    };
+    if let Err(e) = identical {
+        return Err(format!("{e}; last difference: {}", differing.borrow()));
     }
     let mut lost = Lost::default();
     for &dc in options.sites.dcs {
