@@ -154,6 +154,15 @@ where
         let key_bound_to_user = match check {
             KeyCheck::BoundToUser => true,
             KeyCheck::AnyNonAdminUser => false,
+            // A node whose copy of the global shard is not seeded yet (restarted and still
+            // re-applying its log, or new and catching up) cannot tell a valid key from an
+            // invalid one: a retryable answer, not a 401 the client would take as final.
+            KeyCheck::Refused if !crate::seed::is_seeded(&app, &global) => {
+                return Err(ApiError::unavailable(
+                    "not_seeded",
+                    "this node has not caught up with its DC's keys yet; retry",
+                ))
+            }
             KeyCheck::Refused => {
                 return Err(ApiError::unauthorized(
                     "invalid API key for this tenant and user",
