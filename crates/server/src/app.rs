@@ -55,6 +55,9 @@ pub struct App {
     pub random: Arc<Random>,
     /// Take proposals not yet answered (so idle polls do not race for the same task).
     pub takes_in_flight: std::sync::atomic::AtomicUsize,
+    /// Whether this process has seen its copy of the global shard seeded (sticky: keys or
+    /// catalog deleted later do not make it unseeded again).
+    pub seen_seeded: std::sync::atomic::AtomicBool,
     /// What the replication streams and pulls know (leader only).
     pub replication: replication::Progress,
     /// Becomes true when the node stops (ends long polls).

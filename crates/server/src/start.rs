@@ -432,6 +432,7 @@ pub async fn start_with(
         heartbeats: Mutex::new(BTreeMap::new()),
         next_shard: AtomicU32::new(0),
         takes_in_flight: Default::default(),
+        seen_seeded: Default::default(),
         leader_since: Mutex::new(None),
         pushed: Mutex::new(tenant_push::Pushed::default()),
         transport,

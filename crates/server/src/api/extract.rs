@@ -110,6 +110,20 @@ impl Caller {
     }
 }
 
+/// Whether this node's copy of the global shard has been seeded since the process started
+/// (sticky, so that deleting the demo catalog or keys later does not turn 401s into 503s).
+fn seen_seeded(app: &App, global: &coopr_state::GlobalRef<'_>) -> bool {
+    use std::sync::atomic::Ordering;
+    if app.seen_seeded.load(Ordering::Acquire) {
+        return true;
+    }
+    let seeded = crate::seed::is_seeded(app, global);
+    if seeded {
+        app.seen_seeded.store(true, Ordering::Release);
+    }
+    seeded
+}
+
 fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts
         .headers
@@ -157,7 +171,7 @@ where
             // A node whose copy of the global shard is not seeded yet (restarted and still
             // re-applying its log, or new and catching up) cannot tell a valid key from an
             // invalid one: a retryable answer, not a 401 the client would take as final.
-            KeyCheck::Refused if !crate::seed::is_seeded(&app, &global) => {
+            KeyCheck::Refused if !seen_seeded(&app, &global) => {
                 return Err(ApiError::unavailable(
                     "not_seeded",
                     "this node has not caught up with its DC's keys yet; retry",
