@@ -1,15 +1,21 @@
 //! Coopr's tenant push: the server tells each provisioner how many workers to run for which
-//! tenant (`PUT {provisioner}/v2/tenants/{tenantId}` with `{"workers": n, "resources": {}}`,
-//! `DELETE` when it should run none), as Coopr's `TenantProvisionerService` does; Coopr's Ruby
-//! provisioner starts workers only when told. coopr's own provisioner pulls tasks without it.
+//! tenant and which of its plugin resources are live (`PUT {provisioner}/v2/tenants/{tenantId}`
+//! with `{"workers": n, "resources": {...}}`, `DELETE` when it should run none), as Coopr's
+//! `TenantProvisionerService` does; Coopr's Ruby provisioner starts workers only when told, and
+//! fetches the live resources it is told of (`GET /v2/tenants/{id}/{kind}/{plugin}/{type}/
+//! {name}/versions/{v}`) before it does. coopr's own provisioner pulls tasks without it.
 //!
 //! ```text
 //!   DC leader, every driver tick:
 //!     assignments(provisioners registered in this DC, tenants with workers > 0)
 //!       each tenant's workers fill the provisioners in id order up to their capacity
-//!     for each (provisioner, tenant) whose count differs from what was last pushed:
+//!     for each (provisioner, tenant) whose body (count, live resources) differs from what
+//!     was last pushed:
 //!       PUT (count > 0) or DELETE (count = 0); remembered once the provisioner answered 2xx
 //! ```
+//!
+//! A resource sync (`POST /v2/plugins/sync`) changes the live resources, so the next tick
+//! pushes the tenant again, as Coopr pushes after a sync.
 //!
 //! Workers are per DC: each DC's leader assigns a tenant's `workers` over the provisioners
 //! registered with that DC. Workers that fit nowhere are counted in
@@ -21,7 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use coopr_raft::Call;
+use coopr_state::resources::{live_resources, PLUGIN_TYPES_TENANT};
 use coopr_state::ProvisionerInfo;
+use serde_json::Value;
 
 use crate::App;
 
@@ -64,7 +72,8 @@ pub fn assignments<'a>(
 /// What this node pushed (leader only) and which pushes failed last time.
 #[derive(Default)]
 pub struct Pushed {
-    counts: BTreeMap<(String, String), u32>,
+    /// The body last accepted, per (provisioner, tenant) with workers.
+    bodies: BTreeMap<(String, String), Value>,
     failing: BTreeSet<(String, String)>,
 }
 
@@ -79,38 +88,56 @@ pub async fn push(app: &App) {
             .values()
             .map(|t| (t.id.clone(), t.workers))
             .collect();
-        let (wanted, unplaced) = assignments(
+        let (counts, unplaced) = assignments(
             provisioners.values(),
             tenants.iter().map(|(id, w)| (id.as_str(), *w)),
         );
+        // Each tenant's live resources, once per tenant that has workers somewhere.
+        let plugins = global.catalogs.get(PLUGIN_TYPES_TENANT);
+        let mut resources: BTreeMap<&str, Value> = BTreeMap::new();
+        for t in global.tenants.values().filter(|t| t.workers > 0) {
+            resources.insert(
+                t.id.as_str(),
+                live_resources(plugins, global.catalogs.get(&t.name)),
+            );
+        }
+        let wanted: BTreeMap<(String, String), Value> = counts
+            .into_iter()
+            .map(|(key, workers)| {
+                let live = resources.get(key.1.as_str()).cloned().unwrap_or_default();
+                (
+                    key,
+                    serde_json::json!({"workers": workers, "resources": live}),
+                )
+            })
+            .collect();
         (provisioners, wanted, unplaced)
     };
     metrics::gauge!("coopr_tenant_workers_unplaced").set(unplaced as f64);
-    let changes: Vec<((String, String), u32)> = {
+    // (key, the body to PUT; `None`: DELETE)
+    let changes: Vec<((String, String), Option<Value>)> = {
         let pushed = app.pushed.lock().unwrap_or_else(|e| e.into_inner());
         let mut keys: BTreeSet<&(String, String)> = wanted.keys().collect();
-        keys.extend(pushed.counts.keys());
+        keys.extend(pushed.bodies.keys());
         keys.into_iter()
-            .filter_map(|key| {
-                let want = wanted.get(key).copied().unwrap_or(0);
-                let had = pushed.counts.get(key).copied().unwrap_or(0);
-                (want != had).then(|| (key.clone(), want))
-            })
+            .filter(|key| wanted.get(*key) != pushed.bodies.get(*key))
+            .map(|key| (key.clone(), wanted.get(key).cloned()))
             .collect()
     };
-    for ((provisioner, tenant), workers) in changes {
+    for ((provisioner, tenant), body) in changes {
         let Some(info) = provisioners.get(&provisioner) else {
             // The provisioner is gone: nothing to tell it.
             let mut pushed = app.pushed.lock().unwrap_or_else(|e| e.into_inner());
-            pushed.counts.remove(&(provisioner, tenant));
+            pushed.bodies.remove(&(provisioner, tenant));
             continue;
         };
         let url = format!("http://{}:{}/v2/tenants/{tenant}", info.host, info.port);
-        let call = if workers > 0 {
-            let body = serde_json::json!({"workers": workers, "resources": {}});
-            Call::json(&url, &body).method_put()
-        } else {
-            Call::delete(&url)
+        let workers = body
+            .as_ref()
+            .map_or(0, |b| b["workers"].as_u64().unwrap_or(0));
+        let call = match &body {
+            Some(body) => Call::json(&url, body).method_put(),
+            None => Call::delete(&url),
         }
         .timeout(PUSH_TIMEOUT);
         let key = (provisioner.clone(), tenant.clone());
@@ -127,11 +154,10 @@ pub async fn push(app: &App) {
         };
         if ok {
             let mut pushed = app.pushed.lock().unwrap_or_else(|e| e.into_inner());
-            if workers > 0 {
-                pushed.counts.insert(key.clone(), workers);
-            } else {
-                pushed.counts.remove(&key);
-            }
+            match body {
+                Some(body) => pushed.bodies.insert(key.clone(), body),
+                None => pushed.bodies.remove(&key),
+            };
             if pushed.failing.remove(&key) {
                 tracing::info!(%provisioner, %tenant, "tenant push accepted again");
             }

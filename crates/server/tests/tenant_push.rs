@@ -1,5 +1,6 @@
 //! Coopr's tenant push: a provisioner registered with host and port is told how many workers to
-//! run per tenant (`PUT /v2/tenants/{id}` with `{"workers": n}`), up to its capacity, and
+//! run per tenant (`PUT /v2/tenants/{id}` with `{"workers": n, "resources": ...}`), up to its
+//! capacity, with the tenant's live plugin resources, and
 //! `DELETE`d when a tenant's workers go to 0; a tenant with workers cannot be deleted.
 
 mod common;
@@ -88,8 +89,12 @@ async fn tenant_workers_are_pushed_to_provisioners() {
 
     set_workers(&srv, 3).await;
     wait_for("the push of 3 workers", || async {
-        (last(&received) == Some(("PUT".into(), json!({"workers": 3, "resources": {}}))))
-            .then_some(())
+        (last(&received)
+            == Some((
+                "PUT".into(),
+                json!({"workers": 3, "resources": {"automatortypes": {}, "providertypes": {}}}),
+            )))
+        .then_some(())
     })
     .await;
     // More than the provisioner's capacity: it runs what it can.
@@ -116,5 +121,95 @@ async fn tenant_workers_are_pushed_to_provisioners() {
     let ids: std::collections::BTreeSet<&String> = all.iter().map(|(_, id, _)| id).collect();
     assert_eq!(ids.len(), 1, "{all:?}");
     assert_eq!(all.len(), 3, "{all:?}");
+    srv.stop().await;
+}
+
+/// The push carries the tenant's live plugin resources in Coopr's shape (format and
+/// permissions from the plugin type's `resourceTypes`), and a resource sync pushes again.
+#[tokio::test]
+async fn live_resources_are_pushed_and_a_sync_pushes_again() {
+    let (port, received) = mock_provisioner().await;
+    let srv = TestServer::start().await;
+    srv.prov(
+        Method::PUT,
+        "/v2/plugins/automatortypes/shell",
+        json!({"name": "shell", "classname": "ShellAutomator",
+               "resourceTypes": {"scripts": {"format": "file", "permissions": "0755"},
+                                 "archives": {"format": "archive"}}}),
+    )
+    .await
+    .assert_ok();
+    srv.prov(
+        Method::PUT,
+        "/v2/provisioners/p1",
+        json!({"id": "p1", "host": "127.0.0.1", "port": port, "capacityTotal": 4}),
+    )
+    .await
+    .assert_ok();
+    srv.put(
+        "/v2/tenants/demo",
+        &Auth::Superadmin,
+        json!({"tenant": {"name": "demo", "workers": 2}}),
+    )
+    .await
+    .assert_ok();
+    wait_for("the push of 2 workers without resources", || async {
+        (last(&received)
+            == Some((
+                "PUT".into(),
+                json!({"workers": 2, "resources": {"automatortypes": {}, "providertypes": {}}}),
+            )))
+        .then_some(())
+    })
+    .await;
+
+    let admin = Auth::of("admin", "demo", "demo-admin-key");
+    let script = "/v2/plugins/automatortypes/shell/scripts/hello.sh";
+    for body in ["echo one", "echo two"] {
+        srv.client
+            .raw(
+                Method::POST,
+                script,
+                &admin,
+                &[],
+                Some(body.as_bytes().to_vec()),
+            )
+            .await
+            .assert_ok();
+    }
+    srv.post(&format!("{script}/versions/2/stage"), &admin, Value::Null)
+        .await
+        .assert_ok();
+    // Staged is not live: nothing new is pushed until the sync.
+    let before_sync = received.lock().unwrap().len();
+    srv.post("/v2/plugins/sync", &admin, Value::Null)
+        .await
+        .assert_ok();
+    let expected = json!({"workers": 2, "resources": {
+        "automatortypes": {"shell": {"scripts": {
+            "format": "file", "permissions": "0755",
+            "active": [{"name": "hello.sh", "version": 2}]}}},
+        "providertypes": {}}});
+    wait_for("the push of the synced script", || async {
+        (last(&received) == Some(("PUT".into(), expected.clone()))).then_some(())
+    })
+    .await;
+    let all = received.lock().unwrap().clone();
+    assert_eq!(all.len(), before_sync + 1, "{all:?}");
+    // The provisioner fetches what it was told of, by the tenant ID it was pushed.
+    let tenant_id = &all.last().expect("a push").1;
+    let fetched = reqwest::Client::new()
+        .get(format!(
+            "{}/v2/tenants/{tenant_id}/automatortypes/shell/scripts/hello.sh/versions/2",
+            srv.client.base
+        ))
+        .header("Coopr-UserID", "admin")
+        .header("Coopr-TenantID", tenant_id)
+        .header("Coopr-ApiKey", "admin-key")
+        .send()
+        .await
+        .expect("fetch");
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.text().await.expect("body"), "echo two");
     srv.stop().await;
 }

@@ -376,6 +376,59 @@ impl TenantCatalog {
     }
 }
 
+/// Coopr's `ResourceCollection` of one tenant, as the tenant push carries it to provisioners
+/// (`{"automatortypes": {plugin: {resource type: {"format", "permissions"?, "active": [{"name",
+/// "version"}]}}}, "providertypes": {...}}`): the live version of each of the tenant's
+/// resources, under the resource types the registered plugin specifications (`plugins`, the
+/// superadmin's catalog) declare, with the format and permissions they declare. Resource types
+/// without a live version are left out, as in Coopr; both plugin kinds are always present.
+pub fn live_resources(plugins: Option<&TenantCatalog>, tenant: Option<&TenantCatalog>) -> Value {
+    let mut out = serde_json::Map::new();
+    for kind in PluginKind::ALL {
+        let mut by_plugin = serde_json::Map::new();
+        let specs = plugins
+            .map(|c| c.list(kind.entity_kind()))
+            .unwrap_or_default();
+        for spec in specs {
+            let Some(plugin) = spec.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let mut by_type = serde_json::Map::new();
+            for (resource_type, type_spec) in declared_resource_types(spec).into_iter().flatten() {
+                let active: Vec<Value> = tenant
+                    .map(|t| t.resources_of_type(kind, plugin, resource_type))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|(name, versions)| {
+                        versions
+                            .versions
+                            .iter()
+                            .filter(|(_, v)| v.live)
+                            .map(move |(version, _)| serde_json::json!({"name": name, "version": version}))
+                    })
+                    .collect();
+                if active.is_empty() {
+                    continue;
+                }
+                let mut entry = serde_json::Map::new();
+                if let Some(format) = type_spec.get("format") {
+                    entry.insert("format".into(), format.clone());
+                }
+                if let Some(permissions) = type_spec.get("permissions") {
+                    entry.insert("permissions".into(), permissions.clone());
+                }
+                entry.insert("active".into(), Value::Array(active));
+                by_type.insert(resource_type.clone(), Value::Object(entry));
+            }
+            if !by_type.is_empty() {
+                by_plugin.insert(plugin.to_string(), Value::Object(by_type));
+            }
+        }
+        out.insert(kind.as_str().into(), Value::Object(by_plugin));
+    }
+    Value::Object(out)
+}
+
 /// Drops every blob that no resource version of any tenant references.
 pub fn collect_garbage(catalogs: &BTreeMap<String, TenantCatalog>, blobs: &mut Blobs) {
     if blobs.is_empty() {
@@ -540,6 +593,62 @@ mod tests {
         );
         assert_eq!(catalog.stage_resource(&path("hadoop"), 9), None);
         assert_eq!(catalog.recall_resource(&path("other"), 1), None);
+    }
+
+    /// The tenant push's resources: live versions only, under the types the registered
+    /// plugins declare, with their format and permissions (Coopr's `ResourceCollectionCodec`).
+    #[test]
+    fn live_resources_follow_coopr_s_resource_collection() {
+        let mut plugins = TenantCatalog::default();
+        plugins.put_version(
+            EntityKind::Automatortypes,
+            "chef-solo",
+            1,
+            serde_json::json!({"name": "chef-solo", "resourceTypes": {
+                "cookbooks": {"format": "archive"},
+                "roles": {"format": "file", "permissions": "0644"}}}),
+        );
+        let mut tenant = TenantCatalog::default();
+        assert_eq!(
+            live_resources(Some(&plugins), Some(&tenant)),
+            serde_json::json!({"automatortypes": {}, "providertypes": {}})
+        );
+        for v in 1..=2 {
+            tenant.add_resource_version(&path("hadoop"), v, "h", 1);
+        }
+        tenant.add_resource_version(&path("mysql"), 1, "h", 1);
+        let role = ResourcePath {
+            resource_type: "roles".into(),
+            ..path("cluster.json")
+        };
+        tenant.add_resource_version(&role, 1, "h", 1);
+        // A resource of a type no plugin declares is not pushed.
+        let undeclared = ResourcePath {
+            plugin: "gone".into(),
+            ..path("x")
+        };
+        tenant.add_resource_version(&undeclared, 1, "h", 1);
+        for p in [path("hadoop"), role.clone(), undeclared.clone()] {
+            tenant.stage_resource(&p, 1);
+        }
+        tenant.stage_resource(&path("hadoop"), 2);
+        tenant.sync_resources();
+        // Staged after the sync: not live yet.
+        tenant.stage_resource(&path("mysql"), 1);
+        assert_eq!(
+            live_resources(Some(&plugins), Some(&tenant)),
+            serde_json::json!({
+                "automatortypes": {"chef-solo": {
+                    "cookbooks": {"format": "archive", "active": [{"name": "hadoop", "version": 2}]},
+                    "roles": {"format": "file", "permissions": "0644",
+                              "active": [{"name": "cluster.json", "version": 1}]}}},
+                "providertypes": {}
+            })
+        );
+        assert_eq!(
+            live_resources(None, Some(&tenant)),
+            serde_json::json!({"automatortypes": {}, "providertypes": {}})
+        );
     }
 
     #[test]
