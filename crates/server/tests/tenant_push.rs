@@ -97,6 +97,10 @@ async fn tenant_workers_are_pushed_to_provisioners() {
         .then_some(())
     })
     .await;
+    // The provisioner's view shows what it was assigned, by tenant ID.
+    let id = received.lock().unwrap().last().expect("a push").1.clone();
+    let p1 = srv.get("/v2/provisioners/p1", &Auth::Superadmin).await;
+    assert_eq!(p1.assert_ok()["assignments"], json!({ id.as_str(): 3 }));
     // More than the provisioner's capacity: it runs what it can.
     set_workers(&srv, 6).await;
     wait_for("the push of 4 workers", || async {

@@ -271,18 +271,29 @@ async fn create_key(
 }
 
 /// Every provisioner of this DC in Coopr's shape: `capacityFree` counts the tasks its workers
-/// hold; `usage` says how many of them are each tenant's (by tenant ID, as in Coopr's
-/// heartbeats); `assignments` (Coopr's workers assigned per tenant) is always empty: every
-/// worker here serves every tenant. Both maps are present even when empty, as Coopr's
-/// clients read them.
+/// hold; `usage` says how many of them are each tenant's (by tenant ID); `assignments` are
+/// the workers the tenant push gives it per tenant ID (the same rule as the push, on this
+/// node's copy of the state, so every node of the DC answers the same). Both maps are present
+/// even when empty, as Coopr's clients read them.
 fn provisioner_views(app: &App) -> Vec<(String, Value)> {
     let state = app.core.read();
-    let tenant_ids: BTreeMap<&str, &str> = app
-        .global(&state)
+    let global = app.global(&state);
+    let tenant_ids: BTreeMap<&str, &str> = global
         .tenants
         .values()
         .map(|t| (t.name.as_str(), t.id.as_str()))
         .collect();
+    let (assigned, _) = crate::tenant_push::assignments(
+        state.local.provisioners.values(),
+        global.tenants.values().map(|t| (t.id.as_str(), t.workers)),
+    );
+    let mut assignments = BTreeMap::<&str, BTreeMap<&str, u32>>::new();
+    for ((provisioner, tenant), workers) in &assigned {
+        assignments
+            .entry(provisioner.as_str())
+            .or_default()
+            .insert(tenant.as_str(), *workers);
+    }
     // provisioner -> tenant id -> tasks in progress
     let mut usage = BTreeMap::<&str, BTreeMap<&str, u32>>::new();
     for record in state.clusters() {
@@ -309,10 +320,11 @@ fn provisioner_views(app: &App) -> Vec<(String, Value)> {
         .map(|p| {
             let by_tenant = usage.remove(p.id.as_str()).unwrap_or_default();
             let used: u32 = by_tenant.values().sum();
+            let assigned = assignments.remove(p.id.as_str()).unwrap_or_default();
             let view = json!({"id": p.id, "host": p.host, "port": p.port,
                    "capacityTotal": p.capacity_total,
                    "capacityFree": p.capacity_total.saturating_sub(used),
-                   "assignments": {}, "usage": by_tenant});
+                   "assignments": assigned, "usage": by_tenant});
             (p.id.clone(), view)
         })
         .collect()
