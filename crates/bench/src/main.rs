@@ -16,6 +16,9 @@
 //!
 //!  plan:  examples/catalog.json --> solve_layout --> plan --> State::apply(CreateCluster)
 //!         (pure functions, no I/O; 100 / 1,000 / 10,000 nodes)
+//!
+//!  scale: N ACTIVE clusters built through State::apply --> heap bytes (counting allocator)
+//!         and snapshot bytes, per cluster and per part of a cluster record
 //! ```
 //!
 //! Benchmarks are not timed tests: they print figures (a markdown table on stdout, progress on
@@ -30,10 +33,15 @@ mod fsync;
 mod ops;
 mod plan;
 mod reseed;
+mod scale;
 mod stats;
 mod wan;
 
 use clap::{Parser, Subcommand};
+
+/// Counts heap bytes for `scale` (one relaxed atomic add per allocation elsewhere).
+#[global_allocator]
+static ALLOCATOR: scale::Counting = scale::Counting;
 
 #[derive(Parser, Debug)]
 #[command(name = "coopr-bench", about = "Benchmarks of the coopr server")]
@@ -64,6 +72,8 @@ enum Scenario {
     Failover(failover::FailoverArgs),
     /// The CPU cost of re-seeding one shard's copy from a snapshot of the owner's (no network).
     Reseed(reseed::ReseedArgs),
+    /// What a cluster costs the state in memory and in snapshots, by part (no I/O).
+    Scale(scale::ScaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,5 +111,6 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(failover::run(args))
         }
         Scenario::Reseed(args) => reseed::run(args),
+        Scenario::Scale(args) => scale::run(args),
     }
 }

@@ -12,15 +12,13 @@
 //! budget lasts). `State::apply` runs on a fresh copy of a state holding only the tenant and its
 //! catalog, so it is the cost of one create with nothing else in the shard.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use coopr_engine::{plan, solve_layout, LayoutRequest, NodeLayout, PlanInput};
 use coopr_state::{encode_entry, ClusterSpec, Command, Entry, NodeSpec, State};
 use coopr_types::{
-    ClusterAction, ClusterId, ClusterTemplate, NodeId, Provider, Service, ShardId, Tenant,
-    UNLIMITED,
+    ClusterAction, ClusterId, ClusterTemplate, NodeId, Provider, ShardId, Tenant, UNLIMITED,
 };
 use serde_json::Value;
 
@@ -50,7 +48,7 @@ pub struct PlanArgs {
 pub(crate) struct Catalog {
     json: Value,
     template: ClusterTemplate,
-    services: BTreeMap<String, Service>,
+    services: coopr_types::ServiceDefs,
     provider: Provider,
 }
 
@@ -80,7 +78,7 @@ impl Catalog {
                         .as_str()
                         .context("service without name")?
                         .to_string(),
-                    serde_json::from_value(s.clone())?,
+                    std::sync::Arc::new(serde_json::from_value(s.clone())?),
                 ))
             })
             .collect::<anyhow::Result<_>>()?;

@@ -26,7 +26,11 @@ pub struct ReseedArgs {
     clusters: u32,
 }
 
-fn apply(state: &mut State, now_ms: &mut u64, command: Command) -> anyhow::Result<Outcome> {
+pub(crate) fn apply(
+    state: &mut State,
+    now_ms: &mut u64,
+    command: Command,
+) -> anyhow::Result<Outcome> {
     *now_ms += 1;
     state
         .apply(&Entry {
@@ -39,7 +43,7 @@ fn apply(state: &mut State, now_ms: &mut u64, command: Command) -> anyhow::Resul
 }
 
 /// A state whose shard 0 holds `clusters` ACTIVE one-machine clusters.
-fn owner(catalog: &Catalog, clusters: u32) -> anyhow::Result<State> {
+pub(crate) fn owner(catalog: &Catalog, clusters: u32) -> anyhow::Result<State> {
     let mut state = catalog.state()?;
     let mut now = 1_700_000_000_000;
     apply(

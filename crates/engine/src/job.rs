@@ -37,11 +37,9 @@
 //! COMPLETE or FAILED, nothing else changes) so that, say, a CREATE's provider id still reaches
 //! the node and the machine can be deleted later. Such a task that times out is DROPPED.
 
-use std::collections::BTreeMap;
-
 use coopr_types::{
     ClusterAction, ClusterStatus, Job, JobId, JobStatus, JsonMap, NodeId, Task, TaskId, TaskName,
-    TaskOwner, TaskStatus,
+    TaskOwner, TaskStatus, VecMap,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -149,7 +147,7 @@ pub fn cluster_status_after(action: ClusterAction, success: bool) -> ClusterStat
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct JobRun {
     pub job: Job,
-    pub tasks: BTreeMap<TaskId, Task>,
+    pub tasks: VecMap<TaskId, Task>,
 }
 
 impl JobRun {
@@ -182,7 +180,7 @@ impl JobRun {
                 message: None,
                 next_task_seq: 1,
             },
-            tasks: BTreeMap::new(),
+            tasks: VecMap::new(),
         };
         for stage in stages.into_iter().filter(|s| !s.is_empty()) {
             // The planner's rule; node replacement after a failed CONFIRM relies on it.

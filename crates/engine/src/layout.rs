@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use coopr_types::{ClusterTemplate, NodeId, Service};
+use coopr_types::{ClusterTemplate, NodeId, ServiceDefs};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -49,7 +49,7 @@ pub struct LayoutRequest<'a> {
     /// Resolved by the caller: the request's override or the template default.
     pub imagetype: &'a str,
     /// The tenant's services, by name.
-    pub catalog_services: &'a BTreeMap<String, Service>,
+    pub catalog_services: &'a ServiceDefs,
 }
 
 /// One machine of a solved layout.
@@ -70,7 +70,7 @@ pub struct AddServicesRequest<'a> {
     pub nodes: &'a [(NodeId, NodeLayout)],
     /// The services to add; none may already be in the cluster.
     pub new_services: &'a [String],
-    pub catalog_services: &'a BTreeMap<String, Service>,
+    pub catalog_services: &'a ServiceDefs,
 }
 
 /// Why no layout exists. All variants are client errors (HTTP 400) and not retryable: the same
@@ -232,7 +232,7 @@ fn allows(list: &[String], value: &str) -> bool {
 }
 
 /// Whether `name` (a service or something a service `provides`) is satisfied by `cluster`.
-fn satisfied(name: &str, cluster: &BTreeSet<String>, catalog: &BTreeMap<String, Service>) -> bool {
+fn satisfied(name: &str, cluster: &BTreeSet<String>, catalog: &ServiceDefs) -> bool {
     cluster.contains(name)
         || cluster.iter().any(|s| {
             catalog
@@ -245,7 +245,7 @@ fn satisfied(name: &str, cluster: &BTreeSet<String>, catalog: &BTreeMap<String, 
 /// the dependencies of every service in the resulting cluster (`cluster`).
 fn check_services(
     template: &ClusterTemplate,
-    catalog: &BTreeMap<String, Service>,
+    catalog: &ServiceDefs,
     checked: &BTreeSet<String>,
     cluster: &BTreeSet<String>,
 ) -> Result<(), LayoutError> {
@@ -289,7 +289,7 @@ fn check_services(
 }
 
 /// Returns a service on a cycle of install or runtime `requires` edges, if there is one.
-fn find_cycle(cluster: &BTreeSet<String>, catalog: &BTreeMap<String, Service>) -> Option<String> {
+fn find_cycle(cluster: &BTreeSet<String>, catalog: &ServiceDefs) -> Option<String> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Visiting,
@@ -298,7 +298,7 @@ fn find_cycle(cluster: &BTreeSet<String>, catalog: &BTreeMap<String, Service>) -
     fn visit(
         name: &str,
         cluster: &BTreeSet<String>,
-        catalog: &BTreeMap<String, Service>,
+        catalog: &ServiceDefs,
         marks: &mut BTreeMap<String, Mark>,
     ) -> Option<String> {
         match marks.get(name) {

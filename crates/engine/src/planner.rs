@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use coopr_types::{ClusterAction, NodeId, Service, TaskName};
+use coopr_types::{ClusterAction, NodeId, ServiceDefs, TaskName};
 use serde::{Deserialize, Serialize};
 
 /// One task of a plan, before it gets an ID.
@@ -43,7 +43,7 @@ pub struct PlanInput<'a> {
     /// Every node of the cluster with its services (after the operation, for `ADD_SERVICES`).
     pub nodes: &'a [(NodeId, Vec<String>)],
     /// The tenant's services, by name.
-    pub catalog_services: &'a BTreeMap<String, Service>,
+    pub catalog_services: &'a ServiceDefs,
     /// The services the operation acts on (the added ones for `ADD_SERVICES`); empty means all of
     /// each node's services. Node-level BOOTSTRAP then runs only on nodes holding one of them.
     pub target_services: &'a [String],
@@ -154,11 +154,7 @@ struct Levels<'a> {
 }
 
 impl<'a> Levels<'a> {
-    fn new(
-        task_name: TaskName,
-        cluster: &BTreeSet<&'a String>,
-        catalog: &'a BTreeMap<String, Service>,
-    ) -> Self {
+    fn new(task_name: TaskName, cluster: &BTreeSet<&'a String>, catalog: &'a ServiceDefs) -> Self {
         let mut edges = BTreeMap::new();
         for &service in cluster {
             let Some(svc) = catalog.get(service.as_str()) else {

@@ -33,7 +33,7 @@ fn example_lamp_solves_and_plans() {
     let services: BTreeMap<_, _> = export
         .services
         .iter()
-        .map(|s| (s.name.clone(), s.clone()))
+        .map(|s| (s.name.clone(), std::sync::Arc::new(s.clone())))
         .collect();
     assert!(services
         .values()

@@ -184,8 +184,14 @@ fn mustcoexist_keeps_services_together() {
 #[test]
 fn dependency_cycles_are_rejected() {
     let mut catalog = lamp_catalog();
-    catalog.insert("x".into(), service("x", &["install"], &["y"], &[]));
-    catalog.insert("y".into(), service("y", &["install"], &[], &["x"]));
+    catalog.insert(
+        "x".into(),
+        std::sync::Arc::new(service("x", &["install"], &["y"], &[])),
+    );
+    catalog.insert(
+        "y".into(),
+        std::sync::Arc::new(service("y", &["install"], &[], &["x"])),
+    );
     let template = ClusterTemplate {
         name: "any".into(),
         ..Default::default()

@@ -250,7 +250,7 @@ fn ordering_is_transitive_through_services_without_actions() {
         service("c", &["install"], &["b"], &[]),
     ]
     .into_iter()
-    .map(|s| (s.name.clone(), s))
+    .map(|s| (s.name.clone(), std::sync::Arc::new(s)))
     .collect();
     let cluster = nodes(&[("n1", &["c"]), ("n2", &["a", "b"])]);
     let stages = plan(&PlanInput {
@@ -318,10 +318,7 @@ fn stage_rules_hold_for_every_layout() {
     assert_eq!(checked, 4096 * actions.len());
 }
 
-fn check_stage_rules(
-    stages: &[Vec<PlannedTask>],
-    catalog: &std::collections::BTreeMap<String, coopr_types::Service>,
-) {
+fn check_stage_rules(stages: &[Vec<PlannedTask>], catalog: &coopr_types::ServiceDefs) {
     for stage in stages {
         assert!(!stage.is_empty());
         let nodes: BTreeSet<_> = stage.iter().map(|t| &t.node_id).collect();

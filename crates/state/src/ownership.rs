@@ -586,6 +586,7 @@ impl State {
                 .into_iter()
                 .filter(|(name, _)| view.cluster.services.contains(name))
                 .collect();
+            let service_defs = self.service_pool.intern_all(service_defs);
             let record = adopted_record(id, view, service_defs, now);
             if let Some(run) = record.jobs.values().next() {
                 resumed.push(run.job.id);
@@ -626,7 +627,7 @@ impl State {
 fn adopted_record(
     id: ClusterId,
     view: ClusterView,
-    service_defs: BTreeMap<String, coopr_types::Service>,
+    service_defs: coopr_types::ServiceDefs,
     now: u64,
 ) -> ClusterRecord {
     let ClusterView {
@@ -635,7 +636,7 @@ fn adopted_record(
         jobs: summaries,
         in_flight,
     } = view;
-    let nodes: BTreeMap<NodeId, Node> = replicated
+    let nodes: coopr_types::VecMap<NodeId, Node> = replicated
         .values()
         .map(|n| {
             let node = Node {
@@ -649,7 +650,7 @@ fn adopted_record(
         })
         .collect();
     let mut next_job_seq = summaries.keys().map(|j| j.seq + 1).max().unwrap_or(1);
-    let mut jobs = BTreeMap::new();
+    let mut jobs = coopr_types::VecMap::new();
     let mut shipped = None;
     if let Some(operation) = in_flight {
         let run = resumed_run(id, &operation, now);

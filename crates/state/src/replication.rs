@@ -715,6 +715,11 @@ impl Outbox {
             }
             count += 1;
         }
+        // A trimmed outbox gives its memory back (the deque keeps its peak capacity otherwise).
+        let capacity = self.records.capacity();
+        if capacity > 1024 && self.records.len() < capacity / 4 {
+            self.records.shrink_to(self.records.len() * 2);
+        }
         count
     }
 

@@ -607,6 +607,34 @@ fn add_services_uses_current_service_definitions() {
         .contains_key("redis"));
 }
 
+/// Clusters planned with the same service definitions share one allocation of each (the state
+/// holds millions of clusters of a few templates), also in a state restored from a snapshot;
+/// a changed definition is a new one.
+#[test]
+fn clusters_share_equal_service_definitions() {
+    let shared = |state: &State, a: ClusterId, b: ClusterId| {
+        let defs = |id| &state.cluster(id).unwrap().service_defs;
+        defs(a).len() == defs(b).len()
+            && defs(a)
+                .iter()
+                .all(|(name, def)| std::sync::Arc::ptr_eq(def, &defs(b)[name]))
+    };
+    let mut h = Harness::new(4);
+    let a = h.create_ok("lamp", 1);
+    let b = h.create_ok("lamp", 2);
+    assert!(shared(&h.state, a, b));
+    let store = MemStore::new();
+    let bytes: Vec<Vec<u8>> = h.log.iter().map(encode_entry).collect();
+    let last = store.append(&bytes).unwrap();
+    store
+        .install_snapshot(&snapshot_of(&h.state, last))
+        .unwrap();
+    let recovered = recover(&store, 4).unwrap();
+    assert_eq!(recovered.replayed, 0, "restored from the snapshot alone");
+    assert!(shared(&recovered.state, a, b));
+    assert_eq!(parts_of(&recovered.state), h.parts());
+}
+
 /// Applying entries and appending them to a store, then `recover`, gives the same state; so
 /// does snapshot + replay of the entries after the snapshot.
 #[test]

@@ -128,6 +128,11 @@ pub struct ServiceProvisioner {
     pub actions: BTreeMap<String, ServiceAction>,
 }
 
+/// Service definitions by name, shared: a cluster record keeps the definitions its last
+/// operation planned with, and identical definitions are one allocation across clusters
+/// (`coopr_state`'s service pool).
+pub type ServiceDefs = BTreeMap<String, std::sync::Arc<Service>>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Service {
     pub name: String,

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod job;
 pub mod lenient;
 pub mod status;
+pub mod vecmap;
 
 pub use catalog::*;
 pub use cluster::*;
@@ -15,3 +16,4 @@ pub use error::IdError;
 pub use ids::*;
 pub use job::*;
 pub use status::*;
+pub use vecmap::VecMap;

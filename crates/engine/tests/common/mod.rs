@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-
 use coopr_engine::PlannedTask;
 use coopr_types::{ClusterId, ClusterTemplate, JobId, NodeId, Service, TaskOwner};
 use serde_json::json;
@@ -41,7 +39,7 @@ const FULL: &[&str] = &["install", "configure", "initialize", "start", "stop"];
 /// base (install, configure), mysql (install requires base), apache (install requires base,
 /// runtime requires mysql), php-app (install requires apache, runtime requires apache and mysql),
 /// and redis (not in the lamp template).
-pub fn lamp_catalog() -> BTreeMap<String, Service> {
+pub fn lamp_catalog() -> coopr_types::ServiceDefs {
     [
         service("base", &["install", "configure"], &[], &[]),
         service("mysql", FULL, &["base"], &[]),
@@ -50,7 +48,7 @@ pub fn lamp_catalog() -> BTreeMap<String, Service> {
         service("redis", FULL, &[], &[]),
     ]
     .into_iter()
-    .map(|s| (s.name.clone(), s))
+    .map(|s| (s.name.clone(), std::sync::Arc::new(s)))
     .collect()
 }
 

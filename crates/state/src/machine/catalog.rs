@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use coopr_types::{ApiKey, EntityKind, Service, ShardId, Tenant};
+use coopr_types::{ApiKey, EntityKind, Service, ServiceDefs, ShardId, Tenant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -111,11 +111,11 @@ impl TenantCatalog {
     }
 
     /// The latest services, parsed (entities that fail to parse are skipped; they were validated on write).
-    pub fn services(&self) -> BTreeMap<String, Service> {
+    pub fn services(&self) -> ServiceDefs {
         self.list(EntityKind::Services)
             .into_iter()
             .filter_map(|v| serde_json::from_value::<Service>(v.clone()).ok())
-            .map(|s| (s.name.clone(), s))
+            .map(|s| (s.name.clone(), std::sync::Arc::new(s)))
             .collect()
     }
 }

@@ -121,6 +121,7 @@ impl State {
             .get(&spec.tenant)
             .map(TenantCatalog::services)
             .unwrap_or_default();
+        let service_defs = self.service_pool.intern_all(service_defs);
         let shard_count = self.shard_count;
         let Some(shard_state) = self.shards.get_mut(&shard) else {
             return Err(CommandError::invalid(
@@ -151,7 +152,7 @@ impl State {
             }
             set.into_iter().collect()
         };
-        let nodes: BTreeMap<NodeId, Node> = spec
+        let nodes: coopr_types::VecMap<NodeId, Node> = spec
             .nodes
             .iter()
             .map(|n| {
@@ -208,7 +209,7 @@ impl State {
         let record = ClusterRecord {
             cluster,
             nodes,
-            jobs: BTreeMap::new(),
+            jobs: coopr_types::VecMap::new(),
             next_job_seq: 1,
             service_defs,
             shipped: None,
@@ -321,6 +322,7 @@ impl State {
             })
             .map(TenantCatalog::services)
             .unwrap_or_default();
+        let current_defs = self.service_pool.intern_all(current_defs);
         let record = self.cluster_mut(cluster)?;
         if record.cluster.status != ClusterStatus::Active {
             return Err(CommandError::conflict(

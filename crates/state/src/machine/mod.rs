@@ -31,13 +31,14 @@
 mod catalog;
 mod clusters;
 mod emit;
+mod service_pool;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use coopr_engine::job::JobRun;
 use coopr_types::{
-    ApiKey, Cluster, ClusterId, JobId, Node, NodeId, Service, ShardId, TaskId, Tenant,
+    ApiKey, Cluster, ClusterId, JobId, Node, NodeId, ServiceDefs, ShardId, TaskId, Tenant, VecMap,
 };
 use serde::{Deserialize, Serialize};
 
@@ -79,12 +80,14 @@ pub struct GlobalShard {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterRecord {
     pub cluster: Cluster,
-    pub nodes: BTreeMap<NodeId, Node>,
+    /// Small maps of large values: [`VecMap`]s, not `BTreeMap`s (see `coopr_types::vecmap`).
+    pub nodes: VecMap<NodeId, Node>,
     /// By job sequence number.
-    pub jobs: BTreeMap<u32, JobRun>,
+    pub jobs: VecMap<u32, JobRun>,
     pub next_job_seq: u32,
-    /// The services catalog as of the latest operation (the planner's input).
-    pub service_defs: BTreeMap<String, Service>,
+    /// The services catalog as of the latest operation (the planner's input); equal
+    /// definitions are shared between records ([`service_pool`]).
+    pub service_defs: ServiceDefs,
     /// The operation in flight as the replicas know it (set by its `OperationStarted`, cleared
     /// by its `OperationFinished`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +114,25 @@ impl ClusterRecord {
 
     fn running_job(&self) -> Option<&JobRun> {
         self.jobs.values().find(|j| !j.job.status.is_finished())
+    }
+
+    /// Gives back the vectors' growth slack (task lists, action histories): called when a job
+    /// finishes and when a record is loaded, since a record changes little between operations
+    /// and millions of them are held.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        for run in self.jobs.values_mut() {
+            run.tasks.shrink_to_fit();
+            run.job.stages.iter_mut().for_each(Vec::shrink_to_fit);
+            run.job.stages.shrink_to_fit();
+        }
+        self.jobs.shrink_to_fit();
+        for node in self.nodes.values_mut() {
+            node.actions.shrink_to_fit();
+            node.properties.services.shrink_to_fit();
+        }
+        self.nodes.shrink_to_fit();
+        self.cluster.nodes.shrink_to_fit();
+        self.cluster.services.shrink_to_fit();
     }
 }
 
@@ -167,6 +189,8 @@ pub struct State {
     applying_at_ms: u64,
     /// The idempotency key of the entry being applied: `OperationStarted` carries it.
     applying_key: Option<String>,
+    /// Derived: shares equal service definitions between records.
+    pub(crate) service_pool: service_pool::ServicePool,
 }
 
 impl State {
@@ -185,6 +209,7 @@ impl State {
             active_jobs: BTreeSet::new(),
             applying_at_ms: 0,
             applying_key: None,
+            service_pool: service_pool::ServicePool::default(),
         }
     }
 
@@ -199,6 +224,15 @@ impl State {
         state.global = global;
         state.shards.extend(shards);
         state.local = local;
+        let pool = &mut state.service_pool;
+        for record in state
+            .shards
+            .values_mut()
+            .flat_map(|s| s.clusters.values_mut())
+        {
+            record.service_defs = pool.intern_all(std::mem::take(&mut record.service_defs));
+            record.shrink_to_fit();
+        }
         let jobs: Vec<JobId> = state
             .shards
             .values()

@@ -272,7 +272,12 @@ impl State {
         let finished = run.job.status.is_finished();
         let ready = run.ready_tasks();
         if finished {
-            self.active_jobs.remove(&job);
+            if self.active_jobs.remove(&job) {
+                // Just finished: the record grows no more until its next operation.
+                if let Ok(record) = self.cluster_mut(job.cluster) {
+                    record.shrink_to_fit();
+                }
+            }
         } else {
             self.active_jobs.insert(job);
         }
