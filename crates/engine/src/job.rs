@@ -211,8 +211,6 @@ impl JobRun {
         self.job.next_task_seq += 1;
         let task = Task {
             id,
-            job_id: self.job.id,
-            cluster_id: self.job.cluster_id,
             node_id: planned.node_id,
             task_name: planned.task_name,
             service: planned.service,
@@ -270,7 +268,7 @@ impl JobRun {
         }
         t.status = TaskStatus::InProgress;
         t.attempts += 1;
-        t.owner = Some(owner);
+        t.owner = Some(Box::new(owner));
         t.submit_time = now;
         t.status_time = now;
         Ok(())

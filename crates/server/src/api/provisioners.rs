@@ -157,7 +157,7 @@ async fn take(
         let held = state
             .task_held_by_worker(&body.provisioner_id, &body.worker_id)
             .and_then(|task| {
-                let shard = state.task(task)?.cluster_id.shard(app.config.shard_count);
+                let shard = state.task(task)?.cluster_id().shard(app.config.shard_count);
                 Some((task, shard))
             });
         (held, state.queued_task_count())

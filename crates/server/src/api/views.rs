@@ -236,7 +236,7 @@ pub fn task_for_provisioner(
     state: &State,
     task: &Task,
 ) -> Option<Result<Value, coopr_engine::MacroError>> {
-    let record = state.cluster(task.cluster_id)?;
+    let record = state.cluster(task.cluster_id())?;
     let node = record.nodes.get(&task.node_id)?;
     let c = &record.cluster;
     let p = &node.properties;
@@ -304,8 +304,8 @@ pub fn task_for_provisioner(
     }
     Some(Ok(json!({
         "taskId": task.id,
-        "jobId": task.job_id,
-        "clusterId": task.cluster_id,
+        "jobId": task.job_id(),
+        "clusterId": task.cluster_id(),
         "taskName": task.task_name,
         "nodeId": task.node_id,
         "attempt": task.attempts,
