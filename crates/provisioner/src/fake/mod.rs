@@ -183,14 +183,30 @@ struct State {
 }
 
 impl State {
-    /// Writes `next` to the state file (if any) and only then makes it current, so memory never
-    /// runs ahead of disk.
-    fn commit(&mut self, next: Snapshot) -> Result<(), FakeCloudError> {
-        if let Some(path) = &self.path {
-            persist(path, &next)?;
+    /// Sets the node's machine (and the count of machines created) and writes the state file,
+    /// if any; if that write fails the change is undone, so memory never runs ahead of disk.
+    /// In place: copying every machine ever seen on each change made a long run quadratic.
+    fn commit(
+        &mut self,
+        node_id: &str,
+        machine: FakeMachine,
+        machines_created: u64,
+    ) -> Result<(), FakeCloudError> {
+        let previous_count =
+            std::mem::replace(&mut self.snapshot.machines_created, machines_created);
+        let previous = self.snapshot.machines.insert(node_id.to_string(), machine);
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let written = persist(path, &self.snapshot);
+        if written.is_err() {
+            self.snapshot.machines_created = previous_count;
+            match previous {
+                Some(machine) => self.snapshot.machines.insert(node_id.to_string(), machine),
+                None => self.snapshot.machines.remove(node_id),
+            };
         }
-        self.snapshot = next;
-        Ok(())
+        written
     }
 }
 
@@ -380,10 +396,7 @@ impl FakeCloud {
             creates: creates + 1,
             deletes,
         };
-        let mut next = state.snapshot.clone();
-        next.machines_created = number;
-        next.machines.insert(node_id.to_string(), machine.clone());
-        state.commit(next)?;
+        state.commit(node_id, machine.clone(), number)?;
         Ok(CreateAnswer {
             machine,
             created: true,
@@ -397,16 +410,16 @@ impl FakeCloud {
             return Ok(None);
         };
         let removed = live.clone();
-        let mut next = state.snapshot.clone();
-        next.machines.insert(
-            node_id.to_string(),
+        let created = state.snapshot.machines_created;
+        state.commit(
+            node_id,
             FakeMachine {
                 alive: false,
                 deletes: removed.deletes + 1,
                 ..removed.clone()
             },
-        );
-        state.commit(next)?;
+            created,
+        )?;
         Ok(Some(removed))
     }
 }
@@ -820,6 +833,33 @@ mod tests {
         assert!(again.is_success());
         assert_eq!(reopened.machines_created(), 1);
         assert_eq!(again.result["providerid"], json!("fake-1"));
+    }
+
+    /// A change the state file could not take is undone: memory never runs ahead of disk.
+    #[tokio::test]
+    async fn a_change_that_cannot_be_written_is_undone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cloud.json");
+        let cloud = FakeCloud::open(&path).expect("open");
+        let provider = FakeProvider::new(cloud.clone());
+        assert!(provider
+            .run(&provider_task("CREATE", "n1"))
+            .await
+            .is_success());
+        // The state file's place becomes a directory: every write fails from now on.
+        std::fs::remove_file(&path).expect("remove the state file");
+        std::fs::create_dir(&path).expect("a directory in its place");
+        assert!(!provider
+            .run(&provider_task("CREATE", "n2"))
+            .await
+            .is_success());
+        assert!(!provider
+            .run(&provider_task("DELETE", "n1"))
+            .await
+            .is_success());
+        assert_eq!(cloud.machines_created(), 1);
+        assert!(cloud.machine("n2").is_none());
+        assert!(cloud.machine("n1").is_some_and(|m| m.alive));
     }
 
     /// failure_rate 1.0 always fails, whether set in the task or as the cloud default, and a
