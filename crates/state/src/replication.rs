@@ -183,7 +183,9 @@ pub enum RecordKind {
     /// A cluster operation (job) was accepted: the cluster row and nodes as the job starts, and
     /// the minimal restart state (action, request, plan).
     OperationStarted {
-        cluster: ClusterRow,
+        /// Boxed, as in `ClusterUpdated`: the row is most of a record's size, and an outbox may
+        /// hold many records while a replica DC is away.
+        cluster: Box<ClusterRow>,
         /// The nodes, when the operation changed them (a create, added services); `None`: as
         /// the replica has them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,7 +225,7 @@ pub enum RecordKind {
         job: JobSummary,
     },
     /// A metadata-only change of the cluster row (expire time, template sync).
-    ClusterUpdated { cluster: ClusterRow },
+    ClusterUpdated { cluster: Box<ClusterRow> },
     /// A change of the global shard.
     Global(GlobalRecord),
 }

@@ -80,7 +80,9 @@ impl State {
         let row = ClusterRow::of(&record.cluster, with_snapshot);
         self.emit(
             cluster.shard(self.shard_count),
-            RecordKind::ClusterUpdated { cluster: row },
+            RecordKind::ClusterUpdated {
+                cluster: Box::new(row),
+            },
         );
     }
 
@@ -128,7 +130,7 @@ impl State {
         let changes_nodes = create || operation.action == ClusterAction::AddServices;
         let action = operation.action;
         let kind = RecordKind::OperationStarted {
-            cluster: ClusterRow::of(&record.cluster, create),
+            cluster: Box::new(ClusterRow::of(&record.cluster, create)),
             nodes: changes_nodes.then(|| nodes.values().cloned().collect()),
             job,
             action,

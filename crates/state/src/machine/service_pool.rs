@@ -6,30 +6,54 @@
 //! about a third (`coopr-bench scale`). The pool holds weak references only, so a definition
 //! no cluster uses any more is freed; it is derived data, rebuilt as records are loaded.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
 use coopr_types::{Service, ServiceDefs};
 
+/// Interns between two sweeps of the whole pool for entries no record uses any more (a dead
+/// entry still holds its allocation through the weak reference).
+const SWEEP_EVERY: u32 = 1024;
+
 #[derive(Debug, Clone, Default)]
 pub struct ServicePool {
-    by_name: BTreeMap<String, Vec<Weak<Service>>>,
+    /// By name and a hash of the definition's JSON: a lookup compares with the definitions of
+    /// equal content only, however many tenants define a service of the same name.
+    by_content: BTreeMap<(String, u64), Vec<Weak<Service>>>,
+    interns: u32,
 }
 
 impl ServicePool {
     /// The pool's allocation of a definition equal to `service`, or `service` itself (then
     /// pooled).
     pub fn intern(&mut self, service: Arc<Service>) -> Arc<Service> {
-        let same_name = self.by_name.entry(service.name.clone()).or_default();
-        same_name.retain(|w| w.strong_count() > 0);
-        if let Some(pooled) = same_name
+        self.interns += 1;
+        if self.interns >= SWEEP_EVERY {
+            self.interns = 0;
+            self.by_content.retain(|_, same| {
+                same.retain(|w| w.strong_count() > 0);
+                !same.is_empty()
+            });
+        }
+        let mut hasher = DefaultHasher::new();
+        serde_json::to_vec(&*service)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        let same = self
+            .by_content
+            .entry((service.name.clone(), hasher.finish()))
+            .or_default();
+        same.retain(|w| w.strong_count() > 0);
+        if let Some(pooled) = same
             .iter()
             .filter_map(Weak::upgrade)
             .find(|pooled| **pooled == *service)
         {
             return pooled;
         }
-        same_name.push(Arc::downgrade(&service));
+        same.push(Arc::downgrade(&service));
         service
     }
 
@@ -38,6 +62,12 @@ impl ServicePool {
         defs.into_iter()
             .map(|(name, service)| (name, self.intern(service)))
             .collect()
+    }
+
+    /// Pooled entries, dead ones included (for tests).
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.by_content.values().map(Vec::len).sum()
     }
 }
 
@@ -62,8 +92,12 @@ mod tests {
         let other = pool.intern(service("base", 2));
         assert!(!Arc::ptr_eq(&first, &other));
         drop((first, again));
-        // The dead entry is dropped on the next intern of that name.
-        let _third = pool.intern(service("base", 3));
-        assert_eq!(pool.by_name["base"].len(), 2);
+        assert_eq!(pool.entries(), 2);
+        // Dead entries go at the next sweep.
+        let kept: Vec<Arc<Service>> = (0..SWEEP_EVERY)
+            .map(|_| pool.intern(service("base", 2)))
+            .collect();
+        assert_eq!(pool.entries(), 1);
+        assert!(kept.iter().all(|s| Arc::ptr_eq(s, &other)));
     }
 }
