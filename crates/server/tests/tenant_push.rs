@@ -55,11 +55,22 @@ fn last(received: &Received) -> Option<(String, Value)> {
         .map(|(method, _, body)| (method.clone(), body.clone()))
 }
 
-async fn set_workers(srv: &TestServer, workers: u64) {
+async fn set_workers(srv: &TestServer, tenant: &str, workers: u64) {
     srv.put(
-        "/v2/tenants/acme",
+        &format!("/v2/tenants/{tenant}"),
         &Auth::Superadmin,
-        json!({"tenant": {"name": "acme", "workers": workers}}),
+        json!({"tenant": {"name": tenant, "workers": workers}}),
+    )
+    .await
+    .assert_ok();
+}
+
+/// Registers provisioner `p1` (capacity 4) at the mock's port, as a provisioner does.
+async fn register_provisioner(srv: &TestServer, port: u16) {
+    srv.prov(
+        Method::PUT,
+        "/v2/provisioners/p1",
+        json!({"id": "p1", "host": "127.0.0.1", "port": port, "capacityTotal": 4}),
     )
     .await
     .assert_ok();
@@ -69,13 +80,7 @@ async fn set_workers(srv: &TestServer, workers: u64) {
 async fn tenant_workers_are_pushed_to_provisioners() {
     let (port, received) = mock_provisioner().await;
     let srv = TestServer::start().await;
-    srv.prov(
-        Method::PUT,
-        "/v2/provisioners/p1",
-        json!({"id": "p1", "host": "127.0.0.1", "port": port, "capacityTotal": 4}),
-    )
-    .await
-    .assert_ok();
+    register_provisioner(&srv, port).await;
     // Without workers (Coopr's default) nothing is pushed.
     srv.post(
         "/v2/tenants",
@@ -87,7 +92,7 @@ async fn tenant_workers_are_pushed_to_provisioners() {
     let tenant = srv.get("/v2/tenants/acme", &Auth::Superadmin).await;
     assert_eq!(tenant.assert_ok()["workers"], 0);
 
-    set_workers(&srv, 3).await;
+    set_workers(&srv, "acme", 3).await;
     wait_for("the push of 3 workers", || async {
         (last(&received)
             == Some((
@@ -102,7 +107,7 @@ async fn tenant_workers_are_pushed_to_provisioners() {
     let p1 = srv.get("/v2/provisioners/p1", &Auth::Superadmin).await;
     assert_eq!(p1.assert_ok()["assignments"], json!({ id.as_str(): 3 }));
     // More than the provisioner's capacity: it runs what it can.
-    set_workers(&srv, 6).await;
+    set_workers(&srv, "acme", 6).await;
     wait_for("the push of 4 workers", || async {
         (last(&received).is_some_and(|(m, b)| m == "PUT" && b["workers"] == 4)).then_some(())
     })
@@ -111,7 +116,7 @@ async fn tenant_workers_are_pushed_to_provisioners() {
     let refused = srv.delete("/v2/tenants/acme", &Auth::Superadmin).await;
     assert_eq!(refused.assert_error(409), "tenant_has_workers");
 
-    set_workers(&srv, 0).await;
+    set_workers(&srv, "acme", 0).await;
     wait_for(
         "the provisioner told to stop the tenant's workers",
         || async { (last(&received).is_some_and(|(m, _)| m == "DELETE")).then_some(()) },
@@ -143,20 +148,8 @@ async fn live_resources_are_pushed_and_a_sync_pushes_again() {
     )
     .await
     .assert_ok();
-    srv.prov(
-        Method::PUT,
-        "/v2/provisioners/p1",
-        json!({"id": "p1", "host": "127.0.0.1", "port": port, "capacityTotal": 4}),
-    )
-    .await
-    .assert_ok();
-    srv.put(
-        "/v2/tenants/demo",
-        &Auth::Superadmin,
-        json!({"tenant": {"name": "demo", "workers": 2}}),
-    )
-    .await
-    .assert_ok();
+    register_provisioner(&srv, port).await;
+    set_workers(&srv, "demo", 2).await;
     wait_for("the push of 2 workers without resources", || async {
         (last(&received)
             == Some((
