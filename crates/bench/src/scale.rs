@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::anyhow;
+use coopr_state::ClusterRecord;
 use coopr_types::ShardId;
 
 use crate::plan::Catalog;
@@ -102,54 +103,45 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         .get(&ShardId(0))
         .ok_or_else(|| anyhow!("no shard 0"))?;
 
-    // Parts of the records, summed over every cluster.
-    let mut parts: Vec<(&str, usize)> = vec![
-        ("cluster (spec, config, provider, template)", 0),
-        ("nodes (properties, actions, provisioner results)", 0),
-        ("jobs (finished jobs with their tasks)", 0),
-        ("service definitions (the planner's input)", 0),
-        ("in-flight operation as shipped", 0),
+    // Parts of the records, each summed over every cluster; then the shard's and the DC's own.
+    let records: Vec<&ClusterRecord> = shard.clusters.values().collect();
+    let mut parts: Vec<Part> = vec![
+        Part::of_records(
+            &records,
+            "cluster (spec, config, provider, template)",
+            |r| &r.cluster,
+        ),
+        Part::of_records(
+            &records,
+            "nodes (properties, actions, provisioner results)",
+            |r| &r.nodes,
+        ),
+        Part::of_records(&records, "jobs (finished jobs with their tasks)", |r| {
+            &r.jobs
+        }),
+        Part::of_records(&records, "service definitions (the planner's input)", |r| {
+            &r.service_defs
+        }),
+        Part::of_records(&records, "in-flight operation as shipped", |r| &r.shipped),
+        Part::of(
+            "replication outbox (records for replicas)",
+            &shard.replication,
+        ),
+        Part::of("idempotency keys of the shard", &shard.keys),
+        Part::of("DC-local (idempotency table, provisioners)", &state.local),
     ];
-    for record in shard.clusters.values() {
-        parts[0].1 += heap_of(&record.cluster);
-        parts[1].1 += heap_of(&record.nodes);
-        parts[2].1 += heap_of(&record.jobs);
-        parts[3].1 += heap_of(&record.service_defs);
-        parts[4].1 += heap_of(&record.shipped);
-    }
-    parts.push((
-        "replication outbox (records for replicas)",
-        heap_of(&shard.replication),
-    ));
-    parts.push(("idempotency keys of the shard", heap_of(&shard.keys)));
-    parts.push((
-        "DC-local (idempotency table, provisioners)",
-        heap_of(&state.local),
-    ));
-    let counted: usize = parts.iter().map(|p| p.1).sum();
-    parts.push((
-        "not attributed (allocation slack: clones above are compact)",
-        total.saturating_sub(counted),
-    ));
+    let counted: usize = parts.iter().map(|p| p.heap).sum();
+    parts.push(Part {
+        name: "not attributed (allocation slack: clones above are compact)",
+        heap: total.saturating_sub(counted),
+        json: None,
+    });
 
     let snapshot_started = Instant::now();
     let snapshot = coopr_state::encode_parts(&state);
     let snapshot_time = snapshot_started.elapsed();
     let snapshot_bytes: usize = snapshot.values().map(Vec::len).sum();
     let shard_json = snapshot.get(&0).map_or(0, Vec::len);
-    let record_json = |f: &dyn Fn(&coopr_state::ClusterRecord) -> usize| -> usize {
-        shard.clusters.values().map(f).sum()
-    };
-    let json_parts = [
-        record_json(&|r| json_len(&r.cluster)),
-        record_json(&|r| json_len(&r.nodes)),
-        record_json(&|r| json_len(&r.jobs)),
-        record_json(&|r| json_len(&r.service_defs)),
-        record_json(&|r| json_len(&r.shipped)),
-        json_len(&shard.replication),
-        json_len(&shard.keys),
-        json_len(&state.local),
-    ];
 
     println!(
         "\nState of one shard of {} ACTIVE one-machine `lamp` clusters (built in {:.1} s)\n",
@@ -160,9 +152,14 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     println!("| --- | ---: | ---: | ---: |");
     let mb = |b: usize| format!("{:.1} MB", b as f64 / 1e6);
     let per = |b: usize| format!("{:.2} KB", b as f64 / n / 1e3);
-    for (i, (name, bytes)) in parts.iter().enumerate() {
-        let json = json_parts.get(i).map_or(String::new(), |b| per(*b));
-        println!("| {name} | {} | {} | {json} |", mb(*bytes), per(*bytes));
+    for part in &parts {
+        let json = part.json.map_or(String::new(), per);
+        println!(
+            "| {} | {} | {} | {json} |",
+            part.name,
+            mb(part.heap),
+            per(part.heap)
+        );
     }
     println!(
         "| **total** | **{}** | **{}** | **{}** |",
@@ -225,6 +222,36 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         steady as f64 / n * 1e6 / 1e9
     );
     Ok(())
+}
+
+/// One row of the table: heap bytes a part owns, and its JSON's length if it has one.
+struct Part {
+    name: &'static str,
+    heap: usize,
+    json: Option<usize>,
+}
+
+impl Part {
+    fn of<T: Clone + serde::Serialize>(name: &'static str, value: &T) -> Part {
+        Part {
+            name,
+            heap: heap_of(value),
+            json: Some(json_len(value)),
+        }
+    }
+
+    /// A part of every cluster record, summed.
+    fn of_records<T: Clone + serde::Serialize>(
+        records: &[&ClusterRecord],
+        name: &'static str,
+        field: impl Fn(&ClusterRecord) -> &T,
+    ) -> Part {
+        Part {
+            name,
+            heap: records.iter().map(|r| heap_of(field(r))).sum(),
+            json: Some(records.iter().map(|r| json_len(field(r))).sum()),
+        }
+    }
 }
 
 /// Length of a value's JSON.
