@@ -738,6 +738,36 @@ where
     }
 }
 
+/// [`wait`] for a check that says what it saw when it fails (`Some(Err(seen))`; `None`: it saw
+/// nothing this time, a call got no answer): on timeout the error ends with `{label}: ` and
+/// the last thing seen.
+pub async fn wait_reporting<F, Fut>(
+    within: Duration,
+    what: &str,
+    label: &str,
+    mut check: F,
+) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Result<(), String>>>,
+{
+    let last = Rc::new(RefCell::new(String::new()));
+    let waited = wait(within, what, || {
+        let (checked, last) = (check(), last.clone());
+        async move {
+            match checked.await? {
+                Ok(()) => Some(()),
+                Err(seen) => {
+                    *last.borrow_mut() = seen;
+                    None
+                }
+            }
+        }
+    })
+    .await;
+    waited.map_err(|e| format!("{e}; {label}: {}", last.borrow()))
+}
+
 /// What the clients saw, and when the faults were.
 #[derive(Default)]
 struct Seen {
@@ -883,82 +913,69 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
         .collect();
     // Every DC's copy of the shard map converges too (each refreshes it every lease/3): wait
     // until they all name the same owners, and report what they said if they never do.
-    let last_seen = Rc::new(RefCell::new(Vec::new()));
-    let agreed = {
-        let (d, last_seen) = (deployment.clone(), last_seen.clone());
-        wait(
-            Duration::from_secs(30),
-            "every DC names the same owner for every shard",
-            || {
-                let (d, last_seen) = (d.clone(), last_seen.clone());
-                async move {
-                    let mut owners = Vec::new();
-                    for &dc in d.sites.dcs {
-                        owners.push(d.owners(dc).await?);
-                    }
-                    let agree = owners.windows(2).all(|w| w[0] == w[1]);
-                    *last_seen.borrow_mut() = owners;
-                    agree.then_some(())
+    let d = deployment.clone();
+    wait_reporting(
+        Duration::from_secs(30),
+        "every DC names the same owner for every shard",
+        "the last maps",
+        || {
+            let d = d.clone();
+            async move {
+                let mut owners = Vec::new();
+                for &dc in d.sites.dcs {
+                    owners.push(d.owners(dc).await?);
                 }
-            },
-        )
-        .await
-    };
-    if let Err(e) = agreed {
-        return Err(format!("{e}; the last maps: {:?}", last_seen.borrow()));
-    }
+                let agree = owners.windows(2).all(|w| w[0] == w[1]);
+                Some(if agree {
+                    Ok(())
+                } else {
+                    Err(format!("{owners:?}"))
+                })
+            }
+        },
+    )
+    .await?;
     // Convergence of the data: every DC's copy of every shard (the owner's replicated view
     // and each replica's) is the same view at the same position.
-    let differing = Rc::new(RefCell::new(String::new()));
-    let identical = {
-        let (d, differing) = (deployment.clone(), differing.clone());
-        wait(
-            Duration::from_secs(60),
-            "every DC holds identical copies of every shard",
-            || {
-                let (d, differing) = (d.clone(), differing.clone());
-                async move {
-                    let shards = config(d.sites, "a", 1, 1).shard_count;
-                    let names = (0..shards)
-                        .map(|s| s.to_string())
-                        .chain(["global".to_string()]);
-                    for shard in names {
-                        let mut copies = Vec::new();
-                        for &dc in d.sites.dcs {
-                            let path = format!("/v2/admin/shards/{shard}/view");
-                            let (status, copy) = d.get(dc, &path, true).await?;
-                            if status != 200 {
-                                return None;
-                            }
-                            copies.push((dc, copy));
-                        }
-                        let same = copies.windows(2).all(|w| {
-                            w[0].1["position"] == w[1].1["position"]
-                                && w[0].1["view"] == w[1].1["view"]
-                        });
-                        if !same {
-                            *differing.borrow_mut() = format!(
-                                "shard {shard}: {:?}",
-                                copies
-                                    .iter()
-                                    .map(|(dc, c)| format!(
-                                        "{dc} {} at {}",
-                                        c["role"], c["position"]
-                                    ))
-                                    .collect::<Vec<_>>()
-                            );
+    let shards = config(options.sites, "a", 1, 1).shard_count;
+    wait_reporting(
+        Duration::from_secs(60),
+        "every DC holds identical copies of every shard",
+        "last difference",
+        || {
+            let d = d.clone();
+            async move {
+                let names = (0..shards)
+                    .map(|s| s.to_string())
+                    .chain(["global".to_string()]);
+                for shard in names {
+                    let mut copies = Vec::new();
+                    for &dc in d.sites.dcs {
+                        let path = format!("/v2/admin/shards/{shard}/view");
+                        let (status, copy) = d.get(dc, &path, true).await?;
+                        if status != 200 {
                             return None;
                         }
+                        copies.push((dc, copy));
                     }
-                    Some(())
+                    let same = copies.windows(2).all(|w| {
+                        w[0].1["position"] == w[1].1["position"] && w[0].1["view"] == w[1].1["view"]
+                    });
+                    if !same {
+                        return Some(Err(format!(
+                            "shard {shard}: {:?}",
+                            copies
+                                .iter()
+                                .map(|(dc, c)| format!("{dc} {} at {}", c["role"], c["position"]))
+                                .collect::<Vec<_>>()
+                        )));
+                    }
                 }
-            },
-        )
-        .await
-    };
-    if let Err(e) = identical {
-        return Err(format!("{e}; last difference: {}", differing.borrow()));
-    }
+                Some(Ok(()))
+            }
+        },
+    )
+    .await?;
     let mut lost = Lost::default();
     for &dc in options.sites.dcs {
         let report = deployment.lost(dc).await.unwrap_or_default();
