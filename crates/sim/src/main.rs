@@ -4,7 +4,8 @@
 //! makes each DC a Raft group of three nodes, which also crash and restart; `--witness` runs
 //! two DCs and a witness instead of three DCs; `--workers N` sets the workers of each DC's
 //! provisioner (default 4; 0: none); `--handovers-only` injects only graceful handovers, which
-//! must lose nothing; `--trace` prints a passing seed's events too.
+//! must lose nothing; `--trace` prints a passing seed's events too. With `RUST_LOG` set, the
+//! servers' logs go to stderr (`RUST_LOG=coopr_server=debug coopr-sim --seed N`).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -17,6 +18,13 @@ fn usage() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // The servers' logs, when asked for (`RUST_LOG=coopr_server=debug coopr-sim --seed N`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut seeds = None;
     let mut options = coopr_sim::Options::default();
