@@ -304,6 +304,9 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             api_request_timeout_ms: file
                 .api_request_timeout_ms
                 .unwrap_or(defaults.api_request_timeout_ms),
+            replication_pipeline: file
+                .replication_pipeline
+                .unwrap_or(defaults.replication_pipeline),
             api_max_concurrent_requests: file
                 .api_max_concurrent_requests
                 .unwrap_or(defaults.api_max_concurrent_requests),

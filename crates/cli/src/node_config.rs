@@ -105,6 +105,10 @@ pub struct NodeConfig {
     /// writes that may wait for the DC log at once. Unset: the server's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_request_timeout_ms: Option<u64>,
+    /// Replication pulls kept in flight to each other DC (1..=64; unset: the server's default,
+    /// 8). See the server's `config.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_pipeline: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_max_concurrent_requests: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -584,6 +588,7 @@ pub fn init_cluster(
             placement_election_timeout_max_ms: default_placement_election_max(),
             handover_timeout_ms: default_handover_timeout_ms(),
             api_request_timeout_ms: None,
+            replication_pipeline: None,
             api_max_concurrent_requests: None,
             internal_request_timeout_ms: None,
             internal_max_concurrent_requests: None,

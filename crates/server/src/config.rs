@@ -54,6 +54,11 @@ pub struct ServerConfig {
     /// Most records one pull returns, over all its shards (default 100: each shard's batch becomes
     /// one DC-log entry, which a follower must take within one heartbeat).
     pub replication_max_records: usize,
+    /// How many pulls a replica keeps in flight to each owner DC (default 8; 1: one at a time).
+    /// The owner answers them in turn as records commit, at most one answer with records per
+    /// `owner::ANSWER_SPACING`, so a pull is waiting there whenever a record commits and a busy
+    /// stream lags by about one link delay, not a round trip.
+    pub replication_pipeline: usize,
     /// Whether the leader trims the outboxes of owned shards through what every replica DC
     /// acknowledged (default true; tests that read records over the wire turn it off).
     pub trim_outboxes: bool,
@@ -173,6 +178,7 @@ impl Default for ServerConfig {
             remote_dcs: BTreeMap::new(),
             replication_wait_ms: 10_000,
             replication_max_records: 100,
+            replication_pipeline: 8,
             trim_outboxes: true,
             placement_members: BTreeMap::new(),
             placement_node_id: None,
@@ -306,6 +312,12 @@ impl ServerConfig {
             bail!(
                 "replication_max_records must be between 1 and 100000, got {}",
                 self.replication_max_records
+            );
+        }
+        if !(1..=64).contains(&self.replication_pipeline) {
+            bail!(
+                "replication_pipeline must be between 1 and 64, got {}",
+                self.replication_pipeline
             );
         }
         for (name, ms) in [

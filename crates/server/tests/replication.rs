@@ -15,7 +15,8 @@
 //! - an owner trims a shard's outbox once every replica acknowledged its records, and never
 //!   past a replica that has not;
 //! - one lamp create ships exactly OperationStarted, one OperationCheckpoint per machine and
-//!   OperationFinished over the wire (and the bytes are a fraction of the DC-log bytes).
+//!   OperationFinished over the wire (and the bytes are a fraction of the DC-log bytes);
+//! - the pulls of one chain continue one after another, each chain from where it is.
 
 mod common;
 
@@ -218,6 +219,47 @@ async fn one_lamp_create_ships_three_kinds_of_records() {
         .await
         .expect("pull");
     assert_eq!(refused.status(), 401);
+
+    // Pipelined pulls: the pulls of one chain continue where the chain's previous answer ended
+    // (not from their cursors), numbered in order; another chain starts from its cursors and
+    // leaves the first one where it was.
+    let pull_in_chain = |chain: u64, wait_ms: u64| {
+        let url = format!("{}/internal/replication/pull", a.base);
+        let cursors = json!({shard.to_string(): {"epoch": 1, "seq": 0}});
+        async move {
+            let reply = reqwest::Client::new()
+                .post(url)
+                .header("Coopr-Cluster-Secret", SECRET)
+                .json(&json!({"dc": "b", "cursors": cursors, "max_records": 2,
+                    "wait_ms": wait_ms, "chain": chain}))
+                .send()
+                .await
+                .expect("pull");
+            let status = reply.status().as_u16();
+            (status, reply.json::<Value>().await.expect("json"))
+        }
+    };
+    // (status, the answer's number in its chain, the seqs of its records, the answer)
+    let answer_of = |(status, answer): (u16, Value)| {
+        let seqs: Vec<u64> = answer["shards"][shard.to_string()]["records"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r["seq"].as_u64()).collect())
+            .unwrap_or_default();
+        ((status, answer["seq"].as_u64(), seqs), answer)
+    };
+    let (first, answer) = answer_of(pull_in_chain(7, 0).await);
+    assert_eq!(first, (200, Some(0), vec![1, 2]), "{answer}");
+    // Asked at once: the answer with records waits out the owner's spacing, then comes.
+    let (second, answer) = answer_of(pull_in_chain(7, 1_000).await);
+    assert_eq!(second, (200, Some(1), vec![3, 4]), "{answer}");
+    assert_eq!(
+        answer["shards"][shard.to_string()]["after"],
+        json!({"epoch": 1, "seq": 2})
+    );
+    let (fresh, answer) = answer_of(pull_in_chain(8, 0).await);
+    assert_eq!(fresh, (200, Some(0), vec![1, 2]), "{answer}");
+    let (third, answer) = answer_of(pull_in_chain(7, 0).await);
+    assert_eq!(third, (200, Some(2), vec![5]), "{answer}");
 
     wait_for("b and c to apply the create", || converged(&deployment)).await;
     deployment.stop().await;

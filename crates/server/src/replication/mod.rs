@@ -96,6 +96,12 @@ pub struct PullRequest {
     pub max_records: usize,
     /// Longest to wait for a record when there is none yet (0: answer at once).
     pub wait_ms: u64,
+    /// Pipelined pulls: the chain this pull belongs to. The owner serves a chain's pulls one
+    /// after another, each continuing where the previous answer ended (not from `cursors`,
+    /// which stay the replica's committed watermarks: its acknowledgement). A new chain starts
+    /// from `cursors`. Absent: a lone pull, served from `cursors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<u64>,
 }
 
 /// The owner's answer: per requested shard it owns, the records after the cursor.
@@ -108,6 +114,13 @@ pub struct PullResponse {
     /// their copy from there, which never understates its staleness by the network delay.
     #[serde(default)]
     pub waited_ms: u64,
+    /// The chain of the pull answered (see [`PullRequest::chain`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<u64>,
+    /// The answer's number in its chain (0, 1, 2, ...): answers may arrive out of order, and a
+    /// replica applies them in this order.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl PullResponse {
@@ -137,6 +150,10 @@ pub struct ShardBatch {
     /// the shard to a new owner): the position that epoch started after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch_start: Option<Position>,
+    /// The position the batch continues from (the replica applies it only if its copy ends
+    /// exactly there; otherwise its chain of pulls is out of step and starts again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Position>,
 }
 
 /// Reads the records after `cursor` from a shard's outbox: up to `max`, and the commit time of
@@ -149,6 +166,7 @@ pub fn read_batch(outbox: &Outbox, cursor: Position, max: usize) -> ShardBatch {
         next_at_ms: None,
         error: None,
         epoch_start: None,
+        after: Some(cursor),
     };
     // The replica ends exactly where this owner's epoch started: continue from its seq 1.
     let cursor = if cursor.epoch != last.epoch && outbox.started_after == Some(cursor) {
@@ -258,6 +276,8 @@ pub struct Progress {
     streams: Mutex<BTreeMap<ShardId, StreamState>>,
     /// Replica side: by owner DC, whether the latest pull to it failed.
     owners: Mutex<BTreeMap<String, bool>>,
+    /// Owner side: by replica DC and chain id, its chains of pipelined pulls (a few per DC).
+    pub(crate) chains: Mutex<BTreeMap<(String, u64), owner::Chain>>,
 }
 
 impl Progress {
@@ -267,6 +287,7 @@ impl Progress {
             reported: Mutex::default(),
             streams: Mutex::default(),
             owners: Mutex::default(),
+            chains: Mutex::default(),
         }
     }
 

@@ -6,15 +6,26 @@
 //!    copies that wait for a snapshot: POST .../internal/replication/seed -> SeedReplica
 //!    cursors = committed watermarks of the owner's shards (START when none); sealed copies and
 //!              copies waiting for a seed left out
-//!    POST {owner node}/internal/replication/pull  --> 200: apply; 503 + leader_api: go there;
-//!                                                     anything else: next node, jittered backoff
-//!       (asked again at once when the set of shards to follow changes)
-//!    per shard with records: propose ApplyReplicationBatch (one DC-log entry)
-//!       applied  -> next pull starts after it
-//!       refused  -> watermark moved meanwhile (a batch proposed earlier committed late)? re-pull;
+//!    a chain of pipelined pulls (a new random chain id):
+//!      keep `replication_pipeline` pulls in flight   POST {owner node}/internal/replication/pull
+//!        (each with the committed cursors of the       (the owner answers them in turn, each
+//!         moment: the acknowledgement)                   continuing where the last one ended)
+//!      answers applied in their chain order (seq); per shard with records: propose
+//!      ApplyReplicationBatch (one DC-log entry), only if the batch continues exactly where the
+//!      copy ends (`after`)
+//!       applied  -> next answer
+//!       out of step (a batch not continuing the copy, a missing answer) -> new chain at once
+//!       refused  -> watermark moved meanwhile? new chain;
 //!                   else log an error and re-seed the copy: a replica never skips
-//!       not written (no quorum, lost leadership) -> re-read cursors and pull again
+//!       not written (no quorum, lost leadership) -> new chain after a backoff
+//!      503 + leader_api: go there; anything else: next node, jittered backoff
+//!      (a new chain at once when the set of shards to follow changes)
 //! ```
+//!
+//! Why a chain: with one pull in flight, a record committed just after the owner answered
+//! waited a round trip for the next pull to arrive. With several in flight and the owner
+//! spacing its answers (`owner::ANSWER_SPACING`), one is nearly always waiting there, so a busy
+//! stream lags by one link delay plus the spacing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,7 +45,11 @@ const IDLE: Duration = Duration::from_millis(200);
 /// First retry delay after a failure; doubles per consecutive failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often a stream waiting on a long poll checks whether its set of shards changed.
+/// How long a chain waits for an answer that arrived out of order to be preceded by the
+/// missing one (lost: a duplicated request's second answer took its number).
+const GAP_WAIT: Duration = Duration::from_secs(1);
+/// How often a chain of pulls checks whether its set of shards changed or a copy waits for a
+/// snapshot.
 const CURSOR_CHECK: Duration = Duration::from_millis(100);
 /// How soon a failed re-seed is tried again.
 const SEED_RETRY: Duration = Duration::from_secs(2);
@@ -68,6 +83,7 @@ pub fn spawn(app: &Arc<App>, stop: &watch::Receiver<bool>) -> Vec<tokio::task::J
 
 /// How a stream calls the owner DC: through the node's transport, with the cluster secret,
 /// asking for a deflated answer.
+#[derive(Clone)]
 struct Client {
     transport: Arc<dyn coopr_raft::Transport>,
     secret: String,
@@ -99,6 +115,17 @@ fn is_deflated(answer: &coopr_raft::Answer) -> bool {
 enum Answer {
     Batches(PullResponse),
     /// The node asked is not its DC's leader; it may name the leader's API.
+    NotLeader(Option<String>),
+    Failed(String),
+}
+
+/// Why a chain of pulls ended.
+enum Outcome {
+    /// Start a new chain at once: the copy and the chain are out of step, or the shards to
+    /// follow changed.
+    Restart,
+    /// A batch's DC-log entry was not written (no quorum, lost leadership).
+    NotWritten(ProposeError),
     NotLeader(Option<String>),
     Failed(String),
 }
@@ -174,48 +201,34 @@ impl Stream {
                 }
                 continue;
             }
-            let request = PullRequest {
-                dc: self.app.config.dc.clone(),
-                cursors: cursors.clone(),
-                max_records: self.app.config.replication_max_records,
-                wait_ms,
-            };
-            let sent = self.app.clock.mono_ms();
-            // A long poll asks for the shards of these cursors only: when the set changes
-            // (this DC demoted a shard it wrote and must follow it now, or sealed one), it is
-            // asked again at once rather than after the poll's wait.
-            let answer = tokio::select! {
-                a = self.pull(&client, &base, &request) => a,
-                _ = self.cursors_change(&cursors) => continue,
+            let outcome = tokio::select! {
+                o = self.follow_chain(&client, &base, &cursors, &mut failures) => o,
                 _ = stop.wait_for(|s| *s) => return,
             };
-            self.app
-                .replication
-                .owner_answered(&self.owner_dc, !matches!(answer, Answer::Failed(_)));
-            let failed = match answer {
-                Answer::Batches(response) => match self.apply(&cursors, response, sent).await {
-                    Ok(()) => {
-                        failures = 0;
-                        false
-                    }
-                    Err(e) => {
-                        tracing::warn!(owner_dc = %self.owner_dc, error = %e, "replication batch not written; pulling again");
-                        true
-                    }
-                },
-                Answer::NotLeader(Some(leader)) if Some(&leader) != target.as_ref() => {
+            let failed = match outcome {
+                // Out of step, or the shards to follow changed: a new chain starts at once, and
+                // after a few in a row without a batch applied, with a backoff.
+                Outcome::Restart => {
+                    failures += 1;
+                    failures > 3
+                }
+                Outcome::NotWritten(e) => {
+                    tracing::warn!(owner_dc = %self.owner_dc, error = %e, "replication batch not written; pulling again");
+                    true
+                }
+                Outcome::NotLeader(Some(leader)) if Some(&leader) != target.as_ref() => {
                     tracing::debug!(owner_dc = %self.owner_dc, %leader, "following the owner's leader hint");
                     target = Some(leader);
                     failures += 1;
                     // A fresh hint is tried at once; hints that keep bouncing back off below.
                     failures > 2
                 }
-                Answer::NotLeader(_) => {
+                Outcome::NotLeader(_) => {
                     target = None;
                     node += 1;
                     true
                 }
-                Answer::Failed(e) => {
+                Outcome::Failed(e) => {
                     tracing::warn!(owner_dc = %self.owner_dc, node = %base, error = %e, "replication pull failed");
                     metrics::counter!("coopr_replication_pull_errors_total", "owner_dc" => self.owner_dc.clone())
                         .increment(1);
@@ -232,6 +245,118 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// Runs one chain of pipelined pulls to `base` (see [`PullRequest::chain`]) until it must
+    /// start again, and says why. Keeps `replication_pipeline` pulls in flight, each sent with
+    /// the committed cursors of the moment (the owner's acknowledgement), and applies the
+    /// answers in their chain order, each batch only if the copy ends exactly where it
+    /// continues from.
+    async fn follow_chain(
+        &self,
+        client: &Client,
+        base: &str,
+        cursors: &BTreeMap<ShardId, Position>,
+        failures: &mut u32,
+    ) -> Outcome {
+        let chain = self.app.random.next_u64();
+        let depth = self.app.config.replication_pipeline;
+        let url = format!("{}{PULL_PATH}", base.trim_end_matches('/'));
+        let mut inflight = tokio::task::JoinSet::new();
+        let mut next_seq = 0u64;
+        // Answers that arrived before an earlier one of the chain, by number.
+        let mut early: BTreeMap<u64, (PullResponse, u64)> = BTreeMap::new();
+        let mut gap_since: Option<tokio::time::Instant> = None;
+        let mut check = tokio::time::interval(CURSOR_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while inflight.len() < depth {
+                let now = self.cursors();
+                if !same_shards(&now, cursors) || !self.to_seed().is_empty() {
+                    return Outcome::Restart;
+                }
+                let request = PullRequest {
+                    dc: self.app.config.dc.clone(),
+                    cursors: now,
+                    max_records: self.app.config.replication_max_records,
+                    wait_ms: self.app.config.replication_wait_ms,
+                    chain: Some(chain),
+                };
+                let sent = self.app.clock.mono_ms();
+                let (client, url, nodes) = (client.clone(), url.clone(), self.nodes.clone());
+                let owner_dc = self.owner_dc.clone();
+                inflight.spawn(async move {
+                    let answer = pull(&client, &url, &request, &owner_dc, &nodes).await;
+                    (answer, sent)
+                });
+            }
+            let gap_deadline = gap_since.map(|at| at + GAP_WAIT);
+            let joined = tokio::select! {
+                j = inflight.join_next() => j,
+                // A long poll asks for the shards of these cursors only: when the set changes
+                // (this DC demoted a shard it wrote and must follow it now, or sealed one) or a
+                // copy waits for a snapshot, a new chain starts rather than after the wait.
+                _ = check.tick() => {
+                    if !same_shards(&self.cursors(), cursors) || !self.to_seed().is_empty() {
+                        return Outcome::Restart;
+                    }
+                    continue;
+                }
+                _ = sleep_until_some(gap_deadline) => {
+                    tracing::debug!(owner_dc = %self.owner_dc, missing = next_seq, "an answer of the pull chain never came; starting a new chain");
+                    return Outcome::Restart;
+                }
+            };
+            let Some(Ok((answer, sent))) = joined else {
+                return Outcome::Failed("a pull's task ended without an answer".into());
+            };
+            self.app
+                .replication
+                .owner_answered(&self.owner_dc, !matches!(answer, Answer::Failed(_)));
+            let response = match answer {
+                Answer::Batches(r) => r,
+                Answer::NotLeader(hint) => return Outcome::NotLeader(hint),
+                Answer::Failed(e) => return Outcome::Failed(e),
+            };
+            if response.chain != Some(chain) {
+                return Outcome::Failed(format!(
+                    "answer of chain {:?}, not {chain}",
+                    response.chain
+                ));
+            }
+            if response.seq < next_seq {
+                // A number already applied: the owner started the chain again (it dropped it,
+                // or another node leads there now).
+                return Outcome::Restart;
+            }
+            early.insert(response.seq, (response, sent));
+            while let Some((response, sent)) = early.remove(&next_seq) {
+                next_seq += 1;
+                match self.apply(cursors, response, sent).await {
+                    Ok(true) => *failures = 0,
+                    Ok(false) => return Outcome::Restart,
+                    Err(e) => return Outcome::NotWritten(e),
+                }
+            }
+            if early.len() > 4 * depth {
+                return Outcome::Restart;
+            }
+            gap_since = if early.is_empty() {
+                None
+            } else {
+                gap_since.or_else(|| Some(tokio::time::Instant::now()))
+            };
+        }
+    }
+
+    /// The committed watermark of this DC's copy of `shard`, and whether the copy is sealed.
+    fn watermark(&self, shard: ShardId) -> (Position, bool) {
+        let state = self.app.core.read();
+        let replica = state.replica(shard);
+        (
+            replica.map_or(Position::START, |r| r.watermark),
+            replica.is_some_and(|r| r.sealed.is_some()),
+        )
     }
 
     /// The committed watermark of every shard this owner owns (in the current map) and this DC
@@ -252,17 +377,6 @@ impl Stream {
             .filter(|s| !self.app.replication.stream(*s).needs_seed)
             .map(|s| (s, state.replica(s).map_or(Position::START, |r| r.watermark)))
             .collect()
-    }
-
-    /// Returns once the shards this stream should pull are no longer those of `cursors`.
-    async fn cursors_change(&self, cursors: &BTreeMap<ShardId, Position>) {
-        loop {
-            tokio::time::sleep(CURSOR_CHECK).await;
-            let now = self.cursors();
-            if now.len() != cursors.len() || now.keys().any(|s| !cursors.contains_key(s)) {
-                return;
-            }
-        }
     }
 
     /// The shards of this owner whose copy here waits for a snapshot (its own state says so,
@@ -349,71 +463,34 @@ impl Stream {
         }
     }
 
-    async fn pull(&self, client: &Client, base: &str, request: &PullRequest) -> Answer {
-        let url = format!("{}{PULL_PATH}", base.trim_end_matches('/'));
-        let response = match client.post(&url, request).await {
-            Ok(r) => r,
-            Err(e) => return Answer::Failed(e.to_string()),
-        };
-        let status = response.status;
-        let deflated = is_deflated(&response);
-        let bytes = response.body;
-        if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
-            let answer = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
-            // The leader as this DC reaches it (its own configured address for that node: the
-            // owner's address for itself may not be reachable from here, e.g. through a proxy).
-            let own = answer["leader_node"].as_str().and_then(|leader| {
-                self.nodes
-                    .iter()
-                    .find(|m| m.node == leader)
-                    .map(|m| m.api.clone())
-            });
-            let hint = own.or_else(|| answer["leader_api"].as_str().map(str::to_string));
-            return Answer::NotLeader(hint);
-        }
-        if !status.is_success() {
-            return Answer::Failed(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
-            ));
-        }
-        metrics::counter!("coopr_replication_bytes_received_total", "owner_dc" => self.owner_dc.clone())
-            .increment(bytes.len() as u64);
-        let json = if deflated {
-            match super::inflate(&bytes) {
-                Ok(json) => json,
-                Err(e) => return Answer::Failed(format!("undecodable deflated answer: {e}")),
-            }
-        } else {
-            bytes.to_vec()
-        };
-        match serde_json::from_slice::<PullResponse>(&json) {
-            Ok(r) if r.owner_dc == self.owner_dc => Answer::Batches(r),
-            Ok(r) => Answer::Failed(format!(
-                "answered by DC {}, not {}",
-                r.owner_dc, self.owner_dc
-            )),
-            Err(e) => Answer::Failed(format!("unreadable answer: {e}")),
-        }
-    }
-
-    /// Applies each shard's batch as one DC-log entry. Err: an entry was not written (the next
-    /// pull starts again from the committed cursors).
+    /// Applies each shard's batch as one DC-log entry. Ok(false): a batch does not continue
+    /// where the copy ends (the chain is out of step: a new one starts from the committed
+    /// cursors). Err: an entry was not written (likewise).
     async fn apply(
         &self,
-        cursors: &BTreeMap<ShardId, Position>,
+        shards: &BTreeMap<ShardId, Position>,
         response: PullResponse,
         sent: u64,
-    ) -> Result<(), ProposeError> {
+    ) -> Result<bool, ProposeError> {
         let progress = &self.app.replication;
         // The copy is as of when the owner answered, which is no earlier than `sent + waited`
         // on this clock (the network delay only makes it later): dating it from there never
         // understates the staleness reads report. `sent`: the clock's monotonic ms.
         let answered = (sent + response.waited_ms).min(self.app.clock.mono_ms());
         for (shard, batch) in response.shards {
-            let Some(cursor) = cursors.get(&shard).copied() else {
+            if !shards.contains_key(&shard) {
                 continue;
-            };
+            }
+            let (cursor, sealed) = self.watermark(shard);
+            if sealed {
+                // Sealed for a takeover while the pull was out: the copy ends here.
+                continue;
+            }
+            if batch.after.is_some_and(|after| after != cursor) {
+                tracing::debug!(%shard, owner_dc = %self.owner_dc, after = ?batch.after, watermark = ?cursor,
+                    "a batch does not continue where the copy ends; starting a new chain of pulls");
+                return Ok(false);
+            }
             if let Some(error) = batch.error {
                 tracing::error!(%shard, owner_dc = %self.owner_dc, %error, "replication stream cannot continue from records: re-seeding from a snapshot");
                 metrics::counter!("coopr_replication_broken_streams_total", "owner_dc" => self.owner_dc.clone())
@@ -475,23 +552,16 @@ impl Stream {
                     });
                 }
                 Err(e) => {
-                    let (watermark, sealed) = {
-                        let state = self.app.core.read();
-                        let replica = state.replica(shard);
-                        (
-                            replica.map_or(Position::START, |r| r.watermark),
-                            replica.is_some_and(|r| r.sealed.is_some()),
-                        )
-                    };
+                    let (watermark, sealed) = self.watermark(shard);
                     if sealed {
-                        // Sealed for a takeover while the pull was out: the copy ends here.
+                        // Sealed for a takeover while the batch was proposed: the copy ends here.
                         continue;
                     }
                     if watermark != cursor {
-                        // An earlier proposal of these records committed after this pull was
-                        // sent: the batch is stale, not wrong.
+                        // An earlier proposal of these records committed meanwhile: the batch
+                        // is stale, not wrong.
                         tracing::debug!(%shard, error = %e, "stale replication batch; pulling again");
-                        continue;
+                        return Ok(false);
                     }
                     tracing::error!(%shard, owner_dc = %self.owner_dc, error = %e, lag_since_ms = self.app.clock.wall_ms().saturating_sub(first_at_ms),
                         "replication batch refused (a replica never skips): re-seeding this shard's copy from a snapshot");
@@ -505,7 +575,71 @@ impl Stream {
                 }
             }
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// One pull of a chain: the owner's answer, or why there is none.
+async fn pull(
+    client: &Client,
+    url: &str,
+    request: &PullRequest,
+    owner_dc: &str,
+    nodes: &[Member],
+) -> Answer {
+    let response = match client.post(url, request).await {
+        Ok(r) => r,
+        Err(e) => return Answer::Failed(e.to_string()),
+    };
+    let status = response.status;
+    let deflated = is_deflated(&response);
+    let bytes = response.body;
+    if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        let answer = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+        // The leader as this DC reaches it (its own configured address for that node: the
+        // owner's address for itself may not be reachable from here, e.g. through a proxy).
+        let own = answer["leader_node"].as_str().and_then(|leader| {
+            nodes
+                .iter()
+                .find(|m| m.node == leader)
+                .map(|m| m.api.clone())
+        });
+        let hint = own.or_else(|| answer["leader_api"].as_str().map(str::to_string));
+        return Answer::NotLeader(hint);
+    }
+    if !status.is_success() {
+        return Answer::Failed(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+        ));
+    }
+    metrics::counter!("coopr_replication_bytes_received_total", "owner_dc" => owner_dc.to_string())
+        .increment(bytes.len() as u64);
+    let json = if deflated {
+        match super::inflate(&bytes) {
+            Ok(json) => json,
+            Err(e) => return Answer::Failed(format!("undecodable deflated answer: {e}")),
+        }
+    } else {
+        bytes.to_vec()
+    };
+    match serde_json::from_slice::<PullResponse>(&json) {
+        Ok(r) if r.owner_dc == owner_dc => Answer::Batches(r),
+        Ok(r) => Answer::Failed(format!("answered by DC {}, not {owner_dc}", r.owner_dc)),
+        Err(e) => Answer::Failed(format!("unreadable answer: {e}")),
+    }
+}
+
+/// Whether two sets of cursors are of the same shards.
+fn same_shards(a: &BTreeMap<ShardId, Position>, b: &BTreeMap<ShardId, Position>) -> bool {
+    a.len() == b.len() && a.keys().all(|s| b.contains_key(s))
+}
+
+/// Sleeps until `at`; forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
