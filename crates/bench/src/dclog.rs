@@ -194,7 +194,7 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 /// Standard base64 with padding (etcd's JSON gateway takes bytes fields as base64).
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -288,7 +288,7 @@ async fn floor_now(dir: &Path) -> anyhow::Result<Duration> {
 }
 
 /// Runs `clients` writers: a count (`Some(n)`, shared) or for `duration`.
-async fn measure(
+pub(crate) async fn measure(
     target: &Target,
     procs: &[Proc],
     counter: &Arc<AtomicU64>,
@@ -586,24 +586,55 @@ async fn run_coopr(
     Ok(entry_len)
 }
 
-/// A 3-member etcd cluster on loopback: leader (and follower) phases.
-async fn run_etcd(
-    args: &DcLogArgs,
+/// The first line of `etcd --version`; `None` when it cannot run.
+pub(crate) fn etcd_version(etcd_bin: &Path) -> Option<String> {
+    let output = Command::new(etcd_bin).arg("--version").output().ok()?;
+    output.status.success().then(|| {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    })
+}
+
+/// A running 3-member etcd cluster (killed on drop): its processes, the delay proxies in front
+/// of its members' peer ports (if any), and the client URLs of its leader and of a follower.
+pub(crate) struct Etcd {
+    pub(crate) procs: Vec<Proc>,
+    _proxies: Vec<coopr_testkit::DelayProxy>,
+    pub(crate) leader: String,
+    pub(crate) follower: String,
+}
+
+/// Starts a 3-member etcd cluster on loopback, data under `dir/etcd`, and waits until every
+/// member is healthy and one leads. With `delay`, each member's advertised peer URL is a
+/// [`coopr_testkit::DelayProxy`] to its peer port, so every message between two members takes
+/// that long one way (members in three DCs); clients reach each member directly.
+pub(crate) async fn start_etcd(
+    etcd_bin: &Path,
     dir: &Path,
-    value_len: usize,
-    rows: &mut Vec<Row>,
-) -> anyhow::Result<String> {
-    let version = Command::new(&args.etcd_bin).arg("--version").output()?;
-    let version = String::from_utf8_lossy(&version.stdout)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    eprintln!("-- starting a 3-member etcd cluster ({version})");
+    delay: Option<Duration>,
+) -> anyhow::Result<Etcd> {
     let ports = free_ports(6)?;
     let (client, peer) = ports.split_at(3);
+    let mut proxies = Vec::new();
+    let mut advertised = Vec::new();
+    for port in peer {
+        let url = match delay {
+            Some(delay) => {
+                let target = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+                let proxy = coopr_testkit::DelayProxy::start(target, delay).await?;
+                let url = format!("http://{}", proxy.addr());
+                proxies.push(proxy);
+                url
+            }
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        advertised.push(url);
+    }
     let initial_cluster = (0..3)
-        .map(|i| format!("m{}=http://127.0.0.1:{}", i + 1, peer[i]))
+        .map(|i| format!("m{}={}", i + 1, advertised[i]))
         .collect::<Vec<_>>()
         .join(",");
     let mut procs = Vec::new();
@@ -614,7 +645,7 @@ async fn run_etcd(
         let peer_url = format!("http://127.0.0.1:{}", peer[i]);
         let data = dir.join("etcd").join(&name);
         std::fs::create_dir_all(&data)?;
-        let mut command = Command::new(&args.etcd_bin);
+        let mut command = Command::new(etcd_bin);
         command
             .arg("--name")
             .arg(&name)
@@ -627,7 +658,7 @@ async fn run_etcd(
             .arg("--listen-peer-urls")
             .arg(&peer_url)
             .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
+            .arg(&advertised[i])
             .arg("--initial-cluster")
             .arg(&initial_cluster)
             .arg("--initial-cluster-token")
@@ -635,6 +666,15 @@ async fn run_etcd(
             .arg("--initial-cluster-state")
             .arg("new")
             .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if let Some(delay) = delay {
+            // etcd's guidance for a WAN: a heartbeat about the round trip, elections 10x that.
+            let rtt = (2 * delay.as_millis() as u64).max(100);
+            command
+                .arg("--heartbeat-interval")
+                .arg(rtt.to_string())
+                .arg("--election-timeout")
+                .arg((10 * rtt).to_string());
+        }
         procs.push(Proc::spawn(
             &format!("etcd {name}"),
             command,
@@ -687,6 +727,26 @@ async fn run_etcd(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    Ok(Etcd {
+        procs,
+        _proxies: proxies,
+        leader,
+        follower,
+    })
+}
+
+/// A 3-member etcd cluster on loopback: leader (and follower) phases.
+async fn run_etcd(
+    args: &DcLogArgs,
+    dir: &Path,
+    value_len: usize,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<String> {
+    let version = etcd_version(&args.etcd_bin).unwrap_or_default();
+    eprintln!("-- starting a 3-member etcd cluster ({version})");
+    let etcd = start_etcd(&args.etcd_bin, dir, None).await?;
+    let (mut procs, leader, follower) = (etcd.procs, etcd.leader, etcd.follower);
+    let http = reqwest::Client::new();
     let counter = Arc::new(AtomicU64::new(1));
     let system = "etcd, 3 members".to_string();
     let key = base64(b"coopr-bench/cluster/expire");
@@ -734,12 +794,7 @@ pub(crate) fn coopr_bin(path: &Path) -> anyhow::Result<PathBuf> {
 pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
     let total = Instant::now();
     args.coopr_bin = coopr_bin(&args.coopr_bin)?;
-    if !args.no_etcd
-        && Command::new(&args.etcd_bin)
-            .arg("--version")
-            .output()
-            .map_or(true, |o| !o.status.success())
-    {
+    if !args.no_etcd && etcd_version(&args.etcd_bin).is_none() {
         bail!(
             "cannot run `{}`: install etcd first (Debian/Ubuntu: `apt-get install -y etcd-server`), \
              pass --etcd-bin, or skip it with --no-etcd",

@@ -6,6 +6,7 @@
 //!     (i)   write at a                 : local DC log only
 //!     (ii)  write at b, for a's cluster: b ──delay──▶ a, a's DC log, a ──delay──▶ b
 //!     (iii) a's acknowledgement ──▶ visible at b (b polls: the pull answer takes one delay)
+//!     (v)   the same under a steady 1,000 writes/s
 //! ```
 //!
 //! Each figure is printed next to its floor: (i) none, (ii) the local p50 plus two delays,
@@ -16,6 +17,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -23,8 +26,8 @@ use coopr_testkit::{replace_address, DelayProxy};
 use serde_json::Value;
 
 use crate::dclog::{
-    active_cluster, coopr_bin, coopr_roles, free_coopr_base_dcs, get_json, set_demo_workers, Proc,
-    Target,
+    active_cluster, base64, coopr_bin, coopr_roles, etcd_version, free_coopr_base_dcs, get_json,
+    measure, set_demo_workers, start_etcd, Proc, Target,
 };
 use crate::ops::Api;
 use crate::stats::{ms, Summary};
@@ -51,11 +54,37 @@ pub struct WanArgs {
     /// Fake-cloud workers in each server (demo mode).
     #[arg(long, default_value_t = 1)]
     demo_workers: u32,
+    /// Writes per second of row (v), the steady stream.
+    #[arg(long, default_value_t = 1000)]
+    steady_rate: u64,
+    /// Concurrent clients of the comparison with etcd.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds the concurrent clients write.
+    #[arg(long, default_value_t = 5.0)]
+    concurrent_secs: f64,
+    /// The etcd server binary for the comparison (Debian: `apt-get install -y etcd-server`).
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Skip the comparison with etcd spanning the three DCs.
+    #[arg(long)]
+    no_etcd: bool,
+    /// A node setting for every server (`KEY=VALUE`, a line of the node TOML; repeatable),
+    /// e.g. `--set replication_pipeline=1`.
+    #[arg(long = "set", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok((key.trim().to_string(), value.trim().to_string()))
 }
 
 const DCS: [&str; 3] = ["a", "b", "c"];
 /// Unmeasured writes before each phase (connections, caches).
 const WARMUP_WRITES: u64 = 20;
+/// Bytes of etcd's value: about the body of a lease update (`{"expireTime":...}`).
+const ETCD_VALUE_LEN: usize = 32;
 /// Longest one write may take to become visible at the replica before the run fails.
 const VISIBLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -298,6 +327,111 @@ async fn replication_lags(
     Ok(lags)
 }
 
+/// How long row (v) writes at its steady rate.
+const STEADY_FOR: Duration = Duration::from_secs(3);
+
+/// Row (v): lease updates at `owner` at a steady `rate` per second in all (one writer per
+/// cluster of `ids`, each paced by a clock, for [`STEADY_FOR`] after a short warm-up) while
+/// `replica` is polled for every cluster each millisecond; per write, the time from its
+/// acknowledgement until a poll of the replica showed it (or a later write of its cluster: each
+/// write's lease is larger than the previous one's). Returns the lags and the rate reached.
+async fn steady_stream_lags(
+    api: &Api,
+    owner: &str,
+    replica: &str,
+    ids: &[ClusterId],
+    base: u64,
+    rate: u64,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // One poller per cluster: (when, the lease the replica showed).
+    let mut pollers = Vec::new();
+    for id in ids {
+        let (http, url, writing) = (
+            api.http.clone(),
+            format!("{replica}/v2/clusters/{id}"),
+            writing.clone(),
+        );
+        pollers.push(tokio::spawn(async move {
+            let mut seen: Vec<(Instant, u64)> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                if let Ok((200, cluster)) = get_json(&http, &url).await {
+                    if let Some(lease) = cluster["expireTime"].as_u64() {
+                        seen.push((Instant::now(), lease));
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    let warmup = Duration::from_millis(500);
+    let mut writers = Vec::new();
+    for id in ids {
+        let target = Target::Coopr {
+            api: api.clone(),
+            url: owner.to_string(),
+            id: *id,
+            base,
+        };
+        let period = Duration::from_secs(ids.len() as u64) / rate as u32;
+        writers.push(tokio::spawn(async move {
+            // (lease, when acknowledged)
+            let mut acknowledged: Vec<(u64, Instant)> = Vec::new();
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let started = Instant::now();
+            let mut i = 0u64;
+            while started.elapsed() < warmup + STEADY_FOR {
+                tick.tick().await;
+                target.write(i).await?;
+                if started.elapsed() >= warmup {
+                    acknowledged.push((base + i, Instant::now()));
+                }
+                i += 1;
+            }
+            anyhow::Ok(acknowledged)
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.push(writer.await??);
+    }
+    // Until the replica shows every cluster's last write.
+    let deadline = Instant::now() + VISIBLE_TIMEOUT;
+    for (id, acks) in ids.iter().zip(&acknowledged) {
+        let last = acks.last().map_or(base, |(lease, _)| *lease);
+        loop {
+            let (status, cluster) =
+                get_json(&api.http, &format!("{replica}/v2/clusters/{id}")).await?;
+            if status == 200 && cluster["expireTime"].as_u64() >= Some(last) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("lease {last} not visible at {replica} after {VISIBLE_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut lags = Vec::new();
+    let mut writes = 0usize;
+    for (poller, acks) in pollers.into_iter().zip(acknowledged) {
+        let seen = poller.await?;
+        writes += acks.len();
+        for (lease, at) in acks {
+            let Some((shown, _)) = seen.iter().find(|(when, l)| *l >= lease && *when >= at) else {
+                bail!("no poll of {replica} showed lease {lease}");
+            };
+            lags.push(shown.duration_since(at));
+        }
+    }
+    Ok((lags, writes as f64 / STEADY_FOR.as_secs_f64()))
+}
+
 /// Handovers measured in (iv), alternating a → b and b → a.
 const HANDOVERS: usize = 6;
 
@@ -401,12 +535,17 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         "-- 3 DCs of {} node(s), {} ms one way between DCs",
         args.nodes_per_dc, args.delay_ms
     );
+    let settings: Vec<(&str, String)> = args
+        .settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     let spec = Spec {
         coopr_bin: &args.coopr_bin,
         nodes_per_dc: args.nodes_per_dc,
         delay: Duration::from_millis(args.delay_ms),
         demo_workers: args.demo_workers,
-        settings: &[],
+        settings: &settings,
         cloud_latency_ms: 0,
     };
     let mut wan = start(&spec, dir.path()).await?;
@@ -443,11 +582,55 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     );
     let busy_lags = Summary::of(&busy_lags.await?);
     eprintln!("-- replication lags (busy stream) done");
+    // A second cluster of a's, so that two writers share the steady rate (one alone is
+    // paced by its own write latency).
+    let (second, _) = active_cluster(&api).await?;
+    let (steady_lags, steady_rate) = steady_stream_lags(
+        &api,
+        &a,
+        &b,
+        &[id, second],
+        base + 4_000_000,
+        args.steady_rate,
+    )
+    .await?;
+    let steady_lags = Summary::of(&steady_lags);
+    eprintln!("-- replication lags (steady stream) done");
     let handovers = Summary::of(&handovers(&leaders, id, HANDOVERS).await?);
     eprintln!("-- handovers done");
+    // The comparison with etcd spanning the same three DCs: coopr's writes go to the DC that
+    // owns the cluster (what a client of a DC does for that DC's clusters).
+    let coopr_a = Target::Coopr {
+        api: api.clone(),
+        url: a.clone(),
+        id,
+        base: base + 5_000_000,
+    };
+    let counter = Arc::new(AtomicU64::new(0));
+    let concurrent = Duration::from_secs_f64(args.concurrent_secs);
+    eprintln!("-- coopr: {} clients at a for {concurrent:?}", args.clients);
+    let (coopr_many, coopr_elapsed, _) = measure(
+        &coopr_a,
+        &wan.procs,
+        &counter,
+        args.clients,
+        None,
+        concurrent,
+    )
+    .await?;
     for p in wan.procs.iter_mut() {
         p.check_alive()?;
     }
+    let etcd_rows = if args.no_etcd {
+        Err("skipped (--no-etcd)".to_string())
+    } else if let Some(version) = etcd_version(&args.etcd_bin) {
+        Ok(etcd_across_dcs(&args, dir.path(), delay, &version).await?)
+    } else {
+        Err(format!(
+            "skipped: `{}` does not run (Debian/Ubuntu: `apt-get install -y etcd-server`)",
+            args.etcd_bin.display()
+        ))
+    };
     println!(
         "\n3 DCs of {} node(s), {} ms one way between DCs, {} sequential writes per row\n",
         args.nodes_per_dc, args.delay_ms, args.writes
@@ -480,10 +663,130 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         Some(delay),
     );
     row(
+        &format!(
+            "(v) the same, writes at a steady {} per second for {} s ({steady_rate:.0}/s reached; two clusters, one writer each), b polled every ms",
+            args.steady_rate,
+            STEADY_FOR.as_secs()
+        ),
+        &steady_lags,
+        Some(delay),
+    );
+    row(
         &format!("(iv) graceful handover of the idle shard, a ⇄ b ({HANDOVERS} times): admin call → the new owner writes it"),
         &handovers,
         None,
     );
+    println!(
+        "\nWrites through the deployment vs etcd spanning the same three DCs (one member per DC, \
+         the same {} ms one way between members; each system's writes at its leader)\n",
+        args.delay_ms
+    );
+    println!("| system | mode | writes | p50 ms | p99 ms | ops/s |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    let line = |system: &str, mode: &str, s: &Summary, elapsed: Duration| {
+        println!(
+            "| {system} | {mode} | {} | {} | {} | {:.0} |",
+            s.samples,
+            ms(s.p50),
+            ms(s.p99),
+            s.samples as f64 / elapsed.as_secs_f64()
+        );
+    };
+    let coopr_name = format!("coopr, 3 DCs of {} node(s)", args.nodes_per_dc);
+    line(
+        &coopr_name,
+        "sequential, at the owner DC",
+        &local,
+        local.total,
+    );
+    let many = format!("{} clients, at the owner DC", args.clients);
+    line(&coopr_name, &many, &coopr_many, coopr_elapsed);
+    match &etcd_rows {
+        Ok(etcd) => {
+            let name = format!("{}, 3 members in 3 DCs", etcd.version);
+            line(
+                &name,
+                "sequential, at the leader",
+                &etcd.sequential,
+                etcd.sequential.total,
+            );
+            let many = format!("{} clients, at the leader", args.clients);
+            line(&name, &many, &etcd.many, etcd.many_elapsed);
+            let rate = |s: &Summary, e: Duration| s.samples as f64 / e.as_secs_f64();
+            println!(
+                "\nRatio, {} clients: coopr {:.1}x etcd's throughput, p50 {} ms vs {} ms. \
+                 Sequential: p50 {} ms vs {} ms.",
+                args.clients,
+                rate(&coopr_many, coopr_elapsed) / rate(&etcd.many, etcd.many_elapsed),
+                ms(coopr_many.p50),
+                ms(etcd.many.p50),
+                ms(local.p50),
+                ms(etcd.sequential.p50),
+            );
+        }
+        Err(why) => println!("| etcd, 3 members in 3 DCs | {why} | | | | |"),
+    }
     eprintln!("-- done in {:?}", total.elapsed());
     Ok(())
+}
+
+/// What etcd spanning three DCs did.
+struct EtcdRows {
+    version: String,
+    sequential: Summary,
+    many: Summary,
+    many_elapsed: Duration,
+}
+
+/// A 3-member etcd cluster whose members talk through `delay` one way (one member per DC),
+/// sequential puts then `clients` concurrent ones at its leader, values as long as a lease
+/// update's body.
+async fn etcd_across_dcs(
+    args: &WanArgs,
+    dir: &Path,
+    delay: Duration,
+    version: &str,
+) -> anyhow::Result<EtcdRows> {
+    eprintln!("-- etcd ({version}): 3 members, {delay:?} one way between them");
+    let mut etcd = start_etcd(&args.etcd_bin, dir, Some(delay)).await?;
+    let target = Target::Etcd {
+        http: reqwest::Client::new(),
+        url: etcd.leader.clone(),
+        key: base64(b"coopr-bench/cluster/expire"),
+        value_len: ETCD_VALUE_LEN,
+    };
+    let counter = Arc::new(AtomicU64::new(1));
+    eprintln!("-- etcd: {} sequential puts at the leader", args.writes);
+    let (sequential, _, _) = measure(
+        &target,
+        &etcd.procs,
+        &counter,
+        1,
+        Some(args.writes),
+        Duration::ZERO,
+    )
+    .await?;
+    let concurrent = Duration::from_secs_f64(args.concurrent_secs);
+    eprintln!(
+        "-- etcd: {} clients at the leader for {concurrent:?}",
+        args.clients
+    );
+    let (many, many_elapsed, _) = measure(
+        &target,
+        &etcd.procs,
+        &counter,
+        args.clients,
+        None,
+        concurrent,
+    )
+    .await?;
+    for p in etcd.procs.iter_mut() {
+        p.check_alive()?;
+    }
+    Ok(EtcdRows {
+        version: version.to_string(),
+        sequential,
+        many,
+        many_elapsed,
+    })
 }
