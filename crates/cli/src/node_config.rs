@@ -105,7 +105,7 @@ pub struct NodeConfig {
     /// writes that may wait for the DC log at once. Unset: the server's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_request_timeout_ms: Option<u64>,
-    /// Replication pulls kept in flight to each other DC (1..=64; unset: the server's default,
+    /// Replication pulls kept in flight to each other DC (1..=16; unset: the server's default,
     /// 8). See the server's `config.rs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_pipeline: Option<usize>,

@@ -717,12 +717,17 @@ fn soak_three_dcs_repeated_leader_kills() {
 const WAN_DELAY: Duration = Duration::from_millis(200);
 
 /// Node options for a 400 ms round trip between DCs: the placement group's heartbeat (min/3)
-/// must exceed it, and a lease must outlast a placement election.
+/// must exceed it, and a lease must outlast a placement election. And one replication pull in
+/// flight: the second of two quick writes then waits for b's next pull, still on its way to a,
+/// so b's copy stays old past one delay, which a staleness header stuck at about one delay
+/// would understate. (With pulls pipelined, the default, b shows each write about one delay
+/// after it, too soon to tell such a header apart.)
 const WAN_OPTIONS: &[(&str, i64)] = &[
     ("placement_election_timeout_min_ms", 1_500),
     ("placement_election_timeout_max_ms", 3_000),
     ("lease_ms", 8_000),
     ("max_clock_offset_ms", 500),
+    ("replication_pipeline", 1),
 ];
 
 /// What one write-then-read-at-a-replica round observed.

@@ -54,10 +54,12 @@ pub struct ServerConfig {
     /// Most records one pull returns, over all its shards (default 100: each shard's batch becomes
     /// one DC-log entry, which a follower must take within one heartbeat).
     pub replication_max_records: usize,
-    /// How many pulls a replica keeps in flight to each owner DC (default 8; 1: one at a time).
-    /// The owner answers them in turn as records commit, at most one answer with records per
-    /// `owner::ANSWER_SPACING`, so a pull is waiting there whenever a record commits and a busy
-    /// stream lags by about one link delay, not a round trip.
+    /// How many pulls a replica keeps in flight to each owner DC (default 8, at most 16; 1: one
+    /// at a time). The owner answers them in turn as records commit, at most one answer with
+    /// records per `owner::ANSWER_SPACING`, so a pull is waiting there whenever a record commits
+    /// and a busy stream lags by about one link delay, not a round trip. Each pull held at the
+    /// owner takes one of its `internal_max_concurrent_requests` for the API port's
+    /// replication calls: every other DC's pipeline together must stay well under that.
     pub replication_pipeline: usize,
     /// Whether the leader trims the outboxes of owned shards through what every replica DC
     /// acknowledged (default true; tests that read records over the wire turn it off).
@@ -314,9 +316,9 @@ impl ServerConfig {
                 self.replication_max_records
             );
         }
-        if !(1..=64).contains(&self.replication_pipeline) {
+        if !(1..=16).contains(&self.replication_pipeline) {
             bail!(
-                "replication_pipeline must be between 1 and 64, got {}",
+                "replication_pipeline must be between 1 and 16, got {}",
                 self.replication_pipeline
             );
         }
