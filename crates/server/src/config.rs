@@ -404,5 +404,11 @@ mod tests {
             refused.contains("internal_max_concurrent_requests"),
             "{refused}"
         );
+        // Every pull a replica keeps in flight holds one of the owner's replication slots.
+        assert!(valid(|c| c.replication_pipeline = 16).is_ok());
+        let refused = valid(|c| c.replication_pipeline = 17).expect_err("above 16");
+        assert!(refused.contains("replication_pipeline"), "{refused}");
+        let refused = valid(|c| c.replication_pipeline = 0).expect_err("no pull");
+        assert!(refused.contains("replication_pipeline"), "{refused}");
     }
 }

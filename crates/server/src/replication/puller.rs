@@ -271,8 +271,10 @@ impl Stream {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while inflight.len() < depth {
+                // The cursors are read for the request anyway; copies waiting for a snapshot
+                // are looked for on the tick below.
                 let now = self.cursors();
-                if !same_shards(&now, cursors) || !self.to_seed().is_empty() {
+                if !same_shards(&now, cursors) {
                     return Outcome::Restart;
                 }
                 let request = PullRequest {
