@@ -960,6 +960,15 @@ fn spawn_creator(
                         common::Attempt::Done(answer) => {
                             break answer["id"].as_str().expect("id").to_string()
                         }
+                        // A create sent as a went down can reach it only once it is back (a
+                        // link down holds the request in TCP), when it owns nothing: 421, not
+                        // applied, and the end of this creator like any answer after the failure.
+                        common::Attempt::Refused(421, answer)
+                            if load.a_down.load(Ordering::Acquire)
+                                && answer["code"] == "not_owner" =>
+                        {
+                            break 'creates;
+                        }
                         common::Attempt::Refused(status, answer) => {
                             panic!("create {name} through a: {status} {answer}")
                         }
