@@ -27,7 +27,7 @@
 //! instead of retrying in a hot loop. A member's address is a base URL; to serve two groups on
 //! one port, nest each router under its own prefix and include the prefix in the addresses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,30 +71,50 @@ pub const STATUS_PATH: &str = "/raft/status";
 
 /// Creates one [`HttpNetwork`] per target node; all send through one [`Transport`] (one
 /// connection pool over HTTP).
+///
+/// A peer is called at the address this node's own configuration gives it (`addresses`), and
+/// only at the address the group's membership holds for it when the configuration does not
+/// name it (a node added later). The membership keeps the addresses of the node that
+/// initialized the group, as that node reached its peers: a peer in another network (another
+/// DC, behind its own link or proxy) may not be able to use them, and two survivors of a DC's
+/// loss that call each other through the lost DC's addresses could never elect a leader.
 #[derive(Clone)]
 pub struct HttpNetworkFactory {
     transport: Arc<dyn Transport>,
     secret: Arc<str>,
     group: Arc<str>,
     snapshot_timeout: Duration,
+    addresses: Arc<BTreeMap<NodeId, String>>,
     refusals: Arc<Refusals>,
 }
 
 impl HttpNetworkFactory {
-    /// `snapshot_timeout` bounds each snapshot chunk.
+    /// `snapshot_timeout` bounds each snapshot chunk; `addresses` is where this node calls each
+    /// peer it is configured with (its internal base URL, with the group's path prefix).
     pub fn new(
         transport: Arc<dyn Transport>,
         secret: &str,
         group: &str,
         snapshot_timeout: Duration,
+        addresses: BTreeMap<NodeId, String>,
     ) -> Self {
         HttpNetworkFactory {
             transport,
             secret: secret.into(),
             group: group.into(),
             snapshot_timeout,
+            addresses: Arc::new(addresses),
             refusals: Arc::default(),
         }
+    }
+
+    /// Where `target` is called: this node's configured address for it, else the membership's.
+    fn base_url(&self, target: NodeId, node: &BasicNode) -> String {
+        self.addresses
+            .get(&target)
+            .unwrap_or(&node.addr)
+            .trim_end_matches('/')
+            .to_owned()
     }
 }
 
@@ -105,7 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
         HttpNetwork {
             factory: self.clone(),
             target,
-            base_url: node.addr.trim_end_matches('/').to_owned(),
+            base_url: self.base_url(target, node),
         }
     }
 }

@@ -68,7 +68,8 @@ pub struct RaftConfig {
     /// This node's id; must be a key of `members`.
     pub node_id: NodeId,
     /// Every voter of the group: node id -> internal base URL (`http://10.0.0.1:7001`, or with
-    /// a path prefix when several groups share a port). Used to bootstrap the group.
+    /// a path prefix when several groups share a port). Used to bootstrap the group, and where
+    /// this node calls each of them (whatever addresses the membership holds).
     pub members: BTreeMap<NodeId, String>,
     /// Shared secret sent in the `Coopr-Cluster-Secret` header; must not be empty.
     pub secret: String,
@@ -612,6 +613,7 @@ pub async fn start_with(
         &config.secret,
         &config.group,
         Duration::from_millis(config.snapshot_timeout_ms),
+        config.members.clone(),
     );
     let raft = Raft::new(
         config.node_id,

@@ -237,3 +237,71 @@ fn a_seed_replays_the_same_elections() {
         "every seed elected at the same time: {elections:?}"
     );
 }
+
+/// The two survivors of a member's loss elect a leader even when the group's membership holds
+/// addresses only the lost member could use: each node calls its peers where its own
+/// configuration says. Here node 1 alone initializes the group, with addresses of nodes 2 and
+/// 3 that go through node 1's side of the network (as a DC reaches the others through links of
+/// its own), so the membership nodes 2 and 3 learn names those addresses; once node 1 is cut
+/// off, nodes 2 and 3 must still reach each other at their configured, direct, addresses.
+/// (Found as a failover that never came in a test deployment whose DCs reach each other
+/// through per-link proxies: the survivors' votes went through the lost DC's proxies.)
+#[tokio::test(start_paused = true)]
+async fn survivors_elect_through_their_own_addresses_not_the_initializers() {
+    let network = MemNetwork::new();
+    let via_1 = |id: u64| format!("http://n1-to-n{id}");
+    let direct: std::collections::BTreeMap<u64, String> = (1..=3).map(|id| (id, url(id))).collect();
+    let mut handles = Vec::new();
+    let mut machines = Vec::new();
+    for id in 1..=3u64 {
+        let members = if id == 1 {
+            (1..=3)
+                .map(|peer| (peer, if peer == 1 { url(1) } else { via_1(peer) }))
+                .collect()
+        } else {
+            direct.clone()
+        };
+        let mut config = RaftConfig::new(id, members, "test-secret");
+        config.write_timeout_ms = 2_000;
+        let machine = Arc::new(ListMachine::default());
+        let handle = coopr_raft::start_with(
+            config,
+            RaftStores::in_memory(),
+            machine.clone(),
+            network.transport(&name(id)),
+        )
+        .await
+        .expect("start");
+        let router = coopr_raft::router(handle.clone());
+        network.serve(&name(id), &url(id), router.clone());
+        if id != 1 {
+            // Node 1's way to this node: a gateway on node 1's side, cut off with node 1.
+            network.serve("gw1", &via_1(id), router);
+        }
+        handles.push(handle);
+        machines.push(machine);
+    }
+    assert!(
+        handles[0].initialize_if_needed().await.expect("initialize"),
+        "node 1 initializes the group"
+    );
+    let group = MemGroup {
+        network,
+        handles,
+        machines,
+    };
+    let all = [1, 2, 3];
+    assert_eq!(group.leader(&all, Duration::from_secs(10)).await, 1);
+    group.handles[0].write(payload(0)).await.expect("write");
+    group.converged(&all, &[payload(0)]).await;
+
+    group.network.isolate(&name(1));
+    group.network.isolate("gw1");
+    let next = group.leader(&[2, 3], Duration::from_secs(10)).await;
+    group.handles[(next - 1) as usize]
+        .write(payload(1))
+        .await
+        .expect("write at the new leader");
+    group.converged(&[2, 3], &[payload(0), payload(1)]).await;
+    group.shutdown().await;
+}

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::dcs::{converged, view, Deployment, DCS, SECRET, SHARDS, WITNESS};
-use common::{wait_for, Auth, TestServer, Worker};
+use common::{wait_for, wait_until_seen, Auth, TestServer, Worker};
 use serde_json::{json, Value};
 
 fn owner_of(shard: u32) -> &'static str {
@@ -1040,11 +1040,12 @@ async fn a_dc_cut_off_does_not_hand_out_a_task_held_in_a_shard_it_lost() {
 
     deployment.cut_off("a");
     let b = deployment.dc("b");
-    wait_for("a's shards to have new owners", || async {
+    wait_until_seen("a's shards to have new owners", || async {
         let map = map_of(b).await;
-        map.iter()
-            .all(|(owner, _, status)| owner != "a" && status == "active")
-            .then_some(())
+        let moved = map
+            .iter()
+            .all(|(owner, _, status)| owner != "a" && status == "active");
+        (map, moved)
     })
     .await;
     // a's lease ran out (before the takeover, by the lease rules): it must not hand the task
@@ -1143,12 +1144,12 @@ async fn a_cut_off_dc_fails_over_and_reports_what_it_wrote_alone() {
 
     tracing::info!("--- b and c take a's shards over");
     let b = deployment.dc("b");
-    let moved = wait_for("a's shards to have new owners", || async {
+    let moved = wait_until_seen("a's shards to have new owners", || async {
         let map = map_of(b).await;
         let all_moved = map
             .iter()
             .all(|(owner, _, status)| owner != "a" && status == "active");
-        all_moved.then_some(map)
+        (map, all_moved)
     })
     .await;
     tracing::info!(took = ?cut.elapsed(), "failover done");
@@ -1287,9 +1288,10 @@ async fn a_stopped_dc_fails_over_and_rejoins_when_restarted() {
     deployment.stop_dc("a").await;
     let stopped = std::time::Instant::now();
     let b = deployment.dc("b");
-    wait_for("a's shards to have new owners", || async {
+    wait_until_seen("a's shards to have new owners", || async {
         let map = map_of(b).await;
-        map.iter().all(|(owner, _, _)| owner != "a").then_some(())
+        let moved = map.iter().all(|(owner, _, _)| owner != "a");
+        (map, moved)
     })
     .await;
     tracing::info!(after = ?stopped.elapsed(), "failover done");

@@ -20,10 +20,13 @@ pub const DCS: [&str; 3] = ["a", "b", "c"];
 /// A free loopback port for a server to listen on later. Taken below the kernel's ephemeral
 /// range (32768 and up), where the outgoing connections of every test in this process pick
 /// their local ports: a port chosen there could be taken by one of them before the server binds
-/// it. Random, and checked bindable (other tests pick from the same range).
+/// it. Random, checked bindable, and never handed out twice in this process: two tests of one
+/// binary picking the same port before either bound it would both find it free.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static STATE: AtomicU64 = AtomicU64::new(0);
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)
@@ -36,7 +39,9 @@ pub fn free_port() -> u16 {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         let port = 20_000 + ((z ^ (z >> 31)) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }

@@ -330,6 +330,28 @@ where
     }
 }
 
+/// As [`wait_for`], for a condition on something observed: `observe` returns what it saw and
+/// whether the condition holds; a timeout shows the last observation.
+pub async fn wait_until_seen<T, F, Fut>(what: &str, mut observe: F) -> T
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (T, bool)>,
+{
+    let start = Instant::now();
+    loop {
+        let (seen, holds) = observe().await;
+        if holds {
+            return seen;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; last seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A fake provisioner worker talking to the provisioner API.
 pub struct Worker<'a> {
     pub client: &'a Client,
