@@ -15,6 +15,7 @@
 
 mod http;
 mod render;
+mod views;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -61,6 +62,9 @@ pub struct Connection {
         hide_env_values = true
     )]
     pub api_key: String,
+    /// Print the server's JSON instead of a table (for scripts)
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 /// `--wait` and its bound, shared by every command that starts a job.
@@ -134,9 +138,9 @@ pub enum ClusterCommand {
         #[arg(long, value_parser = status_filter)]
         status: Option<String>,
     },
-    /// Show a cluster (JSON, nodes included)
+    /// Show a cluster: summary, then its nodes with hostnames and addresses
     Show { id: ClusterId },
-    /// Show the current job's progress (JSON)
+    /// Show the current job's progress
     Status {
         id: ClusterId,
         #[command(flatten)]
@@ -220,7 +224,7 @@ pub enum AdminCommand {
         #[arg(long)]
         bootstrap: bool,
     },
-    /// Show registered provisioners (JSON, superadmin)
+    /// Show registered provisioners: address, capacity, use per tenant (superadmin)
     Provisioners,
     /// Replication per shard: owner, replica watermarks, lag_ms, unreplicated records/age.
     Replication,
@@ -355,15 +359,19 @@ async fn cluster(conn: &Connection, cmd: ClusterCommand) -> anyhow::Result<()> {
                 .context("the cluster list is not an array of clusters")?;
             print!("{}", format_cluster_table(&clusters));
         }
-        ClusterCommand::Show { id } => print_json(&api.get(&format!("/clusters/{id}")).await?)?,
+        ClusterCommand::Show { id } => show(
+            conn,
+            &api.get(&format!("/clusters/{id}")).await?,
+            views::format_cluster,
+        )?,
         ClusterCommand::Status { id, wait } => {
             let id = id.to_string();
-            if wait.wait {
-                let last = wait_for(&api, &id, WaitGoal::CurrentJob, wait).await?;
-                print_json(&last)?;
+            let last = if wait.wait {
+                wait_for(&api, &id, WaitGoal::CurrentJob, wait).await?
             } else {
-                print_json(&api.get(&format!("/clusters/{id}/status")).await?)?;
-            }
+                api.get(&format!("/clusters/{id}/status")).await?
+            };
+            show(conn, &last, views::format_status)?;
         }
         ClusterCommand::Plans { id } => {
             print_json(&api.get(&format!("/clusters/{id}/plans")).await?)?
@@ -516,10 +524,26 @@ async fn admin(conn: &Connection, cmd: AdminCommand) -> anyhow::Result<()> {
             api.send(Method::POST, "/tenants", Some(&body), None)
                 .await?;
         }
-        AdminCommand::Provisioners => print_json(&api.get("/provisioners").await?)?,
-        AdminCommand::Replication => print_json(&api.get("/admin/replication").await?)?,
+        AdminCommand::Provisioners => show(
+            conn,
+            &api.get("/provisioners").await?,
+            views::format_provisioners,
+        )?,
+        AdminCommand::Replication => show(
+            conn,
+            &api.get("/admin/replication").await?,
+            views::format_replication,
+        )?,
         AdminCommand::LostOperations => print_json(&api.get("/admin/lost-operations").await?)?,
-        AdminCommand::Shards => print_json(&api.get("/admin/shards").await?)?,
+        AdminCommand::Shards => {
+            let map = api.get("/admin/shards").await?;
+            if conn.json {
+                print_json(&map)?;
+            } else {
+                let replication = api.get("/admin/replication").await?;
+                print!("{}", views::format_shards(&map, &replication));
+            }
+        }
         AdminCommand::Handover { shard, to } => {
             let body = json!({ "to": to });
             let path = format!("/admin/shards/{shard}/handover");
@@ -558,6 +582,16 @@ async fn maintenance(api: &Api, action: &str, dc: &str, dry_run: bool) -> anyhow
     let answer = api.send(Method::POST, &path, Some(&body), None).await?;
     print!("{}", format_maintenance_plan(&answer));
     Ok(())
+}
+
+/// Prints `value` as a table for people, or as the server's JSON with `--json`.
+fn show(conn: &Connection, value: &Value, table: fn(&Value) -> String) -> anyhow::Result<()> {
+    if conn.json {
+        print_json(value)
+    } else {
+        print!("{}", table(value));
+        Ok(())
+    }
 }
 
 fn print_json(value: &Value) -> anyhow::Result<()> {

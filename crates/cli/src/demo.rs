@@ -30,7 +30,7 @@ pub struct DemoArgs {
     base_port: u16,
     /// Where the demo keeps its data (reused when restarted).
     #[arg(long, default_value = "coopr-demo")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Fake-cloud workers per node.
     #[arg(long, default_value_t = 8)]
     workers: u32,
@@ -39,7 +39,46 @@ pub struct DemoArgs {
     fake_latency_ms: u64,
 }
 
-pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// How long the demo waits for every node to be ready before it prints its instructions anyway.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until every node at `urls` answers `GET /ready` with 200 (its DC seeded, the demo
+/// tenant and keys there, its lease held), or [`READY_WAIT`] passed; returns the nodes that are
+/// not ready, with the reason their last answer gave.
+async fn wait_ready(urls: &[String]) -> Vec<(String, String)> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    loop {
+        let mut waiting = Vec::new();
+        for url in urls {
+            let answer = http.get(format!("{url}/ready")).send().await;
+            let reason = match answer {
+                Ok(r) if r.status() == 200 => continue,
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["reason"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "not ready".to_string()),
+                Err(e) => e.to_string(),
+            };
+            waiting.push((url.clone(), reason));
+        }
+        if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+            return waiting;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(
+    args: DemoArgs,
+    log: Option<PathBuf>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     if !(1..=9).contains(&args.dcs) {
         anyhow::bail!("--dcs must be between 1 and 9");
     }
@@ -162,6 +201,19 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
             shutdown.clone(),
         )?);
     }
+    // The instructions only once they work: a request in the first second would meet a DC
+    // whose tenants are not there yet, or that holds no lease.
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    for (url, reason) in wait_ready(&urls).await {
+        eprintln!("warning: {url} is not ready after {READY_WAIT:?}: {reason}");
+    }
+    let logs = match &log {
+        Some(file) => format!(
+            "Logs: {} (COOPR_LOG or RUST_LOG, e.g. RUST_LOG=info, print them here instead)\n",
+            file.display()
+        ),
+        None => String::new(),
+    };
     let mut lines = String::new();
     for s in &servers {
         lines.push_str(&format!(
@@ -206,7 +258,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> anyhow::Res
          curl -s {cloud_url}/machines\n{replication}\
          Superadmin: tenant superadmin, user admin, key admin-key. Admin of tenant demo: user admin,\n\
          key demo-admin-key (demo-key is user demo's only). Metrics: {url}/metrics\n\
-         Ctrl-C stops the demo.",
+         {logs}Ctrl-C stops the demo.",
         args.dcs,
         args.nodes_per_dc,
         args.data_dir.display(),

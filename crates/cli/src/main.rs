@@ -157,6 +157,47 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
+/// The demo's logs: to stderr with the filter of `COOPR_LOG` or `RUST_LOG` when one is set,
+/// else at `default` into `file` (a starting deployment logs refused registrations, renewals
+/// before the placement group is bootstrapped and elections, which would bury the
+/// instructions). Returns the file when logs go there.
+fn init_demo_tracing(default: &str, file: &std::path::Path) -> Option<PathBuf> {
+    let from_env = ["COOPR_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok());
+    if let Some(filter) = from_env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return None;
+    }
+    let opened = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+        });
+    match opened {
+        Ok(log) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(default))
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(log))
+                .try_init();
+            Some(file.to_path_buf())
+        }
+        Err(e) => {
+            eprintln!("cannot write {}: {e}; logging to stderr", file.display());
+            init_tracing(default);
+            None
+        }
+    }
+}
+
 /// A shutdown signal that flips on Ctrl-C or SIGTERM.
 fn shutdown_on_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -517,8 +558,11 @@ fn main() {
                 run_fake_cloud(args).await
             }
             Command::Demo(args) => {
-                init_tracing("warn,coopr_server=info");
-                demo::run(args, shutdown_on_signal()).await
+                let log = init_demo_tracing(
+                    "info,openraft=warn",
+                    &args.data_dir.join("demo.log"),
+                );
+                demo::run(args, log, shutdown_on_signal()).await
             }
             Command::Cluster { conn, command } => {
                 init_tracing("warn");

@@ -481,6 +481,24 @@ fn a_shard_handed_over_through_the_cli_moves_to_another_dc() {
         .expect("shard map");
         assert_eq!(map["shards"][shard as usize]["epoch"], 2, "{map}");
         dcs.wait_converged(Duration::from_secs(60)).await;
+        // What an operator reads: the shard's row in `coopr admin shards` at b.
+        let output = std::process::Command::new(common::BIN)
+            .args(["admin", "shards", "--server"])
+            .arg(&dcs.dc_urls("b")[0])
+            .env("COOPR_TENANT", "superadmin")
+            .env("COOPR_USER", "admin")
+            .env("COOPR_API_KEY", "admin-key")
+            .output()
+            .expect("coopr admin shards runs");
+        let table = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{table}");
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(shard.to_string().as_str()))
+            .unwrap_or_else(|| panic!("no row for shard {shard}: {table}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(row[1..4], ["b", "2", "active"], "{table}");
 
         eprintln!("--- a lease update through c, a delete through a (the old owner)");
         let expire_time = unix_ms() + 86_400_000;

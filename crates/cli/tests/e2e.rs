@@ -87,7 +87,7 @@ fn wait_for(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) 
 }
 
 fn status(port: u16, id: &str) -> serde_json::Value {
-    let out = cli(port, &["cluster", "status", id]);
+    let out = cli(port, &["cluster", "status", id, "--json"]);
     assert!(
         out.status.success(),
         "status failed: {}",
@@ -131,7 +131,12 @@ fn cli_creates_lamp_cluster_and_deletes_it() {
     assert_eq!(s["stepstotal"], s["stepscompleted"]);
 
     let shown: serde_json::Value =
-        serde_json::from_str(&stdout(&cli(port, &["cluster", "show", &id]))).expect("show");
+        serde_json::from_str(&stdout(&cli(port, &["cluster", "show", &id, "--json"])))
+            .expect("show");
+    // For people: the summary, then a row per node with its hostname and address.
+    let table = stdout(&cli(port, &["cluster", "show", &id]));
+    assert!(table.contains(&format!("id         {id}\n")), "{table}");
+    assert!(table.contains("status     active\n"), "{table}");
     let nodes = shown["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 3);
     for node in nodes {
@@ -142,6 +147,18 @@ fn cli_creates_lamp_cluster_and_deletes_it() {
         assert!(node["properties"]["ipaddresses"]["access_v4"]
             .as_str()
             .is_some_and(|ip| ip.starts_with("10.")));
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(node["id"].as_str().unwrap_or("?")))
+            .unwrap_or_else(|| panic!("no row for {node}: {table}"));
+        let hostname = node["properties"]["hostname"].as_str().unwrap_or("?");
+        let ip = node["properties"]["ipaddresses"]["access_v4"]
+            .as_str()
+            .unwrap_or("?");
+        assert!(
+            row.contains(hostname) && row.contains(&format!("access_v4={ip}")),
+            "{row}"
+        );
     }
 
     let out = cli(port, &["cluster", "delete", &id, "--wait"]);
@@ -223,5 +240,139 @@ fn kill_dash_nine_loses_nothing_and_resumes_jobs() {
         cloud["machinesCreated"].as_u64(),
         Some(9),
         "one machine per node: {cloud}"
+    );
+}
+
+/// A base port for a demo of `dcs` DCs whose whole range (base .. base + 10 * dcs + 2: every
+/// node's API and internal port, the failover control) is free now; below the kernel's
+/// ephemeral range, where outgoing connections take their ports.
+fn free_port_range(dcs: u16) -> u16 {
+    let span = 10 * dcs + 2;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.subsec_nanos()) as u16;
+    (0..200u16)
+        .map(|n| 20_000 + (seed.wrapping_add(n.wrapping_mul(97)) % 120) * 100)
+        .find(|base| (*base..*base + span).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()))
+        .expect("a free range of ports")
+}
+
+/// `GET /ready` of the node at `port`: status line code and body.
+fn ready_status(port: u16) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, "no connection".into());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request =
+        format!("GET /ready HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, "not sent".into());
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
+}
+
+/// A new user's first minute: `coopr demo` with three DCs prints its instructions only once
+/// they work (the first command run when "Try:" appears succeeds in every DC), shows no log
+/// lines on the terminal (they go to a file in the data dir), and says where the logs are.
+#[test]
+fn the_demo_prints_instructions_once_usable_and_keeps_its_logs_in_a_file() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_port_range(3);
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--dcs",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(["--workers", "2"])
+        .env_remove("COOPR_LOG")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start coopr demo");
+    let out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let demo = Process(child);
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (err_tx, errors) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        let _ = err_tx.send(text);
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut printed = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no \"Try:\" within 90 s; printed: {printed:#?}"));
+        let done = line.trim() == "Try:";
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    // Right away, in every DC: the node is ready (its lease held) and the demo tenant's key
+    // works.
+    for dc in 0..3u16 {
+        let port = base + 10 * dc;
+        let ready = ready_status(port);
+        assert_eq!(
+            ready.0, 200,
+            "DC {dc} not ready when the demo said so: {}",
+            ready.1
+        );
+        let out = cli(port, &["cluster", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "cluster list at DC {dc} right after the instructions: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            printed
+                .iter()
+                .any(|l| l.contains(&format!("http://127.0.0.1:{port}"))),
+            "no line for DC {dc}: {printed:#?}"
+        );
+    }
+    let log = dir.path().join("demo.log");
+    let logs = Some(format!("Logs: {}", log.display()));
+    let said = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(5)).ok())
+        .find(|l| l.starts_with(logs.as_deref().unwrap_or_default()));
+    assert!(said.is_some(), "the demo does not say where its logs are");
+    assert!(
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0),
+        "{} is empty",
+        log.display()
+    );
+    drop(demo);
+    let stderr = errors
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_default();
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("ERROR") && !stderr.contains("INFO"),
+        "log lines on the terminal: {stderr}"
     );
 }
