@@ -58,6 +58,9 @@ pub struct FailoverArgs {
     /// Lamp creates started at the victim just before each kill.
     #[arg(long, default_value_t = 3)]
     in_flight: usize,
+    /// Cluster shards of the deployment (the nodes' `shard_count`): failover time as it grows.
+    #[arg(long, default_value_t = 64)]
+    shards: u32,
 }
 
 const DCS: [&str; 3] = ["a", "b", "c"];
@@ -124,20 +127,52 @@ async fn positions(
     Some(out)
 }
 
-/// Whether the node at `url` holds every shard at or past `targets` (as a replica).
+/// Whether the node at `url` holds every shard at or past `targets` (as a replica), from its
+/// replication report (one request, whatever the shard count).
 async fn caught_up(
     http: &reqwest::Client,
     url: &str,
     targets: &BTreeMap<String, (u64, u64)>,
 ) -> bool {
-    for (shard, target) in targets {
-        let view = admin_get(http, &format!("{url}/v2/admin/shards/{shard}/view")).await;
-        let Some(view) = view else { return false };
-        if view["role"] != "replica" || position_of(&view).is_none_or(|p| p < *target) {
+    let Some(report) = admin_get(http, &format!("{url}/v2/admin/replication")).await else {
+        return false;
+    };
+    let watermarks: BTreeMap<&str, (u64, u64)> = report["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let mark = &s.get("local")?["watermark"];
+            Some((
+                s["shard"].as_str()?,
+                (mark["epoch"].as_u64()?, mark["seq"].as_u64()?),
+            ))
+        })
+        .collect();
+    targets
+        .iter()
+        .all(|(shard, target)| watermarks.get(shard.as_str()).is_some_and(|p| p >= target))
+}
+
+/// Whether every shard in `shards` is written by one of the nodes of `urls`: the node's map
+/// names its DC the owner and its replication report shows the outbox it writes (the shard
+/// was adopted there). One request per node, whatever the shard count.
+async fn adopted(http: &reqwest::Client, urls: &[String], shards: &[String]) -> bool {
+    let mut written = std::collections::BTreeSet::new();
+    for url in urls {
+        let Some(report) = admin_get(http, &format!("{url}/v2/admin/replication")).await else {
             return false;
+        };
+        let dc = report["dc"].as_str().unwrap_or_default().to_string();
+        for s in report["shards"].as_array().into_iter().flatten() {
+            if s["owner"] == dc.as_str() && s.get("last").is_some() {
+                if let Some(shard) = s["shard"].as_str() {
+                    written.insert(shard.to_string());
+                }
+            }
         }
     }
-    true
+    shards.iter().all(|s| written.contains(s))
 }
 
 /// The records the DC at `url` owns that some replica lacks (the most any replica lacks, per
@@ -306,7 +341,19 @@ async fn round(
         .filter(|dc| **dc != victim)
         .map(|dc| wan.urls[dc][0].clone())
         .collect();
-    while positions(http, &survivors, shard_count).await.is_none() {
+    let victim_shards: Vec<String> = owners_now
+        .iter()
+        .enumerate()
+        .filter(|(_, owner)| *owner == victim)
+        .map(|(n, _)| {
+            if n == shard_count {
+                "global".to_string()
+            } else {
+                n.to_string()
+            }
+        })
+        .collect();
+    while !adopted(http, &survivors, &victim_shards).await {
         if killed.elapsed() > STEP_TIMEOUT {
             bail!("some shard of {victim} has no new owner {STEP_TIMEOUT:?} after the kill");
         }
@@ -392,6 +439,7 @@ pub async fn run(mut args: FailoverArgs) -> anyhow::Result<()> {
         ("lease_ms", args.lease_ms.to_string()),
         ("max_clock_offset_ms", args.max_clock_offset_ms.to_string()),
         ("task_timeout_secs", "10".to_string()),
+        ("shard_count", args.shards.to_string()),
     ];
     let spec = Spec {
         coopr_bin: &args.coopr_bin,
