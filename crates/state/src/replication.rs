@@ -45,6 +45,8 @@
 //! [`Outbox::dropped_through_seq`] remembers the last dropped position: a replica whose watermark
 //! is below it can no longer be caught up from records and must be re-seeded from a snapshot of
 //! the shard. Records every replica acknowledged are removed earlier with `TrimOutbox`.
+//! Together, the outboxes of a DC's cluster shards hold at most [`DC_OUTBOX_CAPACITY`] records:
+//! beyond it the fullest one drops its oldest record (ties: the lowest shard), the same way.
 //!
 //! # What the records carry (kept small: the cross-DC/DC-log byte ratio is a headline metric)
 //!
@@ -85,6 +87,13 @@ use crate::{CommandError, CommandResult, ErrorCode, Outcome, State, TenantCatalo
 
 /// Records an outbox keeps at most; older ones are dropped (replicas behind them need a snapshot).
 pub const OUTBOX_CAPACITY: usize = 100_000;
+
+/// Records the outboxes of every cluster shard a DC owns keep at most together: with a replica
+/// DC away, each of 1,024 shards could otherwise hold [`OUTBOX_CAPACITY`] records (about 2 KB
+/// each: 200 GB). Beyond it the oldest record of the fullest outbox is dropped (replicas behind
+/// it are re-seeded from a snapshot), so the bound costs about 1 GB however many shards a DC
+/// owns.
+pub const DC_OUTBOX_CAPACITY: usize = 500_000;
 
 /// The epoch of a shard that never changed owner.
 pub const FIRST_EPOCH: u64 = 1;
@@ -700,12 +709,19 @@ impl Outbox {
         while self.records.len() > capacity
             || (self.resource_bytes > OUTBOX_RESOURCE_BYTES_CAPACITY && self.records.len() > 1)
         {
-            if let Some(dropped) = self.records.pop_front() {
-                self.dropped_through_seq = dropped.seq;
-                self.resource_bytes -= dropped.resource_bytes();
-            }
+            self.drop_oldest();
         }
         seq
+    }
+
+    /// Drops the oldest record (replicas behind it will need a snapshot); false if empty.
+    pub fn drop_oldest(&mut self) -> bool {
+        let Some(dropped) = self.records.pop_front() else {
+            return false;
+        };
+        self.dropped_through_seq = dropped.seq;
+        self.resource_bytes -= dropped.resource_bytes();
+        true
     }
 
     /// Removes every record up to and including `through_seq`. Returns how many went.
@@ -1181,6 +1197,54 @@ mod tests {
 
     fn deleted(name: &str) -> RecordKind {
         RecordKind::Global(GlobalRecord::TenantDeleted(name.into()))
+    }
+
+    /// Together the cluster shards' outboxes keep at most a DC-wide number of records: the
+    /// fullest drops its oldest (ties: the lowest shard) until they fit, and a replica behind a
+    /// dropped record reads `Gone` (it needs a snapshot). Shards at or below the others are
+    /// left alone.
+    #[test]
+    fn outboxes_together_stay_within_the_dc_bound() {
+        let mut state = State::new(4);
+        for (shard, n) in [(0u32, 5u64), (1, 3), (2, 5)] {
+            let outbox = &mut state.shards.entry(ShardId(shard)).or_default().replication;
+            for i in 0..n {
+                outbox.push(ShardId(shard), deleted(&i.to_string()), 0, OUTBOX_CAPACITY);
+            }
+        }
+        state.bound_outboxes(10);
+        let lens: Vec<(u32, usize, u64)> = state
+            .shards
+            .iter()
+            .map(|(s, d)| {
+                (
+                    s.0,
+                    d.replication.records.len(),
+                    d.replication.dropped_through_seq,
+                )
+            })
+            .filter(|(_, len, _)| *len > 0)
+            .collect();
+        assert_eq!(lens, [(0, 3, 2), (1, 3, 0), (2, 4, 1)]);
+        let shard0 = &state.shards[&ShardId(0)].replication;
+        assert_eq!(
+            shard0.read_after(1, 10),
+            Err(ReadError::Gone {
+                after: 1,
+                first_seq: 3
+            })
+        );
+        assert_eq!(shard0.read_after(2, 10).map(|r| r.len()), Ok(3));
+        // Within the bound nothing more goes.
+        state.bound_outboxes(10);
+        assert_eq!(
+            state
+                .shards
+                .values()
+                .map(|d| d.replication.records.len())
+                .sum::<usize>(),
+            10
+        );
     }
 
     /// Beyond its capacity an outbox drops the oldest records and remembers the last dropped

@@ -285,6 +285,31 @@ fn create_byte_ratio() {
     assert!(realistic < 0.08, "{:.1}%", realistic * 100.0);
 }
 
+/// The outboxes of a DC's cluster shards stay within the DC-wide bound as commands emit
+/// records: the fullest drops its oldest, and a replica behind it is told to re-seed.
+#[test]
+fn the_outboxes_of_a_dc_stay_within_its_bound() {
+    let mut h = Owner::new();
+    h.state.set_outbox_capacity(6);
+    for shard in [0, 1, 0] {
+        h.create_in(shard, "lamp", 3);
+        h.drive();
+    }
+    // Three creates emit 5 records each; 6 are kept: 3 in each shard (shard 0 wrote 10 and
+    // dropped 7, shard 1 wrote 5 and dropped 2).
+    let kept: Vec<(usize, u64)> = [0, 1]
+        .map(|s| {
+            let outbox = h.state.outbox(ShardId(s)).unwrap();
+            (outbox.records.len(), outbox.dropped_through_seq)
+        })
+        .to_vec();
+    assert_eq!(kept, [(3, 7), (3, 2)]);
+    assert!(matches!(
+        h.state.outbox(ShardId(0)).unwrap().read_after(0, 100),
+        Err(coopr_state::replication::ReadError::Gone { .. })
+    ));
+}
+
 /// Builds an owner history with every kind of record: creates in two shards, a failed CONFIRM
 /// (node replaced, so a second CREATE checkpoints mid-job), pause/resume, a task timeout, an
 /// abort with a late CREATE result, expire time and template sync, service operations, add

@@ -67,6 +67,35 @@ impl State {
         };
         let seq = outbox.push(shard, kind, self.applying_at_ms, OUTBOX_CAPACITY);
         tracing::trace!(%shard, seq, "replication record");
+        if !shard.is_global() {
+            self.bound_outboxes(self.outbox_capacity);
+        }
+    }
+
+    /// Keeps the records of every cluster shard's outbox within `capacity` together, dropping
+    /// the oldest record of the fullest outbox (ties: the lowest shard) until they fit. A pure
+    /// function of the replicated state, so every node of the DC drops the same records.
+    pub(crate) fn bound_outboxes(&mut self, capacity: usize) {
+        let mut total: usize = self
+            .shards
+            .values()
+            .map(|data| data.replication.records.len())
+            .sum();
+        while total > capacity {
+            let fullest = self
+                .shards
+                .iter_mut()
+                .map(|(_, data)| &mut data.replication)
+                .rev()
+                .max_by_key(|outbox| outbox.records.len());
+            match fullest {
+                Some(outbox) if outbox.records.len() > 1 => {
+                    outbox.drop_oldest();
+                    total -= 1;
+                }
+                _ => return,
+            }
+        }
     }
 
     pub(super) fn emit_global(&mut self, record: GlobalRecord) {

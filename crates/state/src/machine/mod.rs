@@ -191,6 +191,9 @@ pub struct State {
     applying_key: Option<String>,
     /// Derived: shares equal service definitions between records.
     pub(crate) service_pool: service_pool::ServicePool,
+    /// Records the cluster shards' outboxes hold at most together
+    /// ([`crate::replication::DC_OUTBOX_CAPACITY`]; a test may set less).
+    pub(crate) outbox_capacity: usize,
 }
 
 impl State {
@@ -210,7 +213,16 @@ impl State {
             applying_at_ms: 0,
             applying_key: None,
             service_pool: service_pool::ServicePool::default(),
+            outbox_capacity: crate::replication::DC_OUTBOX_CAPACITY,
         }
+    }
+
+    /// Sets how many records the cluster shards' outboxes hold at most together (default
+    /// [`crate::replication::DC_OUTBOX_CAPACITY`]). For tests: every node of a DC must apply
+    /// its log with the same bound, or their states diverge.
+    #[doc(hidden)]
+    pub fn set_outbox_capacity(&mut self, records: usize) {
+        self.outbox_capacity = records;
     }
 
     /// Rebuilds a state from its parts (a snapshot), recomputing the derived indexes.
