@@ -62,6 +62,12 @@ enum Command {
         #[command(subcommand)]
         command: client::AdminCommand,
     },
+    /// Prints a completion script for a shell, e.g. `source <(coopr completions bash)`, or
+    /// `coopr completions zsh > ~/.zfunc/_coopr`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -572,6 +578,16 @@ fn main() {
             Command::Admin { conn, command } => {
                 init_tracing("warn");
                 return client::run_admin(&conn, command).await.map_err(|_| None);
+            }
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "coopr",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
             }
         }
         .map_err(Some)

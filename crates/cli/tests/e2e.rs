@@ -376,3 +376,39 @@ fn the_demo_prints_instructions_once_usable_and_keeps_its_logs_in_a_file() {
         "log lines on the terminal: {stderr}"
     );
 }
+
+/// `coopr completions SHELL` prints a script that knows the commands and their options; an
+/// unknown shell is a usage error (exit 2).
+#[test]
+fn completions_know_the_commands() {
+    for (shell, marker) in [
+        ("bash", "_coopr()"),
+        ("zsh", "#compdef coopr"),
+        ("fish", "complete -c coopr"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .expect("run coopr");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(script.contains(marker), "{shell}: no {marker:?}");
+        for word in ["cluster", "handover", "--json", "--template"] {
+            // fish names long options `-l NAME`.
+            let word = match word.strip_prefix("--") {
+                Some(long) if shell == "fish" => format!("-l {long}"),
+                _ => word.to_string(),
+            };
+            assert!(script.contains(&word), "{shell} script lacks {word}");
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["completions", "cmd.exe"])
+        .output()
+        .expect("run coopr");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
