@@ -32,6 +32,7 @@ use coopr_state::{encode_entry, Command as StateCommand, Entry};
 use coopr_types::ClusterId;
 use serde_json::{json, Value};
 
+use crate::breakdown;
 use crate::fsync;
 use crate::ops::Api;
 use crate::stats::{ms, rate, Summary};
@@ -277,6 +278,8 @@ struct Row {
     server_cpu: Option<Duration>,
     /// Raw fsync p50 measured just before the phase (the shared disk's speed moves).
     floor: Duration,
+    /// Where a sequential write's time went (coopr: its nodes' stage metrics; empty for etcd).
+    stages: Vec<breakdown::Stage>,
 }
 
 /// A quick raw fsync p50 (50 rounds) in `dir`, to show the disk's speed at that moment.
@@ -336,7 +339,9 @@ pub(crate) async fn measure(
     Ok((Summary::of(&latencies), elapsed, cpu))
 }
 
-/// Sequential then concurrent phases against one target; appends two rows.
+/// Sequential then concurrent phases against one target; appends two rows. `nodes`: every
+/// node's URL and the index of the DC-log leader among them, whose stage metrics are read
+/// around the sequential phase (none for etcd).
 #[allow(clippy::too_many_arguments)]
 async fn measure_both(
     args: &DcLogArgs,
@@ -347,11 +352,36 @@ async fn measure_both(
     target: &Target,
     procs: &[Proc],
     counter: &Arc<AtomicU64>,
+    nodes: Option<(&[String], usize)>,
 ) -> anyhow::Result<()> {
     eprintln!("-- {system}: {} sequential writes at the {at}", args.writes);
     let floor = floor_now(dir).await?;
+    let http = reqwest::Client::new();
+    let scrape_all = |urls: &[String]| {
+        let urls = urls.to_vec();
+        let http = http.clone();
+        async move {
+            let mut scrapes = Vec::new();
+            for url in &urls {
+                scrapes.push(breakdown::scrape(&http, url).await);
+            }
+            scrapes
+        }
+    };
+    let before = match nodes {
+        Some((urls, _)) => scrape_all(urls).await,
+        None => Vec::new(),
+    };
     let (latencies, elapsed, server_cpu) =
         measure(target, procs, counter, 1, Some(args.writes), Duration::ZERO).await?;
+    let stages = match nodes {
+        Some((urls, leader)) => {
+            let after = scrape_all(urls).await;
+            // The phase's writes and its warm-up writes.
+            breakdown::stages(&before, &after, leader, args.writes + WARMUP_WRITES)
+        }
+        None => Vec::new(),
+    };
     rows.push(Row {
         system: system.into(),
         mode: format!("sequential, at the {at}"),
@@ -359,6 +389,7 @@ async fn measure_both(
         elapsed,
         server_cpu,
         floor,
+        stages,
     });
     let floor = floor_now(dir).await?;
     eprintln!(
@@ -381,6 +412,7 @@ async fn measure_both(
         elapsed,
         server_cpu,
         floor,
+        stages: Vec::new(),
     });
     Ok(())
 }
@@ -392,11 +424,12 @@ pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Resul
 }
 
 /// Starts a DC of `nodes` coopr servers; returns the processes and every node's API URL.
+/// The DC's node processes, their URLs, and the fake cloud their demo workers share.
 async fn start_coopr_dc(
     args: &DcLogArgs,
     dir: &Path,
     nodes: u16,
-) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
+) -> anyhow::Result<(Vec<Proc>, Vec<String>, Proc)> {
     let base = free_coopr_base(nodes)?;
     let out = dir.join(format!("coopr-{nodes}"));
     let init = Command::new(&args.coopr_bin)
@@ -415,6 +448,7 @@ async fn start_coopr_dc(
             String::from_utf8_lossy(&init.stderr)
         );
     }
+    let cloud = crate::wan::start_fake_cloud(&args.coopr_bin, &out, &out.join("a1.toml"), 0)?;
     let mut procs = Vec::new();
     let mut urls = Vec::new();
     for i in 0..nodes {
@@ -434,7 +468,7 @@ async fn start_coopr_dc(
         )?);
         urls.push(format!("http://127.0.0.1:{}", base + i));
     }
-    Ok((procs, urls))
+    Ok((procs, urls, cloud))
 }
 
 /// Sets `demo_workers` in a config written by `coopr init-cluster --demo`.
@@ -539,7 +573,8 @@ async fn run_coopr(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<usize> {
     eprintln!("-- starting a {nodes}-node coopr DC");
-    let (mut procs, urls) = start_coopr_dc(args, dir, nodes).await?;
+    // The fake cloud lives as long as the DC (its CPU is not the servers').
+    let (mut procs, urls, _cloud) = start_coopr_dc(args, dir, nodes).await?;
     let (leader, follower) = coopr_roles(&mut procs, &urls).await?;
     let api = Api::new(leader.clone())?;
     let (id, create_time) = active_cluster(&api).await?;
@@ -557,6 +592,8 @@ async fn run_coopr(
     .len();
     let counter = Arc::new(AtomicU64::new(1));
     let system = format!("coopr, {nodes}-node DC");
+    let leader_at = urls.iter().position(|u| *u == leader).unwrap_or(0);
+    let nodes = Some((urls.as_slice(), leader_at));
     let target = Target::Coopr {
         api: api.clone(),
         url: leader,
@@ -564,7 +601,7 @@ async fn run_coopr(
         base: create_time,
     };
     measure_both(
-        args, dir, rows, &system, "leader", &target, &procs, &counter,
+        args, dir, rows, &system, "leader", &target, &procs, &counter, nodes,
     )
     .await?;
     if let (Some(follower), false) = (follower, args.no_followers) {
@@ -575,7 +612,7 @@ async fn run_coopr(
             base: create_time,
         };
         measure_both(
-            args, dir, rows, &system, "follower", &target, &procs, &counter,
+            args, dir, rows, &system, "follower", &target, &procs, &counter, nodes,
         )
         .await?;
     }
@@ -757,7 +794,7 @@ async fn run_etcd(
         value_len,
     };
     measure_both(
-        args, dir, rows, &system, "leader", &target, &procs, &counter,
+        args, dir, rows, &system, "leader", &target, &procs, &counter, None,
     )
     .await?;
     if !args.no_followers {
@@ -768,7 +805,7 @@ async fn run_etcd(
             value_len,
         };
         measure_both(
-            args, dir, rows, &system, "follower", &target, &procs, &counter,
+            args, dir, rows, &system, "follower", &target, &procs, &counter, None,
         )
         .await?;
     }
@@ -871,6 +908,24 @@ pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
             rate(row.latencies.samples as f64, row.elapsed),
             ms(row.floor),
         );
+    }
+    for row in rows.iter().filter(|r| !r.stages.is_empty()) {
+        println!(
+            "\n### Where a write's time goes: {}, {} (means; client latency mean {} ms)\n",
+            row.system,
+            row.mode,
+            ms(row.latencies.total / u32::try_from(row.latencies.samples.max(1)).unwrap_or(1)),
+        );
+        println!("| stage | mean ms | per write |");
+        println!("|---|---:|---:|");
+        for stage in &row.stages {
+            println!(
+                "| {} | {} | {:.2} |",
+                stage.what,
+                stage.mean.map_or("-".into(), ms),
+                stage.per_write
+            );
+        }
     }
     println!("\n### fsync floor (same filesystem)\n");
     println!("| what | n | p50 ms | p99 ms | per s (1 writer) |");

@@ -27,6 +27,7 @@
 //! records the figures with the command that produced them.
 
 mod big;
+mod breakdown;
 mod dclog;
 mod failover;
 mod fsync;

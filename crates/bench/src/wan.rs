@@ -161,23 +161,13 @@ pub(crate) async fn start(spec: &Spec<'_>, dir: &Path) -> anyhow::Result<Wan> {
     let mut proxies = Vec::new();
     let mut urls: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     let mut nodes = Vec::new();
-    // The shared fake cloud (init-cluster's start.sh runs it; the nodes are started here).
     let first = endpoints.first().context("no endpoints")?;
     let first_config = out.join(format!("{}.toml", first["node"].as_str().context("node")?));
-    let cloud_url = setting(&first_config, "fake_cloud_url")?
-        .context("the demo deployment has no fake_cloud_url")?;
-    let mut cloud = Command::new(spec.coopr_bin);
-    cloud
-        .args(["fake-cloud", "--listen"])
-        .arg(cloud_url.trim_start_matches("http://"))
-        .arg("--state")
-        .arg(out.join("fake-cloud.json"))
-        .arg("--latency-ms")
-        .arg(spec.cloud_latency_ms.to_string());
-    let mut procs = vec![Proc::spawn(
-        "coopr fake-cloud",
-        cloud,
-        out.join("fake-cloud.log"),
+    let mut procs = vec![start_fake_cloud(
+        spec.coopr_bin,
+        &out,
+        &first_config,
+        spec.cloud_latency_ms,
     )?];
     for dc in DCS {
         let mut replacements = Vec::new();
@@ -224,6 +214,27 @@ pub(crate) async fn start(spec: &Spec<'_>, dir: &Path) -> anyhow::Result<Wan> {
 }
 
 /// The value of a `key = value` line of a node TOML (quotes removed), if any.
+/// The fake cloud a deployment written by `coopr init-cluster --demo` shares (its `start.sh`
+/// runs it; the benchmarks start the nodes themselves), at the `fake_cloud_url` of `config`.
+pub(crate) fn start_fake_cloud(
+    coopr_bin: &Path,
+    out: &Path,
+    config: &Path,
+    latency_ms: u64,
+) -> anyhow::Result<Proc> {
+    let cloud_url =
+        setting(config, "fake_cloud_url")?.context("the demo deployment has no fake_cloud_url")?;
+    let mut cloud = Command::new(coopr_bin);
+    cloud
+        .args(["fake-cloud", "--listen"])
+        .arg(cloud_url.trim_start_matches("http://"))
+        .arg("--state")
+        .arg(out.join("fake-cloud.json"))
+        .arg("--latency-ms")
+        .arg(latency_ms.to_string());
+    Proc::spawn("coopr fake-cloud", cloud, out.join("fake-cloud.log"))
+}
+
 fn setting(config: &Path, key: &str) -> anyhow::Result<Option<String>> {
     let text = std::fs::read_to_string(config)?;
     Ok(text.lines().find_map(|line| {

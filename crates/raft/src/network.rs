@@ -343,8 +343,20 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
-        self.post_wire(Rpc::AppendEntries, body, option.hard_ttl())
-            .await
+        // One stage of a write's latency at the leader: an append round trip to one follower
+        // (its handling, fsync included, and the network both ways). Heartbeats are left out.
+        let started = std::time::Instant::now();
+        let answer = self
+            .post_wire(Rpc::AppendEntries, body, option.hard_ttl())
+            .await;
+        if entries > 0 {
+            metrics::histogram!(
+                "coopr_raft_append_rpc_seconds",
+                "group" => self.factory.group.to_string()
+            )
+            .record(started.elapsed().as_secs_f64());
+        }
+        answer
     }
 
     async fn install_snapshot(
@@ -478,7 +490,13 @@ async fn append(State(node): State<RaftHandle>, request: Request) -> Response {
             Ok(request) => request,
             Err(refusal) => return refusal,
         };
-    reply(&node.raft().append_entries(request).await)
+    // One stage of a write's latency at a follower: openraft takes the entries (its own log
+    // append and fsync included) and answers.
+    let started = std::time::Instant::now();
+    let answer = node.raft().append_entries(request).await;
+    metrics::histogram!("coopr_raft_append_handle_seconds", "group" => node.group().to_string())
+        .record(started.elapsed().as_secs_f64());
+    reply(&answer)
 }
 
 async fn vote(State(node): State<RaftHandle>, request: Request) -> Response {

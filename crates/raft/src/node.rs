@@ -586,7 +586,8 @@ pub async fn start_with(
 ) -> Result<RaftHandle, StartError> {
     config.validate()?;
     let openraft_config = Arc::new(config.openraft_config()?);
-    let log_store = RaftLogStore::new(stores.log.clone(), config.persist_committed);
+    let log_store =
+        RaftLogStore::new(stores.log.clone(), config.persist_committed).for_group(&config.group);
     let log_pristine = {
         let log_store = log_store.clone();
         if stores.log.blocks() {
