@@ -245,6 +245,8 @@ pub async fn run(
     println!(
         "coopr demo: {} datacenter(s) of {} node(s); user APIs:\n{lines}\
          data dir {} (reused on restart); {} fake-cloud workers per node\n\n\
+         Web console: {url}/ui/ (any node; tenant superadmin, user admin, key admin-key to see\n\
+         the datacenters and the shard map; tenant demo, user demo, key demo-key for clusters)\n\n\
          Try:\n  \
          export COOPR_SERVER={url} COOPR_TENANT=demo COOPR_USER=demo COOPR_API_KEY=demo-key\n  \
          coopr cluster create web --template lamp --machines 3 --wait\n  \

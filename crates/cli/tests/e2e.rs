@@ -2,6 +2,8 @@
 //! `kill -9` in the middle of a job. Each test starts its own process on a free port and kills it
 //! when done (also on failure, through [`Process`]'s `Drop`).
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -243,20 +245,6 @@ fn kill_dash_nine_loses_nothing_and_resumes_jobs() {
     );
 }
 
-/// A base port for a demo of `dcs` DCs whose whole range (base .. base + 10 * dcs + 2: every
-/// node's API and internal port, the failover control) is free now; below the kernel's
-/// ephemeral range, where outgoing connections take their ports.
-fn free_port_range(dcs: u16) -> u16 {
-    let span = 10 * dcs + 2;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.subsec_nanos()) as u16;
-    (0..200u16)
-        .map(|n| 20_000 + (seed.wrapping_add(n.wrapping_mul(97)) % 120) * 100)
-        .find(|base| (*base..*base + span).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()))
-        .expect("a free range of ports")
-}
-
 /// `GET /ready` of the node at `port`: status line code and body.
 fn ready_status(port: u16) -> (u16, String) {
     use std::io::{Read, Write};
@@ -284,56 +272,10 @@ fn ready_status(port: u16) -> (u16, String) {
 /// lines on the terminal (they go to a file in the data dir), and says where the logs are.
 #[test]
 fn the_demo_prints_instructions_once_usable_and_keeps_its_logs_in_a_file() {
-    use std::io::{BufRead, BufReader, Read};
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = free_port_range(3);
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--dcs",
-            "3",
-            "--base-port",
-            &base.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .args(["--workers", "2"])
-        .env_remove("COOPR_LOG")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start coopr demo");
-    let out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let demo = Process(child);
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let (err_tx, errors) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        let _ = err_tx.send(text);
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut printed = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no \"Try:\" within 90 s; printed: {printed:#?}"));
-        let done = line.trim() == "Try:";
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
+    let demo = common::Demo::start(3, dir.path(), &["--workers", "2"]);
+    let base = demo.base;
+    let printed = demo.printed.clone();
     // Right away, in every DC: the node is ready (its lease held) and the demo tenant's key
     // works.
     for dc in 0..3u16 {
@@ -359,7 +301,7 @@ fn the_demo_prints_instructions_once_usable_and_keeps_its_logs_in_a_file() {
     }
     let log = dir.path().join("demo.log");
     let logs = Some(format!("Logs: {}", log.display()));
-    let said = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(5)).ok())
+    let said = std::iter::from_fn(|| demo.lines.recv_timeout(Duration::from_secs(5)).ok())
         .find(|l| l.starts_with(logs.as_deref().unwrap_or_default()));
     assert!(said.is_some(), "the demo does not say where its logs are");
     assert!(
@@ -367,10 +309,7 @@ fn the_demo_prints_instructions_once_usable_and_keeps_its_logs_in_a_file() {
         "{} is empty",
         log.display()
     );
-    drop(demo);
-    let stderr = errors
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_default();
+    let stderr = demo.stop();
     assert!(
         !stderr.contains("WARN") && !stderr.contains("ERROR") && !stderr.contains("INFO"),
         "log lines on the terminal: {stderr}"

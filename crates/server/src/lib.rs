@@ -21,6 +21,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod driver;
 pub mod metrics;

@@ -92,6 +92,96 @@ pub fn free_base_port(span: u16) -> u16 {
     panic!("no free range of {span} ports found");
 }
 
+/// A `coopr demo` process of several DCs, started on a free range of ports with no log
+/// settings of its own (as a new user runs it), once it printed its instructions.
+pub struct Demo {
+    pub process: Process,
+    /// The base port: DC d's first node's API is at base + 10 * d.
+    pub base: u16,
+    /// What it printed up to and including its "Try:" line.
+    pub printed: Vec<String>,
+    /// The lines it prints after that.
+    pub lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Demo {
+    /// Starts `coopr demo --dcs DCS` in `dir` with `args` added, and waits (90 s at most) for
+    /// its "Try:" line.
+    pub fn start(dcs: u16, dir: &Path, args: &[&str]) -> Demo {
+        use std::io::{BufRead, BufReader, Read};
+        // Every node's API and internal port, and the failover control after them.
+        let base = free_base_port(10 * dcs + 2);
+        let mut child = Command::new(BIN)
+            .args([
+                "demo",
+                "--dcs",
+                &dcs.to_string(),
+                "--base-port",
+                &base.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .env_remove("COOPR_LOG")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start coopr demo");
+        let out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let process = Process(child);
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let (err_tx, stderr) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            let _ = err_tx.send(text);
+        });
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut printed = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no \"Try:\" within 90 s; printed: {printed:#?}"));
+            let done = line.trim() == "Try:";
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+        Demo {
+            process,
+            base,
+            printed,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The URL of DC number `dc`'s first node.
+    pub fn url(&self, dc: u16) -> String {
+        format!("http://127.0.0.1:{}", self.base + 10 * dc)
+    }
+
+    /// Kills the demo and returns what it wrote to stderr.
+    pub fn stop(self) -> String {
+        drop(self.process);
+        self.stderr
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default()
+    }
+}
+
 /// Prints the last lines of every `*.log` file in `dir` (for failure messages).
 pub fn print_log_tails(dir: &Path) {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)

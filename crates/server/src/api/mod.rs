@@ -48,6 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(plugins::routes())
         .merge(replication::routes())
         .merge(crate::replication::owner::routes())
+        .merge(crate::console::routes())
         .route("/status", get(plain_status))
         .route("/v2/status", get(status))
         .route("/ready", get(ready::ready))
