@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use coopr_engine::template::{self, TemplateError, TemplateSource};
 use coopr_state::{Command, TenantCatalog};
 use coopr_types::{
@@ -24,30 +24,60 @@ use super::extract::{Caller, IdempotencyKey, JsonBody};
 use super::lenient::valid_name;
 use crate::App;
 
-pub fn routes() -> Router<Arc<App>> {
-    let mut router = Router::new()
-        .route("/v2/export", get(export))
-        .route("/v2/import", axum::routing::post(import))
-        .route("/v2/resolve", axum::routing::post(resolve));
+pub fn routes() -> super::routes::Routes {
+    use axum::http::Method;
+    let mut routes = super::routes::Routes::new("catalog")
+        .route(
+            "/v2/export",
+            get(export),
+            &[(Method::GET, "The tenant's catalog")],
+        )
+        .route(
+            "/v2/import",
+            axum::routing::post(import),
+            &[(Method::POST, "Replace the tenant's catalog")],
+        )
+        .route(
+            "/v2/resolve",
+            axum::routing::post(resolve),
+            &[(Method::POST, "Resolve a cluster spec against the catalog")],
+        );
     for kind in EntityKind::ALL {
-        router = router
+        let name = kind.as_str();
+        routes = routes
             .route(
-                &format!("/v2/{}", kind.as_str()),
+                &format!("/v2/{name}"),
                 get(move |s, c| list(s, c, kind)).post(move |s, c, i, b| create(s, c, i, b, kind)),
+                &[
+                    (Method::GET, format!("List {name}")),
+                    (Method::POST, format!("Create one of {name}")),
+                ],
             )
             .route(
-                &format!("/v2/{}/{{name}}", kind.as_str()),
+                &format!("/v2/{name}/{{name}}"),
                 get(move |s, c, p| get_latest(s, c, p, kind))
                     .put(move |s, c, i, p, b| put(s, c, i, p, b, kind))
                     .delete(move |s, c, i, p| delete(s, c, i, p, kind)),
+                &[
+                    (Method::GET, format!("The latest version of one of {name}")),
+                    (Method::PUT, format!("Write a new version of one of {name}")),
+                    (Method::DELETE, format!("Delete one of {name}")),
+                ],
             )
             .route(
-                &format!("/v2/{}/{{name}}/{{version}}", kind.as_str()),
+                &format!("/v2/{name}/{{name}}/{{version}}"),
                 get(move |s, c, p| get_version(s, c, p, kind))
                     .delete(move |s, c, i, p| delete_version(s, c, i, p, kind)),
+                &[
+                    (Method::GET, format!("One version of one of {name}")),
+                    (
+                        Method::DELETE,
+                        format!("Delete one version of one of {name}"),
+                    ),
+                ],
             );
     }
-    router
+    routes
 }
 
 /// Checks that a body is a valid entity of its kind (typed parse) with a valid name.

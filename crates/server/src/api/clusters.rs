@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use coopr_engine::layout::{
     solve_added_services, solve_layout, AddServicesRequest, LayoutRequest, NodeLayout,
 };
@@ -28,38 +28,103 @@ use super::lenient::{lenient_u32, lenient_u64_opt, valid_name};
 use super::{answer, views};
 use crate::App;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v2/clusters", get(list).post(create))
+pub fn routes() -> super::routes::Routes {
+    use axum::http::Method;
+    super::routes::Routes::new("clusters")
+        .route(
+            "/v2/clusters",
+            get(list).post(create),
+            &[
+                (Method::GET, "List the tenant's clusters (?status=...)"),
+                (Method::POST, "Create a cluster from a template"),
+            ],
+        )
         .route(
             "/v2/clusters/{id}",
             get(show).post(set_expire_time).delete(delete),
+            &[
+                (Method::GET, "A cluster with its nodes"),
+                (Method::POST, "Set the cluster's expire time"),
+                (
+                    Method::DELETE,
+                    "Delete a cluster (its machines are deleted)",
+                ),
+            ],
         )
-        .route("/v2/clusters/{id}/status", get(status))
-        .route("/v2/clusters/{id}/plans", get(plans))
-        .route("/v2/clusters/{id}/plans/{job}", get(plan))
-        .route("/v2/clusters/{id}/config", get(get_config).put(put_config))
+        .route(
+            "/v2/clusters/{id}/status",
+            get(status),
+            &[(Method::GET, "The current job's progress")],
+        )
+        .route(
+            "/v2/clusters/{id}/plans",
+            get(plans),
+            &[(Method::GET, "The cluster's job plans")],
+        )
+        .route(
+            "/v2/clusters/{id}/plans/{job}",
+            get(plan),
+            &[(Method::GET, "One job's plan")],
+        )
+        .route(
+            "/v2/clusters/{id}/config",
+            get(get_config).put(put_config),
+            &[
+                (Method::GET, "The cluster config"),
+                (
+                    Method::PUT,
+                    "Replace the cluster config (and restart services)",
+                ),
+            ],
+        )
         .route(
             "/v2/clusters/{id}/services",
             get(services).post(add_services),
+            &[
+                (Method::GET, "The cluster's services"),
+                (Method::POST, "Add services"),
+            ],
         )
         .route(
             "/v2/clusters/{id}/services/{action}",
             post(all_services_action),
+            &[(Method::POST, "Start, stop or restart every service")],
         )
         .route(
             "/v2/clusters/{id}/services/{service}/{action}",
             post(one_service_action),
+            &[(Method::POST, "Start, stop or restart one service")],
         )
-        .route("/v2/clusters/{id}/abort", post(abort))
-        .route("/v2/clusters/{id}/pause", post(pause))
-        .route("/v2/clusters/{id}/resume", post(resume))
+        .route(
+            "/v2/clusters/{id}/abort",
+            post(abort),
+            &[(Method::POST, "Fail a running create")],
+        )
+        .route(
+            "/v2/clusters/{id}/pause",
+            post(pause),
+            &[(Method::POST, "Pause the running job")],
+        )
+        .route(
+            "/v2/clusters/{id}/resume",
+            post(resume),
+            &[(Method::POST, "Resume a paused job")],
+        )
         .route(
             "/v2/clusters/{id}/clustertemplate/sync",
             post(sync_template),
+            &[(Method::POST, "Take the template's current version")],
         )
-        .route("/v2/getNodeProperties", post(node_properties))
-        .route("/v2/getClusterStatuses", post(cluster_statuses))
+        .route(
+            "/v2/getNodeProperties",
+            post(node_properties),
+            &[(Method::POST, "Node properties of clusters, filtered")],
+        )
+        .route(
+            "/v2/getClusterStatuses",
+            post(cluster_statuses),
+            &[(Method::POST, "Statuses of clusters")],
+        )
 }
 
 fn parse_cluster_id(id: &str) -> ApiResult<ClusterId> {

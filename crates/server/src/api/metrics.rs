@@ -18,7 +18,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use coopr_types::{TaskName, TaskStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -28,10 +28,19 @@ use super::extract::{Caller, SUPERADMIN};
 use super::limits::{self, MAX_ID_BYTES};
 use crate::App;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v2/metrics/queues", get(queues))
-        .route("/v2/metrics/nodes/usage", get(nodes_usage))
+pub fn routes() -> super::routes::Routes {
+    use axum::http::Method;
+    super::routes::Routes::new("metrics")
+        .route(
+            "/v2/metrics/queues",
+            get(queues),
+            &[(Method::GET, "Task queue lengths")],
+        )
+        .route(
+            "/v2/metrics/nodes/usage",
+            get(nodes_usage),
+            &[(Method::GET, "Node usage over a time window")],
+        )
 }
 
 #[derive(Default, Clone, Copy)]

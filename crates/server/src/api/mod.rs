@@ -15,6 +15,7 @@ pub mod profile;
 pub mod provisioners;
 pub mod ready;
 pub mod replication;
+pub mod routes;
 pub mod tenants;
 pub mod views;
 
@@ -38,7 +39,40 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// see [`admission`]), outermost so that a shed request costs no forwarding or parsing.
 pub fn router(app: Arc<App>) -> Router {
     let admission = admission::Admission::public(&app.config);
-    let routes = Router::new()
+    // The document lists itself: it is made once every route, its own included, is known.
+    let document: Arc<std::sync::OnceLock<serde_json::Value>> = Arc::default();
+    let served = document.clone();
+    let (routes, operations) = documented_routes()
+        .route(
+            OPENAPI_PATH,
+            get(move || {
+                let served = served.clone();
+                async move { Json(served.get().cloned().unwrap_or_default()) }
+            }),
+            &[(axum::http::Method::GET, "This document (OpenAPI 3)")],
+        )
+        .into_parts();
+    let _ = document.set(routes::openapi(&operations));
+    let routes = routes
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            forward::route_to_leader,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app);
+    admission.layer(routes)
+}
+
+/// Where the API's OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/v2/openapi.json";
+
+/// Every route of the API port with its documented operations (the OpenAPI document is made
+/// from these; it documents itself too).
+pub fn documented_routes() -> routes::Routes {
+    use axum::http::Method;
+    routes::Routes::new("health")
         .merge(clusters::routes())
         .merge(catalog::routes())
         .merge(tenants::routes())
@@ -49,20 +83,40 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(replication::routes())
         .merge(crate::replication::owner::routes())
         .merge(crate::console::routes())
-        .route("/status", get(plain_status))
-        .route("/v2/status", get(status))
-        .route("/ready", get(ready::ready))
-        .route("/metrics", get(metrics))
-        .route("/v2/admin/dump", get(dump))
-        .fallback(not_found)
-        .layer(axum::middleware::map_response(json_errors))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            forward::route_to_leader,
+        .route(
+            "/status",
+            get(plain_status),
+            &[(Method::GET, "OK when the node answers (plain text)")],
+        )
+        .route(
+            "/v2/status",
+            get(status),
+            &[(
+                Method::GET,
+                "This node: DC, role in the DC log and the placement group",
+            )],
+        )
+        .route(
+            "/ready",
+            get(ready::ready),
+            &[(
+                Method::GET,
+                "Whether a write sent here now would be accepted (200 or 503)",
+            )],
+        )
+        .route(
+            "/metrics",
+            get(metrics),
+            &[(Method::GET, "Prometheus metrics (text)")],
+        )
+        .merge(routes::Routes::new("admin").route(
+            "/v2/admin/dump",
+            get(dump),
+            &[(
+                Method::GET,
+                "This node's copy of every shard, canonical (superadmin)",
+            )],
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(app);
-    admission.layer(routes)
 }
 
 /// Longest framework error text carried into a JSON error message.

@@ -24,7 +24,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use coopr_state::resources::{self, declared_resource_types, PLUGIN_TYPES_TENANT};
 use coopr_state::{
     Blob, Command, CommandResult, Outcome, PluginKind, ResourcePath, ResourceStatus,
@@ -62,22 +62,44 @@ pub fn body_limit(path: &str) -> usize {
     }
 }
 
-pub fn routes() -> Router<Arc<App>> {
-    let mut router = Router::new().route("/v2/plugins/sync", post(sync));
+pub fn routes() -> super::routes::Routes {
+    use axum::http::Method;
+    let mut routes = super::routes::Routes::new("plugins").route(
+        "/v2/plugins/sync",
+        post(sync),
+        &[(Method::POST, "Make the staged plugin resources live")],
+    );
     for kind in PluginKind::ALL {
-        let base = format!("/v2/plugins/{}", kind.as_str());
-        router = router
-            .route(&base, get(move |s, c| list_types(s, c, kind)))
+        let name = kind.as_str();
+        let base = format!("/v2/plugins/{name}");
+        routes = routes
+            .route(
+                &base,
+                get(move |s, c| list_types(s, c, kind)),
+                &[(Method::GET, format!("List {name}"))],
+            )
             .route(
                 &format!("{base}/{{name}}"),
                 get(move |s, c, p| get_type(s, c, p, kind))
                     .put(move |s, a, i, p, b| put_type(s, a, i, p, b, kind))
                     .delete(move |s, a, i, p| delete_type(s, a, i, p, kind)),
+                &[
+                    (Method::GET, format!("One of {name}")),
+                    (Method::PUT, format!("Write one of {name}")),
+                    (Method::DELETE, format!("Delete one of {name}")),
+                ],
             )
             .route(
                 &format!("{base}/{{name}}/{{second}}"),
                 get(move |s, c, p, q| type_version_or_resources(s, c, p, q, kind))
                     .delete(move |s, a, i, p| delete_type_version(s, a, i, p, kind)),
+                &[
+                    (
+                        Method::GET,
+                        format!("A version of one of {name}, or its resources of a type"),
+                    ),
+                    (Method::DELETE, format!("Delete a version of one of {name}")),
+                ],
             )
             .route(
                 &format!("{base}/{{name}}/{{resource_type}}/{{resource}}"),
@@ -85,32 +107,41 @@ pub fn routes() -> Router<Arc<App>> {
                     .post(move |s, c, i, p, b| upload(s, c, i, p, b, kind))
                     .put(move |s, c, i, p, b| upload(s, c, i, p, b, kind))
                     .delete(move |s, c, i, p| delete_resource(s, c, i, p, kind)),
+                &[
+                    (Method::GET, "The versions of a plugin resource".to_string()),
+                    (Method::POST, "Upload a plugin resource (bytes)".to_string()),
+                    (Method::PUT, "Upload a plugin resource (bytes)".to_string()),
+                    (Method::DELETE, "Delete a plugin resource".to_string()),
+                ],
             )
             .route(
                 &format!("{base}/{{name}}/{{resource_type}}/{{resource}}/versions/{{version}}"),
                 axum::routing::delete(move |s, c, i, p| delete_version(s, c, i, p, kind)),
+                &[(Method::DELETE, "Delete a version of a plugin resource".to_string())],
             )
             .route(
                 &format!(
                     "{base}/{{name}}/{{resource_type}}/{{resource}}/versions/{{version}}/stage"
                 ),
                 post(move |s, c, i, p| slate(s, c, i, p, kind, true)),
+                &[(Method::POST, "Stage a version of a plugin resource".to_string())],
             )
             .route(
                 &format!(
                     "{base}/{{name}}/{{resource_type}}/{{resource}}/versions/{{version}}/recall"
                 ),
                 post(move |s, c, i, p| slate(s, c, i, p, kind, false)),
+                &[(Method::POST, "Recall a version of a plugin resource".to_string())],
             )
             .route(
                 &format!(
-                    "/v2/tenants/{{name}}/{}/{{plugin}}/{{resource_type}}/{{resource}}/versions/{{version}}",
-                    kind.as_str()
+                    "/v2/tenants/{{name}}/{name}/{{plugin}}/{{resource_type}}/{{resource}}/versions/{{version}}"
                 ),
                 get(move |s, a, p| fetch(s, a, p, kind)),
+                &[(Method::GET, "A plugin resource's bytes, for provisioners".to_string())],
             );
     }
-    router
+    routes
 }
 
 // ---- plugin specifications

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use coopr_state::Command;
 use serde_json::Value;
 
@@ -18,8 +18,17 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, IdempotencyKey, JsonBody};
 use crate::App;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/v2/profile", get(show).put(put).delete(delete))
+pub fn routes() -> super::routes::Routes {
+    use axum::http::Method;
+    super::routes::Routes::new("profile").route(
+        "/v2/profile",
+        get(show).put(put).delete(delete),
+        &[
+            (Method::GET, "The caller's profile"),
+            (Method::PUT, "Replace the caller's profile"),
+            (Method::DELETE, "Delete the caller's profile"),
+        ],
+    )
 }
 
 async fn show(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {

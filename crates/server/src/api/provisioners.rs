@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
-use axum::{Json, Router};
+use axum::Json;
 use coopr_state::{Command, Outcome, ProvisionerInfo, TaskResult};
 use coopr_types::{JsonMap, TaskId};
 use serde::Deserialize;
@@ -20,17 +20,35 @@ use super::limits;
 use super::views;
 use crate::App;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
+pub fn routes() -> super::routes::Routes {
+    use axum::http::Method;
+    super::routes::Routes::new("provisioner")
         .route(
             "/v2/provisioners/{id}",
             put(register)
                 .delete(unregister)
                 .get(super::tenants::show_provisioner),
+            &[
+                (Method::PUT, "Register a provisioner"),
+                (Method::DELETE, "Unregister a provisioner"),
+                (Method::GET, "A provisioner (superadmin)"),
+            ],
         )
-        .route("/v2/provisioners/{id}/heartbeat", post(heartbeat))
-        .route("/v2/tasks/take", post(take))
-        .route("/v2/tasks/finish", post(finish))
+        .route(
+            "/v2/provisioners/{id}/heartbeat",
+            post(heartbeat),
+            &[(Method::POST, "A provisioner's heartbeat")],
+        )
+        .route(
+            "/v2/tasks/take",
+            post(take),
+            &[(Method::POST, "Take a task")],
+        )
+        .route(
+            "/v2/tasks/finish",
+            post(finish),
+            &[(Method::POST, "Report a task's result")],
+        )
 }
 
 #[derive(Deserialize)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use coopr_state::{Position, ReplicaShard};
 use coopr_types::ShardId;
 use serde::Deserialize;
@@ -36,19 +36,49 @@ use crate::App;
 /// Paths answered by the DC log's leader (the in-memory stream state lives there).
 pub const LEADER_PATHS: &[&str] = &["/v2/admin/replication"];
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v2/admin/shards", get(shards))
-        .route("/v2/admin/shards/{shard}/view", get(view))
-        .route("/v2/admin/replication", get(replication))
-        .route("/v2/admin/lost-operations", get(lost_operations))
-        .route("/v2/admin/shards/{shard}/handover", post(start_handover))
+pub fn routes() -> super::routes::Routes {
+    use axum::http::Method;
+    super::routes::Routes::new("admin")
+        .route(
+            "/v2/admin/shards",
+            get(shards),
+            &[(Method::GET, "The shard map: owners, replicas, epochs, phases, DC leases, ownership history (superadmin)")],
+        )
+        .route(
+            "/v2/admin/shards/{shard}/view",
+            get(view),
+            &[(Method::GET, "This DC's copy of a shard and its position (superadmin)")],
+        )
+        .route(
+            "/v2/admin/replication",
+            get(replication),
+            &[(Method::GET, "Replication per shard: cursors, lag, unreplicated records (superadmin)")],
+        )
+        .route(
+            "/v2/admin/lost-operations",
+            get(lost_operations),
+            &[(Method::GET, "What this DC wrote as an owner after another DC took the shard over (superadmin)")],
+        )
+        .route(
+            "/v2/admin/shards/{shard}/handover",
+            post(start_handover),
+            &[(Method::POST, "Hand a shard over to a replica DC, without loss (superadmin)")],
+        )
         .route(
             "/v2/admin/shards/{shard}/handover/abort",
             post(abort_handover),
+            &[(Method::POST, "Give up a handover in progress (superadmin)")],
         )
-        .route("/v2/admin/dcs/{dc}/drain", post(drain))
-        .route("/v2/admin/dcs/{dc}/undrain", post(undrain))
+        .route(
+            "/v2/admin/dcs/{dc}/drain",
+            post(drain),
+            &[(Method::POST, "Hand every shard of a DC over, a few at a time (superadmin)")],
+        )
+        .route(
+            "/v2/admin/dcs/{dc}/undrain",
+            post(undrain),
+            &[(Method::POST, "End a DC's maintenance; its home shards come back (superadmin)")],
+        )
 }
 
 #[derive(Deserialize)]

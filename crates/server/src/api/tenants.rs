@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use coopr_state::Command;
 use coopr_types::{hash_api_key, ApiKey, EntityKind, Tenant, UNLIMITED};
 use serde::Deserialize;
@@ -18,12 +18,36 @@ use super::extract::{Caller, IdempotencyKey, JsonBody, SUPERADMIN};
 use super::lenient::valid_name;
 use crate::App;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/v2/tenants", get(list).post(create))
-        .route("/v2/tenants/{name}", get(show).put(put).delete(delete))
-        .route("/v2/tenants/{name}/apikeys", post(create_key))
-        .route("/v2/provisioners", get(list_provisioners))
+pub fn routes() -> super::routes::Routes {
+    use axum::http::Method;
+    super::routes::Routes::new("tenants")
+        .route(
+            "/v2/tenants",
+            get(list).post(create),
+            &[
+                (Method::GET, "List tenants (superadmin)"),
+                (Method::POST, "Create a tenant (superadmin)"),
+            ],
+        )
+        .route(
+            "/v2/tenants/{name}",
+            get(show).put(put).delete(delete),
+            &[
+                (Method::GET, "A tenant (superadmin)"),
+                (Method::PUT, "Replace a tenant (superadmin)"),
+                (Method::DELETE, "Delete a tenant (superadmin)"),
+            ],
+        )
+        .route(
+            "/v2/tenants/{name}/apikeys",
+            post(create_key),
+            &[(Method::POST, "Create an API key for a tenant")],
+        )
+        .route(
+            "/v2/provisioners",
+            get(list_provisioners),
+            &[(Method::GET, "Registered provisioners (superadmin)")],
+        )
 }
 
 fn tenant_view(t: &Tenant) -> Value {

@@ -14,10 +14,6 @@
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
-use std::sync::Arc;
-
-use crate::App;
 
 const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("app.js");
@@ -35,21 +31,33 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/", get(|| async { Redirect::to("/ui/") }))
-        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+pub fn routes() -> crate::api::routes::Routes {
+    use axum::http::Method;
+    crate::api::routes::Routes::new("console")
+        .route(
+            "/",
+            get(|| async { Redirect::to("/ui/") }),
+            &[(Method::GET, "Redirects to the console")],
+        )
+        .route(
+            "/ui",
+            get(|| async { Redirect::to("/ui/") }),
+            &[(Method::GET, "Redirects to the console")],
+        )
         .route(
             "/ui/",
             get(|| async { file("text/html; charset=utf-8", INDEX) }),
+            &[(Method::GET, "The web console (HTML)")],
         )
         .route(
             "/ui/app.js",
             get(|| async { file("text/javascript; charset=utf-8", SCRIPT) }),
+            &[(Method::GET, "The console's script")],
         )
         .route(
             "/ui/style.css",
             get(|| async { file("text/css; charset=utf-8", STYLE) }),
+            &[(Method::GET, "The console's stylesheet")],
         )
 }
 

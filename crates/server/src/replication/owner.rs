@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -38,10 +38,25 @@ use crate::App;
 /// Longest a pull may ask to wait (a replica's HTTP timeout must exceed what it asks for).
 pub const MAX_WAIT_MS: u64 = 60_000;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route(PULL_PATH, post(pull))
-        .route(SEED_PATH, post(seed))
+pub fn routes() -> crate::api::routes::Routes {
+    use axum::http::Method;
+    crate::api::routes::Routes::new("internal")
+        .route(
+            PULL_PATH,
+            post(pull),
+            &[(
+                Method::POST,
+                "Replication: a replica DC pulls records (cluster secret)",
+            )],
+        )
+        .route(
+            SEED_PATH,
+            post(seed),
+            &[(
+                Method::POST,
+                "Replication: a snapshot of one shard (cluster secret)",
+            )],
+        )
 }
 
 /// Whether the puller accepts a deflated answer (`Accept-Encoding: deflate`).
