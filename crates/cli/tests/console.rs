@@ -287,9 +287,11 @@ fn the_console_shows_the_dcs_and_drives_a_cluster_and_a_handover() {
         browser.go(&format!("{url}/ui/#/dcs")).await;
         let dcs = browser
             .wait(
-                "three DCs renewing their leases",
+                "three DCs renewing their leases, each node ready",
                 "const rows = [...document.querySelectorAll('#dcs tr[data-dc]')];
-                 return rows.length === 3 && rows.every(r => r.innerText.includes('renewing'))
+                 return rows.length === 3 && rows.every(r => r.querySelector('.lease').innerText === 'renewing'
+                     && r.innerText.includes(r.dataset.dc + '1') && r.innerText.includes('ready')
+                     && !r.innerText.includes('unreachable') && !r.innerText.includes('not ready'))
                    ? rows.map(r => r.dataset.dc) : null;",
                 json!([]),
             )
@@ -407,6 +409,34 @@ fn the_console_shows_the_dcs_and_drives_a_cluster_and_a_handover() {
             )
             .await;
         browser.screenshot("events").await;
+
+        // Maintenance from the Datacenters page: drain c, then undrain it.
+        browser.go(&format!("{url}/ui/#/dcs")).await;
+        for (button, question, shown) in [
+            ("drain", "Drain datacenter c?", "draining"),
+            ("undrain", "Undrain datacenter c?", "undrained"),
+        ] {
+            browser
+                .wait(
+                    "the maintenance buttons",
+                    "return !!document.querySelector(`[data-${arguments[0]}='c']`)",
+                    json!([button]),
+                )
+                .await;
+            browser.click(&format!("[data-{button}='c']")).await;
+            let asked = browser.accept().await;
+            assert!(asked.starts_with(question), "{asked}");
+            browser
+                .wait(
+                    &format!("c's maintenance to show {shown}"),
+                    "const cell = document.querySelector(\"#dcs tr[data-dc='c'] .maintenance\");
+                     if (!cell) return null;
+                     return arguments[0] === 'draining' ? cell.innerText === 'draining'
+                       : cell.innerText !== 'draining';",
+                    json!([shown]),
+                )
+                .await;
+        }
         browser.close().await;
     });
     drop(demo);

@@ -1688,3 +1688,23 @@ async fn trusted_headers_serve_legacy_clients_on_the_chosen_api_only() {
     assert_eq!(refused.assert_error(401), "unauthorized");
     srv.stop().await;
 }
+
+/// `GET /v2/admin/dcs` lists every node as it answers for itself (here one node, which
+/// answers from its own state); only the superadmin may ask.
+#[tokio::test]
+async fn the_nodes_of_every_dc_are_listed_for_the_superadmin_only() {
+    let srv = TestServer::start().await;
+    let refused = srv.get("/v2/admin/dcs", &Auth::Demo).await;
+    assert_eq!(refused.assert_error(403), "forbidden");
+    let listed = srv.get("/v2/admin/dcs", &Auth::Superadmin).await;
+    let nodes = listed.assert_ok()["nodes"]
+        .as_array()
+        .expect("nodes")
+        .clone();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["this"], true);
+    assert_eq!(nodes[0]["reachable"], true);
+    assert_eq!(nodes[0]["role"], "leader");
+    assert_eq!(nodes[0]["ready"], true, "{nodes:?}");
+    srv.stop().await;
+}

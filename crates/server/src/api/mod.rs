@@ -191,6 +191,11 @@ async fn plain_status() -> Response {
 
 /// The node's view of its DC log and placement group (no identity needed, like `/status`).
 async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(status_json(&app))
+}
+
+/// What `GET /v2/status` answers.
+pub(crate) fn status_json(app: &App) -> serde_json::Value {
     let raft = app.core.raft().status();
     let leader = raft.leader.map(|id| {
         app.config
@@ -198,7 +203,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             .get(&id)
             .map_or_else(|| app.config.node.clone(), |m| m.node.clone())
     });
-    Json(json!({
+    json!({
         "status": "OK",
         "dc": app.config.dc,
         "node": app.config.node,
@@ -215,7 +220,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             json!({"node_id": status.node_id, "role": status.role, "leader_id": status.leader,
                    "term": status.term})
         }),
-    }))
+    })
 }
 
 /// The node's local copy of every shard, canonical (sorted maps), for comparing replicas:

@@ -17,6 +17,8 @@
 //!   owner's projection, or the replica's applied view) with its position, for comparisons.
 //! - `GET /v2/admin/lost-operations`: what this DC wrote as a shard's owner after another DC
 //!   took the shard over (never replicated), found when it learned of the takeover.
+//! - `GET /v2/admin/dcs`: every node of every DC as it answers for itself (`/v2/status` and
+//!   `/ready`, asked at once with a short timeout), or unreachable.
 
 use std::sync::Arc;
 
@@ -68,6 +70,11 @@ pub fn routes() -> super::routes::Routes {
             "/v2/admin/shards/{shard}/handover/abort",
             post(abort_handover),
             &[(Method::POST, "Give up a handover in progress (superadmin)")],
+        )
+        .route(
+            "/v2/admin/dcs",
+            get(datacenters),
+            &[(Method::GET, "Every node of every DC: its roles and readiness, or unreachable (superadmin)")],
         )
         .route(
             "/v2/admin/dcs/{dc}/drain",
@@ -325,6 +332,80 @@ async fn maintenance(
         "maintenance": maintenance,
         "plan": answer.plan,
     })))
+}
+
+/// How long `GET /v2/admin/dcs` waits for each node (they are asked at once).
+const NODE_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// One node as it answers for itself; `reachable: false` when it does not answer in time.
+async fn node_status(app: &App, dc: &str, node: &str, api: &str) -> Value {
+    let base = api.trim_end_matches('/');
+    let ask = |path: &str| {
+        app.transport.call(
+            coopr_raft::transport::Call::get(format!("{base}{path}")).timeout(NODE_STATUS_TIMEOUT),
+        )
+    };
+    let (status, ready) = tokio::join!(ask("/v2/status"), ask("/ready"));
+    match status.ok().and_then(|a| a.json::<Value>().ok()) {
+        Some(status) => {
+            let ready = ready.ok();
+            json!({
+                "dc": dc, "node": node, "api": base, "reachable": true,
+                "role": status["role"], "leader": status["leader"], "term": status["term"],
+                "placement_role": status["placement"]["role"],
+                "ready": ready.as_ref().is_some_and(|a| a.status == 200),
+                "reason": ready.and_then(|a| a.json::<Value>().ok()).map(|b| b["reason"].clone()),
+            })
+        }
+        None => json!({"dc": dc, "node": node, "api": base, "reachable": false}),
+    }
+}
+
+async fn datacenters(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_superadmin()?;
+    // This node answers from here; every other one (of this DC, then the other DCs) is asked.
+    let mut asked = Vec::new();
+    for member in app.config.members.values() {
+        if member.node != app.config.node {
+            asked.push((
+                app.config.dc.clone(),
+                member.node.clone(),
+                member.api.clone(),
+            ));
+        }
+    }
+    for (dc, members) in &app.config.remote_dcs {
+        for member in members {
+            asked.push((dc.clone(), member.node.clone(), member.api.clone()));
+        }
+    }
+    let mut asking = tokio::task::JoinSet::new();
+    for (n, (dc, node, api)) in asked.into_iter().enumerate() {
+        let app = app.clone();
+        asking.spawn(async move { (n, node_status(&app, &dc, &node, &api).await) });
+    }
+    let mut answers: Vec<(usize, Value)> = asking.join_all().await;
+    answers.sort_by_key(|(n, _)| *n);
+    let answers = answers.into_iter().map(|(_, answer)| answer);
+    let here = super::status_json(&app);
+    let ready = super::ready::ready(
+        State(app.clone()),
+        axum::extract::Query(super::ready::ReadyQuery::default()),
+    )
+    .await;
+    let ready_ok = ready.status() == axum::http::StatusCode::OK;
+    let reason = axum::body::to_bytes(ready.into_body(), 64 * 1024)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map(|b| b["reason"].clone());
+    let mut nodes = vec![json!({
+        "dc": app.config.dc, "node": app.config.node, "api": null, "reachable": true, "this": true,
+        "role": here["role"], "leader": here["leader"], "term": here["term"],
+        "placement_role": here["placement"]["role"], "ready": ready_ok, "reason": reason,
+    })];
+    nodes.extend(answers);
+    Ok(Json(json!({ "dc": app.config.dc, "nodes": nodes })))
 }
 
 fn parse_shard(app: &App, text: &str) -> ApiResult<ShardId> {

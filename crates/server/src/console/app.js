@@ -80,11 +80,7 @@ const PAGES = {
 };
 
 async function renderDcs() {
-  const [map, status, ready] = await Promise.all([
-    api("GET", "/v2/admin/shards"),
-    api("GET", "/v2/status"),
-    fetch("/ready").then((r) => r.json().then((body) => ({ ok: r.ok, body }))),
-  ]);
+  const [map, dcs] = await Promise.all([api("GET", "/v2/admin/shards"), api("GET", "/v2/admin/dcs")]);
   const now = Date.now();
   const rows = (map.dcs || []).map((dc) => {
     const lease = (map.leases || []).find((l) => l.dc === dc);
@@ -96,19 +92,29 @@ async function renderDcs() {
       : since !== null && since > 5 ? `<span class="bad">no renewal for ${since} s</span>`
       : '<span class="ok">renewing</span>';
     const maintenance = (map.maintenance || {})[dc];
+    const nodes = (dcs.nodes || []).filter((n) => n.dc === dc).map((n) => !n.reachable
+      ? `<div><b>${esc(n.node)}</b> <span class="bad">unreachable</span></div>`
+      : `<div><b>${esc(n.node)}</b>${n.this ? " (this node)" : ""}: ${esc(n.role)}, leader ${esc(n.leader ?? "-")}, term ${esc(n.term)}${n.placement_role ? `, placement ${esc(n.placement_role)}` : ""};
+         <span class="${n.ready ? "ok" : "bad"}">${n.ready ? "ready" : "not ready: " + esc(n.reason || "")}</span></div>`);
     return `<tr data-dc="${esc(dc)}"><td><span class="legend"><span style="background:${dcColor(map.dcs, dc)}">${esc(dc)}</span></span></td>
-      <td>${owned}</td><td>${lease ? esc(lease.sequence) : "-"}</td><td>${health}</td><td>${esc(maintenance ? JSON.stringify(maintenance) : "-")}</td></tr>`;
+      <td>${nodes.join("") || "-"}</td><td>${owned}</td><td>${lease ? esc(lease.sequence) : "-"}</td><td class="lease">${health}</td>
+      <td class="maintenance">${esc(maintenance ? (typeof maintenance === "string" ? maintenance : JSON.stringify(maintenance)) : "-")}</td>
+      <td><button data-drain="${esc(dc)}">Drain</button> <button data-undrain="${esc(dc)}">Undrain</button></td></tr>`;
   });
-  const placement = status.placement
-    ? `; placement group: this node is ${esc(status.placement.role)} (leader node ${esc(status.placement.leader_id ?? "-")}, term ${esc(status.placement.term)})`
-    : "";
   main.innerHTML = `<h1>Datacenters</h1>
-    <div class="card">This node: <b>${esc(status.node || "")}</b> of datacenter <b>${esc(map.dc)}</b>;
-      DC log role <b>${esc(status.role)}</b>, leader ${esc(status.leader ?? "-")}, term ${esc(status.term ?? "-")}${placement};
-      <span id="ready" class="${ready.ok ? "ok" : "bad"}">${ready.ok ? "ready" : "not ready: " + esc(ready.body.reason || "")}</span>;
-      this DC's lease ${map.lease ? (map.lease.valid ? '<span class="ok">valid</span>' : '<span class="bad">expired</span>') : "-"}.</div>
-    <table id="dcs"><tr><th>DC</th><th>shards owned</th><th>lease sequence</th><th>lease</th><th>maintenance</th></tr>${rows.join("")}</table>
-    <p class="muted">A DC renews its lease at the placement group every third of a lease; one that stops renewing loses its shards to the others once its lease (plus the clock-offset margin) ran out.</p>`;
+    <table id="dcs"><tr><th>DC</th><th>nodes (DC log role, leader, readiness)</th><th>shards owned</th><th>lease sequence</th><th>lease</th><th>maintenance</th><th></th></tr>${rows.join("")}</table>
+    <div class="error" id="dc-error"></div>
+    <p class="muted">Asked through datacenter ${esc(map.dc)}. A DC renews its lease at the placement group every third of a lease; one that stops renewing loses its shards to the others once its lease (plus the clock-offset margin) ran out. Draining hands a DC's shards to the others a few at a time, without loss; undraining hands its home shards back.</p>`;
+  for (const [attribute, action] of [["drain", "drain"], ["undrain", "undrain"]]) {
+    for (const button of main.querySelectorAll(`[data-${attribute}]`)) {
+      button.onclick = () => {
+        const dc = button.dataset[attribute];
+        const what = action === "drain" ? `Drain datacenter ${dc}? Its shards are handed to the other DCs.` : `Undrain datacenter ${dc}? Its home shards are handed back to it.`;
+        if (!confirm(what)) return;
+        act("dc-error", () => api("POST", `/v2/admin/dcs/${encodeURIComponent(dc)}/${action}`, { dry_run: false }));
+      };
+    }
+  }
 }
 
 async function renderShards() {
