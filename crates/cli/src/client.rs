@@ -234,6 +234,9 @@ pub enum AdminCommand {
     /// The shard map: owner, replica DCs, epoch and status of every shard, the DC leases and
     /// the ownership history.
     Shards,
+    /// Every node of every DC: its DC-log role, leader, term, placement role and readiness, or
+    /// unreachable
+    Dcs,
     /// Hand a cluster shard over to one of its replica DCs (graceful: nothing is lost; running
     /// operations finish at the old owner first)
     Handover {
@@ -535,6 +538,7 @@ async fn admin(conn: &Connection, cmd: AdminCommand) -> anyhow::Result<()> {
             views::format_replication,
         )?,
         AdminCommand::LostOperations => print_json(&api.get("/admin/lost-operations").await?)?,
+        AdminCommand::Dcs => show(conn, &api.get("/admin/dcs").await?, views::format_dcs)?,
         AdminCommand::Shards => {
             let map = api.get("/admin/shards").await?;
             if conn.json {

@@ -205,6 +205,36 @@ pub(crate) fn format_provisioners(list: &Value) -> String {
     )
 }
 
+/// `coopr admin dcs`: one row per node of every DC, as it answered for itself.
+pub(crate) fn format_dcs(reply: &Value) -> String {
+    let rows: Vec<Vec<String>> = reply["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let reachable = n["reachable"].as_bool().unwrap_or(false);
+            let ready = match (reachable, n["ready"].as_bool()) {
+                (false, _) => "unreachable".to_owned(),
+                (true, Some(true)) => "ready".to_owned(),
+                (true, _) => format!("not ready: {}", text(&n["reason"])),
+            };
+            vec![
+                text(&n["dc"]),
+                text(&n["node"]),
+                text(&n["role"]),
+                text(&n["leader"]),
+                text(&n["term"]),
+                text(&n["placement_role"]),
+                ready,
+            ]
+        })
+        .collect();
+    format_table(
+        &["DC", "NODE", "ROLE", "LEADER", "TERM", "PLACEMENT", "READY"],
+        &rows,
+    )
+}
+
 /// The progress of a cluster's current or last job: `action status completed/total`.
 fn progress(p: &Value) -> String {
     if p["action"].as_str().is_none_or(str::is_empty) {
@@ -416,6 +446,24 @@ mod tests {
         assert!(
             text.ends_with("NODE  HOSTNAME        ADDRESSES           SERVICES  LAST ACTION\nn1    web-1000.local  access_v4=10.0.0.1  apache    start complete\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn dcs_show_each_node_or_that_it_is_unreachable() {
+        let reply = json!({"nodes": [
+            {"dc": "a", "node": "a1", "reachable": true, "role": "leader", "leader": "a1",
+             "term": 3, "placement_role": "follower", "ready": true},
+            {"dc": "b", "node": "b1", "reachable": true, "role": "follower", "leader": "b2",
+             "term": 2, "ready": false, "reason": "no_lease"},
+            {"dc": "c", "node": "c1", "reachable": false},
+        ]});
+        assert_eq!(
+            format_dcs(&reply),
+            "DC  NODE  ROLE      LEADER  TERM  PLACEMENT  READY\n\
+             a   a1    leader    a1      3     follower   ready\n\
+             b   b1    follower  b2      2     -          not ready: no_lease\n\
+             c   c1    -         -       -     -          unreachable\n"
         );
     }
 
