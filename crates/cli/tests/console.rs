@@ -148,28 +148,42 @@ impl Browser {
             .to_string()
     }
 
+    /// Does `act` to the element `css` finds, finding it again while the page replaced it
+    /// meanwhile (its live parts are redrawn every second: a stale reference).
+    async fn on_element(&self, css: &str, act: &[(&str, Value)]) {
+        for _ in 0..50 {
+            let id = self.element(css).await;
+            let mut stale = false;
+            for (what, body) in act {
+                let answer = self
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/element/{id}/{what}"),
+                        body.clone(),
+                    )
+                    .await;
+                if answer["error"] == "stale element reference" {
+                    stale = true;
+                    break;
+                }
+                assert!(answer["error"].is_null(), "{what} on {css}: {answer}");
+            }
+            if !stale {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{css} kept going stale");
+    }
+
     async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            json!({}),
-        )
-        .await;
+        self.on_element(css, &[("click", json!({}))]).await;
     }
 
     async fn fill(&self, css: &str, text: &str) {
-        let id = self.element(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/clear"),
-            json!({}),
-        )
-        .await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            json!({ "text": text }),
+        self.on_element(
+            css,
+            &[("clear", json!({})), ("value", json!({ "text": text }))],
         )
         .await;
     }
@@ -291,6 +305,7 @@ fn the_console_shows_the_dcs_and_drives_a_cluster_and_a_handover() {
                 "const rows = [...document.querySelectorAll('#dcs tr[data-dc]')];
                  return rows.length === 3 && rows.every(r => r.querySelector('.lease').innerText === 'renewing'
                      && r.innerText.includes(r.dataset.dc + '1') && r.innerText.includes('ready')
+                     && /lease \\d+ ms left/.test(r.innerText)
                      && !r.innerText.includes('unreachable') && !r.innerText.includes('not ready'))
                    ? rows.map(r => r.dataset.dc) : null;",
                 json!([]),

@@ -40,13 +40,7 @@ impl App {
             .saturating_sub(raft.last_applied.unwrap_or(0));
         metrics::gauge!("coopr_raft_apply_lag_entries").set(lag as f64);
         if self.config.multi_dc() {
-            // The DC's lease as this node holds it (0 on followers and once it ran out).
-            let remaining = self.held_lease().map_or(0, |held| {
-                let lease = &held.lease;
-                let end = lease.started_before_send_ms + lease.grant.lease_ms;
-                end.saturating_sub(lease.grant.max_clock_offset_ms)
-                    .saturating_sub(self.clock.mono_ms())
-            });
+            let remaining = self.lease_remaining_ms();
             metrics::gauge!("coopr_lease_remaining_ms").set(remaining as f64);
             let owned = self.placement().owned_by(&self.config.dc).count();
             metrics::gauge!("coopr_shards_owned").set(owned as f64);
@@ -60,6 +54,20 @@ impl App {
                 self.clock.wall_ms(),
             );
         }
+    }
+}
+
+impl App {
+    /// How long the DC's lease as this node holds it lasts still, by its own clock and minus
+    /// the clock-offset margin: how long it may acknowledge writes without a renewal (0 on
+    /// followers, and once it ran out).
+    pub fn lease_remaining_ms(&self) -> u64 {
+        self.held_lease().map_or(0, |held| {
+            let lease = &held.lease;
+            let end = lease.started_before_send_ms + lease.grant.lease_ms;
+            end.saturating_sub(lease.grant.max_clock_offset_ms)
+                .saturating_sub(self.clock.mono_ms())
+        })
     }
 }
 

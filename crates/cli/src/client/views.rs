@@ -225,12 +225,22 @@ pub(crate) fn format_dcs(reply: &Value) -> String {
                 text(&n["leader"]),
                 text(&n["term"]),
                 text(&n["placement_role"]),
+                millis(&n["lease_remaining_ms"]),
                 ready,
             ]
         })
         .collect();
     format_table(
-        &["DC", "NODE", "ROLE", "LEADER", "TERM", "PLACEMENT", "READY"],
+        &[
+            "DC",
+            "NODE",
+            "ROLE",
+            "LEADER",
+            "TERM",
+            "PLACEMENT",
+            "LEASE LEFT",
+            "READY",
+        ],
         &rows,
     )
 }
@@ -453,17 +463,17 @@ mod tests {
     fn dcs_show_each_node_or_that_it_is_unreachable() {
         let reply = json!({"nodes": [
             {"dc": "a", "node": "a1", "reachable": true, "role": "leader", "leader": "a1",
-             "term": 3, "placement_role": "follower", "ready": true},
+             "term": 3, "placement_role": "follower", "ready": true, "lease_remaining_ms": 2400},
             {"dc": "b", "node": "b1", "reachable": true, "role": "follower", "leader": "b2",
              "term": 2, "ready": false, "reason": "no_lease"},
             {"dc": "c", "node": "c1", "reachable": false},
         ]});
         assert_eq!(
             format_dcs(&reply),
-            "DC  NODE  ROLE      LEADER  TERM  PLACEMENT  READY\n\
-             a   a1    leader    a1      3     follower   ready\n\
-             b   b1    follower  b2      2     -          not ready: no_lease\n\
-             c   c1    -         -       -     -          unreachable\n"
+            "DC  NODE  ROLE      LEADER  TERM  PLACEMENT  LEASE LEFT  READY\n\
+             a   a1    leader    a1      3     follower   2400 ms     ready\n\
+             b   b1    follower  b2      2     -          -           not ready: no_lease\n\
+             c   c1    -         -       -     -          -           unreachable\n"
         );
     }
 

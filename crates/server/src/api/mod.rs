@@ -215,6 +215,8 @@ pub(crate) fn status_json(app: &App) -> serde_json::Value {
         "last_applied": raft.last_applied,
         "last_log_index": raft.last_log_index,
         "snapshot_index": raft.snapshot_index,
+        // With several DCs, on the DC log's leader (which holds the DC's lease).
+        "lease_remaining_ms": app.config.multi_dc().then(|| app.lease_remaining_ms()),
         "placement": app.placement_group.as_ref().map(|group| {
             let status = group.raft().status();
             json!({"node_id": status.node_id, "role": status.role, "leader_id": status.leader,

@@ -353,6 +353,7 @@ async fn node_status(app: &App, dc: &str, node: &str, api: &str) -> Value {
                 "dc": dc, "node": node, "api": base, "reachable": true,
                 "role": status["role"], "leader": status["leader"], "term": status["term"],
                 "placement_role": status["placement"]["role"],
+                "lease_remaining_ms": status["lease_remaining_ms"],
                 "ready": ready.as_ref().is_some_and(|a| a.status == 200),
                 "reason": ready.and_then(|a| a.json::<Value>().ok()).map(|b| b["reason"].clone()),
             })
@@ -403,6 +404,7 @@ async fn datacenters(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<J
         "dc": app.config.dc, "node": app.config.node, "api": null, "reachable": true, "this": true,
         "role": here["role"], "leader": here["leader"], "term": here["term"],
         "placement_role": here["placement"]["role"], "ready": ready_ok, "reason": reason,
+        "lease_remaining_ms": here["lease_remaining_ms"],
     })];
     nodes.extend(answers);
     Ok(Json(json!({ "dc": app.config.dc, "nodes": nodes })))

@@ -71,6 +71,21 @@ function shardStatus(status) {
 
 // ---- pages -------------------------------------------------------------------------------------
 
+// A page with a form draws its frame (headings, forms, containers) once and only the live
+// parts on each refresh, so that what the user typed or chose stays, and handlers are wired
+// once (buttons in live parts are handled by delegation on their container).
+function frame(key, html, wire) {
+  if (main.dataset.page === key) return;
+  main.innerHTML = html;
+  main.dataset.page = key;
+  if (wire) wire();
+}
+
+function live(id, html) {
+  const element = document.getElementById(id);
+  if (element && element.innerHTML !== html) element.innerHTML = html;
+}
+
 const PAGES = {
   dcs: { title: "Datacenters", admin: true, render: renderDcs },
   shards: { title: "Shard map", admin: true, render: renderShards },
@@ -94,27 +109,30 @@ async function renderDcs() {
     const maintenance = (map.maintenance || {})[dc];
     const nodes = (dcs.nodes || []).filter((n) => n.dc === dc).map((n) => !n.reachable
       ? `<div><b>${esc(n.node)}</b> <span class="bad">unreachable</span></div>`
-      : `<div><b>${esc(n.node)}</b>${n.this ? " (this node)" : ""}: ${esc(n.role)}, leader ${esc(n.leader ?? "-")}, term ${esc(n.term)}${n.placement_role ? `, placement ${esc(n.placement_role)}` : ""};
+      : `<div><b>${esc(n.node)}</b>${n.this ? " (this node)" : ""}: ${esc(n.role)}, leader ${esc(n.leader ?? "-")}, term ${esc(n.term)}${n.placement_role ? `, placement ${esc(n.placement_role)}` : ""}${n.role === "leader" && n.lease_remaining_ms !== null && n.lease_remaining_ms !== undefined ? `, lease ${esc(ms(n.lease_remaining_ms))} left` : ""};
          <span class="${n.ready ? "ok" : "bad"}">${n.ready ? "ready" : "not ready: " + esc(n.reason || "")}</span></div>`);
     return `<tr data-dc="${esc(dc)}"><td><span class="legend"><span style="background:${dcColor(map.dcs, dc)}">${esc(dc)}</span></span></td>
       <td>${nodes.join("") || "-"}</td><td>${owned}</td><td>${lease ? esc(lease.sequence) : "-"}</td><td class="lease">${health}</td>
       <td class="maintenance">${esc(maintenance ? (typeof maintenance === "string" ? maintenance : JSON.stringify(maintenance)) : "-")}</td>
       <td><button data-drain="${esc(dc)}">Drain</button> <button data-undrain="${esc(dc)}">Undrain</button></td></tr>`;
   });
-  main.innerHTML = `<h1>Datacenters</h1>
-    <table id="dcs"><tr><th>DC</th><th>nodes (DC log role, leader, readiness)</th><th>shards owned</th><th>lease sequence</th><th>lease</th><th>maintenance</th><th></th></tr>${rows.join("")}</table>
+  frame("dcs", `<h1>Datacenters</h1>
+    <table><thead><tr><th>DC</th><th>nodes (DC log role, leader, readiness)</th><th>shards owned</th><th>lease sequence</th><th>lease</th><th>maintenance</th><th></th></tr></thead>
+    <tbody id="dcs"></tbody></table>
     <div class="error" id="dc-error"></div>
-    <p class="muted">Asked through datacenter ${esc(map.dc)}. A DC renews its lease at the placement group every third of a lease; one that stops renewing loses its shards to the others once its lease (plus the clock-offset margin) ran out. Draining hands a DC's shards to the others a few at a time, without loss; undraining hands its home shards back.</p>`;
-  for (const [attribute, action] of [["drain", "drain"], ["undrain", "undrain"]]) {
-    for (const button of main.querySelectorAll(`[data-${attribute}]`)) {
-      button.onclick = () => {
-        const dc = button.dataset[attribute];
-        const what = action === "drain" ? `Drain datacenter ${dc}? Its shards are handed to the other DCs.` : `Undrain datacenter ${dc}? Its home shards are handed back to it.`;
-        if (!confirm(what)) return;
-        act("dc-error", () => api("POST", `/v2/admin/dcs/${encodeURIComponent(dc)}/${action}`, { dry_run: false }));
-      };
-    }
-  }
+    <p class="muted" id="dcs-note"></p>`, () => {
+    document.getElementById("dcs").onclick = (event) => {
+      const button = event.target.closest("[data-drain], [data-undrain]");
+      if (!button) return;
+      const drain = "drain" in button.dataset;
+      const dc = drain ? button.dataset.drain : button.dataset.undrain;
+      const what = drain ? `Drain datacenter ${dc}? Its shards are handed to the other DCs.` : `Undrain datacenter ${dc}? Its home shards are handed back to it.`;
+      if (!confirm(what)) return;
+      act("dc-error", () => api("POST", `/v2/admin/dcs/${encodeURIComponent(dc)}/${drain ? "drain" : "undrain"}`, { dry_run: false }));
+    };
+  });
+  live("dcs", rows.join(""));
+  live("dcs-note", `Asked through datacenter ${esc(map.dc)}. A DC renews its lease at the placement group every third of a lease; one that stops renewing loses its shards to the others once its lease (plus the clock-offset margin) ran out. Draining hands a DC's shards to the others a few at a time, without loss; undraining hands its home shards back.`);
 }
 
 async function renderShards() {
@@ -138,26 +156,29 @@ async function renderShards() {
   const options = (map.shards || []).filter((s) => s.shard !== "global").map((s) => `<option>${esc(s.shard)}</option>`).join("");
   const targets = (map.dcs || []).map((dc) => `<option>${esc(dc)}</option>`).join("");
   const unreplicated = (replication.shards || []).reduce((sum, r) => sum + Object.values(r.by_replica || {}).reduce((m, b) => Math.max(m, b.unreplicated_records || 0), 0), 0);
-  main.innerHTML = `<h1>Shard map</h1>
-    <p><span class="legend">${legend}</span> <span class="muted">${(map.shards || []).length} shards (the global one last), as datacenter ${esc(map.dc)} sees them. RPO exposure of ${esc(map.dc)}: ${unreplicated} record(s) some replica lacks.</span></p>
-    <div class="grid" id="shard-grid">${cells.join("")}</div>
+  frame("shards", `<h1>Shard map</h1>
+    <p id="shard-summary"></p>
+    <div class="grid" id="shard-grid"></div>
     <h2>Hand a shard over</h2>
     <form class="inline" id="handover"><label>shard<select name="shard">${options}</select></label>
       <label>to<select name="to">${targets}</select></label><button>Hand over</button>
       <button type="button" id="abort-handover">Abort its handover</button></form>
-    <div class="error" id="handover-error"></div>`;
-  const form = document.getElementById("handover");
-  form.onsubmit = (event) => {
-    event.preventDefault();
-    const shard = form.shard.value, to = form.to.value;
-    if (!confirm(`Hand shard ${shard} over to ${to}? Running operations finish at the old owner first.`)) return;
-    act("handover-error", () => api("POST", `/v2/admin/shards/${encodeURIComponent(shard)}/handover`, { to }));
-  };
-  document.getElementById("abort-handover").onclick = () => {
-    const shard = form.shard.value;
-    if (!confirm(`Abort the handover of shard ${shard}?`)) return;
-    act("handover-error", () => api("POST", `/v2/admin/shards/${encodeURIComponent(shard)}/handover/abort`));
-  };
+    <div class="error" id="handover-error"></div>`, () => {
+    const form = document.getElementById("handover");
+    form.onsubmit = (event) => {
+      event.preventDefault();
+      const shard = form.shard.value, to = form.to.value;
+      if (!confirm(`Hand shard ${shard} over to ${to}? Running operations finish at the old owner first.`)) return;
+      act("handover-error", () => api("POST", `/v2/admin/shards/${encodeURIComponent(shard)}/handover`, { to }));
+    };
+    document.getElementById("abort-handover").onclick = () => {
+      const shard = form.shard.value;
+      if (!confirm(`Abort the handover of shard ${shard}?`)) return;
+      act("handover-error", () => api("POST", `/v2/admin/shards/${encodeURIComponent(shard)}/handover/abort`));
+    };
+  });
+  live("shard-summary", `<span class="legend">${legend}</span> <span class="muted">${(map.shards || []).length} shards (the global one last), as datacenter ${esc(map.dc)} sees them. RPO exposure of ${esc(map.dc)}: ${unreplicated} record(s) some replica lacks.</span>`);
+  live("shard-grid", cells.join(""));
 }
 
 async function renderReplication() {
@@ -176,6 +197,7 @@ async function renderReplication() {
   }
   lagHistory.push({ at: Date.now(), byDc });
   while (lagHistory.length > LAG_SAMPLES) lagHistory.shift();
+  main.dataset.page = "";
   main.innerHTML = `<h1>Replication</h1><p class="muted">Largest lag per replica DC as datacenter ${esc(replication.dc)} sees it, sampled every second while this page is open.</p>
     ${lagChart()}<h2>Per shard</h2>
     <table><tr><th>shard</th><th>owner</th><th>replica</th><th>at</th><th>owner at</th><th>unreplicated</th><th>lag</th></tr>${rows.join("")}</table>`;
@@ -205,26 +227,29 @@ async function renderClusters() {
       <td>${esc((c.clusterTemplate || {}).name)}</td><td>${esc(c.numNodes)}</td><td>${job}<div class="bar"><div style="width:${pct}%"></div></div></td><td>${remove}</td></tr>`;
   });
   const names = (Array.isArray(templates) ? templates : []).map((t) => `<option>${esc(t.name)}</option>`).join("");
-  main.innerHTML = `<h1>Clusters</h1>
+  frame("clusters", `<h1>Clusters</h1>
     <form class="inline" id="create"><label>name<input name="name" required maxlength="255" value="web"></label>
       <label>template<select name="template">${names}</select></label>
       <label>machines<input name="machines" type="number" min="1" max="100" value="1"></label><button>Create</button></form>
     <div class="error" id="cluster-error"></div>
-    <table id="clusters"><tr><th>id</th><th>name</th><th>status</th><th>template</th><th>nodes</th><th>job</th><th></th></tr>${rows.join("")}</table>`;
-  const form = document.getElementById("create");
-  form.onsubmit = (event) => {
-    event.preventDefault();
-    const body = { name: form.name.value, clusterTemplate: form.template.value, numMachines: Number(form.machines.value) };
-    if (!confirm(`Create cluster ${body.name} from ${body.clusterTemplate} with ${body.numMachines} machine(s)?`)) return;
-    act("cluster-error", () => api("POST", "/v2/clusters", body));
-  };
-  for (const button of main.querySelectorAll("[data-delete]")) {
-    button.onclick = () => {
+    <table><thead><tr><th>id</th><th>name</th><th>status</th><th>template</th><th>nodes</th><th>job</th><th></th></tr></thead>
+    <tbody id="clusters"></tbody></table>`, () => {
+    const form = document.getElementById("create");
+    form.onsubmit = (event) => {
+      event.preventDefault();
+      const body = { name: form.name.value, clusterTemplate: form.template.value, numMachines: Number(form.machines.value) };
+      if (!confirm(`Create cluster ${body.name} from ${body.clusterTemplate} with ${body.numMachines} machine(s)?`)) return;
+      act("cluster-error", () => api("POST", "/v2/clusters", body));
+    };
+    document.getElementById("clusters").onclick = (event) => {
+      const button = event.target.closest("[data-delete]");
+      if (!button) return;
       const id = button.dataset.delete;
       if (!confirm(`Delete cluster ${id}? Its machines are deleted.`)) return;
       act("cluster-error", () => api("DELETE", `/v2/clusters/${encodeURIComponent(id)}`));
     };
-  }
+  });
+  live("clusters", rows.join(""));
 }
 
 async function renderCluster(id) {
@@ -242,6 +267,7 @@ async function renderCluster(id) {
     return `<h2>Job ${esc(plan.id)}: ${esc(plan.action)}</h2><table><tr><th>stage</th><th>tasks</th></tr>${stages.join("")}</table>`;
   });
   const p = c.progress || {};
+  main.dataset.page = "";
   main.innerHTML = `<h1>Cluster ${esc(c.id)}: ${esc(c.name)}</h1>
     <div class="card">status <b id="cluster-status">${esc(c.status)}</b>; template ${esc((c.clusterTemplate || {}).name)}; services ${esc((c.services || []).join(", "))};
       last job ${esc(p.action || "-")} ${esc((p.actionstatus || "").toLowerCase())} (${esc(p.stepscompleted ?? 0)}/${esc(p.stepstotal ?? 0)} steps)${c.message ? "; " + esc(c.message) : ""}</div>
@@ -254,6 +280,7 @@ async function renderEvents() {
     `<tr><td>${esc(h.number)}</td><td>${esc(h.shard)}</td><td>${esc(h.from)} → ${esc(h.to)}</td><td>${esc(h.epoch)}</td><td>${esc(h.reason && h.reason.reason ? h.reason.reason : JSON.stringify(h.reason))}</td></tr>`);
   const operations = (lost.operations || []).map((o) =>
     `<tr><td>${esc(o.shard)}</td><td>${esc(o.epoch)}:${esc(o.seq)}</td><td>${esc(o.kind)}</td><td>${esc(o.tenant || "-")}</td><td>${esc(o.cluster || "-")}</td><td>${esc(o.new_owner)}</td></tr>`);
+  main.dataset.page = "";
   main.innerHTML = `<h1>Events</h1><h2>Ownership changes (handovers and failovers), newest first</h2>
     <table id="history"><tr><th>#</th><th>shard</th><th>move</th><th>epoch</th><th>reason</th></tr>${history.join("")}</table>
     <h2>Lost operations of datacenter ${esc(lost.dc)} (${esc(lost.total)} in all)</h2>
@@ -276,6 +303,7 @@ async function act(errorId, call) {
 function renderLogin(message) {
   document.getElementById("nav").innerHTML = "";
   document.getElementById("who").innerHTML = "";
+  main.dataset.page = "";
   main.innerHTML = `<form class="card login" id="login"><h1>Log in to coopr</h1>
     <label>tenant<input name="tenant" value="superadmin" required></label>
     <label>user<input name="user" value="admin" required></label>
@@ -298,6 +326,7 @@ function renderLogin(message) {
 
 function route() {
   clearInterval(timer);
+  main.dataset.page = "";
   const who = session();
   if (!who) return renderLogin();
   const parts = location.hash.replace(/^#\/?/, "").split("/");
@@ -311,6 +340,7 @@ function route() {
   current = async () => {
     try { await draw(); } catch (error) {
       if (error.status === 401) return renderLogin("The key was refused: log in again.");
+      main.dataset.page = "";
       main.innerHTML = `<div class="error">${esc(error.code)}: ${esc(error.message)}</div>`;
     }
   };
@@ -321,8 +351,7 @@ function route() {
 let current = null;
 let drawing = false;
 async function refresh() {
-  // A form being filled in is not redrawn under the user's hands.
-  if (!current || drawing || (document.activeElement && ["INPUT", "SELECT"].includes(document.activeElement.tagName))) return;
+  if (!current || drawing) return;
   drawing = true;
   try { await current(); } finally { drawing = false; }
 }
