@@ -233,6 +233,10 @@ struct Round {
     exposure: u64,
     lost: u64,
     rejoin: Duration,
+    /// Whether the victim led the placement group when it was killed (the survivors then
+    /// elect a leader, which waits a lease + offset from its election before declaring
+    /// anyone dead).
+    led_placement: bool,
 }
 
 /// Status of cluster `id` read at its owner (`?consistency=strong`) through `url`.
@@ -300,6 +304,9 @@ async fn round(
     // (each fake-cloud operation takes --cloud-latency-ms).
     tokio::time::sleep(Duration::from_millis(150)).await;
     let exposure = exposure(http, &victim_url).await;
+    let led_placement = admin_get(http, &format!("{victim_url}/v2/status"))
+        .await
+        .is_some_and(|s| s["placement"]["role"] == "leader");
     let lost_before = admin_get(http, &format!("{victim_url}/v2/admin/lost-operations"))
         .await
         .and_then(|r| r["total"].as_u64())
@@ -411,7 +418,8 @@ async fn round(
         .and_then(|r| r["total"].as_u64())
         .unwrap_or(lost_before);
     eprintln!(
-        "-- round {number}: killed {victim}: RTO {}, all shards moved {}, in flight done {} ({missing} of {} not replicated), exposure {exposure}, lost {}, rejoin {}",
+        "-- round {number}: killed {victim}{}: RTO {}, all shards moved {}, in flight done {} ({missing} of {} not replicated), exposure {exposure}, lost {}, rejoin {}",
+        if led_placement { " (the placement leader)" } else { "" },
         ms(rto),
         ms(all_moved),
         ms(in_flight_done),
@@ -426,6 +434,7 @@ async fn round(
         exposure,
         lost: lost_after - lost_before,
         rejoin,
+        led_placement,
     })
 }
 
@@ -529,6 +538,22 @@ pub async fn run(mut args: FailoverArgs) -> anyhow::Result<()> {
     let (p50, max, sum) = counts(&lost);
     println!("| lost-operations report growth per kill (records) | {p50} | - | {max} |");
     println!("\nlost records in all: {sum}");
+    for (led, who) in [(false, "another DC"), (true, "the placement leader")] {
+        let rtos: Vec<Duration> = rounds
+            .iter()
+            .filter(|r| r.led_placement == led)
+            .map(|r| r.rto)
+            .collect();
+        if !rtos.is_empty() {
+            let s = Summary::of(&rtos);
+            println!(
+                "RTO of the {} kill(s) of {who}: p50 {} ms, max {} ms",
+                rtos.len(),
+                ms(s.p50),
+                ms(s.max)
+            );
+        }
+    }
     eprintln!("-- done in {:?}", total.elapsed());
     Ok(())
 }
