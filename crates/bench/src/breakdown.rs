@@ -65,7 +65,12 @@ pub(crate) async fn scrape(http: &reqwest::Client, url: &str) -> Scrape {
 
 /// The mean of a series over what happened between two scrapes, and how many samples it had,
 /// summed over every label set whose labels contain `labels` (e.g. `group="dc-`).
-fn mean(before: &Scrape, after: &Scrape, name: &str, labels: &str) -> Option<(Duration, u64)> {
+pub(crate) fn mean(
+    before: &Scrape,
+    after: &Scrape,
+    name: &str,
+    labels: &str,
+) -> Option<(Duration, u64)> {
     let (mut sum, mut count) = (0.0, 0u64);
     for ((series, l), (s, c)) in after {
         if series != name || !l.contains(labels) {

@@ -575,7 +575,49 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     let base = create_time + 86_400_000;
     let local = Summary::of(&writes(&api, &a, id, base, args.writes).await?);
     eprintln!("-- local writes done");
+    let http = reqwest::Client::new();
+    let (before_b, before_a) = (
+        crate::breakdown::scrape(&http, &b).await,
+        crate::breakdown::scrape(&http, &a).await,
+    );
     let forwarded = Summary::of(&writes(&api, &b, id, base + 1_000_000, args.writes).await?);
+    // Where a forwarded write's time went: b's call to a, and a's commit.
+    let forward_call = crate::breakdown::mean(
+        &before_b,
+        &crate::breakdown::scrape(&http, &b).await,
+        "coopr_forward_to_dc_seconds",
+        "",
+    );
+    let owner_commit = crate::breakdown::mean(
+        &before_a,
+        &crate::breakdown::scrape(&http, &a).await,
+        "coopr_commit_seconds",
+        "",
+    );
+    // What the link itself costs a request: `GET /status` at a through one more proxy of the
+    // same delay (no write, nothing forwarded): two crossings plus the proxy's own scheduling.
+    let status_port: u16 = a
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("a's port")?;
+    let probe = DelayProxy::start(
+        ([127, 0, 0, 1], status_port).into(),
+        Duration::from_millis(args.delay_ms),
+    )
+    .await?;
+    let mut crossings = Vec::new();
+    for _ in 0..args.writes {
+        let started = Instant::now();
+        let answer = http
+            .get(format!("http://{}/status", probe.addr()))
+            .send()
+            .await?;
+        answer.bytes().await?;
+        crossings.push(started.elapsed());
+    }
+    let crossings = Summary::of(&crossings);
+    drop(probe);
     eprintln!("-- forwarded writes done");
     let delay = Duration::from_millis(args.delay_ms);
     let pause = 2 * delay + Duration::from_millis(5);
@@ -662,6 +704,16 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         "(ii) the same write sent to b (forwarded to a)",
         &forwarded,
         Some(local.p50 + 2 * delay),
+    );
+    let mean_ms = |m: Option<(Duration, u64)>| m.map_or("-".to_string(), |(d, _)| ms(d));
+    println!(
+        "|   (ii) mean {} ms: b's call to a {} ms (two crossings of the {} ms link and a's handling), a's commit {} ms; `GET /status` at a through a {} ms proxy: p50 {} ms | | | | |",
+        ms(forwarded.total / u32::try_from(forwarded.samples.max(1)).unwrap_or(1)),
+        mean_ms(forward_call),
+        args.delay_ms,
+        mean_ms(owner_commit),
+        args.delay_ms,
+        ms(crossings.p50),
     );
     row(
         "(iii) a's acknowledgement → visible at b (idle stream: b's pull waits at a)",
