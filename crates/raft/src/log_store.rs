@@ -309,7 +309,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
             return Ok(());
         };
         // One stage of a write's latency (the benchmarks' breakdown): the append and its fsync.
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let result = self
             .blocking(move |store| {
                 // openraft appends right after the last entry (it truncates a conflicting

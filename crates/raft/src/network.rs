@@ -345,7 +345,7 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         }
         // One stage of a write's latency at the leader: an append round trip to one follower
         // (its handling, fsync included, and the network both ways). Heartbeats are left out.
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let answer = self
             .post_wire(Rpc::AppendEntries, body, option.hard_ttl())
             .await;
@@ -492,7 +492,7 @@ async fn append(State(node): State<RaftHandle>, request: Request) -> Response {
         };
     // One stage of a write's latency at a follower: openraft takes the entries (its own log
     // append and fsync included) and answers.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let answer = node.raft().append_entries(request).await;
     metrics::histogram!("coopr_raft_append_handle_seconds", "group" => node.group().to_string())
         .record(started.elapsed().as_secs_f64());

@@ -304,7 +304,7 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
                     Vec::new()
                 } else {
                     // One stage of a write's latency: the application applies the entries.
-                    let started = std::time::Instant::now();
+                    let started = tokio::time::Instant::now();
                     let replies = self.shared.app.apply(batch);
                     metrics::histogram!("coopr_raft_apply_seconds")
                         .record(started.elapsed().as_secs_f64());

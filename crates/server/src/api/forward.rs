@@ -491,7 +491,7 @@ async fn forward_to_dc(app: &App, dc: &str, parts: &Parts, body: Bytes) -> Respo
         let mark = (FORWARDED_DC_HEADER, app.config.dc.as_str());
         // One stage of a forwarded write (the benchmarks' breakdown): the call to the owner
         // DC, both link crossings and its handling included.
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let sent = send(app, &node.api, parts, body.clone(), mark).await;
         metrics::histogram!("coopr_forward_to_dc_seconds").record(started.elapsed().as_secs_f64());
         match sent {
