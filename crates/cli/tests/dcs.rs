@@ -438,21 +438,10 @@ fn a_shard_handed_over_through_the_cli_moves_to_another_dc() {
         let shard = id.parse::<u64>().expect("numeric id") % u64::from(SHARDS);
 
         eprintln!("--- coopr admin handover {shard} --to b, asked at c");
-        let output = std::process::Command::new(common::BIN)
-            .args([
-                "admin",
-                "handover",
-                &shard.to_string(),
-                "--to",
-                "b",
-                "--server",
-            ])
-            .arg(&dcs.dc_urls("c")[0])
-            .env("COOPR_TENANT", "superadmin")
-            .env("COOPR_USER", "admin")
-            .env("COOPR_API_KEY", "admin-key")
-            .output()
-            .expect("coopr admin handover runs");
+        let output = admin_cli(
+            &["handover", &shard.to_string(), "--to", "b"],
+            &dcs.dc_urls("c")[0],
+        );
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -482,14 +471,7 @@ fn a_shard_handed_over_through_the_cli_moves_to_another_dc() {
         assert_eq!(map["shards"][shard as usize]["epoch"], 2, "{map}");
         dcs.wait_converged(Duration::from_secs(60)).await;
         // What an operator reads: the shard's row in `coopr admin shards` at b.
-        let output = std::process::Command::new(common::BIN)
-            .args(["admin", "shards", "--server"])
-            .arg(&dcs.dc_urls("b")[0])
-            .env("COOPR_TENANT", "superadmin")
-            .env("COOPR_USER", "admin")
-            .env("COOPR_API_KEY", "admin-key")
-            .output()
-            .expect("coopr admin shards runs");
+        let output = admin_cli(&["shards"], &dcs.dc_urls("b")[0]);
         let table = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{table}");
         let row: Vec<&str> = table
@@ -1337,4 +1319,17 @@ fn soak_dc_failures() {
             run_serially(dc_failure(failure));
         }
     }
+}
+
+/// Runs `coopr admin ARGS --server SERVER` as the superadmin.
+fn admin_cli(args: &[&str], server: &str) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .arg("admin")
+        .args(args)
+        .args(["--server", server])
+        .env("COOPR_TENANT", "superadmin")
+        .env("COOPR_USER", "admin")
+        .env("COOPR_API_KEY", "admin-key")
+        .output()
+        .unwrap_or_else(|e| panic!("coopr admin {args:?} does not run: {e}"))
 }
