@@ -16,6 +16,15 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// `items` joined by `separator`, or `-` when there are none.
+fn joined(items: &[String], separator: &str) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(separator)
+    }
+}
+
 /// A position `{epoch, seq}` as `epoch:seq`, or `-`.
 fn position(value: &Value) -> String {
     match (value["epoch"].as_u64(), value["seq"].as_u64()) {
@@ -87,11 +96,7 @@ pub(crate) fn format_shards(map: &Value, replication: &Value) -> String {
                 text(&s["owner"]),
                 text(&s["epoch"]),
                 shard_status(&s["status"]),
-                if replicas.is_empty() {
-                    "-".to_owned()
-                } else {
-                    replicas.join(", ")
-                },
+                joined(&replicas, ", "),
             ]
         })
         .collect();
@@ -191,11 +196,7 @@ pub(crate) fn format_provisioners(list: &Value) -> String {
                 format!("{}:{}", text(&p["host"]), text(&p["port"])),
                 text(&p["capacityTotal"]),
                 text(&p["capacityFree"]),
-                if usage.is_empty() {
-                    "-".to_owned()
-                } else {
-                    usage.join(", ")
-                },
+                joined(&usage, ", "),
             ]
         })
         .collect();
@@ -317,16 +318,8 @@ pub(crate) fn format_cluster(c: &Value) -> String {
             vec![
                 text(&n["id"]),
                 text(&properties["hostname"]),
-                if addresses.is_empty() {
-                    "-".to_owned()
-                } else {
-                    addresses.join(" ")
-                },
-                if services.is_empty() {
-                    "-".to_owned()
-                } else {
-                    services.join(",")
-                },
+                joined(&addresses, " "),
+                joined(&services, ","),
                 action,
             ]
         })
