@@ -131,6 +131,17 @@ impl HeldLease {
             now_ms,
         )
     }
+
+    /// How long the holder may still act on this lease at `now_ms`: 0 exactly when it is no
+    /// longer valid ([`HeldLease::is_valid`]).
+    pub fn remaining_ms(&self, now_ms: u64) -> u64 {
+        if !self.is_valid(now_ms) {
+            return 0;
+        }
+        (self.started_before_send_ms + self.grant.lease_ms)
+            .saturating_sub(self.grant.max_clock_offset_ms)
+            .saturating_sub(now_ms)
+    }
 }
 
 fn writable_shards(grant: &LeaseGrant) -> impl Iterator<Item = (ShardId, Epoch)> + '_ {

@@ -1188,6 +1188,14 @@ fn the_holder_fences_itself() {
     let mut state = bootstrap(&["a", "b"], 2); // a owns 0, b owns 1
     let first = renew(&mut state, "a", 10, &[]);
     let mut held = HeldLease::new(first, 500);
+    assert_eq!(held.remaining_ms(600), LEASE_MS - OFFSET_MS - 100);
+    assert_eq!(held.remaining_ms(500 + LEASE_MS - OFFSET_MS - 1), 1);
+    assert_eq!(held.remaining_ms(500 + LEASE_MS - OFFSET_MS), 0);
+    assert_eq!(
+        held.remaining_ms(499),
+        0,
+        "a clock before the start: not valid"
+    );
     assert_eq!(may_acknowledge(&held, ShardId(0), Epoch(1), 600), Ok(()));
     assert_eq!(
         may_acknowledge(&held, ShardId(0), Epoch(1), 500 + LEASE_MS - OFFSET_MS),

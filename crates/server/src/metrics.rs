@@ -12,6 +12,13 @@ use crate::replication;
 use crate::App;
 
 impl App {
+    /// How long the DC's lease as this node holds it lasts still on its own clock: how long it
+    /// may acknowledge writes without a renewal (0 on followers, and once it ran out).
+    pub fn lease_remaining_ms(&self) -> u64 {
+        self.held_lease()
+            .map_or(0, |held| held.lease.remaining_ms(self.clock.mono_ms()))
+    }
+
     /// Sets the gauges that are computed from the state at scrape time.
     pub fn refresh_gauges(&self) {
         let state = self.core.read();
@@ -54,20 +61,6 @@ impl App {
                 self.clock.wall_ms(),
             );
         }
-    }
-}
-
-impl App {
-    /// How long the DC's lease as this node holds it lasts still, by its own clock and minus
-    /// the clock-offset margin: how long it may acknowledge writes without a renewal (0 on
-    /// followers, and once it ran out).
-    pub fn lease_remaining_ms(&self) -> u64 {
-        self.held_lease().map_or(0, |held| {
-            let lease = &held.lease;
-            let end = lease.started_before_send_ms + lease.grant.lease_ms;
-            end.saturating_sub(lease.grant.max_clock_offset_ms)
-                .saturating_sub(self.clock.mono_ms())
-        })
     }
 }
 
