@@ -337,6 +337,24 @@ async fn maintenance(
 /// How long `GET /v2/admin/dcs` waits for each node (they are asked at once).
 const NODE_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
+/// A node's entry in `GET /v2/admin/dcs`, from its `/v2/status` answer and its readiness.
+fn node_entry(
+    dc: &str,
+    node: &str,
+    api: Option<&str>,
+    status: &Value,
+    ready: bool,
+    reason: Option<Value>,
+) -> Value {
+    json!({
+        "dc": dc, "node": node, "api": api, "reachable": true,
+        "role": status["role"], "leader": status["leader"], "term": status["term"],
+        "placement_role": status["placement"]["role"],
+        "lease_remaining_ms": status["lease_remaining_ms"],
+        "ready": ready, "reason": reason,
+    })
+}
+
 /// One node as it answers for itself; `reachable: false` when it does not answer in time.
 async fn node_status(app: &App, dc: &str, node: &str, api: &str) -> Value {
     let base = api.trim_end_matches('/');
@@ -349,14 +367,16 @@ async fn node_status(app: &App, dc: &str, node: &str, api: &str) -> Value {
     match status.ok().and_then(|a| a.json::<Value>().ok()) {
         Some(status) => {
             let ready = ready.ok();
-            json!({
-                "dc": dc, "node": node, "api": base, "reachable": true,
-                "role": status["role"], "leader": status["leader"], "term": status["term"],
-                "placement_role": status["placement"]["role"],
-                "lease_remaining_ms": status["lease_remaining_ms"],
-                "ready": ready.as_ref().is_some_and(|a| a.status == 200),
-                "reason": ready.and_then(|a| a.json::<Value>().ok()).map(|b| b["reason"].clone()),
-            })
+            node_entry(
+                dc,
+                node,
+                Some(base),
+                &status,
+                ready.as_ref().is_some_and(|a| a.status == 200),
+                ready
+                    .and_then(|a| a.json::<Value>().ok())
+                    .map(|b| b["reason"].clone()),
+            )
         }
         None => json!({"dc": dc, "node": node, "api": base, "reachable": false}),
     }
@@ -400,12 +420,16 @@ async fn datacenters(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<J
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .map(|b| b["reason"].clone());
-    let mut nodes = vec![json!({
-        "dc": app.config.dc, "node": app.config.node, "api": null, "reachable": true, "this": true,
-        "role": here["role"], "leader": here["leader"], "term": here["term"],
-        "placement_role": here["placement"]["role"], "ready": ready_ok, "reason": reason,
-        "lease_remaining_ms": here["lease_remaining_ms"],
-    })];
+    let mut this = node_entry(
+        &app.config.dc,
+        &app.config.node,
+        None,
+        &here,
+        ready_ok,
+        reason,
+    );
+    this["this"] = json!(true);
+    let mut nodes = vec![this];
     nodes.extend(answers);
     Ok(Json(json!({ "dc": app.config.dc, "nodes": nodes })))
 }
