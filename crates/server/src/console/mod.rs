@@ -4,12 +4,17 @@
 //! the CLI, refreshing every second:
 //!
 //! ```text
-//!  Datacenters  GET /v2/admin/shards (DCs, leases), /v2/status, /ready       superadmin
-//!  Shard map    GET /v2/admin/shards + /v2/admin/replication; POST handover  superadmin
-//!  Replication  GET /v2/admin/replication (lag chart drawn in the page)      superadmin
-//!  Clusters     GET/POST /v2/clusters, DELETE /v2/clusters/{id}, .../plans   any tenant
-//!  Events       GET /v2/admin/shards (ownership history), lost-operations   superadmin
+//!  Datacenters  GET /v2/admin/shards (leases), /v2/admin/dcs (every node);
+//!               POST /v2/admin/dcs/{dc}/drain|undrain                          superadmin
+//!  Shard map    GET /v2/admin/shards + /v2/admin/replication;
+//!               POST /v2/admin/shards/{shard}/handover[/abort]                superadmin
+//!  Replication  GET /v2/admin/replication (lag chart sampled by the page)      superadmin
+//!  Clusters     GET/POST /v2/clusters, GET/DELETE /v2/clusters/{id}, .../plans any tenant
+//!  Events       GET /v2/admin/shards (ownership history), lost-operations     superadmin
 //! ```
+//!
+//! Every action asks for confirmation. Pages with a form draw it once and refresh only their
+//! live parts, so what a user typed stays.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
