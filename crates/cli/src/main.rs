@@ -157,6 +157,10 @@ struct FakeCloudArgs {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("COOPR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    log_to_stderr(filter);
+}
+
+fn log_to_stderr(filter: tracing_subscriber::EnvFilter) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -172,10 +176,7 @@ fn init_demo_tracing(default: &str, file: &std::path::Path) -> Option<PathBuf> {
         .iter()
         .find_map(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok());
     if let Some(filter) = from_env {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
+        log_to_stderr(filter);
         return None;
     }
     let opened = file
