@@ -1,25 +1,15 @@
 //! Black-box tests of the real `coopr` binary: the demo process, the CLI against it, and
 //! `kill -9` in the middle of a job. Each test starts its own process on a free port and kills it
-//! when done (also on failure, through [`Process`]'s `Drop`).
+//! when done (also on failure, through `common::Process`'s `Drop`).
 
 mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_coopr");
-
-/// A child process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Process, BIN};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -179,7 +169,7 @@ fn cli_creates_lamp_cluster_and_deletes_it() {
 fn kill_dash_nine_loses_nothing_and_resumes_jobs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let mut demo = start_demo(port, dir.path(), 150);
+    let demo = start_demo(port, dir.path(), 150);
 
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -217,9 +207,7 @@ fn kill_dash_nine_loses_nothing_and_resumes_jobs() {
         "active",
         "the job must still be running when killed"
     );
-    demo.0.kill().expect("kill -9");
-    let _ = demo.0.wait();
-    drop(demo);
+    demo.kill_dash_nine();
 
     let _demo = start_demo(port, dir.path(), 0);
     for id in &ids {
@@ -300,9 +288,9 @@ fn the_demo_prints_instructions_once_usable_and_keeps_its_logs_in_a_file() {
         );
     }
     let log = dir.path().join("demo.log");
-    let logs = Some(format!("Logs: {}", log.display()));
+    let logs = format!("Logs: {}", log.display());
     let said = std::iter::from_fn(|| demo.lines.recv_timeout(Duration::from_secs(5)).ok())
-        .find(|l| l.starts_with(logs.as_deref().unwrap_or_default()));
+        .find(|l| l.starts_with(&logs));
     assert!(said.is_some(), "the demo does not say where its logs are");
     assert!(
         std::fs::metadata(&log).is_ok_and(|m| m.len() > 0),
