@@ -71,17 +71,28 @@ pub(crate) fn mean(
     name: &str,
     labels: &str,
 ) -> Option<(Duration, u64)> {
+    mean_over([(before, after)], name, labels)
+}
+
+/// [`mean`] over the samples of several nodes together, each with its scrapes before and after.
+fn mean_over<'a>(
+    nodes: impl IntoIterator<Item = (&'a Scrape, &'a Scrape)>,
+    name: &str,
+    labels: &str,
+) -> Option<(Duration, u64)> {
     let (mut sum, mut count) = (0.0, 0u64);
-    for ((series, l), (s, c)) in after {
-        if series != name || !l.contains(labels) {
-            continue;
+    for (before, after) in nodes {
+        for ((series, l), (s, c)) in after {
+            if series != name || !l.contains(labels) {
+                continue;
+            }
+            let (s0, c0) = before
+                .get(&(series.clone(), l.clone()))
+                .copied()
+                .unwrap_or_default();
+            sum += s - s0;
+            count += c.saturating_sub(c0);
         }
-        let (s0, c0) = before
-            .get(&(series.clone(), l.clone()))
-            .copied()
-            .unwrap_or_default();
-        sum += s - s0;
-        count += c.saturating_sub(c0);
     }
     (count > 0).then(|| (Duration::from_secs_f64(sum / count as f64), count))
 }
@@ -105,14 +116,10 @@ pub(crate) fn stages(
     let at =
         |node: usize, name: &str, labels: &str| mean(&before[node], &after[node], name, labels);
     let followers = |name: &str| {
-        let (mut sum, mut count) = (Duration::ZERO, 0u64);
-        for node in (0..after.len()).filter(|n| *n != leader) {
-            if let Some((m, c)) = at(node, name, dc) {
-                sum += m * u32::try_from(c).unwrap_or(u32::MAX);
-                count += c;
-            }
-        }
-        (count > 0).then(|| (sum / u32::try_from(count).unwrap_or(u32::MAX), count))
+        let nodes = (0..after.len())
+            .filter(|n| *n != leader)
+            .map(|n| (&before[n], &after[n]));
+        mean_over(nodes, name, dc)
     };
     let stage = |what, found: Option<(Duration, u64)>| Stage {
         what,
@@ -186,5 +193,21 @@ mod tests {
         assert_eq!(stages[0].per_write, 1.0);
         assert_eq!(stages[1].per_write, 0.5);
         assert!(stages[3].mean.is_none(), "no followers");
+
+        // Followers' samples are pooled (not their means averaged): 10 in 0.1 s at one, 30 in
+        // 0.9 s at the other: 1.0 s over 40.
+        let follower = |sum: f64, count: u64| {
+            parse(&format!(
+                "coopr_raft_append_handle_seconds_sum{{group=\"dc-a\"}} {sum}\n\
+                 coopr_raft_append_handle_seconds_count{{group=\"dc-a\"}} {count}\n"
+            ))
+        };
+        let empty = Scrape::new();
+        let before = [empty.clone(), empty.clone(), empty];
+        let after = [Scrape::new(), follower(0.1, 10), follower(0.9, 30)];
+        let pooled_stages = super::stages(&before, &after, 0, 20);
+        let pooled = pooled_stages[3].mean.expect("followers' mean");
+        assert!((pooled.as_secs_f64() - 0.025).abs() < 1e-9, "{pooled:?}");
+        assert_eq!(pooled_stages[3].per_write, 2.0);
     }
 }
