@@ -63,6 +63,15 @@ pub(crate) async fn scrape(http: &reqwest::Client, url: &str) -> Scrape {
     }
 }
 
+/// Scrapes every node of `urls`, in order.
+pub(crate) async fn scrape_all(http: &reqwest::Client, urls: &[String]) -> Vec<Scrape> {
+    let mut scrapes = Vec::new();
+    for url in urls {
+        scrapes.push(scrape(http, url).await);
+    }
+    scrapes
+}
+
 /// The mean of a series over what happened between two scrapes, and how many samples it had,
 /// summed over every label set whose labels contain `labels` (e.g. `group="dc-`).
 pub(crate) fn mean(

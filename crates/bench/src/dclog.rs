@@ -357,26 +357,15 @@ async fn measure_both(
     eprintln!("-- {system}: {} sequential writes at the {at}", args.writes);
     let floor = floor_now(dir).await?;
     let http = reqwest::Client::new();
-    let scrape_all = |urls: &[String]| {
-        let urls = urls.to_vec();
-        let http = http.clone();
-        async move {
-            let mut scrapes = Vec::new();
-            for url in &urls {
-                scrapes.push(breakdown::scrape(&http, url).await);
-            }
-            scrapes
-        }
-    };
     let before = match nodes {
-        Some((urls, _)) => scrape_all(urls).await,
+        Some((urls, _)) => breakdown::scrape_all(&http, urls).await,
         None => Vec::new(),
     };
     let (latencies, elapsed, server_cpu) =
         measure(target, procs, counter, 1, Some(args.writes), Duration::ZERO).await?;
     let stages = match nodes {
         Some((urls, leader)) => {
-            let after = scrape_all(urls).await;
+            let after = breakdown::scrape_all(&http, urls).await;
             // The phase's writes and its warm-up writes.
             breakdown::stages(&before, &after, leader, args.writes + WARMUP_WRITES)
         }
