@@ -903,7 +903,7 @@ pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
             "\n### Where a write's time goes: {}, {} (means; client latency mean {} ms)\n",
             row.system,
             row.mode,
-            ms(row.latencies.total / u32::try_from(row.latencies.samples.max(1)).unwrap_or(1)),
+            ms(row.latencies.mean()),
         );
         println!("| stage | mean ms | per write |");
         println!("|---|---:|---:|");

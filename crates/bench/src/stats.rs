@@ -26,6 +26,11 @@ impl Summary {
             total: sorted.iter().sum(),
         }
     }
+
+    /// The mean latency.
+    pub fn mean(&self) -> Duration {
+        self.total / u32::try_from(self.samples).unwrap_or(u32::MAX)
+    }
 }
 
 /// Milliseconds with three decimals, for tables.

@@ -708,7 +708,7 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     let mean_ms = |m: Option<(Duration, u64)>| m.map_or("-".to_string(), |(d, _)| ms(d));
     println!(
         "|   (ii) mean {} ms: b's call to a {} ms (two crossings of the {} ms link and a's handling), a's commit {} ms; `GET /status` at a through a {} ms proxy: p50 {} ms | | | | |",
-        ms(forwarded.total / u32::try_from(forwarded.samples.max(1)).unwrap_or(1)),
+        ms(forwarded.mean()),
         mean_ms(forward_call),
         args.delay_ms,
         mean_ms(owner_commit),
