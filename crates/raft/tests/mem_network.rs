@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,13 @@ fn url(id: u64) -> String {
     format!("http://n{id}")
 }
 
+/// Node `id`'s configuration, with `members` where it calls each voter.
+fn config(id: u64, members: BTreeMap<u64, String>) -> RaftConfig {
+    let mut config = RaftConfig::new(id, members, "test-secret");
+    config.write_timeout_ms = 2_000;
+    config
+}
+
 struct MemGroup {
     network: MemNetwork,
     handles: Vec<RaftHandle>,
@@ -30,20 +38,24 @@ struct MemGroup {
 
 impl MemGroup {
     async fn start(count: u64) -> MemGroup {
+        let members: BTreeMap<u64, String> = (1..=count).map(|id| (id, url(id))).collect();
+        let group = MemGroup::start_nodes((1..=count).map(|id| config(id, members.clone()))).await;
+        for handle in &group.handles {
+            handle.initialize_if_needed().await.expect("initialize");
+        }
+        group
+    }
+
+    /// Starts a node for each of `configs` (node `n` served at `url(n)`), initializing none.
+    async fn start_nodes(configs: impl IntoIterator<Item = RaftConfig>) -> MemGroup {
         let network = MemNetwork::new();
-        let members = (1..=count).map(|id| (id, url(id))).collect();
-        let mut config = RaftConfig::new(1, members, "test-secret");
-        config.write_timeout_ms = 2_000;
         let mut handles = Vec::new();
         let mut machines = Vec::new();
-        for id in 1..=count {
+        for config in configs {
+            let id = config.node_id;
             let machine = Arc::new(ListMachine::default());
-            let node_config = RaftConfig {
-                node_id: id,
-                ..config.clone()
-            };
             let handle = coopr_raft::start_with(
-                node_config,
+                config,
                 RaftStores::in_memory(),
                 machine.clone(),
                 network.transport(&name(id)),
@@ -53,9 +65,6 @@ impl MemGroup {
             network.serve(&name(id), &url(id), coopr_raft::router(handle.clone()));
             handles.push(handle);
             machines.push(machine);
-        }
-        for handle in &handles {
-            handle.initialize_if_needed().await.expect("initialize");
         }
         MemGroup {
             network,
@@ -248,48 +257,29 @@ fn a_seed_replays_the_same_elections() {
 /// through per-link proxies: the survivors' votes went through the lost DC's proxies.)
 #[tokio::test(start_paused = true)]
 async fn survivors_elect_through_their_own_addresses_not_the_initializers() {
-    let network = MemNetwork::new();
     let via_1 = |id: u64| format!("http://n1-to-n{id}");
-    let direct: std::collections::BTreeMap<u64, String> = (1..=3).map(|id| (id, url(id))).collect();
-    let mut handles = Vec::new();
-    let mut machines = Vec::new();
-    for id in 1..=3u64 {
-        let members = if id == 1 {
-            (1..=3)
-                .map(|peer| (peer, if peer == 1 { url(1) } else { via_1(peer) }))
-                .collect()
-        } else {
-            direct.clone()
-        };
-        let mut config = RaftConfig::new(id, members, "test-secret");
-        config.write_timeout_ms = 2_000;
-        let machine = Arc::new(ListMachine::default());
-        let handle = coopr_raft::start_with(
-            config,
-            RaftStores::in_memory(),
-            machine.clone(),
-            network.transport(&name(id)),
-        )
-        .await
-        .expect("start");
-        let router = coopr_raft::router(handle.clone());
-        network.serve(&name(id), &url(id), router.clone());
-        if id != 1 {
-            // Node 1's way to this node: a gateway on node 1's side, cut off with node 1.
-            network.serve("gw1", &via_1(id), router);
-        }
-        handles.push(handle);
-        machines.push(machine);
+    let direct: BTreeMap<u64, String> = (1..=3).map(|id| (id, url(id))).collect();
+    let through_1 = (1..=3)
+        .map(|peer| (peer, if peer == 1 { url(1) } else { via_1(peer) }))
+        .collect();
+    let group = MemGroup::start_nodes([
+        config(1, through_1),
+        config(2, direct.clone()),
+        config(3, direct),
+    ])
+    .await;
+    // Node 1's way to nodes 2 and 3: a gateway on node 1's side, cut off with node 1.
+    for id in [2, 3] {
+        let router = coopr_raft::router(group.handles[(id - 1) as usize].clone());
+        group.network.serve("gw1", &via_1(id), router);
     }
     assert!(
-        handles[0].initialize_if_needed().await.expect("initialize"),
+        group.handles[0]
+            .initialize_if_needed()
+            .await
+            .expect("initialize"),
         "node 1 initializes the group"
     );
-    let group = MemGroup {
-        network,
-        handles,
-        machines,
-    };
     let all = [1, 2, 3];
     assert_eq!(group.leader(&all, Duration::from_secs(10)).await, 1);
     group.handles[0].write(payload(0)).await.expect("write");
