@@ -220,7 +220,12 @@ impl Browser {
         let png = self
             .call(reqwest::Method::GET, "/screenshot", Value::Null)
             .await;
-        let bytes = decode_base64(png.as_str().unwrap_or_default());
+        let bytes = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(png.as_str().unwrap_or_default())
+                .expect("a base64 screenshot")
+        };
         let path = Path::new(&dir).join(format!("{name}.png"));
         std::fs::write(&path, bytes).expect("write screenshot");
     }
@@ -233,24 +238,6 @@ impl Browser {
             .send()
             .await;
     }
-}
-
-fn decode_base64(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut bits, mut count) = (0u32, 0);
-    for byte in text.bytes() {
-        let Some(value) = ALPHABET.iter().position(|b| *b == byte) else {
-            continue; // '=' and line breaks
-        };
-        bits = (bits << 6) | value as u32;
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-        }
-    }
-    out
 }
 
 /// An operator's first session: log in as the superadmin and see three DCs on the shard map
