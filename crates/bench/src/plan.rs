@@ -112,9 +112,14 @@ impl Catalog {
             .to_string()
     }
 
-    /// The state a fresh node has after a tenant imported this catalog.
+    /// The state a fresh node has after a tenant imported this catalog (64 shards).
     pub(crate) fn state(&self) -> anyhow::Result<State> {
-        let mut state = State::new(64);
+        self.state_with(64)
+    }
+
+    /// [`Catalog::state`] with `shards` cluster shards.
+    pub(crate) fn state_with(&self, shards: u32) -> anyhow::Result<State> {
+        let mut state = State::new(shards);
         let tenant = Tenant {
             id: "00000000-0000-4000-8000-000000000001".into(),
             name: TENANT.into(),

@@ -44,7 +44,20 @@ pub(crate) fn apply(
 
 /// A state whose shard 0 holds `clusters` ACTIVE one-machine clusters.
 pub(crate) fn owner(catalog: &Catalog, clusters: u32) -> anyhow::Result<State> {
-    let mut state = catalog.state()?;
+    build(catalog, catalog.state()?, clusters, 1, None)
+}
+
+/// Adds `clusters` ACTIVE one-machine clusters to `state`, cluster i in shard i mod `shards`.
+/// With `upkeep = Some(n)`, every n clusters it does what a DC in steady state does: trims
+/// every outbox (all replicas caught up) and retires every finished job
+/// (`job_retention_ms = 0`), so the state holds what a long-lived DC holds.
+pub(crate) fn build(
+    catalog: &Catalog,
+    mut state: State,
+    clusters: u32,
+    shards: u32,
+    upkeep: Option<u32>,
+) -> anyhow::Result<State> {
     let mut now = 1_700_000_000_000;
     apply(
         &mut state,
@@ -59,8 +72,18 @@ pub(crate) fn owner(catalog: &Catalog, clusters: u32) -> anyhow::Result<State> {
         },
     )?;
     let entry = catalog.create_entry(&catalog.layout(1)?);
-    for _ in 0..clusters {
-        apply(&mut state, &mut now, entry.command.clone())?;
+    let Command::CreateCluster { spec, .. } = entry.command else {
+        bail!("the catalog's create entry is not a create");
+    };
+    for i in 0..clusters {
+        if upkeep.is_some_and(|n| i > 0 && i % n == 0) {
+            steady_state(&mut state, &mut now)?;
+        }
+        let create = Command::CreateCluster {
+            shard: ShardId(i % shards),
+            spec: spec.clone(),
+        };
+        apply(&mut state, &mut now, create)?;
         // Drive the cluster's tasks to the end (one at a time, as one worker would).
         loop {
             let taken = apply(
@@ -94,7 +117,52 @@ pub(crate) fn owner(catalog: &Catalog, clusters: u32) -> anyhow::Result<State> {
             apply(&mut state, &mut now, Command::FinishTask(Box::new(result)))?;
         }
     }
+    if upkeep.is_some() {
+        steady_state(&mut state, &mut now)?;
+    }
     Ok(state)
+}
+
+/// Trims every cluster shard's outbox and retires every finished job (the archive effects are
+/// dropped: the benchmark measures what stays in memory).
+pub(crate) fn steady_state(state: &mut State, now: &mut u64) -> anyhow::Result<()> {
+    trim_outboxes(state, now)?;
+    retire_jobs(state, now, |_| ())
+}
+
+/// Trims every cluster shard's outbox through its last record (every replica caught up).
+pub(crate) fn trim_outboxes(state: &mut State, now: &mut u64) -> anyhow::Result<()> {
+    let trims: Vec<(ShardId, u64)> = state
+        .shards
+        .iter()
+        .filter(|(_, data)| !data.replication.records.is_empty())
+        .map(|(shard, data)| (*shard, data.replication.next_seq.saturating_sub(1)))
+        .collect();
+    for (shard, through_seq) in trims {
+        apply(state, now, Command::TrimOutbox { shard, through_seq })?;
+    }
+    Ok(())
+}
+
+/// Retires every finished job, in entries of at most `MAX_RETIRE_BATCH`, handing each archive
+/// effect to `archive`.
+pub(crate) fn retire_jobs(
+    state: &mut State,
+    now: &mut u64,
+    mut archive: impl FnMut(coopr_state::ArchiveEffect),
+) -> anyhow::Result<()> {
+    let last = state.shard_count() - 1;
+    loop {
+        let jobs = state.retirable_jobs(0..=last, u64::MAX, coopr_state::MAX_RETIRE_BATCH);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        apply(state, now, Command::RetireJobs { jobs })?;
+        state
+            .take_archive_effects()
+            .into_iter()
+            .for_each(&mut archive);
+    }
 }
 
 pub fn run(args: ReseedArgs) -> anyhow::Result<()> {

@@ -18,9 +18,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::anyhow;
 use coopr_state::ClusterRecord;
-use coopr_types::ShardId;
 
 use crate::plan::Catalog;
 
@@ -82,29 +80,34 @@ fn heap_of<T: Clone>(value: &T) -> usize {
 
 #[derive(clap::Args, Debug)]
 pub struct ScaleArgs {
-    /// ACTIVE one-machine clusters in the shard.
+    /// ACTIVE one-machine clusters in the state.
     #[arg(long, default_value_t = 10_000)]
     clusters: u32,
+    /// Cluster shards of the state; cluster i goes to shard i mod shards.
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
+    /// Build the state as a DC in steady state holds it: every 1,000 clusters the outboxes are
+    /// trimmed (replicas caught up) and finished jobs retired (`job_retention_ms = 0`). The
+    /// way to reach 1,000,000 clusters within the machine's memory.
+    #[arg(long)]
+    steady: bool,
 }
 
 pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.shards > 0, "--shards must be positive");
     let catalog = Catalog::load(1)?;
-    let empty = catalog.state()?;
+    let empty = catalog.state_with(args.shards.max(64))?;
     let base = allocated();
     let started = Instant::now();
-    let mut state = crate::reseed::owner(&catalog, args.clusters)?;
+    let upkeep = args.steady.then_some(1_000);
+    let mut state = crate::reseed::build(&catalog, empty, args.clusters, args.shards, upkeep)?;
     let built = started.elapsed();
     let total = allocated().saturating_sub(base);
-    drop(empty);
     eprintln!("-- {} clusters built in {built:?}", args.clusters);
     let n = f64::from(args.clusters.max(1));
-    let shard = state
-        .shards
-        .get(&ShardId(0))
-        .ok_or_else(|| anyhow!("no shard 0"))?;
 
-    // Parts of the records, each summed over every cluster; then the shard's and the DC's own.
-    let records: Vec<&ClusterRecord> = shard.clusters.values().collect();
+    // Parts of the records, each summed over every cluster; then the shards' and the DC's own.
+    let records: Vec<&ClusterRecord> = state.clusters().collect();
     let mut parts: Vec<Part> = vec![
         Part::of_records(
             &records,
@@ -123,11 +126,11 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
             &r.service_defs
         }),
         Part::of_records(&records, "in-flight operation as shipped", |r| &r.shipped),
-        Part::of(
-            "replication outbox (records for replicas)",
-            &shard.replication,
-        ),
-        Part::of("idempotency keys of the shard", &shard.keys),
+        Part::of_records(&records, "retired jobs' summaries", |r| &r.retired_jobs),
+        Part::of_shards(&state, "replication outboxes (records for replicas)", |s| {
+            &s.replication
+        }),
+        Part::of_shards(&state, "idempotency keys of the shards", |s| &s.keys),
         Part::of("DC-local (idempotency table, provisioners)", &state.local),
     ];
     let counted: usize = parts.iter().map(|p| p.heap).sum();
@@ -137,15 +140,17 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         json: None,
     });
 
-    let snapshot_started = Instant::now();
-    let snapshot = coopr_state::encode_parts(&state);
-    let snapshot_time = snapshot_started.elapsed();
-    let snapshot_bytes: usize = snapshot.values().map(Vec::len).sum();
-    let shard_json = snapshot.get(&0).map_or(0, Vec::len);
+    let snapshot = Streamed::of(&state)?;
 
     println!(
-        "\nState of one shard of {} ACTIVE one-machine `lamp` clusters (built in {:.1} s)\n",
+        "\nState of {} ACTIVE one-machine `lamp` clusters in {} shard(s){} (built in {:.1} s)\n",
         args.clusters,
+        args.shards,
+        if args.steady {
+            ", outboxes trimmed and finished jobs retired as they went"
+        } else {
+            ""
+        },
         built.as_secs_f64()
     );
     println!("| part | heap | per cluster | snapshot JSON per cluster |");
@@ -165,13 +170,40 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         "| **total** | **{}** | **{}** | **{}** |",
         mb(total),
         per(total),
-        per(shard_json)
+        per(snapshot.cluster_bytes)
     );
     println!(
-        "\nSnapshot (`encode_parts`, every part): {} ({} per cluster), built in memory in {} ms.",
-        mb(snapshot_bytes),
-        per(snapshot_bytes),
-        snapshot_time.as_millis()
+        "\nSnapshot, one part at a time (as a node would stream it): {} ({} per cluster) in {} \
+         parts, the largest {}; encoded in {} ms, decoded (installed) in {} ms.",
+        mb(snapshot.bytes),
+        per(snapshot.bytes),
+        snapshot.parts,
+        mb(snapshot.largest),
+        snapshot.encode.as_millis(),
+        snapshot.decode.as_millis()
+    );
+    let (rss, peak) = resident();
+    println!(
+        "Process resident memory: {} now, {} at most (the allocator's and the build's overhead \
+         on top of the state's heap).",
+        mb(rss),
+        mb(peak)
+    );
+    // What the leader's driver does every tick (200 ms) under the state's read lock.
+    let started = Instant::now();
+    let orphans = state.orphaned_clusters().len();
+    let orphan_scan = started.elapsed();
+    let started = Instant::now();
+    let slice = state.shard_count().div_ceil(50);
+    let retirable = state
+        .retirable_jobs(0..=slice - 1, u64::MAX, coopr_state::MAX_RETIRE_BATCH)
+        .len();
+    let retire_scan = started.elapsed();
+    println!(
+        "Driver tick: the orphan scan (every cluster) takes {:.1} ms ({orphans} found), the \
+         retirement scan of {slice} shard(s) {:.2} ms ({retirable} found).",
+        orphan_scan.as_secs_f64() * 1e3,
+        retire_scan.as_secs_f64() * 1e3
     );
     println!(
         "\nInline sizes: task {} B, node action {} B, node {} B, replication record {} B, \
@@ -182,46 +214,133 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         std::mem::size_of::<coopr_state::replication::Record>(),
         std::mem::size_of::<coopr_state::ClusterRecord>(),
     );
-    let tasks: usize = shard
-        .clusters
-        .values()
+    let tasks: usize = records
+        .iter()
         .flat_map(|r| r.jobs.values())
         .map(|j| j.tasks.len())
         .sum();
-    let actions: usize = shard
-        .clusters
-        .values()
+    let actions: usize = records
+        .iter()
         .flat_map(|r| r.nodes.values())
         .map(|node| node.actions.len())
+        .sum();
+    let outbox_records: usize = state
+        .shards
+        .values()
+        .map(|s| s.replication.records.len())
         .sum();
     println!(
         "Per cluster: {:.1} tasks in its jobs, {:.1} node actions, {:.1} outbox records.",
         tasks as f64 / n,
         actions as f64 / n,
-        shard.replication.records.len() as f64 / n
+        outbox_records as f64 / n
     );
+    if args.steady {
+        return Ok(());
+    }
     // Once every replica acknowledged the records, the owner drops them (`TrimOutbox`).
-    let outbox = heap_of(&shard.replication);
-    let through_seq = shard.replication.next_seq.saturating_sub(1);
+    let outbox: usize = state.shards.values().map(|s| heap_of(&s.replication)).sum();
     let before_trim = allocated();
-    crate::reseed::apply(
-        &mut state,
-        &mut 1_800_000_000_000,
-        coopr_state::Command::TrimOutbox {
-            shard: ShardId(0),
-            through_seq,
-        },
-    )?;
-    let steady = total.saturating_sub(before_trim.saturating_sub(allocated()));
+    let mut now = 1_800_000_000_000;
+    crate::reseed::trim_outboxes(&mut state, &mut now)?;
+    let trimmed = total.saturating_sub(before_trim.saturating_sub(allocated()));
     println!(
         "\nWith the outbox trimmed (every replica caught up; it held {} before): {} ({} per \
          cluster). At that rate 1,000,000 such clusters need {:.1} GB of heap for the state.",
         mb(outbox),
-        mb(steady),
-        per(steady),
-        steady as f64 / n * 1e6 / 1e9
+        mb(trimmed),
+        per(trimmed),
+        trimmed as f64 / n * 1e6 / 1e9
+    );
+    // Past the job retention the finished jobs go to the archive on disk (deflated JSON).
+    let before_retire = allocated();
+    let mut archived = 0;
+    crate::reseed::retire_jobs(&mut state, &mut now, |effect| {
+        if let coopr_state::ArchiveEffect::Retired(run) = effect {
+            archived += coopr_server::archive::encode_run(&run).len();
+        }
+    })?;
+    let retired = trimmed.saturating_sub(before_retire.saturating_sub(allocated()));
+    println!(
+        "With the finished jobs retired too: {} ({} per cluster; 1,000,000 clusters: {:.1} GB); \
+         the archive on disk holds {} of them ({} per cluster).",
+        mb(retired),
+        per(retired),
+        retired as f64 / n * 1e6 / 1e9,
+        mb(archived),
+        per(archived)
     );
     Ok(())
+}
+
+/// The snapshot of a state built and read back one part at a time.
+struct Streamed {
+    bytes: usize,
+    /// Bytes of the cluster shards' parts.
+    cluster_bytes: usize,
+    parts: usize,
+    largest: usize,
+    encode: std::time::Duration,
+    decode: std::time::Duration,
+}
+
+impl Streamed {
+    fn of(state: &coopr_state::State) -> anyhow::Result<Streamed> {
+        let mut streamed = Streamed {
+            bytes: 0,
+            cluster_bytes: 0,
+            parts: 0,
+            largest: 0,
+            encode: std::time::Duration::ZERO,
+            decode: std::time::Duration::ZERO,
+        };
+        for data in state.shards.values() {
+            let started = Instant::now();
+            let bytes = serde_json::to_vec(data)?;
+            streamed.encode += started.elapsed();
+            let started = Instant::now();
+            let decoded: coopr_state::ClusterShard = serde_json::from_slice(&bytes)?;
+            streamed.decode += started.elapsed();
+            drop(decoded);
+            streamed.cluster_bytes += bytes.len();
+            streamed.add(bytes.len());
+        }
+        // The global shard and the DC's own state: small parts.
+        let started = Instant::now();
+        let rest = coopr_state::encode_parts(&coopr_state::State::from_parts(
+            state.shard_count(),
+            state.global.clone(),
+            Default::default(),
+            state.local.clone(),
+        ));
+        streamed.encode += started.elapsed();
+        for part in rest
+            .iter()
+            .filter(|(id, _)| **id >= coopr_state::ARCHIVE_PART_BASE)
+        {
+            streamed.add(part.1.len());
+        }
+        Ok(streamed)
+    }
+
+    fn add(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.parts += 1;
+        self.largest = self.largest.max(bytes);
+    }
+}
+
+/// The process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
+fn resident() -> (usize, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// One row of the table: heap bytes a part owns, and its JSON's length if it has one.
@@ -237,6 +356,19 @@ impl Part {
             name,
             heap: heap_of(value),
             json: Some(json_len(value)),
+        }
+    }
+
+    /// A part of every cluster shard, summed.
+    fn of_shards<T: Clone + serde::Serialize>(
+        state: &coopr_state::State,
+        name: &'static str,
+        field: impl Fn(&coopr_state::ClusterShard) -> &T,
+    ) -> Part {
+        Part {
+            name,
+            heap: state.shards.values().map(|s| heap_of(field(s))).sum(),
+            json: Some(state.shards.values().map(|s| json_len(field(s))).sum()),
         }
     }
 

@@ -336,6 +336,7 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             secret: Some(secret),
             snapshot_every: file.snapshot_every,
             logs_kept_after_snapshot: file.logs_kept_after_snapshot,
+            job_retention_ms: file.job_retention_ms.unwrap_or(defaults.job_retention_ms),
             election_timeout_ms: (file.election_timeout_min_ms, file.election_timeout_max_ms),
             write_timeout_ms: file.write_timeout_ms,
             remote_dcs,

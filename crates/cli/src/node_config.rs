@@ -74,6 +74,10 @@ pub struct NodeConfig {
     /// catches up by receiving a snapshot. Default 1000.
     #[serde(default = "default_logs_kept_after_snapshot")]
     pub logs_kept_after_snapshot: u64,
+    /// How long a finished job stays in memory before it is retired to the job archive on
+    /// disk, in ms (0: at once; its plan stays readable). Unset: the server's default, 1 h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_retention_ms: Option<u64>,
     /// Raft election timeout range in ms; heartbeats every min/3. Defaults 300 and 600.
     #[serde(default = "default_election_min")]
     pub election_timeout_min_ms: u64,
@@ -579,6 +583,7 @@ pub fn init_cluster(
             fake_cloud_url: fake_cloud.as_ref().map(|addr| format!("http://{addr}")),
             snapshot_every: default_snapshot_every(),
             logs_kept_after_snapshot: default_logs_kept_after_snapshot(),
+            job_retention_ms: None,
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
             write_timeout_ms: default_write_timeout(),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::{
     assert_exactly_once, create_body, create_cluster, create_once, get_json, list_clusters,
     random_u64, run_serially, wait_all_active, wait_cluster_active, Attempt, Deployment, Process,
-    BIN, CLIENT_TIMEOUT, DEMO_USER,
+    ADMIN, BIN, CLIENT_TIMEOUT, DEMO_USER,
 };
 
 /// The shared record of a steady write load.
@@ -352,7 +352,9 @@ fn minority_loss_writes_majority_loss_fails_fast() {
 /// clusters are created (their jobs run by the demo workers write many entries), a follower is
 /// killed and its data dir deleted, more is written, and the node is restarted empty. Checks
 /// that it converges to a dump identical to the other two, that its `/v2/status` reports a
-/// snapshot, and that its log shows it installed one from the leader.
+/// snapshot, and that its log shows it installed one from the leader. Finished jobs are
+/// retired at once (`job_retention_ms = 0`): the node gets the job archive with the snapshot,
+/// and serves every cluster's plans as the others do.
 #[test]
 fn wiped_node_catches_up_by_snapshot() {
     run_serially(async {
@@ -361,6 +363,7 @@ fn wiped_node_catches_up_by_snapshot() {
             ("demo_workers", 2),
             ("snapshot_every", 50),
             ("logs_kept_after_snapshot", 10),
+            ("job_retention_ms", 0),
         ]);
         dc.start_all();
         let leader = dc.wait_leader("a", Duration::from_secs(30)).await;
@@ -424,9 +427,48 @@ fn wiped_node_catches_up_by_snapshot() {
             "--- restart {} with an empty data dir",
             dc.nodes[wiped].name
         );
+        // Every finished job leaves memory (the leader retires a slice of shards per tick).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let dump = get_json(&dc.http, &format!("{}/v2/admin/dump", urls[leader]), &ADMIN)
+                .await
+                .unwrap_or_default();
+            let (held, retired) = jobs_in_dump(&dump);
+            if held == 0 && retired == 2 * acked.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jobs not retired: {held} held, {retired} retired"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         dc.start(wiped);
-        dc.wait_identical_dumps(&[0, 1, 2], Duration::from_secs(60))
+        let dump = dc
+            .wait_identical_dumps(&[0, 1, 2], Duration::from_secs(60))
             .await;
+        assert_eq!(jobs_in_dump(&dump), (0, 2 * acked.len()));
+        for id in acked.values() {
+            let mut plans = Vec::new();
+            for url in &urls {
+                let plan = get_json(
+                    &dc.http,
+                    &format!("{url}/v2/clusters/{id}/plans"),
+                    &DEMO_USER,
+                )
+                .await
+                .expect("plans");
+                plans.push(plan);
+            }
+            let actions: Vec<&str> = plans[0]
+                .as_array()
+                .expect("an array")
+                .iter()
+                .filter_map(|p| p["action"].as_str())
+                .collect();
+            assert_eq!(actions, ["SOLVE_LAYOUT", "CLUSTER_CREATE"], "{id}");
+            assert!(plans.iter().all(|p| *p == plans[0]), "{id}: {plans:?}");
+        }
         let status = dc.status(wiped).await.expect("status");
         eprintln!("--- {} status: {status}", dc.nodes[wiped].name);
         assert!(
@@ -559,4 +601,25 @@ fn provisioner_moves_to_another_node_when_its_node_dies() {
         );
         eprintln!("--- done in {:?}", started.elapsed());
     });
+}
+
+/// Finished and unfinished jobs held whole in a dump's cluster records, and job summaries
+/// retired to the archive.
+fn jobs_in_dump(dump: &serde_json::Value) -> (usize, usize) {
+    let records = dump
+        .as_object()
+        .into_iter()
+        .flat_map(|parts| parts.values())
+        .filter_map(|part| part.get("clusters")?.as_object())
+        .flat_map(|clusters| clusters.values());
+    let count = |v: Option<&serde_json::Value>| {
+        v.and_then(serde_json::Value::as_object)
+            .map_or(0, |m| m.len())
+    };
+    records.fold((0, 0), |(held, retired), r| {
+        (
+            held + count(r.get("jobs")),
+            retired + count(r.get("retired_jobs")),
+        )
+    })
 }

@@ -31,6 +31,8 @@ pub struct App {
     /// When each provisioner was last heard from (the clock's monotonic ms).
     pub(crate) heartbeats: Mutex<BTreeMap<String, u64>>,
     pub(crate) next_shard: AtomicU32,
+    /// The next shard the driver looks at for jobs to retire.
+    pub(crate) retire_cursor: AtomicU32,
     /// This node's copy of the shard map (see [`placement`]).
     pub(crate) map: RwLock<Arc<ShardMap>>,
     /// The lease this node holds while it leads a DC of a multi-DC deployment.

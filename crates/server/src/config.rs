@@ -23,6 +23,9 @@ pub struct ServerConfig {
     pub provisioner_timeout_ms: u64,
     /// Log entries between snapshots (default 10,000).
     pub snapshot_every: u64,
+    /// How long a finished job stays in memory before the leader retires it to the job
+    /// archive on disk (default 1 h; 0: as soon as it finishes). Its plan stays readable.
+    pub job_retention_ms: u64,
     /// Log entries kept after a snapshot, so that a slightly lagging follower catches up from
     /// the log rather than by a snapshot; older ones are dropped (default 1,000).
     pub logs_kept_after_snapshot: u64,
@@ -168,6 +171,7 @@ impl Default for ServerConfig {
             task_timeout_ms: 600_000,
             provisioner_timeout_ms: 30_000,
             snapshot_every: 10_000,
+            job_retention_ms: 3_600_000,
             logs_kept_after_snapshot: 1_000,
             demo: false,
             admin_key: None,

@@ -25,7 +25,9 @@ use coopr_state::{
 use thiserror::Error;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::archive::JobArchive;
 use crate::clock::Clock;
+use coopr_store::Archive;
 
 #[derive(Debug, Error, Clone)]
 pub enum ProposeError {
@@ -85,6 +87,8 @@ impl WriteQueue {
 /// The state machine of the DC log: the coopr [`State`], shared with the readers.
 pub struct DcStateMachine {
     state: Arc<RwLock<State>>,
+    /// Finished jobs retired out of `state` (see [`crate::archive`]).
+    archive: Arc<JobArchive>,
     shard_count: u32,
     applied: Arc<Notify>,
     applied_index: Arc<AtomicU64>,
@@ -109,13 +113,25 @@ impl StateMachine for DcStateMachine {
                 responses.push(serde_json::to_vec(&result).expect("results serialize"));
                 self.applied_index.store(*index, Ordering::Release);
             }
+            // Under the write lock: a snapshot sees the archive as of the same entry.
+            self.archive.apply_effects(state.take_archive_effects());
         }
         self.applied.notify_waiters();
         responses
     }
 
     fn snapshot(&self) -> BTreeMap<u32, Vec<u8>> {
-        encode_parts(&self.state.read().expect("state lock poisoned"))
+        let state = self.state.read().expect("state lock poisoned");
+        let mut parts = encode_parts(&state);
+        match self.archive.parts() {
+            Ok(archive) => parts.extend(archive),
+            // The snapshot then lacks retired jobs: count it, and say so.
+            Err(e) => {
+                metrics::counter!("coopr_archive_snapshot_errors_total").increment(1);
+                tracing::error!(error = %e, "cannot read the job archive into the snapshot");
+            }
+        }
+        parts
     }
 
     fn restore(&self, parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()> {
@@ -123,7 +139,10 @@ impl StateMachine for DcStateMachine {
             parts.iter().map(|(k, v)| (*k, v.as_slice())),
             self.shard_count,
         )?;
-        *self.state.write().expect("state lock poisoned") = restored;
+        let mut state = self.state.write().expect("state lock poisoned");
+        self.archive.restore(parts)?;
+        *state = restored;
+        drop(state);
         self.applied.notify_waiters();
         Ok(())
     }
@@ -141,17 +160,24 @@ pub struct Core {
     proposed_bytes: AtomicU64,
     /// The node's clock: entries carry its wall time.
     clock: Arc<dyn Clock>,
+    /// Finished jobs retired out of the state (see [`crate::archive`]).
+    archive: Arc<JobArchive>,
 }
 
 impl Core {
     /// The state machine to hand to the Raft group, and the pieces [`Core::new`] shares with it.
-    pub fn state_machine(shard_count: u32) -> (Arc<DcStateMachine>, CoreParts) {
+    pub fn state_machine(
+        shard_count: u32,
+        archive: Arc<Archive>,
+    ) -> (Arc<DcStateMachine>, CoreParts) {
         let parts = CoreParts {
             state: Arc::new(RwLock::new(State::new(shard_count))),
             applied: Arc::new(Notify::new()),
             applied_index: Arc::new(AtomicU64::new(0)),
+            archive: Arc::new(JobArchive::new(archive, shard_count)),
         };
         let sm = Arc::new(DcStateMachine {
+            archive: parts.archive.clone(),
             state: parts.state.clone(),
             shard_count,
             applied: parts.applied.clone(),
@@ -166,9 +192,15 @@ impl Core {
             raft,
             applied: parts.applied,
             applied_index: parts.applied_index,
+            archive: parts.archive,
             proposed_bytes: AtomicU64::new(0),
             clock,
         })
+    }
+
+    /// The node's archive of retired jobs.
+    pub fn archive(&self) -> &JobArchive {
+        &self.archive
     }
 
     pub fn raft(&self) -> &RaftHandle {
@@ -234,4 +266,5 @@ pub struct CoreParts {
     state: Arc<RwLock<State>>,
     applied: Arc<Notify>,
     applied_index: Arc<AtomicU64>,
+    archive: Arc<JobArchive>,
 }

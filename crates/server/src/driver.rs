@@ -7,7 +7,8 @@
 //!   every TICK, on the DC log's leader:
 //!     duties(state, now) ──► [ExpireTasks | ReleaseProvisioner(id) | DeleteOrphan(cluster)]
 //!     (no I/O: state and time in, duties out)      │
-//!     run() ──── proposes each duty's commands ◄───┘ then tenant push, outbox trims
+//!     run() ──── proposes each duty's commands ◄───┘ then RetireJobs (finished jobs past
+//!                the job retention, one slice of shards per tick), tenant push, outbox trims
 //! ```
 
 use std::sync::Arc;
@@ -145,10 +146,51 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         for duty in due {
             perform(&app, duty).await;
         }
+        retire_jobs(&app).await;
         crate::tenant_push::push(&app).await;
         if app.config.trim_outboxes && !app.config.remote_dcs.is_empty() {
             crate::replication::owner::trim_outboxes(&app).await;
         }
+    }
+}
+
+/// Shards scanned for jobs to retire per tick: a full pass over the shards takes about
+/// `RETIRE_PASS_TICKS` ticks (10 s), each scan holding the state's read lock for one slice.
+const RETIRE_PASS_TICKS: u32 = 50;
+
+/// Retires finished jobs past the job retention in the next slice of shards (see
+/// `coopr_state::machine::retire`): their runs go to the job archive on disk.
+async fn retire_jobs(app: &App) {
+    let shard_count = app.config.shard_count;
+    let slice = shard_count.div_ceil(RETIRE_PASS_TICKS).max(1);
+    let first = app.retire_cursor.load(std::sync::atomic::Ordering::Relaxed) % shard_count;
+    let last = (first + slice - 1).min(shard_count - 1);
+    let cutoff = app
+        .clock
+        .wall_ms()
+        .saturating_sub(app.config.job_retention_ms);
+    let jobs = app
+        .core
+        .read()
+        .retirable_jobs(first..=last, cutoff, coopr_state::MAX_RETIRE_BATCH);
+    // Stay on this slice while it had a full batch: the rest of it comes next tick.
+    if jobs.len() < coopr_state::MAX_RETIRE_BATCH {
+        app.retire_cursor.store(
+            (last + 1) % shard_count,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    let count = jobs.len();
+    match app.propose_system(Command::RetireJobs { jobs }, None).await {
+        Ok(Ok(_)) => {
+            metrics::counter!("coopr_jobs_retired_total").increment(count as u64);
+            tracing::debug!(count, "retired finished jobs to the archive");
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "retiring jobs rejected"),
+        Err(e) => tracing::debug!(error = %e, "retiring jobs not proposed"),
     }
 }
 

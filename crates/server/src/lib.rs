@@ -9,7 +9,7 @@
 //!                  api::* handlers --validate--> Core::propose(Command) --> Raft (majority fsync)
 //!                        ^                                                     |
 //!                  Core::read() <---- local State <---- DcStateMachine::apply (every node)
-//!  driver (leader only): seed, ExpireTasks, ReleaseProvisioner --> Core::propose
+//!  driver (leader only): seed, ExpireTasks, ReleaseProvisioner, RetireJobs --> Core::propose
 //!  replication::puller (leader only): pull other DCs' shards --> ApplyReplicationBatch
 //!  replication::owner: POST /internal/replication/pull (leader only) <-- other DCs' pullers
 //! ```
@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod app;
+pub mod archive;
 pub mod clock;
 pub mod config;
 pub mod console;

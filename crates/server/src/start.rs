@@ -221,6 +221,22 @@ impl Storage {
         }
     }
 
+    /// Opens the node's job archive (`raft/archive.redb`; in memory without a data dir: it is
+    /// rebuilt from the DC log's snapshot at every start anyway, see [`crate::archive`]).
+    async fn archive(&self, config: &ServerConfig) -> anyhow::Result<Arc<coopr_store::Archive>> {
+        match self {
+            Storage::DataDir => {
+                let path = config.data_dir.join("raft").join("archive.redb");
+                let archive =
+                    tokio::task::spawn_blocking(move || coopr_store::Archive::open(&path))
+                        .await?
+                        .context("cannot open the job archive")?;
+                Ok(Arc::new(archive))
+            }
+            Storage::Given { .. } => Ok(Arc::new(coopr_store::Archive::in_memory())),
+        }
+    }
+
     /// Opens (or takes) the placement group's stores.
     async fn placement(&self, config: &ServerConfig) -> anyhow::Result<RaftStores> {
         match self {
@@ -336,7 +352,8 @@ pub async fn start_with(
     options.storage.prepare(&config)?;
     let stores = options.storage.dc_log(&config).await?;
     let clock = options.clock.clone();
-    let (state_machine, parts) = Core::state_machine(config.shard_count);
+    let archive = options.storage.archive(&config).await?;
+    let (state_machine, parts) = Core::state_machine(config.shard_count, archive);
     let members: BTreeMap<u64, String> = if config.members.is_empty() {
         // A DC of one: no peer ever calls this address.
         BTreeMap::from([(config.node_id, "http://127.0.0.1:1".to_string())])
@@ -431,6 +448,7 @@ pub async fn start_with(
         clock,
         heartbeats: Mutex::new(BTreeMap::new()),
         next_shard: AtomicU32::new(0),
+        retire_cursor: AtomicU32::new(0),
         takes_in_flight: Default::default(),
         seen_seeded: Default::default(),
         leader_since: Mutex::new(None),

@@ -1708,3 +1708,91 @@ async fn the_nodes_of_every_dc_are_listed_for_the_superadmin_only() {
     assert_eq!(nodes[0]["ready"], true, "{nodes:?}");
     srv.stop().await;
 }
+
+/// Past the job retention (2 s here), the leader retires finished jobs out of memory to the
+/// job archive: the cluster's plans, one plan, `/status` and the listing answer exactly as
+/// they did from memory, and still do after a restart (the log re-applies the retirement into
+/// a fresh archive) and after one with a snapshot taken in between (the archive comes back
+/// from the snapshot).
+#[tokio::test]
+async fn retired_jobs_are_served_from_the_archive_across_restarts() {
+    let retention_ms = 2_000;
+    let srv = TestServer::start_with(|c| {
+        c.job_retention_ms = retention_ms;
+        c.snapshot_every = 1_000_000;
+    })
+    .await;
+    let worker = Worker::register(&srv, "p1", "w1").await;
+    let id = srv.create_cluster("lamp", 2).await;
+    worker.drive().await;
+    async fn seen(srv: &TestServer, id: &str) -> (Value, Value, Value, Value) {
+        let plans = srv
+            .get(&format!("/v2/clusters/{id}/plans"), &Auth::Demo)
+            .await
+            .assert_ok()
+            .clone();
+        let create = plans[1]["id"].as_str().expect("a job id").to_string();
+        let one = srv
+            .get(&format!("/v2/clusters/{id}/plans/{create}"), &Auth::Demo)
+            .await
+            .assert_ok()
+            .clone();
+        let list = srv
+            .get("/v2/clusters", &Auth::Demo)
+            .await
+            .assert_ok()
+            .clone();
+        (plans, one, srv.cluster_status(id).await, list)
+    }
+    let parsed: coopr_types::ClusterId = id.parse().expect("cluster id");
+    let held = |srv: &TestServer| {
+        let state = srv.app().core.read();
+        let record = state.cluster(parsed).expect("cluster");
+        (record.jobs.len(), record.retired_jobs.len())
+    };
+    // Read within the retention: from memory (checked after the reads).
+    let finished = std::time::Instant::now();
+    let before = seen(&srv, &id).await;
+    assert_eq!(held(&srv), (2, 0));
+    assert!(finished.elapsed().as_millis() < u128::from(retention_ms));
+    assert_eq!(before.0.as_array().unwrap().len(), 2, "{}", before.0);
+    assert_eq!(before.2["actionstatus"], "complete");
+    wait_for("the jobs retired", || async {
+        (held(&srv) == (0, 2)).then_some(())
+    })
+    .await;
+    assert_eq!(seen(&srv, &id).await, before);
+    let missing = srv
+        .get(&format!("/v2/clusters/{id}/plans/{id}-009"), &Auth::Demo)
+        .await;
+    assert_eq!(missing.assert_error(400), "invalid_job_id");
+
+    // A restart re-applies the log: the retirement refills the archive.
+    let (dir, keep) = srv.stop().await;
+    let cfg = || {
+        let mut cfg = common::config(&dir);
+        cfg.job_retention_ms = retention_ms;
+        cfg
+    };
+    let srv = TestServer::start_config(cfg()).await;
+    wait_for("the log re-applied", || async {
+        srv.app().core.read().cluster(parsed).map(|_| ())
+    })
+    .await;
+    assert_eq!(held(&srv), (0, 2));
+    assert_eq!(seen(&srv, &id).await, before);
+
+    // Now with a snapshot: the archive is restored from it.
+    let raft = srv.app().core.raft();
+    raft.trigger_snapshot().await.expect("snapshot");
+    wait_for("the snapshot", || async {
+        raft.status().snapshot_index.map(|_| ())
+    })
+    .await;
+    srv.stop().await;
+    let srv = TestServer::start_config(cfg()).await;
+    assert_eq!(held(&srv), (0, 2));
+    assert_eq!(seen(&srv, &id).await, before);
+    srv.stop().await;
+    drop(keep);
+}

@@ -339,6 +339,9 @@ pub fn config(sites: Sites, dc: &str, n: u64, nodes: u64) -> ServerConfig {
         replication_wait_ms: 2_000,
         // A task whose worker lost its answer is handed out again within the run.
         task_timeout_ms: 30_000,
+        // Finished jobs leave memory within the run, so retirement (and the archive's drop of
+        // a demoted shard) runs under the faults too.
+        job_retention_ms: 5_000,
         ..ServerConfig::default()
     }
 }

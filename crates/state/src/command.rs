@@ -203,6 +203,12 @@ pub enum Command {
     FinishTask(Box<TaskResult>),
     /// Times out every in-progress task whose deadline has passed.
     ExpireTasks,
+    /// Moves finished jobs out of memory into the job archive (see
+    /// [`crate::machine::retire`]), keeping their summaries; at most
+    /// [`crate::machine::retire::MAX_RETIRE_BATCH`] per entry.
+    RetireJobs {
+        jobs: Vec<coopr_types::JobId>,
+    },
     /// A provisioner stopped heartbeating: its in-progress tasks count as failed attempts.
     ReleaseProvisioner {
         id: String,

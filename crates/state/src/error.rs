@@ -90,6 +90,7 @@ pub enum ErrorCode {
     InvalidShard,
     InvalidEpoch,
     InvalidSeed,
+    RetireBatchTooLarge,
     ShardBusy,
     NotAReplica,
     NotCaughtUp,
@@ -115,7 +116,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 41] = [
+    pub const ALL: [ErrorCode; 42] = [
         ErrorCode::NotFound,
         ErrorCode::QuotaExceeded,
         ErrorCode::NotTaskOwner,
@@ -143,6 +144,7 @@ impl ErrorCode {
         ErrorCode::InvalidShard,
         ErrorCode::InvalidEpoch,
         ErrorCode::InvalidSeed,
+        ErrorCode::RetireBatchTooLarge,
         ErrorCode::ShardBusy,
         ErrorCode::NotAReplica,
         ErrorCode::NotCaughtUp,
@@ -189,6 +191,7 @@ impl ErrorCode {
             ErrorCode::InvalidShard => "invalid_shard",
             ErrorCode::InvalidEpoch => "invalid_epoch",
             ErrorCode::InvalidSeed => "invalid_seed",
+            ErrorCode::RetireBatchTooLarge => "retire_batch_too_large",
             ErrorCode::ShardBusy => "shard_busy",
             ErrorCode::NotAReplica => "not_a_replica",
             ErrorCode::NotCaughtUp => "not_caught_up",
@@ -269,7 +272,7 @@ mod tests {
     use super::*;
 
     /// Each code's string, pinned: clients, other DCs and stored snapshots read these.
-    const PINNED: [(ErrorCode, &str); 41] = [
+    const PINNED: [(ErrorCode, &str); 42] = [
         (ErrorCode::NotFound, "not_found"),
         (ErrorCode::QuotaExceeded, "quota_exceeded"),
         (ErrorCode::NotTaskOwner, "not_task_owner"),
@@ -297,6 +300,7 @@ mod tests {
         (ErrorCode::InvalidShard, "invalid_shard"),
         (ErrorCode::InvalidEpoch, "invalid_epoch"),
         (ErrorCode::InvalidSeed, "invalid_seed"),
+        (ErrorCode::RetireBatchTooLarge, "retire_batch_too_large"),
         (ErrorCode::ShardBusy, "shard_busy"),
         (ErrorCode::NotAReplica, "not_a_replica"),
         (ErrorCode::NotCaughtUp, "not_caught_up"),
@@ -376,6 +380,7 @@ mod tests {
                 | ErrorCode::InvalidShard
                 | ErrorCode::InvalidEpoch
                 | ErrorCode::InvalidSeed
+                | ErrorCode::RetireBatchTooLarge
                 | ErrorCode::ShardBusy
                 | ErrorCode::NotAReplica
                 | ErrorCode::NotCaughtUp

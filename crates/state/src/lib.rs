@@ -17,11 +17,12 @@ pub mod resources;
 
 pub use command::*;
 pub use error::{CommandError, ErrorCode};
+pub use machine::retire::{ArchiveEffect, MAX_RETIRE_BATCH};
 pub use machine::*;
 pub use ownership::{resumed_run, LostOperation, IDS_PER_EPOCH, LOST_OPERATIONS_CAPACITY};
 pub use persist::{
-    decode_entry, decode_parts, encode_entry, encode_parts, recover, snapshot_of, PersistError,
-    Recovered,
+    archive_part, archive_part_shard, decode_entry, decode_parts, encode_entry, encode_parts,
+    recover, snapshot_of, PersistError, Recovered, ARCHIVE_PART_BASE,
 };
 pub use replication::{
     ApplyError, ClusterShardView, ClusterView, GlobalRecord, GlobalView, InFlight, JobSummary,

@@ -72,7 +72,7 @@ pub struct LostOperation {
 }
 
 impl LostOperation {
-    fn of(record: &Record, clusters: &BTreeMap<ClusterId, ClusterRecord>) -> LostOperation {
+    fn of(record: &Record, clusters: &BTreeMap<ClusterId, Box<ClusterRecord>>) -> LostOperation {
         let idempotency_key = match &record.kind {
             RecordKind::OperationStarted {
                 idempotency_key, ..
@@ -115,7 +115,7 @@ impl LostOperation {
     }
 }
 
-fn tenant_of(clusters: &BTreeMap<ClusterId, ClusterRecord>, id: ClusterId) -> Option<String> {
+fn tenant_of(clusters: &BTreeMap<ClusterId, Box<ClusterRecord>>, id: ClusterId) -> Option<String> {
     clusters
         .get(&id)
         .map(|c| c.cluster.account.tenant_id.clone())
@@ -419,6 +419,10 @@ impl State {
         } else {
             let data = self.shards.insert(shard, ClusterShard::default());
             let data = data.unwrap_or_default();
+            // What this DC archived of the shard goes with it: a new owner may reuse the job
+            // numbers of operations lost here.
+            self.archive_effects
+                .push(crate::machine::retire::ArchiveEffect::DropShard(shard));
             let view = ReplicaData::Clusters(ClusterShardView {
                 clusters: data
                     .clusters
@@ -591,7 +595,7 @@ impl State {
             if let Some(run) = record.jobs.values().next() {
                 resumed.push(run.job.id);
             }
-            clusters.insert(id, record);
+            clusters.insert(id, Box::new(record));
         }
         if outbox.epoch > 1 {
             next_n = next_n.max(outbox.epoch.saturating_mul(IDS_PER_EPOCH));
@@ -673,7 +677,8 @@ fn adopted_record(
         next_job_seq,
         service_defs,
         shipped,
-        adopted_jobs: summaries,
+        adopted_jobs: summaries.into_iter().collect(),
+        retired_jobs: coopr_types::VecMap::new(),
     }
 }
 

@@ -22,6 +22,22 @@ pub const LOCAL_PART: u32 = u32::MAX - 1;
 pub const GLOBAL_REPLICA_PART: u32 = u32::MAX - 2;
 /// Replica parts of cluster shards: this plus the shard number (so shard counts stay below it).
 pub const REPLICA_PART_BASE: u32 = 1 << 31;
+/// Job archive parts (the node's archive of retired jobs, see [`crate::machine::retire`]):
+/// this plus the shard number. [`decode_parts`] leaves them to the archive.
+pub const ARCHIVE_PART_BASE: u32 = 1 << 30;
+
+/// The snapshot part holding what the job archive keeps of `shard`.
+pub fn archive_part(shard: ShardId) -> u32 {
+    assert!(shard.0 < ARCHIVE_PART_BASE);
+    ARCHIVE_PART_BASE + shard.0
+}
+
+/// The shard whose archived jobs a snapshot part holds, if it is an archive part.
+pub fn archive_part_shard(part: u32) -> Option<ShardId> {
+    (ARCHIVE_PART_BASE..REPLICA_PART_BASE)
+        .contains(&part)
+        .then(|| ShardId(part - ARCHIVE_PART_BASE))
+}
 
 /// Entries replayed per read during recovery.
 const REPLAY_BATCH: usize = 1024;
@@ -179,6 +195,8 @@ pub fn decode_parts<'a>(
                 }
                 local = decoded.local;
             }
+            // The job archive's parts: restored by the node's archive, not into the state.
+            ARCHIVE_PART_BASE..REPLICA_PART_BASE => {}
             REPLICA_PART_BASE.. => {
                 let replica: ReplicaShard = decode_part(part, bytes)?;
                 replicas.insert(replica.shard, replica);

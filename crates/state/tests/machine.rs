@@ -720,3 +720,114 @@ fn entry_times_never_go_backwards() {
     let third = h.create_ok("base", 1);
     assert!(h.state.cluster(third).unwrap().cluster.create_time > created);
 }
+
+/// Retiring finished jobs takes their runs out of the record into archive effects and keeps
+/// their summaries: progress and the replicated view do not change, a running job is not
+/// retired, and a batch over the bound is refused with nothing changed.
+#[test]
+fn retired_jobs_leave_memory_and_keep_their_summaries() {
+    use coopr_state::{ArchiveEffect, MAX_RETIRE_BATCH};
+    let mut h = Harness::new(4);
+    let id = h.create_ok("lamp", 1);
+    h.drive();
+    let before = h.state.cluster(id).unwrap().clone();
+    let view_before = h.state.replicated_view(ShardId(0));
+    let summary_before = before.latest_summary().expect("a latest job");
+    assert_eq!(summary_before.action, ClusterAction::ClusterCreate);
+
+    // A job still running is not retirable: start a stop and look before it ends.
+    let running_cutoff = h.now_ms + 10;
+    h.ok(Command::StartOperation {
+        cluster: id,
+        action: ClusterAction::StopServices,
+        services: vec![],
+        config: None,
+    });
+    let retirable = h.state.retirable_jobs(0..=3, running_cutoff, 100);
+    assert_eq!(
+        retirable.len(),
+        2,
+        "layout and create, not the stop: {retirable:?}"
+    );
+    assert!(retirable.iter().all(|j| j.cluster == id && j.seq <= 2));
+    assert!(h.state.take_archive_effects().is_empty());
+
+    let too_many = vec![retirable[0]; MAX_RETIRE_BATCH + 1];
+    let refused = h.apply(Command::RetireJobs { jobs: too_many }).unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::RetireBatchTooLarge.as_str());
+    assert_eq!(h.state.cluster(id).unwrap().jobs.len(), 3);
+
+    let mut with_running = retirable.clone();
+    with_running.push(coopr_types::JobId {
+        cluster: id,
+        seq: 3,
+    });
+    assert_eq!(
+        h.ok(Command::RetireJobs { jobs: with_running }),
+        Outcome::Done
+    );
+    let record = h.state.cluster(id).unwrap();
+    assert_eq!(record.jobs.keys().copied().collect::<Vec<_>>(), vec![3]);
+    assert_eq!(
+        record.retired_jobs.keys().copied().collect::<Vec<_>>(),
+        retirable
+    );
+    let effects = h.state.take_archive_effects();
+    let archived: Vec<_> = effects
+        .iter()
+        .map(|e| match e {
+            ArchiveEffect::Retired(run) => run.job.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(archived, retirable);
+    let ArchiveEffect::Retired(create) = &effects[1] else {
+        unreachable!()
+    };
+    assert_eq!(create, &Box::new(before.jobs[&2].clone()));
+    assert!(h.state.take_archive_effects().is_empty());
+
+    // Once the stop ends, it is the latest job; retiring it too leaves no run in memory, and
+    // the summaries answer for the cluster as the runs did.
+    h.drive();
+    let stop = coopr_types::JobId {
+        cluster: id,
+        seq: 3,
+    };
+    assert_eq!(
+        h.ok(Command::RetireJobs { jobs: vec![stop] }),
+        Outcome::Done
+    );
+    assert_eq!(
+        h.ok(Command::RetireJobs { jobs: vec![stop] }),
+        Outcome::Unchanged
+    );
+    let record = h.state.cluster(id).unwrap();
+    assert!(record.jobs.is_empty());
+    let latest = record.latest_summary().unwrap();
+    assert_eq!(
+        (latest.id, latest.action),
+        (stop, ClusterAction::StopServices)
+    );
+    assert_eq!(latest.status, JobStatus::Complete);
+    assert_eq!(h.state.take_archive_effects().len(), 1);
+
+    // The replicated view is the same whether jobs are held whole or retired (the stop added
+    // one summary), and a restart from snapshot and log rebuilds the same state.
+    let view_after = h.state.replicated_view(ShardId(0));
+    let jobs = |v: &Value| v["clusters"][id.to_string()]["jobs"].clone();
+    let mut expected = jobs(&view_before);
+    expected[stop.to_string()] = serde_json::to_value(&latest).unwrap();
+    assert_eq!(jobs(&view_after), expected);
+    assert_eq!(
+        jobs(&view_before).as_object().unwrap().len(),
+        1,
+        "the create"
+    );
+    let store = MemStore::new();
+    store
+        .append(&h.log.iter().map(encode_entry).collect::<Vec<_>>())
+        .unwrap();
+    let recovered = recover(&store, 4).unwrap().state;
+    assert_eq!(parts_of(&recovered), h.parts());
+}

@@ -52,6 +52,7 @@
 //! [`conformance`] is the suite every implementation must pass; `tests/conformance.rs` runs it
 //! against both stores.
 
+mod archive;
 mod codec;
 pub mod conformance;
 mod error;
@@ -61,6 +62,7 @@ mod rules;
 
 use std::collections::BTreeMap;
 
+pub use archive::{Archive, ArchiveKey};
 pub use error::StoreError;
 pub use mem::MemStore;
 pub use redb_store::{tables, RedbStore};

@@ -128,20 +128,22 @@ pub struct NodeProperties {
     pub automators: Vec<String>,
 }
 
-/// One entry of a node's action history (capped at [`Node::MAX_ACTIONS`]).
+/// One entry of a node's action history (capped at [`Node::MAX_ACTIONS`]). Every node of
+/// every cluster keeps one per task it ran, so the strings are boxed (16 bytes inline, not 24,
+/// and never any spare capacity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeAction {
     pub task_id: TaskId,
-    pub service: String,
+    pub service: Box<str>,
     pub action: TaskName,
     pub submit_time: u64,
     pub status_time: u64,
     pub status: TaskStatus,
     #[serde(default)]
-    pub stdout: String,
+    pub stdout: Box<str>,
     #[serde(default)]
-    pub stderr: String,
+    pub stderr: Box<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -512,11 +512,29 @@ async fn plans(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<Value>>> {
     with_cluster(&app, &caller, &id, |r| {
-        if r.jobs.is_empty() {
+        // Under the state's read lock: a job is either still in the record or in the archive.
+        let mut runs: BTreeMap<u32, Value> = app
+            .core
+            .archive()
+            .jobs_of(r.cluster.id)
+            .map_err(archive_unreadable)?
+            .iter()
+            .map(|run| (run.job.id.seq, views::plan(run)))
+            .collect();
+        runs.extend(r.jobs.iter().map(|(seq, run)| (*seq, views::plan(run))));
+        if runs.is_empty() {
             return Err(ApiError::not_found("plans for cluster", r.cluster.id));
         }
-        Ok(Json(r.jobs.values().map(views::plan).collect()))
+        Ok(Json(runs.into_values().collect()))
     })
+}
+
+fn archive_unreadable(e: anyhow::Error) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "archive_unreadable",
+        format!("the job archive cannot be read: {e:#}"),
+    )
 }
 
 async fn plan(
@@ -534,9 +552,14 @@ async fn plan(
                 format!("job {job} is not a job of cluster {}", r.cluster.id),
             ));
         }
-        r.jobs
-            .get(&job.seq)
-            .map(|run| Json(views::plan(run)))
+        if let Some(run) = r.jobs.get(&job.seq) {
+            return Ok(Json(views::plan(run)));
+        }
+        app.core
+            .archive()
+            .job(job)
+            .map_err(archive_unreadable)?
+            .map(|run| Json(views::plan(&run)))
             .ok_or_else(|| ApiError::bad_request("invalid_job_id", format!("no job {job}")))
     })
 }

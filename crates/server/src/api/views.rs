@@ -8,16 +8,13 @@ use serde_json::{json, Map, Value};
 
 /// `{action, actionstatus, stepstotal, stepscompleted}` of the latest job.
 pub fn progress(record: &ClusterRecord) -> Value {
-    match record.latest_job() {
-        Some(run) => {
-            let (total, completed) = run.steps();
-            json!({
-                "action": run.job.action.as_str(),
-                "actionstatus": run.job.status.as_str(),
-                "stepstotal": total,
-                "stepscompleted": completed,
-            })
-        }
+    match record.latest_summary() {
+        Some(job) => json!({
+            "action": job.action.as_str(),
+            "actionstatus": job.status.as_str(),
+            "stepstotal": job.stepstotal,
+            "stepscompleted": job.stepscompleted,
+        }),
         None => json!({"action": "", "actionstatus": "", "stepstotal": 0, "stepscompleted": 0}),
     }
 }

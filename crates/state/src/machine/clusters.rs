@@ -48,9 +48,9 @@ impl State {
                 let c = &r.cluster;
                 // A delete that failed is not retried in a loop: the cluster stays listed
                 // for the operator (admin API) like any failed delete.
-                let delete_failed = r.jobs.values().next_back().is_some_and(|j| {
-                    j.job.action == coopr_types::ClusterAction::ClusterDelete
-                        && j.job.status == coopr_types::JobStatus::Failed
+                let delete_failed = r.latest_summary().is_some_and(|j| {
+                    j.action == coopr_types::ClusterAction::ClusterDelete
+                        && j.status == coopr_types::JobStatus::Failed
                 });
                 c.status != ClusterStatus::Terminated
                     && c.status != ClusterStatus::Pending
@@ -97,7 +97,13 @@ impl State {
                 ),
             ));
         }
-        let (live_clusters, live_nodes) = self.tenant_usage(&tenant);
+        // Counting the tenant's clusters visits every cluster the DC holds: only a tenant
+        // with a quota pays for it (an unlimited one could not exceed 2^31 clusters anyway).
+        let (live_clusters, live_nodes) = if limited {
+            self.tenant_usage(&tenant)
+        } else {
+            (0, 0)
+        };
         if live_clusters + 1 > u64::from(tenant.max_clusters) {
             return Err(CommandError::QuotaExceeded {
                 tenant: tenant.name,
@@ -213,9 +219,10 @@ impl State {
             next_job_seq: 1,
             service_defs,
             shipped: None,
-            adopted_jobs: BTreeMap::new(),
+            adopted_jobs: coopr_types::VecMap::new(),
+            retired_jobs: coopr_types::VecMap::new(),
         };
-        shard_state.clusters.insert(id, record);
+        shard_state.clusters.insert(id, Box::new(record));
         // Coopr runs a solve_layout job first; here the layout was solved before the command was
         // proposed, so that job is recorded as already complete.
         let solve = JobId {

@@ -286,7 +286,7 @@ impl State {
     }
 }
 
-fn job_summary(run: &JobRun) -> JobSummary {
+pub(crate) fn job_summary(run: &JobRun) -> JobSummary {
     let (stepstotal, stepscompleted) = run.steps();
     JobSummary {
         id: run.job.id,
@@ -317,7 +317,19 @@ pub(crate) fn cluster_view(record: &ClusterRecord) -> ClusterView {
         .values()
         .filter(|run| run.job.status.is_finished() && run.job.action != ClusterAction::SolveLayout)
         .map(|run| (run.job.id, job_summary(run)))
-        .chain(record.adopted_jobs.clone())
+        .chain(
+            record
+                .retired_jobs
+                .iter()
+                .filter(|(_, summary)| summary.action != ClusterAction::SolveLayout)
+                .map(|(id, summary)| (*id, summary.clone())),
+        )
+        .chain(
+            record
+                .adopted_jobs
+                .iter()
+                .map(|(id, summary)| (*id, summary.clone())),
+        )
         .collect();
     ClusterView {
         cluster: record.cluster.clone(),

@@ -31,6 +31,7 @@
 mod catalog;
 mod clusters;
 mod emit;
+pub mod retire;
 mod service_pool;
 mod tasks;
 
@@ -94,8 +95,13 @@ pub struct ClusterRecord {
     pub shipped: Option<ShippedOperation>,
     /// Finished jobs of the cluster under a previous owner DC (their summaries, as replicated):
     /// the job history of a cluster this DC adopted in a handover.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub adopted_jobs: BTreeMap<JobId, JobSummary>,
+    #[serde(default, skip_serializing_if = "VecMap::is_empty")]
+    pub adopted_jobs: VecMap<JobId, JobSummary>,
+    /// Finished jobs moved out of memory after the job retention (see [`retire`]): their
+    /// summaries stay here (progress, the replicated view), the whole runs are in the node's
+    /// job archive.
+    #[serde(default, skip_serializing_if = "VecMap::is_empty")]
+    pub retired_jobs: VecMap<JobId, JobSummary>,
 }
 
 /// An in-flight operation as shipped: its restart state, and the nodes as it started plus its
@@ -112,6 +118,22 @@ impl ClusterRecord {
         self.jobs.values().next_back()
     }
 
+    /// The latest job as a summary, whether it is held whole, retired to the archive or was
+    /// adopted from a previous owner: what `progress` and `/status` show.
+    pub fn latest_summary(&self) -> Option<JobSummary> {
+        let held = self.latest_job().map(emit::job_summary);
+        let older = [
+            self.retired_jobs.values().next_back(),
+            self.adopted_jobs.values().next_back(),
+        ];
+        older
+            .into_iter()
+            .flatten()
+            .cloned()
+            .chain(held)
+            .max_by_key(|summary| summary.id.seq)
+    }
+
     fn running_job(&self) -> Option<&JobRun> {
         self.jobs.values().find(|j| !j.job.status.is_finished())
     }
@@ -126,6 +148,8 @@ impl ClusterRecord {
             run.job.stages.shrink_to_fit();
         }
         self.jobs.shrink_to_fit();
+        self.retired_jobs.shrink_to_fit();
+        self.adopted_jobs.shrink_to_fit();
         for node in self.nodes.values_mut() {
             node.actions.shrink_to_fit();
             node.properties.services.shrink_to_fit();
@@ -140,7 +164,9 @@ impl ClusterRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterShard {
     pub next_n: u64,
-    pub clusters: BTreeMap<ClusterId, ClusterRecord>,
+    /// Boxed: a record is over a kilobyte inline, and a B-tree node keeps room for eleven
+    /// values, so inline records left most of a node's bytes empty (see `coopr-bench scale`).
+    pub clusters: BTreeMap<ClusterId, Box<ClusterRecord>>,
     /// Records for the replicas of this shard.
     #[serde(default)]
     pub replication: Outbox,
@@ -194,12 +220,16 @@ pub struct State {
     /// Records the cluster shards' outboxes hold at most together
     /// ([`crate::replication::DC_OUTBOX_CAPACITY`]; a test may set less).
     pub(crate) outbox_capacity: usize,
+    /// What the job archive must do for the entries applied since it was last drained
+    /// ([`State::take_archive_effects`]): jobs retired out of memory, shards dropped.
+    pub(crate) archive_effects: Vec<retire::ArchiveEffect>,
 }
 
 impl State {
     pub fn new(shard_count: u32) -> State {
-        // Snapshot part ids of replicas sit above 2^31 (see `persist`).
-        assert!(shard_count > 0 && shard_count < 1 << 31);
+        // Snapshot part ids of the job archive sit above 2^30, of replicas above 2^31 (see
+        // `persist`).
+        assert!(shard_count > 0 && shard_count < crate::persist::ARCHIVE_PART_BASE);
         State {
             shard_count,
             global: GlobalShard::default(),
@@ -214,6 +244,7 @@ impl State {
             applying_key: None,
             service_pool: service_pool::ServicePool::default(),
             outbox_capacity: crate::replication::DC_OUTBOX_CAPACITY,
+            archive_effects: Vec::new(),
         }
     }
 
@@ -268,17 +299,21 @@ impl State {
             .get(&id.shard(self.shard_count))?
             .clusters
             .get(&id)
+            .map(|record| &**record)
     }
 
     fn cluster_mut(&mut self, id: ClusterId) -> Result<&mut ClusterRecord, CommandError> {
         self.shards
             .get_mut(&id.shard(self.shard_count))
             .and_then(|s| s.clusters.get_mut(&id))
+            .map(|record| &mut **record)
             .ok_or_else(|| CommandError::not_found("cluster", id))
     }
 
     pub fn clusters(&self) -> impl Iterator<Item = &ClusterRecord> {
-        self.shards.values().flat_map(|s| s.clusters.values())
+        self.shards
+            .values()
+            .flat_map(|s| s.clusters.values().map(|record| &**record))
     }
 
     pub fn job(&self, id: JobId) -> Option<&JobRun> {
@@ -476,6 +511,7 @@ impl State {
             ),
             Command::FinishTask(result) => self.finish_task(result, now),
             Command::ExpireTasks => self.expire_tasks(now, None),
+            Command::RetireJobs { jobs } => self.retire_jobs(jobs),
             Command::ReleaseProvisioner { id } => self.expire_tasks(now, Some(id)),
             Command::RegisterProvisioner { info } => self.register_provisioner(info),
             Command::UnregisterProvisioner { id } => self.unregister_provisioner(id),

@@ -109,13 +109,13 @@ impl State {
             if let Some(node) = record.nodes.get_mut(&task.node_id) {
                 node.push_action(NodeAction {
                     task_id,
-                    service: task.service.clone(),
+                    service: task.service.as_str().into(),
                     action: task.task_name,
                     submit_time: now,
                     status_time: now,
                     status: TaskStatus::InProgress,
-                    stdout: String::new(),
-                    stderr: String::new(),
+                    stdout: Box::default(),
+                    stderr: Box::default(),
                 });
             }
         }
@@ -173,8 +173,8 @@ impl State {
                     TaskStatus::Failed
                 };
                 entry.status_time = now;
-                entry.stdout = truncate_output(&result.stdout);
-                entry.stderr = truncate_output(&result.stderr);
+                entry.stdout = truncate_output(&result.stdout).into_boxed_str();
+                entry.stderr = truncate_output(&result.stderr).into_boxed_str();
             }
         }
         apply_effects(record, action, &effects);
