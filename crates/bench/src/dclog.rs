@@ -123,6 +123,20 @@ impl Proc {
         Ok(())
     }
 
+    /// Resident memory now (`VmRSS` of `/proc/<pid>/status`, Linux), in bytes.
+    pub(crate) fn resident(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     /// CPU time (user + system) used so far, from `/proc/<pid>/stat` (Linux).
     fn cpu_time(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;

@@ -31,6 +31,7 @@ mod breakdown;
 mod dclog;
 mod failover;
 mod fsync;
+mod memory;
 mod ops;
 mod plan;
 mod reseed;
@@ -75,6 +76,9 @@ enum Scenario {
     Reseed(reseed::ReseedArgs),
     /// What a cluster costs the state in memory and in snapshots, by part (no I/O).
     Scale(scale::ScaleArgs),
+    /// Resident memory and disk of a real 1-node DC holding N ACTIVE clusters, with finished
+    /// jobs in memory and retired to the job archive.
+    Memory(memory::MemoryArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,5 +117,11 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Reseed(args) => reseed::run(args),
         Scenario::Scale(args) => scale::run(args),
+        Scenario::Memory(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(memory::run(args))
+        }
     }
 }

@@ -148,8 +148,12 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
         }
         retire_jobs(&app).await;
         crate::tenant_push::push(&app).await;
-        if app.config.trim_outboxes && !app.config.remote_dcs.is_empty() {
-            crate::replication::owner::trim_outboxes(&app).await;
+        if app.config.trim_outboxes {
+            if app.config.remote_dcs.is_empty() {
+                trim_outboxes_alone(&app).await;
+            } else {
+                crate::replication::owner::trim_outboxes(&app).await;
+            }
         }
     }
 }
@@ -191,6 +195,35 @@ async fn retire_jobs(app: &App) {
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "retiring jobs rejected"),
         Err(e) => tracing::debug!(error = %e, "retiring jobs not proposed"),
+    }
+}
+
+/// Records an outbox of a DC without other DCs may hold before the driver drops them.
+const ALONE_OUTBOX_RECORDS: usize = 32;
+
+/// A DC alone in its deployment has no replica to ship records to, so nothing would ever
+/// trim its outboxes: they grew to their capacity (500,000 records for the DC, about 1 GB)
+/// and stayed there. The driver drops an outbox's records once it holds
+/// [`ALONE_OUTBOX_RECORDS`]; a DC added later is seeded from a snapshot, as any replica
+/// behind a dropped record is.
+async fn trim_outboxes_alone(app: &App) {
+    let trims: Vec<(ShardId, u64)> = {
+        let state = app.core.read();
+        (0..state.shard_count())
+            .map(ShardId)
+            .chain([ShardId::GLOBAL])
+            .filter_map(|shard| {
+                let outbox = state.outbox(shard)?;
+                (outbox.records.len() >= ALONE_OUTBOX_RECORDS)
+                    .then(|| (shard, outbox.next_seq.saturating_sub(1)))
+            })
+            .collect()
+    };
+    for (shard, through_seq) in trims {
+        let trim = Command::TrimOutbox { shard, through_seq };
+        if let Ok(Err(e)) = app.propose_system(trim, None).await {
+            tracing::warn!(%shard, through_seq, error = %e, "outbox trim rejected");
+        }
     }
 }
 

@@ -71,7 +71,9 @@ fn decode(key: ArchiveKey, value: &[u8]) -> Result<Vec<u8>, StoreError> {
 impl Archive {
     /// Opens (or creates) the archive file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Archive, StoreError> {
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(crate::redb_store::CACHE_BYTES / 2)
+            .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(JOBS)?;
         txn.commit()?;

@@ -33,6 +33,13 @@ pub mod tables {
     pub const COMPACTED_THROUGH_KEY: &str = "compacted_through";
 }
 
+/// redb's page cache per file, in bytes. redb's default is 1 GiB per database, and a node
+/// opens several (the DC log's log and snapshots, the job archive, the placement group's):
+/// written pages stayed cached up to that ceiling, most of a node's resident memory (see
+/// `coopr-bench memory`). The log is read near its end and snapshots rarely, so a small
+/// cache costs them nothing measurable.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// The durable [`LogStore`]: one redb file, one fsync'd write transaction per mutating call.
 ///
 /// redb runs one write transaction at a time, and each call reads `last_index` and writes in
@@ -55,7 +62,10 @@ impl RedbStore {
     /// process holds it open, or if its layout is not [`tables::FORMAT_VERSION`] or breaks the log
     /// invariants.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        Self::open_database(Database::create(path)?, None)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
+        Self::open_database(db, None)
     }
 
     /// A store in a fresh temporary directory, deleted when the store is dropped (tests).

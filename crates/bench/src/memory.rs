@@ -1,0 +1,251 @@
+//! `memory`: what a real node holds per cluster. A 1-node DC (`coopr server`, demo mode, its
+//! workers on the fake cloud at zero latency) is given N one-machine `base` clusters through
+//! the REST API; once all are ACTIVE the server's resident memory and data dir are measured,
+//! twice: with the default job retention (finished jobs stay in memory for an hour) and with
+//! `job_retention_ms = 0` (they go to the job archive on disk as soon as the driver gets to
+//! them, which the run waits for).
+//!
+//! ```text
+//!  coopr-bench ──POST /v2/clusters × N (C clients)──► coopr server (1 node) ◄── its workers
+//!      └── all ACTIVE (and, retention 0, every job retired) ──► VmRSS, du of raft/*.redb
+//! ```
+//!
+//! Builds nothing: it runs the release `coopr` binary (`cargo build --release -p coopr`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::dclog::{coopr_bin, coopr_roles, set_demo_workers, Proc};
+use crate::ops::Api;
+
+#[derive(clap::Args, Debug)]
+pub struct MemoryArgs {
+    /// The release `coopr` binary (build it first: `cargo build --release -p coopr`).
+    #[arg(long, default_value = "target/release/coopr")]
+    coopr_bin: PathBuf,
+    /// Directory under which the temporary data dir is made.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// One-machine clusters to create.
+    #[arg(long, default_value_t = 5_000)]
+    clusters: u32,
+    /// Concurrent clients creating them.
+    #[arg(long, default_value_t = 16)]
+    clients: u32,
+    /// Demo workers of the node.
+    #[arg(long, default_value_t = 16)]
+    workers: u32,
+}
+
+/// What one run measured.
+struct Measured {
+    retention: &'static str,
+    baseline: u64,
+    resident: u64,
+    disk: Vec<(String, u64)>,
+    took: Duration,
+}
+
+pub async fn run(mut args: MemoryArgs) -> anyhow::Result<()> {
+    args.coopr_bin = coopr_bin(&args.coopr_bin)?;
+    std::fs::create_dir_all(&args.dir)?;
+    let mut rows = Vec::new();
+    for (retention, label) in [(None, "1 h (default)"), (Some(0), "0 (retired at once)")] {
+        let dir = tempfile::tempdir_in(&args.dir)?;
+        rows.push(run_once(&args, dir.path(), retention, label).await?);
+    }
+    let n = f64::from(args.clusters.max(1));
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let per = |b: u64| format!("{:.1} KB", b as f64 / n / 1e3);
+    println!("## coopr-bench memory\n");
+    println!(
+        "1-node DC, `coopr server` demo mode, {} one-machine `base` clusters created by {} \
+         clients and run by {} workers on the fake cloud (zero latency)\n",
+        args.clusters, args.clients, args.workers
+    );
+    println!("| job retention | resident at start | resident, all ACTIVE | per cluster (above start) | data dir files | run |");
+    println!("| --- | ---: | ---: | ---: | --- | ---: |");
+    for r in &rows {
+        let files: Vec<String> = r
+            .disk
+            .iter()
+            .map(|(name, bytes)| format!("{name} {}", mb(*bytes)))
+            .collect();
+        println!(
+            "| {} | {} | {} | {} | {} | {:.0} s |",
+            r.retention,
+            mb(r.baseline),
+            mb(r.resident),
+            per(r.resident.saturating_sub(r.baseline)),
+            files.join(", "),
+            r.took.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn run_once(
+    args: &MemoryArgs,
+    dir: &Path,
+    retention: Option<u64>,
+    label: &'static str,
+) -> anyhow::Result<Measured> {
+    let started = Instant::now();
+    let base = crate::dclog::free_coopr_base_dcs(1, 1)?;
+    let out = dir.join("coopr");
+    let init = Command::new(&args.coopr_bin)
+        .args([
+            "init-cluster",
+            "--dcs",
+            "1",
+            "--nodes-per-dc",
+            "1",
+            "--demo",
+        ])
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .with_context(|| format!("cannot run {}", args.coopr_bin.display()))?;
+    if !init.status.success() {
+        bail!(
+            "coopr init-cluster: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let config = out.join("a1.toml");
+    let _cloud = crate::wan::start_fake_cloud(&args.coopr_bin, &out, &config, 0)?;
+    set_demo_workers(&config, args.workers)?;
+    if let Some(ms) = retention {
+        let text = std::fs::read_to_string(&config)?;
+        std::fs::write(&config, format!("job_retention_ms = {ms}\n{text}"))?;
+    }
+    let mut command = Command::new(&args.coopr_bin);
+    command
+        .arg("server")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(&out);
+    let mut procs = vec![Proc::spawn("coopr a1", command, out.join("a1.log"))?];
+    let url = format!("http://127.0.0.1:{base}");
+    coopr_roles(&mut procs, std::slice::from_ref(&url)).await?;
+    let baseline = procs[0].resident().context("no VmRSS")?;
+    eprintln!("-- retention {label}: creating {} clusters", args.clusters);
+    let api = Arc::new(Api::new(url.clone())?);
+    let next = Arc::new(AtomicU32::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        let (api, next, total) = (api.clone(), next.clone(), args.clusters);
+        clients.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let mut tries = 0;
+                while let Err(e) = api.create(&format!("m{i}"), "base", 1).await {
+                    tries += 1;
+                    if tries > 50 {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await??;
+    }
+    // All ACTIVE (and with retention 0, nothing finished left in memory).
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        procs[0].check_alive()?;
+        let (_, list) = get_json_as(&api, &format!("{url}/v2/clusters")).await?;
+        let active = list
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|c| c["status"] == "active").count());
+        let retired = retired_jobs(&http, &url).await.unwrap_or(0);
+        let done = active == args.clusters as usize
+            && (retention.is_none() || retired >= 2 * u64::from(args.clusters));
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after 600 s: {active} of {} ACTIVE, {retired} jobs retired",
+                args.clusters
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Let the allocator settle after the last requests.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let resident = procs[0].resident().context("no VmRSS")?;
+    let mut disk = Vec::new();
+    for name in ["raft-log.redb", "raft-snapshot.redb", "archive.redb"] {
+        let path = find(&out, name);
+        disk.push((
+            name.to_string(),
+            path.and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len()),
+        ));
+    }
+    drop(procs);
+    Ok(Measured {
+        retention: label,
+        baseline,
+        resident,
+        disk,
+        took: started.elapsed(),
+    })
+}
+
+/// GET with the API's headers.
+async fn get_json_as(api: &Api, url: &str) -> anyhow::Result<(u16, Value)> {
+    let response = api.http.get(url).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// `coopr_jobs_retired_total` from the node's `/metrics`.
+async fn retired_jobs(http: &reqwest::Client, url: &str) -> Option<u64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("coopr_jobs_retired_total"))?
+        .split_whitespace()
+        .last()?
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as u64)
+}
+
+/// The first file called `name` under `dir`.
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+        if path.is_dir() {
+            if let Some(found) = find(&path, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
