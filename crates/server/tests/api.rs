@@ -1796,3 +1796,23 @@ async fn retired_jobs_are_served_from_the_archive_across_restarts() {
     srv.stop().await;
     drop(keep);
 }
+
+/// A DC alone in its deployment has no replica to ship records to: the driver drops its
+/// outboxes' records once one holds 32, so they do not fill up to the DC-wide capacity.
+#[tokio::test]
+async fn a_dc_alone_trims_its_outboxes() {
+    let srv = TestServer::start_with(|c| c.shard_count = 1).await;
+    let worker = Worker::register(&srv, "p1", "w1").await;
+    for _ in 0..12 {
+        srv.create_cluster("base", 1).await;
+        worker.drive().await;
+    }
+    let shard = coopr_types::ShardId(0);
+    wait_for("the outbox trimmed", || async {
+        let state = srv.app().core.read();
+        let outbox = state.outbox(shard).expect("shard 0");
+        (outbox.next_seq > 32 && outbox.records.len() < 32).then_some(())
+    })
+    .await;
+    srv.stop().await;
+}
