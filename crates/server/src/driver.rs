@@ -41,13 +41,15 @@ pub struct Now {
     pub mono_ms: u64,
 }
 
-/// The driver's decisions, without I/O: from the state, the time, the provisioner timeout and
-/// when each provisioner was last heard from (monotonic ms).
+/// The driver's decisions, without I/O: from the state, the time, the provisioner timeout,
+/// when each provisioner was last heard from (monotonic ms), and whether to look for orphaned
+/// clusters (a scan of every cluster: see [`OrphanScan`]).
 pub fn duties(
     state: &State,
     now: Now,
     provisioner_timeout_ms: u64,
     last_heard: impl Fn(&str) -> u64,
+    scan_orphans: bool,
 ) -> Vec<Duty> {
     let mut duties = Vec::new();
     if state.next_deadline().is_some_and(|d| d <= now.wall_ms) {
@@ -61,13 +63,49 @@ pub fn duties(
             .filter(|p| now.mono_ms.saturating_sub(last_heard(p)) > provisioner_timeout_ms)
             .map(|p| Duty::ReleaseProvisioner(p.clone())),
     );
-    duties.extend(
-        state
-            .orphaned_clusters()
-            .into_iter()
-            .map(Duty::DeleteOrphan),
-    );
+    if scan_orphans {
+        duties.extend(
+            state
+                .orphaned_clusters()
+                .into_iter()
+                .map(Duty::DeleteOrphan),
+        );
+    }
     duties
+}
+
+/// When the driver looks for orphaned clusters. The scan visits every cluster of the DC
+/// (about 0.2 s at a million), so not every tick: at once when the tenants changed (a tenant
+/// deleted, or created again: what makes clusters orphans), and every [`ORPHAN_SCAN_EVERY_MS`]
+/// for clusters that were in an operation at the time.
+#[derive(Default)]
+pub struct OrphanScan {
+    tenants: Vec<(String, String)>,
+    last_ms: Option<u64>,
+}
+
+/// Longest time between two scans for orphaned clusters.
+pub const ORPHAN_SCAN_EVERY_MS: u64 = 10_000;
+
+impl OrphanScan {
+    /// Whether to scan now; remembers the tenants and the time when it says yes.
+    pub fn due(&mut self, state: &State, mono_ms: u64) -> bool {
+        let tenants: Vec<(String, String)> = state
+            .global_data()
+            .tenants
+            .iter()
+            .map(|(name, t)| (name.clone(), t.id.clone()))
+            .collect();
+        let due = tenants != self.tenants
+            || self
+                .last_ms
+                .is_none_or(|last| mono_ms.saturating_sub(last) >= ORPHAN_SCAN_EVERY_MS);
+        if due {
+            self.tenants = tenants;
+            self.last_ms = Some(mono_ms);
+        }
+        due
+    }
 }
 
 /// Longest sleep between checks.
@@ -99,6 +137,7 @@ pub async fn become_leader(app: &App) -> anyhow::Result<()> {
 
 pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let mut last_term = 0;
+    let mut orphan_scan = OrphanScan::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -137,12 +176,17 @@ pub async fn run(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
             wall_ms: app.clock.wall_ms(),
             mono_ms: app.clock.mono_ms(),
         };
-        let due = duties(
-            &app.core.read(),
-            now,
-            app.config.provisioner_timeout_ms,
-            |p| app.last_heard(p),
-        );
+        let due = {
+            let state = app.core.read();
+            let scan_orphans = orphan_scan.due(&state, now.mono_ms);
+            duties(
+                &state,
+                now,
+                app.config.provisioner_timeout_ms,
+                |p| app.last_heard(p),
+                scan_orphans,
+            )
+        };
         for duty in due {
             perform(&app, duty).await;
         }
@@ -304,15 +348,38 @@ mod tests {
             wall_ms: 10_000,
             mono_ms: 50_000,
         };
-        assert_eq!(duties(&state, now, 30_000, |_| 0), Vec::new());
+        assert_eq!(duties(&state, now, 30_000, |_| 0, true), Vec::new());
         register(&mut state, "quiet");
         register(&mut state, "chatty");
         let heard = |p: &str| if p == "chatty" { 45_000 } else { 19_999 };
         assert_eq!(
-            duties(&state, now, 30_000, heard),
+            duties(&state, now, 30_000, heard, true),
             vec![Duty::ReleaseProvisioner("quiet".into())]
         );
         let just_in_time = |p: &str| if p == "chatty" { 45_000 } else { 20_000 };
-        assert_eq!(duties(&state, now, 30_000, just_in_time), Vec::new());
+        assert_eq!(duties(&state, now, 30_000, just_in_time, true), Vec::new());
+    }
+
+    /// The orphan scan runs at the first tick, then not again until the tenants change or
+    /// `ORPHAN_SCAN_EVERY_MS` passed.
+    #[test]
+    fn orphans_are_looked_for_when_tenants_change_and_every_ten_seconds() {
+        let mut state = State::new(6);
+        let mut scan = OrphanScan::default();
+        assert!(scan.due(&state, 1_000));
+        assert!(!scan.due(&state, 1_200));
+        assert!(!scan.due(&state, 1_000 + ORPHAN_SCAN_EVERY_MS - 1));
+        let tenant = coopr_types::Tenant {
+            id: "t-1".into(),
+            name: "t".into(),
+            description: String::new(),
+            workers: 0,
+            max_clusters: coopr_types::UNLIMITED,
+            max_nodes: coopr_types::UNLIMITED,
+        };
+        apply(&mut state, 2_000, Command::PutTenant { tenant });
+        assert!(scan.due(&state, 2_000), "a new tenant");
+        assert!(!scan.due(&state, 2_200));
+        assert!(scan.due(&state, 2_000 + ORPHAN_SCAN_EVERY_MS));
     }
 }

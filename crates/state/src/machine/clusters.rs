@@ -46,19 +46,19 @@ impl State {
         self.clusters()
             .filter(|r| {
                 let c = &r.cluster;
-                // A delete that failed is not retried in a loop: the cluster stays listed
-                // for the operator (admin API) like any failed delete.
-                let delete_failed = r.latest_summary().is_some_and(|j| {
-                    j.action == coopr_types::ClusterAction::ClusterDelete
-                        && j.status == coopr_types::JobStatus::Failed
-                });
+                // The cheap tests first: the driver runs this every tick over every cluster.
                 c.status != ClusterStatus::Terminated
                     && c.status != ClusterStatus::Pending
-                    && !delete_failed
                     && !global
                         .tenants
                         .get(&c.account.tenant_id)
                         .is_some_and(|t| c.account.belongs_to(t))
+                    // A delete that failed is not retried in a loop: the cluster stays listed
+                    // for the operator (admin API) like any failed delete.
+                    && !r.latest_summary().is_some_and(|j| {
+                        j.action == coopr_types::ClusterAction::ClusterDelete
+                            && j.status == coopr_types::JobStatus::Failed
+                    })
             })
             .map(|r| r.cluster.id)
             .collect()
