@@ -1,6 +1,7 @@
 //! `memory`: what a real node holds per cluster. A 1-node DC (`coopr server`, demo mode, its
 //! workers on the fake cloud at zero latency) is given N one-machine `base` clusters through
-//! the REST API; once all are ACTIVE the server's resident memory and data dir are measured,
+//! the REST API (each client waits for its cluster to be ACTIVE before the next); once all are
+//! ACTIVE the server's resident memory and data dir are measured,
 //! twice: with the default job retention (finished jobs stay in memory for an hour) and with
 //! `job_retention_ms = 0` (they go to the job archive on disk as soon as the driver gets to
 //! them, which the run waits for).
@@ -150,12 +151,27 @@ async fn run_once(
                     return Ok::<(), anyhow::Error>(());
                 }
                 let mut tries = 0;
-                while let Err(e) = api.create(&format!("m{i}"), "base", 1).await {
-                    tries += 1;
-                    if tries > 50 {
-                        return Err(e);
+                let id = loop {
+                    match api.create(&format!("m{i}"), "base", 1).await {
+                        Ok(id) => break id,
+                        Err(e) if tries > 50 => return Err(e),
+                        Err(_) => tries += 1,
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                // One create in flight per client: a backlog of thousands of pending
+                // clusters makes every take scan them (see BENCHMARKS.md, `memory`).
+                let status = format!("{}/v2/clusters/{id}/status", api.url);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let (_, s) = get_json_as(&api, &status).await?;
+                    if s["status"] == "active" {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("cluster {id} not ACTIVE after 60 s: {s}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }));
