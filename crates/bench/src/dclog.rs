@@ -123,28 +123,14 @@ impl Proc {
         Ok(())
     }
 
-    /// Resident memory now (`VmRSS` of `/proc/<pid>/status`, Linux), in bytes.
+    /// Resident memory now (`VmRSS`), in bytes.
     pub(crate) fn resident(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        crate::stats::memory_of(&self.child.id().to_string(), "VmRSS:")
     }
 
-    /// CPU time (user + system) used so far, from `/proc/<pid>/stat` (Linux).
+    /// CPU time (user + system) used so far.
     fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Duration::from_millis((utime + stime) * 10))
+        crate::stats::cpu_time_of(&self.child.id().to_string())
     }
 }
 
@@ -419,22 +405,7 @@ async fn start_coopr_dc(
 ) -> anyhow::Result<(Vec<Proc>, Vec<String>, Proc)> {
     let base = free_coopr_base(nodes)?;
     let out = dir.join(format!("coopr-{nodes}"));
-    let init = Command::new(&args.coopr_bin)
-        .args(["init-cluster", "--dcs", "1", "--nodes-per-dc"])
-        .arg(nodes.to_string())
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--out")
-        .arg(&out)
-        .arg("--demo")
-        .output()
-        .with_context(|| format!("cannot run {}", args.coopr_bin.display()))?;
-    if !init.status.success() {
-        bail!(
-            "coopr init-cluster failed: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-    }
+    init_cluster(&args.coopr_bin, 1, nodes, base, &out)?;
     let cloud = crate::wan::start_fake_cloud(&args.coopr_bin, &out, &out.join("a1.toml"), 0)?;
     let mut procs = Vec::new();
     let mut urls = Vec::new();
@@ -456,6 +427,37 @@ async fn start_coopr_dc(
         urls.push(format!("http://127.0.0.1:{}", base + i));
     }
     Ok((procs, urls, cloud))
+}
+
+/// Writes a demo deployment of `dcs` DCs of `nodes` nodes each into `out` with `coopr
+/// init-cluster --demo`, its ports from `base` on.
+pub(crate) fn init_cluster(
+    coopr_bin: &Path,
+    dcs: u16,
+    nodes: u16,
+    base: u16,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let init = Command::new(coopr_bin)
+        .arg("init-cluster")
+        .arg("--dcs")
+        .arg(dcs.to_string())
+        .arg("--nodes-per-dc")
+        .arg(nodes.to_string())
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--out")
+        .arg(out)
+        .arg("--demo")
+        .output()
+        .with_context(|| format!("cannot run {}", coopr_bin.display()))?;
+    if !init.status.success() {
+        bail!(
+            "coopr init-cluster failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Sets `demo_workers` in a config written by `coopr init-cluster --demo`.

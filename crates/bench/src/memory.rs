@@ -20,9 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
 
-use crate::dclog::{coopr_bin, coopr_roles, set_demo_workers, Proc};
+use crate::dclog::{coopr_bin, coopr_roles, get_json, set_demo_workers, Proc};
 use crate::ops::Api;
 
 #[derive(clap::Args, Debug)]
@@ -100,27 +99,7 @@ async fn run_once(
     let started = Instant::now();
     let base = crate::dclog::free_coopr_base_dcs(1, 1)?;
     let out = dir.join("coopr");
-    let init = Command::new(&args.coopr_bin)
-        .args([
-            "init-cluster",
-            "--dcs",
-            "1",
-            "--nodes-per-dc",
-            "1",
-            "--demo",
-        ])
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .with_context(|| format!("cannot run {}", args.coopr_bin.display()))?;
-    if !init.status.success() {
-        bail!(
-            "coopr init-cluster: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-    }
+    crate::dclog::init_cluster(&args.coopr_bin, 1, 1, base, &out)?;
     let config = out.join("a1.toml");
     let _cloud = crate::wan::start_fake_cloud(&args.coopr_bin, &out, &config, 0)?;
     set_demo_workers(&config, args.workers)?;
@@ -164,7 +143,7 @@ async fn run_once(
                 let status = format!("{}/v2/clusters/{id}/status", api.url);
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
-                    let (_, s) = get_json_as(&api, &status).await?;
+                    let (_, s) = get_json(&api.http, &status).await?;
                     if s["status"] == "active" {
                         break;
                     }
@@ -184,7 +163,10 @@ async fn run_once(
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         procs[0].check_alive()?;
-        let (_, list) = get_json_as(&api, &format!("{url}/v2/clusters")).await?;
+        // A listing that times out (2 s) counts as none ACTIVE yet: the deadline bounds it.
+        let list = get_json(&api.http, &format!("{url}/v2/clusters"))
+            .await
+            .map_or(serde_json::Value::Null, |(_, list)| list);
         let active = list
             .as_array()
             .map_or(0, |a| a.iter().filter(|c| c["status"] == "active").count());
@@ -222,13 +204,6 @@ async fn run_once(
         disk,
         took: started.elapsed(),
     })
-}
-
-/// GET with the API's headers.
-async fn get_json_as(api: &Api, url: &str) -> anyhow::Result<(u16, Value)> {
-    let response = api.http.get(url).send().await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
 /// `coopr_jobs_retired_total` from the node's `/metrics`.

@@ -130,15 +130,9 @@ pub(crate) fn steady_state(state: &mut State, now: &mut u64) -> anyhow::Result<(
     retire_jobs(state, now, |_| ())
 }
 
-/// Trims every cluster shard's outbox through its last record (every replica caught up).
+/// Trims every outbox through its last record (every replica caught up).
 pub(crate) fn trim_outboxes(state: &mut State, now: &mut u64) -> anyhow::Result<()> {
-    let trims: Vec<(ShardId, u64)> = state
-        .shards
-        .iter()
-        .filter(|(_, data)| !data.replication.records.is_empty())
-        .map(|(shard, data)| (*shard, data.replication.next_seq.saturating_sub(1)))
-        .collect();
-    for (shard, through_seq) in trims {
+    for (shard, through_seq) in state.outbox_ends(1) {
         apply(state, now, Command::TrimOutbox { shard, through_seq })?;
     }
     Ok(())

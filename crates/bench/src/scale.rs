@@ -307,19 +307,11 @@ impl Streamed {
         }
         // The global shard and the DC's own state: small parts.
         let started = Instant::now();
-        let rest = coopr_state::encode_parts(&coopr_state::State::from_parts(
-            state.shard_count(),
-            state.global.clone(),
-            Default::default(),
-            state.local.clone(),
-        ));
+        let global = serde_json::to_vec(&state.global)?.len();
+        let local = serde_json::to_vec(&state.local)?.len();
         streamed.encode += started.elapsed();
-        for part in rest
-            .iter()
-            .filter(|(id, _)| **id >= coopr_state::ARCHIVE_PART_BASE)
-        {
-            streamed.add(part.1.len());
-        }
+        streamed.add(global);
+        streamed.add(local);
         Ok(streamed)
     }
 
@@ -332,14 +324,7 @@ impl Streamed {
 
 /// The process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
 fn resident() -> (usize, usize) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
+    let field = |name| crate::stats::memory_of("self", name).unwrap_or(0) as usize;
     (field("VmRSS:"), field("VmHWM:"))
 }
 

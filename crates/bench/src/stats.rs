@@ -51,13 +51,33 @@ pub fn rate(count: f64, elapsed: Duration) -> String {
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat` (Linux; 10 ms
 /// resolution, assuming the usual 100 clock ticks per second). `None` elsewhere.
 pub fn process_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_time_of("self")
+}
+
+/// [`process_cpu_time`] of process `pid` (`"self"`: this one).
+pub fn cpu_time_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start with field 3, `state`.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// A memory field of `/proc/<pid>/status` (`"VmRSS:"`, `"VmHWM:"`; `pid` `"self"`: this
+/// process), in bytes (Linux). `None` elsewhere.
+pub fn memory_of(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// CPU used between two readings, as a percentage of one core.

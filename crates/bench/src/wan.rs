@@ -139,22 +139,7 @@ pub(crate) struct Spec<'a> {
 pub(crate) async fn start(spec: &Spec<'_>, dir: &Path) -> anyhow::Result<Wan> {
     let base = free_coopr_base_dcs(3, spec.nodes_per_dc)?;
     let out = dir.join("wan");
-    let init = Command::new(spec.coopr_bin)
-        .args(["init-cluster", "--dcs", "3", "--nodes-per-dc"])
-        .arg(spec.nodes_per_dc.to_string())
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--out")
-        .arg(&out)
-        .arg("--demo")
-        .output()
-        .with_context(|| format!("cannot run {}", spec.coopr_bin.display()))?;
-    if !init.status.success() {
-        bail!(
-            "coopr init-cluster failed: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-    }
+    crate::dclog::init_cluster(spec.coopr_bin, 3, spec.nodes_per_dc, base, &out)?;
     let endpoints: Vec<Value> =
         serde_json::from_slice(&std::fs::read(out.join("endpoints.json"))?)?;
     let delay = spec.delay;

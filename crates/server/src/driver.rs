@@ -251,18 +251,7 @@ const ALONE_OUTBOX_RECORDS: usize = 32;
 /// [`ALONE_OUTBOX_RECORDS`]; a DC added later is seeded from a snapshot, as any replica
 /// behind a dropped record is.
 async fn trim_outboxes_alone(app: &App) {
-    let trims: Vec<(ShardId, u64)> = {
-        let state = app.core.read();
-        (0..state.shard_count())
-            .map(ShardId)
-            .chain([ShardId::GLOBAL])
-            .filter_map(|shard| {
-                let outbox = state.outbox(shard)?;
-                (outbox.records.len() >= ALONE_OUTBOX_RECORDS)
-                    .then(|| (shard, outbox.next_seq.saturating_sub(1)))
-            })
-            .collect()
-    };
+    let trims = app.core.read().outbox_ends(ALONE_OUTBOX_RECORDS);
     for (shard, through_seq) in trims {
         let trim = Command::TrimOutbox { shard, through_seq };
         if let Ok(Err(e)) = app.propose_system(trim, None).await {

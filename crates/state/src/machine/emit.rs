@@ -27,6 +27,19 @@ impl State {
         }
     }
 
+    /// Every outbox (cluster shards, then the global shard) holding at least `min_records`
+    /// records, with the sequence number of its last record: where to trim it when nobody
+    /// needs its records any more.
+    pub fn outbox_ends(&self, min_records: usize) -> Vec<(ShardId, u64)> {
+        self.shards
+            .iter()
+            .map(|(shard, data)| (*shard, &data.replication))
+            .chain([(ShardId::GLOBAL, &self.global.replication)])
+            .filter(|(_, outbox)| !outbox.records.is_empty() && outbox.records.len() >= min_records)
+            .map(|(shard, outbox)| (shard, outbox.next_seq.saturating_sub(1)))
+            .collect()
+    }
+
     /// The copy of a shard this DC replicates from another DC.
     pub fn replica(&self, shard: ShardId) -> Option<&ReplicaShard> {
         self.replicas.get(&shard)
