@@ -311,11 +311,11 @@ impl State {
         let mut copy = seed.clone();
         copy.sealed = None;
         copy.needs_seed = false;
-        self.replicas.insert(shard, copy);
+        self.put_replica(shard, Some(copy));
         if shard.is_global() {
             self.global = GlobalShard::default();
         } else {
-            self.shards.insert(shard, ClusterShard::default());
+            self.replace_shard(shard, ClusterShard::default());
         }
         Ok(Outcome::Done)
     }
@@ -417,8 +417,8 @@ impl State {
                 ShardKeys::default(),
             )
         } else {
-            let data = self.shards.insert(shard, ClusterShard::default());
-            let data = data.unwrap_or_default();
+            // The jobs that ran in it stop here (re-derived: gone).
+            let data = self.replace_shard(shard, ClusterShard::default());
             // What this DC archived of the shard goes with it: a new owner may reuse the job
             // numbers of operations lost here.
             self.archive_effects
@@ -432,15 +432,6 @@ impl State {
             });
             (data.replication, data.clusters, view, data.keys)
         };
-        let stopped: Vec<JobId> = self
-            .active_jobs
-            .iter()
-            .filter(|job| job.cluster.shard(self.shard_count()) == shard)
-            .copied()
-            .collect();
-        for job in stopped {
-            self.refresh_job(job);
-        }
         let mut lost: Vec<LostOperation> = outbox
             .records
             .iter()
@@ -505,7 +496,7 @@ impl State {
                 ..ReplicaShard::new(shard, owner_dc)
             }
         };
-        self.replicas.insert(shard, replica);
+        self.put_replica(shard, Some(replica));
         Ok(Outcome::Done)
     }
 
@@ -560,7 +551,7 @@ impl State {
                     resource_blobs: view.resource_blobs,
                     replication: outbox,
                 };
-                self.replicas.remove(&shard);
+                self.put_replica(shard, None);
             }
             ReplicaData::Clusters(view) => self.adopt_clusters(shard, view, keys, outbox, now),
         }
@@ -600,8 +591,8 @@ impl State {
         if outbox.epoch > 1 {
             next_n = next_n.max(outbox.epoch.saturating_mul(IDS_PER_EPOCH));
         }
-        self.replicas.remove(&shard);
-        self.shards.insert(
+        self.put_replica(shard, None);
+        self.replace_shard(
             shard,
             ClusterShard {
                 next_n,

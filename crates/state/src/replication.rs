@@ -947,21 +947,27 @@ fn unappliable(record: &Record, reason: impl Into<String>) -> ApplyError {
     }
 }
 
+/// The cluster a record of a cluster shard changes (none for a global record): the only one
+/// a replica's copy changes for it.
+pub(crate) fn record_cluster(record: &Record) -> Option<ClusterId> {
+    match &record.kind {
+        RecordKind::OperationStarted { cluster, .. } | RecordKind::ClusterUpdated { cluster } => {
+            Some(cluster.id)
+        }
+        RecordKind::OperationCheckpoint { cluster, .. }
+        | RecordKind::OperationFinished { cluster, .. } => Some(*cluster),
+        RecordKind::Global(_) => None,
+    }
+}
+
 /// Applies one cluster record to `staged`, copying the cluster from `base` first if needed.
 fn apply_cluster_record(
     base: &BTreeMap<ClusterId, ClusterView>,
     staged: &mut BTreeMap<ClusterId, ClusterView>,
     record: &Record,
 ) -> Result<(), ApplyError> {
-    let cluster_id = match &record.kind {
-        RecordKind::OperationStarted { cluster, .. } | RecordKind::ClusterUpdated { cluster } => {
-            cluster.id
-        }
-        RecordKind::OperationCheckpoint { cluster, .. }
-        | RecordKind::OperationFinished { cluster, .. } => *cluster,
-        RecordKind::Global(_) => {
-            return Err(unappliable(record, "a global record in a cluster shard"))
-        }
+    let Some(cluster_id) = record_cluster(record) else {
+        return Err(unappliable(record, "a global record in a cluster shard"));
     };
     if let (std::collections::btree_map::Entry::Vacant(slot), Some(existing)) =
         (staged.entry(cluster_id), base.get(&cluster_id))
@@ -1169,7 +1175,8 @@ impl State {
         };
         match result {
             Ok(()) => {
-                self.replicas.insert(shard, replica);
+                let touched = records.iter().filter_map(record_cluster).collect();
+                self.put_replica_batch(shard, replica, &touched);
                 Ok(Outcome::Done)
             }
             Err(ApplyError::AlreadyApplied { .. }) => Ok(Outcome::Unchanged),

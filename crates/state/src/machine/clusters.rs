@@ -18,17 +18,27 @@ use crate::{CommandError, ErrorCode, State, TenantCatalog};
 impl State {
     /// The clusters and nodes a tenant's incarnation has that are not terminated, in every
     /// shard this DC holds: its own and its replica copies of the others (which may lag their
-    /// owners; [`State::create_cluster`] explains why the quota check is still exact).
+    /// owners; [`State::create_cluster`] explains why the quota check is still exact). Visits
+    /// only the tenant's live clusters (the tenant indexes).
     pub fn tenant_usage(&self, tenant: &Tenant) -> (u64, u64) {
-        let owned = self.clusters().map(|r| &r.cluster);
+        let belongs = |incarnation: &str| incarnation.is_empty() || incarnation == tenant.id;
+        let owned = self
+            .live_clusters
+            .of_tenant(&tenant.name)
+            .filter(|(incarnation, _)| belongs(incarnation))
+            .flat_map(|(_, ids)| ids)
+            .filter_map(|(shard, id)| self.shards.get(shard)?.clusters.get(id))
+            .map(|r| &r.cluster);
         let copies = self
-            .replicas
-            .values()
-            .filter_map(|r| match &r.data {
-                ReplicaData::Clusters(view) => Some(view.clusters.values().map(|v| &v.cluster)),
+            .live_copies()
+            .of_tenant(&tenant.name)
+            .filter(|(incarnation, _)| belongs(incarnation))
+            .flat_map(|(_, ids)| ids)
+            .filter_map(|(shard, id)| match &self.replicas.get(shard)?.data {
+                ReplicaData::Clusters(view) => view.clusters.get(id).map(|v| &v.cluster),
                 ReplicaData::Global(_) => None,
-            })
-            .flatten();
+            });
+        // The index narrows the candidates; the test is the one a scan of every cluster made.
         owned
             .chain(copies)
             .filter(|c| c.account.belongs_to(tenant) && c.status != ClusterStatus::Terminated)
@@ -40,13 +50,25 @@ impl State {
     /// Live clusters of the shards this DC writes whose tenant no longer exists, or exists as a
     /// later incarnation: created at this DC while another DC deleted the tenant, before the
     /// deletion reached here. The job driver deletes them (`server/src/driver.rs`). Clusters in
-    /// an operation are left until it ends.
+    /// an operation are left until it ends. In shard order, then cluster id order. Visits only
+    /// the live clusters of tenants (or incarnations) that no longer exist (the tenant index).
     pub fn orphaned_clusters(&self) -> Vec<ClusterId> {
         let global = self.global_data();
-        self.clusters()
-            .filter(|r| {
+        let mut orphans: Vec<(ShardId, ClusterId)> = self
+            .live_clusters
+            .groups()
+            .filter(|(name, incarnation, _)| {
+                !global
+                    .tenants
+                    .get(*name)
+                    .is_some_and(|t| incarnation.is_empty() || *incarnation == t.id)
+            })
+            .flat_map(|(_, _, ids)| ids.iter().copied())
+            .filter(|(shard, id)| {
+                let Some(r) = self.shards.get(shard).and_then(|s| s.clusters.get(id)) else {
+                    return false;
+                };
                 let c = &r.cluster;
-                // The cheap tests first: the driver runs this every tick over every cluster.
                 c.status != ClusterStatus::Terminated
                     && c.status != ClusterStatus::Pending
                     && !global
@@ -60,8 +82,10 @@ impl State {
                             && j.status == coopr_types::JobStatus::Failed
                     })
             })
-            .map(|r| r.cluster.id)
-            .collect()
+            .collect();
+        // The groups come by tenant: back to the order of a scan of the shards.
+        orphans.sort_unstable();
+        orphans.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Quotas hold across the deployment: a tenant with a finite quota creates clusters only
@@ -97,8 +121,8 @@ impl State {
                 ),
             ));
         }
-        // Counting the tenant's clusters visits every cluster the DC holds: only a tenant
-        // with a quota pays for it (an unlimited one could not exceed 2^31 clusters anyway).
+        // Only a tenant with a quota counts its clusters (an unlimited one could not exceed
+        // 2^31 clusters anyway).
         let (live_clusters, live_nodes) = if limited {
             self.tenant_usage(&tenant)
         } else {
@@ -222,6 +246,8 @@ impl State {
             adopted_jobs: coopr_types::VecMap::new(),
             retired_jobs: coopr_types::VecMap::new(),
         };
+        self.live_clusters
+            .set(shard, id, &record.cluster.account, record.cluster.status);
         shard_state.clusters.insert(id, Box::new(record));
         // Coopr runs a solve_layout job first; here the layout was solved before the command was
         // proposed, so that job is recorded as already complete.

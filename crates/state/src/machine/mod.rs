@@ -31,6 +31,7 @@
 mod catalog;
 mod clusters;
 mod emit;
+mod index;
 pub mod retire;
 mod service_pool;
 mod tasks;
@@ -211,6 +212,12 @@ pub struct State {
     /// Derived (rebuilt on load): tasks that can be handed out, and jobs not yet finished.
     pub(crate) ready: BTreeSet<TaskId>,
     pub(crate) active_jobs: BTreeSet<JobId>,
+    /// Derived (rebuilt on load, see [`index`]): in-progress tasks by owner and deadline; live
+    /// clusters by tenant of the shards this DC writes, and of its replica copies (built on
+    /// first use: a loader may set `replicas` directly).
+    pub(crate) in_progress: index::TaskIndex,
+    pub(crate) live_clusters: index::TenantIndex,
+    pub(crate) live_copies: std::sync::OnceLock<index::TenantIndex>,
     /// The `now_ms` of the entry being applied: the commit time stamped on the records it emits.
     applying_at_ms: u64,
     /// The idempotency key of the entry being applied: `OperationStarted` carries it.
@@ -240,6 +247,9 @@ impl State {
             replicas: BTreeMap::new(),
             ready: BTreeSet::new(),
             active_jobs: BTreeSet::new(),
+            in_progress: index::TaskIndex::default(),
+            live_clusters: index::TenantIndex::default(),
+            live_copies: std::sync::OnceLock::new(),
             applying_at_ms: 0,
             applying_key: None,
             service_pool: service_pool::ServicePool::default(),
@@ -284,6 +294,7 @@ impl State {
             .filter(|j| !j.job.status.is_finished())
             .map(|j| j.job.id)
             .collect();
+        state.reindex_clusters();
         for job in jobs {
             state.refresh_job(job);
         }

@@ -20,43 +20,21 @@ impl State {
         self.ready.len()
     }
 
-    /// The earliest deadline of any in-progress task.
+    /// The earliest deadline of any in-progress task of an unfinished job.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.active_jobs
-            .iter()
-            .filter_map(|j| self.job(*j)?.next_deadline())
-            .min()
+        self.in_progress.next_deadline()
     }
 
     /// The in-progress task a worker holds, if any. A worker runs one task at a time, so a worker
-    /// that asks for work while holding one never got the answer to its take.
+    /// that asks for work while holding one never got the answer to its take. Should it hold
+    /// several (a take applied twice), the lowest task id, as a scan in job order found first.
     pub fn task_held_by_worker(&self, provisioner: &str, worker: &str) -> Option<TaskId> {
-        self.active_jobs
-            .iter()
-            .filter_map(|j| self.job(*j))
-            .flat_map(|run| run.tasks.values())
-            .find(|t| {
-                t.status == TaskStatus::InProgress
-                    && t.owner
-                        .as_ref()
-                        .is_some_and(|o| o.provisioner_id == provisioner && o.worker_id == worker)
-            })
-            .map(|t| t.id)
+        self.in_progress.held_by_worker(provisioner, worker)
     }
 
-    /// How many in-progress tasks a provisioner holds.
+    /// How many in-progress tasks of unfinished jobs a provisioner holds.
     pub fn tasks_held_by(&self, provisioner: &str) -> usize {
-        self.active_jobs
-            .iter()
-            .filter_map(|j| self.job(*j))
-            .flat_map(|run| run.tasks.values())
-            .filter(|t| t.status == TaskStatus::InProgress)
-            .filter(|t| {
-                t.owner
-                    .as_ref()
-                    .is_some_and(|o| o.provisioner_id == provisioner)
-            })
-            .count()
+        self.in_progress.held_by(provisioner)
     }
 
     pub(super) fn take_task(
@@ -255,7 +233,9 @@ impl State {
         count
     }
 
-    /// Recomputes the derived queue entries and active-job membership of one job.
+    /// Recomputes the derived entries of one job: its ready tasks, its active-job membership,
+    /// its in-progress tasks, and its cluster's entry in the tenant index. Every change of a
+    /// task's status or owner, and of an owned cluster's status, ends here.
     pub(crate) fn refresh_job(&mut self, job: JobId) {
         let stale: Vec<TaskId> = self
             .ready
@@ -265,11 +245,36 @@ impl State {
         for task in stale {
             self.ready.remove(&task);
         }
-        let Some(run) = self.job(job) else {
+        self.in_progress.remove_job(job);
+        let shard = job.cluster.shard(self.shard_count);
+        // Borrowed field by field: the indexes change while the record is read.
+        let Some(record) = self
+            .shards
+            .get(&shard)
+            .and_then(|s| s.clusters.get(&job.cluster))
+        else {
+            self.active_jobs.remove(&job);
+            return;
+        };
+        let cluster = &record.cluster;
+        self.live_clusters
+            .set(shard, cluster.id, &cluster.account, cluster.status);
+        let Some(run) = record.jobs.get(&job.seq) else {
             self.active_jobs.remove(&job);
             return;
         };
         let finished = run.job.status.is_finished();
+        if !finished {
+            // Entries outside the job's range could not be replaced by the next refresh.
+            let held = run.tasks.values().filter(|t| {
+                t.status == TaskStatus::InProgress && t.id.job == job && t.owner.is_some()
+            });
+            for task in held {
+                if let Some(owner) = &task.owner {
+                    self.in_progress.insert(task.id, owner);
+                }
+            }
+        }
         let ready = run.ready_tasks();
         if finished {
             if self.active_jobs.remove(&job) {
