@@ -23,7 +23,9 @@
 //!   quotas and tenant usage;
 //! - `tasks`: the derived task queue, take, finish, expiry, provisioners;
 //! - `emit`: the records each change emits into its shard's outbox, and the owner's view of a
-//!   shard as its replicas see it.
+//!   shard as its replicas see it;
+//! - `index`: derived indexes (in-progress tasks, live clusters by tenant) and
+//!   [`State::check_indexes`], which compares every derived index with a full scan.
 //!
 //! Ownership changes of a shard are in [`crate::ownership`], the replica side of replication in
 //! [`crate::replication`].
