@@ -17,7 +17,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{setup_commands, spec, tenant, TENANT};
+use common::{setup_commands, spec, tenant, CheckedApply, TENANT};
 const TIMEOUT_MS: u64 = 60_000;
 
 /// A state plus a clock, recording every entry it applied (for persistence tests).
@@ -48,7 +48,7 @@ impl Harness {
             fence: None,
             command,
         };
-        let result = self.state.apply(&entry);
+        let result = self.state.checked_apply(&entry);
         self.log.push(entry);
         result
     }
@@ -309,14 +309,14 @@ fn a_write_fenced_at_another_epoch_changes_nothing() {
         command: command.clone(),
     };
     let before = h.parts();
-    match h.state.apply(&fenced(2)) {
+    match h.state.checked_apply(&fenced(2)) {
         Err(CommandError::Conflict { code, .. }) => assert_eq!(code, ErrorCode::StaleEpoch),
         other => panic!("expected stale_epoch, got {other:?}"),
     }
     assert_eq!(h.parts(), before, "a stale write changes nothing");
     assert_eq!(h.state.idempotent_outcome("acme/alice/f1"), None);
     assert!(matches!(
-        h.state.apply(&fenced(1)),
+        h.state.checked_apply(&fenced(1)),
         Ok(Outcome::ClusterCreated { .. })
     ));
     assert_eq!(h.state.clusters().count(), 1);
@@ -830,4 +830,168 @@ fn retired_jobs_leave_memory_and_keep_their_summaries() {
         .unwrap();
     let recovered = recover(&store, 4).unwrap().state;
     assert_eq!(parts_of(&recovered), h.parts());
+}
+
+impl Harness {
+    fn take_as(&mut self, provisioner: &str, worker: &str, timeout_ms: u64) -> Option<TaskId> {
+        match self.ok(Command::TakeTask {
+            provisioner_id: provisioner.into(),
+            worker_id: worker.into(),
+            tenant_id: None,
+            timeout_ms,
+            shards: None,
+        }) {
+            Outcome::TaskTaken { task } => task,
+            other => panic!("take: {other:?}"),
+        }
+    }
+}
+
+/// What `tasks_held_by`, `task_held_by_worker` and `next_deadline` answer, by a scan of every
+/// task of every unfinished job (what they did before the index).
+fn held_by_scan(state: &State) -> Vec<(String, String, TaskId, u64)> {
+    state
+        .clusters()
+        .flat_map(|r| r.jobs.values())
+        .filter(|run| !run.job.status.is_finished())
+        .flat_map(|run| run.tasks.values())
+        .filter(|t| t.status == TaskStatus::InProgress)
+        .filter_map(|t| {
+            let o = t.owner.as_ref()?;
+            Some((
+                o.provisioner_id.clone(),
+                o.worker_id.clone(),
+                t.id,
+                o.deadline_ms,
+            ))
+        })
+        .collect()
+}
+
+/// The three questions asked of the in-progress index, checked against a scan for every
+/// owner the scan knows plus ones it does not.
+fn assert_held_as_scanned(state: &State) {
+    let scan = held_by_scan(state);
+    state.check_indexes().unwrap();
+    assert_eq!(
+        state.next_deadline(),
+        scan.iter().map(|(_, _, _, d)| *d).min()
+    );
+    for provisioner in ["p1", "p2", "nobody"] {
+        let count = scan.iter().filter(|(p, ..)| p == provisioner).count();
+        assert_eq!(state.tasks_held_by(provisioner), count, "{provisioner}");
+        for worker in ["w1", "w2", "nobody"] {
+            let first = scan
+                .iter()
+                .filter(|(p, w, ..)| p == provisioner && w == worker)
+                .map(|(_, _, t, _)| *t)
+                .min();
+            assert_eq!(state.task_held_by_worker(provisioner, worker), first);
+        }
+    }
+}
+
+/// The in-progress index follows takes (by two provisioners and workers, one worker holding
+/// two tasks: the lowest task id is the one reported), finishes, expiry, a dead provisioner's
+/// release, an abort (a finished job's in-progress task is held by nobody) and retirement.
+#[test]
+fn the_in_progress_index_follows_every_task_change() {
+    let mut h = Harness::new(4);
+    h.ok(Command::RegisterProvisioner {
+        info: coopr_state::ProvisionerInfo {
+            id: "p2".into(),
+            host: "127.0.0.1".into(),
+            port: 2,
+            capacity_total: 4,
+        },
+    });
+    let first = h.create_ok("lamp", 2);
+    let second = match h.create(1, "lamp", 2) {
+        Ok(Outcome::ClusterCreated { id }) => id,
+        other => panic!("create: {other:?}"),
+    };
+    assert_held_as_scanned(&h.state);
+    assert_eq!(h.state.next_deadline(), None);
+
+    let a = h.take_as("p1", "w1", 50_000).unwrap();
+    let b = h.take_as("p1", "w2", 10_000).unwrap();
+    let c = h.take_as("p2", "w1", 30_000).unwrap();
+    // A worker that took twice (its first answer lost) holds two: the lowest is reported.
+    let d = h.take_as("p1", "w1", 40_000).unwrap();
+    assert_held_as_scanned(&h.state);
+    assert_eq!(h.state.tasks_held_by("p1"), 3);
+    assert_eq!(h.state.task_held_by_worker("p1", "w1"), Some(a.min(d)));
+    assert_eq!(h.state.task_held_by_worker("p1", "w2"), Some(b));
+    assert_eq!(h.state.task_held_by_worker("p2", "w1"), Some(c));
+    let b_deadline = h.state.task(b).unwrap().owner.as_ref().unwrap().deadline_ms;
+    assert_eq!(h.state.next_deadline(), Some(b_deadline));
+
+    // Finishing the earliest deadline moves it on.
+    h.apply(Command::FinishTask(Box::new(TaskResult {
+        provisioner_id: "p1".into(),
+        worker_id: "w2".into(),
+        task: b,
+        status: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        hostname: None,
+        ipaddresses: None,
+        result: Default::default(),
+    })))
+    .unwrap();
+    assert_held_as_scanned(&h.state);
+    assert_eq!(h.state.task_held_by_worker("p1", "w2"), None);
+    let c_deadline = h.state.task(c).unwrap().owner.as_ref().unwrap().deadline_ms;
+    assert_eq!(h.state.next_deadline(), Some(c_deadline));
+
+    // Expiry of c (the earliest now) leaves a and d.
+    h.now_ms = c_deadline;
+    assert_eq!(
+        h.ok(Command::ExpireTasks),
+        Outcome::TasksExpired { count: 1 }
+    );
+    assert_held_as_scanned(&h.state);
+    assert_eq!(h.state.tasks_held_by("p2"), 0);
+    assert_eq!(h.state.tasks_held_by("p1"), 2);
+
+    // p2 takes again, then is released as dead.
+    let e = h.take_as("p2", "w1", 30_000).unwrap();
+    assert_eq!(h.state.task_held_by_worker("p2", "w1"), Some(e));
+    h.ok(Command::ReleaseProvisioner { id: "p2".into() });
+    assert_held_as_scanned(&h.state);
+    assert_eq!(h.state.tasks_held_by("p2"), 0);
+
+    // Abort ends the jobs: their in-progress tasks stay IN_PROGRESS but nobody holds them.
+    for id in [first, second] {
+        h.ok(Command::Abort { cluster: id });
+    }
+    assert_eq!(h.state.task(a).unwrap().status, TaskStatus::InProgress);
+    assert_held_as_scanned(&h.state);
+    assert_eq!(h.state.tasks_held_by("p1"), 0);
+    assert_eq!(h.state.next_deadline(), None);
+
+    // Retiring the finished jobs changes nothing held.
+    let jobs = h.state.retirable_jobs(0..=3, u64::MAX, 100);
+    assert!(jobs.contains(&a.job));
+    h.ok(Command::RetireJobs { jobs });
+    assert!(h.state.job(a.job).is_none());
+    assert_held_as_scanned(&h.state);
+}
+
+/// After a restore from a snapshot (derived indexes rebuilt) the indexes equal full scans.
+#[test]
+fn a_restored_state_rebuilds_its_indexes() {
+    let mut h = Harness::new(4);
+    h.create_ok("lamp", 2);
+    h.take_as("p1", "w1", 5_000).unwrap();
+    h.take_as("p1", "w2", 7_000).unwrap();
+    let parts = snapshot_of(&h.state, 0).parts;
+    let restored = coopr_state::decode_parts(
+        parts.iter().map(|(id, part)| (*id, part.bytes.as_slice())),
+        4,
+    )
+    .unwrap();
+    assert_held_as_scanned(&restored);
+    assert_eq!(restored.tasks_held_by("p1"), 2);
+    assert_eq!(restored.next_deadline(), h.state.next_deadline());
 }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{entity, setup_commands, spec, tenant, TENANT};
+use common::{entity, setup_commands, spec, tenant, CheckedApply, TENANT};
 const TIMEOUT_MS: u64 = 60_000;
 const SHARDS: u32 = 4;
 
@@ -59,7 +59,7 @@ impl Owner {
         };
         let before = self.last_seqs();
         let debug = format!("{:?}", entry.command);
-        let result = self.state.apply(&entry);
+        let result = self.state.checked_apply(&entry);
         self.log.push(entry);
         for (shard, seq) in self.last_seqs() {
             let view = self.state.replicated_view(shard);
@@ -550,7 +550,7 @@ fn apply_batch_command_is_exactly_once() {
     let records = owner.records(ShardId(1));
     let mut dc_b = State::new(SHARDS);
     let apply = |state: &mut State, from_dc: &str, batch: &[Record]| {
-        state.apply(&Entry {
+        state.checked_apply(&Entry {
             now_ms: 1,
             idempotency_key: None,
             fence: None,
@@ -777,7 +777,7 @@ fn snapshot_keeps_outboxes_epochs_and_watermarks() {
     let mut dc_b = State::new(SHARDS);
     for shard in [ShardId(1), ShardId::GLOBAL] {
         let records = owner.records(shard);
-        dc_b.apply(&Entry {
+        dc_b.checked_apply(&Entry {
             now_ms: 1,
             idempotency_key: None,
             fence: None,
@@ -823,7 +823,7 @@ fn snapshot_keeps_outboxes_epochs_and_watermarks() {
         .copied()
         .unwrap();
     restored
-        .apply(&Entry {
+        .checked_apply(&Entry {
             now_ms: 2,
             idempotency_key: None,
             fence: None,
@@ -845,7 +845,7 @@ fn ship(
     records: &[Record],
     start: Option<Position>,
 ) -> CommandResult {
-    state.apply(&Entry {
+    state.checked_apply(&Entry {
         now_ms: 1,
         idempotency_key: None,
         fence: None,
@@ -885,7 +885,7 @@ fn an_aborted_handover_unfreezes_the_shard() {
         Outcome::Unchanged
     );
     let now = a.now_ms + 1;
-    match a.state.apply(&write(now, 5)) {
+    match a.state.checked_apply(&write(now, 5)) {
         Err(CommandError::Conflict { code, .. }) => assert_eq!(code, ErrorCode::HandingOver),
         other => panic!("write to a frozen shard: {other:?}"),
     }
@@ -894,7 +894,7 @@ fn an_aborted_handover_unfreezes_the_shard() {
         Outcome::Done
     );
     let now = a.now_ms + 1;
-    assert!(a.state.apply(&write(now, 6)).is_ok());
+    assert!(a.state.checked_apply(&write(now, 6)).is_ok());
 }
 
 /// A graceful handover of a shard between two DCs, at the state level: the owner freezes it
@@ -936,7 +936,7 @@ fn handover_moves_a_shard_and_the_streams_follow() {
         epoch: 1,
         seq: until.seq + 1,
     };
-    assert!(b.apply(&adopt(2, behind)).is_err());
+    assert!(b.checked_apply(&adopt(2, behind)).is_err());
 
     assert_eq!(
         a.ok(Command::FreezeShard { shard, handover: 1 }),
@@ -951,11 +951,11 @@ fn handover_moves_a_shard_and_the_streams_follow() {
             expire_time: 5,
         },
     };
-    match a.state.apply(&fenced) {
+    match a.state.checked_apply(&fenced) {
         Err(CommandError::Conflict { code, .. }) => assert_eq!(code, ErrorCode::HandingOver),
         other => panic!("write to a frozen shard: {other:?}"),
     }
-    assert_eq!(b.apply(&adopt(2, until)), Ok(Outcome::Done));
+    assert_eq!(b.checked_apply(&adopt(2, until)), Ok(Outcome::Done));
     assert_eq!(b.replica(shard), None);
     assert_eq!(b.shard_epoch(shard), Some(2));
     assert_eq!(
@@ -982,7 +982,7 @@ fn handover_moves_a_shard_and_the_streams_follow() {
             expire_time: 4_000_000,
         },
     };
-    assert!(b.apply(&entry).is_ok());
+    assert!(b.checked_apply(&entry).is_ok());
     let outbox = b.outbox(shard).unwrap();
     let records: Vec<Record> = outbox.records.iter().cloned().collect();
     assert_eq!(records[0].position(), Position { epoch: 2, seq: 1 });
@@ -1001,7 +1001,7 @@ fn handover_moves_a_shard_and_the_streams_follow() {
     for epoch in [1, 2] {
         let mut stale = entry.clone();
         stale.fence = Some(Fence { shard, epoch });
-        assert!(a.state.apply(&stale).is_err());
+        assert!(a.state.checked_apply(&stale).is_err());
     }
 }
 
@@ -1030,7 +1030,7 @@ fn handover_and_back_before_any_write() {
         command,
     };
     a.ok(Command::FreezeShard { shard, handover: 1 });
-    b.apply(&entry(Command::AdoptShard {
+    b.checked_apply(&entry(Command::AdoptShard {
         shard,
         epoch: 2,
         after: until,
@@ -1044,18 +1044,18 @@ fn handover_and_back_before_any_write() {
     let b_outbox = b.outbox(shard).unwrap();
     assert_eq!(b_outbox.last_position(), Position { epoch: 2, seq: 0 });
     assert_eq!(b_outbox.history_position(), until);
-    b.apply(&entry(Command::FreezeShard { shard, handover: 2 }))
+    b.checked_apply(&entry(Command::FreezeShard { shard, handover: 2 }))
         .unwrap();
     // (Straight to the state: the harness flags view changes without records, which an
     // ownership change is.)
     a.state
-        .apply(&entry(Command::AdoptShard {
+        .checked_apply(&entry(Command::AdoptShard {
             shard,
             epoch: 3,
             after: until,
         }))
         .unwrap();
-    b.apply(&entry(Command::ReleaseShard {
+    b.checked_apply(&entry(Command::ReleaseShard {
         shard,
         owner_dc: "dc-a".into(),
     }))
@@ -1082,7 +1082,7 @@ fn handover_and_back_before_any_write() {
 }
 
 fn at(state: &mut State, now_ms: u64, command: Command) -> CommandResult {
-    state.apply(&Entry {
+    state.checked_apply(&Entry {
         now_ms,
         idempotency_key: None,
         fence: None,
@@ -1260,7 +1260,7 @@ fn failover_resumes_in_flight_work_and_reports_what_was_lost() {
             expire_time: 1,
         },
     };
-    assert!(a.state.apply(&stale).is_err());
+    assert!(a.state.checked_apply(&stale).is_err());
 
     // Seeded from b's shard, a's copy equals b's and follows b's next records.
     let seed = b.seed_of(shard, "dc-b").unwrap();
@@ -1287,7 +1287,7 @@ fn failover_resumes_in_flight_work_and_reports_what_was_lost() {
             expire_time: 8_000_000,
         },
     };
-    b.apply(&next).unwrap();
+    b.checked_apply(&next).unwrap();
     let newest: Vec<Record> = b
         .outbox(shard)
         .unwrap()
@@ -1468,7 +1468,7 @@ fn idempotency_keys_replicate_with_the_operation() {
         None
     );
     let own_shard = ShardId(2);
-    let retried = b.apply(&Entry {
+    let retried = b.checked_apply(&Entry {
         now_ms: 5,
         idempotency_key: Some(create_key.into()),
         fence: None,
@@ -2003,4 +2003,218 @@ fn plugin_resources_replicate_with_their_bytes() {
         h.apply(delete(Some(1))).unwrap_err().error_code(),
         ErrorCode::NotFound
     );
+}
+
+/// Creates a one-machine cluster in `shard` of `b` and drives it to ACTIVE.
+fn create_active_at_b_in(a: &Owner, b: &mut State, shard: u32, now: &mut u64) -> ClusterId {
+    let mut spec = spec(&a.state, "base", 1, &[]);
+    spec.tenant_incarnation = a.state.global.tenants[TENANT].id.clone();
+    *now += 1;
+    let created = at(
+        b,
+        *now,
+        Command::CreateCluster {
+            shard: ShardId(shard),
+            spec: Box::new(spec),
+        },
+    );
+    let Ok(Outcome::ClusterCreated { id }) = created else {
+        panic!("create at b: {created:?}");
+    };
+    drive_bare(b, now);
+    id
+}
+
+/// `orphaned_clusters` as a scan of every cluster of the DC computed it (before the index).
+fn orphans_by_scan(state: &State) -> Vec<ClusterId> {
+    let global = state.global_data();
+    state
+        .clusters()
+        .filter(|r| {
+            let c = &r.cluster;
+            c.status != coopr_types::ClusterStatus::Terminated
+                && c.status != coopr_types::ClusterStatus::Pending
+                && !global
+                    .tenants
+                    .get(&c.account.tenant_id)
+                    .is_some_and(|t| c.account.belongs_to(t))
+                && !r.latest_summary().is_some_and(|j| {
+                    j.action == ClusterAction::ClusterDelete
+                        && j.status == coopr_types::JobStatus::Failed
+                })
+        })
+        .map(|r| r.cluster.id)
+        .collect()
+}
+
+/// `tenant_usage` as a scan of every owned cluster and replica copy computed it.
+fn usage_by_scan(state: &State, tenant: &coopr_types::Tenant) -> (u64, u64) {
+    let owned = state.clusters().map(|r| r.cluster.clone());
+    let copies = state
+        .replicas
+        .values()
+        .filter_map(|r| match &r.data {
+            coopr_state::ReplicaData::Clusters(view) => Some(
+                view.clusters
+                    .values()
+                    .map(|v| v.cluster.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            coopr_state::ReplicaData::Global(_) => None,
+        })
+        .flatten();
+    owned
+        .chain(copies)
+        .filter(|c| {
+            c.account.belongs_to(tenant) && c.status != coopr_types::ClusterStatus::Terminated
+        })
+        .fold((0, 0), |(c, n), cluster| {
+            (c + 1, n + cluster.nodes.len() as u64)
+        })
+}
+
+/// The tenant indexes follow creates, deletes, a tenant's deletion and re-creation, and a
+/// shard moving from one DC to another: the orphans (in shard order, which is not cluster id
+/// order here) and a tenant's usage (owned clusters and replica copies) are what full scans
+/// find, at the DC that demoted the shard and at the one that adopted it.
+#[test]
+fn orphans_and_usage_follow_tenant_deletion_and_shard_moves() {
+    let mut a = Owner::new();
+    let mut b = second_dc(&a);
+    let old = a.state.global.tenants[TENANT].clone();
+    let mut now = 10;
+    let first = create_active_at_b_in(&a, &mut b, 1, &mut now);
+    let second = create_active_at_b_in(&a, &mut b, 1, &mut now);
+    let third = create_active_at_b_in(&a, &mut b, 3, &mut now);
+    let gone = create_active_at_b_in(&a, &mut b, 2, &mut now);
+    at(
+        &mut b,
+        now,
+        Command::StartOperation {
+            cluster: gone,
+            action: ClusterAction::ClusterDelete,
+            services: Vec::new(),
+            config: None,
+        },
+    )
+    .unwrap();
+    drive_bare(&mut b, &mut now);
+    // Cluster ids are shard + 4 n: shard order is not id order.
+    assert!(third < second);
+    assert_eq!(b.tenant_usage(&old), (3, 3));
+    assert_eq!(b.tenant_usage(&old), usage_by_scan(&b, &old));
+
+    // a never saw b's shards: the tenant's deletion passes, and a new incarnation follows.
+    a.ok(Command::DeleteTenant {
+        name: TENANT.into(),
+    });
+    let mut again = tenant(TENANT, 10, 10);
+    again.id = "id-acme-2".into();
+    a.ok(Command::PutTenant {
+        tenant: again.clone(),
+    });
+    let global = a.records(ShardId::GLOBAL);
+    let shipped = b.replica(ShardId::GLOBAL).unwrap().watermark.seq as usize;
+    ship(&mut b, "dc-a", ShardId::GLOBAL, &global[shipped..], None).unwrap();
+    assert_eq!(b.orphaned_clusters(), vec![first, second, third]);
+    assert_eq!(b.orphaned_clusters(), orphans_by_scan(&b));
+    assert_eq!(b.tenant_usage(&again), (0, 0));
+
+    // Shards 1 and 3 reach a as replica copies: a counts them for the old incarnation only.
+    for shard in [ShardId(1), ShardId(3)] {
+        let records: Vec<Record> = b.outbox(shard).unwrap().records.iter().cloned().collect();
+        ship(&mut a.state, "dc-b", shard, &records, None).unwrap();
+    }
+    assert_eq!(a.state.tenant_usage(&old), (3, 3));
+    assert_eq!(a.state.tenant_usage(&old), usage_by_scan(&a.state, &old));
+    assert_eq!(a.state.tenant_usage(&again), (0, 0));
+    assert!(a.state.orphaned_clusters().is_empty());
+
+    // Shard 3 moves from b to a: b's orphan is gone from b, a adopts it as its own.
+    let shard = ShardId(3);
+    let until = b.outbox(shard).unwrap().history_position();
+    at(
+        &mut b,
+        now,
+        Command::DemoteShard {
+            shard,
+            owner_dc: "dc-a".into(),
+            keep_through: until,
+        },
+    )
+    .unwrap();
+    assert_eq!(b.orphaned_clusters(), vec![first, second]);
+    assert_eq!(b.orphaned_clusters(), orphans_by_scan(&b));
+    // b keeps the shard as a replica copy: the cluster still counts, as a copy.
+    assert!(b.replica(shard).is_some());
+    assert_eq!(b.tenant_usage(&old), (3, 3));
+    assert_eq!(b.tenant_usage(&old), usage_by_scan(&b, &old));
+    a.state
+        .checked_apply(&Entry {
+            now_ms: now,
+            idempotency_key: None,
+            fence: None,
+            command: Command::AdoptShard {
+                shard,
+                epoch: until.epoch + 1,
+                after: until,
+            },
+        })
+        .unwrap();
+    assert_eq!(a.state.orphaned_clusters(), vec![third]);
+    assert_eq!(a.state.orphaned_clusters(), orphans_by_scan(&a.state));
+    assert_eq!(a.state.tenant_usage(&old), (3, 3));
+    assert_eq!(a.state.tenant_usage(&old), usage_by_scan(&a.state, &old));
+
+    // Restored from its snapshot, a answers the same (the indexes are rebuilt).
+    let restored = decode_parts(
+        encode_parts(&a.state)
+            .iter()
+            .map(|(id, bytes)| (*id, bytes.as_slice())),
+        SHARDS,
+    )
+    .unwrap();
+    restored.check_indexes().unwrap();
+    assert_eq!(restored.orphaned_clusters(), vec![third]);
+    assert_eq!(restored.tenant_usage(&old), (3, 3));
+}
+
+/// A demoted shard's running job stops here: its in-progress task is held by nobody and has
+/// no deadline any more; the other shard's task stays held.
+#[test]
+fn a_demoted_shard_releases_its_in_progress_tasks() {
+    let mut a = Owner::new();
+    a.create_in(1, "base", 1);
+    a.create_in(2, "base", 1);
+    let one = a.take().unwrap();
+    let two = a.take().unwrap();
+    assert_eq!(a.state.tasks_held_by("p1"), 2);
+    let kept = if one.job.cluster.shard(SHARDS) == ShardId(2) {
+        one
+    } else {
+        two
+    };
+    let deadline = a
+        .state
+        .task(kept)
+        .unwrap()
+        .owner
+        .as_ref()
+        .unwrap()
+        .deadline_ms;
+    a.state
+        .checked_apply(&Entry {
+            now_ms: a.now_ms + 1,
+            idempotency_key: None,
+            fence: None,
+            command: Command::DemoteShard {
+                shard: ShardId(1),
+                owner_dc: "dc-b".into(),
+                keep_through: Position::START,
+            },
+        })
+        .unwrap();
+    assert_eq!(a.state.tasks_held_by("p1"), 1);
+    assert_eq!(a.state.task_held_by_worker("p1", "w1"), Some(kept));
+    assert_eq!(a.state.next_deadline(), Some(deadline));
 }

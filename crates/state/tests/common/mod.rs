@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use coopr_engine::layout::{solve_layout, LayoutRequest};
-use coopr_state::{ClusterSpec, Command, NodeSpec, ProvisionerInfo, State};
+use coopr_state::{ClusterSpec, Command, CommandResult, Entry, NodeSpec, ProvisionerInfo, State};
 use coopr_types::{
     hash_api_key, ApiKey, ClusterTemplate, EntityKind, MachineType, Provider, Tenant, UNLIMITED,
 };
@@ -120,4 +120,21 @@ pub fn setup_commands() -> Vec<Command> {
             },
         },
     ]
+}
+
+/// [`State::apply`], then [`State::check_indexes`]: every test that applies entries this way
+/// fails at the first entry after which a derived index differs from a full scan.
+pub trait CheckedApply {
+    fn checked_apply(&mut self, entry: &Entry) -> CommandResult;
+}
+
+impl CheckedApply for State {
+    fn checked_apply(&mut self, entry: &Entry) -> CommandResult {
+        let result = self.apply(entry);
+        if let Err(stale) = self.check_indexes() {
+            let command: String = format!("{:?}", entry.command).chars().take(200).collect();
+            panic!("after {command}: {stale}");
+        }
+        result
+    }
 }
