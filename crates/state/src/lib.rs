@@ -21,8 +21,9 @@ pub use machine::retire::{ArchiveEffect, MAX_RETIRE_BATCH};
 pub use machine::*;
 pub use ownership::{resumed_run, LostOperation, IDS_PER_EPOCH, LOST_OPERATIONS_CAPACITY};
 pub use persist::{
-    archive_part, archive_part_shard, decode_entry, decode_parts, encode_entry, encode_parts,
-    recover, snapshot_of, PersistError, Recovered, ARCHIVE_PART_BASE,
+    archive_part, decode_entry, decode_parts, encode_entry, encode_parts, for_each_part,
+    is_archive_part, recover, snapshot_of, PartsDecoder, PersistError, Recovered,
+    ARCHIVE_PART_BASE,
 };
 pub use replication::{
     ApplyError, ClusterShardView, ClusterView, GlobalRecord, GlobalView, InFlight, JobSummary,

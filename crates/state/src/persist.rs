@@ -23,20 +23,19 @@ pub const GLOBAL_REPLICA_PART: u32 = u32::MAX - 2;
 /// Replica parts of cluster shards: this plus the shard number (so shard counts stay below it).
 pub const REPLICA_PART_BASE: u32 = 1 << 31;
 /// Job archive parts (the node's archive of retired jobs, see [`crate::machine::retire`]):
-/// this plus the shard number. [`decode_parts`] leaves them to the archive.
+/// this plus the number of the chunk (the archive is exported in chunks of bounded size, in
+/// key order). [`decode_parts`] leaves them to the archive.
 pub const ARCHIVE_PART_BASE: u32 = 1 << 30;
 
-/// The snapshot part holding what the job archive keeps of `shard`.
-pub fn archive_part(shard: ShardId) -> u32 {
-    assert!(shard.0 < ARCHIVE_PART_BASE);
-    ARCHIVE_PART_BASE + shard.0
+/// The snapshot part holding the `chunk`th chunk of the job archive.
+pub fn archive_part(chunk: u32) -> u32 {
+    assert!(chunk < REPLICA_PART_BASE - ARCHIVE_PART_BASE);
+    ARCHIVE_PART_BASE + chunk
 }
 
-/// The shard whose archived jobs a snapshot part holds, if it is an archive part.
-pub fn archive_part_shard(part: u32) -> Option<ShardId> {
-    (ARCHIVE_PART_BASE..REPLICA_PART_BASE)
-        .contains(&part)
-        .then(|| ShardId(part - ARCHIVE_PART_BASE))
+/// Whether a snapshot part holds a chunk of the job archive.
+pub fn is_archive_part(part: u32) -> bool {
+    (ARCHIVE_PART_BASE..REPLICA_PART_BASE).contains(&part)
 }
 
 /// Entries replayed per read during recovery.
@@ -82,31 +81,44 @@ pub fn snapshot_of(state: &State, last_index: LogIndex) -> Snapshot {
 /// The state as snapshot parts: one per cluster shard, the global shard and the local state.
 pub fn encode_parts(state: &State) -> BTreeMap<u32, Vec<u8>> {
     let mut parts = BTreeMap::new();
+    let collected: Result<(), std::convert::Infallible> = for_each_part(state, |id, bytes| {
+        parts.insert(id, bytes);
+        Ok(())
+    });
+    let Ok(()) = collected;
+    parts
+}
+
+/// [`encode_parts`] one part at a time (a snapshot of a large state is written out part by
+/// part, never held whole): stops at the first error of `out`.
+pub fn for_each_part<E>(
+    state: &State,
+    mut out: impl FnMut(u32, Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
     for (shard, data) in &state.shards {
-        parts.insert(
+        out(
             shard.0,
             serde_json::to_vec(data).expect("shards serialize to JSON"),
-        );
+        )?;
     }
-    parts.insert(
+    out(
         GLOBAL_PART,
         serde_json::to_vec(&state.global).expect("global shard serializes"),
-    );
+    )?;
     for (shard, replica) in &state.replicas {
-        parts.insert(
+        out(
             replica_part(*shard),
             serde_json::to_vec(replica).expect("replicas serialize to JSON"),
-        );
+        )?;
     }
     let local = LocalPart {
         shard_count: state.shard_count(),
         local: state.local.clone(),
     };
-    parts.insert(
+    out(
         LOCAL_PART,
         serde_json::to_vec(&local).expect("local state serializes"),
-    );
-    parts
+    )
 }
 
 fn replica_part(shard: ShardId) -> u32 {
@@ -178,36 +190,66 @@ pub fn decode_parts<'a>(
     parts: impl IntoIterator<Item = (u32, &'a [u8])>,
     shard_count: u32,
 ) -> Result<State, PersistError> {
-    let mut global = GlobalShard::default();
-    let mut local = LocalState::default();
-    let mut shards = BTreeMap::new();
-    let mut replicas = BTreeMap::new();
+    let mut decoder = PartsDecoder::new(shard_count);
     for (part, bytes) in parts {
+        decoder.add(part, bytes)?;
+    }
+    Ok(decoder.finish())
+}
+
+/// [`decode_parts`] one part at a time, in any order (a snapshot is read part by part, never
+/// held whole).
+pub struct PartsDecoder {
+    shard_count: u32,
+    global: GlobalShard,
+    local: LocalState,
+    shards: BTreeMap<ShardId, ClusterShard>,
+    replicas: BTreeMap<ShardId, ReplicaShard>,
+}
+
+impl PartsDecoder {
+    pub fn new(shard_count: u32) -> PartsDecoder {
+        PartsDecoder {
+            shard_count,
+            global: GlobalShard::default(),
+            local: LocalState::default(),
+            shards: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+        }
+    }
+
+    /// Decodes one part into the state being rebuilt (archive parts are skipped).
+    pub fn add(&mut self, part: u32, bytes: &[u8]) -> Result<(), PersistError> {
         match part {
-            GLOBAL_PART => global = decode_part(part, bytes)?,
+            GLOBAL_PART => self.global = decode_part(part, bytes)?,
             LOCAL_PART => {
                 let decoded: LocalPart = decode_part(part, bytes)?;
-                if decoded.shard_count != shard_count {
+                if decoded.shard_count != self.shard_count {
                     return Err(PersistError::ShardCountMismatch {
                         found: decoded.shard_count,
-                        configured: shard_count,
+                        configured: self.shard_count,
                     });
                 }
-                local = decoded.local;
+                self.local = decoded.local;
             }
             // The job archive's parts: restored by the node's archive, not into the state.
             ARCHIVE_PART_BASE..REPLICA_PART_BASE => {}
             REPLICA_PART_BASE.. => {
                 let replica: ReplicaShard = decode_part(part, bytes)?;
-                replicas.insert(replica.shard, replica);
+                self.replicas.insert(replica.shard, replica);
             }
             shard => {
                 let data: ClusterShard = decode_part(part, bytes)?;
-                shards.insert(ShardId(shard), data);
+                self.shards.insert(ShardId(shard), data);
             }
         }
+        Ok(())
     }
-    let mut state = State::from_parts(shard_count, global, shards, local);
-    state.replicas = replicas;
-    Ok(state)
+
+    /// The state the parts added describe (none: the initial state).
+    pub fn finish(self) -> State {
+        let mut state = State::from_parts(self.shard_count, self.global, self.shards, self.local);
+        state.replicas = self.replicas;
+        state
+    }
 }

@@ -168,27 +168,61 @@ impl Archive {
         }
     }
 
-    /// Every stored job, in key order, passed to `visit` (which may stop the walk with an
-    /// error of its own).
-    pub fn for_each(&self, mut visit: impl FnMut(ArchiveKey, &[u8])) -> Result<(), StoreError> {
+    /// Every stored job, in key order, passed to `visit`; the first error (of the store, or of
+    /// `visit`) stops the walk.
+    pub fn try_for_each<E: From<StoreError>>(
+        &self,
+        mut visit: impl FnMut(ArchiveKey, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         match &self.backend {
             Backend::Memory(map) => {
                 for (key, bytes) in Self::memory(map).iter() {
-                    visit(*key, bytes);
+                    visit(*key, bytes)?;
                 }
                 Ok(())
             }
             Backend::Redb(db) => {
-                let txn = db.begin_read()?;
-                let table = txn.open_table(JOBS)?;
-                for row in table.iter()? {
-                    let (key, value) = row?;
+                let txn = db.begin_read().map_err(StoreError::from)?;
+                let table = txn.open_table(JOBS).map_err(StoreError::from)?;
+                for row in table.iter().map_err(StoreError::from)? {
+                    let (key, value) = row.map_err(StoreError::from)?;
                     let key = key.value();
-                    visit(key, &decode(key, value.value())?);
+                    visit(key, &decode(key, value.value())?)?;
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Every stored job, in key order, passed to `visit`.
+    pub fn for_each(&self, mut visit: impl FnMut(ArchiveKey, &[u8])) -> Result<(), StoreError> {
+        self.try_for_each(|key, bytes| {
+            visit(key, bytes);
+            Ok::<(), StoreError>(())
+        })
+    }
+
+    /// Exports the jobs in key order, in chunks (see the module doc) of about `chunk_bytes`
+    /// (a chunk ends after the job that brings it to `chunk_bytes` or more), each passed to
+    /// `out` as soon as it is full: the archive is never held whole in memory.
+    pub fn export_chunks<E: From<StoreError>>(
+        &self,
+        chunk_bytes: usize,
+        mut out: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut chunk = Vec::new();
+        self.try_for_each::<E>(|key, bytes| {
+            export_job(&mut chunk, key, bytes);
+            if chunk.len() >= chunk_bytes {
+                out(&chunk)?;
+                chunk.clear();
+            }
+            Ok(())
+        })?;
+        if !chunk.is_empty() {
+            out(&chunk)?;
+        }
+        Ok(())
     }
 
     /// Exports the jobs, grouped by `group_of(cluster)`: one export (see the module doc) per
@@ -199,13 +233,27 @@ impl Archive {
     ) -> Result<BTreeMap<u32, Vec<u8>>, StoreError> {
         let mut parts: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         self.for_each(|key, bytes| {
-            let part = parts.entry(group_of(key.0)).or_default();
-            part.extend_from_slice(&key.0.to_le_bytes());
-            part.extend_from_slice(&key.1.to_le_bytes());
-            part.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            part.extend_from_slice(bytes);
+            export_job(parts.entry(group_of(key.0)).or_default(), key, bytes)
         })?;
         Ok(parts)
+    }
+
+    /// Removes every job, in one durable step.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.replace_all([])?;
+        Ok(())
+    }
+
+    /// Adds the jobs of one export (as [`Archive::export`] or [`Archive::export_chunks`] made
+    /// it), in one durable step; returns how many. An export that does not parse changes
+    /// nothing.
+    pub fn insert_export(&self, export: &[u8]) -> Result<usize, StoreError> {
+        let mut jobs = Vec::new();
+        parse_export(export, &mut jobs)?;
+        let puts: Vec<(ArchiveKey, Vec<u8>)> =
+            jobs.into_iter().map(|(k, v)| (k, v.to_vec())).collect();
+        self.write(&puts, None)?;
+        Ok(puts.len())
     }
 
     /// Replaces everything stored with the jobs of `exports` (as [`Archive::export`] made
@@ -240,6 +288,13 @@ impl Archive {
         }
         Ok(count)
     }
+}
+
+fn export_job(out: &mut Vec<u8>, key: ArchiveKey, bytes: &[u8]) {
+    out.extend_from_slice(&key.0.to_le_bytes());
+    out.extend_from_slice(&key.1.to_le_bytes());
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
 }
 
 fn parse_export<'a>(
@@ -314,6 +369,50 @@ mod tests {
                 Err(StoreError::CorruptMetadata { .. })
             ));
             assert_eq!(archive.of_cluster(1).unwrap().len(), 2);
+        }
+    }
+
+    #[test]
+    fn exports_in_chunks_and_inserts_them_back() {
+        for (archive, _dir) in both() {
+            let puts: Vec<_> = (0..10u64).map(|c| ((c, 1), vec![c as u8; 10])).collect();
+            archive.write(&puts, None).unwrap();
+            let mut chunks = Vec::new();
+            archive
+                .export_chunks(60, |chunk| {
+                    chunks.push(chunk.to_vec());
+                    Ok::<(), StoreError>(())
+                })
+                .unwrap();
+            // 26 bytes a job: a chunk closes at its third job (78 >= 60); 10 jobs, 4 chunks.
+            assert_eq!(
+                chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+                vec![78, 78, 78, 26]
+            );
+            archive.clear().unwrap();
+            assert_eq!(archive.get((0, 1)).unwrap(), None);
+            let inserted: usize = chunks
+                .iter()
+                .map(|chunk| archive.insert_export(chunk).unwrap())
+                .sum();
+            assert_eq!(inserted, 10);
+            let mut all = Vec::new();
+            archive
+                .for_each(|key, bytes| all.push((key, bytes.to_vec())))
+                .unwrap();
+            assert_eq!(all, puts);
+            // A cut chunk changes nothing; an error of the sink stops the export.
+            assert!(archive.insert_export(&chunks[0][..77]).is_err());
+            let mut calls = 0;
+            let stopped = archive.export_chunks(60, |_| {
+                calls += 1;
+                Err(StoreError::CorruptMetadata {
+                    key: "sink",
+                    reason: "full".into(),
+                })
+            });
+            assert!(stopped.is_err());
+            assert_eq!(calls, 1);
         }
     }
 
