@@ -4,10 +4,11 @@
 //! snapshot is one part ([`SNAPSHOT_PART`]) holding the whole state as JSON (`null` before the
 //! bootstrap): the state is small (a shard map, one lease per DC, a bounded history).
 
-use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Context as _;
+
+use coopr_raft::{collect_parts, PartSink, Parts};
 
 use crate::command::{Command, Outcome, Rejected};
 use crate::state::{apply_command, PlacementState};
@@ -77,13 +78,14 @@ impl coopr_raft::StateMachine for PlacementMachine {
             .collect()
     }
 
-    fn snapshot(&self) -> BTreeMap<u32, Vec<u8>> {
+    fn snapshot(&self, out: PartSink<'_>) -> std::io::Result<()> {
         let state = self.lock();
         let bytes = serde_json::to_vec(&*state).expect("the placement state serializes");
-        BTreeMap::from([(SNAPSHOT_PART, bytes)])
+        out(SNAPSHOT_PART, &bytes)
     }
 
-    fn restore(&self, parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()> {
+    fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {
+        let parts = collect_parts(parts)?;
         let restored = match parts.get(&SNAPSHOT_PART) {
             None if parts.is_empty() => None,
             None => anyhow::bail!("placement snapshot has no part {SNAPSHOT_PART}"),

@@ -1320,9 +1320,9 @@ fn snapshot_restore_round_trip() {
         Err(Rejected::Malformed { .. })
     ));
 
-    let parts = machine.snapshot();
+    let parts = snapshot_of(&machine);
     let restored = PlacementMachine::new();
-    restored.restore(&parts).unwrap();
+    restore(&restored, &parts).unwrap();
     assert_eq!(restored.state(), machine.state());
     assert!(restored.state().is_some());
     let next = PlacementMachine::encode_command(&Command::RenewLease {
@@ -1333,14 +1333,30 @@ fn snapshot_restore_round_trip() {
         sealed: BTreeMap::new(),
     });
     assert_eq!(restored.apply(&[(6, &next)]), machine.apply(&[(6, &next)]));
-    assert_eq!(restored.snapshot(), machine.snapshot());
+    assert_eq!(snapshot_of(&restored), snapshot_of(&machine));
 
-    restored.restore(&BTreeMap::new()).unwrap();
+    restore(&restored, &BTreeMap::new()).unwrap();
     assert_eq!(restored.state(), None);
+    assert!(restore(&restored, &BTreeMap::from([(0, b"garbage".to_vec())])).is_err());
+    assert!(restore(&restored, &BTreeMap::from([(1, b"null".to_vec())])).is_err());
+    // A part that cannot be read fails the restore.
+    let unreadable = std::io::Error::new(std::io::ErrorKind::InvalidData, "cut");
     assert!(restored
-        .restore(&BTreeMap::from([(0, b"garbage".to_vec())]))
+        .restore(&mut std::iter::once(Err(unreadable)))
         .is_err());
-    assert!(restored
-        .restore(&BTreeMap::from([(1, b"null".to_vec())]))
-        .is_err());
+}
+
+fn snapshot_of(machine: &PlacementMachine) -> BTreeMap<u32, Vec<u8>> {
+    let mut parts = BTreeMap::new();
+    machine
+        .snapshot(&mut |id, bytes| {
+            parts.insert(id, bytes.to_vec());
+            Ok(())
+        })
+        .unwrap();
+    parts
+}
+
+fn restore(machine: &PlacementMachine, parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()> {
+    machine.restore(&mut parts.iter().map(|(id, bytes)| Ok((*id, bytes.clone()))))
 }

@@ -11,14 +11,16 @@
 //!     │                                         router(handle) on the other nodes' internal port
 //!     │                                                  /raft/append /raft/vote /raft/snapshot
 //!     │  committed entries
-//!     └── StateMachine::apply <── RaftStateMachineStore ── snapshots: raft-snapshot.redb
-//!                                   (parts by shard id, written atomically with their meta)
+//!     └── StateMachine::apply <── RaftStateMachineStore ── snapshots/snapshot-<seq>.cps
+//!                                   (one file per snapshot, written and read part by part)
 //! ```
 //!
 //! - [`log_store`]: the Raft log, vote, committed log id and purge point on a
 //!   [`coopr_store::LogStore`]; every write is fsync'd before openraft is told it is durable.
 //! - [`state_machine`]: drives the application [`StateMachine`] and keeps its snapshots; at
 //!   start the application is restored from the last snapshot and openraft re-applies the log.
+//! - [`snapshot`]: snapshot files (one per snapshot, the superseded one deleted), written,
+//!   sent and read one part at a time, every part checksummed.
 //! - [`network`]: the RPC client and the axum [`router`] (shared secret, group name, timeouts,
 //!   body limit); [`wire`]: the binary body of the RPCs that carry bulk bytes; [`transport`]:
 //!   the seam every call to another node goes through (HTTP, or in-memory for a simulation).
@@ -44,8 +46,8 @@
 //!
 //! # Limitations
 //! - Membership is static (the configured `members`); there is no API to add or remove nodes.
-//! - Snapshots are built in memory (`Cursor<Vec<u8>>`) and sent in chunks of
-//!   `snapshot_chunk_bytes` (at most 32 MiB); an RPC body is at most
+//! - Snapshots are sent in chunks of `snapshot_chunk_bytes` (at most 32 MiB), read from the
+//!   snapshot file; an RPC body is at most
 //!   [`wire::MAX_RPC_BODY_BYTES`] (64 MiB), and a written payload at most
 //!   [`node::MAX_PAYLOAD_BYTES`] (32 MiB).
 //! - A write that times out may still commit later; callers retry idempotently.
@@ -54,6 +56,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod runtime;
+pub mod snapshot;
 pub mod state_machine;
 /// The seam in front of node-to-node calls (the `coopr-transport` crate).
 pub use coopr_transport as transport;
@@ -67,6 +70,9 @@ pub use node::{
     StartError, WriteError,
 };
 pub use runtime::seed_thread_rng;
-pub use state_machine::{RaftStateMachineStore, StateMachine};
+pub use snapshot::{SnapshotData, SnapshotStore};
+pub use state_machine::{
+    collect_parts, import_log_store_snapshot, PartSink, Parts, RaftStateMachineStore, StateMachine,
+};
 pub use transport::{Answer, Call, CallError, HttpTransport, LinkFaults, MemNetwork, Transport};
 pub use types::{Batch, NodeId, Payload, TypeConfig};

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use crate::log_store::RaftLogStore;
 use crate::network::{HttpNetworkFactory, GROUP_HEADER, SECRET_HEADER, STATUS_PATH};
+use crate::snapshot::SnapshotStore;
 use crate::state_machine::{RaftStateMachineStore, StateMachine};
 use crate::types::{Batch, NodeId, Payload, TypeConfig};
 
@@ -358,21 +359,37 @@ pub struct RaftStatus {
 }
 
 /// Where a node keeps its Raft state: the log (with vote, committed and purge point) and the
-/// snapshots, in two stores so that building a snapshot never drops log entries.
+/// snapshots, apart so that building a snapshot never drops log entries.
 #[derive(Clone)]
 pub struct RaftStores {
     pub log: Arc<dyn LogStore>,
-    pub snapshots: Arc<dyn LogStore>,
+    pub snapshots: SnapshotStore,
 }
 
 impl RaftStores {
-    /// `dir/raft-log.redb` and `dir/raft-snapshot.redb`, created if missing.
+    /// `dir/raft-log.redb` and the snapshot files in `dir/snapshots/`, created if missing. A
+    /// snapshot an earlier build kept in `dir/raft-snapshot.redb` is moved to a file, and that
+    /// store deleted.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(e.into()))?;
+        let io = |e: std::io::Error| StoreError::Database(e.into());
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let snapshots = SnapshotStore::open(dir.join("snapshots")).map_err(io)?;
+        let old = dir.join("raft-snapshot.redb");
+        if old.exists() {
+            let store = RedbStore::open(&old)?;
+            crate::state_machine::import_log_store_snapshot(&store, &snapshots).map_err(|e| {
+                StoreError::CorruptMetadata {
+                    key: "raft-snapshot.redb",
+                    reason: format!("{e:#}"),
+                }
+            })?;
+            drop(store);
+            std::fs::remove_file(&old).map_err(io)?;
+        }
         Ok(RaftStores {
             log: Arc::new(RedbStore::open(dir.join("raft-log.redb"))?),
-            snapshots: Arc::new(RedbStore::open(dir.join("raft-snapshot.redb"))?),
+            snapshots,
         })
     }
 
@@ -380,7 +397,7 @@ impl RaftStores {
     pub fn in_memory() -> Self {
         RaftStores {
             log: Arc::new(MemStore::new()),
-            snapshots: Arc::new(MemStore::new()),
+            snapshots: SnapshotStore::in_memory(),
         }
     }
 }

@@ -7,34 +7,26 @@
 //!                                  | in order
 //!                                  | last_applied, last_membership (memory)
 //!                                  |
-//!   build_snapshot ──────────────> StateMachine::snapshot() = parts by shard
-//!                                  └─> snapshot LogStore: install_snapshot_with_meta(
-//!                                        parts at index last_applied+1, "raft.snapshot_meta")
-//!   install_snapshot (from leader) ─> persist the same way, then StateMachine::restore(parts)
-//!   open ───────────────────────────> load the persisted snapshot, StateMachine::restore(parts);
+//!   build_snapshot ──────────────> StateMachine::snapshot(part by part) ──> SnapshotStore file
+//!   install_snapshot (from leader) ─> chunks into a file, checked, made current (durable), then
+//!                                     StateMachine::restore(its parts, one at a time)
+//!   open ───────────────────────────> StateMachine::restore(the current snapshot's parts);
 //!                                     openraft then re-applies the log after it
 //! ```
 //!
 //! The state machine itself is not persisted: the snapshot is. On restart the application state
 //! is rebuilt from the last snapshot, and openraft re-applies committed entries after it.
 //!
-//! Snapshots live in their own [`LogStore`] (in practice a second redb file next to the log),
-//! whose log stays empty: the snapshot and its description are written in one atomic fsync'd
-//! call, and building a snapshot never drops log entries openraft may still need (openraft
-//! purges the log itself, keeping `max_in_snapshot_log_to_keep` entries for lagging followers).
-//!
-//! Snapshot data on the wire (`SnapshotData = Cursor<Vec<u8>>`, sent in chunks of
-//! `snapshot_max_chunk_size` by openraft's install-snapshot RPC):
-//!
-//! ```text
-//!   "CPS1" ‖ part count (4, LE) ‖ { part id (4, LE) ‖ length (8, LE) ‖ bytes }*
-//! ```
+//! Snapshots are files of their own ([`crate::snapshot`]), apart from the log, so building a
+//! snapshot never drops log entries openraft may still need (openraft purges the log itself,
+//! keeping `max_in_snapshot_log_to_keep` entries for lagging followers). A snapshot is written,
+//! sent and read one part at a time: a node never holds one whole in memory.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use coopr_store::{LogStore, Snapshot as StoreSnapshot};
+use coopr_store::LogStore;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{BasicNode, Entry};
 use openraft::{
@@ -43,8 +35,15 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::log_store::{blocking, io_error, StorageFailure};
+use crate::log_store::{io_error, StorageFailure};
+use crate::snapshot::{SnapshotData, SnapshotReader, SnapshotStore};
 use crate::types::{Batch, NodeId, Payload, TypeConfig};
+
+/// A snapshot's parts, read one at a time (see [`StateMachine::restore`]).
+pub type Parts<'a> = &'a mut dyn Iterator<Item = io::Result<(u32, Vec<u8>)>>;
+
+/// Where [`StateMachine::snapshot`] writes its parts, one at a time.
+pub type PartSink<'a> = &'a mut dyn FnMut(u32, &[u8]) -> io::Result<()>;
 
 /// The application state machine, driven by committed entries.
 ///
@@ -62,16 +61,22 @@ pub trait StateMachine: Send + Sync + 'static {
     /// their order within the entry), and indices only grow from one payload to the next.
     fn apply(&self, entries: &[(u64, &[u8])]) -> Vec<Vec<u8>>;
 
-    /// A snapshot of the full state as of the last applied entry (parts keyed by shard id, so
-    /// a shard can be streamed or dropped as a unit). Must not observe a half-applied batch.
-    fn snapshot(&self) -> BTreeMap<u32, Vec<u8>>;
+    /// Writes a snapshot of the full state as of the last applied entry to `out`, one part at
+    /// a time (parts keyed by shard id, so a shard can be dropped as a unit; each id once).
+    /// Must not observe a half-applied batch. Stops at the first error of `out`.
+    fn snapshot(&self, out: PartSink<'_>) -> io::Result<()>;
 
-    /// Replaces the whole state with a snapshot's parts (an empty map = the initial state).
-    fn restore(&self, parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()>;
+    /// Replaces the whole state with a snapshot's parts, read one at a time (none: the initial
+    /// state). An error of `parts` fails the restore.
+    fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()>;
+}
+
+/// Every part of a snapshot in one map: for state machines whose snapshot is small.
+pub fn collect_parts(parts: Parts<'_>) -> io::Result<BTreeMap<u32, Vec<u8>>> {
+    parts.collect()
 }
 
 pub(crate) const SNAPSHOT_META_KEY: &str = "raft.snapshot_meta";
-const SNAPSHOT_MAGIC: &[u8; 4] = b"CPS1";
 
 /// What is known about the applied state; guarded by one mutex together with the calls into
 /// the application, so a snapshot always matches its `last_applied`.
@@ -83,7 +88,7 @@ struct Applied {
 
 struct Shared {
     app: Arc<dyn StateMachine>,
-    snapshots: Arc<dyn LogStore>,
+    snapshots: SnapshotStore,
     applied: Mutex<Applied>,
 }
 
@@ -95,45 +100,66 @@ impl Shared {
     }
 }
 
-/// openraft's state machine storage: drives a [`StateMachine`] and stores its snapshots in a
-/// [`LogStore`]. Cheap to clone (the clone is the snapshot builder).
+/// openraft's state machine storage: drives a [`StateMachine`] and keeps its snapshots in a
+/// [`SnapshotStore`]. Cheap to clone (the clone is the snapshot builder).
 #[derive(Clone)]
 pub struct RaftStateMachineStore {
     shared: Arc<Shared>,
 }
 
-/// The persisted description of the current snapshot.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshotMeta {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+/// Runs snapshot work on tokio's blocking pool (file I/O and whole-state encoding), or inline
+/// for a store in memory (whose simulation must stay on one thread).
+async fn snapshot_work<T, F>(store: &SnapshotStore, run: F) -> Result<T, StorageFailure>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageFailure> + Send + 'static,
+{
+    if !store.blocks() {
+        return run();
+    }
+    match tokio::task::spawn_blocking(run).await {
+        Ok(result) => result,
+        Err(join_error) => Err(StorageFailure::Task(join_error.to_string())),
+    }
+}
+
+fn io_failure(error: io::Error) -> StorageFailure {
+    StorageFailure::Invariant(format!("snapshot: {error}"))
+}
+
+fn restore_from(
+    app: &dyn StateMachine,
+    reader: Option<SnapshotReader>,
+) -> Result<(), StorageFailure> {
+    let restored = match reader {
+        Some(mut reader) => app.restore(&mut reader),
+        None => app.restore(&mut std::iter::empty()),
+    };
+    restored.map_err(|e| restore_failed(&e))
 }
 
 impl RaftStateMachineStore {
-    /// Opens the state machine storage: restores `app` from the snapshot in `snapshots` if
-    /// there is one (else resets it to the initial state with an empty map).
+    /// Opens the state machine storage: restores `app` from the current snapshot in
+    /// `snapshots` if there is one (else resets it to the initial state).
     pub async fn open(
         app: Arc<dyn StateMachine>,
-        snapshots: Arc<dyn LogStore>,
+        snapshots: SnapshotStore,
     ) -> Result<Self, StorageError<NodeId>> {
-        let loaded = blocking(snapshots.clone(), load_snapshot)
-            .await
-            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
+        let store = snapshots.clone();
+        let restored_app = app.clone();
+        let meta = snapshot_work(&snapshots, move || {
+            let reader = store.open_current().map_err(io_failure)?;
+            let meta = reader.as_ref().map(|r| r.meta().clone());
+            restore_from(&*restored_app, reader)?;
+            Ok(meta)
+        })
+        .await
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
         let mut applied = Applied::default();
-        let parts = match loaded {
-            Some((meta, parts)) => {
-                applied.last_applied = meta.last_log_id;
-                applied.last_membership = meta.last_membership.clone();
-                parts
-            }
-            None => BTreeMap::new(),
-        };
-        app.restore(&parts).map_err(|e| {
-            io_error(
-                ErrorSubject::StateMachine,
-                ErrorVerb::Write,
-                &restore_failed(&e),
-            )
-        })?;
+        if let Some(meta) = meta {
+            applied.last_applied = meta.last_log_id;
+            applied.last_membership = meta.last_membership.clone();
+        }
         Ok(RaftStateMachineStore {
             shared: Arc::new(Shared {
                 app,
@@ -147,108 +173,53 @@ impl RaftStateMachineStore {
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.shared.applied().last_applied
     }
-
-    async fn persist(
-        &self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        parts: BTreeMap<u32, Vec<u8>>,
-    ) -> Result<(), StorageError<NodeId>> {
-        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let index = meta.last_log_id.map_or(0, |id| id.index + 1);
-        let description = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
-            .map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
-        blocking(self.shared.snapshots.clone(), move |store| {
-            let snapshot = StoreSnapshot::at(index, parts);
-            Ok(store.install_snapshot_with_meta(
-                &snapshot,
-                &[(SNAPSHOT_META_KEY, description.as_slice())],
-            )?)
-        })
-        .await
-        .map_err(|e| io_error(subject, ErrorVerb::Write, &e))
-    }
 }
 
-type LoadedSnapshot = (SnapshotMeta<NodeId, BasicNode>, BTreeMap<u32, Vec<u8>>);
+/// The description of the snapshot kept in a log store by earlier builds.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshotMeta {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+}
 
-fn load_snapshot(store: &dyn LogStore) -> Result<Option<LoadedSnapshot>, StorageFailure> {
+/// Moves a snapshot kept by an earlier build in a [`LogStore`] (with its description under
+/// `raft.snapshot_meta`) into `snapshots`, unless that already has one. Returns whether there
+/// was one to move.
+pub fn import_log_store_snapshot(
+    store: &dyn LogStore,
+    snapshots: &SnapshotStore,
+) -> anyhow::Result<bool> {
     let Some(description) = store.load_meta(SNAPSHOT_META_KEY)? else {
-        return Ok(None);
+        return Ok(false);
     };
-    let StoredSnapshotMeta { meta } = serde_json::from_slice(&description)
-        .map_err(|e| StorageFailure::Invariant(format!("snapshot meta: {e}")))?;
+    if snapshots.open_current()?.is_some() {
+        return Ok(false);
+    }
+    let StoredSnapshotMeta { meta } = serde_json::from_slice(&description)?;
     let snapshot = store.load_snapshot()?.unwrap_or_default();
     let expected = meta.last_log_id.map_or(0, |id| id.index + 1);
-    if snapshot.last_index != expected {
-        return Err(StorageFailure::Invariant(format!(
-            "snapshot parts cover index {} but its description says {expected}",
-            snapshot.last_index
-        )));
+    anyhow::ensure!(
+        snapshot.last_index == expected,
+        "snapshot parts cover index {} but its description says {expected}",
+        snapshot.last_index
+    );
+    let mut writer = snapshots.writer(&meta)?;
+    for (id, part) in &snapshot.parts {
+        writer.part(*id, &part.bytes)?;
     }
-    let parts = snapshot
-        .parts
-        .into_iter()
-        .map(|(id, part)| (id, part.bytes))
-        .collect();
-    Ok(Some((meta, parts)))
+    snapshots.commit(writer)?;
+    Ok(true)
 }
 
 fn restore_failed(error: &anyhow::Error) -> StorageFailure {
     StorageFailure::Invariant(format!("StateMachine::restore failed: {error:#}"))
 }
 
-/// Encodes snapshot parts into the transfer format (see the module doc).
-pub(crate) fn encode_parts(parts: &BTreeMap<u32, Vec<u8>>) -> Vec<u8> {
-    let size: usize = parts.values().map(|bytes| 12 + bytes.len()).sum();
-    let mut out = Vec::with_capacity(8 + size);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    let count = u32::try_from(parts.len()).expect("fewer than 2^32 parts: part ids are u32");
-    out.extend_from_slice(&count.to_le_bytes());
-    for (id, bytes) in parts {
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        out.extend_from_slice(bytes);
-    }
-    out
-}
-
-/// Decodes the transfer format; never panics on malformed input.
-pub(crate) fn decode_parts(data: &[u8]) -> Result<BTreeMap<u32, Vec<u8>>, String> {
-    let rest = data
-        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
-        .ok_or("snapshot data does not start with CPS1")?;
-    let (count, mut rest) = rest
-        .split_first_chunk::<4>()
-        .ok_or("snapshot data truncated in its part count")?;
-    let count = u32::from_le_bytes(*count);
-    let mut parts = BTreeMap::new();
-    for _ in 0..count {
-        let (id, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or("snapshot data truncated in a part id")?;
-        let (len, tail) = tail
-            .split_first_chunk::<8>()
-            .ok_or("snapshot data truncated in a part length")?;
-        let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| "part too long")?;
-        if tail.len() < len {
-            return Err("snapshot data truncated in a part".into());
-        }
-        let (bytes, tail) = tail.split_at(len);
-        parts.insert(u32::from_le_bytes(*id), bytes.to_vec());
-        rest = tail;
-    }
-    if !rest.is_empty() {
-        return Err(format!("{} trailing bytes after the last part", rest.len()));
-    }
-    Ok(parts)
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        // Captured under the lock that `apply` holds, so the parts match `last_applied`.
-        let (meta, parts) = {
-            let applied = self.shared.applied();
-            let parts = self.shared.app.snapshot();
+        let shared = self.shared.clone();
+        let (meta, data) = snapshot_work(&self.shared.snapshots, move || {
+            // Written under the lock that `apply` holds, so the parts match `last_applied`.
+            let applied = shared.applied();
             let last_log_id = applied.last_applied;
             let snapshot_id = match last_log_id {
                 Some(id) => format!(
@@ -262,14 +233,21 @@ impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachineStore {
                 last_membership: applied.last_membership.clone(),
                 snapshot_id,
             };
-            (meta, parts)
-        };
-        let data = encode_parts(&parts);
-        self.persist(&meta, parts).await?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+            let mut writer = shared.snapshots.writer(&meta).map_err(io_failure)?;
+            shared
+                .app
+                .snapshot(&mut |id, bytes| writer.part(id, bytes))
+                .map_err(io_failure)?;
+            drop(applied);
+            let data = shared.snapshots.commit(writer).map_err(io_failure)?;
+            Ok((meta, data))
+        })
+        .await
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, data = ?data, "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         })
     }
 }
@@ -355,32 +333,40 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        let data = self.shared.snapshots.receiver().map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(None),
+                ErrorVerb::Write,
+                &io_failure(e),
+            )
+        })?;
+        Ok(Box::new(data))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<NodeId>> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let parts = decode_parts(snapshot.get_ref()).map_err(|reason| {
-            io_error(
-                subject.clone(),
-                ErrorVerb::Read,
-                &StorageFailure::Invariant(reason),
-            )
-        })?;
-        // Durable first: a crash after this point restarts from the new snapshot.
-        self.persist(meta, parts.clone()).await?;
-        let mut applied = self.shared.applied();
-        self.shared
-            .app
-            .restore(&parts)
-            .map_err(|e| io_error(subject, ErrorVerb::Write, &restore_failed(&e)))?;
-        applied.last_applied = meta.last_log_id;
-        applied.last_membership = meta.last_membership.clone();
+        let received = snapshot.into_received().await;
+        let shared = self.shared.clone();
+        let installed = meta.clone();
+        snapshot_work(&self.shared.snapshots, move || {
+            // Durable and current first: a crash after this point restarts from it.
+            let reader = shared
+                .snapshots
+                .install(received, &installed)
+                .map_err(io_failure)?;
+            let mut applied = shared.applied();
+            restore_from(&*shared.app, Some(reader))?;
+            applied.last_applied = installed.last_log_id;
+            applied.last_membership = installed.last_membership.clone();
+            Ok(())
+        })
+        .await
+        .map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
@@ -388,30 +374,68 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let loaded = blocking(self.shared.snapshots.clone(), load_snapshot)
-            .await
-            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
-        Ok(loaded.map(|(meta, parts)| Snapshot {
+        let store = self.shared.snapshots.clone();
+        let current = snapshot_work(&self.shared.snapshots, move || {
+            store.current_data().map_err(io_failure)
+        })
+        .await
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
+        Ok(current.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(encode_parts(&parts))),
+            snapshot: Box::new(data),
         }))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use coopr_store::{RedbStore, Snapshot as StoreSnapshot};
+    use openraft::CommittedLeaderId;
 
+    use super::*;
+    use crate::RaftStores;
+
+    /// A node upgraded from a build that kept its snapshot in `raft-snapshot.redb` starts from
+    /// that snapshot, now a file, and the old store is gone.
     #[test]
-    fn snapshot_data_round_trips_and_rejects_damage() {
-        let parts = BTreeMap::from([(0, b"zero".to_vec()), (u32::MAX, Vec::new())]);
-        let data = encode_parts(&parts);
-        assert_eq!(decode_parts(&data).unwrap(), parts);
-        for len in 0..data.len() {
-            assert!(decode_parts(&data[..len]).is_err(), "truncated to {len}");
+    fn a_snapshot_kept_in_the_old_store_moves_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 41)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "3-1-41".into(),
+        };
+        let old = dir.path().join("raft-snapshot.redb");
+        {
+            let store = RedbStore::open(&old).unwrap();
+            let description =
+                serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() }).unwrap();
+            let parts = [(0, b"zero".to_vec()), (9, b"nine".to_vec())];
+            store
+                .install_snapshot_with_meta(
+                    &StoreSnapshot::at(42, parts),
+                    &[(SNAPSHOT_META_KEY, description.as_slice())],
+                )
+                .unwrap();
         }
-        let mut longer = data.clone();
-        longer.push(0);
-        assert!(decode_parts(&longer).is_err());
+        let stores = RaftStores::open(dir.path()).unwrap();
+        assert!(!old.exists());
+        let reader = stores.snapshots.open_current().unwrap().unwrap();
+        assert_eq!(reader.meta(), &meta);
+        let parts: Vec<_> = reader.collect::<io::Result<_>>().unwrap();
+        assert_eq!(parts, vec![(0, b"zero".to_vec()), (9, b"nine".to_vec())]);
+        // A description that does not match its parts is refused, not half imported.
+        drop(stores);
+        let other = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(other.path().join("raft-snapshot.redb")).unwrap();
+        let description = serde_json::to_vec(&StoredSnapshotMeta { meta }).unwrap();
+        store
+            .install_snapshot_with_meta(
+                &StoreSnapshot::at(7, [(0, b"zero".to_vec())]),
+                &[(SNAPSHOT_META_KEY, description.as_slice())],
+            )
+            .unwrap();
+        drop(store);
+        assert!(RaftStores::open(other.path()).is_err());
     }
 }

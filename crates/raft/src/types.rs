@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   TypeConfig { D = Batch, R = Batch, NodeId = u64, Node = BasicNode { addr },
-//!                SnapshotData = Cursor<Vec<u8>>, AsyncRuntime = tokio }
+//!                SnapshotData = a snapshot file (or bytes in memory), AsyncRuntime = tokio }
 //!   Batch = [Payload]            one log entry: the writes group-committed together
 //!   Payload = bytes              one application command (or the response to one)
 //! ```
@@ -20,7 +20,6 @@
 //! blank and membership entries).
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -32,7 +31,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot::SnapshotData,
         AsyncRuntime = crate::runtime::Runtime,
 );
 

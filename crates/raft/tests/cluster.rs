@@ -423,6 +423,11 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
         config.logs_kept_after_snapshot = 0;
     })
     .await;
+    // On disk: snapshots are files, written, sent and read part by part.
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (node, dir) in group.nodes.iter_mut().zip(&dirs) {
+        node.stores = RaftStores::open(dir.path()).unwrap();
+    }
     group.start_all().await;
     let leader = group.leader(ELECTION).await;
     let follower = group
@@ -465,7 +470,8 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
     );
 
     let index = (follower - 1) as usize;
-    group.nodes[index].stores = RaftStores::in_memory();
+    let wiped = tempfile::tempdir().unwrap();
+    group.nodes[index].stores = RaftStores::open(wiped.path()).unwrap();
     group.nodes[index].machine = Default::default();
     group.start(follower).await;
     assert!(!group.handle(follower).initialize_if_needed().await.unwrap());
@@ -492,5 +498,15 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
         rejoined_handle.status().snapshot_index.is_some(),
         "caught up by snapshot"
     );
+    // One snapshot file per node: each new one deleted the one it superseded, and the
+    // received copy is the follower's only file.
+    for (node, stores) in group.nodes.iter().map(|n| (n.id, &n.stores)) {
+        if node == follower || node == leader {
+            let files = stores.snapshots.files().unwrap();
+            assert_eq!(files.len(), 1, "node {node}: {files:?}");
+            let size = std::fs::metadata(&files[0]).unwrap().len() as usize;
+            assert!(size > snapshot_bytes, "node {node}: {size} bytes");
+        }
+    }
     group.shutdown().await;
 }

@@ -1,10 +1,11 @@
 //! openraft's own storage test suite (`openraft::testing::Suite`) against the log store and the
-//! state machine store, on both `MemStore` and `RedbStore`.
+//! state machine store, on `MemStore` with snapshots in memory, and on `RedbStore` with snapshot files.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use coopr_raft::{RaftLogStore, RaftStateMachineStore, StateMachine, TypeConfig};
+use coopr_raft::{
+    PartSink, Parts, RaftLogStore, RaftStateMachineStore, SnapshotStore, StateMachine, TypeConfig,
+};
 use coopr_store::{LogStore, MemStore, RedbStore};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
@@ -24,10 +25,13 @@ impl StateMachine for NoApp {
     fn apply(&self, entries: &[(u64, &[u8])]) -> Vec<Vec<u8>> {
         vec![Vec::new(); entries.len()]
     }
-    fn snapshot(&self) -> BTreeMap<u32, Vec<u8>> {
-        BTreeMap::from([(7, b"state".to_vec())])
+    fn snapshot(&self, out: PartSink<'_>) -> std::io::Result<()> {
+        out(7, b"state")
     }
-    fn restore(&self, _parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()> {
+    fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {
+        for part in parts {
+            part?;
+        }
         Ok(())
     }
 }
@@ -36,22 +40,29 @@ struct Builder {
     redb: bool,
 }
 
-impl StoreBuilder<TypeConfig, RaftLogStore, RaftStateMachineStore, ()> for Builder {
-    async fn build(&self) -> Result<((), RaftLogStore, RaftStateMachineStore), StorageError<u64>> {
-        let (log, snapshots): (Arc<dyn LogStore>, Arc<dyn LogStore>) = if self.redb {
+/// The guard of a built store: its snapshot directory, deleted when the check ends.
+type Guard = Option<tempfile::TempDir>;
+
+impl StoreBuilder<TypeConfig, RaftLogStore, RaftStateMachineStore, Guard> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(Guard, RaftLogStore, RaftStateMachineStore), StorageError<u64>> {
+        let (log, snapshots, guard): (Arc<dyn LogStore>, SnapshotStore, Guard) = if self.redb {
+            let dir = tempfile::tempdir().expect("snapshot dir");
             (
                 Arc::new(RedbStore::temporary().expect("redb log store")),
-                Arc::new(RedbStore::temporary().expect("redb snapshot store")),
+                SnapshotStore::open(dir.path()).expect("snapshot files"),
+                Some(dir),
             )
         } else {
-            (Arc::new(MemStore::new()), Arc::new(MemStore::new()))
+            (Arc::new(MemStore::new()), SnapshotStore::in_memory(), None)
         };
         let sm = RaftStateMachineStore::open(Arc::new(NoApp), snapshots).await?;
-        Ok(((), RaftLogStore::new(log, true), sm))
+        Ok((guard, RaftLogStore::new(log, true), sm))
     }
 }
 
-type S = Suite<TypeConfig, RaftLogStore, RaftStateMachineStore, Builder, ()>;
+type S = Suite<TypeConfig, RaftLogStore, RaftStateMachineStore, Builder, Guard>;
 
 /// Runs each named check of openraft's suite on fresh stores. `Suite::test_all` runs the same
 /// list; it is spelled out to leave out the one check that needs a log with holes (see below).
@@ -61,7 +72,7 @@ macro_rules! suite {
         $(
             eprintln!("openraft suite: {}", stringify!($check));
             run_fut(stringify!($check), async {
-                let ((), store, sm) = builder.build().await?;
+                let (_guard, store, sm) = builder.build().await?;
                 S::$check(store, sm).await
             });
         )*

@@ -5,8 +5,8 @@
 //! ```text
 //!  DcStateMachine::apply ──State::take_archive_effects──► JobArchive::apply_effects
 //!                                                          (one durable write per batch)
-//!  DcStateMachine::snapshot ──► + JobArchive::parts(): one part per shard (archive_part)
-//!  DcStateMachine::restore  ──► JobArchive::restore(those parts): replaces the archive
+//!  DcStateMachine::snapshot ──► + JobArchive::write_parts(): chunks of ≤ ~4 MiB, in key order
+//!  DcStateMachine::restore  ──► JobArchive::clear, then restore_part(each archive part)
 //! ```
 //!
 //! The archive is part of the DC log's snapshots, so it needs no durability of its own: after
@@ -19,9 +19,25 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use coopr_engine::job::JobRun;
-use coopr_state::{archive_part, archive_part_shard, ArchiveEffect};
+use coopr_raft::PartSink;
+use coopr_state::{archive_part, ArchiveEffect};
 use coopr_store::{Archive, ArchiveKey, StoreError};
-use coopr_types::{ClusterId, JobId, ShardId};
+use coopr_types::{ClusterId, JobId};
+
+/// Bytes of one archive part of a snapshot (a chunk of the archive's export): big enough that
+/// a million retired jobs make a few hundred parts, small enough to hold one in memory.
+pub const ARCHIVE_PART_BYTES: usize = 4 << 20;
+
+/// Why the archive could not be written into a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveExportError {
+    /// The archive could not be read.
+    #[error("job archive: {0}")]
+    Store(#[from] StoreError),
+    /// The snapshot could not be written.
+    #[error("snapshot: {0}")]
+    Sink(std::io::Error),
+}
 
 /// Deflated JSON of a run.
 pub fn encode_run(run: &JobRun) -> Vec<u8> {
@@ -61,10 +77,6 @@ impl JobArchive {
         self.unwritten
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn shard_of(&self, cluster: u64) -> ShardId {
-        ClusterId(cluster).shard(self.shard_count)
     }
 
     /// Carries out the effects of applied entries, in order: one durable write per run of
@@ -131,8 +143,9 @@ impl JobArchive {
         found.values().map(|b| decode_run(b)).collect()
     }
 
-    /// The archive as snapshot parts: one per shard with retired jobs.
-    pub fn parts(&self) -> Result<BTreeMap<u32, Vec<u8>>, StoreError> {
+    /// Writes the archive as snapshot parts, one at a time: chunks of its export of about
+    /// [`ARCHIVE_PART_BYTES`], in key order, numbered by [`archive_part`].
+    pub fn write_parts(&self, out: PartSink<'_>) -> Result<(), ArchiveExportError> {
         let mut unwritten = self.unwritten();
         if !unwritten.is_empty() {
             // Writing them now puts them in the export; if that fails too, so does the export.
@@ -141,21 +154,23 @@ impl JobArchive {
             unwritten.clear();
         }
         drop(unwritten);
-        let exports = self.store.export(|cluster| self.shard_of(cluster).0)?;
-        Ok(exports
-            .into_iter()
-            .map(|(shard, bytes)| (archive_part(ShardId(shard)), bytes))
-            .collect())
+        let mut chunk = 0;
+        self.store
+            .export_chunks::<ArchiveExportError>(ARCHIVE_PART_BYTES, |bytes| {
+                out(archive_part(chunk), bytes).map_err(ArchiveExportError::Sink)?;
+                chunk += 1;
+                Ok(())
+            })
     }
 
-    /// Replaces the archive with the archive parts among a snapshot's parts (none: empty).
-    pub fn restore(&self, parts: &BTreeMap<u32, Vec<u8>>) -> Result<usize, StoreError> {
+    /// Empties the archive (and what it could not write), before a snapshot's parts refill it.
+    pub fn clear(&self) -> Result<(), StoreError> {
         self.unwritten().clear();
-        self.store.replace_all(
-            parts
-                .iter()
-                .filter(|(part, _)| archive_part_shard(**part).is_some())
-                .map(|(_, bytes)| bytes.as_slice()),
-        )
+        self.store.clear()
+    }
+
+    /// Adds the jobs of one archive part of a snapshot; returns how many.
+    pub fn restore_part(&self, bytes: &[u8]) -> Result<usize, StoreError> {
+        self.store.insert_export(bytes)
     }
 }

@@ -13,19 +13,18 @@
 //!                      CommandResult bytes back to the proposer; Core::applied notified
 //! ```
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use coopr_raft::{RaftHandle, StateMachine, WriteError};
+use coopr_raft::{PartSink, Parts, RaftHandle, StateMachine, WriteError};
 use coopr_state::{
-    decode_entry, decode_parts, encode_entry, encode_parts, Command, CommandError, CommandResult,
-    Entry, Fence, State,
+    decode_entry, encode_entry, for_each_part, is_archive_part, Command, CommandError,
+    CommandResult, Entry, Fence, PartsDecoder, State,
 };
 use thiserror::Error;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::archive::JobArchive;
+use crate::archive::{ArchiveExportError, JobArchive};
 use crate::clock::Clock;
 use coopr_store::Archive;
 
@@ -120,27 +119,38 @@ impl StateMachine for DcStateMachine {
         responses
     }
 
-    fn snapshot(&self) -> BTreeMap<u32, Vec<u8>> {
+    fn snapshot(&self, out: PartSink<'_>) -> std::io::Result<()> {
+        // One part at a time: the largest thing held besides the state is one shard's JSON.
         let state = self.state.read().expect("state lock poisoned");
-        let mut parts = encode_parts(&state);
-        match self.archive.parts() {
-            Ok(archive) => parts.extend(archive),
-            // The snapshot then lacks retired jobs: count it, and say so.
-            Err(e) => {
+        for_each_part(&state, |id, bytes| out(id, &bytes))?;
+        match self.archive.write_parts(out) {
+            Ok(()) => Ok(()),
+            Err(ArchiveExportError::Sink(e)) => Err(e),
+            // The snapshot then lacks (some) retired jobs: count it, and say so.
+            Err(ArchiveExportError::Store(e)) => {
                 metrics::counter!("coopr_archive_snapshot_errors_total").increment(1);
                 tracing::error!(error = %e, "cannot read the job archive into the snapshot");
+                Ok(())
             }
         }
-        parts
     }
 
-    fn restore(&self, parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()> {
-        let restored = decode_parts(
-            parts.iter().map(|(k, v)| (*k, v.as_slice())),
-            self.shard_count,
-        )?;
+    fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {
+        // The new state is built beside the old one (readers keep the old until the swap); the
+        // archive is replaced as its parts arrive. A failed restore stops the node (openraft
+        // treats it as a storage error), and the next start restores again.
+        let mut decoder = PartsDecoder::new(self.shard_count);
+        self.archive.clear()?;
+        for part in parts {
+            let (id, bytes) = part?;
+            if is_archive_part(id) {
+                self.archive.restore_part(&bytes)?;
+            } else {
+                decoder.add(id, &bytes)?;
+            }
+        }
+        let restored = decoder.finish();
         let mut state = self.state.write().expect("state lock poisoned");
-        self.archive.restore(parts)?;
         *state = restored;
         drop(state);
         self.applied.notify_waiters();

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use coopr_raft::{RaftConfig, RaftHandle, RaftStores, StateMachine};
+use coopr_raft::{
+    collect_parts, PartSink, Parts, RaftConfig, RaftHandle, RaftStores, StateMachine,
+};
 use tower::ServiceExt;
 
 /// An append-only list of `(log index, payload)`; the response to a payload is its log index
@@ -45,12 +47,13 @@ impl StateMachine for ListMachine {
             .collect()
     }
 
-    fn snapshot(&self) -> BTreeMap<u32, Vec<u8>> {
+    fn snapshot(&self, out: PartSink<'_>) -> std::io::Result<()> {
         let list = self.entries.lock().unwrap();
-        BTreeMap::from([(0, serde_json::to_vec(&*list).unwrap())])
+        out(0, &serde_json::to_vec(&*list).unwrap())
     }
 
-    fn restore(&self, parts: &BTreeMap<u32, Vec<u8>>) -> anyhow::Result<()> {
+    fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {
+        let parts = collect_parts(parts)?;
         let list = match parts.get(&0) {
             Some(bytes) => serde_json::from_slice(bytes)?,
             None => Vec::new(),
