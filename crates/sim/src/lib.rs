@@ -780,6 +780,8 @@ struct Seen {
     isolated: Vec<(&'static str, u64, u64)>,
     /// The first moment two DCs could both acknowledge writes to one shard, if any.
     two_writers: Option<String>,
+    /// The first derived index of a node's state found out of step with its records, if any.
+    stale_index: Option<String>,
     /// Creates answered 409 `operation_lost` on a retry (the first attempt was lost).
     lost: BTreeSet<String>,
     /// Acknowledged deletes: cluster id -> (its name, the delete's Idempotency-Key, DC asked).
@@ -1006,6 +1008,9 @@ async fn scenario(seed: u64, options: &Options, trace: &Trace) -> Result<Report,
     let mut reported_lost = 0;
     if let Some(two) = &seen.two_writers {
         return Err(two.clone());
+    }
+    if let Some(stale) = &seen.stale_index {
+        return Err(stale.clone());
     }
     // Fencing: a DC cut off from the others keeps its clients, but acknowledges nothing once
     // the lease it last renewed (before the cut) has run out on its own clock.
@@ -1289,7 +1294,24 @@ async fn watch_writers(
         .map(ShardId)
         .chain([ShardId::GLOBAL])
         .collect();
+    let mut round = 0u64;
     while !stop.get() && seen.borrow().two_writers.is_none() {
+        round += 1;
+        // Every 500 ms: each running node's derived indexes (in-progress tasks, clusters by
+        // tenant) against full scans of its records, under faults and restarts.
+        if round % 25 == 0 && seen.borrow().stale_index.is_none() {
+            let stale = deployment.nodes.borrow().iter().find_map(|node| {
+                let app = &node.handle.as_ref()?.app;
+                let checked = app.core.read().check_indexes();
+                checked
+                    .err()
+                    .map(|e| format!("{} node {}: stale index: {e}", node.dc, node.n))
+            });
+            if let Some(message) = stale {
+                trace.log(message.clone());
+                seen.borrow_mut().stale_index = Some(message);
+            }
+        }
         let writers: Vec<(ShardId, BTreeSet<&'static str>)> = {
             let nodes = deployment.nodes.borrow();
             shards
