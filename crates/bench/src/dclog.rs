@@ -128,6 +128,11 @@ impl Proc {
         crate::stats::memory_of(&self.child.id().to_string(), "VmRSS:")
     }
 
+    /// Peak resident memory so far (`VmHWM`).
+    pub(crate) fn peak_resident(&self) -> Option<u64> {
+        crate::stats::memory_of(&self.child.id().to_string(), "VmHWM:")
+    }
+
     /// CPU time (user + system) used so far.
     fn cpu_time(&self) -> Option<Duration> {
         crate::stats::cpu_time_of(&self.child.id().to_string())

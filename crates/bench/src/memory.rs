@@ -41,13 +41,22 @@ pub struct MemoryArgs {
     /// Demo workers of the node.
     #[arg(long, default_value_t = 16)]
     workers: u32,
+    /// Clients create as fast as the API answers, without waiting for each cluster to be
+    /// ACTIVE: a backlog of thousands of pending creates (job throughput under a backlog).
+    #[arg(long)]
+    backlog: bool,
+    /// One row with this job retention instead of the two default rows (1 h, and 0).
+    #[arg(long)]
+    retention_ms: Option<u64>,
 }
 
 /// What one run measured.
 struct Measured {
-    retention: &'static str,
+    retention: String,
     baseline: u64,
     resident: u64,
+    /// Peak resident memory over the run (`VmHWM`).
+    peak: u64,
     disk: Vec<(String, u64)>,
     took: Duration,
 }
@@ -56,7 +65,14 @@ pub async fn run(mut args: MemoryArgs) -> anyhow::Result<()> {
     args.coopr_bin = coopr_bin(&args.coopr_bin)?;
     std::fs::create_dir_all(&args.dir)?;
     let mut rows = Vec::new();
-    for (retention, label) in [(None, "1 h (default)"), (Some(0), "0 (retired at once)")] {
+    let rows_asked: Vec<(Option<u64>, String)> = match args.retention_ms {
+        Some(ms) => vec![(Some(ms), format!("{ms} ms"))],
+        None => vec![
+            (None, "1 h (default)".into()),
+            (Some(0), "0 (retired at once)".into()),
+        ],
+    };
+    for (retention, label) in rows_asked {
         let dir = tempfile::tempdir_in(&args.dir)?;
         rows.push(run_once(&args, dir.path(), retention, label).await?);
     }
@@ -66,11 +82,18 @@ pub async fn run(mut args: MemoryArgs) -> anyhow::Result<()> {
     println!("## coopr-bench memory\n");
     println!(
         "1-node DC, `coopr server` demo mode, {} one-machine `base` clusters created by {} \
-         clients and run by {} workers on the fake cloud (zero latency)\n",
-        args.clusters, args.clients, args.workers
+         clients ({}) and run by {} workers on the fake cloud (zero latency)\n",
+        args.clusters,
+        args.clients,
+        if args.backlog {
+            "as fast as the API answers: a backlog"
+        } else {
+            "one create in flight each"
+        },
+        args.workers
     );
-    println!("| job retention | resident at start | resident, all ACTIVE | per cluster (above start) | data dir files | run |");
-    println!("| --- | ---: | ---: | ---: | --- | ---: |");
+    println!("| job retention | resident at start | resident, all ACTIVE | per cluster (above start) | peak resident | data dir files | run | clusters/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |");
     for r in &rows {
         let files: Vec<String> = r
             .disk
@@ -78,13 +101,15 @@ pub async fn run(mut args: MemoryArgs) -> anyhow::Result<()> {
             .map(|(name, bytes)| format!("{name} {}", mb(*bytes)))
             .collect();
         println!(
-            "| {} | {} | {} | {} | {} | {:.0} s |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} s | {:.0} |",
             r.retention,
             mb(r.baseline),
             mb(r.resident),
             per(r.resident.saturating_sub(r.baseline)),
+            mb(r.peak),
             files.join(", "),
-            r.took.as_secs_f64()
+            r.took.as_secs_f64(),
+            n / r.took.as_secs_f64()
         );
     }
     Ok(())
@@ -94,7 +119,7 @@ async fn run_once(
     args: &MemoryArgs,
     dir: &Path,
     retention: Option<u64>,
-    label: &'static str,
+    label: String,
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
     let base = crate::dclog::free_coopr_base_dcs(1, 1)?;
@@ -122,7 +147,8 @@ async fn run_once(
     let next = Arc::new(AtomicU32::new(0));
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        let (api, next, total) = (api.clone(), next.clone(), args.clusters);
+        let (api, next, total, backlog) =
+            (api.clone(), next.clone(), args.clusters, args.backlog);
         clients.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -138,8 +164,9 @@ async fn run_once(
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 };
-                // One create in flight per client: a backlog of thousands of pending
-                // clusters makes every take scan them (see BENCHMARKS.md, `memory`).
+                if backlog {
+                    continue;
+                }
                 let status = format!("{}/v2/clusters/{id}/status", api.url);
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
@@ -187,20 +214,19 @@ async fn run_once(
     // Let the allocator settle after the last requests.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let resident = procs[0].resident().context("no VmRSS")?;
+    let peak = procs[0].peak_resident().context("no VmHWM")?;
     let mut disk = Vec::new();
-    for name in ["raft-log.redb", "raft-snapshot.redb", "archive.redb"] {
-        let path = find(&out, name);
-        disk.push((
-            name.to_string(),
-            path.and_then(|p| std::fs::metadata(p).ok())
-                .map_or(0, |m| m.len()),
-        ));
+    // The DC log's directory (the placement group keeps a log and snapshots of its own).
+    let raft = find(&out, "raft").context("no raft directory under the node's data dir")?;
+    for name in ["raft-log.redb", "snapshots", "archive.redb"] {
+        disk.push((name.to_string(), size_of(&raft.join(name))));
     }
     drop(procs);
     Ok(Measured {
         retention: label,
         baseline,
         resident,
+        peak,
         disk,
         took: started.elapsed(),
     })
@@ -223,6 +249,18 @@ async fn retired_jobs(http: &reqwest::Client, url: &str) -> Option<u64> {
         .parse::<f64>()
         .ok()
         .map(|v| v as u64)
+}
+
+/// Bytes of a file, or of the files directly in a directory.
+fn size_of(path: &Path) -> u64 {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum(),
+        Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
 }
 
 /// The first file called `name` under `dir`.
