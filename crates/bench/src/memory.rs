@@ -147,8 +147,7 @@ async fn run_once(
     let next = Arc::new(AtomicU32::new(0));
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        let (api, next, total, backlog) =
-            (api.clone(), next.clone(), args.clusters, args.backlog);
+        let (api, next, total, backlog) = (api.clone(), next.clone(), args.clusters, args.backlog);
         clients.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -198,8 +197,9 @@ async fn run_once(
             .as_array()
             .map_or(0, |a| a.iter().filter(|c| c["status"] == "active").count());
         let retired = retired_jobs(&http, &url).await.unwrap_or(0);
+        // With retention 0, also until every finished job left memory.
         let done = active == args.clusters as usize
-            && (retention.is_none() || retired >= 2 * u64::from(args.clusters));
+            && (retention != Some(0) || retired >= 2 * u64::from(args.clusters));
         if done {
             break;
         }

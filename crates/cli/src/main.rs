@@ -335,6 +335,7 @@ fn server_config_from_file(path: &std::path::Path) -> anyhow::Result<(ServerConf
             internal_listen: Some(file.internal_addr),
             secret: Some(secret),
             snapshot_every: file.snapshot_every,
+            snapshot_log_percent: file.snapshot_log_percent,
             logs_kept_after_snapshot: file.logs_kept_after_snapshot,
             job_retention_ms: file.job_retention_ms.unwrap_or(defaults.job_retention_ms),
             election_timeout_ms: (file.election_timeout_min_ms, file.election_timeout_max_ms),

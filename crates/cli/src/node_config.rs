@@ -67,9 +67,14 @@ pub struct NodeConfig {
     /// cloud of their own in `<data_dir>/fake-cloud.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fake_cloud_url: Option<String>,
-    /// DC log entries between snapshots. Default 10000.
+    /// DC log entries between snapshots, at least. Default 10000.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// The commands applied since the last snapshot must add up to this percentage of its
+    /// size before the next. Default 100 (snapshots grow rarer as the state grows); 0: the
+    /// entry count alone decides.
+    #[serde(default = "default_snapshot_log_percent")]
+    pub snapshot_log_percent: u64,
     /// DC log entries kept after a snapshot (older ones are dropped); a node further behind
     /// catches up by receiving a snapshot. Default 1000.
     #[serde(default = "default_logs_kept_after_snapshot")]
@@ -142,6 +147,10 @@ fn default_shards() -> u32 {
 
 fn default_task_timeout() -> u64 {
     600
+}
+
+fn default_snapshot_log_percent() -> u64 {
+    100
 }
 
 fn default_snapshot_every() -> u64 {
@@ -582,6 +591,7 @@ pub fn init_cluster(
             demo_workers: default_demo_workers(),
             fake_cloud_url: fake_cloud.as_ref().map(|addr| format!("http://{addr}")),
             snapshot_every: default_snapshot_every(),
+            snapshot_log_percent: default_snapshot_log_percent(),
             logs_kept_after_snapshot: default_logs_kept_after_snapshot(),
             job_retention_ms: None,
             election_timeout_min_ms: default_election_min(),

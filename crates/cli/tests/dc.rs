@@ -362,6 +362,8 @@ fn wiped_node_catches_up_by_snapshot() {
         let mut dc = Deployment::one_dc(&[
             ("demo_workers", 2),
             ("snapshot_every", 50),
+            // Every 50 entries, however large the state: the leader must drop the log.
+            ("snapshot_log_percent", 0),
             ("logs_kept_after_snapshot", 10),
             ("job_retention_ms", 0),
         ]);

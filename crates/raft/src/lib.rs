@@ -72,7 +72,8 @@ pub use node::{
 pub use runtime::seed_thread_rng;
 pub use snapshot::{SnapshotData, SnapshotStore};
 pub use state_machine::{
-    collect_parts, import_log_store_snapshot, PartSink, Parts, RaftStateMachineStore, StateMachine,
+    collect_parts, import_log_store_snapshot, PartSink, Parts, RaftStateMachineStore,
+    SnapshotGauge, StateMachine,
 };
 pub use transport::{Answer, Call, CallError, HttpTransport, LinkFaults, MemNetwork, Transport};
 pub use types::{Batch, NodeId, Payload, TypeConfig};

@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 use crate::log_store::RaftLogStore;
 use crate::network::{HttpNetworkFactory, GROUP_HEADER, SECRET_HEADER, STATUS_PATH};
 use crate::snapshot::SnapshotStore;
-use crate::state_machine::{RaftStateMachineStore, StateMachine};
+use crate::state_machine::{RaftStateMachineStore, SnapshotGauge, StateMachine};
 use crate::types::{Batch, NodeId, Payload, TypeConfig};
 
 /// Most payloads group-committed into one log entry.
@@ -83,9 +83,16 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     #[serde(default = "defaults::election_timeout_max_ms")]
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one. Default 10 000.
+    /// Build a snapshot once at least this many log entries were applied since the last one,
+    /// and the commands among them add up to at least the last snapshot's size (so snapshots
+    /// grow rarer as the state grows: building them writes at most as many bytes as the log
+    /// they replace). Default 10 000.
     #[serde(default = "defaults::snapshot_every")]
     pub snapshot_every: u64,
+    /// The percentage of the last snapshot's size that the commands applied since must reach
+    /// before the next snapshot (see `snapshot_every`). Default 100; 0: entries count alone.
+    #[serde(default = "defaults::snapshot_log_percent")]
+    pub snapshot_log_percent: u64,
     /// Entries kept in the log after a snapshot, so slightly lagging followers catch up from the
     /// log rather than a snapshot. Default 1 000.
     #[serde(default = "defaults::logs_kept_after_snapshot")]
@@ -134,6 +141,9 @@ mod defaults {
     pub fn election_timeout_max_ms() -> u64 {
         600
     }
+    pub fn snapshot_log_percent() -> u64 {
+        100
+    }
     pub fn snapshot_every() -> u64 {
         10_000
     }
@@ -173,6 +183,7 @@ impl RaftConfig {
             election_timeout_min_ms: defaults::election_timeout_min_ms(),
             election_timeout_max_ms: defaults::election_timeout_max_ms(),
             snapshot_every: defaults::snapshot_every(),
+            snapshot_log_percent: defaults::snapshot_log_percent(),
             logs_kept_after_snapshot: defaults::logs_kept_after_snapshot(),
             max_payload_entries: defaults::max_payload_entries(),
             snapshot_chunk_bytes: defaults::snapshot_chunk_bytes(),
@@ -262,7 +273,8 @@ impl RaftConfig {
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: self.snapshot_timeout_ms,
             max_payload_entries: self.max_payload_entries,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // This node's own policy decides (`snapshot_policy`): openraft's counts entries only.
+            snapshot_policy: SnapshotPolicy::Never,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             ..openraft::Config::default()
@@ -419,6 +431,9 @@ struct Inner {
     /// 0: votes normally; n > 0: does not vote until it applied index n - 1 (see crate doc).
     vote_after_applied: Arc<AtomicU64>,
     watcher: JoinHandle<()>,
+    gauge: Arc<SnapshotGauge>,
+    /// Triggers snapshots (see [`RaftConfig::snapshot_every`]).
+    snapshots: JoinHandle<()>,
     /// Writes waiting for the batcher task (see the module doc).
     queue: mpsc::UnboundedSender<QueuedWrite>,
     batcher: JoinHandle<()>,
@@ -427,6 +442,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.watcher.abort();
+        self.snapshots.abort();
         self.batcher.abort();
     }
 }
@@ -618,6 +634,7 @@ pub async fn start_with(
     let sm_store = RaftStateMachineStore::open(state_machine, stores.snapshots.clone())
         .await
         .map_err(|e| StartError::Storage(e.to_string()))?;
+    let gauge = sm_store.gauge();
     if log_pristine && sm_store.last_applied().is_some() {
         return Err(StartError::InconsistentStorage(
             "the log store is empty but the snapshot store holds a snapshot; \
@@ -650,6 +667,12 @@ pub async fn start_with(
         leader_tx,
         vote_after_applied.clone(),
     ));
+    let snapshots = tokio::spawn(snapshot_policy(
+        raft.clone(),
+        gauge.clone(),
+        config.snapshot_every,
+        config.snapshot_log_percent,
+    ));
     let (queue, queued) = mpsc::unbounded_channel();
     let batcher = tokio::spawn(run_batcher(
         Arc::new(Proposer {
@@ -668,10 +691,40 @@ pub async fn start_with(
             leader: leader_rx,
             vote_after_applied,
             watcher,
+            gauge,
+            snapshots,
             queue,
             batcher,
         }),
     })
+}
+
+/// How often the snapshot policy looks.
+const SNAPSHOT_POLICY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Triggers a snapshot when `every` entries were applied since the last one and the gauge says
+/// it is worth its cost ([`SnapshotGauge::due`]).
+async fn snapshot_policy(
+    raft: Raft<TypeConfig>,
+    gauge: Arc<SnapshotGauge>,
+    every: u64,
+    log_percent: u64,
+) {
+    let mut tick = tokio::time::interval(SNAPSHOT_POLICY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let entries = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            let applied = metrics.last_applied.map_or(0, |id| id.index + 1);
+            let snapshot = metrics.snapshot.map_or(0, |id| id.index + 1);
+            applied.saturating_sub(snapshot)
+        };
+        if entries >= every && gauge.due(log_percent) && raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Publishes leader changes and lifts the vote suspension once the node caught up.
@@ -888,6 +941,12 @@ impl RaftHandle {
         self.inner.raft.metrics()
     }
 
+    /// What decides when the next snapshot is due: the last one's size, the bytes applied
+    /// since.
+    pub fn snapshot_gauge(&self) -> Arc<SnapshotGauge> {
+        self.inner.gauge.clone()
+    }
+
     /// Builds a snapshot now (and lets openraft purge the log behind it).
     pub async fn trigger_snapshot(&self) -> Result<(), WriteError> {
         self.inner.raft.trigger().snapshot().await.map_err(fatal)
@@ -899,6 +958,7 @@ impl RaftHandle {
             tracing::warn!(error = %e, "raft core ended with an error");
         }
         self.inner.watcher.abort();
+        self.inner.snapshots.abort();
         self.inner.batcher.abort();
     }
 

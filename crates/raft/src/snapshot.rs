@@ -158,6 +158,8 @@ fn invalid(reason: impl Into<String>) -> io::Error {
 /// nothing more.
 pub struct SnapshotReader {
     input: Box<dyn Read + Send>,
+    /// Bytes of the whole snapshot.
+    len: u64,
     /// Bytes of the input not read yet.
     left: u64,
     meta: Meta,
@@ -191,6 +193,7 @@ impl SnapshotReader {
             .map_err(|e| invalid(format!("snapshot meta does not decode: {e}")))?;
         Ok(SnapshotReader {
             input,
+            len,
             left: len - HEAD - u64::from(meta_len),
             meta,
             parts: 0,
@@ -201,6 +204,11 @@ impl SnapshotReader {
     /// The meta written in the snapshot.
     pub fn meta(&self) -> &Meta {
         &self.meta
+    }
+
+    /// Bytes of the whole snapshot (as stored and sent).
+    pub fn bytes(&self) -> u64 {
+        self.len
     }
 
     fn read(&mut self, buf: &mut [u8], what: &str) -> io::Result<()> {
@@ -298,6 +306,8 @@ pub struct SnapshotWriter {
     out: Out,
     meta: Meta,
     parts: u64,
+    /// Bytes written so far.
+    bytes: u64,
 }
 
 enum Out {
@@ -332,7 +342,13 @@ impl SnapshotWriter {
             out,
             meta: meta.clone(),
             parts: 0,
+            bytes: 12 + json.len() as u64,
         })
+    }
+
+    /// Bytes of the snapshot once finished (what is written so far, and its end).
+    pub fn bytes(&self) -> u64 {
+        self.bytes + 9
     }
 
     /// Appends one part.
@@ -343,15 +359,27 @@ impl SnapshotWriter {
         self.out.write_all(&part_crc(id, bytes).to_le_bytes())?;
         self.out.write_all(bytes)?;
         self.parts += 1;
+        self.bytes += 17 + bytes.len() as u64;
         Ok(())
     }
 
     /// Writes the end and returns the finished output.
     fn end(mut self) -> io::Result<(Out, Meta)> {
         self.out.write_all(&[END])?;
-        self.out.write_all(&self.parts.to_le_bytes())?;
+        let parts = self.parts;
+        self.out.write_all(&parts.to_le_bytes())?;
         self.out.flush()?;
-        Ok((self.out, self.meta))
+        let out = std::mem::replace(&mut self.out, Out::Memory(Vec::new()));
+        Ok((out, self.meta.clone()))
+    }
+}
+
+impl Drop for SnapshotWriter {
+    /// A snapshot abandoned midway (an error while writing it) leaves no file behind.
+    fn drop(&mut self) {
+        if let Out::File(_, path) = &self.out {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -753,6 +781,16 @@ mod tests {
             write(&store, 9, &[(1, b"one"), (2, &[7; 100_000])]);
             let (meta, parts) = read_all(&store);
             assert_eq!(meta, self::meta(9));
+            let reader = store.open_current().unwrap().unwrap();
+            let mut writer = store.writer(&self::meta(9)).unwrap();
+            writer.part(1, b"one").unwrap();
+            writer.part(2, &[7; 100_000]).unwrap();
+            assert_eq!(
+                writer.bytes(),
+                reader.bytes(),
+                "the writer counts what it writes"
+            );
+            drop(writer);
             assert_eq!(parts, vec![(1, b"one".to_vec()), (2, vec![7; 100_000])]);
             // One file per snapshot: the superseded one is gone.
             if store.blocks() {

@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use coopr_store::LogStore;
@@ -90,6 +91,54 @@ struct Shared {
     app: Arc<dyn StateMachine>,
     snapshots: SnapshotStore,
     applied: Mutex<Applied>,
+    gauge: Arc<SnapshotGauge>,
+}
+
+/// What decides when the next snapshot is due (see [`SnapshotGauge::due`]).
+#[derive(Debug, Default)]
+pub struct SnapshotGauge {
+    /// Bytes of the application payloads applied since the state the last snapshot holds.
+    applied_bytes: AtomicU64,
+    /// Bytes of the last snapshot (built, installed, or restored at start).
+    snapshot_bytes: AtomicU64,
+    /// A snapshot is being built.
+    building: AtomicBool,
+}
+
+impl SnapshotGauge {
+    /// Whether a new snapshot is worth its cost: none is being built, and the commands applied
+    /// since the last one add up to at least `percent` % of its size. At 100, building
+    /// snapshots writes at most as many bytes as the log they replace, and a node restarts by
+    /// replaying at most about a snapshot's worth of log, whatever the size of the state.
+    pub fn due(&self, percent: u64) -> bool {
+        let needed = u128::from(self.snapshot_bytes.load(Ordering::Relaxed)) * u128::from(percent);
+        !self.building.load(Ordering::Acquire)
+            && u128::from(self.applied_bytes.load(Ordering::Relaxed)) * 100 >= needed
+    }
+
+    /// Bytes of the last snapshot.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of commands applied since the state of the last snapshot.
+    pub fn applied_bytes(&self) -> u64 {
+        self.applied_bytes.load(Ordering::Relaxed)
+    }
+
+    fn snapshot_taken(&self, bytes: u64) {
+        self.applied_bytes.store(0, Ordering::Relaxed);
+        self.snapshot_bytes.store(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Clears [`SnapshotGauge::building`] when a build ends, however it ends.
+struct Building(Arc<SnapshotGauge>);
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        self.0.building.store(false, Ordering::Release);
+    }
 }
 
 impl Shared {
@@ -147,11 +196,12 @@ impl RaftStateMachineStore {
     ) -> Result<Self, StorageError<NodeId>> {
         let store = snapshots.clone();
         let restored_app = app.clone();
-        let meta = snapshot_work(&snapshots, move || {
+        let (meta, bytes) = snapshot_work(&snapshots, move || {
             let reader = store.open_current().map_err(io_failure)?;
             let meta = reader.as_ref().map(|r| r.meta().clone());
+            let bytes = reader.as_ref().map_or(0, SnapshotReader::bytes);
             restore_from(&*restored_app, reader)?;
-            Ok(meta)
+            Ok((meta, bytes))
         })
         .await
         .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
@@ -160,13 +210,21 @@ impl RaftStateMachineStore {
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership.clone();
         }
+        let gauge = Arc::new(SnapshotGauge::default());
+        gauge.snapshot_taken(bytes);
         Ok(RaftStateMachineStore {
             shared: Arc::new(Shared {
                 app,
                 snapshots,
                 applied: Mutex::new(applied),
+                gauge,
             }),
         })
+    }
+
+    /// What the node's snapshot policy reads.
+    pub fn gauge(&self) -> Arc<SnapshotGauge> {
+        self.shared.gauge.clone()
     }
 
     /// The last applied log id (openraft index), as the application state reflects it.
@@ -216,6 +274,8 @@ fn restore_failed(error: &anyhow::Error) -> StorageFailure {
 
 impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        self.shared.gauge.building.store(true, Ordering::Release);
+        let _building = Building(self.shared.gauge.clone());
         let shared = self.shared.clone();
         let (meta, data) = snapshot_work(&self.shared.snapshots, move || {
             // Written under the lock that `apply` holds, so the parts match `last_applied`.
@@ -238,6 +298,9 @@ impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachineStore {
                 .app
                 .snapshot(&mut |id, bytes| writer.part(id, bytes))
                 .map_err(io_failure)?;
+            let bytes = writer.bytes();
+            // Still under the lock: what is applied from now on counts toward the next one.
+            shared.gauge.snapshot_taken(bytes);
             drop(applied);
             let data = shared.snapshots.commit(writer).map_err(io_failure)?;
             Ok((meta, data))
@@ -304,6 +367,11 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
             match &entry.payload {
                 EntryPayload::Normal(payloads) => {
                     sizes.push(payloads.0.len());
+                    let bytes: usize = payloads.0.iter().map(|p| p.0.len()).sum();
+                    self.shared
+                        .gauge
+                        .applied_bytes
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
                     batch.extend(
                         payloads
                             .0
@@ -359,8 +427,10 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
                 .snapshots
                 .install(received, &installed)
                 .map_err(io_failure)?;
+            let bytes = reader.bytes();
             let mut applied = shared.applied();
             restore_from(&*shared.app, Some(reader))?;
+            shared.gauge.snapshot_taken(bytes);
             applied.last_applied = installed.last_log_id;
             applied.last_membership = installed.last_membership.clone();
             Ok(())

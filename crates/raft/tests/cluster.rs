@@ -243,6 +243,8 @@ async fn restarted_node_catches_up() {
 async fn wiped_node_catches_up_by_snapshot() {
     let mut group = Group::bind(3, |config| {
         config.snapshot_every = 5;
+        // Every 5 entries, however large the state: the leader must drop the log.
+        config.snapshot_log_percent = 0;
         config.logs_kept_after_snapshot = 0;
     })
     .await;
@@ -508,5 +510,55 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
             assert!(size > snapshot_bytes, "node {node}: {size} bytes");
         }
     }
+    group.shutdown().await;
+}
+
+/// Snapshots grow rarer as the state grows (`snapshot_log_percent` 100): after a snapshot of
+/// S bytes, the next is built only once the commands applied since add up to S, even with
+/// `snapshot_every = 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_snapshot_waits_for_a_snapshots_worth_of_commands() {
+    const KIB: usize = 1024;
+    let mut group = Group::bind(3, |config| config.snapshot_every = 1).await;
+    group.start_all().await;
+    let leader = group.leader(ELECTION).await;
+    let handle = group.handle(leader);
+    let gauge = handle.snapshot_gauge();
+    for n in 0..20 {
+        handle.write(noise(n, KIB)).await.expect("write");
+    }
+    handle.trigger_snapshot().await.expect("trigger");
+    let last = handle.status().last_log_index;
+    wait_for(
+        Duration::from_secs(10),
+        "a snapshot of every write, none being built",
+        || (handle.status().snapshot_index == last && gauge.due(0)).then_some(()),
+    )
+    .await;
+    let size = gauge.snapshot_bytes();
+    assert!(size > 20 * KIB as u64, "{size} bytes");
+    assert_eq!(gauge.applied_bytes(), 0);
+    // Just under the snapshot's size: no snapshot, however many entries.
+    let under = (size as usize - 1) / KIB;
+    for n in 0..under {
+        handle
+            .write(noise(100 + n as u64, KIB))
+            .await
+            .expect("write");
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        handle.status().snapshot_index,
+        last,
+        "{under} entries of {} bytes after a snapshot of {size} bytes",
+        KIB
+    );
+    // One more passes it: the next snapshot follows within a few policy rounds.
+    handle.write(noise(99, KIB)).await.expect("write");
+    wait_for(Duration::from_secs(10), "the next snapshot", || {
+        (handle.status().snapshot_index > last).then_some(())
+    })
+    .await;
+    assert!(gauge.snapshot_bytes() > size);
     group.shutdown().await;
 }

@@ -21,8 +21,11 @@ pub struct ServerConfig {
     pub task_timeout_ms: u64,
     /// A provisioner silent for this long is dead and its tasks are retried (default 30 s).
     pub provisioner_timeout_ms: u64,
-    /// Log entries between snapshots (default 10,000).
+    /// Log entries between snapshots, at least (default 10,000).
     pub snapshot_every: u64,
+    /// The commands applied since the last snapshot must add up to this percentage of its size
+    /// before the next (default 100: snapshots grow rarer as the state grows; 0: entries only).
+    pub snapshot_log_percent: u64,
     /// How long a finished job stays in memory before the leader retires it to the job
     /// archive on disk (default 1 h; 0: as soon as it finishes). Its plan stays readable.
     pub job_retention_ms: u64,
@@ -171,6 +174,7 @@ impl Default for ServerConfig {
             task_timeout_ms: 600_000,
             provisioner_timeout_ms: 30_000,
             snapshot_every: 10_000,
+            snapshot_log_percent: 100,
             job_retention_ms: 3_600_000,
             logs_kept_after_snapshot: 1_000,
             demo: false,

@@ -372,6 +372,7 @@ pub async fn start_with(
     let mut raft_config = RaftConfig::new(config.node_id, members, secret);
     raft_config.group = format!("dc-{}", config.dc);
     raft_config.snapshot_every = config.snapshot_every;
+    raft_config.snapshot_log_percent = config.snapshot_log_percent;
     raft_config.logs_kept_after_snapshot = config.logs_kept_after_snapshot;
     raft_config.election_timeout_min_ms = config.election_timeout_ms.0;
     raft_config.election_timeout_max_ms = config.election_timeout_ms.1;

@@ -1299,7 +1299,7 @@ async fn watch_writers(
         round += 1;
         // Every 500 ms: each running node's derived indexes (in-progress tasks, clusters by
         // tenant) against full scans of its records, under faults and restarts.
-        if round % 25 == 0 && seen.borrow().stale_index.is_none() {
+        if round.is_multiple_of(25) && seen.borrow().stale_index.is_none() {
             let stale = deployment.nodes.borrow().iter().find_map(|node| {
                 let app = &node.handle.as_ref()?.app;
                 let checked = app.core.read().check_indexes();
