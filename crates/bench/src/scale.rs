@@ -18,6 +18,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use anyhow::Context as _;
 use coopr_state::ClusterRecord;
 
 use crate::plan::Catalog;
@@ -26,6 +27,23 @@ use crate::plan::Catalog;
 pub struct Counting;
 
 static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+/// The most bytes allocated at once since the last [`reset_peak`].
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn count_up(bytes: usize) {
+    let now = ALLOCATED.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+/// Starts measuring the peak from what is allocated now.
+fn reset_peak() {
+    PEAK.store(allocated(), Ordering::Relaxed);
+}
+
+/// The most heap bytes allocated at once since [`reset_peak`].
+fn peak() -> usize {
+    PEAK.load(Ordering::Relaxed)
+}
 
 // SAFETY: every call is passed to the system allocator unchanged; only a counter is updated.
 unsafe impl GlobalAlloc for Counting {
@@ -33,7 +51,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded with the caller's guarantees.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+            count_up(layout.size());
         }
         p
     }
@@ -42,7 +60,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded with the caller's guarantees.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+            count_up(layout.size());
         }
         p
     }
@@ -58,7 +76,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-            ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
+            count_up(new_size);
         }
         p
     }
@@ -91,6 +109,11 @@ pub struct ScaleArgs {
     /// way to reach 1,000,000 clusters within the machine's memory.
     #[arg(long)]
     steady: bool,
+    /// With `--steady`: also write the snapshot as a node does (one file, part by part, in a
+    /// new directory under this one) and restore a state from it, measuring time, file size
+    /// and the heap each needs beyond the state.
+    #[arg(long)]
+    snapshot_dir: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
@@ -236,6 +259,11 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         outbox_records as f64 / n
     );
     if args.steady {
+        drop(records);
+        if let Some(dir) = &args.snapshot_dir {
+            let dir = tempfile::tempdir_in(dir)?;
+            snapshot_through_a_file(state, dir.path(), n)?;
+        }
         return Ok(());
     }
     // Once every replica acknowledged the records, the owner drops them (`TrimOutbox`).
@@ -320,6 +348,68 @@ impl Streamed {
         self.parts += 1;
         self.largest = self.largest.max(bytes);
     }
+}
+
+/// Writes `state`'s snapshot into a snapshot file as the DC log does (part by part), then, the
+/// state dropped as on a node that restarts or was wiped, restores one from the file.
+fn snapshot_through_a_file(
+    state: coopr_state::State,
+    dir: &std::path::Path,
+    n: f64,
+) -> anyhow::Result<()> {
+    use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership};
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let _guard = runtime.enter();
+    let mb = |b: usize| format!("{:.1} MB", b as f64 / 1e6);
+    let store = coopr_raft::SnapshotStore::open(dir)?;
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "scale".into(),
+    };
+    let held = allocated();
+    reset_peak();
+    let started = Instant::now();
+    let mut writer = store.writer(&meta)?;
+    coopr_state::for_each_part(&state, |id, bytes| writer.part(id, &bytes))?;
+    drop(store.commit(writer)?);
+    let written = started.elapsed();
+    let write_peak = peak().saturating_sub(held);
+    let file: u64 = store
+        .files()?
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    let shard_count = state.shard_count();
+    drop(state);
+    let empty = allocated();
+    reset_peak();
+    let started = Instant::now();
+    let reader = store.open_current()?.context("the snapshot just written")?;
+    let mut decoder = coopr_state::PartsDecoder::new(shard_count);
+    for part in reader {
+        let (id, bytes) = part?;
+        decoder.add(id, &bytes)?;
+    }
+    let restored = decoder.finish();
+    let read = started.elapsed();
+    let restored_heap = allocated().saturating_sub(empty);
+    let read_peak = peak().saturating_sub(empty);
+    println!(
+        "\nSnapshot through a snapshot file (`coopr_raft::SnapshotStore`, as the DC log writes \
+         and installs it): {} on disk ({:.2} KB per cluster), written and fsync'd in {:.1} s \
+         with at most {} of heap beyond the state; restored part by part in {:.1} s into a \
+         state of {}, with at most {} of heap beyond it.",
+        mb(file as usize),
+        file as f64 / n / 1e3,
+        written.as_secs_f64(),
+        mb(write_peak),
+        read.as_secs_f64(),
+        mb(restored_heap),
+        mb(read_peak.saturating_sub(restored_heap)),
+    );
+    drop(restored);
+    Ok(())
 }
 
 /// The process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.

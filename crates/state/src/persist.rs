@@ -15,6 +15,7 @@ use coopr_types::ShardId;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::machine::service_pool::ServicePool;
 use crate::{ClusterShard, Entry, GlobalShard, LocalState, ReplicaShard, State};
 
 pub const GLOBAL_PART: u32 = u32::MAX;
@@ -205,6 +206,7 @@ pub struct PartsDecoder {
     local: LocalState,
     shards: BTreeMap<ShardId, ClusterShard>,
     replicas: BTreeMap<ShardId, ReplicaShard>,
+    pool: ServicePool,
 }
 
 impl PartsDecoder {
@@ -215,6 +217,7 @@ impl PartsDecoder {
             local: LocalState::default(),
             shards: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            pool: ServicePool::default(),
         }
     }
 
@@ -239,7 +242,8 @@ impl PartsDecoder {
                 self.replicas.insert(replica.shard, replica);
             }
             shard => {
-                let data: ClusterShard = decode_part(part, bytes)?;
+                let mut data: ClusterShard = decode_part(part, bytes)?;
+                State::intern_shard(&mut self.pool, &mut data);
                 self.shards.insert(ShardId(shard), data);
             }
         }
@@ -248,7 +252,13 @@ impl PartsDecoder {
 
     /// The state the parts added describe (none: the initial state).
     pub fn finish(self) -> State {
-        let mut state = State::from_parts(self.shard_count, self.global, self.shards, self.local);
+        let mut state = State::from_interned_parts(
+            self.shard_count,
+            self.global,
+            self.shards,
+            self.local,
+            self.pool,
+        );
         state.replicas = self.replicas;
         state
     }

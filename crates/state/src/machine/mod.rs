@@ -35,7 +35,7 @@ mod clusters;
 mod emit;
 mod index;
 pub mod retire;
-mod service_pool;
+pub(crate) mod service_pool;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -275,19 +275,38 @@ impl State {
         shards: BTreeMap<ShardId, ClusterShard>,
         local: LocalState,
     ) -> State {
+        let mut shards = shards;
+        let mut pool = service_pool::ServicePool::default();
+        for shard in shards.values_mut() {
+            State::intern_shard(&mut pool, shard);
+        }
+        State::from_interned_parts(shard_count, global, shards, local, pool)
+    }
+
+    /// Shares the service definitions of a shard's records through `pool` (a decoded record
+    /// has its own copy of each: interned as each part is decoded, a restore never holds the
+    /// copies of every shard at once).
+    pub(crate) fn intern_shard(pool: &mut service_pool::ServicePool, shard: &mut ClusterShard) {
+        for record in shard.clusters.values_mut() {
+            record.service_defs = pool.intern_all(std::mem::take(&mut record.service_defs));
+            record.shrink_to_fit();
+        }
+    }
+
+    /// [`State::from_parts`] of shards whose records [`State::intern_shard`] went through
+    /// with `pool`.
+    pub(crate) fn from_interned_parts(
+        shard_count: u32,
+        global: GlobalShard,
+        shards: BTreeMap<ShardId, ClusterShard>,
+        local: LocalState,
+        pool: service_pool::ServicePool,
+    ) -> State {
         let mut state = State::new(shard_count);
         state.global = global;
         state.shards.extend(shards);
         state.local = local;
-        let pool = &mut state.service_pool;
-        for record in state
-            .shards
-            .values_mut()
-            .flat_map(|s| s.clusters.values_mut())
-        {
-            record.service_defs = pool.intern_all(std::mem::take(&mut record.service_defs));
-            record.shrink_to_fit();
-        }
+        state.service_pool = pool;
         let jobs: Vec<JobId> = state
             .shards
             .values()
