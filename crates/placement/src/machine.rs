@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Context as _;
 
-use coopr_raft::{collect_parts, PartSink, Parts};
+use coopr_raft::{collect_parts, PartSink, Parts, TakenSnapshot};
 
 use crate::command::{Command, Outcome, Rejected};
 use crate::state::{apply_command, PlacementState};
@@ -78,10 +78,10 @@ impl coopr_raft::StateMachine for PlacementMachine {
             .collect()
     }
 
-    fn snapshot(&self, out: PartSink<'_>) -> std::io::Result<()> {
-        let state = self.lock();
-        let bytes = serde_json::to_vec(&*state).expect("the placement state serializes");
-        out(SNAPSHOT_PART, &bytes)
+    fn snapshot(&self) -> TakenSnapshot {
+        // The state is small: encoded under the lock.
+        let bytes = serde_json::to_vec(&*self.lock()).expect("the placement state serializes");
+        Box::new(move |out: PartSink<'_>| out(SNAPSHOT_PART, &bytes))
     }
 
     fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {

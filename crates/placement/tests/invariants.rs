@@ -1348,12 +1348,11 @@ fn snapshot_restore_round_trip() {
 
 fn snapshot_of(machine: &PlacementMachine) -> BTreeMap<u32, Vec<u8>> {
     let mut parts = BTreeMap::new();
-    machine
-        .snapshot(&mut |id, bytes| {
-            parts.insert(id, bytes.to_vec());
-            Ok(())
-        })
-        .unwrap();
+    machine.snapshot()(&mut |id, bytes| {
+        parts.insert(id, bytes.to_vec());
+        Ok(())
+    })
+    .unwrap();
     parts
 }
 

@@ -73,7 +73,7 @@ pub use runtime::seed_thread_rng;
 pub use snapshot::{SnapshotData, SnapshotStore};
 pub use state_machine::{
     collect_parts, import_log_store_snapshot, PartSink, Parts, RaftStateMachineStore,
-    SnapshotGauge, StateMachine,
+    SnapshotGauge, StateMachine, TakenSnapshot,
 };
 pub use transport::{Answer, Call, CallError, HttpTransport, LinkFaults, MemNetwork, Transport};
 pub use types::{Batch, NodeId, Payload, TypeConfig};

@@ -43,8 +43,12 @@ use crate::types::{Batch, NodeId, Payload, TypeConfig};
 /// A snapshot's parts, read one at a time (see [`StateMachine::restore`]).
 pub type Parts<'a> = &'a mut dyn Iterator<Item = io::Result<(u32, Vec<u8>)>>;
 
-/// Where [`StateMachine::snapshot`] writes its parts, one at a time.
+/// Where a snapshot's parts are written, one at a time.
 pub type PartSink<'a> = &'a mut dyn FnMut(u32, &[u8]) -> io::Result<()>;
+
+/// A snapshot [`StateMachine::snapshot`] took, and what writes it out: its parts, one at a
+/// time, to the sink (stopping at the sink's first error).
+pub type TakenSnapshot = Box<dyn FnOnce(PartSink<'_>) -> io::Result<()> + Send>;
 
 /// The application state machine, driven by committed entries.
 ///
@@ -62,10 +66,12 @@ pub trait StateMachine: Send + Sync + 'static {
     /// their order within the entry), and indices only grow from one payload to the next.
     fn apply(&self, entries: &[(u64, &[u8])]) -> Vec<Vec<u8>>;
 
-    /// Writes a snapshot of the full state as of the last applied entry to `out`, one part at
-    /// a time (parts keyed by shard id, so a shard can be dropped as a unit; each id once).
-    /// Must not observe a half-applied batch. Stops at the first error of `out`.
-    fn snapshot(&self, out: PartSink<'_>) -> io::Result<()>;
+    /// Takes a snapshot of the full state as of the last applied entry, and returns what
+    /// writes it out (parts keyed by shard id, so a shard can be dropped as a unit; each id
+    /// once). Called under the lock `apply` takes, so it never observes a half-applied batch:
+    /// taking should be quick (share or copy what the writing needs). The writing runs after
+    /// the lock is released, while entries go on being applied.
+    fn snapshot(&self) -> TakenSnapshot;
 
     /// Replaces the whole state with a snapshot's parts, read one at a time (none: the initial
     /// state). An error of `parts` fails the restore.
@@ -278,7 +284,8 @@ impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachineStore {
         let _building = Building(self.shared.gauge.clone());
         let shared = self.shared.clone();
         let (meta, data) = snapshot_work(&self.shared.snapshots, move || {
-            // Written under the lock that `apply` holds, so the parts match `last_applied`.
+            // Taken under the lock that `apply` holds, so the parts match `last_applied`;
+            // written after it.
             let applied = shared.applied();
             let last_log_id = applied.last_applied;
             let snapshot_id = match last_log_id {
@@ -293,15 +300,16 @@ impl RaftSnapshotBuilder<TypeConfig> for RaftStateMachineStore {
                 last_membership: applied.last_membership.clone(),
                 snapshot_id,
             };
-            let mut writer = shared.snapshots.writer(&meta).map_err(io_failure)?;
-            shared
-                .app
-                .snapshot(&mut |id, bytes| writer.part(id, bytes))
-                .map_err(io_failure)?;
-            let bytes = writer.bytes();
-            // Still under the lock: what is applied from now on counts toward the next one.
-            shared.gauge.snapshot_taken(bytes);
+            let taken = shared.app.snapshot();
+            // What is applied from now on counts toward the next snapshot.
+            shared.gauge.applied_bytes.store(0, Ordering::Relaxed);
             drop(applied);
+            let mut writer = shared.snapshots.writer(&meta).map_err(io_failure)?;
+            taken(&mut |id, bytes| writer.part(id, bytes)).map_err(io_failure)?;
+            shared
+                .gauge
+                .snapshot_bytes
+                .store(writer.bytes(), Ordering::Relaxed);
             let data = shared.snapshots.commit(writer).map_err(io_failure)?;
             Ok((meta, data))
         })

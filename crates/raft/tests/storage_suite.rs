@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use coopr_raft::{
-    PartSink, Parts, RaftLogStore, RaftStateMachineStore, SnapshotStore, StateMachine, TypeConfig,
+    PartSink, Parts, RaftLogStore, RaftStateMachineStore, SnapshotStore, StateMachine,
+    TakenSnapshot, TypeConfig,
 };
 use coopr_store::{LogStore, MemStore, RedbStore};
 use openraft::testing::{StoreBuilder, Suite};
@@ -25,8 +26,8 @@ impl StateMachine for NoApp {
     fn apply(&self, entries: &[(u64, &[u8])]) -> Vec<Vec<u8>> {
         vec![Vec::new(); entries.len()]
     }
-    fn snapshot(&self, out: PartSink<'_>) -> std::io::Result<()> {
-        out(7, b"state")
+    fn snapshot(&self) -> TakenSnapshot {
+        Box::new(|out: PartSink<'_>| out(7, b"state"))
     }
     fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {
         for part in parts {

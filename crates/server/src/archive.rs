@@ -5,7 +5,8 @@
 //! ```text
 //!  DcStateMachine::apply ──State::take_archive_effects──► JobArchive::apply_effects
 //!                                                          (one durable write per batch)
-//!  DcStateMachine::snapshot ──► + JobArchive::write_parts(): chunks of ≤ ~4 MiB, in key order
+//!  DcStateMachine::snapshot ──► JobArchive::view() (a read transaction, under the state lock),
+//!                               then write_parts(view): chunks of ≤ ~4 MiB, in key order
 //!  DcStateMachine::restore  ──► JobArchive::clear, then restore_part(each archive part)
 //! ```
 //!
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use coopr_engine::job::JobRun;
 use coopr_raft::PartSink;
 use coopr_state::{archive_part, ArchiveEffect};
-use coopr_store::{Archive, ArchiveKey, StoreError};
+use coopr_store::{Archive, ArchiveKey, ArchiveView, StoreError};
 use coopr_types::{ClusterId, JobId};
 
 /// Bytes of one archive part of a snapshot (a chunk of the archive's export): big enough that
@@ -143,24 +144,29 @@ impl JobArchive {
         found.values().map(|b| decode_run(b)).collect()
     }
 
-    /// Writes the archive as snapshot parts, one at a time: chunks of its export of about
-    /// [`ARCHIVE_PART_BYTES`], in key order, numbered by [`archive_part`].
-    pub fn write_parts(&self, out: PartSink<'_>) -> Result<(), ArchiveExportError> {
+    /// The archive as it is now, for a snapshot to write out later ([`JobArchive::write_parts`])
+    /// while retirements go on.
+    pub fn view(&self) -> Result<ArchiveView, StoreError> {
         let mut unwritten = self.unwritten();
         if !unwritten.is_empty() {
-            // Writing them now puts them in the export; if that fails too, so does the export.
+            // Writing them now puts them in the view; if that fails too, so does the view.
             let rows: Vec<_> = unwritten.iter().map(|(k, v)| (*k, v.clone())).collect();
             self.store.write(&rows, None)?;
             unwritten.clear();
         }
         drop(unwritten);
+        self.store.view()
+    }
+
+    /// Writes a view of the archive as snapshot parts, one at a time: chunks of its export of
+    /// about [`ARCHIVE_PART_BYTES`], in key order, numbered by [`archive_part`].
+    pub fn write_parts(view: &ArchiveView, out: PartSink<'_>) -> Result<(), ArchiveExportError> {
         let mut chunk = 0;
-        self.store
-            .export_chunks::<ArchiveExportError>(ARCHIVE_PART_BYTES, |bytes| {
-                out(archive_part(chunk), bytes).map_err(ArchiveExportError::Sink)?;
-                chunk += 1;
-                Ok(())
-            })
+        view.export_chunks::<ArchiveExportError>(ARCHIVE_PART_BYTES, |bytes| {
+            out(archive_part(chunk), bytes).map_err(ArchiveExportError::Sink)?;
+            chunk += 1;
+            Ok(())
+        })
     }
 
     /// Empties the archive (and what it could not write), before a snapshot's parts refill it.

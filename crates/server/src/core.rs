@@ -16,10 +16,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use coopr_raft::{PartSink, Parts, RaftHandle, StateMachine, WriteError};
+use coopr_raft::{PartSink, Parts, RaftHandle, StateMachine, TakenSnapshot, WriteError};
 use coopr_state::{
-    decode_entry, encode_entry, for_each_part, is_archive_part, Command, CommandError,
-    CommandResult, Entry, Fence, PartsDecoder, State,
+    decode_entry, encode_entry, is_archive_part, Command, CommandError, CommandResult, Entry,
+    Fence, PartsDecoder, State, StateSnapshot,
 };
 use thiserror::Error;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -119,20 +119,30 @@ impl StateMachine for DcStateMachine {
         responses
     }
 
-    fn snapshot(&self, out: PartSink<'_>) -> std::io::Result<()> {
-        // One part at a time: the largest thing held besides the state is one shard's JSON.
+    fn snapshot(&self) -> TakenSnapshot {
+        // Taken under the read lock in microseconds (the shards are shared, the archive is a
+        // read transaction); encoded afterwards one part at a time, while applies go on.
         let state = self.state.read().expect("state lock poisoned");
-        for_each_part(&state, |id, bytes| out(id, &bytes))?;
-        match self.archive.write_parts(out) {
-            Ok(()) => Ok(()),
-            Err(ArchiveExportError::Sink(e)) => Err(e),
-            // The snapshot then lacks (some) retired jobs: count it, and say so.
-            Err(ArchiveExportError::Store(e)) => {
-                metrics::counter!("coopr_archive_snapshot_errors_total").increment(1);
-                tracing::error!(error = %e, "cannot read the job archive into the snapshot");
-                Ok(())
+        let taken = StateSnapshot::of(&state);
+        let archive = self.archive.view();
+        drop(state);
+        Box::new(move |out: PartSink<'_>| {
+            taken.for_each_part(|id, bytes| out(id, &bytes))?;
+            let written = match archive {
+                Ok(view) => JobArchive::write_parts(&view, out),
+                Err(e) => Err(ArchiveExportError::Store(e)),
+            };
+            match written {
+                Ok(()) => Ok(()),
+                Err(ArchiveExportError::Sink(e)) => Err(e),
+                // The snapshot then lacks (some) retired jobs: count it, and say so.
+                Err(ArchiveExportError::Store(e)) => {
+                    metrics::counter!("coopr_archive_snapshot_errors_total").increment(1);
+                    tracing::error!(error = %e, "cannot read the job archive into the snapshot");
+                    Ok(())
+                }
             }
-        }
+        })
     }
 
     fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {

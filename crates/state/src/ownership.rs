@@ -15,6 +15,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use coopr_engine::job::{cluster_status_after, JobRun};
 use coopr_engine::planner::PlannedTask;
@@ -261,7 +262,7 @@ impl State {
         let replica = self
             .replicas
             .entry(shard)
-            .or_insert_with(|| ReplicaShard::new(shard, owner_dc));
+            .or_insert_with(|| Arc::new(ReplicaShard::new(shard, owner_dc)));
         if replica.needs_seed {
             return Err(CommandError::conflict(
                 ErrorCode::ReplicationNeedsSeed,
@@ -271,7 +272,7 @@ impl State {
         if replica.sealed == Some(takeover) {
             return Ok(Outcome::Unchanged);
         }
-        replica.sealed = Some(takeover);
+        Arc::make_mut(replica).sealed = Some(takeover);
         Ok(Outcome::Done)
     }
 
@@ -279,7 +280,7 @@ impl State {
     pub(crate) fn unseal_replica(&mut self, shard: ShardId) -> CommandResult {
         match self.replicas.get_mut(&shard) {
             Some(replica) if replica.sealed.is_some() => {
-                replica.sealed = None;
+                Arc::make_mut(replica).sealed = None;
                 Ok(Outcome::Done)
             }
             _ => Ok(Outcome::Unchanged),
@@ -349,7 +350,7 @@ impl State {
         if data.frozen == Some(handover) {
             return Ok(Outcome::Unchanged);
         }
-        data.frozen = Some(handover);
+        Arc::make_mut(data).frozen = Some(handover);
         Ok(Outcome::Done)
     }
 
@@ -358,7 +359,7 @@ impl State {
     pub(crate) fn unfreeze_shard(&mut self, shard: ShardId, handover: u64) -> Outcome {
         match self.shards.get_mut(&shard) {
             Some(data) if data.frozen == Some(handover) => {
-                data.frozen = None;
+                Arc::make_mut(data).frozen = None;
                 Outcome::Done
             }
             _ => Outcome::Unchanged,

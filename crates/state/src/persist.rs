@@ -9,6 +9,7 @@
 //! (configs, provisioner results) that compact self-describing-less formats cannot carry.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use coopr_store::{LogIndex, LogStore, Snapshot, StoreError};
 use coopr_types::ShardId;
@@ -94,32 +95,69 @@ pub fn encode_parts(state: &State) -> BTreeMap<u32, Vec<u8>> {
 /// part, never held whole): stops at the first error of `out`.
 pub fn for_each_part<E>(
     state: &State,
-    mut out: impl FnMut(u32, Vec<u8>) -> Result<(), E>,
+    out: impl FnMut(u32, Vec<u8>) -> Result<(), E>,
 ) -> Result<(), E> {
-    for (shard, data) in &state.shards {
-        out(
-            shard.0,
-            serde_json::to_vec(data).expect("shards serialize to JSON"),
-        )?;
+    StateSnapshot::of(state).for_each_part(out)
+}
+
+/// A state's snapshot taken at one point, to encode later: the shards are shared with the
+/// state ([`State::shards`]), so taking it costs microseconds under the state's lock and the
+/// encoding runs after the lock is released, while entries go on being applied.
+pub struct StateSnapshot {
+    shards: Vec<(ShardId, Arc<ClusterShard>)>,
+    global: GlobalShard,
+    replicas: Vec<(ShardId, Arc<ReplicaShard>)>,
+    local: LocalPart,
+}
+
+impl StateSnapshot {
+    /// The state as it is now.
+    pub fn of(state: &State) -> StateSnapshot {
+        StateSnapshot {
+            shards: state
+                .shards
+                .iter()
+                .map(|(id, shard)| (*id, shard.clone()))
+                .collect(),
+            global: state.global.clone(),
+            replicas: state
+                .replicas
+                .iter()
+                .map(|(id, replica)| (*id, replica.clone()))
+                .collect(),
+            local: LocalPart {
+                shard_count: state.shard_count(),
+                local: state.local.clone(),
+            },
+        }
     }
-    out(
-        GLOBAL_PART,
-        serde_json::to_vec(&state.global).expect("global shard serializes"),
-    )?;
-    for (shard, replica) in &state.replicas {
+
+    /// Encodes the parts one at a time, letting go of each shard once encoded (so a change
+    /// applied meanwhile copies only shards not yet written); stops at the first error of
+    /// `out`.
+    pub fn for_each_part<E>(
+        self,
+        mut out: impl FnMut(u32, Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (shard, data) in self.shards {
+            let bytes = serde_json::to_vec(&*data).expect("shards serialize to JSON");
+            drop(data);
+            out(shard.0, bytes)?;
+        }
         out(
-            replica_part(*shard),
-            serde_json::to_vec(replica).expect("replicas serialize to JSON"),
+            GLOBAL_PART,
+            serde_json::to_vec(&self.global).expect("global shard serializes"),
         )?;
+        for (shard, replica) in self.replicas {
+            let bytes = serde_json::to_vec(&*replica).expect("replicas serialize to JSON");
+            drop(replica);
+            out(replica_part(shard), bytes)?;
+        }
+        out(
+            LOCAL_PART,
+            serde_json::to_vec(&self.local).expect("local state serializes"),
+        )
     }
-    let local = LocalPart {
-        shard_count: state.shard_count(),
-        local: state.local.clone(),
-    };
-    out(
-        LOCAL_PART,
-        serde_json::to_vec(&local).expect("local state serializes"),
-    )
 }
 
 fn replica_part(shard: ShardId) -> u32 {
@@ -205,7 +243,7 @@ pub struct PartsDecoder {
     global: GlobalShard,
     local: LocalState,
     shards: BTreeMap<ShardId, ClusterShard>,
-    replicas: BTreeMap<ShardId, ReplicaShard>,
+    replicas: BTreeMap<ShardId, Arc<ReplicaShard>>,
     pool: ServicePool,
 }
 
@@ -239,7 +277,7 @@ impl PartsDecoder {
             ARCHIVE_PART_BASE..REPLICA_PART_BASE => {}
             REPLICA_PART_BASE.. => {
                 let replica: ReplicaShard = decode_part(part, bytes)?;
-                self.replicas.insert(replica.shard, replica);
+                self.replicas.insert(replica.shard, Arc::new(replica));
             }
             shard => {
                 let mut data: ClusterShard = decode_part(part, bytes)?;

@@ -1132,7 +1132,7 @@ impl State {
         let mut replica = self
             .replicas
             .get(&shard)
-            .cloned()
+            .map(|copy| ReplicaShard::clone(copy))
             .unwrap_or_else(|| ReplicaShard::new(shard, from_dc));
         if replica.needs_seed {
             return Err(CommandError::conflict(
@@ -1214,7 +1214,9 @@ mod tests {
     fn outboxes_together_stay_within_the_dc_bound() {
         let mut state = State::new(4);
         for (shard, n) in [(0u32, 5u64), (1, 3), (2, 5)] {
-            let outbox = &mut state.shards.entry(ShardId(shard)).or_default().replication;
+            let outbox =
+                &mut std::sync::Arc::make_mut(state.shards.entry(ShardId(shard)).or_default())
+                    .replication;
             for i in 0..n {
                 outbox.push(ShardId(shard), deleted(&i.to_string()), 0, OUTBOX_CAPACITY);
             }

@@ -995,3 +995,38 @@ fn a_restored_state_rebuilds_its_indexes() {
     assert_eq!(restored.tasks_held_by("p1"), 2);
     assert_eq!(restored.next_deadline(), h.state.next_deadline());
 }
+
+/// A snapshot taken (`StateSnapshot::of`, what the DC log does under its lock) and encoded
+/// later holds the state as it was when taken: changes applied meanwhile copy the shard they
+/// touch and do not reach it; the shards it still shares cost nothing.
+#[test]
+fn a_taken_snapshot_is_not_changed_by_what_is_applied_after() {
+    let mut h = Harness::new(4);
+    h.create_ok("lamp", 1);
+    let before = coopr_state::encode_parts(&h.state);
+    let taken = coopr_state::StateSnapshot::of(&h.state);
+    // Shared until written to: every shard of the state is the snapshot's allocation.
+    assert!(h
+        .state
+        .shards
+        .values()
+        .all(|shard| std::sync::Arc::strong_count(shard) == 2));
+    h.create_ok("lamp", 2);
+    h.take_as("p1", "w1", 5_000).unwrap();
+    let after = coopr_state::encode_parts(&h.state);
+    assert_ne!(after, before, "the state moved on");
+    let mut written = BTreeMap::new();
+    taken
+        .for_each_part(|id, bytes| {
+            written.insert(id, bytes);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    assert_eq!(written, before, "the snapshot is the state as it was taken");
+    // The snapshot let go of every shard as it wrote it.
+    assert!(h
+        .state
+        .shards
+        .values()
+        .all(|shard| std::sync::Arc::strong_count(shard) == 1));
+}

@@ -168,30 +168,22 @@ impl Archive {
         }
     }
 
+    /// The archive as it is now, to read while writes go on (a read transaction, or a copy
+    /// in memory).
+    pub fn view(&self) -> Result<ArchiveView, StoreError> {
+        Ok(match &self.backend {
+            Backend::Memory(map) => ArchiveView::Memory(Self::memory(map).clone()),
+            Backend::Redb(db) => ArchiveView::Redb(db.begin_read()?),
+        })
+    }
+
     /// Every stored job, in key order, passed to `visit`; the first error (of the store, or of
     /// `visit`) stops the walk.
     pub fn try_for_each<E: From<StoreError>>(
         &self,
-        mut visit: impl FnMut(ArchiveKey, &[u8]) -> Result<(), E>,
+        visit: impl FnMut(ArchiveKey, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        match &self.backend {
-            Backend::Memory(map) => {
-                for (key, bytes) in Self::memory(map).iter() {
-                    visit(*key, bytes)?;
-                }
-                Ok(())
-            }
-            Backend::Redb(db) => {
-                let txn = db.begin_read().map_err(StoreError::from)?;
-                let table = txn.open_table(JOBS).map_err(StoreError::from)?;
-                for row in table.iter().map_err(StoreError::from)? {
-                    let (key, value) = row.map_err(StoreError::from)?;
-                    let key = key.value();
-                    visit(key, &decode(key, value.value())?)?;
-                }
-                Ok(())
-            }
-        }
+        self.view()?.try_for_each(visit)
     }
 
     /// Every stored job, in key order, passed to `visit`.
@@ -202,27 +194,13 @@ impl Archive {
         })
     }
 
-    /// Exports the jobs in key order, in chunks (see the module doc) of about `chunk_bytes`
-    /// (a chunk ends after the job that brings it to `chunk_bytes` or more), each passed to
-    /// `out` as soon as it is full: the archive is never held whole in memory.
+    /// Exports the jobs in key order, in chunks (see [`ArchiveView::export_chunks`]).
     pub fn export_chunks<E: From<StoreError>>(
         &self,
         chunk_bytes: usize,
-        mut out: impl FnMut(&[u8]) -> Result<(), E>,
+        out: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut chunk = Vec::new();
-        self.try_for_each::<E>(|key, bytes| {
-            export_job(&mut chunk, key, bytes);
-            if chunk.len() >= chunk_bytes {
-                out(&chunk)?;
-                chunk.clear();
-            }
-            Ok(())
-        })?;
-        if !chunk.is_empty() {
-            out(&chunk)?;
-        }
-        Ok(())
+        self.view()?.export_chunks(chunk_bytes, out)
     }
 
     /// Exports the jobs, grouped by `group_of(cluster)`: one export (see the module doc) per
@@ -287,6 +265,62 @@ impl Archive {
             }
         }
         Ok(count)
+    }
+}
+
+/// The archive at one point in time ([`Archive::view`]).
+pub enum ArchiveView {
+    Redb(redb::ReadTransaction),
+    Memory(BTreeMap<ArchiveKey, Vec<u8>>),
+}
+
+impl ArchiveView {
+    /// Every job of the view, in key order, passed to `visit`; the first error (of the store,
+    /// or of `visit`) stops the walk.
+    pub fn try_for_each<E: From<StoreError>>(
+        &self,
+        mut visit: impl FnMut(ArchiveKey, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self {
+            ArchiveView::Memory(map) => {
+                for (key, bytes) in map {
+                    visit(*key, bytes)?;
+                }
+                Ok(())
+            }
+            ArchiveView::Redb(txn) => {
+                let table = txn.open_table(JOBS).map_err(StoreError::from)?;
+                for row in table.iter().map_err(StoreError::from)? {
+                    let (key, value) = row.map_err(StoreError::from)?;
+                    let key = key.value();
+                    visit(key, &decode(key, value.value())?)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Exports the jobs in key order, in chunks (see the module doc) of about `chunk_bytes`
+    /// (a chunk ends after the job that brings it to `chunk_bytes` or more), each passed to
+    /// `out` as soon as it is full: the archive is never held whole in memory.
+    pub fn export_chunks<E: From<StoreError>>(
+        &self,
+        chunk_bytes: usize,
+        mut out: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut chunk = Vec::new();
+        self.try_for_each::<E>(|key, bytes| {
+            export_job(&mut chunk, key, bytes);
+            if chunk.len() >= chunk_bytes {
+                out(&chunk)?;
+                chunk.clear();
+            }
+            Ok(())
+        })?;
+        if !chunk.is_empty() {
+            out(&chunk)?;
+        }
+        Ok(())
     }
 }
 

@@ -62,7 +62,7 @@ mod rules;
 
 use std::collections::BTreeMap;
 
-pub use archive::{Archive, ArchiveKey};
+pub use archive::{Archive, ArchiveKey, ArchiveView};
 pub use error::StoreError;
 pub use mem::MemStore;
 pub use redb_store::{tables, RedbStore};

@@ -11,7 +11,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use coopr_raft::{
-    collect_parts, PartSink, Parts, RaftConfig, RaftHandle, RaftStores, StateMachine,
+    collect_parts, PartSink, Parts, RaftConfig, RaftHandle, RaftStores, StateMachine, TakenSnapshot,
 };
 use tower::ServiceExt;
 
@@ -47,9 +47,9 @@ impl StateMachine for ListMachine {
             .collect()
     }
 
-    fn snapshot(&self, out: PartSink<'_>) -> std::io::Result<()> {
-        let list = self.entries.lock().unwrap();
-        out(0, &serde_json::to_vec(&*list).unwrap())
+    fn snapshot(&self) -> TakenSnapshot {
+        let bytes = serde_json::to_vec(&*self.entries.lock().unwrap()).unwrap();
+        Box::new(move |out: PartSink<'_>| out(0, &bytes))
     }
 
     fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {

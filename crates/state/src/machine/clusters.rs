@@ -2,6 +2,7 @@
 //! template sync, abort/pause/resume; and what a tenant uses across the DCs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use coopr_engine::job::{cluster_status_after, JobEffect, JobRun};
 use coopr_engine::planner::{plan, PlanInput, PlannedTask};
@@ -153,7 +154,7 @@ impl State {
             .unwrap_or_default();
         let service_defs = self.service_pool.intern_all(service_defs);
         let shard_count = self.shard_count;
-        let Some(shard_state) = self.shards.get_mut(&shard) else {
+        let Some(shard_state) = self.shards.get_mut(&shard).map(Arc::make_mut) else {
             return Err(CommandError::invalid(
                 ErrorCode::InvalidShard,
                 format!("shard {shard} does not exist"),

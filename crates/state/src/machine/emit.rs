@@ -3,6 +3,7 @@
 //! shard as its replicas see it. See [`crate::replication`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use coopr_engine::job::JobRun;
 use coopr_types::{ClusterAction, ClusterId, JobId, NodeId, ShardId};
@@ -42,7 +43,7 @@ impl State {
 
     /// The copy of a shard this DC replicates from another DC.
     pub fn replica(&self, shard: ShardId) -> Option<&ReplicaShard> {
-        self.replicas.get(&shard)
+        self.replicas.get(&shard).map(|r| &**r)
     }
 
     /// The shard as its replicas see it (canonical JSON): clusters, nodes without action
@@ -74,7 +75,7 @@ impl State {
             &mut self.global.replication
         } else {
             match self.shards.get_mut(&shard) {
-                Some(data) => &mut data.replication,
+                Some(data) => &mut Arc::make_mut(data).replication,
                 None => panic!("record for shard {shard}, which does not exist"),
             }
         };
@@ -95,12 +96,16 @@ impl State {
             .map(|data| data.replication.records.len())
             .sum();
         while total > capacity {
+            // Found without writing, so only the shard changed is copied from a snapshot.
             let fullest = self
                 .shards
-                .iter_mut()
-                .map(|(_, data)| &mut data.replication)
+                .iter()
                 .rev()
-                .max_by_key(|outbox| outbox.records.len());
+                .max_by_key(|(_, data)| data.replication.records.len())
+                .map(|(shard, _)| *shard);
+            let fullest = fullest
+                .and_then(|shard| self.shards.get_mut(&shard))
+                .map(|data| &mut Arc::make_mut(data).replication);
             match fullest {
                 Some(outbox) if outbox.records.len() > 1 => {
                     outbox.drop_oldest();
@@ -185,7 +190,10 @@ impl State {
         self.emit(shard, kind);
         // The same table the replicas build from the record, so that a seed of the shard and a
         // new owner carry the key on.
-        if let (Some(key), Some(data)) = (idempotency_key, self.shards.get_mut(&shard)) {
+        if let (Some(key), Some(data)) = (
+            idempotency_key,
+            self.shards.get_mut(&shard).map(Arc::make_mut),
+        ) {
             data.keys.remember(
                 key,
                 crate::replication::started_outcome(job.cluster, job, action),
@@ -276,11 +284,12 @@ impl State {
         let outbox = if shard.is_global() {
             &mut self.global.replication
         } else {
-            &mut self
-                .shards
-                .get_mut(&shard)
-                .ok_or_else(|| CommandError::not_found("shard", shard))?
-                .replication
+            &mut Arc::make_mut(
+                self.shards
+                    .get_mut(&shard)
+                    .ok_or_else(|| CommandError::not_found("shard", shard))?,
+            )
+            .replication
         };
         if through_seq >= outbox.next_seq {
             return Err(CommandError::invalid(

@@ -15,6 +15,7 @@
 //! [`State::check_indexes`] recomputes every derived index by full scans and compares.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use coopr_types::{Account, ClusterId, ClusterStatus, JobId, ShardId, TaskId, TaskOwner};
 
@@ -213,7 +214,7 @@ impl TenantIndex {
     }
 }
 
-fn copies_index(replicas: &BTreeMap<ShardId, ReplicaShard>) -> TenantIndex {
+fn copies_index(replicas: &BTreeMap<ShardId, Arc<ReplicaShard>>) -> TenantIndex {
     let mut index = TenantIndex::default();
     for (shard, replica) in replicas {
         if let Some(view) = clusters_of(replica) {
@@ -235,7 +236,12 @@ impl State {
     /// tenant index follows, and the jobs that ran in the old data are re-derived (gone, or
     /// whatever the new data holds under their ids).
     pub(crate) fn replace_shard(&mut self, shard: ShardId, data: ClusterShard) -> ClusterShard {
-        let old = self.shards.insert(shard, data).unwrap_or_default();
+        // The old data is copied only if a snapshot being written still holds it.
+        let old = self
+            .shards
+            .insert(shard, Arc::new(data))
+            .map(Arc::unwrap_or_clone)
+            .unwrap_or_default();
         self.live_clusters.remove_shard(shard, &old);
         if let Some(new) = self.shards.get(&shard) {
             self.live_clusters.add_shard(shard, new);
@@ -274,7 +280,7 @@ impl State {
     /// a batch changes only the clusters its records name ([`State::put_replica_batch`]).
     pub(crate) fn put_replica(&mut self, shard: ShardId, replica: Option<ReplicaShard>) {
         if let Some(index) = self.live_copies.get_mut() {
-            if let Some(old) = self.replicas.get(&shard).and_then(clusters_of) {
+            if let Some(old) = self.replicas.get(&shard).and_then(|r| clusters_of(r)) {
                 index.remove_view(shard, old);
             }
             if let Some(new) = replica.as_ref().and_then(clusters_of) {
@@ -283,7 +289,7 @@ impl State {
         }
         match replica {
             Some(replica) => {
-                self.replicas.insert(shard, replica);
+                self.replicas.insert(shard, Arc::new(replica));
             }
             None => {
                 self.replicas.remove(&shard);
@@ -299,7 +305,7 @@ impl State {
         touched: &BTreeSet<ClusterId>,
     ) {
         if let Some(index) = self.live_copies.get_mut() {
-            if let Some(old) = self.replicas.get(&shard).and_then(clusters_of) {
+            if let Some(old) = self.replicas.get(&shard).and_then(|r| clusters_of(r)) {
                 for id in touched {
                     if let Some(v) = old.clusters.get(id) {
                         index.remove(shard, *id, &v.cluster.account);
@@ -314,7 +320,7 @@ impl State {
                 }
             }
         }
-        self.replicas.insert(shard, replica);
+        self.replicas.insert(shard, Arc::new(replica));
     }
 
     /// Recomputes every derived index (ready queue, active jobs, in-progress tasks, live

@@ -39,6 +39,7 @@ pub(crate) mod service_pool;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use coopr_engine::job::JobRun;
 use coopr_types::{
@@ -207,10 +208,13 @@ pub struct LocalState {
 pub struct State {
     shard_count: u32,
     pub global: GlobalShard,
-    pub shards: BTreeMap<ShardId, ClusterShard>,
+    /// Behind `Arc`s so that a snapshot takes the shards in microseconds under the lock and
+    /// encodes them after it: a change to a shard the snapshot still holds copies that shard
+    /// first (`Arc::make_mut`), and every other change costs nothing more.
+    pub shards: BTreeMap<ShardId, Arc<ClusterShard>>,
     pub local: LocalState,
     /// Shards this DC holds as a replica of another DC (cluster shards and the global shard).
-    pub replicas: BTreeMap<ShardId, ReplicaShard>,
+    pub replicas: BTreeMap<ShardId, Arc<ReplicaShard>>,
     /// Derived (rebuilt on load): tasks that can be handed out, and jobs not yet finished.
     pub(crate) ready: BTreeSet<TaskId>,
     pub(crate) active_jobs: BTreeSet<JobId>,
@@ -243,7 +247,7 @@ impl State {
             shard_count,
             global: GlobalShard::default(),
             shards: (0..shard_count)
-                .map(|s| (ShardId(s), ClusterShard::default()))
+                .map(|s| (ShardId(s), Arc::default()))
                 .collect(),
             local: LocalState::default(),
             replicas: BTreeMap::new(),
@@ -304,7 +308,9 @@ impl State {
     ) -> State {
         let mut state = State::new(shard_count);
         state.global = global;
-        state.shards.extend(shards);
+        state
+            .shards
+            .extend(shards.into_iter().map(|(id, shard)| (id, Arc::new(shard))));
         state.local = local;
         state.service_pool = pool;
         let jobs: Vec<JobId> = state
@@ -337,7 +343,7 @@ impl State {
     fn cluster_mut(&mut self, id: ClusterId) -> Result<&mut ClusterRecord, CommandError> {
         self.shards
             .get_mut(&id.shard(self.shard_count))
-            .and_then(|s| s.clusters.get_mut(&id))
+            .and_then(|s| Arc::make_mut(s).clusters.get_mut(&id))
             .map(|record| &mut **record)
             .ok_or_else(|| CommandError::not_found("cluster", id))
     }

@@ -20,6 +20,7 @@
 //! frozen shard (in a handover) is left alone.
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use coopr_engine::job::JobRun;
 use coopr_types::{JobId, ShardId};
@@ -90,7 +91,7 @@ impl State {
             if data.frozen.is_some() {
                 continue;
             }
-            let Some(record) = data.clusters.get_mut(&id.cluster) else {
+            let Some(record) = Arc::make_mut(data).clusters.get_mut(&id.cluster) else {
                 continue;
             };
             if !record
