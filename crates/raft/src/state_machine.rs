@@ -7,7 +7,8 @@
 //!                                  | in order
 //!                                  | last_applied, last_membership (memory)
 //!                                  |
-//!   build_snapshot ──────────────> StateMachine::snapshot(part by part) ──> SnapshotStore file
+//!   build_snapshot ──────────────> StateMachine::snapshot() under the apply lock (a quick take),
+//!                                  then, after the lock, its parts one by one ──> a new file
 //!   install_snapshot (from leader) ─> chunks into a file, checked, made current (durable), then
 //!                                     StateMachine::restore(its parts, one at a time)
 //!   open ───────────────────────────> StateMachine::restore(the current snapshot's parts);
