@@ -203,27 +203,14 @@ impl Archive {
         self.view()?.export_chunks(chunk_bytes, out)
     }
 
-    /// Exports the jobs, grouped by `group_of(cluster)`: one export (see the module doc) per
-    /// group that has jobs.
-    pub fn export(
-        &self,
-        group_of: impl Fn(u64) -> u32,
-    ) -> Result<BTreeMap<u32, Vec<u8>>, StoreError> {
-        let mut parts: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
-        self.for_each(|key, bytes| {
-            export_job(parts.entry(group_of(key.0)).or_default(), key, bytes)
-        })?;
-        Ok(parts)
-    }
-
     /// Removes every job, in one durable step.
     pub fn clear(&self) -> Result<(), StoreError> {
         self.replace_all([])?;
         Ok(())
     }
 
-    /// Adds the jobs of one export (as [`Archive::export`] or [`Archive::export_chunks`] made
-    /// it), in one durable step; returns how many. An export that does not parse changes
+    /// Adds the jobs of one export (as [`Archive::export_chunks`] made it), in one durable
+    /// step; returns how many. An export that does not parse changes
     /// nothing.
     pub fn insert_export(&self, export: &[u8]) -> Result<usize, StoreError> {
         let mut jobs = Vec::new();
@@ -234,7 +221,7 @@ impl Archive {
         Ok(puts.len())
     }
 
-    /// Replaces everything stored with the jobs of `exports` (as [`Archive::export`] made
+    /// Replaces everything stored with the jobs of `exports` (as [`Archive::export_chunks`] made
     /// them), in one durable step. An export that does not parse changes nothing.
     pub fn replace_all<'a>(
         &self,
@@ -381,23 +368,29 @@ mod tests {
                 archive.of_cluster(1).unwrap(),
                 vec![(1, b"a".to_vec()), (2, b"bb".to_vec())]
             );
-            // Odd clusters in group 1, even in group 0.
-            let exports = archive.export(|c| (c % 2) as u32).unwrap();
-            assert_eq!(exports.len(), 2);
+            // One chunk: every job fits.
+            let mut exports: Vec<Vec<u8>> = Vec::new();
+            archive
+                .export_chunks(1 << 20, |chunk| {
+                    exports.push(chunk.to_vec());
+                    Ok::<(), StoreError>(())
+                })
+                .unwrap();
+            assert_eq!(exports.len(), 1);
             archive
                 .write(&[((4, 1), b"d".to_vec())], Some(&|c| c % 2 == 1))
                 .unwrap();
             assert_eq!(archive.of_cluster(1).unwrap(), vec![]);
             assert_eq!(archive.get((4, 1)).unwrap(), Some(b"d".to_vec()));
             let restored = archive
-                .replace_all(exports.values().map(Vec::as_slice))
+                .replace_all(exports.iter().map(Vec::as_slice))
                 .unwrap();
             assert_eq!(restored, 4);
             assert_eq!(archive.get((4, 1)).unwrap(), None);
             assert_eq!(archive.get((3, 1)).unwrap(), Some(vec![]));
             assert_eq!(archive.of_cluster(1).unwrap().len(), 2);
             // A cut export is refused and changes nothing.
-            let cut = &exports[&1][..exports[&1].len() - 1];
+            let cut = &exports[0][..exports[0].len() - 1];
             assert!(matches!(
                 archive.replace_all([cut]),
                 Err(StoreError::CorruptMetadata { .. })
@@ -470,6 +463,8 @@ mod tests {
             archive.get((7, 1)),
             Err(StoreError::CorruptMetadata { .. })
         ));
-        assert!(archive.export(|_| 0).is_err());
+        assert!(archive
+            .export_chunks(1 << 20, |_| Ok::<(), StoreError>(()))
+            .is_err());
     }
 }
