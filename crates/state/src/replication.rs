@@ -949,7 +949,7 @@ fn unappliable(record: &Record, reason: impl Into<String>) -> ApplyError {
 
 /// The cluster a record of a cluster shard changes (none for a global record): the only one
 /// a replica's copy changes for it.
-pub(crate) fn record_cluster(record: &Record) -> Option<ClusterId> {
+pub fn record_cluster(record: &Record) -> Option<ClusterId> {
     match &record.kind {
         RecordKind::OperationStarted { cluster, .. } | RecordKind::ClusterUpdated { cluster } => {
             Some(cluster.id)

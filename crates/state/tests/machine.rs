@@ -355,19 +355,7 @@ fn finish_by_non_owner_is_rejected() {
     h.create_ok("base", 1);
     let task = h.take().unwrap();
     let before = h.parts();
-    let err = h
-        .apply(Command::FinishTask(Box::new(TaskResult {
-            provisioner_id: "p1".into(),
-            worker_id: "someone-else".into(),
-            task,
-            status: 0,
-            stdout: String::new(),
-            stderr: String::new(),
-            hostname: None,
-            ipaddresses: None,
-            result: Default::default(),
-        })))
-        .unwrap_err();
+    let err = h.finish_as("p1", "someone-else", task).unwrap_err();
     assert_eq!(err.http_status(), 417);
     assert_eq!(h.parts(), before);
 }
@@ -845,6 +833,21 @@ impl Harness {
             other => panic!("take: {other:?}"),
         }
     }
+
+    /// Finishes `task` (OK, no output) as `worker` of `provisioner`.
+    fn finish_as(&mut self, provisioner: &str, worker: &str, task: TaskId) -> CommandResult {
+        self.apply(Command::FinishTask(Box::new(TaskResult {
+            provisioner_id: provisioner.into(),
+            worker_id: worker.into(),
+            task,
+            status: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            hostname: None,
+            ipaddresses: None,
+            result: Default::default(),
+        })))
+    }
 }
 
 /// What `tasks_held_by`, `task_held_by_worker` and `next_deadline` answer, by a scan of every
@@ -927,18 +930,7 @@ fn the_in_progress_index_follows_every_task_change() {
     assert_eq!(h.state.next_deadline(), Some(b_deadline));
 
     // Finishing the earliest deadline moves it on.
-    h.apply(Command::FinishTask(Box::new(TaskResult {
-        provisioner_id: "p1".into(),
-        worker_id: "w2".into(),
-        task: b,
-        status: 0,
-        stdout: String::new(),
-        stderr: String::new(),
-        hostname: None,
-        ipaddresses: None,
-        result: Default::default(),
-    })))
-    .unwrap();
+    h.finish_as("p1", "w2", b).unwrap();
     assert_held_as_scanned(&h.state);
     assert_eq!(h.state.task_held_by_worker("p1", "w2"), None);
     let c_deadline = h.state.task(c).unwrap().owner.as_ref().unwrap().deadline_ms;

@@ -11,6 +11,7 @@ use coopr_state::{
 };
 use coopr_types::{
     ApiKey, ClusterAction, ClusterId, ClusterTemplate, EntityKind, ShardId, TaskId, TaskName,
+    Tenant,
 };
 use serde_json::Value;
 
@@ -1239,7 +1240,11 @@ fn failover_resumes_in_flight_work_and_reports_what_was_lost() {
             .collect::<Vec<_>>(),
         unshipped
             .iter()
-            .map(|r| (r.seq, r.kind.name(), lost_cluster(r)))
+            .map(|r| (
+                r.seq,
+                r.kind.name(),
+                coopr_state::replication::record_cluster(r)
+            ))
             .collect::<Vec<_>>()
     );
     assert!(lost.iter().all(|l| l.tenant.as_deref() == Some(TENANT)
@@ -1304,17 +1309,6 @@ fn failover_resumes_in_flight_work_and_reports_what_was_lost() {
         a.state.replica(shard).unwrap().view(),
         b.replicated_view(shard)
     );
-}
-
-fn lost_cluster(record: &Record) -> Option<ClusterId> {
-    match &record.kind {
-        RecordKind::OperationStarted { cluster, .. } | RecordKind::ClusterUpdated { cluster } => {
-            Some(cluster.id)
-        }
-        RecordKind::OperationCheckpoint { cluster, .. }
-        | RecordKind::OperationFinished { cluster, .. } => Some(*cluster),
-        RecordKind::Global(_) => None,
-    }
 }
 
 /// The global shard fails over like a cluster shard: the candidate's sealed copy of tenants,
@@ -1724,6 +1718,23 @@ fn tasks_are_taken_only_from_the_shards_named() {
 
 /// DC `b` of a two-DC deployment whose global shard `a` owns: `a`'s global records applied, a
 /// provisioner registered, and whatever `b` creates goes to shard 1 (`a` writes shard 0).
+/// Deletes the tenant at `a` and creates it again (a new incarnation), then ships the global
+/// shard's new records to `b`; returns the new incarnation.
+fn reincarnate_tenant(a: &mut Owner, b: &mut State) -> Tenant {
+    a.ok(Command::DeleteTenant {
+        name: TENANT.into(),
+    });
+    let mut again = tenant(TENANT, 10, 10);
+    again.id = "id-acme-2".into();
+    a.ok(Command::PutTenant {
+        tenant: again.clone(),
+    });
+    let global = a.records(ShardId::GLOBAL);
+    let shipped = b.replica(ShardId::GLOBAL).unwrap().watermark.seq as usize;
+    ship(b, "dc-a", ShardId::GLOBAL, &global[shipped..], None).unwrap();
+    again
+}
+
 fn second_dc(a: &Owner) -> State {
     let mut b = State::new(SHARDS);
     ship(
@@ -1846,17 +1857,7 @@ fn clusters_of_a_deleted_tenant_are_orphans_not_an_inheritance() {
     let mut b = second_dc(&a);
     let orphan = create_active_at_b(&a, &mut b);
     // a has not received b's shard: the delete passes.
-    a.ok(Command::DeleteTenant {
-        name: TENANT.into(),
-    });
-    let mut again = tenant(TENANT, 10, 10);
-    again.id = "id-acme-2".into();
-    a.ok(Command::PutTenant {
-        tenant: again.clone(),
-    });
-    let global = a.records(ShardId::GLOBAL);
-    let shipped = b.replica(ShardId::GLOBAL).unwrap().watermark.seq as usize;
-    ship(&mut b, "dc-a", ShardId::GLOBAL, &global[shipped..], None).unwrap();
+    let again = reincarnate_tenant(&mut a, &mut b);
 
     assert_eq!(b.orphaned_clusters(), vec![orphan]);
     let record = b.cluster(orphan).unwrap();
@@ -2105,17 +2106,7 @@ fn orphans_and_usage_follow_tenant_deletion_and_shard_moves() {
     assert_eq!(b.tenant_usage(&old), usage_by_scan(&b, &old));
 
     // a never saw b's shards: the tenant's deletion passes, and a new incarnation follows.
-    a.ok(Command::DeleteTenant {
-        name: TENANT.into(),
-    });
-    let mut again = tenant(TENANT, 10, 10);
-    again.id = "id-acme-2".into();
-    a.ok(Command::PutTenant {
-        tenant: again.clone(),
-    });
-    let global = a.records(ShardId::GLOBAL);
-    let shipped = b.replica(ShardId::GLOBAL).unwrap().watermark.seq as usize;
-    ship(&mut b, "dc-a", ShardId::GLOBAL, &global[shipped..], None).unwrap();
+    let again = reincarnate_tenant(&mut a, &mut b);
     assert_eq!(b.orphaned_clusters(), vec![first, second, third]);
     assert_eq!(b.orphaned_clusters(), orphans_by_scan(&b));
     assert_eq!(b.tenant_usage(&again), (0, 0));
