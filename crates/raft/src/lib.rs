@@ -6,7 +6,7 @@
 //!   server ── write(bytes) ──> RaftHandle ── batcher: client_write_ff(Batch) ──> openraft RaftCore
 //!     │  read_barrier / status / watch_leader                     │            │
 //!     │                                            RaftLogStore ──┘            └── HttpNetwork
-//!     │                                 (coopr_store::LogStore: raft-log.redb)     │ POST (wire)
+//!     │                                 (coopr_store::WalStore: raft-log/)         │ POST (wire)
 //!     │                                                                            v
 //!     │                                         router(handle) on the other nodes' internal port
 //!     │                                                  /raft/append /raft/vote /raft/snapshot

@@ -113,6 +113,43 @@ impl RaftLogStore {
     }
 }
 
+/// Copies a Raft log kept by earlier builds in a [`coopr_store::RedbStore`] into `into`, an
+/// empty store: the purge point (the compaction point), the vote, the committed and purged
+/// log ids, then the entries, a page at a time. Every step is durable when it returns; the
+/// caller makes the copy current only after this returns.
+pub fn import_redb_log(from: &dyn LogStore, into: &dyn LogStore) -> Result<(), StoreError> {
+    const PAGE: usize = 1024;
+    if let Some(snapshot) = from.load_snapshot()? {
+        into.install_snapshot(&snapshot)?;
+    }
+    for key in [VOTE_KEY, COMMITTED_KEY, LAST_PURGED_KEY] {
+        if let Some(value) = from.load_meta(key)? {
+            into.save_meta(key, &value)?;
+        }
+    }
+    let mut next = from.first_index()?;
+    loop {
+        let page = from.read_from(next, PAGE)?;
+        let Some(&(last, _)) = page.last() else {
+            break;
+        };
+        let entries: Vec<Vec<u8>> = page.into_iter().map(|(_, bytes)| bytes).collect();
+        into.append(&entries)?;
+        next = last + 1;
+    }
+    if into.last_index()? != from.last_index()? {
+        return Err(StoreError::CorruptMetadata {
+            key: "raft-log.redb",
+            reason: format!(
+                "copied the log through {}, but it ends at {}",
+                into.last_index()?,
+                from.last_index()?
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Why a storage call of this crate failed (wrapped into openraft's `StorageError`).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StorageFailure {
@@ -257,7 +294,7 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        // RedbStore::save_meta commits with an fsync before it returns.
+        // LogStore::save_meta returns only once the value is durable (fsync).
         self.save(VOTE_KEY, vote, ErrorSubject::Vote).await
     }
 
@@ -390,5 +427,68 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         })
         .await
         .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use coopr_store::{RedbStore, Snapshot};
+
+    use super::*;
+    use crate::RaftStores;
+
+    fn entry(n: u64) -> Vec<u8> {
+        format!("entry-{n}").into_bytes()
+    }
+
+    /// A node upgraded from a build that kept its log in `raft-log.redb` starts with the same
+    /// log, purge point and vote in the WAL, and the old file is gone; an import that a crash
+    /// interrupted is started again from the old file.
+    #[test]
+    fn a_log_kept_in_redb_moves_to_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("raft-log.redb");
+        {
+            let store = RedbStore::open(&old).unwrap();
+            store
+                .append(&(1..=3000).map(entry).collect::<Vec<_>>())
+                .unwrap();
+            store
+                .install_snapshot_with_meta(
+                    &Snapshot::at(1200, []),
+                    &[(LAST_PURGED_KEY, b"purged".as_slice())],
+                )
+                .unwrap();
+            store.save_meta(VOTE_KEY, b"vote").unwrap();
+        }
+        // What a crash in the middle of an earlier import left behind.
+        let importing = dir.path().join("raft-log.importing");
+        std::fs::create_dir_all(&importing).unwrap();
+        std::fs::write(importing.join("00000000000000000001.wal"), b"half").unwrap();
+
+        let stores = RaftStores::open(dir.path()).unwrap();
+        assert!(!old.exists());
+        assert!(!importing.exists());
+        let log = &stores.log;
+        assert_eq!(log.first_index().unwrap(), 1201);
+        assert_eq!(log.last_index().unwrap(), 3000);
+        let read = log.read_from(1201, usize::MAX).unwrap();
+        assert_eq!(
+            read,
+            (1201..=3000).map(|n| (n, entry(n))).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            log.load_meta(VOTE_KEY).unwrap().as_deref(),
+            Some(&b"vote"[..])
+        );
+        assert_eq!(
+            log.load_meta(LAST_PURGED_KEY).unwrap().as_deref(),
+            Some(&b"purged"[..])
+        );
+        assert_eq!(log.load_meta(COMMITTED_KEY).unwrap(), None);
+        log.append(&[entry(3001)]).unwrap();
+        drop(stores);
+        let stores = RaftStores::open(dir.path()).unwrap();
+        assert_eq!(stores.log.last_index().unwrap(), 3001);
     }
 }

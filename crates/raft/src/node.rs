@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coopr_store::{LogStore, MemStore, RedbStore, StoreError};
+use coopr_store::{LogStore, MemStore, RedbStore, StoreError, WalStore};
 use openraft::error::{
     CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
 };
@@ -379,12 +379,17 @@ pub struct RaftStores {
 }
 
 impl RaftStores {
-    /// `dir/raft-log.redb` and the snapshot files in `dir/snapshots/`, created if missing. A
-    /// snapshot an earlier build kept in `dir/raft-snapshot.redb` is moved to a file, and that
-    /// store deleted.
+    /// The log in `dir/raft-log/` (a [`WalStore`]) and the snapshot files in `dir/snapshots/`,
+    /// created if missing. What earlier builds kept in redb files is moved over first, and
+    /// those files deleted: a snapshot in `dir/raft-snapshot.redb` to a file, and the log with
+    /// its vote and purge point in `dir/raft-log.redb` to the WAL
+    /// ([`crate::log_store::import_redb_log`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref();
-        let io = |e: std::io::Error| StoreError::Database(e.into());
+        let io = |e: std::io::Error| StoreError::Io {
+            what: format!("open the Raft stores in {}", dir.display()),
+            source: e,
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
         let snapshots = SnapshotStore::open(dir.join("snapshots")).map_err(io)?;
         let old = dir.join("raft-snapshot.redb");
@@ -399,8 +404,28 @@ impl RaftStores {
             drop(store);
             std::fs::remove_file(&old).map_err(io)?;
         }
+        let log_dir = dir.join("raft-log");
+        let old_log = dir.join("raft-log.redb");
+        let importing = dir.join("raft-log.importing");
+        if importing.exists() {
+            // An import that did not finish; the old log is still there, start it again.
+            std::fs::remove_dir_all(&importing).map_err(io)?;
+        }
+        if old_log.exists() {
+            if !log_dir.exists() {
+                let old = RedbStore::open(&old_log)?;
+                let wal = WalStore::open(&importing)?;
+                crate::log_store::import_redb_log(&old, &wal)?;
+                drop(wal);
+                std::fs::rename(&importing, &log_dir).map_err(io)?;
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
+            std::fs::remove_file(&old_log).map_err(io)?;
+        }
         Ok(RaftStores {
-            log: Arc::new(RedbStore::open(dir.join("raft-log.redb"))?),
+            log: Arc::new(WalStore::open(&log_dir)?),
             snapshots,
         })
     }

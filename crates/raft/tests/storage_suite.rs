@@ -1,5 +1,6 @@
 //! openraft's own storage test suite (`openraft::testing::Suite`) against the log store and the
-//! state machine store, on `MemStore` with snapshots in memory, and on `RedbStore` with snapshot files.
+//! state machine store, on `MemStore` with snapshots in memory, and on `WalStore` (what nodes use) with snapshot
+//! files.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use coopr_raft::{
     PartSink, Parts, RaftLogStore, RaftStateMachineStore, SnapshotStore, StateMachine,
     TakenSnapshot, TypeConfig,
 };
-use coopr_store::{LogStore, MemStore, RedbStore};
+use coopr_store::{LogStore, MemStore, WalStore};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 
@@ -38,7 +39,7 @@ impl StateMachine for NoApp {
 }
 
 struct Builder {
-    redb: bool,
+    on_disk: bool,
 }
 
 /// The guard of a built store: its snapshot directory, deleted when the check ends.
@@ -48,10 +49,11 @@ impl StoreBuilder<TypeConfig, RaftLogStore, RaftStateMachineStore, Guard> for Bu
     async fn build(
         &self,
     ) -> Result<(Guard, RaftLogStore, RaftStateMachineStore), StorageError<u64>> {
-        let (log, snapshots, guard): (Arc<dyn LogStore>, SnapshotStore, Guard) = if self.redb {
+        let (log, snapshots, guard): (Arc<dyn LogStore>, SnapshotStore, Guard) = if self.on_disk {
             let dir = tempfile::tempdir().expect("snapshot dir");
             (
-                Arc::new(RedbStore::temporary().expect("redb log store")),
+                // Small segments, so the checks cross them.
+                Arc::new(WalStore::temporary(4096).expect("WAL log store")),
                 SnapshotStore::open(dir.path()).expect("snapshot files"),
                 Some(dir),
             )
@@ -84,8 +86,8 @@ macro_rules! suite {
 /// Every check of `Suite::test_store` except `get_initial_state_membership_from_log_and_sm`,
 /// which appends index 3 to a log ending at 1: a map-like store accepts the hole, but
 /// `LogStore` keeps the log gap-free (as openraft itself always does) and refuses it.
-fn run_suite(redb: bool) {
-    suite!(Builder { redb };
+fn run_suite(on_disk: bool) {
+    suite!(Builder { on_disk };
         last_membership_in_log_initial,
         last_membership_in_log,
         last_membership_in_log_multi_step,
@@ -128,6 +130,6 @@ fn openraft_suite_on_mem_store() {
 }
 
 #[test]
-fn openraft_suite_on_redb_store() {
+fn openraft_suite_on_wal_store() {
     run_suite(true);
 }

@@ -7,7 +7,9 @@ use crate::{LogIndex, PartId};
 /// Corruption variants are terminal for the item they name: retrying reads the same bytes.
 /// The refusal variants (`Compacted`, `StalePart`, `StaleSnapshot`, `BeyondLastIndex`) mean the
 /// caller asked for something the invariants forbid and nothing was changed. `Database` is an
-/// I/O or storage-engine failure; the call had no effect and may be retried.
+/// I/O or storage-engine failure; the call had no effect and may be retried. `Io` is a failed
+/// read, write or flush of a [`crate::WalStore`] file; after a failed write or flush that store
+/// refuses every later call until it is reopened (the disk, not the page cache, is the truth).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The stored log entry failed its checksum or is too short to hold one.
@@ -54,6 +56,18 @@ pub enum StoreError {
         index: LogIndex,
         last_index: LogIndex,
     },
+
+    /// A file of the store could not be read, written or flushed.
+    #[error("I/O error: {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An entry larger than a store can hold in one record (4 GiB for [`crate::WalStore`]).
+    #[error("log entry {index} of {len} bytes is too large")]
+    EntryTooLarge { index: LogIndex, len: usize },
 
     /// The storage engine failed (I/O error, file locked by another process, ...).
     #[error("database error: {0}")]

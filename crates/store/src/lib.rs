@@ -26,7 +26,9 @@
 //!
 //! # Durability contract
 //! Every mutating call returns only after its effect is durable: [`RedbStore`] commits one redb
-//! write transaction with [`redb::Durability::Immediate`], i.e. an `fsync`, before it returns.
+//! write transaction with [`redb::Durability::Immediate`], i.e. an `fsync`, before it returns;
+//! [`WalStore`] writes the batch's records and `fdatasync`s the segment (see its module for
+//! its files and how it recovers from a crash).
 //! Each call is atomic: after a crash either all of it is visible or none of it. Several entries
 //! passed to one [`LogStore::append`] share one transaction and one `fsync` (group commit).
 //! [`MemStore`] has the same semantics without the disk, for tests and simulation.
@@ -50,7 +52,7 @@
 //!
 //! # Testing
 //! [`conformance`] is the suite every implementation must pass; `tests/conformance.rs` runs it
-//! against both stores.
+//! against every store.
 
 mod archive;
 mod codec;
@@ -59,6 +61,7 @@ mod error;
 mod mem;
 mod redb_store;
 mod rules;
+mod wal;
 
 use std::collections::BTreeMap;
 
@@ -66,6 +69,7 @@ pub use archive::{Archive, ArchiveKey, ArchiveView};
 pub use error::StoreError;
 pub use mem::MemStore;
 pub use redb_store::{tables, RedbStore};
+pub use wal::{Recovery, WalStore, ZERO_STEP_BYTES};
 
 /// A position in the log (1-based; 0 = nothing).
 pub type LogIndex = u64;

@@ -1,10 +1,15 @@
-//! Runs the shared conformance suite against both stores, one `#[test]` per property so a
+//! Runs the shared conformance suite against every store, one `#[test]` per property so a
 //! failure names the store and the property.
 
-use coopr_store::{conformance, LogStore, MemStore, RedbStore};
+use coopr_store::{conformance, LogStore, MemStore, RedbStore, WalStore};
 
 fn mem() -> Box<dyn LogStore> {
     Box::new(MemStore::new())
+}
+
+/// Segments of 256 bytes, so most checks cross several of them.
+fn wal() -> Box<dyn LogStore> {
+    Box::new(WalStore::temporary(256).expect("create a temporary WAL store"))
 }
 
 fn redb() -> Box<dyn LogStore> {
@@ -23,6 +28,12 @@ macro_rules! conformance_tests {
             $(#[test]
             fn $name() {
                 coopr_store::conformance::$name(&super::redb);
+            })*
+        }
+        mod wal_store {
+            $(#[test]
+            fn $name() {
+                coopr_store::conformance::$name(&super::wal);
             })*
         }
         /// Fails when a check is added to `conformance::ALL` but not listed here.
