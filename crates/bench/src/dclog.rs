@@ -74,6 +74,10 @@ pub struct DcLogArgs {
     /// Skip the 1-node DC.
     #[arg(long)]
     no_single: bool,
+    /// Directory the PNG charts are written to (made if missing): `dclog-sequential-cdf.png`,
+    /// the latency CDF of the sequential writes at the leader of the 3-node DC and of etcd.
+    #[arg(long, default_value = ".")]
+    plots: PathBuf,
 }
 
 /// Unmeasured writes before each phase (connections, caches).
@@ -263,6 +267,8 @@ struct Row {
     system: String,
     mode: String,
     latencies: Summary,
+    /// Every measured write's latency, in the order the clients finished them.
+    samples: Vec<Duration>,
     elapsed: Duration,
     server_cpu: Option<Duration>,
     /// Raw fsync p50 measured just before the phase (the shared disk's speed moves).
@@ -279,6 +285,18 @@ async fn floor_now(dir: &Path) -> anyhow::Result<Duration> {
     Ok(Summary::of(&samples).p50)
 }
 
+/// What [`measure`] saw.
+pub(crate) struct Measured {
+    /// Percentiles of `samples`.
+    pub(crate) summary: Summary,
+    /// Every measured write's latency (each client's in order, one client after another).
+    pub(crate) samples: Vec<Duration>,
+    /// How long the measured writes took in all.
+    pub(crate) elapsed: Duration,
+    /// CPU time the servers used meanwhile, where it can be read.
+    pub(crate) server_cpu: Option<Duration>,
+}
+
 /// Runs `clients` writers: a count (`Some(n)`, shared) or for `duration`.
 pub(crate) async fn measure(
     target: &Target,
@@ -287,7 +305,7 @@ pub(crate) async fn measure(
     clients: usize,
     count: Option<u64>,
     duration: Duration,
-) -> anyhow::Result<(Summary, Duration, Option<Duration>)> {
+) -> anyhow::Result<Measured> {
     for _ in 0..WARMUP_WRITES {
         target
             .write(counter.fetch_add(1, Ordering::Relaxed))
@@ -325,7 +343,12 @@ pub(crate) async fn measure(
         (Some(b), Some(a)) => Some(a.saturating_sub(b)),
         _ => None,
     };
-    Ok((Summary::of(&latencies), elapsed, cpu))
+    Ok(Measured {
+        summary: Summary::of(&latencies),
+        samples: latencies,
+        elapsed,
+        server_cpu: cpu,
+    })
 }
 
 /// Sequential then concurrent phases against one target; appends two rows. `nodes`: every
@@ -350,8 +373,7 @@ async fn measure_both(
         Some((urls, _)) => breakdown::scrape_all(&http, urls).await,
         None => Vec::new(),
     };
-    let (latencies, elapsed, server_cpu) =
-        measure(target, procs, counter, 1, Some(args.writes), Duration::ZERO).await?;
+    let sequential = measure(target, procs, counter, 1, Some(args.writes), Duration::ZERO).await?;
     let stages = match nodes {
         Some((urls, leader)) => {
             let after = breakdown::scrape_all(&http, urls).await;
@@ -363,9 +385,10 @@ async fn measure_both(
     rows.push(Row {
         system: system.into(),
         mode: format!("sequential, at the {at}"),
-        latencies,
-        elapsed,
-        server_cpu,
+        latencies: sequential.summary,
+        samples: sequential.samples,
+        elapsed: sequential.elapsed,
+        server_cpu: sequential.server_cpu,
         floor,
         stages,
     });
@@ -374,7 +397,7 @@ async fn measure_both(
         "-- {system}: {} clients for {} s at the {at}",
         args.clients, args.concurrent_secs
     );
-    let (latencies, elapsed, server_cpu) = measure(
+    let concurrent = measure(
         target,
         procs,
         counter,
@@ -386,9 +409,10 @@ async fn measure_both(
     rows.push(Row {
         system: system.into(),
         mode: format!("{} clients, at the {at}", args.clients),
-        latencies,
-        elapsed,
-        server_cpu,
+        latencies: concurrent.summary,
+        samples: concurrent.samples,
+        elapsed: concurrent.elapsed,
+        server_cpu: concurrent.server_cpu,
         floor,
         stages: Vec::new(),
     });
@@ -585,7 +609,7 @@ async fn run_coopr(
     })
     .len();
     let counter = Arc::new(AtomicU64::new(1));
-    let system = format!("coopr, {nodes}-node DC");
+    let system = coopr_system(nodes);
     let leader_at = urls.iter().position(|u| *u == leader).unwrap_or(0);
     let nodes = Some((urls.as_slice(), leader_at));
     let target = Target::Coopr {
@@ -779,7 +803,7 @@ async fn run_etcd(
     let (mut procs, leader, follower) = (etcd.procs, etcd.leader, etcd.follower);
     let http = reqwest::Client::new();
     let counter = Arc::new(AtomicU64::new(1));
-    let system = "etcd, 3 members".to_string();
+    let system = ETCD_3.to_string();
     let key = base64(b"coopr-bench/cluster/expire");
     let target = Target::Etcd {
         http: http.clone(),
@@ -833,6 +857,8 @@ pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
         );
     }
     std::fs::create_dir_all(&args.dir)?;
+    std::fs::create_dir_all(&args.plots)
+        .with_context(|| format!("cannot make the charts' directory {}", args.plots.display()))?;
     let dir = tempfile::tempdir_in(&args.dir)?;
     let filesystem = fsync::filesystem_of(dir.path());
     let rounds = args.fsync_rounds.max(1);
@@ -938,9 +964,49 @@ pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
             rate(s.samples as f64, s.total)
         );
     }
+    let chart = plot_sequential(&args, &rows)?;
+    println!("\nChart (PNG): `{}`", chart.display());
     eprintln!("-- done in {:.1} s", total.elapsed().as_secs_f64());
     if total.elapsed() > Duration::from_secs(90) {
         eprintln!("   (longer than the 90 s budget: lower --writes or --concurrent-secs)");
     }
     Ok(())
+}
+
+/// The system column of a coopr DC's rows.
+fn coopr_system(nodes: u16) -> String {
+    format!("coopr, {nodes}-node DC")
+}
+
+/// The system column of etcd's rows.
+const ETCD_3: &str = "etcd, 3 members";
+
+/// The mode column of a sequential phase at the leader (as [`measure_both`] writes it).
+const SEQUENTIAL_AT_LEADER: &str = "sequential, at the leader";
+
+/// Draws the latency CDF of the sequential writes at the leader, the 3-node coopr DC's next to
+/// etcd's (each only if measured), into `dclog-sequential-cdf.png` under `--plots`; its path.
+fn plot_sequential(args: &DcLogArgs, rows: &[Row]) -> anyhow::Result<PathBuf> {
+    let samples = |system: &str| {
+        rows.iter()
+            .find(|r| r.system == system && r.mode == SEQUENTIAL_AT_LEADER)
+            .map(|r| r.samples.as_slice())
+    };
+    let coopr_3 = coopr_system(3);
+    let coopr = format!("{coopr_3}, {} writes at the leader", args.writes);
+    let etcd = format!("{ETCD_3}, {} writes at the leader", args.writes);
+    let series: Vec<(&str, &[Duration])> = [
+        (coopr.as_str(), samples(&coopr_3)),
+        (etcd.as_str(), samples(ETCD_3)),
+    ]
+    .into_iter()
+    .filter_map(|(name, samples)| Some((name, samples?)))
+    .collect();
+    let path = args.plots.join("dclog-sequential-cdf.png");
+    crate::plot::cdf_chart(
+        &path,
+        "Sequential durable writes on loopback: latency CDF (dclog)",
+        &series,
+    )?;
+    Ok(path)
 }

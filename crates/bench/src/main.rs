@@ -25,6 +25,10 @@
 //! stderr) and never fail on a threshold. Every scenario is bounded by a count, so it finishes
 //! in well under a minute on two cores with the defaults. `BENCHMARKS.md` at the repository root
 //! records the figures with the command that produced them.
+//!
+//! `wan` and `dclog` also draw PNG charts of the samples behind their tables (latency CDFs,
+//! replication lag over time; module `plot`) into the directory given by `--plots` (default: the
+//! current directory), and say where.
 
 mod big;
 mod breakdown;
@@ -34,6 +38,7 @@ mod fsync;
 mod memory;
 mod ops;
 mod plan;
+mod plot;
 mod reseed;
 mod scale;
 mod stats;

@@ -73,6 +73,11 @@ pub struct WanArgs {
     /// e.g. `--set replication_pipeline=1`.
     #[arg(long = "set", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
+    /// Directory the PNG charts are written to (made if missing): `wan-write-cdf.png` (latency
+    /// CDFs of rows (i) and (ii) and of the comparison with etcd), `wan-lag-steady.png` (row (v):
+    /// each write's lag by when it was acknowledged) and `wan-lag-sequential.png` (row (iii)).
+    #[arg(long, default_value = ".")]
+    plots: PathBuf,
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -277,8 +282,13 @@ async fn writes(
     Ok(latencies)
 }
 
+/// A write's replication lag and when it was acknowledged, counted from the first measured
+/// write of its phase.
+type TimedLag = (Duration, Duration);
+
 /// Lease updates at `owner`, each followed by polling `replica` until it shows the new lease;
-/// the times from the owner's acknowledgement to the replica showing it. Each write waits
+/// per measured write, when the owner acknowledged it (from the phase's first measured write
+/// on) and the time from that acknowledgement to the replica showing it. Each write waits
 /// `pause` after the previous one became visible: with two one-way delays, the replica's next
 /// pull has reached the owner and waits there (the steady state of an idle stream); with none,
 /// the write races that pull on its way (back-to-back writes).
@@ -290,7 +300,7 @@ async fn replication_lags(
     base: u64,
     count: u64,
     pause: Duration,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<TimedLag>> {
     let target = Target::Coopr {
         api: api.clone(),
         url: owner.to_string(),
@@ -298,7 +308,11 @@ async fn replication_lags(
         base,
     };
     let mut lags = Vec::new();
+    let mut began = Instant::now();
     for i in 0..WARMUP_WRITES + count {
+        if i == WARMUP_WRITES {
+            began = Instant::now();
+        }
         tokio::time::sleep(pause).await;
         target.write(i).await?;
         let acknowledged = Instant::now();
@@ -317,7 +331,7 @@ async fn replication_lags(
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         if i >= WARMUP_WRITES {
-            lags.push(acknowledged.elapsed());
+            lags.push((acknowledged.duration_since(began), acknowledged.elapsed()));
         }
     }
     Ok(lags)
@@ -330,7 +344,9 @@ const STEADY_FOR: Duration = Duration::from_secs(3);
 /// cluster of `ids`, each paced by a clock, for [`STEADY_FOR`] after a short warm-up) while
 /// `replica` is polled for every cluster each millisecond; per write, the time from its
 /// acknowledgement until a poll of the replica showed it (or a later write of its cluster: each
-/// write's lease is larger than the previous one's). Returns the lags and the rate reached.
+/// write's lease is larger than the previous one's). Returns the lags with when each write was
+/// acknowledged (from the first measured acknowledgement on), in that order, and the rate
+/// reached.
 async fn steady_stream_lags(
     api: &Api,
     owner: &str,
@@ -338,7 +354,7 @@ async fn steady_stream_lags(
     ids: &[ClusterId],
     base: u64,
     rate: u64,
-) -> anyhow::Result<(Vec<Duration>, f64)> {
+) -> anyhow::Result<(Vec<TimedLag>, f64)> {
     let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     // One poller per cluster: (when, the lease the replica showed).
     let mut pollers = Vec::new();
@@ -413,6 +429,12 @@ async fn steady_stream_lags(
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
     writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let first = acknowledged
+        .iter()
+        .flatten()
+        .map(|(_, at)| *at)
+        .min()
+        .unwrap_or_else(Instant::now);
     let mut lags = Vec::new();
     let mut writes = 0usize;
     for (poller, acks) in pollers.into_iter().zip(acknowledged) {
@@ -422,9 +444,10 @@ async fn steady_stream_lags(
             let Some((shown, _)) = seen.iter().find(|(when, l)| *l >= lease && *when >= at) else {
                 bail!("no poll of {replica} showed lease {lease}");
             };
-            lags.push(shown.duration_since(at));
+            lags.push((at.duration_since(first), shown.duration_since(at)));
         }
     }
+    lags.sort_by_key(|(written, _)| *written);
     Ok((lags, writes as f64 / STEADY_FOR.as_secs_f64()))
 }
 
@@ -524,6 +547,8 @@ async fn handovers(
 pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     let total = Instant::now();
     args.coopr_bin = coopr_bin(&args.coopr_bin)?;
+    std::fs::create_dir_all(&args.plots)
+        .with_context(|| format!("cannot make the charts' directory {}", args.plots.display()))?;
     let dir = tempfile::Builder::new()
         .prefix("coopr-bench-wan-")
         .tempdir_in(&args.dir)?;
@@ -558,14 +583,16 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     eprintln!("-- cluster {id} (owned by a) is ACTIVE; measuring");
     // Far enough in the future, and a different lease for every write of every phase.
     let base = create_time + 86_400_000;
-    let local = Summary::of(&writes(&api, &a, id, base, args.writes).await?);
+    let local_samples = writes(&api, &a, id, base, args.writes).await?;
+    let local = Summary::of(&local_samples);
     eprintln!("-- local writes done");
     let http = reqwest::Client::new();
     let (before_b, before_a) = (
         crate::breakdown::scrape(&http, &b).await,
         crate::breakdown::scrape(&http, &a).await,
     );
-    let forwarded = Summary::of(&writes(&api, &b, id, base + 1_000_000, args.writes).await?);
+    let forwarded_samples = writes(&api, &b, id, base + 1_000_000, args.writes).await?;
+    let forwarded = Summary::of(&forwarded_samples);
     // Where a forwarded write's time went: b's call to a, and a's commit.
     let forward_call = crate::breakdown::mean(
         &before_b,
@@ -607,7 +634,8 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     let delay = Duration::from_millis(args.delay_ms);
     let pause = 2 * delay + Duration::from_millis(5);
     let idle_lags = replication_lags(&api, &a, &b, id, base + 2_000_000, args.writes, pause);
-    let idle_lags = Summary::of(&idle_lags.await?);
+    let idle_timed = idle_lags.await?;
+    let idle_lags = summary_of_lags(&idle_timed);
     eprintln!("-- replication lags (idle stream) done");
     let busy_lags = replication_lags(
         &api,
@@ -618,12 +646,13 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         args.writes,
         Duration::ZERO,
     );
-    let busy_lags = Summary::of(&busy_lags.await?);
+    let busy_timed = busy_lags.await?;
+    let busy_lags = summary_of_lags(&busy_timed);
     eprintln!("-- replication lags (busy stream) done");
     // A second cluster of a's, so that two writers share the steady rate (one alone is
     // paced by its own write latency).
     let (second, _) = active_cluster(&api).await?;
-    let (steady_lags, steady_rate) = steady_stream_lags(
+    let (steady_timed, steady_rate) = steady_stream_lags(
         &api,
         &a,
         &b,
@@ -632,7 +661,7 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         args.steady_rate,
     )
     .await?;
-    let steady_lags = Summary::of(&steady_lags);
+    let steady_lags = summary_of_lags(&steady_timed);
     eprintln!("-- replication lags (steady stream) done");
     let handovers = Summary::of(&handovers(&leaders, id, HANDOVERS).await?);
     eprintln!("-- handovers done");
@@ -647,7 +676,7 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
     let counter = Arc::new(AtomicU64::new(0));
     let concurrent = Duration::from_secs_f64(args.concurrent_secs);
     eprintln!("-- coopr: {} clients at a for {concurrent:?}", args.clients);
-    let (coopr_many, coopr_elapsed, _) = measure(
+    let coopr_many = measure(
         &coopr_a,
         &wan.procs,
         &counter,
@@ -656,6 +685,7 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         concurrent,
     )
     .await?;
+    let coopr_elapsed = coopr_many.elapsed;
     for p in wan.procs.iter_mut() {
         p.check_alive()?;
     }
@@ -748,7 +778,7 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         local.total,
     );
     let many = format!("{} clients, at the owner DC", args.clients);
-    line(&coopr_name, &many, &coopr_many, coopr_elapsed);
+    line(&coopr_name, &many, &coopr_many.summary, coopr_elapsed);
     match &etcd_rows {
         Ok(etcd) => {
             let name = format!("{}, 3 members in 3 DCs", etcd.version);
@@ -765,8 +795,8 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
                 "\nRatio, {} clients: coopr {:.1}x etcd's throughput, p50 {} ms vs {} ms. \
                  Sequential: p50 {} ms vs {} ms.",
                 args.clients,
-                rate(&coopr_many, coopr_elapsed) / rate(&etcd.many, etcd.many_elapsed),
-                ms(coopr_many.p50),
+                rate(&coopr_many.summary, coopr_elapsed) / rate(&etcd.many, etcd.many_elapsed),
+                ms(coopr_many.summary.p50),
                 ms(etcd.many.p50),
                 ms(local.p50),
                 ms(etcd.sequential.p50),
@@ -774,15 +804,127 @@ pub async fn run(mut args: WanArgs) -> anyhow::Result<()> {
         }
         Err(why) => println!("| etcd, 3 members in 3 DCs | {why} | | | | |"),
     }
+    let setup = format!(
+        "3 DCs of {} node(s), {} ms one way",
+        args.nodes_per_dc, args.delay_ms
+    );
+    let mut writes_cdf: Vec<(String, &[Duration])> = vec![
+        (
+            format!(
+                "(i) coopr, sequential at the owner DC a: {} writes",
+                local.samples
+            ),
+            &local_samples,
+        ),
+        (
+            format!(
+                "(ii) coopr, sequential at b, forwarded to a: {} writes",
+                forwarded.samples
+            ),
+            &forwarded_samples,
+        ),
+        (
+            format!(
+                "coopr, {} clients at a: {} writes",
+                args.clients, coopr_many.summary.samples
+            ),
+            &coopr_many.samples,
+        ),
+    ];
+    if let Ok(etcd) = &etcd_rows {
+        writes_cdf.push((
+            format!(
+                "etcd across the 3 DCs, sequential at the leader: {} writes",
+                etcd.sequential.samples
+            ),
+            &etcd.sequential_samples,
+        ));
+        writes_cdf.push((
+            format!(
+                "etcd across the 3 DCs, {} clients at the leader: {} writes",
+                args.clients, etcd.many.samples
+            ),
+            &etcd.many_samples,
+        ));
+    }
+    let series: Vec<(&str, &[Duration])> = writes_cdf
+        .iter()
+        .map(|(name, s)| (name.as_str(), *s))
+        .collect();
+    let cdf_path = args.plots.join("wan-write-cdf.png");
+    crate::plot::cdf_chart(
+        &cdf_path,
+        &format!("Write latency CDF (wan: {setup})"),
+        &series,
+    )?;
+    let floor = |timed: &[&[TimedLag]]| {
+        let end = timed
+            .iter()
+            .filter_map(|t| t.last())
+            .map(|(written, _)| written.as_secs_f64())
+            .fold(0.0, f64::max);
+        let delay_ms = delay.as_secs_f64() * 1e3;
+        vec![(0.0, delay_ms), (end, delay_ms)]
+    };
+    let steady_path = args.plots.join("wan-lag-steady.png");
+    let steady_points = lag_points(&steady_timed);
+    let steady_name = format!("(v) a's acknowledgement → visible at b, {steady_rate:.0} writes/s");
+    crate::plot::time_series_chart(
+        &steady_path,
+        &format!("Replication lag a → b by write time, steady stream (wan: {setup})"),
+        &[
+            (&steady_name, &steady_points),
+            ("floor: one delay", &floor(&[&steady_timed])),
+        ],
+    )?;
+    let sequential_path = args.plots.join("wan-lag-sequential.png");
+    crate::plot::time_series_chart(
+        &sequential_path,
+        &format!("Replication lag a → b by write time, one write at a time (wan: {setup})"),
+        &[
+            (
+                "(iii) idle stream: b's pull waits at a",
+                &lag_points(&idle_timed),
+            ),
+            (
+                "(iii) each write right after the previous became visible",
+                &lag_points(&busy_timed),
+            ),
+            ("floor: one delay", &floor(&[&idle_timed, &busy_timed])),
+        ],
+    )?;
+    println!(
+        "\nCharts (PNG): `{}`, `{}`, `{}`",
+        cdf_path.display(),
+        steady_path.display(),
+        sequential_path.display()
+    );
     eprintln!("-- done in {:?}", total.elapsed());
     Ok(())
+}
+
+/// Percentiles of the lags of `timed`.
+fn summary_of_lags(timed: &[TimedLag]) -> Summary {
+    Summary::of(&timed.iter().map(|(_, lag)| *lag).collect::<Vec<_>>())
+}
+
+/// `timed` as chart points: seconds since the first measured write, lag in ms.
+fn lag_points(timed: &[TimedLag]) -> Vec<(f64, f64)> {
+    timed
+        .iter()
+        .map(|(written, lag)| (written.as_secs_f64(), lag.as_secs_f64() * 1e3))
+        .collect()
 }
 
 /// What etcd spanning three DCs did.
 struct EtcdRows {
     version: String,
     sequential: Summary,
+    /// Every sequential put's latency.
+    sequential_samples: Vec<Duration>,
     many: Summary,
+    /// Every concurrent put's latency.
+    many_samples: Vec<Duration>,
     many_elapsed: Duration,
 }
 
@@ -805,7 +947,7 @@ async fn etcd_across_dcs(
     };
     let counter = Arc::new(AtomicU64::new(1));
     eprintln!("-- etcd: {} sequential puts at the leader", args.writes);
-    let (sequential, _, _) = measure(
+    let sequential = measure(
         &target,
         &etcd.procs,
         &counter,
@@ -819,7 +961,7 @@ async fn etcd_across_dcs(
         "-- etcd: {} clients at the leader for {concurrent:?}",
         args.clients
     );
-    let (many, many_elapsed, _) = measure(
+    let many = measure(
         &target,
         &etcd.procs,
         &counter,
@@ -833,8 +975,10 @@ async fn etcd_across_dcs(
     }
     Ok(EtcdRows {
         version: version.to_string(),
-        sequential,
-        many,
-        many_elapsed,
+        sequential: sequential.summary,
+        sequential_samples: sequential.samples,
+        many: many.summary,
+        many_samples: many.samples,
+        many_elapsed: many.elapsed,
     })
 }
