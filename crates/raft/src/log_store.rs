@@ -163,8 +163,11 @@ pub(crate) enum StorageFailure {
     Task(String),
 }
 
-/// Runs a store call on tokio's blocking pool (every mutating call waits for an fsync), or
-/// inline for a store that does not block ([`LogStore::blocks`]: in memory).
+/// Runs a store call that may wait for the disk (every mutating call waits for an fsync):
+/// inline for a store that does not block ([`LogStore::blocks`]: in memory); on this thread,
+/// with the worker's other tasks handed to another thread, in a multi-threaded runtime
+/// (`block_in_place`: the caller goes on without waiting to be woken, one thread switch less
+/// on every write's path, at the leader and at each follower); else on the blocking pool.
 pub(crate) async fn blocking<T, F>(store: Arc<dyn LogStore>, run: F) -> Result<T, StorageFailure>
 where
     T: Send + 'static,
@@ -172,6 +175,11 @@ where
 {
     if !store.blocks() {
         return run(&*store);
+    }
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return tokio::task::block_in_place(|| run(&*store));
     }
     match tokio::task::spawn_blocking(move || run(&*store)).await {
         Ok(result) => result,
