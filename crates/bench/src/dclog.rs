@@ -871,13 +871,14 @@ pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 Ok((
                     Summary::of(&fsync::raw_fsync(&floor_dir, rounds)?),
+                    Summary::of(&fsync::wal_append(&floor_dir, rounds)?),
                     Summary::of(&fsync::redb_append(&floor_dir, rounds)?),
                 ))
             })
             .await?
         }
     };
-    let (raw, redb) = floor("floor").await?;
+    let (raw, wal, redb) = floor("floor").await?;
 
     let mut rows = Vec::new();
     let mut entry_len = 0;
@@ -893,7 +894,7 @@ pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
     } else {
         Some(run_etcd(&args, dir.path(), entry_len.max(body_len), &mut rows).await?)
     };
-    let (raw_after, redb_after) = floor("floor-after").await?;
+    let (raw_after, wal_after, redb_after) = floor("floor-after").await?;
 
     println!("## coopr-bench dclog\n");
     println!(
@@ -952,8 +953,10 @@ pub async fn run(mut args: DcLogArgs) -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|");
     for (what, s) in [
         ("raw write 100 B + sync_data (before)", raw),
+        ("WAL append, 1 entry of 100 B (before)", wal),
         ("redb append, 1 entry of 100 B (before)", redb),
         ("raw write 100 B + sync_data (after)", raw_after),
+        ("WAL append, 1 entry of 100 B (after)", wal_after),
         ("redb append, 1 entry of 100 B (after)", redb_after),
     ] {
         println!(

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use coopr_store::{LogStore, RedbStore};
+use coopr_store::{LogStore, RedbStore, WalStore};
 
 pub const RECORD_LEN_BYTES: usize = 100;
 
@@ -26,7 +26,16 @@ pub fn raw_fsync(dir: &Path, rounds: usize) -> std::io::Result<Vec<Duration>> {
 
 /// Appends one 100-byte entry to a fresh redb log, `rounds` times (after a short warm-up).
 pub fn redb_append(dir: &Path, rounds: usize) -> anyhow::Result<Vec<Duration>> {
-    let store = RedbStore::open(dir.join("floor.redb"))?;
+    store_append(&RedbStore::open(dir.join("floor.redb"))?, rounds)
+}
+
+/// Appends one 100-byte entry to a fresh WAL (the Raft logs' store), `rounds` times (after a
+/// short warm-up): what a node's log append costs without openraft and the runtime around it.
+pub fn wal_append(dir: &Path, rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    store_append(&WalStore::open(dir.join("floor-wal"))?, rounds)
+}
+
+fn store_append(store: &dyn LogStore, rounds: usize) -> anyhow::Result<Vec<Duration>> {
     let batch = vec![vec![0xAB; RECORD_LEN_BYTES]];
     for _ in 0..20 {
         store.append(&batch)?;

@@ -216,7 +216,7 @@ async fn run_once(
     let mut disk = Vec::new();
     // The DC log's directory (the placement group keeps a log and snapshots of its own).
     let raft = find(&out, "raft").context("no raft directory under the node's data dir")?;
-    for name in ["raft-log.redb", "snapshots", "archive.redb"] {
+    for name in ["raft-log", "snapshots", "archive.redb"] {
         disk.push((name.to_string(), size_of(&raft.join(name))));
     }
     drop(procs);
