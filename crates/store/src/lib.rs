@@ -161,7 +161,10 @@ pub trait LogStore: Send + Sync + 'static {
     /// empties it and the next append goes to `snapshot.last_index + 1`. Refused if the
     /// snapshot is older than the current compaction point ([`StoreError::StaleSnapshot`]) or
     /// one of its parts covers less than `snapshot.last_index` ([`StoreError::StalePart`]).
-    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+    /// This is [`LogStore::install_snapshot_with_meta`] with no values.
+    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.install_snapshot_with_meta(snapshot, &[])
+    }
 
     /// Replaces one part of the current snapshot (a shard snapshotted or streamed on its own),
     /// covering the log up to `last_index`. Does not compact the log (see

@@ -104,10 +104,6 @@ impl LogStore for MemStore {
         Ok(())
     }
 
-    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.install_snapshot_with_meta(snapshot, &[])
-    }
-
     fn install_snapshot_with_meta(
         &self,
         snapshot: &Snapshot,

@@ -288,10 +288,6 @@ impl LogStore for RedbStore {
         Ok(())
     }
 
-    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.install_snapshot_with_meta(snapshot, &[])
-    }
-
     fn install_snapshot_with_meta(
         &self,
         snapshot: &Snapshot,

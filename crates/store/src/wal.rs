@@ -521,10 +521,6 @@ impl LogStore for WalStore {
         })
     }
 
-    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.install_snapshot_with_meta(snapshot, &[])
-    }
-
     fn install_snapshot_with_meta(
         &self,
         snapshot: &Snapshot,
