@@ -101,7 +101,7 @@ struct Inner {
     failed: Option<String>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct DurableState {
     compacted_through: LogIndex,
     app_meta: BTreeMap<String, Vec<u8>>,
@@ -262,7 +262,15 @@ impl WalStore {
 }
 
 impl Inner {
-    fn write_state(&mut self, dir: &Path, state: DurableState) -> Result<(), StoreError> {
+    /// Writes the state file with `change` made to a copy of the state, and keeps the copy
+    /// once it is durable (on a failure the state in memory is still what is on disk).
+    fn update_state(
+        &mut self,
+        dir: &Path,
+        change: impl FnOnce(&mut DurableState),
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.clone();
+        change(&mut state);
         write_state_file(dir, &state)?;
         self.state = state;
         Ok(())
@@ -511,12 +519,7 @@ impl LogStore for WalStore {
                     .iter()
                     .map(|(&part, p)| (part, p.last_index)),
             )?;
-            let state = DurableState {
-                compacted_through: through,
-                app_meta: inner.state.app_meta.clone(),
-                parts: inner.state.parts.clone(),
-            };
-            inner.write_state(dir, state)?;
+            inner.update_state(dir, |state| state.compacted_through = through)?;
             inner.drop_compacted_segments(dir)
         })
     }
@@ -528,16 +531,13 @@ impl LogStore for WalStore {
     ) -> Result<(), StoreError> {
         self.change(|inner, dir, _| {
             rules::check_install(snapshot, inner.state.compacted_through)?;
-            let mut app_meta = inner.state.app_meta.clone();
-            for (key, value) in meta {
-                app_meta.insert((*key).to_owned(), value.to_vec());
-            }
-            let state = DurableState {
-                compacted_through: snapshot.last_index,
-                app_meta,
-                parts: snapshot.parts.clone(),
-            };
-            inner.write_state(dir, state)?;
+            inner.update_state(dir, |state| {
+                state.compacted_through = snapshot.last_index;
+                state.parts = snapshot.parts.clone();
+                for (key, value) in meta {
+                    state.app_meta.insert((*key).to_owned(), value.to_vec());
+                }
+            })?;
             inner.last_index = inner.last_index.max(snapshot.last_index);
             inner.drop_compacted_segments(dir)
         })
@@ -546,20 +546,10 @@ impl LogStore for WalStore {
     fn put_part(&self, part: PartId, bytes: &[u8], last_index: LogIndex) -> Result<(), StoreError> {
         self.change(|inner, dir, _| {
             rules::check_part_covers(part, last_index, inner.state.compacted_through)?;
-            let mut parts = inner.state.parts.clone();
-            parts.insert(
-                part,
-                SnapshotPart {
-                    last_index,
-                    bytes: bytes.to_vec(),
-                },
-            );
-            let state = DurableState {
-                compacted_through: inner.state.compacted_through,
-                app_meta: inner.state.app_meta.clone(),
-                parts,
-            };
-            inner.write_state(dir, state)
+            inner.update_state(dir, |state| {
+                let bytes = bytes.to_vec();
+                state.parts.insert(part, SnapshotPart { last_index, bytes });
+            })
         })
     }
 
@@ -568,14 +558,9 @@ impl LogStore for WalStore {
             if !inner.state.parts.contains_key(&part) {
                 return Ok(());
             }
-            let mut parts = inner.state.parts.clone();
-            parts.remove(&part);
-            let state = DurableState {
-                compacted_through: inner.state.compacted_through,
-                app_meta: inner.state.app_meta.clone(),
-                parts,
-            };
-            inner.write_state(dir, state)
+            inner.update_state(dir, |state| {
+                state.parts.remove(&part);
+            })
         })
     }
 
@@ -592,14 +577,9 @@ impl LogStore for WalStore {
 
     fn save_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.change(|inner, dir, _| {
-            let mut app_meta = inner.state.app_meta.clone();
-            app_meta.insert(key.to_owned(), value.to_vec());
-            let state = DurableState {
-                compacted_through: inner.state.compacted_through,
-                app_meta,
-                parts: inner.state.parts.clone(),
-            };
-            inner.write_state(dir, state)
+            inner.update_state(dir, |state| {
+                state.app_meta.insert(key.to_owned(), value.to_vec());
+            })
         })
     }
 
