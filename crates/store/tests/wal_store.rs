@@ -248,6 +248,27 @@ fn a_flipped_byte_is_reported_not_cut() {
     }
 }
 
+/// Bytes after the last record of a segment that is not the last one cannot be a torn batch
+/// (only the last segment is written to): they are damage, reported at open.
+#[test]
+fn bytes_after_the_records_of_an_earlier_segment_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (store, _) = open(dir.path(), 64);
+        for n in 1..=6 {
+            store.append(&[entry(n)]).expect("append");
+        }
+    }
+    let paths = segments(dir.path());
+    assert!(paths.len() >= 2);
+    let end = written_len(&paths[0]);
+    rewrite(&paths[0], |bytes| bytes[end + 20] = 0xFF);
+    assert!(matches!(
+        WalStore::open_with(dir.path(), 64),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
 #[test]
 fn damaged_or_missing_state_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
