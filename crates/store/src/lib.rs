@@ -130,6 +130,19 @@ pub trait LogStore: Send + Sync + 'static {
     /// the last appended entry; an empty batch writes nothing and returns `last_index()`.
     fn append(&self, entries: &[Vec<u8>]) -> Result<LogIndex, StoreError>;
 
+    /// Appends like [`LogStore::append`], but may return before the entries are durable: they
+    /// are readable at once, and durable once a later [`LogStore::sync`] (or a durable call)
+    /// returned. A crash before that may lose a suffix of them, never anything before them.
+    /// The default is [`LogStore::append`] (durable at once).
+    fn append_unsynced(&self, entries: &[Vec<u8>]) -> Result<LogIndex, StoreError> {
+        self.append(entries)
+    }
+
+    /// Makes every entry appended so far durable (see [`LogStore::append_unsynced`]).
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Entries with index >= `from`, at most `max` of them, in order. `from = 0` reads from the
     /// start. Reading past the end returns fewer (or no) entries. Asking for an index that was
     /// compacted away (`from <= snapshot.last_index`) is [`StoreError::Compacted`]: the caller

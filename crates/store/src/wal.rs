@@ -46,7 +46,10 @@
 //!
 //! Readers are not held up by a flush: an append places its records under the store's lock,
 //! flushes without it (one writer at a time, behind a second lock), then publishes the new end,
-//! and readers never read past the published end.
+//! and readers never read past the published end. [`LogStore::append_unsynced`] publishes
+//! before the flush, which [`LogStore::sync`] does later (a Raft leader's own append, sent to
+//! the followers while it is flushed); only the last segment ever holds unflushed records, so
+//! a crash loses at most a suffix of them, cut at open like any torn tail.
 //!
 //! A write or flush that fails leaves the store refusing every later call (after a failed
 //! `fsync` the page cache cannot be trusted); reopening recovers from what is on disk.
@@ -97,6 +100,9 @@ struct Inner {
     /// (the first one may also hold entries at or below the compaction point, never read).
     segments: Vec<Segment>,
     last_index: LogIndex,
+    /// The last segment holds records appended with [`LogStore::append_unsynced`] and not
+    /// flushed yet (no other segment ever does).
+    unsynced: bool,
     /// Set when a write or flush failed: every later call is refused with it.
     failed: Option<String>,
 }
@@ -247,6 +253,19 @@ impl WalStore {
         self.change_held(run)
     }
 
+    /// Flushes `file` without holding `inner` (the caller holds the writer lock); a failure
+    /// marks the store failed.
+    fn flush_held(&self, file: &File, path: &Path) -> Result<(), StoreError> {
+        file.sync_data().map_err(|e| {
+            let error = io_error(path, "flush", e);
+            self.inner
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .failed = Some(error.to_string());
+            error
+        })
+    }
+
     /// [`WalStore::change`] for a caller that holds the writer lock.
     fn change_held<T>(
         &self,
@@ -261,7 +280,121 @@ impl WalStore {
     }
 }
 
+/// Records written to the last segment and not yet published (see [`Inner::place`]).
+struct Placed {
+    file: Arc<File>,
+    path: PathBuf,
+    /// Where the first record starts, and where the last one ends.
+    base: u64,
+    end: u64,
+    /// Where each record starts, from `base`.
+    starts: Vec<u64>,
+    first: LogIndex,
+}
+
 impl Inner {
+    /// Writes the records of `entries` after the last one (in a new segment when the last is
+    /// full), not flushed and not yet visible to readers: [`Inner::publish`] makes them so.
+    /// `None` for an empty batch.
+    fn place(
+        &mut self,
+        dir: &Path,
+        segment_bytes: u64,
+        entries: &[Vec<u8>],
+    ) -> Result<Option<Placed>, StoreError> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let first = rules::next_index(self.last_index, entries.len());
+        let mut buffer = Vec::with_capacity(
+            entries
+                .iter()
+                .map(|e| e.len() + HEADER_BYTES)
+                .sum::<usize>(),
+        );
+        let mut starts = Vec::with_capacity(entries.len());
+        for (index, bytes) in (first..).zip(entries) {
+            starts.push(buffer.len() as u64);
+            let len = u32::try_from(bytes.len()).map_err(|_| StoreError::EntryTooLarge {
+                index,
+                len: bytes.len(),
+            })?;
+            encode_record(&mut buffer, index, len, bytes);
+        }
+        let needs_segment = match self.segments.last() {
+            None => true,
+            Some(last) => {
+                let full = last.end > 0 && last.end + buffer.len() as u64 > segment_bytes;
+                // After a compaction past its end, the log restarts at `first`.
+                full || last.first + last.count() != first
+            }
+        };
+        if needs_segment {
+            // Only the last segment may hold unflushed records: a crash must not keep a later
+            // segment and lose the end of an earlier one (that would be a hole).
+            if self.unsynced {
+                if let Some(last) = self.segments.last() {
+                    last.file
+                        .sync_data()
+                        .map_err(|e| io_error(&last.path, "flush", e))?;
+                }
+                self.unsynced = false;
+            }
+            if let Some(empty) = self.segments.pop_if(|last| last.count() == 0) {
+                fs::remove_file(&empty.path).map_err(|e| io_error(&empty.path, "delete", e))?;
+            }
+            self.new_segment(dir, first)?;
+        }
+        let Some(segment) = self.segments.last_mut() else {
+            return Err(StoreError::CorruptMetadata {
+                key: "segments",
+                reason: "no segment to append to".into(),
+            });
+        };
+        let end = segment.end + buffer.len() as u64;
+        if end > segment.len {
+            // Zeros ahead of the records, so later appends overwrite existing blocks.
+            // (Small segments, in tests, grow in small steps.)
+            let step = ZERO_STEP_BYTES.min(segment_bytes.next_multiple_of(4096));
+            let len = end.div_ceil(step) * step;
+            let zeros = vec![0u8; usize::try_from(len - end).unwrap_or(0)];
+            segment
+                .file
+                .write_all_at(&zeros, end)
+                .map_err(|e| io_error(&segment.path, "extend", e))?;
+            segment.len = len;
+        }
+        segment
+            .file
+            .write_all_at(&buffer, segment.end)
+            .map_err(|e| io_error(&segment.path, "write", e))?;
+        Ok(Some(Placed {
+            file: Arc::clone(&segment.file),
+            path: segment.path.clone(),
+            base: segment.end,
+            end,
+            starts,
+            first,
+        }))
+    }
+
+    /// Makes placed records visible to readers: the new end of the last segment and the log.
+    fn publish(&mut self, placed: Placed) -> Result<(), StoreError> {
+        let count = placed.starts.len() as u64;
+        let Some(segment) = self.segments.last_mut() else {
+            return Err(StoreError::CorruptMetadata {
+                key: "segments",
+                reason: "the segment appended to is gone".into(),
+            });
+        };
+        segment
+            .offsets
+            .extend(placed.starts.into_iter().map(|start| placed.base + start));
+        segment.end = placed.end;
+        self.last_index = placed.first + count - 1;
+        Ok(())
+    }
+
     /// Writes the state file with `change` made to a copy of the state, and keeps the copy
     /// once it is durable (on a failure the state in memory is still what is on disk).
     fn update_state(
@@ -320,97 +453,42 @@ impl LogStore for WalStore {
         // One writer at a time; readers wait only while the records are placed and published,
         // not during the flush (they never read past the published end).
         let _writer = self.writer();
-        let placed = self.change_held(|inner, dir, segment_bytes| {
-            if entries.is_empty() {
-                return Ok(None);
-            }
-            let first = rules::next_index(inner.last_index, entries.len());
-            let mut buffer = Vec::with_capacity(
-                entries
-                    .iter()
-                    .map(|e| e.len() + HEADER_BYTES)
-                    .sum::<usize>(),
-            );
-            let mut starts = Vec::with_capacity(entries.len());
-            for (index, bytes) in (first..).zip(entries) {
-                starts.push(buffer.len() as u64);
-                let len = u32::try_from(bytes.len()).map_err(|_| StoreError::EntryTooLarge {
-                    index,
-                    len: bytes.len(),
-                })?;
-                encode_record(&mut buffer, index, len, bytes);
-            }
-            let needs_segment = match inner.segments.last() {
-                None => true,
-                Some(last) => {
-                    let full = last.end > 0 && last.end + buffer.len() as u64 > segment_bytes;
-                    // After a compaction past its end, the log restarts at `first`.
-                    full || last.first + last.count() != first
-                }
-            };
-            if needs_segment {
-                if let Some(empty) = inner.segments.pop_if(|last| last.count() == 0) {
-                    fs::remove_file(&empty.path).map_err(|e| io_error(&empty.path, "delete", e))?;
-                }
-                inner.new_segment(dir, first)?;
-            }
-            let Some(segment) = inner.segments.last_mut() else {
-                return Err(StoreError::CorruptMetadata {
-                    key: "segments",
-                    reason: "no segment to append to".into(),
-                });
-            };
-            let end = segment.end + buffer.len() as u64;
-            if end > segment.len {
-                // Zeros ahead of the records, so later appends overwrite existing blocks.
-                // (Small segments, in tests, grow in small steps.)
-                let step = ZERO_STEP_BYTES.min(segment_bytes.next_multiple_of(4096));
-                let len = end.div_ceil(step) * step;
-                let zeros = vec![0u8; usize::try_from(len - end).unwrap_or(0)];
-                segment
-                    .file
-                    .write_all_at(&zeros, end)
-                    .map_err(|e| io_error(&segment.path, "extend", e))?;
-                segment.len = len;
-            }
-            segment
-                .file
-                .write_all_at(&buffer, segment.end)
-                .map_err(|e| io_error(&segment.path, "write", e))?;
-            Ok(Some((
-                Arc::clone(&segment.file),
-                segment.path.clone(),
-                segment.end,
-                end,
-                starts,
-                first,
-            )))
-        })?;
-        let Some((file, path, base, end, starts, first)) = placed else {
+        let Some(placed) =
+            self.change_held(|inner, dir, segment_bytes| inner.place(dir, segment_bytes, entries))?
+        else {
             return self.last_index();
         };
-        if let Err(e) = file.sync_data() {
-            let error = io_error(&path, "flush", e);
-            self.inner
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .failed = Some(error.to_string());
-            return Err(error);
-        }
+        // The segment holds any records appended unsynced before these: flushed with them.
+        self.flush_held(&placed.file, &placed.path)?;
         let mut inner = self.inner()?;
-        let count = starts.len() as u64;
-        let Some(segment) = inner.segments.last_mut() else {
-            return Err(StoreError::CorruptMetadata {
-                key: "segments",
-                reason: "the segment appended to is gone".into(),
-            });
-        };
-        segment
-            .offsets
-            .extend(starts.into_iter().map(|start| base + start));
-        segment.end = end;
-        inner.last_index = first + count - 1;
+        inner.publish(placed)?;
+        inner.unsynced = false;
         Ok(inner.last_index)
+    }
+
+    fn append_unsynced(&self, entries: &[Vec<u8>]) -> Result<LogIndex, StoreError> {
+        let _writer = self.writer();
+        self.change_held(|inner, dir, segment_bytes| {
+            if let Some(placed) = inner.place(dir, segment_bytes, entries)? {
+                inner.publish(placed)?;
+                inner.unsynced = true;
+            }
+            Ok(inner.last_index)
+        })
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let _writer = self.writer();
+        let (file, path) = {
+            let inner = self.inner()?;
+            match inner.segments.last() {
+                Some(last) if inner.unsynced => (Arc::clone(&last.file), last.path.clone()),
+                _ => return Ok(()),
+            }
+        };
+        self.flush_held(&file, &path)?;
+        self.inner()?.unsynced = false;
+        Ok(())
     }
 
     fn read_from(
@@ -501,6 +579,8 @@ impl LogStore for WalStore {
                 }
             }
             inner.last_index = (from - 1).max(inner.state.compacted_through);
+            // Records appended unsynced were in the last segment: deleted, or cut and flushed.
+            inner.unsynced = false;
             Ok(())
         })
     }
@@ -812,6 +892,7 @@ fn recover(dir: &Path) -> Result<(Inner, Recovery), StoreError> {
             state,
             segments: kept,
             last_index,
+            unsynced: false,
             failed: None,
         },
         recovery,
