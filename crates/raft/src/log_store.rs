@@ -10,10 +10,12 @@
 //!   app_meta "raft.last_purged"  -> LogId         (written with the compaction, atomically)
 //! ```
 //!
-//! Every call is one fsync'd [`coopr_store::LogStore`] call run on the blocking pool, and the
-//! append callback is called only after that call returned, so openraft never counts an entry
-//! as persisted before it is on disk. openraft serializes the log IO (`&mut self`), so the
-//! store sees one writer.
+//! Every call is one fsync'd [`coopr_store::LogStore`] call, and the append callback is called
+//! only after the entries are on disk, so openraft never counts an entry as persisted before
+//! it is. A leader's own append (openraft as vendored here sends it to the followers before
+//! the callback, `LogFlushed::may_complete_later`) is readable at once and flushed on a
+//! blocking thread, which calls back. openraft serializes the log IO (`&mut self`, and no log
+//! call while a leader's flush is pending), so the store sees one writer.
 
 use std::fmt::Debug;
 use std::io;
@@ -355,6 +357,10 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         };
         // One stage of a write's latency (the benchmarks' breakdown): the append and its fsync.
         let started = tokio::time::Instant::now();
+        // A leader's own append (openraft sends the entries to the followers without waiting
+        // for this callback): the entries are made readable here and flushed on a blocking
+        // thread, which calls back once they are durable. Everything else returns durable.
+        let flush_later = callback.may_complete_later() && self.store.blocks();
         let result = self
             .blocking(move |store| {
                 // openraft appends right after the last entry (it truncates a conflicting
@@ -381,13 +387,30 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
                             .map_or("none".into(), |i| i.to_string())
                     )));
                 }
-                Ok(store.append(&encoded)?)
+                if flush_later {
+                    Ok(store.append_unsynced(&encoded)?)
+                } else {
+                    Ok(store.append(&encoded)?)
+                }
             })
             .await;
-        metrics::histogram!("coopr_raft_log_append_seconds", "group" => self.group.to_string())
-            .record(started.elapsed().as_secs_f64());
         match result {
+            Ok(_) if flush_later => {
+                let store = Arc::clone(&self.store);
+                let group = self.group.to_string();
+                // openraft runs no other log call before this callback (see
+                // `LogFlushed::may_complete_later`), so nothing overtakes this flush.
+                tokio::task::spawn_blocking(move || {
+                    let flushed = store.sync();
+                    metrics::histogram!("coopr_raft_log_append_seconds", "group" => group)
+                        .record(started.elapsed().as_secs_f64());
+                    callback.log_io_completed(flushed.map_err(io::Error::other));
+                });
+                Ok(())
+            }
             Ok(_) => {
+                metrics::histogram!("coopr_raft_log_append_seconds", "group" => self.group.to_string())
+                    .record(started.elapsed().as_secs_f64());
                 // Durable now: the append call returned after its fsync.
                 callback.log_io_completed(Ok(()));
                 Ok(())

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::ListMachine;
-use coopr_raft::{MemNetwork, RaftConfig, RaftHandle, RaftStores};
+use coopr_raft::{MemNetwork, RaftConfig, RaftHandle, RaftStores, SnapshotStore};
+use coopr_store::{LogIndex, LogStore, MemStore, PartId, Snapshot, StoreError};
 use tokio::time::Instant;
 
 /// Node `id`'s name and base URL on the in-memory network.
@@ -48,6 +49,14 @@ impl MemGroup {
 
     /// Starts a node for each of `configs` (node `n` served at `url(n)`), initializing none.
     async fn start_nodes(configs: impl IntoIterator<Item = RaftConfig>) -> MemGroup {
+        MemGroup::start_nodes_on(configs, |_| RaftStores::in_memory()).await
+    }
+
+    /// [`MemGroup::start_nodes`] with node `n`'s stores from `stores(n)`.
+    async fn start_nodes_on(
+        configs: impl IntoIterator<Item = RaftConfig>,
+        mut stores: impl FnMut(u64) -> RaftStores,
+    ) -> MemGroup {
         let network = MemNetwork::new();
         let mut handles = Vec::new();
         let mut machines = Vec::new();
@@ -56,7 +65,7 @@ impl MemGroup {
             let machine = Arc::new(ListMachine::default());
             let handle = coopr_raft::start_with(
                 config,
-                RaftStores::in_memory(),
+                stores(id),
                 machine.clone(),
                 network.transport(&name(id)),
             )
@@ -293,5 +302,156 @@ async fn survivors_elect_through_their_own_addresses_not_the_initializers() {
         .await
         .expect("write at the new leader");
     group.converged(&[2, 3], &[payload(0), payload(1)]).await;
+    group.shutdown().await;
+}
+
+/// A log in memory that says it blocks (so a leader's own append takes the path of a disk
+/// store: readable at once, flushed later) and whose flush waits while its gate is closed.
+#[derive(Default)]
+struct GatedLog {
+    log: MemStore,
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Flushes of appends made unsynced that have finished.
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+impl GatedLog {
+    fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+}
+
+impl LogStore for GatedLog {
+    fn blocks(&self) -> bool {
+        true
+    }
+    fn append(&self, entries: &[Vec<u8>]) -> Result<LogIndex, StoreError> {
+        self.log.append(entries)
+    }
+    fn append_unsynced(&self, entries: &[Vec<u8>]) -> Result<LogIndex, StoreError> {
+        self.log.append(entries)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn read_from(
+        &self,
+        from: LogIndex,
+        max: usize,
+    ) -> Result<Vec<(LogIndex, Vec<u8>)>, StoreError> {
+        self.log.read_from(from, max)
+    }
+    fn last_index(&self) -> Result<LogIndex, StoreError> {
+        self.log.last_index()
+    }
+    fn first_index(&self) -> Result<LogIndex, StoreError> {
+        self.log.first_index()
+    }
+    fn truncate_from(&self, from: LogIndex) -> Result<(), StoreError> {
+        self.log.truncate_from(from)
+    }
+    fn compact_through(&self, through: LogIndex) -> Result<(), StoreError> {
+        self.log.compact_through(through)
+    }
+    fn install_snapshot_with_meta(
+        &self,
+        snapshot: &Snapshot,
+        meta: &[(&str, &[u8])],
+    ) -> Result<(), StoreError> {
+        self.log.install_snapshot_with_meta(snapshot, meta)
+    }
+    fn put_part(&self, part: PartId, bytes: &[u8], last_index: LogIndex) -> Result<(), StoreError> {
+        self.log.put_part(part, bytes, last_index)
+    }
+    fn drop_part(&self, part: PartId) -> Result<(), StoreError> {
+        self.log.drop_part(part)
+    }
+    fn load_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        self.log.load_snapshot()
+    }
+    fn save_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.log.save_meta(key, value)
+    }
+    fn load_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.log.load_meta(key)
+    }
+}
+
+/// A leader sends what it proposed to the followers while its own copy is still being flushed
+/// (the leader's flush and the followers' round trip overlap), and the write is answered only
+/// once the leader's flush is done too: with the leader's flush held, both followers get the
+/// entry and the write stays unanswered; released, the write is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_sends_entries_before_its_own_flush_and_answers_after_it() {
+    let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, url(id))).collect();
+    let logs: Vec<Arc<GatedLog>> = (0..3).map(|_| Arc::new(GatedLog::default())).collect();
+    let group = MemGroup::start_nodes_on((1..=3).map(|id| config(id, members.clone())), |id| {
+        RaftStores {
+            log: logs[(id - 1) as usize].clone(),
+            snapshots: SnapshotStore::in_memory(),
+        }
+    })
+    .await;
+    for handle in &group.handles {
+        handle.initialize_if_needed().await.expect("initialize");
+    }
+    let all = [1, 2, 3];
+    let leader = group.leader(&all, Duration::from_secs(10)).await;
+    let at_leader = |id: u64| (id - 1) as usize;
+    group.handles[at_leader(leader)]
+        .write(payload(0))
+        .await
+        .expect("write");
+    group.converged(&all, &[payload(0)]).await;
+    let flushed_before = logs[at_leader(leader)]
+        .syncs
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        flushed_before > 0,
+        "the leader never flushed an append made unsynced"
+    );
+
+    logs[at_leader(leader)].close();
+    let end = logs[at_leader(leader)].last_index().expect("last index");
+    let handle = group.handles[at_leader(leader)].clone();
+    let mut write = tokio::spawn(async move { handle.write(payload(1)).await });
+    let followers: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    wait(
+        Duration::from_secs(10),
+        "both followers holding the entry the leader has not flushed",
+        || {
+            followers
+                .iter()
+                .all(|id| logs[at_leader(*id)].last_index().expect("last index") > end)
+                .then_some(())
+        },
+    )
+    .await;
+    // Nothing can answer the write while the leader's flush is held; give it the time it
+    // takes here with the flush released, and more.
+    let unanswered = tokio::time::timeout(Duration::from_millis(300), &mut write).await;
+    assert!(
+        unanswered.is_err(),
+        "answered before the leader's flush: {unanswered:?}"
+    );
+
+    logs[at_leader(leader)].open();
+    tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the write is answered once the leader flushed")
+        .expect("join")
+        .expect("write");
+    group.converged(&all, &[payload(0), payload(1)]).await;
     group.shutdown().await;
 }

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fmt::Display;
 use std::fmt::Formatter;
+use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -89,6 +90,7 @@ use crate::storage::RaftLogReaderExt;
 use crate::storage::RaftLogStorage;
 use crate::storage::RaftStateMachine;
 use crate::type_config::alias::InstantOf;
+use crate::type_config::alias::OneshotReceiverOf;
 use crate::type_config::alias::ResponderOf;
 use crate::type_config::TypeConfigExt;
 use crate::AsyncRuntime;
@@ -205,6 +207,13 @@ where
     pub(crate) tx_server_metrics: watch::Sender<RaftServerMetrics<C::NodeId, C::Node>>,
 
     pub(crate) command_state: CommandState,
+
+    /// (coopr) The leader's own append whose flush is still under way: its callback's receiver
+    /// and the last log id it appended. See [`RaftCore::finish_log_flush`].
+    pub(crate) pending_log_flush: Option<(
+        OneshotReceiverOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+        LogId<C::NodeId>,
+    )>,
 
     pub(crate) span: Span,
 
@@ -730,6 +739,43 @@ where
         Ok(())
     }
 
+    /// (coopr) A leader's append of the entries it proposed: hands them to the log store and
+    /// goes on without waiting for the flush, so the `Replicate` commands queued after it send
+    /// them to the followers while the leader's own copy is flushed. The flush is waited for
+    /// in [`RaftCore::finish_log_flush`], before any other command runs.
+    async fn append_to_log_completed_later(
+        &mut self,
+        entries: Vec<C::Entry>,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        // Only one flush is left pending at a time.
+        self.finish_log_flush().await?;
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote, Some(last_log_id.clone()));
+        let callback = LogFlushed::completed_later(log_io_id, tx);
+        self.log_store.append(entries, callback).await?;
+        self.pending_log_flush = Some((rx, last_log_id));
+        Ok(())
+    }
+
+    /// (coopr) Waits for the leader's pending append to be flushed, then counts the leader's
+    /// own copy towards a quorum (what 0.9 does right after every append).
+    async fn finish_log_flush(&mut self) -> Result<(), StorageError<C::NodeId>> {
+        let Some((rx, last_log_id)) = self.pending_log_flush.take() else {
+            return Ok(());
+        };
+        rx.await
+            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
+            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        // The leader may have changed.
+        // But reporting to a different leader is not a problem.
+        if let Ok(mut lh) = self.engine.leader_handler() {
+            lh.replication_handler().update_local_progress(Some(last_log_id));
+        }
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -887,26 +933,41 @@ where
             tracing::debug!("queued commands: end...");
         }
 
-        while let Some(cmd) = self.engine.output.pop_command() {
-            tracing::debug!("run command: {:?}", cmd);
+        loop {
+            while let Some(cmd) = self.engine.output.pop_command() {
+                tracing::debug!("run command: {:?}", cmd);
 
-            let res = self.run_command(cmd).await?;
-
-            if let Some(cmd) = res {
-                tracing::debug!("early return: postpone command: {:?}", cmd);
-                self.engine.output.postpone_command(cmd);
-
-                if tracing::enabled!(Level::DEBUG) {
-                    for c in self.engine.output.iter_commands().take(8) {
-                        tracing::debug!("postponed, first 8 queued commands: {:?}", c);
-                    }
+                // (coopr) Only the sending of entries overtakes the leader's pending flush.
+                if !matches!(cmd, Command::Replicate { .. }) {
+                    self.finish_log_flush().await?;
                 }
 
+                let res = self.run_command(cmd).await?;
+
+                if let Some(cmd) = res {
+                    tracing::debug!("early return: postpone command: {:?}", cmd);
+                    self.engine.output.postpone_command(cmd);
+
+                    if tracing::enabled!(Level::DEBUG) {
+                        for c in self.engine.output.iter_commands().take(8) {
+                            tracing::debug!("postponed, first 8 queued commands: {:?}", c);
+                        }
+                    }
+
+                    // Nothing is handled with the leader's flush still pending; the commands
+                    // its completion queues run with the postponed one.
+                    self.finish_log_flush().await?;
+                    return Ok(());
+                }
+            }
+
+            // (coopr) The flush left pending by the batch: once it is done, the commands it
+            // makes possible (a commit, an apply) run in this same call.
+            if self.pending_log_flush.is_none() {
                 return Ok(());
             }
+            self.finish_log_flush().await?;
         }
-
-        Ok(())
     }
 
     /// Run an event handling loop
@@ -1637,12 +1698,18 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
-                self.append_to_log(entries, vote, last_log_id.clone()).await?;
+                // (coopr) The leader appending what it proposed sends the entries before its
+                // own flush is done; a follower answers only after its flush.
+                if self.engine.leader_handler().is_ok() && vote.leader_id().voted_for() == Some(self.id.clone()) {
+                    self.append_to_log_completed_later(entries, vote, last_log_id).await?;
+                } else {
+                    self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
-                // The leader may have changed.
-                // But reporting to a different leader is not a problem.
-                if let Ok(mut lh) = self.engine.leader_handler() {
-                    lh.replication_handler().update_local_progress(Some(last_log_id));
+                    // The leader may have changed.
+                    // But reporting to a different leader is not a problem.
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
                 }
             }
             Command::SaveVote { vote } => {

@@ -17,6 +17,8 @@ where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
     tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    /// (coopr) RaftCore goes on before this completes: see [`LogFlushed::may_complete_later`].
+    may_complete_later: bool,
 }
 
 impl<C> LogFlushed<C>
@@ -26,7 +28,34 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            tx,
+            may_complete_later: false,
+        }
+    }
+
+    /// (coopr) A callback RaftCore does not wait for before it sends the entries to followers.
+    pub(crate) fn completed_later(
+        log_io_id: LogIOId<C::NodeId>,
+        tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    ) -> Self {
+        Self {
+            log_io_id,
+            tx,
+            may_complete_later: true,
+        }
+    }
+
+    /// (coopr) True for a leader's append of the entries it proposed: RaftCore sends them to
+    /// the followers without waiting for this callback, and waits for it before it runs any
+    /// other command or handles another message; the leader counts its own copy towards a
+    /// quorum only once this callback reported success. The storage may then return from
+    /// `append` as soon as the entries are readable (by the replication tasks' log reader) and
+    /// call this once they are durable, so the leader's flush overlaps the followers' round
+    /// trip. False for a follower's append, which answers the leader after the callback.
+    pub fn may_complete_later(&self) -> bool {
+        self.may_complete_later
     }
 
     /// Report log io completion event.
