@@ -30,9 +30,43 @@ static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 /// The most bytes allocated at once since the last [`reset_peak`].
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+/// Live allocations by size (upper bounds of [`SIZE_CLASSES`], the last one unbounded).
+static LIVE: [AtomicUsize; SIZE_CLASSES.len() + 1] = [const { AtomicUsize::new(0) }; 9];
+const SIZE_CLASSES: [usize; 8] = [8, 16, 24, 40, 64, 128, 256, 1024];
+/// What glibc's malloc takes for the live allocations: a chunk of the size plus its 8-byte
+/// header, rounded up to 16, at least 32 bytes.
+static CHUNKS: AtomicUsize = AtomicUsize::new(0);
+
+fn size_class(bytes: usize) -> usize {
+    SIZE_CLASSES
+        .iter()
+        .position(|&bound| bytes <= bound)
+        .unwrap_or(SIZE_CLASSES.len())
+}
+
+fn chunk(bytes: usize) -> usize {
+    (bytes + 8).next_multiple_of(16).max(32)
+}
+
 fn count_up(bytes: usize) {
     let now = ALLOCATED.fetch_add(bytes, Ordering::Relaxed) + bytes;
     PEAK.fetch_max(now, Ordering::Relaxed);
+    LIVE[size_class(bytes)].fetch_add(1, Ordering::Relaxed);
+    CHUNKS.fetch_add(chunk(bytes), Ordering::Relaxed);
+}
+
+fn count_down(bytes: usize) {
+    ALLOCATED.fetch_sub(bytes, Ordering::Relaxed);
+    LIVE[size_class(bytes)].fetch_sub(1, Ordering::Relaxed);
+    CHUNKS.fetch_sub(chunk(bytes), Ordering::Relaxed);
+}
+
+/// Live allocations now, by size class, and the bytes glibc's chunks for them take.
+fn live_allocations() -> ([usize; SIZE_CLASSES.len() + 1], usize) {
+    (
+        std::array::from_fn(|i| LIVE[i].load(Ordering::Relaxed)),
+        CHUNKS.load(Ordering::Relaxed),
+    )
 }
 
 /// Starts measuring the peak from what is allocated now.
@@ -68,18 +102,24 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.dealloc(ptr, layout) };
-        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+        count_down(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+            count_down(layout.size());
             count_up(new_size);
         }
         p
     }
+}
+
+extern "C" {
+    /// glibc: gives free memory at the top of the heap and free whole pages inside it back to
+    /// the system; 1 if any was.
+    fn malloc_trim(pad: usize) -> std::ffi::c_int;
 }
 
 /// Bytes currently allocated on the heap.
@@ -89,11 +129,20 @@ pub fn allocated() -> usize {
 
 /// Heap bytes a value owns, measured as what a clone of it allocates.
 fn heap_of<T: Clone>(value: &T) -> usize {
-    let before = allocated();
+    cost_of(value).0
+}
+
+/// Heap bytes and allocations a value owns, measured as what a clone of it allocates.
+fn cost_of<T: Clone>(value: &T) -> (usize, usize) {
+    let live = || live_allocations().0.iter().sum::<usize>();
+    let (before, before_count) = (allocated(), live());
     let copy = value.clone();
-    let after = allocated();
+    let (after, after_count) = (allocated(), live());
     drop(copy);
-    after.saturating_sub(before)
+    (
+        after.saturating_sub(before),
+        after_count.saturating_sub(before_count),
+    )
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,11 +170,17 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     let catalog = Catalog::load(1)?;
     let empty = catalog.state_with(args.shards.max(64))?;
     let base = allocated();
+    let base_allocations: usize = live_allocations().0.iter().sum();
     let started = Instant::now();
     let upkeep = args.steady.then_some(1_000);
     let mut state = crate::reseed::build(&catalog, empty, args.clusters, args.shards, upkeep)?;
     let built = started.elapsed();
     let total = allocated().saturating_sub(base);
+    let total_allocations = live_allocations()
+        .0
+        .iter()
+        .sum::<usize>()
+        .saturating_sub(base_allocations);
     eprintln!("-- {} clusters built in {built:?}", args.clusters);
     let n = f64::from(args.clusters.max(1));
 
@@ -160,6 +215,7 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     parts.push(Part {
         name: "not attributed (allocation slack: clones above are compact)",
         heap: total.saturating_sub(counted),
+        allocations: None,
         json: None,
     });
 
@@ -176,23 +232,27 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         },
         built.as_secs_f64()
     );
-    println!("| part | heap | per cluster | snapshot JSON per cluster |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| part | heap | per cluster | allocations per cluster | snapshot JSON per cluster |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
     let mb = |b: usize| format!("{:.1} MB", b as f64 / 1e6);
     let per = |b: usize| format!("{:.2} KB", b as f64 / n / 1e3);
     for part in &parts {
         let json = part.json.map_or(String::new(), per);
+        let allocations = part
+            .allocations
+            .map_or(String::new(), |a| format!("{:.1}", a as f64 / n));
         println!(
-            "| {} | {} | {} | {json} |",
+            "| {} | {} | {} | {allocations} | {json} |",
             part.name,
             mb(part.heap),
             per(part.heap)
         );
     }
     println!(
-        "| **total** | **{}** | **{}** | **{}** |",
+        "| **total** | **{}** | **{}** | {:.1} | **{}** |",
         mb(total),
         per(total),
+        total_allocations as f64 / n,
         per(snapshot.cluster_bytes)
     );
     println!(
@@ -211,6 +271,32 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
          on top of the state's heap).",
         mb(rss),
         mb(peak)
+    );
+    let (live, chunks) = live_allocations();
+    let count: usize = live.iter().sum();
+    let classes: Vec<String> = SIZE_CLASSES
+        .iter()
+        .map(|bound| format!("≤ {bound} B"))
+        .chain([format!("> {} B", SIZE_CLASSES[SIZE_CLASSES.len() - 1])])
+        .zip(live)
+        .map(|(class, count)| format!("{class}: {:.1}", count as f64 / n))
+        .collect();
+    println!(
+        "Live allocations: {count} in the process ({:.1} per cluster; by size, per cluster: {}); \
+         glibc's chunks for them (size + 8-byte header, to 16, at least 32 B): {} ({} per \
+         cluster).",
+        count as f64 / n,
+        classes.join(", "),
+        mb(chunks),
+        per(chunks)
+    );
+    // SAFETY: glibc's `malloc_trim` only returns free memory of the heap to the system.
+    let trimmed = unsafe { malloc_trim(0) };
+    let (rss_trimmed, _) = resident();
+    println!(
+        "After `malloc_trim(0)` (free pages inside the heap given back{}): {} resident.",
+        if trimmed == 1 { "" } else { "; none was" },
+        mb(rss_trimmed)
     );
     // What the leader's driver does every tick (200 ms) under the state's read lock.
     let started = Instant::now();
@@ -424,20 +510,18 @@ fn resident() -> (usize, usize) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// One row of the table: heap bytes a part owns, and its JSON's length if it has one.
+/// One row of the table: heap bytes and allocations a part owns, and its JSON's length if it
+/// has one.
 struct Part {
     name: &'static str,
     heap: usize,
+    allocations: Option<usize>,
     json: Option<usize>,
 }
 
 impl Part {
     fn of<T: Clone + serde::Serialize>(name: &'static str, value: &T) -> Part {
-        Part {
-            name,
-            heap: heap_of(value),
-            json: Some(json_len(value)),
-        }
+        Part::summed(name, [value])
     }
 
     /// A part of every cluster shard, summed.
@@ -446,11 +530,7 @@ impl Part {
         name: &'static str,
         field: impl Fn(&coopr_state::ClusterShard) -> &T,
     ) -> Part {
-        Part {
-            name,
-            heap: state.shards.values().map(|s| heap_of(field(s))).sum(),
-            json: Some(state.shards.values().map(|s| json_len(field(s))).sum()),
-        }
+        Part::summed(name, state.shards.values().map(|s| field(s)))
     }
 
     /// A part of every cluster record, summed.
@@ -459,10 +539,25 @@ impl Part {
         name: &'static str,
         field: impl Fn(&ClusterRecord) -> &T,
     ) -> Part {
+        Part::summed(name, records.iter().map(|r| field(r)))
+    }
+
+    fn summed<'a, T: Clone + serde::Serialize + 'a>(
+        name: &'static str,
+        values: impl IntoIterator<Item = &'a T>,
+    ) -> Part {
+        let (mut heap, mut allocations, mut json) = (0, 0, 0);
+        for value in values {
+            let (bytes, count) = cost_of(value);
+            heap += bytes;
+            allocations += count;
+            json += json_len(value);
+        }
         Part {
             name,
-            heap: records.iter().map(|r| heap_of(field(r))).sum(),
-            json: Some(records.iter().map(|r| json_len(field(r))).sum()),
+            heap,
+            allocations: Some(allocations),
+            json: Some(json),
         }
     }
 }
