@@ -73,6 +73,7 @@
 //! find). While another operation is in flight, such a repeat changes the job summary only.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use coopr_types::{
     Account, ApiKey, Cluster, ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, EntityKind,
@@ -391,7 +392,7 @@ impl NodeOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterSnapshot {
     pub provider: Provider,
-    pub cluster_template: ClusterTemplate,
+    pub cluster_template: Arc<ClusterTemplate>,
 }
 
 /// A cluster row on the wire: every field of [`Cluster`] except its template and provider,

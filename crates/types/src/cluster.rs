@@ -1,6 +1,7 @@
 //! Tenants, clusters and nodes, in Coopr's shapes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -87,7 +88,9 @@ pub struct Cluster {
     #[serde(default)]
     pub expire_time: u64,
     pub provider: Provider,
-    pub cluster_template: ClusterTemplate,
+    /// Shared between the clusters built from equal templates (the state interns it: a copy
+    /// per cluster was a fifth of a one-machine cluster's memory). The JSON is the template's.
+    pub cluster_template: Arc<ClusterTemplate>,
     #[serde(default)]
     pub hardwaretype: String,
     #[serde(default)]

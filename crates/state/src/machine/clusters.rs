@@ -153,6 +153,9 @@ impl State {
             .map(TenantCatalog::services)
             .unwrap_or_default();
         let service_defs = self.service_pool.intern_all(service_defs);
+        let template = self
+            .service_pool
+            .intern_template(Arc::new(spec.template.clone()));
         let shard_count = self.shard_count;
         let Some(shard_state) = self.shards.get_mut(&shard).map(Arc::make_mut) else {
             return Err(CommandError::invalid(
@@ -226,7 +229,7 @@ impl State {
             create_time: now,
             expire_time,
             provider: spec.provider.clone(),
-            cluster_template: spec.template.clone(),
+            cluster_template: template,
             hardwaretype: spec.hardwaretype.clone(),
             imagetype: spec.imagetype.clone(),
             dns_suffix: spec.dns_suffix.clone(),
@@ -424,7 +427,11 @@ impl State {
                 "template sync needs an active cluster",
             ));
         }
-        record.cluster.cluster_template = template.clone();
+        let template = self
+            .service_pool
+            .intern_template(Arc::new(template.clone()));
+        let record = self.cluster_mut(cluster)?;
+        record.cluster.cluster_template = template;
         self.emit_cluster_updated(cluster, true);
         Ok(Outcome::Done)
     }

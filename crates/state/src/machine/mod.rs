@@ -287,12 +287,14 @@ impl State {
         State::from_interned_parts(shard_count, global, shards, local, pool)
     }
 
-    /// Shares the service definitions of a shard's records through `pool` (a decoded record
-    /// has its own copy of each: interned as each part is decoded, a restore never holds the
+    /// Shares the service definitions and templates of a shard's records through `pool` (a
+    /// decoded record has its own copy of each: interned as each part is decoded, a restore never holds the
     /// copies of every shard at once).
     pub(crate) fn intern_shard(pool: &mut service_pool::ServicePool, shard: &mut ClusterShard) {
         for record in shard.clusters.values_mut() {
             record.service_defs = pool.intern_all(std::mem::take(&mut record.service_defs));
+            record.cluster.cluster_template =
+                pool.intern_template(Arc::clone(&record.cluster.cluster_template));
             record.shrink_to_fit();
         }
     }
