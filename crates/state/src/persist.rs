@@ -276,7 +276,8 @@ impl PartsDecoder {
             // The job archive's parts: restored by the node's archive, not into the state.
             ARCHIVE_PART_BASE..REPLICA_PART_BASE => {}
             REPLICA_PART_BASE.. => {
-                let replica: ReplicaShard = decode_part(part, bytes)?;
+                let mut replica: ReplicaShard = decode_part(part, bytes)?;
+                State::intern_replica(&mut self.pool, &mut replica, None);
                 self.replicas.insert(replica.shard, Arc::new(replica));
             }
             shard => {

@@ -2209,3 +2209,40 @@ fn a_demoted_shard_releases_its_in_progress_tasks() {
     assert_eq!(a.state.task_held_by_worker("p1", "w1"), Some(kept));
     assert_eq!(a.state.next_deadline(), Some(deadline));
 }
+
+/// A replica's copies of clusters built from one template share one allocation of it (each
+/// copy arrives with its own, in the record that first names the cluster), after batches as
+/// after a snapshot restore: a replica DC holds another DC's clusters in the same memory as
+/// their owner.
+#[test]
+fn replica_copies_share_equal_templates() {
+    let mut owner = Owner::new();
+    let a = owner.create_in(1, "lamp", 1);
+    owner.drive();
+    let b = owner.create_in(1, "lamp", 1);
+    owner.drive();
+    let mut dc_b = State::new(SHARDS);
+    // As they arrive over the wire: decoded, each template its own allocation.
+    let records: Vec<Record> =
+        serde_json::from_slice(&serde_json::to_vec(&owner.records(ShardId(1))).unwrap()).unwrap();
+    // Two batches: the second cluster's template arrives apart from the first's.
+    let split = records
+        .iter()
+        .position(|r| coopr_state::replication::record_cluster(r) == Some(b))
+        .unwrap();
+    ship(&mut dc_b, "dc-a", ShardId(1), &records[..split], None).unwrap();
+    ship(&mut dc_b, "dc-a", ShardId(1), &records[split..], None).unwrap();
+    let shared = |state: &State| {
+        let Some(coopr_state::ReplicaData::Clusters(view)) =
+            state.replica(ShardId(1)).map(|r| &r.data)
+        else {
+            panic!("no replica copy of shard 1");
+        };
+        let template = |id| &view.clusters[&id].cluster.cluster_template;
+        std::sync::Arc::ptr_eq(template(a), template(b))
+    };
+    assert!(shared(&dc_b), "after the batches");
+    let parts = encode_parts(&dc_b);
+    let restored = decode_parts(parts.iter().map(|(k, v)| (*k, v.as_slice())), SHARDS).unwrap();
+    assert!(shared(&restored), "after a restore");
+}

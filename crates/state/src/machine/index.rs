@@ -278,7 +278,10 @@ impl State {
     /// Puts (`Some`) or takes away (`None`) the replica copy of `shard`, keeping the replica
     /// tenant index. Visits every cluster of both copies: for seeds, demotions and adoptions;
     /// a batch changes only the clusters its records name ([`State::put_replica_batch`]).
-    pub(crate) fn put_replica(&mut self, shard: ShardId, replica: Option<ReplicaShard>) {
+    pub(crate) fn put_replica(&mut self, shard: ShardId, mut replica: Option<ReplicaShard>) {
+        if let Some(replica) = &mut replica {
+            State::intern_replica(&mut self.service_pool, replica, None);
+        }
         if let Some(index) = self.live_copies.get_mut() {
             if let Some(old) = self.replicas.get(&shard).and_then(|r| clusters_of(r)) {
                 index.remove_view(shard, old);
@@ -301,9 +304,10 @@ impl State {
     pub(crate) fn put_replica_batch(
         &mut self,
         shard: ShardId,
-        replica: ReplicaShard,
+        mut replica: ReplicaShard,
         touched: &BTreeSet<ClusterId>,
     ) {
+        State::intern_replica(&mut self.service_pool, &mut replica, Some(touched));
         if let Some(index) = self.live_copies.get_mut() {
             if let Some(old) = self.replicas.get(&shard).and_then(|r| clusters_of(r)) {
                 for id in touched {

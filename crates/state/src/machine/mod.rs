@@ -299,6 +299,25 @@ impl State {
         }
     }
 
+    /// Shares the templates of a replica copy's clusters through `pool` (each arrives with its
+    /// own copy, in the record that first names the cluster or in a snapshot part): all of
+    /// them, or only those of `touched`.
+    pub(crate) fn intern_replica(
+        pool: &mut service_pool::ServicePool,
+        replica: &mut ReplicaShard,
+        touched: Option<&BTreeSet<ClusterId>>,
+    ) {
+        let crate::replication::ReplicaData::Clusters(view) = &mut replica.data else {
+            return;
+        };
+        for (id, copy) in &mut view.clusters {
+            if touched.is_none_or(|touched| touched.contains(id)) {
+                copy.cluster.cluster_template =
+                    pool.intern_template(Arc::clone(&copy.cluster.cluster_template));
+            }
+        }
+    }
+
     /// [`State::from_parts`] of shards whose records [`State::intern_shard`] went through
     /// with `pool`.
     pub(crate) fn from_interned_parts(
