@@ -396,11 +396,17 @@ impl LogStore for GatedLog {
 async fn a_leader_sends_entries_before_its_own_flush_and_answers_after_it() {
     let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, url(id))).collect();
     let logs: Vec<Arc<GatedLog>> = (0..3).map(|_| Arc::new(GatedLog::default())).collect();
-    let group = MemGroup::start_nodes_on((1..=3).map(|id| config(id, members.clone())), |id| {
-        RaftStores {
-            log: logs[(id - 1) as usize].clone(),
-            snapshots: SnapshotStore::in_memory(),
-        }
+    // A leader waiting for its flush sends no heartbeats: the followers must not elect another
+    // while it is held (the first election is called at once by `initialize`).
+    let patient = |id| {
+        let mut config = config(id, members.clone());
+        config.election_timeout_min_ms = 5_000;
+        config.election_timeout_max_ms = 10_000;
+        config
+    };
+    let group = MemGroup::start_nodes_on((1..=3).map(patient), |id| RaftStores {
+        log: logs[(id - 1) as usize].clone(),
+        snapshots: SnapshotStore::in_memory(),
     })
     .await;
     for handle in &group.handles {
