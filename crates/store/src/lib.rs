@@ -131,9 +131,9 @@ pub trait LogStore: Send + Sync + 'static {
     fn append(&self, entries: &[Vec<u8>]) -> Result<LogIndex, StoreError>;
 
     /// Appends like [`LogStore::append`], but may return before the entries are durable: they
-    /// are readable at once, and durable once a later [`LogStore::sync`] (or a durable call)
-    /// returned. A crash before that may lose a suffix of them, never anything before them.
-    /// The default is [`LogStore::append`] (durable at once).
+    /// are readable at once, and durable once a later [`LogStore::sync`] or
+    /// [`LogStore::append`] returned. A crash before that may lose a suffix of them, never
+    /// anything before them. The default is [`LogStore::append`] (durable at once).
     fn append_unsynced(&self, entries: &[Vec<u8>]) -> Result<LogIndex, StoreError> {
         self.append(entries)
     }
