@@ -1699,8 +1699,12 @@ where
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
                 // (coopr) The leader appending what it proposed sends the entries before its
-                // own flush is done; a follower answers only after its flush.
-                if self.engine.leader_handler().is_ok() && vote.leader_id().voted_for() == Some(self.id.clone()) {
+                // own flush is done; a follower answers only after its flush. A leader with no
+                // one to send to (a group of one) flushes in place: nothing would overlap.
+                if self.engine.leader_handler().is_ok()
+                    && vote.leader_id().voted_for() == Some(self.id.clone())
+                    && !self.replications.is_empty()
+                {
                     self.append_to_log_completed_later(entries, vote, last_log_id).await?;
                 } else {
                     self.append_to_log(entries, vote, last_log_id.clone()).await?;
