@@ -961,6 +961,18 @@ pub fn record_cluster(record: &Record) -> Option<ClusterId> {
     }
 }
 
+/// The cluster whose template and provider a record carries (a row with its snapshot).
+fn carried_template(record: &Record) -> Option<ClusterId> {
+    match &record.kind {
+        RecordKind::OperationStarted { cluster, .. } | RecordKind::ClusterUpdated { cluster }
+            if cluster.snapshot.is_some() =>
+        {
+            Some(cluster.id)
+        }
+        _ => None,
+    }
+}
+
 /// Applies one cluster record to `staged`, copying the cluster from `base` first if needed.
 fn apply_cluster_record(
     base: &BTreeMap<ClusterId, ClusterView>,
@@ -1177,6 +1189,10 @@ impl State {
         match result {
             Ok(()) => {
                 let touched = records.iter().filter_map(record_cluster).collect();
+                // Only a row that carried its template brings a copy of its own; the others
+                // took the interned one of the cluster's current copy.
+                let with_template = records.iter().filter_map(carried_template).collect();
+                State::intern_replica(&mut self.service_pool, &mut replica, Some(&with_template));
                 self.put_replica_batch(shard, replica, &touched);
                 Ok(Outcome::Done)
             }

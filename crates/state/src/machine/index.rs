@@ -304,10 +304,9 @@ impl State {
     pub(crate) fn put_replica_batch(
         &mut self,
         shard: ShardId,
-        mut replica: ReplicaShard,
+        replica: ReplicaShard,
         touched: &BTreeSet<ClusterId>,
     ) {
-        State::intern_replica(&mut self.service_pool, &mut replica, Some(touched));
         if let Some(index) = self.live_copies.get_mut() {
             if let Some(old) = self.replicas.get(&shard).and_then(|r| clusters_of(r)) {
                 for id in touched {
