@@ -521,7 +521,33 @@ async fn snapshot(State(node): State<RaftHandle>, request: Request) -> Response 
             Ok(request) => request,
             Err(refusal) => return refusal,
         };
-    reply(&node.raft().install_snapshot(request).await)
+    // A chunk from the leader is as good as a heartbeat (its stream to this node sends none
+    // while a snapshot is under way): an empty append with the chunk's vote resets the election
+    // timer, as a heartbeat would. Its answer does not matter; the chunk's own vote check
+    // follows.
+    let heartbeat = AppendEntriesRequest {
+        vote: request.vote,
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    let _ = node.raft().append_entries(heartbeat).await;
+    if !request.done {
+        return reply(&node.raft().install_snapshot(request).await);
+    }
+    // The last chunk: the install runs to its end even if the leader stops waiting (a restore
+    // can outlast the chunk's timeout), and the node does not campaign meanwhile (see
+    // `node::Installs`).
+    let installing = node.installs().start();
+    let raft = node.raft().clone();
+    let install = tokio::spawn(async move {
+        let _installing = installing;
+        raft.install_snapshot(request).await
+    });
+    match install.await {
+        Ok(result) => reply(&result),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 async fn status(State(node): State<RaftHandle>, headers: HeaderMap) -> Response {

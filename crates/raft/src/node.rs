@@ -439,6 +439,51 @@ impl RaftStores {
     }
 }
 
+/// Keeps a node that installs a snapshot from campaigning. openraft 0.9 has no pre-vote: a
+/// node that times out campaigns at a higher term, and the first answer it then gives the
+/// leader (to any RPC) makes the leader step down, although the campaign could not win (its
+/// log is behind). A node installing a snapshot times out without anything being wrong: the
+/// leader's stream to it waits for the install (about 90 s for a million clusters) and sends
+/// no heartbeats meanwhile. Seen in `coopr-bench catchup`: a wiped node deposed the leader
+/// twice while it caught up, its term at 165 against the leader's 14.
+///
+/// Chunks before the last count as heartbeats instead (see `network::snapshot`).
+pub(crate) struct Installs {
+    raft: Raft<TypeConfig>,
+    /// Snapshot installs in progress.
+    running: std::sync::Mutex<usize>,
+}
+
+impl Installs {
+    fn running(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps the node from campaigning until the returned guard is dropped.
+    pub(crate) fn start(self: &Arc<Self>) -> Installing {
+        let mut running = self.running();
+        *running += 1;
+        self.raft.runtime_config().elect(false);
+        Installing(self.clone())
+    }
+}
+
+/// A snapshot install in progress (see [`Installs::start`]).
+pub(crate) struct Installing(Arc<Installs>);
+
+impl Drop for Installing {
+    fn drop(&mut self) {
+        let mut running = self.0.running();
+        *running = running.saturating_sub(1);
+        // Under the lock: an install that starts meanwhile cannot be undone by this one.
+        if *running == 0 {
+            self.0.raft.runtime_config().elect(true);
+        }
+    }
+}
+
 /// The handle on a running Raft node. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftHandle {
@@ -455,6 +500,8 @@ struct Inner {
     leader: watch::Receiver<Option<NodeId>>,
     /// 0: votes normally; n > 0: does not vote until it applied index n - 1 (see crate doc).
     vote_after_applied: Arc<AtomicU64>,
+    /// Snapshot installs in progress (no campaigns meanwhile).
+    installs: Arc<Installs>,
     watcher: JoinHandle<()>,
     gauge: Arc<SnapshotGauge>,
     /// Triggers snapshots (see [`RaftConfig::snapshot_every`]).
@@ -707,6 +754,10 @@ pub async fn start_with(
         queued,
     ));
     tracing::info!(group = %config.group, node = config.node_id, "raft node started");
+    let installs = Arc::new(Installs {
+        raft: raft.clone(),
+        running: std::sync::Mutex::new(0),
+    });
     Ok(RaftHandle {
         inner: Arc::new(Inner {
             raft,
@@ -715,6 +766,7 @@ pub async fn start_with(
             election_timeout,
             leader: leader_rx,
             vote_after_applied,
+            installs,
             watcher,
             gauge,
             snapshots,
@@ -1006,6 +1058,11 @@ impl RaftHandle {
     /// False while the node catches up after losing its state.
     pub fn may_vote(&self) -> bool {
         self.inner.vote_after_applied.load(Ordering::SeqCst) == 0
+    }
+
+    /// Snapshot installs in progress on this node (see [`Installs`]).
+    pub(crate) fn installs(&self) -> &Arc<Installs> {
+        &self.inner.installs
     }
 }
 

@@ -513,6 +513,102 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
     group.shutdown().await;
 }
 
+/// A node that receives a snapshot slowly (each chunk held on the link) and installs it slowly
+/// (for longer than its election timeout) does not campaign meanwhile: the leader and the term
+/// stay as they were. openraft 0.9 has no pre-vote: before, such a node timed out, campaigned
+/// at a higher term and deposed the leader with its next answer (a wiped node did so twice at a
+/// million clusters, `coopr-bench catchup`). `wiped`: the node lost its state; else it was only
+/// down while the leader compacted its log.
+async fn a_slow_snapshot_does_not_depose_the_leader(wiped: bool) {
+    const TIMEOUT_MS: u64 = 1_000;
+    const INSTALL: Duration = Duration::from_secs(4);
+    const CHUNK_DELAY: Duration = Duration::from_millis(150);
+    let mut group = Group::bind(3, |config| {
+        config.election_timeout_min_ms = TIMEOUT_MS;
+        config.election_timeout_max_ms = 2 * TIMEOUT_MS;
+        config.snapshot_every = 5;
+        config.snapshot_log_percent = 0;
+        config.logs_kept_after_snapshot = 0;
+        // About 40 chunks: 6 s on the held link, several election timeouts.
+        config.snapshot_chunk_bytes = 16 * 1024;
+    })
+    .await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (node, dir) in group.nodes.iter_mut().zip(&dirs) {
+        node.stores = RaftStores::open(dir.path()).unwrap();
+    }
+    group.start_all().await;
+    let leader = group.leader(ELECTION).await;
+    let follower = group
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    group.stop(follower).await;
+    for n in 0..40 {
+        group
+            .handle(leader)
+            .write(noise(n, 16 * 1024))
+            .await
+            .expect("write");
+    }
+    let leader_handle = group.handle(leader);
+    wait_for(Duration::from_secs(10), "the leader purged its log", || {
+        leader_handle.status().purged_index.filter(|&i| i > 10)
+    })
+    .await;
+    let term = leader_handle.status().term;
+
+    let index = (follower - 1) as usize;
+    let wiped_dir = tempfile::tempdir().unwrap();
+    if wiped {
+        group.nodes[index].stores = RaftStores::open(wiped_dir.path()).unwrap();
+    }
+    group.nodes[index].machine = Default::default();
+    *group.nodes[index].machine.restore_delay.lock().unwrap() = INSTALL;
+    *group.nodes[index].chunk_delay.lock().unwrap() = CHUNK_DELAY;
+    group.start(follower).await;
+    if wiped {
+        assert!(!group.handle(follower).initialize_if_needed().await.unwrap());
+    }
+    let rejoined = group.nodes[index].machine.clone();
+    let leader_machine = group.nodes[(leader - 1) as usize].machine.clone();
+    wait_for(
+        Duration::from_secs(60),
+        "the follower holds the leader's state",
+        || (rejoined.list() == leader_machine.list()).then_some(()),
+    )
+    .await;
+    assert!(
+        group.handle(follower).status().snapshot_index.is_some(),
+        "caught up by snapshot"
+    );
+    group
+        .handle(leader)
+        .write(payload(1))
+        .await
+        .expect("the leader still leads");
+    for id in group.running() {
+        let status = group.handle(id).status();
+        assert_eq!(
+            (status.leader, status.term),
+            (Some(leader), term),
+            "node {id}: no election happened"
+        );
+    }
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_that_installs_slowly_does_not_depose_the_leader() {
+    a_slow_snapshot_does_not_depose_the_leader(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_that_receives_and_installs_slowly_does_not_depose_the_leader() {
+    a_slow_snapshot_does_not_depose_the_leader(false).await;
+}
+
 /// Snapshots grow rarer as the state grows (`snapshot_log_percent` 100): after a snapshot of
 /// S bytes, the next is built only once the commands applied since add up to S, even with
 /// `snapshot_every = 1`.

@@ -20,6 +20,8 @@ use tower::ServiceExt;
 #[derive(Default)]
 pub struct ListMachine {
     pub entries: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// How long each restore takes at least (a large state's install).
+    pub restore_delay: Mutex<Duration>,
 }
 
 impl ListMachine {
@@ -53,6 +55,8 @@ impl StateMachine for ListMachine {
     }
 
     fn restore(&self, parts: Parts<'_>) -> anyhow::Result<()> {
+        let delay = *self.restore_delay.lock().unwrap();
+        std::thread::sleep(delay);
         let parts = collect_parts(parts)?;
         let list = match parts.get(&0) {
             Some(bytes) => serde_json::from_slice(bytes)?,
@@ -74,19 +78,33 @@ pub fn decode_response(response: &[u8]) -> (u64, u64) {
 
 type Slot = Arc<Mutex<Option<Router>>>;
 
+/// What the node's HTTP server forwards to, and how long each snapshot chunk it receives is
+/// held first (a slow link).
+#[derive(Clone)]
+struct Forward {
+    slot: Slot,
+    chunk_delay: Arc<Mutex<Duration>>,
+}
+
 /// One node: a fixed address whose HTTP server forwards to the current Raft node, if any.
 pub struct TestNode {
     pub id: u64,
     pub addr: String,
     slot: Slot,
+    /// Each snapshot chunk sent to this node is held this long before it is handled.
+    pub chunk_delay: Arc<Mutex<Duration>>,
     server: tokio::task::JoinHandle<()>,
     pub handle: Option<RaftHandle>,
     pub machine: Arc<ListMachine>,
     pub stores: RaftStores,
 }
 
-async fn forward(State(slot): State<Slot>, request: Request) -> Response {
-    let router = slot.lock().unwrap().clone();
+async fn forward(State(forward): State<Forward>, request: Request) -> Response {
+    if request.uri().path() == "/raft/snapshot" {
+        let delay = *forward.chunk_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+    }
+    let router = forward.slot.lock().unwrap().clone();
     match router {
         Some(router) => router.oneshot(request).await.into_response(),
         None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "node down").into_response(),
@@ -109,7 +127,11 @@ impl Group {
             let addr = format!("http://{}", listener.local_addr().unwrap());
             members.insert(id, addr.clone());
             let slot: Slot = Arc::new(Mutex::new(None));
-            let app = Router::new().fallback(forward).with_state(slot.clone());
+            let chunk_delay = Arc::new(Mutex::new(Duration::ZERO));
+            let app = Router::new().fallback(forward).with_state(Forward {
+                slot: slot.clone(),
+                chunk_delay: chunk_delay.clone(),
+            });
             let server = tokio::spawn(async move {
                 axum::serve(listener, app).await.unwrap();
             });
@@ -117,6 +139,7 @@ impl Group {
                 id,
                 addr,
                 slot,
+                chunk_delay,
                 server,
                 handle: None,
                 machine: Arc::new(ListMachine::default()),
