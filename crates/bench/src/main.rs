@@ -17,6 +17,9 @@
 //!  plan:  examples/catalog.json --> solve_layout --> plan --> State::apply(CreateCluster)
 //!         (pure functions, no I/O; 100 / 1,000 / 10,000 nodes)
 //!
+//!  catchup: 3-node DC of `coopr server` processes holding N clusters (generated offline into
+//!         the leader's DC log) --> a wiped node's catch-up through the snapshot, end to end
+//!
 //!  scale: N ACTIVE clusters built through State::apply --> heap bytes (counting allocator)
 //!         and snapshot bytes, per cluster and per part of a cluster record
 //! ```
@@ -32,6 +35,7 @@
 
 mod big;
 mod breakdown;
+mod catchup;
 mod dclog;
 mod failover;
 mod fsync;
@@ -84,6 +88,13 @@ enum Scenario {
     /// Resident memory and disk of a real 1-node DC holding N ACTIVE clusters, with finished
     /// jobs in memory and retired to the job archive.
     Memory(memory::MemoryArgs),
+    /// A wiped node of a 3-node DC holding N clusters (real `coopr server` processes, the
+    /// clusters generated into the leader's state offline) catching up: the survivors' restart
+    /// from their snapshots, the snapshot transfer and install.
+    Catchup(catchup::CatchupArgs),
+    /// The offline step of `catchup` (run by it in a process of its own).
+    #[command(hide = true)]
+    CatchupGrow(catchup::GrowArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -127,6 +138,18 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(memory::run(args))
+        }
+        Scenario::Catchup(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(catchup::run(args))
+        }
+        Scenario::CatchupGrow(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(catchup::grow(args))
         }
     }
 }

@@ -231,7 +231,7 @@ async fn run_once(
 }
 
 /// The node's `/metrics` text.
-async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
+pub(crate) async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
     let response = http
         .get(format!("{url}/metrics"))
         .timeout(Duration::from_secs(2))
@@ -242,7 +242,7 @@ async fn scrape(http: &reqwest::Client, url: &str) -> Option<String> {
 }
 
 /// The value of the sample `name` (with its labels, as printed) in a scrape; 0 if absent.
-fn metric(scraped: &str, name: &str) -> u64 {
+pub(crate) fn metric(scraped: &str, name: &str) -> u64 {
     scraped
         .lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())

@@ -53,12 +53,47 @@ pub(crate) fn owner(catalog: &Catalog, clusters: u32) -> anyhow::Result<State> {
 /// (`job_retention_ms = 0`), so the state holds what a long-lived DC holds.
 pub(crate) fn build(
     catalog: &Catalog,
-    mut state: State,
+    state: State,
     clusters: u32,
     shards: u32,
     upkeep: Option<u32>,
 ) -> anyhow::Result<State> {
-    let mut now = 1_700_000_000_000;
+    let generate = Generate {
+        clusters,
+        shards,
+        upkeep,
+        tenant: None,
+        start_ms: 1_700_000_000_000,
+    };
+    build_into(catalog, state, &generate, |_| ())
+}
+
+/// What [`build_into`] adds to a state.
+pub(crate) struct Generate<'a> {
+    pub clusters: u32,
+    pub shards: u32,
+    pub upkeep: Option<u32>,
+    /// The tenant of the clusters (it must be in the state); `None`: the catalog's own.
+    pub tenant: Option<&'a str>,
+    /// The wall time of the first entry; every entry is 1 ms after the one before.
+    pub start_ms: u64,
+}
+
+/// [`build`] as `generate` says, handing the retired jobs to `archive` (as a node's job
+/// archive takes them).
+pub(crate) fn build_into(
+    catalog: &Catalog,
+    mut state: State,
+    generate: &Generate<'_>,
+    mut archive: impl FnMut(coopr_state::ArchiveEffect),
+) -> anyhow::Result<State> {
+    let Generate {
+        clusters,
+        shards,
+        upkeep,
+        ..
+    } = *generate;
+    let mut now = generate.start_ms;
     apply(
         &mut state,
         &mut now,
@@ -72,12 +107,16 @@ pub(crate) fn build(
         },
     )?;
     let entry = catalog.create_entry(&catalog.layout(1)?);
-    let Command::CreateCluster { spec, .. } = entry.command else {
+    let Command::CreateCluster { mut spec, .. } = entry.command else {
         bail!("the catalog's create entry is not a create");
     };
+    if let Some(tenant) = generate.tenant {
+        spec.tenant = tenant.to_string();
+    }
     for i in 0..clusters {
         if upkeep.is_some_and(|n| i > 0 && i % n == 0) {
-            steady_state(&mut state, &mut now)?;
+            trim_outboxes(&mut state, &mut now)?;
+            retire_jobs(&mut state, &mut now, &mut archive)?;
         }
         let create = Command::CreateCluster {
             shard: ShardId(i % shards),
@@ -118,16 +157,10 @@ pub(crate) fn build(
         }
     }
     if upkeep.is_some() {
-        steady_state(&mut state, &mut now)?;
+        trim_outboxes(&mut state, &mut now)?;
+        retire_jobs(&mut state, &mut now, &mut archive)?;
     }
     Ok(state)
-}
-
-/// Trims every cluster shard's outbox and retires every finished job (the archive effects are
-/// dropped: the benchmark measures what stays in memory).
-pub(crate) fn steady_state(state: &mut State, now: &mut u64) -> anyhow::Result<()> {
-    trim_outboxes(state, now)?;
-    retire_jobs(state, now, |_| ())
 }
 
 /// Trims every outbox through its last record (every replica caught up).

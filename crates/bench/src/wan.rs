@@ -225,7 +225,7 @@ pub(crate) fn start_fake_cloud(
     Proc::spawn("coopr fake-cloud", cloud, out.join("fake-cloud.log"))
 }
 
-fn setting(config: &Path, key: &str) -> anyhow::Result<Option<String>> {
+pub(crate) fn setting(config: &Path, key: &str) -> anyhow::Result<Option<String>> {
     let text = std::fs::read_to_string(config)?;
     Ok(text.lines().find_map(|line| {
         let (k, v) = line.split_once('=')?;

@@ -288,3 +288,16 @@ pub struct CoreParts {
     applied_index: Arc<AtomicU64>,
     archive: Arc<JobArchive>,
 }
+
+impl CoreParts {
+    /// The state the state machine applies to (tools that prepare a node's data offline, e.g.
+    /// `coopr-bench catchup`, write into it before a snapshot is built).
+    pub fn state(&self) -> Arc<RwLock<State>> {
+        self.state.clone()
+    }
+
+    /// The job archive the state machine writes retired jobs to.
+    pub fn archive(&self) -> Arc<JobArchive> {
+        self.archive.clone()
+    }
+}
