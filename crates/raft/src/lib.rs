@@ -40,6 +40,12 @@
 //!   applied as much as that member had: the window in which it could help elect a leader
 //!   missing acknowledged entries is closed, except when no other member is reachable at its
 //!   start (it then bootstraps as if the group were new);
+//! - keeps a node that receives a snapshot from campaigning: openraft 0.9 has no pre-vote,
+//!   the leader's stream to that node sends no heartbeats while it sends a snapshot, and a
+//!   node that times out campaigns at a higher term that deposes the leader with its next
+//!   answer, however hopeless the campaign (its log is behind). Each snapshot chunk counts as
+//!   a heartbeat (an empty append with the chunk's vote), and the install of the last chunk
+//!   runs to its end with elections off on that node ([`network`]);
 //! - refuses to start when the log store is empty but the snapshot store is not (half a wipe),
 //!   which would feed a snapshot of an earlier incarnation to openraft (openraft #1894).
 //!   Wipe a node's whole Raft directory, or nothing.
