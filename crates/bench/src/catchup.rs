@@ -78,17 +78,23 @@ pub struct GrowArgs {
     /// The tenant the clusters belong to (it must be in the node's state).
     #[arg(long)]
     tenant: String,
+    /// Only every n-th shard gets clusters (those the node's DC owns)...
+    #[arg(long, default_value_t = 1)]
+    shard_stride: u32,
+    /// ... from this one on.
+    #[arg(long, default_value_t = 0)]
+    shard_offset: u32,
 }
 
 /// What the offline step prints (one JSON line on stdout).
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
-struct Grown {
+pub(crate) struct Grown {
     /// The log index the snapshot is taken at.
-    index: u64,
-    replay_s: f64,
-    build_s: f64,
-    snapshot_s: f64,
-    snapshot_bytes: u64,
+    pub index: u64,
+    pub replay_s: f64,
+    pub build_s: f64,
+    pub snapshot_s: f64,
+    pub snapshot_bytes: u64,
 }
 
 /// The offline step: the node's DC log applied, the clusters added, a snapshot written at the
@@ -136,6 +142,8 @@ pub async fn grow(args: GrowArgs) -> anyhow::Result<()> {
         clusters: args.clusters,
         shards: args.shards,
         upkeep: Some(1_000),
+        shard_stride: args.shard_stride,
+        shard_offset: args.shard_offset,
         tenant: Some(&args.tenant),
         // Every entry is 1 ms after the one before (about 35 per cluster): end before now.
         start_ms: wall_ms()?.saturating_sub(u64::from(args.clusters) * 40 + 60_000),
@@ -185,6 +193,37 @@ pub async fn grow(args: GrowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the offline step on a stopped node's data dir, in a child process; `(stride, offset)`:
+/// the shards that get clusters.
+pub(crate) fn grow_offline(
+    data_dir: &Path,
+    clusters: u32,
+    shards: u32,
+    (stride, offset): (u32, u32),
+) -> anyhow::Result<Grown> {
+    let grow = Command::new(std::env::current_exe()?)
+        .arg("catchup-grow")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--clusters")
+        .arg(clusters.to_string())
+        .arg("--shards")
+        .arg(shards.to_string())
+        .arg("--shard-stride")
+        .arg(stride.to_string())
+        .arg("--shard-offset")
+        .arg(offset.to_string())
+        .arg("--tenant")
+        .arg(coopr_server::seed::DEMO_TENANT)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !grow.status.success() {
+        bail!("catchup-grow failed ({})", grow.status);
+    }
+    serde_json::from_slice(&grow.stdout)
+        .with_context(|| format!("catchup-grow printed {:?}", grow.stdout))
+}
+
 fn wall_ms() -> anyhow::Result<u64> {
     Ok(u64::try_from(
         std::time::SystemTime::now()
@@ -194,15 +233,15 @@ fn wall_ms() -> anyhow::Result<u64> {
 }
 
 /// One node of the deployment.
-struct Node {
-    name: String,
-    config: PathBuf,
-    data_dir: PathBuf,
-    url: String,
+pub(crate) struct Node {
+    pub name: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub url: String,
 }
 
 impl Node {
-    fn start(&self, coopr_bin: &Path, out: &Path) -> anyhow::Result<Proc> {
+    pub(crate) fn start(&self, coopr_bin: &Path, out: &Path) -> anyhow::Result<Proc> {
         let mut command = Command::new(coopr_bin);
         command
             .arg("server")
@@ -218,7 +257,7 @@ impl Node {
 }
 
 /// A node's `/v2/status` and whether it is `/ready`.
-async fn status(http: &reqwest::Client, url: &str) -> Option<(Value, bool)> {
+pub(crate) async fn status(http: &reqwest::Client, url: &str) -> Option<(Value, bool)> {
     let (code, status) = get_json(http, &format!("{url}/v2/status")).await.ok()?;
     if code != 200 {
         return None;
@@ -233,7 +272,7 @@ fn applied(status: &Value) -> u64 {
 
 /// Waits until every one of `nodes` is `/ready` and one of them leads; returns the leader's
 /// index in `nodes`.
-async fn ready(
+pub(crate) async fn ready(
     http: &reqwest::Client,
     procs: &mut [&mut Proc],
     nodes: &[&Node],
@@ -294,7 +333,7 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gb(bytes: u64) -> String {
+pub(crate) fn gb(bytes: u64) -> String {
     format!("{:.2} GB", bytes as f64 / 1e9)
 }
 
@@ -345,23 +384,7 @@ pub async fn run(mut args: CatchupArgs) -> anyhow::Result<()> {
         "-- adding {} clusters to {}'s DC log (offline)",
         args.clusters, nodes[leader].name
     );
-    let grow = Command::new(std::env::current_exe()?)
-        .arg("catchup-grow")
-        .arg("--data-dir")
-        .arg(&nodes[leader].data_dir)
-        .arg("--clusters")
-        .arg(args.clusters.to_string())
-        .arg("--shards")
-        .arg(args.shards.to_string())
-        .arg("--tenant")
-        .arg(coopr_server::seed::DEMO_TENANT)
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
-    if !grow.status.success() {
-        bail!("catchup-grow failed ({})", grow.status);
-    }
-    let grown: Grown = serde_json::from_slice(&grow.stdout)
-        .with_context(|| format!("catchup-grow printed {:?}", grow.stdout))?;
+    let grown = grow_offline(&nodes[leader].data_dir, args.clusters, args.shards, (1, 0))?;
     let copied = Instant::now();
     let follower_raft = nodes[follower].data_dir.join("raft");
     std::fs::remove_dir_all(&follower_raft)?;

@@ -75,7 +75,7 @@ const LOAD_PERIOD: Duration = Duration::from_millis(250);
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A GET as the superadmin; `None` unless it answered 200 with JSON.
-async fn admin_get(http: &reqwest::Client, url: &str) -> Option<Value> {
+pub(crate) async fn admin_get(http: &reqwest::Client, url: &str) -> Option<Value> {
     let mut request = http.get(url);
     for (k, v) in ADMIN {
         request = request.header(k, v);
@@ -88,7 +88,7 @@ async fn admin_get(http: &reqwest::Client, url: &str) -> Option<Value> {
 }
 
 /// The owner of every shard (cluster shards, then the global one) as `url`'s node has it.
-async fn owners(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
+pub(crate) async fn owners(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
     let map = admin_get(http, &format!("{url}/v2/admin/shards")).await?;
     map["shards"]
         .as_array()?

@@ -43,6 +43,7 @@ mod memory;
 mod ops;
 mod plan;
 mod plot;
+mod replica_seed;
 mod reseed;
 mod scale;
 mod stats;
@@ -92,6 +93,9 @@ enum Scenario {
     /// clusters generated into the leader's state offline) catching up: the survivors' restart
     /// from their snapshots, the snapshot transfer and install.
     Catchup(catchup::CatchupArgs),
+    /// A replica DC re-seeded with every shard of an owner DC holding N clusters (real
+    /// `coopr server` processes, the clusters generated into the owner's state offline).
+    ReplicaSeed(replica_seed::ReplicaSeedArgs),
     /// The offline step of `catchup` (run by it in a process of its own).
     #[command(hide = true)]
     CatchupGrow(catchup::GrowArgs),
@@ -144,6 +148,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(catchup::run(args))
+        }
+        Scenario::ReplicaSeed(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(replica_seed::run(args))
         }
         Scenario::CatchupGrow(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

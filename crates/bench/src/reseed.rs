@@ -62,6 +62,8 @@ pub(crate) fn build(
         clusters,
         shards,
         upkeep,
+        shard_stride: 1,
+        shard_offset: 0,
         tenant: None,
         start_ms: 1_700_000_000_000,
     };
@@ -73,6 +75,10 @@ pub(crate) struct Generate<'a> {
     pub clusters: u32,
     pub shards: u32,
     pub upkeep: Option<u32>,
+    /// Only every `shard_stride`-th shard from `shard_offset` on gets clusters (the shards one
+    /// DC of several owns); cluster i goes to the (i mod their number)-th of them.
+    pub shard_stride: u32,
+    pub shard_offset: u32,
     /// The tenant of the clusters (it must be in the state); `None`: the catalog's own.
     pub tenant: Option<&'a str>,
     /// The wall time of the first entry; every entry is 1 ms after the one before.
@@ -93,6 +99,10 @@ pub(crate) fn build_into(
         upkeep,
         ..
     } = *generate;
+    let stride = generate.shard_stride.max(1);
+    let used = (shards.saturating_sub(generate.shard_offset))
+        .div_ceil(stride)
+        .max(1);
     let mut now = generate.start_ms;
     apply(
         &mut state,
@@ -119,7 +129,7 @@ pub(crate) fn build_into(
             retire_jobs(&mut state, &mut now, &mut archive)?;
         }
         let create = Command::CreateCluster {
-            shard: ShardId(i % shards),
+            shard: ShardId(generate.shard_offset + (i % used) * stride),
             spec: spec.clone(),
         };
         apply(&mut state, &mut now, create)?;
