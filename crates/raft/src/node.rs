@@ -443,7 +443,7 @@ impl RaftStores {
 /// node that times out campaigns at a higher term, and the first answer it then gives the
 /// leader (to any RPC) makes the leader step down, although the campaign could not win (its
 /// log is behind). A node installing a snapshot times out without anything being wrong: the
-/// leader's stream to it waits for the install (about 90 s for a million clusters) and sends
+/// leader's stream to it waits for the install (about 100 s for a million clusters) and sends
 /// no heartbeats meanwhile. Seen in `coopr-bench catchup`: a wiped node deposed the leader
 /// twice while it caught up, its term at 165 against the leader's 14.
 ///
