@@ -41,24 +41,33 @@ use crate::plan::Catalog;
 use crate::reseed::{build_into, Generate};
 use crate::wan::{set_setting, setting};
 
+/// What `catchup` and `replica-seed` share: the binary, where the deployment goes, what is
+/// generated into it.
 #[derive(clap::Args, Debug)]
-pub struct CatchupArgs {
+pub struct GeneratedArgs {
     /// The release `coopr` binary (build it first: `cargo build --release -p coopr`).
     #[arg(long, default_value = "target/release/coopr")]
-    coopr_bin: PathBuf,
+    pub coopr_bin: PathBuf,
     /// Directory under which the temporary deployment is made (it needs about 7 KB of disk
-    /// per cluster for each of the three nodes' snapshot files, plus a copy while one is made).
+    /// per cluster for each node's snapshot file, plus a copy while one is made).
     #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    /// One-machine clusters the DC holds.
+    pub dir: PathBuf,
+    /// One-machine clusters generated into the (owner) DC.
     #[arg(long, default_value_t = 100_000)]
-    clusters: u32,
+    pub clusters: u32,
     /// Cluster shards of the deployment.
     #[arg(long, default_value_t = 1_024)]
-    shards: u32,
-    /// How long a step (a restart, the catch-up) may take before the run gives up, in seconds.
+    pub shards: u32,
+    /// How long a step (a restart, the catch-up, the seeding) may take before the run gives
+    /// up, in seconds.
     #[arg(long, default_value_t = 3_600)]
-    timeout_s: u64,
+    pub timeout_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CatchupArgs {
+    #[command(flatten)]
+    pub generated: GeneratedArgs,
     /// Keep the deployment's directory (the nodes' logs and data) instead of deleting it.
     #[arg(long)]
     keep: bool,
@@ -224,6 +233,37 @@ pub(crate) fn grow_offline(
         .with_context(|| format!("catchup-grow printed {:?}", grow.stdout))
 }
 
+/// Writes a demo deployment of `dcs` DCs of `per_dc` nodes into `out` (`coopr init-cluster`,
+/// no demo workers, `shards` cluster shards) and returns its nodes, DC by DC.
+pub(crate) fn deployment(
+    coopr_bin: &Path,
+    dcs: u16,
+    per_dc: u16,
+    shards: u32,
+    out: &Path,
+) -> anyhow::Result<Vec<Node>> {
+    let base = free_coopr_base_dcs(dcs, per_dc)?;
+    init_cluster(coopr_bin, dcs, per_dc, base, out)?;
+    let mut nodes = Vec::new();
+    for d in 0..dcs {
+        let dc = char::from(b'a' + u8::try_from(d)?);
+        for i in 0..per_dc {
+            let name = format!("{dc}{}", i + 1);
+            let config = out.join(format!("{name}.toml"));
+            set_demo_workers(&config, 0)?;
+            set_setting(&config, "shard_count", &shards.to_string())?;
+            let data_dir = out.join(setting(&config, "data_dir")?.context("no data_dir")?);
+            nodes.push(Node {
+                name,
+                config,
+                data_dir,
+                url: format!("http://127.0.0.1:{}", base + 10 * d + i),
+            });
+        }
+    }
+    Ok(nodes)
+}
+
 fn wall_ms() -> anyhow::Result<u64> {
     Ok(u64::try_from(
         std::time::SystemTime::now()
@@ -337,27 +377,14 @@ pub(crate) fn gb(bytes: u64) -> String {
     format!("{:.2} GB", bytes as f64 / 1e9)
 }
 
-pub async fn run(mut args: CatchupArgs) -> anyhow::Result<()> {
+pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
+    let keep = args.keep;
+    let mut args = args.generated;
     args.coopr_bin = coopr_bin(&args.coopr_bin)?;
     std::fs::create_dir_all(&args.dir)?;
     let dir = tempfile::tempdir_in(&args.dir)?;
     let out = dir.path().join("dc");
-    let base = free_coopr_base_dcs(1, 3)?;
-    init_cluster(&args.coopr_bin, 1, 3, base, &out)?;
-    let mut nodes = Vec::new();
-    for i in 0..3u16 {
-        let name = format!("a{}", i + 1);
-        let config = out.join(format!("{name}.toml"));
-        set_demo_workers(&config, 0)?;
-        set_setting(&config, "shard_count", &args.shards.to_string())?;
-        let data_dir = out.join(setting(&config, "data_dir")?.context("no data_dir")?);
-        nodes.push(Node {
-            name,
-            config,
-            data_dir,
-            url: format!("http://127.0.0.1:{}", base + i),
-        });
-    }
+    let nodes = deployment(&args.coopr_bin, 1, 3, args.shards, &out)?;
     let http = reqwest::Client::new();
     let timeout = Duration::from_secs(args.timeout_s);
 
@@ -564,7 +591,7 @@ pub async fn run(mut args: CatchupArgs) -> anyhow::Result<()> {
     );
     drop(rejoining);
     drop(survivors);
-    if args.keep {
+    if keep {
         eprintln!("-- kept {}", dir.keep().display());
     }
     Ok(())

@@ -18,34 +18,19 @@
 //! it runs the release `coopr` binary.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::Value;
 
-use crate::catchup::{gb, grow_offline, ready, Node};
-use crate::dclog::{coopr_bin, free_coopr_base_dcs, init_cluster, set_demo_workers, Proc};
+use crate::catchup::{deployment, gb, grow_offline, ready, GeneratedArgs, Node};
+use crate::dclog::{coopr_bin, Proc};
 use crate::failover::{admin_get, owners};
-use crate::wan::{set_setting, setting};
 
 #[derive(clap::Args, Debug)]
 pub struct ReplicaSeedArgs {
-    /// The release `coopr` binary (build it first: `cargo build --release -p coopr`).
-    #[arg(long, default_value = "target/release/coopr")]
-    coopr_bin: PathBuf,
-    /// Directory under which the temporary deployment is made.
-    #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    /// One-machine clusters the owner DC holds.
-    #[arg(long, default_value_t = 100_000)]
-    clusters: u32,
-    /// Cluster shards of the deployment (half of them owned by each DC).
-    #[arg(long, default_value_t = 1_024)]
-    shards: u32,
-    /// How long a step may take before the run gives up, in seconds.
-    #[arg(long, default_value_t = 3_600)]
-    timeout_s: u64,
+    #[command(flatten)]
+    pub generated: GeneratedArgs,
 }
 
 /// Each shard of `owner`'s at its last position as `owner` reports it, and where the replica
@@ -86,27 +71,13 @@ async fn both_ready(
     Ok(())
 }
 
-pub async fn run(mut args: ReplicaSeedArgs) -> anyhow::Result<()> {
+pub async fn run(args: ReplicaSeedArgs) -> anyhow::Result<()> {
+    let mut args = args.generated;
     args.coopr_bin = coopr_bin(&args.coopr_bin)?;
     std::fs::create_dir_all(&args.dir)?;
     let dir = tempfile::tempdir_in(&args.dir)?;
     let out = dir.path().join("dcs");
-    let base = free_coopr_base_dcs(2, 1)?;
-    init_cluster(&args.coopr_bin, 2, 1, base, &out)?;
-    let mut nodes = Vec::new();
-    for (d, dc) in ["a", "b"].iter().enumerate() {
-        let name = format!("{dc}1");
-        let config = out.join(format!("{name}.toml"));
-        set_demo_workers(&config, 0)?;
-        set_setting(&config, "shard_count", &args.shards.to_string())?;
-        let data_dir = out.join(setting(&config, "data_dir")?.context("no data_dir")?);
-        nodes.push(Node {
-            name,
-            config,
-            data_dir,
-            url: format!("http://127.0.0.1:{}", base + 10 * d as u16),
-        });
-    }
+    let nodes = deployment(&args.coopr_bin, 2, 1, args.shards, &out)?;
     let http = reqwest::Client::new();
     let timeout = Duration::from_secs(args.timeout_s);
     let start_both = |nodes: &[Node]| -> anyhow::Result<Vec<Proc>> {
