@@ -1,7 +1,6 @@
 //! The node's metrics: the process-wide Prometheus recorder and the gauges computed from the
 //! state at scrape time (`GET /metrics`).
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use coopr_types::ClusterStatus;
@@ -21,16 +20,15 @@ impl App {
 
     /// Sets the gauges that are computed from the state at scrape time.
     pub fn refresh_gauges(&self) {
+        // Counts kept by the state's indexes: a scrape visits no cluster, so it holds the
+        // state's lock for microseconds however many clusters there are.
         let state = self.core.read();
-        let mut by_status: HashMap<ClusterStatus, u64> = HashMap::new();
-        for c in state.clusters() {
-            *by_status.entry(c.cluster.status).or_default() += 1;
-        }
+        let by_status = state.cluster_counts();
         for status in ClusterStatus::ALL {
             let n = by_status.get(status).copied().unwrap_or(0);
             metrics::gauge!("coopr_clusters", "status" => status.as_str()).set(n as f64);
         }
-        metrics::gauge!("coopr_tasks_queued").set(state.queued_tasks().count() as f64);
+        metrics::gauge!("coopr_tasks_queued").set(state.queued_task_count() as f64);
         metrics::gauge!("coopr_provisioners").set(state.local.provisioners.len() as f64);
         metrics::gauge!("coopr_write_queue_in_flight").set(self.write_queue.in_flight() as f64);
         metrics::gauge!("coopr_log_applied_index").set(self.core.applied_index() as f64);

@@ -428,6 +428,35 @@ async fn other_dcs_forward_writes_and_serve_replica_reads() {
     let status = b.get(&format!("{path}/status"), &Auth::Demo).await;
     assert_eq!(status.header("coopr-served-by"), Some("b/b1"));
     assert_eq!(status.assert_ok()["action"], "cluster_delete");
+    // Terminated clusters stay listed, from the copy as at the owner; `status` filters them.
+    let listed = |reply: &common::Reply| -> Vec<(String, String)> {
+        reply
+            .body
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap_or("").into(),
+                    c["status"].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect()
+    };
+    for server in [a, b] {
+        let all = server.get("/v2/clusters", &Auth::Demo).await;
+        assert!(
+            listed(&all).contains(&(id.clone(), "terminated".into())),
+            "{all:?}"
+        );
+        let live = server
+            .get("/v2/clusters?status=active,pending", &Auth::Demo)
+            .await;
+        assert!(
+            listed(&live).iter().all(|(listed, _)| *listed != id),
+            "{live:?}"
+        );
+    }
     deployment.stop().await;
 }
 

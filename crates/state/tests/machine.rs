@@ -1024,3 +1024,75 @@ fn a_taken_snapshot_is_not_changed_by_what_is_applied_after() {
         .values()
         .all(|shard| std::sync::Arc::strong_count(shard) == 1));
 }
+
+/// What the API lists and counts comes from the tenant index, and equals what a scan of every
+/// cluster gives: a tenant's clusters, the terminated ones too (and no other tenant's), and
+/// the count of each status, as clusters are created, run, deleted, and after a restore.
+#[test]
+fn a_tenants_clusters_and_the_status_counts_need_no_scan() {
+    let mut h = Harness::new(4);
+    h.ok(Command::PutTenant {
+        tenant: tenant("other", coopr_types::UNLIMITED, coopr_types::UNLIMITED),
+    });
+    let deleted = h.create_ok("lamp", 1);
+    h.drive();
+    let active = h.create_ok("base", 1);
+    h.drive();
+    h.ok(Command::StartOperation {
+        cluster: deleted,
+        action: ClusterAction::ClusterDelete,
+        services: vec![],
+        config: None,
+    });
+    h.drive();
+    let pending = h.create_ok("base", 1);
+    let mut other_spec = spec(&h.state, "base", 1, &[]);
+    other_spec.tenant = "other".into();
+    let other = match h.ok(Command::CreateCluster {
+        shard: ShardId(1),
+        spec: Box::new(other_spec),
+    }) {
+        Outcome::ClusterCreated { id } => id,
+        outcome => panic!("create: {outcome:?}"),
+    };
+
+    let check = |state: &State| {
+        let mut scanned = BTreeMap::<ClusterStatus, u64>::new();
+        for record in state.clusters() {
+            *scanned.entry(record.cluster.status).or_default() += 1;
+        }
+        assert_eq!(state.cluster_counts(), &scanned);
+        assert_eq!(
+            scanned,
+            BTreeMap::from([
+                (ClusterStatus::Pending, 2),
+                (ClusterStatus::Active, 1),
+                (ClusterStatus::Terminated, 1),
+            ])
+        );
+        let ids = |tenant: &str| {
+            let mut ids: Vec<ClusterId> = state
+                .tenant_clusters(tenant)
+                .map(|r| r.cluster.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let mut acme = vec![deleted, active, pending];
+        acme.sort();
+        assert_eq!(ids(TENANT), acme);
+        assert_eq!(ids("other"), vec![other]);
+        assert_eq!(ids("nobody"), Vec::<ClusterId>::new());
+    };
+    check(&h.state);
+    assert_eq!(h.status(deleted), ClusterStatus::Terminated);
+
+    let parts = snapshot_of(&h.state, 0).parts;
+    let restored = coopr_state::decode_parts(
+        parts.iter().map(|(id, part)| (*id, part.bytes.as_slice())),
+        4,
+    )
+    .unwrap();
+    restored.check_indexes().unwrap();
+    check(&restored);
+}

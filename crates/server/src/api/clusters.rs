@@ -215,35 +215,29 @@ async fn list(
     let wanted = |c: &coopr_types::Cluster| {
         visible_cluster(&caller, c) && filter.as_ref().is_none_or(|f| f.contains(&c.status))
     };
+    // Only the caller's tenant's clusters are visited (the state's tenant indexes): one
+    // tenant's list costs what it holds, not what every tenant holds.
     let state = app.core.read();
     let mut list: Vec<(ClusterId, Value)> = state
-        .clusters()
+        .tenant_clusters(&caller.tenant)
         .filter(|r| wanted(&r.cluster))
         .map(|r| (r.cluster.id, views::cluster_summary(r)))
         .collect();
     // Replica copies of the shards other DCs own: the staleness of the answer is the worst of
     // the copies that contributed.
-    let mut staleness = 0u64;
-    for (shard, replica) in &state.replicas {
-        let ReplicaData::Clusters(view) = &replica.data else {
-            continue;
-        };
-        let before = list.len();
-        list.extend(
-            view.clusters
-                .values()
-                .filter(|v| wanted(&v.cluster))
-                .map(|v| (v.cluster.id, views::replica_summary(v))),
-        );
-        if list.len() > before {
-            staleness = staleness.max(crate::replication::staleness_ms(
-                &state,
-                &app.replication,
-                *shard,
-                app.clock.wall_ms(),
-            ));
+    let mut contributed = BTreeSet::new();
+    for (shard, copy) in state.tenant_copies(&caller.tenant) {
+        if wanted(&copy.cluster) {
+            list.push((copy.cluster.id, views::replica_summary(copy)));
+            contributed.insert(shard);
         }
     }
+    let now = app.clock.wall_ms();
+    let staleness = contributed
+        .into_iter()
+        .map(|shard| crate::replication::staleness_ms(&state, &app.replication, shard, now))
+        .max()
+        .unwrap_or(0);
     drop(state);
     list.sort_by_key(|(id, _)| *id);
     let list: Vec<Value> = list.into_iter().map(|(_, v)| v).collect();
@@ -985,13 +979,12 @@ async fn cluster_statuses(
     caller: Caller,
 ) -> ApiResult<Json<Vec<Value>>> {
     let state = app.core.read();
-    Ok(Json(
-        state
-            .clusters()
-            .filter(|r| visible(&caller, r))
-            .map(views::status)
-            .collect(),
-    ))
+    let mut records: Vec<&ClusterRecord> = state
+        .tenant_clusters(&caller.tenant)
+        .filter(|r| visible(&caller, r))
+        .collect();
+    records.sort_by_key(|r| r.cluster.id);
+    Ok(Json(records.into_iter().map(views::status).collect()))
 }
 
 /// The JSON answer for an outcome: `{"id"}` for a created cluster, an empty 200 otherwise.

@@ -67,17 +67,13 @@ async fn queues(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<V
             }
         }
     }
-    for record in state.clusters() {
-        let Some(m) = by_tenant.get_mut(&record.cluster.account.tenant_id) else {
-            continue;
-        };
-        m.in_progress += record
-            .jobs
-            .values()
-            .filter(|j| !j.job.status.is_finished())
-            .flat_map(|j| j.tasks.values())
-            .filter(|t| t.status == TaskStatus::InProgress)
-            .count() as u64;
+    // The tasks workers hold (the state's index of them), not every cluster's jobs.
+    for (task, _) in state.held_tasks() {
+        if let Some(record) = state.cluster(task.job.cluster) {
+            if let Some(m) = by_tenant.get_mut(&record.cluster.account.tenant_id) {
+                m.in_progress += 1;
+            }
+        }
     }
     let out: serde_json::Map<String, Value> = by_tenant
         .into_iter()
@@ -298,8 +294,12 @@ async fn nodes_usage(
     };
     let nodes: Vec<NodeLife> = {
         let state = app.core.read();
-        state
-            .clusters()
+        // A tenant's usage visits its own clusters only (the state's tenant index).
+        let clusters: Box<dyn Iterator<Item = &coopr_state::ClusterRecord>> = match &tenant {
+            Some(t) => Box::new(state.tenant_clusters(t)),
+            None => Box::new(state.clusters()),
+        };
+        clusters
             .filter(|r| {
                 let c = &r.cluster;
                 tenant.as_ref().is_none_or(|t| c.account.tenant_id == *t)

@@ -320,22 +320,18 @@ fn provisioner_views(app: &App) -> Vec<(String, Value)> {
     }
     // provisioner -> tenant id -> tasks in progress
     let mut usage = BTreeMap::<&str, BTreeMap<&str, u32>>::new();
-    for record in state.clusters() {
+    // The tasks workers hold (the state's index of them), not every cluster's jobs.
+    for (task, provisioner) in state.held_tasks() {
+        let Some(record) = state.cluster(task.job.cluster) else {
+            continue;
+        };
         let tenant = record.cluster.account.tenant_id.as_str();
         let tenant_id = tenant_ids.get(tenant).copied().unwrap_or(tenant);
-        let held = record
-            .jobs
-            .values()
-            .filter(|j| !j.job.status.is_finished())
-            .flat_map(|j| j.tasks.values())
-            .filter_map(|t| t.owner.as_ref());
-        for owner in held {
-            *usage
-                .entry(owner.provisioner_id.as_str())
-                .or_default()
-                .entry(tenant_id)
-                .or_default() += 1;
-        }
+        *usage
+            .entry(provisioner)
+            .or_default()
+            .entry(tenant_id)
+            .or_default() += 1;
     }
     state
         .local

@@ -24,17 +24,17 @@ impl State {
     pub fn tenant_usage(&self, tenant: &Tenant) -> (u64, u64) {
         let belongs = |incarnation: &str| incarnation.is_empty() || incarnation == tenant.id;
         let owned = self
-            .live_clusters
+            .by_tenant
             .of_tenant(&tenant.name)
             .filter(|(incarnation, _)| belongs(incarnation))
-            .flat_map(|(_, ids)| ids)
+            .flat_map(|(_, group)| group.live())
             .filter_map(|(shard, id)| self.shards.get(shard)?.clusters.get(id))
             .map(|r| &r.cluster);
         let copies = self
-            .live_copies()
+            .copies_by_tenant()
             .of_tenant(&tenant.name)
             .filter(|(incarnation, _)| belongs(incarnation))
-            .flat_map(|(_, ids)| ids)
+            .flat_map(|(_, group)| group.live())
             .filter_map(|(shard, id)| match &self.replicas.get(shard)?.data {
                 ReplicaData::Clusters(view) => view.clusters.get(id).map(|v| &v.cluster),
                 ReplicaData::Global(_) => None,
@@ -56,7 +56,7 @@ impl State {
     pub fn orphaned_clusters(&self) -> Vec<ClusterId> {
         let global = self.global_data();
         let mut orphans: Vec<(ShardId, ClusterId)> = self
-            .live_clusters
+            .by_tenant
             .groups()
             .filter(|(name, incarnation, _)| {
                 !global
@@ -64,7 +64,7 @@ impl State {
                     .get(*name)
                     .is_some_and(|t| incarnation.is_empty() || *incarnation == t.id)
             })
-            .flat_map(|(_, _, ids)| ids.iter().copied())
+            .flat_map(|(_, _, group)| group.live().copied())
             .filter(|(shard, id)| {
                 let Some(r) = self.shards.get(shard).and_then(|s| s.clusters.get(id)) else {
                     return false;
@@ -250,7 +250,7 @@ impl State {
             adopted_jobs: coopr_types::VecMap::new(),
             retired_jobs: coopr_types::VecMap::new(),
         };
-        self.live_clusters
+        self.by_tenant
             .set(shard, id, &record.cluster.account, record.cluster.status);
         shard_state.clusters.insert(id, Box::new(record));
         // Coopr runs a solve_layout job first; here the layout was solved before the command was

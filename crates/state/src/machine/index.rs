@@ -1,16 +1,18 @@
 //! Derived indexes (never persisted: rebuilt on load, like the ready queue) that keep the
-//! questions asked on every task take and every driver tick off full scans of the state:
+//! questions asked on every task take, every driver tick and every API read of a tenant's
+//! clusters off full scans of the state:
 //!
 //! - [`TaskIndex`]: the in-progress tasks of unfinished jobs, by owner and by deadline
 //!   (`next_deadline`, `task_held_by_worker`, `tasks_held_by`). Maintained by
 //!   `State::refresh_job`, the one place that re-derives a job after any change.
-//! - [`TenantIndex`]: the clusters that are not terminated, by tenant and incarnation, of the
-//!   shards this DC writes and (a second index) of its replica copies (`orphaned_clusters`,
-//!   `tenant_usage`). An owned cluster's status only changes with a job change, so
-//!   `refresh_job` keeps it too; records come and go with whole shards (`State::replace_shard`)
-//!   and replica copies with their batches, seeds, demotions and adoptions
-//!   (`State::put_replica`, `State::put_replica_batch`; built on first use, since a loader
-//!   sets the copies whole).
+//! - [`TenantIndex`]: the clusters by tenant and incarnation, live and terminated apart, and
+//!   their count by status, of the shards this DC writes and (a second index) of its replica
+//!   copies (`orphaned_clusters`, `tenant_usage`, and what the API lists and counts:
+//!   [`State::tenant_clusters`], [`State::tenant_copies`], [`State::cluster_counts`]). An
+//!   owned cluster's status only changes with a job change, so `refresh_job` keeps it too;
+//!   records come and go with whole shards (`State::replace_shard`) and replica copies with
+//!   their batches, seeds, demotions and adoptions (`State::put_replica`,
+//!   `State::put_replica_batch`; built on first use, since a loader sets the copies whole).
 //!
 //! [`State::check_indexes`] recomputes every derived index by full scans and compares.
 
@@ -122,16 +124,50 @@ impl TaskIndex {
     }
 }
 
-/// Clusters that are not terminated, by tenant name, then tenant incarnation (what
-/// [`Account::belongs_to`] compares), as `(shard, cluster)`: the order in which a scan of the
-/// shards meets them.
+/// Clusters by tenant name, then tenant incarnation (what [`Account::belongs_to`] compares), as
+/// `(shard, cluster)`: the order in which a scan of the shards meets them. Also how many there
+/// are of each status, so that nothing that only counts them has to visit them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct TenantIndex {
-    tenants: BTreeMap<String, BTreeMap<String, BTreeSet<(ShardId, ClusterId)>>>,
+    tenants: BTreeMap<String, BTreeMap<String, Group>>,
+    /// Clusters by status (no entry for a status no cluster has).
+    counts: BTreeMap<ClusterStatus, u64>,
+}
+
+/// The clusters of one tenant incarnation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Group {
+    /// Those not terminated, with their status.
+    live: BTreeMap<(ShardId, ClusterId), ClusterStatus>,
+    /// The terminated ones.
+    ended: BTreeSet<(ShardId, ClusterId)>,
+}
+
+impl Group {
+    /// The clusters that are not terminated, in `(shard, cluster)` order.
+    pub(crate) fn live(&self) -> impl Iterator<Item = &(ShardId, ClusterId)> {
+        self.live.keys()
+    }
+
+    /// Every cluster: the live ones, then the terminated ones.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &(ShardId, ClusterId)> {
+        self.live.keys().chain(&self.ended)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.ended.is_empty()
+    }
+
+    /// Takes `key` out; its status if it was here.
+    fn take(&mut self, key: (ShardId, ClusterId)) -> Option<ClusterStatus> {
+        self.live
+            .remove(&key)
+            .or_else(|| self.ended.remove(&key).then_some(ClusterStatus::Terminated))
+    }
 }
 
 impl TenantIndex {
-    /// Records `cluster` as live or not (a terminated cluster is not listed).
+    /// Records `cluster` with its status (in place of what it was).
     pub(crate) fn set(
         &mut self,
         shard: ShardId,
@@ -139,25 +175,32 @@ impl TenantIndex {
         account: &Account,
         status: ClusterStatus,
     ) {
-        if status == ClusterStatus::Terminated {
-            self.remove(shard, id, account);
-            return;
-        }
-        self.tenants
+        let group = self
+            .tenants
             .entry(account.tenant_id.clone())
             .or_default()
             .entry(account.tenant_incarnation.clone())
-            .or_default()
-            .insert((shard, id));
+            .or_default();
+        if let Some(old) = group.take((shard, id)) {
+            uncount(&mut self.counts, old);
+        }
+        if status == ClusterStatus::Terminated {
+            group.ended.insert((shard, id));
+        } else {
+            group.live.insert((shard, id), status);
+        }
+        *self.counts.entry(status).or_default() += 1;
     }
 
     pub(crate) fn remove(&mut self, shard: ShardId, id: ClusterId, account: &Account) {
         let Some(incarnations) = self.tenants.get_mut(&account.tenant_id) else {
             return;
         };
-        if let Some(ids) = incarnations.get_mut(&account.tenant_incarnation) {
-            ids.remove(&(shard, id));
-            if ids.is_empty() {
+        if let Some(group) = incarnations.get_mut(&account.tenant_incarnation) {
+            if let Some(old) = group.take((shard, id)) {
+                uncount(&mut self.counts, old);
+            }
+            if group.is_empty() {
                 incarnations.remove(&account.tenant_incarnation);
             }
         }
@@ -167,13 +210,11 @@ impl TenantIndex {
     }
 
     /// Every `(tenant name, incarnation, clusters)` group.
-    pub(crate) fn groups(
-        &self,
-    ) -> impl Iterator<Item = (&str, &str, &BTreeSet<(ShardId, ClusterId)>)> {
+    pub(crate) fn groups(&self) -> impl Iterator<Item = (&str, &str, &Group)> {
         self.tenants.iter().flat_map(|(name, incarnations)| {
             incarnations
                 .iter()
-                .map(move |(incarnation, ids)| (name.as_str(), incarnation.as_str(), ids))
+                .map(move |(incarnation, group)| (name.as_str(), incarnation.as_str(), group))
         })
     }
 
@@ -181,11 +222,16 @@ impl TenantIndex {
     pub(crate) fn of_tenant<'a>(
         &'a self,
         name: &str,
-    ) -> impl Iterator<Item = (&'a str, &'a BTreeSet<(ShardId, ClusterId)>)> {
+    ) -> impl Iterator<Item = (&'a str, &'a Group)> {
         self.tenants
             .get(name)
             .into_iter()
-            .flat_map(|incarnations| incarnations.iter().map(|(i, ids)| (i.as_str(), ids)))
+            .flat_map(|incarnations| incarnations.iter().map(|(i, group)| (i.as_str(), group)))
+    }
+
+    /// How many clusters there are of each status (only statuses some cluster has).
+    pub(crate) fn counts(&self) -> &BTreeMap<ClusterStatus, u64> {
+        &self.counts
     }
 
     fn add_shard(&mut self, shard: ShardId, data: &ClusterShard) {
@@ -210,6 +256,15 @@ impl TenantIndex {
     fn remove_view(&mut self, shard: ShardId, view: &ClusterShardView) {
         for (id, v) in &view.clusters {
             self.remove(shard, *id, &v.cluster.account);
+        }
+    }
+}
+
+fn uncount(counts: &mut BTreeMap<ClusterStatus, u64>, status: ClusterStatus) {
+    if let Some(n) = counts.get_mut(&status) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&status);
         }
     }
 }
@@ -242,9 +297,9 @@ impl State {
             .insert(shard, Arc::new(data))
             .map(Arc::unwrap_or_clone)
             .unwrap_or_default();
-        self.live_clusters.remove_shard(shard, &old);
+        self.by_tenant.remove_shard(shard, &old);
         if let Some(new) = self.shards.get(&shard) {
-            self.live_clusters.add_shard(shard, new);
+            self.by_tenant.add_shard(shard, new);
         }
         let shard_count = self.shard_count;
         let stopped: Vec<JobId> = self
@@ -259,19 +314,62 @@ impl State {
         old
     }
 
+    /// Every cluster of tenant `name` (of any incarnation, the terminated ones too) in the
+    /// shards this DC writes, in `(shard, cluster)` order, live ones first: visits only those.
+    pub fn tenant_clusters<'a>(
+        &'a self,
+        name: &str,
+    ) -> impl Iterator<Item = &'a super::ClusterRecord> + 'a {
+        self.by_tenant
+            .of_tenant(name)
+            .flat_map(|(_, group)| group.all())
+            .filter_map(|(shard, id)| self.shards.get(shard)?.clusters.get(id))
+            .map(|record| &**record)
+    }
+
+    /// The replica copies of tenant `name`'s clusters (of any incarnation, the terminated ones
+    /// too) with their shard: visits only those.
+    pub fn tenant_copies<'a>(
+        &'a self,
+        name: &str,
+    ) -> impl Iterator<Item = (ShardId, &'a crate::replication::ClusterView)> + 'a {
+        self.copies_by_tenant()
+            .of_tenant(name)
+            .flat_map(|(_, group)| group.all())
+            .filter_map(|(shard, id)| {
+                let copy = clusters_of(self.replicas.get(shard)?)?.clusters.get(id)?;
+                Some((*shard, copy))
+            })
+    }
+
+    /// How many clusters of each status the shards this DC writes hold (statuses no cluster
+    /// has are left out), without visiting them.
+    pub fn cluster_counts(&self) -> &BTreeMap<ClusterStatus, u64> {
+        self.by_tenant.counts()
+    }
+
+    /// The in-progress tasks of unfinished jobs that a worker holds, with the provisioner of
+    /// that worker, without visiting the clusters.
+    pub fn held_tasks(&self) -> impl Iterator<Item = (TaskId, &str)> {
+        self.in_progress
+            .held
+            .iter()
+            .map(|(task, held)| (*task, held.provisioner.as_str()))
+    }
+
     /// Rebuilds the tenant index of the shards this DC writes (after a load).
     pub(crate) fn reindex_clusters(&mut self) {
         let mut index = TenantIndex::default();
         for (shard, data) in &self.shards {
             index.add_shard(*shard, data);
         }
-        self.live_clusters = index;
+        self.by_tenant = index;
     }
 
     /// The replica tenant index, built from the replica copies on first use: loaders set
     /// `replicas` whole (`persist::decode_parts`), every change after that keeps it.
-    pub(crate) fn live_copies(&self) -> &TenantIndex {
-        self.live_copies
+    pub(crate) fn copies_by_tenant(&self) -> &TenantIndex {
+        self.copies_by_tenant
             .get_or_init(|| copies_index(&self.replicas))
     }
 
@@ -282,7 +380,7 @@ impl State {
         if let Some(replica) = &mut replica {
             State::intern_replica(&mut self.service_pool, replica, None);
         }
-        if let Some(index) = self.live_copies.get_mut() {
+        if let Some(index) = self.copies_by_tenant.get_mut() {
             if let Some(old) = self.replicas.get(&shard).and_then(|r| clusters_of(r)) {
                 index.remove_view(shard, old);
             }
@@ -307,7 +405,7 @@ impl State {
         replica: ReplicaShard,
         touched: &BTreeSet<ClusterId>,
     ) {
-        if let Some(index) = self.live_copies.get_mut() {
+        if let Some(index) = self.copies_by_tenant.get_mut() {
             if let Some(old) = self.replicas.get(&shard).and_then(|r| clusters_of(r)) {
                 for id in touched {
                     if let Some(v) = old.clusters.get(id) {
@@ -369,12 +467,12 @@ impl State {
         if self.in_progress != tasks {
             return diff("in_progress", &self.in_progress, &tasks);
         }
-        if self.live_clusters != live {
-            return diff("live_clusters", &self.live_clusters, &live);
+        if self.by_tenant != live {
+            return diff("by_tenant", &self.by_tenant, &live);
         }
         // Built here if nothing read it yet: the next checks compare what the changes kept.
-        if *self.live_copies() != copies {
-            return diff("live_copies", self.live_copies(), &copies);
+        if *self.copies_by_tenant() != copies {
+            return diff("copies_by_tenant", self.copies_by_tenant(), &copies);
         }
         Ok(())
     }

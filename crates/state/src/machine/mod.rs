@@ -222,8 +222,8 @@ pub struct State {
     /// clusters by tenant of the shards this DC writes, and of its replica copies (built on
     /// first use: a loader may set `replicas` directly).
     pub(crate) in_progress: index::TaskIndex,
-    pub(crate) live_clusters: index::TenantIndex,
-    pub(crate) live_copies: std::sync::OnceLock<index::TenantIndex>,
+    pub(crate) by_tenant: index::TenantIndex,
+    pub(crate) copies_by_tenant: std::sync::OnceLock<index::TenantIndex>,
     /// The `now_ms` of the entry being applied: the commit time stamped on the records it emits.
     applying_at_ms: u64,
     /// The idempotency key of the entry being applied: `OperationStarted` carries it.
@@ -254,8 +254,8 @@ impl State {
             ready: BTreeSet::new(),
             active_jobs: BTreeSet::new(),
             in_progress: index::TaskIndex::default(),
-            live_clusters: index::TenantIndex::default(),
-            live_copies: std::sync::OnceLock::new(),
+            by_tenant: index::TenantIndex::default(),
+            copies_by_tenant: std::sync::OnceLock::new(),
             applying_at_ms: 0,
             applying_key: None,
             service_pool: service_pool::ServicePool::default(),

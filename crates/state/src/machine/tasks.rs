@@ -257,7 +257,7 @@ impl State {
             return;
         };
         let cluster = &record.cluster;
-        self.live_clusters
+        self.by_tenant
             .set(shard, cluster.id, &cluster.account, cluster.status);
         let Some(run) = record.jobs.get(&job.seq) else {
             self.active_jobs.remove(&job);
