@@ -104,6 +104,9 @@ pub(crate) struct Grown {
     pub build_s: f64,
     pub snapshot_s: f64,
     pub snapshot_bytes: u64,
+    /// One of the generated clusters (the first of the first shard that got any).
+    #[serde(default)]
+    pub sample: Option<u64>,
 }
 
 /// The offline step: the node's DC log applied, the clusters added, a snapshot written at the
@@ -170,6 +173,10 @@ pub async fn grow(args: GrowArgs) -> anyhow::Result<()> {
         }
     })?;
     job_archive.apply_effects(retired);
+    let sample = state
+        .clusters()
+        .find(|r| r.cluster.account.tenant_id == args.tenant)
+        .map(|r| r.cluster.id.0);
     *state_lock
         .write()
         .map_err(|_| anyhow!("state lock poisoned"))? = state;
@@ -197,6 +204,7 @@ pub async fn grow(args: GrowArgs) -> anyhow::Result<()> {
         build_s,
         snapshot_s: written.elapsed().as_secs_f64(),
         snapshot_bytes,
+        sample,
     };
     println!("{}", serde_json::to_string(&grown)?);
     Ok(())

@@ -20,6 +20,9 @@
 //!  catchup: 3-node DC of `coopr server` processes holding N clusters (generated offline into
 //!         the leader's DC log) --> a wiped node's catch-up through the snapshot, end to end
 //!
+//!  reads: 1-node DC holding N clusters (generated offline) --> the cost of reads any caller
+//!         may send, alone and to other tenants' writes while they run
+//!
 //!  scale: N ACTIVE clusters built through State::apply --> heap bytes (counting allocator)
 //!         and snapshot bytes, per cluster and per part of a cluster record
 //! ```
@@ -43,6 +46,7 @@ mod memory;
 mod ops;
 mod plan;
 mod plot;
+mod reads;
 mod replica_seed;
 mod reseed;
 mod scale;
@@ -96,70 +100,37 @@ enum Scenario {
     /// A replica DC re-seeded with every shard of an owner DC holding N clusters (real
     /// `coopr server` processes, the clusters generated into the owner's state offline).
     ReplicaSeed(replica_seed::ReplicaSeedArgs),
+    /// What the API's reads cost a real node holding N clusters (generated offline), alone
+    /// and to the writes of others while they run.
+    Reads(reads::ReadsArgs),
     /// The offline step of `catchup` (run by it in a process of its own).
     #[command(hide = true)]
     CatchupGrow(catchup::GrowArgs),
 }
 
+/// Runs `future` on a multi-threaded tokio runtime.
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
-        Scenario::Ops(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(ops::run(args))
-        }
+        Scenario::Ops(args) => block_on(ops::run(args)),
         Scenario::Plan(args) => plan::run(args),
-        Scenario::Big(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(big::run(args))
-        }
-        Scenario::Dclog(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(dclog::run(args))
-        }
-        Scenario::Wan(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(wan::run(args))
-        }
-        Scenario::Failover(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(failover::run(args))
-        }
+        Scenario::Big(args) => block_on(big::run(args)),
+        Scenario::Dclog(args) => block_on(dclog::run(args)),
+        Scenario::Wan(args) => block_on(wan::run(args)),
+        Scenario::Failover(args) => block_on(failover::run(args)),
         Scenario::Reseed(args) => reseed::run(args),
         Scenario::Scale(args) => scale::run(args),
-        Scenario::Memory(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(memory::run(args))
-        }
-        Scenario::Catchup(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(catchup::run(args))
-        }
-        Scenario::ReplicaSeed(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(replica_seed::run(args))
-        }
-        Scenario::CatchupGrow(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(catchup::grow(args))
-        }
+        Scenario::Memory(args) => block_on(memory::run(args)),
+        Scenario::Catchup(args) => block_on(catchup::run(args)),
+        Scenario::ReplicaSeed(args) => block_on(replica_seed::run(args)),
+        Scenario::Reads(args) => block_on(reads::run(args)),
+        Scenario::CatchupGrow(args) => block_on(catchup::grow(args)),
     }
 }
