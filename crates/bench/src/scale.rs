@@ -220,6 +220,13 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     });
 
     let snapshot = Streamed::of(&state)?;
+    // What another DC holds of these clusters once it caught up (not part of this state).
+    let copies: Vec<coopr_state::replication::ClusterShardView> = state
+        .shards
+        .keys()
+        .filter_map(|shard| state.replica_copy(*shard))
+        .collect();
+    let (copy_heap, copy_allocations) = cost_of(&copies);
 
     println!(
         "\nState of {} ACTIVE one-machine `lamp` clusters in {} shard(s){} (built in {:.1} s)\n",
@@ -255,6 +262,14 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         total_allocations as f64 / n,
         per(snapshot.cluster_bytes)
     );
+    println!(
+        "\nA replica copy of these clusters (what another DC holds of them, templates shared): \
+         {} ({} per cluster, {:.1} allocations per cluster).",
+        mb(copy_heap),
+        per(copy_heap),
+        copy_allocations as f64 / n
+    );
+    drop(copies);
     println!(
         "\nSnapshot, one part at a time (as a node would stream it): {} ({} per cluster) in {} \
          parts, the largest {}; encoded in {} ms, decoded (installed) in {} ms.",

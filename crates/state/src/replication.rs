@@ -78,6 +78,7 @@ use std::sync::Arc;
 use coopr_types::{
     Account, ApiKey, Cluster, ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, EntityKind,
     JobId, JobStatus, JsonMap, Node, NodeId, NodeProperties, Provider, ShardId, TaskName, Tenant,
+    VecMap,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -526,10 +527,12 @@ pub struct InFlight {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterView {
     pub cluster: Cluster,
-    /// While an operation is in flight: the nodes as it started, plus its checkpoints.
-    pub nodes: BTreeMap<NodeId, ReplicatedNode>,
-    /// Finished jobs (the layout job of a create is not one: it is part of the create).
-    pub jobs: BTreeMap<JobId, JobSummary>,
+    /// While an operation is in flight: the nodes as it started, plus its checkpoints. A
+    /// [`VecMap`] (as the owner's record): a `BTreeMap` of one node allocates 11 slots.
+    pub nodes: VecMap<NodeId, ReplicatedNode>,
+    /// Finished jobs (the layout job of a create is not one: it is part of the create), in
+    /// job order: each new one goes at the end.
+    pub jobs: VecMap<JobId, JobSummary>,
     #[serde(default)]
     pub in_flight: Option<InFlight>,
 }
@@ -1017,7 +1020,7 @@ fn apply_cluster_record(
                 plan: plan.clone(),
                 checkpoints: BTreeMap::new(),
             };
-            let nodes: Option<BTreeMap<NodeId, ReplicatedNode>> = nodes
+            let nodes: Option<VecMap<NodeId, ReplicatedNode>> = nodes
                 .as_ref()
                 .map(|nodes| nodes.iter().map(|n| (n.id.clone(), n.clone())).collect());
             match current {
@@ -1037,7 +1040,7 @@ fn apply_cluster_record(
                         ClusterView {
                             cluster: row,
                             nodes,
-                            jobs: BTreeMap::new(),
+                            jobs: VecMap::new(),
                             in_flight: Some(in_flight),
                         },
                     );

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use coopr_engine::job::JobRun;
-use coopr_types::{ClusterAction, ClusterId, JobId, NodeId, ShardId};
+use coopr_types::{ClusterAction, ClusterId, JobId, NodeId, ShardId, VecMap};
 use serde_json::Value;
 
 use super::{ClusterRecord, ShippedOperation};
@@ -68,6 +68,20 @@ impl State {
             .map(|(id, record)| (*id, cluster_view(record)))
             .collect();
         to_value(&ClusterShardView { clusters })
+    }
+
+    /// What a replica holds of cluster shard `shard` once it caught up: the owner's projection
+    /// of each cluster, sharing the records' templates (as a replica interns them). For
+    /// measurements (`coopr-bench scale`).
+    #[doc(hidden)]
+    pub fn replica_copy(&self, shard: ShardId) -> Option<ClusterShardView> {
+        let data = self.shards.get(&shard)?;
+        let clusters = data
+            .clusters
+            .iter()
+            .map(|(id, record)| (*id, cluster_view(record)))
+            .collect();
+        Some(ClusterShardView { clusters })
     }
 
     fn emit(&mut self, shard: ShardId, kind: RecordKind) {
@@ -165,7 +179,7 @@ impl State {
             plan,
             checkpoints: BTreeMap::new(),
         };
-        let nodes: BTreeMap<NodeId, ReplicatedNode> = record
+        let nodes: VecMap<NodeId, ReplicatedNode> = record
             .nodes
             .iter()
             .map(|(id, n)| (id.clone(), ReplicatedNode::from(n)))
@@ -221,7 +235,7 @@ impl State {
             let mut view = ClusterView {
                 cluster: record.cluster.clone(),
                 nodes: std::mem::take(&mut shipped.nodes),
-                jobs: BTreeMap::new(),
+                jobs: VecMap::new(),
                 in_flight: Some(shipped.operation.clone()),
             };
             let applied = view.apply_checkpoint(node, checkpoint.clone());

@@ -114,7 +114,7 @@ pub struct ClusterRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShippedOperation {
     pub operation: InFlight,
-    pub nodes: BTreeMap<NodeId, ReplicatedNode>,
+    pub nodes: VecMap<NodeId, ReplicatedNode>,
 }
 
 impl ClusterRecord {
