@@ -45,7 +45,10 @@
 //!   node that times out campaigns at a higher term that deposes the leader with its next
 //!   answer, however hopeless the campaign (its log is behind). Each snapshot chunk counts as
 //!   a heartbeat (an empty append with the chunk's vote), and the install of the last chunk
-//!   runs to its end with elections off on that node ([`network`]);
+//!   runs to its end with elections off on that node ([`network`]). The leader waits for the
+//!   last chunk's answer up to `snapshot_install_timeout_ms` (10 minutes), not a chunk's 5 s:
+//!   with openraft's bound of one chunk on it, the leader gave up on the stream while the node
+//!   installed and sent the whole snapshot again;
 //! - refuses to start when the log store is empty but the snapshot store is not (half a wipe),
 //!   which would feed a snapshot of an earlier incarnation to openraft (openraft #1894).
 //!   Wipe a node's whole Raft directory, or nothing.
@@ -73,7 +76,7 @@ pub use log_store::RaftLogStore;
 pub use network::{router, same_secret, HttpNetworkFactory};
 pub use node::{
     start, start_with, ConfigError, RaftConfig, RaftHandle, RaftStatus, RaftStores, Role,
-    StartError, WriteError,
+    StartError, WriteError, SNAPSHOT_INSTALL_TIMEOUT_MS,
 };
 pub use runtime::seed_thread_rng;
 pub use snapshot::{SnapshotData, SnapshotStore};

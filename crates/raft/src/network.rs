@@ -22,7 +22,8 @@
 //! that can never catch up (a DC one failure from losing its majority) would go unnoticed.
 //!
 //! Every request has a timeout (openraft's per-RPC TTL, itself derived from the heartbeat and
-//! election timeouts, or `install_snapshot_timeout` for snapshot chunks). A connection error, a
+//! election timeouts; for snapshot chunks `snapshot_timeout_ms`, and for the last chunk, whose
+//! answer comes once the node installed the snapshot, `snapshot_install_timeout_ms`). A connection error, a
 //! timeout or a non-200 status is reported to openraft as `Unreachable`, which makes it back off
 //! instead of retrying in a hot loop. A member's address is a base URL; to serve two groups on
 //! one port, nest each router under its own prefix and include the prefix in the addresses.
@@ -367,7 +368,13 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let timeout = option.hard_ttl().max(self.factory.snapshot_timeout);
+        // The last chunk is answered once the node installed the snapshot: it gets openraft's
+        // bound (`snapshot_install_timeout_ms`); every other chunk gets a chunk's.
+        let timeout = if rpc.done {
+            option.hard_ttl().max(self.factory.snapshot_timeout)
+        } else {
+            self.factory.snapshot_timeout
+        };
         self.post_wire(
             Rpc::InstallSnapshot,
             encode(rpc).map_err(RPCError::Network)?,

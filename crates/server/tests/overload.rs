@@ -224,6 +224,17 @@ async fn a_slow_request_is_answered_request_timeout() {
     read_answer(&mut stream)
         .await
         .assert_error(503, "request_timeout");
+    // A snapshot chunk is not cut off at the internal timeout: the last one is answered only
+    // once the node installed the snapshot (its own bound is the leader's install timeout).
+    let mut chunk = slow_request(internal, "/raft/snapshot", &raft_headers).await;
+    let answered =
+        tokio::time::timeout(Duration::from_millis(1_500), read_answer(&mut chunk)).await;
+    assert!(
+        answered.is_err(),
+        "answered within 1.5 s: {:?}",
+        answered.map(|a| a.status)
+    );
+    drop(chunk);
     // The node serves on.
     assert_eq!(srv.cluster_count().await, 0);
     srv.stop().await;

@@ -84,6 +84,7 @@ type Slot = Arc<Mutex<Option<Router>>>;
 struct Forward {
     slot: Slot,
     chunk_delay: Arc<Mutex<Duration>>,
+    chunks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One node: a fixed address whose HTTP server forwards to the current Raft node, if any.
@@ -93,6 +94,8 @@ pub struct TestNode {
     slot: Slot,
     /// Each snapshot chunk sent to this node is held this long before it is handled.
     pub chunk_delay: Arc<Mutex<Duration>>,
+    /// Snapshot chunks this node's Raft node was handed so far (none while it is down).
+    pub snapshot_chunks: Arc<std::sync::atomic::AtomicU64>,
     server: tokio::task::JoinHandle<()>,
     pub handle: Option<RaftHandle>,
     pub machine: Arc<ListMachine>,
@@ -100,13 +103,21 @@ pub struct TestNode {
 }
 
 async fn forward(State(forward): State<Forward>, request: Request) -> Response {
-    if request.uri().path() == "/raft/snapshot" {
+    let snapshot = request.uri().path() == "/raft/snapshot";
+    if snapshot {
         let delay = *forward.chunk_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
     }
     let router = forward.slot.lock().unwrap().clone();
     match router {
-        Some(router) => router.oneshot(request).await.into_response(),
+        Some(router) => {
+            if snapshot {
+                forward
+                    .chunks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            router.oneshot(request).await.into_response()
+        }
         None => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "node down").into_response(),
     }
 }
@@ -128,9 +139,11 @@ impl Group {
             members.insert(id, addr.clone());
             let slot: Slot = Arc::new(Mutex::new(None));
             let chunk_delay = Arc::new(Mutex::new(Duration::ZERO));
+            let snapshot_chunks = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let app = Router::new().fallback(forward).with_state(Forward {
                 slot: slot.clone(),
                 chunk_delay: chunk_delay.clone(),
+                chunks: snapshot_chunks.clone(),
             });
             let server = tokio::spawn(async move {
                 axum::serve(listener, app).await.unwrap();
@@ -140,6 +153,7 @@ impl Group {
                 addr,
                 slot,
                 chunk_delay,
+                snapshot_chunks,
                 server,
                 handle: None,
                 machine: Arc::new(ListMachine::default()),

@@ -95,15 +95,29 @@ impl Admission {
         })
     }
 
-    /// The internal port's one pool (`internal`).
+    /// The internal port's pools: `internal`, and `snapshot` for the snapshot chunks of the
+    /// Raft groups, whose last chunk is answered only once the node installed the snapshot
+    /// (minutes for millions of clusters): the leader's own bound on it
+    /// (`coopr_raft::SNAPSHOT_INSTALL_TIMEOUT_MS`) applies, not the internal one.
     pub fn internal(config: &ServerConfig) -> Arc<Admission> {
         Arc::new(Admission {
-            pools: vec![Pool::new(
-                "internal",
-                config.internal_max_concurrent_requests,
-                Duration::from_millis(config.internal_request_timeout_ms),
-            )],
-            classify: |_| 0,
+            pools: vec![
+                Pool::new(
+                    "internal",
+                    config.internal_max_concurrent_requests,
+                    Duration::from_millis(config.internal_request_timeout_ms),
+                ),
+                Pool::new(
+                    "snapshot",
+                    config.internal_max_concurrent_requests,
+                    Duration::from_millis(
+                        config
+                            .internal_request_timeout_ms
+                            .max(coopr_raft::SNAPSHOT_INSTALL_TIMEOUT_MS),
+                    ),
+                ),
+            ],
+            classify: |path| usize::from(path.ends_with(coopr_raft::network::SNAPSHOT_PATH)),
         })
     }
 
