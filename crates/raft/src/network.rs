@@ -532,13 +532,7 @@ async fn snapshot(State(node): State<RaftHandle>, request: Request) -> Response 
     // while a snapshot is under way): an empty append with the chunk's vote resets the election
     // timer, as a heartbeat would. Its answer does not matter; the chunk's own vote check
     // follows.
-    let heartbeat = AppendEntriesRequest {
-        vote: request.vote,
-        prev_log_id: None,
-        entries: Vec::new(),
-        leader_commit: None,
-    };
-    let _ = node.raft().append_entries(heartbeat).await;
+    let _ = node.raft().append_entries(heartbeat(request.vote)).await;
     if !request.done {
         return reply(&node.raft().install_snapshot(request).await);
     }
@@ -547,13 +541,31 @@ async fn snapshot(State(node): State<RaftHandle>, request: Request) -> Response 
     // `node::Installs`).
     let installing = node.installs().start();
     let raft = node.raft().clone();
+    let vote = request.vote;
     let install = tokio::spawn(async move {
-        let _installing = installing;
-        raft.install_snapshot(request).await
+        let installed = raft.install_snapshot(request).await;
+        // The leader sent nothing while it waited for this answer, so the node's election
+        // timer ran out long ago: the install's end counts as the leader's heartbeat before
+        // elections come back on, or the node campaigns at once (it did, and won: an election
+        // at the end of every catch-up longer than an election timeout).
+        let _ = raft.append_entries(heartbeat(vote)).await;
+        drop(installing);
+        installed
     });
     match install.await {
         Ok(result) => reply(&result),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// An empty append with `vote`: resets the election timer as the leader's heartbeat would. Its
+/// answer does not matter.
+fn heartbeat(vote: openraft::Vote<NodeId>) -> AppendEntriesRequest<TypeConfig> {
+    AppendEntriesRequest {
+        vote,
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
     }
 }
 

@@ -570,10 +570,23 @@ async fn a_slow_snapshot(wiped: bool, chunk_timeout_ms: Option<u64>) {
             .expect("write");
     }
     let leader_handle = group.handle(leader);
-    wait_for(Duration::from_secs(10), "the leader purged its log", || {
-        leader_handle.status().purged_index.filter(|&i| i > 10)
-    })
-    .await;
+    // A snapshot of the whole log, purged through its end: the node that installs it is then
+    // as up to date as the leader, and would win an election it started after the install.
+    let last = leader_handle.status().last_log_index.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while leader_handle
+        .status()
+        .purged_index
+        .is_none_or(|purged| purged < last)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader did not snapshot and purge its whole log within 30 s: {:?}",
+            leader_handle.status()
+        );
+        leader_handle.trigger_snapshot().await.expect("snapshot");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let term = leader_handle.status().term;
 
     let index = (follower - 1) as usize;
