@@ -23,10 +23,11 @@
 //!
 //! Every request has a timeout (openraft's per-RPC TTL, itself derived from the heartbeat and
 //! election timeouts; for snapshot chunks `snapshot_timeout_ms`, and for the last chunk, whose
-//! answer comes once the node installed the snapshot, `snapshot_install_timeout_ms`). A connection error, a
-//! timeout or a non-200 status is reported to openraft as `Unreachable`, which makes it back off
-//! instead of retrying in a hot loop. A member's address is a base URL; to serve two groups on
-//! one port, nest each router under its own prefix and include the prefix in the addresses.
+//! answer comes once the node installed the snapshot, `snapshot_install_timeout_ms`). A
+//! connection error, a timeout or a non-200 status is reported to openraft as `Unreachable`,
+//! which makes it back off instead of retrying in a hot loop. A member's address is a base URL;
+//! to serve two groups on one port, nest each router under its own prefix and include the
+//! prefix in the addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
