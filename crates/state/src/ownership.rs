@@ -22,7 +22,7 @@ use coopr_engine::planner::PlannedTask;
 use coopr_types::{ClusterId, JobId, JobStatus, Node, NodeId, ShardId, TaskName};
 use serde::{Deserialize, Serialize};
 
-use crate::machine::{cluster_view, ClusterRecord, ClusterShard, GlobalShard, ShippedOperation};
+use crate::machine::{shard_view, ClusterRecord, ClusterShard, GlobalShard, ShippedOperation};
 use crate::replication::{
     ClusterShardView, ClusterView, GlobalRecord, GlobalView, Outbox, PlanStep, Position, Record,
     RecordKind, ReplicaData, ReplicaShard, ShardKeys,
@@ -180,14 +180,9 @@ impl State {
             )
         } else {
             let data = self.shards.get(&shard)?;
-            let clusters = data
-                .clusters
-                .iter()
-                .map(|(id, record)| (*id, cluster_view(record)))
-                .collect();
             (
                 &data.replication,
-                ReplicaData::Clusters(ClusterShardView { clusters }),
+                ReplicaData::Clusters(shard_view(data)),
                 data.keys.clone(),
             )
         };
@@ -424,13 +419,7 @@ impl State {
             // numbers of operations lost here.
             self.archive_effects
                 .push(crate::machine::retire::ArchiveEffect::DropShard(shard));
-            let view = ReplicaData::Clusters(ClusterShardView {
-                clusters: data
-                    .clusters
-                    .iter()
-                    .map(|(id, record)| (*id, cluster_view(record)))
-                    .collect(),
-            });
+            let view = ReplicaData::Clusters(shard_view(&data));
             (data.replication, data.clusters, view, data.keys)
         };
         let mut lost: Vec<LostOperation> = outbox

@@ -59,29 +59,18 @@ impl State {
                 resource_blobs: self.global.resource_blobs.clone(),
             });
         }
-        let Some(data) = self.shards.get(&shard) else {
-            return Value::Null;
-        };
-        let clusters = data
-            .clusters
-            .iter()
-            .map(|(id, record)| (*id, cluster_view(record)))
-            .collect();
-        to_value(&ClusterShardView { clusters })
+        match self.replica_copy(shard) {
+            Some(view) => to_value(&view),
+            None => Value::Null,
+        }
     }
 
     /// What a replica holds of cluster shard `shard` once it caught up: the owner's projection
-    /// of each cluster, sharing the records' templates (as a replica interns them). For
-    /// measurements (`coopr-bench scale`).
+    /// of each cluster, sharing the records' templates (as a replica interns them). Also what
+    /// [`State::replicated_view`] encodes.
     #[doc(hidden)]
     pub fn replica_copy(&self, shard: ShardId) -> Option<ClusterShardView> {
-        let data = self.shards.get(&shard)?;
-        let clusters = data
-            .clusters
-            .iter()
-            .map(|(id, record)| (*id, cluster_view(record)))
-            .collect();
-        Some(ClusterShardView { clusters })
+        self.shards.get(&shard).map(|data| shard_view(data))
     }
 
     fn emit(&mut self, shard: ShardId, kind: RecordKind) {
@@ -333,6 +322,16 @@ pub(crate) fn job_summary(run: &JobRun) -> JobSummary {
         stepstotal,
         stepscompleted,
     }
+}
+
+/// The owner's projection of a cluster shard: of each of its clusters.
+pub(crate) fn shard_view(data: &super::ClusterShard) -> ClusterShardView {
+    let clusters = data
+        .clusters
+        .iter()
+        .map(|(id, record)| (*id, cluster_view(record)))
+        .collect();
+    ClusterShardView { clusters }
 }
 
 /// The owner's projection of one cluster (see [`State::replicated_view`]).

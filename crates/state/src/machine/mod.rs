@@ -53,7 +53,7 @@ use crate::{CommandError, ErrorCode};
 use clusters::JobControl;
 
 pub use catalog::{GlobalRef, TenantCatalog, Versions};
-pub(crate) use emit::cluster_view;
+pub(crate) use emit::shard_view;
 
 /// Idempotency keys remembered (oldest forgotten first).
 pub const IDEMPOTENCY_CAPACITY: usize = 100_000;
