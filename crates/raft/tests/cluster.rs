@@ -446,24 +446,7 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
             .expect("write");
     }
     let leader_handle = group.handle(leader);
-    let last = leader_handle.status().last_log_index.unwrap();
-    // A trigger that arrives while an automatic snapshot (every 100 entries) is being built is
-    // dropped, and that snapshot may end just before `last`: trigger again until the log is
-    // purged through `last`.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while leader_handle
-        .status()
-        .purged_index
-        .is_none_or(|purged| purged < last)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the leader did not snapshot and purge its whole log within 30 s: {:?}",
-            leader_handle.status()
-        );
-        leader_handle.trigger_snapshot().await.expect("snapshot");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    purge_whole_log(&leader_handle).await;
     let leader_machine = group.nodes[(leader - 1) as usize].machine.clone();
     let snapshot_bytes = serde_json::to_vec(&leader_machine.list()).unwrap().len();
     assert!(
@@ -511,6 +494,27 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
         }
     }
     group.shutdown().await;
+}
+
+/// Snapshots `leader`'s whole log and waits until it is purged through its last entry. A
+/// trigger that arrives while an automatic snapshot is being built is dropped, and
+/// that snapshot may end just before the last entry: it triggers again until the purge.
+async fn purge_whole_log(leader: &coopr_raft::RaftHandle) {
+    let last = leader.status().last_log_index.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader
+        .status()
+        .purged_index
+        .is_none_or(|purged| purged < last)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not snapshot and purge its whole log within 30 s: {:?}",
+            leader.status()
+        );
+        leader.trigger_snapshot().await.expect("snapshot");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The slow-snapshot tests hold a link and an install for seconds against election timeouts of
@@ -572,21 +576,7 @@ async fn a_slow_snapshot(wiped: bool, chunk_timeout_ms: Option<u64>) {
     let leader_handle = group.handle(leader);
     // A snapshot of the whole log, purged through its end: the node that installs it is then
     // as up to date as the leader, and would win an election it started after the install.
-    let last = leader_handle.status().last_log_index.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while leader_handle
-        .status()
-        .purged_index
-        .is_none_or(|purged| purged < last)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the leader did not snapshot and purge its whole log within 30 s: {:?}",
-            leader_handle.status()
-        );
-        leader_handle.trigger_snapshot().await.expect("snapshot");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    purge_whole_log(&leader_handle).await;
     let term = leader_handle.status().term;
 
     let index = (follower - 1) as usize;
