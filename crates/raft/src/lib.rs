@@ -48,7 +48,10 @@
 //!   runs to its end with elections off on that node ([`network`]). The leader waits for the
 //!   last chunk's answer up to `snapshot_install_timeout_ms` (10 minutes), not a chunk's 5 s:
 //!   with openraft's bound of one chunk on it, the leader gave up on the stream while the node
-//!   installed and sent the whole snapshot again;
+//!   installed and sent the whole snapshot again. While it waits it asks the node every
+//!   chunk timeout whether it is installing, and gives the chunk up as lost after two "no" or
+//!   two probes without an answer (a hung link): a wiped node, which has no membership and so
+//!   never campaigns, otherwise stayed behind for the whole bound;
 //! - refuses to start when the log store is empty but the snapshot store is not (half a wipe),
 //!   which would feed a snapshot of an earlier incarnation to openraft (openraft #1894).
 //!   Wipe a node's whole Raft directory, or nothing.

@@ -23,7 +23,8 @@
 //!
 //! Every request has a timeout (openraft's per-RPC TTL, itself derived from the heartbeat and
 //! election timeouts; for snapshot chunks `snapshot_timeout_ms`, and for the last chunk, whose
-//! answer comes once the node installed the snapshot, `snapshot_install_timeout_ms`). A
+//! answer comes once the node installed the snapshot, `snapshot_install_timeout_ms`, while
+//! the node, asked every chunk timeout on `/raft/status`, says it is installing). A
 //! connection error, a timeout or a non-200 status is reported to openraft as `Unreachable`,
 //! which makes it back off instead of retrying in a hot loop. A member's address is a base URL;
 //! to serve two groups on one port, nest each router under its own prefix and include the
@@ -62,6 +63,10 @@ pub const SECRET_HEADER: &str = "Coopr-Cluster-Secret";
 /// The header naming the Raft group (openraft's `cluster_name`), so that a message for one
 /// group can never be fed to another group's node.
 pub const GROUP_HEADER: &str = "Coopr-Raft-Group";
+
+/// Probes in a row that find a node not installing the snapshot whose last chunk it was sent
+/// (or that get no answer) before the leader stops waiting for that chunk's answer.
+const LOST_INSTALL_PROBES: u32 = 2;
 
 /// Route paths, relative to a member's base URL.
 pub const APPEND_PATH: &str = "/raft/append";
@@ -202,6 +207,12 @@ enum TransportError {
         status: StatusCode,
         body: String,
     },
+    #[error("node {target} is not installing the snapshot after {probes} probes: {reason}")]
+    InstallLost {
+        target: NodeId,
+        probes: u32,
+        reason: String,
+    },
     #[error(
         "{rpc} to node {target}: request of {bytes} bytes is above the limit of {limit} bytes"
     )]
@@ -265,6 +276,62 @@ impl HttpNetwork {
         let result: Result<Resp, RaftError<NodeId, E>> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Resolves once the target, asked every chunk timeout, is found not to be installing a
+    /// snapshot ([`LOST_INSTALL_PROBES`] answers in a row that it is not, or that many probes
+    /// without an answer). Pending for as long as it answers that it installs one.
+    async fn lost_install(&self) -> TransportError {
+        let interval = self.factory.snapshot_timeout;
+        let mut misses = 0;
+        loop {
+            tokio::time::sleep(interval).await;
+            let reason = match self.installing(interval).await {
+                Ok(true) => {
+                    misses = 0;
+                    continue;
+                }
+                Ok(false) => "it is not installing a snapshot".to_owned(),
+                Err(e) => format!("no answer to a status probe: {e}"),
+            };
+            misses += 1;
+            if misses >= LOST_INSTALL_PROBES {
+                return TransportError::InstallLost {
+                    target: self.target,
+                    probes: misses,
+                    reason,
+                };
+            }
+        }
+    }
+
+    /// Asks the target whether it is installing a snapshot (`POST /raft/status`). A node that
+    /// does not say (built before the field) counts as installing.
+    async fn installing(&self, timeout: Duration) -> Result<bool, TransportError> {
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            installing: Option<bool>,
+        }
+        let url = format!("{}{STATUS_PATH}", self.base_url);
+        let call = Call::post(&url, Vec::new())
+            .header(SECRET_HEADER, &self.factory.secret)
+            .header(GROUP_HEADER, &self.factory.group)
+            .timeout(timeout);
+        let answer = self.factory.transport.call(call).await?;
+        if answer.status != StatusCode::OK {
+            return Err(TransportError::Status {
+                url,
+                status: answer.status,
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
+            });
+        }
+        let probe: Probe =
+            serde_json::from_slice(&answer.body).map_err(|e| TransportError::Status {
+                url,
+                status: answer.status,
+                body: format!("unreadable status: {e}"),
+            })?;
+        Ok(probe.installing.unwrap_or(true))
     }
 
     /// Counts a refused RPC (`reason`: the HTTP status, or `too_large` when the request was
@@ -369,19 +436,37 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        if !rpc.done {
+            let body = encode(rpc).map_err(RPCError::Network)?;
+            return self
+                .post_wire(Rpc::InstallSnapshot, body, self.factory.snapshot_timeout)
+                .await;
+        }
         // The last chunk is answered once the node installed the snapshot: it gets openraft's
-        // bound (`snapshot_install_timeout_ms`); every other chunk gets a chunk's.
-        let timeout = if rpc.done {
-            option.hard_ttl().max(self.factory.snapshot_timeout)
-        } else {
-            self.factory.snapshot_timeout
-        };
-        self.post_wire(
-            Rpc::InstallSnapshot,
-            encode(rpc).map_err(RPCError::Network)?,
-            timeout,
-        )
-        .await
+        // bound (`snapshot_install_timeout_ms`, minutes), and meanwhile the node is asked every
+        // chunk timeout whether it is installing. A chunk lost on a hung link is given up after
+        // two answers of "not installing" or two probes without an answer in a row, and
+        // openraft sends the snapshot again, instead of waiting out the install bound (a wiped
+        // node, which cannot campaign before it has a membership, stayed behind that long).
+        let timeout = option.hard_ttl().max(self.factory.snapshot_timeout);
+        let body = encode(rpc).map_err(RPCError::Network)?;
+        tokio::select! {
+            answer = self.post_wire(Rpc::InstallSnapshot, body, timeout) => answer,
+            lost = self.lost_install() => {
+                tracing::warn!(
+                    group = %self.factory.group,
+                    target = self.target,
+                    %lost,
+                    "gave up waiting for the answer to the last snapshot chunk; sending again"
+                );
+                metrics::counter!(
+                    "coopr_raft_snapshot_installs_lost_total",
+                    "group" => self.factory.group.to_string()
+                )
+                .increment(1);
+                Err(RPCError::Unreachable(Unreachable::new(&lost)))
+            }
+        }
     }
 
     async fn vote(

@@ -392,6 +392,10 @@ pub struct RaftStatus {
     pub millis_since_quorum_ack: Option<u64>,
     /// False while a node that lost its state catches up (it does not vote meanwhile).
     pub may_vote: bool,
+    /// True while the node installs a snapshot whose last chunk it received (the leader waits
+    /// for that chunk's answer and asks this to tell a long install from a lost chunk).
+    #[serde(default)]
+    pub installing: bool,
 }
 
 /// Where a node keeps its Raft state: the log (with vote, committed and purge point) and the
@@ -483,6 +487,11 @@ impl Installs {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether an install is in progress.
+    pub(crate) fn active(&self) -> bool {
+        *self.running() > 0
     }
 
     /// Keeps the node from campaigning until the returned guard is dropped.
@@ -1023,6 +1032,7 @@ impl RaftHandle {
             voters,
             millis_since_quorum_ack: metrics.millis_since_quorum_ack,
             may_vote: self.may_vote(),
+            installing: self.inner.installs.active(),
         }
     }
 

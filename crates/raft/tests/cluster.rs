@@ -529,80 +529,140 @@ static ONE_SLOW_SNAPSHOT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex:
 /// down while the leader compacted its log. With `chunk_timeout_ms` set, each chunk is also
 /// sent once (counted where the node receives them), the last one too, whose answer comes only
 /// once the install ended, after more than `chunk_timeout_ms`.
-async fn a_slow_snapshot(wiped: bool, chunk_timeout_ms: Option<u64>) {
-    const TIMEOUT_MS: u64 = 1_000;
-    const INSTALL: Duration = Duration::from_secs(4);
-    const CHUNK_DELAY: Duration = Duration::from_millis(150);
-    const CHUNK_BYTES: u64 = 16 * 1024;
-    let _alone = ONE_SLOW_SNAPSHOT_AT_A_TIME.lock().await;
-    // Shows why a chunk was sent again (openraft warns on every failed chunk and stream).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_ansi(false)
-        .with_test_writer()
-        .try_init();
-    let mut group = Group::bind(3, |config| {
-        if let Some(timeout) = chunk_timeout_ms {
-            config.snapshot_timeout_ms = timeout;
-        }
-        config.election_timeout_min_ms = TIMEOUT_MS;
-        config.election_timeout_max_ms = 2 * TIMEOUT_MS;
-        config.snapshot_every = 5;
-        config.snapshot_log_percent = 0;
-        config.logs_kept_after_snapshot = 0;
-        // About 40 chunks: 6 s on the held link, several election timeouts.
-        config.snapshot_chunk_bytes = CHUNK_BYTES;
-    })
-    .await;
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    for (node, dir) in group.nodes.iter_mut().zip(&dirs) {
-        node.stores = RaftStores::open(dir.path()).unwrap();
-    }
-    group.start_all().await;
-    let leader = group.leader(ELECTION).await;
-    let follower = group
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
-    group.stop(follower).await;
-    for n in 0..40 {
-        group
-            .handle(leader)
-            .write(noise(n, 16 * 1024))
-            .await
-            .expect("write");
-    }
-    let leader_handle = group.handle(leader);
-    // A snapshot of the whole log, purged through its end: the node that installs it is then
-    // as up to date as the leader, and would win an election it started after the install.
-    purge_whole_log(&leader_handle).await;
-    let term = leader_handle.status().term;
+/// Chunks of the snapshots in the tests below: about 40 of them.
+const CHUNK_BYTES: u64 = 16 * 1024;
 
-    let index = (follower - 1) as usize;
-    let wiped_dir = tempfile::tempdir().unwrap();
-    if wiped {
-        group.nodes[index].stores = RaftStores::open(wiped_dir.path()).unwrap();
+/// A group of three nodes on disk whose leader snapshotted and purged its whole log while one
+/// follower was down (and, if `wiped`, lost its stores): the follower, not started again yet,
+/// can catch up only by a snapshot. Election timeouts 1-2 s; `chunk_timeout_ms`: each snapshot
+/// chunk's timeout, if not the default.
+struct Behind {
+    group: Group,
+    _dirs: Vec<tempfile::TempDir>,
+    leader: u64,
+    follower: u64,
+    /// The leader's term once it purged its log.
+    term: u64,
+    /// The chunks of the leader's one snapshot.
+    snapshot_chunks: u64,
+}
+
+impl Behind {
+    async fn new(wiped: bool, chunk_timeout_ms: Option<u64>) -> Behind {
+        const TIMEOUT_MS: u64 = 1_000;
+        // Shows why a chunk was sent again (openraft warns on every failed chunk and stream).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+        let mut group = Group::bind(3, |config| {
+            if let Some(timeout) = chunk_timeout_ms {
+                config.snapshot_timeout_ms = timeout;
+            }
+            config.election_timeout_min_ms = TIMEOUT_MS;
+            config.election_timeout_max_ms = 2 * TIMEOUT_MS;
+            config.snapshot_every = 5;
+            config.snapshot_log_percent = 0;
+            config.logs_kept_after_snapshot = 0;
+            config.snapshot_chunk_bytes = CHUNK_BYTES;
+        })
+        .await;
+        let mut dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        for (node, dir) in group.nodes.iter_mut().zip(&dirs) {
+            node.stores = RaftStores::open(dir.path()).unwrap();
+        }
+        group.start_all().await;
+        let leader = group.leader(ELECTION).await;
+        let follower = group
+            .running()
+            .into_iter()
+            .find(|&id| id != leader)
+            .unwrap();
+        group.stop(follower).await;
+        for n in 0..40 {
+            group
+                .handle(leader)
+                .write(noise(n, 16 * 1024))
+                .await
+                .expect("write");
+        }
+        let leader_handle = group.handle(leader);
+        // A snapshot of the whole log, purged through its end: the node that installs it is
+        // then as up to date as the leader, and would win an election it started after the
+        // install.
+        purge_whole_log(&leader_handle).await;
+        let term = leader_handle.status().term;
+        let files = group.node(leader).stores.snapshots.files().unwrap();
+        assert_eq!(files.len(), 1, "the leader's snapshots: {files:?}");
+        let snapshot_chunks = std::fs::metadata(&files[0])
+            .unwrap()
+            .len()
+            .div_ceil(CHUNK_BYTES);
+        let node = group.node(follower);
+        if wiped {
+            let wiped_dir = tempfile::tempdir().unwrap();
+            node.stores = RaftStores::open(wiped_dir.path()).unwrap();
+            dirs.push(wiped_dir);
+        }
+        node.machine = Default::default();
+        Behind {
+            group,
+            _dirs: dirs,
+            leader,
+            follower,
+            term,
+            snapshot_chunks,
+        }
     }
-    group.nodes[index].machine = Default::default();
-    *group.nodes[index].machine.restore_delay.lock().unwrap() = INSTALL;
-    *group.nodes[index].chunk_delay.lock().unwrap() = CHUNK_DELAY;
-    group.start(follower).await;
-    if wiped {
-        assert!(!group.handle(follower).initialize_if_needed().await.unwrap());
+
+    /// Starts the follower again (a wiped one does not initialize the group).
+    async fn start_follower(&mut self, wiped: bool) {
+        self.group.start(self.follower).await;
+        if wiped {
+            assert!(!self
+                .group
+                .handle(self.follower)
+                .initialize_if_needed()
+                .await
+                .unwrap());
+        }
     }
-    let rejoined = group.nodes[index].machine.clone();
-    let leader_machine = group.nodes[(leader - 1) as usize].machine.clone();
-    wait_for(
-        Duration::from_secs(60),
-        "the follower holds the leader's state",
-        || (rejoined.list() == leader_machine.list()).then_some(()),
-    )
-    .await;
-    assert!(
-        group.handle(follower).status().snapshot_index.is_some(),
-        "caught up by snapshot"
-    );
+
+    /// Waits until the follower holds the leader's state.
+    async fn caught_up(&self, within: Duration) {
+        let rejoined = self.group.nodes[(self.follower - 1) as usize]
+            .machine
+            .clone();
+        let leader = self.group.nodes[(self.leader - 1) as usize].machine.clone();
+        wait_for(within, "the follower holds the leader's state", || {
+            (rejoined.list() == leader.list()).then_some(())
+        })
+        .await;
+        assert!(
+            self.group
+                .handle(self.follower)
+                .status()
+                .snapshot_index
+                .is_some(),
+            "caught up by snapshot"
+        );
+    }
+}
+
+async fn a_slow_snapshot(wiped: bool, chunk_timeout_ms: Option<u64>) {
+    const INSTALL: Duration = Duration::from_secs(4);
+    // About 40 chunks: 6 s on the held link, several election timeouts.
+    const CHUNK_DELAY: Duration = Duration::from_millis(150);
+    let _alone = ONE_SLOW_SNAPSHOT_AT_A_TIME.lock().await;
+    let mut behind = Behind::new(wiped, chunk_timeout_ms).await;
+    let (leader, follower, term) = (behind.leader, behind.follower, behind.term);
+    let node = behind.group.node(follower);
+    *node.machine.restore_delay.lock().unwrap() = INSTALL;
+    *node.chunk_delay.lock().unwrap() = CHUNK_DELAY;
+    behind.start_follower(wiped).await;
+    behind.caught_up(Duration::from_secs(60)).await;
+    let group = behind.group;
     group
         .handle(leader)
         .write(payload(1))
@@ -617,20 +677,12 @@ async fn a_slow_snapshot(wiped: bool, chunk_timeout_ms: Option<u64>) {
         );
     }
     if chunk_timeout_ms.is_some() {
-        let files = group.nodes[(leader - 1) as usize]
-            .stores
-            .snapshots
-            .files()
-            .unwrap();
-        assert_eq!(files.len(), 1, "the leader's snapshots: {files:?}");
-        let size = std::fs::metadata(&files[0]).unwrap().len();
-        let received = group.nodes[index]
+        let received = group.nodes[(follower - 1) as usize]
             .snapshot_chunks
             .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
-            received,
-            size.div_ceil(CHUNK_BYTES),
-            "chunks received for a snapshot of {size} bytes in chunks of {CHUNK_BYTES}"
+            received, behind.snapshot_chunks,
+            "chunks received for a snapshot in chunks of {CHUNK_BYTES} bytes"
         );
     }
     group.shutdown().await;
@@ -647,6 +699,41 @@ async fn a_wiped_node_that_installs_slowly_does_not_depose_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_node_that_receives_and_installs_slowly_does_not_depose_the_leader() {
     a_slow_snapshot(false, None).await;
+}
+
+/// A wiped node whose last snapshot chunk is lost on a hung link (that chunk, and every request
+/// to the node for 3 s, never answered) catches up seconds after the link came back: the
+/// leader, whose probes find the node unreachable and then not installing, gives the chunk up
+/// and sends it again (openraft resends the failed chunk, not the whole snapshot). Before, it waited for that chunk's answer for
+/// `snapshot_install_timeout_ms` (10 minutes, the default here), and the wiped node, which has
+/// no membership before the snapshot, never campaigned to end the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_whose_last_snapshot_chunk_is_lost_catches_up_once_the_link_is_back() {
+    let _alone = ONE_SLOW_SNAPSHOT_AT_A_TIME.lock().await;
+    let mut behind = Behind::new(true, Some(1_000)).await;
+    let last = behind.snapshot_chunks;
+    {
+        let mut hang = behind.group.node(behind.follower).hang.lock().unwrap();
+        hang.at_chunk = last;
+        hang.lasts = Duration::from_secs(3);
+    }
+    behind.start_follower(true).await;
+    behind.caught_up(Duration::from_secs(30)).await;
+    let node = behind.group.node(behind.follower);
+    assert!(
+        node.hang.lock().unwrap().started(),
+        "the last chunk was lost"
+    );
+    let received = node
+        .snapshot_chunks
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // The lost chunk is not counted (it never reached the node): the count shows it arrived
+    // once more, and nothing else twice.
+    assert_eq!(
+        received, last,
+        "chunks the node was handed, of {last} in the snapshot"
+    );
+    behind.group.shutdown().await;
 }
 
 /// Snapshots grow rarer as the state grows (`snapshot_log_percent` 100): after a snapshot of

@@ -85,6 +85,36 @@ struct Forward {
     slot: Slot,
     chunk_delay: Arc<Mutex<Duration>>,
     chunks: Arc<std::sync::atomic::AtomicU64>,
+    hang: Arc<Mutex<LinkHang>>,
+}
+
+/// A link to a node that hangs once, for a while, from the arrival of a given snapshot chunk:
+/// that chunk and every request arriving in the window are never answered (packets lost on a
+/// link that does not reset its connections); later requests go through.
+#[derive(Default)]
+pub struct LinkHang {
+    /// The snapshot chunk (1 for the first one the node is sent) that starts it; 0: never.
+    pub at_chunk: u64,
+    /// How long the link stays hung.
+    pub lasts: Duration,
+    /// When it ends, once it started.
+    until: Option<tokio::time::Instant>,
+}
+
+impl LinkHang {
+    /// Whether a request arriving now is lost; starts the hang at its chunk.
+    fn swallows(&mut self, chunk: Option<u64>) -> bool {
+        if self.until.is_none() && self.at_chunk != 0 && chunk == Some(self.at_chunk) {
+            self.until = Some(tokio::time::Instant::now() + self.lasts);
+        }
+        self.until
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// Whether it started.
+    pub fn started(&self) -> bool {
+        self.until.is_some()
+    }
 }
 
 /// One node: a fixed address whose HTTP server forwards to the current Raft node, if any.
@@ -96,6 +126,8 @@ pub struct TestNode {
     pub chunk_delay: Arc<Mutex<Duration>>,
     /// Snapshot chunks this node's Raft node was handed so far (none while it is down).
     pub snapshot_chunks: Arc<std::sync::atomic::AtomicU64>,
+    /// Makes the link to this node hang once (see [`LinkHang`]).
+    pub hang: Arc<Mutex<LinkHang>>,
     server: tokio::task::JoinHandle<()>,
     pub handle: Option<RaftHandle>,
     pub machine: Arc<ListMachine>,
@@ -107,6 +139,10 @@ async fn forward(State(forward): State<Forward>, request: Request) -> Response {
     if snapshot {
         let delay = *forward.chunk_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
+    }
+    let chunk = snapshot.then(|| forward.chunks.load(std::sync::atomic::Ordering::Relaxed) + 1);
+    if forward.hang.lock().unwrap().swallows(chunk) {
+        std::future::pending::<()>().await;
     }
     let router = forward.slot.lock().unwrap().clone();
     match router {
@@ -140,10 +176,12 @@ impl Group {
             let slot: Slot = Arc::new(Mutex::new(None));
             let chunk_delay = Arc::new(Mutex::new(Duration::ZERO));
             let snapshot_chunks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let hang = Arc::new(Mutex::new(LinkHang::default()));
             let app = Router::new().fallback(forward).with_state(Forward {
                 slot: slot.clone(),
                 chunk_delay: chunk_delay.clone(),
                 chunks: snapshot_chunks.clone(),
+                hang: hang.clone(),
             });
             let server = tokio::spawn(async move {
                 axum::serve(listener, app).await.unwrap();
@@ -154,6 +192,7 @@ impl Group {
                 slot,
                 chunk_delay,
                 snapshot_chunks,
+                hang,
                 server,
                 handle: None,
                 machine: Arc::new(ListMachine::default()),
