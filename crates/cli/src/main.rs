@@ -160,9 +160,12 @@ fn init_tracing(default: &str) {
     log_to_stderr(filter);
 }
 
+/// Colours only on a terminal: stderr redirected to a file (a service's log) gets plain text.
 fn log_to_stderr(filter: tracing_subscriber::EnvFilter) {
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
