@@ -575,6 +575,17 @@ pub async fn run(args: CatchupArgs) -> anyhow::Result<()> {
         "| wiped node: snapshot installed (last_applied > 0) | {} |",
         secs(applying)
     );
+    let log =
+        std::fs::read_to_string(out.join(format!("{}.log", nodes[wiped].name))).unwrap_or_default();
+    let step = |message: &str, field: &str| {
+        logged_ms(&log, message, field).map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1e3))
+    };
+    println!(
+        "| wiped node's install, from its log: file made durable / checked / state restored | {} / {} / {} |",
+        step("received snapshot durable and checked", "sync_ms"),
+        step("received snapshot durable and checked", "check_ms"),
+        step("installed snapshot", "restore_ms"),
+    );
     println!(
         "| **wiped node: caught up** (last_applied ≥ the leader's {target} at its start, ready) | **{:.1} s** |",
         caught_up.as_secs_f64()
@@ -616,4 +627,13 @@ fn list(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// The `field=<ms>` of the last line of a node's `log` that holds `message` (the raft crate
+/// logs the steps of a snapshot install so).
+fn logged_ms(log: &str, message: &str, field: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|line| line.contains(message))?;
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(field)?.strip_prefix('='))
+        .and_then(|value| value.parse().ok())
 }

@@ -430,7 +430,7 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
         let received = snapshot.into_received().await;
         let shared = self.shared.clone();
         let installed = meta.clone();
-        snapshot_work(&self.shared.snapshots, move || {
+        let restored = snapshot_work(&self.shared.snapshots, move || {
             // Durable and current first: a crash after this point restarts from it.
             let reader = shared
                 .snapshots
@@ -438,15 +438,20 @@ impl RaftStateMachine<TypeConfig> for RaftStateMachineStore {
                 .map_err(io_failure)?;
             let bytes = reader.bytes();
             let mut applied = shared.applied();
+            let restoring = std::time::Instant::now();
             restore_from(&*shared.app, Some(reader))?;
             shared.gauge.snapshot_taken(bytes);
             applied.last_applied = installed.last_log_id;
             applied.last_membership = installed.last_membership.clone();
-            Ok(())
+            Ok(restoring.elapsed())
         })
         .await
         .map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
-        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            restore_ms = restored.as_millis() as u64,
+            "installed snapshot"
+        );
         Ok(())
     }
 
