@@ -22,8 +22,8 @@ pub use machine::*;
 pub use ownership::{resumed_run, LostOperation, IDS_PER_EPOCH, LOST_OPERATIONS_CAPACITY};
 pub use persist::{
     archive_part, decode_entry, decode_parts, encode_entry, encode_parts, for_each_part,
-    is_archive_part, recover, snapshot_of, PartsDecoder, PersistError, Recovered, StateSnapshot,
-    ARCHIVE_PART_BASE,
+    is_archive_part, recover, snapshot_of, DecodedPart, PartsDecoder, PersistError, Recovered,
+    StateSnapshot, ARCHIVE_PART_BASE,
 };
 pub use replication::{
     ApplyError, ClusterShardView, ClusterView, GlobalRecord, GlobalView, InFlight, JobSummary,

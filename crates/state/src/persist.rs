@@ -236,6 +236,17 @@ pub fn decode_parts<'a>(
     Ok(decoder.finish())
 }
 
+/// A snapshot part decoded by [`PartsDecoder::decode`], to [insert](PartsDecoder::insert).
+pub struct DecodedPart(Decoded);
+
+enum Decoded {
+    Global(GlobalShard),
+    Local(LocalPart),
+    Archive,
+    Replica(ReplicaShard),
+    Shard(ShardId, ClusterShard),
+}
+
 /// [`decode_parts`] one part at a time, in any order (a snapshot is read part by part, never
 /// held whole).
 pub struct PartsDecoder {
@@ -261,10 +272,27 @@ impl PartsDecoder {
 
     /// Decodes one part into the state being rebuilt (archive parts are skipped).
     pub fn add(&mut self, part: u32, bytes: &[u8]) -> Result<(), PersistError> {
-        match part {
-            GLOBAL_PART => self.global = decode_part(part, bytes)?,
-            LOCAL_PART => {
-                let decoded: LocalPart = decode_part(part, bytes)?;
+        self.insert(PartsDecoder::decode(part, bytes)?)
+    }
+
+    /// The costly half of [`PartsDecoder::add`]: a part's JSON decoded, needing nothing else,
+    /// so that parts can be decoded on several threads and [inserted](PartsDecoder::insert)
+    /// in any order.
+    pub fn decode(part: u32, bytes: &[u8]) -> Result<DecodedPart, PersistError> {
+        Ok(match part {
+            GLOBAL_PART => DecodedPart(Decoded::Global(decode_part(part, bytes)?)),
+            LOCAL_PART => DecodedPart(Decoded::Local(decode_part(part, bytes)?)),
+            ARCHIVE_PART_BASE..REPLICA_PART_BASE => DecodedPart(Decoded::Archive),
+            REPLICA_PART_BASE.. => DecodedPart(Decoded::Replica(decode_part(part, bytes)?)),
+            shard => DecodedPart(Decoded::Shard(ShardId(shard), decode_part(part, bytes)?)),
+        })
+    }
+
+    /// Adds a part [decoded](PartsDecoder::decode) to the state being rebuilt.
+    pub fn insert(&mut self, part: DecodedPart) -> Result<(), PersistError> {
+        match part.0 {
+            Decoded::Global(global) => self.global = global,
+            Decoded::Local(decoded) => {
                 if decoded.shard_count != self.shard_count {
                     return Err(PersistError::ShardCountMismatch {
                         found: decoded.shard_count,
@@ -274,16 +302,14 @@ impl PartsDecoder {
                 self.local = decoded.local;
             }
             // The job archive's parts: restored by the node's archive, not into the state.
-            ARCHIVE_PART_BASE..REPLICA_PART_BASE => {}
-            REPLICA_PART_BASE.. => {
-                let mut replica: ReplicaShard = decode_part(part, bytes)?;
+            Decoded::Archive => {}
+            Decoded::Replica(mut replica) => {
                 State::intern_replica(&mut self.pool, &mut replica, None);
                 self.replicas.insert(replica.shard, Arc::new(replica));
             }
-            shard => {
-                let mut data: ClusterShard = decode_part(part, bytes)?;
+            Decoded::Shard(shard, mut data) => {
                 State::intern_shard(&mut self.pool, &mut data);
-                self.shards.insert(ShardId(shard), data);
+                self.shards.insert(shard, data);
             }
         }
         Ok(())
