@@ -477,10 +477,21 @@ pub async fn start_with(
         }
     }
     if app.config.multi_dc() {
-        let (app, stop) = (app.clone(), stop.clone());
-        tasks.push(spawn_supervised(&loops, "lease", stop.clone(), move || {
-            placement::lease::run(app.clone(), stop.clone())
-        }));
+        tasks.push({
+            let (app, stop) = (app.clone(), stop.clone());
+            spawn_supervised(&loops, "lease", stop.clone(), move || {
+                placement::lease::run(app.clone(), stop.clone())
+            })
+        });
+        if app.placement_group.is_some() {
+            let (app, stop) = (app.clone(), stop.clone());
+            tasks.push(spawn_supervised(
+                &loops,
+                "placement-wake",
+                stop.clone(),
+                move || placement::lease::wake(app.clone(), stop.clone()),
+            ));
+        }
     }
     tasks.push({
         let (app, stop) = (app.clone(), stop.clone());

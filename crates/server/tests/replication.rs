@@ -21,7 +21,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::dcs::{converged, view, Deployment, DCS, SECRET, SHARDS, WITNESS};
 use common::{wait_for, wait_until_seen, Auth, TestServer, Worker};
@@ -736,6 +736,76 @@ async fn set_expire(via: &TestServer, id: &str, expire: u64, key: &str) -> commo
             Some(serde_json::to_vec(&json!({"expireTime": expire})).expect("json")),
         )
         .await
+}
+
+/// The steps of a handover wake the DCs they concern instead of waiting for their next renewal
+/// or map refresh: with a lease of 10 minutes (a renewal every 200 s), an idle shard handed
+/// from a to b is b's within seconds. The voter that commits a step (start, completion) tells
+/// the owner and the target (`POST /internal/placement/wake`); before, b learned of each at its
+/// next tick (here 200 s away), and a handover took up to two ticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handover_wakes_the_dcs_it_concerns() {
+    const LEASE_MS: u64 = 600_000;
+    let deployment = Deployment::start_with(|c| {
+        c.lease_ms = LEASE_MS;
+        c.handover_timeout_ms = LEASE_MS;
+    })
+    .await;
+    let (a, b) = (deployment.dc("a"), deployment.dc("b"));
+    let shard = (0..SHARDS)
+        .find(|&s| owner_of(s) == "a")
+        .expect("a shard of a");
+    // Once every DC's pulls are answered, none renews at the failover cadence (a DC that looks
+    // dead is renewed against every 100 ms): each renews at its tick.
+    wait_for("every DC's pulls to be answered", || async {
+        DCS.iter()
+            .all(|dc| {
+                let replication = &deployment.dc(dc).app().replication;
+                DCS.iter()
+                    .filter(|other| *other != dc)
+                    .all(|other| !replication.owner_unreachable(other))
+            })
+            .then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    a.post(
+        &format!("/v2/admin/shards/{shard}/handover"),
+        &Auth::Superadmin,
+        json!({"to": "b"}),
+    )
+    .await
+    .assert_ok();
+    wait_for("b to own the shard", || async {
+        let view = view(b, &shard.to_string()).await;
+        (view["role"] == "owner").then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the handover took {took:?}: a renewal every {} s",
+        LEASE_MS / 3_000
+    );
+    let map = b.get("/v2/admin/shards", &Auth::Superadmin).await;
+    let entry = &map.assert_ok()["shards"][shard as usize];
+    assert_eq!((&entry["owner"], &entry["epoch"]), (&json!("b"), &json!(2)));
+    wait_for("a to hold a replica copy", || async {
+        (view(a, &shard.to_string()).await["role"] == "replica").then_some(())
+    })
+    .await;
+    // Only a node with the cluster secret may wake another.
+    let path = "/internal/placement/wake";
+    let refused = b.post(path, &Auth::Anonymous, json!({})).await;
+    assert_eq!(refused.assert_error(401), "unauthorized");
+    let woken = reqwest::Client::new()
+        .post(format!("{}{path}", b.base))
+        .header("Coopr-Cluster-Secret", SECRET)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(woken.status(), 204);
+    deployment.stop().await;
 }
 
 /// Graceful handover at run time: shard s moves from a to b through the placement group. While

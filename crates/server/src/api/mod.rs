@@ -82,6 +82,7 @@ pub fn documented_routes() -> routes::Routes {
         .merge(plugins::routes())
         .merge(replication::routes())
         .merge(crate::replication::owner::routes())
+        .merge(crate::placement::lease::routes())
         .merge(crate::console::routes())
         .route(
             "/status",

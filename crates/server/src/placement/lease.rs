@@ -30,6 +30,95 @@ use crate::replication::SECRET_HEADER;
 use crate::write::Held;
 use crate::App;
 
+/// Where a node is told that a shard change concerns its DC (`POST`, cluster secret).
+pub const WAKE_PATH: &str = "/internal/placement/wake";
+/// Bound of one wake call (it only wakes the lease loop; nobody waits for it).
+const WAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn routes() -> crate::api::routes::Routes {
+    crate::api::routes::Routes::new("internal").route(
+        WAKE_PATH,
+        axum::routing::post(woken),
+        &[(
+            axum::http::Method::POST,
+            "Placement: a shard change concerns this DC; renew the lease and refresh the map now (cluster secret)",
+        )],
+    )
+}
+
+/// `POST /internal/placement/wake`: the lease loop runs now (a renewal on the DC's leader, a
+/// map refresh on every node). 204; 401 without the cluster secret.
+async fn woken(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let given = headers
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let known = app
+        .config
+        .secret
+        .as_deref()
+        .is_some_and(|secret| coopr_raft::same_secret(given, secret.as_bytes()));
+    if !known {
+        return crate::api::error::ApiError::unauthorized("wrong or missing cluster secret")
+            .into_response();
+    }
+    metrics::counter!("coopr_placement_wakes_total").increment(1);
+    app.renew_now.notify_one();
+    axum::http::StatusCode::NO_CONTENT.into_response()
+}
+
+/// Tells the DCs a shard change committed by this node's placement voter concerns (see
+/// [`super::group::Wakes`]): this node's lease loop directly, every other node of those DCs by
+/// [`WAKE_PATH`], so that each renews (and refreshes its map) now instead of at its next tick.
+/// A step of a handover or takeover is then seen a link delay after its commit.
+pub async fn wake(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let Some(group) = app.placement_group.clone() else {
+        return;
+    };
+    let secret = app.config.secret.clone().unwrap_or_default();
+    loop {
+        let dcs = tokio::select! {
+            dcs = group.wakes.next() => dcs,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        for dc in dcs {
+            let nodes: Vec<String> = if dc == app.config.dc {
+                app.renew_now.notify_one();
+                app.config
+                    .members
+                    .values()
+                    .filter(|m| m.node != app.config.node)
+                    .map(|m| m.api.clone())
+                    .collect()
+            } else {
+                app.config
+                    .remote_dcs
+                    .get(&dc)
+                    .map(|nodes| nodes.iter().map(|m| m.api.clone()).collect())
+                    .unwrap_or_default()
+            };
+            for api in nodes {
+                let call = coopr_raft::Call::post(
+                    format!("{}{WAKE_PATH}", api.trim_end_matches('/')),
+                    Vec::new(),
+                )
+                .header(SECRET_HEADER, &secret)
+                .timeout(WAKE_TIMEOUT);
+                let transport = app.transport.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = transport.call(call).await {
+                        tracing::debug!(error = %e, "placement wake not delivered");
+                    }
+                });
+            }
+        }
+    }
+}
+
 /// Renews the lease (DC leader) and refreshes the shard map (every node), every lease/3.
 pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(app.config.lease_ms / 3);
