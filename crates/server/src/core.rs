@@ -150,14 +150,14 @@ impl StateMachine for DcStateMachine {
         // archive is replaced as its parts arrive. A failed restore stops the node (openraft
         // treats it as a storage error), and the next start restores again. One thread: parts
         // decoded on every core gained nothing at a million clusters (BENCHMARKS.md).
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut decoder = PartsDecoder::new(self.shard_count);
         self.archive.clear()?;
         let mut archived = (0, std::time::Duration::ZERO);
         for part in parts {
             let (id, bytes) = part?;
             if is_archive_part(id) {
-                let at = std::time::Instant::now();
+                let at = tokio::time::Instant::now();
                 archived.0 += self.archive.restore_part(&bytes)?;
                 archived.1 += at.elapsed();
             } else {
