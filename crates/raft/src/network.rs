@@ -446,7 +446,7 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
         // bound (`snapshot_install_timeout_ms`, minutes), and meanwhile the node is asked every
         // chunk timeout whether it is installing. A chunk lost on a hung link is given up after
         // two answers of "not installing" or two probes without an answer in a row, and
-        // openraft sends the snapshot again, instead of waiting out the install bound (a wiped
+        // openraft sends that chunk again, instead of waiting out the install bound (a wiped
         // node, which cannot campaign before it has a membership, stayed behind that long).
         let timeout = option.hard_ttl().max(self.factory.snapshot_timeout);
         let body = encode(rpc).map_err(RPCError::Network)?;
