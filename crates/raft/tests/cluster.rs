@@ -426,25 +426,8 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
     })
     .await;
     // On disk: snapshots are files, written, sent and read part by part.
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    for (node, dir) in group.nodes.iter_mut().zip(&dirs) {
-        node.stores = RaftStores::open(dir.path()).unwrap();
-    }
-    group.start_all().await;
-    let leader = group.leader(ELECTION).await;
-    let follower = group
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
-    group.stop(follower).await;
-    for n in 0..WRITES {
-        group
-            .handle(leader)
-            .write(noise(n, PAYLOAD_BYTES))
-            .await
-            .expect("write");
-    }
+    let (_dirs, leader, follower) =
+        writes_while_a_follower_is_down(&mut group, WRITES, PAYLOAD_BYTES).await;
     let leader_handle = group.handle(leader);
     purge_whole_log(&leader_handle).await;
     let leader_machine = group.nodes[(leader - 1) as usize].machine.clone();
@@ -496,6 +479,36 @@ async fn wiped_node_catches_up_from_a_large_snapshot() {
     group.shutdown().await;
 }
 
+/// Puts the group's nodes on disk (snapshots are files), starts them, stops a follower and
+/// makes `writes` writes of `bytes` each at the leader: the stores' directories, the leader
+/// and the stopped follower.
+async fn writes_while_a_follower_is_down(
+    group: &mut Group,
+    writes: u64,
+    bytes: usize,
+) -> (Vec<tempfile::TempDir>, u64, u64) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (node, dir) in group.nodes.iter_mut().zip(&dirs) {
+        node.stores = RaftStores::open(dir.path()).unwrap();
+    }
+    group.start_all().await;
+    let leader = group.leader(ELECTION).await;
+    let follower = group
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    group.stop(follower).await;
+    for n in 0..writes {
+        group
+            .handle(leader)
+            .write(noise(n, bytes))
+            .await
+            .expect("write");
+    }
+    (dirs, leader, follower)
+}
+
 /// Snapshots `leader`'s whole log and waits until it is purged through its last entry. A
 /// trigger that arrives while an automatic snapshot is being built is dropped, and
 /// that snapshot may end just before the last entry: it triggers again until the purge.
@@ -521,14 +534,6 @@ async fn purge_whole_log(leader: &coopr_raft::RaftHandle) {
 /// 1-2 s: one at a time, so that they do not starve each other's heartbeats of two cores.
 static ONE_SLOW_SNAPSHOT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A node that receives a snapshot slowly (each chunk held on the link) and installs it slowly
-/// (for longer than its election timeout) does not campaign meanwhile: the leader and the term
-/// stay as they were. openraft 0.9 has no pre-vote: before, such a node timed out, campaigned
-/// at a higher term and deposed the leader with its next answer (a wiped node did so twice at a
-/// million clusters, `coopr-bench catchup`). `wiped`: the node lost its state; else it was only
-/// down while the leader compacted its log. With `chunk_timeout_ms` set, each chunk is also
-/// sent once (counted where the node receives them), the last one too, whose answer comes only
-/// once the install ended, after more than `chunk_timeout_ms`.
 /// Chunks of the snapshots in the tests below: about 40 of them.
 const CHUNK_BYTES: u64 = 16 * 1024;
 
@@ -568,25 +573,8 @@ impl Behind {
             config.snapshot_chunk_bytes = CHUNK_BYTES;
         })
         .await;
-        let mut dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        for (node, dir) in group.nodes.iter_mut().zip(&dirs) {
-            node.stores = RaftStores::open(dir.path()).unwrap();
-        }
-        group.start_all().await;
-        let leader = group.leader(ELECTION).await;
-        let follower = group
-            .running()
-            .into_iter()
-            .find(|&id| id != leader)
-            .unwrap();
-        group.stop(follower).await;
-        for n in 0..40 {
-            group
-                .handle(leader)
-                .write(noise(n, 16 * 1024))
-                .await
-                .expect("write");
-        }
+        let (mut dirs, leader, follower) =
+            writes_while_a_follower_is_down(&mut group, 40, 16 * 1024).await;
         let leader_handle = group.handle(leader);
         // A snapshot of the whole log, purged through its end: the node that installs it is
         // then as up to date as the leader, and would win an election it started after the
@@ -650,6 +638,14 @@ impl Behind {
     }
 }
 
+/// A node that receives a snapshot slowly (each chunk held on the link) and installs it slowly
+/// (for longer than its election timeout) does not campaign meanwhile: the leader and the term
+/// stay as they were. openraft 0.9 has no pre-vote: before, such a node timed out, campaigned
+/// at a higher term and deposed the leader with its next answer (a wiped node did so twice at a
+/// million clusters, `coopr-bench catchup`). `wiped`: the node lost its state; else it was only
+/// down while the leader compacted its log. With `chunk_timeout_ms` set, each chunk is also
+/// sent once (counted where the node receives them), the last one too, whose answer comes only
+/// once the install ended, after more than `chunk_timeout_ms`.
 async fn a_slow_snapshot(wiped: bool, chunk_timeout_ms: Option<u64>) {
     const INSTALL: Duration = Duration::from_secs(4);
     // About 40 chunks: 6 s on the held link, several election timeouts.
