@@ -89,11 +89,23 @@ pub(crate) async fn admin_get(http: &reqwest::Client, url: &str) -> Option<Value
 
 /// The owner of every shard (cluster shards, then the global one) as `url`'s node has it.
 pub(crate) async fn owners(http: &reqwest::Client, url: &str) -> Option<Vec<String>> {
+    Some(
+        shard_map(http, url)
+            .await?
+            .into_iter()
+            .map(|(owner, _)| owner)
+            .collect(),
+    )
+}
+
+/// The owner and epoch of every shard (cluster shards, then the global one) as `url`'s node
+/// has it.
+pub(crate) async fn shard_map(http: &reqwest::Client, url: &str) -> Option<Vec<(String, u64)>> {
     let map = admin_get(http, &format!("{url}/v2/admin/shards")).await?;
     map["shards"]
         .as_array()?
         .iter()
-        .map(|s| s["owner"].as_str().map(str::to_string))
+        .map(|s| Some((s["owner"].as_str()?.to_string(), s["epoch"].as_u64()?)))
         .collect()
 }
 
@@ -154,10 +166,16 @@ async fn caught_up(
         .all(|(shard, target)| watermarks.get(shard.as_str()).is_some_and(|p| p >= target))
 }
 
-/// Whether every shard in `shards` is written by one of the nodes of `urls`: the node's map
-/// names its DC the owner and its replication report shows the outbox it writes (the shard
-/// was adopted there). One request per node, whatever the shard count.
-async fn adopted(http: &reqwest::Client, urls: &[String], shards: &[String]) -> bool {
+/// Whether every shard in `shards` (with the epoch its old owner wrote it at) is written by one
+/// of the nodes of `urls` at a later epoch: the node's map names its DC the owner and its
+/// replication report shows the outbox of the new epoch it writes (the shard was adopted
+/// there; before that the report shows the copy's empty outbox of the old epoch). One request
+/// per node, whatever the shard count.
+pub(crate) async fn adopted(
+    http: &reqwest::Client,
+    urls: &[String],
+    shards: &BTreeMap<String, u64>,
+) -> bool {
     let mut written = std::collections::BTreeSet::new();
     for url in urls {
         let Some(report) = admin_get(http, &format!("{url}/v2/admin/replication")).await else {
@@ -165,14 +183,16 @@ async fn adopted(http: &reqwest::Client, urls: &[String], shards: &[String]) -> 
         };
         let dc = report["dc"].as_str().unwrap_or_default().to_string();
         for s in report["shards"].as_array().into_iter().flatten() {
-            if s["owner"] == dc.as_str() && s.get("last").is_some() {
-                if let Some(shard) = s["shard"].as_str() {
-                    written.insert(shard.to_string());
-                }
+            let (Some(shard), Some(epoch)) = (s["shard"].as_str(), s["last"]["epoch"].as_u64())
+            else {
+                continue;
+            };
+            if s["owner"] == dc.as_str() && shards.get(shard).is_some_and(|old| epoch > *old) {
+                written.insert(shard.to_string());
             }
         }
     }
-    shards.iter().all(|s| written.contains(s))
+    shards.keys().all(|s| written.contains(s))
 }
 
 /// The records the DC at `url` owns that some replica lacks (the most any replica lacks, per
@@ -259,10 +279,11 @@ async fn round(
     number: usize,
 ) -> anyhow::Result<Round> {
     let any = wan.urls["a"][0].clone();
-    let owners_now = owners(http, &any).await.context("no shard map")?;
+    let map = shard_map(http, &any).await.context("no shard map")?;
+    let owners_now: Vec<&str> = map.iter().map(|(owner, _)| owner.as_str()).collect();
     let victim = *DCS
         .iter()
-        .max_by_key(|dc| owners_now.iter().filter(|o| o == dc).count())
+        .max_by_key(|dc| owners_now.iter().filter(|o| *o == *dc).count())
         .context("no DC")?;
     let survivor = wan.urls[DCS
         .iter()
@@ -348,16 +369,17 @@ async fn round(
         .filter(|dc| **dc != victim)
         .map(|dc| wan.urls[dc][0].clone())
         .collect();
-    let victim_shards: Vec<String> = owners_now
+    let victim_shards: BTreeMap<String, u64> = map
         .iter()
         .enumerate()
-        .filter(|(_, owner)| *owner == victim)
-        .map(|(n, _)| {
-            if n == shard_count {
+        .filter(|(_, (owner, _))| owner == victim)
+        .map(|(n, (_, epoch))| {
+            let shard = if n == shard_count {
                 "global".to_string()
             } else {
                 n.to_string()
-            }
+            };
+            (shard, *epoch)
         })
         .collect();
     while !adopted(http, &survivors, &victim_shards).await {
