@@ -11,8 +11,10 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use coopr_raft::{
-    collect_parts, PartSink, Parts, RaftConfig, RaftHandle, RaftStores, StateMachine, TakenSnapshot,
+    collect_parts, PartSink, Parts, RaftConfig, RaftHandle, RaftStores, StateMachine,
+    TakenSnapshot, TypeConfig,
 };
+use openraft::raft::InstallSnapshotRequest;
 use tower::ServiceExt;
 
 /// An append-only list of `(log index, payload)`; the response to a payload is its log index
@@ -88,32 +90,47 @@ struct Forward {
     hang: Arc<Mutex<LinkHang>>,
 }
 
-/// A link to a node that hangs once, for a while, from the arrival of a given snapshot chunk:
+/// A snapshot chunk: the snapshot's id and the chunk's offset.
+pub type ChunkAt = (String, u64);
+
+/// A link to a node that hangs once, for a while, from the arrival of a snapshot's last chunk:
 /// that chunk and every request arriving in the window are never answered (packets lost on a
 /// link that does not reset its connections); later requests go through.
 #[derive(Default)]
 pub struct LinkHang {
-    /// The snapshot chunk (1 for the first one the node is sent) that starts it; 0: never.
-    pub at_chunk: u64,
+    /// Whether a snapshot's last chunk starts it.
+    pub at_last_chunk: bool,
     /// How long the link stays hung.
     pub lasts: Duration,
     /// When it ends, once it started.
     until: Option<tokio::time::Instant>,
+    /// The chunk lost when it started.
+    lost: Option<ChunkAt>,
+    /// The first chunk the node was handed after it started.
+    next: Option<ChunkAt>,
 }
 
 impl LinkHang {
-    /// Whether a request arriving now is lost; starts the hang at its chunk.
-    fn swallows(&mut self, chunk: Option<u64>) -> bool {
-        if self.until.is_none() && self.at_chunk != 0 && chunk == Some(self.at_chunk) {
+    /// Whether a request arriving now is lost (`chunk`: the snapshot chunk it is, if one, and
+    /// whether it is the last); starts the hang.
+    fn swallows(&mut self, chunk: Option<&(ChunkAt, bool)>) -> bool {
+        if let (None, true, Some((at, true))) = (self.until, self.at_last_chunk, chunk) {
             self.until = Some(tokio::time::Instant::now() + self.lasts);
+            self.lost = Some(at.clone());
         }
-        self.until
-            .is_some_and(|until| tokio::time::Instant::now() < until)
+        let hung = self
+            .until
+            .is_some_and(|until| tokio::time::Instant::now() < until);
+        if let (false, Some(_), None, Some((at, _))) = (hung, &self.lost, &self.next, chunk) {
+            self.next = Some(at.clone());
+        }
+        hung
     }
 
-    /// Whether it started.
-    pub fn started(&self) -> bool {
-        self.until.is_some()
+    /// The chunk lost when the hang started, and the first chunk the node was handed after
+    /// it; `None` if it never started.
+    pub fn lost_and_next(&self) -> Option<(ChunkAt, Option<ChunkAt>)> {
+        Some((self.lost.clone()?, self.next.clone()))
     }
 }
 
@@ -140,8 +157,17 @@ async fn forward(State(forward): State<Forward>, request: Request) -> Response {
         let delay = *forward.chunk_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
     }
-    let chunk = snapshot.then(|| forward.chunks.load(std::sync::atomic::Ordering::Relaxed) + 1);
-    if forward.hang.lock().unwrap().swallows(chunk) {
+    // Which snapshot chunk this is, if one (the body read and put back).
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let chunk = snapshot
+        .then(|| coopr_raft::wire::decode::<InstallSnapshotRequest<TypeConfig>>(&bytes).ok())
+        .flatten()
+        .map(|chunk| ((chunk.meta.snapshot_id, chunk.offset), chunk.done));
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    if forward.hang.lock().unwrap().swallows(chunk.as_ref()) {
         std::future::pending::<()>().await;
     }
     let router = forward.slot.lock().unwrap().clone();
@@ -267,6 +293,14 @@ impl Group {
             .filter(|node| node.handle.is_some())
             .map(|node| node.id)
             .collect()
+    }
+
+    /// A running node other than `id` (the first by id).
+    pub fn other_than(&self, id: u64) -> u64 {
+        self.running()
+            .into_iter()
+            .find(|&other| other != id)
+            .expect("another running node")
     }
 
     /// Waits until every running node agrees on one leader among the running nodes.
