@@ -9,7 +9,7 @@
 //!         added to the shards a owns, every outbox trimmed (as if the replicas had them all)
 //!         and finished jobs retired; a snapshot at the log's end, the log purged up to there
 //!
-//!  start all ─► all /ready ─► each replica pulls each of a's shards, finds its copy behind
+//!  start a ─► /ready ─► start the replicas ─► each pulls each of a's shards, finds its copy behind
 //!      what a trimmed, asks a for a seed of the shard (POST /internal/replication/seed) and
 //!      writes it to its DC log ─► every one of a's shards at each replica at a's position
 //!
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::catchup::{deployment, gb, grow_offline, ready, GeneratedArgs, Node};
+use crate::catchup::{deployment, gb, grow_offline, ready, status, GeneratedArgs, Node};
 use crate::dclog::{coopr_bin, Proc};
 use crate::failover::{admin_get, adopted, owners};
 use crate::memory::{metric, scrape};
@@ -165,12 +165,25 @@ pub async fn run(args: ReplicaSeedArgs) -> anyhow::Result<()> {
         (stride, owned[0]),
     )?;
 
-    // 3. All restart; each replica re-seeds every shard of a's.
+    // 3. a restarts (it restores the clusters from its snapshot), then the replica DCs, which
+    // re-seed every shard of a's. Started together, b and c would find a dead while it restores
+    // (a DC that does not renew its lease for lease + offset is, with three DCs) and take its
+    // shards over at the copies they have: none of the generated clusters.
+    // (a listens once it restored its state; it is ready only once the placement group, which
+    // needs another DC, granted it a lease.)
     let restarted = Instant::now();
-    let mut procs = start_all(&nodes)?;
-    all_ready(&http, &mut procs, &nodes, timeout).await?;
+    let mut procs = start_all(&nodes[..1])?;
+    while status(&http, &nodes[0].url).await.is_none() {
+        procs[0].check_alive()?;
+        if restarted.elapsed() > timeout {
+            bail!("a does not answer {timeout:?} after its start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let restart_s = restarted.elapsed().as_secs_f64();
-    eprintln!("-- all ready after {restart_s:.1} s; the replicas re-seed a's shards");
+    procs.extend(start_all(&nodes[1..])?);
+    all_ready(&http, &mut procs, &nodes, timeout).await?;
+    eprintln!("-- a ready after {restart_s:.1} s; the replicas re-seed a's shards");
     let started = Instant::now();
     let mut peak_a = 0;
     let mut first_seeded = None;
@@ -257,7 +270,7 @@ pub async fn run(args: ReplicaSeedArgs) -> anyhow::Result<()> {
         grown.snapshot_s,
         gb(grown.snapshot_bytes)
     );
-    println!("| all DCs restarted, until all are ready | {restart_s:.1} s |");
+    println!("| a restarted, until it answers (it restored its snapshot) | {restart_s:.1} s |");
     let secs = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()));
     println!(
         "| a replica: first shard of a's at a's position | {} |",
