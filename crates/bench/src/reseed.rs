@@ -264,8 +264,31 @@ pub fn run(args: ReseedArgs) -> anyhow::Result<()> {
         replica.apply(&entry).map_err(|e| anyhow!("{e}"))?;
         Ok(())
     })?;
-    if replica.replica(shard).map(|r| r.view()) != Some(owner.replicated_view(shard)) {
+    let Some(copy) = replica.replica(shard) else {
+        bail!("no copy after the seed");
+    };
+    if copy.view() != owner.replicated_view(shard) {
         bail!("the seeded copy differs from the owner's shard");
+    }
+    // The owner dies: the replica adopts the shard (one DC-log entry, applied under the state's
+    // write lock) and writes it from then on; its data projects to the same view.
+    let after = copy.watermark;
+    let adopt = Entry {
+        now_ms: 2,
+        idempotency_key: None,
+        fence: None,
+        command: Command::AdoptShard {
+            shard,
+            epoch: after.epoch + 1,
+            after,
+        },
+    };
+    let adopted = time(&mut || {
+        replica.apply(&adopt).map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    })?;
+    if replica.replicated_view(shard) != owner.replicated_view(shard) {
+        bail!("the adopted shard differs from the owner's");
     }
     let total = take + encode + deflate + inflate + decode + log + applied;
     println!(
@@ -298,5 +321,9 @@ pub fn run(args: ReseedArgs) -> anyhow::Result<()> {
     );
     println!("| replica: apply `SeedReplica` | {} ms | |", ms(applied));
     println!("| total CPU | {} ms | |", ms(total));
+    println!(
+        "| then, the owner dead: replica: apply `AdoptShard` | {} ms | |",
+        ms(adopted)
+    );
     Ok(())
 }

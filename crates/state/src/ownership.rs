@@ -19,13 +19,13 @@ use std::sync::Arc;
 
 use coopr_engine::job::{cluster_status_after, JobRun};
 use coopr_engine::planner::PlannedTask;
-use coopr_types::{ClusterId, JobId, JobStatus, Node, NodeId, ShardId, TaskName};
+use coopr_types::{ClusterId, JobId, JobStatus, Node, NodeId, ServiceDefs, ShardId, TaskName};
 use serde::{Deserialize, Serialize};
 
 use crate::machine::{shard_view, ClusterRecord, ClusterShard, GlobalShard, ShippedOperation};
 use crate::replication::{
     ClusterShardView, ClusterView, GlobalRecord, GlobalView, Outbox, PlanStep, Position, Record,
-    RecordKind, ReplicaData, ReplicaShard, ShardKeys,
+    RecordKind, ReplicaData, ReplicaShard, ReplicatedNode, ShardKeys,
 };
 use crate::{CommandError, CommandResult, ErrorCode, Outcome, State, TenantCatalog};
 
@@ -507,11 +507,9 @@ impl State {
                 format!("epoch {epoch} does not follow {after:?}"),
             ));
         }
-        let (data, keys) = match self.replicas.get(&shard) {
+        let replica = match self.replicas.get(&shard) {
             // Nothing was ever replicated: the shard was empty at the owner too.
-            None if after.seq == 0 && !self.holds_writes(shard) => {
-                (ReplicaShard::new(shard, "").data, ShardKeys::default())
-            }
+            None if after.seq == 0 && !self.holds_writes(shard) => None,
             None => {
                 return Err(CommandError::conflict(
                     ErrorCode::NotCaughtUp,
@@ -527,9 +525,16 @@ impl State {
                     ),
                 ))
             }
+            Some(replica) => Some(replica.clone()),
+        };
+        // The copy leaves the replicas (and their index) first; it is taken, not copied, unless
+        // a snapshot being written still holds it.
+        self.put_replica(shard, None);
+        let (data, keys) = match replica.map(Arc::unwrap_or_clone) {
+            None => (ReplicaShard::new(shard, "").data, ShardKeys::default()),
             // The keys come along: a retry of a request the old owner applied answers its
             // outcome here too.
-            Some(replica) => (replica.data.clone(), replica.keys.clone()),
+            Some(replica) => (replica.data, replica.keys),
         };
         let outbox = Outbox::starting(epoch, after);
         match data {
@@ -541,7 +546,6 @@ impl State {
                     resource_blobs: view.resource_blobs,
                     replication: outbox,
                 };
-                self.put_replica(shard, None);
             }
             ReplicaData::Clusters(view) => self.adopt_clusters(shard, view, keys, outbox, now),
         }
@@ -560,18 +564,27 @@ impl State {
         let mut next_n = 0;
         let mut clusters = BTreeMap::new();
         let mut resumed = Vec::new();
+        // Each tenant's service definitions, decoded from its catalog and interned once per
+        // shard (not once per cluster: a shard of a million-cluster DC holds thousands).
+        let mut tenant_services: BTreeMap<String, ServiceDefs> = BTreeMap::new();
         for (id, view) in view.clusters {
             next_n = next_n.max((id.0 - u64::from(shard.0)) / u64::from(shard_count) + 1);
-            let service_defs = self
-                .global_data()
-                .catalogs
-                .get(&view.cluster.account.tenant_id)
-                .map(TenantCatalog::services)
-                .unwrap_or_default()
-                .into_iter()
+            let tenant = &view.cluster.account.tenant_id;
+            if !tenant_services.contains_key(tenant) {
+                let defs = self
+                    .global_data()
+                    .catalogs
+                    .get(tenant)
+                    .map(TenantCatalog::services)
+                    .unwrap_or_default();
+                let defs = self.service_pool.intern_all(defs);
+                tenant_services.insert(tenant.clone(), defs);
+            }
+            let service_defs = tenant_services[tenant]
+                .iter()
                 .filter(|(name, _)| view.cluster.services.contains(name))
+                .map(|(name, service)| (name.clone(), service.clone()))
                 .collect();
-            let service_defs = self.service_pool.intern_all(service_defs);
             let record = adopted_record(id, view, service_defs, now);
             if let Some(run) = record.jobs.values().next() {
                 resumed.push(run.job.id);
@@ -581,7 +594,6 @@ impl State {
         if outbox.epoch > 1 {
             next_n = next_n.max(outbox.epoch.saturating_mul(IDS_PER_EPOCH));
         }
-        self.put_replica(shard, None);
         self.replace_shard(
             shard,
             ClusterShard {
@@ -617,23 +629,29 @@ fn adopted_record(
 ) -> ClusterRecord {
     let ClusterView {
         mut cluster,
-        nodes: replicated,
+        nodes: mut replicated,
         jobs: summaries,
         in_flight,
     } = view;
-    let nodes: coopr_types::VecMap<NodeId, Node> = replicated
-        .values()
-        .map(|n| {
-            let node = Node {
-                id: n.id.clone(),
-                cluster_id: n.cluster_id,
-                properties: n.properties.clone(),
-                actions: Vec::new(),
-                provisioner_results: n.provisioner_results.clone(),
-            };
-            (n.id.clone(), node)
-        })
-        .collect();
+    let node = |n: ReplicatedNode| {
+        let node = Node {
+            id: n.id,
+            cluster_id: n.cluster_id,
+            properties: n.properties,
+            actions: Vec::new(),
+            provisioner_results: n.provisioner_results,
+        };
+        (node.id.clone(), node)
+    };
+    // Taken from the copy, or copied where the operation in flight ships them along.
+    let nodes: coopr_types::VecMap<NodeId, Node> = if in_flight.is_some() {
+        replicated.values().cloned().map(node).collect()
+    } else {
+        std::mem::take(&mut replicated)
+            .into_iter()
+            .map(|(_, n)| node(n))
+            .collect()
+    };
     let mut next_job_seq = summaries.keys().map(|j| j.seq + 1).max().unwrap_or(1);
     let mut jobs = coopr_types::VecMap::new();
     let mut shipped = None;
