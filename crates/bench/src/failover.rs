@@ -244,6 +244,37 @@ fn spawn_load(
         .collect()
 }
 
+/// Sends a durable write to cluster `id` through `url` every 10 ms (each with its own
+/// `Idempotency-Key`, `{key}-{attempt}`) until one is answered 200, for up to `limit` from
+/// `since`; the time from `since`.
+pub(crate) async fn first_write_accepted(
+    api: &Api,
+    url: &str,
+    (id, key): (&str, &str),
+    since: Instant,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let answer = api
+            .http
+            .post(format!("{url}/v2/clusters/{id}"))
+            .header("Idempotency-Key", format!("{key}-{attempt}"))
+            .json(&json!({ "expireTime": 4_000_000_000_000u64 + attempt }))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if answer.is_ok_and(|r| r.status() == 200) {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > limit {
+            bail!("no write to {id} accepted within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// One round's figures.
 struct Round {
     rto: Duration,
@@ -345,25 +376,10 @@ async fn round(
         // (procs[0] is the fake cloud.)
         wan.procs[i + 1].kill();
     }
-    let mut attempt = 0u64;
-    let rto = loop {
-        attempt += 1;
-        let answer = api
-            .http
-            .post(format!("{survivor}/v2/clusters/{probe}"))
-            .header("Idempotency-Key", format!("probe-{number}-{attempt}"))
-            .json(&json!({ "expireTime": 4_000_000_000_000u64 + attempt }))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if answer.is_ok_and(|r| r.status() == 200) {
-            break killed.elapsed();
-        }
-        if killed.elapsed() > STEP_TIMEOUT {
-            bail!("no write to {probe} accepted within {STEP_TIMEOUT:?} of the kill of {victim}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let key = format!("probe-{number}");
+    let rto = first_write_accepted(&api, &survivor, (&probe, &key), killed, STEP_TIMEOUT)
+        .await
+        .with_context(|| format!("after the kill of {victim}"))?;
     let survivors: Vec<String> = DCS
         .iter()
         .filter(|dc| **dc != victim)

@@ -26,11 +26,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::catchup::{deployment, gb, grow_offline, ready, status, GeneratedArgs, Node};
 use crate::dclog::{coopr_bin, Proc};
-use crate::failover::{admin_get, adopted, owners};
+use crate::failover::{admin_get, adopted, first_write_accepted, owners};
 use crate::memory::{metric, scrape};
 use crate::ops::Api;
 
@@ -329,25 +329,16 @@ async fn fail(
     eprintln!("-- kill -9 a (placement leader: {led_placement})");
     let killed = Instant::now();
     procs[0].kill();
-    let mut attempt = 0u64;
-    let rto = loop {
-        attempt += 1;
-        let answer = api
-            .http
-            .post(format!("{}/v2/clusters/{sample}", nodes[1].url))
-            .header("Idempotency-Key", format!("probe-{attempt}"))
-            .json(&json!({ "expireTime": 4_000_000_000_000u64 + attempt }))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if answer.is_ok_and(|r| r.status() == 200) {
-            break killed.elapsed();
-        }
-        if killed.elapsed() > FAIL_TIMEOUT {
-            bail!("no write to {sample} accepted within {FAIL_TIMEOUT:?} of the kill of a");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let sample = sample.to_string();
+    let rto = first_write_accepted(
+        &api,
+        &nodes[1].url,
+        (&sample, "probe"),
+        killed,
+        FAIL_TIMEOUT,
+    )
+    .await
+    .context("after the kill of a")?;
     eprintln!(
         "-- first write accepted {:.2} s after the kill",
         rto.as_secs_f64()
