@@ -86,7 +86,7 @@ type Slot = Arc<Mutex<Option<Router>>>;
 struct Forward {
     slot: Slot,
     chunk_delay: Arc<Mutex<Duration>>,
-    chunks: Arc<std::sync::atomic::AtomicU64>,
+    chunks: Arc<Mutex<Vec<ChunkAt>>>,
     hang: Arc<Mutex<LinkHang>>,
 }
 
@@ -141,8 +141,9 @@ pub struct TestNode {
     slot: Slot,
     /// Each snapshot chunk sent to this node is held this long before it is handled.
     pub chunk_delay: Arc<Mutex<Duration>>,
-    /// Snapshot chunks this node's Raft node was handed so far (none while it is down).
-    pub snapshot_chunks: Arc<std::sync::atomic::AtomicU64>,
+    /// Snapshot chunks this node's Raft node was handed so far, in order (none while it is
+    /// down).
+    pub snapshot_chunks: Arc<Mutex<Vec<ChunkAt>>>,
     /// Makes the link to this node hang once (see [`LinkHang`]).
     pub hang: Arc<Mutex<LinkHang>>,
     server: tokio::task::JoinHandle<()>,
@@ -173,10 +174,8 @@ async fn forward(State(forward): State<Forward>, request: Request) -> Response {
     let router = forward.slot.lock().unwrap().clone();
     match router {
         Some(router) => {
-            if snapshot {
-                forward
-                    .chunks
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some((at, _)) = chunk {
+                forward.chunks.lock().unwrap().push(at);
             }
             router.oneshot(request).await.into_response()
         }
@@ -201,7 +200,7 @@ impl Group {
             members.insert(id, addr.clone());
             let slot: Slot = Arc::new(Mutex::new(None));
             let chunk_delay = Arc::new(Mutex::new(Duration::ZERO));
-            let snapshot_chunks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let snapshot_chunks = Arc::new(Mutex::new(Vec::new()));
             let hang = Arc::new(Mutex::new(LinkHang::default()));
             let app = Router::new().fallback(forward).with_state(Forward {
                 slot: slot.clone(),
