@@ -565,8 +565,11 @@ impl State {
         let mut clusters = BTreeMap::new();
         let mut resumed = Vec::new();
         // Each tenant's service definitions, decoded from its catalog and interned once per
-        // shard (not once per cluster: a shard of a million-cluster DC holds thousands).
+        // shard (not once per cluster: a shard of a million-cluster DC holds thousands), and
+        // the shared map of the list of services its last cluster named (its clusters mostly
+        // name the same; any other list is built and interned, which finds its map too).
         let mut tenant_services: BTreeMap<String, ServiceDefs> = BTreeMap::new();
+        let mut last_defs: BTreeMap<String, (Vec<String>, Arc<ServiceDefs>)> = BTreeMap::new();
         for (id, view) in view.clusters {
             next_n = next_n.max((id.0 - u64::from(shard.0)) / u64::from(shard_count) + 1);
             let tenant = &view.cluster.account.tenant_id;
@@ -580,11 +583,20 @@ impl State {
                 let defs = self.service_pool.intern_all(defs);
                 tenant_services.insert(tenant.clone(), defs);
             }
-            let service_defs = tenant_services[tenant]
-                .iter()
-                .filter(|(name, _)| view.cluster.services.contains(name))
-                .map(|(name, service)| (name.clone(), service.clone()))
-                .collect();
+            let named = &view.cluster.services;
+            let service_defs = match last_defs.get(tenant) {
+                Some((services, defs)) if services == named => Arc::clone(defs),
+                _ => {
+                    let defs = tenant_services[tenant]
+                        .iter()
+                        .filter(|(name, _)| named.contains(name))
+                        .map(|(name, service)| (name.clone(), service.clone()))
+                        .collect();
+                    let defs = self.service_pool.intern_defs(defs);
+                    last_defs.insert(tenant.clone(), (named.clone(), Arc::clone(&defs)));
+                    defs
+                }
+            };
             let record = adopted_record(id, view, service_defs, now);
             if let Some(run) = record.jobs.values().next() {
                 resumed.push(run.job.id);
@@ -624,7 +636,7 @@ impl State {
 fn adopted_record(
     id: ClusterId,
     view: ClusterView,
-    service_defs: coopr_types::ServiceDefs,
+    service_defs: Arc<coopr_types::ServiceDefs>,
     now: u64,
 ) -> ClusterRecord {
     let ClusterView {

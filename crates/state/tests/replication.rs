@@ -2213,7 +2213,7 @@ fn a_demoted_shard_releases_its_in_progress_tasks() {
 /// A replica's copies of clusters built from one template share one allocation of it (each
 /// copy arrives with its own, in the record that first names the cluster), after batches as
 /// after a snapshot restore: a replica DC holds another DC's clusters in the same memory as
-/// their owner.
+/// their owner. Once adopted, they share their map of service definitions as well.
 #[test]
 fn replica_copies_share_equal_templates() {
     let mut owner = Owner::new();
@@ -2232,6 +2232,9 @@ fn replica_copies_share_equal_templates() {
         .unwrap();
     ship(&mut dc_b, "dc-a", ShardId(1), &records[..split], None).unwrap();
     ship(&mut dc_b, "dc-a", ShardId(1), &records[split..], None).unwrap();
+    // The catalog (an adopter plans with it).
+    let global = owner.records(ShardId::GLOBAL);
+    ship(&mut dc_b, "dc-a", ShardId::GLOBAL, &global, None).unwrap();
     let shared = |state: &State| {
         let Some(coopr_state::ReplicaData::Clusters(view)) =
             state.replica(ShardId(1)).map(|r| &r.data)
@@ -2243,6 +2246,23 @@ fn replica_copies_share_equal_templates() {
     };
     assert!(shared(&dc_b), "after the batches");
     let parts = encode_parts(&dc_b);
-    let restored = decode_parts(parts.iter().map(|(k, v)| (*k, v.as_slice())), SHARDS).unwrap();
+    let mut restored = decode_parts(parts.iter().map(|(k, v)| (*k, v.as_slice())), SHARDS).unwrap();
     assert!(shared(&restored), "after a restore");
+    // Adopted (its owner gone), the clusters share one map of service definitions.
+    let after = restored.replica(ShardId(1)).unwrap().watermark;
+    restored
+        .checked_apply(&Entry {
+            now_ms: 2,
+            idempotency_key: None,
+            fence: None,
+            command: Command::AdoptShard {
+                shard: ShardId(1),
+                epoch: after.epoch + 1,
+                after,
+            },
+        })
+        .unwrap();
+    let defs = |id| &restored.cluster(id).unwrap().service_defs;
+    assert!(!defs(a).is_empty());
+    assert!(std::sync::Arc::ptr_eq(defs(a), defs(b)), "after adoption");
 }

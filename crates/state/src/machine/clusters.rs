@@ -152,7 +152,7 @@ impl State {
             .get(&spec.tenant)
             .map(TenantCatalog::services)
             .unwrap_or_default();
-        let service_defs = self.service_pool.intern_all(service_defs);
+        let service_defs = self.service_pool.intern_defs(service_defs);
         let template = self
             .service_pool
             .intern_template(Arc::new(spec.template.clone()));
@@ -392,7 +392,7 @@ impl State {
                 record.cluster.services.push(service.clone());
             }
             if let Some(def) = current_defs.get(service) {
-                record.service_defs.insert(service.clone(), def.clone());
+                Arc::make_mut(&mut record.service_defs).insert(service.clone(), def.clone());
             }
         }
         self.begin_job(

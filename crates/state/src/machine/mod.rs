@@ -91,8 +91,8 @@ pub struct ClusterRecord {
     pub jobs: VecMap<u32, JobRun>,
     pub next_job_seq: u32,
     /// The services catalog as of the latest operation (the planner's input); equal
-    /// definitions are shared between records ([`service_pool`]).
-    pub service_defs: ServiceDefs,
+    /// definitions, and equal maps of them, are shared between records ([`service_pool`]).
+    pub service_defs: Arc<ServiceDefs>,
     /// The operation in flight as the replicas know it (set by its `OperationStarted`, cleared
     /// by its `OperationFinished`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,7 +292,8 @@ impl State {
     /// copies of every shard at once).
     pub(crate) fn intern_shard(pool: &mut service_pool::ServicePool, shard: &mut ClusterShard) {
         for record in shard.clusters.values_mut() {
-            record.service_defs = pool.intern_all(std::mem::take(&mut record.service_defs));
+            let defs = Arc::unwrap_or_clone(std::mem::take(&mut record.service_defs));
+            record.service_defs = pool.intern_defs(defs);
             record.cluster.cluster_template =
                 pool.intern_template(Arc::clone(&record.cluster.cluster_template));
             record.shrink_to_fit();

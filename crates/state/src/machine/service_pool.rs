@@ -6,7 +6,8 @@
 //! kept as one allocation per distinct definition, a one-machine `lamp` cluster's state shrinks
 //! by about a third for the services and a fifth for the template (`coopr-bench scale`). The
 //! pool holds weak references only, so a definition no cluster uses any more is freed; it is
-//! derived data, rebuilt as records are loaded.
+//! derived data, rebuilt as records are loaded. A record's map of definitions is shared too:
+//! clusters planned with the same definitions hold one map ([`ServicePool::intern_defs`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -24,6 +25,9 @@ const SWEEP_EVERY: u32 = 1024;
 pub struct ServicePool {
     services: Interned<Service>,
     templates: Interned<ClusterTemplate>,
+    /// Maps of interned definitions, by a hash of their names and definitions' addresses.
+    maps: BTreeMap<u64, Vec<Weak<ServiceDefs>>>,
+    map_interns: u32,
 }
 
 impl ServicePool {
@@ -41,6 +45,42 @@ impl ServicePool {
             .collect()
     }
 
+    /// The pool's allocation of a map equal to `defs` (each definition interned first), or
+    /// `defs` in a new one (then pooled). Equal definitions being one allocation once interned,
+    /// two maps are equal when their names and their definitions' addresses are.
+    pub fn intern_defs(&mut self, defs: ServiceDefs) -> Arc<ServiceDefs> {
+        let defs = self.intern_all(defs);
+        let mut hasher = DefaultHasher::new();
+        for (name, service) in &defs {
+            name.hash(&mut hasher);
+            Arc::as_ptr(service).hash(&mut hasher);
+        }
+        self.map_interns += 1;
+        if self.map_interns >= SWEEP_EVERY {
+            self.map_interns = 0;
+            sweep(&mut self.maps);
+        }
+        let same = self.maps.entry(hasher.finish()).or_default();
+        same.retain(|w| w.strong_count() > 0);
+        let equal = |pooled: &ServiceDefs| {
+            pooled.len() == defs.len()
+                && pooled
+                    .iter()
+                    .zip(&defs)
+                    .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
+        };
+        if let Some(pooled) = same
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|pooled| equal(pooled))
+        {
+            return pooled;
+        }
+        let defs = Arc::new(defs);
+        same.push(Arc::downgrade(&defs));
+        defs
+    }
+
     /// The pool's allocation of a template equal to `template`, or `template` itself (then
     /// pooled).
     pub fn intern_template(&mut self, template: Arc<ClusterTemplate>) -> Arc<ClusterTemplate> {
@@ -55,11 +95,22 @@ impl ServicePool {
     }
 }
 
+/// Drops the entries no record uses any more.
+fn sweep<K: Ord, T>(pool: &mut BTreeMap<K, Vec<Weak<T>>>) {
+    pool.retain(|_, same| {
+        same.retain(|w| w.strong_count() > 0);
+        !same.is_empty()
+    });
+}
+
 /// Weak references to shared values, by name and a hash of their JSON: a lookup compares with
-/// the values of equal content only, however many tenants use the same name.
+/// the values of equal content only, however many tenants use the same name. The value last
+/// interned under each name is tried first, by comparison alone (no JSON): a restore or a
+/// takeover interns the same few definitions for every cluster of a tenant.
 #[derive(Debug, Clone)]
 struct Interned<T> {
     by_content: BTreeMap<(String, u64), Vec<Weak<T>>>,
+    last: BTreeMap<String, Weak<T>>,
     interns: u32,
 }
 
@@ -67,6 +118,7 @@ impl<T> Default for Interned<T> {
     fn default() -> Self {
         Interned {
             by_content: BTreeMap::new(),
+            last: BTreeMap::new(),
             interns: 0,
         }
     }
@@ -77,26 +129,36 @@ impl<T: Serialize + PartialEq> Interned<T> {
         self.interns += 1;
         if self.interns >= SWEEP_EVERY {
             self.interns = 0;
-            self.by_content.retain(|_, same| {
-                same.retain(|w| w.strong_count() > 0);
-                !same.is_empty()
-            });
+            sweep(&mut self.by_content);
+            self.last.retain(|_, w| w.strong_count() > 0);
+        }
+        if let Some(last) = self.last.get(&name).and_then(Weak::upgrade) {
+            if Arc::ptr_eq(&last, &value) || *last == *value {
+                return last;
+            }
         }
         let mut hasher = DefaultHasher::new();
         serde_json::to_vec(&*value)
             .unwrap_or_default()
             .hash(&mut hasher);
-        let same = self.by_content.entry((name, hasher.finish())).or_default();
+        let same = self
+            .by_content
+            .entry((name.clone(), hasher.finish()))
+            .or_default();
         same.retain(|w| w.strong_count() > 0);
-        if let Some(pooled) = same
+        let pooled = match same
             .iter()
             .filter_map(Weak::upgrade)
             .find(|pooled| **pooled == *value)
         {
-            return pooled;
-        }
-        same.push(Arc::downgrade(&value));
-        value
+            Some(pooled) => pooled,
+            None => {
+                same.push(Arc::downgrade(&value));
+                value
+            }
+        };
+        self.last.insert(name, Arc::downgrade(&pooled));
+        pooled
     }
 
     #[cfg(test)]
@@ -133,6 +195,46 @@ mod tests {
             .collect();
         assert_eq!(pool.entries(), 1);
         assert!(kept.iter().all(|s| Arc::ptr_eq(s, &other)));
+    }
+
+    #[test]
+    fn equal_maps_of_definitions_share_one_allocation() {
+        let mut pool = ServicePool::default();
+        let defs = |versions: [u32; 2]| -> ServiceDefs {
+            [("base", versions[0]), ("redis", versions[1])]
+                .into_iter()
+                .map(|(name, version)| (name.to_string(), service(name, version)))
+                .collect()
+        };
+        let first = pool.intern_defs(defs([1, 1]));
+        let again = pool.intern_defs(defs([1, 1]));
+        assert!(Arc::ptr_eq(&first, &again));
+        // One definition differs: another map, sharing the equal definition.
+        let other = pool.intern_defs(defs([1, 2]));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert!(Arc::ptr_eq(&first["base"], &other["base"]));
+        assert!(!Arc::ptr_eq(&first["redis"], &other["redis"]));
+        // Fewer names: another map.
+        let mut fewer = defs([1, 1]);
+        fewer.remove("redis");
+        assert_eq!(pool.intern_defs(fewer).len(), 1);
+        // Once no record holds a map, an equal one is pooled anew.
+        drop((first, again));
+        let anew = pool.intern_defs(defs([1, 1]));
+        assert_eq!(*anew, defs([1, 1]));
+        assert!(Arc::ptr_eq(&anew["base"], &other["base"]));
+    }
+
+    #[test]
+    fn the_last_definition_of_a_name_is_found_by_comparison_and_others_by_content() {
+        let mut pool = ServicePool::default();
+        let one = pool.intern(service("base", 1));
+        let two = pool.intern(service("base", 2));
+        // Not the last one interned under its name: found through its content's hash.
+        assert!(Arc::ptr_eq(&pool.intern(service("base", 1)), &one));
+        assert!(Arc::ptr_eq(&pool.intern(service("base", 2)), &two));
+        assert!(Arc::ptr_eq(&pool.intern(service("base", 2)), &two));
+        assert_eq!(pool.entries(), 2);
     }
 
     #[test]
