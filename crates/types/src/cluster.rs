@@ -132,13 +132,14 @@ pub struct NodeProperties {
 }
 
 /// One entry of a node's action history (capped at [`Node::MAX_ACTIONS`]). Every node of
-/// every cluster keeps one per task it ran, so the strings are boxed (16 bytes inline, not 24,
-/// and never any spare capacity).
+/// every cluster keeps one per task it ran, so its service's name is kept inline
+/// ([`crate::ShortStr`]: no allocation) and its output boxed (16 bytes inline, not 24, and
+/// never any spare capacity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeAction {
     pub task_id: TaskId,
-    pub service: Box<str>,
+    pub service: crate::ShortStr,
     pub action: TaskName,
     pub submit_time: u64,
     pub status_time: u64,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod ids;
 pub mod job;
 pub mod lenient;
+pub mod short_str;
 pub mod status;
 pub mod vecmap;
 
@@ -15,5 +16,6 @@ pub use cluster::*;
 pub use error::IdError;
 pub use ids::*;
 pub use job::*;
+pub use short_str::ShortStr;
 pub use status::*;
 pub use vecmap::VecMap;

@@ -1,0 +1,206 @@
+//! [`ShortStr`]: a string kept inline when it is short, for the short names a cluster record
+//! repeats (each node action's service).
+//!
+//! A `Box<str>` of a few bytes costs a heap chunk of its own (32 bytes with glibc's malloc, and
+//! an allocation to make and free on every decode); a one-machine cluster's node carries 17
+//! actions. Up to [`ShortStr::INLINE`] bytes are kept in the value itself, 24 bytes in all;
+//! longer strings are on the heap. It serializes as a string, so JSON does not change.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+
+use serde::de::Visitor;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Clone)]
+pub struct ShortStr(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline {
+        len: u8,
+        bytes: [u8; ShortStr::INLINE],
+    },
+    Heap(Box<str>),
+}
+
+impl ShortStr {
+    /// The longest string kept inline, in bytes.
+    pub const INLINE: usize = 22;
+
+    pub fn new(s: &str) -> ShortStr {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= Self::INLINE => {
+                let mut bytes = [0; Self::INLINE];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                ShortStr(Repr::Inline { len, bytes })
+            }
+            _ => ShortStr(Repr::Heap(s.into())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Whole UTF-8 strings only are copied in (`new`), so this never fails.
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Heap(s) => s,
+        }
+    }
+
+    /// Whether the string is on the heap (longer than [`ShortStr::INLINE`]).
+    pub fn is_heap(&self) -> bool {
+        matches!(self.0, Repr::Heap(_))
+    }
+}
+
+impl Default for ShortStr {
+    fn default() -> Self {
+        ShortStr::new("")
+    }
+}
+
+impl Deref for ShortStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for ShortStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for ShortStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for ShortStr {
+    fn from(s: &str) -> Self {
+        ShortStr::new(s)
+    }
+}
+
+impl From<String> for ShortStr {
+    fn from(s: String) -> Self {
+        if s.len() <= Self::INLINE {
+            ShortStr::new(&s)
+        } else {
+            ShortStr(Repr::Heap(s.into_boxed_str()))
+        }
+    }
+}
+
+impl PartialEq for ShortStr {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ShortStr {}
+
+impl PartialEq<str> for ShortStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ShortStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialOrd for ShortStr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ShortStr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Hash for ShortStr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for ShortStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for ShortStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ShortStr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ShortStr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Short;
+        impl Visitor<'_> for Short {
+            type Value = ShortStr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ShortStr, E> {
+                Ok(ShortStr::new(s))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<ShortStr, E> {
+                Ok(ShortStr::from(s))
+            }
+        }
+        deserializer.deserialize_str(Short)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_strings_are_inline_long_ones_on_the_heap_and_both_read_back() {
+        assert_eq!(std::mem::size_of::<ShortStr>(), 24);
+        for s in [
+            "",
+            "base",
+            "é-ü-漢字",
+            &"x".repeat(ShortStr::INLINE),
+            &"y".repeat(ShortStr::INLINE + 1),
+        ] {
+            let short = ShortStr::from(s);
+            assert_eq!(short.as_str(), s);
+            assert_eq!(short.is_heap(), s.len() > ShortStr::INLINE, "{s}");
+            assert_eq!(ShortStr::from(s.to_string()), short);
+            let json = serde_json::to_string(&short).unwrap();
+            assert_eq!(json, serde_json::to_string(s).unwrap());
+            let back: ShortStr = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, short);
+        }
+        // An escaped string (decoded into a scratch buffer) and a non-string.
+        let escaped: ShortStr = serde_json::from_str(r#""a\"b""#).unwrap();
+        assert_eq!(escaped, "a\"b");
+        assert!(serde_json::from_str::<ShortStr>("7").is_err());
+        let (a, b) = (ShortStr::from("a"), ShortStr::from("b"));
+        assert!(a < b);
+    }
+}
