@@ -32,14 +32,20 @@ struct Browser {
     http: reqwest::Client,
     session: String,
     _driver: common::Process,
+    /// The `TMPDIR` of the driver and of the browser it starts, removed after the driver is
+    /// killed: Chromium leaves its profile folders (`org.chromium.Chromium.*`) in it, two per
+    /// session, which in `/tmp` outlived every run.
+    _tmp: tempfile::TempDir,
 }
 
 impl Browser {
     async fn start() -> Browser {
         let port = common::free_base_port(1);
+        let tmp = tempfile::tempdir().expect("a temporary folder for the browser");
         let driver = common::Process(
             Command::new("chromedriver")
                 .arg(format!("--port={port}"))
+                .env("TMPDIR", tmp.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -78,6 +84,7 @@ impl Browser {
             http,
             session: format!("{base}/session/{session}"),
             _driver: driver,
+            _tmp: tmp,
         }
     }
 
