@@ -26,8 +26,7 @@ pub struct ServicePool {
     services: Interned<Service>,
     templates: Interned<ClusterTemplate>,
     /// Maps of interned definitions, by a hash of their names and definitions' addresses.
-    maps: BTreeMap<u64, Vec<Weak<ServiceDefs>>>,
-    map_interns: u32,
+    maps: WeakPool<u64, ServiceDefs>,
 }
 
 impl ServicePool {
@@ -55,30 +54,16 @@ impl ServicePool {
             name.hash(&mut hasher);
             Arc::as_ptr(service).hash(&mut hasher);
         }
-        self.map_interns += 1;
-        if self.map_interns >= SWEEP_EVERY {
-            self.map_interns = 0;
-            sweep(&mut self.maps);
-        }
-        let same = self.maps.entry(hasher.finish()).or_default();
-        same.retain(|w| w.strong_count() > 0);
-        let equal = |pooled: &ServiceDefs| {
+        self.maps.tick();
+        let equal = |pooled: &ServiceDefs, defs: &ServiceDefs| {
             pooled.len() == defs.len()
                 && pooled
                     .iter()
-                    .zip(&defs)
+                    .zip(defs)
                     .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
         };
-        if let Some(pooled) = same
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|pooled| equal(pooled))
-        {
-            return pooled;
-        }
-        let defs = Arc::new(defs);
-        same.push(Arc::downgrade(&defs));
-        defs
+        self.maps
+            .find_or_pool(hasher.finish(), Arc::new(defs), equal)
     }
 
     /// The pool's allocation of a template equal to `template`, or `template` itself (then
@@ -95,12 +80,57 @@ impl ServicePool {
     }
 }
 
-/// Drops the entries no record uses any more.
-fn sweep<K: Ord, T>(pool: &mut BTreeMap<K, Vec<Weak<T>>>) {
-    pool.retain(|_, same| {
+/// Weak references to shared values, by a key that equal values share (values of one key are
+/// compared). Every [`SWEEP_EVERY`] ticks, the entries no record uses any more are dropped.
+#[derive(Debug, Clone)]
+struct WeakPool<K, T> {
+    by_key: BTreeMap<K, Vec<Weak<T>>>,
+    ticks: u32,
+}
+
+impl<K, T> Default for WeakPool<K, T> {
+    fn default() -> Self {
+        WeakPool {
+            by_key: BTreeMap::new(),
+            ticks: 0,
+        }
+    }
+}
+
+impl<K: Ord, T> WeakPool<K, T> {
+    /// Counts one intern; whether the pool was swept of unused entries now.
+    fn tick(&mut self) -> bool {
+        self.ticks += 1;
+        if self.ticks < SWEEP_EVERY {
+            return false;
+        }
+        self.ticks = 0;
+        self.by_key.retain(|_, same| {
+            same.retain(|w| w.strong_count() > 0);
+            !same.is_empty()
+        });
+        true
+    }
+
+    /// The pooled value of `key` that `equal` finds equal to `value`, or `value` (then pooled).
+    fn find_or_pool(&mut self, key: K, value: Arc<T>, equal: impl Fn(&T, &T) -> bool) -> Arc<T> {
+        let same = self.by_key.entry(key).or_default();
         same.retain(|w| w.strong_count() > 0);
-        !same.is_empty()
-    });
+        if let Some(pooled) = same
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|pooled| equal(pooled, &value))
+        {
+            return pooled;
+        }
+        same.push(Arc::downgrade(&value));
+        value
+    }
+
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum()
+    }
 }
 
 /// Weak references to shared values, by name and a hash of their JSON: a lookup compares with
@@ -109,27 +139,22 @@ fn sweep<K: Ord, T>(pool: &mut BTreeMap<K, Vec<Weak<T>>>) {
 /// takeover interns the same few definitions for every cluster of a tenant.
 #[derive(Debug, Clone)]
 struct Interned<T> {
-    by_content: BTreeMap<(String, u64), Vec<Weak<T>>>,
+    by_content: WeakPool<(String, u64), T>,
     last: BTreeMap<String, Weak<T>>,
-    interns: u32,
 }
 
 impl<T> Default for Interned<T> {
     fn default() -> Self {
         Interned {
-            by_content: BTreeMap::new(),
+            by_content: WeakPool::default(),
             last: BTreeMap::new(),
-            interns: 0,
         }
     }
 }
 
 impl<T: Serialize + PartialEq> Interned<T> {
     fn intern(&mut self, name: String, value: Arc<T>) -> Arc<T> {
-        self.interns += 1;
-        if self.interns >= SWEEP_EVERY {
-            self.interns = 0;
-            sweep(&mut self.by_content);
+        if self.by_content.tick() {
             self.last.retain(|_, w| w.strong_count() > 0);
         }
         if let Some(last) = self.last.get(&name).and_then(Weak::upgrade) {
@@ -141,29 +166,16 @@ impl<T: Serialize + PartialEq> Interned<T> {
         serde_json::to_vec(&*value)
             .unwrap_or_default()
             .hash(&mut hasher);
-        let same = self
-            .by_content
-            .entry((name.clone(), hasher.finish()))
-            .or_default();
-        same.retain(|w| w.strong_count() > 0);
-        let pooled = match same
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|pooled| **pooled == *value)
-        {
-            Some(pooled) => pooled,
-            None => {
-                same.push(Arc::downgrade(&value));
-                value
-            }
-        };
+        let pooled =
+            self.by_content
+                .find_or_pool((name.clone(), hasher.finish()), value, |a, b| a == b);
         self.last.insert(name, Arc::downgrade(&pooled));
         pooled
     }
 
     #[cfg(test)]
     fn entries(&self) -> usize {
-        self.by_content.values().map(Vec::len).sum()
+        self.by_content.entries()
     }
 }
 
