@@ -68,7 +68,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use coopr_types::{Node, NodeId};
+use coopr_types::{Node, NodeId, ShortStr};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -90,7 +90,7 @@ pub struct MacroNode {
     pub hostname: String,
     /// Addresses by type (`access_v4`, `bind_v4`, ...).
     pub ipaddresses: BTreeMap<String, String>,
-    pub services: Vec<String>,
+    pub services: Vec<ShortStr>,
 }
 
 impl From<&Node> for MacroNode {
@@ -98,7 +98,7 @@ impl From<&Node> for MacroNode {
         MacroNode {
             id: node.id.clone(),
             nodenum: node.properties.nodenum,
-            hostname: node.properties.hostname.clone(),
+            hostname: node.properties.hostname.to_string(),
             ipaddresses: node.properties.ipaddresses.clone(),
             services: node.properties.services.clone(),
         }

@@ -24,7 +24,7 @@ fn node(
             .iter()
             .map(|(t, a)| (t.to_string(), a.to_string()))
             .collect::<BTreeMap<_, _>>(),
-        services: services.iter().map(|s| s.to_string()).collect(),
+        services: services.iter().map(|s| (*s).into()).collect(),
     }
 }
 
@@ -519,7 +519,7 @@ fn text_and_delimiters() {
     );
 
     let mut twice = coopr_cluster("foo");
-    twice.nodes[0].services.push("svc2".to_string());
+    twice.nodes[0].services.push("svc2".into());
     expect_ok(
         &twice,
         &[

@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use coopr_engine::job::{cluster_status_after, JobRun};
 use coopr_engine::planner::PlannedTask;
-use coopr_types::{ClusterId, JobId, JobStatus, Node, NodeId, ServiceDefs, ShardId, TaskName};
+use coopr_types::{
+    ClusterId, JobId, JobStatus, Node, NodeId, ServiceDefs, ShardId, ShortStr, TaskName,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::machine::{shard_view, ClusterRecord, ClusterShard, GlobalShard, ShippedOperation};
@@ -82,12 +84,12 @@ impl LostOperation {
         };
         let (tenant, cluster, job) = match &record.kind {
             RecordKind::OperationStarted { cluster, job, .. } => (
-                Some(cluster.account.tenant_id.clone()),
+                Some(cluster.account.tenant_id.to_string()),
                 Some(cluster.id),
                 Some(*job),
             ),
             RecordKind::ClusterUpdated { cluster } => (
-                Some(cluster.account.tenant_id.clone()),
+                Some(cluster.account.tenant_id.to_string()),
                 Some(cluster.id),
                 None,
             ),
@@ -119,7 +121,7 @@ impl LostOperation {
 fn tenant_of(clusters: &BTreeMap<ClusterId, Box<ClusterRecord>>, id: ClusterId) -> Option<String> {
     clusters
         .get(&id)
-        .map(|c| c.cluster.account.tenant_id.clone())
+        .map(|c| c.cluster.account.tenant_id.to_string())
 }
 
 fn global_tenant(record: &GlobalRecord) -> &str {
@@ -568,8 +570,8 @@ impl State {
         // shard (not once per cluster: a shard of a million-cluster DC holds thousands), and
         // the shared map of the list of services its last cluster named (its clusters mostly
         // name the same; any other list is built and interned, which finds its map too).
-        let mut tenant_services: BTreeMap<String, ServiceDefs> = BTreeMap::new();
-        let mut last_defs: BTreeMap<String, (Vec<String>, Arc<ServiceDefs>)> = BTreeMap::new();
+        let mut tenant_services: BTreeMap<ShortStr, ServiceDefs> = BTreeMap::new();
+        let mut last_defs: BTreeMap<ShortStr, (Vec<ShortStr>, Arc<ServiceDefs>)> = BTreeMap::new();
         for (id, view) in view.clusters {
             next_n = next_n.max((id.0 - u64::from(shard.0)) / u64::from(shard_count) + 1);
             let tenant = &view.cluster.account.tenant_id;
@@ -577,7 +579,7 @@ impl State {
                 let defs = self
                     .global_data()
                     .catalogs
-                    .get(tenant)
+                    .get(tenant.as_str())
                     .map(TenantCatalog::services)
                     .unwrap_or_default();
                 let defs = self.service_pool.intern_all(defs);
@@ -589,7 +591,7 @@ impl State {
                 _ => {
                     let defs = tenant_services[tenant]
                         .iter()
-                        .filter(|(name, _)| named.contains(name))
+                        .filter(|(name, _)| named.iter().any(|n| n == *name))
                         .map(|(name, service)| (name.clone(), service.clone()))
                         .collect();
                     let defs = self.service_pool.intern_defs(defs);

@@ -77,8 +77,8 @@ use std::sync::Arc;
 
 use coopr_types::{
     Account, ApiKey, Cluster, ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, EntityKind,
-    JobId, JobStatus, JsonMap, Node, NodeId, NodeProperties, Provider, ShardId, TaskName, Tenant,
-    VecMap,
+    JobId, JobStatus, JsonMap, Node, NodeId, NodeProperties, Provider, ShardId, ShortStr, TaskName,
+    Tenant, VecMap,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -219,7 +219,7 @@ pub enum RecordKind {
         cluster: ClusterId,
         job: JobId,
         node: NodeId,
-        hostname: String,
+        hostname: ShortStr,
         ipaddresses: BTreeMap<String, String>,
         provisioner_results: JsonMap,
     },
@@ -358,7 +358,7 @@ impl From<&Node> for ReplicatedNode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeOutcome {
     pub id: NodeId,
-    pub hostname: String,
+    pub hostname: ShortStr,
     #[serde(default)]
     pub ipaddresses: BTreeMap<String, String>,
     #[serde(default)]
@@ -410,13 +410,13 @@ pub struct ClusterRow {
     #[serde(default)]
     pub expire_time: u64,
     #[serde(default)]
-    pub hardwaretype: String,
+    pub hardwaretype: ShortStr,
     #[serde(default)]
-    pub imagetype: String,
+    pub imagetype: ShortStr,
     #[serde(default)]
     pub dns_suffix: String,
     pub nodes: Vec<NodeId>,
-    pub services: Vec<String>,
+    pub services: Vec<ShortStr>,
     #[serde(default)]
     pub latest_job_id: Option<JobId>,
     pub status: ClusterStatus,
@@ -499,7 +499,7 @@ pub struct JobSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub job: JobId,
-    pub hostname: String,
+    pub hostname: ShortStr,
     #[serde(default)]
     pub ipaddresses: BTreeMap<String, String>,
     #[serde(default)]

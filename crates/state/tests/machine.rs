@@ -534,11 +534,11 @@ fn add_services_is_all_or_nothing() {
     assert!(h.drive() > 0);
     let record = h.state.cluster(id).unwrap();
     assert_eq!(record.cluster.status, ClusterStatus::Active);
-    assert!(record.cluster.services.contains(&"apache".to_string()));
+    assert!(record.cluster.services.contains(&"apache".into()));
     assert!(record.nodes[&nodes[1]]
         .properties
         .services
-        .contains(&"apache".to_string()));
+        .contains(&"apache".into()));
 }
 
 /// A service written to the catalog after the cluster was created can be added to it, and its

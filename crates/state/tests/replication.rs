@@ -2037,7 +2037,7 @@ fn orphans_by_scan(state: &State) -> Vec<ClusterId> {
                 && c.status != coopr_types::ClusterStatus::Pending
                 && !global
                     .tenants
-                    .get(&c.account.tenant_id)
+                    .get(c.account.tenant_id.as_str())
                     .is_some_and(|t| c.account.belongs_to(t))
                 && !r.latest_summary().is_some_and(|j| {
                     j.action == ClusterAction::ClusterDelete

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::catalog::{ClusterTemplate, JsonMap, Provider};
 use crate::ids::{ClusterId, JobId, NodeId, TaskId};
 use crate::status::{ClusterStatus, TaskName, TaskStatus};
+use crate::ShortStr;
 
 /// Coopr's "unset quota".
 pub const UNLIMITED: u32 = 2_147_483_647;
@@ -56,9 +57,9 @@ pub fn hash_api_key(key: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Account {
-    pub user_id: String,
+    pub user_id: ShortStr,
     /// The tenant's name.
-    pub tenant_id: String,
+    pub tenant_id: ShortStr,
     /// The internal ID ([`Tenant::id`]) of the tenant the cluster was created for: a tenant
     /// deleted and created again under the same name is another incarnation and never sees
     /// the older one's clusters. Empty in records from before incarnations (they belong to
@@ -92,13 +93,13 @@ pub struct Cluster {
     /// per cluster was a fifth of a one-machine cluster's memory). The JSON is the template's.
     pub cluster_template: Arc<ClusterTemplate>,
     #[serde(default)]
-    pub hardwaretype: String,
+    pub hardwaretype: ShortStr,
     #[serde(default)]
-    pub imagetype: String,
+    pub imagetype: ShortStr,
     #[serde(default)]
     pub dns_suffix: String,
     pub nodes: Vec<NodeId>,
-    pub services: Vec<String>,
+    pub services: Vec<ShortStr>,
     #[serde(default)]
     pub latest_job_id: Option<JobId>,
     pub status: ClusterStatus,
@@ -111,24 +112,24 @@ pub struct Cluster {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct NodeProperties {
     #[serde(default)]
-    pub hostname: String,
+    pub hostname: ShortStr,
     #[serde(default)]
     pub ipaddresses: BTreeMap<String, String>,
     pub nodenum: u32,
     #[serde(default)]
-    pub hardwaretype: String,
+    pub hardwaretype: ShortStr,
     #[serde(default)]
-    pub imagetype: String,
+    pub imagetype: ShortStr,
     #[serde(default)]
-    pub flavor: String,
+    pub flavor: ShortStr,
     #[serde(default)]
-    pub image: String,
+    pub image: ShortStr,
     #[serde(default)]
-    pub sshuser: String,
+    pub sshuser: ShortStr,
     #[serde(default)]
-    pub services: Vec<String>,
+    pub services: Vec<ShortStr>,
     #[serde(default)]
-    pub automators: Vec<String>,
+    pub automators: Vec<ShortStr>,
 }
 
 /// One entry of a node's action history (capped at [`Node::MAX_ACTIONS`]). Every node of
@@ -139,7 +140,7 @@ pub struct NodeProperties {
 #[serde(rename_all = "camelCase")]
 pub struct NodeAction {
     pub task_id: TaskId,
-    pub service: crate::ShortStr,
+    pub service: ShortStr,
     pub action: TaskName,
     pub submit_time: u64,
     pub status_time: u64,

@@ -767,9 +767,9 @@ async fn add_services(
             .map(|n| {
                 let layout = NodeLayout {
                     nodenum: n.properties.nodenum,
-                    services: n.properties.services.clone(),
-                    hardwaretype: n.properties.hardwaretype.clone(),
-                    imagetype: n.properties.imagetype.clone(),
+                    services: n.properties.services.iter().map(String::from).collect(),
+                    hardwaretype: n.properties.hardwaretype.to_string(),
+                    imagetype: n.properties.imagetype.to_string(),
                 };
                 (n.id.clone(), layout)
             })
@@ -830,7 +830,7 @@ async fn one_service_action(
 ) -> ApiResult<Response> {
     let action = service_action(&action)?;
     cluster_command(&app, &caller, &id, idempotency, |r| {
-        if !r.cluster.services.contains(&service) {
+        if !r.cluster.services.iter().any(|s| *s == service) {
             return Err(ApiError::not_found("service", &service));
         }
         Ok(Command::StartOperation {
@@ -949,7 +949,7 @@ async fn node_properties(
             if !req
                 .services
                 .iter()
-                .all(|s| node.properties.services.contains(s))
+                .all(|s| node.properties.services.iter().any(|n| n == s))
             {
                 continue;
             }

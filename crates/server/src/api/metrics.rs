@@ -62,7 +62,7 @@ async fn queues(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<V
     }
     for task in state.queued_tasks() {
         if let Some(record) = state.cluster(task.job.cluster) {
-            if let Some(m) = by_tenant.get_mut(&record.cluster.account.tenant_id) {
+            if let Some(m) = by_tenant.get_mut(record.cluster.account.tenant_id.as_str()) {
                 m.queued += 1;
             }
         }
@@ -70,7 +70,7 @@ async fn queues(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<V
     // The tasks workers hold (the state's index of them), not every cluster's jobs.
     for (task, _) in state.held_tasks() {
         if let Some(record) = state.cluster(task.job.cluster) {
-            if let Some(m) = by_tenant.get_mut(&record.cluster.account.tenant_id) {
+            if let Some(m) = by_tenant.get_mut(record.cluster.account.tenant_id.as_str()) {
                 m.in_progress += 1;
             }
         }

@@ -96,7 +96,7 @@ pub fn node(record: &ClusterRecord, n: &Node) -> Value {
         .map(|s| {
             record
                 .service_defs
-                .get(s)
+                .get(s.as_str())
                 .and_then(|d| serde_json::to_value(d).ok())
                 .unwrap_or_else(|| json!({"name": s}))
         })
@@ -241,7 +241,7 @@ pub fn task_for_provisioner(
         Value::Object(c.config.clone())
     } else {
         let context = coopr_engine::MacroContext {
-            cluster_owner: c.account.user_id.clone(),
+            cluster_owner: c.account.user_id.to_string(),
             nodes: record
                 .nodes
                 .values()

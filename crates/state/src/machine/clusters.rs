@@ -8,7 +8,7 @@ use coopr_engine::job::{cluster_status_after, JobEffect, JobRun};
 use coopr_engine::planner::{plan, PlanInput, PlannedTask};
 use coopr_types::{
     Account, Cluster, ClusterAction, ClusterId, ClusterStatus, ClusterTemplate, JobId, JobStatus,
-    Node, NodeId, NodeProperties, ShardId, Tenant,
+    Node, NodeId, NodeProperties, ShardId, ShortStr, Tenant,
 };
 
 use super::ClusterRecord;
@@ -74,7 +74,7 @@ impl State {
                     && c.status != ClusterStatus::Pending
                     && !global
                         .tenants
-                        .get(&c.account.tenant_id)
+                        .get(c.account.tenant_id.as_str())
                         .is_some_and(|t| c.account.belongs_to(t))
                     // A delete that failed is not retried in a loop: the cluster stays listed
                     // for the operator (admin API) like any failed delete.
@@ -177,14 +177,14 @@ impl State {
         } else {
             spec.dns_suffix.as_str()
         };
-        let automators: Vec<String> = {
+        let automators: Vec<ShortStr> = {
             let mut set = BTreeSet::new();
             for s in &spec.services {
                 if let Some(def) = service_defs.get(s) {
                     set.extend(def.provisioner.actions.values().map(|a| a.plugin.clone()));
                 }
             }
-            set.into_iter().collect()
+            set.iter().map(ShortStr::from).collect()
         };
         let nodes: coopr_types::VecMap<NodeId, Node> = spec
             .nodes
@@ -195,15 +195,15 @@ impl State {
                     id: node_id.clone(),
                     cluster_id: id,
                     properties: NodeProperties {
-                        hostname: format!("{host_prefix}{}-{}.{domain}", id.0, n.nodenum),
+                        hostname: format!("{host_prefix}{}-{}.{domain}", id.0, n.nodenum).into(),
                         ipaddresses: BTreeMap::new(),
                         nodenum: n.nodenum,
-                        hardwaretype: n.hardwaretype.clone(),
-                        imagetype: n.imagetype.clone(),
-                        flavor: n.flavor.clone(),
-                        image: n.image.clone(),
-                        sshuser: n.sshuser.clone(),
-                        services: n.services.clone(),
+                        hardwaretype: ShortStr::from(&n.hardwaretype),
+                        imagetype: ShortStr::from(&n.imagetype),
+                        flavor: ShortStr::from(&n.flavor),
+                        image: ShortStr::from(&n.image),
+                        sshuser: ShortStr::from(&n.sshuser),
+                        services: n.services.iter().map(ShortStr::from).collect(),
                         automators: automators.clone(),
                     },
                     actions: Vec::new(),
@@ -222,19 +222,19 @@ impl State {
             name: spec.name.clone(),
             description: spec.description.clone(),
             account: Account {
-                user_id: spec.user.clone(),
-                tenant_id: spec.tenant.clone(),
+                user_id: ShortStr::from(&spec.user),
+                tenant_id: ShortStr::from(&spec.tenant),
                 tenant_incarnation: tenant.id.clone(),
             },
             create_time: now,
             expire_time,
             provider: spec.provider.clone(),
             cluster_template: template,
-            hardwaretype: spec.hardwaretype.clone(),
-            imagetype: spec.imagetype.clone(),
+            hardwaretype: ShortStr::from(&spec.hardwaretype),
+            imagetype: ShortStr::from(&spec.imagetype),
             dns_suffix: spec.dns_suffix.clone(),
             nodes: nodes.keys().cloned().collect(),
-            services: spec.services.clone(),
+            services: spec.services.iter().map(ShortStr::from).collect(),
             latest_job_id: None,
             status: ClusterStatus::Pending,
             config: spec.config.clone(),
@@ -314,7 +314,7 @@ impl State {
                 }
                 if let Some(unknown) = services
                     .iter()
-                    .find(|s| !record.cluster.services.contains(s))
+                    .find(|s| !record.cluster.services.iter().any(|c| c == *s))
                 {
                     return Err(CommandError::not_found("service", unknown));
                 }
@@ -355,7 +355,7 @@ impl State {
             .and_then(|r| {
                 self.global_data()
                     .catalogs
-                    .get(&r.cluster.account.tenant_id)
+                    .get(r.cluster.account.tenant_id.as_str())
             })
             .map(TenantCatalog::services)
             .unwrap_or_default();
@@ -382,14 +382,14 @@ impl State {
                 continue;
             };
             for service in added {
-                if !node.properties.services.contains(service) {
-                    node.properties.services.push(service.clone());
+                if !node.properties.services.iter().any(|s| s == service) {
+                    node.properties.services.push(ShortStr::from(service));
                 }
             }
         }
         for service in services {
-            if !record.cluster.services.contains(service) {
-                record.cluster.services.push(service.clone());
+            if !record.cluster.services.iter().any(|s| s == service) {
+                record.cluster.services.push(ShortStr::from(service));
             }
             if let Some(def) = current_defs.get(service) {
                 Arc::make_mut(&mut record.service_defs).insert(service.clone(), def.clone());
@@ -455,7 +455,10 @@ impl State {
         let nodes: Vec<(NodeId, Vec<String>)> = record
             .nodes
             .values()
-            .map(|n| (n.id.clone(), n.properties.services.clone()))
+            .map(|n| {
+                let services = n.properties.services.iter().map(String::from).collect();
+                (n.id.clone(), services)
+            })
             .collect();
         let stages: Vec<Vec<PlannedTask>> = plan(&PlanInput {
             action,

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use coopr_types::{Account, ClusterId, ClusterStatus, JobId, ShardId, TaskId, TaskOwner};
+use coopr_types::{Account, ClusterId, ClusterStatus, JobId, ShardId, ShortStr, TaskId, TaskOwner};
 
 use super::{ClusterShard, State};
 use crate::replication::{ClusterShardView, ReplicaData, ReplicaShard};
@@ -129,7 +129,7 @@ impl TaskIndex {
 /// are of each status, so that nothing that only counts them has to visit them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct TenantIndex {
-    tenants: BTreeMap<String, BTreeMap<String, Group>>,
+    tenants: BTreeMap<ShortStr, BTreeMap<String, Group>>,
     /// Clusters by status (no entry for a status no cluster has).
     counts: BTreeMap<ClusterStatus, u64>,
 }
@@ -193,7 +193,7 @@ impl TenantIndex {
     }
 
     pub(crate) fn remove(&mut self, shard: ShardId, id: ClusterId, account: &Account) {
-        let Some(incarnations) = self.tenants.get_mut(&account.tenant_id) else {
+        let Some(incarnations) = self.tenants.get_mut(account.tenant_id.as_str()) else {
             return;
         };
         if let Some(group) = incarnations.get_mut(&account.tenant_incarnation) {
@@ -205,7 +205,7 @@ impl TenantIndex {
             }
         }
         if incarnations.is_empty() {
-            self.tenants.remove(&account.tenant_id);
+            self.tenants.remove(account.tenant_id.as_str());
         }
     }
 

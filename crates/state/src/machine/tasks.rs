@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use coopr_types::{JobId, NodeAction, ShardId, TaskId, TaskName, TaskOwner, TaskStatus};
+use coopr_types::{JobId, NodeAction, ShardId, ShortStr, TaskId, TaskName, TaskOwner, TaskStatus};
 
 use super::clusters::{apply_effects, job_finished};
 use crate::command::{CommandResult, Outcome, ProvisionerInfo, TaskResult};
@@ -138,7 +138,7 @@ impl State {
             }
             if success {
                 if let Some(hostname) = result.hostname.as_ref().filter(|h| !h.is_empty()) {
-                    node.properties.hostname = hostname.clone();
+                    node.properties.hostname = ShortStr::from(hostname);
                 }
                 if let Some(ips) = &result.ipaddresses {
                     node.properties.ipaddresses = ips.clone();
