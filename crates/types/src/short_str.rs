@@ -250,8 +250,14 @@ mod tests {
         let (a, b) = (ShortStr::from("a"), ShortStr::from("b"));
         assert!(a < b);
         // Compared with and turned into strings both ways.
-        assert!(a == "a" && "a" == a && a == *"a" && *"a" == a);
-        assert!(a == "a".to_string() && "a".to_string() == a && b != "a".to_string());
+        let (str_a, string_a) = ("a", String::from("a"));
+        assert_eq!(a, str_a);
+        assert_eq!(str_a, a);
+        assert_eq!(a, *str_a);
+        assert_eq!(*str_a, a);
+        assert_eq!(a, string_a);
+        assert_eq!(string_a, a);
+        assert_ne!(b, string_a);
         let long = ShortStr::from("z".repeat(ShortStr::INLINE + 1));
         assert_eq!(String::from(&a), "a");
         assert_eq!(String::from(long.clone()), long.as_str());
