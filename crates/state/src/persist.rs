@@ -207,7 +207,10 @@ pub fn recover(store: &dyn LogStore, shard_count: u32) -> Result<Recovered, Pers
     })
 }
 
+/// Decodes one part; the templates and service definitions its records repeat are decoded
+/// once each (`coopr_types::shared_json`).
 fn decode_part<T: for<'de> Deserialize<'de>>(part: u32, bytes: &[u8]) -> Result<T, PersistError> {
+    let _memo = coopr_types::shared_json::Memo::open();
     serde_json::from_slice(bytes).map_err(|e| PersistError::BadPart {
         part,
         reason: e.to_string(),

@@ -90,7 +90,9 @@ pub struct Cluster {
     pub expire_time: u64,
     pub provider: Provider,
     /// Shared between the clusters built from equal templates (the state interns it: a copy
-    /// per cluster was a fifth of a one-machine cluster's memory). The JSON is the template's.
+    /// per cluster was a fifth of a one-machine cluster's memory). The JSON is the template's;
+    /// equal ones are decoded once under a [`crate::shared_json::Memo`].
+    #[serde(deserialize_with = "crate::shared_json::deserialize")]
     pub cluster_template: Arc<ClusterTemplate>,
     #[serde(default)]
     pub hardwaretype: ShortStr,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod ids;
 pub mod job;
 pub mod lenient;
+pub mod shared_json;
 pub mod short_str;
 pub mod status;
 pub mod vecmap;

@@ -38,7 +38,7 @@ pub mod retire;
 pub(crate) mod service_pool;
 mod tasks;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use coopr_engine::job::JobRun;
@@ -91,7 +91,9 @@ pub struct ClusterRecord {
     pub jobs: VecMap<u32, JobRun>,
     pub next_job_seq: u32,
     /// The services catalog as of the latest operation (the planner's input); equal
-    /// definitions, and equal maps of them, are shared between records ([`service_pool`]).
+    /// definitions, and equal maps of them, are shared between records ([`service_pool`]),
+    /// and equal ones are decoded once in a snapshot part (`coopr_types::shared_json`).
+    #[serde(deserialize_with = "coopr_types::shared_json::deserialize")]
     pub service_defs: Arc<ServiceDefs>,
     /// The operation in flight as the replicas know it (set by its `OperationStarted`, cleared
     /// by its `OperationFinished`).
@@ -290,12 +292,26 @@ impl State {
     /// Shares the service definitions and templates of a shard's records through `pool` (a
     /// decoded record has its own copy of each: interned as each part is decoded, a restore never holds the
     /// copies of every shard at once).
+    /// Records decoded together share the allocation of equal definitions and templates
+    /// (`coopr_types::shared_json`): each allocation is interned once.
     pub(crate) fn intern_shard(pool: &mut service_pool::ServicePool, shard: &mut ClusterShard) {
+        let mut defs_seen = HashMap::new();
+        let mut templates_seen = HashMap::new();
         for record in shard.clusters.values_mut() {
-            let defs = Arc::unwrap_or_clone(std::mem::take(&mut record.service_defs));
-            record.service_defs = pool.intern_defs(defs);
-            record.cluster.cluster_template =
-                pool.intern_template(Arc::clone(&record.cluster.cluster_template));
+            let defs = std::mem::take(&mut record.service_defs);
+            record.service_defs = if Arc::strong_count(&defs) == 1 {
+                pool.intern_defs(Arc::unwrap_or_clone(defs))
+            } else {
+                intern_once(&mut defs_seen, defs, |d| pool.intern_defs((*d).clone()))
+            };
+            let template = &record.cluster.cluster_template;
+            record.cluster.cluster_template = if Arc::strong_count(template) == 1 {
+                pool.intern_template(Arc::clone(template))
+            } else {
+                intern_once(&mut templates_seen, Arc::clone(template), |t| {
+                    pool.intern_template(t)
+                })
+            };
             record.shrink_to_fit();
         }
     }
@@ -606,4 +622,20 @@ impl State {
             Command::SeedReplica { seed } => self.seed_replica(seed),
         }
     }
+}
+
+/// `intern(value)` once per allocation: values that share one allocation share the result.
+/// `seen` holds each allocation it saw, so that its address is not reused meanwhile.
+fn intern_once<T>(
+    seen: &mut HashMap<usize, (Arc<T>, Arc<T>)>,
+    value: Arc<T>,
+    intern: impl FnOnce(Arc<T>) -> Arc<T>,
+) -> Arc<T> {
+    let key = Arc::as_ptr(&value) as usize;
+    if let Some((_, interned)) = seen.get(&key) {
+        return Arc::clone(interned);
+    }
+    let interned = intern(Arc::clone(&value));
+    seen.insert(key, (value, Arc::clone(&interned)));
+    interned
 }
