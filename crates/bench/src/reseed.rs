@@ -240,6 +240,8 @@ pub fn run(args: ReseedArgs) -> anyhow::Result<()> {
     })?;
     let mut decoded = None;
     let decode = time(&mut || {
+        // As the replica's puller decodes a seed: equal templates decoded once.
+        let _memo = coopr_types::shared_json::Memo::open();
         decoded = Some(serde_json::from_slice::<coopr_state::ReplicaShard>(
             &inflated,
         )?);

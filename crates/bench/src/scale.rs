@@ -428,7 +428,11 @@ impl Streamed {
             let bytes = serde_json::to_vec(data)?;
             streamed.encode += started.elapsed();
             let started = Instant::now();
-            let decoded: coopr_state::ClusterShard = serde_json::from_slice(&bytes)?;
+            // As a node decodes a part: equal templates and definitions decoded once.
+            let decoded: coopr_state::ClusterShard = {
+                let _memo = coopr_types::shared_json::Memo::open();
+                serde_json::from_slice(&bytes)?
+            };
             streamed.decode += started.elapsed();
             drop(decoded);
             streamed.cluster_bytes += bytes.len();

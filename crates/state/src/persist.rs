@@ -69,6 +69,8 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
 }
 
 pub fn decode_entry(index: LogIndex, bytes: &[u8]) -> Result<Entry, PersistError> {
+    // A seed or a batch of records repeats its clusters' templates: each decoded once.
+    let _memo = coopr_types::shared_json::Memo::open();
     serde_json::from_slice(bytes).map_err(|e| PersistError::BadEntry {
         index,
         reason: e.to_string(),

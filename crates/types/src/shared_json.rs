@@ -8,14 +8,18 @@
 //! costs a scan of its text and a hash of it instead. Shared values must not be changed in
 //! place (`Arc::make_mut` copies them), as for any value the state interns.
 //!
-//! Outside a memo, [`deserialize`] decodes as usual. Inside one, it expects a `serde_json`
-//! deserializer, whose text it compares: a memo is opened only around `serde_json` decoding.
+//! Outside a memo, [`deserialize`] decodes as usual. Inside one, it reads the value's text
+//! (`RawValue`), which only `serde_json`'s own deserializer gives: a memo is opened only around
+//! `serde_json` decoding, and the fields that use it must not sit inside types that buffer
+//! their content first (`#[serde(tag)]`, `untagged`, `flatten`): decoding those would fail
+//! with an error while a memo is open.
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::de::{DeserializeOwned, Error as _};
@@ -33,15 +37,20 @@ thread_local! {
 /// Decoded values by type and a hash of their text, with the text they were decoded from.
 type Entries = HashMap<(TypeId, u64), Vec<(Box<RawValue>, Arc<dyn Any + Send + Sync>)>>;
 
-/// A memo open on this thread until dropped (an outer one, if any, is put back then).
+/// A memo open on this thread until dropped (an outer one, if any, is put back then). It
+/// cannot move to another thread (not `Send`), so a task cannot hold it across an `.await`.
 pub struct Memo {
     outer: Option<Entries>,
+    _thread: PhantomData<*const ()>,
 }
 
 impl Memo {
     pub fn open() -> Memo {
         let outer = MEMO.with(|m| m.borrow_mut().replace(Entries::new()));
-        Memo { outer }
+        Memo {
+            outer,
+            _thread: PhantomData,
+        }
     }
 }
 

@@ -429,8 +429,10 @@ impl Stream {
         } else {
             bytes.to_vec()
         };
-        let seed: coopr_state::ReplicaShard =
-            serde_json::from_slice(&json).map_err(|e| format!("unreadable seed: {e}"))?;
+        let seed: coopr_state::ReplicaShard = {
+            let _memo = coopr_types::shared_json::Memo::open();
+            serde_json::from_slice(&json).map_err(|e| format!("unreadable seed: {e}"))?
+        };
         if seed.shard != shard || seed.owner_dc != self.owner_dc {
             return Err(format!(
                 "asked {} for shard {shard}, got shard {} of {}",
