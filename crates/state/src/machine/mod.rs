@@ -289,11 +289,10 @@ impl State {
         State::from_interned_parts(shard_count, global, shards, local, pool)
     }
 
-    /// Shares the service definitions and templates of a shard's records through `pool` (a
-    /// decoded record has its own copy of each: interned as each part is decoded, a restore never holds the
-    /// copies of every shard at once).
-    /// Records decoded together share the allocation of equal definitions and templates
-    /// (`coopr_types::shared_json`): each allocation is interned once.
+    /// Shares the service definitions and templates of a shard's records through `pool`,
+    /// as each part is decoded. The records of one part share an allocation for each
+    /// distinct definition map and template (`coopr_types::shared_json`), interned once
+    /// here; a record that holds its own copy has it interned on its own.
     pub(crate) fn intern_shard(pool: &mut service_pool::ServicePool, shard: &mut ClusterShard) {
         let mut defs_seen = HashMap::new();
         let mut templates_seen = HashMap::new();
