@@ -607,19 +607,36 @@ fn clusters_share_equal_service_definitions_and_templates() {
         std::sync::Arc::ptr_eq(defs(a), defs(b)) && std::sync::Arc::ptr_eq(template(a), template(b))
     };
     let mut h = Harness::new(4);
-    let a = h.create_ok("lamp", 1);
-    let b = h.create_ok("lamp", 2);
-    assert!(shared(&h.state, a, b));
+    let created =
+        |h: &mut Harness, shard: u32, machines: u32| match h.create(shard, "lamp", machines) {
+            Ok(Outcome::ClusterCreated { id }) => id,
+            other => panic!("create: {other:?}"),
+        };
+    // Two per shard: the records of one part share what its decoding shares.
+    let ids: Vec<ClusterId> = (0..8).map(|n| created(&mut h, n % 4, n / 4 + 1)).collect();
+    let (a, b) = (ids[0], ids[1]);
+    assert!(ids.iter().all(|&id| shared(&h.state, a, id)));
+    // Clusters in several shards: each shard is a part of the snapshot, decoded apart.
+    let shards: std::collections::BTreeSet<_> = ids.iter().map(|id| id.shard(4)).collect();
+    assert!(shards.len() > 1, "{shards:?}");
     let store = MemStore::new();
     let bytes: Vec<Vec<u8>> = h.log.iter().map(encode_entry).collect();
     let last = store.append(&bytes).unwrap();
     store
         .install_snapshot(&snapshot_of(&h.state, last))
         .unwrap();
-    let recovered = recover(&store, 4).unwrap();
+    let mut recovered = recover(&store, 4).unwrap();
     assert_eq!(recovered.replayed, 0, "restored from the snapshot alone");
     assert!(shared(&recovered.state, a, b));
+    // Across parts too, and with a cluster created after the restore (the state's pool,
+    // not only each part's decoding, shares them).
+    assert!(ids.iter().all(|&id| shared(&recovered.state, a, id)));
     assert_eq!(parts_of(&recovered.state), h.parts());
+    let mut after = Harness::new(4);
+    after.now_ms = h.now_ms;
+    std::mem::swap(&mut after.state, &mut recovered.state);
+    let c = created(&mut after, 2, 3);
+    assert!(shared(&after.state, a, c));
 }
 
 /// Applying entries and appending them to a store, then `recover`, gives the same state; so
