@@ -22,6 +22,7 @@ use coopr_placement::{
     Epoch, FrozenReport, HeldLease, Outcome, OwnedShard, PlacementState, Position, Reply,
     SealReport, Seq, TAKEOVER_PULL_MS,
 };
+use coopr_state::Command;
 use coopr_types::ShardId;
 use tokio::sync::watch;
 
@@ -217,6 +218,8 @@ const HANDOVER_CADENCE: Duration = Duration::from_millis(250);
 const FAILOVER_CADENCE: Duration = Duration::from_millis(100);
 /// How long this node remembers when it first saw a takeover order it is no longer given.
 const TAKEOVERS_SEEN_KEPT_MS: u64 = 600_000;
+/// How many shards' ownership changes [`reconcile`] has in the DC log at once.
+const RECONCILE_IN_FLIGHT: usize = 64;
 
 fn position(p: coopr_state::Position) -> Position {
     Position {
@@ -319,7 +322,7 @@ fn frozen_reports(app: &App) -> BTreeMap<ShardId, FrozenReport> {
 /// - a shard this DC wrote and the map now gives to another DC at a later epoch is demoted
 ///   into a replica copy: what it wrote after the new epoch's start goes to the
 ///   lost-operations report (nothing, after a graceful handover).
-async fn reconcile(app: &App) {
+async fn reconcile(app: &Arc<App>) {
     let Some(held) = app.held_lease() else {
         return;
     };
@@ -342,20 +345,46 @@ async fn reconcile(app: &App) {
             ready_to_seal(app, shard, order, watermark)
         })
     };
+    // A shard's commands go in order, different shards' together: a failover's seals and
+    // adoptions of hundreds of shards then share the DC log's appends and flushes (group
+    // commit) instead of taking one round each, and the lease loop, which renews, waits for
+    // the slowest shard rather than for their sum.
+    let mut by_shard: BTreeMap<Option<ShardId>, Vec<Command>> = BTreeMap::new();
     for command in commands {
-        let what = format!("{command:?}");
-        match app.propose_system(command, None).await {
-            Ok(Ok(outcome)) => {
-                tracing::info!(command = %what, ?outcome, "ownership change applied");
-                // Report it (a freeze's final position, a seal) or start writing without
-                // waiting.
-                app.renew_now.notify_one();
-            }
-            Ok(Err(e)) => {
-                tracing::info!(command = %what, error = %e, "ownership change not applied yet")
-            }
-            Err(e) => tracing::warn!(command = %what, error = %e, "ownership change not written"),
+        by_shard
+            .entry(super::reconcile::command_target(&command))
+            .or_default()
+            .push(command);
+    }
+    let mut proposals = tokio::task::JoinSet::new();
+    for commands in by_shard.into_values() {
+        if proposals.len() >= RECONCILE_IN_FLIGHT {
+            proposals.join_next().await;
         }
+        let app = Arc::clone(app);
+        proposals.spawn(async move {
+            for command in commands {
+                propose_ownership(&app, command).await;
+            }
+        });
+    }
+    while proposals.join_next().await.is_some() {}
+}
+
+/// Proposes one ownership change of [`reconcile`] and logs how it went.
+async fn propose_ownership(app: &App, command: Command) {
+    let what = format!("{command:?}");
+    match app.propose_system(command, None).await {
+        Ok(Ok(outcome)) => {
+            tracing::info!(command = %what, ?outcome, "ownership change applied");
+            // Report it (a freeze's final position, a seal) or start writing without
+            // waiting.
+            app.renew_now.notify_one();
+        }
+        Ok(Err(e)) => {
+            tracing::info!(command = %what, error = %e, "ownership change not applied yet")
+        }
+        Err(e) => tracing::warn!(command = %what, error = %e, "ownership change not written"),
     }
 }
 

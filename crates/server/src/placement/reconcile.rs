@@ -52,6 +52,20 @@ pub fn epoch_starts(placement: &PlacementState) -> BTreeMap<(ShardId, Epoch), Po
         .collect()
 }
 
+/// The shard an ownership command of [`ownership_commands`] changes (`None` for any other
+/// command): a shard's commands are proposed in their order, different shards' together.
+pub fn command_target(command: &Command) -> Option<ShardId> {
+    match command {
+        Command::AdoptShard { shard, .. }
+        | Command::FreezeShard { shard, .. }
+        | Command::UnfreezeShard { shard, .. }
+        | Command::SealReplica { shard, .. }
+        | Command::UnsealReplica { shard }
+        | Command::DemoteShard { shard, .. } => Some(*shard),
+        _ => None,
+    }
+}
+
 /// The ownership commands to propose, in order. `ready_to_seal` says whether this DC, ordered
 /// to take a shard over, has what it can get of the old epoch (a question of time and of the
 /// replication stream, answered by the caller).
