@@ -392,7 +392,7 @@ impl NodeOutcome {
 /// The template and provider a cluster was built from (large; shipped only when new).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterSnapshot {
-    pub provider: Provider,
+    pub provider: Arc<Provider>,
     pub cluster_template: Arc<ClusterTemplate>,
 }
 

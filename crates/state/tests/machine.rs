@@ -600,11 +600,14 @@ fn add_services_uses_current_service_definitions() {
 /// millions of clusters of a few templates), also in a state restored from a snapshot; a
 /// changed definition is a new one.
 #[test]
-fn clusters_share_equal_service_definitions_and_templates() {
+fn clusters_share_equal_service_definitions_templates_and_providers() {
     let shared = |state: &State, a: ClusterId, b: ClusterId| {
         let defs = |id| &state.cluster(id).unwrap().service_defs;
         let template = |id| &state.cluster(id).unwrap().cluster.cluster_template;
-        std::sync::Arc::ptr_eq(defs(a), defs(b)) && std::sync::Arc::ptr_eq(template(a), template(b))
+        let provider = |id| &state.cluster(id).unwrap().cluster.provider;
+        std::sync::Arc::ptr_eq(defs(a), defs(b))
+            && std::sync::Arc::ptr_eq(template(a), template(b))
+            && std::sync::Arc::ptr_eq(provider(a), provider(b))
     };
     let mut h = Harness::new(4);
     let created =

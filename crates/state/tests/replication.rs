@@ -2210,12 +2210,12 @@ fn a_demoted_shard_releases_its_in_progress_tasks() {
     assert_eq!(a.state.next_deadline(), Some(deadline));
 }
 
-/// A replica's copies of clusters built from one template share one allocation of it (each
-/// copy arrives with its own, in the record that first names the cluster), after batches as
-/// after a snapshot restore: a replica DC holds another DC's clusters in the same memory as
-/// their owner. Once adopted, they share their map of service definitions as well.
+/// A replica's copies of clusters built from one template and provider share one allocation
+/// of each (each copy arrives with its own, in the record that first names the cluster), after
+/// batches as after a snapshot restore: a replica DC holds another DC's clusters in the same
+/// memory as their owner. Once adopted, they share their map of service definitions as well.
 #[test]
-fn replica_copies_share_equal_templates() {
+fn replica_copies_share_equal_templates_and_providers() {
     let mut owner = Owner::new();
     let a = owner.create_in(1, "lamp", 1);
     owner.drive();
@@ -2242,7 +2242,9 @@ fn replica_copies_share_equal_templates() {
             panic!("no replica copy of shard 1");
         };
         let template = |id| &view.clusters[&id].cluster.cluster_template;
+        let provider = |id| &view.clusters[&id].cluster.provider;
         std::sync::Arc::ptr_eq(template(a), template(b))
+            && std::sync::Arc::ptr_eq(provider(a), provider(b))
     };
     assert!(shared(&dc_b), "after the batches");
     let parts = encode_parts(&dc_b);

@@ -88,7 +88,10 @@ pub struct Cluster {
     /// 0 means no lease.
     #[serde(default)]
     pub expire_time: u64,
-    pub provider: Provider,
+    /// Shared between the clusters built with equal providers (the state interns it, as the
+    /// template); equal ones are decoded once under a [`crate::shared_json::Memo`].
+    #[serde(deserialize_with = "crate::shared_json::deserialize")]
+    pub provider: Arc<Provider>,
     /// Shared between the clusters built from equal templates (the state interns it: a copy
     /// per cluster was a fifth of a one-machine cluster's memory). The JSON is the template's;
     /// equal ones are decoded once under a [`crate::shared_json::Memo`].

@@ -1,6 +1,7 @@
 //! Decoding equal JSON values once: while a [`Memo`] is open on a thread, the fields that
-//! [`deserialize`] decodes (a cluster's template, a record's service definitions) are decoded
-//! once per distinct JSON text, and equal texts give one shared allocation.
+//! [`deserialize`] decodes (a cluster's template and provider, a record's service
+//! definitions) are decoded once per distinct JSON text, and equal texts give one shared
+//! allocation.
 //!
 //! A snapshot part repeats each tenant's template and definitions in every cluster record:
 //! about two fifths of decoding a one-machine cluster was parsing definitions that the state

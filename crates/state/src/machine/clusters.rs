@@ -156,6 +156,9 @@ impl State {
         let template = self
             .service_pool
             .intern_template(Arc::new(spec.template.clone()));
+        let provider = self
+            .service_pool
+            .intern_provider(Arc::new(spec.provider.clone()));
         let shard_count = self.shard_count;
         let Some(shard_state) = self.shards.get_mut(&shard).map(Arc::make_mut) else {
             return Err(CommandError::invalid(
@@ -228,7 +231,7 @@ impl State {
             },
             create_time: now,
             expire_time,
-            provider: spec.provider.clone(),
+            provider,
             cluster_template: template,
             hardwaretype: ShortStr::from(&spec.hardwaretype),
             imagetype: ShortStr::from(&spec.imagetype),

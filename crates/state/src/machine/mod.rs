@@ -289,13 +289,14 @@ impl State {
         State::from_interned_parts(shard_count, global, shards, local, pool)
     }
 
-    /// Shares the service definitions and templates of a shard's records through `pool`,
-    /// as each part is decoded. The records of one part share an allocation for each
-    /// distinct definition map and template (`coopr_types::shared_json`), interned once
-    /// here; a record that holds its own copy has it interned on its own.
+    /// Shares the service definitions, templates and providers of a shard's records through
+    /// `pool`, as each part is decoded. The records of one part share an allocation for each
+    /// distinct definition map, template and provider (`coopr_types::shared_json`), interned
+    /// once here; a record that holds its own copy has it interned on its own.
     pub(crate) fn intern_shard(pool: &mut service_pool::ServicePool, shard: &mut ClusterShard) {
         let mut defs_seen = HashMap::new();
         let mut templates_seen = HashMap::new();
+        let mut providers_seen = HashMap::new();
         for record in shard.clusters.values_mut() {
             let defs = std::mem::take(&mut record.service_defs);
             record.service_defs = if Arc::strong_count(&defs) == 1 {
@@ -311,13 +312,21 @@ impl State {
                     pool.intern_template(t)
                 })
             };
+            let provider = &record.cluster.provider;
+            record.cluster.provider = if Arc::strong_count(provider) == 1 {
+                pool.intern_provider(Arc::clone(provider))
+            } else {
+                intern_once(&mut providers_seen, Arc::clone(provider), |p| {
+                    pool.intern_provider(p)
+                })
+            };
             record.shrink_to_fit();
         }
     }
 
-    /// Shares the templates of a replica copy's clusters through `pool` (each arrives with its
-    /// own copy, in the record that first names the cluster or in a snapshot part): all of
-    /// them, or only those of `touched`.
+    /// Shares the templates and providers of a replica copy's clusters through `pool` (each
+    /// arrives with its own copy, in the record that first names the cluster or in a snapshot
+    /// part): all of them, or only those of `touched`.
     pub(crate) fn intern_replica(
         pool: &mut service_pool::ServicePool,
         replica: &mut ReplicaShard,
@@ -330,6 +339,7 @@ impl State {
             if touched.is_none_or(|touched| touched.contains(id)) {
                 copy.cluster.cluster_template =
                     pool.intern_template(Arc::clone(&copy.cluster.cluster_template));
+                copy.cluster.provider = pool.intern_provider(Arc::clone(&copy.cluster.provider));
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Shares identical service definitions and cluster templates between cluster records.
+//! Shares identical service definitions, cluster templates and providers between cluster
+//! records.
 //!
 //! Every cluster keeps the service definitions its last operation planned with
 //! ([`super::ClusterRecord::service_defs`]) and the template it was built from
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
-use coopr_types::{ClusterTemplate, Service, ServiceDefs};
+use coopr_types::{ClusterTemplate, Provider, Service, ServiceDefs};
 use serde::Serialize;
 
 /// Interns between two sweeps of a pool for entries no record uses any more (a dead entry
@@ -25,6 +26,7 @@ const SWEEP_EVERY: u32 = 1024;
 pub struct ServicePool {
     services: Interned<Service>,
     templates: Interned<ClusterTemplate>,
+    providers: Interned<Provider>,
     /// Maps of interned definitions, by a hash of their names and definitions' addresses.
     maps: WeakPool<u64, ServiceDefs>,
 }
@@ -73,10 +75,17 @@ impl ServicePool {
         self.templates.intern(name, template)
     }
 
+    /// The pool's allocation of a provider equal to `provider`, or `provider` itself (then
+    /// pooled).
+    pub fn intern_provider(&mut self, provider: Arc<Provider>) -> Arc<Provider> {
+        let name = provider.name.clone();
+        self.providers.intern(name, provider)
+    }
+
     /// Pooled entries, dead ones included (for tests).
     #[cfg(test)]
     fn entries(&self) -> usize {
-        self.services.entries() + self.templates.entries()
+        self.services.entries() + self.templates.entries() + self.providers.entries()
     }
 }
 
