@@ -304,22 +304,14 @@ impl State {
             } else {
                 intern_once(&mut defs_seen, defs, |d| pool.intern_defs((*d).clone()))
             };
-            let template = &record.cluster.cluster_template;
-            record.cluster.cluster_template = if Arc::strong_count(template) == 1 {
-                pool.intern_template(Arc::clone(template))
-            } else {
-                intern_once(&mut templates_seen, Arc::clone(template), |t| {
+            let cluster = &mut record.cluster;
+            cluster.cluster_template =
+                intern_held(&mut templates_seen, &cluster.cluster_template, |t| {
                     pool.intern_template(t)
-                })
-            };
-            let provider = &record.cluster.provider;
-            record.cluster.provider = if Arc::strong_count(provider) == 1 {
-                pool.intern_provider(Arc::clone(provider))
-            } else {
-                intern_once(&mut providers_seen, Arc::clone(provider), |p| {
-                    pool.intern_provider(p)
-                })
-            };
+                });
+            cluster.provider = intern_held(&mut providers_seen, &cluster.provider, |p| {
+                pool.intern_provider(p)
+            });
             record.shrink_to_fit();
         }
     }
@@ -630,6 +622,20 @@ impl State {
             Command::UnsealReplica { shard } => self.unseal_replica(*shard),
             Command::SeedReplica { seed } => self.seed_replica(seed),
         }
+    }
+}
+
+/// [`intern_once`] of the allocation `held` (a record's field), or `intern` of it directly
+/// when nothing else holds it.
+fn intern_held<T>(
+    seen: &mut HashMap<usize, (Arc<T>, Arc<T>)>,
+    held: &Arc<T>,
+    intern: impl FnOnce(Arc<T>) -> Arc<T>,
+) -> Arc<T> {
+    if Arc::strong_count(held) == 1 {
+        intern(Arc::clone(held))
+    } else {
+        intern_once(seen, Arc::clone(held), intern)
     }
 }
 
