@@ -37,6 +37,9 @@ pub(crate) const VOTE_KEY: &str = "raft.vote";
 pub(crate) const COMMITTED_KEY: &str = "raft.committed";
 pub(crate) const LAST_PURGED_KEY: &str = "raft.last_purged";
 
+/// Reads of at most this many entries run in place ([`RaftLogStore::brief`]).
+const BRIEF_READ_ENTRIES: u64 = 64;
+
 /// openraft's log (and vote) storage on a [`LogStore`]. Cheap to clone: clones share the store
 /// (the clone is the log reader of the replication tasks).
 #[derive(Clone)]
@@ -80,6 +83,20 @@ impl RaftLogStore {
         F: FnOnce(&dyn LogStore) -> Result<T, StorageFailure> + Send + 'static,
     {
         blocking(self.store.clone(), run).await
+    }
+
+    /// Runs a store call that does not wait for the disk on this thread, as it is: a read of a
+    /// few entries (a `pread`, from the page cache for the tail of the log that replication
+    /// reads) or an append left unsynced (a `pwrite`). A few microseconds, less than handing the
+    /// worker's other tasks to another thread ([`blocking`]) costs, which a leader paid three
+    /// times per write (its append and each follower's read) before its flush. (An unsynced
+    /// append that fills a WAL segment flushes it before starting the next one, in place:
+    /// once per 64 MiB of log.)
+    fn brief<T>(
+        &self,
+        run: impl FnOnce(&dyn LogStore) -> Result<T, StorageFailure>,
+    ) -> Result<T, StorageFailure> {
+        run(&*self.store)
     }
 
     async fn load<T: DeserializeOwned + Send + 'static>(
@@ -233,30 +250,35 @@ impl RaftLogReader<TypeConfig> for RaftLogStore {
         if end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
         }
-        let rows = self
-            .blocking(move |store| {
-                // Entries purged since openraft computed the range are simply not returned,
-                // like entries past the end (openraft asks only for what it believes exists).
-                let from = store_index(start).max(store.first_index()?);
-                let max = end.map_or(usize::MAX, |end| {
-                    usize::try_from(store_index(end).saturating_sub(from)).unwrap_or(usize::MAX)
-                });
-                if max == 0 {
-                    return Ok(Vec::new());
+        let read = move |store: &dyn LogStore| {
+            // Entries purged since openraft computed the range are simply not returned,
+            // like entries past the end (openraft asks only for what it believes exists).
+            let from = store_index(start).max(store.first_index()?);
+            let max = end.map_or(usize::MAX, |end| {
+                usize::try_from(store_index(end).saturating_sub(from)).unwrap_or(usize::MAX)
+            });
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            match store.read_from(from, max) {
+                Err(StoreError::Compacted { first_index, .. }) => {
+                    let max = end.map_or(usize::MAX, |end| {
+                        usize::try_from(store_index(end).saturating_sub(first_index))
+                            .unwrap_or(usize::MAX)
+                    });
+                    Ok(store.read_from(first_index, max)?)
                 }
-                match store.read_from(from, max) {
-                    Err(StoreError::Compacted { first_index, .. }) => {
-                        let max = end.map_or(usize::MAX, |end| {
-                            usize::try_from(store_index(end).saturating_sub(first_index))
-                                .unwrap_or(usize::MAX)
-                        });
-                        Ok(store.read_from(first_index, max)?)
-                    }
-                    other => Ok(other?),
-                }
-            })
-            .await
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+                other => Ok(other?),
+            }
+        };
+        // The few entries a follower in step is sent are read in place; a catch-up's batches
+        // (hundreds of entries, perhaps no longer in the page cache) leave the worker free.
+        let rows = if end.is_some_and(|end| end - start <= BRIEF_READ_ENTRIES) {
+            self.brief(read)
+        } else {
+            self.blocking(read).await
+        }
+        .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
         let mut entries = Vec::with_capacity(rows.len());
         for (index, bytes) in rows {
             let entry = decode_entry(index - 1, &bytes)
@@ -361,39 +383,43 @@ impl RaftLogStorage<TypeConfig> for RaftLogStore {
         // for this callback): the entries are made readable here and flushed on a blocking
         // thread, which calls back once they are durable. Everything else returns durable.
         let flush_later = callback.may_complete_later() && self.store.blocks();
-        let result = self
-            .blocking(move |store| {
-                // openraft appends right after the last entry (it truncates a conflicting
-                // suffix first); anything else would leave a hole or overwrite.
-                let mut expected = store.last_index()?;
-                let empty = expected < store.first_index()?;
-                if empty && store_index(first_index) > expected + 1 {
-                    // An empty log may start anywhere (openraft's storage suite does this);
-                    // move the compaction point so the log stays gap-free from its start.
-                    expected = store_index(first_index) - 1;
-                    store.install_snapshot(&Snapshot::at(expected, []))?;
-                }
-                if !empty && store_index(first_index) <= expected {
-                    // openraft truncates a conflicting suffix before appending; an overlapping
-                    // append (seen only in openraft's storage suite) overwrites like a map.
-                    store.truncate_from(store_index(first_index))?;
-                    expected = store_index(first_index) - 1;
-                }
-                if store_index(first_index) != expected + 1 {
-                    return Err(StorageFailure::Invariant(format!(
-                        "append at openraft index {first_index}, but the log ends at {}",
-                        expected
-                            .checked_sub(1)
-                            .map_or("none".into(), |i| i.to_string())
-                    )));
-                }
-                if flush_later {
-                    Ok(store.append_unsynced(&encoded)?)
-                } else {
-                    Ok(store.append(&encoded)?)
-                }
-            })
-            .await;
+        let append = move |store: &dyn LogStore| {
+            // openraft appends right after the last entry (it truncates a conflicting
+            // suffix first); anything else would leave a hole or overwrite.
+            let mut expected = store.last_index()?;
+            let empty = expected < store.first_index()?;
+            if empty && store_index(first_index) > expected + 1 {
+                // An empty log may start anywhere (openraft's storage suite does this);
+                // move the compaction point so the log stays gap-free from its start.
+                expected = store_index(first_index) - 1;
+                store.install_snapshot(&Snapshot::at(expected, []))?;
+            }
+            if !empty && store_index(first_index) <= expected {
+                // openraft truncates a conflicting suffix before appending; an overlapping
+                // append (seen only in openraft's storage suite) overwrites like a map.
+                store.truncate_from(store_index(first_index))?;
+                expected = store_index(first_index) - 1;
+            }
+            if store_index(first_index) != expected + 1 {
+                return Err(StorageFailure::Invariant(format!(
+                    "append at openraft index {first_index}, but the log ends at {}",
+                    expected
+                        .checked_sub(1)
+                        .map_or("none".into(), |i| i.to_string())
+                )));
+            }
+            if flush_later {
+                Ok(store.append_unsynced(&encoded)?)
+            } else {
+                Ok(store.append(&encoded)?)
+            }
+        };
+        // Unsynced, the append is a `pwrite`: in place. Synced, it waits for the disk.
+        let result = if flush_later {
+            self.brief(append)
+        } else {
+            self.blocking(append).await
+        };
         match result {
             Ok(_) if flush_later => {
                 let store = Arc::clone(&self.store);
