@@ -112,10 +112,14 @@ pub struct PlacementGroup {
     pub wakes: Wakes,
 }
 
-/// The DCs a shard change concerns (its owner, and the DC a handover or takeover moves it
-/// to), collected by the voter that committed the change for [`crate::placement::lease::wake`]
-/// to tell at once: otherwise each learns of it at its next renewal or map refresh, up to a
-/// third of a lease later, and every step of a handover waits for one.
+/// The DCs a shard change concerns (its owner, the DC a handover or takeover moves it to, and
+/// its replicas), collected by the voter that committed the change for
+/// [`crate::placement::lease::wake`] to tell at once: otherwise each learns of it at its next
+/// renewal or map refresh, up to a third of a lease later, and every step of a handover waits
+/// for one. A handover completes only once every replica reported the frozen position, which
+/// a replica does at once only if it knows the shard is being handed over; and once it
+/// completes, the old owner (a replica now) releases its copy and every replica follows the
+/// new owner when it sees the new map.
 #[derive(Default)]
 pub struct Wakes {
     dcs: Mutex<std::collections::BTreeSet<String>>,
@@ -127,6 +131,7 @@ impl Wakes {
         use coopr_placement::ShardStatus;
         let mut dcs = self.dcs.lock().unwrap_or_else(|e| e.into_inner());
         dcs.insert(placement.owner.0.clone());
+        dcs.extend(placement.replicas.iter().map(|dc| dc.0.clone()));
         match &placement.status {
             ShardStatus::Active => {}
             ShardStatus::Draining { to, .. }

@@ -171,8 +171,9 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Whether a handover from or to this DC is in progress (as the map last fetched says): each
-/// of its steps waits for a renewal, so renewals come faster.
+/// Whether a handover from or to this DC, or of a shard it holds a replica copy of, is in
+/// progress (as the map last fetched says): each of its steps waits for a renewal (the
+/// completion for every replica's report of the frozen position), so renewals come faster.
 fn in_handover(app: &App) -> bool {
     let dc = app.config.dc.as_str();
     app.placement_state().is_some_and(|state| {
@@ -180,7 +181,9 @@ fn in_handover(app: &App) -> bool {
             coopr_placement::ShardStatus::Active
             | coopr_placement::ShardStatus::TakingOver { .. } => false,
             coopr_placement::ShardStatus::Draining { to, .. }
-            | coopr_placement::ShardStatus::HandingOver { to, .. } => p.owner.0 == dc || to.0 == dc,
+            | coopr_placement::ShardStatus::HandingOver { to, .. } => {
+                p.owner.0 == dc || to.0 == dc || p.replicas.iter().any(|r| r.0 == dc)
+            }
         })
     })
 }
