@@ -213,7 +213,7 @@ impl JobRun {
             id,
             node_id: planned.node_id,
             task_name: planned.task_name,
-            service: planned.service,
+            service: planned.service.into(),
             status: TaskStatus::NotSubmitted,
             attempts,
             submit_time: now,

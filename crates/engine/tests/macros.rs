@@ -17,7 +17,7 @@ fn node(
     services: &[&str],
 ) -> MacroNode {
     MacroNode {
-        id: NodeId(id.to_string()),
+        id: NodeId(id.into()),
         nodenum,
         hostname: hostname.to_string(),
         ipaddresses: ips
@@ -46,7 +46,7 @@ fn coopr_cluster(task: &str) -> MacroContext {
             node("two", 9, "owt", &[], &["svc2"]),
             node("thr", 10, "", &[("access_v4", "9.6.8.8")], &["svc3"]),
         ],
-        task_node: Some(NodeId(task.to_string())),
+        task_node: Some(NodeId(task.into())),
     }
 }
 
@@ -543,7 +543,7 @@ fn text_and_delimiters() {
             ("%instance.self.service.svc1%", "no_task_node"),
         ],
     );
-    no_hostname.task_node = Some(NodeId("gone".to_string()));
+    no_hostname.task_node = Some(NodeId("gone".into()));
     expect_err(&no_hostname, &[("%host.self%", "no_task_node")]);
     // Without bind_v4 addresses the default ip type is missing.
     expect_err(

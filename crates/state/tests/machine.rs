@@ -575,7 +575,7 @@ fn add_services_uses_current_service_definitions() {
     while let Some(task) = h.take() {
         let t = h.state.task(task).unwrap();
         if !t.service.is_empty() {
-            names.push((t.task_name, t.service.clone()));
+            names.push((t.task_name, t.service.to_string()));
         }
         h.finish(task, 0).unwrap();
     }

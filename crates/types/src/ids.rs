@@ -142,19 +142,24 @@ impl FromStr for TaskId {
 /// replaying the log (or re-planning after a failover) yields the same IDs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct NodeId(pub String);
+pub struct NodeId(pub NodeIdStr);
+
+/// A node ID's text: the 36 bytes of a derived one are kept inline (no allocation of its own in
+/// each of the records that name the node: the node, its tasks, their owners' views); a longer
+/// one (not derived here) is on the heap.
+pub type NodeIdStr = crate::short_str::InlineStr<38>;
 
 impl NodeId {
     pub fn derive(cluster: ClusterId, nodenum: u32) -> NodeId {
         let a = cluster.0;
-        NodeId(format!(
+        NodeId(NodeIdStr::from(format!(
             "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
             (a >> 32) as u32,
             (a >> 16) as u16,
             (a & 0xfff) as u16,
             (nodenum >> 12) & 0xfff,
             (u64::from(nodenum & 0xfff) << 36) | (a & 0xf_ffff_ffff),
-        ))
+        )))
     }
 }
 
@@ -191,6 +196,38 @@ mod tests {
         assert_eq!(id.0, 7 + 64 * 3);
         assert_eq!(id.shard(64), ShardId(7));
         assert_eq!(id.to_string(), "00000199");
+    }
+
+    #[test]
+    fn derived_node_ids_are_inline_and_read_back_as_text() {
+        let ids: Vec<NodeId> = [(ClusterId(u64::MAX), u32::MAX), (ClusterId(7), 1)]
+            .into_iter()
+            .map(|(cluster, nodenum)| NodeId::derive(cluster, nodenum))
+            .collect();
+        for id in &ids {
+            assert_eq!(id.0.len(), 36, "{id}");
+            assert!(!id.0.is_heap(), "{id} has an allocation of its own");
+            let json = serde_json::to_string(id).unwrap();
+            assert_eq!(json, format!("\"{id}\""));
+            assert_eq!(&serde_json::from_str::<NodeId>(&json).unwrap(), id);
+        }
+        // Any other text still reads, on the heap past the inline bytes; order is the text's.
+        let long = NodeId("n".repeat(NodeIdStr::INLINE + 1).as_str().into());
+        assert!(long.0.is_heap());
+        assert_eq!(
+            serde_json::from_str::<NodeId>(&serde_json::to_string(&long).unwrap()).unwrap(),
+            long
+        );
+        let mut sorted = ids.clone();
+        sorted.push(long.clone());
+        sorted.sort();
+        let mut texts: Vec<String> = sorted.iter().map(|id| id.to_string()).collect();
+        texts.sort();
+        assert_eq!(
+            sorted.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+            texts
+        );
+        assert_eq!(std::mem::size_of::<NodeId>(), 40);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::JsonMap;
 use crate::ids::{ClusterId, JobId, NodeId, TaskId};
 use crate::status::{ClusterAction, JobStatus, TaskName, TaskStatus};
+use crate::ShortStr;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,8 +48,8 @@ pub struct Task {
     pub id: TaskId,
     pub node_id: NodeId,
     pub task_name: TaskName,
-    /// Empty for node-level tasks.
-    pub service: String,
+    /// Empty for node-level tasks. Inline up to 22 bytes, as service names are.
+    pub service: ShortStr,
     pub status: TaskStatus,
     /// Attempts started so far (a task is tried at most [`Task::MAX_ATTEMPTS`] times).
     pub attempts: u32,

@@ -17,6 +17,6 @@ pub use cluster::*;
 pub use error::IdError;
 pub use ids::*;
 pub use job::*;
-pub use short_str::ShortStr;
+pub use short_str::{InlineStr, ShortStr};
 pub use status::*;
 pub use vecmap::VecMap;

@@ -1,6 +1,8 @@
 //! [`ShortStr`]: a string kept inline when it is short, for the short names a cluster record
-//! repeats (each node action's service; a node's hostname, hardware and image types, flavor,
-//! image, SSH user, services and automators; the cluster's owner, tenant, types and services).
+//! repeats (each node action's and task's service; a node's hostname, hardware and image types,
+//! flavor, image, SSH user, services and automators; the cluster's owner, tenant, types and
+//! services). [`InlineStr`] is the same with another inline length: a node ID
+//! ([`crate::NodeId`]) keeps its 36 bytes inline.
 //!
 //! A `String` of a few bytes costs a heap chunk of its own (32 bytes with glibc's malloc, and
 //! an allocation to make and free on every decode); a one-machine cluster held 19 such
@@ -16,30 +18,32 @@ use std::ops::Deref;
 use serde::de::Visitor;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A string of up to 22 bytes inline, 24 bytes in all (a `String`'s size).
+pub type ShortStr = InlineStr<22>;
+
+/// A string kept inline up to `N` bytes (`N` < 256), on the heap beyond. Compares, orders and
+/// hashes as its text.
 #[derive(Clone)]
-pub struct ShortStr(Repr);
+pub struct InlineStr<const N: usize>(Repr<N>);
 
 #[derive(Clone)]
-enum Repr {
-    Inline {
-        len: u8,
-        bytes: [u8; ShortStr::INLINE],
-    },
+enum Repr<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
     Heap(Box<str>),
 }
 
-impl ShortStr {
+impl<const N: usize> InlineStr<N> {
     /// The longest string kept inline, in bytes.
-    pub const INLINE: usize = 22;
+    pub const INLINE: usize = N;
 
-    pub fn new(s: &str) -> ShortStr {
+    pub fn new(s: &str) -> Self {
         match u8::try_from(s.len()) {
-            Ok(len) if s.len() <= Self::INLINE => {
-                let mut bytes = [0; Self::INLINE];
+            Ok(len) if s.len() <= N => {
+                let mut bytes = [0; N];
                 bytes[..s.len()].copy_from_slice(s.as_bytes());
-                ShortStr(Repr::Inline { len, bytes })
+                InlineStr(Repr::Inline { len, bytes })
             }
-            _ => ShortStr(Repr::Heap(s.into())),
+            _ => InlineStr(Repr::Heap(s.into())),
         }
     }
 
@@ -53,105 +57,105 @@ impl ShortStr {
         }
     }
 
-    /// Whether the string is on the heap (longer than [`ShortStr::INLINE`]).
+    /// Whether the string is on the heap (longer than `N`).
     pub fn is_heap(&self) -> bool {
         matches!(self.0, Repr::Heap(_))
     }
 }
 
-impl Default for ShortStr {
+impl<const N: usize> Default for InlineStr<N> {
     fn default() -> Self {
-        ShortStr::new("")
+        Self::new("")
     }
 }
 
-impl Deref for ShortStr {
+impl<const N: usize> Deref for InlineStr<N> {
     type Target = str;
     fn deref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl AsRef<str> for ShortStr {
+impl<const N: usize> AsRef<str> for InlineStr<N> {
     fn as_ref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl Borrow<str> for ShortStr {
+impl<const N: usize> Borrow<str> for InlineStr<N> {
     fn borrow(&self) -> &str {
         self.as_str()
     }
 }
 
-impl From<&str> for ShortStr {
+impl<const N: usize> From<&str> for InlineStr<N> {
     fn from(s: &str) -> Self {
-        ShortStr::new(s)
+        Self::new(s)
     }
 }
 
-impl From<String> for ShortStr {
+impl<const N: usize> From<String> for InlineStr<N> {
     fn from(s: String) -> Self {
         if s.len() <= Self::INLINE {
-            ShortStr::new(&s)
+            Self::new(&s)
         } else {
-            ShortStr(Repr::Heap(s.into_boxed_str()))
+            InlineStr(Repr::Heap(s.into_boxed_str()))
         }
     }
 }
 
-impl PartialEq for ShortStr {
+impl<const N: usize> PartialEq for InlineStr<N> {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
     }
 }
 
-impl Eq for ShortStr {}
+impl<const N: usize> Eq for InlineStr<N> {}
 
-impl PartialEq<str> for ShortStr {
+impl<const N: usize> PartialEq<str> for InlineStr<N> {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
     }
 }
 
-impl PartialEq<&str> for ShortStr {
+impl<const N: usize> PartialEq<&str> for InlineStr<N> {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
 }
 
-impl PartialEq<String> for ShortStr {
+impl<const N: usize> PartialEq<String> for InlineStr<N> {
     fn eq(&self, other: &String) -> bool {
         self.as_str() == other
     }
 }
 
-impl PartialEq<ShortStr> for str {
-    fn eq(&self, other: &ShortStr) -> bool {
+impl<const N: usize> PartialEq<InlineStr<N>> for str {
+    fn eq(&self, other: &InlineStr<N>) -> bool {
         self == other.as_str()
     }
 }
 
-impl PartialEq<ShortStr> for &str {
-    fn eq(&self, other: &ShortStr) -> bool {
+impl<const N: usize> PartialEq<InlineStr<N>> for &str {
+    fn eq(&self, other: &InlineStr<N>) -> bool {
         *self == other.as_str()
     }
 }
 
-impl PartialEq<ShortStr> for String {
-    fn eq(&self, other: &ShortStr) -> bool {
+impl<const N: usize> PartialEq<InlineStr<N>> for String {
+    fn eq(&self, other: &InlineStr<N>) -> bool {
         self == other.as_str()
     }
 }
 
-impl From<&String> for ShortStr {
+impl<const N: usize> From<&String> for InlineStr<N> {
     fn from(s: &String) -> Self {
-        ShortStr::new(s)
+        Self::new(s)
     }
 }
 
-impl From<ShortStr> for String {
-    fn from(s: ShortStr) -> Self {
+impl<const N: usize> From<InlineStr<N>> for String {
+    fn from(s: InlineStr<N>) -> Self {
         match s.0 {
             Repr::Heap(b) => b.into_string(),
             Repr::Inline { .. } => s.as_str().to_string(),
@@ -159,64 +163,64 @@ impl From<ShortStr> for String {
     }
 }
 
-impl From<&ShortStr> for String {
-    fn from(s: &ShortStr) -> Self {
+impl<const N: usize> From<&InlineStr<N>> for String {
+    fn from(s: &InlineStr<N>) -> Self {
         s.as_str().to_string()
     }
 }
 
-impl PartialOrd for ShortStr {
+impl<const N: usize> PartialOrd for InlineStr<N> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for ShortStr {
+impl<const N: usize> Ord for InlineStr<N> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.as_str().cmp(other.as_str())
     }
 }
 
-impl Hash for ShortStr {
+impl<const N: usize> Hash for InlineStr<N> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_str().hash(state);
     }
 }
 
-impl fmt::Debug for ShortStr {
+impl<const N: usize> fmt::Debug for InlineStr<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
-impl fmt::Display for ShortStr {
+impl<const N: usize> fmt::Display for InlineStr<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl Serialize for ShortStr {
+impl<const N: usize> Serialize for InlineStr<N> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
 }
 
-impl<'de> Deserialize<'de> for ShortStr {
+impl<'de, const N: usize> Deserialize<'de> for InlineStr<N> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Short;
-        impl Visitor<'_> for Short {
-            type Value = ShortStr;
+        struct Short<const M: usize>;
+        impl<const M: usize> Visitor<'_> for Short<M> {
+            type Value = InlineStr<M>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ShortStr, E> {
-                Ok(ShortStr::new(s))
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<InlineStr<M>, E> {
+                Ok(InlineStr::new(s))
             }
-            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<ShortStr, E> {
-                Ok(ShortStr::from(s))
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<InlineStr<M>, E> {
+                Ok(InlineStr::from(s))
             }
         }
-        deserializer.deserialize_str(Short)
+        deserializer.deserialize_str(Short::<N>)
     }
 }
 

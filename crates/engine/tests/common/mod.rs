@@ -68,7 +68,7 @@ pub fn lamp_template() -> ClusterTemplate {
 }
 
 pub fn node(name: &str) -> NodeId {
-    NodeId(name.to_string())
+    NodeId(name.into())
 }
 
 pub fn strings(items: &[&str]) -> Vec<String> {

@@ -964,7 +964,7 @@ async fn node_properties(
                     .filter(|(k, _)| req.properties.contains(k))
                     .collect()
             };
-            out.insert(node.id.0.clone(), Value::Object(props));
+            out.insert(node.id.0.to_string(), Value::Object(props));
         }
         Ok(Value::Object(out))
     });

@@ -259,7 +259,7 @@ pub fn task_for_provisioner(
     if task.task_name.is_service_task() {
         let action = record
             .service_defs
-            .get(&task.service)
+            .get(task.service.as_str())
             .and_then(|s| s.provisioner.actions.get(&task.task_name.action_key()))
             .map(|a| json!({"type": a.plugin, "fields": a.fields}))
             .unwrap_or(Value::Null);
@@ -290,7 +290,7 @@ pub fn task_for_provisioner(
         .values()
         .map(|n| {
             (
-                n.id.0.clone(),
+                n.id.0.to_string(),
                 serde_json::to_value(&n.properties).unwrap_or(Value::Null),
             )
         })

@@ -156,7 +156,7 @@ impl State {
                     stage
                         .iter()
                         .filter_map(|id| run.tasks.get(id))
-                        .map(|t| (t.task_name, t.service.clone(), nodenum(&t.node_id))),
+                        .map(|t| (t.task_name, t.service.to_string(), nodenum(&t.node_id))),
                 )
             })
             .collect();
