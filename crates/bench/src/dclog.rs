@@ -132,6 +132,12 @@ impl Proc {
         crate::stats::memory_of(&self.child.id().to_string(), "VmRSS:")
     }
 
+    /// Resident memory that is the process's own (`RssAnon`: heap and stacks, not the pages of
+    /// its binary and libraries, which grow as more of the code runs).
+    pub(crate) fn resident_anon(&self) -> Option<u64> {
+        crate::stats::memory_of(&self.child.id().to_string(), "RssAnon:")
+    }
+
     /// Peak resident memory so far (`VmHWM`).
     pub(crate) fn peak_resident(&self) -> Option<u64> {
         crate::stats::memory_of(&self.child.id().to_string(), "VmHWM:")

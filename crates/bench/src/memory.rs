@@ -55,6 +55,8 @@ struct Measured {
     retention: String,
     baseline: u64,
     resident: u64,
+    /// Anonymous resident memory (`RssAnon`) at start and once all are ACTIVE.
+    anon: (u64, u64),
     /// Peak resident memory over the run (`VmHWM`).
     peak: u64,
     disk: Vec<(String, u64)>,
@@ -92,8 +94,8 @@ pub async fn run(mut args: MemoryArgs) -> anyhow::Result<()> {
         },
         args.workers
     );
-    println!("| job retention | resident at start | resident, all ACTIVE | per cluster (above start) | peak resident | data dir files | run | clusters/s |");
-    println!("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |");
+    println!("| job retention | resident at start | resident, all ACTIVE | per cluster (above start) | anonymous (`RssAnon`) at start / all ACTIVE | per cluster (above start) | peak resident | data dir files | run | clusters/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |");
     for r in &rows {
         let files: Vec<String> = r
             .disk
@@ -101,11 +103,14 @@ pub async fn run(mut args: MemoryArgs) -> anyhow::Result<()> {
             .map(|(name, bytes)| format!("{name} {}", mb(*bytes)))
             .collect();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} s | {:.0} |",
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.0} s | {:.0} |",
             r.retention,
             mb(r.baseline),
             mb(r.resident),
             per(r.resident.saturating_sub(r.baseline)),
+            mb(r.anon.0),
+            mb(r.anon.1),
+            per(r.anon.1.saturating_sub(r.anon.0)),
             mb(r.peak),
             files.join(", "),
             r.took.as_secs_f64(),
@@ -142,6 +147,7 @@ async fn run_once(
     let url = format!("http://127.0.0.1:{base}");
     coopr_roles(&mut procs, std::slice::from_ref(&url)).await?;
     let baseline = procs[0].resident().context("no VmRSS")?;
+    let anon_baseline = procs[0].resident_anon().context("no RssAnon")?;
     eprintln!("-- retention {label}: creating {} clusters", args.clusters);
     let api = Arc::new(Api::new(url.clone())?);
     let next = Arc::new(AtomicU32::new(0));
@@ -212,6 +218,10 @@ async fn run_once(
     // Let the allocator settle after the last requests.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let resident = procs[0].resident().context("no VmRSS")?;
+    let anon = (
+        anon_baseline,
+        procs[0].resident_anon().context("no RssAnon")?,
+    );
     let peak = procs[0].peak_resident().context("no VmHWM")?;
     let mut disk = Vec::new();
     // The DC log's directory (the placement group keeps a log and snapshots of its own).
@@ -224,6 +234,7 @@ async fn run_once(
         retention: label,
         baseline,
         resident,
+        anon,
         peak,
         disk,
         took: started.elapsed(),

@@ -38,8 +38,8 @@
 //! the node and the machine can be deleted later. Such a task that times out is DROPPED.
 
 use coopr_types::{
-    ClusterAction, ClusterStatus, Job, JobId, JobStatus, JsonMap, NodeId, Task, TaskId, TaskName,
-    TaskOwner, TaskStatus, VecMap,
+    ClusterAction, ClusterStatus, Job, JobId, JobStatus, JsonMap, NodeId, Stages, Task, TaskId,
+    TaskName, TaskOwner, TaskStatus, VecMap,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -171,7 +171,7 @@ impl JobRun {
                 cluster_id: id.cluster,
                 action,
                 status: JobStatus::Running,
-                stages: Vec::new(),
+                stages: Stages::new(),
                 current_stage: 0,
                 create_time: now,
                 status_time: now,
@@ -191,7 +191,7 @@ impl JobRun {
                 stage.len(),
                 "a stage holds two tasks for one node"
             );
-            let ids = stage
+            let ids: Vec<TaskId> = stage
                 .into_iter()
                 .map(|planned| run.add_task(planned, 0, now))
                 .collect();
@@ -526,7 +526,7 @@ impl JobRun {
         });
         if !block_present {
             for i in 0..names.len() {
-                self.job.stages.insert(after + i, Vec::new());
+                self.job.stages.insert_empty(after + i);
             }
         }
         let mut ids = [TaskId {
@@ -545,7 +545,7 @@ impl JobRun {
                 service: String::new(),
             };
             ids[i] = self.add_task(planned, attempts, now);
-            self.job.stages[after + i].push(ids[i]);
+            self.job.stages.push_to(after + i, ids[i]);
         }
         (ids[0], ids[1], ids[2])
     }

@@ -315,11 +315,11 @@ fn confirms_failing_in_one_stage_share_the_replacement_stages() {
         ]
     );
     assert_eq!(
-        run.job.stages[2..5],
+        run.job.stages.iter().skip(2).take(3).collect::<Vec<_>>(),
         [
-            vec![tid(8), tid(11)],
-            vec![tid(9), tid(12)],
-            vec![tid(10), tid(13)]
+            &[tid(8), tid(11)][..],
+            &[tid(9), tid(12)][..],
+            &[tid(10), tid(13)][..]
         ]
     );
 }

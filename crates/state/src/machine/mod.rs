@@ -150,7 +150,6 @@ impl ClusterRecord {
     pub(crate) fn shrink_to_fit(&mut self) {
         for run in self.jobs.values_mut() {
             run.tasks.shrink_to_fit();
-            run.job.stages.iter_mut().for_each(Vec::shrink_to_fit);
             run.job.stages.shrink_to_fit();
         }
         self.jobs.shrink_to_fit();
