@@ -127,6 +127,11 @@ impl Proc {
         Ok(())
     }
 
+    /// The process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Resident memory now (`VmRSS`), in bytes.
     pub(crate) fn resident(&self) -> Option<u64> {
         crate::stats::memory_of(&self.child.id().to_string(), "VmRSS:")

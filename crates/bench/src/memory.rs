@@ -48,6 +48,10 @@ pub struct MemoryArgs {
     /// One row with this job retention instead of the two default rows (1 h, and 0).
     #[arg(long)]
     retention_ms: Option<u64>,
+    /// Keeps each node running this long after it was measured (its pid printed), to inspect
+    /// it (`gdb -p`, `/proc/<pid>/smaps`).
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 /// What one run measured.
@@ -228,6 +232,14 @@ async fn run_once(
     let raft = find(&out, "raft").context("no raft directory under the node's data dir")?;
     for name in ["raft-log", "snapshots", "archive.redb"] {
         disk.push((name.to_string(), size_of(&raft.join(name))));
+    }
+    if args.hold_secs > 0 {
+        eprintln!(
+            "-- node pid {} measured; held for {} s",
+            procs[0].pid(),
+            args.hold_secs
+        );
+        tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
     }
     drop(procs);
     Ok(Measured {

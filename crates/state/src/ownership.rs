@@ -75,7 +75,7 @@ pub struct LostOperation {
 }
 
 impl LostOperation {
-    fn of(record: &Record, clusters: &BTreeMap<ClusterId, Box<ClusterRecord>>) -> LostOperation {
+    fn of(record: &Record, clusters: &BTreeMap<ClusterId, Arc<ClusterRecord>>) -> LostOperation {
         let idempotency_key = match &record.kind {
             RecordKind::OperationStarted {
                 idempotency_key, ..
@@ -118,7 +118,7 @@ impl LostOperation {
     }
 }
 
-fn tenant_of(clusters: &BTreeMap<ClusterId, Box<ClusterRecord>>, id: ClusterId) -> Option<String> {
+fn tenant_of(clusters: &BTreeMap<ClusterId, Arc<ClusterRecord>>, id: ClusterId) -> Option<String> {
     clusters
         .get(&id)
         .map(|c| c.cluster.account.tenant_id.to_string())
@@ -603,7 +603,7 @@ impl State {
             if let Some(run) = record.jobs.values().next() {
                 resumed.push(run.job.id);
             }
-            clusters.insert(id, Box::new(record));
+            clusters.insert(id, Arc::new(record));
         }
         if outbox.epoch > 1 {
             next_n = next_n.max(outbox.epoch.saturating_mul(IDS_PER_EPOCH));

@@ -1042,6 +1042,38 @@ fn a_taken_snapshot_is_not_changed_by_what_is_applied_after() {
         .all(|shard| std::sync::Arc::strong_count(shard) == 1));
 }
 
+/// A change to a shard that a taken snapshot still holds copies the shard's map of records and
+/// the one record it changes: the shard's other records stay shared with the snapshot (a shard
+/// written while a snapshot is encoded used to be copied whole, every record of it).
+#[test]
+fn a_change_under_a_taken_snapshot_copies_only_the_record_it_changes() {
+    let mut h = Harness::new(1);
+    let clusters: Vec<ClusterId> = (0..3).map(|_| h.create_ok("lamp", 1)).collect();
+    let taken = coopr_state::StateSnapshot::of(&h.state);
+    let task = h.take_as("p1", "w1", 5_000).expect("a task to take");
+    let changed = task.job.cluster;
+    assert!(clusters.contains(&changed));
+    let shard = h.state.shards.values().next().expect("the one shard");
+    assert_eq!(
+        std::sync::Arc::strong_count(shard),
+        1,
+        "the state's shard is a copy"
+    );
+    for id in &clusters {
+        let held = std::sync::Arc::strong_count(&shard.clusters[id]);
+        if *id == changed {
+            assert_eq!(held, 1, "the changed record {id} is the state's own copy");
+        } else {
+            assert_eq!(held, 2, "record {id} is shared with the snapshot");
+        }
+    }
+    drop(taken);
+    assert!(shard
+        .clusters
+        .values()
+        .all(|record| std::sync::Arc::strong_count(record) == 1));
+}
+
 /// What the API lists and counts comes from the tenant index, and equals what a scan of every
 /// cluster gives: a tenant's clusters, the terminated ones too (and no other tenant's), and
 /// the count of each status, as clusters are created, run, deleted, and after a restore.

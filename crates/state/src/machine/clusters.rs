@@ -255,7 +255,7 @@ impl State {
         };
         self.by_tenant
             .set(shard, id, &record.cluster.account, record.cluster.status);
-        shard_state.clusters.insert(id, Box::new(record));
+        shard_state.clusters.insert(id, Arc::new(record));
         // Coopr runs a solve_layout job first; here the layout was solved before the command was
         // proposed, so that job is recorded as already complete.
         let solve = JobId {

@@ -169,9 +169,13 @@ impl ClusterRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterShard {
     pub next_n: u64,
-    /// Boxed: a record is over a kilobyte inline, and a B-tree node keeps room for eleven
-    /// values, so inline records left most of a node's bytes empty (see `coopr-bench scale`).
-    pub clusters: BTreeMap<ClusterId, Box<ClusterRecord>>,
+    /// Behind a pointer: a record is over half a kilobyte inline, and a B-tree node keeps room
+    /// for eleven values, so inline records left most of a node's bytes empty (see
+    /// `coopr-bench scale`). An `Arc`, so that copying a shard a snapshot still holds (below)
+    /// copies its map, not every record: a change then copies the one record it changes
+    /// (`Arc::make_mut`). With boxes, each shard written while a snapshot was encoded was
+    /// copied whole, and the copies freed after it left the allocator fragmented.
+    pub clusters: BTreeMap<ClusterId, Arc<ClusterRecord>>,
     /// Records for the replicas of this shard.
     #[serde(default)]
     pub replication: Outbox,
@@ -210,8 +214,9 @@ pub struct State {
     shard_count: u32,
     pub global: GlobalShard,
     /// Behind `Arc`s so that a snapshot takes the shards in microseconds under the lock and
-    /// encodes them after it: a change to a shard the snapshot still holds copies that shard
-    /// first (`Arc::make_mut`), and every other change costs nothing more.
+    /// encodes them after it: a change to a shard the snapshot still holds copies that shard's
+    /// map of records and the record it changes first (`Arc::make_mut`), and every other change
+    /// costs nothing more.
     pub shards: BTreeMap<ShardId, Arc<ClusterShard>>,
     pub local: LocalState,
     /// Shards this DC holds as a replica of another DC (cluster shards and the global shard).
@@ -297,6 +302,8 @@ impl State {
         let mut templates_seen = HashMap::new();
         let mut providers_seen = HashMap::new();
         for record in shard.clusters.values_mut() {
+            // Just decoded: held here alone, so this copies nothing.
+            let record = Arc::make_mut(record);
             let defs = std::mem::take(&mut record.service_defs);
             record.service_defs = if Arc::strong_count(&defs) == 1 {
                 pool.intern_defs(Arc::unwrap_or_clone(defs))
@@ -382,7 +389,7 @@ impl State {
         self.shards
             .get_mut(&id.shard(self.shard_count))
             .and_then(|s| Arc::make_mut(s).clusters.get_mut(&id))
-            .map(|record| &mut **record)
+            .map(Arc::make_mut)
             .ok_or_else(|| CommandError::not_found("cluster", id))
     }
 

@@ -101,6 +101,8 @@ impl State {
             {
                 continue;
             }
+            // Copied first if a snapshot being written still holds it.
+            let record = Arc::make_mut(record);
             let Some(run) = record.jobs.remove(&id.seq) else {
                 continue;
             };
