@@ -794,6 +794,27 @@ async fn a_handover_wakes_the_dcs_it_concerns() {
         (view(a, &shard.to_string()).await["role"] == "replica").then_some(())
     })
     .await;
+    // And back, at once: this completion waits for every replica's report of b's final
+    // position, c's too, which c can make only once it follows b; none of them may wait for
+    // its next look at the map, 200 s away.
+    let started = Instant::now();
+    b.post(
+        &format!("/v2/admin/shards/{shard}/handover"),
+        &Auth::Superadmin,
+        json!({"to": "a"}),
+    )
+    .await
+    .assert_ok();
+    wait_for("a to own the shard again", || async {
+        (view(a, &shard.to_string()).await["role"] == "owner").then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the handover back took {took:?}: a renewal every {} s",
+        LEASE_MS / 3_000
+    );
     // Only a node with the cluster secret may wake another.
     let path = "/internal/placement/wake";
     let refused = b.post(path, &Auth::Anonymous, json!({})).await;

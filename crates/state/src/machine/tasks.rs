@@ -85,16 +85,12 @@ impl State {
             .map_err(|e| CommandError::conflict(ErrorCode::TaskNotReady, e.to_string()))?;
         if let Some(task) = run.tasks.get(&task_id).cloned() {
             if let Some(node) = record.nodes.get_mut(&task.node_id) {
-                node.push_action(NodeAction {
+                node.push_action(NodeAction::started(
                     task_id,
-                    service: task.service.as_str().into(),
-                    action: task.task_name,
-                    submit_time: now,
-                    status_time: now,
-                    status: TaskStatus::InProgress,
-                    stdout: Box::default(),
-                    stderr: Box::default(),
-                });
+                    task.service.clone(),
+                    task.task_name,
+                    now,
+                ));
             }
         }
         self.refresh_job(task_id.job);
@@ -151,8 +147,10 @@ impl State {
                     TaskStatus::Failed
                 };
                 entry.status_time = now;
-                entry.stdout = truncate_output(&result.stdout).into_boxed_str();
-                entry.stderr = truncate_output(&result.stderr).into_boxed_str();
+                entry.set_output(
+                    &truncate_output(&result.stdout),
+                    &truncate_output(&result.stderr),
+                );
             }
         }
         apply_effects(record, action, &effects);
