@@ -89,9 +89,10 @@ impl RaftLogStore {
     /// few entries (a `pread`, from the page cache for the tail of the log that replication
     /// reads) or an append left unsynced (a `pwrite`). A few microseconds, less than handing the
     /// worker's other tasks to another thread ([`blocking`]) costs, which a leader paid three
-    /// times per write (its append and each follower's read) before its flush. (An unsynced
-    /// append that fills a WAL segment flushes it before starting the next one, in place:
-    /// once per 64 MiB of log.)
+    /// times per write (its append and each follower's read) before its flush. (Also in place:
+    /// once per MiB of log, an unsynced append writes the next MiB of zeros ahead of the
+    /// records, a `pwrite` of a few hundred microseconds; once per 64 MiB, one that fills a WAL
+    /// segment flushes it and creates the next.)
     fn brief<T>(
         &self,
         run: impl FnOnce(&dyn LogStore) -> Result<T, StorageFailure>,
