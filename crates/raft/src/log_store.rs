@@ -91,7 +91,7 @@ impl RaftLogStore {
     /// worker's other tasks to another thread ([`blocking`]) costs, which a leader paid three
     /// times per write (its append and each follower's read) before its flush. (Also in place:
     /// once per MiB of log, an unsynced append writes the next MiB of zeros ahead of the
-    /// records, a `pwrite` of a few hundred microseconds; once per 64 MiB, one that fills a WAL
+    /// records, a `pwrite` of a few hundred microseconds; once per 16 MiB, one that fills a WAL
     /// segment flushes it and creates the next.)
     fn brief<T>(
         &self,

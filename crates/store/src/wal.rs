@@ -153,8 +153,11 @@ pub struct Recovery {
 }
 
 impl WalStore {
-    /// The size at which a segment is closed and the next batch starts a new file.
-    pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+    /// The size at which a segment is closed and the next batch starts a new file. A purge
+    /// deletes whole segments, so the log on disk is up to one segment longer than what it must
+    /// keep: at 64 MiB, a node of 5,000 clusters (a 30 MB snapshot) never purged its 38 MB of
+    /// log, 2.3 times the snapshot on disk in all.
+    pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
     /// Opens the store in `dir`, creating the directory and an empty store if needed. Fails if
     /// the store is open elsewhere, or if what is on disk breaks the log invariants.
