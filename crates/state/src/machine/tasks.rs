@@ -148,8 +148,8 @@ impl State {
                 };
                 entry.status_time = now;
                 entry.set_output(
-                    &truncate_output(&result.stdout),
-                    &truncate_output(&result.stderr),
+                    truncate_output(&result.stdout),
+                    truncate_output(&result.stderr),
                 );
             }
         }
@@ -299,13 +299,34 @@ fn last_task(job: JobId) -> TaskId {
 /// Stdout/stderr kept per node action (the tail).
 const MAX_OUTPUT_BYTES: usize = 8 * 1024;
 
-fn truncate_output(s: &str) -> String {
+/// The tail of `s` kept (at most [`MAX_OUTPUT_BYTES`], on a character boundary).
+fn truncate_output(s: &str) -> &str {
     if s.len() <= MAX_OUTPUT_BYTES {
-        return s.to_string();
+        return s;
     }
     let mut start = s.len() - MAX_OUTPUT_BYTES;
     while !s.is_char_boundary(start) {
         start += 1;
     }
-    s[start..].to_string()
+    &s[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node action keeps the tail of a task's output, at most `MAX_OUTPUT_BYTES`, cut on a
+    /// character boundary; shorter output is kept whole.
+    #[test]
+    fn output_keeps_its_tail_on_a_character_boundary() {
+        assert_eq!(truncate_output("short"), "short");
+        let exact = "x".repeat(MAX_OUTPUT_BYTES);
+        assert_eq!(truncate_output(&exact), exact);
+        // "é" is two bytes: a cut one byte into it moves to the next character.
+        let long = format!("{}{}", "é".repeat(MAX_OUTPUT_BYTES), "end");
+        let kept = truncate_output(&long);
+        // 16,387 bytes: the last 8,192 start at byte 8,195, inside an "é"; 8,191 are kept.
+        assert_eq!(kept.len(), MAX_OUTPUT_BYTES - 1);
+        assert!(kept.ends_with("end") && kept.starts_with('é'));
+    }
 }
