@@ -738,6 +738,26 @@ async fn set_expire(via: &TestServer, id: &str, expire: u64, key: &str) -> commo
         .await
 }
 
+/// Asks DC `from` to hand `shard` over to DC `to`; how long until `to` owns it.
+async fn hand_over(deployment: &Deployment, from: &str, to: &str, shard: u32) -> Duration {
+    let started = Instant::now();
+    deployment
+        .dc(from)
+        .post(
+            &format!("/v2/admin/shards/{shard}/handover"),
+            &Auth::Superadmin,
+            json!({ "to": to }),
+        )
+        .await
+        .assert_ok();
+    let owner = deployment.dc(to);
+    wait_for(&format!("{to} to own shard {shard}"), || async {
+        (view(owner, &shard.to_string()).await["role"] == "owner").then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
 /// The steps of a handover wake the DCs they concern instead of waiting for their next renewal
 /// or map refresh: with a lease of 10 minutes (a renewal every 200 s), an idle shard handed
 /// from a to b is b's within seconds. The voter that commits a step (start, completion) tells
@@ -768,20 +788,7 @@ async fn a_handover_wakes_the_dcs_it_concerns() {
             .then_some(())
     })
     .await;
-    let started = Instant::now();
-    a.post(
-        &format!("/v2/admin/shards/{shard}/handover"),
-        &Auth::Superadmin,
-        json!({"to": "b"}),
-    )
-    .await
-    .assert_ok();
-    wait_for("b to own the shard", || async {
-        let view = view(b, &shard.to_string()).await;
-        (view["role"] == "owner").then_some(())
-    })
-    .await;
-    let took = started.elapsed();
+    let took = hand_over(&deployment, "a", "b", shard).await;
     assert!(
         took < Duration::from_secs(10),
         "the handover took {took:?}: a renewal every {} s",
@@ -797,19 +804,7 @@ async fn a_handover_wakes_the_dcs_it_concerns() {
     // And back, at once: this completion waits for every replica's report of b's final
     // position, c's too, which c can make only once it follows b; none of them may wait for
     // its next look at the map, 200 s away.
-    let started = Instant::now();
-    b.post(
-        &format!("/v2/admin/shards/{shard}/handover"),
-        &Auth::Superadmin,
-        json!({"to": "a"}),
-    )
-    .await
-    .assert_ok();
-    wait_for("a to own the shard again", || async {
-        (view(a, &shard.to_string()).await["role"] == "owner").then_some(())
-    })
-    .await;
-    let took = started.elapsed();
+    let took = hand_over(&deployment, "b", "a", shard).await;
     assert!(
         took < Duration::from_secs(10),
         "the handover back took {took:?}: a renewal every {} s",
